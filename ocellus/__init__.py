@@ -1,0 +1,36 @@
+"""Ocellus: one readable PyTorch implementation of the multimodal-LLM stack.
+
+    model = ocellus.load(path_or_hub_id, dtype=None, device=None)
+    proc  = ocellus.load_processor(path_or_hub_id)
+    ids   = model.generate(**proc(...), max_new_tokens=32)
+    ocellus.save(model, out_dir)
+"""
+from ocellus.errors import CheckpointError, ConfigError, InputError, OcellusError
+
+__version__ = "0.1.0"
+
+
+def load(path_or_hub_id, dtype=None, device=None):
+    """A Hugging Face-format checkpoint dir (config.json + safetensors) or hub id -> model."""
+    from ocellus.hub.checkpoint import load_model
+    return load_model(path_or_hub_id, dtype=dtype, device=device)
+
+
+def load_processor(path_or_hub_id):
+    """Tokenizer (+ chat template) of a checkpoint. Image processing joins with the VLM families."""
+    from ocellus.data.tokenizer import Tokenizer
+    from ocellus.hub.resolve import resolve
+    return Tokenizer.from_dir(resolve(path_or_hub_id))
+
+
+def save(model, out_dir, tokenizer=None, max_shard_bytes: int = 5 * 2**30):
+    """Write HF format (config.json + safetensors, sharded past max_shard_bytes); opens in transformers."""
+    from ocellus.hub.checkpoint import save_model
+    out = save_model(model, out_dir, max_shard_bytes=max_shard_bytes)
+    if tokenizer is not None:
+        tokenizer.save(out)
+    return out
+
+
+__all__ = ["load", "load_processor", "save", "OcellusError", "InputError", "ConfigError", "CheckpointError",
+           "__version__"]

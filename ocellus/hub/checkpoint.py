@@ -1,0 +1,121 @@
+"""Load and save whole models in Hugging Face format, strictly.
+
+Load: config.json -> family -> model built without random init -> every checkpoint tensor
+mapped through the family's key table (or explicitly dropped), every model tensor filled,
+shapes checked; anything else is a CheckpointError listing all problems at once.
+Save: the same table backwards; config.json; tied weights written once, as transformers expects.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ocellus.errors import CheckpointError, ConfigError
+from ocellus.hub.families import Family, family_for_config, family_for_model
+from ocellus.hub.keymap import KeyMap
+from ocellus.hub.resolve import resolve
+from ocellus.hub.safetensors_io import _atomic_write_text, checkpoint_files, read_tensors, write_tensors
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).replace("torch.", "") in _DTYPES:
+        return _DTYPES[str(dtype).replace("torch.", "")]
+    raise ConfigError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+
+
+def read_config(path: Path) -> dict:
+    f = path / "config.json"
+    if not f.exists():
+        raise CheckpointError(f"no config.json in {path}")
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{f} is not valid JSON: {e}") from e
+
+
+@contextlib.contextmanager
+def _skip_init(dtype: torch.dtype):
+    """Build modules without running their random initialisers (the checkpoint overwrites every
+    tensor; init of a large model costs seconds) and directly in the target dtype."""
+    saved = {n: getattr(nn.init, n) for n in ("kaiming_uniform_", "uniform_", "normal_", "zeros_", "ones_",
+                                               "trunc_normal_", "xavier_uniform_", "xavier_normal_")}
+    old_dtype = torch.get_default_dtype()
+    try:
+        for n in saved:
+            setattr(nn.init, n, lambda t, *a, **k: t)
+        torch.set_default_dtype(dtype)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
+        torch.set_default_dtype(old_dtype)
+
+
+def load_model(path_or_id, dtype=None, device=None) -> nn.Module:
+    path = resolve(path_or_id)
+    cfg = read_config(path)
+    fam = family_for_config(cfg, where=str(path / "config.json"))
+    dtype = parse_dtype(dtype) or parse_dtype(cfg.get("dtype") or cfg.get("torch_dtype")) or torch.float32
+    with _skip_init(dtype):
+        model = fam.build(cfg)
+    tensors = read_tensors(checkpoint_files(path))
+    load_state_strict(model, tensors, fam.keymap, tied=fam.tied(model), source=str(path))
+    model.eval()
+    model.name_or_path = str(path_or_id)
+    return model.to(device) if device is not None else model
+
+
+def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap: KeyMap,
+                      tied: tuple[str, ...] = (), source: str = "checkpoint") -> None:
+    ours = model.state_dict()
+    filled: dict[str, torch.Tensor] = {}
+    unexpected, mismatched = [], []
+    for theirs, t in tensors.items():
+        if keymap.dropped(theirs):
+            continue
+        key = keymap.to_ours(theirs)
+        if key in tied:              # a tied copy (some exports write it): the source tensor wins
+            continue
+        if key is None or key not in ours:
+            unexpected.append(theirs)
+        elif tuple(t.shape) != tuple(ours[key].shape):
+            mismatched.append(f"{theirs}: checkpoint {tuple(t.shape)} vs model {tuple(ours[key].shape)}")
+        else:
+            filled[key] = t
+    missing = [keymap.to_theirs(k) or k for k in ours if k not in filled and k not in tied]
+    if missing or unexpected or mismatched:
+        lines = [f"{source} does not match {type(model).__name__}:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(filled, strict=False)  # copies, casting to the model's dtype
+
+
+def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30) -> Path:
+    fam: Family = family_for_model(model)
+    out = Path(out_dir)
+    tied = set(fam.tied(model))
+    tensors = {}
+    for k, t in model.state_dict().items():
+        if k in tied:
+            continue
+        name = fam.keymap.to_theirs(k)
+        if name is None:
+            raise CheckpointError(f"{type(model).__name__}.{k} has no checkpoint name in the {fam.name} key table")
+        tensors[name] = t.detach().cpu()
+    write_tensors(tensors, out, max_shard_bytes=max_shard_bytes)
+    cfg = fam.hf_config(model)
+    cfg["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
+    cfg.pop("torch_dtype", None)
+    _atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
+    return out

@@ -1,0 +1,65 @@
+"""Which config.json `architectures` Ocellus can build, and each family's key table.
+
+A family = a builder (config.json dict -> nn.Module), the key table for its checkpoint names,
+and a function giving back the config.json to save. New families register here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ocellus.errors import ConfigError
+from ocellus.hub.keymap import KeyMap
+from ocellus.models.text.decoder import DecoderConfig, DecoderLM
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_class: type
+    build: Callable[[dict], nn.Module]
+    keymap: KeyMap
+    hf_config: Callable[[nn.Module], dict]   # the config.json that describes a built model
+    tied: Callable[[nn.Module], tuple[str, ...]] = lambda m: ()  # our keys that share another's tensor
+
+
+DECODER_KEYS = KeyMap(
+    rules=(
+        ("embed_tokens.weight", "model.embed_tokens.weight"),
+        ("layers.{i}.{rest}", "model.layers.{i}.{rest}"),
+        ("norm.weight", "model.norm.weight"),
+        ("lm_head.weight", "lm_head.weight"),
+    ),
+    drop=(r"rotary_emb\.inv_freq$",),
+)
+
+DECODER = Family(
+    name="decoder", model_class=DecoderLM,
+    build=lambda cfg: DecoderLM(DecoderConfig.from_hf(cfg)),
+    keymap=DECODER_KEYS,
+    hf_config=lambda m: m.config.to_hf(),
+    tied=lambda m: ("lm_head.weight",) if m.config.tie_word_embeddings else (),
+)
+
+ARCHITECTURES: dict[str, Family] = {
+    "LlamaForCausalLM": DECODER,
+    "Qwen2ForCausalLM": DECODER,
+}
+
+
+def family_for_config(cfg: dict, where: str = "config.json") -> Family:
+    archs = cfg.get("architectures") or []
+    for a in archs:
+        if a in ARCHITECTURES:
+            return ARCHITECTURES[a]
+    raise ConfigError(f"{where}: unknown architecture {archs or '(none given)'}; "
+                      f"supported: {sorted(ARCHITECTURES)}")
+
+
+def family_for_model(model: nn.Module) -> Family:
+    for fam in ARCHITECTURES.values():
+        if type(model) is fam.model_class:
+            return fam
+    raise ConfigError(f"no checkpoint family knows how to save a {type(model).__name__}")

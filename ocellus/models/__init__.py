@@ -1,0 +1,1 @@
+"""Model definitions: text decoders/encoders, vision towers, connectors, composed VLMs."""

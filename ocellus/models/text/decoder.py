@@ -1,0 +1,219 @@
+"""Decoder-only language model: the Llama / Qwen2 family (Touvron et al. 2023; Qwen2 report).
+
+pre-norm blocks: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); RoPE on q/k; GQA; optional
+qkv bias (Qwen2) and tied embeddings. Matches transformers' LlamaForCausalLM /
+Qwen2ForCausalLM logits (see tests/parity/test_decoder_parity.py). Checkpoint names are mapped
+by the key table in ocellus/hub/families.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ocellus.errors import ConfigError, InputError
+from ocellus.nn.attention import Attention
+from ocellus.nn.kv_cache import StaticKVCache
+from ocellus.nn.masks import build_attention_mask
+from ocellus.nn.mlp import SwiGLU
+from ocellus.nn.norms import RMSNorm
+from ocellus.nn.rope import RopeConfig, RotaryEmbedding
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rope: RopeConfig
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    hidden_act: str = "silu"
+    attention_bias: bool = False   # bias on q/k/v (Qwen2: True)
+    o_bias: bool = False           # bias on o_proj (Llama's attention_bias sets both)
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    hf: dict = field(default_factory=dict, compare=False, repr=False)  # the source config.json, kept for save
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"config field {name!r} must be a positive int, got {v!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"num_attention_heads={self.num_attention_heads} must be a multiple of "
+                              f"num_key_value_heads={self.num_key_value_heads}")
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "DecoderConfig":
+        """Llama / Qwen2 / Mistral-style config.json -> DecoderConfig."""
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if k not in cfg]
+        if missing:
+            raise ConfigError(f"config.json lacks required fields {missing}")
+        heads = cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        qwen2 = cfg.get("model_type") == "qwen2"
+        if cfg.get("use_sliding_window") and cfg.get("sliding_window"):
+            raise ConfigError("sliding-window attention (use_sliding_window=true) is not implemented")
+        eos = cfg.get("eos_token_id")
+        eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+        return cls(
+            vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"], num_hidden_layers=cfg["num_hidden_layers"],
+            num_attention_heads=heads, num_key_value_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=head_dim, rope=RopeConfig.from_hf(cfg, head_dim),
+            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), hidden_act=cfg.get("hidden_act", "silu"),
+            attention_bias=True if qwen2 else bool(cfg.get("attention_bias", False)),
+            o_bias=False if qwen2 else bool(cfg.get("attention_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            bos_token_id=cfg.get("bos_token_id"), eos_token_id=eos, pad_token_id=cfg.get("pad_token_id"),
+            hf=dict(cfg),
+        )
+
+    def to_hf(self) -> dict:
+        """config.json for transformers: the source config with our fields written over it."""
+        qwen2 = self.attention_bias and not self.o_bias
+        rope = {"rope_type": self.rope.rope_type, "rope_theta": self.rope.theta, **self.rope.params}
+        if self.rope.partial_rotary_factor != 1.0:
+            rope["partial_rotary_factor"] = self.rope.partial_rotary_factor
+        out = {k: v for k, v in self.hf.items() if k not in ("rope_scaling", "rope_theta")}
+        out.update(
+            architectures=out.get("architectures") or ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
+            model_type=out.get("model_type") or ("qwen2" if qwen2 else "llama"),
+            vocab_size=self.vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads, head_dim=self.head_dim,
+            max_position_embeddings=self.max_position_embeddings, rms_norm_eps=self.rms_norm_eps,
+            hidden_act=self.hidden_act, tie_word_embeddings=self.tie_word_embeddings,
+            rope_parameters=rope, bos_token_id=self.bos_token_id, pad_token_id=self.pad_token_id,
+            eos_token_id=(list(self.eos_token_id) if len(self.eos_token_id) > 1
+                          else self.eos_token_id[0] if self.eos_token_id else None),
+        )
+        if not qwen2:
+            out.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
+        return out
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor                      # [B, T, V] (or [B, k, V] with logits_to_keep=k)
+    loss: torch.Tensor | None = None
+    hidden_states: torch.Tensor | None = None  # final-norm output [B, T, D]
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+                                   cfg.head_dim, qkv_bias=cfg.attention_bias, out_bias=cfg.o_bias,
+                                   layer_idx=layer_idx)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias, act=cfg.hidden_act)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, rope, mask, cache):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(cfg.rope)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.gradient_checkpointing = False
+
+    # -- generation-engine interface -------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int) -> StaticKVCache:
+        p = self.embed_tokens.weight
+        return StaticKVCache(self.config.num_hidden_layers, batch_size, self.config.num_key_value_heads,
+                             max_len, self.config.head_dim, dtype=p.dtype, device=p.device)
+
+    @property
+    def max_context(self) -> int:
+        rope = self.config.rope
+        if rope.rope_type == "dynamic":  # dynamic NTK is made to run past the trained context
+            return int(rope.params["factor"] * self.config.max_position_embeddings)
+        return self.config.max_position_embeddings
+
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        from ocellus.infer.generate import generate
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, cache: StaticKVCache | None = None,
+                document_ids: torch.Tensor | None = None, logits_to_keep: int = 0, **unused) -> CausalLMOutput:
+        """attention_mask [B, T_k]: 1 for real tokens over cache + new tokens (or just new ones
+        without a cache). position_ids default to cache.length + arange(T) (transformers' forward
+        does not derive them from the mask either). logits_to_keep=k computes only the last k."""
+        if unused:
+            raise InputError(f"unexpected forward arguments {sorted(unused)}")
+        x = self._embed(input_ids, inputs_embeds)                                   # [B, T, D]
+        B, T, _ = x.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.max_context:
+            raise InputError(f"sequence of {past + T} tokens exceeds the model's context of {self.max_context}")
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)  # [B, T]
+        rope = self.rotary_emb(position_ids, dtype=x.dtype)
+        mask = build_attention_mask(T, past + T, attention_mask=attention_mask, document_ids=document_ids,
+                                    device=x.device)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, cache, use_reentrant=False)
+            else:
+                x = layer(x, rope, mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        h = self.norm(x)
+        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)      # [B, T|k, V]
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return CausalLMOutput(logits=logits, loss=loss, hidden_states=h)
+
+    def _embed(self, input_ids, inputs_embeds):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise InputError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is not None:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise InputError(f"inputs_embeds must be [B, T, {self.config.hidden_size}], got {tuple(inputs_embeds.shape)}")
+            return inputs_embeds
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise InputError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise InputError(f"input_ids hold ids outside [0, {self.config.vocab_size}): "
+                             f"min {int(input_ids.min())}, max {int(input_ids.max())}")
+        return self.embed_tokens(input_ids)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token cross-entropy: logits at t predict labels at t+1; -100 labels are not trained.
+    Mean over trained tokens (transformers' convention)."""
+    if labels.shape != logits.shape[:2]:
+        raise InputError(f"labels shape {tuple(labels.shape)} does not match logits {tuple(logits.shape[:2])}")
+    shift_logits = logits[:, :-1].float()                                    # [B, T-1, V]
+    shift_labels = labels[:, 1:]                                             # [B, T-1]
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=ignore_index)

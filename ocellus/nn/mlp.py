@@ -1,0 +1,43 @@
+"""Feed-forward blocks. SwiGLU (Shazeer 2020): down(act(gate(x)) * up(x)) with SiLU, as in
+Llama/Qwen2; GeluMLP: fc2(gelu(fc1(x))) as in ViT/BERT/GPT-2. Names follow transformers."""
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ocellus.errors import ConfigError
+
+ACTIVATIONS = {
+    "silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu"):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        self.act = activation(act)
+
+    def forward(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class GeluMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, bias: bool = True, act: str = "gelu"):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.act = activation(act)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
