@@ -1,0 +1,217 @@
+"""The generation engine: greedy / sampled decoding and beam search over a static KV cache.
+
+`generate` returns ids like transformers' `generate` ([B, T + new], finished rows padded);
+`stream` yields text deltas for one prompt (used by chat and serve).
+
+The model contract (DecoderLM, and later the VLMs) is small:
+  model(input_ids, attention_mask, position_ids, cache, logits_to_keep=1, **prefill_kwargs).logits
+  model.new_cache(batch, max_len), model.max_context, model.config.eos_token_id / pad_token_id
+Prompts are left-padded; positions follow transformers' generate: cumsum(mask) - 1, pads at 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Iterator
+
+import torch
+
+from ocellus.errors import ConfigError, InputError
+from ocellus.infer.sampling import choose, process_logits
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 20
+    do_sample: bool = False
+    temperature: float = 1.0          # <= 0 means greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    eos_token_id: tuple[int, ...] | None = None   # None: the model config's
+    pad_token_id: int | None = None               # None: the model config's, else the first eos
+    stop_strings: tuple[str, ...] = ()            # needs a tokenizer
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False            # True, False (heuristic) or "never", as transformers
+    seed: int | None = None
+
+    def __post_init__(self):
+        checks = [
+            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0, "max_new_tokens must be an int >= 0"),
+            (self.top_k is None or (isinstance(self.top_k, int) and self.top_k >= 0), "top_k must be an int >= 0"),
+            (self.top_p is None or 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.min_p is None or 0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
+            (self.repetition_penalty is None or self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (isinstance(self.num_beams, int) and self.num_beams >= 1, "num_beams must be an int >= 1"),
+            (not (self.num_beams > 1 and self.do_sample), "beam sampling (num_beams > 1 with do_sample) is not implemented"),
+            (self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"generation: {msg}")
+
+    @classmethod
+    def from_kwargs(cls, **kw) -> "GenerationConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kw) - names)
+        if unknown:
+            raise ConfigError(f"unknown generation options {unknown}; known: {sorted(names)}")
+        if isinstance(kw.get("eos_token_id"), int):
+            kw["eos_token_id"] = (kw["eos_token_id"],)
+        if isinstance(kw.get("stop_strings"), str):
+            kw["stop_strings"] = (kw["stop_strings"],)
+        for k in ("eos_token_id", "stop_strings"):
+            if kw.get(k) is not None:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature <= 0
+
+
+def _resolve_special(model, cfg: GenerationConfig) -> GenerationConfig:
+    eos = cfg.eos_token_id
+    if eos is None:
+        eos = tuple(getattr(model.config, "eos_token_id", ()) or ())
+    pad = cfg.pad_token_id
+    if pad is None:
+        pad = getattr(model.config, "pad_token_id", None)
+    if pad is None and eos:
+        pad = eos[0]
+    return replace(cfg, eos_token_id=eos, pad_token_id=pad)
+
+
+@dataclass
+class Prompt:
+    input_ids: torch.Tensor            # [B, T]
+    attention_mask: torch.Tensor | None  # [B, T], None when nothing is padded
+    position_ids: torch.Tensor         # [B, T]
+
+
+def prepare_prompt(model, input_ids, attention_mask, max_new_tokens: int) -> Prompt:
+    if not isinstance(input_ids, torch.Tensor):
+        raise InputError(f"input_ids must be a tensor, got {type(input_ids).__name__}")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        raise InputError(f"input_ids must be an integer [batch, seq] tensor, got {input_ids.dtype} {tuple(input_ids.shape)}")
+    if input_ids.shape[1] == 0:
+        raise InputError("input_ids is empty: generation needs at least one prompt token")
+    input_ids = input_ids.long()
+    B, T = input_ids.shape
+    if T + max_new_tokens > model.max_context:
+        raise InputError(f"prompt of {T} tokens + max_new_tokens={max_new_tokens} exceeds the model's context "
+                         f"of {model.max_context} tokens")
+    if attention_mask is None or bool(attention_mask.all()):
+        pos = torch.arange(T, device=input_ids.device).expand(B, T)
+        return Prompt(input_ids, None, pos)
+    if attention_mask.shape != input_ids.shape:
+        raise InputError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+    mask = attention_mask.long()
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise InputError("attention_mask has padding after real tokens: generation needs left padding "
+                         "(tokenizer padding_side='left')")
+    if bool((mask.sum(-1) == 0).any()):
+        raise InputError(f"rows {mask.sum(-1).eq(0).nonzero().flatten().tolist()} of attention_mask are all padding")
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    return Prompt(input_ids, mask, pos)
+
+
+class _StopStrings:
+    """Marks a row finished once its generated text contains a stop string (token included, as
+    transformers' StopStringCriteria). Only a tail window of tokens is decoded each step."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...]):
+        if tokenizer is None:
+            raise ConfigError("stop_strings need a tokenizer: pass tokenizer=... to generate")
+        self.tok, self.stops = tokenizer, stops
+        self.window = max(len(s) for s in stops) + 8
+
+    def __call__(self, generated: torch.Tensor) -> torch.Tensor:  # [B, n] -> [B] bool
+        tails = [self.tok.decode(row[-self.window:].tolist()) for row in generated]
+        return torch.tensor([any(s in t for s in self.stops) for t in tails], device=generated.device)
+
+
+@torch.inference_mode()
+def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
+                 **prefill_kwargs) -> Iterator[torch.Tensor]:
+    """Greedy/sampled decoding. Yields the next ids [B] step by step (finished rows get pad)."""
+    B, T = prompt.input_ids.shape
+    if cfg.max_new_tokens == 0:
+        return
+    device = prompt.input_ids.device
+    gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
+    eos = torch.tensor(cfg.eos_token_id or (), dtype=torch.long, device=device)
+    stop = _StopStrings(tokenizer, cfg.stop_strings) if cfg.stop_strings else None
+    sample = not cfg.greedy
+    processing = sample or (cfg.repetition_penalty not in (None, 1.0))
+    cache = model.new_cache(B, T + cfg.max_new_tokens)
+    mask = None
+    if prompt.attention_mask is not None:  # grows by one real token per step
+        mask = torch.ones(B, T + cfg.max_new_tokens, dtype=torch.long, device=device)
+        mask[:, :T] = prompt.attention_mask
+    seqs = torch.empty(B, T + cfg.max_new_tokens, dtype=torch.long, device=device)
+    seqs[:, :T] = prompt.input_ids
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    pos = prompt.position_ids[:, -1:]                                               # [B, 1]
+    logits = model(input_ids=prompt.input_ids, attention_mask=prompt.attention_mask,
+                   position_ids=prompt.position_ids, cache=cache, logits_to_keep=1, **prefill_kwargs).logits
+    for step in range(cfg.max_new_tokens):
+        scores = logits[:, -1].float()                                              # [B, V]
+        if processing:
+            scores = process_logits(scores, seqs[:, :T + step], do_sample=sample, temperature=cfg.temperature,
+                                    top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
+                                    repetition_penalty_=cfg.repetition_penalty)
+        nxt = choose(scores, sample, gen)                                           # [B]
+        if cfg.pad_token_id is not None:
+            nxt = nxt.masked_fill(finished, cfg.pad_token_id)
+        seqs[:, T + step] = nxt
+        yield nxt
+        if eos.numel():
+            finished |= torch.isin(nxt, eos)
+        if stop is not None:
+            finished |= stop(seqs[:, T:T + step + 1])
+        if step + 1 == cfg.max_new_tokens or bool(finished.all()):
+            return
+        pos = pos + 1
+        logits = model(input_ids=nxt[:, None], attention_mask=None if mask is None else mask[:, :T + step + 1],
+                       position_ids=pos, cache=cache, logits_to_keep=1).logits
+
+
+def generate(model, input_ids, attention_mask=None, *, tokenizer=None, **kwargs) -> torch.Tensor:
+    """-> [B, T + n] ids: the prompt followed by what was generated (transformers' layout).
+    kwargs: the GenerationConfig fields, plus model inputs used at prefill (e.g. pixel_values)."""
+    gen_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in GenerationConfig.__dataclass_fields__}
+    cfg = _resolve_special(model, GenerationConfig.from_kwargs(**gen_kw))
+    prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
+    if cfg.num_beams > 1:
+        from ocellus.infer.beam import beam_search
+        return beam_search(model, prompt, cfg, **kwargs)
+    steps = list(decode_steps(model, prompt, cfg, tokenizer=tokenizer, **kwargs))
+    if not steps:
+        return prompt.input_ids
+    return torch.cat([prompt.input_ids, torch.stack(steps, dim=1)], dim=1)
+
+
+def stream(model, tokenizer, input_ids, attention_mask=None, skip_special_tokens: bool = True,
+           **kwargs) -> Iterator[str]:
+    """Text deltas of one prompt's continuation, as they are generated. Stops at eos (not
+    printed when skip_special_tokens) or a stop string."""
+    from ocellus.infer.streaming import TextStreamDecoder
+    gen_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in GenerationConfig.__dataclass_fields__}
+    cfg = _resolve_special(model, GenerationConfig.from_kwargs(**gen_kw))
+    if cfg.num_beams > 1:
+        raise ConfigError("streaming is for greedy/sampled decoding; beam search picks its answer at the end")
+    prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
+    if prompt.input_ids.shape[0] != 1:
+        raise InputError(f"stream() takes one prompt, got a batch of {prompt.input_ids.shape[0]}")
+    decoder = TextStreamDecoder(tokenizer, skip_special_tokens=skip_special_tokens)
+    for nxt in decode_steps(model, prompt, cfg, tokenizer=tokenizer, **kwargs):
+        delta = decoder.push([int(nxt[0])])
+        if delta:
+            yield delta
+    tail = decoder.flush()
+    if tail:
+        yield tail

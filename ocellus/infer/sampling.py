@@ -1,0 +1,72 @@
+"""Logit processors and token choice. Each filter keeps exactly the set transformers' warper of
+the same name keeps (ties included); removed entries become -inf.
+
+Order (as transformers applies them): repetition penalty, then when sampling temperature,
+top-k, top-p, min-p; then argmax or a multinomial draw.
+"""
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL (Keskar et al. 2019): logits of tokens already in `seen` [B, T] are divided by the
+    penalty when positive and multiplied when negative, so both move towards less likely."""
+    picked = scores.gather(1, seen)                                          # [B, T]
+    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
+    return scores.scatter(1, seen, picked)
+
+
+def top_k_filter(scores: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(max(k, 1), scores.shape[-1])
+    kth = torch.topk(scores, k, dim=-1).values[..., -1:]                    # [B, 1]
+    return scores.masked_fill(scores < kth, NEG_INF)
+
+
+def top_p_filter(scores: torch.Tensor, p: float, min_keep: int = 1) -> torch.Tensor:
+    """Nucleus sampling (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
+    probability mass reaches p."""
+    sorted_scores, order = torch.sort(scores, descending=False, dim=-1)     # ascending
+    mass_below = sorted_scores.softmax(-1).cumsum(-1)                        # [B, V]
+    drop_sorted = mass_below <= (1 - p)                                      # the low tail holding <= 1-p
+    drop_sorted[..., -min_keep:] = False
+    drop = drop_sorted.scatter(1, order, drop_sorted)
+    return scores.masked_fill(drop, NEG_INF)
+
+
+def min_p_filter(scores: torch.Tensor, min_p: float, min_keep: int = 1) -> torch.Tensor:
+    """Keep tokens whose probability is at least min_p times the top token's."""
+    probs = scores.softmax(-1)
+    drop = probs < min_p * probs.amax(-1, keepdim=True)
+    order = torch.argsort(scores, descending=True, dim=-1)
+    drop_sorted = drop.gather(1, order)
+    drop_sorted[..., :min_keep] = False
+    return scores.masked_fill(drop_sorted.scatter(1, order, drop_sorted), NEG_INF)
+
+
+def process_logits(scores: torch.Tensor, seen: torch.Tensor, *, do_sample: bool, temperature: float = 1.0,
+                   top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+                   repetition_penalty_: float | None = None) -> torch.Tensor:
+    """scores [B, V] fp32, seen [B, T] ids so far -> processed scores (same shape)."""
+    if repetition_penalty_ is not None and repetition_penalty_ != 1.0:
+        scores = repetition_penalty(scores, seen, repetition_penalty_)
+    if not do_sample:
+        return scores
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k:
+        scores = top_k_filter(scores, top_k)
+    if top_p is not None and top_p < 1.0:
+        scores = top_p_filter(scores, top_p)
+    if min_p:
+        scores = min_p_filter(scores, min_p)
+    return scores
+
+
+def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[B, V] -> next ids [B]: argmax, or one draw from softmax(scores)."""
+    if not do_sample:
+        return scores.argmax(-1)
+    return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
