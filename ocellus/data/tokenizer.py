@@ -102,8 +102,9 @@ class Tokenizer:
         self.chat_templates = dict(chat_templates or {})
         self._special = {k: _token(v) if isinstance(v, str) else v for k, v in (special_tokens or {}).items()}
         self._extra = [_token(t) if isinstance(t, str) else t for t in (extra_special_tokens or [])]
-        # Padding/truncation in tokenizer.json are kept for save() but not applied to encode().
-        self._json_truncation, self._json_padding = backend.truncation, backend.padding
+        # Padding/truncation in tokenizer.json are kept (in their JSON form) for save(), not applied to encode().
+        serialized = json.loads(backend.to_str())
+        self._json_truncation, self._json_padding = serialized["truncation"], serialized["padding"]
         backend.no_truncation()
         backend.no_padding()
         self._register_special_tokens()

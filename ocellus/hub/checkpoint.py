@@ -78,7 +78,7 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
                       tied: tuple[str, ...] = (), source: str = "checkpoint") -> None:
     ours = model.state_dict()
     filled: dict[str, torch.Tensor] = {}
-    unexpected, mismatched = [], []
+    unexpected, mismatched, wrong_shape = [], [], set()
     for theirs, t in tensors.items():
         if keymap.dropped(theirs):
             continue
@@ -89,9 +89,10 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
             unexpected.append(theirs)
         elif tuple(t.shape) != tuple(ours[key].shape):
             mismatched.append(f"{theirs}: checkpoint {tuple(t.shape)} vs model {tuple(ours[key].shape)}")
+            wrong_shape.add(key)
         else:
             filled[key] = t
-    missing = [keymap.to_theirs(k) or k for k in ours if k not in filled and k not in tied]
+    missing = [keymap.to_theirs(k) or k for k in ours if k not in filled and k not in tied and k not in wrong_shape]
     if missing or unexpected or mismatched:
         lines = [f"{source} does not match {type(model).__name__}:"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):

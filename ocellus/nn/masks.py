@@ -26,7 +26,8 @@ def build_attention_mask(q_len: int, kv_len: int, *, attention_mask: torch.Tenso
     if no_padding and document_ids is None and (not causal or q_len in (1, kv_len)):
         return None  # SDPA's own causal (or full) path; see `sdpa_is_causal`
     if device is None:
-        device = (attention_mask if attention_mask is not None else document_ids).device
+        given = attention_mask if attention_mask is not None else document_ids
+        device = given.device if given is not None else None
     q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]     # [T_q, 1]
     k_pos = torch.arange(kv_len, device=device)[None, :]                     # [1, T_k]
     mask = (k_pos <= q_pos) if causal else torch.ones(q_len, kv_len, dtype=torch.bool, device=device)

@@ -1,0 +1,205 @@
+"""Decode-throughput benchmark: Ocellus vs transformers `generate` on the same random Llama weights.
+
+    python benchmarks/decode.py [--dtypes fp32,bf16] [--batches 1,8] [--quick]
+
+For each (dtype, batch) it greedily generates from a fixed random prompt with both
+implementations and reports decode tokens/s without the prefill: B * (N2 - N1) / (t(N2) - t(N1)),
+each time the best of several repeats (ours and transformers' runs interleaved, so a busy machine
+slows both alike). The ceiling is what this machine can do at most for that model: the time to
+push B tokens through every weight matrix of the model (lm_head included) with plain F.linear
+calls, best of several repeats, measured in the same run. At small batch, decoding is bound by
+reading the weights once per step, so ours/ceiling says how much overhead is left.
+
+transformers is only the oracle here: it is imported inside the functions that use it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+# ~100M parameters: 75.5M in the blocks + 24.6M in the (tied) embedding / lm_head; GQA 12 q / 4 kv heads.
+LLAMA_100M = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                  num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048,
+                  tie_word_embeddings=True)
+LLAMA_TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  tie_word_embeddings=True)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def default_workdir() -> Path:
+    return Path(os.environ.get("OCELLUS_BENCH_DIR") or Path(tempfile.gettempdir()) / "ocellus-bench")
+
+
+def build_checkpoint(arch: dict, workdir: Path, seed: int = 0) -> Path:
+    """A random Llama checkpoint saved by transformers (fp32), reused when already in workdir.
+    eos is None so both implementations generate every requested token."""
+    name = "llama-" + "-".join(f"{arch[k]}" for k in ("hidden_size", "num_hidden_layers", "intermediate_size",
+                                                      "vocab_size", "num_key_value_heads")) + f"-s{seed}"
+    path = Path(workdir) / name
+    if (path / "config.json").exists():
+        return path
+    import transformers
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(**arch, bos_token_id=1, eos_token_id=None, pad_token_id=0)
+    model = transformers.LlamaForCausalLM(cfg)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    os.replace(tmp, path)  # atomic: a half-written dir is never reused
+    return path
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied tensors once
+
+
+def _now(device) -> float:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def ceiling_seconds(model: nn.Module, batch: int, repeats: int = 20) -> float:
+    """Best time to push `batch` tokens through every nn.Linear of the model (lm_head included)
+    with F.linear: the weight-reading cost no decoder can avoid at one token per step."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    w0 = linears[0].weight
+    xs = {m.in_features: torch.randn(batch, m.in_features, dtype=w0.dtype, device=w0.device) for m in linears}
+    best = math.inf
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t0 = _now(w0.device)
+            for m in linears:
+                F.linear(xs[m.in_features], m.weight, m.bias)
+            best = min(best, _now(w0.device) - t0)
+    return best
+
+
+def _time_generate(fn, new_tokens: int, device) -> tuple[float, torch.Tensor]:
+    t0 = _now(device)
+    out = fn(new_tokens)
+    return _now(device) - t0, out
+
+
+def decode_rate(runners: dict, batch: int, n1: int, n2: int, repeats: int, device) -> tuple[dict, dict]:
+    """runners: name -> fn(new_tokens) -> ids. Returns (name -> decode tokens/s, name -> ids of n2)."""
+    best = {name: {n1: math.inf, n2: math.inf} for name in runners}
+    outs = {}
+    for name, fn in runners.items():  # warm-up: first-call allocations, lazy inits
+        fn(n1)
+    for _ in range(repeats):
+        for name, fn in runners.items():
+            for n in (n1, n2):
+                t, out = _time_generate(fn, n, device)
+                best[name][n] = min(best[name][n], t)
+                if n == n2:
+                    outs[name] = out
+    rates = {name: batch * (n2 - n1) / max(b[n2] - b[n1], 1e-9) for name, b in best.items()}
+    return rates, outs
+
+
+def _runners(ours, theirs, ids: torch.Tensor) -> dict:
+    mask = torch.ones_like(ids)
+
+    def run_ours(n):
+        return ours.generate(ids, max_new_tokens=n)
+
+    def run_theirs(n):
+        with torch.inference_mode():
+            return theirs.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0)
+
+    return {"ocellus": run_ours, "transformers": run_theirs}
+
+
+def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128, new_tokens: int = 128,
+                 base_tokens: int = 1, repeats: int = 3, quick: bool = False, workdir=None, device="cpu",
+                 arch: dict | None = None, threads: int | None = None, verbose: bool = True) -> list[dict]:
+    """-> one dict per (dtype, batch): ours / transformers decode tokens/s, their ratio, the ceiling
+    and ours / ceiling. Decode rate = B * (new_tokens - base_tokens) / (t(new) - t(base))."""
+    import ocellus
+    import transformers
+
+    if quick:
+        arch = arch or LLAMA_TINY
+        prompt_len, new_tokens, base_tokens, repeats = min(prompt_len, 16), min(new_tokens, 8), 1, 1
+    arch = arch or LLAMA_100M
+    if threads:
+        torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    path = build_checkpoint(arch, Path(workdir) if workdir else default_workdir())
+    rows = []
+    for dname in dtypes:
+        dtype = DTYPES[dname]
+        ours = ocellus.load(path, dtype=dtype, device=device)
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        if verbose:
+            print(f"# {path.name}: {count_parameters(ours) / 1e6:.1f}M parameters, {dname}, "
+                  f"{torch.get_num_threads()} threads", flush=True)
+        for batch in batches:
+            g = torch.Generator().manual_seed(batch)
+            ids = torch.randint(2, arch["vocab_size"], (batch, prompt_len), generator=g).to(device)
+            rates, outs = decode_rate(_runners(ours, theirs, ids), batch, base_tokens, new_tokens, repeats, device)
+            ceiling = batch / ceiling_seconds(ours, batch)
+            row = dict(dtype=dname, batch=batch, prompt=prompt_len, new_tokens=new_tokens,
+                       ocellus=rates["ocellus"], transformers=rates["transformers"],
+                       ratio=rates["ocellus"] / rates["transformers"], ceiling=ceiling,
+                       of_ceiling=rates["ocellus"] / ceiling,
+                       same_tokens=bool(torch.equal(outs["ocellus"], outs["transformers"])))
+            rows.append(row)
+            if verbose:
+                print(format_row(row), flush=True)
+        del ours, theirs
+    return rows
+
+
+HEADER = f"{'dtype':>5} {'batch':>5} {'ocellus tok/s':>13} {'transformers tok/s':>18} {'ratio':>6} " \
+         f"{'ceiling tok/s':>13} {'ours/ceiling':>12} {'same ids':>8}"
+
+
+def format_row(r: dict) -> str:
+    return (f"{r['dtype']:>5} {r['batch']:>5} {r['ocellus']:>13.1f} {r['transformers']:>18.1f} {r['ratio']:>5.2f}x "
+            f"{r['ceiling']:>13.1f} {r['of_ceiling']:>11.0%} {str(r['same_tokens']):>8}")
+
+
+def format_table(rows: list[dict]) -> str:
+    return "\n".join([HEADER, *(format_row(r) for r in rows)])
+
+
+def main_decode(argv=None) -> list[dict]:
+    """`ocellus bench decode` / `python benchmarks/decode.py`."""
+    p = argparse.ArgumentParser(prog="ocellus bench decode", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16")
+    p.add_argument("--batches", default="1,8", help="comma list of batch sizes")
+    p.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    p.add_argument("--new-tokens", type=int, default=128, help="generated tokens (N2)")
+    p.add_argument("--base-tokens", type=int, default=1, help="N1: its time (prefill included) is subtracted")
+    p.add_argument("--repeats", type=int, default=3, help="best of this many runs per length")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--workdir", default=None, help=f"checkpoint cache (default {default_workdir()})")
+    p.add_argument("--quick", action="store_true", help="tiny model, few tokens (a smoke test)")
+    p.add_argument("--json", default=None, help="also write the rows to this file")
+    a = p.parse_args(argv)
+    dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown:
+        p.error(f"unknown dtypes {unknown}; use {sorted(DTYPES)}")
+    if not a.base_tokens < a.new_tokens:
+        p.error("--base-tokens must be smaller than --new-tokens")
+    rows = bench_decode(dtypes=dtypes, batches=[int(b) for b in a.batches.split(",")], prompt_len=a.prompt,
+                        new_tokens=a.new_tokens, base_tokens=a.base_tokens, repeats=a.repeats, quick=a.quick,
+                        workdir=a.workdir, threads=a.threads)
+    print()
+    print(format_table(rows))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
+    return rows
