@@ -81,5 +81,5 @@ def run_demo(workdir: str | Path, prompt: str, max_new_tokens: int = 32, seed: i
     seconds = time.perf_counter() - start
     reply = "".join(pieces)
     out(f"reply: {reply!r}")
-    out(f"{len(tok.encode(reply, add_special_tokens=False))} tokens in {seconds:.2f}s")
+    out(f"at most {max_new_tokens} new tokens, {len(reply)} characters in {seconds:.2f}s")
     return reply

@@ -64,7 +64,7 @@ class _GenerationTag(jinja2.ext.Extension):
 def compile_chat_template(template: str) -> jinja2.Template:
     """Compile once per distinct template string (rendering is per request)."""
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception

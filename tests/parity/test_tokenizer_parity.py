@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 transformers = pytest.importorskip("transformers")
+from tokenizers import AddedToken  # noqa: E402
 from tokenizers import Tokenizer as RawTokenizer  # noqa: E402
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
@@ -58,18 +59,19 @@ LLAMA2 = (
     "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
 )
 # Qwen2-VL style: content is a string or a list of parts; images become vision placeholders.
+# Indented block tags: lstrip_blocks must remove the indentation, trim_blocks the newlines.
 MULTIMODAL = """{% set image_count = namespace(value=0) %}
 {% for message in messages %}
-{% if loop.first and message['role'] != 'system' %}<|im_start|>system
+    {% if loop.first and message['role'] != 'system' %}<|im_start|>system
 You are a helpful assistant.<|im_end|>
-{% endif %}
+    {% endif %}
 <|im_start|>{{ message['role'] }}
-{% if message['content'] is string %}{{ message['content'] }}<|im_end|>
-{% else %}
-{% for content in message['content'] %}
-{% if content['type'] == 'image' or 'image' in content %}{% set image_count.value = image_count.value + 1 %}Picture {{ image_count.value }}: <|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}
-{% endfor %}<|im_end|>
-{% endif %}
+    {% if message['content'] is string %}{{ message['content'] }}<|im_end|>
+    {% else %}
+        {% for content in message['content'] %}
+            {% if content['type'] == 'image' or 'image' in content %}{% set image_count.value = image_count.value + 1 %}Picture {{ image_count.value }}: <|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}
+        {% endfor %}<|im_end|>
+    {% endif %}
 {% endfor %}
 {% if add_generation_prompt %}<|im_start|>assistant
 {% endif %}"""
@@ -99,8 +101,15 @@ SYSTEM_MULTI_TURN = [
     {"role": "assistant", "content": "  A tiny model.  "},
     {"role": "user", "content": "日本語で？"},
 ]
+class _Picture:
+    """Stands for a PIL image inside a content part: templates only test that the key exists."""
+
+    def save(self, path):  # a method a sandboxed template must never reach
+        raise AssertionError("template reached into an image object")
+
+
 MULTIMODAL_MESSAGES = [
-    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
+    {"role": "user", "content": [{"type": "image", "image": _Picture()}, {"type": "text", "text": "What is this?"}]},
     {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
     {"role": "user", "content": [{"type": "text", "text": "And these?"}, {"type": "image"}, {"type": "image"}]},
 ]
@@ -236,7 +245,7 @@ def test_chat_template_matches_transformers(name, add_generation_prompt, tmp_pat
     if name == "llama2":
         assert text.startswith("<s>[INST] <<SYS>>\nYou are terse") and text.count("<s>") == 2
     if name == "multimodal":
-        assert text.count("<|image_pad|>") == 3 and "Picture 3:" in text
+        assert text.count("<|image_pad|>") == 3 and "Picture 3:" in text and "  " not in text
     if name == "tools":
         assert '"description": "Météo <actuelle> & prévisions"' in text  # not escaped, not ASCII-fied
         assert '{\n  "name": "get_weather"' in text
@@ -244,7 +253,8 @@ def test_chat_template_matches_transformers(name, add_generation_prompt, tmp_pat
 
 def test_tools_absent_renders_like_transformers(tmp_path):
     ours, ref = _both(_save_hf(_train("bytelevel"), tmp_path, TOOLS))
-    messages = [{"role": "user", "content": "hi"}, {"role": "stop", "content": "x"}, {"role": "user", "content": "never"}]
+    messages = [{"role": "user", "content": "hi"}, {"role": "stop", "content": "x"},
+                {"role": "user", "content": "never"}]
     text = ours.apply_chat_template(messages)
     assert text == ref.apply_chat_template(messages, tokenize=False)
     assert "Tools" not in text and "never" not in text  # tools=None is `none`; {% break %} works
@@ -341,6 +351,20 @@ def test_new_special_tokens_from_config_are_added_like_transformers(tmp_path):
     assert ours.special_tokens_map["image_token"] == "<image>"
 
 
+def test_existing_added_token_keeps_its_flags(tmp_path):
+    """<|im_end|> is in tokenizer.json with lstrip/rstrip; naming it eos_token must not reset those."""
+    raw_tok = _train("bytelevel")
+    raw_tok.add_special_tokens([AddedToken("<|im_end|>", lstrip=True, rstrip=True, special=True, normalized=False)])
+    directory = _save_hf(raw_tok, tmp_path)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config["eos_token"] = "<|im_end|>"
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    ours, ref = _both(directory)
+    text = "hi   <|im_end|>   there"
+    _assert_same_codec(ours, ref, text)
+    assert ours.encode(text, add_special_tokens=False) == ours.encode("hi<|im_end|>there", add_special_tokens=False)
+
+
 def test_chat_template_jinja_file_wins(tmp_path):
     directory = _save_hf(_train("bytelevel"), tmp_path, CHATML)  # v5 writes chat_template.jinja
     assert (directory / "chat_template.jinja").read_text() == CHATML
@@ -405,6 +429,24 @@ def test_real_wordpiece_tokenizer_matches(tmp_path):
     ours.save(tmp_path / "out")
     copy = AutoTokenizer.from_pretrained(tmp_path / "out")
     assert all(copy.encode(t) == ref.encode(t) for t in texts)
+
+
+def test_clean_up_tokenization_spaces_applies_to_wordpiece_only(tmp_path):
+    directory = tmp_path / "wordpiece"
+    shutil.copytree(_minilm_dir(), directory)
+    tokenizer_json = json.loads((directory / "tokenizer.json").read_text())
+    tokenizer_json["decoder"]["cleanup"] = False  # so only the config flag can glue "don ' t" back
+    (directory / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "clean_up_tokenization_spaces": True}))
+    ours, ref = _both(directory)
+    text = "Don't stop, ok ? Yes ! it's we're"
+    _assert_same_codec(ours, ref, text)
+    assert ours.decode(ours.encode(text), skip_special_tokens=True) == "don't stop, ok? yes! it's we're"
+    bpe = _save_hf(_train("bytelevel"), tmp_path / "bpe", clean_up_tokenization_spaces=True)
+    ours, ref = _both(bpe)
+    _assert_same_codec(ours, ref, "Don 't stop , ok ?")
+    assert ours.decode(ours.encode("Don 't stop , ok ?", add_special_tokens=False)) == "Don 't stop , ok ?"
 
 
 def test_real_wordpiece_directory_without_tokenizer_json(tmp_path):

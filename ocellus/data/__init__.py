@@ -1,0 +1,1 @@
+"""Data: tokenizer, chat templates, image transforms, datasets, collation and packing."""
