@@ -1,0 +1,205 @@
+"""Conversations in one normal form, and converters from the dataset formats people have.
+
+The normal form is what the transformers / OpenAI "content parts" style looks like:
+
+    [{"role": "system" | "user" | "assistant",
+      "content": [{"type": "text", "text": "..."}, {"type": "image"}, ...]}, ...]
+
+Images are *positions* in the conversation ({"type": "image"} parts, optionally carrying the
+image object under "image"); the pixels travel separately, in the order the parts appear. Every
+later step (templates, loss masks, image-token expansion) reads this structure, so nothing
+downstream has to re-split a rendered string to find out who said what.
+
+Sources converted here:
+- plain string content ({"role": "user", "content": "hi"}) -> one text part;
+- the LLaVA JSON format (haotian-liu/LLaVA, llava_v1_5_mix665k.json and friends):
+  {"id": ..., "image": "x.jpg" | [...], "conversations": [{"from": "human" | "gpt" | "system",
+  "value": "<image>\\nWhat is ..."}]} — each "<image>" in a value becomes an image part at that
+  position, the text around it is kept verbatim (so the round trip is exact);
+- TRL-style rows ({"messages": [...], "images": [...]}, content a string or parts), as used by
+  TRL's SFTTrainer / DataCollatorForVisionLanguageModeling.
+
+Every problem raises InputError naming the row and the turn (principle 6): a dataset with a
+bad row stops with a message pointing at it, it is never skipped quietly.
+"""
+from typing import Any, NamedTuple
+
+from ocellus.errors import InputError
+
+ROLES = ("system", "user", "assistant")
+LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+LLAVA_SPEAKERS = {"user": "human", "assistant": "gpt", "system": "system"}
+
+
+class Conversation(NamedTuple):
+    """A normalised conversation and its images (file names, PIL images, ...), in part order."""
+
+    messages: list[dict]
+    images: list[Any]
+
+
+def _where(row=None, turn=None) -> str:
+    parts = ([f"row {row}"] if row is not None else []) + ([f"turn {turn}"] if turn is not None else [])
+    return ", ".join(parts) or "conversation"
+
+
+def text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def image_part() -> dict:
+    return {"type": "image"}
+
+
+def _normalize_content(content, row, turn) -> list[dict]:
+    if isinstance(content, str):
+        return [text_part(content)]
+    if not isinstance(content, (list, tuple)):
+        raise InputError(f"{_where(row, turn)}: content must be a string or a list of parts, "
+                         f"got {type(content).__name__}")
+    parts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise InputError(f"{_where(row, turn)}, part {j}: a content part must be a dict, got {type(part).__name__}")
+        kind = part.get("type")
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise InputError(f"{_where(row, turn)}, part {j}: a text part needs a string 'text'")
+            parts.append(text_part(part["text"]))
+        elif kind == "image":
+            parts.append(dict(part))  # keeps an attached image object ("image": ...) if there is one
+        else:
+            raise InputError(f"{_where(row, turn)}, part {j}: unknown content part type {kind!r} "
+                             "(expected 'text' or 'image')")
+    return parts
+
+
+def normalize(messages, *, row=None) -> list[dict]:
+    """Any accepted message list -> the normal form (new dicts; the input is not modified).
+
+    Raises InputError for an empty conversation, a message that is not {"role", "content"},
+    an unknown role, an unknown part type, or a message with no content at all."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InputError(f"{_where(row)}: a conversation must be a non-empty list of messages")
+    out = []
+    for turn, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise InputError(f"{_where(row, turn)}: a message must be a dict with 'role' and 'content'")
+        role = message["role"]
+        if role not in ROLES:
+            raise InputError(f"{_where(row, turn)}: unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        parts = _normalize_content(message["content"], row, turn)
+        if not any(p["type"] == "image" or p["text"] for p in parts):
+            raise InputError(f"{_where(row, turn)}: {role} message has empty content")
+        out.append({"role": role, "content": parts})
+    return out
+
+
+def count_images(messages) -> int:
+    return sum(p["type"] == "image" for m in messages for p in m["content"])
+
+
+def validate(messages, *, num_images: int | None = None, alternate: bool = False, row=None) -> None:
+    """Checks on normalised messages beyond their shape.
+
+    num_images: the number of images supplied with the conversation; it must equal the number
+        of image parts (the placeholder/image mismatch that elsewhere silently drops samples).
+    alternate: templates such as Vicuna's need an optional system message first, then
+        user, assistant, user, ... strictly alternating, starting with the user.
+    """
+    if num_images is not None and count_images(messages) != num_images:
+        raise InputError(f"{_where(row)}: {count_images(messages)} image placeholders in the messages "
+                         f"but {num_images} images given")
+    if alternate:
+        expected = "user"
+        for turn, message in enumerate(messages):
+            if message["role"] == "system" and turn == 0:
+                continue
+            if message["role"] != expected:
+                raise InputError(f"{_where(row, turn)}: expected role {expected}, got {message['role']} "
+                                 "(this template needs an optional system message first, then user and "
+                                 "assistant turns alternating, starting with the user)")
+            expected = "assistant" if expected == "user" else "user"
+
+
+# ---- LLaVA JSON ---------------------------------------------------------------------------------
+
+def _split_placeholders(text: str, image_token: str) -> list[dict]:
+    """"<image>\\nWhat?" -> [image, text("\\nWhat?")]: text kept verbatim, empty pieces dropped."""
+    parts = []
+    for k, piece in enumerate(text.split(image_token)):
+        if k > 0:
+            parts.append(image_part())
+        if piece:
+            parts.append(text_part(piece))
+    return parts
+
+
+def from_llava(data: dict, *, row=None, image_token: str = "<image>") -> Conversation:
+    """One LLaVA-format record -> Conversation. `row` (default: the record's "id") names it in errors."""
+    if not isinstance(data, dict):
+        raise InputError(f"{_where(row)}: a LLaVA record must be a dict, got {type(data).__name__}")
+    row = data.get("id") if row is None else row
+    turns = data.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise InputError(f"{_where(row)}: 'conversations' must be a non-empty list")
+    images = data.get("image")
+    images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
+    messages = []
+    for turn, entry in enumerate(turns):
+        if not isinstance(entry, dict) or not isinstance(entry.get("value"), str):
+            raise InputError(f"{_where(row, turn)}: a LLaVA turn must be {{'from': ..., 'value': str}}")
+        speaker = entry.get("from")
+        if speaker not in LLAVA_ROLES:
+            raise InputError(f"{_where(row, turn)}: unknown speaker {speaker!r} (expected human, gpt or system)")
+        messages.append({"role": LLAVA_ROLES[speaker], "content": _split_placeholders(entry["value"], image_token)})
+    messages = normalize(messages, row=row)
+    validate(messages, num_images=len(images), row=row)
+    return Conversation(messages, images)
+
+
+def _joined_text(message: dict, image_token: str) -> str:
+    return "".join(image_token if p["type"] == "image" else p["text"] for p in message["content"])
+
+
+def to_llava(messages, images=(), *, id=None, image_token: str = "<image>") -> dict:
+    """Conversation -> LLaVA record; one image is written as a string, several as a list."""
+    messages = normalize(messages)
+    validate(messages, num_images=len(images), row=id)
+    record = {} if id is None else {"id": id}
+    if len(images) == 1:
+        record["image"] = images[0]
+    elif images:
+        record["image"] = list(images)
+    record["conversations"] = [{"from": LLAVA_SPEAKERS[m["role"]], "value": _joined_text(m, image_token)}
+                               for m in messages]
+    return record
+
+
+# ---- TRL rows -----------------------------------------------------------------------------------
+
+def from_trl(data: dict, *, row=None) -> Conversation:
+    """{"messages": [...], "images": [...]} -> Conversation.
+
+    Images come from the row's "images" list, or, when it has none, from image objects attached
+    to the parts ({"type": "image", "image": pil}); both at once is ambiguous and raises."""
+    if not isinstance(data, dict) or "messages" not in data:
+        raise InputError(f"{_where(row)}: a TRL row must be a dict with 'messages'")
+    messages = normalize(data["messages"], row=row)
+    attached = [p["image"] for m in messages for p in m["content"]
+                if p["type"] == "image" and p.get("image") is not None]
+    images = data.get("images")
+    if images is not None and attached:
+        raise InputError(f"{_where(row)}: images given both in 'images' and inside the content parts; use one")
+    images = list(images) if images is not None else attached
+    validate(messages, num_images=len(images), row=row)
+    return Conversation(messages, images)
+
+
+def to_trl(messages, images=()) -> dict:
+    """Conversation -> {"messages": [...], "images": [...]} with content as parts."""
+    messages = normalize(messages)
+    validate(messages, num_images=len(images))
+    stripped = [{"role": m["role"], "content": [image_part() if p["type"] == "image" else p for p in m["content"]]}
+                for m in messages]
+    return {"messages": stripped, "images": list(images)}
