@@ -150,5 +150,7 @@ def render_chat_template(
         )
     except _TemplateRaised as e:
         raise InputError(f"chat template rejected the messages: {e}") from None
-    except jinja2.TemplateError as e:
+    except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        # Python errors inside a template (e.g. `str + list` when a string-only template gets
+        # content parts) are the messages not fitting the template: the caller's input
         raise InputError(f"chat template failed on the messages: {type(e).__name__}: {e}") from e

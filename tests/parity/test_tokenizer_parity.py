@@ -455,3 +455,11 @@ def test_real_wordpiece_directory_without_tokenizer_json(tmp_path):
         shutil.copy(directory / name, tmp_path / name)
     with pytest.raises(CheckpointError, match="no tokenizer.json"):
         Tokenizer.from_dir(tmp_path)
+
+
+def test_python_error_inside_template_is_input_error():
+    from ocellus.data.chat_template import render_chat_template
+    from ocellus.errors import InputError
+    tmpl = "{% for m in messages %}{{ m['role'] + m['content'] }}{% endfor %}"
+    with pytest.raises(InputError, match="TypeError"):
+        render_chat_template(tmpl, [{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
