@@ -71,6 +71,7 @@ def load_model(path_or_id, dtype=None, device=None) -> nn.Module:
     load_state_strict(model, tensors, fam.keymap, tied=fam.tied(model), source=str(path))
     model.eval()
     model.name_or_path = str(path_or_id)
+    model.family_name = fam.name
     return model.to(device) if device is not None else model
 
 

@@ -43,10 +43,23 @@ DECODER = Family(
     tied=lambda m: ("lm_head.weight",) if m.config.tie_word_embeddings else (),
 )
 
+from ocellus.hub.vision_families import register as _register_vision  # noqa: E402  (imports Family lazily)
+
+
+def _llava() -> Family:
+    from ocellus.models.families.llava import LLAVA_KEYS, build_llava, llava_hf_config
+    from ocellus.models.vlm import VLM
+    return Family(name="llava", model_class=VLM, build=build_llava, keymap=LLAVA_KEYS, hf_config=llava_hf_config,
+                  tied=lambda m: ("language_model.lm_head.weight",)
+                  if m.language_model.config.tie_word_embeddings else ())
+
+
 ARCHITECTURES: dict[str, Family] = {
     "LlamaForCausalLM": DECODER,
     "Qwen2ForCausalLM": DECODER,
 }
+_register_vision(ARCHITECTURES)
+ARCHITECTURES["LlavaForConditionalGeneration"] = _llava()
 
 
 def family_for_config(cfg: dict, where: str = "config.json") -> Family:
@@ -59,7 +72,9 @@ def family_for_config(cfg: dict, where: str = "config.json") -> Family:
 
 
 def family_for_model(model: nn.Module) -> Family:
+    """The family that built the model (`family_name`, set by load), else the first whose class fits."""
+    named = getattr(model, "family_name", None)
     for fam in ARCHITECTURES.values():
-        if type(model) is fam.model_class:
+        if fam.name == named or (named is None and type(model) is fam.model_class):
             return fam
     raise ConfigError(f"no checkpoint family knows how to save a {type(model).__name__}")

@@ -381,9 +381,10 @@ class ClassifierOutput:
 
 
 class ViTClassifier(nn.Module):
-    """An image classifier over any ViT encoder (ViT's own fine-tuning setup): a linear head on the CLS
-    token (the pooled, post-normed CLS for CLIP-style towers) or, without CLS, on the mean of the
-    patch tokens. Cross-entropy loss when labels are given, so an encoder can be trained alone."""
+    """An image classifier over any ViT encoder (ViT's own fine-tuning setup): a linear head on the
+    encoder's pooled vector (CLIP: the post-normed CLS token; SigLIP: the attention-pooling head) or,
+    for a tower without a pooler, on the CLS token / the mean of the patch tokens. Cross-entropy loss
+    when labels are given, so an encoder can be trained alone."""
 
     def __init__(self, encoder: VisionTransformer, num_classes: int):
         super().__init__()
@@ -392,11 +393,10 @@ class ViTClassifier(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
                 interpolate_pos_encoding: bool = False) -> ClassifierOutput:
-        cfg = self.encoder.config
         out = self.encoder(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        if cfg.pooling == "cls":
+        if out.pooler_output is not None:
             x = out.pooler_output                                                  # [N, D]
-        elif cfg.use_cls_token:
+        elif self.encoder.config.use_cls_token:
             x = out.last_hidden_state[:, 0]                                        # [N, D]
         else:
             x = out.last_hidden_state.mean(dim=1)                                  # [N, D]

@@ -1,0 +1,92 @@
+"""LLaVA (Liu et al. 2023, "Visual Instruction Tuning") and LLaVA-1.5 ("Improved Baselines"):
+CLIP/SigLIP ViT -> linear (1.0) or 2-layer GELU MLP (1.5) -> Llama-family decoder, early fusion.
+
+Matches transformers' LlavaForConditionalGeneration (tests/parity/test_llava_parity.py).
+config.json: vision_config, text_config, image_token_index, vision_feature_layer (int or list),
+vision_feature_select_strategy ("default" drops CLS, "full" keeps it), projector_hidden_act,
+multimodal_projector_bias.
+
+Checkpoint names come in two layouts, both loaded: the hub's (vision_tower.vision_model.*,
+language_model.model.*, language_model.lm_head) and transformers 5's in-memory one
+(model.vision_tower.*, model.language_model.*, lm_head). We save the hub layout.
+"""
+from __future__ import annotations
+
+from ocellus.errors import ConfigError
+from ocellus.hub.keymap import KeyMap
+from ocellus.hub.vision_families import vision_rules
+from ocellus.models.connectors.mlp import MLPProjector
+from ocellus.models.text.decoder import DecoderConfig, DecoderLM
+from ocellus.models.vision.vit import ViTConfig, VisionTransformer
+from ocellus.models.vlm import VLM
+
+
+def _decoder_rules(ours: str, model: str, head: str) -> tuple[tuple[str, str], ...]:
+    return ((f"{ours}embed_tokens.weight", f"{model}embed_tokens.weight"),
+            (f"{ours}layers.{{i}}.{{rest}}", f"{model}layers.{{i}}.{{rest}}"),
+            (f"{ours}norm.weight", f"{model}norm.weight"),
+            (f"{ours}lm_head.weight", head))
+
+
+LLAVA_KEYS = KeyMap(
+    rules=(
+        # hub layout first: what we write
+        *vision_rules("vision_tower.", "vision_tower.vision_model."),
+        ("multi_modal_projector.{rest}", "multi_modal_projector.{rest}"),
+        *_decoder_rules("language_model.", "language_model.model.", "language_model.lm_head.weight"),
+        # transformers 5 layouts, read only
+        *vision_rules("vision_tower.", "vision_tower."),
+        *vision_rules("vision_tower.", "model.vision_tower.vision_model."),
+        *vision_rules("vision_tower.", "model.vision_tower."),
+        ("multi_modal_projector.{rest}", "model.multi_modal_projector.{rest}"),
+        *_decoder_rules("language_model.", "model.language_model.", "lm_head.weight"),
+    ),
+    drop=(r"(^|\.)embeddings\.position_ids$", r"rotary_emb\.inv_freq$"),
+)
+
+
+def _text_config(cfg: dict) -> dict:
+    text = dict(cfg.get("text_config") or {})
+    if not text:
+        raise ConfigError("LLaVA config.json has no text_config")
+    text.setdefault("model_type", "llama")
+    if text["model_type"] not in ("llama", "qwen2", "mistral", "vicuna"):
+        raise ConfigError(f"LLaVA text_config.model_type {text['model_type']!r} is not a supported decoder "
+                          f"(llama, qwen2)")
+    if cfg.get("tie_word_embeddings") and "tie_word_embeddings" not in text:
+        text["tie_word_embeddings"] = True
+    return text
+
+
+def build_llava(cfg: dict) -> VLM:
+    if "vision_config" not in cfg:
+        raise ConfigError("LLaVA config.json has no vision_config")
+    vision = VisionTransformer(ViTConfig.from_hf(cfg["vision_config"]))
+    text_cfg = DecoderConfig.from_hf(_text_config(cfg))
+    decoder = DecoderLM(text_cfg)
+    layer = cfg.get("vision_feature_layer", -2)
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    select = cfg.get("vision_feature_select_strategy", "default")
+    if select not in ("default", "full"):
+        raise ConfigError(f"vision_feature_select_strategy must be 'default' or 'full', got {select!r}")
+    in_dim = vision.config.hidden_size * len(layers)
+    projector = MLPProjector(in_dim, text_cfg.hidden_size, depth=int(cfg.get("projector_depth", 2)),
+                             act=cfg.get("projector_hidden_act", "gelu"),
+                             bias=bool(cfg.get("multimodal_projector_bias", True)))
+    image_token = cfg.get("image_token_index", cfg.get("image_token_id"))
+    if image_token is None:
+        raise ConfigError("LLaVA config.json has no image_token_index")
+    model = VLM(vision, projector, decoder, image_token_id=int(image_token), feature_layer=layer,
+                feature_select=select, config=text_cfg)
+    model.hf_config = dict(cfg)
+    return model
+
+
+def llava_hf_config(model: VLM) -> dict:
+    out = dict(getattr(model, "hf_config", {}) or {})
+    out.update(architectures=["LlavaForConditionalGeneration"], model_type="llava",
+               image_token_index=model.image_token_id, vision_feature_layer=model.feature_layer,
+               vision_feature_select_strategy=model.feature_select,
+               vision_config=model.vision_tower.config.to_hf(), text_config=model.language_model.config.to_hf())
+    out["text_config"].pop("architectures", None)
+    return out

@@ -1,0 +1,74 @@
+"""The composed vision-language model (early fusion): vision encoder -> connector -> decoder.
+
+H_v = W . g(X_v) (LLaVA): the encoder's chosen hidden layer (CLS dropped by the "default"
+strategy) goes through the connector, and `fusion.splice` writes the result at the image
+placeholder positions of the text embeddings before the decoder runs. Parts are passed in, so
+the same class serves LLaVA (CLIP + MLP + Llama), SigLIP towers, other decoders and connectors.
+
+For generation the images are encoded once, at prefill: decode steps only pass input_ids.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ocellus.errors import InputError
+from ocellus.models.fusion import splice
+
+
+class VLM(nn.Module):
+    def __init__(self, vision_tower: nn.Module, multi_modal_projector: nn.Module, language_model: nn.Module,
+                 image_token_id: int, feature_layer: int | list[int] = -2, feature_select: str = "default",
+                 config=None):
+        super().__init__()
+        self.vision_tower = vision_tower
+        self.multi_modal_projector = multi_modal_projector
+        self.language_model = language_model
+        self.image_token_id = image_token_id
+        self.feature_layer = feature_layer
+        self.feature_select = feature_select
+        self.config = config if config is not None else language_model.config
+
+    # -- the parts the generation engine needs, delegated to the decoder ------------------------
+    def new_cache(self, batch_size: int, max_len: int):
+        return self.language_model.new_cache(batch_size, max_len)
+
+    @property
+    def max_context(self) -> int:
+        return self.language_model.max_context
+
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        from ocellus.infer.generate import generate
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+    # -- images -------------------------------------------------------------------------------------
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [N, 3, H, W] -> [N, P, D] in the decoder's embedding space."""
+        if pixel_values.dim() != 4:
+            raise InputError(f"pixel_values must be [num_images, 3, H, W], got {tuple(pixel_values.shape)}")
+        feats = self.vision_tower.features(pixel_values.to(self.vision_dtype), layer=self.feature_layer,
+                                          strategy=self.feature_select)              # [N, P, Dv]
+        return self.multi_modal_projector(feats)                                     # [N, P, D]
+
+    @property
+    def vision_dtype(self) -> torch.dtype:
+        return next(self.vision_tower.parameters()).dtype
+
+    def forward(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, cache=None, logits_to_keep: int = 0,
+                inputs_embeds: torch.Tensor | None = None, **kwargs):
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise InputError("pass input_ids (with image placeholder tokens) or inputs_embeds")
+            inputs_embeds = self.language_model.embed_tokens(input_ids)              # [B, T, D]
+            if pixel_values is not None:
+                feats = self.image_features(pixel_values)                            # [N, P, D]
+                inputs_embeds = splice(inputs_embeds, input_ids, self.image_token_id, feats.flatten(0, 1),
+                                       tokens_per_image=[feats.shape[1]] * feats.shape[0])
+            elif (cache is None or cache.length == 0) and bool((input_ids == self.image_token_id).any()):
+                # at prefill only: a decode step may legitimately sample the image token's id
+                raise InputError(f"input_ids hold image tokens (id {self.image_token_id}) but no pixel_values were given")
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, labels=labels, cache=cache,
+                                   logits_to_keep=logits_to_keep, **kwargs)

@@ -1,0 +1,94 @@
+"""LLaVA: logits equal transformers' LlavaForConditionalGeneration on tiny random checkpoints
+(CLIP and SigLIP towers, feature layer int or list, default/full strategy, several images per
+sample, batches), generation with images equals transformers' generate, and save reopens."""
+import pytest
+import torch
+
+import ocellus
+from ocellus.errors import InputError
+
+IMG = 100
+
+
+def _reference(vision="clip", layer=-2, select="default", text="llama", tie=False):
+    import transformers as tf
+    vc = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32,
+              patch_size=8)
+    vision_cfg = tf.CLIPVisionConfig(**vc, projection_dim=16) if vision == "clip" else tf.SiglipVisionConfig(**vc)
+    tc = dict(model_type=text, vocab_size=120, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+              eos_token_id=None, tie_word_embeddings=tie)
+    cfg = tf.LlavaConfig(vision_config=vision_cfg, text_config=tc, image_token_index=IMG,
+                         vision_feature_layer=layer, vision_feature_select_strategy=select)
+    torch.manual_seed(0)
+    model = tf.LlavaForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def _batch(tokens_per_image, images_per_sample=(1, 2), T=30):
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for n in images_per_sample:
+        row = torch.randint(1, 99, (T,), generator=g).tolist()
+        for i in range(n):  # an image block at a different place each time
+            at = 2 + i * (tokens_per_image + 3)
+            row[at:at] = [IMG] * tokens_per_image
+        rows.append(row)
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(rows):  # left padding
+        ids[b, width - len(row):] = torch.tensor(row)
+        mask[b, width - len(row):] = 1
+    pixels = torch.randn(sum(images_per_sample), 3, 32, 32, generator=g)
+    return ids, mask, pixels
+
+
+CASES = [
+    dict(vision="clip", layer=-2, select="default"),
+    dict(vision="clip", layer=[-3, -1], select="full"),
+    dict(vision="siglip", layer=-1, select="full", text="qwen2", tie=True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['vision']}-{c['layer']}-{c['select']}")
+def test_logits_equal_transformers(case, tmp_path):
+    ref = _reference(**case)
+    ref.save_pretrained(tmp_path)
+    ours = ocellus.load(tmp_path)
+    per_image = 16 + (1 if case["select"] == "full" and case["vision"] == "clip" else 0)
+    ids, mask, pixels = _batch(per_image)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        a = ref(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
+        b = ours(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
+    torch.testing.assert_close(b[mask.bool()], a[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_generate_with_image_equals_transformers_and_save_reopens(tmp_path):
+    import transformers
+    ref = _reference()
+    ref.save_pretrained(tmp_path / "src")
+    ours = ocellus.load(tmp_path / "src")
+    ids, mask, pixels = _batch(16, images_per_sample=(1,))
+    expected = ref.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=20, do_sample=False)
+    assert torch.equal(ours.generate(ids, pixel_values=pixels, max_new_tokens=20), expected)
+    ocellus.save(ours, tmp_path / "out")
+    again = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids, pixel_values=pixels).logits,
+                                   ours(input_ids=ids, pixel_values=pixels).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_placeholder_count_mismatch_is_input_error(tmp_path):
+    _reference().save_pretrained(tmp_path)
+    ours = ocellus.load(tmp_path)
+    ids, _, pixels = _batch(16, images_per_sample=(1, 2))
+    with pytest.raises(InputError, match="sample 1"):
+        ours(input_ids=ids, pixel_values=pixels[:2])           # sample 1 has 2 image blocks, 1 image left
+    with pytest.raises(InputError, match="no pixel_values"):
+        ours(input_ids=ids)
