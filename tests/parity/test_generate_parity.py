@@ -104,10 +104,10 @@ def test_repetition_penalty_matches_transformers(pair):
 def test_eos_stops_and_pads(pair):
     ref, ours = pair
     ids = _prompt(2, 9, seed=7)
-    for eos in range(6, 97):  # pick an eos that one row reaches early
-        out = ours.generate(ids, max_new_tokens=24, eos_token_id=eos, pad_token_id=0)
-        if (out[:, 9:] == eos).any():
-            break
+    free = ours.generate(ids, max_new_tokens=24, eos_token_id=[], pad_token_id=0)
+    eos = int(free[0, 9 + 5])            # row 0 reaches this token after 5 steps: make it the eos
+    out = ours.generate(ids, max_new_tokens=24, eos_token_id=eos, pad_token_id=0)
+    assert (out[0, 9 + 6:] == 0).all()   # finished row 0 is padded afterwards
     expected = ref.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=eos, pad_token_id=0)
     assert torch.equal(out, expected)
 

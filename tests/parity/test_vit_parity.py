@@ -184,3 +184,21 @@ def test_key_table_both_forms():
     assert VISION_KEYS.to_theirs("layers.0.mlp.fc1.weight") == "vision_model.encoder.layers.0.mlp.fc1.weight"
     assert VISION_KEYS.to_theirs("head.attention.in_proj_weight") == "vision_model.head.attention.in_proj_weight"
     assert VISION_KEYS.dropped("vision_model.embeddings.position_ids")
+
+
+def test_ocellus_load_and_save_once_registered(pair, tmp_path, monkeypatch):
+    """What families.py gets by calling register(ARCHITECTURES): ocellus.load / ocellus.save work."""
+    import ocellus
+    from ocellus.hub import families
+    from ocellus.hub.vision_families import register
+    monkeypatch.setattr(families, "ARCHITECTURES", register(dict(families.ARCHITECTURES)))
+    ref, ours, path = pair
+    model = ocellus.load(path)
+    S = ref.config.image_size
+    x = _pixels(2, S, S, seed=5)
+    with torch.no_grad():
+        _assert_same(model(x, output_hidden_states=True), ours(x, output_hidden_states=True))
+    ocellus.save(model, tmp_path)
+    back = type(ref).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x).last_hidden_state, ref(x).last_hidden_state, atol=1e-5, rtol=1e-5)
