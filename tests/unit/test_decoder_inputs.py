@@ -1,0 +1,51 @@
+"""Bad inputs to the decoder are typed errors that name the problem."""
+import pytest
+import torch
+
+import ocellus
+from ocellus.errors import ConfigError, InputError
+from ocellus.models.text.decoder import DecoderConfig
+
+
+@pytest.fixture(scope="module")
+def model(llama_dir):
+    return ocellus.load(llama_dir)
+
+
+def test_wrong_dtype_and_shape(model):
+    with pytest.raises(InputError, match="integer"):
+        model(torch.rand(1, 4))
+    with pytest.raises(InputError, match=r"\[batch, seq\]"):
+        model(torch.zeros(1, 2, 3, dtype=torch.long))
+    with pytest.raises(InputError, match="exactly one of input_ids or inputs_embeds"):
+        model()
+    with pytest.raises(InputError, match=r"inputs_embeds must be \[B, T, 64\]"):
+        model(inputs_embeds=torch.zeros(1, 3, 5))
+
+
+def test_ids_outside_vocab(model):
+    with pytest.raises(InputError, match=r"outside \[0, 97\)"):
+        model(torch.tensor([[1, 97]]))
+
+
+def test_longer_than_context(model):
+    with pytest.raises(InputError, match="exceeds the model's context of 256"):
+        model(torch.zeros(1, 257, dtype=torch.long))
+
+
+def test_labels_shape_and_unknown_argument(model):
+    with pytest.raises(InputError, match="labels shape"):
+        model(torch.zeros(1, 4, dtype=torch.long), labels=torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(InputError, match="unexpected forward arguments \\['pixel_values'\\]"):
+        model(torch.zeros(1, 4, dtype=torch.long), pixel_values=torch.zeros(1))
+
+
+def test_bad_config_fields():
+    with pytest.raises(ConfigError, match="lacks required fields \\['intermediate_size'\\]"):
+        DecoderConfig.from_hf({"vocab_size": 5, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2})
+    with pytest.raises(ConfigError, match="multiple of num_key_value_heads=3"):
+        DecoderConfig.from_hf({"vocab_size": 5, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+                               "num_attention_heads": 4, "num_key_value_heads": 3})
+    with pytest.raises(ConfigError, match="sliding-window"):
+        DecoderConfig.from_hf({"vocab_size": 5, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+                               "num_attention_heads": 2, "use_sliding_window": True, "sliding_window": 4})
