@@ -17,10 +17,16 @@ def load(path_or_hub_id, dtype=None, device=None):
 
 
 def load_processor(path_or_hub_id):
-    """Tokenizer (+ chat template) of a checkpoint. Image processing joins with the VLM families."""
+    """A checkpoint's input side: a `Processor` (tokenizer + image processor + chat template + image-token
+    expansion) when the directory has an image processor config (preprocessor_config.json, or
+    processor_config.json's "image_processor" section as transformers 5 writes it), else its `Tokenizer`."""
+    from ocellus.data.processor import Processor, image_processor_dict
     from ocellus.data.tokenizer import Tokenizer
     from ocellus.hub.resolve import resolve
-    return Tokenizer.from_dir(resolve(path_or_hub_id))
+    directory = resolve(path_or_hub_id)
+    if image_processor_dict(directory) is not None:
+        return Processor.from_dir(directory)
+    return Tokenizer.from_dir(directory)
 
 
 def save(model, out_dir, tokenizer=None, max_shard_bytes: int = 5 * 2**30):

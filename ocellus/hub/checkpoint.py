@@ -18,6 +18,7 @@ from ocellus.errors import CheckpointError, ConfigError
 from ocellus.hub.families import Family, family_for_config, family_for_model
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.resolve import resolve
+from ocellus.nn.lora import merged_state_dict
 from ocellus.hub.safetensors_io import _atomic_write_text, checkpoint_files, read_tensors, write_tensors
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -108,7 +109,7 @@ def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30) -> P
     out = Path(out_dir)
     tied = set(fam.tied(model))
     tensors = {}
-    for k, t in model.state_dict().items():
+    for k, t in merged_state_dict(model).items():   # LoRA adapters folded in: plain HF weights
         if k in tied:
             continue
         name = fam.keymap.to_theirs(k)

@@ -54,12 +54,22 @@ def _llava() -> Family:
                   if m.language_model.config.tie_word_embeddings else ())
 
 
+def _llava_next() -> Family:
+    from ocellus.models.families.llava_next import LLAVA_NEXT_KEYS, build_llava_next, llava_next_hf_config
+    from ocellus.models.vlm import VLM
+    return Family(name="llava_next", model_class=VLM, build=build_llava_next, keymap=LLAVA_NEXT_KEYS,
+                  hf_config=llava_next_hf_config,
+                  tied=lambda m: ("language_model.lm_head.weight",)
+                  if m.language_model.config.tie_word_embeddings else ())
+
+
 ARCHITECTURES: dict[str, Family] = {
     "LlamaForCausalLM": DECODER,
     "Qwen2ForCausalLM": DECODER,
 }
 _register_vision(ARCHITECTURES)
 ARCHITECTURES["LlavaForConditionalGeneration"] = _llava()
+ARCHITECTURES["LlavaNextForConditionalGeneration"] = _llava_next()
 
 
 def family_for_config(cfg: dict, where: str = "config.json") -> Family:

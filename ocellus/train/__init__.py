@@ -1,0 +1,1 @@
+"""Training: stages as data, one readable loop, resumable checkpoints, recipes."""
