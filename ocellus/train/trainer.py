@@ -1,0 +1,187 @@
+"""The training loop: one readable function's worth of steps.
+
+    for step in 1..max_steps:
+        for micro in 1..grad_accum: loss = model(**batch).loss / grad_accum; loss.backward()
+        clip grads; optimizer.step(); scheduler.step(); zero grads
+        log (JSONL + progress bar), checkpoint every save_every, stop on a non-finite loss
+
+AdamW with per-part parameter groups (stages.param_groups), cosine decay after a linear warmup,
+bf16 autocast where the device supports it, optional gradient checkpointing. A non-finite loss
+stops the run with the step number before anything is written, so the last checkpoint stays
+the last good one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ocellus.errors import OcellusError
+from ocellus.train.loader import BatchLoader
+from ocellus.train.stages import Stage, apply_stage, param_groups, parts_of
+from ocellus.train.state import latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+class TrainingError(OcellusError):
+    """The run cannot go on (e.g. the loss became NaN/inf)."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1           # cosine decays to lr * min_lr_ratio
+    grad_accum: int = 1
+    clip_grad_norm: float | None = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    bf16: bool = False                  # autocast matmuls to bf16 (weights and optimizer stay fp32)
+    gradient_checkpointing: bool = False
+    log_every: int = 10
+    save_every: int = 0                 # 0: only at the end
+    save_trainable_only: bool = True
+    out_dir: str = "runs/train"
+    resume: bool = False
+    progress: bool = True
+    stage: dict = field(default_factory=dict)
+
+
+def cosine_schedule(optimizer, warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _count_tokens(batch: dict) -> int:
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        return int(mask.sum())
+    ids = batch.get("input_ids")
+    return ids.numel() if ids is not None else 0
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, loader: BatchLoader, cfg: TrainConfig,
+                 on_log: Callable[[dict], None] | None = None, is_main: bool = True):
+        self.model, self.loader, self.cfg = model, loader, cfg
+        self.is_main, self.on_log = is_main, on_log
+        # no stage given: every part trains
+        self.stage = Stage.parse(cfg.stage or {part: "full" for part in parts_of(self._inner())})
+        self.report = apply_stage(self._inner(), self.stage)
+        groups = param_groups(self._inner(), self.stage, cfg.lr, cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.scheduler = cosine_schedule(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        self.step = 0
+        self.out = Path(cfg.out_dir)
+        self.history: list[dict] = []
+        for m in self._inner().modules():
+            if hasattr(m, "gradient_checkpointing"):
+                m.gradient_checkpointing = cfg.gradient_checkpointing
+
+    def _inner(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)   # unwrap DDP
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self) -> Path:
+        return save_checkpoint(self.out / "checkpoints", self.step, self._inner(), self.optimizer, self.scheduler,
+                               {"data": self.loader.state_dict(), "history": self.history},
+                               only_trainable=self.cfg.save_trainable_only)
+
+    def maybe_resume(self) -> bool:
+        path = latest_checkpoint(self.out / "checkpoints") if self.cfg.resume else None
+        if path is None:
+            return False
+        state = load_checkpoint(path, self._inner(), self.optimizer, self.scheduler)
+        self.step = state["step"]
+        self.loader.load_state_dict(state["data"])
+        self.history = state.get("history", [])
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():  # drop what a crashed run logged after this checkpoint
+            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            metrics.write_text("".join(line + "\n" for line in kept))
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, int]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        total, tokens = 0.0, 0
+        for _ in range(cfg.grad_accum):
+            batch = self.loader.next_batch()
+            tokens += _count_tokens(batch)
+            with torch.autocast(device_type=_device_type(model), dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = model(**batch).loss / cfg.grad_accum
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss is {loss.item()} at step {self.step + 1}: stopping; the last "
+                                    f"checkpoint in {self.out / 'checkpoints'} is the last good state")
+            loss.backward()
+            total += loss.item()
+        if cfg.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                           cfg.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total, tokens
+
+    def fit(self) -> list[dict]:
+        cfg = self.cfg
+        self.maybe_resume()
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        bar = _progress(cfg.max_steps, self.step, enabled=cfg.progress and self.is_main)
+        t0, tok_window = time.perf_counter(), 0
+        while self.step < cfg.max_steps:
+            loss, tokens = self.train_step()
+            tok_window += tokens
+            record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+            self.history.append({"step": self.step, "loss": loss})
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                dt = time.perf_counter() - t0
+                record["tokens_per_s"] = tok_window / dt if dt > 0 else 0.0
+                t0, tok_window = time.perf_counter(), 0
+                self._log(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.is_main:
+                self.save()
+        if bar is not None:
+            bar.close()
+        if self.is_main:
+            self.save()
+        return self.history
+
+    def _log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.on_log:
+            self.on_log(record)
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+
+def _device_type(model: nn.Module) -> str:
+    p = next(model.parameters(), None)
+    return p.device.type if p is not None else "cpu"
+
+
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
