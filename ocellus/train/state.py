@@ -25,48 +25,47 @@ from ocellus.errors import CheckpointError
 
 
 def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer tensors -> "state/<param key>/<name>" (param keys are indices, or parameter
+    names under FSDP, which contain dots); scalars and param_groups -> JSON."""
     tensors, scalars = {}, {}
-    for idx, st in opt_state["state"].items():
-        for k, v in st.items():
+    for key, st in opt_state["state"].items():
+        for name, v in st.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"state.{idx}.{k}"] = v.detach().cpu().contiguous()
+                tensors[f"state/{key}/{name}"] = v.detach().cpu().contiguous()
             else:
-                scalars[f"{idx}.{k}"] = v
-    return tensors, {"param_groups": opt_state["param_groups"], "scalars": scalars}
+                scalars[f"{key}/{name}"] = v
+    keys_are_int = all(isinstance(k, int) for k in opt_state["state"])
+    return tensors, {"param_groups": opt_state["param_groups"], "scalars": scalars, "int_keys": keys_are_int}
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, t in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = t
-    for key, v in meta["scalars"].items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
+    cast = int if meta.get("int_keys", True) else str
+    state: dict = {}
+    for flat, t in tensors.items():
+        key, name = flat[len("state/"):].rsplit("/", 1)
+        state.setdefault(cast(key), {})[name] = t
+    for flat, v in meta["scalars"].items():
+        key, name = flat.rsplit("/", 1)
+        state.setdefault(cast(key), {})[name] = v
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def trainable_state(model: nn.Module, only_trainable: bool) -> dict[str, torch.Tensor]:
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-            if not only_trainable or k in names}
-
-
-def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer, scheduler, extra: dict,
-                    only_trainable: bool = True) -> Path:
+def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor], optim_state: dict,
+                    scheduler_state: dict | None, extra: dict) -> Path:
+    """Write one checkpoint (call on one process; gather sharded state first)."""
     root = Path(root)
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model, only_trainable), str(tmp / "model.safetensors"))
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+    opt_tensors, opt_meta = _flatten_optimizer(optim_state)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, str(tmp / "rng.safetensors"))
-    state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict() if scheduler else None, **extra}
+    state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler_state, **extra}
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -86,25 +85,20 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
-    """Restore model tensors (strictly: every saved name must exist in the model), optimizer,
-    scheduler and RNG; returns state.json for the caller (step, data position, ...)."""
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """-> (model tensors, optimizer state dict, state.json); restores the RNG state."""
     path = Path(path)
     try:
         state = json.loads((path / "state.json").read_text())
         tensors = load_file(str(path / "model.safetensors"))
         opt_tensors = load_file(str(path / "optimizer.safetensors"))
         rng = load_file(str(path / "rng.safetensors"))
-    except (OSError, json.JSONDecodeError, Exception) as e:  # noqa: BLE001 - any unreadable file is the same problem
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem for the user
         raise CheckpointError(f"cannot read training checkpoint {path}: {e}") from e
-    load_partial(model, tensors, source=str(path))
-    optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, state["optimizer"]))
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
-    return state
+    return tensors, _unflatten_optimizer(opt_tensors, state["optimizer"]), state
 
 
 def load_partial(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:

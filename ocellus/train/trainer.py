@@ -25,7 +25,8 @@ from torch import nn
 from ocellus.errors import OcellusError
 from ocellus.train.loader import BatchLoader
 from ocellus.train.stages import Stage, apply_stage, param_groups, parts_of
-from ocellus.train.state import latest_checkpoint, load_checkpoint, save_checkpoint
+from ocellus.train.distributed import DistInfo, barrier, wrap, full_model_state, full_optimizer_state, load_full_state
+from ocellus.train.state import latest_checkpoint, read_checkpoint, save_checkpoint
 
 
 class TrainingError(OcellusError):
@@ -72,41 +73,57 @@ def _count_tokens(batch: dict) -> int:
 
 class Trainer:
     def __init__(self, model: nn.Module, loader: BatchLoader, cfg: TrainConfig,
-                 on_log: Callable[[dict], None] | None = None, is_main: bool = True):
-        self.model, self.loader, self.cfg = model, loader, cfg
-        self.is_main, self.on_log = is_main, on_log
-        # no stage given: every part trains
-        self.stage = Stage.parse(cfg.stage or {part: "full" for part in parts_of(self._inner())})
-        self.report = apply_stage(self._inner(), self.stage)
+                 on_log: Callable[[dict], None] | None = None, dist_info: DistInfo | None = None):
+        self.loader, self.cfg, self.on_log = loader, cfg, on_log
+        self.dist = dist_info or DistInfo()
+        self.is_main = self.dist.is_main
+        # the stage first (requires_grad, LoRA), then wrapping (DDP/FSDP), then the optimizer,
+        # which must see the wrapped (under FSDP: sharded) parameters. No stage: all parts train.
+        self.stage = Stage.parse(cfg.stage or {part: "full" for part in parts_of(model)})
+        self.report = apply_stage(model, self.stage)
+        for m in model.modules():
+            if hasattr(m, "gradient_checkpointing"):
+                m.gradient_checkpointing = cfg.gradient_checkpointing
+        self.model = wrap(model, self.dist)
         groups = param_groups(self._inner(), self.stage, cfg.lr, cfg.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.scheduler = cosine_schedule(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         self.step = 0
         self.out = Path(cfg.out_dir)
         self.history: list[dict] = []
-        for m in self._inner().modules():
-            if hasattr(m, "gradient_checkpointing"):
-                m.gradient_checkpointing = cfg.gradient_checkpointing
 
     def _inner(self) -> nn.Module:
         return getattr(self.model, "module", self.model)   # unwrap DDP
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def save(self) -> Path:
-        return save_checkpoint(self.out / "checkpoints", self.step, self._inner(), self.optimizer, self.scheduler,
-                               {"data": self.loader.state_dict(), "history": self.history},
-                               only_trainable=self.cfg.save_trainable_only)
+    def save(self) -> Path | None:
+        """Gather full tensors (a collective under FSDP: every rank calls this), write on rank 0."""
+        inner = self._inner()
+        model_state = full_model_state(inner)
+        if self.cfg.save_trainable_only:
+            trainable = {n for n, p in inner.named_parameters() if p.requires_grad}
+            model_state = {k: v for k, v in model_state.items() if k in trainable}
+        optim_state = full_optimizer_state(inner, self.optimizer)
+        path = None
+        if self.is_main:
+            path = save_checkpoint(self.out / "checkpoints", self.step, model_state, optim_state,
+                                   self.scheduler.state_dict(), {"data": self.loader.state_dict(),
+                                                                 "history": self.history})
+        barrier()
+        return path
 
     def maybe_resume(self) -> bool:
         path = latest_checkpoint(self.out / "checkpoints") if self.cfg.resume else None
         if path is None:
             return False
-        state = load_checkpoint(path, self._inner(), self.optimizer, self.scheduler)
+        tensors, optim_state, state = read_checkpoint(path)
+        load_full_state(self._inner(), self.optimizer, tensors, optim_state)
+        self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         self.loader.load_state_dict(state["data"])
         self.history = state.get("history", [])
         metrics = self.out / "metrics.jsonl"
-        if metrics.exists():  # drop what a crashed run logged after this checkpoint
+        if self.is_main and metrics.exists():  # drop what a crashed run logged after this checkpoint
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
             metrics.write_text("".join(line + "\n" for line in kept))
         return True
@@ -126,6 +143,10 @@ class Trainer:
                                     f"checkpoint in {self.out / 'checkpoints'} is the last good state")
             loss.backward()
             total += loss.item()
+        if self.dist.world_size > 1:  # report the global-batch loss, as one process would
+            t = torch.tensor([total, float(tokens)], dtype=torch.float64)
+            torch.distributed.all_reduce(t)
+            total, tokens = t[0].item() / self.dist.world_size, int(t[1].item())
         if cfg.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                            cfg.clip_grad_norm)
@@ -155,11 +176,11 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.is_main:
+            if cfg.save_every and self.step % cfg.save_every == 0:
                 self.save()
         if bar is not None:
             bar.close()
-        if self.is_main:
+        if not (cfg.save_every and self.step % cfg.save_every == 0):
             self.save()
         return self.history
 

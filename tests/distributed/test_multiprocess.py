@@ -1,0 +1,42 @@
+"""Two CPU processes (gloo) under torchrun give the loss of one process with the same global
+batch, under DDP and FSDP2, and a run interrupted under both resumes to the same losses."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("tiny_run.py")
+
+
+def _run(tmp, name, strategy, nproc, resume=False, crash_at=0):
+    out = tmp / name
+    env = {**os.environ, "CRASH_AT": str(crash_at), "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, str(SCRIPT)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(29500 + os.getpid() % 1000), str(SCRIPT)]
+    cmd += [strategy, "8", str(out)] + (["--resume"] if resume else [])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    if crash_at:
+        assert proc.returncode != 0
+        return None
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "history.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("single"), "one", "none", 1)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_and_resume(strategy, single, tmp_path):
+    two = _run(tmp_path, "two", strategy, 2)
+    assert two == pytest.approx(single, rel=1e-5, abs=1e-6)
+    _run(tmp_path, "crash", strategy, 2, crash_at=5)            # checkpoint at step 3, dies in step 5
+    resumed = _run(tmp_path, "crash", strategy, 2, resume=True)
+    assert resumed == pytest.approx(two, rel=1e-6, abs=1e-7)
