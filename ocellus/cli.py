@@ -1,7 +1,8 @@
-"""The `ocellus` command: demo | generate | bench.
+"""The `ocellus` command: demo | generate | chat | explain | bench.
 
 Each subcommand is a few lines that parse arguments and call the library (three hops at most
-from here to a tensor op): generate -> infer.generate.stream -> DecoderLM.forward.
+from here to a tensor op): generate -> infer.generate.stream -> DecoderLM.forward (or VLM.forward
+with images); chat -> chat.ChatSession.send -> stream; explain -> viz.attention_map.explain.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from ocellus.errors import OcellusError
 
 DEFAULT_WORKDIR = Path(os.environ.get("OCELLUS_HOME", Path.home() / ".cache" / "ocellus"))
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # = ocellus.data.image.DEFAULT_MAX_PIXELS (not imported: keeps startup light)
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -27,28 +29,139 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
-def cmd_generate(args) -> int:
+def _generation_kwargs(args) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0, temperature=args.temperature,
+                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                seed=args.seed, stop_strings=tuple(args.stop))
+
+
+def _one_line(e: Exception) -> str:
+    return f"ocellus: error: {type(e).__name__}: " + " ".join(str(e).split())
+
+
+def _prompt_inputs(proc, prompt: str, images: list[str], raw: bool):
+    """(tokenizer, input_ids [1, T], extra prefill inputs) for one prompt and its images."""
     import torch
 
+    from ocellus.data.processor import Processor
+    from ocellus.errors import ConfigError
+
+    if not isinstance(proc, Processor):  # a text-only checkpoint: its Tokenizer
+        if images:
+            raise ConfigError("--image needs a vision-language checkpoint: this one has no image processor config "
+                              "(preprocessor_config.json / processor_config.json)")
+        text = prompt
+        if not raw and proc.chat_template:
+            text = proc.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+        return proc, torch.tensor([proc.encode(text, add_special_tokens=raw or not proc.chat_template)]), {}
+    if raw or not proc.chat_template:
+        # no template: LLaVA's plain layout, images first, unless the prompt places them itself
+        text = prompt if proc.image_token in prompt else f"{proc.image_token}\n" * len(images) + prompt
+        batch = proc(text=text, images=images)
+    else:
+        parts = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
+        batch = proc(messages=[{"role": "user", "content": parts}], images=images)
+    extra = {k: batch[k] for k in ("pixel_values", "image_sizes") if k in batch}  # image inputs, at prefill
+    return proc.tokenizer, batch["input_ids"], extra
+
+
+def cmd_generate(args) -> int:
     import ocellus
     from ocellus.infer.generate import generate, stream
 
     model = ocellus.load(args.model, dtype=args.dtype)
-    tok = ocellus.load_processor(args.model)
-    text = args.prompt
-    if not args.raw and tok.chat_template:
-        text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-    ids = torch.tensor([tok.encode(text, add_special_tokens=args.raw or not tok.chat_template)])
-    kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0, temperature=args.temperature,
-              top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-              seed=args.seed, stop_strings=tuple(args.stop))
+    tok, ids, extra = _prompt_inputs(ocellus.load_processor(args.model), args.prompt, args.image, args.raw)
+    kw = _generation_kwargs(args)
     if args.num_beams > 1:
-        out = generate(model, ids, tokenizer=tok, num_beams=args.num_beams, **kw)
+        out = generate(model, ids, tokenizer=tok, num_beams=args.num_beams, **kw, **extra)
         print(tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True))
         return 0
-    for delta in stream(model, tok, ids, **kw):
+    for delta in stream(model, tok, ids, **kw, **extra):
         print(delta, end="", flush=True)
     print()
+    return 0
+
+
+CHAT_HELP = "commands: /image PATH (attach to your next message), /reset (clear history), /quit"
+
+
+def cmd_chat(args) -> int:
+    import ocellus
+    from ocellus.chat import ChatSession
+
+    model = ocellus.load(args.model, dtype=args.dtype)
+    session = ChatSession(model, ocellus.load_processor(args.model), system=args.system,
+                          max_pixels=args.max_image_pixels, **_generation_kwargs(args))
+    return chat_loop(session, args.image)
+
+
+def chat_loop(session, images=()) -> int:
+    """Read user turns from stdin until EOF or /quit; stream each reply to stdout. Interactive (a
+    terminal) shows a prompt; piped input is read line by line, each line one user turn. An error
+    (bad image, over-long history, ...) prints one line to stderr and the session goes on."""
+    from ocellus.errors import OcellusError
+
+    interactive = sys.stdin.isatty()
+    pending = []  # images (already loaded and checked) for the next user turn
+
+    def attach(path):
+        try:
+            pending.append(session.load_image(path))
+        except OcellusError as e:
+            print(_one_line(e), file=sys.stderr)
+
+    for path in images:
+        attach(path)
+    if interactive:
+        print(f"ocellus chat: {CHAT_HELP}", file=sys.stderr)
+    while True:
+        try:  # input() gives line editing on a terminal; it drops the newline, so put one back
+            line = input("> ") + "\n" if interactive else sys.stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            line = ""
+        if not line:  # EOF (an empty line reads as "\n")
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, _, argument = line.partition(" ")
+            if command in ("/quit", "/exit"):
+                break
+            if command == "/reset":
+                session.reset()
+                pending.clear()
+                print("(history cleared)", file=sys.stderr)  # stdout carries only replies
+            elif command == "/image" and argument.strip():
+                attach(argument.strip())
+            elif command == "/help":
+                print(CHAT_HELP, file=sys.stderr)
+            else:
+                print(f"ocellus: error: unknown command {line!r}; {CHAT_HELP}", file=sys.stderr)
+            continue
+        turn_images, pending = pending, []
+        try:
+            for delta in session.send(line, turn_images):
+                print(delta, end="", flush=True)
+            print()
+        except OcellusError as e:
+            print(_one_line(e), file=sys.stderr)
+        except KeyboardInterrupt:  # stop this reply, keep the session (the turn is not kept)
+            print(" [interrupted]")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    import ocellus
+    from ocellus.viz.attention_map import explain
+
+    model = ocellus.load(args.model, dtype=args.dtype)
+    result = explain(model, ocellus.load_processor(args.model), args.image, args.prompt, out=args.out,
+                     max_new_tokens=args.max_new_tokens, alpha=args.alpha)
+    print(result.answer)
+    rows, cols = result.grid.shape
+    print(f"wrote {args.out}: attention of {len(result.answer_ids)} answer tokens over the {rows}x{cols} patch grid, "
+          f"peak at patch (row {result.peak[0]}, col {result.peak[1]})", file=sys.stderr)
     return 0
 
 
@@ -81,9 +194,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    p.add_argument("--image", action="append", default=[], help="image file for the prompt (repeatable)")
     p.add_argument("prompt")
     _add_sampling(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat (reads stdin; /image PATH, /reset, /quit)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
+    p.add_argument("--image", action="append", default=[], help="image for the first message (repeatable)")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   help="refuse larger images (decompression-bomb guard)")
+    _add_sampling(p)
+    p.set_defaults(func=cmd_chat, max_new_tokens=256)
+
+    p = sub.add_parser("explain", help="answer a question about an image and draw which patches the answer "
+                                       "attended to (a separate, slower analysis pass)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
+    p.add_argument("--image", required=True)
+    p.add_argument("--out", required=True, help="PNG to write (the image's size, heat map blended on)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity")
+    p.add_argument("prompt")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("bench", help="benchmarks: ours vs the reference, same run")
     p.add_argument("what", choices=["decode"])
@@ -105,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except OcellusError as e:  # a user-caused problem: the message, not a traceback
-        print(f"ocellus: error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(_one_line(e), file=sys.stderr)
         return 2
 
 

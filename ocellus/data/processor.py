@@ -4,6 +4,7 @@
     batch = proc(messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]}],
                  images=[pil_or_path], return_tensors="pt")
     batch -> {"input_ids" [B, T], "attention_mask" [B, T], "pixel_values" [N, 3, H, W]}
+             (+ "image_sizes" [N, 2] and pixel_values [N, V, 3, H, W] for anyres checkpoints)
 
 A Processor is four things a checkpoint directory describes:
 - the tokenizer (tokenizer.json + tokenizer_config.json, ocellus/data/tokenizer.py);
@@ -12,13 +13,21 @@ A Processor is four things a checkpoint directory describes:
 - the chat template (chat_template.jinja, or the tokenizer's);
 - the image-token expansion: each image placeholder in the rendered prompt becomes as many image
   tokens as the vision tower yields for that image. The count comes from config.json (the vision
-  tower's patch size, whether it has a CLS token, vision_feature_select_strategy) through
-  `tokens_per_image`, the same function the model side counts with, so the two cannot disagree.
+  tower's patch size, whether it has a CLS token, vision_feature_select_strategy, and for LLaVA-NeXT
+  the anyres grid canvases) through `tokens_per_image`, the same function the model side counts
+  with, so the two cannot disagree.
+
+Two image layouts:
+- single view (LLaVA, LLaVA-1.5): every image is resized/cropped to the tower's size, pixel_values
+  [N, 3, H, W], the same token count for every image;
+- anyres (LLaVA-NeXT, `image_grid_pinpoints`): a global view plus the tiles of the best grid canvas,
+  pixel_values [N, V, 3, H, W] (views zero-padded to the batch's largest V) and image_sizes [N, 2]
+  (original (H, W)); each image's token count depends on its own size.
 
 What happens on a call, per conversation (the order transformers' LlavaProcessor uses, so ids match it):
 
     messages --normalize--> parts --chat template--> "<s>USER: <image>\\nWhat?ASSISTANT:"
-             --each <image> repeated tokens_per_image times--> encode (no extra BOS: the
+             --each <image> repeated tokens_per_image(that image) times--> encode (no extra BOS: the
              template writes its own) --> ids; images --load_image, preprocess--> pixel_values
     then the rows are padded (left by default, for generation) into one batch.
 
@@ -27,27 +36,27 @@ raises InputError naming the sample; a tokenizer whose image token id differs fr
 `image_token_index`, or a processor_config.json that counts image tokens differently from the
 model, raises ConfigError when the processor is built, not after a silent mismatch at run time.
 
-Not yet here: LLaVA-NeXT "anyres" (image_grid_pinpoints), InternVL tiling and Qwen2-VL grids
-(the image_tiling.py functions exist; their processors come with those model families).
+Not yet here: InternVL tiling and Qwen2-VL grids (the image_tiling.py functions exist; their
+processors come with those model families).
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from ocellus.data.image import DEFAULT_MAX_PIXELS, ImageProcessorConfig, load_image, preprocess
-from ocellus.data.image_tiling import tokens_per_image
+from ocellus.data.image_tiling import preprocess_anyres, tokens_per_image
 from ocellus.data.messages import normalize
 from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError, InputError
 
-# config.json model types whose images are one fixed-size ViT view (what this processor does)
-SINGLE_VIEW_MODEL_TYPES = ("llava",)
-ANYRES_MODEL_TYPES = ("llava_next", "llava_next_video", "llava_onevision")
+# config.json model types this processor serves: one fixed-size ViT view, or LLaVA-NeXT anyres
+SUPPORTED_MODEL_TYPES = ("llava", "llava_next")
 
 
 class ProcessorOutput(dict):
@@ -95,14 +104,23 @@ class Processor:
     patch_size, num_extra_tokens (1 for CLIP's CLS, 0 for SigLIP), feature_select ("default" drops the
         first token, "full" keeps it): how many tokens an image of a given size becomes.
     pad_to_square: LLaVA-1.5's "pad" aspect mode (LlavaImageProcessor's do_pad).
+    grid_pinpoints, tile_size: LLaVA-NeXT anyres, the candidate canvases (H, W) and the tower's input
+        size; None for single-view models.
     max_pixels: refuse images larger than this, checked on the file header before decoding.
     """
 
     def __init__(self, tokenizer: Tokenizer, image_config: ImageProcessorConfig, *, patch_size: int,
                  num_extra_tokens: int = 1, feature_select: str = "default", image_token: str = "<image>",
-                 pad_to_square: bool = False, chat_template: str | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 pad_to_square: bool = False, chat_template: str | None = None, grid_pinpoints=None,
+                 tile_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.tokenizer = tokenizer
+        self.grid_pinpoints = tuple(tuple(int(x) for x in p) for p in grid_pinpoints) if grid_pinpoints else None
+        if self.grid_pinpoints is not None:
+            if tile_size is None:
+                raise ConfigError("anyres processing needs tile_size (the vision tower's image_size)")
+            # preprocess_anyres reads the canvases from the image config
+            image_config = replace(image_config, image_grid_pinpoints=self.grid_pinpoints)
+        self.tile_size = tile_size
         self.image_config = image_config
         self.patch_size = int(patch_size)
         self.num_extra_tokens = int(num_extra_tokens)
@@ -113,8 +131,10 @@ class Processor:
         self.max_pixels = max_pixels
         self._chat_template = chat_template
         self._content_format = None  # "parts" or "string", found on the first render
-        tokens_per_image("clip", image_size=self.patch_size, patch_size=self.patch_size,  # validates the numbers
-                         feature_select=feature_select, num_extra_tokens=self.num_extra_tokens)
+        if self.grid_pinpoints is None:
+            self.num_image_tokens(self.patch_size, self.patch_size)  # validates the numbers now
+        else:
+            self.num_image_tokens(self.tile_size, self.tile_size)
 
     @staticmethod
     def _check_image_token(tokenizer: Tokenizer, image_token: str) -> int:
@@ -122,7 +142,8 @@ class Processor:
         # pieces of "<image>" instead of image tokens and the model's count check would fail far from here.
         index = tokenizer.backend.token_to_id(image_token)
         special = {t.content for t in tokenizer.backend.get_added_tokens_decoder().values() if t.special}
-        if index is None or image_token not in special or tokenizer.encode(image_token, add_special_tokens=False) != [index]:
+        single = index is not None and tokenizer.encode(image_token, add_special_tokens=False) == [index]
+        if not single or image_token not in special:
             raise ConfigError(f"the tokenizer does not have the image token {image_token!r} as one special token; "
                               f"add it (tokenizer_config.json 'image_token' or additional_special_tokens)")
         return index
@@ -144,13 +165,10 @@ class Processor:
             raise ConfigError(f"no image processor config in {directory} (preprocessor_config.json, or "
                               f"processor_config.json with an 'image_processor' section): a text-only checkpoint? "
                               f"use ocellus.load_processor, which returns its Tokenizer")
-        if image_dict.get("image_grid_pinpoints") is not None:
-            raise ConfigError(f"{directory}: LLaVA-NeXT 'anyres' processing (image_grid_pinpoints) is not supported "
-                              f"by Processor yet; only single-view LLaVA checkpoints are")
         ptype = str(image_dict.get("image_processor_type") or "")
         if "qwen" in ptype.lower() or image_dict.get("crop_to_patches"):
-            raise ConfigError(f"{directory}: image processor {ptype or 'with crop_to_patches'} (multi-tile / dynamic "
-                              f"resolution) is not supported by Processor yet; only single-view LLaVA checkpoints are")
+            raise ConfigError(f"{directory}: image processor {ptype or 'with crop_to_patches'} (dynamic tiling / "
+                              f"resolution) is not supported by Processor yet; only LLaVA and LLaVA-NeXT are")
         image_config = ImageProcessorConfig.from_dict(image_dict)
         tokenizer = Tokenizer.from_dir(directory)
         proc_cfg = _read_json(directory / "processor_config.json") or {}
@@ -161,6 +179,7 @@ class Processor:
                        feature_select=proc_cfg.get("vision_feature_select_strategy"),
                        num_extra_tokens=proc_cfg.get("num_additional_image_tokens"))
         image_token = proc_cfg.get("image_token") or tokenizer.special_tokens_map.get("image_token") or "<image>"
+        pinpoints = image_config.image_grid_pinpoints  # what the image processor would tile with
         if model_cfg is not None:
             truth = cls._count_from_model_config(model_cfg, directory)
             for key, value in counted.items():
@@ -169,14 +188,25 @@ class Processor:
                         f"{directory}: processor_config.json has {key}={value!r} but config.json implies "
                         f"{truth[key]!r}; the processor would expand images into a different number of tokens "
                         f"than the vision tower yields. Fix processor_config.json")
-            counted = truth
+            model_pinpoints = truth.pop("grid_pinpoints")
+            if model_pinpoints is None and pinpoints is not None:
+                raise ConfigError(f"{directory}: the image processor has image_grid_pinpoints (anyres views) but the "
+                                  f"model ({model_cfg.get('model_type')}) takes one view per image")
+            if model_pinpoints is not None and pinpoints is not None and tuple(model_pinpoints) != tuple(pinpoints):
+                raise ConfigError(f"{directory}: image_grid_pinpoints differ between the image processor "
+                                  f"{[list(p) for p in pinpoints]} and config.json "
+                                  f"{[list(p) for p in model_pinpoints]}")
+            counted, pinpoints = truth, model_pinpoints
         else:
             if counted["patch_size"] is None:
                 raise ConfigError(f"{directory}: neither config.json nor processor_config.json gives the vision "
                                   f"patch size, so the number of tokens per image is unknown")
             counted["feature_select"] = counted["feature_select"] or "default"
             counted["num_extra_tokens"] = counted["num_extra_tokens"] or 0
-        processor = cls(tokenizer, image_config, image_token=image_token,
+            if pinpoints is not None:  # the tower's input size is the crop (or fixed) size of a view
+                view = image_config.crop_size or image_config.size_hw or (image_config.shortest_edge,)
+                counted["tile_size"] = view[0]
+        processor = cls(tokenizer, image_config, image_token=image_token, grid_pinpoints=pinpoints,
                         pad_to_square=bool(image_dict.get("do_pad")) and "llava" in ptype.lower(),
                         chat_template=proc_cfg.get("chat_template") if not tokenizer.chat_template else None,
                         **counted)
@@ -189,23 +219,33 @@ class Processor:
 
     @staticmethod
     def _count_from_model_config(cfg: dict, directory: Path) -> dict:
-        """patch_size / num_extra_tokens / feature_select as the model built from config.json will use them."""
+        """The token-count numbers as the model built from config.json will use them: patch_size,
+        num_extra_tokens, feature_select, and for LLaVA-NeXT grid_pinpoints / tile_size."""
         from ocellus.models.vision.vit import ViTConfig  # the model's own parser: defaults included
         model_type = cfg.get("model_type")
-        if model_type in ANYRES_MODEL_TYPES:
-            raise ConfigError(f"{directory}: {model_type} ('anyres' tiling) is not supported by Processor yet")
-        if model_type not in SINGLE_VIEW_MODEL_TYPES:
-            raise ConfigError(f"{directory}: config.json model_type {model_type!r} is not a LLaVA-style model; "
-                              f"Processor supports {', '.join(SINGLE_VIEW_MODEL_TYPES)}")
-        vit = ViTConfig.from_hf(cfg)
-        return dict(patch_size=vit.patch_size, num_extra_tokens=int(vit.use_cls_token),
-                    feature_select=cfg.get("vision_feature_select_strategy", "default"))
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(f"{directory}: config.json model_type {model_type!r} is not supported by Processor "
+                              f"yet; it supports {', '.join(SUPPORTED_MODEL_TYPES)}")
+        vit = ViTConfig.from_hf({**cfg, "model_type": "llava"})  # llava_next nests its tower the same way
+        out = dict(patch_size=vit.patch_size, num_extra_tokens=int(vit.use_cls_token),
+                   feature_select=cfg.get("vision_feature_select_strategy", "default"), grid_pinpoints=None)
+        if model_type == "llava_next":
+            from ocellus.models.families.llava_next import DEFAULT_GRID_PINPOINTS
+            pinpoints = cfg.get("image_grid_pinpoints") or DEFAULT_GRID_PINPOINTS
+            out.update(grid_pinpoints=tuple(tuple(int(x) for x in p) for p in pinpoints), tile_size=vit.image_size)
+        return out
 
     # ---- what the model needs to know -----------------------------------------------------------
 
     def num_image_tokens(self, height: int, width: int) -> int:
-        """Tokens one preprocessed image of height x width pixels becomes (what the model splices in)."""
-        return tokens_per_image("clip", image_size=(height, width), patch_size=self.patch_size,
+        """Tokens one image becomes (what the model splices in). Single view: (height, width) is the
+        PREPROCESSED size (pixel_values' H, W). Anyres: it is the ORIGINAL image size, which decides
+        the grid canvas and the unpadded tile rows/cols."""
+        if self.grid_pinpoints is None:
+            return tokens_per_image("clip", image_size=(height, width), patch_size=self.patch_size,
+                                    feature_select=self.feature_select, num_extra_tokens=self.num_extra_tokens)
+        return tokens_per_image("anyres", image_size=(height, width), grid_pinpoints=self.grid_pinpoints,
+                                tile_size=self.tile_size, patch_size=self.patch_size,
                                 feature_select=self.feature_select, num_extra_tokens=self.num_extra_tokens)
 
     @property
@@ -278,7 +318,8 @@ class Processor:
 
         if messages is not None:
             convs = self._conversations(messages)
-            attached = [[p.get("image", p.get("path")) for m in c for p in m["content"] if p["type"] == "image"] for c in convs]
+            attached = [[p.get("image", p.get("path")) for m in c for p in m["content"] if p["type"] == "image"]
+                        for c in convs]
             counts = [len(a) for a in attached]
             if images is None and any(a and all(x is not None for x in a) for a in attached):
                 images = attached  # images travelled inside their parts
@@ -300,25 +341,34 @@ class Processor:
                                  f"{self.image_token!r} placeholders for {counts[b]} images (does the chat template "
                                  f"drop image parts?)")
 
-        pixel_values, n_tokens = None, 0
+        images_out, per_image = {}, []
         flat = [(b, j, src) for b, srcs in enumerate(per_sample) for j, src in enumerate(srcs)]
         if flat:
             loaded = [load_image(src, name=f"sample {b}, image {j}", max_pixels=self.max_pixels) for b, j, src in flat]
-            pixel_values = preprocess(loaded, self.image_config, pad_to_square=self.pad_to_square,
-                                      max_pixels=None)                                          # [N, 3, H, W]
-            n_tokens = self.num_image_tokens(*pixel_values.shape[-2:])
+            if self.grid_pinpoints is None:
+                pixel_values = preprocess(loaded, self.image_config, pad_to_square=self.pad_to_square,
+                                          max_pixels=None)                                      # [N, 3, H, W]
+                per_image = [self.num_image_tokens(*pixel_values.shape[-2:])] * len(loaded)
+                images_out = {"pixel_values": pixel_values}
+            else:
+                pixel_values, image_sizes = preprocess_anyres(loaded, self.image_config, max_pixels=None)
+                per_image = [self.num_image_tokens(img.height, img.width) for img in loaded]
+                images_out = {"pixel_values": pixel_values, "image_sizes": image_sizes}  # [N, V, 3, H, W], [N, 2]
 
-        rows = []
+        rows, next_count = [], iter(per_image)
         for b, prompt in enumerate(prompts):
-            # transformers' expansion: the placeholder string repeated, then the whole prompt encoded once
-            ids = self.tokenizer.encode(prompt.replace(self.image_token, self.image_token * n_tokens),
-                                        add_special_tokens=add_special)
-            if ids.count(self.image_token_id) != counts[b] * n_tokens:
+            # transformers' expansion: each placeholder string repeated as often as its image has tokens,
+            # then the whole prompt encoded once
+            first, *rest = prompt.split(self.image_token)
+            n = [next(next_count) for _ in rest]
+            expanded = first + "".join(self.image_token * k + piece for k, piece in zip(n, rest))
+            ids = self.tokenizer.encode(expanded, add_special_tokens=add_special)
+            if ids.count(self.image_token_id) != sum(n):
                 raise ConfigError(f"sample {b}: {ids.count(self.image_token_id)} image tokens after tokenization, "
-                                  f"expected {counts[b]} x {n_tokens}; the tokenizer merges {self.image_token!r} "
+                                  f"expected {sum(n)} ({n} per image); the tokenizer merges {self.image_token!r} "
                                   f"with its neighbours")
             rows.append(ids)
-        return self._pad(rows, pixel_values, return_tensors, padding_side)
+        return self._pad(rows, images_out, return_tensors, padding_side)
 
     @staticmethod
     def _conversations(messages) -> list[list[dict]]:
@@ -362,7 +412,7 @@ class Processor:
                              f"({counts}); sample {len(counts) - 1} is the last to take images")
         return out
 
-    def _pad(self, rows, pixel_values, return_tensors, padding_side) -> ProcessorOutput:
+    def _pad(self, rows, images_out: dict, return_tensors, padding_side) -> ProcessorOutput:
         width = max(len(r) for r in rows)
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
@@ -379,8 +429,7 @@ class Processor:
         if return_tensors == "pt":
             out = ProcessorOutput(input_ids=torch.tensor(ids, dtype=torch.long),        # [B, T]
                                   attention_mask=torch.tensor(mask, dtype=torch.long))  # [B, T]
-        if pixel_values is not None:
-            out["pixel_values"] = pixel_values                                          # [N, 3, H, W]
+        out.update(images_out)  # pixel_values (+ image_sizes), tensors either way
         return out
 
 

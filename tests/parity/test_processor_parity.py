@@ -5,8 +5,9 @@ the logits transformers' LlavaForConditionalGeneration gives on theirs.
 
 The checkpoint is made here: a byte-level BPE tokenizer trained with `tokenizers` (an "<image>" special
 token whose id is the model's image_token_index), a chat template that renders image parts, an image
-processor (CLIP / LLaVA pad-to-square / SigLIP), all saved by transformers' LlavaProcessor.save_pretrained
-(which in 5.x writes the image processor into processor_config.json), and a tiny random LLaVA.
+processor (CLIP / LLaVA pad-to-square / SigLIP / LLaVA-NeXT anyres), all saved by transformers'
+LlavaProcessor (LlavaNextProcessor).save_pretrained (which in 5.x writes the image processor into
+processor_config.json), and a tiny random LLaVA (LLaVA-NeXT).
 """
 import json
 
@@ -35,7 +36,9 @@ CASES = {  # name: (vision tower, feature strategy, extra tokens (CLS), image pr
     "clip-default": ("clip", "default", 1, "clip"),
     "clip-full-pad": ("clip", "full", 1, "llava-pad"),
     "siglip-full": ("siglip", "full", 0, "siglip"),
+    "next-clip-default": ("clip", "default", 1, "anyres"),  # LLaVA-NeXT: per-image token counts, image_sizes
 }
+PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 
 
 def _tokenizer(tmp_path):
@@ -58,6 +61,9 @@ def _image_processor(kind):
     if kind == "llava-pad":
         return transformers.LlavaImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                                                    do_pad=True)
+    if kind == "anyres":
+        return transformers.LlavaNextImageProcessorPil(size={"shortest_edge": 32}, image_grid_pinpoints=PINPOINTS,
+                                                       crop_size={"height": 32, "width": 32})
     return transformers.SiglipImageProcessorPil(size={"height": 32, "width": 32})
 
 
@@ -65,19 +71,24 @@ def _checkpoint(tmp_path, case):
     vision, select, extra, image_kind = CASES[case]
     tok = _tokenizer(tmp_path)
     image_token = tok.convert_tokens_to_ids("<image>")
-    proc = transformers.LlavaProcessor(image_processor=_image_processor(image_kind), tokenizer=tok, patch_size=8,
-                                       vision_feature_select_strategy=select, chat_template=TEMPLATE,
-                                       num_additional_image_tokens=extra)
+    anyres = image_kind == "anyres"
+    proc_cls = transformers.LlavaNextProcessor if anyres else transformers.LlavaProcessor
+    proc = proc_cls(image_processor=_image_processor(image_kind), tokenizer=tok, patch_size=8,
+                    vision_feature_select_strategy=select, chat_template=TEMPLATE, num_additional_image_tokens=extra)
     vc = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
               patch_size=8)
     vision_cfg = transformers.CLIPVisionConfig(**vc) if vision == "clip" else transformers.SiglipVisionConfig(**vc)
     text_cfg = dict(model_type="llama", vocab_size=320, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                     pad_token_id=tok.pad_token_id, eos_token_id=None)
-    cfg = transformers.LlavaConfig(vision_config=vision_cfg, text_config=text_cfg, image_token_index=image_token,
-                                   vision_feature_layer=-1, vision_feature_select_strategy=select)
+    common = dict(vision_config=vision_cfg, text_config=text_cfg, image_token_index=image_token,
+                  vision_feature_layer=-1, vision_feature_select_strategy=select)
     torch.manual_seed(0)
-    model = transformers.LlavaForConditionalGeneration(cfg).eval()
+    if anyres:
+        cfg = transformers.LlavaNextConfig(**common, image_grid_pinpoints=PINPOINTS)
+        model = transformers.LlavaNextForConditionalGeneration(cfg).eval()
+    else:
+        model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**common)).eval()
     directory = tmp_path / "ckpt"
     model.save_pretrained(directory)
     proc.save_pretrained(directory)
@@ -111,18 +122,23 @@ def test_processor_and_logits_equal_transformers(case, tmp_path):
     theirs = ref_proc(text=texts, images=[images[:1], images[1:]], return_tensors="pt", padding=True,
                       padding_side="left")
     batch = ours(messages=convs, images=images, return_tensors="pt", add_generation_prompt=True, padding_side="left")
-    assert set(batch) == {"input_ids", "attention_mask", "pixel_values"}
+    anyres = CASES[case][3] == "anyres"
+    assert set(batch) == {"input_ids", "attention_mask", "pixel_values"} | ({"image_sizes"} if anyres else set())
     assert torch.equal(batch["input_ids"], theirs["input_ids"])
     assert torch.equal(batch["attention_mask"], theirs["attention_mask"])
     torch.testing.assert_close(batch["pixel_values"], theirs["pixel_values"], rtol=0, atol=1e-6)
-    assert (batch["input_ids"] == ours.image_token_id).sum() == 3 * ours.num_image_tokens(32, 32)
+    if anyres:  # each image's count depends on its own size
+        assert torch.equal(batch["image_sizes"], theirs["image_sizes"].to(torch.int64))
+        expected = sum(ours.num_image_tokens(im.height, im.width) for im in images)
+    else:
+        expected = 3 * ours.num_image_tokens(32, 32)
+    assert (batch["input_ids"] == ours.image_token_id).sum() == expected
 
     model = ocellus.load(directory)
     mask = batch["attention_mask"]
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # transformers' forward does not derive positions from the mask
     with torch.no_grad():
-        a = ref_model(input_ids=theirs["input_ids"], attention_mask=theirs["attention_mask"],
-                      pixel_values=theirs["pixel_values"], position_ids=pos).logits
+        a = ref_model(**theirs, position_ids=pos).logits
         b = model(**batch, position_ids=pos).logits
     torch.testing.assert_close(b[mask.bool()], a[mask.bool()], atol=1e-5, rtol=1e-5)
 

@@ -1,0 +1,107 @@
+"""A multi-turn chat session over a loaded model: history, images, streamed replies.
+
+    session = ChatSession(ocellus.load(d), ocellus.load_processor(d), max_new_tokens=128)
+    for delta in session.send("What is in the picture?", images=["cat.jpg"]):
+        print(delta, end="", flush=True)
+    for delta in session.send("And what colour is it?"):   # the first image and answer are still in context
+        ...
+    session.reset()
+
+Each turn re-renders the whole conversation with the checkpoint's chat template and runs one
+prefill over it (images included, so earlier images stay visible to later turns), then streams
+the reply through `infer.generate.stream`. There is no cache kept across turns: simple and always
+consistent with what the template renders, at the cost of re-reading the history each turn.
+
+`send` checks everything it can before returning its iterator (image files, placeholder counts,
+context length), so a bad image or an over-long conversation raises a typed error at once and
+leaves the history untouched; the turn joins the history only once its reply is complete.
+Text-only checkpoints (whose `load_processor` is a Tokenizer) work too, without images.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from ocellus.data.image import DEFAULT_MAX_PIXELS, load_image
+from ocellus.data.processor import Processor, ProcessorOutput
+from ocellus.errors import ConfigError, InputError
+
+
+class ChatSession:
+    """model: from `ocellus.load`; processor: from `ocellus.load_processor` (Processor or Tokenizer).
+    system: an optional system message kept across resets. generation: GenerationConfig fields
+    (max_new_tokens, temperature, top_p, seed, ...) used for every reply."""
+
+    def __init__(self, model, processor, *, system: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 **generation):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer if isinstance(processor, Processor) else processor
+        if processor.chat_template is None:  # both Processor and Tokenizer have the property
+            raise ConfigError("chat needs a chat template, and this checkpoint has none "
+                              "(chat_template.jinja / tokenizer_config.json)")
+        self.system = system
+        self.max_pixels = max_pixels
+        self.generation = {"max_new_tokens": 256, **generation}
+        self.reset()
+
+    @property
+    def supports_images(self) -> bool:
+        return isinstance(self.processor, Processor)
+
+    def reset(self) -> None:
+        """Forget the conversation (the system message stays)."""
+        self.messages: list[dict] = []
+        if self.system:
+            self.messages.append({"role": "system", "content": [{"type": "text", "text": self.system}]})
+        self.images: list = []  # every image of the history, in the order of its parts
+
+    def load_image(self, src, name: str | None = None):
+        """Open and check one image now (InputError naming it when unreadable, truncated or too big)."""
+        if not self.supports_images:
+            raise ConfigError("this checkpoint has no image processor (preprocessor_config.json / "
+                              "processor_config.json): it is text-only")
+        return load_image(src, name=name, max_pixels=self.max_pixels)
+
+    def send(self, text: str, images=()) -> Iterator[str]:
+        """Add a user turn (its images first, then the text) and return an iterator over the reply's
+        text deltas. Errors about the input are raised here, before any token is generated."""
+        if not isinstance(text, str):
+            raise InputError(f"the message must be a string, got {type(text).__name__}")
+        loaded = [self.load_image(src, name=f"image {k}") for k, src in enumerate(images)]
+        if not text.strip() and not loaded:
+            raise InputError("empty message")
+        content = [{"type": "image"} for _ in loaded] + ([{"type": "text", "text": text}] if text else [])
+        user = {"role": "user", "content": content}
+        batch = self._encode(self.messages + [user], self.images + loaded)
+        length, budget = batch["input_ids"].shape[1], self.generation["max_new_tokens"]
+        if length + budget > self.model.max_context:
+            raise InputError(f"the conversation is {length} tokens; with max_new_tokens={budget} it exceeds the "
+                             f"model's context of {self.model.max_context} tokens (reset the history)")
+        return self._reply(user, loaded, batch)
+
+    def _encode(self, messages, images) -> dict:
+        import torch
+
+        if self.supports_images:
+            batch = self.processor(messages=messages, images=images, add_generation_prompt=True)
+        else:  # text-only: string content, the template's own BOS (no post-processor BOS on top, as transformers)
+            plain = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"])} for m in messages]
+            text = self.tokenizer.apply_chat_template(plain, add_generation_prompt=True)
+            batch = ProcessorOutput(input_ids=torch.tensor([self.tokenizer.encode(text, add_special_tokens=False)]))
+        return batch.to(next(self.model.parameters()).device)
+
+    def _reply(self, user: dict, loaded: list, batch: dict) -> Iterator[str]:
+        from ocellus.infer.generate import stream
+        extra = {k: batch[k] for k in ("pixel_values", "image_sizes") if k in batch}  # image inputs, at prefill
+        pieces = []
+        for delta in stream(self.model, self.tokenizer, batch["input_ids"], batch.get("attention_mask"),
+                            **extra, **self.generation):
+            pieces.append(delta)
+            yield delta
+        # Only a finished turn enters the history: an interrupted one is as if it had not been sent. The
+        # reply is stored stripped (the template puts its own space after "ASSISTANT:"); an empty reply
+        # leaves no turn behind, since an assistant message with no content is not a valid message.
+        reply = "".join(pieces).strip()
+        if reply:
+            self.messages += [user, {"role": "assistant", "content": [{"type": "text", "text": reply}]}]
+            self.images += loaded
