@@ -178,6 +178,13 @@ def cmd_bench(args) -> int:
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
+def cmd_train(args) -> int:
+    from ocellus.train.recipe import load_recipe
+    from ocellus.train.run import run_recipe
+    run_recipe(load_recipe(args.recipe, args.overrides))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ocellus", description="Ocellus: multimodal LLMs in readable PyTorch.")
     ap.add_argument("--version", action="store_true", help="print the version and exit")
@@ -219,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity")
     p.add_argument("prompt")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("train", help="train from a YAML recipe: ocellus train RECIPE.yaml [key=value ...]")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=3e-4 data.n=2000")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="benchmarks: ours vs the reference, same run")
     p.add_argument("what", choices=["decode"])

@@ -9,15 +9,11 @@ default model will take unchanged once the training recipes land.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CORPUS = [
     "Ocellus reads images and text with one transformer.",
     "A red circle sits left of a blue square.",
@@ -28,31 +24,23 @@ CORPUS = [
 
 
 def make_tiny_checkpoint(path: str | Path, seed: int = 0) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     import ocellus
+    from ocellus.data.bpe import train_bpe
     from ocellus.models.text.decoder import DecoderConfig, DecoderLM
     from ocellus.nn.rope import RopeConfig
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIALS,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-        "bos_token": None, "chat_template": CHATML, "model_max_length": 512}, indent=2))
+    # Byte-level BPE with the ChatML specials (+ image/grounding tokens) and a ChatML template.
+    tok = train_bpe(CORPUS, vocab_size=384, model_max_length=512)
+    tok.save(path)
 
-    vocab = tok.get_vocab_size()
-    eos = tok.token_to_id("<|im_end|>")
+    vocab, eos = len(tok), tok.eos_token_id
     cfg = DecoderConfig(vocab_size=vocab, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
                         num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                         rope=RopeConfig(head_dim=32, theta=10000.0, max_position_embeddings=512),
                         max_position_embeddings=512, eos_token_id=(eos,),
-                        pad_token_id=tok.token_to_id("<|endoftext|>"), tie_word_embeddings=True)
+                        pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
     torch.manual_seed(seed)
     model = DecoderLM(cfg)
     for p in model.parameters():  # GPT-2 style init: small normal weights, unit norms

@@ -63,6 +63,8 @@ def parts_of(model: nn.Module) -> dict[str, nn.Module]:
         if hasattr(model, "multi_modal_projector"):
             parts["connector"] = model.multi_modal_projector
         return parts
+    if hasattr(model, "encoder") and hasattr(model, "classifier"):   # ViTClassifier: the encoder trains alone
+        return {"vision": model}
     return {"llm": model}
 
 

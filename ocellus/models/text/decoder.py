@@ -141,6 +141,16 @@ class DecoderLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module, std: float = 0.02) -> None:
+        """GPT-2/Llama init for models trained from scratch: N(0, 0.02) weights, zero biases.
+        (Loading a checkpoint skips this: hub/checkpoint.py builds with initialisers disabled.)"""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     # -- generation-engine interface -------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> StaticKVCache:

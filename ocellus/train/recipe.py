@@ -1,0 +1,121 @@
+"""Recipes: one YAML file says what to train, on what, how; `key=value` overrides change it.
+
+    name: llava_tiny_shapes_align
+    task: vlm                      # lm (text next-token) | vit_classify | vlm
+    model: {...}                   # see run.build_model: a config to build, or checkpoints to load
+    tokenizer: {...}               # a checkpoint dir, or train_bpe on generated text
+    data: {source: shapes, kind: caption, n: 8000, seed: 0, max_length: 160, template: chatml}
+    train: {max_steps: 300, lr: 1e-3, batch_size: 16, stage: {vision: frozen, connector: full, llm: frozen}}
+    export: {dir: runs/x/model}    # HF-format model written at the end
+    eval: {task: shapes-vqa, n: 300}
+
+Overrides use dotted paths and YAML values: `train.lr=3e-4 data.n=2000 train.stage.llm=lora`.
+`validate` checks the schema (unknown keys are errors, never ignored) and the semantics (a
+vision stage needs an image dataset; a frozen-everything stage trains nothing; ...).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from ocellus.errors import ConfigError
+from ocellus.train.stages import Stage
+from ocellus.train.trainer import TrainConfig
+
+TASKS = ("lm", "vit_classify", "vlm")
+SOURCES = {"shapes": "image", "digits": "image", "llava_json": "image", "shapes_text": "text"}
+TOP_KEYS = {"name", "task", "model", "tokenizer", "data", "train", "export", "eval", "distributed", "seed"}
+DATA_KEYS = {"source", "kind", "n", "seed", "max_length", "template", "pack", "image_size", "path",
+             "skip_bad_samples", "train_on", "max_objects", "min_objects", "answer_prompt", "eval_n", "shapes_seed"}
+TRAIN_EXTRA = {"batch_size"}
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
+    path = Path(path)
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read recipe {path}: {e}") from e
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"recipe {path} must be a mapping at the top level")
+    recipe = apply_overrides(recipe, overrides)
+    recipe.setdefault("name", path.stem)
+    recipe["_path"] = str(path)
+    validate(recipe, where=str(path))
+    return recipe
+
+
+def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
+    recipe = copy.deepcopy(recipe)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=3e-4)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        node = recipe
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a mapping")
+        node[parts[-1]] = value
+    return recipe
+
+
+def train_config(recipe: dict) -> TrainConfig:
+    train = {k: v for k, v in (recipe.get("train") or {}).items() if k not in TRAIN_EXTRA}
+    if "betas" in train:
+        train["betas"] = tuple(train["betas"])
+    for k in ("lr", "weight_decay", "min_lr_ratio", "clip_grad_norm"):  # YAML reads 1e-3 as a string
+        if isinstance(train.get(k), str):
+            train[k] = float(train[k])
+    return TrainConfig(**train)
+
+
+def validate(recipe: dict, where: str = "recipe") -> None:
+    def bad(msg):
+        raise ConfigError(f"{where}: {msg}")
+
+    unknown = set(recipe) - TOP_KEYS - {"_path"}
+    if unknown:
+        bad(f"unknown top-level keys {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
+    task = recipe.get("task")
+    if task not in TASKS:
+        bad(f"task must be one of {TASKS}, got {task!r}")
+    data = recipe.get("data") or {}
+    if set(data) - DATA_KEYS:
+        bad(f"unknown data keys {sorted(set(data) - DATA_KEYS)}")
+    source = data.get("source")
+    if source not in SOURCES:
+        bad(f"data.source must be one of {sorted(SOURCES)}, got {source!r}")
+    if task in ("vlm", "vit_classify") and SOURCES[source] != "image":
+        bad(f"task {task!r} trains on images but data.source {source!r} is text only")
+    if task == "lm" and SOURCES[source] != "text":
+        bad(f"task 'lm' pretrains the decoder on text; data.source {source!r} is an image dataset")
+    if source == "llava_json" and not data.get("path"):
+        bad("data.source llava_json needs data.path (the data.json file)")
+    train = recipe.get("train") or {}
+    known = {f.name for f in fields(TrainConfig)} | TRAIN_EXTRA
+    if set(train) - known:
+        bad(f"unknown train keys {sorted(set(train) - known)}; known: {sorted(known)}")
+    try:
+        cfg = train_config(recipe)
+    except (TypeError, ValueError) as e:
+        bad(f"train: {e}")
+    if cfg.max_steps <= 0 or cfg.grad_accum <= 0 or int(train.get("batch_size", 1)) <= 0:
+        bad("train.max_steps, train.grad_accum and train.batch_size must be positive")
+    stage = Stage.parse(cfg.stage) if cfg.stage else None
+    if stage is not None:
+        if task != "vlm" and set(stage.parts) - {"llm", "vision"}:
+            bad(f"task {task!r} has no parts {sorted(set(stage.parts) - {'llm', 'vision'})}")
+        if all(p.mode == "frozen" for p in stage.parts.values()) and task == "vlm" and \
+                len(stage.parts) == 3:
+            bad("train.stage freezes every part: nothing would train")
+    model = recipe.get("model") or {}
+    if task == "vlm" and not ({"from", "vision_from", "config"} & set(model)):
+        bad("model needs `from` (a VLM checkpoint), or `vision_from` + `llm_from` (+ connector), or `config`")
+    if recipe.get("distributed", "none") not in ("none", "ddp", "fsdp"):
+        bad(f"distributed must be none, ddp or fsdp, got {recipe.get('distributed')!r}")
