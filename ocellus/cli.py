@@ -185,6 +185,12 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from ocellus.eval.harness import evaluate
+    evaluate(args.model, args.task, n=args.n, shots=args.shots, batch_size=args.batch_size, out=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ocellus", description="Ocellus: multimodal LLMs in readable PyTorch.")
     ap.add_argument("--version", action="store_true", help="print the version and exit")
@@ -231,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=3e-4 data.n=2000")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model on a task: shapes-vqa | shapes-caption | shapes-grounding | digits")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", required=True, choices=["shapes-vqa", "shapes-caption", "shapes-grounding", "digits"])
+    p.add_argument("--n", type=int, default=200, help="held-out samples to score")
+    p.add_argument("--shots", type=int, default=0, help="solved examples put before each question")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmarks: ours vs the reference, same run")
     p.add_argument("what", choices=["decode"])
