@@ -55,6 +55,11 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=3e-4)")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string; a number was meant
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         node = recipe
         parts = key.split(".")
         for p in parts[:-1]:
