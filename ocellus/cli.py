@@ -175,6 +175,9 @@ def cmd_bench(args) -> int:
     if args.what == "decode":
         from ocellus.bench import main_decode
         return main_decode(args.rest) or 0
+    if args.what in ("encode", "train"):
+        from ocellus import bench_vlm
+        return getattr(bench_vlm, f"main_{args.what}")(args.rest) or 0
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
@@ -248,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmarks: ours vs the reference, same run")
-    p.add_argument("what", choices=["decode"])
+    p.add_argument("what", choices=["decode", "encode", "train"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see `ocellus bench decode -h`)")
     p.set_defaults(func=cmd_bench)
     return ap

@@ -1,0 +1,156 @@
+"""Vision-language benchmarks, ours next to transformers in the same run on the same weights:
+
+  encode  images/s of our ViT vs transformers' CLIPVisionModel (same weights, batch, dtype), and
+          end-to-end time to first token for one image + question vs LlavaForConditionalGeneration
+  train   training-step throughput (samples/s, tokens/s) and peak memory of the tiny LLaVA config
+          vs LlavaForConditionalGeneration with the same config, batch and optimizer (AdamW)
+
+transformers is imported here only, lazily: it is the reference being measured, not a dependency.
+Peak memory on CPU is the process's resident-set high-water mark (VmHWM), reset before each side
+through /proc/self/clear_refs, so each figure is that side's own peak.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import ocellus
+
+
+def _best(fn, repeats: int) -> float:
+    fn()  # warm-up: oneDNN picks kernels on first use
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _llava_reference(vision: dict, text: dict, image_token: int):
+    import transformers as tf
+    cfg = tf.LlavaConfig(vision_config=tf.CLIPVisionConfig(**vision), text_config={"model_type": "llama", **text},
+                         image_token_index=image_token)
+    torch.manual_seed(0)
+    return tf.LlavaForConditionalGeneration(cfg).eval()
+
+
+def bench_encode(batch: int = 8, image_size: int = 224, patch: int = 16, hidden: int = 384, layers: int = 6,
+                 repeats: int = 5, printer=print) -> dict:
+    vision = dict(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=hidden // 64, image_size=image_size, patch_size=patch)
+    text = dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+                num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024, eos_token_id=None)
+    ref = _llava_reference(vision, text, image_token=4000)
+    with tempfile.TemporaryDirectory() as d:
+        ref.save_pretrained(d)
+        ours = ocellus.load(d)
+    ref_tower = ref.model.vision_tower   # a CLIPVisionModel holding the same weights as ours
+    pixels = torch.randn(batch, 3, image_size, image_size)
+    with torch.inference_mode():
+        t_ours = _best(lambda: ours.vision_tower(pixels), repeats)
+        t_ref = _best(lambda: ref_tower(pixel_values=pixels), repeats)
+        tokens = (image_size // patch) ** 2
+        ids = torch.cat([torch.full((1, tokens), 4000), torch.randint(0, 3999, (1, 24))], dim=1)
+        one = pixels[:1]
+        ttft_ours = _best(lambda: ours.generate(ids, pixel_values=one, max_new_tokens=1), repeats)
+        ttft_ref = _best(lambda: ref.generate(input_ids=ids, pixel_values=one, max_new_tokens=1, do_sample=False),
+                         repeats)
+    row = {"images_per_s_ours": batch / t_ours, "images_per_s_ref": batch / t_ref, "encode_ratio": t_ref / t_ours,
+           "ttft_ms_ours": 1000 * ttft_ours, "ttft_ms_ref": 1000 * ttft_ref, "ttft_ratio": ttft_ref / ttft_ours}
+    printer(f"ViT encode (batch {batch}, {image_size}px, patch {patch}, {layers}x{hidden}): ours "
+            f"{row['images_per_s_ours']:.1f} img/s, transformers {row['images_per_s_ref']:.1f} img/s, "
+            f"ratio {row['encode_ratio']:.2f}x")
+    printer(f"LLaVA time to first token (1 image + 24 text tokens): ours {row['ttft_ms_ours']:.1f} ms, "
+            f"transformers {row['ttft_ms_ref']:.1f} ms, ratio {row['ttft_ratio']:.2f}x")
+    return row
+
+
+TINY_VISION = dict(hidden_size=96, intermediate_size=288, num_hidden_layers=4, num_attention_heads=4,
+                   image_size=48, patch_size=6)
+TINY_TEXT = dict(vocab_size=640, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256, eos_token_id=None, tie_word_embeddings=True)
+
+
+def bench_train(batch: int = 16, text_tokens: int = 40, steps: int = 10, printer=print) -> dict:
+    ref = _llava_reference(TINY_VISION, TINY_TEXT, image_token=639)
+    with tempfile.TemporaryDirectory() as d:
+        ref.save_pretrained(d)
+        ours = ocellus.load(d)
+    patches = (TINY_VISION["image_size"] // TINY_VISION["patch_size"]) ** 2
+    g = torch.Generator().manual_seed(0)
+    ids = torch.cat([torch.full((batch, patches), 639), torch.randint(0, 638, (batch, text_tokens), generator=g)], 1)
+    labels = ids.masked_fill(ids == 639, -100)
+    pixels = torch.randn(batch, 3, TINY_VISION["image_size"], TINY_VISION["image_size"], generator=g)
+
+    def measure(model, call):
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def step():
+            loss = call(model)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        step()                                  # warm-up (and optimizer state allocation)
+        _reset_peak()
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - t) / steps, _peak_rss_mb()
+
+    t_ours, mem_ours = measure(ours, lambda m: m(input_ids=ids, pixel_values=pixels, labels=labels).loss)
+    t_ref, mem_ref = measure(ref, lambda m: m(input_ids=ids, pixel_values=pixels, labels=labels).loss)
+    tokens = ids.numel()
+    row = {"samples_per_s_ours": batch / t_ours, "samples_per_s_ref": batch / t_ref, "ratio": t_ref / t_ours,
+           "tokens_per_s_ours": tokens / t_ours, "tokens_per_s_ref": tokens / t_ref,
+           "peak_rss_mb_ours": mem_ours, "peak_rss_mb_ref": mem_ref}
+    printer(f"tiny LLaVA training step (batch {batch}, {ids.shape[1]} tokens, AdamW): ours "
+            f"{row['samples_per_s_ours']:.1f} samples/s ({row['tokens_per_s_ours']:.0f} tok/s), transformers "
+            f"{row['samples_per_s_ref']:.1f} samples/s ({row['tokens_per_s_ref']:.0f} tok/s), ratio {row['ratio']:.2f}x; "
+            f"peak RSS ours {mem_ours} MB, transformers {mem_ref} MB (process high-water marks)")
+    return row
+
+
+def main_encode(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="ocellus bench encode")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--quick", action="store_true", help="a small tower, for smoke tests")
+    a = ap.parse_args(argv)
+    if a.quick:
+        bench_encode(batch=2, image_size=32, patch=8, hidden=64, layers=2, repeats=1)
+    else:
+        bench_encode(batch=a.batch, image_size=a.image_size)
+    return 0
+
+
+def main_train(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="ocellus bench train")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args(argv)
+    bench_train(batch=2 if a.quick else a.batch, steps=1 if a.quick else a.steps)
+    return 0

@@ -1,0 +1,13 @@
+"""The encode/train benchmarks run end to end in quick mode (figures are not asserted: timings
+belong to benchmarks, not tests)."""
+from ocellus.bench_vlm import bench_encode, bench_train
+
+
+def test_encode_benchmark_rows():
+    row = bench_encode(batch=2, image_size=32, patch=8, hidden=64, layers=2, repeats=1, printer=lambda *_: None)
+    assert all(v > 0 for v in row.values())
+
+
+def test_train_benchmark_rows():
+    row = bench_train(batch=2, steps=1, printer=lambda *_: None)
+    assert row["samples_per_s_ours"] > 0 and row["samples_per_s_ref"] > 0 and row["ratio"] > 0
