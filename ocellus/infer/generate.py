@@ -155,6 +155,7 @@ def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
     seqs = torch.empty(B, T + cfg.max_new_tokens, dtype=torch.long, device=device)
     seqs[:, :T] = prompt.input_ids
     finished = torch.zeros(B, dtype=torch.bool, device=device)
+    can_finish = bool(eos.numel()) or stop is not None  # else skip the per-step pad fill and sync
     pos = prompt.position_ids[:, -1:]                                               # [B, 1]
     logits = model(input_ids=prompt.input_ids, attention_mask=prompt.attention_mask,
                    position_ids=prompt.position_ids, cache=cache, logits_to_keep=1, **prefill_kwargs).logits
@@ -165,7 +166,7 @@ def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
                                     top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
                                     repetition_penalty_=cfg.repetition_penalty)
         nxt = choose(scores, sample, gen)                                           # [B]
-        if cfg.pad_token_id is not None:
+        if can_finish and cfg.pad_token_id is not None:
             nxt = nxt.masked_fill(finished, cfg.pad_token_id)
         seqs[:, T + step] = nxt
         yield nxt
@@ -173,7 +174,7 @@ def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
             finished |= torch.isin(nxt, eos)
         if stop is not None:
             finished |= stop(seqs[:, T:T + step + 1])
-        if step + 1 == cfg.max_new_tokens or bool(finished.all()):
+        if step + 1 == cfg.max_new_tokens or (can_finish and bool(finished.all())):
             return
         pos = pos + 1
         logits = model(input_ids=nxt[:, None], attention_mask=None if mask is None else mask[:, :T + step + 1],

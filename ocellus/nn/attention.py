@@ -34,6 +34,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 mask: torch.Tensor | None = None, cache: StaticKVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
+        if T == 1 and cache is not None:
+            return self._decode_one(x, rope, mask, cache)
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)     # [B, H, T, Dh]
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
@@ -44,11 +46,34 @@ class Attention(nn.Module):
         y = attend(q, k, v, mask, sdpa_is_causal(mask, T, self.causal))                  # [B, H, T, Dh]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
+    def _decode_one(self, x, rope, mask, cache):
+        """forward() for one new token per row: the same math with the transposes that T == 1
+        makes needless dropped, and q and k rotated together. Decoding a small model on CPU is
+        bound by per-op overhead (~25 small ops per layer per token; each costs 2-3x more than in
+        a micro-benchmark since the weights streaming through flush the caches): this saves 10
+        of them per layer. Results are bitwise equal to the general path."""
+        B, H, Hkv, D = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        qk = torch.cat((self.q_proj(x), self.k_proj(x)), dim=-1).view(B, H + Hkv, 1, D)  # [B, H+Hkv, 1, D]
+        if rope is not None:
+            qk = apply_rotary(qk, *rope)
+        k, v = cache.update(self.layer_idx, qk[:, H:], self.v_proj(x).view(B, Hkv, 1, D))  # [B, Hkv, T_k, D]
+        y = attend(qk[:, :H], k, v, mask, is_causal=False)                               # [B, H, 1, D]
+        return self.o_proj(y.reshape(B, 1, H * D))
+
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
            scale: float | None = None) -> torch.Tensor:
-    """SDPA with GQA: q [B, H, Tq, D], k/v [B, Hkv, Tk, D] -> [B, H, Tq, Dv]."""
-    groups = q.shape[1] // k.shape[1]
+    """SDPA with GQA: q [B, H, Tq, D], k/v [B, Hkv, Tk, D] -> [B, H, Tq, Dv].
+    mask (if any) is [B|1, 1, Tq, Tk]: the same for every head."""
+    B, H, Tq, _ = q.shape
+    Hkv = k.shape[1]
+    groups = H // Hkv
+    if groups > 1 and Tq == 1 and not is_causal:
+        # Decoding: one query per head. The `groups` query heads sharing a kv head become that
+        # head's query rows, so K/V are read in place instead of copied `groups` times (5-6x
+        # faster attention at batch 8 in bf16 on CPU). Rows see all keys: no causal mask needed.
+        y = F.scaled_dot_product_attention(q.reshape(B, Hkv, groups, q.shape[-1]), k, v, attn_mask=mask, scale=scale)
+        return y.reshape(B, H, 1, v.shape[-1])
     if groups > 1:
         # expand (a view) then reshape: one copy, the layout every SDPA backend accepts
         B, Hkv, Tk, D = k.shape

@@ -24,12 +24,13 @@ class StaticKVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v [B, H_kv, T, D] after the cached tokens; return all keys/values so far."""
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise InputError(f"KV cache holds {self.max_len} tokens; writing {k.shape[2]} after {start} exceeds it")
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        start, n = self.length, k.shape[2]
+        if start + n > self.max_len:
+            raise InputError(f"KV cache holds {self.max_len} tokens; writing {n} after {start} exceeds it")
+        kc, vc = self.k[layer], self.v[layer]
+        kc.narrow(2, start, n).copy_(k)  # narrow: one view op where [:, :, a:b] makes three (hot path)
+        vc.narrow(2, start, n).copy_(v)
+        return kc.narrow(2, 0, start + n), vc.narrow(2, 0, start + n)
 
     def advance(self, n: int) -> None:
         """Called once per model forward, after every layer wrote its n new tokens."""

@@ -177,7 +177,10 @@ class RotaryEmbedding(nn.Module):
             self._maybe_rescale(position_ids)
         freqs = position_ids[..., None].float() * self.inv_freq.float()    # [B, T, rot/2]
         emb = torch.cat((freqs, freqs), dim=-1)                            # [B, T, rot]
-        return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
+        cos, sin = emb.cos(), emb.sin()
+        if self.attention_scaling != 1.0:
+            cos, sin = cos * self.attention_scaling, sin * self.attention_scaling
+        return cos.to(dtype), sin.to(dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

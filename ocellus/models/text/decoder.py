@@ -212,9 +212,10 @@ class DecoderLM(nn.Module):
             raise InputError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise InputError(f"input_ids hold ids outside [0, {self.config.vocab_size}): "
-                             f"min {int(input_ids.min())}, max {int(input_ids.max())}")
+        if input_ids.numel():
+            lo, hi = (int(t) for t in torch.aminmax(input_ids))  # one reduction: this runs every decode step
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise InputError(f"input_ids hold ids outside [0, {self.config.vocab_size}): min {lo}, max {hi}")
         return self.embed_tokens(input_ids)
 
 
