@@ -110,4 +110,5 @@ def barrier() -> None:
 
 def teardown() -> None:
     if dist.is_initialized():
+        dist.barrier()  # no rank leaves while another still talks to it (gloo aborts on a vanished peer)
         dist.destroy_process_group()

@@ -2,6 +2,7 @@
 batch, under DDP and FSDP2, and a run interrupted under both resumes to the same losses."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,13 @@ import pytest
 SCRIPT = Path(__file__).with_name("tiny_run.py")
 
 
+def _free_port() -> int:
+    """A port nobody listens on now: a fixed one can still be held by the previous run's sockets."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _run(tmp, name, strategy, nproc, resume=False, crash_at=0):
     out = tmp / name
     env = {**os.environ, "CRASH_AT": str(crash_at), "OMP_NUM_THREADS": "1"}
@@ -18,7 +26,7 @@ def _run(tmp, name, strategy, nproc, resume=False, crash_at=0):
         cmd = [sys.executable, str(SCRIPT)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(29500 + os.getpid() % 1000), str(SCRIPT)]
+               "--master_port", str(_free_port()), str(SCRIPT)]
     cmd += [strategy, "8", str(out)] + (["--resume"] if resume else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     if crash_at:
