@@ -63,12 +63,11 @@ class Attention(nn.Module):
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
            scale: float | None = None) -> torch.Tensor:
-    """SDPA with GQA: q [B, H, Tq, D], k/v [B, Hkv, Tk, D] -> [B, H, Tq, Dv].
-    mask (if any) is [B|1, 1, Tq, Tk]: the same for every head."""
+    """SDPA with GQA: q [B, H, Tq, D], k/v [B, Hkv, Tk, D] -> [B, H, Tq, Dv]."""
     B, H, Tq, _ = q.shape
     Hkv = k.shape[1]
     groups = H // Hkv
-    if groups > 1 and Tq == 1 and not is_causal:
+    if groups > 1 and Tq == 1 and not is_causal and (mask is None or mask.shape[1] == 1):
         # Decoding: one query per head. The `groups` query heads sharing a kv head become that
         # head's query rows, so K/V are read in place instead of copied `groups` times (5-6x
         # faster attention at batch 8 in bf16 on CPU). Rows see all keys: no causal mask needed.
