@@ -29,7 +29,8 @@ TASKS = ("lm", "vit_classify", "vlm")
 SOURCES = {"shapes": "image", "digits": "image", "llava_json": "image", "shapes_text": "text"}
 TOP_KEYS = {"name", "task", "model", "tokenizer", "data", "train", "export", "eval", "distributed", "seed"}
 DATA_KEYS = {"source", "kind", "n", "seed", "max_length", "template", "pack", "image_size", "path",
-             "skip_bad_samples", "train_on", "max_objects", "min_objects", "answer_prompt", "eval_n", "shapes_seed"}
+             "skip_bad_samples", "train_on", "max_objects", "min_objects", "answer_prompt", "eval_n", "shapes_seed",
+             "kind_weights", "qa_weights", "labels"}
 TRAIN_EXTRA = {"batch_size"}
 
 

@@ -22,9 +22,11 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import ocellus
 from ocellus.errors import ConfigError
+from ocellus.models.vision.vit import ClassifierOutput, ViTClassifier
 from ocellus.train.loader import BatchLoader
 from ocellus.train.recipe import train_config
 from ocellus.train.trainer import Trainer
@@ -57,8 +59,17 @@ def build_tokenizer(recipe: dict, out_dir: Path):
 
 
 def _shapes_config(data: dict, seed_key: str = "seed"):
+    """data section -> ShapesConfig. kind_weights / qa_weights are mappings in YAML
+    ({qa: 6, caption: 1}); kinds or types left out get weight 0."""
     from ocellus.data.shapes import ShapesConfig
     kw = {k: data[k] for k in ("image_size", "max_objects", "min_objects", "answer_prompt") if k in data}
+    for key in ("kind_weights", "qa_weights"):
+        if key in data:
+            weights = data[key]
+            if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) for v in weights.values()):
+                raise ConfigError(f"data.{key} must be a mapping of name -> weight (YAML: {{qa: 4, caption: 1}}, "
+                                  f"a space after each colon), got {weights!r}")
+            kw[key] = tuple((str(k), float(v)) for k, v in weights.items())
     return ShapesConfig(seed=int(data.get(seed_key, data.get("seed", 0))), **kw)
 
 
@@ -85,10 +96,11 @@ def build_model(recipe: dict, tok):
         from ocellus.hub.families import family_for_config
         model = family_for_config(cfg).build(cfg)
     elif task == "vit_classify":
-        from ocellus.models.vision.vit import ViTClassifier, ViTConfig, VisionTransformer
+        from ocellus.models.vision.vit import ViTConfig, VisionTransformer
         cfg = spec.get("config") or {}
-        model = ViTClassifier(VisionTransformer(ViTConfig.from_hf(cfg)), int(spec.get("num_classes", 0) or 0)
-                              or _num_classes(recipe))
+        head = SceneViTClassifier if (recipe.get("data") or {}).get("labels") == "objects" else ViTClassifier
+        model = head(VisionTransformer(ViTConfig.from_hf(cfg)), int(spec.get("num_classes", 0) or 0)
+                     or _num_classes(recipe))
     elif task == "vlm":
         model = _compose_vlm(spec, tok)
     else:
@@ -104,6 +116,31 @@ def _num_classes(recipe: dict) -> int:
         return 10
     cfg = _shapes_config(data)
     return len(cfg.shapes) * len(cfg.colours)
+
+
+class SceneViTClassifier(ViTClassifier):
+    """The ViT classification objective for multi-object scenes (data.labels: objects), two heads:
+      - `classifier` on the CLS token: which (shape, colour) classes are present, multi-hot
+        labels [N, K], binary cross-entropy per class;
+      - `patch_classifier` on every patch token of the last layer: the class of the object covering
+        the patch, or K for background, cross-entropy (patch_labels [N, P]).
+    The patch head makes every image token say what is at its place, which is what a VLM reads."""
+
+    def __init__(self, encoder, num_classes: int):
+        super().__init__(encoder, num_classes)
+        self.patch_classifier = torch.nn.Linear(encoder.config.hidden_size, num_classes + 1)
+
+    def forward(self, pixel_values, labels=None, patch_labels=None, interpolate_pos_encoding=False):
+        out = self.encoder(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        result = ClassifierOutput(logits=self.classifier(out.pooler_output))     # [N, K]
+        if labels is not None:
+            result.loss = F.binary_cross_entropy_with_logits(result.logits, labels.float())
+        if patch_labels is not None:
+            patches = out.last_hidden_state[:, int(self.encoder.config.use_cls_token):]   # [N, P, D]
+            patch_logits = self.patch_classifier(patches)                          # [N, P, K+1]
+            patch_loss = F.cross_entropy(patch_logits.flatten(0, 1), patch_labels.flatten())
+            result.loss = patch_loss if result.loss is None else result.loss + patch_loss
+        return result
 
 
 def _compose_vlm(spec: dict, tok):
@@ -173,11 +210,11 @@ def build_dataset(recipe: dict, tok, model) -> tuple[EncodedDataset, callable]:
             return encode_messages(msgs, tok, data.get("template", "chatml"), train_on="all", max_length=max_len)
         return EncodedDataset(n, make), lambda rows: collate(rows, tok.pad_token_id or 0)
     if task == "vit_classify":
-        return _classify_dataset(data, n)
+        return _classify_dataset(data, n, model)
     return _vlm_dataset(recipe, data, n, tok, model)
 
 
-def _classify_dataset(data: dict, n: int):
+def _classify_dataset(data: dict, n: int, model):
     from ocellus.data.image import preprocess
     size = int(data.get("image_size", 32))
     icfg = image_config(size)
@@ -189,18 +226,63 @@ def _classify_dataset(data: dict, n: int):
     from ocellus.data.shapes import make_scene, render
     import dataclasses
     import numpy as np
-    cfg = dataclasses.replace(_shapes_config(data), min_objects=1, max_objects=1)
+    labels = data.get("labels", "single")
+    if labels not in ("single", "objects"):
+        raise ConfigError(f"data.labels must be 'single' (one object per image, its (shape, colour) class) or "
+                          f"'objects' (min..max_objects objects: the classes present + each patch's class), "
+                          f"got {labels!r}")
+    cfg = _shapes_config(data)
+    if labels == "single":
+        cfg = dataclasses.replace(cfg, min_objects=1, max_objects=1)
     classes = [(s, c) for s in cfg.shapes for c in cfg.colours]
+    patch = model.encoder.config.patch_size
 
-    def make(i):  # one object per image; the class is its (shape, colour) pair
+    def make(i):
         scene = make_scene(np.random.default_rng([cfg.seed, i]), cfg)
-        obj = scene.objects[0]
-        return preprocess([render(scene)], icfg)[0], classes.index((obj.shape, obj.colour))
+        image = render(scene)
+        pixels = preprocess([image], icfg)[0]
+        if labels == "single":  # the class of the one object
+            obj = scene.objects[0]
+            return pixels, classes.index((obj.shape, obj.colour))
+        present = torch.zeros(len(classes))
+        for obj in scene.objects:
+            present[classes.index((obj.shape, obj.colour))] = 1.0
+        return pixels, present, patch_classes(scene, image, classes, patch, size)
     return EncodedDataset(n, make), _stack_labels
 
 
+def patch_classes(scene, image, classes, patch: int, size: int, min_fraction: float = 0.1) -> torch.Tensor:
+    """The class of the object covering most of each patch (row-major), len(classes) for background
+    (objects covering less than min_fraction of the patch). Pixels are exact palette colours and boxes
+    do not overlap, so an object's pixels are its colour inside its box."""
+    import numpy as np
+    from ocellus.data.shapes import COLOURS
+    if image.size != (size, size):
+        image = image.resize((size, size), 0)  # nearest: keep palette colours exact
+        scale = size / scene.image_size
+    else:
+        scale = 1.0
+    rgb = np.asarray(image)
+    owner = np.full((size, size), len(classes), dtype=np.int64)               # [H, W] class id per pixel
+    for obj in scene.objects:
+        x0, y0, x1, y1 = (int(round(v * scale)) for v in obj.bbox)
+        inside = (rgb[y0:y1, x0:x1] == COLOURS[obj.colour]).all(-1)
+        owner[y0:y1, x0:x1][inside] = classes.index((obj.shape, obj.colour))
+    g = size // patch
+    blocks = owner[:g * patch, :g * patch].reshape(g, patch, g, patch).transpose(0, 2, 1, 3).reshape(g * g, -1)
+    counts = np.stack([(blocks == k).sum(1) for k in range(len(classes))], 1)  # [P, K]
+    best = counts.argmax(1)
+    best[counts.max(1) < min_fraction * patch * patch] = len(classes)
+    return torch.from_numpy(best)
+
+
 def _stack_labels(rows):
-    return {"pixel_values": torch.stack([r[0] for r in rows]), "labels": torch.tensor([r[1] for r in rows])}
+    labels = [r[1] for r in rows]
+    labels = torch.stack(labels) if isinstance(labels[0], torch.Tensor) else torch.tensor(labels)
+    batch = {"pixel_values": torch.stack([r[0] for r in rows]), "labels": labels}
+    if len(rows[0]) > 2:
+        batch["patch_labels"] = torch.stack([r[2] for r in rows])
+    return batch
 
 
 def _vlm_dataset(recipe, data, n, tok, model):
