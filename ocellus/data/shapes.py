@@ -81,7 +81,11 @@ class ShapesConfig:
     Sizes are fractions of the image side (a shape's box is square). kind_weights picks the task
     of each sample for kind="mixed"; qa_weights picks the QA type (of single QA samples and of
     each conversation turn). answer_prompt is appended to every QA question (LLaVA-1.5's way of
-    asking for a short answer); None leaves questions bare.
+    asking for a short answer); None leaves questions bare. conversation_turns bounds the QA turns
+    of a conversation. hard_negatives is the share of "no" existence questions that name an
+    absent pair sharing a colour or a shape with a present object (the rest name any absent pair):
+    1.0 tests binding; lower values give training a partial-credit path (colour or shape alone)
+    towards it.
     """
 
     image_size: int = 64
@@ -96,6 +100,8 @@ class ShapesConfig:
                                                    ("grounding", 2.0))
     qa_weights: tuple[tuple[str, float], ...] = tuple((t, 1.0) for t in QA_TYPES)
     answer_prompt: str | None = "Answer the question using a single word or phrase."
+    conversation_turns: tuple[int, int] = (2, 3)
+    hard_negatives: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
@@ -114,6 +120,11 @@ class ShapesConfig:
             bad("shapes and colours must be non-empty and without repeats")
         if self.background not in BACKGROUNDS:
             bad(f"unknown background {self.background!r}; known: {', '.join(BACKGROUNDS)}")
+        if not 0.0 <= self.hard_negatives <= 1.0:
+            bad(f"hard_negatives must be a share in [0, 1], got {self.hard_negatives}")
+        lo_turns, hi_turns = self.conversation_turns
+        if not 1 <= lo_turns <= hi_turns:
+            bad(f"conversation_turns must be (min, max) with 1 <= min <= max, got {self.conversation_turns}")
         if not 1 <= self.min_objects <= self.max_objects:
             bad(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
         if self.max_objects > len(self.shapes) * len(self.colours):
@@ -396,6 +407,8 @@ def _qa_existence(rng, scene, cfg):
     # Prefer hard negatives that share a colour or a shape with something present, so the answer
     # needs colour and shape bound to the same object, not just "is anything red".
     hard = [(c, s) for c, s in absent if any(c == pc or s == ps for pc, ps in present)]
+    if cfg.hard_negatives < 1.0 and rng.random() >= cfg.hard_negatives:
+        hard = []  # this one is drawn from all absent pairs
     colour, shape = _pick(rng, hard or absent)
     return f"Is there {_a(colour + ' ' + shape)}?", "no"
 
@@ -464,9 +477,9 @@ def sample_at(cfg: ShapesConfig, index: int, kind: str = "mixed") -> dict:
         sample_type, question, answer = make_qa(rng, scene, cfg)
         messages = _turn(_question(question, cfg), answer, with_image=True)
     elif kind == "conversation":
-        turns, asked = int(rng.integers(2, 4)), set()
+        turns, asked = int(rng.integers(cfg.conversation_turns[0], cfg.conversation_turns[1] + 1)), set()
         messages, answer, types = [], [], []
-        for _ in range(20):  # distinct questions; small scenes may have fewer than `turns` of them
+        for _ in range(max(20, 8 * turns)):  # distinct questions; small scenes may have fewer than `turns` of them
             qa_type, question, reply = make_qa(rng, scene, cfg)
             if question in asked:
                 continue

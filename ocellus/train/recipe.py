@@ -30,7 +30,8 @@ SOURCES = {"shapes": "image", "digits": "image", "llava_json": "image", "shapes_
 TOP_KEYS = {"name", "task", "model", "tokenizer", "data", "train", "export", "eval", "distributed", "seed"}
 DATA_KEYS = {"source", "kind", "n", "seed", "max_length", "template", "pack", "image_size", "path",
              "skip_bad_samples", "train_on", "max_objects", "min_objects", "answer_prompt", "eval_n", "shapes_seed",
-             "kind_weights", "qa_weights", "labels"}
+             "kind_weights", "qa_weights", "labels", "image_text", "conversation_turns",
+             "hard_negatives"}
 TRAIN_EXTRA = {"batch_size"}
 
 

@@ -62,7 +62,13 @@ def _shapes_config(data: dict, seed_key: str = "seed"):
     """data section -> ShapesConfig. kind_weights / qa_weights are mappings in YAML
     ({qa: 6, caption: 1}); kinds or types left out get weight 0."""
     from ocellus.data.shapes import ShapesConfig
-    kw = {k: data[k] for k in ("image_size", "max_objects", "min_objects", "answer_prompt") if k in data}
+    kw = {k: data[k] for k in ("image_size", "max_objects", "min_objects", "answer_prompt", "hard_negatives")
+          if k in data}
+    if "conversation_turns" in data:
+        turns = data["conversation_turns"]
+        if not (isinstance(turns, (list, tuple)) and len(turns) == 2 and all(isinstance(t, int) for t in turns)):
+            raise ConfigError(f"data.conversation_turns must be [min, max] integers, got {turns!r}")
+        kw["conversation_turns"] = tuple(turns)
     for key in ("kind_weights", "qa_weights"):
         if key in data:
             weights = data[key]
@@ -204,14 +210,34 @@ def build_dataset(recipe: dict, tok, model) -> tuple[EncodedDataset, callable]:
         from ocellus.data.shapes import sample_at
         cfg = _shapes_config(data)
 
+        image_text = data.get("image_text", "drop")
+        if image_text not in ("drop", "description", "caption"):
+            raise ConfigError(f"data.image_text must be drop, description or caption, got {image_text!r}")
+
         def make(i):
-            msgs = [{"role": m["role"], "content": [p for p in m["content"] if p.get("type") == "text"]}
-                    for m in sample_at(cfg, i, data.get("kind", "mixed"))["messages"]]
-            return encode_messages(msgs, tok, data.get("template", "chatml"), train_on="all", max_length=max_len)
+            sample = sample_at(cfg, i, data.get("kind", "mixed"))
+            stand_in = _scene_text(cfg, sample["objects"], image_text)
+            msgs = [{"role": m["role"], "content": [({"type": "text", "text": stand_in + "\n"} if p.get("type") == "image"
+                                                     else p) for p in m["content"]
+                                                    if p.get("type") == "text" or (stand_in and p.get("type") == "image")]}
+                    for m in sample["messages"]]
+            return encode_messages(msgs, tok, data.get("template", "chatml"), train_on=data.get("train_on", "all"),
+                                   max_length=max_len)
         return EncodedDataset(n, make), lambda rows: collate(rows, tok.pad_token_id or 0)
     if task == "vit_classify":
         return _classify_dataset(data, n, model)
     return _vlm_dataset(recipe, data, n, tok, model)
+
+
+def _scene_text(cfg, objects: list[dict], how: str) -> str:
+    """What stands in for a scene's image in text-only pretraining (data.image_text): nothing
+    ("drop"), its detailed description or its short caption, so the text holds what the image shows,
+    as the text-only GPT-4 that wrote LLaVA's data read captions and boxes instead of pixels."""
+    if how == "drop":
+        return ""
+    from ocellus.data.shapes import Obj, Scene, caption, describe
+    scene = Scene(cfg.image_size, cfg.background, tuple(Obj(o["shape"], o["colour"], tuple(o["bbox"])) for o in objects))
+    return describe(scene) if how == "description" else caption(scene)
 
 
 def _classify_dataset(data: dict, n: int, model):

@@ -146,6 +146,25 @@ def test_conversations_have_2_to_3_correct_turns():
     assert lengths == {2, 3}
 
 
+def test_conversation_turns_and_hard_negative_share_follow_the_config():
+    cfg = ShapesConfig(seed=3, conversation_turns=(4, 5), qa_weights=(("existence", 1.0), ("count", 1.0)))
+    lengths = {len(s["messages"]) // 2 for s in samples(cfg, 40, kind="conversation")}
+    assert lengths == {4, 5}
+
+    def hard_share(share: float) -> float:
+        cfg = ShapesConfig(seed=5, hard_negatives=share, qa_weights=(("existence", 1.0),))
+        hard = total = 0
+        for s in samples(cfg, 600, kind="qa"):
+            if s["answer"] == "no":
+                colour, shape = re.match(r"Is there an? ([a-z]+) ([a-z]+)\?", _text(s["messages"][0])).groups()
+                total += 1
+                hard += any(o["colour"] == colour or o["shape"] == shape for o in s["objects"])
+        return hard / total
+    assert hard_share(1.0) == 1.0            # the default (and the eval): every negative tests binding
+    assert 0.4 < hard_share(0.0) < 0.8       # uniform over absent pairs: many share something by chance
+    assert hard_share(0.0) < hard_share(0.5) < 1.0
+
+
 def test_captions_and_descriptions_name_every_object_once():
     positions = {}
     for s in samples(ShapesConfig(seed=4), 80, kind="caption"):
@@ -266,5 +285,9 @@ def test_config_errors_are_typed():
         next(samples(CFG, 1, kind="poem"))
     with pytest.raises(ConfigError, match="cannot place"):
         next(samples(ShapesConfig(min_objects=4, max_objects=4, min_size=0.5, max_size=0.6), 1))
+    with pytest.raises(ConfigError, match="hard_negatives"):
+        ShapesConfig(hard_negatives=1.5)
+    with pytest.raises(ConfigError, match="conversation_turns"):
+        ShapesConfig(conversation_turns=(3, 2))
     scene = make_scene(np.random.default_rng(0), CFG)
     assert render(scene).size == (64, 64) and 1 <= len(scene.objects) <= 4
