@@ -29,6 +29,18 @@ def load_processor(path_or_hub_id):
     return Tokenizer.from_dir(directory)
 
 
+def default_model_dir():
+    """The embedded default model's directory (ocellus/assets/llava-tiny-shapes, shipped as package data):
+    a tiny LLaVA (ViT + MLP connector + decoder) trained from scratch on the shapes world by
+    scripts/make_default_model.sh. `ocellus demo` and `ocellus chat` use it when no --model is given."""
+    from pathlib import Path
+    path = Path(__file__).resolve().parent / "assets" / "llava-tiny-shapes"
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"the embedded default model is missing from {path}; rebuild it with "
+                              "scripts/make_default_model.sh (or pass --model DIR)")
+    return path
+
+
 def save(model, out_dir, tokenizer=None, max_shard_bytes: int = 5 * 2**30):
     """Write HF format (config.json + safetensors, sharded past max_shard_bytes); opens in transformers."""
     from ocellus.hub.checkpoint import save_model
@@ -38,5 +50,5 @@ def save(model, out_dir, tokenizer=None, max_shard_bytes: int = 5 * 2**30):
     return out
 
 
-__all__ = ["load", "load_processor", "save", "OcellusError", "InputError", "ConfigError", "CheckpointError",
+__all__ = ["load", "load_processor", "save", "default_model_dir", "OcellusError", "InputError", "ConfigError", "CheckpointError",
            "__version__"]

@@ -7,13 +7,10 @@ with images); chat -> chat.ChatSession.send -> stream; explain -> viz.attention_
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 from ocellus.errors import OcellusError
 
-DEFAULT_WORKDIR = Path(os.environ.get("OCELLUS_HOME", Path.home() / ".cache" / "ocellus"))
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # = ocellus.data.image.DEFAULT_MAX_PIXELS (not imported: keeps startup light)
 
 
@@ -89,8 +86,9 @@ def cmd_chat(args) -> int:
     import ocellus
     from ocellus.chat import ChatSession
 
-    model = ocellus.load(args.model, dtype=args.dtype)
-    session = ChatSession(model, ocellus.load_processor(args.model), system=args.system,
+    model_dir = args.model if args.model is not None else ocellus.default_model_dir()
+    model = ocellus.load(model_dir, dtype=args.dtype)
+    session = ChatSession(model, ocellus.load_processor(model_dir), system=args.system,
                           max_pixels=args.max_image_pixels, **_generation_kwargs(args))
     return chat_loop(session, args.image)
 
@@ -166,8 +164,8 @@ def cmd_explain(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ocellus.demo import run_demo
-    run_demo(args.workdir, args.prompt, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    from ocellus.demo import DEMO_SEED, run_demo
+    run_demo(args.out, n_images=args.n, seed=DEMO_SEED if args.seed is None else args.seed, model_dir=args.model)
     return 0
 
 
@@ -199,11 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="store_true", help="print the version and exit")
     sub = ap.add_subparsers(dest="command")
 
-    p = sub.add_parser("demo", help="build a tiny checkpoint and stream a reply through the whole pipeline")
-    p.add_argument("--workdir", default=str(DEFAULT_WORKDIR / "tiny-demo"))
-    p.add_argument("--prompt", default="What is in the picture?")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="the embedded model answers questions about new shapes images: answers next to "
+                                    "the ground truth, the images and an attention heat map written to --out")
+    p.add_argument("--out", default="ocellus-demo", help="folder for the images and the heat map")
+    p.add_argument("--n", type=int, default=4, help="number of new images")
+    p.add_argument("--seed", type=int, default=None, help="scene seed (default: one no recipe or eval uses)")
+    p.add_argument("--model", default=None, help="a shapes VLM checkpoint (default: the embedded one)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("generate", help="generate text from a checkpoint directory or hub id")
@@ -216,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive multi-turn chat (reads stdin; /image PATH, /reset, /quit)")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", default=None, help="checkpoint dir or hub id (default: the embedded shapes model)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
     p.add_argument("--image", action="append", default=[], help="image for the first message (repeatable)")
     p.add_argument("--system", default=None, help="system message")

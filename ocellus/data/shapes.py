@@ -83,9 +83,9 @@ class ShapesConfig:
     each conversation turn). answer_prompt is appended to every QA question (LLaVA-1.5's way of
     asking for a short answer); None leaves questions bare. conversation_turns bounds the QA turns
     of a conversation. hard_negatives is the share of "no" existence questions that name an
-    absent pair sharing a colour or a shape with a present object (the rest name any absent pair):
-    1.0 tests binding; lower values give training a partial-credit path (colour or shape alone)
-    towards it.
+    absent pair sharing a colour or a shape with a present object (the rest, where the scene allows,
+    name a pair sharing neither): 1.0 tests binding; lower values give training a partial-credit
+    path (colour or shape alone) towards it.
     """
 
     image_size: int = 64
@@ -408,7 +408,9 @@ def _qa_existence(rng, scene, cfg):
     # needs colour and shape bound to the same object, not just "is anything red".
     hard = [(c, s) for c, s in absent if any(c == pc or s == ps for pc, ps in present)]
     if cfg.hard_negatives < 1.0 and rng.random() >= cfg.hard_negatives:
-        hard = []  # this one is drawn from all absent pairs
+        easy = [pair for pair in absent if pair not in hard]  # neither its colour nor its shape is there
+        colour, shape = _pick(rng, easy or absent)
+        return f"Is there {_a(colour + ' ' + shape)}?", "no"
     colour, shape = _pick(rng, hard or absent)
     return f"Is there {_a(colour + ' ' + shape)}?", "no"
 

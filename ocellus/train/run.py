@@ -80,11 +80,12 @@ def _shapes_config(data: dict, seed_key: str = "seed"):
 
 
 def _corpus_texts(recipe: dict, n: int):
-    """Text of generated conversations (all kinds), for BPE training and text pretraining."""
+    """Text of generated conversations (all kinds) and their role names, for BPE training."""
     from ocellus.data.shapes import sample_at
     cfg = _shapes_config(recipe.get("data") or {})
     for i in range(n):
         for m in sample_at(cfg, 1_000_000 + i, "mixed")["messages"]:
+            yield m["role"]  # the chat template writes it before every turn: worth a token of its own
             for part in m["content"]:
                 if part.get("type") == "text":
                     yield part["text"]

@@ -17,10 +17,13 @@ def test_help_and_version(capsys):
     assert main(["--version"]) == 0
 
 
-def test_demo_streams_a_reply(tmp_path, capsys):
-    assert main(["demo", "--workdir", str(tmp_path / "d"), "--max-new-tokens", "8"]) == 0
+def test_demo_answers_next_to_the_truth_and_writes_a_heat_map(tmp_path, capsys):
+    from PIL import Image
+    assert main(["demo", "--out", str(tmp_path / "d"), "--n", "2"]) == 0
     out = capsys.readouterr().out
-    assert "reply:" in out and "<|im_start|>assistant" in out
+    assert "truth" in out and "accuracy:" in out and "attention peaks at patch" in out
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["attention.png", "image_0.png", "image_1.png"]
+    assert Image.open(tmp_path / "d" / "attention.png").size == Image.open(tmp_path / "d" / "image_0.png").size
 
 
 def test_generate_greedy_is_deterministic_and_beam_runs(tiny, capsys):

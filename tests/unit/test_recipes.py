@@ -68,4 +68,7 @@ def test_tiny_shapes_pipeline_runs_and_learns(tmp_path):
         assert _falls(out), out.name
         assert (out / "curve.png").exists() and (out / "model" / "config.json").exists()
     import ocellus
-    assert ocellus.load_processor(sft / "model").image_token_id == ocellus.load(sft / "model").image_token_id
+    tok = ocellus.load_processor(sft / "model")
+    assert tok.image_token_id == ocellus.load(sft / "model").image_token_id
+    tok = getattr(tok, "tokenizer", tok)
+    assert len(tok.encode("assistant")) == len(tok.encode("user")) == 1  # role names are in the BPE corpus

@@ -161,8 +161,8 @@ def test_conversation_turns_and_hard_negative_share_follow_the_config():
                 hard += any(o["colour"] == colour or o["shape"] == shape for o in s["objects"])
         return hard / total
     assert hard_share(1.0) == 1.0            # the default (and the eval): every negative tests binding
-    assert 0.4 < hard_share(0.0) < 0.8       # uniform over absent pairs: many share something by chance
-    assert hard_share(0.0) < hard_share(0.5) < 1.0
+    assert hard_share(0.0) == 0.0            # every negative shares neither colour nor shape
+    assert 0.35 < hard_share(0.5) < 0.65
 
 
 def test_captions_and_descriptions_name_every_object_once():
