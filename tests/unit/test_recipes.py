@@ -1,6 +1,7 @@
 """Every shipped recipe validates; bad recipes are errors naming the problem; the four-step
 llava_tiny_shapes pipeline runs end to end for a few steps and each step's loss falls."""
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,31 @@ def test_tiny_shapes_pipeline_runs_and_learns(tmp_path):
     assert tok.image_token_id == ocellus.load(sft / "model").image_token_id
     tok = getattr(tok, "tokenizer", tok)
     assert len(tok.encode("assistant")) == len(tok.encode("user")) == 1  # role names are in the BPE corpus
+
+
+def test_text_pretraining_data_stands_scene_text_in_for_the_image():
+    """data.image_text puts the scene's description (or caption) where the image was; train_on picks
+    which tokens are trained: all of them (GPT-style) or the assistant's replies only."""
+    import ocellus
+    from ocellus.data.shapes import sample_at
+    from ocellus.demo import make_tiny_checkpoint
+    from ocellus.train.run import _shapes_config, build_dataset
+    with tempfile.TemporaryDirectory() as d:
+        tok = ocellus.load_processor(make_tiny_checkpoint(d))
+    base = {"task": "lm", "data": {"source": "shapes_text", "kind": "qa", "n": 4, "seed": 3, "image_size": 48}}
+    scene = sample_at(_shapes_config(base["data"]), 0, "qa")
+    texts = {}
+    for how in ("drop", "description", "caption"):
+        recipe = {**base, "data": {**base["data"], "image_text": how}}
+        ds, _ = build_dataset(recipe, tok, None)
+        texts[how] = tok.decode(ds[0].input_ids)
+    colours = [o["colour"] for o in scene["objects"]]
+    assert all(c in texts["description"] and c in texts["caption"] for c in colours)
+    assert len(texts["drop"]) < len(texts["caption"]) < len(texts["description"])
+    every = build_dataset(base, tok, None)[0][0]
+    replies = build_dataset({**base, "data": {**base["data"], "train_on": "assistant"}}, tok, None)[0][0]
+    assert every.num_trained > replies.num_trained > 0
+    answer = tok.decode([t for t in replies.labels if t != -100])
+    assert answer.startswith(scene["answer"])
+    with pytest.raises(ConfigError, match="image_text"):
+        build_dataset({**base, "data": {**base["data"], "image_text": "pixels"}}, tok, None)
