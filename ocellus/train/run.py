@@ -329,7 +329,7 @@ def _vlm_dataset(recipe, data, n, tok, model):
         n = min(n, len(rows))
         get = rows.__getitem__
     else:
-        from ocellus.data.shapes import read_llava_json
+        from ocellus.data.llava_json import read_llava_json
         loaded = read_llava_json(data["path"], skip_bad_samples=bool(data.get("skip_bad_samples", False)))
         rows = loaded.samples if hasattr(loaded, "samples") else loaded[0]
         n = min(n, len(rows))

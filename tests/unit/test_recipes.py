@@ -101,3 +101,18 @@ def test_text_pretraining_data_stands_scene_text_in_for_the_image():
     assert answer.startswith(scene["answer"])
     with pytest.raises(ConfigError, match="image_text"):
         build_dataset({**base, "data": {**base["data"], "image_text": "pixels"}}, tok, None)
+
+
+def test_patch_classes_mark_the_patches_an_object_covers():
+    """ViT scene pretraining's per-patch targets: the object's class where it covers a patch, the
+    background class elsewhere, row-major like the ViT's patch tokens."""
+    import numpy as np
+    from ocellus.data.shapes import Obj, Scene, render
+    from ocellus.train.run import patch_classes
+    classes = [("square", "red"), ("circle", "blue")]
+    scene = Scene(48, "white", (Obj("square", "red", (6, 0, 18, 12)), Obj("circle", "blue", (30, 30, 47, 47))))
+    grid = patch_classes(scene, render(scene), classes, patch=6, size=48).reshape(8, 8).numpy()
+    expected = np.full((8, 8), 2)
+    expected[0:2, 1:3] = 0          # the square: rows 0-1, columns 1-2 (x before y in the box)
+    expected[5:8, 5:8] = 1          # the circle's 3x3 patches (corners included: > 10% of each)
+    assert (grid == expected).all(), grid

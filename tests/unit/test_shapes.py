@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from ocellus.data.messages import from_llava
-from ocellus.data.shapes import (COLOURS, ShapesConfig, make_scene, read_llava_json, render, sample_at, samples,
-                                 write_llava_json)
+from ocellus.data.llava_json import read_llava_json, write_llava_json
+from ocellus.data.shapes import COLOURS, ShapesConfig, make_scene, render, sample_at, samples
 from ocellus.errors import ConfigError, InputError
 
 CFG = ShapesConfig(seed=7)
