@@ -36,8 +36,9 @@ raises InputError naming the sample; a tokenizer whose image token id differs fr
 `image_token_index`, or a processor_config.json that counts image tokens differently from the
 model, raises ConfigError when the processor is built, not after a silent mismatch at run time.
 
-Not yet here: InternVL tiling and Qwen2-VL grids (the image_tiling.py functions exist; their
-processors come with those model families).
+Other families (BLIP-2, Flamingo, Qwen2-VL, InternVL, ...) pass their own `image_inputs` function
+(see ImageInputs) and build their processor in their family module (models/families/registry.py);
+`from_dir` hands a checkpoint whose config.json model_type is theirs to that module.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -57,6 +59,12 @@ from ocellus.errors import ConfigError, InputError
 
 # config.json model types this processor serves: one fixed-size ViT view, or LLaVA-NeXT anyres
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next")
+
+# A family's own image path (BLIP-2 query slots, Qwen2-VL dynamic grids, InternVL tiles, ...):
+# loaded images -> (tensors the model's forward takes, each concatenable along dim 0 across batches,
+# e.g. pixel_values [N, 3, H, W] or Qwen2-VL's patches [sum P, D] + image_grid_thw [N, 3];
+# and how many image placeholder tokens each image expands to).
+ImageInputs = Callable[[list[Image.Image]], tuple[dict[str, torch.Tensor], list[int]]]
 
 
 class ProcessorOutput(dict):
@@ -112,8 +120,10 @@ class Processor:
     def __init__(self, tokenizer: Tokenizer, image_config: ImageProcessorConfig, *, patch_size: int,
                  num_extra_tokens: int = 1, feature_select: str = "default", image_token: str = "<image>",
                  pad_to_square: bool = False, chat_template: str | None = None, grid_pinpoints=None,
-                 tile_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 tile_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 image_inputs: ImageInputs | None = None):
         self.tokenizer = tokenizer
+        self._image_inputs = image_inputs  # a family's own image path (see the ImageInputs docstring)
         self.grid_pinpoints = tuple(tuple(int(x) for x in p) for p in grid_pinpoints) if grid_pinpoints else None
         if self.grid_pinpoints is not None:
             if tile_size is None:
@@ -131,7 +141,9 @@ class Processor:
         self.max_pixels = max_pixels
         self._chat_template = chat_template
         self._content_format = None  # "parts" or "string", found on the first render
-        if self.grid_pinpoints is None:
+        if image_inputs is not None:
+            pass  # the family's function counts tokens itself
+        elif self.grid_pinpoints is None:
             self.num_image_tokens(self.patch_size, self.patch_size)  # validates the numbers now
         else:
             self.num_image_tokens(self.tile_size, self.tile_size)
@@ -160,6 +172,12 @@ class Processor:
         num_additional_image_tokens, image_token) are used when there is no config.json and must agree
         with it when there is."""
         directory = Path(path)
+        model_type = (_read_json(directory / "config.json") or {}).get("model_type")
+        if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:
+            from ocellus.models.families.registry import module_for_model_type
+            family = module_for_model_type(model_type)
+            if family is not None:  # BLIP-2, Flamingo, Qwen2-VL, InternVL, ...: the family builds its own
+                return family.processor_from_dir(directory)
         image_dict = image_processor_dict(directory)
         if image_dict is None:
             raise ConfigError(f"no image processor config in {directory} (preprocessor_config.json, or "
@@ -345,15 +363,7 @@ class Processor:
         flat = [(b, j, src) for b, srcs in enumerate(per_sample) for j, src in enumerate(srcs)]
         if flat:
             loaded = [load_image(src, name=f"sample {b}, image {j}", max_pixels=self.max_pixels) for b, j, src in flat]
-            if self.grid_pinpoints is None:
-                pixel_values = preprocess(loaded, self.image_config, pad_to_square=self.pad_to_square,
-                                          max_pixels=None)                                      # [N, 3, H, W]
-                per_image = [self.num_image_tokens(*pixel_values.shape[-2:])] * len(loaded)
-                images_out = {"pixel_values": pixel_values}
-            else:
-                pixel_values, image_sizes = preprocess_anyres(loaded, self.image_config, max_pixels=None)
-                per_image = [self.num_image_tokens(img.height, img.width) for img in loaded]
-                images_out = {"pixel_values": pixel_values, "image_sizes": image_sizes}  # [N, V, 3, H, W], [N, 2]
+            images_out, per_image = self.image_inputs(loaded)
 
         rows, next_count = [], iter(per_image)
         for b, prompt in enumerate(prompts):
@@ -369,6 +379,19 @@ class Processor:
                                   f"with its neighbours")
             rows.append(ids)
         return self._pad(rows, images_out, return_tensors, padding_side)
+
+    def image_inputs(self, images: list[Image.Image]) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """Loaded images -> (the model's image tensors, image tokens per image). Training calls this
+        too, so training data and inference count image tokens the same way."""
+        if self._image_inputs is not None:
+            return self._image_inputs(images)
+        if self.grid_pinpoints is None:
+            pixel_values = preprocess(images, self.image_config, pad_to_square=self.pad_to_square,
+                                      max_pixels=None)                                          # [N, 3, H, W]
+            return {"pixel_values": pixel_values}, [self.num_image_tokens(*pixel_values.shape[-2:])] * len(images)
+        pixel_values, image_sizes = preprocess_anyres(images, self.image_config, max_pixels=None)
+        per_image = [self.num_image_tokens(img.height, img.width) for img in images]
+        return {"pixel_values": pixel_values, "image_sizes": image_sizes}, per_image  # [N, V, 3, H, W], [N, 2]
 
     @staticmethod
     def _conversations(messages) -> list[list[dict]]:

@@ -97,7 +97,7 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
         raise ConfigError(f"unknown eval task {task!r}; choose from {', '.join(TASKS)}")
     model = model if model is not None else ocellus.load(model_dir)
     processor = processor if processor is not None else ocellus.load_processor(model_dir)
-    size = model.vision_tower.config.image_size
+    size = eval_image_size(model, processor)
     samples = task_samples(task, n + shots, size)
     shot_pool, samples = samples[:shots], samples[shots:]
     max_new = {"shapes-vqa": 6, "digits": 4, "shapes-caption": 40, "shapes-grounding": 40}[task]
@@ -110,6 +110,22 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
     if out:
         Path(out).write_text(json.dumps({**result, "table": {k: list(v) for k, v in result["table"].items()}}, indent=1))
     return result
+
+
+def eval_image_size(model, processor) -> int:
+    """The side of the rendered eval scenes: the vision tower's fixed input size, else (dynamic-
+    resolution families) the processor's configured size."""
+    config = getattr(getattr(model, "vision_tower", None), "config", None)
+    if getattr(config, "image_size", None):
+        return int(config.image_size)
+    icfg = processor.image_config
+    side = icfg.size_hw or icfg.crop_size
+    if side:
+        return int(side[0])
+    if icfg.shortest_edge:
+        return int(icfg.shortest_edge)
+    raise ConfigError("cannot tell the eval image size: the model's vision tower has no fixed image_size and "
+                      "the processor's image config has no size")
 
 
 def _question(sample: dict) -> str:

@@ -151,27 +151,10 @@ class SceneViTClassifier(ViTClassifier):
 
 
 def _compose_vlm(spec: dict, tok):
-    """LLaVA from a ViT checkpoint + a decoder checkpoint + a new connector."""
-    if not (spec.get("vision_from") and spec.get("llm_from")):
-        raise ConfigError("model for a vlm needs `from`, or both `vision_from` and `llm_from`")
-    from ocellus.hub.checkpoint import read_config
-    from ocellus.models.families.llava import build_llava
-    image_token = spec.get("image_token", "<image>")
-    image_id = tok.convert_tokens_to_ids(image_token)
-    if image_id is None:
-        raise ConfigError(f"the tokenizer has no image token {image_token!r}")
-    vision_cfg, text_cfg = read_config(Path(spec["vision_from"])), read_config(Path(spec["llm_from"]))
-    connector = spec.get("connector") or {}
-    cfg = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
-           "vision_config": vision_cfg, "text_config": text_cfg, "image_token_index": image_id,
-           "vision_feature_layer": spec.get("feature_layer", -2),
-           "vision_feature_select_strategy": spec.get("feature_select", "default"),
-           "projector_hidden_act": connector.get("act", "gelu"), "projector_depth": connector.get("depth", 2)}
-    model = build_llava(cfg)
-    model.family_name = "llava"
-    model.vision_tower.load_state_dict(ocellus.load(spec["vision_from"]).state_dict())
-    model.language_model.load_state_dict(ocellus.load(spec["llm_from"]).state_dict())
-    return model
+    """A vision-language model from pretrained parts + a new connector, by its family's `compose`
+    (model.architecture: llava (default), blip2, flamingo, qwen_vl, qwen2_vl, internvl)."""
+    from ocellus.models.families.registry import family_module
+    return family_module(spec.get("architecture", "llava")).compose(spec, tok)
 
 
 def _init_from(model, path: Path) -> None:
@@ -312,12 +295,26 @@ def _stack_labels(rows):
     return batch
 
 
+def _family_of(model) -> str:
+    from ocellus.hub.families import family_for_model
+    from ocellus.models.families.registry import VLM_FAMILIES
+    name = family_for_model(model).name
+    if name not in VLM_FAMILIES:
+        raise ConfigError(f"task vlm needs a vision-language model; this is a {name!r} model")
+    return name
+
+
+def training_processor(model, tok, size: int):
+    """The processor of the model's family at the recipe's image size (mean/std 0.5)."""
+    from ocellus.models.families.registry import family_module
+    return family_module(_family_of(model)).training_processor(model, tok, image_config(size))
+
+
 def _vlm_dataset(recipe, data, n, tok, model):
     from ocellus.data.encode import collate, encode_messages
-    from ocellus.data.image import preprocess
-    size = int(data.get("image_size", model.vision_tower.config.image_size))
-    icfg = image_config(size)
-    per_image = model.vision_tower.num_tokens(size, size, model.feature_select)
+    from ocellus.data.image import load_image
+    size = int(data.get("image_size") or _model_image_size(model))
+    proc = training_processor(model, tok, size)
     template, train_on = data.get("template", "chatml"), data.get("train_on", "assistant")
     if data["source"] == "shapes":
         from ocellus.data.shapes import sample_at
@@ -337,16 +334,25 @@ def _vlm_dataset(recipe, data, n, tok, model):
 
     def make(i):
         s = get(i)
-        images = s["images"]
-        enc = encode_messages(s["messages"], tok, template, images_tokens=[per_image] * len(images),
+        images, counts = proc.image_inputs([load_image(im, name=f"sample {s.get('id', i)}, image {j}")
+                                            for j, im in enumerate(s["images"])])
+        enc = encode_messages(s["messages"], tok, template, images_tokens=counts, image_token=proc.image_token,
                               train_on=train_on, max_length=data.get("max_length"), row=s.get("id", i))
-        return {"enc": enc, "pixels": preprocess(images, icfg)}
+        return {"enc": enc, "images": images}
 
     def collate_vlm(rows):
         batch = collate([r["enc"] for r in rows], tok.pad_token_id or 0)
-        batch["pixel_values"] = torch.cat([r["pixels"] for r in rows])
+        for key in rows[0]["images"]:  # every image tensor concatenates along dim 0 (Processor.image_inputs)
+            batch[key] = torch.cat([r["images"][key] for r in rows])
         return batch
     return EncodedDataset(n, make), collate_vlm
+
+
+def _model_image_size(model) -> int:
+    config = getattr(getattr(model, "vision_tower", None), "config", None)
+    if config is None or not hasattr(config, "image_size"):
+        raise ConfigError("data.image_size is required for this model (its vision tower has no fixed image size)")
+    return int(config.image_size)
 
 
 # ---- export ------------------------------------------------------------------------------------
@@ -360,7 +366,12 @@ def export(recipe: dict, model, tok, out: Path) -> Path:
         return path
     ocellus.save(model, path, tokenizer=tok)
     if task == "vlm":
-        size = model.vision_tower.config.image_size
+        size = int((recipe.get("data") or {}).get("image_size") or _model_image_size(model))
+        from ocellus.models.families.registry import family_module
+        family = family_module(_family_of(model))
+        if hasattr(family, "export_processor"):  # a family whose preprocessing has more than size/mean/std
+            family.export_processor(model, tok, image_config(size), path)
+            return path
         (path / "preprocessor_config.json").write_text(json.dumps({
             "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"height": size, "width": size},
             "do_center_crop": False, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,

@@ -57,7 +57,10 @@ class Stage:
 
 
 def parts_of(model: nn.Module) -> dict[str, nn.Module]:
-    """The named parts a stage can address."""
+    """The named parts a stage can address: the model's own `parts()` when it defines one (e.g.
+    Flamingo's connector = perceiver + gated cross-attention blocks, which live beside the decoder)."""
+    if callable(getattr(model, "parts", None)):
+        return dict(model.parts())
     if hasattr(model, "vision_tower") and hasattr(model, "language_model"):
         parts = {"vision": model.vision_tower, "llm": model.language_model}
         if hasattr(model, "multi_modal_projector"):

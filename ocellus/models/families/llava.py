@@ -12,6 +12,8 @@ language_model.model.*, language_model.lm_head) and transformers 5's in-memory o
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from ocellus.errors import ConfigError
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.vision_families import vision_rules
@@ -90,3 +92,54 @@ def llava_hf_config(model: VLM) -> dict:
                vision_config=model.vision_tower.config.to_hf(), text_config=model.language_model.config.to_hf())
     out["text_config"].pop("architectures", None)
     return out
+
+
+# ---- the recipe / processor side (models/families/registry.py) -----------------------------------
+MODEL_TYPES = ("llava",)
+
+
+def compose(spec: dict, tok) -> VLM:
+    """A recipe's LLaVA: the ViT of spec["vision_from"] + a new MLP connector (spec["connector"]:
+    depth, act) + the decoder of spec["llm_from"]; feature_layer / feature_select as config.json's."""
+    import ocellus
+    from ocellus.hub.checkpoint import read_config
+    vision_dir, llm_dir = _part_dirs(spec)
+    connector = spec.get("connector") or {}
+    cfg = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+           "vision_config": read_config(vision_dir), "text_config": read_config(llm_dir),
+           "image_token_index": image_token_id(tok, spec),
+           "vision_feature_layer": spec.get("feature_layer", -2),
+           "vision_feature_select_strategy": spec.get("feature_select", "default"),
+           "projector_hidden_act": connector.get("act", "gelu"), "projector_depth": connector.get("depth", 2)}
+    model = build_llava(cfg)
+    model.family_name = "llava"
+    model.vision_tower.load_state_dict(ocellus.load(vision_dir).state_dict())
+    model.language_model.load_state_dict(ocellus.load(llm_dir).state_dict())
+    return model
+
+
+def _part_dirs(spec: dict) -> tuple[Path, Path]:
+    if not (spec.get("vision_from") and spec.get("llm_from")):
+        raise ConfigError("model for a vlm needs `from`, or both `vision_from` and `llm_from`")
+    return Path(spec["vision_from"]), Path(spec["llm_from"])
+
+
+def image_token_id(tok, spec: dict) -> int:
+    """The id of the recipe's image placeholder (model.image_token, default <image>) in the tokenizer."""
+    image_token = spec.get("image_token", "<image>")
+    index = tok.convert_tokens_to_ids(image_token)
+    if index is None:
+        raise ConfigError(f"the tokenizer has no image token {image_token!r}")
+    return index
+
+
+def training_processor(model: VLM, tok, image_config):
+    from ocellus.data.processor import Processor
+    vit = model.vision_tower.config
+    return Processor(tok, image_config, patch_size=vit.patch_size, num_extra_tokens=int(vit.use_cls_token),
+                     feature_select=model.feature_select, image_token=tok.convert_ids_to_tokens(model.image_token_id))
+
+
+def processor_from_dir(directory):
+    from ocellus.data.processor import Processor
+    return Processor.from_dir(directory)
