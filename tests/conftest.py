@@ -46,3 +46,24 @@ def llama_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def qwen2_dir(tmp_path_factory):
     return save_reference(build_reference("qwen2", tie_word_embeddings=True), tmp_path_factory.mktemp("qwen2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_parts(tmp_path_factory):
+    """Pretrained parts for vision-language recipes, made by the LLaVA recipes' first two steps at toy
+    scale: `<dir>/text/model` (a 2-layer 64-wide decoder + the shapes BPE tokenizer with <image>) and
+    `<dir>/vit/model` (a 2-layer 48 px patch-6 CLIP ViT). Recipes point vision_from / llm_from /
+    tokenizer.from at them, as the real ones do at runs/llava_tiny_shapes."""
+    from pathlib import Path
+
+    from ocellus.train.recipe import load_recipe
+    from ocellus.train.run import run_recipe
+    root = Path(__file__).resolve().parents[1] / "recipes" / "llava_tiny_shapes"
+    out = tmp_path_factory.mktemp("vlm_parts")
+    small = ["train.progress=false", "train.log_every=2", "train.warmup_steps=2", "train.batch_size=16"]
+    run_recipe(load_recipe(root / "text_pretrain.yaml", small + [
+        f"train.out_dir={out / 'text'}", "train.max_steps=10", "data.n=256", "tokenizer.train_bpe.corpus_n=300",
+        "model.config.num_hidden_layers=2", "model.config.hidden_size=64", "model.config.intermediate_size=128"]))
+    run_recipe(load_recipe(root / "vit_pretrain.yaml", small + [
+        f"train.out_dir={out / 'vit'}", "train.max_steps=10", "data.n=256", "model.config.num_hidden_layers=2"]))
+    return out

@@ -46,17 +46,10 @@ def _falls(out: Path) -> bool:
     return losses[-1] < losses[0]
 
 
-def test_tiny_shapes_pipeline_runs_and_learns(tmp_path):
+def test_tiny_shapes_pipeline_runs_and_learns(tmp_path, tiny_vlm_parts):
     root = Path(__file__).resolve().parents[2] / "recipes" / "llava_tiny_shapes"
     small = ["train.progress=false", "train.log_every=2", "train.warmup_steps=2"]
-    text = tmp_path / "text"
-    run_recipe(load_recipe(root / "text_pretrain.yaml", small + [
-        f"train.out_dir={text}", "train.max_steps=10", "data.n=256", "tokenizer.train_bpe.corpus_n=300", "train.batch_size=16",
-        "model.config.num_hidden_layers=2", "model.config.hidden_size=64", "model.config.intermediate_size=128"]))
-    vit = tmp_path / "vit"
-    run_recipe(load_recipe(root / "vit_pretrain.yaml", small + [
-        f"train.out_dir={vit}", "train.max_steps=10", "data.n=256", "model.config.num_hidden_layers=2",
-        "train.batch_size=16"]))
+    text, vit = tiny_vlm_parts / "text", tiny_vlm_parts / "vit"  # the recipes' steps 1-2 (conftest.py)
     align = tmp_path / "align"
     run_recipe(load_recipe(root / "align.yaml", small + [
         f"train.out_dir={align}", "train.max_steps=6", "data.n=100", f"model.vision_from={vit}/model",

@@ -1,0 +1,134 @@
+"""The three routes from pixels to a language model, measured side by side on the shapes world.
+
+    python -m ocellus.eval.compare [--families llava,blip2,...] [--steps 600] [--out docs/VLM_COMPARISON.md]
+
+Every family gets the same pretrained parts (the tiny ViT and decoder of
+recipes/llava_tiny_shapes' first two steps), the same data (single-turn QA mixed with grounding,
+one seed), the same stage (vision frozen; connector and decoder trained), the same optimiser
+settings and the same number of steps; only the bridge differs:
+  compressed prompt   BLIP-2 (Q-Former queries), Qwen-VL (cross-attention resampler)
+  all tokens          LLaVA (every patch), InternVL (pixel-shuffled patches), Qwen2-VL (merged
+                      patches of a dynamic-resolution ViT, trained here from scratch: its tower has
+                      no pretrained tiny checkpoint)
+  cross-attention     Flamingo (Perceiver latents read by gated cross-attention layers)
+Each trained model is evaluated with the harness (held-out scenes): shapes-vqa accuracy per
+question type and shapes-grounding accuracy@IoU 0.5 and mean IoU; the table also gives the image
+tokens each image puts into the decoder's sequence, wall-clock training time and parameters.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ocellus.errors import ConfigError
+
+ROUTES = {"llava": "all tokens", "blip2": "compressed prompt", "qwen_vl": "compressed prompt",
+          "internvl": "all tokens", "qwen2_vl": "all tokens", "flamingo": "cross-attention"}
+
+# What each family's connector looks like at tiny scale (keys of its `compose` spec).
+FAMILY_SPECS: dict[str, dict] = {
+    "llava": {"connector": {"depth": 2}, "feature_layer": -1, "feature_select": "full"},
+    "blip2": {},
+    "qwen_vl": {},
+    "internvl": {},
+    "qwen2_vl": {},
+    "flamingo": {},
+}
+
+
+def recipe_for(family: str, parts_dir: Path, out_dir: Path, steps: int, batch_size: int, seed: int = 0) -> dict:
+    """The one recipe every family trains with; only model.architecture and its connector differ."""
+    if family not in FAMILY_SPECS:
+        raise ConfigError(f"unknown family {family!r}; choose from {', '.join(FAMILY_SPECS)}")
+    return {
+        "name": f"compare_{family}", "task": "vlm", "seed": seed,
+        "tokenizer": {"from": str(parts_dir / "text" / "model")},
+        "model": {"architecture": family, "vision_from": str(parts_dir / "vit" / "model"),
+                  "llm_from": str(parts_dir / "text" / "model"), **FAMILY_SPECS[family]},
+        "data": {"source": "shapes", "kind": "mixed", "kind_weights": {"qa": 3, "grounding": 1},
+                 "n": 100_000, "seed": 4, "image_size": 48, "max_length": 256, "hard_negatives": 0.7},
+        "train": {"max_steps": steps, "batch_size": batch_size, "lr": 2.0e-3, "warmup_steps": 30,
+                  "out_dir": str(out_dir), "log_every": 50, "progress": False,
+                  "stage": {"vision": "frozen", "connector": "full", "llm": "full"}},
+    }
+
+
+def _sizes(model) -> tuple[int, int]:
+    """(all parameters, parameters of the bridge = everything outside the vision tower and decoder)."""
+    from ocellus.train.stages import parts_of
+    parts = parts_of(model)
+    total = sum(p.numel() for p in model.parameters())
+    bridge = sum(p.numel() for p in parts["connector"].parameters()) if "connector" in parts else 0
+    return total, bridge
+
+
+def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_size: int, n_eval: int) -> dict:
+    import ocellus
+    from ocellus.eval.harness import evaluate
+    from ocellus.train.recipe import validate
+    from ocellus.train.run import run_recipe
+    recipe = recipe_for(family, parts_dir, runs_dir / family, steps, batch_size)
+    validate(recipe, where=f"compare {family}")
+    start = time.perf_counter()
+    path = run_recipe(recipe)
+    seconds = time.perf_counter() - start
+    model, proc = ocellus.load(path), ocellus.load_processor(path)
+    model.eval()
+    from PIL import Image
+    _, counts = proc.image_inputs([Image.new("RGB", (48, 48))])
+    total, bridge = _sizes(model)
+    vqa = evaluate(path, "shapes-vqa", n=n_eval, model=model, processor=proc, printer=lambda *_: None)
+    grounding = evaluate(path, "shapes-grounding", n=max(50, n_eval // 3), model=model, processor=proc,
+                         printer=lambda *_: None)
+    return {"family": family, "route": ROUTES[family], "image_tokens": counts[0], "train_s": round(seconds, 1),
+            "params": total, "bridge_params": bridge,
+            "vqa": {k: v[1] for k, v in vqa["table"].items()}, "vqa_n": vqa["n"],
+            "grounding": {k: v[1] for k, v in grounding["table"].items()},
+            "grounding_miou": grounding.get("mean_iou")}
+
+
+def table(results: list[dict]) -> str:
+    types = sorted({t for r in results for t in r["vqa"]} - {"all"}) + ["all"]
+    head = ["family", "route", "image tokens", *[f"VQA {t}" for t in types], "grounding acc@0.5", "mean IoU",
+            "train s", "params", "bridge params"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [r["family"], r["route"], str(r["image_tokens"]),
+                 *[f"{100 * r['vqa'][t]:.1f}" if t in r["vqa"] else "-" for t in types],
+                 f"{100 * r['grounding'].get('all', 0.0):.1f}",
+                 f"{r['grounding_miou']:.3f}" if r["grounding_miou"] is not None else "-",
+                 f"{r['train_s']:.0f}", f"{r['params']:,}", f"{r['bridge_params']:,}"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--families", default=",".join(FAMILY_SPECS))
+    p.add_argument("--parts", default="runs/llava_tiny_shapes", help="dir holding text/model and vit/model")
+    p.add_argument("--runs", default="runs/compare")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--n-eval", type=int, default=300)
+    p.add_argument("--out", default=None, help="write the table (markdown) here; results JSON next to it")
+    args = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    results = []
+    for family in [f.strip() for f in args.families.split(",") if f.strip()]:
+        results.append(run_family(family, Path(args.parts), Path(args.runs), args.steps, args.batch_size,
+                                  args.n_eval))
+        print(table(results[-1:]), flush=True)
+    text = table(results)
+    print(text)
+    if args.out:
+        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
