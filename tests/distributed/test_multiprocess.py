@@ -22,17 +22,22 @@ def _free_port() -> int:
 def _run(tmp, name, strategy, nproc, resume=False, crash_at=0):
     out = tmp / name
     env = {**os.environ, "CRASH_AT": str(crash_at), "OMP_NUM_THREADS": "1"}
-    if nproc == 1:
-        cmd = [sys.executable, str(SCRIPT)]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(_free_port()), str(SCRIPT)]
-    cmd += [strategy, "8", str(out)] + (["--resume"] if resume else [])
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    for attempt in range(2):
+        if nproc == 1:
+            cmd = [sys.executable, str(SCRIPT)]
+        else:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                   "--master_port", str(_free_port()), str(SCRIPT)]
+        cmd += [strategy, "8", str(out)] + (["--resume"] if resume else [])
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        # the free port can be taken by another process between _free_port() and torchrun's bind
+        if "address already in use" not in proc.stderr.lower():
+            break
+    log = f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-3000:]}"
     if crash_at:
-        assert proc.returncode != 0
+        assert proc.returncode != 0 and "CRASH_AT" in proc.stderr + proc.stdout, log
         return None
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, log
     return json.loads((out / "history.json").read_text())
 
 

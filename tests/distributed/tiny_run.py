@@ -25,6 +25,7 @@ def main(strategy: str, global_batch: int, out: str, resume: bool, crash_at: int
 
         def crashing():
             if trainer.step + 1 == crash_at:
+                print(f"CRASH_AT: dying on purpose in step {crash_at}", file=sys.stderr, flush=True)
                 raise SystemExit(3)
             return step()
         trainer.train_step = crashing
