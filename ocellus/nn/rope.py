@@ -58,6 +58,8 @@ class RopeConfig:
         """Read transformers 5.x `rope_parameters` or 4.x `rope_theta` + `rope_scaling`."""
         params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
         rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
+        if rope_type == "mrope":  # Qwen2-VL's 4.x configs: default frequencies; mrope_section stays in params
+            rope_type = "default"
         theta = params.pop("rope_theta", None) or cfg.get("rope_theta") or 10000.0
         prf = params.pop("partial_rotary_factor", None) or cfg.get("partial_rotary_factor") or 1.0
         if "original_max_position_embeddings" in cfg and rope_type in ("llama3", "yarn", "longrope"):

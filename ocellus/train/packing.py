@@ -26,6 +26,7 @@ class PackedRow:
     document_ids: list[int] = field(default_factory=list)
     pixel_values: list[torch.Tensor] = field(default_factory=list)
     num_docs: int = 0
+    sources: list[int] = field(default_factory=list)  # index in `samples` of each document, in row order
 
     def add(self, sample: dict) -> None:
         ids, labels = list(sample["input_ids"]), list(sample["labels"])
@@ -53,6 +54,7 @@ def pack(samples: list[dict], max_len: int) -> list[PackedRow]:
             row = PackedRow()
             rows.append(row)
         row.add(samples[i])
+        row.sources.append(i)
     return rows
 
 

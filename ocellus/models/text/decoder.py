@@ -18,6 +18,7 @@ from ocellus.nn.attention import Attention
 from ocellus.nn.kv_cache import StaticKVCache
 from ocellus.nn.masks import build_attention_mask
 from ocellus.nn.mlp import SwiGLU
+from ocellus.nn.mrope import check_mrope_section, mrope_cos_sin
 from ocellus.nn.norms import RMSNorm
 from ocellus.nn.rope import RopeConfig, RotaryEmbedding
 
@@ -63,7 +64,7 @@ class DecoderConfig:
             raise ConfigError(f"config.json lacks required fields {missing}")
         heads = cfg["num_attention_heads"]
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-        qwen2 = cfg.get("model_type") == "qwen2"
+        qwen2 = cfg.get("model_type") in ("qwen2", "qwen2_vl_text", "qwen2_5_vl_text")  # q/k/v bias, no o bias
         if cfg.get("use_sliding_window") and cfg.get("sliding_window"):
             raise ConfigError("sliding-window attention (use_sliding_window=true) is not implemented")
         eos = cfg.get("eos_token_id")
@@ -137,6 +138,8 @@ class DecoderLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.rope)
+        section = cfg.rope.params.get("mrope_section")  # Qwen2-VL: position_ids may be [3, B, T] (nn/mrope.py)
+        self.mrope_section = check_mrope_section(section, cfg.rope.rotary_dim) if section is not None else None
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -173,10 +176,14 @@ class DecoderLM(nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, cache: StaticKVCache | None = None,
-                document_ids: torch.Tensor | None = None, logits_to_keep: int = 0, **unused) -> CausalLMOutput:
+                document_ids: torch.Tensor | None = None, logits_to_keep: int = 0, before_layer=None,
+                **unused) -> CausalLMOutput:
         """attention_mask [B, T_k]: 1 for real tokens over cache + new tokens (or just new ones
-        without a cache). position_ids default to cache.length + arange(T) (transformers' forward
-        does not derive them from the mask either). logits_to_keep=k computes only the last k."""
+        without a cache). position_ids [B, T] default to cache.length + arange(T) (transformers' forward
+        does not derive them from the mask either); a model with mrope_section also takes M-RoPE ids
+        [3, B, T]. logits_to_keep=k computes only the last k. before_layer(i, x) -> x, when given, runs
+        before layer i: deep fusion (Flamingo's gated cross-attention, models/fusion_xattn.py) inserts
+        its blocks there, between frozen layers."""
         if unused:
             raise InputError(f"unexpected forward arguments {sorted(unused)}")
         x = self._embed(input_ids, inputs_embeds)                                   # [B, T, D]
@@ -186,10 +193,18 @@ class DecoderLM(nn.Module):
             raise InputError(f"sequence of {past + T} tokens exceeds the model's context of {self.max_context}")
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)  # [B, T]
-        rope = self.rotary_emb(position_ids, dtype=x.dtype)
+        if position_ids.dim() == 3:  # M-RoPE: (temporal, height, width) ids, one frequency band each
+            if self.mrope_section is None or position_ids.shape[0] != 3:
+                raise InputError(f"position_ids of shape {tuple(position_ids.shape)}: [3, B, T] M-RoPE ids need a "
+                                 f"model whose rope config has mrope_section (Qwen2-VL)")
+            rope = mrope_cos_sin(*self.rotary_emb(position_ids, dtype=x.dtype), self.mrope_section)
+        else:
+            rope = self.rotary_emb(position_ids, dtype=x.dtype)
         mask = build_attention_mask(T, past + T, attention_mask=attention_mask, document_ids=document_ids,
                                     device=x.device)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if before_layer is not None:
+                x = before_layer(i, x)
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, cache, use_reentrant=False)
             else:

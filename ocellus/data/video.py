@@ -1,0 +1,111 @@
+"""Video input for Qwen2-VL-style models: frames sampled at a target fps, resized under a total
+pixel budget, and cut into (2-frame x 14 x 14) patches (Wang et al. 2024, "Qwen2-VL", sec. 2.1:
+a video is frames at 2 fps, two consecutive frames per temporal patch).
+
+Frames come in decoded: a list of PIL images or a [T, H, W, 3] uint8 array / tensor (Ocellus
+depends on no video-decoding library; decode with whatever you have, e.g. PyAV or imageio).
+
+Sampling follows transformers' Qwen2VLVideoProcessor.sample_frames: n = total / video_fps * fps,
+clamped to [min_frames, max_frames] and to the frames there are, rounded down to a multiple of the
+temporal patch; frames at indices arange(0, total, total / n). The time one temporal patch spans,
+`second_per_grid_ts` = temporal_patch / (n / duration), is what Qwen2.5-VL's absolute-time M-RoPE
+ids scale with (nn/mrope.py); we use the effective rate kept / total * video_fps, as qwen-vl-utils
+does (transformers' processor assumes the target fps was met).
+
+The pixel budget: every frame is resized to the same smart_resize size, with at most
+min(max_pixels, total_pixels / frames) pixels each, so a long video cannot flood the context
+(qwen-vl-utils' VIDEO_TOTAL_PIXELS idea).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ocellus.data.image import ImageProcessorConfig, pil_to_tensor, rescale_normalize, resize
+from ocellus.data.image_tiling import qwen2vl_patchify, smart_resize
+from ocellus.errors import InputError
+
+
+@dataclass(frozen=True)
+class VideoInputs:
+    pixel_values_videos: torch.Tensor   # [t*h*w, C*T*p*p]
+    video_grid_thw: tuple[int, int, int]
+    second_per_grid_ts: float           # seconds one temporal patch spans
+    frame_indices: tuple[int, ...]      # which input frames were kept
+
+
+def as_frames(video, name: str = "video") -> list[Image.Image]:
+    """A list of PIL images, or a [T, H, W, 3] uint8 array/tensor -> RGB PIL frames (at least one)."""
+    if isinstance(video, torch.Tensor):
+        video = video.cpu().numpy()
+    if isinstance(video, np.ndarray):
+        if video.ndim != 4 or video.shape[-1] != 3:
+            raise InputError(f"{name}: a frame array must be [T, H, W, 3], got shape {video.shape}")
+        if video.dtype != np.uint8:
+            raise InputError(f"{name}: frame arrays must be uint8 (0-255), got {video.dtype}")
+        frames = [Image.fromarray(f) for f in video]
+    elif isinstance(video, (list, tuple)):
+        bad = [i for i, f in enumerate(video) if not isinstance(f, Image.Image)]
+        if bad:
+            raise InputError(f"{name}: frames {bad[:5]} are not PIL images")
+        frames = [f.convert("RGB") if f.mode != "RGB" else f for f in video]
+    else:
+        raise InputError(f"{name}: expected a list of PIL frames or a [T, H, W, 3] array, got {type(video).__name__}")
+    if not frames:
+        raise InputError(f"{name} has zero frames")
+    sizes = {f.size for f in frames}
+    if len(sizes) > 1:
+        raise InputError(f"{name}: frames have different sizes {sorted(sizes)[:4]}")
+    return frames
+
+
+def sample_indices(total: int, *, video_fps: float, fps: float = 2.0, min_frames: int = 4,
+                   max_frames: int = 768, temporal_patch_size: int = 2) -> list[int]:
+    """Indices of the frames kept when sampling `fps` frames per second of a `video_fps` video."""
+    if total <= 0:
+        raise InputError("the video has zero frames")
+    if video_fps <= 0 or fps <= 0:
+        raise InputError(f"video_fps ({video_fps}) and fps ({fps}) must be positive")
+    cap = math.floor(min(max_frames, total) / temporal_patch_size) * temporal_patch_size
+    n = min(max(total / video_fps * fps, min_frames), cap, total)
+    n = math.floor(n / temporal_patch_size) * temporal_patch_size
+    if n <= 0:  # fewer frames than one temporal patch: keep them all (patchify repeats the last)
+        return list(range(total))
+    return torch.arange(0, total, total / n).int().tolist()
+
+
+def preprocess_video(video, cfg: ImageProcessorConfig, *, video_fps: float | None = None, fps: float = 2.0,
+                     min_frames: int = 4, max_frames: int = 768, total_pixels: int | None = None,
+                     name: str = "video") -> VideoInputs:
+    """Frames -> Qwen2-VL video patches. video_fps None: the frames are taken as already sampled
+    (every frame kept, one frame per 1/fps seconds)."""
+    frames = as_frames(video, name)
+    p, T, m = cfg.patch_size or 14, cfg.temporal_patch_size or 2, cfg.merge_size or 2
+    if video_fps is None:
+        keep, video_fps = list(range(len(frames))), fps
+    else:
+        keep = sample_indices(len(frames), video_fps=video_fps, fps=fps, min_frames=min_frames,
+                              max_frames=max_frames, temporal_patch_size=T)
+    total = len(frames)
+    frames = [frames[i] for i in keep]
+    min_px, max_px = cfg.min_pixels or 56 * 56, cfg.max_pixels or 28 * 28 * 1280
+    if total_pixels is not None:
+        max_px = min(max_px, total_pixels // len(frames))
+        if max_px < min_px:
+            raise InputError(f"{name}: {len(frames)} frames under total_pixels={total_pixels} leave {max_px} pixels "
+                             f"a frame, below min_pixels={min_px}; sample fewer frames (fps/max_frames) or raise "
+                             f"total_pixels")
+    width, height = frames[0].size
+    size = smart_resize(height, width, factor=p * m, min_pixels=min_px, max_pixels=max_px) if cfg.do_resize \
+        else (height, width)
+    pixels = torch.stack([rescale_normalize(pil_to_tensor(resize(f, size, cfg.resample) if cfg.do_resize else f), cfg)
+                          for f in frames])                                       # [F, C, H, W]
+    patches, grid = qwen2vl_patchify(pixels, p, T, m)
+    # the frames kept span the whole input: the effective rate is kept / total * video_fps
+    # (qwen-vl-utils'; equal to `fps` unless min/max_frames clamped the count)
+    sample_fps = len(keep) / total * video_fps
+    return VideoInputs(patches, grid, second_per_grid_ts=T / sample_fps, frame_indices=tuple(keep))

@@ -1,0 +1,460 @@
+"""Qwen2-VL (Wang et al. 2024, "Qwen2-VL: Enhancing Vision-Language Model's Perception of the World
+at Any Resolution") and Qwen2.5-VL (Bai et al. 2025): a native-resolution ViT
+(models/vision/qwen2_vit.py) -> 2x2 patch merger (models/connectors/merger.py) -> Qwen2 decoder
+with M-RoPE (nn/mrope.py), early fusion.
+
+    pixel_values [sum P, C*2*14*14] + image_grid_thw [N, 3] --ViT--> [sum P, Dv] --merger--> [sum P/4, D]
+    --fusion.splice at <|image_pad|> (videos: pixel_values_videos / video_grid_thw at <|video_pad|>)-->
+    decoder with position_ids [3, B, T] from input_ids + grids (nn/mrope.rope_index)
+
+Generation: the prefill computes the M-RoPE ids and each row's rope delta (max id + 1 - tokens),
+kept on the KV cache; a decode step at plain position p uses p + delta on all three axes
+(transformers' `rope_deltas`).
+
+Matches transformers' Qwen2VLForConditionalGeneration / Qwen2_5_VLForConditionalGeneration
+(tests/parity/test_qwen2_vl_parity.py). Checkpoint names: the hub layout (model.layers.*, visual.*,
+lm_head; what transformers 5.23's save_pretrained writes, and what we write) and transformers 5's
+in-memory layout (model.language_model.*, model.visual.*), read only. Config: hub checkpoints with a
+text_config, and 4.x ones whose text fields sit at the top level (rope_scaling type "mrope").
+
+The recipe side (registry.py): `compose` builds a fresh small Qwen2-VL ViT + merger on a pretrained
+decoder; `training_processor` / `processor_from_dir` make the Processor (data/processor.py) whose
+image path is Qwen2-VL's dynamic resolution (`Qwen2VLImages`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ocellus.data.image_tiling import preprocess_qwen2vl, qwen2vl_num_tokens, smart_resize
+from ocellus.errors import ConfigError, InputError
+from ocellus.hub.keymap import KeyMap
+from ocellus.models.connectors.merger import PatchMerger
+from ocellus.models.families.llava import _decoder_rules
+from ocellus.models.fusion import splice
+from ocellus.models.text.decoder import DecoderConfig, DecoderLM
+from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig, Qwen2VisionTransformer, check_grids
+from ocellus.nn.kv_cache import StaticKVCache
+from ocellus.nn.mrope import check_mm_token_type_ids, rope_index
+
+ARCHS = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+MODEL_TYPES = tuple(ARCHS)
+
+
+@dataclass(frozen=True)
+class Qwen2VLTokens:
+    image: int
+    video: int | None = None
+    vision_start: int | None = None
+    vision_end: int | None = None
+
+
+class MRopeKVCache(StaticKVCache):
+    """The static cache plus each row's M-RoPE delta, set at prefill (beam search reorders both)."""
+    rope_deltas: torch.Tensor | None = None   # [B, 1]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        super().reorder(index)
+        if self.rope_deltas is not None:
+            self.rope_deltas = self.rope_deltas[index]
+
+
+class Qwen2VL(nn.Module):
+    def __init__(self, visual: Qwen2VisionTransformer, merger: PatchMerger, language_model: DecoderLM,
+                 tokens: Qwen2VLTokens):
+        super().__init__()
+        self.visual = visual
+        self.merger = merger
+        self.language_model = language_model
+        self.tokens = tokens
+        self.config = language_model.config  # eos/pad ids for the generation engine
+        self.hf_config: dict = {}
+
+    @property
+    def variant(self) -> str:
+        return self.visual.config.variant
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"vision": self.visual, "connector": self.merger, "llm": self.language_model}
+
+    # -- generation-engine interface ---------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int) -> MRopeKVCache:
+        c, p = self.language_model.config, self.language_model.embed_tokens.weight
+        return MRopeKVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_len, c.head_dim,
+                            dtype=p.dtype, device=p.device)
+
+    @property
+    def max_context(self) -> int:
+        return self.language_model.max_context
+
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        from ocellus.infer.generate import generate
+        if kwargs.get("num_beams", 1) > 1:
+            # beam search repeats every prefill tensor row-wise; Qwen2-VL's patches are not per-row
+            raise ConfigError("beam search is not implemented for Qwen2-VL (its packed patches cannot be "
+                              "repeated per beam row); use greedy or sampled decoding")
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+    # -- vision --------------------------------------------------------------------------------------
+    def media_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Patches + grids -> (merged features [sum T_i, D], T_i per image/video)."""
+        m = self.visual.config.spatial_merge_size
+        dtype = self.visual.patch_embed.proj.weight.dtype
+        feats = self.merger(self.visual(pixel_values.to(dtype), grid_thw))              # [sum P/m^2, D]
+        return feats, [qwen2vl_num_tokens(g, merge_size=m) for g in check_grids(grid_thw, m)]
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                image_grid_thw: torch.Tensor | None = None, pixel_values_videos: torch.Tensor | None = None,
+                video_grid_thw: torch.Tensor | None = None, second_per_grid_ts: torch.Tensor | None = None,
+                mm_token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                cache: MRopeKVCache | None = None, logits_to_keep: int = 0,
+                inputs_embeds: torch.Tensor | None = None, document_ids: torch.Tensor | None = None):
+        """position_ids: [3, B, T] M-RoPE ids are used as given (packing passes them). Otherwise they are
+        computed from input_ids + grids (+ attention_mask); a [B, T] position_ids is then only accepted
+        as the plain text positions (what a generation engine passes), and at a decode step it is
+        shifted by the rope delta kept on the cache."""
+        prefill = cache is None or cache.length == 0
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise InputError("pass input_ids (with image/video pad tokens) or inputs_embeds")
+            inputs_embeds = self.language_model._embed(input_ids, None)                  # [B, T, D], ids checked
+            for kind, pixels, grids, token in (("image", pixel_values, image_grid_thw, self.tokens.image),
+                                               ("video", pixel_values_videos, video_grid_thw, self.tokens.video)):
+                if pixels is not None:
+                    if grids is None:
+                        raise InputError(f"{kind} pixels were given without {kind}_grid_thw")
+                    feats, counts = self.media_features(pixels, grids)
+                    inputs_embeds = splice(inputs_embeds, input_ids, token, feats, tokens_per_image=counts)
+                elif prefill and token is not None and bool((input_ids == token).any()):
+                    raise InputError(f"input_ids hold {kind} pad tokens (id {token}) but no {kind} pixels were given")
+            if mm_token_type_ids is not None:
+                check_mm_token_type_ids(mm_token_type_ids, input_ids, self.tokens.image, self.tokens.video)
+        position_ids = self._positions(input_ids, inputs_embeds, attention_mask, position_ids, image_grid_thw,
+                                       video_grid_thw, second_per_grid_ts, cache, prefill)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, labels=labels, cache=cache,
+                                   logits_to_keep=logits_to_keep, document_ids=document_ids)
+
+    def _positions(self, input_ids, embeds, attention_mask, position_ids, image_grid_thw, video_grid_thw,
+                   second_per_grid_ts, cache, prefill) -> torch.Tensor:
+        if position_ids is not None and position_ids.dim() == 3:
+            return position_ids                                                        # [3, B, T] given
+        B, T = embeds.shape[:2]
+        if not prefill:  # decode: plain positions + each row's delta, the same id on all three axes
+            if position_ids is None:
+                position_ids = torch.arange(cache.length, cache.length + T, device=embeds.device).expand(B, T)
+            deltas = cache.rope_deltas if cache.rope_deltas is not None else 0
+            return (position_ids + deltas).expand(3, B, T)
+        if input_ids is None:  # embeddings only: nothing tells where media are; text positions
+            plain = torch.arange(T, device=embeds.device).expand(B, T)
+            return (position_ids if position_ids is not None else plain).expand(3, B, T)
+        vc = self.visual.config
+        mrope, deltas = rope_index(input_ids, image_token_id=self.tokens.image, video_token_id=self.tokens.video,
+                                   image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
+                                   merge_size=vc.spatial_merge_size, attention_mask=attention_mask,
+                                   second_per_grid_ts=second_per_grid_ts, tokens_per_second=vc.tokens_per_second)
+        if position_ids is not None:
+            real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+            plain = real.long().cumsum(-1) - 1
+            if position_ids.shape != input_ids.shape or not torch.equal(position_ids[real], plain[real]):
+                raise InputError("Qwen2-VL computes its M-RoPE positions from input_ids and the grids: a [B, T] "
+                                 "position_ids may only hold the plain text positions (cumsum of the mask - 1); "
+                                 "pass [3, B, T] M-RoPE ids for anything else (e.g. packing)")
+        if cache is not None:
+            cache.rope_deltas = deltas
+        return mrope
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+QWEN2_VL_KEYS = KeyMap(
+    rules=(
+        # hub layout first: what we write (and transformers 5.23's save_pretrained)
+        *_decoder_rules("language_model.", "model.", "lm_head.weight"),
+        ("merger.{rest}", "visual.merger.{rest}"),
+        ("visual.{rest}", "visual.{rest}"),
+        # transformers 5 in-memory layout, read only
+        *_decoder_rules("language_model.", "model.language_model.", "lm_head.weight"),
+        ("merger.{rest}", "model.visual.merger.{rest}"),
+        ("visual.{rest}", "model.visual.{rest}"),
+    ),
+    drop=(r"rotary_emb\.inv_freq$", r"rotary_pos_emb\.inv_freq$"),
+)
+
+
+def _variant(cfg: dict) -> str:
+    model_type = cfg.get("model_type")
+    if model_type not in ARCHS:
+        archs = cfg.get("architectures") or []
+        model_type = next((t for t, a in ARCHS.items() if a in archs), None)
+    if model_type is None:
+        raise ConfigError(f"not a Qwen2-VL / Qwen2.5-VL config (model_type {cfg.get('model_type')!r})")
+    return model_type
+
+
+def _text_config(cfg: dict, variant: str) -> dict:
+    """text_config (transformers 5), or the top-level text fields of 4.x hub configs."""
+    text = dict(cfg.get("text_config") or {k: v for k, v in cfg.items() if k != "vision_config"})
+    text["model_type"] = f"{variant}_text"
+    text.pop("architectures", None)
+    if "tie_word_embeddings" in cfg:  # transformers keeps it at the top level
+        text["tie_word_embeddings"] = cfg["tie_word_embeddings"]
+    if not (text.get("rope_parameters") or text.get("rope_scaling") or {}).get("mrope_section"):
+        text["rope_parameters"] = {**(text.get("rope_parameters") or {"rope_type": "default"}),
+                                   "mrope_section": [16, 24, 24]}  # transformers' default
+    return text
+
+
+def build_qwen2_vl(cfg: dict) -> Qwen2VL:
+    variant = _variant(cfg)
+    vision = Qwen2VisionConfig.from_hf(cfg.get("vision_config") or {}, variant)
+    decoder = DecoderLM(DecoderConfig.from_hf(_text_config(cfg, variant)))
+    if vision.out_hidden_size != decoder.config.hidden_size:
+        raise ConfigError(f"vision_config's merger output ({vision.out_hidden_size}) differs from the decoder's "
+                          f"hidden_size ({decoder.config.hidden_size})")
+    if cfg.get("image_token_id") is None:
+        raise ConfigError("Qwen2-VL config.json has no image_token_id")
+    tokens = Qwen2VLTokens(image=int(cfg["image_token_id"]), video=cfg.get("video_token_id"),
+                           vision_start=cfg.get("vision_start_token_id"), vision_end=cfg.get("vision_end_token_id"))
+    merger = PatchMerger(vision.hidden_size, vision.out_hidden_size, vision.spatial_merge_size,
+                         norm="layernorm" if variant == "qwen2_vl" else "rmsnorm")
+    if variant == "qwen2_5_vl" and vision.tokens_per_second is None:
+        raise ConfigError("Qwen2.5-VL vision_config needs tokens_per_second")
+    model = Qwen2VL(Qwen2VisionTransformer(vision), merger, decoder, tokens)
+    model.hf_config = dict(cfg)
+    return model
+
+
+def qwen2_vl_hf_config(model: Qwen2VL) -> dict:
+    variant = model.variant
+    text = model.language_model.config.to_hf()
+    for key in ("architectures", "tie_word_embeddings", "head_dim"):
+        text.pop(key, None)
+    text["model_type"] = f"{variant}_text"
+    out = {k: v for k, v in model.hf_config.items() if k not in ("rope_scaling", "rope_theta")}
+    if "text_config" not in model.hf_config:  # 4.x flat layout read: write the nested one
+        out = {k: v for k, v in out.items() if k in ("vision_config", "transformers_version")}
+    out.update(architectures=[ARCHS[variant]], model_type=variant, text_config=text,
+               vision_config=model.visual.config.to_hf(),
+               tie_word_embeddings=model.language_model.config.tie_word_embeddings,
+               image_token_id=model.tokens.image, video_token_id=model.tokens.video,
+               vision_start_token_id=model.tokens.vision_start, vision_end_token_id=model.tokens.vision_end)
+    return out
+
+
+def tied_keys(model: Qwen2VL) -> tuple[str, ...]:
+    return ("language_model.lm_head.weight",) if model.language_model.config.tie_word_embeddings else ()
+
+
+def family():
+    """The hub Family serving both architectures (hub/families.py registers it)."""
+    from ocellus.hub.families import Family
+    return Family(name="qwen2_vl", model_class=Qwen2VL, build=build_qwen2_vl, keymap=QWEN2_VL_KEYS,
+                  hf_config=qwen2_vl_hf_config, tied=tied_keys)
+
+
+# ---- the processor side (data/processor.py + models/families/registry.py) ---------------------------
+IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+
+
+@dataclass(frozen=True)
+class Qwen2VLImages:
+    """Qwen2-VL's image path for Processor(image_inputs=...): dynamic resolution. Each image is
+    smart-resized to multiples of patch*merge within [min_pixels, max_pixels] (cfg), patchified, and
+    becomes t*h*w / merge^2 placeholder tokens. Images smaller than min_pixels are refused unless
+    upscale_small (then smart_resize enlarges them, as transformers' processor does silently)."""
+    cfg: object          # ImageProcessorConfig with min/max_pixels, patch_size, temporal_patch_size, merge_size
+    upscale_small: bool = False
+
+    def __call__(self, images) -> tuple[dict[str, torch.Tensor], list[int]]:
+        min_px = self.cfg.min_pixels
+        for i, img in enumerate(images):
+            if not self.upscale_small and img.width * img.height < min_px:
+                raise InputError(f"image {i} is {img.width}x{img.height} = {img.width * img.height} pixels, below "
+                                 f"min_pixels={min_px}; pass a larger image (or build the processor with "
+                                 f"upscale_small=True to let smart_resize enlarge it)")
+        pixel_values, grid_thw = preprocess_qwen2vl(images, self.cfg, max_pixels=None)  # [sum P, D], [N, 3]
+        counts = [qwen2vl_num_tokens(g, merge_size=self.cfg.merge_size) for g in grid_thw.tolist()]
+        return {"pixel_values": pixel_values, "image_grid_thw": grid_thw}, counts
+
+    def videos(self, videos, *, video_fps=None, fps: float = 2.0, total_pixels: int | None = None,
+               max_frames: int = 768) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """Videos (PIL frame lists or [T, H, W, 3] arrays; data/video.py) -> pixel_values_videos,
+        video_grid_thw, second_per_grid_ts, and the <|video_pad|> count of each video."""
+        from ocellus.data.video import preprocess_video
+        fps_list = video_fps if isinstance(video_fps, (list, tuple)) else [video_fps] * len(videos)
+        outs = [preprocess_video(v, self.cfg, video_fps=f, fps=fps, total_pixels=total_pixels, max_frames=max_frames,
+                                 name=f"video {i}") for i, (v, f) in enumerate(zip(videos, fps_list))]
+        if not outs:
+            raise InputError("no videos given")
+        return ({"pixel_values_videos": torch.cat([o.pixel_values_videos for o in outs]),
+                 "video_grid_thw": torch.tensor([o.video_grid_thw for o in outs], dtype=torch.long),
+                 "second_per_grid_ts": torch.tensor([o.second_per_grid_ts for o in outs])},
+                [qwen2vl_num_tokens(o.video_grid_thw, merge_size=self.cfg.merge_size) for o in outs])
+
+
+def _image_config(image_config, vision: Qwen2VisionConfig, min_pixels: int | None = None,
+                  max_pixels: int | None = None):
+    from dataclasses import replace
+    factor = vision.patch_size * vision.spatial_merge_size
+    if max_pixels is None:
+        max_pixels = image_config.max_pixels or (image_config.size_hw[0] * image_config.size_hw[1]
+                                                 if image_config.size_hw else 28 * 28 * 1280)
+    min_pixels = min_pixels or image_config.min_pixels or factor * factor
+    if max_pixels < factor * factor:
+        raise ConfigError(f"max_pixels={max_pixels} is below one merged patch ({factor}x{factor})")
+    # size_hw is not used to resize (smart_resize is): it records the largest square the budget takes,
+    # the scene size the eval harness renders for a dynamic-resolution model
+    side = math.isqrt(int(max_pixels)) // factor * factor
+    return replace(image_config, do_resize=True, size_hw=(side, side), shortest_edge=None, min_pixels=int(min_pixels),
+                   max_pixels=int(max_pixels), patch_size=vision.patch_size,
+                   temporal_patch_size=vision.temporal_patch_size, merge_size=vision.spatial_merge_size,
+                   processor_type="Qwen2VLImageProcessor")
+
+
+def _image_token(tok, image_id: int) -> str:
+    """<|image_pad|> when the tokenizer has it; else the token whose id the model splices at (the tiny
+    recipes' BPE tokenizer has no Qwen tokens: its <image> serves as the image pad)."""
+    name = IMAGE_PAD if tok.convert_tokens_to_ids(IMAGE_PAD) is not None else tok.convert_ids_to_tokens(image_id)
+    if tok.convert_tokens_to_ids(name) != image_id:
+        raise ConfigError(f"the tokenizer's {name!r} has id {tok.convert_tokens_to_ids(name)}, but the model "
+                          f"splices images at id {image_id} (image_token_id)")
+    return name
+
+
+def training_processor(model: Qwen2VL, tok, image_config, upscale_small: bool = False):
+    """The recipe's processor: the pixel budget is the recipe's image_size^2 (image_config's size)."""
+    from ocellus.data.processor import Processor
+    vision = model.visual.config
+    icfg = _image_config(image_config, vision)
+    return Processor(tok, icfg, patch_size=vision.patch_size, image_token=_image_token(tok, model.tokens.image),
+                     image_inputs=Qwen2VLImages(icfg, upscale_small))
+
+
+def processor_from_dir(directory, upscale_small: bool = False):
+    """A checkpoint dir: config.json (patch sizes, image_token_id) + preprocessor_config.json (Qwen2-VL's
+    pixel budget, mean/std) + tokenizer files."""
+    from ocellus.data.image import ImageProcessorConfig
+    from ocellus.data.processor import Processor, image_processor_dict
+    from ocellus.data.tokenizer import Tokenizer
+    from ocellus.hub.checkpoint import read_config
+    directory = Path(directory)
+    cfg = read_config(directory)
+    vision = Qwen2VisionConfig.from_hf(cfg.get("vision_config") or {}, _variant(cfg))
+    pre = image_processor_dict(directory)
+    if pre is None:
+        raise ConfigError(f"{directory}: no preprocessor_config.json (Qwen2VLImageProcessor settings)")
+    pre = {**pre, "image_processor_type": pre.get("image_processor_type") or "Qwen2VLImageProcessor"}
+    icfg = ImageProcessorConfig.from_dict(pre)
+    for key, model_value in (("patch_size", vision.patch_size), ("temporal_patch_size", vision.temporal_patch_size),
+                             ("merge_size", vision.spatial_merge_size)):
+        if getattr(icfg, key) is not None and getattr(icfg, key) != model_value:
+            raise ConfigError(f"{directory}: preprocessor_config.json has {key}={getattr(icfg, key)} but the vision "
+                              f"tower's config.json says {model_value}")
+    icfg = _image_config(icfg, vision, icfg.min_pixels, icfg.max_pixels)
+    tok = Tokenizer.from_dir(directory)
+    return Processor(tok, icfg, patch_size=vision.patch_size, image_token=_image_token(tok, int(cfg["image_token_id"])),
+                     image_inputs=Qwen2VLImages(icfg, upscale_small))
+
+
+def export_processor(model: Qwen2VL, tok, image_config, path) -> None:
+    """preprocessor_config.json as transformers' Qwen2VLImageProcessor reads it."""
+    icfg = _image_config(image_config, model.visual.config)
+    (Path(path) / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Qwen2VLImageProcessor", "do_resize": True,
+        "size": {"shortest_edge": icfg.min_pixels, "longest_edge": icfg.max_pixels},
+        "min_pixels": icfg.min_pixels, "max_pixels": icfg.max_pixels, "patch_size": icfg.patch_size,
+        "temporal_patch_size": icfg.temporal_patch_size, "merge_size": icfg.merge_size, "do_rescale": True,
+        "rescale_factor": icfg.rescale_factor, "do_normalize": True, "image_mean": list(icfg.image_mean),
+        "image_std": list(icfg.image_std), "resample": icfg.resample}, indent=2))
+
+
+# ---- the recipe side ---------------------------------------------------------------------------------
+def compose(spec: dict, tok) -> Qwen2VL:
+    """A recipe's Qwen2-VL: the pretrained decoder of spec["llm_from"] + a NEW Qwen2-VL ViT and merger,
+    trained from scratch. spec["config"] is a partial Qwen2-VL config.json: its vision_config (depth,
+    embed_dim, num_heads, mlp_ratio, patch_size, spatial_merge_size, ...) and mrope_section (default
+    about a third of the rotary pairs per axis; text has the same id on all axes, so the decoder's
+    text positions are unchanged). spec["vision_from"] is refused: a CLIP tower has learned absolute
+    positions for one image size, not Qwen2-VL's 2D RoPE over any grid."""
+    import ocellus
+    from ocellus.hub.checkpoint import read_config
+    from ocellus.models.families.llava import image_token_id
+    if spec.get("vision_from"):
+        raise ConfigError("qwen2_vl recipes build a new Qwen2-VL ViT (model.config.vision_config); vision_from "
+                          "(a CLIP tower with absolute position embeddings) cannot be used, remove it")
+    if not spec.get("llm_from"):
+        raise ConfigError("a qwen2_vl recipe model needs llm_from (a pretrained decoder directory)")
+    extra = dict(spec.get("config") or {})
+    unknown = set(extra) - {"vision_config", "mrope_section"}
+    if unknown:
+        raise ConfigError(f"model.config for qwen2_vl takes vision_config and mrope_section, not {sorted(unknown)}")
+    text = read_config(Path(spec["llm_from"]))
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    if text.get("head_dim") not in (None, head_dim):
+        raise ConfigError("transformers' Qwen2-VL decoder derives head_dim = hidden_size / heads; the llm_from "
+                          f"checkpoint has head_dim={text['head_dim']}")
+    third = head_dim // 2 // 3
+    section = extra.get("mrope_section") or [head_dim // 2 - 2 * third, third, third]
+    rope = text.get("rope_parameters") or {"rope_type": "default", "rope_theta": text.get("rope_theta", 1e4)}
+    text = {**text, "rope_parameters": {**rope, "mrope_section": list(section)}}
+    vision = {"depth": 4, "embed_dim": 64, "num_heads": 4, "mlp_ratio": 2, "patch_size": 8, "spatial_merge_size": 2,
+              "temporal_patch_size": 2, **(extra.get("vision_config") or {}), "hidden_size": text["hidden_size"]}
+    cfg = {"architectures": [ARCHS["qwen2_vl"]], "model_type": "qwen2_vl", "text_config": text,
+           "vision_config": vision, "image_token_id": image_token_id(tok, spec),
+           "tie_word_embeddings": bool(text.get("tie_word_embeddings", False))}
+    model = build_qwen2_vl(cfg)
+    model.family_name = "qwen2_vl"
+    _load_decoder(model.language_model, ocellus.load(spec["llm_from"]).state_dict(), spec["llm_from"])
+    return model
+
+
+def _load_decoder(decoder: DecoderLM, state: dict, source) -> None:
+    """Qwen2-VL's decoder always has q/k/v biases; a Llama decoder (none) becomes one with zero biases,
+    the same function. Anything else missing or unexpected is an error."""
+    import re
+    from ocellus.errors import CheckpointError
+    missing, unexpected = decoder.load_state_dict(state, strict=False)
+    biases = [k for k in missing if re.fullmatch(r"layers\.\d+\.self_attn\.[qkv]_proj\.bias", k)]
+    if unexpected or set(missing) - set(biases):
+        raise CheckpointError(f"{source}: decoder does not fit Qwen2-VL's: missing {sorted(set(missing) - set(biases))}, "
+                              f"unexpected {sorted(unexpected)}")
+    with torch.no_grad():
+        for k in biases:
+            decoder.get_parameter(k).zero_()
+
+
+# ---- packing: each document keeps its own M-RoPE ids -----------------------------------------------------
+def collate_packed(rows, samples: list[dict], max_len: int, model: Qwen2VL, pad_id: int = 0) -> dict:
+    """train/packing.pack rows of Qwen2-VL samples (input_ids, labels, optional pixel_values [P, D] +
+    image_grid_thw [N, 3]) -> input_ids, labels, document_ids [B, max_len], position_ids [3, B, max_len]
+    (each document's M-RoPE ids start at 0, as when it is alone), pixel_values / image_grid_thw in the
+    order the documents sit in the rows (the order splice and the ViT consume them)."""
+    from ocellus.train.packing import collate_packed as collate_1d
+    batch = collate_1d(rows, max_len, pad_id)
+    batch.pop("pixel_values", None)  # 1D packing stacks images as LLaVA's; ours are patches + grids
+    vc = model.visual.config
+    position_ids = torch.zeros(3, len(rows), max_len, dtype=torch.long)
+    pixels, grids = [], []
+    for b, row in enumerate(rows):
+        at = 0
+        for i in row.sources:
+            s = samples[i]
+            ids = torch.as_tensor(s["input_ids"])[None]                                  # [1, n]
+            grid = s.get("image_grid_thw")
+            pos, _ = rope_index(ids, image_token_id=model.tokens.image, image_grid_thw=grid,
+                                merge_size=vc.spatial_merge_size)                          # [3, 1, n]
+            position_ids[:, b, at:at + ids.shape[1]] = pos[:, 0]
+            at += ids.shape[1]
+            if grid is not None:
+                pixels.append(s["pixel_values"])
+                grids.append(grid)
+    batch["position_ids"] = position_ids
+    if pixels:
+        batch["pixel_values"], batch["image_grid_thw"] = torch.cat(pixels), torch.cat(grids)
+    return batch
