@@ -120,6 +120,7 @@ def encode_messages(
     *,
     images_tokens=(),
     image_token: str = "<image>",
+    image_wrap: tuple[str, str] = ("", ""),
     train_on: str = "assistant",
     max_length: int | None = None,
     truncate: bool = False,
@@ -134,6 +135,8 @@ def encode_messages(
     template: a name from templates.TEMPLATES or a template object.
     images_tokens: for each image part, in order, how many tokens the vision side yields for it
         (data/image.py computes these); each placeholder becomes that many image-token ids.
+    image_wrap: (before, after) text around each image's ids, untrained, "{n}" = the image's 1-based
+        number (Processor.image_wrap: InternVL's "<img>...</img>", Qwen-VL's "Picture {n}: <img>...").
     add_bos: None follows the template (jinja: the template writes BOS itself) and else the
         tokenizer's post-processor (Llama/Vicuna add one, Qwen does not).
     max_length: a longer sample raises InputError, or with truncate=True is cut (never through an
@@ -181,12 +184,14 @@ def encode_messages(
     input_ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)
     encode_piece = _SegmentTokenizer(tokenizer)
     images = iter(images_tokens)
-    expected_text = []
+    expected_text, number = [], 0   # number: the image's 1-based position, for image_wrap's "{n}"
     for k, s in enumerate(_merge(segments)):
         if s.image:
-            n = next(images)
-            ids = [image_id] * n
-            expected_text.append(image_token * n)
+            n, number = next(images), number + 1
+            before, after = (w.format(n=number) for w in image_wrap)
+            ids = encode_piece(before, first=k == 0) if before else []
+            ids += [image_id] * n + (encode_piece(after, first=False) if after else [])
+            expected_text.append(before + image_token * n + after)
         else:
             ids = encode_piece(s.text, first=k == 0)
             expected_text.append(s.text)

@@ -115,15 +115,21 @@ class Processor:
     grid_pinpoints, tile_size: LLaVA-NeXT anyres, the candidate canvases (H, W) and the tower's input
         size; None for single-view models.
     max_pixels: refuse images larger than this, checked on the file header before decoding.
+    image_inputs: a family's own image path (ImageInputs); image_wrap: (before, after) text around each
+        image's tokens, "{n}" numbering the images of a sample (InternVL, Qwen-VL).
     """
 
     def __init__(self, tokenizer: Tokenizer, image_config: ImageProcessorConfig, *, patch_size: int,
                  num_extra_tokens: int = 1, feature_select: str = "default", image_token: str = "<image>",
                  pad_to_square: bool = False, chat_template: str | None = None, grid_pinpoints=None,
                  tile_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 image_inputs: ImageInputs | None = None):
+                 image_inputs: ImageInputs | None = None, image_wrap: tuple[str, str] = ("", "")):
         self.tokenizer = tokenizer
         self._image_inputs = image_inputs  # a family's own image path (see the ImageInputs docstring)
+        # text written around each image's tokens, "{n}" = the image's 1-based number in its sample:
+        # InternVL ("<img>", "</img>"), Qwen-VL ("Picture {n}: <img>", "</img>\n"); training's
+        # encode_messages takes the same pair, so both sides write the same ids
+        self.image_wrap = tuple(image_wrap)
         self.grid_pinpoints = tuple(tuple(int(x) for x in p) for p in grid_pinpoints) if grid_pinpoints else None
         if self.grid_pinpoints is not None:
             if tile_size is None:
@@ -371,7 +377,9 @@ class Processor:
             # then the whole prompt encoded once
             first, *rest = prompt.split(self.image_token)
             n = [next(next_count) for _ in rest]
-            expanded = first + "".join(self.image_token * k + piece for k, piece in zip(n, rest))
+            before, after = self.image_wrap
+            expanded = first + "".join(before.format(n=i + 1) + self.image_token * k + after.format(n=i + 1) + piece
+                                       for i, (k, piece) in enumerate(zip(n, rest)))
             ids = self.tokenizer.encode(expanded, add_special_tokens=add_special)
             if ids.count(self.image_token_id) != sum(n):
                 raise ConfigError(f"sample {b}: {ids.count(self.image_token_id)} image tokens after tokenization, "

@@ -117,6 +117,16 @@ def grounding_hit(pred, gold, threshold: float = 0.5) -> float:
     return float(pred_box is not None and iou(pred_box, gold_box) >= threshold)
 
 
+def box_iou(pred, gold) -> float:
+    """IoU of the prediction's first well-formed box with the gold box; 0.0 when it has none (the mean
+    over a test set is the "mean IoU" reported next to acc@0.5)."""
+    gold_box = _first_box(gold)
+    if gold_box is None:
+        raise InputError(f"gold {gold!r} holds no well-formed box")
+    pred_box = _first_box(pred)
+    return iou(pred_box, gold_box) if pred_box is not None else 0.0
+
+
 def grounding_accuracy(preds: list, golds: list, threshold: float = 0.5) -> float:
     """Fraction of predictions whose box reaches IoU >= threshold with the gold box
     (acc@0.5 by default). A prediction without a readable box is a miss, not an error."""

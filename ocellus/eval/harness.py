@@ -7,6 +7,9 @@ Tasks (held-out samples the model never trained on: a seed of their own):
                     and the detailed description
   shapes-grounding  Qwen-VL boxes for a named object; accuracy@IoU 0.5
   digits            scikit-learn's digits test split; exact match
+  retrieval | zeroshot | linear-probe   representation models (CLIP/SigLIP/MoCo exports), not
+                    generation: image<->text recall@1/5/10, zero-shot accuracy, the digits linear
+                    probe; delegated to ocellus/eval/retrieval.py
 `--shots K` puts K solved examples (their images included) before the question as earlier
 turns of the conversation: zero-, one- or few-shot prompting as in GPT-3.
 Generation is greedy and batched (left padding), through the same engine as everything else.
@@ -21,7 +24,7 @@ import torch
 
 from ocellus.errors import ConfigError
 from ocellus.eval.caption import cider_d, corpus_bleu
-from ocellus.eval.grounding import grounding_hit
+from ocellus.eval.grounding import box_iou, grounding_hit
 from ocellus.eval.metrics import format_table, score_by_type
 from ocellus.eval.vqa import count_match, vqa_exact_match
 
@@ -62,7 +65,9 @@ def _conversation(sample: dict, shots: list[dict]) -> tuple[list[dict], list]:
 
 @torch.inference_mode()
 def predict(model, processor, samples: list[dict], shots: list[dict], max_new_tokens: int,
-            batch_size: int = 16) -> list[str]:
+            batch_size: int = 16, keep_special: bool = False) -> list[str]:
+    """keep_special: decode special tokens too (grounding's <ref>/<box> are special in the shapes BPE),
+    cutting each answer at its end-of-turn token instead."""
     preds = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
@@ -70,8 +75,15 @@ def predict(model, processor, samples: list[dict], shots: list[dict], max_new_to
         batch = processor(messages=list(convs), images=[list(i) for i in images])
         out = model.generate(**batch, max_new_tokens=max_new_tokens)
         T = batch["input_ids"].shape[1]
-        preds += [processor.decode(row[T:].tolist(), skip_special_tokens=True).strip() for row in out]
+        preds += [_answer(processor, row[T:].tolist(), keep_special) for row in out]
     return preds
+
+
+def _answer(processor, ids: list[int], keep_special: bool) -> str:
+    if not keep_special:
+        return processor.decode(ids, skip_special_tokens=True).strip()
+    eos = processor.eos_token_id
+    return processor.decode(ids[:ids.index(eos)] if eos in ids else ids).strip()
 
 
 def score(task: str, samples: list[dict], preds: list[str]) -> dict:
@@ -84,6 +96,8 @@ def score(task: str, samples: list[dict], preds: list[str]) -> dict:
     if task == "shapes-grounding":
         from ocellus.eval.grounding import parse_boxes
         table = score_by_type(records, lambda pred, gold: grounding_hit(pred, parse_boxes(gold)[0].box))
+        mean_iou = score_by_type(records, lambda pred, gold: box_iou(pred, parse_boxes(gold)[0].box))["all"][1]
+        return {"table": table, "metric": "accuracy", "mean_iou": mean_iou}
     else:  # a numeric gold answer is a count: "three" and "3" both match it
         table = score_by_type(records, lambda pred, gold: count_match(pred, gold) if gold.isdigit()
                               else vqa_exact_match(pred, gold))
@@ -93,6 +107,12 @@ def score(task: str, samples: list[dict], preds: list[str]) -> dict:
 def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int = 16, out: str | None = None,
              model=None, processor=None, printer=print) -> dict:
     import ocellus
+    from ocellus.eval import retrieval
+    if task in retrieval.EVAL_TASKS:
+        result = retrieval.evaluate(model_dir, task, n=n, printer=printer)
+        if out:
+            Path(out).write_text(json.dumps(result, indent=1))
+        return result
     if task not in TASKS:
         raise ConfigError(f"unknown eval task {task!r}; choose from {', '.join(TASKS)}")
     model = model if model is not None else ocellus.load(model_dir)
@@ -101,12 +121,15 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
     samples = task_samples(task, n + shots, size)
     shot_pool, samples = samples[:shots], samples[shots:]
     max_new = {"shapes-vqa": 6, "digits": 4, "shapes-caption": 40, "shapes-grounding": 40}[task]
-    preds = predict(model, processor, samples, shot_pool, max_new, batch_size)
+    preds = predict(model, processor, samples, shot_pool, max_new, batch_size,
+                    keep_special=task == "shapes-grounding")
     result = score(task, samples, preds)
     result.update(task=task, n=len(samples), shots=shots,
                   examples=[{"question": _question(s), "pred": p, "gold": s["answer"]} for s, p in zip(samples[:5], preds)])
     printer(f"{task}  n={len(samples)}  shots={shots}")
     printer(format_table(result["table"], score_name=result["metric"], percent=result["metric"] == "accuracy"))
+    if "mean_iou" in result:
+        printer(f"mean IoU {result['mean_iou']:.3f}")
     if out:
         Path(out).write_text(json.dumps({**result, "table": {k: list(v) for k, v in result["table"].items()}}, indent=1))
     return result
