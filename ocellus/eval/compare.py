@@ -29,13 +29,17 @@ from ocellus.errors import ConfigError
 ROUTES = {"llava": "all tokens", "blip2": "compressed prompt", "qwen_vl": "compressed prompt",
           "internvl": "all tokens", "qwen2_vl": "all tokens", "flamingo": "cross-attention"}
 
-# What each family's connector looks like at tiny scale (keys of its `compose` spec).
+# What each family's bridge looks like at tiny scale: keys of its `compose` spec, and "pretrained_vit":
+# False for Qwen2-VL, whose native-resolution tower (2D RoPE) is new and trains with the rest.
 FAMILY_SPECS: dict[str, dict] = {
     "llava": {"connector": {"depth": 2}, "feature_layer": -1, "feature_select": "full"},
     "blip2": {},
-    "qwen_vl": {},
-    "internvl": {},
-    "qwen2_vl": {},
+    "qwen_vl": {"feature_layer": -1, "resampler": {"num_queries": 16, "num_heads": 4}},
+    "internvl": {"feature_layer": -1, "downsample_ratio": 0.5, "max_tiles": 1},
+    "qwen2_vl": {"pretrained_vit": False,
+                 "config": {"vision_config": {"depth": 4, "embed_dim": 96, "num_heads": 4, "mlp_ratio": 2,
+                                              "patch_size": 6, "spatial_merge_size": 2},
+                            "mrope_section": [4, 2, 2]}},
     "flamingo": {},
 }
 
@@ -44,16 +48,20 @@ def recipe_for(family: str, parts_dir: Path, out_dir: Path, steps: int, batch_si
     """The one recipe every family trains with; only model.architecture and its connector differ."""
     if family not in FAMILY_SPECS:
         raise ConfigError(f"unknown family {family!r}; choose from {', '.join(FAMILY_SPECS)}")
+    spec = dict(FAMILY_SPECS[family])
+    pretrained_vit = spec.pop("pretrained_vit", True)
+    model = {"architecture": family, "llm_from": str(parts_dir / "text" / "model"), **spec}
+    if pretrained_vit:
+        model["vision_from"] = str(parts_dir / "vit" / "model")
     return {
         "name": f"compare_{family}", "task": "vlm", "seed": seed,
         "tokenizer": {"from": str(parts_dir / "text" / "model")},
-        "model": {"architecture": family, "vision_from": str(parts_dir / "vit" / "model"),
-                  "llm_from": str(parts_dir / "text" / "model"), **FAMILY_SPECS[family]},
+        "model": model,
         "data": {"source": "shapes", "kind": "mixed", "kind_weights": {"qa": 3, "grounding": 1},
                  "n": 100_000, "seed": 4, "image_size": 48, "max_length": 256, "hard_negatives": 0.7},
         "train": {"max_steps": steps, "batch_size": batch_size, "lr": 2.0e-3, "warmup_steps": 30,
                   "out_dir": str(out_dir), "log_every": 50, "progress": False,
-                  "stage": {"vision": "frozen", "connector": "full", "llm": "full"}},
+                  "stage": {"vision": "frozen" if pretrained_vit else "full", "connector": "full", "llm": "full"}},
     }
 
 
