@@ -26,6 +26,10 @@ Qwen's ChatML chat template):
     " {a}###" — the separator is the end-of-turn marker. (Original LLaVA trained v0 with a
     different string, "### Human: ...\\n### Assistant: ...\\n", in train.py's generic
     `preprocess`; we follow conversation.py, the format its inference code prompts with.)
+`minigpt4`  MiniGPT-4's CONV_VISION_Vicuna0 (Vision-CAIR/MiniGPT-4 minigpt4/conversation/conversation.py),
+    llava_v0's SINGLE style with its own system text:
+    "{system}###Human: <Img>{image}</Img> {u1}###Assistant: {a1}###"; the <Img>...</Img> around the
+    image's query tokens is the processor's image_wrap (the blip2 family's minigpt4 variant).
 `chatml`    Qwen's ChatML: "<|im_start|>{role}\\n{content}<|im_end|>\\n" per message, generation
     prompt "<|im_start|>assistant\\n". Trained per reply: "{a}<|im_end|>" — not the role header,
     not the "\\n" after <|im_end|>. Qwen's own templates insert a default system message when
@@ -52,6 +56,8 @@ LLAVA_SYSTEM = ("A chat between a curious human and an artificial intelligence a
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 QWEN_SYSTEM = "You are a helpful assistant."
+MINIGPT4_SYSTEM = ("Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I "
+                   "provide it to you. Please answer my questions.")
 
 
 class Segment(NamedTuple):
@@ -319,6 +325,9 @@ def get_template(template, tokenizer=None, **options):
     if template == "llava_v0":
         return SeparatorTemplate(**{"name": "llava_v0", "system": LLAVA_SYSTEM, "roles": ("Human", "Assistant"),
                                     "sep": "###", "sep2": "###", **options})
+    if template == "minigpt4":
+        return SeparatorTemplate(**{"name": "minigpt4", "system": MINIGPT4_SYSTEM, "roles": ("Human", "Assistant"),
+                                    "sep": "###", "sep2": "###", **options})
     if template == "chatml":
         return ChatMLTemplate(**options)
     if template == "qwen":
@@ -338,7 +347,7 @@ def get_template(template, tokenizer=None, **options):
     raise ConfigError(f"unknown template {template!r}: expected one of {', '.join(TEMPLATES)}, or a template object")
 
 
-TEMPLATES = ("llava_v0", "llava_v1", "vicuna_v1", "chatml", "qwen", "plain", "jinja")
+TEMPLATES = ("llava_v0", "llava_v1", "vicuna_v1", "minigpt4", "chatml", "qwen", "plain", "jinja")
 
 
 def render(segments) -> str:

@@ -69,6 +69,8 @@ def load_model(path_or_id, dtype=None, device=None) -> nn.Module:
     with _skip_init(dtype):
         model = fam.build(cfg)
     tensors = read_tensors(checkpoint_files(path))
+    if fam.from_checkpoint is not None:
+        tensors = fam.from_checkpoint(tensors)
     load_state_strict(model, tensors, fam.keymap, tied=fam.tied(model), source=str(path))
     model.eval()
     model.name_or_path = str(path_or_id)
@@ -116,6 +118,8 @@ def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30) -> P
         if name is None:
             raise CheckpointError(f"{type(model).__name__}.{k} has no checkpoint name in the {fam.name} key table")
         tensors[name] = t.detach().cpu()
+    if fam.to_checkpoint is not None:
+        tensors = fam.to_checkpoint(tensors)
     write_tensors(tensors, out, max_shard_bytes=max_shard_bytes)
     cfg = fam.hf_config(model)
     cfg["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")

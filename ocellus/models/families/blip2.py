@@ -1,0 +1,373 @@
+"""BLIP-2 (Li et al. 2023, "BLIP-2: Bootstrapping Language-Image Pre-training with Frozen Image Encoders
+and Large Language Models"), stage 2 and inference: frozen ViT -> Q-Former (learned queries
+cross-attending to the image) -> `language_projection` (one linear layer) -> soft visual prompt for a
+frozen decoder LM. MiniGPT-4 (Zhu et al. 2023) is the same model with the Q-Former counted as part of
+the frozen visual encoder, so only the linear layer trains (`qformer_part="vision"`).
+
+Matches transformers' Blip2ForConditionalGeneration with a decoder-only text_config (Llama / Qwen2
+here; OPT and T5 are not implemented): logits, generated ids, and checkpoints both ways
+(tests/parity/test_blip2_parity.py). transformers 5 writes the query outputs at the
+`image_token_index` placeholder positions of the prompt (the processor expands each image into
+num_query_tokens placeholders), which is the layout implemented here; the older "prepend the
+queries before the prompt" layout is that with the placeholders first.
+
+BLIP-2's ViT (EVA-CLIP in the paper) is our VisionTransformer with CLS, no pre-norm, `post_layernorm`
+over the whole sequence and a patch conv with bias. Its checkpoint fuses q/k/v into `qkv` (the k
+bias is zero in the original, a trained tensor in transformers) and stores class/position embeddings
+as [1, (P+1), D] parameters: `from_checkpoint` / `to_checkpoint` convert, the key table maps names.
+
+Recipes compose BLIP-2 on a CLIP or SigLIP tower (the shapes ViT): transformers cannot express that,
+so such a model saves as our own "OcellusBlip2ForConditionalGeneration" (model_type ocellus_blip2),
+same names plus CLIP's `pre_layrnorm`; `ocellus.load` opens both.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ocellus.data.templates import MINIGPT4_SYSTEM
+from ocellus.errors import ConfigError, InputError
+from ocellus.hub.bert_families import bert_layer_rules
+from ocellus.hub.keymap import KeyMap
+from ocellus.models.connectors.qformer import QFormer, QFormerConfig
+from ocellus.models.families.llava import _decoder_rules, _text_config
+from ocellus.models.fusion import splice
+from ocellus.models.text.decoder import DecoderConfig, DecoderLM
+from ocellus.models.vision.vit import ViTConfig, VisionTransformer
+
+ARCHITECTURE, OUR_ARCHITECTURE = "Blip2ForConditionalGeneration", "OcellusBlip2ForConditionalGeneration"
+MODEL_TYPES = ("blip-2", "ocellus_blip2")
+BLIP2_VISION = "blip_2_vision_model"
+# transformers' Blip2VisionConfig defaults (EVA ViT-g/14), for fields a config.json leaves out
+_VISION_DEFAULTS = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
+                        image_size=224, patch_size=14, num_channels=3, hidden_act="gelu", layer_norm_eps=1e-6,
+                        qkv_bias=True)
+
+
+class Blip2(nn.Module):
+    """vision_tower -> qformer (queries + layers) -> language_projection -> spliced into language_model's
+    input embeddings at the image placeholder positions (num_query_tokens per image)."""
+
+    def __init__(self, vision_tower: VisionTransformer, qformer: QFormer, language_projection: nn.Linear,
+                 language_model: DecoderLM, image_token_id: int, qformer_part: str = "connector"):
+        super().__init__()
+        if qformer_part not in ("connector", "vision"):
+            raise ConfigError(f"qformer_part must be 'connector' (BLIP-2) or 'vision' (MiniGPT-4), got {qformer_part!r}")
+        self.vision_tower = vision_tower
+        self.qformer = qformer
+        self.language_projection = language_projection
+        self.language_model = language_model
+        self.image_token_id = image_token_id
+        self.qformer_part = qformer_part
+        self.config = language_model.config
+
+    def parts(self) -> dict[str, nn.Module]:
+        """Training stages address these. BLIP-2 stage 2 trains the connector = Q-Former (with its
+        queries) + projection; MiniGPT-4 counts the Q-Former as vision, so its connector is the linear layer."""
+        if self.qformer_part == "vision":
+            return {"vision": nn.ModuleList([self.vision_tower, self.qformer]),
+                    "connector": self.language_projection, "llm": self.language_model}
+        return {"vision": self.vision_tower, "connector": nn.ModuleList([self.qformer, self.language_projection]),
+                "llm": self.language_model}
+
+    @property
+    def num_query_tokens(self) -> int:
+        return self.qformer.config.num_query_tokens
+
+    # -- generation-engine interface ------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int):
+        return self.language_model.new_cache(batch_size, max_len)
+
+    @property
+    def max_context(self) -> int:
+        return self.language_model.max_context
+
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        from ocellus.infer.generate import generate
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+    # -- forward --------------------------------------------------------------------------------
+    def image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """pixel_values [N, 3, H, W] -> [N, Q, D_llm]: the soft visual prompt of each image."""
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+            raise InputError(f"pixel_values must be [num_images, 3, H, W], got {getattr(pixel_values, 'shape', None)}")
+        dtype = next(self.vision_tower.parameters()).dtype
+        image = self.vision_tower(pixel_values.to(dtype), interpolate_pos_encoding=interpolate_pos_encoding)
+        queries = self.qformer(image.last_hidden_state)                                  # [N, Q, Dq]
+        return self.language_projection(queries)                                        # [N, Q, D]
+
+    def forward(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, cache=None, logits_to_keep: int = 0,
+                inputs_embeds: torch.Tensor | None = None, interpolate_pos_encoding: bool = False, **kwargs):
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise InputError("pass input_ids (with num_query_tokens image placeholders per image) or inputs_embeds")
+            inputs_embeds = self.language_model.embed_tokens(input_ids)                  # [B, T, D]
+            if pixel_values is not None:
+                feats = self.image_features(pixel_values, interpolate_pos_encoding)      # [N, Q, D]
+                inputs_embeds = splice(inputs_embeds, input_ids, self.image_token_id, feats.flatten(0, 1),
+                                       tokens_per_image=[feats.shape[1]] * feats.shape[0])
+            elif (cache is None or cache.length == 0) and bool((input_ids == self.image_token_id).any()):
+                raise InputError(f"input_ids hold image tokens (id {self.image_token_id}) but no pixel_values were given")
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, labels=labels, cache=cache,
+                                   logits_to_keep=logits_to_keep, **kwargs)
+
+
+# ---- the vision tower: config and tensor layout ------------------------------------------------------
+def vision_config(cfg: dict) -> ViTConfig:
+    """BLIP-2's Blip2VisionConfig, or a CLIP / SigLIP tower's config (recipes), -> ViTConfig."""
+    kind = cfg.get("model_type", BLIP2_VISION)
+    if kind != BLIP2_VISION:
+        return ViTConfig.from_hf(cfg)
+    c = {**_VISION_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+    if not c["qkv_bias"]:
+        raise ConfigError("Blip2VisionConfig qkv_bias=false is not implemented (BLIP-2's towers have q/v biases)")
+    return ViTConfig(image_size=c["image_size"], patch_size=c["patch_size"], num_channels=c["num_channels"],
+                     hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+                     num_layers=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
+                     layer_norm_eps=c["layer_norm_eps"], hidden_act=c["hidden_act"], use_cls_token=True,
+                     pre_layernorm=False, post_layernorm=True, post_norm_on="sequence", pooling="cls",
+                     patch_bias=True, hf={**cfg, "model_type": BLIP2_VISION})
+
+
+def vision_kind(vit: ViTConfig) -> str:
+    """'blip_2_vision_model' for BLIP-2's layout, else 'clip_vision_model' / 'siglip_vision_model'
+    (ConfigError for a layout no config describes)."""
+    if vit == vision_config({"image_size": vit.image_size, "patch_size": vit.patch_size,
+                             "num_channels": vit.num_channels, "hidden_size": vit.hidden_size,
+                             "intermediate_size": vit.intermediate_size, "num_hidden_layers": vit.num_layers,
+                             "num_attention_heads": vit.num_heads, "layer_norm_eps": vit.layer_norm_eps,
+                             "hidden_act": vit.hidden_act}):
+        return BLIP2_VISION
+    return vit.hf_kind()
+
+
+def vision_hf_config(vit: ViTConfig) -> dict:
+    kind = vision_kind(vit)
+    if kind != BLIP2_VISION:
+        return vit.to_hf()
+    out = {k: v for k, v in vit.hf.items() if k not in ("architectures", "torch_dtype", "dtype")}
+    out.update(model_type=BLIP2_VISION, image_size=vit.image_size, patch_size=vit.patch_size,
+               num_channels=vit.num_channels, hidden_size=vit.hidden_size, intermediate_size=vit.intermediate_size,
+               num_hidden_layers=vit.num_layers, num_attention_heads=vit.num_heads,
+               layer_norm_eps=vit.layer_norm_eps, hidden_act=vit.hidden_act, qkv_bias=True)
+    return out
+
+
+_LAYER = "vision_model.encoder.layers."
+
+
+def from_checkpoint(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BLIP-2 tensors -> names the key table maps one to one: qkv split into q/k/v projections,
+    [1, 1, D] class and [1, P+1, D] position parameters reshaped to our [D] and embedding table."""
+    out = {}
+    for name, t in tensors.items():
+        if name.startswith(_LAYER) and ".self_attn.qkv." in name:
+            head, kind = name.rsplit(".qkv.", 1)                                       # kind: weight | bias
+            for proj, part in zip(("q_proj", "k_proj", "v_proj"), t.chunk(3, dim=0)):
+                out[f"{head}.{proj}.{kind}"] = part                                    # [D, D] | [D]
+        elif name == "vision_model.embeddings.class_embedding":
+            out[name] = t.reshape(-1)                                                  # [1, 1, D] -> [D]
+        elif name == "vision_model.embeddings.position_embedding":
+            out[name + ".weight"] = t.reshape(-1, t.shape[-1])                         # [1, P+1, D] -> [P+1, D]
+        else:
+            out[name] = t
+    return out
+
+
+def to_checkpoint(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of from_checkpoint (q/k/v fused in transformers' order)."""
+    out = {}
+    for name, t in tensors.items():
+        if name.startswith(_LAYER) and ".self_attn.q_proj." in name:
+            head, kind = name.rsplit(".q_proj.", 1)
+            out[f"{head}.qkv.{kind}"] = torch.cat([t, tensors[f"{head}.k_proj.{kind}"],
+                                                   tensors[f"{head}.v_proj.{kind}"]])  # [3D, D] | [3D]
+        elif name.startswith(_LAYER) and (".self_attn.k_proj." in name or ".self_attn.v_proj." in name):
+            continue                                                                   # fused with q above
+        elif name == "vision_model.embeddings.class_embedding":
+            out[name] = t.reshape(1, 1, -1)
+        elif name == "vision_model.embeddings.position_embedding.weight":
+            out["vision_model.embeddings.position_embedding"] = t[None]                # [1, P+1, D]
+        else:
+            out[name] = t
+    return out
+
+
+BLIP2_KEYS = KeyMap(
+    rules=(
+        ("vision_tower.embeddings.{rest}", "vision_model.embeddings.{rest}"),
+        ("vision_tower.pre_layernorm.{rest}", "vision_model.pre_layrnorm.{rest}"),      # CLIP towers (ours only)
+        ("vision_tower.layers.{i}.self_attn.o_proj.{rest}", _LAYER + "{i}.self_attn.projection.{rest}"),
+        ("vision_tower.layers.{i}.{rest}", _LAYER + "{i}.{rest}"),
+        ("vision_tower.post_layernorm.{rest}", "vision_model.post_layernorm.{rest}"),
+        ("vision_tower.head.{rest}", "vision_model.head.{rest}"),                     # SigLIP towers (ours only)
+        ("qformer.query_tokens", "query_tokens"),
+        ("qformer.layernorm.{rest}", "qformer.layernorm.{rest}"),
+        *bert_layer_rules("qformer.layers.", "qformer.encoder.layer.", self_name="attention"),
+        ("language_projection.{rest}", "language_projection.{rest}"),
+        *_decoder_rules("language_model.", "language_model.model.", "language_model.lm_head.weight"),
+    ),
+    drop=(r"rotary_emb\.inv_freq$", r"(^|\.)position_ids$"),
+)
+
+
+# ---- build / config.json ----------------------------------------------------------------------------
+def build_blip2(cfg: dict) -> Blip2:
+    for key in ("vision_config", "text_config"):
+        if not cfg.get(key):
+            raise ConfigError(f"BLIP-2 config.json has no {key}")
+    vision_cfg = dict(cfg["vision_config"])
+    vision = VisionTransformer(vision_config(vision_cfg))
+    text = _text_config(cfg)
+    if cfg.get("use_decoder_only_language_model") is False:
+        raise ConfigError("BLIP-2 with an encoder-decoder LM (Flan-T5) is not implemented; use a Llama / Qwen2 text_config")
+    decoder = DecoderLM(DecoderConfig.from_hf(text))
+    qcfg = QFormerConfig.from_hf(dict(cfg.get("qformer_config") or {}), int(cfg.get("num_query_tokens", 32)),
+                                 encoder_hidden_size=vision.config.hidden_size)
+    image_token = cfg.get("image_token_index", cfg.get("image_token_id"))
+    if image_token is None:
+        raise ConfigError("BLIP-2 config.json has no image_token_index (the placeholder the query outputs are "
+                          "written at); transformers 5 checkpoints have it")
+    model = Blip2(vision, QFormer(qcfg, text_embeddings=False), nn.Linear(qcfg.hidden_size, decoder.config.hidden_size),
+                  decoder, image_token_id=int(image_token), qformer_part=cfg.get("qformer_part", "connector"))
+    model.image_wrap = tuple(cfg.get("image_wrap") or ("", ""))   # text around each image's tokens (MiniGPT-4)
+    model.hf_config = dict(cfg)
+    return model
+
+
+def blip2_hf_config(model: Blip2) -> dict:
+    ours = vision_kind(model.vision_tower.config) != BLIP2_VISION
+    out = {k: v for k, v in (getattr(model, "hf_config", None) or {}).items() if k not in ("torch_dtype",)}
+    text = model.language_model.config.to_hf()
+    text.pop("architectures", None)
+    out.update(architectures=[OUR_ARCHITECTURE if ours else ARCHITECTURE], model_type=MODEL_TYPES[int(ours)],
+               vision_config=vision_hf_config(model.vision_tower.config),
+               qformer_config=model.qformer.config.to_hf(), text_config=text,
+               num_query_tokens=model.num_query_tokens, image_token_index=model.image_token_id,
+               use_decoder_only_language_model=True, qformer_part=model.qformer_part,
+               image_wrap=list(model.image_wrap))
+    if model.qformer_part == "connector" and not any(model.image_wrap):   # plain BLIP-2: transformers' keys only
+        del out["qformer_part"], out["image_wrap"]
+    return out
+
+
+def blip2_tied(model: Blip2) -> tuple[str, ...]:
+    return ("language_model.lm_head.weight",) if model.language_model.config.tie_word_embeddings else ()
+
+
+def family():
+    from ocellus.hub.families import Family
+    return Family(name="blip2", model_class=Blip2, build=build_blip2, keymap=BLIP2_KEYS, hf_config=blip2_hf_config,
+                  tied=blip2_tied, from_checkpoint=from_checkpoint, to_checkpoint=to_checkpoint)
+
+
+# ---- the recipe / processor contract (ocellus/models/families/registry.py) ---------------------------
+# MiniGPT-4's conversation format (ocellus/data/templates.py `minigpt4`) as the chat template its
+# processor renders with, so inference prompts are what training encoded
+MINIGPT4_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{% set rest = messages[1:] %}"
+    "{% else %}{{ '" + MINIGPT4_SYSTEM + "' }}{% set rest = messages %}{% endif %}###"
+    "{% for m in rest %}{% if m['role'] == 'user' %}Human: {{ m['content'] }}###"
+    "{% else %}Assistant: {{ m['content'] }}###{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}")
+VARIANTS = {"blip2": dict(qformer_part="connector", image_wrap=("", ""), chat_template=None),
+            # MiniGPT-4: the Q-Former is part of the frozen visual encoder; images sit in <Img>...</Img>
+            "minigpt4": dict(qformer_part="vision", image_wrap=("<Img>", "</Img>"),
+                             chat_template=MINIGPT4_CHAT_TEMPLATE)}
+
+
+def compose(spec: dict, tok) -> Blip2:
+    """A BLIP-2 (or MiniGPT-4) for a recipe: a pretrained ViT (vision_from), a pretrained decoder
+    (llm_from), and the Q-Former of a stage-1 run (qformer_from: an OcellusBlip2QFormerPretraining
+    export) or a new one (qformer: {num_query_tokens, hidden_size, num_hidden_layers, ...}), plus a new
+    language_projection. variant: blip2 (stage 2 trains Q-Former + projection) | minigpt4 (only the
+    projection; needs qformer_from)."""
+    import ocellus
+    from ocellus.hub.checkpoint import read_config
+    known = {"architecture", "vision_from", "llm_from", "qformer_from", "qformer", "variant", "image_token",
+             "init_from"}
+    if set(spec) - known:
+        raise ConfigError(f"blip2 model: unknown keys {sorted(set(spec) - known)}; known: {sorted(known)}")
+    if not (spec.get("vision_from") and spec.get("llm_from")):
+        raise ConfigError("a blip2 model needs vision_from (a ViT dir) and llm_from (a decoder dir), or from")
+    variant = spec.get("variant", "blip2")
+    if variant not in VARIANTS:
+        raise ConfigError(f"blip2 model.variant {variant!r}; choose from {sorted(VARIANTS)}")
+    if bool(spec.get("qformer_from")) == bool(spec.get("qformer")):
+        raise ConfigError("a blip2 model needs exactly one of qformer_from (a stage-1 export) or qformer (a new one's "
+                          "numbers)")
+    if variant == "minigpt4" and not spec.get("qformer_from"):
+        raise ConfigError("MiniGPT-4 keeps BLIP-2's pretrained Q-Former frozen: give qformer_from (a stage-1 export)")
+    image_token = spec.get("image_token", "<image>")
+    image_id = tok.convert_tokens_to_ids(image_token)
+    if image_id is None:
+        raise ConfigError(f"the tokenizer has no image token {image_token!r}")
+    stage1 = ocellus.load(spec["qformer_from"]) if spec.get("qformer_from") else None
+    if stage1 is not None and not hasattr(stage1, "qformer"):
+        raise ConfigError(f"qformer_from {spec['qformer_from']} is a {type(stage1).__name__}, not a Q-Former stage-1 export")
+    qformer = dict(spec.get("qformer") or {}) if stage1 is None else stage1.qformer.config.to_hf()
+    queries = int(qformer.pop("num_query_tokens", 32)) if stage1 is None else stage1.qformer.config.num_query_tokens
+    qformer["use_qformer_text_input"] = False       # the LM path never feeds text through the Q-Former
+    vision_cfg, text_cfg = read_config(Path(spec["vision_from"])), read_config(Path(spec["llm_from"]))
+    wrap = VARIANTS[variant]["image_wrap"]
+    cfg = {"vision_config": vision_cfg, "qformer_config": qformer, "text_config": text_cfg,
+           "num_query_tokens": queries, "image_token_index": image_id,
+           "qformer_part": VARIANTS[variant]["qformer_part"], "image_wrap": list(wrap)}
+    model = build_blip2(cfg)
+    model.family_name = "blip2"
+    model.vision_tower.load_state_dict(ocellus.load(spec["vision_from"]).state_dict())
+    model.language_model.load_state_dict(ocellus.load(spec["llm_from"]).state_dict())
+    if stage1 is not None:   # everything of the stage-1 Q-Former except its text side (embeddings, text FFN)
+        theirs = stage1.qformer.state_dict()
+        model.qformer.load_state_dict({k: theirs[k] for k in model.qformer.state_dict()})
+    return model
+
+
+def image_inputs_fn(image_config, num_query_tokens: int, max_pixels=None):
+    """The processor's image side: each image -> pixel_values [1, 3, H, W] and num_query_tokens placeholders."""
+    from ocellus.data.image import preprocess
+
+    def image_inputs(images):
+        return {"pixel_values": preprocess(images, image_config, max_pixels=max_pixels)}, [num_query_tokens] * len(images)
+    return image_inputs
+
+
+def _processor(tok, image_config, num_query_tokens: int, qformer_part: str = "connector", image_wrap=("", "")):
+    """MiniGPT-4 (qformer_part "vision") renders prompts with its own template; BLIP-2 with the tokenizer's."""
+    from ocellus.data.processor import Processor
+    size = image_config.size_hw or image_config.crop_size
+    if not size:
+        raise ConfigError("a BLIP-2 processor needs a fixed image size (size: {height, width})")
+    variant = VARIANTS["minigpt4" if qformer_part == "vision" else "blip2"]
+    return Processor(tok, image_config, patch_size=size[0], num_extra_tokens=0, feature_select="full",
+                     image_inputs=image_inputs_fn(image_config, num_query_tokens), image_wrap=tuple(image_wrap),
+                     chat_template=variant["chat_template"])
+
+
+def training_processor(model: Blip2, tok, image_config):
+    return _processor(tok, image_config, model.num_query_tokens, model.qformer_part, model.image_wrap)
+
+
+def processor_from_dir(directory):
+    from ocellus.data.image import ImageProcessorConfig
+    from ocellus.data.processor import image_processor_dict
+    from ocellus.data.tokenizer import Tokenizer
+    directory = Path(directory)
+    image_dict = image_processor_dict(directory)
+    if image_dict is None:
+        raise ConfigError(f"{directory}: no preprocessor_config.json; a BLIP-2 checkpoint needs its image settings")
+    cfg = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else {}
+    proc = _processor(Tokenizer.from_dir(directory), ImageProcessorConfig.from_dict(image_dict),
+                      int(cfg.get("num_query_tokens", 32)), cfg.get("qformer_part", "connector"),
+                      cfg.get("image_wrap") or ("", ""))
+    index = cfg.get("image_token_index")
+    if index is not None and index != proc.image_token_id:
+        raise ConfigError(f"{directory}: the tokenizer's image token has id {proc.image_token_id}, but config.json's "
+                          f"image_token_index is {index}")
+    return proc
