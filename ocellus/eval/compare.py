@@ -33,7 +33,8 @@ ROUTES = {"llava": "all tokens", "blip2": "compressed prompt", "qwen_vl": "compr
 # False for Qwen2-VL, whose native-resolution tower (2D RoPE) is new and trains with the rest.
 FAMILY_SPECS: dict[str, dict] = {
     "llava": {"connector": {"depth": 2}, "feature_layer": -1, "feature_select": "full"},
-    "blip2": {},
+    "blip2": {"qformer": {"num_query_tokens": 16, "hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+                          "intermediate_size": 192, "cross_attention_frequency": 1, "max_position_embeddings": 96}},
     "qwen_vl": {"feature_layer": -1, "resampler": {"num_queries": 16, "num_heads": 4}},
     "internvl": {"feature_layer": -1, "downsample_ratio": 0.5, "max_tiles": 1},
     "qwen2_vl": {"pretrained_vit": False,
