@@ -41,7 +41,9 @@ FAMILY_SPECS: dict[str, dict] = {
                  "config": {"vision_config": {"depth": 4, "embed_dim": 96, "num_heads": 4, "mlp_ratio": 2,
                                               "patch_size": 6, "spatial_merge_size": 2},
                             "mrope_section": [4, 2, 2]}},
-    "flamingo": {},
+    "flamingo": {"feature_layer": -1, "feature_select": "full",
+                 "perceiver": {"depth": 2, "num_latents": 16, "heads": 4, "head_dim": 24},
+                 "cross_attn": {"every_n_layers": 1, "heads": 4, "head_dim": 32, "ff_mult": 2}},
 }
 
 
