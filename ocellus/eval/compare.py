@@ -95,7 +95,10 @@ def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_s
     vqa = evaluate(path, "shapes-vqa", n=n_eval, model=model, processor=proc, printer=lambda *_: None)
     grounding = evaluate(path, "shapes-grounding", n=max(50, n_eval // 3), model=model, processor=proc,
                          printer=lambda *_: None)
-    return {"family": family, "route": ROUTES[family], "image_tokens": counts[0], "train_s": round(seconds, 1),
+    perceiver = getattr(model, "perceiver", None)   # cross-attention: the slots the decoder reads, not in its sequence
+    slots = perceiver.config.num_latents if perceiver is not None else counts[0]
+    return {"family": family, "route": ROUTES[family], "image_tokens": counts[0], "visual_slots": slots,
+            "train_s": round(seconds, 1),
             "params": total, "bridge_params": bridge,
             "vqa": {k: v[1] for k, v in vqa["table"].items()}, "vqa_n": vqa["n"],
             "grounding": {k: v[1] for k, v in grounding["table"].items()},
@@ -104,11 +107,11 @@ def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_s
 
 def table(results: list[dict]) -> str:
     types = sorted({t for r in results for t in r["vqa"]} - {"all"}) + ["all"]
-    head = ["family", "route", "image tokens", *[f"VQA {t}" for t in types], "grounding acc@0.5", "mean IoU",
+    head = ["family", "route", "image tokens in sequence", "visual slots", *[f"VQA {t}" for t in types], "grounding acc@0.5", "mean IoU",
             "train s", "params", "bridge params"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        cells = [r["family"], r["route"], str(r["image_tokens"]),
+        cells = [r["family"], r["route"], str(r["image_tokens"]), str(r["visual_slots"]),
                  *[f"{100 * r['vqa'][t]:.1f}" if t in r["vqa"] else "-" for t in types],
                  f"{100 * r['grounding'].get('all', 0.0):.1f}",
                  f"{r['grounding_miou']:.3f}" if r["grounding_miou"] is not None else "-",
@@ -133,11 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_family(family, Path(args.parts), Path(args.runs), args.steps, args.batch_size,
                                   args.n_eval))
         print(table(results[-1:]), flush=True)
-    text = table(results)
-    print(text)
-    if args.out:
-        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))
-        Path(args.out).write_text(text + "\n")
+        if args.out:  # after every family, so a long run's finished rows survive an interruption
+            Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))
+            Path(args.out).write_text(table(results) + "\n")
+    print(table(results))
     return 0
 
 

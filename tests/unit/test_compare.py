@@ -27,4 +27,4 @@ def test_compare_trains_evaluates_and_writes_the_table(tmp_path, tiny_vlm_parts)
     row = json.loads(out.with_suffix(".json").read_text())[0]
     assert row["family"] == "llava" and row["image_tokens"] == 65   # 48 px / patch 6 = 64 patches + CLS
     assert 0.0 <= row["vqa"]["all"] <= 1.0 and row["params"] > row["bridge_params"] > 0
-    assert "| llava | all tokens | 65 |" in out.read_text()
+    assert "| llava | all tokens | 65 | 65 |" in out.read_text()
