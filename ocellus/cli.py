@@ -1,4 +1,4 @@
-"""The `ocellus` command: demo | generate | chat | explain | bench.
+"""The `ocellus` command: demo | generate | chat | explain | serve | bench.
 
 Each subcommand is a few lines that parse arguments and call the library (three hops at most
 from here to a tensor op): generate -> infer.generate.stream -> DecoderLM.forward (or VLM.forward
@@ -180,15 +180,51 @@ def cmd_bench(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from ocellus.train.generative import is_generative_recipe, run_generative_recipe
+    if is_generative_recipe(args.recipe):   # task: image_generation (VQ-VAE, DDPM, MaskGIT, ...)
+        run_generative_recipe(args.recipe, args.overrides)
+        return 0
     from ocellus.train.recipe import load_recipe
     from ocellus.train.run import run_recipe
     run_recipe(load_recipe(args.recipe, args.overrides))
     return 0
 
 
+def cmd_generate_image(args) -> int:
+    import torch
+    from ocellus.models.generative.checkpoint import load_generator
+    from ocellus.train.generative import parse_prompt, sample_images
+    from ocellus.viz.image_grid import save_grid
+
+    model = load_generator(args.model)
+    classes = parse_prompt(args.prompt, model.spec.get("class_names") or [])
+    labels = torch.tensor(classes).repeat_interleave(args.n)
+    gen = {k: v for k, v in (("steps", args.steps), ("guidance_scale", args.guidance_scale),
+                             ("sampler", args.sampler), ("top_k", args.top_k)) if v is not None}
+    path = save_grid(sample_images(model, labels, gen, seed=args.seed), args.out, nrow=args.n)
+    print(f"wrote {path} ({len(classes)} row(s) x {args.n} samples)")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from ocellus.eval.harness import evaluate
     evaluate(args.model, args.task, n=args.n, shots=args.shots, batch_size=args.batch_size, out=args.out)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from pathlib import Path
+
+    from ocellus.serve.app import serve
+    from ocellus.serve.limits import ServeLimits
+    limits = ServeLimits(
+        api_key=ServeLimits.key_from_env(args.api_key), max_request_bytes=args.max_request_bytes,
+        max_images=args.max_images, max_image_pixels=args.max_image_pixels, max_tokens=args.max_tokens,
+        max_n=args.max_n, request_timeout_s=args.request_timeout, max_queue=args.max_queue, slots=args.slots,
+        max_context=args.max_context, allow_http_images=args.allow_http_images,
+        allowed_image_dir=Path(args.allow_image_dir) if args.allow_image_dir else None)
+    serve(args.model, host=args.host, port=args.port, limits=limits, model_id=args.model_name, dtype=args.dtype,
+          log_level=args.log_level)
     return 0
 
 
@@ -240,14 +276,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=3e-4 data.n=2000")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a model on a task: shapes-vqa | shapes-caption | shapes-grounding | digits")
+    p = sub.add_parser("eval", help="evaluate a model on a task: shapes-vqa | shapes-caption | shapes-grounding | digits "
+                                    "| retrieval | zeroshot (CLIP/SigLIP) | linear-probe (any image tower)")
     p.add_argument("--model", required=True)
-    p.add_argument("--task", required=True, choices=["shapes-vqa", "shapes-caption", "shapes-grounding", "digits"])
+    p.add_argument("--task", required=True, choices=["shapes-vqa", "shapes-caption", "shapes-grounding", "digits",
+                                                     "retrieval", "zeroshot", "linear-probe"])
     p.add_argument("--n", type=int, default=200, help="held-out samples to score")
     p.add_argument("--shots", type=int, default=0, help="solved examples put before each question")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate-image", help="sample an image generator (DDPM / latent diffusion / MaskGIT / "
+                                              "autoregressive) into a PNG grid: --prompt 3 | circle | 'all'")
+    p.add_argument("--model", required=True, help="a directory exported by an image_generation recipe")
+    p.add_argument("--prompt", required=True, help="a class name, comma-separated names, or 'all'")
+    p.add_argument("--n", type=int, default=8, help="samples per class (one row each)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion, MaskGIT)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance s (1 = none)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    p.add_argument("--top-k", type=int, default=None, help="autoregressive models: top-k sampling")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="samples.png")
+    p.set_defaults(func=cmd_generate_image)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (chat completions with images, streaming, "
+                                     "continuous batching) and a web chat page at /; see docs/SERVING.md")
+    p.add_argument("--model", default=None, help="checkpoint dir (default: the embedded shapes model)")
+    p.add_argument("--model-name", default=None, help="the id clients pass as `model` (default: the dir's name)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (or set $OCELLUS_API_KEY)")
+    p.add_argument("--max-request-bytes", type=int, default=20 * 2**20, help="HTTP body cap (413 over it)")
+    p.add_argument("--max-images", type=int, default=8, help="image parts per request")
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="width*height cap, read from the header")
+    p.add_argument("--max-tokens", type=int, default=1024, help="the most max_tokens a request may ask for")
+    p.add_argument("--max-n", type=int, default=4, help="choices per request")
+    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds from arrival to the last token")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    p.add_argument("--slots", type=int, default=16, help="requests decoded together (1 = one at a time)")
+    p.add_argument("--max-context", type=int, default=None, help="tokens per slot (default: the model's context)")
+    p.add_argument("--allow-http-images", action="store_true", help="fetch http(s) image URLs (public hosts only)")
+    p.add_argument("--allow-image-dir", default=None, help="accept file:// image URLs under this directory")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks: ours vs the reference, same run")
     p.add_argument("what", choices=["decode", "encode", "train"])

@@ -216,18 +216,20 @@ class PatchEmbeddings(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). Bidirectional attention."""
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). Bidirectional attention by
+    default; CLIP's text tower (ocellus/models/text/clip_text.py) builds it causal and passes a padding
+    mask. `cfg` needs hidden_size, num_heads, intermediate_size, layer_norm_eps and hidden_act."""
 
-    def __init__(self, cfg: ViTConfig, layer_idx: int):
+    def __init__(self, cfg: ViTConfig, layer_idx: int, causal: bool = False):
         super().__init__()
         self.layer_norm1 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.self_attn = Attention(cfg.hidden_size, cfg.num_heads, qkv_bias=True, out_bias=True,
-                                   layer_idx=layer_idx, causal=False)
+                                   layer_idx=layer_idx, causal=causal)
         self.layer_norm2 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = GeluMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), mask=mask)
         return x + self.mlp(self.layer_norm2(x))
 
 

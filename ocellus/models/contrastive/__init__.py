@@ -1,0 +1,1 @@
+"""Contrastive models: CLIP and SigLIP dual encoders (clip.py, siglip.py), MoCo (moco.py)."""

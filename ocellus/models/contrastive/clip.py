@@ -1,0 +1,242 @@
+"""CLIP: a dual encoder trained so matching image-text pairs have the highest cosine similarity.
+
+Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision"
+(Fig. 3's pseudo-code): image tower -> visual_projection, text tower -> text_projection (both
+without bias), L2-normalise, logits = exp(t) * img @ txt.T with a learned log-scale t (init
+log(1/0.07), clamped at 100), symmetric InfoNCE. Matches transformers' CLIPModel (logits_per_image,
+logits_per_text, text_embeds, image_embeds; tests/parity/test_clip_parity.py).
+
+`DualEncoder` is the composed model for CLIP and SigLIP alike, built from parts passed in:
+an image tower (ocellus/models/vision/vit.py), a text tower (ocellus/models/text/clip_text.py),
+optional projections, the log-scale and (SigLIP) a bias, and which loss trains it
+(ocellus/train/contrastive_losses.py: InfoNCE or sigmoid; features are all-gathered across
+processes so negatives span the global batch). ocellus/models/contrastive/siglip.py builds the
+SigLIP one. Parameter names equal transformers' (vision_model.*, text_model.*, visual_projection,
+text_projection, logit_scale, logit_bias); the key tables below map the towers' inner names.
+
+Note on the clamp: transformers applies exp(logit_scale) unclamped. Checkpoints trained with the
+clamp hold at most ln(100) rounded to fp32 (4.6052 -> 100.003), so our logits can differ from
+transformers' by up to 3e-5 relative on such checkpoints; below the cap they are equal.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ocellus.errors import ConfigError, InputError
+from ocellus.hub.keymap import KeyMap
+from ocellus.hub.vision_families import vision_rules
+from ocellus.models.text.clip_text import ProjectedText, TextTowerConfig, TextTransformer
+from ocellus.models.vision.vit import ViTConfig, VisionTransformer
+from ocellus.train.contrastive_losses import MAX_LOGIT_SCALE, contrastive_loss, logit_scale_value
+
+LOSSES = ("infonce", "sigmoid")
+
+
+@dataclass(frozen=True)
+class DualEncoderConfig:
+    loss: str = "infonce"                      # "infonce" (CLIP) | "sigmoid" (SigLIP)
+    projection_dim: int | None = 512           # None: no projections (SigLIP; its towers end in heads)
+    logit_scale_init: float = math.log(1 / 0.07)
+    logit_bias_init: float | None = None       # SigLIP: -10
+    scalar_shape: tuple[int, ...] = ()         # CLIP stores logit_scale as [], SigLIP as [1]
+    max_logit_scale: float | None = MAX_LOGIT_SCALE
+    hf: dict = field(default_factory=dict, compare=False, repr=False)   # the source config.json
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ConfigError(f"dual encoder loss {self.loss!r}; supported: {LOSSES}")
+        if self.projection_dim is not None and (not isinstance(self.projection_dim, int) or self.projection_dim <= 0):
+            raise ConfigError(f"projection_dim must be a positive int or None, got {self.projection_dim!r}")
+        if self.max_logit_scale is not None and self.max_logit_scale <= 0:
+            raise ConfigError(f"max_logit_scale must be positive (or None), got {self.max_logit_scale}")
+
+
+@dataclass
+class ContrastiveOutput:
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None    # [N images, N texts]
+    logits_per_text: torch.Tensor | None = None     # [N texts, N images]
+    text_embeds: torch.Tensor | None = None         # [N, E], L2-normalised
+    image_embeds: torch.Tensor | None = None        # [N, E], L2-normalised
+
+
+def _group(**members) -> nn.Module:
+    """A view grouping existing modules/parameters under one Module (for training stages)."""
+    group = nn.Module()
+    for name, member in members.items():
+        if isinstance(member, nn.Parameter):
+            group.register_parameter(name, member)
+        elif member is not None:
+            group.add_module(name, member)
+    return group
+
+
+class DualEncoder(nn.Module):
+    def __init__(self, vision_model: VisionTransformer, text_model: TextTransformer, cfg: DualEncoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.vision_model, self.text_model = vision_model, text_model
+        if cfg.projection_dim is not None:
+            self.visual_projection = nn.Linear(vision_model.config.hidden_size, cfg.projection_dim, bias=False)
+            self.text_projection = nn.Linear(text_model.config.hidden_size, cfg.projection_dim, bias=False)
+        else:
+            self.visual_projection = self.text_projection = None
+        self.logit_scale = nn.Parameter(torch.full(cfg.scalar_shape, float(cfg.logit_scale_init)))
+        self.logit_bias = (nn.Parameter(torch.full(cfg.scalar_shape, float(cfg.logit_bias_init)))
+                           if cfg.logit_bias_init is not None else None)
+
+    def parts(self) -> dict[str, nn.Module]:
+        """Training-stage parts: each tower with its projection, and the scale (+ bias). LiT's
+        "locked image tuning" is {vision: frozen, text: full, scale: full}."""
+        return {"vision": _group(vision_model=self.vision_model, visual_projection=self.visual_projection),
+                "text": _group(text_model=self.text_model, text_projection=self.text_projection),
+                "scale": _group(logit_scale=self.logit_scale, logit_bias=self.logit_bias)}
+
+    # -- features --------------------------------------------------------------------------------
+    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """Projected, unnormalised image features [N, E] (transformers' get_image_features pooler_output)."""
+        x = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding).pooler_output
+        return self.visual_projection(x) if self.visual_projection is not None else x
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.text_model(input_ids, attention_mask, position_ids).pooler_output
+        return self.text_projection(x) if self.text_projection is not None else x
+
+    def scale(self) -> torch.Tensor:
+        return logit_scale_value(self.logit_scale, self.config.max_logit_scale)
+
+    def similarity(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """Logits [N images, M texts] from normalised embeddings: scale * cosine (+ bias)."""
+        logits = self.scale() * image_embeds @ text_embeds.t()
+        return logits + self.logit_bias if self.logit_bias is not None else logits
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                return_loss: bool = False, ids: torch.Tensor | None = None,
+                interpolate_pos_encoding: bool = False) -> ContrastiveOutput:
+        """Images [N, 3, H, W] and texts [M, T] -> similarity logits. return_loss: N == M pairs (i, i),
+        trained with the configured loss over the batch of every process; `ids` [N] marks pairs that
+        are positives of each other (same id, e.g. the same caption)."""
+        if input_ids is None or pixel_values is None:
+            raise InputError("a dual encoder's forward needs both input_ids (texts) and pixel_values (images); "
+                             "use get_text_features / get_image_features for one side")
+        image_embeds = F.normalize(self.get_image_features(pixel_values, interpolate_pos_encoding), dim=-1)  # [N, E]
+        text_embeds = F.normalize(self.get_text_features(input_ids, attention_mask, position_ids), dim=-1)   # [M, E]
+        logits_per_image = self.similarity(image_embeds, text_embeds)             # [N, M]
+        loss = None
+        if return_loss:
+            if image_embeds.shape[0] != text_embeds.shape[0]:
+                raise InputError(f"return_loss needs paired data: {image_embeds.shape[0]} images vs "
+                                 f"{text_embeds.shape[0]} texts")
+            loss = contrastive_loss(image_embeds, text_embeds, self.logit_scale, self.logit_bias,
+                                    self.config.loss, ids, self.config.max_logit_scale)
+        return ContrastiveOutput(loss=loss, logits_per_image=logits_per_image, logits_per_text=logits_per_image.t(),
+                                 text_embeds=text_embeds, image_embeds=image_embeds)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+_POSITION_IDS = r"(^|\.)embeddings\.position_ids$"   # a non-persistent arange some exports carry
+
+
+def text_rules(ours: str, theirs: str) -> tuple[tuple[str, str], ...]:
+    """The text tower's blocks, embeddings and head are named like the image tower's (same
+    EncoderBlock); it adds final_layer_norm."""
+    return vision_rules(ours, theirs) + ((f"{ours}final_layer_norm.{{rest}}", f"{theirs}final_layer_norm.{{rest}}"),)
+
+
+def _own(*names: str) -> tuple[tuple[str, str], ...]:
+    return tuple((n, n) for n in names)
+
+
+DUAL_KEYS = KeyMap(rules=vision_rules("vision_model.", "vision_model.") + text_rules("text_model.", "text_model.")
+                   + _own("visual_projection.weight", "text_projection.weight", "logit_scale", "logit_bias"),
+                   drop=(_POSITION_IDS,))
+# CLIPTextModel / SiglipTextModel: transformers 5 writes the tower unprefixed (4.x: `text_model.`); both load
+TEXT_KEYS = KeyMap(rules=text_rules("", "") + text_rules("", "text_model."), drop=(_POSITION_IDS,))
+PROJECTED_TEXT_KEYS = KeyMap(rules=text_rules("text_model.", "text_model.") + _own("text_projection.weight"),
+                             drop=(_POSITION_IDS,))
+
+
+def build_clip(cfg: dict) -> DualEncoder:
+    """A CLIPModel config.json dict -> DualEncoder (random init unless the loader skips it)."""
+    dual = DualEncoderConfig(loss="infonce", projection_dim=int(cfg.get("projection_dim", 512)),
+                             logit_scale_init=float(cfg.get("logit_scale_init_value", 2.6592)), hf=dict(cfg))
+    return DualEncoder(VisionTransformer(ViTConfig.from_hf(cfg)), TextTransformer(TextTowerConfig.from_hf(cfg)), dual)
+
+
+def build_dual_encoder(kind: str, vision: dict, text: dict, projection_dim: int | None = None, **dual) -> DualEncoder:
+    """A new (randomly initialised) CLIP or SigLIP from tower config dicts in transformers' field names
+    (vision: image_size, patch_size, hidden_size, ...; text: vocab_size, max_position_embeddings,
+    eos_token_id, ...), e.g. for training from scratch. `dual` overrides DualEncoderConfig fields."""
+    if kind not in ("clip", "siglip"):
+        raise ConfigError(f"dual encoder kind {kind!r}; use 'clip' or 'siglip'")
+    vit = VisionTransformer(ViTConfig.from_hf({**vision, "model_type": f"{kind}_vision_model"}))
+    text = {**text, "model_type": f"{kind}_text_model"}
+    if kind == "siglip":
+        text.setdefault("projection_size", vit.config.hidden_size)   # the text head lands in the image space
+        from ocellus.models.contrastive.siglip import siglip_config
+        cfg = siglip_config(**dual)
+    else:
+        cfg = DualEncoderConfig(projection_dim=projection_dim or 512, **dual)
+    model = DualEncoder(vit, TextTransformer(TextTowerConfig.from_hf(text)), cfg)
+    model.family_name = kind     # ocellus.save finds the family by this name
+    return model
+
+
+def towers_hf_config(model: DualEncoder, model_type: str, architecture: str) -> dict:
+    """config.json of a CLIPModel / SiglipModel: source config, our towers' configs over it."""
+    if model.vision_model.config.hf_kind() != f"{model_type}_vision_model" or model.text_model.config.kind != \
+            f"{model_type}_text_model":
+        raise ConfigError(f"a {architecture} needs {model_type} towers; this model has a "
+                          f"{model.vision_model.config.hf_kind()} and a {model.text_model.config.kind}")
+    strip = lambda c: {k: v for k, v in c.items() if k != "architectures"}   # noqa: E731
+    out = {k: v for k, v in model.config.hf.items() if k not in ("architectures", "torch_dtype")}
+    out.update(architectures=[architecture], model_type=model_type, text_config=strip(model.text_model.config.to_hf()),
+               vision_config=strip(model.vision_model.config.to_hf()))
+    return out
+
+
+def clip_hf_config(model: DualEncoder) -> dict:
+    out = towers_hf_config(model, "clip", "CLIPModel")
+    if model.config.projection_dim is None or model.logit_bias is not None:
+        raise ConfigError("a CLIPModel has projections and no logit_bias")
+    out.update(projection_dim=model.config.projection_dim,
+               logit_scale_init_value=float(out.get("logit_scale_init_value", model.config.logit_scale_init)))
+    return out
+
+
+def build_clip_text(cfg: dict) -> TextTransformer:
+    return TextTransformer(TextTowerConfig.from_hf(cfg))
+
+
+def build_clip_text_projected(cfg: dict) -> ProjectedText:
+    return ProjectedText(TextTransformer(TextTowerConfig.from_hf(cfg)), int(cfg.get("projection_dim", 512)))
+
+
+def projected_text_hf_config(model: ProjectedText) -> dict:
+    out = model.text_model.config.to_hf()
+    out.update(architectures=["CLIPTextModelWithProjection"], projection_dim=model.text_projection.out_features)
+    return out
+
+
+def families() -> dict:
+    """Families for ocellus/hub/families.py: CLIPModel, CLIPTextModel, CLIPTextModelWithProjection."""
+    from ocellus.hub.families import Family
+    return {"CLIPModel": Family(name="clip", model_class=DualEncoder, build=build_clip, keymap=DUAL_KEYS,
+                                hf_config=clip_hf_config),
+            "CLIPTextModel": Family(name="clip_text", model_class=TextTransformer, build=build_clip_text,
+                                    keymap=TEXT_KEYS, hf_config=lambda m: m.config.to_hf()),
+            "CLIPTextModelWithProjection": Family(name="clip_text_projected", model_class=ProjectedText,
+                                                  build=build_clip_text_projected, keymap=PROJECTED_TEXT_KEYS,
+                                                  hf_config=projected_text_hf_config)}
+
+
+__all__ = ["DualEncoder", "DualEncoderConfig", "ContrastiveOutput", "DUAL_KEYS", "TEXT_KEYS", "PROJECTED_TEXT_KEYS",
+           "build_clip", "build_dual_encoder", "clip_hf_config", "towers_hf_config", "families", "text_rules"]

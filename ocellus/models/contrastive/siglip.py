@@ -1,0 +1,54 @@
+"""SigLIP: CLIP's dual encoder trained with a pairwise sigmoid loss instead of the softmax.
+
+Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training" (Algorithm 1; reference:
+google-research/big_vision, proj/image_text/siglip.py): every image-text pair of the batch is an
+independent binary classification, logits = exp(t') * cos + b with learned t' (init log 10) and
+bias b (init -10, so the many negatives start with a small loss), labels +1 for matching pairs and
+-1 otherwise. No global normalisation over the batch, so it works at any batch size, one pair
+included. The towers differ from CLIP's: a bidirectional text tower pooled at the last position
+with a linear `head`, an image tower pooled by attention (MAP head); no projections.
+
+The model is ocellus/models/contrastive/clip.py's DualEncoder with loss="sigmoid"; this file holds
+its builder and config writer. Matches transformers' SiglipModel (tests/parity/test_clip_parity.py).
+"""
+from __future__ import annotations
+
+import math
+
+from ocellus.models.contrastive.clip import DUAL_KEYS, TEXT_KEYS, DualEncoder, DualEncoderConfig, towers_hf_config
+from ocellus.models.text.clip_text import TextTowerConfig, TextTransformer
+from ocellus.models.vision.vit import ViTConfig, VisionTransformer
+from ocellus.errors import ConfigError
+
+SIGLIP_SCALE_INIT, SIGLIP_BIAS_INIT = math.log(10.0), -10.0
+
+
+def siglip_config(**kw) -> DualEncoderConfig:
+    """SigLIP's numbers: sigmoid loss, no projections, scale and bias stored as [1] like transformers."""
+    return DualEncoderConfig(**{**dict(loss="sigmoid", projection_dim=None, logit_scale_init=SIGLIP_SCALE_INIT,
+                                       logit_bias_init=SIGLIP_BIAS_INIT, scalar_shape=(1,)), **kw})
+
+
+def build_siglip(cfg: dict) -> DualEncoder:
+    """A SiglipModel config.json dict -> DualEncoder."""
+    return DualEncoder(VisionTransformer(ViTConfig.from_hf(cfg)), TextTransformer(TextTowerConfig.from_hf(cfg)),
+                       siglip_config(hf=dict(cfg)))
+
+
+def siglip_hf_config(model: DualEncoder) -> dict:
+    if model.config.projection_dim is not None or model.logit_bias is None:
+        raise ConfigError("a SiglipModel has no projections and has a logit_bias")
+    return towers_hf_config(model, "siglip", "SiglipModel")
+
+
+def families() -> dict:
+    """Families for ocellus/hub/families.py: SiglipModel, SiglipTextModel."""
+    from ocellus.hub.families import Family
+    return {"SiglipModel": Family(name="siglip", model_class=DualEncoder, build=build_siglip, keymap=DUAL_KEYS,
+                                  hf_config=siglip_hf_config),
+            "SiglipTextModel": Family(name="siglip_text", model_class=TextTransformer,
+                                      build=lambda cfg: TextTransformer(TextTowerConfig.from_hf(cfg)),
+                                      keymap=TEXT_KEYS, hf_config=lambda m: m.config.to_hf())}
+
+
+__all__ = ["build_siglip", "siglip_config", "siglip_hf_config", "families", "SIGLIP_SCALE_INIT", "SIGLIP_BIAS_INIT"]

@@ -1,0 +1,181 @@
+"""Recipes for the contrastive tasks (`ocellus train`, dispatched from ocellus/train/run.py):
+
+  task: contrastive   a CLIP or SigLIP dual encoder trained from scratch on (image, caption) pairs of
+                      the shapes world: InfoNCE (CLIP) or sigmoid (SigLIP) loss, pairs with the same
+                      caption are positives of each other (ids). Exported as a CLIPModel / SiglipModel
+                      checkpoint + tokenizer + preprocessor_config.json.
+  task: moco          MoCo v2 on two augmented views of each image (digits or shapes); the query
+                      backbone is exported as a CLIPVisionModel checkpoint.
+
+model (recipe section):
+  architecture: clip | siglip                      (contrastive)
+  vision: {image_size, patch_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads}
+  text:   {hidden_size, ..., max_position_embeddings}   (contrastive; vocab/eos come from the tokenizer)
+  projection_dim: 64                               (clip)
+  moco: {dim, queue_size, momentum, temperature, mlp}   (moco)
+data: {source: shapes | digits, n, seed, image_size, min_objects, max_objects, augment: {...AugmentConfig}}
+eval: {n: 300}     after export: retrieval + zero-shot (contrastive) or the linear probe (moco), printed
+                   and written to <out>/eval.json
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from ocellus.errors import ConfigError
+
+TASKS = ("contrastive", "moco")
+
+
+# ---- model -------------------------------------------------------------------------------------
+def build_model(recipe: dict, tok):
+    spec = recipe.get("model") or {}
+    if "vision" not in spec:
+        raise ConfigError(f"task {recipe['task']}: model.vision (a vision tower config) is required")
+    if recipe["task"] == "moco":
+        from ocellus.models.contrastive.moco import MoCo, MoCoConfig
+        from ocellus.models.vision.vit import ViTConfig, VisionTransformer
+        vit = VisionTransformer(ViTConfig.from_hf({"model_type": "clip_vision_model", **spec["vision"]}))
+        return MoCo(vit, vit.config.hidden_size, MoCoConfig(**(spec.get("moco") or {})))
+    from ocellus.models.contrastive.clip import build_dual_encoder
+    from ocellus.models.text.clip_text import LEGACY_EOS_ID
+    kind = spec.get("architecture", "clip")
+    if tok.eos_token_id is None or tok.eos_token_id == LEGACY_EOS_ID:
+        raise ConfigError(f"the tokenizer's eos_token id is {tok.eos_token_id}; a CLIP text tower needs another "
+                          f"(transformers reads eos id {LEGACY_EOS_ID} as the legacy argmax-pooling rule): train the "
+                          "BPE with eos_token: '<|endoftext|>'")
+    text = {**(spec.get("text") or {}), "vocab_size": len(tok), "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}
+    return build_dual_encoder(kind, spec["vision"], text, projection_dim=spec.get("projection_dim"))
+
+
+# ---- data --------------------------------------------------------------------------------------
+def shapes_config(data: dict, seed: int):
+    from ocellus.data.shapes import ShapesConfig
+    size = int(data.get("image_size", 32))
+    return ShapesConfig(image_size=size, seed=seed, min_size=max(0.18, 6.5 / size),
+                        min_objects=int(data.get("min_objects", 1)), max_objects=int(data.get("max_objects", 2)))
+
+
+def caption_id(text: str) -> int:
+    """A stable id per caption text (equal captions -> equal ids, in every process)."""
+    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:7], "big")
+
+
+def image_cfg(size: int):
+    from ocellus.train.run import image_config
+    return image_config(size)
+
+
+def shapes_pairs(data: dict, seed: int, n: int, start: int = 0):
+    """(image, caption) pairs of generated scenes, indexed deterministically."""
+    import numpy as np
+    from ocellus.data.shapes import caption, make_scene, render
+    cfg = shapes_config(data, seed)
+
+    def pair(i):
+        scene = make_scene(np.random.default_rng([cfg.seed, start + i]), cfg)
+        return render(scene), caption(scene)
+    return pair
+
+
+def build_dataset(recipe: dict, tok, model):
+    from ocellus.data.image import preprocess
+    from ocellus.train.run import EncodedDataset
+    task, data = recipe["task"], recipe["data"]
+    n, seed = int(data.get("n", 1000)), int(data.get("seed", 0))
+    size = _image_size(model)
+    icfg = image_cfg(size)
+    if task == "contrastive":
+        if data["source"] != "shapes":
+            raise ConfigError(f"task contrastive trains on shapes captions; data.source {data['source']!r}")
+        from ocellus.models.text.clip_text import encode_texts
+        pair = shapes_pairs(data, seed, n)
+        max_len, pad_to_max = model.text_model.config.max_position_embeddings, not model.text_model.config.causal
+
+        def make(i):
+            image, text = pair(i)
+            return preprocess([image], icfg)[0], text
+
+        def collate(rows):
+            texts = [r[1] for r in rows]
+            batch = encode_texts(texts, tok, max_len, pad_to_max=pad_to_max)
+            if pad_to_max:             # SigLIP trains on fixed-length texts without a mask, pooling the last position
+                batch.pop("attention_mask")
+            return {**batch, "pixel_values": torch.stack([r[0] for r in rows]),
+                    "ids": torch.tensor([caption_id(t) for t in texts]), "return_loss": True}
+        return EncodedDataset(n, make), collate
+    from ocellus.data.augment import AugmentConfig, two_views
+    images = _moco_images(data, seed, n)
+    aug = AugmentConfig(**{"size": size, **_tuples(data.get("augment") or {})})
+    visits: dict[int, int] = {}
+
+    def make_views(i):
+        # fresh views at every visit of image i, reproducible from (seed, i, visit); a resumed run
+        # restarts the visit counts, so its views (not its batches) differ from an uninterrupted one
+        visits[i] = visits.get(i, 0) + 1
+        v1, v2 = two_views(images(i), aug, random.Random(f"{seed}-{i}-{visits[i]}"))
+        return preprocess([v1, v2], icfg)
+    def collate_views(rows):
+        return {"pixel_values": torch.stack([r[0] for r in rows]), "pixel_values_k": torch.stack([r[1] for r in rows])}
+    return EncodedDataset(len(images) if hasattr(images, "__len__") else n, make_views), collate_views
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _moco_images(data: dict, seed: int, n: int):
+    if data["source"] == "digits":
+        from ocellus.data.digits import digits_samples
+        from ocellus.eval.retrieval import DIGITS_SOURCE_SIZE
+        rows = digits_samples("train", seed=0, image_size=DIGITS_SOURCE_SIZE)
+        return _Indexable([r["images"][0] for r in rows])
+    if data["source"] == "shapes":
+        pair = shapes_pairs(data, seed, n)
+        return lambda i: pair(i)[0]
+    raise ConfigError(f"task moco: data.source must be digits or shapes, got {data['source']!r}")
+
+
+class _Indexable(list):
+    def __call__(self, i):
+        return self[i]
+
+
+def _image_size(model) -> int:
+    tower = model.vision_model if hasattr(model, "vision_model") else model.encoder_q.backbone
+    return int(tower.config.image_size)
+
+
+# ---- export + evaluation -----------------------------------------------------------------------
+def export(recipe: dict, model, tok, path: Path) -> Path:
+    import ocellus
+    size = _image_size(model)
+    if recipe["task"] == "moco":
+        from ocellus.hub.vision_families import save_vision
+        save_vision(model.encoder_q.backbone, path)
+    else:
+        ocellus.save(model, path, tokenizer=tok)
+    write_preprocessor(path, size)
+    if recipe.get("eval") is not None:
+        n = int((recipe.get("eval") or {}).get("n", 300))
+        from ocellus.eval.retrieval import evaluate
+        tasks = ("linear-probe",) if recipe["task"] == "moco" else ("retrieval", "zeroshot")
+        results = {t: evaluate(path, t, n=n) for t in tasks}
+        (path.parent / "eval.json").write_text(json.dumps(results, indent=1))
+    return path
+
+
+def write_preprocessor(path: Path, size: int) -> None:
+    from ocellus.train.run import IMAGE_MEAN, IMAGE_STD
+    (Path(path) / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"height": size, "width": size},
+        "do_center_crop": False, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD), "resample": 3}, indent=2))
+
+
+__all__ = ["TASKS", "build_model", "build_dataset", "export", "caption_id", "shapes_pairs", "write_preprocessor"]
