@@ -23,6 +23,10 @@ class Family:
     keymap: KeyMap
     hf_config: Callable[[nn.Module], dict]   # the config.json that describes a built model
     tied: Callable[[nn.Module], tuple[str, ...]] = lambda m: ()  # our keys that share another's tensor
+    # checkpoint tensors -> tensors the key table maps one to one (fused tensors split, shapes changed), and
+    # back on save; None where names alone differ (e.g. BLIP-2's ViT fuses q/k/v into one `qkv`)
+    from_checkpoint: Callable[[dict], dict] | None = None
+    to_checkpoint: Callable[[dict], dict] | None = None
 
 
 DECODER_KEYS = KeyMap(
@@ -63,6 +67,13 @@ def _llava_next() -> Family:
                   if m.language_model.config.tie_word_embeddings else ())
 
 
+def _flamingo() -> Family:
+    from ocellus.models.families.flamingo import (FLAMINGO_KEYS, Flamingo, build_flamingo, flamingo_hf_config,
+                                                  flamingo_tied)
+    return Family(name="flamingo", model_class=Flamingo, build=build_flamingo, keymap=FLAMINGO_KEYS,
+                  hf_config=flamingo_hf_config, tied=flamingo_tied)
+
+
 ARCHITECTURES: dict[str, Family] = {
     "LlamaForCausalLM": DECODER,
     "Qwen2ForCausalLM": DECODER,
@@ -70,6 +81,23 @@ ARCHITECTURES: dict[str, Family] = {
 _register_vision(ARCHITECTURES)
 ARCHITECTURES["LlavaForConditionalGeneration"] = _llava()
 ARCHITECTURES["LlavaNextForConditionalGeneration"] = _llava_next()
+from ocellus.models.contrastive import clip as _clip, siglip as _siglip  # noqa: E402  (dual encoders)
+ARCHITECTURES.update(_clip.families(), **_siglip.families())   # CLIPModel/SiglipModel (+ text towers)
+from ocellus.models.families.internvl import family as _internvl  # noqa: E402  (InternViT or CLIP tower)
+ARCHITECTURES["InternVLForConditionalGeneration"] = ARCHITECTURES["OcellusInternVLForConditionalGeneration"] = _internvl()
+from ocellus.models.families.qwen_vl import family as _qwen_vl  # noqa: E402
+ARCHITECTURES["OcellusQwenVLForConditionalGeneration"] = _qwen_vl()
+ARCHITECTURES["OcellusFlamingoForConditionalGeneration"] = _flamingo()
+from ocellus.models.families.qwen2_vl import family as _qwen2_vl  # noqa: E402  (Qwen2-VL and Qwen2.5-VL)
+ARCHITECTURES["Qwen2VLForConditionalGeneration"] = ARCHITECTURES["Qwen2_5_VLForConditionalGeneration"] = _qwen2_vl()
+from ocellus.hub.bert_families import register as _register_bert  # noqa: E402
+_register_bert(ARCHITECTURES)
+from ocellus.models.families.blip2 import family as _blip2  # noqa: E402  (BLIP-2, MiniGPT-4)
+ARCHITECTURES["Blip2ForConditionalGeneration"] = ARCHITECTURES["OcellusBlip2ForConditionalGeneration"] = _blip2()
+from ocellus.train.qformer_objectives import family as _blip2_stage1  # noqa: E402  (BLIP-2 stage 1)
+ARCHITECTURES["OcellusBlip2QFormerPretraining"] = _blip2_stage1()
+from ocellus.models.contrastive import albef as _albef, blip as _blip  # noqa: E402  (ALBEF, BLIP pretraining)
+ARCHITECTURES["OcellusALBEF"], ARCHITECTURES["OcellusBLIP"] = _albef.family(), _blip.family()
 
 
 def family_for_config(cfg: dict, where: str = "config.json") -> Family:

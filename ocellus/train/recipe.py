@@ -25,13 +25,17 @@ from ocellus.errors import ConfigError
 from ocellus.train.stages import Stage
 from ocellus.train.trainer import TrainConfig
 
-TASKS = ("lm", "vit_classify", "vlm")
+TASKS = ("lm", "vit_classify", "vlm", "qformer_pretrain",    # qformer_pretrain: BLIP-2 stage 1
+         "contrastive", "moco",                            # CLIP/SigLIP, MoCo: train/contrastive_run.py
+         "albef", "blip")                                  # ALBEF, BLIP: train/albef_blip_run.py
+POSTTRAIN_TASKS = ("rm", "dpo", "grpo", "ppo", "distill")   # train/posttrain.py
 SOURCES = {"shapes": "image", "digits": "image", "llava_json": "image", "shapes_text": "text"}
-TOP_KEYS = {"name", "task", "model", "tokenizer", "data", "train", "export", "eval", "distributed", "seed"}
+TOP_KEYS = {"name", "task", "model", "tokenizer", "data", "train", "export", "eval", "distributed", "seed",
+            "method"}
 DATA_KEYS = {"source", "kind", "n", "seed", "max_length", "template", "pack", "image_size", "path",
              "skip_bad_samples", "train_on", "max_objects", "min_objects", "answer_prompt", "eval_n", "shapes_seed",
              "kind_weights", "qa_weights", "labels", "image_text", "conversation_turns",
-             "hard_negatives"}
+             "hard_negatives", "augment", "interleave"}
 TRAIN_EXTRA = {"batch_size"}
 
 
@@ -90,15 +94,19 @@ def validate(recipe: dict, where: str = "recipe") -> None:
     if unknown:
         bad(f"unknown top-level keys {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
     task = recipe.get("task")
-    if task not in TASKS:
-        bad(f"task must be one of {TASKS}, got {task!r}")
+    if task not in TASKS + POSTTRAIN_TASKS:
+        bad(f"task must be one of {TASKS + POSTTRAIN_TASKS}, got {task!r}")
+    if task in POSTTRAIN_TASKS:
+        from ocellus.train.posttrain import validate_posttrain
+        validate_posttrain(recipe, bad)
     data = recipe.get("data") or {}
     if set(data) - DATA_KEYS:
         bad(f"unknown data keys {sorted(set(data) - DATA_KEYS)}")
     source = data.get("source")
     if source not in SOURCES:
         bad(f"data.source must be one of {sorted(SOURCES)}, got {source!r}")
-    if task in ("vlm", "vit_classify") and SOURCES[source] != "image":
+    if task in ("vlm", "vit_classify", "qformer_pretrain", "contrastive", "moco", "albef", "blip") and \
+            SOURCES[source] != "image":
         bad(f"task {task!r} trains on images but data.source {source!r} is text only")
     if task == "lm" and SOURCES[source] != "text":
         bad(f"task 'lm' pretrains the decoder on text; data.source {source!r} is an image dataset")
@@ -116,7 +124,8 @@ def validate(recipe: dict, where: str = "recipe") -> None:
         bad("train.max_steps, train.grad_accum and train.batch_size must be positive")
     stage = Stage.parse(cfg.stage) if cfg.stage else None
     if stage is not None:
-        if task != "vlm" and set(stage.parts) - {"llm", "vision"}:
+        if task not in ("vlm", "qformer_pretrain", "contrastive", "albef", "blip", *POSTTRAIN_TASKS) and \
+                set(stage.parts) - {"llm", "vision"}:
             bad(f"task {task!r} has no parts {sorted(set(stage.parts) - {'llm', 'vision'})}")
         if all(p.mode == "frozen" for p in stage.parts.values()) and task == "vlm" and \
                 len(stage.parts) == 3:

@@ -6,6 +6,10 @@ Three tasks share the loop:
                 ViT recipe); the encoder is exported as a CLIPVisionModel checkpoint
   vlm           a LLaVA-style model trained on conversations, loss on assistant tokens only;
                 stage 1 trains the connector, stage 2 connector + decoder (train.stage)
+  qformer_pretrain  BLIP-2 stage 1: a Q-Former against a frozen ViT with ITC + ITG + ITM on
+                captions (train/qformer_objectives.py); its export is a stage-2 recipe's qformer_from
+  contrastive / moco  CLIP or SigLIP from scratch on shapes captions / MoCo v2 on augmented views
+                (model, data, export and eval in train/contrastive_run.py)
 
 model (recipe section):
   from: DIR                     load a whole HF-format checkpoint (e.g. stage 1's export)
@@ -110,6 +114,15 @@ def build_model(recipe: dict, tok):
                      or _num_classes(recipe))
     elif task == "vlm":
         model = _compose_vlm(spec, tok)
+    elif task == "qformer_pretrain":   # BLIP-2 stage 1: ITC + ITG + ITM (train/qformer_objectives.py)
+        from ocellus.train.qformer_objectives import compose_stage1
+        model = compose_stage1(spec, tok)
+    elif task in ("contrastive", "moco"):
+        from ocellus.train import contrastive_run
+        model = contrastive_run.build_model(recipe, tok)
+    elif task in ("albef", "blip"):   # ITC + ITM + MLM / LM pretraining: train/albef_blip_run.py
+        from ocellus.train import albef_blip_run
+        model = albef_blip_run.build_model(recipe, tok)
     else:
         raise ConfigError(f"unknown task {task!r}")
     if spec.get("init_from"):
@@ -210,6 +223,16 @@ def build_dataset(recipe: dict, tok, model) -> tuple[EncodedDataset, callable]:
         return EncodedDataset(n, make), lambda rows: collate(rows, tok.pad_token_id or 0)
     if task == "vit_classify":
         return _classify_dataset(data, n, model)
+    if task in ("contrastive", "moco"):
+        from ocellus.train import contrastive_run
+        return contrastive_run.build_dataset(recipe, tok, model)
+    if task in ("albef", "blip"):
+        from ocellus.train import albef_blip_run
+        return albef_blip_run.build_dataset(recipe, tok, model)
+    if task == "qformer_pretrain":
+        from ocellus.train.qformer_objectives import caption_dataset
+        return caption_dataset(data, n, tok, model, _shapes_config(data), image_config(int(data.get(
+            "image_size") or model.vision_tower.config.image_size)))
     return _vlm_dataset(recipe, data, n, tok, model)
 
 
@@ -331,12 +354,19 @@ def _vlm_dataset(recipe, data, n, tok, model):
         rows = loaded.samples if hasattr(loaded, "samples") else loaded[0]
         n = min(n, len(rows))
         get = rows.__getitem__
+    k = data.get("interleave", 1)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ConfigError(f"data.interleave must be a positive int (samples per training sequence), got {k!r}")
+    if k > 1:  # k samples as the turns of one conversation: interleaved images and text (Flamingo)
+        one, n = get, n if data["source"] == "shapes" else min(n, len(rows) // k)
+        get = lambda i: _interleave([one(i * k + j) for j in range(k)])   # noqa: E731
 
     def make(i):
         s = get(i)
         images, counts = proc.image_inputs([load_image(im, name=f"sample {s.get('id', i)}, image {j}")
                                             for j, im in enumerate(s["images"])])
         enc = encode_messages(s["messages"], tok, template, images_tokens=counts, image_token=proc.image_token,
+                              image_wrap=proc.image_wrap,
                               train_on=train_on, max_length=data.get("max_length"), row=s.get("id", i))
         return {"enc": enc, "images": images}
 
@@ -346,6 +376,13 @@ def _vlm_dataset(recipe, data, n, tok, model):
             batch[key] = torch.cat([r["images"][key] for r in rows])
         return batch
     return EncodedDataset(n, make), collate_vlm
+
+
+def _interleave(samples: list[dict]) -> dict:
+    """Samples joined as the turns of one conversation, images in order: the interleaved image-text
+    sequences Flamingo trains on, in the form few-shot prompts take (eval/harness.py `_conversation`)."""
+    return {"id": samples[0].get("id"), "messages": [m for s in samples for m in s["messages"]],
+            "images": [im for s in samples for im in s["images"]]}
 
 
 def _model_image_size(model) -> int:
@@ -359,6 +396,12 @@ def _model_image_size(model) -> int:
 def export(recipe: dict, model, tok, out: Path) -> Path:
     task = recipe["task"]
     path = Path((recipe.get("export") or {}).get("dir") or out / "model")
+    if task in ("contrastive", "moco"):
+        from ocellus.train import contrastive_run
+        return contrastive_run.export(recipe, model, tok, path)
+    if task in ("albef", "blip"):
+        from ocellus.train import albef_blip_run
+        return albef_blip_run.export(recipe, model, tok, path)
     if task == "vit_classify":
         from ocellus.hub.vision_families import save_vision
         save_vision(model.encoder, path)
@@ -380,13 +423,17 @@ def export(recipe: dict, model, tok, out: Path) -> Path:
 
 
 def run_recipe(recipe: dict) -> Path:
+    from ocellus.train.recipe import POSTTRAIN_TASKS
+    if recipe["task"] in POSTTRAIN_TASKS:  # rm / dpo / grpo / ppo / distill: train/posttrain.py
+        from ocellus.train.posttrain import run_posttrain
+        return run_posttrain(recipe)
     from ocellus.train.distributed import setup, teardown
     info = setup(recipe.get("distributed", "none"))
     cfg = train_config(recipe)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(recipe.get("seed", 0)))
-    tok = build_tokenizer(recipe, out) if recipe["task"] != "vit_classify" else None
+    tok = build_tokenizer(recipe, out) if recipe["task"] not in ("vit_classify", "moco") else None
     model = build_model(recipe, tok)
     dataset, collate = build_dataset(recipe, tok, model)
     batch = int(recipe["train"].get("batch_size", 8))

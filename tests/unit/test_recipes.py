@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ocellus.errors import ConfigError
-from ocellus.train.recipe import apply_overrides, load_recipe, validate
+from ocellus.train.recipe import POSTTRAIN_TASKS, TASKS, apply_overrides, load_recipe, validate
 from ocellus.train.run import run_recipe
 
 RECIPES = sorted(Path(__file__).resolve().parents[2].glob("recipes/**/*.yaml"))
@@ -16,7 +16,7 @@ RECIPES = sorted(Path(__file__).resolve().parents[2].glob("recipes/**/*.yaml"))
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_recipe_validates(path):
     recipe = load_recipe(path)
-    assert recipe["task"] in ("lm", "vit_classify", "vlm")
+    assert recipe["task"] in TASKS + POSTTRAIN_TASKS
 
 
 def test_overrides_and_errors(tmp_path):
