@@ -17,7 +17,6 @@ Generation is greedy and batched (left padding), through the same engine as ever
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch

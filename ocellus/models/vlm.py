@@ -19,9 +19,10 @@ from torch import nn
 
 from ocellus.errors import InputError
 from ocellus.models.fusion import splice
+from ocellus.models.generates import GeneratesWithDecoder
 
 
-class VLM(nn.Module):
+class VLM(GeneratesWithDecoder):
     def __init__(self, vision_tower: nn.Module, multi_modal_projector: nn.Module, language_model: nn.Module,
                  image_token_id: int, feature_layer: int | list[int] = -2, feature_select: str = "default",
                  config=None, packer: nn.Module | None = None):
@@ -34,18 +35,6 @@ class VLM(nn.Module):
         self.feature_select = feature_select
         self.packer = packer  # None: one view per image, every image gives its P rows (LLaVA)
         self.config = config if config is not None else language_model.config
-
-    # -- the parts the generation engine needs, delegated to the decoder ------------------------
-    def new_cache(self, batch_size: int, max_len: int):
-        return self.language_model.new_cache(batch_size, max_len)
-
-    @property
-    def max_context(self) -> int:
-        return self.language_model.max_context
-
-    def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        from ocellus.infer.generate import generate
-        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
 
     # -- images -------------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

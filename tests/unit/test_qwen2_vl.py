@@ -57,8 +57,6 @@ def test_processor_dynamic_resolution_counts_and_errors(parts):
     tok, model, _ = parts
     proc = qwen2_vl.training_processor(model, tok, _icfg(64))
     assert proc.image_token == "<image>"                       # the tiny BPE has no <|image_pad|>
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what?"},
-                                         {"type": "image"}]}]
     # 64x64 stays (multiple of 16, within 64*64); 100x40 -> 96x32... shrunk under the 4096 budget
     batch = proc(text="<image> what? <image>", images=[_image(64, 64), _image(100, 40, 1)])
     grids = batch["image_grid_thw"].tolist()

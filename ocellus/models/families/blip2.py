@@ -35,6 +35,7 @@ from ocellus.hub.keymap import KeyMap
 from ocellus.models.connectors.qformer import QFormer, QFormerConfig
 from ocellus.models.families.llava import _decoder_rules, _text_config
 from ocellus.models.fusion import splice
+from ocellus.models.generates import GeneratesWithDecoder
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 
@@ -47,7 +48,7 @@ _VISION_DEFAULTS = dict(hidden_size=1408, intermediate_size=6144, num_hidden_lay
                         qkv_bias=True)
 
 
-class Blip2(nn.Module):
+class Blip2(GeneratesWithDecoder):
     """vision_tower -> qformer (queries + layers) -> language_projection -> spliced into language_model's
     input embeddings at the image placeholder positions (num_query_tokens per image)."""
 
@@ -76,18 +77,6 @@ class Blip2(nn.Module):
     @property
     def num_query_tokens(self) -> int:
         return self.qformer.config.num_query_tokens
-
-    # -- generation-engine interface ------------------------------------------------------------
-    def new_cache(self, batch_size: int, max_len: int):
-        return self.language_model.new_cache(batch_size, max_len)
-
-    @property
-    def max_context(self) -> int:
-        return self.language_model.max_context
-
-    def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        from ocellus.infer.generate import generate
-        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
 
     # -- forward --------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:

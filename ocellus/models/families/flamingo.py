@@ -36,6 +36,7 @@ from ocellus.hub.keymap import KeyMap
 from ocellus.hub.vision_families import vision_rules
 from ocellus.models.connectors.perceiver import PerceiverConfig, PerceiverResampler
 from ocellus.models.families.llava import _decoder_rules, _text_config, image_token_id
+from ocellus.models.generates import GeneratesWithDecoder
 from ocellus.models.fusion_xattn import GatedCrossAttentionBlock, media_mask, media_time
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.resnet import MODEL_TYPE as RESNET_TYPE, ResNetConfig, ResNetEncoder
@@ -75,7 +76,7 @@ class FlamingoCache:
         return self.text.nbytes() + media
 
 
-class Flamingo(nn.Module):
+class Flamingo(GeneratesWithDecoder):
     """vision_tower (VisionTransformer or ResNetEncoder) -> perceiver -> gated_cross_attn blocks
     (a ModuleDict keyed by the decoder layer they precede) inside language_model (DecoderLM)."""
 
@@ -106,19 +107,13 @@ class Flamingo(nn.Module):
     def new_cache(self, batch_size: int, max_len: int) -> FlamingoCache:
         return FlamingoCache(self.language_model.new_cache(batch_size, max_len))
 
-    @property
-    def max_context(self) -> int:
-        return self.language_model.max_context
-
-    def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        from ocellus.infer.generate import generate
+    def check_generate(self, input_ids, **kwargs) -> None:
         if (kwargs.get("num_beams") or 1) > 1 and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 \
                 and bool(((input_ids == self.image_token_id).sum(1) > 1).any()):
             # beam search repeats every prefill tensor row by row (image i -> K copies), which keeps a
             # row's images together only when it has at most one
             raise NotImplementedError("beam search over prompts with several images in one row is not "
                                       "implemented for Flamingo; use greedy or sampled decoding")
-        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
 
     # -- media ----------------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -31,12 +31,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ocellus.data.image_tiling import preprocess_qwen2vl, qwen2vl_num_tokens, smart_resize
+from ocellus.data.image_tiling import preprocess_qwen2vl, qwen2vl_num_tokens
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.connectors.merger import PatchMerger
 from ocellus.models.families.llava import _decoder_rules
 from ocellus.models.fusion import splice
+from ocellus.models.generates import GeneratesWithDecoder
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig, Qwen2VisionTransformer, check_grids
 from ocellus.nn.kv_cache import StaticKVCache
@@ -64,7 +65,7 @@ class MRopeKVCache(StaticKVCache):
             self.rope_deltas = self.rope_deltas[index]
 
 
-class Qwen2VL(nn.Module):
+class Qwen2VL(GeneratesWithDecoder):
     def __init__(self, visual: Qwen2VisionTransformer, merger: PatchMerger, language_model: DecoderLM,
                  tokens: Qwen2VLTokens):
         super().__init__()
@@ -88,17 +89,11 @@ class Qwen2VL(nn.Module):
         return MRopeKVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_len, c.head_dim,
                             dtype=p.dtype, device=p.device)
 
-    @property
-    def max_context(self) -> int:
-        return self.language_model.max_context
-
-    def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        from ocellus.infer.generate import generate
-        if kwargs.get("num_beams", 1) > 1:
+    def check_generate(self, input_ids, **kwargs) -> None:
+        if (kwargs.get("num_beams") or 1) > 1:
             # beam search repeats every prefill tensor row-wise; Qwen2-VL's patches are not per-row
             raise ConfigError("beam search is not implemented for Qwen2-VL (its packed patches cannot be "
                               "repeated per beam row); use greedy or sampled decoding")
-        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
 
     # -- vision --------------------------------------------------------------------------------------
     def media_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
