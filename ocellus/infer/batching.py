@@ -1,0 +1,380 @@
+"""The continuous-batching engine: requests join and leave one running decode batch at token boundaries.
+
+Iteration-level scheduling as in Orca (Yu et al. 2022) and vLLM / text-generation-inference's
+routers: a background thread owns the model and a `SlotKVCache` (infer/slot_cache.py) and loops
+
+    1. run queued exclusive jobs (e.g. the attention heat map, which hooks the model);
+    2. drop cancelled / timed-out requests (their rows leave the batch now);
+    3. admit waiting requests while slots are free: prefill each alone (its images are encoded
+       here, once, and shared by its n choices), pick the first token from the prefill logits
+       (that is the time to first token) and copy the prompt's keys/values into n free slots;
+    4. one decode step over every live row: [B, 1] ids, per-row positions, the slot mask;
+    5. per row: sample with the row's own parameters (greedy rows share one argmax), detokenize
+       incrementally, apply eos / stop strings / max_tokens, and retire finished rows.
+
+Per-request sampling matches `infer.generate`: the same logit processors (infer/sampling.py) in the
+same order, and a seeded request draws from its own `torch.Generator` seeded like `generate(seed=)`,
+so a request's ids do not depend on which other requests share its batch (tests/serve/test_engine.py).
+
+Results leave through a `sink(event)` callable the submitter passes in, called on this thread:
+`Delta(choice, text)`, `Finish(choice, reason, completion_tokens)` and `Failure(status, message)`.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ocellus.errors import ConfigError, InputError, OcellusError
+from ocellus.infer.generate import GenerationConfig, _resolve_special
+from ocellus.infer.sampling import choose, process_logits
+from ocellus.infer.slot_cache import SlotKVCache
+from ocellus.infer.streaming import TextStreamDecoder
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0       # <= 0: greedy
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False       # run to max_tokens (benchmarks; vLLM's extension of the same name)
+
+    def __post_init__(self):
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
+        # the generation config's own checks (top_p range, top_k >= 0, ...) with its messages
+        GenerationConfig(max_new_tokens=self.max_tokens, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+                         repetition_penalty=self.repetition_penalty)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    @property
+    def plain_argmax(self) -> bool:
+        return self.greedy and self.repetition_penalty in (None, 1.0)
+
+
+# -- events sent to a request's sink --------------------------------------------------------------
+@dataclass(frozen=True)
+class Delta:
+    choice: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    choice: int
+    reason: str              # "stop" (eos or a stop string), "length", "timeout"
+    completion_tokens: int
+    token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Failure:
+    status: int              # the HTTP status a server should answer with
+    message: str
+
+
+class QueueFull(OcellusError):
+    """The engine's waiting queue is at its limit (a server answers 429)."""
+
+
+@dataclass(eq=False)
+class Request:
+    """One prompt with n choices. input_ids [1, T]; prefill: extra model inputs (pixel_values, ...)."""
+    input_ids: torch.Tensor
+    params: SamplingParams
+    sink: Callable[[object], None]
+    prefill: dict = field(default_factory=dict)
+    n: int = 1
+    deadline: float | None = None   # time.monotonic() after which the request times out
+    cancelled: bool = False
+    done: int = 0                   # choices finished
+
+    def cancel(self) -> None:
+        """Thread-safe: the engine drops the request at its next token boundary."""
+        self.cancelled = True
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+class _Sequence:
+    """One choice of one request while it decodes: its tokens, sampler state and text."""
+
+    def __init__(self, req: Request, choice: int, tokenizer, eos: tuple[int, ...]):
+        self.req, self.choice = req, choice
+        self.p = req.params
+        self.ids: list[int] = req.input_ids[0].tolist()
+        self.prompt_len = len(self.ids)
+        self.eos = () if req.params.ignore_eos else eos
+        self.gen = None
+        if not self.p.greedy and self.p.seed is not None:  # n > 1: choice c draws from seed + c
+            self.gen = torch.Generator().manual_seed(self.p.seed + choice)
+        self.decoder = TextStreamDecoder(tokenizer, skip_special_tokens=True, prompt_ids=self.ids)
+        self.text, self.sent = "", 0
+        self.longest_stop = max((len(s) for s in self.p.stop), default=0)
+
+    @property
+    def generated(self) -> int:
+        return len(self.ids) - self.prompt_len
+
+    def choose(self, scores: torch.Tensor) -> int:
+        """scores [1, V] fp32 -> the next id, by this request's parameters."""
+        p = self.p
+        scores = process_logits(scores, torch.tensor([self.ids]), do_sample=not p.greedy, temperature=p.temperature,
+                                top_k=p.top_k, top_p=p.top_p, min_p=p.min_p, repetition_penalty_=p.repetition_penalty)
+        return int(choose(scores, not p.greedy, self.gen)[0])
+
+    def push(self, token: int, max_len: int) -> str | None:
+        """Append a token; emit its text. -> the finish reason, or None while it goes on."""
+        self.ids.append(token)
+        if token in self.eos:
+            self._emit(self.decoder.flush(), final=True)
+            return "stop"
+        if self._emit(self.decoder.push([token])):
+            return "stop"
+        if self.generated >= self.p.max_tokens or len(self.ids) >= max_len:
+            self._emit(self.decoder.flush(), final=True)
+            return "length"
+        return None
+
+    def _emit(self, piece: str, final: bool = False) -> bool:
+        """Send new text, never past a stop string (OpenAI leaves the stop string out). -> hit a stop."""
+        self.text += piece
+        hit = min((i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in self.p.stop) if i >= 0),
+                  default=-1)
+        end = hit if hit >= 0 else len(self.text) if final else len(self.text) - self._held_back()
+        if end > self.sent:
+            self.req.sink(Delta(self.choice, self.text[self.sent:end]))
+            self.sent = end
+        return hit >= 0
+
+    def _held_back(self) -> int:
+        """Length of the longest tail of the text that could still grow into a stop string."""
+        for k in range(min(self.longest_stop - 1, len(self.text) - self.sent), 0, -1):
+            tail = self.text[-k:]
+            if any(s.startswith(tail) for s in self.p.stop):
+                return k
+        return 0
+
+
+@dataclass
+class EngineStats:
+    running: int = 0
+    waiting: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    timed_out: int = 0
+    failed: int = 0
+    steps: int = 0
+    generated_tokens: int = 0
+
+
+class BatchEngine:
+    """model: anything with the `generate` contract whose `new_cache` is a plain StaticKVCache.
+    tokenizer: decodes ids to text. slots: the most rows decoded together (1 = one request at a
+    time). max_len: tokens per slot (prompt + completion), at most the model's context. max_queue:
+    waiting requests beyond which `submit` raises QueueFull."""
+
+    def __init__(self, model, tokenizer, *, slots: int = 16, max_len: int | None = None, max_queue: int = 64):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_len = min(max_len or model.max_context, model.max_context)
+        self.cache = SlotKVCache.like(model, slots, self.max_len)
+        self.device = next(model.parameters()).device
+        self.eos = tuple(_resolve_special(model, GenerationConfig()).eos_token_id or ())
+        self.max_queue = max_queue
+        self.stats = EngineStats()
+        self._waiting: deque[Request] = deque()
+        self._jobs: deque[tuple[Callable, Future]] = deque()
+        self._rows: list[_Sequence] = []      # row i of the cache decodes _rows[i]
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    # -- the submitting side (any thread) ----------------------------------------------------------
+    def start(self) -> "BatchEngine":
+        self._thread = threading.Thread(target=self._loop, name="ocellus-batch-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def submit(self, req: Request) -> None:
+        if req.n > self.cache.slots:
+            raise InputError(f"n={req.n} choices need {req.n} decode slots; this server has {self.cache.slots}")
+        if req.prompt_tokens + req.params.max_tokens > self.max_len:
+            raise InputError(f"the prompt is {req.prompt_tokens} tokens; with max_tokens={req.params.max_tokens} it "
+                             f"exceeds the context of {self.max_len} tokens")
+        with self._cv:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"the server's queue is full ({self.max_queue} waiting requests); retry later")
+            self._waiting.append(req)
+            self.stats.waiting = len(self._waiting)
+            self._cv.notify()
+
+    def call(self, fn: Callable[[], object]) -> Future:
+        """Run fn() on the engine thread between two decode steps (it may use the model alone)."""
+        fut: Future = Future()
+        with self._cv:
+            self._jobs.append((fn, fut))
+            self._cv.notify()
+        return fut
+
+    # -- the engine thread ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not (self._stop or self._jobs or self._waiting or self._rows):
+                        self._cv.wait()
+                    if self._stop:
+                        break
+                    jobs, self._jobs = list(self._jobs), deque()
+                for fn, fut in jobs:
+                    self._run_job(fn, fut)
+                self._expire()
+                self._admit()
+                if self._rows:
+                    try:
+                        self._step()
+                    except Exception as e:  # a model bug: fail the batch, keep serving
+                        while self._rows:
+                            self._fail(self._rows[-1].req, 500, f"{type(e).__name__}: {e}")
+        for fn, fut in self._jobs:
+            fut.set_exception(RuntimeError("the engine stopped"))
+
+    @staticmethod
+    def _run_job(fn, fut: Future) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn())
+        except BaseException as e:  # handed to the caller, who decides what it means
+            fut.set_exception(e)
+
+    def _expire(self) -> None:
+        """Cancelled or timed-out requests leave the queue and the batch now."""
+        now = time.monotonic()
+
+        def gone(r: Request) -> bool:
+            return r.cancelled or (r.deadline is not None and now > r.deadline)
+
+        with self._cv:
+            dropped = [r for r in self._waiting if gone(r)]
+            self._waiting = deque(r for r in self._waiting if not gone(r))
+            self.stats.waiting = len(self._waiting)
+        for r in dropped:
+            self._finish_request(r, "timeout" if not r.cancelled else None)
+        for i in reversed(range(len(self._rows))):
+            if gone(self._rows[i].req):
+                req = self._rows[i].req
+                self._retire(i, "timeout" if not req.cancelled else None)
+
+    def _admit(self) -> None:
+        while True:
+            with self._cv:
+                if not self._waiting or self._waiting[0].n > self.cache.free:
+                    return
+                req = self._waiting.popleft()
+                self.stats.waiting = len(self._waiting)
+            try:
+                self._prefill(req)
+            except InputError as e:
+                self._fail(req, 400, str(e))
+            except Exception as e:  # a model bug must not take the other requests down with it
+                self._fail(req, 500, f"{type(e).__name__}: {e}")
+
+    def _prefill(self, req: Request) -> None:
+        ids = req.input_ids.to(self.device)
+        T = ids.shape[1]
+        tmp = self.model.new_cache(1, T)
+        kw = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in req.prefill.items()}
+        logits = self.model(input_ids=ids, position_ids=torch.arange(T, device=self.device)[None], cache=tmp,
+                            logits_to_keep=1, **kw).logits[:, -1].float().cpu()              # [1, V]
+        for c in range(req.n):
+            seq = _Sequence(req, c, self.tokenizer, self.eos)
+            self.cache.insert(tmp)
+            self._rows.append(seq)
+            self.stats.running = len(self._rows)
+            reason = seq.push(seq.choose(logits), self.max_len)
+            self.stats.generated_tokens += 1
+            if reason is not None:
+                self._retire(len(self._rows) - 1, reason)
+
+    def _step(self) -> None:
+        self.cache.make_room(1)
+        rows = self._rows
+        ids = torch.tensor([[s.ids[-1]] for s in rows], device=self.device)                # [B, 1]
+        pos = torch.tensor([[len(s.ids) - 1] for s in rows], device=self.device)           # [B, 1]
+        logits = self.model(input_ids=ids, attention_mask=self.cache.attention_mask(self.device), position_ids=pos,
+                            cache=self.cache, logits_to_keep=1).logits[:, -1].float().cpu()  # [B, V]
+        self.stats.steps += 1
+        argmax = logits.argmax(-1).tolist()  # one batched argmax serves every plain-greedy row
+        finished = []
+        for i, s in enumerate(rows):
+            token = argmax[i] if s.p.plain_argmax else s.choose(logits[i:i + 1])
+            reason = s.push(token, self.max_len)
+            if reason is not None:
+                finished.append((i, reason))
+        self.stats.generated_tokens += len(rows)
+        for i, reason in reversed(finished):  # from the end: a removal moves the last row into the gap
+            self._retire(i, reason)
+
+    def _retire(self, i: int, reason: str | None) -> None:
+        """Row i leaves the batch; reason None = cancelled (nothing more is sent)."""
+        seq = self._drop_row(i)
+        req = seq.req
+        if reason is None:
+            if not req.done:  # count the request once, when its first row goes
+                self.stats.cancelled += 1
+            req.done += 1
+            return
+        if reason == "timeout" and not req.done:
+            self.stats.timed_out += 1
+        req.done += 1
+        req.sink(Finish(seq.choice, reason, seq.generated, tuple(seq.ids[seq.prompt_len:])))
+        if req.done == req.n and reason != "timeout":
+            self.stats.completed += 1
+
+    def _drop_row(self, i: int) -> _Sequence:
+        seq = self._rows[i]
+        moved = self.cache.remove(i)
+        if moved is not None:
+            self._rows[i] = self._rows[moved]
+        self._rows.pop()
+        self.stats.running = len(self._rows)
+        return seq
+
+    def _finish_request(self, req: Request, reason: str | None) -> None:
+        """A request that never reached the batch."""
+        if reason is None:
+            self.stats.cancelled += 1
+            return
+        self.stats.timed_out += 1
+        for c in range(req.n):
+            req.sink(Finish(c, reason, 0))
+
+    def _fail(self, req: Request, status: int, message: str) -> None:
+        for i in reversed(range(len(self._rows))):  # choices already placed (a failure after insert)
+            if i < len(self._rows) and self._rows[i].req is req:
+                self._drop_row(i)
+        self.stats.failed += 1
+        req.sink(Failure(status, message))

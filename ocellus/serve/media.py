@@ -1,0 +1,129 @@
+"""Image URLs of a chat request -> checked PIL images, under the server's URL and file policies.
+
+`image_url.url` may be
+- a data URL `data:image/png|jpeg|webp|gif;base64,...`: always accepted;
+- `http(s)://...`: only with `--allow-http-images`. The host must resolve to public addresses only
+  (loopback, private, link-local, multicast and reserved ranges are refused, which blocks the
+  classic SSRF to cloud metadata or internal services), the connection goes to the address that
+  was checked (no second DNS lookup to race), redirects are not followed, and the body is read
+  with a timeout and a byte cap;
+- `file:///abs/path`: only with `--allow-image-dir DIR`, and only for files whose resolved path
+  (symlinks followed) lies inside DIR.
+Anything else is refused. Every refusal is an InputError naming the image ("messages[1].content[2]")
+and the rule; decoding goes through `data/image.load_image` with the server's pixel limit,
+checked on the header before the pixels are decoded.
+"""
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import ssl
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from PIL import Image
+
+from ocellus.data.image import load_image
+from ocellus.errors import InputError
+from ocellus.serve.limits import ServeLimits
+
+DATA_URL_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif")
+
+
+def fetch_image(url: str, where: str, limits: ServeLimits) -> Image.Image:
+    """One image part's URL -> RGB image (InputError naming `where` when refused or unreadable)."""
+    if not isinstance(url, str) or not url:
+        raise InputError(f"{where}: image_url.url must be a non-empty string")
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "data":
+        header = url.split(",", 1)[0]
+        mime = header[5:].split(";", 1)[0].lower()
+        if mime not in DATA_URL_TYPES or not header.endswith(";base64"):
+            raise InputError(f"{where}: data URLs must be base64 images of type {', '.join(DATA_URL_TYPES)}; "
+                             f"got {header[:48]!r}")
+        return load_image(url, name=where, max_pixels=limits.max_image_pixels)
+    if scheme in ("http", "https"):
+        if not limits.allow_http_images:
+            raise InputError(f"{where}: http(s) image URLs are disabled on this server (start it with "
+                             f"--allow-http-images); send the image as a base64 data URL")
+        return load_image(_http_get(url, where, limits), name=where, max_pixels=limits.max_image_pixels)
+    if scheme == "file":
+        if limits.allowed_image_dir is None:
+            raise InputError(f"{where}: file:// URLs are disabled on this server (start it with --allow-image-dir DIR)")
+        return load_image(str(_allowed_file(url, where, limits.allowed_image_dir)), name=where,
+                          max_pixels=limits.max_image_pixels)
+    raise InputError(f"{where}: unsupported image URL scheme {scheme!r}: use a data URL"
+                     + (", http(s)" if limits.allow_http_images else "")
+                     + (" or file://" if limits.allowed_image_dir else ""))
+
+
+def _allowed_file(url: str, where: str, root: Path) -> Path:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise InputError(f"{where}: file URLs must be local (file:///path), got host {parts.netloc!r}")
+    path = Path(unquote(parts.path)).resolve()
+    if not path.is_relative_to(root):
+        raise InputError(f"{where}: {path} is outside the allowed image directory {root}")
+    if not path.is_file():
+        raise InputError(f"{where}: no such file {path}")
+    return path
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _http_get(url: str, where: str, limits: ServeLimits) -> bytes:
+    parts = urlsplit(url)
+    host, secure = parts.hostname, parts.scheme.lower() == "https"
+    if not host:
+        raise InputError(f"{where}: the image URL has no host")
+    port = parts.port or (443 if secure else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise InputError(f"{where}: cannot resolve {host!r} ({e})") from e
+    addresses = sorted({info[4][0] for info in infos})
+    private = [a for a in addresses if not is_public(a)]
+    if private:
+        raise InputError(f"{where}: {host!r} resolves to non-public address(es) {private}; only public hosts are "
+                         f"fetched")
+    conn = _PinnedConnection(host, addresses[0], port, secure, limits.http_timeout_s)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        conn.request("GET", target, headers={"Host": parts.netloc, "User-Agent": "ocellus-serve",
+                                             "Accept": "image/*"})
+        resp = conn.getresponse()
+        if 300 <= resp.status < 400:
+            raise InputError(f"{where}: the image URL answered a redirect ({resp.status}); redirects are not followed")
+        if resp.status != 200:
+            raise InputError(f"{where}: the image URL answered HTTP {resp.status}")
+        declared = resp.getheader("Content-Length")
+        if declared and declared.isdigit() and int(declared) > limits.http_max_bytes:
+            raise InputError(f"{where}: the image is {int(declared):,} bytes, over the limit of "
+                             f"{limits.http_max_bytes:,}")
+        body = resp.read(limits.http_max_bytes + 1)
+        if len(body) > limits.http_max_bytes:
+            raise InputError(f"{where}: the image is over the limit of {limits.http_max_bytes:,} bytes")
+        return body
+    except (OSError, http.client.HTTPException) as e:
+        raise InputError(f"{where}: fetching the image failed ({type(e).__name__}: {e})") from e
+    finally:
+        conn.close()
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """Connects to the address we checked, while TLS and the Host header use the URL's name."""
+
+    def __init__(self, host: str, address: str, port: int, secure: bool, timeout: float):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.address, self.secure = address, secure
+
+    def connect(self):
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+        if self.secure:
+            self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)

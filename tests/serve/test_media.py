@@ -1,0 +1,90 @@
+"""Image URL policies (ocellus/serve/media.py): data URLs, http(s) only when enabled and only to public
+addresses, no redirects, a byte cap, file:// only inside the allowed directory."""
+from __future__ import annotations
+
+import http.server
+import threading
+
+import pytest
+
+from ocellus.errors import InputError
+from ocellus.serve import media
+from ocellus.serve.limits import ServeLimits
+from tests.serve.conftest import data_url, shape_image
+
+
+@pytest.fixture()
+def http_server():
+    """A loopback HTTP server: /img.png (a PNG), /big (over the cap), /redirect (302 to /img.png)."""
+    import io
+    buf = io.BytesIO()
+    shape_image().save(buf, format="PNG")
+    png = buf.getvalue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", "/img.png")
+                self.end_headers()
+                return
+            body = png if self.path == "/img.png" else b"\0" * 5000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def test_data_url_formats():
+    for fmt in ("PNG", "JPEG", "WEBP", "GIF"):
+        assert media.fetch_image(data_url(shape_image(), fmt), "img", ServeLimits()).size == (48, 48)
+    with pytest.raises(InputError, match="data URLs must be base64 images"):
+        media.fetch_image("data:image/svg+xml;base64,PHN2Zz4=", "img", ServeLimits())
+
+
+@pytest.mark.parametrize("address,public", [
+    ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.5", False), ("192.168.1.1", False),
+    ("169.254.169.254", False), ("::1", False), ("fd00::1", False), ("::ffff:127.0.0.1", False),
+    ("0.0.0.0", False), ("224.0.0.1", False), ("8.8.8.8", True), ("2001:4860:4860::8888", True)])
+def test_public_address_rule(address, public):
+    assert media.is_public(address) is public
+
+
+def test_http_disabled_by_default_and_private_hosts_refused(http_server):
+    with pytest.raises(InputError, match="http\\(s\\) image URLs are disabled"):
+        media.fetch_image(http_server + "/img.png", "img", ServeLimits())
+    with pytest.raises(InputError, match="non-public address"):  # loopback: the SSRF guard
+        media.fetch_image(http_server + "/img.png", "img", ServeLimits(allow_http_images=True))
+
+
+def test_http_fetch_cap_and_no_redirects(http_server, monkeypatch):
+    monkeypatch.setattr(media, "is_public", lambda address: True)  # let the loopback test server count as public
+    limits = ServeLimits(allow_http_images=True, http_max_bytes=4000)
+    assert media.fetch_image(http_server + "/img.png", "img", limits).size == (48, 48)
+    with pytest.raises(InputError, match="redirects are not followed"):
+        media.fetch_image(http_server + "/redirect", "img", limits)
+    with pytest.raises(InputError, match="over the limit of 4,000"):
+        media.fetch_image(http_server + "/big", "img", limits)
+
+
+def test_file_urls_only_inside_the_allowed_dir(tmp_path):
+    inside = tmp_path / "ok"
+    inside.mkdir()
+    shape_image().save(inside / "a.png")
+    shape_image().save(tmp_path / "secret.png")
+    (inside / "link.png").symlink_to(tmp_path / "secret.png")
+    limits = ServeLimits(allowed_image_dir=inside)
+    assert media.fetch_image((inside / "a.png").as_uri(), "img", limits).size == (48, 48)
+    with pytest.raises(InputError, match="file:// URLs are disabled"):
+        media.fetch_image((inside / "a.png").as_uri(), "img", ServeLimits())
+    for escape in (f"file://{inside}/../secret.png", (inside / "link.png").as_uri()):
+        with pytest.raises(InputError, match="outside the allowed image directory"):
+            media.fetch_image(escape, "img", limits)
