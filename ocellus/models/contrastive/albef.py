@@ -37,8 +37,8 @@ import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError
 from ocellus.models.contrastive.clip import _group
-from ocellus.models.contrastive.momentum import (FeatureQueue, distill_alpha, momentum_copy, momentum_update,
-                                                 queue_itc, soft_cross_entropy)
+from ocellus.models.contrastive.momentum import (NO_ID, FeatureQueue, distill_alpha, momentum_copy,
+                                                 momentum_update, queue_itc, soft_cross_entropy)
 from ocellus.models.text.bert import Bert, BertConfig, mask_tokens
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 from ocellus.nn.masks import build_attention_mask
@@ -58,6 +58,7 @@ class AlignConfig:
     alpha: float = 0.4                   # distillation weight after the ramp
     alpha_warmup_steps: int = 1000       # ALBEF ramps alpha over the first epoch
     temp: float = 0.07                   # initial ITC temperature (learned, clamped to [0.001, 0.5])
+    queue_start_step: int = 0            # enqueue only after this many training steps (0: ALBEF/BLIP; see below)
     text_layers: int = 6                 # ALBEF: layers of the text encoder; the rest fuse. BLIP: unused
     mlm_probability: float = 0.15        # ALBEF
     label_smoothing: float = 0.1         # BLIP's LM loss
@@ -286,7 +287,11 @@ class ALBEF(nn.Module):
     @torch.no_grad()
     def itm_scores(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """P(match) [B] of each (image i, text i) pair from the ITM head."""
-        image = self.visual_encoder(pixel_values).last_hidden_state
+        return self.itm_from_states(self.visual_encoder(pixel_values).last_hidden_state, input_ids, attention_mask)
+
+    @torch.no_grad()
+    def itm_from_states(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """P(match) [B] from image states [B, S, Dv] already computed (retrieval re-ranking)."""
         fused = self.fuse(self.text_states(input_ids, attention_mask), attention_mask, image)
         return self.itm_head(fused[:, 0]).float().softmax(-1)[:, 1]
 
@@ -326,9 +331,9 @@ class ALBEF(nn.Module):
             text_feat_m = F.normalize(self.text_proj_m(text_m[:, 0]), dim=-1)
         loss_itc, sim_i2t, sim_t2i = queue_itc(image_feat, text_feat, image_feat_m, text_feat_m, self.queue,
                                                self.temp, alpha, ids)
-        if self.training:
+        if self.training and int(self.step) > cfg.queue_start_step:
             self.queue.enqueue(image_feat_m, text_feat_m, ids if ids is not None else torch.full_like(
-                input_ids[:, 0], -100))
+                input_ids[:, 0], NO_ID))
 
         B = input_ids.shape[0]
         neg_text, neg_image = hard_negatives(sim_i2t[:, :B], sim_t2i[:, :B], ids, generator)
@@ -349,14 +354,13 @@ class ALBEF(nn.Module):
 def text_bert_config(text: dict, cfg: AlignConfig, vision_width: int, cross_attention_layers) -> BertConfig:
     """A BERT config dict (transformers' field names: hidden_size, num_hidden_layers, ...) -> the
     BertConfig of the text side, vocabulary from the AlignConfig, cross-attention where asked."""
-    keep = {f.name for f in fields(BertConfig)} - {"hf", "vocab_size", "cross_attention_layers", "encoder_hidden_size",
-                                                   "pad_token_id"}
-    unknown = set(text) - keep - {"vocab_size", "cross_attention_layers", "encoder_hidden_size", "pad_token_id"}
-    if unknown:
-        raise ConfigError(f"unknown text config keys {sorted(unknown)}; known: {sorted(keep)}")
-    return BertConfig(**{k: v for k, v in text.items() if k in keep}, vocab_size=cfg.vocab_size,
-                      pad_token_id=cfg.pad_token_id, cross_attention_layers=tuple(cross_attention_layers),
-                      encoder_hidden_size=vision_width)
+    derived = {"vocab_size": cfg.vocab_size, "pad_token_id": cfg.pad_token_id, "encoder_hidden_size": vision_width,
+               "cross_attention_layers": tuple(cross_attention_layers)}   # a saved config repeats these: recomputed
+    allowed = {f.name for f in fields(BertConfig)} - {"hf"}
+    if set(text) - allowed:
+        raise ConfigError(f"unknown text config keys {sorted(set(text) - allowed)}; BERT fields: "
+                          f"{sorted(allowed - set(derived))}")
+    return BertConfig(**{**{k: v for k, v in text.items() if k not in derived}, **derived})
 
 
 def bert_config_dict(c: BertConfig) -> dict:

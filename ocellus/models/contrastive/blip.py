@@ -35,8 +35,8 @@ from ocellus.models.contrastive.albef import (AlignConfig, AlignOutput, align_hf
                                               hard_negatives, itm_loss, shared_keys, text_bert_config,
                                               vision_from_config)
 from ocellus.models.contrastive.clip import _group
-from ocellus.models.contrastive.momentum import (FeatureQueue, distill_alpha, momentum_copy, momentum_update,
-                                                 queue_itc)
+from ocellus.models.contrastive.momentum import (NO_ID, FeatureQueue, distill_alpha, momentum_copy,
+                                                 momentum_update, queue_itc)
 from ocellus.models.text.bert import Bert
 from ocellus.models.vision.vit import VisionTransformer
 from ocellus.train.qformer_objectives import itg_loss
@@ -120,7 +120,11 @@ class BLIP(nn.Module):
     @torch.no_grad()
     def itm_scores(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """P(match) [B] of each (image i, text i) pair: CapFilt's filter."""
-        image = self.visual_encoder(pixel_values).last_hidden_state
+        return self.itm_from_states(self.visual_encoder(pixel_values).last_hidden_state, input_ids, attention_mask)
+
+    @torch.no_grad()
+    def itm_from_states(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """P(match) [B] from image states [B, S, Dv] already computed (retrieval re-ranking)."""
         return self.itm_head(self.grounded_states(input_ids, attention_mask, image)[:, 0]).float().softmax(-1)[:, 1]
 
     def encode_text_fn(self, tok, max_length: int | None = None):
@@ -163,9 +167,9 @@ class BLIP(nn.Module):
                 text_feat_m = F.normalize(self.text_proj_m(text_m[:, 0]), dim=-1)
             loss_itc, sim_i2t, sim_t2i = queue_itc(image_feat, text_feat, image_feat_m, text_feat_m, self.queue,
                                                    self.temp, alpha, ids)
-            if self.training:
+            if self.training and int(self.step) > cfg.queue_start_step:
                 self.queue.enqueue(image_feat_m, text_feat_m, ids if ids is not None else torch.full_like(
-                    input_ids[:, 0], -100))
+                    input_ids[:, 0], NO_ID))
             if "itc" in objectives:
                 out.loss_itc = loss_itc
             if "itm" in objectives:

@@ -6,7 +6,7 @@ Momentum Distillation", sec. 3.2-3.3) and BLIP (Li et al. 2022, sec. 3.2) keep, 
   - momentum copies of the unimodal encoders and projections, moved by an exponential moving
     average after every step:  theta_m <- m * theta_m + (1 - m) * theta          (m = 0.995)
   - FIFO queues of the K most recent momentum image and text features (and sample ids), so the
-    image-text contrastive loss (ITC) sees K + B negatives instead of B:
+    image-text contrastive loss (ITC) sees K + B - 1 negatives instead of B - 1:
         s(I, T) = g_v(v_cls)^T g'_w(w'_cls) / tau   over [this batch's momentum texts ; queue]
   - momentum distillation: the targets are a mix of the one-hot (or, with ids, uniform over
     samples that share an id) ground truth and the momentum model's own softmax:
@@ -17,8 +17,9 @@ Momentum Distillation", sec. 3.2-3.3) and BLIP (Li et al. 2022, sec. 3.2) keep, 
 Reference implementation: salesforce/ALBEF models/model_pretrain.py (`_momentum_update`,
 `_dequeue_and_enqueue`, the ITA block) and salesforce/BLIP models/blip_retrieval.py (ids in the
 queue: `idx_queue`, `pos_idx / pos_idx.sum(1)`). Differences: the features are all-gathered with
-ocellus/train/contrastive_losses.py before they are queued (as theirs `concat_all_gather`), and
-`alpha` comes from a step counter kept in the model (`distill_alpha`), not from the data loader.
+ocellus/train/contrastive_losses.py before they are queued (as theirs `concat_all_gather`);
+`alpha` comes from a step counter kept in the model (`distill_alpha`), not from the data loader;
+unwritten queue slots are not negatives (theirs start as random unit vectors: see FeatureQueue).
 """
 from __future__ import annotations
 
@@ -52,18 +53,26 @@ def momentum_update(pairs: list[tuple[nn.Module, nn.Module]], m: float) -> None:
 
 
 class FeatureQueue(nn.Module):
-    """FIFO queues of K normalised image and text features [E, K] and their sample ids [K]. Slots
-    not yet written hold random unit vectors (as ALBEF initialises them) and id NO_ID."""
+    """FIFO queues of the K most recent normalised image and text features [E, K] and their sample
+    ids [K]. Only written slots are negatives: `filled` counts them (ALBEF starts from K random unit
+    vectors instead; with a small embedding, trained from scratch, those random vectors outscore every
+    real pair and ITC learns nothing, so here an empty queue is simply empty)."""
 
     def __init__(self, dim: int, size: int):
         super().__init__()
         if not isinstance(size, int) or size <= 0:
             raise ConfigError(f"queue_size must be a positive int, got {size!r}")
         self.size = size
-        self.register_buffer("image_queue", F.normalize(torch.randn(dim, size), dim=0))   # [E, K]
-        self.register_buffer("text_queue", F.normalize(torch.randn(dim, size), dim=0))    # [E, K]
+        self.register_buffer("image_queue", torch.zeros(dim, size))                       # [E, K]
+        self.register_buffer("text_queue", torch.zeros(dim, size))                        # [E, K]
         self.register_buffer("idx_queue", torch.full((size,), NO_ID, dtype=torch.long))   # [K]
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The written slots: image [E, k], text [E, k], ids [k] (the queue fills from slot 0)."""
+        k = int(self.filled)
+        return self.image_queue[:, :k].clone(), self.text_queue[:, :k].clone(), self.idx_queue[:k].clone()
 
     @torch.no_grad()
     def enqueue(self, image_feat: torch.Tensor, text_feat: torch.Tensor, ids: torch.Tensor) -> None:
@@ -78,6 +87,7 @@ class FeatureQueue(nn.Module):
         self.text_queue[:, p:p + n] = text_feat.t()
         self.idx_queue[p:p + n] = ids
         self.ptr.fill_((p + n) % self.size)
+        self.filled.fill_(min(self.size, int(self.filled) + n))
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -108,22 +118,24 @@ def queue_itc(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_m: t
               ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ITC with momentum queues and momentum distillation. Features are L2-normalised [n, E]
     (online: with gradient; momentum: without). Returns (loss, sim_i2t, sim_t2i), the similarities
-    [n, n + K] / temp over [batch ; queue], whose batch block ITM samples hard negatives from."""
+    [n, n + k] / temp over [batch ; the k written queue slots], whose batch block ITM samples hard
+    negatives from."""
     n = image_feat.shape[0]
     if ids is not None and ids.shape != (n,):
         raise InputError(f"ids must hold one id per pair ({n}), got shape {tuple(ids.shape)}")
-    if n + queue.size < 2:
+    image_q, text_q, ids_q = queue.entries()
+    if n + ids_q.shape[0] < 2:
         raise InputError("ITC needs at least one negative: a batch of one pair and an empty queue")
     with torch.no_grad():
-        image_all = torch.cat([image_feat_m.t(), queue.image_queue.clone()], dim=1)      # [E, n + K]
-        text_all = torch.cat([text_feat_m.t(), queue.text_queue.clone()], dim=1)         # [E, n + K]
-        target = itc_targets(ids, queue.idx_queue, n)                                   # [n, n + K]
+        image_all = torch.cat([image_feat_m.t(), image_q], dim=1)                         # [E, n + k]
+        text_all = torch.cat([text_feat_m.t(), text_q], dim=1)                            # [E, n + k]
+        target = itc_targets(ids, ids_q, n)                                               # [n, n + k]
         sim_i2t_m = image_feat_m @ text_all / temp
         sim_t2i_m = text_feat_m @ image_all / temp
         i2t_target = alpha * F.softmax(sim_i2t_m, dim=1) + (1 - alpha) * target
         t2i_target = alpha * F.softmax(sim_t2i_m, dim=1) + (1 - alpha) * target
-    sim_i2t = image_feat @ text_all / temp                                                 # [n, n + K]
-    sim_t2i = text_feat @ image_all / temp                                                 # [n, n + K]
+    sim_i2t = image_feat @ text_all / temp                                                 # [n, n + k]
+    sim_t2i = text_feat @ image_all / temp                                                 # [n, n + k]
     loss = (soft_cross_entropy(sim_i2t, i2t_target).mean() + soft_cross_entropy(sim_t2i, t2i_target).mean()) / 2
     return loss, sim_i2t, sim_t2i
 
