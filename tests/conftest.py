@@ -51,7 +51,7 @@ def qwen2_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_vlm_parts(tmp_path_factory):
     """Pretrained parts for vision-language recipes, made by the LLaVA recipes' first two steps at toy
-    scale: `<dir>/text/model` (a 2-layer 64-wide decoder + the shapes BPE tokenizer with <image>) and
+    scale: `<dir>/text/model` (a 2-layer 64-wide decoder, context 512, + the shapes BPE tokenizer with <image>) and
     `<dir>/vit/model` (a 2-layer 48 px patch-6 CLIP ViT). Recipes point vision_from / llm_from /
     tokenizer.from at them, as the real ones do at runs/llava_tiny_shapes."""
     from pathlib import Path
@@ -63,7 +63,8 @@ def tiny_vlm_parts(tmp_path_factory):
     small = ["train.progress=false", "train.log_every=2", "train.warmup_steps=2", "train.batch_size=16"]
     run_recipe(load_recipe(root / "text_pretrain.yaml", small + [
         f"train.out_dir={out / 'text'}", "train.max_steps=10", "data.n=256", "tokenizer.train_bpe.corpus_n=300",
-        "model.config.num_hidden_layers=2", "model.config.hidden_size=64", "model.config.intermediate_size=128"]))
+        "model.config.num_hidden_layers=2", "model.config.hidden_size=64", "model.config.intermediate_size=128",
+        "model.config.max_position_embeddings=512"]))   # room for 8-shot prompts (tests/unit/test_flamingo_recipe.py)
     run_recipe(load_recipe(root / "vit_pretrain.yaml", small + [
         f"train.out_dir={out / 'vit'}", "train.max_steps=10", "data.n=256", "model.config.num_hidden_layers=2"]))
     return out

@@ -136,7 +136,7 @@ def test_export_loads_with_its_processor_and_generates(trained):
     assert out.shape[0] == 1 and T < out.shape[1] <= T + 5 and torch.equal(out[:, :T], batch["input_ids"])
 
 
-@pytest.mark.parametrize("shots", [0, 4])
+@pytest.mark.parametrize("shots", [0, 4, 8])   # Flamingo's 0/4/8-shot evaluation
 def test_few_shot_evaluation_runs_with_several_images_per_sample(trained, shots):
     from ocellus.eval.harness import evaluate
     seen = []
