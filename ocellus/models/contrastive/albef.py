@@ -23,9 +23,12 @@ plus [CLS], [MASK], [ENC], [DEC] (`SpecialIds`); [SEP] is the tokenizer's eos. A
 (ocellus/models/contrastive/blip.py) share this file's pieces: the config, the layer runner, the
 hard-negative sampler and the ITM loss.
 
-Differences from the reference: one forward per step moves the momentum model (ALBEF also does it
-inside forward); the alpha ramp counts training forwards (`step` buffer) instead of loader
-iterations; a batch whose masking chose no token gets one masked token (else its MLM loss is NaN).
+Differences from the reference: the alpha ramp counts training forwards (`step` buffer) instead of
+loader iterations; a batch whose masking chose no token gets one masked token (else its MLM loss is
+NaN); the ITC features are the ViT's pooled (post-normed) [CLS]; unwritten queue slots are not
+negatives, and `queue_start_step` can hold the queue back: both for training from scratch (the
+papers start from a pretrained BERT and ViT), where a queue of random or of the first, nearly equal
+features keeps ITC at chance (measured: recall@1 at chance after 200 steps; see the recipes).
 """
 from __future__ import annotations
 
@@ -58,7 +61,8 @@ class AlignConfig:
     alpha: float = 0.4                   # distillation weight after the ramp
     alpha_warmup_steps: int = 1000       # ALBEF ramps alpha over the first epoch
     temp: float = 0.07                   # initial ITC temperature (learned, clamped to [0.001, 0.5])
-    queue_start_step: int = 0            # enqueue only after this many training steps (0: ALBEF/BLIP; see below)
+    queue_start_step: int = 0            # enqueue only after this many training steps (0: ALBEF/BLIP). From
+                                         # scratch the first features are nearly equal; a queue of them stalls ITC
     text_layers: int = 6                 # ALBEF: layers of the text encoder; the rest fuse. BLIP: unused
     mlm_probability: float = 0.15        # ALBEF
     label_smoothing: float = 0.1         # BLIP's LM loss
