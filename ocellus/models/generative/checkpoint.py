@@ -1,0 +1,103 @@
+"""Image generators as directories: config.json (a build spec) + model.safetensors.
+
+A spec is plain JSON: {"kind": "diffusion" | "vqvae" | "maskgit" | "ar", the numbers of each part,
+"class_names": [...], "image_size": S}. `build` turns a spec into a model (generators over VQ
+tokens and latent diffusion embed their tokenizer's spec, so a directory is self-contained);
+`save_generator` / `load_generator` round-trip it with strict key checks.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from torch import nn
+from safetensors.torch import load_file, save_file
+
+from ocellus.errors import CheckpointError, ConfigError
+
+MODEL_TYPE = "ocellus_image_generator"
+KINDS = ("diffusion", "vqvae", "vqgan", "maskgit", "ar")
+
+
+def _dataclass(cls, d: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown fields {unknown}; known: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def build(spec: dict) -> nn.Module:
+    from ocellus.models.generative.ar_image import ARImage, ar_decoder_config
+    from ocellus.models.generative.ddpm import DiffusionConfig
+    from ocellus.models.generative.latent_diffusion import DiffusionModel
+    from ocellus.models.generative.maskgit import MaskGIT, TokenTransformerConfig
+    from ocellus.models.generative.unet import Conditioner, UNet, UNetConfig
+    from ocellus.models.generative.vq import VQConfig, VQVAE
+    from ocellus.models.text.decoder import DecoderLM
+
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"model.kind must be one of {KINDS}, got {kind!r}")
+    classes = list(spec.get("class_names") or [])
+    if kind in ("vqvae", "vqgan"):
+        model = VQVAE(_dataclass(VQConfig, spec.get("vq", {}), "model.vq"))
+    elif kind == "diffusion":
+        ae = build(spec["autoencoder"]) if spec.get("autoencoder") else None
+        unet_cfg = dict(spec.get("unet", {}))
+        if ae is not None:
+            unet_cfg["in_channels"] = ae.cfg.embed_dim
+        unet = UNet(_dataclass(UNetConfig, unet_cfg, "model.unet"))
+        if not classes or unet.cfg.context_dim is None:
+            raise ConfigError("a diffusion model needs class_names and unet.context_dim (class-conditional)")
+        model = DiffusionModel(unet, Conditioner(len(classes), unet.cfg.context_dim),
+                               _dataclass(DiffusionConfig, spec.get("diffusion", {}), "model.diffusion"),
+                               ae, spec.get("image_size", 16), spec.get("p_uncond", 0.1))
+    else:
+        tok = build(spec["tokenizer"])
+        f = tok.cfg.downsample_factor
+        size = spec.get("image_size", 16)
+        if size % f:
+            raise ConfigError(f"image_size {size} is not divisible by the tokenizer's downsampling factor {f}")
+        t = dict(spec.get("transformer", {}))
+        if kind == "maskgit":
+            model = MaskGIT(_dataclass(TokenTransformerConfig, {"num_codes": tok.cfg.num_codes, "grid": size // f,
+                                                                "num_classes": len(classes), **t}, "model.transformer"), tok)
+        else:
+            model = ARImage(DecoderLM(ar_decoder_config(tok.cfg.num_codes, len(classes), size // f, **t)),
+                            tok, len(classes), size // f)
+    model.spec = dict(spec)
+    return model
+
+
+def save_generator(model: nn.Module, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = out / "model.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps({"model_type": MODEL_TYPE, **model.spec}, indent=1))
+    return out
+
+
+def load_generator(path: str | Path) -> nn.Module:
+    path = Path(path)
+    cfg_file, weights = path / "config.json", path / "model.safetensors"
+    if not cfg_file.exists() or not weights.exists():
+        raise CheckpointError(f"{path} is not an image-generator checkpoint: needs config.json and model.safetensors")
+    spec = json.loads(cfg_file.read_text())
+    if spec.pop("model_type", None) != MODEL_TYPE:
+        raise CheckpointError(f"{cfg_file} has model_type {spec.get('model_type')!r}, not {MODEL_TYPE!r}")
+    model = build(spec)
+    state = load_file(str(weights))
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(state)
+              if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{weights} does not match its config: missing {missing[:8]}, unexpected "
+                              f"{unexpected[:8]}, shape mismatches {shapes[:8]}")
+    model.load_state_dict(state)
+    return model.eval()
