@@ -164,19 +164,27 @@ def itm_filter(model, tok, images: list, captions: list[str], batch_size: int) -
     return scores
 
 
+def check_config(config: dict) -> dict:
+    """A CapFilt config's keys and its base recipe (loaded, validated, a BLIP pretraining one) -> the base."""
+    from ocellus.train.recipe import load_recipe
+    unknown = set(config) - CONFIG_KEYS
+    if unknown:
+        raise ConfigError(f"capfilt config: unknown keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
+    if "base" not in config:
+        raise ConfigError("capfilt config needs `base`: the BLIP pretraining recipe it starts from")
+    base = load_recipe(config["base"], list(config.get("base_overrides") or ()))
+    base.pop("_path", None)
+    if base["task"] != "blip":
+        raise ConfigError(f"capfilt's base recipe must be a BLIP pretraining recipe (task: blip), got {base['task']!r}")
+    return base
+
+
 def run_capfilt(config: dict, printer=print) -> dict:
     import ocellus
     from ocellus.data.shapes import caption, render
     from ocellus.data.tokenizer import Tokenizer
     from ocellus.eval.retrieval import evaluate
-    from ocellus.train.recipe import load_recipe
-    unknown = set(config) - CONFIG_KEYS
-    if unknown:
-        raise ConfigError(f"capfilt config: unknown keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
-    base = load_recipe(config["base"], list(config.get("base_overrides") or ()))
-    base.pop("_path", None)
-    if base["task"] != "blip":
-        raise ConfigError(f"capfilt's base recipe must be a BLIP pretraining recipe (task: blip), got {base['task']!r}")
+    base = check_config(config)
     out = Path(config.get("out_dir", "runs/capfilt"))
     web, clean = config.get("web") or {}, config.get("clean") or {}
     noise = float(web.get("noise", 0.4))

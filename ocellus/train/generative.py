@@ -148,13 +148,27 @@ def measure(model, source: str, image_size: int, gen: dict, n_per_class: int = 2
 
 # -- the recipe -----------------------------------------------------------------------------------------
 
-def run_generative_recipe(path: str | Path, overrides: list[str] = ()) -> Path:
-    recipe = apply_overrides(yaml.safe_load(Path(path).read_text()), list(overrides))
+def load_generative_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
+    """An image-generation recipe with its overrides applied and its top level checked."""
+    try:
+        recipe = apply_overrides(yaml.safe_load(Path(path).read_text()), list(overrides))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read recipe {path}: {e}") from e
     if recipe.get("task") != TASK:
         raise ConfigError(f"{path}: task must be {TASK!r}")
     unknown = set(recipe) - {"task", "name", "model", "data", "train", "eval", "seed"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    if not isinstance(recipe.get("model"), dict):
+        raise ConfigError(f"{path}: model must be a mapping")
+    source = (recipe.get("data") or {}).get("source", "digits")
+    if source not in SOURCES:
+        raise ConfigError(f"{path}: data.source must be one of {SOURCES}, got {source!r}")
+    return recipe
+
+
+def run_generative_recipe(path: str | Path, overrides: list[str] = ()) -> Path:
+    recipe = load_generative_recipe(path, overrides)
     data, train = dict(recipe.get("data") or {}), dict(recipe.get("train") or {})
     seed = int(recipe.get("seed", 0))
     torch.manual_seed(seed)

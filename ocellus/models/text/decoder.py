@@ -108,11 +108,26 @@ class DecoderConfig:
         return out
 
 
-@dataclass
 class CausalLMOutput:
-    logits: torch.Tensor                      # [B, T, V] (or [B, k, V] with logits_to_keep=k)
-    loss: torch.Tensor | None = None
-    hidden_states: torch.Tensor | None = None  # final-norm output [B, T, D]
+    """logits [B, T, V] (or [B, k, V] with logits_to_keep=k), loss, hidden_states: the final-norm
+    output [B, T, D]. With labels the loss needs logits only where a label is trained, so the
+    full logits are then made from hidden_states on first access (lazily, in the same graph):
+    a training step that reads only .loss never pays for lm_head at image and prompt positions."""
+
+    def __init__(self, logits: torch.Tensor | None = None, loss: torch.Tensor | None = None,
+                 hidden_states: torch.Tensor | None = None, make_logits=None):
+        self._logits, self._make_logits = logits, make_logits
+        self.loss, self.hidden_states = loss, hidden_states
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None and self._make_logits is not None:
+            self._logits, self._make_logits = self._make_logits(), None
+        return self._logits
+
+    @logits.setter
+    def logits(self, value: torch.Tensor) -> None:
+        self._logits, self._make_logits = value, None
 
 
 class DecoderLayer(nn.Module):
@@ -212,9 +227,13 @@ class DecoderLM(nn.Module):
         if cache is not None:
             cache.advance(T)
         h = self.norm(x)
-        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)      # [B, T|k, V]
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
-        return CausalLMOutput(logits=logits, loss=loss, hidden_states=h)
+
+        def make_logits():
+            return self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)    # [B, T|k, V]
+        if labels is None:
+            return CausalLMOutput(logits=make_logits(), hidden_states=h)
+        return CausalLMOutput(loss=causal_lm_loss_from_hidden(h, labels, self.lm_head), hidden_states=h,
+                              make_logits=make_logits)
 
     def _embed(self, input_ids, inputs_embeds):
         if (input_ids is None) == (inputs_embeds is None):
@@ -232,6 +251,19 @@ class DecoderLM(nn.Module):
             if lo < 0 or hi >= self.config.vocab_size:
                 raise InputError(f"input_ids hold ids outside [0, {self.config.vocab_size}): min {lo}, max {hi}")
         return self.embed_tokens(input_ids)
+
+
+def causal_lm_loss_from_hidden(h: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
+                              ignore_index: int = -100) -> torch.Tensor:
+    """causal_lm_loss(lm_head(h), labels) with lm_head applied only where the next label is
+    trained: image placeholders and prompts (most of a VLM's sequence) never need logits. Same
+    value up to float summation order (the mean is over the same trained tokens)."""
+    if labels.shape != h.shape[:2]:
+        raise InputError(f"labels shape {tuple(labels.shape)} does not match the sequence {tuple(h.shape[:2])}")
+    shift_labels = labels[:, 1:]                                             # [B, T-1]
+    keep = shift_labels != ignore_index                                      # [B, T-1]
+    logits = lm_head(h[:, :-1][keep]).float()                                # [N, V]: trained positions only
+    return F.cross_entropy(logits, shift_labels[keep])
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
