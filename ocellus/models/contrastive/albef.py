@@ -229,7 +229,38 @@ class AlignOutput:
     alpha: float = 0.0
 
 
-class ALBEF(nn.Module):
+class ImageTextHeads(nn.Module):
+    """What ALBEF and BLIP expose the same way: ITC features (unnormalised projections of the image and
+    text [CLS]), ITM match probabilities from `grounded_states` (text states that cross-attended to the
+    image), and the text encoder used by retrieval evaluation. Subclasses define text_states and
+    grounded_states."""
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """g_v(v_cls) [N, E], unnormalised (v_cls: the ViT's pooled, post-normed [CLS])."""
+        return self.vision_proj(self.visual_encoder(pixel_values).pooler_output)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """g_w(w_cls) [N, E], unnormalised."""
+        return self.text_proj(self.text_states(input_ids, attention_mask)[:, 0])
+
+    @torch.no_grad()
+    def itm_scores(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """P(match) [B] of each (image i, text i) pair from the ITM head (CapFilt's filter)."""
+        return self.itm_from_states(self.visual_encoder(pixel_values).last_hidden_state, input_ids, attention_mask)
+
+    @torch.no_grad()
+    def itm_from_states(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """P(match) [B] from image states [B, S, Dv] already computed (retrieval re-ranking)."""
+        return self.itm_head(self.grounded_states(input_ids, attention_mask, image)[:, 0]).float().softmax(-1)[:, 1]
+
+    def encode_text_fn(self, tok, max_length: int | None = None):
+        """list[str] -> normalised ITC text features (for ocellus/eval/retrieval.py)."""
+        limit = max_length or self.text_encoder.config.max_position_embeddings
+        return lambda texts: F.normalize(self.get_text_features(**encode_captions(list(texts), tok, self.config,
+                                                                                  limit)), dim=-1)
+
+
+class ALBEF(ImageTextHeads):
     def __init__(self, visual_encoder: VisionTransformer, text_encoder: Bert, cfg: AlignConfig):
         super().__init__()
         tcfg = text_encoder.config
@@ -280,30 +311,9 @@ class ALBEF(nn.Module):
         bert = bert or self.text_encoder
         return bert_layers(bert.layers[self.config.text_layers:], text, attention_mask, image)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """g_v(v_cls) [N, E], unnormalised (v_cls: the ViT's pooled, post-normed [CLS])."""
-        return self.vision_proj(self.visual_encoder(pixel_values).pooler_output)
-
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """g_w(w_cls) [N, E], unnormalised."""
-        return self.text_proj(self.text_states(input_ids, attention_mask)[:, 0])
-
-    @torch.no_grad()
-    def itm_scores(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """P(match) [B] of each (image i, text i) pair from the ITM head."""
-        return self.itm_from_states(self.visual_encoder(pixel_values).last_hidden_state, input_ids, attention_mask)
-
-    @torch.no_grad()
-    def itm_from_states(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """P(match) [B] from image states [B, S, Dv] already computed (retrieval re-ranking)."""
-        fused = self.fuse(self.text_states(input_ids, attention_mask), attention_mask, image)
-        return self.itm_head(fused[:, 0]).float().softmax(-1)[:, 1]
-
-    def encode_text_fn(self, tok, max_length: int | None = None):
-        """list[str] -> normalised ITC text features (for ocellus/eval/retrieval.py)."""
-        limit = max_length or self.text_encoder.config.max_position_embeddings
-        return lambda texts: F.normalize(self.get_text_features(**encode_captions(list(texts), tok, self.config,
-                                                                                  limit)), dim=-1)
+    def grounded_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image: torch.Tensor):
+        """Text encoder then fusion encoder: [B, T, D] text states that attended to the image."""
+        return self.fuse(self.text_states(input_ids, attention_mask), attention_mask, image)
 
     # -- pretraining ------------------------------------------------------------------------------
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

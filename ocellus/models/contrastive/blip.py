@@ -31,7 +31,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError
-from ocellus.models.contrastive.albef import (AlignConfig, AlignOutput, align_hf_config, bert_layers, encode_captions,
+from ocellus.models.contrastive.albef import (AlignConfig, AlignOutput, ImageTextHeads, align_hf_config, bert_layers,
                                               hard_negatives, itm_loss, shared_keys, text_bert_config,
                                               vision_from_config)
 from ocellus.models.contrastive.clip import _group
@@ -56,7 +56,7 @@ def tie_decoder(encoder: Bert) -> Bert:
     return decoder
 
 
-class BLIP(nn.Module):
+class BLIP(ImageTextHeads):
     def __init__(self, visual_encoder: VisionTransformer, text_encoder: Bert, cfg: AlignConfig):
         super().__init__()
         tcfg = text_encoder.config
@@ -109,29 +109,6 @@ class BLIP(nn.Module):
         dec = self.text_decoder
         dec._check_ids(input_ids)
         return dec.mlm(bert_layers(dec.layers, dec.embeddings(input_ids), attention_mask, image, causal=True))
-
-    # -- features for retrieval / filtering -------------------------------------------------------
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.vision_proj(self.visual_encoder(pixel_values).pooler_output)
-
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.text_proj(self.text_states(input_ids, attention_mask)[:, 0])
-
-    @torch.no_grad()
-    def itm_scores(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """P(match) [B] of each (image i, text i) pair: CapFilt's filter."""
-        return self.itm_from_states(self.visual_encoder(pixel_values).last_hidden_state, input_ids, attention_mask)
-
-    @torch.no_grad()
-    def itm_from_states(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """P(match) [B] from image states [B, S, Dv] already computed (retrieval re-ranking)."""
-        return self.itm_head(self.grounded_states(input_ids, attention_mask, image)[:, 0]).float().softmax(-1)[:, 1]
-
-    def encode_text_fn(self, tok, max_length: int | None = None):
-        """list[str] -> normalised ITC text features (for ocellus/eval/retrieval.py)."""
-        limit = max_length or self.text_encoder.config.max_position_embeddings
-        return lambda texts: F.normalize(self.get_text_features(**encode_captions(list(texts), tok, self.config,
-                                                                                  limit)), dim=-1)
 
     # -- pretraining ------------------------------------------------------------------------------
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
