@@ -68,3 +68,4 @@ def tiny_vlm_parts(tmp_path_factory):
     run_recipe(load_recipe(root / "vit_pretrain.yaml", small + [
         f"train.out_dir={out / 'vit'}", "train.max_steps=10", "data.n=256", "model.config.num_hidden_layers=2"]))
     return out
+

@@ -79,14 +79,9 @@ def test_save_load_round_trip_is_exact(tiny_vlm_parts, tmp_path):
 
 def test_grounding_recipe_trains_and_evaluates(tiny_vlm_parts, tmp_path):
     from ocellus.eval.harness import evaluate
-    from ocellus.train.recipe import load_recipe
-    from ocellus.train.run import run_recipe
+    from _vlm_recipes import train_tiny_vlm_recipe
     out = tmp_path / "run"
-    run_recipe(load_recipe(RECIPE, [
-        "train.progress=false", "train.log_every=2", "train.warmup_steps=2", f"train.out_dir={out}",
-        "train.max_steps=8", "data.n=64", "train.batch_size=8", f"model.vision_from={tiny_vlm_parts}/vit/model",
-        f"model.llm_from={tiny_vlm_parts}/text/model", f"tokenizer.from={tiny_vlm_parts}/text/model"]))
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = train_tiny_vlm_recipe(RECIPE, tiny_vlm_parts, out)
     assert losses[-1] < losses[0]
     lines = []
     result = evaluate(out / "model", "shapes-grounding", n=4, batch_size=4, printer=lines.append)
