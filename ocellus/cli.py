@@ -87,6 +87,9 @@ def cmd_chat(args) -> int:
     from ocellus.chat import ChatSession
 
     model_dir = args.model if args.model is not None else ocellus.default_model_dir()
+    from ocellus.train.unified import UnifiedChat, is_unified_dir, load_unified
+    if is_unified_dir(model_dir):   # Emu3 / Janus / Show-o: describes attached images, "draw ..." saves a PNG
+        return chat_loop(UnifiedChat(load_unified(model_dir), out_dir="."), args.image)
     model = ocellus.load(model_dir, dtype=args.dtype)
     session = ChatSession(model, ocellus.load_processor(model_dir), system=args.system,
                           max_pixels=args.max_image_pixels, **_generation_kwargs(args))
@@ -183,6 +186,10 @@ def cmd_train(args) -> int:
     from ocellus.train.generative import is_generative_recipe, run_generative_recipe
     if is_generative_recipe(args.recipe):   # task: image_generation (VQ-VAE, DDPM, MaskGIT, ...)
         run_generative_recipe(args.recipe, args.overrides)
+        return 0
+    from ocellus.train.unified import is_unified_recipe, run_unified_recipe
+    if is_unified_recipe(args.recipe):      # task: unified (Emu3, Janus, Show-o: describe and draw)
+        run_unified_recipe(args.recipe, args.overrides)
         return 0
     from ocellus.train.recipe import load_recipe
     from ocellus.train.run import run_recipe

@@ -1,0 +1,359 @@
+"""Training and measuring the unified models (ocellus/models/unified) from a YAML recipe.
+
+    ocellus train recipes/unified/emu3_shapes.yaml [key=value ...]
+
+A recipe with `task: unified` trains one model in both directions on the same data: single shapes
+(one palette colour, one of the five shapes, on white) captioned "colour shape". `model.tasks`
+picks the directions ([t2i, i2t] = unified; one of them = the single-task baseline of the same size).
+The image words come from a VQ-VAE trained beforehand (`model.tokenizer_from`, e.g. by
+recipes/unified/vqvae_shapes.yaml). At the end both directions are measured on held-out images:
+
+    captioning   describe(image) == "colour shape": shape / colour / both accuracy
+    drawing      generate(caption) judged by the shape classifier of eval/image_quality.py (trained
+                 here on the training images) and by its dominant colour (the nearest palette colour
+                 to the mean of its non-background pixels), plus the judge's Fréchet distance.
+
+Numbers go to quality.json; a grid of drawn samples (one row per caption) to samples.png.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ocellus.errors import ConfigError, InputError
+from ocellus.models.unified import PAD, UnifiedVocab, WordVocab
+from ocellus.train.loader import BatchLoader
+from ocellus.train.stages import parts_of
+from ocellus.train.recipe import apply_overrides
+from ocellus.train.trainer import TrainConfig, Trainer
+
+TASK = "unified"
+FAMILIES = ("emu3", "janus", "showo")
+TOP_KEYS = {"task", "name", "model", "data", "train", "eval", "seed"}
+
+
+def is_unified_recipe(path: str | Path) -> bool:
+    try:
+        return (yaml.safe_load(Path(path).read_text()) or {}).get("task") == TASK
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+def caption_data(n: int, image_size: int, split: str, colours: list[str], seed: int = 0):
+    """(images [N, 3, S, S] in [-1, 1], captions ["red circle", ...], shape ids [N], colour ids [N]).
+    Sample i of a split is drawn from default_rng([seed, offset + i]): splits are disjoint."""
+    from ocellus.data.shapes import COLOURS, SHAPES, Obj, Scene, render
+    unknown = [c for c in colours if c not in COLOURS]
+    if unknown or not colours:
+        raise ConfigError(f"data.colours must name palette colours {list(COLOURS)}, got {colours}")
+    offset = {"train": 0, "test": 10 ** 6}[split]
+    xs, caps, ks, cs = [], [], [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, offset + i])
+        k, c = int(rng.integers(len(SHAPES))), int(rng.integers(len(colours)))
+        side = int(rng.integers(image_size // 2, image_size - 2))
+        x0, y0 = (int(v) for v in rng.integers(1, image_size - side, size=2))
+        img = render(Scene(image_size, "white", (Obj(SHAPES[k], colours[c], (x0, y0, x0 + side, y0 + side)),)))
+        xs.append(torch.tensor(np.asarray(img), dtype=torch.float32).permute(2, 0, 1))   # [3, S, S]
+        caps.append(f"{colours[c]} {SHAPES[k]}")
+        ks.append(k)
+        cs.append(c)
+    return torch.stack(xs) / 127.5 - 1, caps, torch.tensor(ks), torch.tensor(cs)
+
+
+def text_vocab(colours: list[str]) -> WordVocab:
+    from ocellus.data.shapes import SHAPES
+    return WordVocab(list(colours) + list(SHAPES))
+
+
+def dominant_colour(images: torch.Tensor, colours: list[str], threshold: float = 0.3) -> torch.Tensor:
+    """images [B, 3, S, S] in [-1, 1] -> index into `colours` of the palette colour nearest to the mean of
+    the pixels that are not background (farther than `threshold` from white); -1 for a blank image."""
+    from ocellus.data.shapes import COLOURS
+    palette = torch.tensor([COLOURS[c] for c in colours], dtype=torch.float32) / 127.5 - 1   # [K, 3]
+    out = []
+    for img in images:
+        px = img.flatten(1).t()                                                        # [S*S, 3]
+        ink = px[(1 - px).abs().max(1).values > threshold]
+        out.append(-1 if len(ink) == 0 else int(torch.cdist(ink.mean(0, keepdim=True), palette).argmin()))
+    return torch.tensor(out)
+
+
+# -- model ------------------------------------------------------------------------------------------------
+
+def build_model(spec: dict, tokenizer, text: WordVocab, image_size: int):
+    """spec: {family: emu3|janus|showo, dim, num_layers, num_heads, ...} -> the model around a trained tokenizer."""
+    spec = dict(spec)
+    family = spec.pop("family", None)
+    grid = image_size // tokenizer.cfg.downsample_factor
+    if family == "emu3":
+        from ocellus.models.text.decoder import DecoderLM
+        from ocellus.models.unified.emu3 import Emu3, decoder_config
+        vocab = UnifiedVocab(len(text), tokenizer.cfg.num_codes, max_grid=max(grid, 1))
+        cfg = decoder_config(vocab.size, 16 + grid * (grid + 1) + 4, int(spec.pop("dim", 128)),
+                             int(spec.pop("num_layers", 4)), int(spec.pop("num_heads", 4)))
+        model = Emu3(DecoderLM(cfg), tokenizer, vocab, text, float(spec.pop("vision_weight", 0.5)), grid)
+    elif family == "janus":
+        from ocellus.models.unified.janus import build_janus
+        model = build_janus(spec, tokenizer, text, image_size)
+        spec = {}
+    elif family == "showo":
+        from ocellus.models.unified.showo import build_showo
+        model = build_showo(spec, tokenizer, text, image_size)
+        spec = {}
+    else:
+        raise ConfigError(f"model.family must be one of {FAMILIES}, got {family!r}")
+    if spec:
+        raise ConfigError(f"unknown model keys for {family}: {sorted(spec)}")
+    return model
+
+
+def right_pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    T = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (T - len(r)) for r in rows])
+
+
+def token_rows(model, x: torch.Tensor, captions: list[str], tasks: list[str], p_uncond: float, seed: int):
+    """Training rows: for every image and every task one (ids, labels) row; a share p_uncond of the
+    t2i rows get an empty caption, so the model also learns the unconditional prompt CFG needs."""
+    codes = torch.cat([model.codes(chunk) for chunk in x.split(256)])                 # [N, h, w]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, (c, cap) in enumerate(zip(codes, captions)):
+        for task in tasks:
+            drop = task == "t2i" and rng.random() < p_uncond
+            rows.append(model.sequence(cap, c, task, uncond=drop) + (i,))
+    return rows
+
+
+def make_collate(x: torch.Tensor):
+    """(ids, labels, image index) rows -> a right-padded batch; pixel_values ride along for models whose
+    understanding path reads pixels (Janus' ViT), and are ignored by the others."""
+    def collate(rows):
+        ids = right_pad([r[0] for r in rows], PAD)
+        return {"input_ids": ids, "attention_mask": right_pad([[1] * len(r[0]) for r in rows], 0),
+                "labels": right_pad([r[1] for r in rows], -100),
+                "pixel_values": x[torch.tensor([r[2] for r in rows])]}
+    return collate
+
+
+# -- checkpoints and chat --------------------------------------------------------------------------------
+
+MODEL_TYPE = "ocellus_unified"
+
+
+def save_unified(model, spec: dict, tokenizer_spec: dict, colours: list[str], image_size: int, out_dir,
+                 generate: dict | None = None) -> Path:
+    """A self-contained directory: config.json (the build spec, the tokenizer's spec, the words) +
+    model.safetensors (tokenizer included). `ocellus chat --model DIR` opens it."""
+    from safetensors.torch import save_file
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors.tmp"))
+    (out / "model.safetensors.tmp").replace(out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps({"model_type": MODEL_TYPE, "model": spec, "tokenizer": tokenizer_spec,
+                                                 "colours": colours, "image_size": image_size,
+                                                 "generate": dict(generate or {})}, indent=1))
+    return out
+
+
+def is_unified_dir(path) -> bool:
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type") == MODEL_TYPE
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_unified(path):
+    from safetensors.torch import load_file
+    from ocellus.errors import CheckpointError
+    from ocellus.models.generative.checkpoint import build
+    path = Path(path)
+    if not is_unified_dir(path) or not (path / "model.safetensors").exists():
+        raise CheckpointError(f"{path} is not a unified-model checkpoint (config.json with model_type "
+                              f"{MODEL_TYPE!r} + model.safetensors)")
+    cfg = json.loads((path / "config.json").read_text())
+    model = build_model(dict(cfg["model"]), build(dict(cfg["tokenizer"])), text_vocab(cfg["colours"]),
+                        cfg["image_size"])
+    state, own = load_file(str(path / "model.safetensors")), model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}/model.safetensors does not match its config: missing {missing[:8]}, "
+                              f"unexpected {unexpected[:8]}")
+    model.load_state_dict(state)
+    model.image_size, model.colours, model.generate_options = cfg["image_size"], cfg["colours"], cfg.get("generate", {})
+    return model.eval()
+
+
+class UnifiedChat:
+    """The ChatSession interface of `ocellus chat` (load_image, send, reset) over a unified model: a turn with
+    an image is answered with its caption; "draw <colour> <shape>" draws one and saves it as a PNG."""
+    supports_images = True
+
+    def __init__(self, model, out_dir=".", seed: int = 0, **generate):
+        self.model, self.out, self.n = model, Path(out_dir), 0
+        self.generate = {**getattr(model, "generate_options", {}), **generate}
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def reset(self) -> None:
+        pass   # every turn stands alone: the tiny models are not trained on multi-turn dialogue
+
+    def load_image(self, src, name: str | None = None):
+        from ocellus.data.image import load_image
+        return load_image(src, name=name)
+
+    def send(self, text: str, images=()):
+        S = self.model.image_size
+        if images:
+            px = torch.stack([torch.tensor(np.asarray(im.convert("RGB").resize((S, S))), dtype=torch.float32)
+                              .permute(2, 0, 1) / 127.5 - 1 for im in images])      # [N, 3, S, S]
+            yield "; ".join(self.model.describe(px))
+            return
+        words = text.lower().replace(",", " ").replace(".", " ").split()
+        if not words or words[0] not in ("draw", "generate", "paint"):
+            raise InputError(f"this model describes an attached image (/image PATH) or draws: 'draw <colour> <shape>' "
+                             f"with a colour in {self.model.colours}; got {text!r}")
+        caption = " ".join(w for w in words[1:] if w in self.model.text.index and self.model.text.index[w] > 2)
+        if len(caption.split()) != 2:
+            raise InputError(f"say what to draw as '<colour> <shape>' (colours {self.model.colours}); got {text!r}")
+        from ocellus.viz.image_grid import save_grid
+        image = self.model.generate_images([caption], generator=self.generator, **self.generate)
+        self.n += 1
+        path = save_grid(image, self.out / f"drawn_{self.n}.png", nrow=1, scale=8)
+        yield f"drew a {caption}: {path}"
+
+
+# -- measuring ------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def measure(model, colours: list[str], image_size: int, judge, train_x: torch.Tensor, n_test: int = 200,
+            n_per_caption: int = 4, gen: dict | None = None, seed: int = 0, tasks=("t2i", "i2t")) -> dict:
+    from ocellus.data.shapes import SHAPES
+    from ocellus.eval.image_quality import accuracy, judge_fd
+    model.eval()
+    res = {}
+    if "i2t" in tasks:
+        x, caps, ks, cs = caption_data(n_test, image_size, "test", colours, seed)
+        said = [s for chunk in x.split(100) for s in model.describe(chunk)]
+        words = [s.split() for s in said]
+        shape_ok = [len(w) == 2 and w[1] == SHAPES[k] for w, k in zip(words, ks.tolist())]
+        colour_ok = [len(w) == 2 and w[0] == colours[c] for w, c in zip(words, cs.tolist())]
+        res.update(caption_shape_acc=float(np.mean(shape_ok)), caption_colour_acc=float(np.mean(colour_ok)),
+                   caption_acc=float(np.mean([a and b for a, b in zip(shape_ok, colour_ok)])),
+                   caption_examples=list(zip(caps[:5], said[:5])))
+    if "t2i" in tasks:
+        gen = dict(gen or {})
+        prompts = [f"{c} {s}" for c in colours for s in SHAPES for _ in range(n_per_caption)]
+        shapes = torch.tensor([k for _ in colours for k in range(len(SHAPES)) for _ in range(n_per_caption)])
+        cols = torch.tensor([c for c in range(len(colours)) for _ in SHAPES for _ in range(n_per_caption)])
+        g = torch.Generator().manual_seed(seed)
+        t0 = time.perf_counter()
+        images = torch.cat([model.generate_images(prompts[i:i + 100], generator=g, **gen)
+                            for i in range(0, len(prompts), 100)])
+        per_image = (time.perf_counter() - t0) / len(prompts)
+        res.update(draw_shape_acc=accuracy(judge, images, shapes),
+                   draw_colour_acc=(dominant_colour(images, colours) == cols).float().mean().item(),
+                   draw_fd=judge_fd(judge, images, train_x[:len(images)]), seconds_per_image=per_image,
+                   judge_acc_real=accuracy(judge, *caption_data(200, image_size, "test", colours, seed)[::2]))
+        res["draw_acc"] = ((judge(images).argmax(-1) == shapes) & (dominant_colour(images, colours) == cols)
+                           ).float().mean().item()
+        res["_images"] = images
+    return res
+
+
+# -- the recipe ------------------------------------------------------------------------------------------------
+
+def load_unified_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
+    """A unified-model recipe with its overrides applied and its top level checked."""
+    try:
+        recipe = apply_overrides(yaml.safe_load(Path(path).read_text()), list(overrides))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read recipe {path}: {e}") from e
+    check_unified(recipe, str(path))
+    return recipe
+
+
+def check_unified(recipe: dict, where: str) -> None:
+    if recipe.get("task") != TASK:
+        raise ConfigError(f"{where}: task must be {TASK!r}")
+    unknown = set(recipe) - TOP_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level keys {sorted(unknown)}; known {sorted(TOP_KEYS)}")
+    if "tokenizer_from" not in (recipe.get("model") or {}):
+        raise ConfigError(f"{where}: model.tokenizer_from must name a trained VQ tokenizer directory "
+                          f"(e.g. train recipes/unified/vqvae_shapes.yaml first)")
+
+
+def run_unified_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
+    return run_unified(load_unified_recipe(path, overrides), str(path))
+
+
+def run_unified(recipe: dict, where: str = "recipe") -> dict:
+    from ocellus.eval.image_quality import train_judge
+    from ocellus.models.generative.checkpoint import load_generator
+    check_unified(recipe, where)
+    data, train, ev = dict(recipe.get("data") or {}), dict(recipe.get("train") or {}), dict(recipe.get("eval") or {})
+    spec = dict(recipe.get("model") or {})
+    seed = int(recipe.get("seed", 0))
+    torch.manual_seed(seed)
+    size, colours = int(data.get("image_size", 16)), list(data.get("colours") or ["red", "green", "blue", "yellow"])
+    tokenizer = load_generator(spec.pop("tokenizer_from"))
+    if getattr(tokenizer, "spec", {}).get("kind") not in ("vqvae", "vqgan"):
+        raise ConfigError(f"{where}: model.tokenizer_from is a {tokenizer.spec.get('kind')!r}, not a VQ tokenizer")
+    tasks = list(spec.pop("tasks", ["t2i", "i2t"]))
+    if not tasks or set(tasks) - {"t2i", "i2t"}:
+        raise ConfigError(f"{where}: model.tasks must be a non-empty subset of [t2i, i2t], got {tasks}")
+    p_uncond = float(spec.pop("p_uncond", 0.1))
+    text = text_vocab(colours)
+    model = build_model(spec, tokenizer, text, size)
+    x, caps, ks, _ = caption_data(int(data.get("n", 2000)), size, "train", colours, seed)
+    rows = token_rows(model, x, caps, tasks, p_uncond, seed)
+    batch = int(train.pop("batch_size", 32))
+    # stages as data (Janus' three): each {name, max_steps, parts: {part: frozen|full}} runs its own Trainer
+    stages = train.pop("stages", None) or [{"name": "train", "max_steps": train.pop("max_steps", 100)}]
+    out = Path(train.pop("out_dir", f"runs/unified/{recipe.get('name', 'unified')}"))
+    name = recipe.get("name", "unified")
+    log = lambda r: print(f"[{name}] step {r['step']} loss {r['loss']:.4f}", flush=True)
+    t0, c0, history = time.perf_counter(), time.process_time(), []
+    for i, stage in enumerate(stages):
+        stage = dict(stage)
+        sname = stage.pop("name", f"stage{i + 1}")
+        # default: everything trains but the VQ tokenizer (its codes are the data)
+        parts = stage.pop("parts", None) or {p: "full" for p in parts_of(model) if p != "tokenizer"}
+        cfg = TrainConfig(**{"progress": False, "log_every": 50, **{k: (float(v) if k in ("lr", "weight_decay") else v)
+                                                                       for k, v in {**train, **stage}.items()},
+                             "stage": parts, "out_dir": str(out / sname)})
+        trainer = Trainer(model, BatchLoader(rows, batch, make_collate(x), seed=seed + i), cfg, on_log=log)
+        print(f"[{name}] {sname}: trainable parameters per part:\n{trainer.report}", flush=True)
+        trainer.fit()
+        history += [dict(h, stage=sname) for h in trainer.history]
+    results = {"family": model.__class__.__name__, "tasks": tasks, "steps": len(history),
+               "train_seconds": time.perf_counter() - t0, "train_cpu_seconds": time.process_time() - c0,
+               "parameters": sum(p.numel() for p in model.parameters())
+               - sum(p.numel() for p in model.tokenizer.parameters()),
+               "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"]}
+    if ev.get("measure", True):
+        judge = train_judge(x, ks, seed=seed)
+        q = measure(model, colours, size, judge, x, int(ev.get("n_test", 200)), int(ev.get("n_per_caption", 4)),
+                    ev.get("generate"), seed, tasks)
+        images = q.pop("_images", None)
+        results.update(q)
+        if images is not None:
+            from ocellus.viz.image_grid import save_grid
+            save_grid(images, out / "samples.png", nrow=int(ev.get("n_per_caption", 4)) * 5)
+    out.mkdir(parents=True, exist_ok=True)
+    model_spec = {k: v for k, v in recipe["model"].items() if k not in ("tokenizer_from", "tasks", "p_uncond")}
+    results["export"] = str(save_unified(model, model_spec, tokenizer.spec, colours, size, out / "model",
+                                         ev.get("generate") or {}))
+    (out / "quality.json").write_text(json.dumps(results, indent=1))
+    print(f"[{name}] {json.dumps(results, indent=1)}")
+    results["model"] = model
+    return results
