@@ -235,6 +235,28 @@ class ImageTextHeads(nn.Module):
     image), and the text encoder used by retrieval evaluation. Subclasses define text_states and
     grounded_states."""
 
+    def _build_heads(self, visual_encoder: VisionTransformer, text_encoder: Bert, cfg: AlignConfig) -> None:
+        """The towers, their ITC projections and temperature, the ITM head, the momentum copies and the
+        feature queue: ALBEF's and BLIP's alike."""
+        tcfg = text_encoder.config
+        if (tcfg.encoder_hidden_size or tcfg.hidden_size) != visual_encoder.config.hidden_size:
+            raise ConfigError(f"the text layers cross-attend to {tcfg.encoder_hidden_size}-wide features, the image "
+                              f"encoder gives {visual_encoder.config.hidden_size}")
+        self.config = cfg
+        self.visual_encoder, self.text_encoder = visual_encoder, text_encoder
+        self.vision_proj = nn.Linear(visual_encoder.config.hidden_size, cfg.embed_dim)
+        self.text_proj = nn.Linear(tcfg.hidden_size, cfg.embed_dim)
+        self.temp = nn.Parameter(torch.tensor(float(cfg.temp)))
+        self.itm_head = nn.Linear(tcfg.hidden_size, 2)
+        self.visual_encoder_m, self.vision_proj_m = momentum_copy(visual_encoder), momentum_copy(self.vision_proj)
+        self.text_encoder_m, self.text_proj_m = momentum_copy(text_encoder), momentum_copy(self.text_proj)
+        self.queue = FeatureQueue(cfg.embed_dim, cfg.queue_size)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))   # training forwards, for the alpha ramp
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.visual_encoder, self.visual_encoder_m), (self.vision_proj, self.vision_proj_m),
+                (self.text_encoder, self.text_encoder_m), (self.text_proj, self.text_proj_m)]
+
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """g_v(v_cls) [N, E], unnormalised (v_cls: the ViT's pooled, post-normed [CLS])."""
         return self.vision_proj(self.visual_encoder(pixel_values).pooler_output)
@@ -272,19 +294,7 @@ class ALBEF(ImageTextHeads):
         if text_encoder.mlm is None or tcfg.vocab_size != cfg.vocab_size:
             raise ConfigError(f"ALBEF's BERT needs an MLM head and vocab_size {cfg.vocab_size} (tokenizer + "
                               f"{NUM_EXTRA_TOKENS}); got head={text_encoder.mlm is not None}, vocab={tcfg.vocab_size}")
-        if (tcfg.encoder_hidden_size or tcfg.hidden_size) != visual_encoder.config.hidden_size:
-            raise ConfigError(f"the fusion layers cross-attend to {tcfg.encoder_hidden_size}-wide features, the "
-                              f"image encoder gives {visual_encoder.config.hidden_size}")
-        self.config = cfg
-        self.visual_encoder, self.text_encoder = visual_encoder, text_encoder
-        self.vision_proj = nn.Linear(visual_encoder.config.hidden_size, cfg.embed_dim)
-        self.text_proj = nn.Linear(tcfg.hidden_size, cfg.embed_dim)
-        self.temp = nn.Parameter(torch.tensor(float(cfg.temp)))
-        self.itm_head = nn.Linear(tcfg.hidden_size, 2)
-        self.visual_encoder_m, self.vision_proj_m = momentum_copy(visual_encoder), momentum_copy(self.vision_proj)
-        self.text_encoder_m, self.text_proj_m = momentum_copy(text_encoder), momentum_copy(self.text_proj)
-        self.queue = FeatureQueue(cfg.embed_dim, cfg.queue_size)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))   # training forwards, for the alpha ramp
+        self._build_heads(visual_encoder, text_encoder, cfg)
         self.family_name = "albef"
 
     def parts(self) -> dict[str, nn.Module]:
@@ -293,10 +303,6 @@ class ALBEF(ImageTextHeads):
         return {"vision": _group(visual_encoder=self.visual_encoder, vision_proj=self.vision_proj),
                 "text": _group(text_encoder=self.text_encoder, text_proj=self.text_proj, itm_head=self.itm_head,
                                temp=self.temp)}
-
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.visual_encoder, self.visual_encoder_m), (self.vision_proj, self.vision_proj_m),
-                (self.text_encoder, self.text_encoder_m), (self.text_proj, self.text_proj_m)]
 
     # -- encoders ---------------------------------------------------------------------------------
     def text_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, bert: Bert | None = None):

@@ -35,8 +35,7 @@ from ocellus.models.contrastive.albef import (AlignConfig, AlignOutput, ImageTex
                                               hard_negatives, itm_loss, shared_keys, text_bert_config,
                                               vision_from_config)
 from ocellus.models.contrastive.clip import _group
-from ocellus.models.contrastive.momentum import (NO_ID, FeatureQueue, distill_alpha, momentum_copy,
-                                                 momentum_update, queue_itc)
+from ocellus.models.contrastive.momentum import NO_ID, distill_alpha, momentum_update, queue_itc
 from ocellus.models.text.bert import Bert
 from ocellus.models.vision.vit import VisionTransformer
 from ocellus.train.qformer_objectives import itg_loss
@@ -63,20 +62,9 @@ class BLIP(ImageTextHeads):
         if tcfg.vocab_size != cfg.vocab_size:
             raise ConfigError(f"BLIP's text vocabulary must be the tokenizer's + [CLS]/[MASK]/[ENC]/[DEC] = "
                               f"{cfg.vocab_size}, got {tcfg.vocab_size}")
-        if (tcfg.encoder_hidden_size or tcfg.hidden_size) != visual_encoder.config.hidden_size:
-            raise ConfigError(f"the text layers cross-attend to {tcfg.encoder_hidden_size}-wide features, the image "
-                              f"encoder gives {visual_encoder.config.hidden_size}")
-        self.config = cfg
-        self.visual_encoder, self.text_encoder = visual_encoder, text_encoder
-        self.text_decoder = tie_decoder(text_encoder)
-        self.vision_proj = nn.Linear(visual_encoder.config.hidden_size, cfg.embed_dim)
-        self.text_proj = nn.Linear(tcfg.hidden_size, cfg.embed_dim)
-        self.temp = nn.Parameter(torch.tensor(float(cfg.temp)))
-        self.itm_head = nn.Linear(tcfg.hidden_size, 2)
-        self.visual_encoder_m, self.vision_proj_m = momentum_copy(visual_encoder), momentum_copy(self.vision_proj)
-        self.text_encoder_m, self.text_proj_m = momentum_copy(text_encoder), momentum_copy(self.text_proj)
-        self.queue = FeatureQueue(cfg.embed_dim, cfg.queue_size)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        decoder = tie_decoder(text_encoder)       # made first: the heads' initialisation draws after it
+        self._build_heads(visual_encoder, text_encoder, cfg)
+        self.text_decoder = decoder               # registered after text_encoder: shared tensors keep its names
         self.family_name = "blip"
 
     def parts(self) -> dict[str, nn.Module]:
@@ -86,10 +74,6 @@ class BLIP(ImageTextHeads):
         return {"vision": _group(visual_encoder=self.visual_encoder, vision_proj=self.vision_proj),
                 "text": _group(text_encoder=self.text_encoder, text_decoder=self.text_decoder,
                                text_proj=self.text_proj, itm_head=self.itm_head, temp=self.temp)}
-
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.visual_encoder, self.visual_encoder_m), (self.vision_proj, self.vision_proj_m),
-                (self.text_encoder, self.text_encoder_m), (self.text_proj, self.text_proj_m)]
 
     # -- the three text modes ---------------------------------------------------------------------
     def text_states(self, input_ids, attention_mask, bert: Bert | None = None) -> torch.Tensor:
