@@ -257,6 +257,24 @@ class ImageTextHeads(nn.Module):
         return [(self.visual_encoder, self.visual_encoder_m), (self.vision_proj, self.vision_proj_m),
                 (self.text_encoder, self.text_encoder_m), (self.text_proj, self.text_proj_m)]
 
+    def momentum_itc(self, pixel_values, input_ids, attention_mask, image_feat, text_feat, alpha: float, ids):
+        """ITC of this batch's features against the momentum model's and the queue's (the EMA step comes
+        first in training), then this batch's momentum features join the queue.
+        -> (loss, sim_i2t, sim_t2i, momentum image states [B, S, Dv], momentum text states [B, T, D])."""
+        with torch.no_grad():
+            if self.training:
+                momentum_update(self.momentum_pairs(), self.config.momentum)
+            vis_m = self.visual_encoder_m(pixel_values)
+            image_feat_m = F.normalize(self.vision_proj_m(vis_m.pooler_output), dim=-1)     # [B, E]
+            text_m = self.text_states(input_ids, attention_mask, self.text_encoder_m)
+            text_feat_m = F.normalize(self.text_proj_m(text_m[:, 0]), dim=-1)               # [B, E]
+        loss, sim_i2t, sim_t2i = queue_itc(image_feat, text_feat, image_feat_m, text_feat_m, self.queue,
+                                           self.temp, alpha, ids)
+        if self.training and int(self.step) > self.config.queue_start_step:
+            self.queue.enqueue(image_feat_m, text_feat_m, ids if ids is not None else torch.full_like(
+                input_ids[:, 0], NO_ID))
+        return loss, sim_i2t, sim_t2i, vis_m.last_hidden_state, text_m
+
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """g_v(v_cls) [N, E], unnormalised (v_cls: the ViT's pooled, post-normed [CLS])."""
         return self.vision_proj(self.visual_encoder(pixel_values).pooler_output)
@@ -341,19 +359,8 @@ class ALBEF(ImageTextHeads):
         image_feat = F.normalize(self.vision_proj(vis.pooler_output), dim=-1)              # [B, E]
         text = self.text_states(input_ids, attention_mask)                                 # [B, T, D]
         text_feat = F.normalize(self.text_proj(text[:, 0]), dim=-1)                        # [B, E]
-        with torch.no_grad():
-            if self.training:
-                momentum_update(self.momentum_pairs(), cfg.momentum)
-            vis_m = self.visual_encoder_m(pixel_values)
-            image_m = vis_m.last_hidden_state
-            image_feat_m = F.normalize(self.vision_proj_m(vis_m.pooler_output), dim=-1)
-            text_m = self.text_states(input_ids, attention_mask, self.text_encoder_m)
-            text_feat_m = F.normalize(self.text_proj_m(text_m[:, 0]), dim=-1)
-        loss_itc, sim_i2t, sim_t2i = queue_itc(image_feat, text_feat, image_feat_m, text_feat_m, self.queue,
-                                               self.temp, alpha, ids)
-        if self.training and int(self.step) > cfg.queue_start_step:
-            self.queue.enqueue(image_feat_m, text_feat_m, ids if ids is not None else torch.full_like(
-                input_ids[:, 0], NO_ID))
+        loss_itc, sim_i2t, sim_t2i, image_m, text_m = self.momentum_itc(
+            pixel_values, input_ids, attention_mask, image_feat, text_feat, alpha, ids)
 
         B = input_ids.shape[0]
         neg_text, neg_image = hard_negatives(sim_i2t[:, :B], sim_t2i[:, :B], ids, generator)

@@ -35,7 +35,7 @@ from ocellus.models.contrastive.albef import (AlignConfig, AlignOutput, ImageTex
                                               hard_negatives, itm_loss, shared_keys, text_bert_config,
                                               vision_from_config)
 from ocellus.models.contrastive.clip import _group
-from ocellus.models.contrastive.momentum import NO_ID, distill_alpha, momentum_update, queue_itc
+from ocellus.models.contrastive.momentum import distill_alpha
 from ocellus.models.text.bert import Bert
 from ocellus.models.vision.vit import VisionTransformer
 from ocellus.train.qformer_objectives import itg_loss
@@ -119,18 +119,8 @@ class BLIP(ImageTextHeads):
                 self.temp.clamp_(0.001, 0.5)
             image_feat = F.normalize(self.vision_proj(vis.pooler_output), dim=-1)          # [B, E]
             text_feat = F.normalize(self.get_text_features(input_ids, attention_mask), dim=-1)
-            with torch.no_grad():
-                if self.training:
-                    momentum_update(self.momentum_pairs(), cfg.momentum)
-                image_feat_m = F.normalize(self.vision_proj_m(self.visual_encoder_m(pixel_values).pooler_output),
-                                           dim=-1)
-                text_m = self.text_states(input_ids, attention_mask, self.text_encoder_m)
-                text_feat_m = F.normalize(self.text_proj_m(text_m[:, 0]), dim=-1)
-            loss_itc, sim_i2t, sim_t2i = queue_itc(image_feat, text_feat, image_feat_m, text_feat_m, self.queue,
-                                                   self.temp, alpha, ids)
-            if self.training and int(self.step) > cfg.queue_start_step:
-                self.queue.enqueue(image_feat_m, text_feat_m, ids if ids is not None else torch.full_like(
-                    input_ids[:, 0], NO_ID))
+            loss_itc, sim_i2t, sim_t2i, _, _ = self.momentum_itc(
+                pixel_values, input_ids, attention_mask, image_feat, text_feat, alpha, ids)
             if "itc" in objectives:
                 out.loss_itc = loss_itc
             if "itm" in objectives:
