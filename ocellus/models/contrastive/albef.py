@@ -257,6 +257,16 @@ class ImageTextHeads(nn.Module):
         return [(self.visual_encoder, self.visual_encoder_m), (self.vision_proj, self.vision_proj_m),
                 (self.text_encoder, self.text_encoder_m), (self.text_proj, self.text_proj_m)]
 
+    def start_step(self, pixel_values, input_ids, attention_mask) -> float:
+        """Check that the batch holds B (image, text) pairs, count the training forward, and return the
+        distillation weight alpha of this step (ramped up over alpha_warmup_steps)."""
+        if input_ids.shape != attention_mask.shape or input_ids.shape[0] != pixel_values.shape[0]:
+            raise InputError(f"pixel_values {tuple(pixel_values.shape)}, input_ids {tuple(input_ids.shape)} and "
+                             f"attention_mask {tuple(attention_mask.shape)} must describe the same B pairs")
+        if self.training:
+            self.step += 1
+        return distill_alpha(self.config.alpha, int(self.step), self.config.alpha_warmup_steps)
+
     def momentum_itc(self, pixel_values, input_ids, attention_mask, image_feat, text_feat, alpha: float, ids):
         """ITC of this batch's features against the momentum model's and the queue's (the EMA step comes
         first in training), then this batch's momentum features join the queue.
@@ -346,12 +356,7 @@ class ALBEF(ImageTextHeads):
         (optional): pairs with equal ids are positives of each other. In training mode the momentum
         model, the queue and the alpha ramp move; in eval mode nothing changes."""
         cfg = self.config
-        if input_ids.shape != attention_mask.shape or input_ids.shape[0] != pixel_values.shape[0]:
-            raise InputError(f"pixel_values {tuple(pixel_values.shape)}, input_ids {tuple(input_ids.shape)} and "
-                             f"attention_mask {tuple(attention_mask.shape)} must describe the same B pairs")
-        if self.training:
-            self.step += 1
-        alpha = distill_alpha(cfg.alpha, int(self.step), cfg.alpha_warmup_steps)
+        alpha = self.start_step(pixel_values, input_ids, attention_mask)
         with torch.no_grad():
             self.temp.clamp_(0.001, 0.5)
         vis = self.visual_encoder(pixel_values)

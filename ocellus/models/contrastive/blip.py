@@ -35,7 +35,6 @@ from ocellus.models.contrastive.albef import (AlignConfig, AlignOutput, ImageTex
                                               hard_negatives, itm_loss, shared_keys, text_bert_config,
                                               vision_from_config)
 from ocellus.models.contrastive.clip import _group
-from ocellus.models.contrastive.momentum import distill_alpha
 from ocellus.models.text.bert import Bert
 from ocellus.models.vision.vit import VisionTransformer
 from ocellus.train.qformer_objectives import itg_loss
@@ -105,12 +104,7 @@ class BLIP(ImageTextHeads):
         bad = set(objectives) - {"itc", "itm", "lm"}
         if bad or not objectives:
             raise InputError(f"objectives must be a non-empty subset of itc, itm, lm; got {objectives}")
-        if input_ids.shape != attention_mask.shape or input_ids.shape[0] != pixel_values.shape[0]:
-            raise InputError(f"pixel_values {tuple(pixel_values.shape)}, input_ids {tuple(input_ids.shape)} and "
-                             f"attention_mask {tuple(attention_mask.shape)} must describe the same B pairs")
-        if self.training:
-            self.step += 1
-        alpha = distill_alpha(cfg.alpha, int(self.step), cfg.alpha_warmup_steps)
+        alpha = self.start_step(pixel_values, input_ids, attention_mask)
         vis = self.visual_encoder(pixel_values)
         image = vis.last_hidden_state                                                      # [B, S, Dv]
         out = AlignOutput(loss=None, loss_itc=None, loss_itm=None, alpha=alpha)
