@@ -1,34 +1,20 @@
 """Negatives span every process: with features all-gathered (gradient flowing back to each local
 slice), 2 gloo processes under DDP give the same contrastive loss AND the same gradients as one
 process holding the whole batch, for CLIP's InfoNCE and SigLIP's sigmoid loss, with duplicate ids."""
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _launch import launch
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("contrastive_gather_run.py")
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(kind: str, nproc: int, out: Path) -> dict:
-    if nproc == 1:
-        cmd = [sys.executable, str(SCRIPT), kind, "none", str(out)]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(_free_port()), str(SCRIPT), kind, "ddp", str(out)]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc, log = launch(SCRIPT, [kind, "none" if nproc == 1 else "ddp", str(out)], nproc)
+    assert proc.returncode == 0, log
     return load_file(str(out))
 
 
