@@ -129,9 +129,12 @@ def measure(ours, theirs, ids: torch.Tensor, n1: int, n2: int, repeats: int, dev
 
 def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128, new_tokens: int = 128,
                  base_tokens: int = 1, repeats: int = 3, quick: bool = False, workdir=None, device="cpu",
-                 arch: dict | None = None, threads: int | None = None, verbose: bool = True) -> list[dict]:
+                 arch: dict | None = None, threads: int | None = None, verbose: bool = True,
+                 prepack: bool = False) -> list[dict]:
     """-> one dict per (dtype, batch): ours / transformers decode tokens/s, their ratio, the ceiling
-    and ours / ceiling. Decode rate = B * (new_tokens - base_tokens) / (t(new) - t(base))."""
+    and ours / ceiling. Decode rate = B * (new_tokens - base_tokens) / (t(new) - t(base)).
+    prepack: ours runs with oneDNN-prepacked weights (infer/prepack.py), packed for each batch size;
+    the ceiling stays plain F.linear calls on the unpacked weights."""
     import ocellus
     import transformers
 
@@ -150,13 +153,17 @@ def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128,
         theirs = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         if verbose:
             print(f"# {path.name}: {count_parameters(ours) / 1e6:.1f}M parameters, {dname}, "
-                  f"{torch.get_num_threads()} threads, prompt {prompt_len}, decode tokens {base_tokens + 1}..{new_tokens}",
+                  f"{torch.get_num_threads()} threads, prompt {prompt_len}, decode tokens {base_tokens + 1}..{new_tokens}, "
+                  f"ours with {'prepacked' if prepack else 'plain'} weights",
                   flush=True)
         for batch in batches:
+            if prepack:
+                from ocellus.infer.prepack import prepack_linears
+                prepack_linears(ours, batch)
             g = torch.Generator().manual_seed(batch)
             ids = torch.randint(2, arch["vocab_size"], (batch, prompt_len), generator=g).to(device)
             r = measure(ours, theirs, ids, base_tokens, new_tokens, repeats, device)
-            row = dict(dtype=dname, batch=batch, prompt=prompt_len, new_tokens=new_tokens, ocellus=r["ocellus"],
+            row = dict(dtype=dname, batch=batch, prepacked=prepack, prompt=prompt_len, new_tokens=new_tokens, ocellus=r["ocellus"],
                        transformers=r["transformers"], ratio=r["ocellus"] / r["transformers"], ceiling=r["ceiling"],
                        of_ceiling=r["ocellus"] / r["ceiling"], same_tokens=r["same_tokens"])
             rows.append(row)
@@ -193,6 +200,8 @@ def main_decode(argv=None) -> int:
     p.add_argument("--workdir", default=None, help=f"checkpoint cache (default {default_workdir()})")
     p.add_argument("--quick", action="store_true", help="tiny model, few tokens (a smoke test)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--no-prepack", dest="prepack", action="store_false",
+                   help="ours with plain weights (default: oneDNN-prepacked weights, infer/prepack.py)")
     a = p.parse_args(argv)
     dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
     unknown = [d for d in dtypes if d not in DTYPES]
@@ -202,7 +211,7 @@ def main_decode(argv=None) -> int:
         p.error("--base-tokens must be smaller than --new-tokens")
     rows = bench_decode(dtypes=dtypes, batches=[int(b) for b in a.batches.split(",")], prompt_len=a.prompt,
                         new_tokens=a.new_tokens, base_tokens=a.base_tokens, repeats=a.repeats, quick=a.quick,
-                        workdir=a.workdir, threads=a.threads)
+                        workdir=a.workdir, threads=a.threads, prepack=a.prepack)
     print()
     print(format_table(rows))
     if a.json:
