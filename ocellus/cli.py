@@ -191,6 +191,10 @@ def cmd_train(args) -> int:
     if is_unified_recipe(args.recipe):      # task: unified (Emu3, Janus, Show-o: describe and draw)
         run_unified_recipe(args.recipe, args.overrides)
         return 0
+    from ocellus.train.seed_tokenizer_run import is_seed_recipe, run_seed_recipe
+    if is_seed_recipe(args.recipe):         # task: seed_tokenizer (the SEED image codec: ViT, tokenizer, diffusion)
+        run_seed_recipe(args.recipe, args.overrides)
+        return 0
     from ocellus.train.recipe import load_recipe
     from ocellus.train.run import run_recipe
     run_recipe(load_recipe(args.recipe, args.overrides))

@@ -6,7 +6,8 @@ A recipe with `task: unified` trains one model in both directions on the same da
 (one palette colour, one of the five shapes, on white) captioned "colour shape". `model.tasks`
 picks the directions ([t2i, i2t] = unified; one of them = the single-task baseline of the same size).
 The image words come from a VQ-VAE trained beforehand (`model.tokenizer_from`, e.g. by
-recipes/unified/vqvae_shapes.yaml). At the end both directions are measured on held-out images:
+recipes/unified/vqvae_shapes.yaml; SEED-LLaMA reads the SEED codec of recipes/unified/seed_shapes.yaml).
+At the end both directions are measured on held-out images:
 
     captioning   describe(image) == "colour shape": shape / colour / both accuracy
     drawing      generate(caption) judged by the shape classifier of eval/image_quality.py (trained
@@ -33,7 +34,8 @@ from ocellus.train.recipe import apply_overrides
 from ocellus.train.trainer import TrainConfig, Trainer
 
 TASK = "unified"
-FAMILIES = ("emu3", "janus", "showo")
+FAMILIES = ("emu3", "janus", "showo", "seed_llama")
+TASKS = ("t2i", "i2t", "interleave")   # interleave: two (caption, image) pairs per row (SEED-LLaMA)
 TOP_KEYS = {"task", "name", "model", "data", "train", "eval", "seed"}
 
 
@@ -89,11 +91,12 @@ def dominant_colour(images: torch.Tensor, colours: list[str], threshold: float =
 # -- model ------------------------------------------------------------------------------------------------
 
 def build_model(spec: dict, tokenizer, text: WordVocab, image_size: int):
-    """spec: {family: emu3|janus|showo, dim, num_layers, num_heads, ...} -> the model around a trained tokenizer."""
+    """spec: {family: emu3|janus|showo|seed_llama, dim, num_layers, num_heads, ...} -> the model around a
+    trained tokenizer (a VQ-VAE; for seed_llama the SEED codec)."""
     spec = dict(spec)
     family = spec.pop("family", None)
-    grid = image_size // tokenizer.cfg.downsample_factor
     if family == "emu3":
+        grid = image_size // tokenizer.cfg.downsample_factor
         from ocellus.models.text.decoder import DecoderLM
         from ocellus.models.unified.emu3 import Emu3, decoder_config
         vocab = UnifiedVocab(len(text), tokenizer.cfg.num_codes, max_grid=max(grid, 1))
@@ -107,6 +110,10 @@ def build_model(spec: dict, tokenizer, text: WordVocab, image_size: int):
     elif family == "showo":
         from ocellus.models.unified.showo import build_showo
         model = build_showo(spec, tokenizer, text, image_size)
+        spec = {}
+    elif family == "seed_llama":
+        from ocellus.models.unified.seed_llama import build_seed_llama
+        model = build_seed_llama(spec, tokenizer, text)
         spec = {}
     else:
         raise ConfigError(f"model.family must be one of {FAMILIES}, got {family!r}")
@@ -122,12 +129,17 @@ def right_pad(rows: list[list[int]], value: int) -> torch.Tensor:
 
 def token_rows(model, x: torch.Tensor, captions: list[str], tasks: list[str], p_uncond: float, seed: int):
     """Training rows: for every image and every task one (ids, labels) row; a share p_uncond of the
-    t2i rows get an empty caption, so the model also learns the unconditional prompt CFG needs."""
-    codes = torch.cat([model.codes(chunk) for chunk in x.split(256)])                 # [N, h, w]
+    t2i rows get an empty caption, so the model also learns the unconditional prompt CFG needs.
+    Task 'interleave' pairs the image with a random other one: caption, image, caption, image."""
+    codes = torch.cat([model.codes(chunk) for chunk in x.split(256)])                 # [N, h, w] or [N, Q]
     rng = np.random.default_rng(seed)
     rows = []
     for i, (c, cap) in enumerate(zip(codes, captions)):
         for task in tasks:
+            if task == "interleave":
+                j = int(rng.integers(len(codes)))
+                rows.append(model.interleaved([(cap, c), (captions[j], codes[j])]) + (i,))
+                continue
             drop = task == "t2i" and rng.random() < p_uncond
             rows.append(model.sequence(cap, c, task, uncond=drop) + (i,))
     return rows
@@ -288,8 +300,9 @@ def check_unified(recipe: dict, where: str) -> None:
     if unknown:
         raise ConfigError(f"{where}: unknown top-level keys {sorted(unknown)}; known {sorted(TOP_KEYS)}")
     if "tokenizer_from" not in (recipe.get("model") or {}):
-        raise ConfigError(f"{where}: model.tokenizer_from must name a trained VQ tokenizer directory "
-                          f"(e.g. train recipes/unified/vqvae_shapes.yaml first)")
+        raise ConfigError(f"{where}: model.tokenizer_from must name a trained image tokenizer directory "
+                          f"(e.g. train recipes/unified/vqvae_shapes.yaml first; seed_llama reads the SEED codec "
+                          f"of recipes/unified/seed_shapes.yaml)")
 
 
 def run_unified_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
@@ -306,14 +319,19 @@ def run_unified(recipe: dict, where: str = "recipe") -> dict:
     torch.manual_seed(seed)
     size, colours = int(data.get("image_size", 16)), list(data.get("colours") or ["red", "green", "blue", "yellow"])
     tokenizer = load_generator(spec.pop("tokenizer_from"))
-    if getattr(tokenizer, "spec", {}).get("kind") not in ("vqvae", "vqgan"):
-        raise ConfigError(f"{where}: model.tokenizer_from is a {tokenizer.spec.get('kind')!r}, not a VQ tokenizer")
+    kinds = ("seed",) if spec.get("family") == "seed_llama" else ("vqvae", "vqgan")   # SEED codes or VQ grids
+    if getattr(tokenizer, "spec", {}).get("kind") not in kinds:
+        raise ConfigError(f"{where}: model.tokenizer_from is a {tokenizer.spec.get('kind')!r}, not one of {kinds} "
+                          f"(what model.family {spec.get('family')!r} reads)")
     tasks = list(spec.pop("tasks", ["t2i", "i2t"]))
-    if not tasks or set(tasks) - {"t2i", "i2t"}:
-        raise ConfigError(f"{where}: model.tasks must be a non-empty subset of [t2i, i2t], got {tasks}")
+    if not tasks or set(tasks) - set(TASKS):
+        raise ConfigError(f"{where}: model.tasks must be a non-empty subset of {list(TASKS)}, got {tasks}")
     p_uncond = float(spec.pop("p_uncond", 0.1))
     text = text_vocab(colours)
     model = build_model(spec, tokenizer, text, size)
+    if "interleave" in tasks and not hasattr(model, "interleaved"):
+        raise ConfigError(f"{where}: model.tasks 'interleave' needs a model that writes images as words "
+                          f"(seed_llama), not {model.__class__.__name__}")
     x, caps, ks, _ = caption_data(int(data.get("n", 2000)), size, "train", colours, seed)
     rows = token_rows(model, x, caps, tasks, p_uncond, seed)
     batch = int(train.pop("batch_size", 32))

@@ -26,13 +26,20 @@ def test_shipped_recipe_validates(path):
     elif _is_unified(path):
         from ocellus.train import unified
         assert unified.load_unified_recipe(path)["task"] == unified.TASK
+    elif _task(path) == "seed_tokenizer":
+        from ocellus.train import seed_tokenizer_run
+        assert seed_tokenizer_run.load_seed_recipe(path)["task"] == seed_tokenizer_run.TASK
     else:
         assert load_recipe(path)["task"] in TASKS + POSTTRAIN_TASKS
 
 
-def _is_unified(path) -> bool:
+def _task(path):
     import yaml
-    return (yaml.safe_load(path.read_text()) or {}).get("task") == "unified"
+    return (yaml.safe_load(path.read_text()) or {}).get("task")
+
+
+def _is_unified(path) -> bool:
+    return _task(path) == "unified"
 
 
 def test_overrides_and_errors(tmp_path):

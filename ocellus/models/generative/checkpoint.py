@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from ocellus.errors import CheckpointError, ConfigError
 
 MODEL_TYPE = "ocellus_image_generator"
-KINDS = ("diffusion", "vqvae", "vqgan", "maskgit", "ar")
+KINDS = ("diffusion", "vqvae", "vqgan", "maskgit", "ar", "seed")   # seed: models/unified/seed_detokenizer.py
 
 
 def _dataclass(cls, d: dict, where: str):
@@ -43,6 +43,9 @@ def build(spec: dict) -> nn.Module:
     classes = list(spec.get("class_names") or [])
     if kind in ("vqvae", "vqgan"):
         model = VQVAE(_dataclass(VQConfig, spec.get("vq", {}), "model.vq"))
+    elif kind == "seed":   # the SEED image codec: tokenizer + diffusion detokenizer in one directory
+        from ocellus.models.unified.seed_detokenizer import build_codec
+        model = build_codec(spec)
     elif kind == "diffusion":
         ae = build(spec["autoencoder"]) if spec.get("autoencoder") else None
         unet_cfg = dict(spec.get("unet", {}))

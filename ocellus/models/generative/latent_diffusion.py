@@ -18,7 +18,7 @@ from torch import nn
 
 from ocellus.errors import InputError
 from ocellus.models.generative.ddpm import Diffusion, DiffusionConfig
-from ocellus.models.generative.guidance import check_guidance_scale, drop_condition, guided
+from ocellus.models.generative.guidance import check_guidance_scale, guided
 from ocellus.models.generative.unet import Conditioner, UNet
 
 
@@ -78,7 +78,7 @@ class DiffusionModel(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         self.latent_shape(pixel_values.shape[-1])
-        labels = drop_condition(labels, self.conditioner.null_id, self.p_uncond) if self.training else labels
+        labels = self.conditioner.drop(labels, self.p_uncond) if self.training else labels
         z = self.to_latent(pixel_values)
         return LossOutput(self.diffusion.loss(lambda x, t: self.eps(x, t, labels), z))
 
@@ -89,7 +89,7 @@ class DiffusionModel(nn.Module):
         check_guidance_scale(guidance_scale)
         self.conditioner.check_labels(labels)
         shape = (labels.shape[0], *self.latent_shape(image_size or self.image_size))
-        null = torch.full_like(labels, self.conditioner.null_id)
+        null = self.conditioner.null_like(labels)
         eps_fn = lambda x, t: guided(self.eps, x, labels, null, guidance_scale, t)
         z = self.diffusion.sample(eps_fn, shape, steps, sampler, eta, generator,
                                   device=self.latent_scale.device)

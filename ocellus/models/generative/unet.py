@@ -19,6 +19,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError
+from ocellus.models.generative.guidance import drop_condition
 from ocellus.nn.attention import attend
 from ocellus.nn.positional import sinusoidal_encoding
 
@@ -202,6 +203,13 @@ class Conditioner(nn.Module):
             raise InputError(f"class label {int(labels[bad][0])} is out of range: this model knows classes "
                              f"0..{self.num_classes - 1} (and {self.null_id} = unconditional)")
         return labels
+
+    def drop(self, labels: torch.Tensor, p: float) -> torch.Tensor:
+        """Classifier-free guidance training: each label becomes the null label with probability p."""
+        return drop_condition(labels, self.null_id, p)
+
+    def null_like(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(labels, self.null_id)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         return self.class_embed(self.check_labels(labels))[:, None]                   # [B, 1, D]

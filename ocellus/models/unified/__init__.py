@@ -3,10 +3,13 @@
     emu3.py   Emu3 (Wang et al. 2024): one decoder over text + VQ tokens, image layout in-sequence
     janus.py  Janus (Wu et al. 2024): a ViT for understanding, the VQ tokenizer for generation, one decoder
     showo.py  Show-o (Xie et al. 2024): omni-attention (causal text, full image), discrete diffusion on codes
+    seed_llama.py  SEED-LLaMA (Ge et al. 2023): SEED's 1-D semantic codes as words between [IMG] markers
 
 Shared here: the vocabulary layout of text + image tokens (`UnifiedVocab`), the word-level text
-vocabulary of the tiny shapes captions (`WordVocab`), and one sampling step with classifier-free
-guidance and an allowed-token constraint (`pick`).
+vocabulary of the tiny shapes captions (`WordVocab`), one sampling step with classifier-free
+guidance and an allowed-token constraint (`pick`), and the token-by-token loops of the models whose
+images are words of one decoder (Emu3, SEED-LLaMA): `pair_sequence`, `cached_decode`, `guided_image_ids`,
+`caption_after`.
 """
 from __future__ import annotations
 
@@ -147,3 +150,66 @@ def pick(cond: torch.Tensor, uncond: torch.Tensor | None = None, scale: float = 
     if top_k:
         logits = top_k_filter(logits, top_k)
     return choose(logits, True, generator)
+
+
+def pair_sequence(text: list[int], image: list[int], task: str) -> tuple[list[int], list[int]]:
+    """(ids, labels) of one caption-image pair: 't2i' = <bos> text image <eos>, 'i2t' = <bos> image text <eos>;
+    every token after <bos> is a target (the collate pads)."""
+    if task == "t2i":
+        ids = [BOS] + text + image + [EOS]
+    elif task == "i2t":
+        ids = [BOS] + image + text + [EOS]
+    else:
+        raise InputError(f"task must be 't2i' or 'i2t', got {task!r}")
+    return ids, [-100] + ids[1:]
+
+
+@torch.no_grad()
+def cached_decode(decoder, rows: list[list[int]], steps: int, choose_fn) -> torch.Tensor:
+    """Left-padded prompts [R, T] through a DecoderLM's KV cache; choose_fn(step, logits [R, V]) -> ids [R]
+    for every row (rows may be cond/uncond pairs that must receive the same token) -> ids [R, steps]."""
+    ids, mask = left_pad(rows)
+    R, T = ids.shape
+    cache = decoder.new_cache(R, T + steps)
+    logits = decoder(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache,
+                     logits_to_keep=1).logits[:, -1]                                  # [R, V]
+    pos, out = positions(mask)[:, -1:], []
+    for s in range(steps):
+        nxt = choose_fn(s, logits)                                                     # [R]
+        out.append(nxt)
+        if s == steps - 1:
+            break
+        mask, pos = torch.cat([mask, mask.new_ones(R, 1)], 1), pos + 1
+        logits = decoder(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, cache=cache).logits[:, -1]
+    return torch.stack(out, 1)                                                         # [R, steps]
+
+
+@torch.no_grad()
+def guided_image_ids(decoder, text: WordVocab, captions: list[str], image_prefix: list[int], steps: int,
+                     allowed_at, guidance_scale: float = 3.0, negative: str = "", constrained: bool = True,
+                     temperature: float = 1.0, top_k: int | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """`steps` image-side ids [B, steps] after `<bos> caption image_prefix` for each caption, with
+    classifier-free guidance: rows 0..B-1 are conditional, B..2B-1 the unconditional (or negative) prompt
+    `<bos> [negative] image_prefix`, and both halves receive the guided token (guidance_scale 1 skips
+    them). constrained: allowed_at(step) -> [V] bool limits each step (the layout of the image)."""
+    B = len(captions)
+    rows = [[BOS] + text.encode(c) + image_prefix for c in captions]
+    if guidance_scale != 1.0:
+        rows += [[BOS] + (text.encode(negative) if negative else []) + image_prefix] * B
+
+    def choose_fn(step, logits):
+        cond, uncond = (logits[:B], logits[B:]) if guidance_scale != 1.0 else (logits, None)
+        allowed = allowed_at(step) if constrained else None
+        nxt = pick(cond, uncond, guidance_scale, allowed, temperature, top_k, generator)   # [B]
+        return nxt.repeat(len(rows) // B)                                              # the same token for both halves
+    return cached_decode(decoder, rows, steps, choose_fn)[:B]
+
+
+@torch.no_grad()
+def caption_after(decoder, text: WordVocab, prompts: list[list[int]], max_new_tokens: int = 8) -> list[str]:
+    """Greedy captions after each prompt (`<bos> image`): only text words or <eos> may come."""
+    allowed = torch.zeros(decoder.config.vocab_size, dtype=torch.bool)
+    allowed[EOS:len(text)] = True
+    out = cached_decode(decoder, prompts, max_new_tokens, lambda s, logits: pick(logits, allowed=allowed, temperature=0))
+    return [text.decode(r) for r in out.tolist()]

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from ocellus.errors import InputError
 from ocellus.models.generative.vq import VQVAE
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
-from ocellus.models.unified import (BOS, EOS, UnifiedVocab, WithImageTokenizer, WordVocab, left_pad, pick,
-                                    positions)
+from ocellus.models.unified import (BOS, UnifiedVocab, WithImageTokenizer, WordVocab, cached_decode,
+                                    caption_after, guided_image_ids, pair_sequence)
 from ocellus.nn.rope import RopeConfig
 
 
@@ -129,15 +129,7 @@ class Emu3(WithImageTokenizer):
         """(ids, labels) for task 't2i' (caption, then image; uncond drops the caption: the unconditional
         prompt of CFG) or 'i2t' (image, then caption). Labels train everything after <bos> in both
         directions (Emu3 trains every token); the collate pads."""
-        text = [] if uncond else self.text.encode(caption)
-        image = self.image_ids(codes)
-        if task == "t2i":
-            ids = [BOS] + text + image + [EOS]
-        elif task == "i2t":
-            ids = [BOS] + image + text + [EOS]
-        else:
-            raise InputError(f"task must be 't2i' or 'i2t', got {task!r}")
-        return ids, [-100] + ids[1:]
+        return pair_sequence([] if uncond else self.text.encode(caption), self.image_ids(codes), task)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
@@ -150,25 +142,8 @@ class Emu3(WithImageTokenizer):
         return UnifiedOutput(loss, logits)
 
     # -- inference ---------------------------------------------------------------------------------
-    @torch.no_grad()
     def _decode(self, rows: list[list[int]], steps: int, choose_fn) -> torch.Tensor:
-        """Left-padded prompts [R, T] through the KV cache; choose_fn(step, logits [R, V]) -> ids [R]
-        for every row (rows may be cond/uncond pairs that must receive the same token)."""
-        ids, mask = left_pad(rows)
-        R, T = ids.shape
-        cache = self.decoder.new_cache(R, T + steps)
-        logits = self.decoder(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache,
-                              logits_to_keep=1).logits[:, -1]                         # [R, V]
-        pos, out = positions(mask)[:, -1:], []
-        for s in range(steps):
-            nxt = choose_fn(s, logits)                                                 # [R]
-            out.append(nxt)
-            if s == steps - 1:
-                break
-            mask, pos = torch.cat([mask, mask.new_ones(R, 1)], 1), pos + 1
-            logits = self.decoder(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
-                                  cache=cache).logits[:, -1]
-        return torch.stack(out, 1)                                                     # [R, steps]
+        return cached_decode(self.decoder, rows, steps, choose_fn)
 
     @torch.no_grad()
     def generate_image_ids(self, captions: list[str], h: int, w: int, guidance_scale: float = 3.0,
@@ -176,17 +151,9 @@ class Emu3(WithImageTokenizer):
                            top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Body ids [B, h*(w+1)+1] for each caption. Rows 0..B-1 are conditional, B..2B-1 the unconditional
         (negative) prompt; guidance_scale 1 skips them."""
-        B, header = len(captions), self.header(h, w)
-        rows = [[BOS] + self.text.encode(c) + header for c in captions]
-        if guidance_scale != 1.0:
-            rows += [[BOS] + (self.text.encode(negative) if negative else []) + header] * B
-
-        def choose_fn(step, logits):
-            cond, uncond = (logits[:B], logits[B:]) if guidance_scale != 1.0 else (logits, None)
-            allowed = self.allowed_at(step, h, w) if constrained else None
-            nxt = pick(cond, uncond, guidance_scale, allowed, temperature, top_k, generator)   # [B]
-            return nxt.repeat(len(rows) // B)                                          # the same token for both halves
-        return self._decode(rows, h * (w + 1) + 1, choose_fn)[:B]
+        return guided_image_ids(self.decoder, self.text, captions, self.header(h, w), h * (w + 1) + 1,
+                                lambda step: self.allowed_at(step, h, w), guidance_scale, negative, constrained,
+                                temperature, top_k, generator)
 
     @torch.no_grad()
     def generate_images(self, captions: list[str], h: int | None = None, w: int | None = None, **kw) -> torch.Tensor:
@@ -201,8 +168,5 @@ class Emu3(WithImageTokenizer):
     @torch.no_grad()
     def describe(self, pixel_values: torch.Tensor, max_new_tokens: int = 8) -> list[str]:
         """Images -> captions: greedy over text words only (the image is given; text must follow)."""
-        allowed = torch.zeros(self.vocab.size, dtype=torch.bool)
-        allowed[EOS:self.vocab.text_size] = True
-        rows = [[BOS] + self.image_ids(c) for c in self.codes(pixel_values)]
-        out = self._decode(rows, max_new_tokens, lambda s, logits: pick(logits, allowed=allowed, temperature=0))
-        return [self.text.decode(r) for r in out.tolist()]
+        return caption_after(self.decoder, self.text, [[BOS] + self.image_ids(c) for c in self.codes(pixel_values)],
+                             max_new_tokens)

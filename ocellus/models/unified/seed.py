@@ -10,9 +10,10 @@ trained with (1) a contrastive loss between the *last* causal query (which has s
 the caption embedding, (2) the VQ codebook/commitment loss, (3) reconstruction of the image
 embedding from the codes (a small bidirectional "reverse" transformer over the code embeddings,
 pooled): in SEED this embedding is unCLIP-SD's CLIP image embedding, which then conditions the
-diffusion decoder (detokenization). Offline there is no unCLIP-SD: the target here is the frozen
-ViT's pooled embedding (what `image_embeds` the caller passes); conditioning a diffusion model of
-models/generative on it is not implemented. Caption embeddings come from any text encoder (the caller's).
+diffusion decoder (detokenization, seed_detokenizer.py). Offline there is no unCLIP-SD: the target
+here is the frozen ViT's pooled embedding (what `image_embeds` the caller passes). Caption
+embeddings come from any text encoder (the caller's; the shapes recipe uses all-MiniLM-L6-v2), and
+may have another width than the image embedding (`text_dim`), as in SEED (BLIP-2 text 256, CLIP 1024).
 """
 from __future__ import annotations
 
@@ -45,24 +46,44 @@ def causal_query_mask(q: int, device=None) -> torch.Tensor:
     return torch.ones(q, q, dtype=torch.bool, device=device).tril()[None, None]
 
 
+class ContrastiveHead(nn.Module):
+    """The last causal query -> a unit vector in the caption space; logits = exp(log_scale) * cosine."""
+
+    def __init__(self, dim: int, text_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, text_dim)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, last_query: torch.Tensor, caption_embeds: torch.Tensor) -> torch.Tensor:
+        """[B, D] queries, [T, text_dim] captions -> [B, T] scaled similarities."""
+        return self.log_scale.exp() * F.normalize(self.proj(last_query), dim=-1) @ F.normalize(caption_embeds, dim=-1).t()
+
+
 class SeedTokenizer(nn.Module):
     def __init__(self, vision: VisionTransformer, qformer: QFormer, num_codes: int, code_dim: int, embed_dim: int,
-                 recon_layers: int = 1, recon_heads: int = 2):
+                 recon_layers: int = 1, recon_heads: int = 2, text_dim: int | None = None, ema: bool = False,
+                 restart_threshold: float = 0.0):
         super().__init__()
         D = qformer.config.hidden_size
         self.vision = vision.eval().requires_grad_(False)          # frozen, as SEED's EVA-CLIP ViT
         self.qformer, self.Q = qformer, qformer.config.num_query_tokens
+        self.num_codes, self.embed_dim, self.text_dim = num_codes, embed_dim, text_dim or embed_dim
         self.down, self.up = nn.Linear(D, code_dim), nn.Linear(code_dim, D)
-        self.quantizer = VectorQuantizer(num_codes, code_dim)
+        self.quantizer = VectorQuantizer(num_codes, code_dim, ema=ema, restart_threshold=restart_threshold)
         self.reverse = nn.ModuleList(Block(D, recon_heads) for _ in range(recon_layers))
         self.recon_head = nn.Linear(D, embed_dim)
-        self.text_proj = nn.Linear(D, embed_dim)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.contrast = ContrastiveHead(D, self.text_dim)
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.vision.eval()
         return self
+
+    def parts(self) -> dict[str, nn.Module]:
+        """For training stages: {vision: frozen, ...: full} trains everything but the ViT."""
+        return {"vision": self.vision, "qformer": self.qformer, "contrast": self.contrast,
+                "codebook": nn.ModuleList([self.down, self.quantizer, self.up]),
+                "reconstruction": nn.ModuleList([*self.reverse, self.recon_head])}
 
     def queries(self, pixel_values: torch.Tensor) -> torch.Tensor:
         feats = self.vision.features(pixel_values, layer=-1)                           # [B, P, Dv]
@@ -87,21 +108,40 @@ class SeedTokenizer(nn.Module):
     @torch.no_grad()
     def decode_embedding(self, codes: torch.Tensor) -> torch.Tensor:
         """code ids [B, Q] -> image embedding [B, E] (what would condition the diffusion decoder)."""
-        if codes.dim() != 2 or codes.shape[1] != self.Q:
-            raise InputError(f"SEED codes must be [B, {self.Q}], got {tuple(codes.shape)}")
+        check_codes(codes, self.Q, self.num_codes)
         return self.embedding_from(self.quantizer.decode_indices(codes[..., None]))
 
+    def last_query_logits(self, pixel_values: torch.Tensor, caption_embeds: torch.Tensor) -> torch.Tensor:
+        """[B] images x [T, text_dim] captions -> [B, T] similarities of the last causal query (retrieval)."""
+        return self.contrast(self.queries(pixel_values)[:, -1], caption_embeds)
+
     def forward(self, pixel_values: torch.Tensor, caption_embeds: torch.Tensor,
-                image_embeds: torch.Tensor) -> SeedOutput:
-        """caption_embeds [B, E] (a text encoder's), image_embeds [B, E] (the reconstruction target)."""
-        if caption_embeds.shape != image_embeds.shape or caption_embeds.shape[0] != pixel_values.shape[0]:
-            raise InputError(f"caption_embeds {tuple(caption_embeds.shape)} and image_embeds "
-                             f"{tuple(image_embeds.shape)} must both be [B={pixel_values.shape[0]}, E]")
+                image_embeds: torch.Tensor, caption_ids: torch.Tensor | None = None) -> SeedOutput:
+        """caption_embeds [B, text_dim] (a text encoder's), image_embeds [B, embed_dim] (the reconstruction
+        target); caption_ids [B] (optional): pairs with equal ids are all positives of each other, which a
+        batch of few distinct captions needs (else "red circle" is a negative of "red circle")."""
+        B = pixel_values.shape[0]
+        if caption_embeds.shape != (B, self.text_dim) or image_embeds.shape != (B, self.embed_dim):
+            raise InputError(f"caption_embeds {tuple(caption_embeds.shape)} must be [B={B}, text_dim={self.text_dim}] "
+                             f"and image_embeds {tuple(image_embeds.shape)} [B={B}, embed_dim={self.embed_dim}]")
         q = self.queries(pixel_values)
-        last = F.normalize(self.text_proj(q[:, -1]), dim=-1)                            # [B, E] the last query
-        logits = self.log_scale.exp() * last @ F.normalize(caption_embeds, dim=-1).t()  # [B, B] image x text
-        contrastive = info_nce(logits)                                                  # symmetric
+        contrastive = info_nce(self.contrast(q[:, -1], caption_embeds), caption_ids)   # [B, B] image x text
         quant = self.quantize(q)
         reconstruction = F.mse_loss(self.embedding_from(quant.z_q), image_embeds)
         return SeedOutput(contrastive + quant.loss + reconstruction, contrastive, reconstruction, quant,
                           quant.indices[..., 0])
+
+
+def check_codes(codes, num_queries: int, num_codes: int) -> torch.Tensor:
+    """SEED code ids must be an integer tensor [B, Q] with every id in [0, num_codes)."""
+    if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        raise InputError(f"SEED codes must be an integer tensor [B, {num_queries}], got "
+                         f"{getattr(codes, 'dtype', type(codes).__name__)}")
+    if codes.dim() != 2 or codes.shape[1] != num_queries or codes.shape[0] == 0:
+        raise InputError(f"SEED codes must be [B, {num_queries}] (B >= 1), got {tuple(codes.shape)}")
+    bad = (codes < 0) | (codes >= num_codes)
+    if bad.any():
+        b, i = (int(v) for v in bad.nonzero()[0])
+        raise InputError(f"SEED code {int(codes[b, i])} at row {b}, position {i} is out of range: this codebook has "
+                         f"ids 0..{num_codes - 1}")
+    return codes
