@@ -34,6 +34,9 @@ def test_generate_greedy_is_deterministic_and_beam_runs(tiny, capsys):
     assert capsys.readouterr().out == first
     assert main(args + ["--num-beams", "3"]) == 0
     assert main(args + ["--temperature", "0.9", "--top-p", "0.9", "--seed", "3"]) == 0
+    capsys.readouterr()
+    assert main(args + ["--prepack"]) == 0           # oneDNN-prepacked weights: the same greedy text
+    assert capsys.readouterr().out == first
 
 
 def test_generate_reports_typed_errors(tiny, tmp_path, capsys):
