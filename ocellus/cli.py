@@ -67,7 +67,7 @@ def _load_model(path, args):
     for a second copy of the weights in memory (infer/prepack.py)."""
     import ocellus
     model = ocellus.load(path, dtype=args.dtype)
-    if getattr(args, "prepack", False):
+    if args.prepack:
         from ocellus.infer.prepack import prepack_linears
         prepack_linears(model, batch_size=1)
     return model

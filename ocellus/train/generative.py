@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from ocellus.errors import ConfigError, InputError
 from ocellus.models.generative.checkpoint import build, load_generator, save_generator
 from ocellus.train.loader import BatchLoader
-from ocellus.train.recipe import apply_overrides
+from ocellus.train.recipe import read_recipe, recipe_task
 from ocellus.train.trainer import TrainConfig, Trainer
 
 TASK = "image_generation"
@@ -34,10 +33,7 @@ DIGIT_CLASSES = [str(i) for i in range(10)]
 
 
 def is_generative_recipe(path: str | Path) -> bool:
-    try:
-        return (yaml.safe_load(Path(path).read_text()) or {}).get("task") == TASK
-    except (OSError, yaml.YAMLError, AttributeError):
-        return False   # load_recipe reports it
+    return recipe_task(path) == TASK
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -150,10 +146,7 @@ def measure(model, source: str, image_size: int, gen: dict, n_per_class: int = 2
 
 def load_generative_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     """An image-generation recipe with its overrides applied and its top level checked."""
-    try:
-        recipe = apply_overrides(yaml.safe_load(Path(path).read_text()), list(overrides))
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read recipe {path}: {e}") from e
+    recipe = read_recipe(path, overrides)
     if recipe.get("task") != TASK:
         raise ConfigError(f"{path}: task must be {TASK!r}")
     unknown = set(recipe) - {"task", "name", "model", "data", "train", "eval", "seed"}

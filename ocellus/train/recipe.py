@@ -39,15 +39,30 @@ DATA_KEYS = {"source", "kind", "n", "seed", "max_length", "template", "pack", "i
 TRAIN_EXTRA = {"batch_size"}
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
-    path = Path(path)
+def read_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
+    """The YAML mapping at `path` with `key=value` overrides applied; ConfigError if unreadable.
+    Every runner (`load_recipe` and the task-specific loaders) reads its recipe through this."""
     try:
-        recipe = yaml.safe_load(path.read_text())
+        recipe = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read recipe {path}: {e}") from e
     if not isinstance(recipe, dict):
         raise ConfigError(f"recipe {path} must be a mapping at the top level")
-    recipe = apply_overrides(recipe, overrides)
+    return apply_overrides(recipe, list(overrides))
+
+
+def recipe_task(path: str | Path) -> str | None:
+    """The `task:` of a recipe file, None when it cannot be read (the loader then reports why):
+    what `ocellus train` dispatches on."""
+    try:
+        return read_recipe(path).get("task")
+    except ConfigError:
+        return None
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
+    path = Path(path)
+    recipe = read_recipe(path, overrides)
     recipe.setdefault("name", path.stem)
     recipe["_path"] = str(path)
     validate(recipe, where=str(path))

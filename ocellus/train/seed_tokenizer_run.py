@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from ocellus.errors import ConfigError
 from ocellus.train.loader import BatchLoader
-from ocellus.train.recipe import apply_overrides
+from ocellus.train.recipe import read_recipe, recipe_task
 from ocellus.train.trainer import TrainConfig, Trainer
 
 TASK = "seed_tokenizer"
@@ -43,22 +42,12 @@ TOP_KEYS = {"task", "name", "model", "data", "train", "eval", "seed"}
 PHASES = ("vit", "tokenizer", "detokenizer")
 
 
-def _read(path: str | Path) -> dict:
-    try:
-        return yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read recipe {path}: {e}") from e
-
-
 def is_seed_recipe(path: str | Path) -> bool:
-    try:
-        return _read(path).get("task") == TASK
-    except (ConfigError, AttributeError):
-        return False   # the general loader reports it
+    return recipe_task(path) == TASK
 
 
 def load_seed_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
-    recipe = apply_overrides(_read(path), list(overrides))
+    recipe = read_recipe(path, overrides)
     check_seed_recipe(recipe, str(path))
     return recipe
 

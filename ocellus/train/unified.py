@@ -24,13 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from ocellus.errors import ConfigError, InputError
 from ocellus.models.unified import PAD, UnifiedVocab, WordVocab
 from ocellus.train.loader import BatchLoader
 from ocellus.train.stages import parts_of
-from ocellus.train.recipe import apply_overrides
+from ocellus.train.recipe import read_recipe, recipe_task
 from ocellus.train.trainer import TrainConfig, Trainer
 
 TASK = "unified"
@@ -40,10 +39,7 @@ TOP_KEYS = {"task", "name", "model", "data", "train", "eval", "seed"}
 
 
 def is_unified_recipe(path: str | Path) -> bool:
-    try:
-        return (yaml.safe_load(Path(path).read_text()) or {}).get("task") == TASK
-    except (OSError, yaml.YAMLError, AttributeError):
-        return False
+    return recipe_task(path) == TASK
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -285,10 +281,7 @@ def measure(model, colours: list[str], image_size: int, judge, train_x: torch.Te
 
 def load_unified_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     """A unified-model recipe with its overrides applied and its top level checked."""
-    try:
-        recipe = apply_overrides(yaml.safe_load(Path(path).read_text()), list(overrides))
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read recipe {path}: {e}") from e
+    recipe = read_recipe(path, overrides)
     check_unified(recipe, str(path))
     return recipe
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ocellus.errors import ConfigError
-from ocellus.train.recipe import POSTTRAIN_TASKS, TASKS, apply_overrides, load_recipe, validate
+from ocellus.train.recipe import POSTTRAIN_TASKS, TASKS, apply_overrides, load_recipe, recipe_task, validate
 from ocellus.train.run import run_recipe
 
 RECIPES = sorted(Path(__file__).resolve().parents[2].glob("recipes/**/*.yaml"))
@@ -26,20 +26,15 @@ def test_shipped_recipe_validates(path):
     elif _is_unified(path):
         from ocellus.train import unified
         assert unified.load_unified_recipe(path)["task"] == unified.TASK
-    elif _task(path) == "seed_tokenizer":
+    elif recipe_task(path) == "seed_tokenizer":
         from ocellus.train import seed_tokenizer_run
         assert seed_tokenizer_run.load_seed_recipe(path)["task"] == seed_tokenizer_run.TASK
     else:
         assert load_recipe(path)["task"] in TASKS + POSTTRAIN_TASKS
 
 
-def _task(path):
-    import yaml
-    return (yaml.safe_load(path.read_text()) or {}).get("task")
-
-
 def _is_unified(path) -> bool:
-    return _task(path) == "unified"
+    return recipe_task(path) == "unified"
 
 
 def test_overrides_and_errors(tmp_path):
