@@ -12,15 +12,15 @@
 # export (RUNS_DIR/STEP/model) exists is kept, so an interrupted build goes on where it stopped;
 # FORCE=1 retrains every step.
 #
-# Threads: OMP_NUM_THREADS defaults to 1 here. On a 2-core machine shared with other jobs one
-# thread per process was several times faster than two (two threads stall whenever the other core
-# is busy); on an idle machine set OMP_NUM_THREADS=2 to use both cores.
+# Threads: OMP_NUM_THREADS defaults to every core (nproc). On this 2-core machine, quiet, stage 2 takes
+# 0.17 s a step with 2 threads and 0.25 s with 1: stages 1 + 2 in 11.9 min vs ~17. On a machine shared
+# with other jobs set OMP_NUM_THREADS=1: two threads stall whenever the other core is busy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-runs/llava_tiny_shapes}"
 ASSET=ocellus/assets/llava-tiny-shapes
 RECIPES=recipes/llava_tiny_shapes
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 mkdir -p "$RUNS"
 : > "$RUNS/times.txt"
 
