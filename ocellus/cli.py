@@ -193,20 +193,22 @@ def cmd_bench(args) -> int:
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
+# Recipe tasks with a runner (and schema) of their own; every other task goes through load_recipe/run_recipe.
+OWN_RUNNERS = {
+    "image_generation": ("ocellus.train.generative", "run_generative_recipe"),   # VQ-VAE, DDPM, MaskGIT, ...
+    "unified": ("ocellus.train.unified", "run_unified_recipe"),                 # Emu3, Janus, Show-o, SEED-LLaMA
+    "seed_tokenizer": ("ocellus.train.seed_tokenizer_run", "run_seed_recipe"),  # the SEED image codec
+}
+
+
 def cmd_train(args) -> int:
-    from ocellus.train.generative import is_generative_recipe, run_generative_recipe
-    if is_generative_recipe(args.recipe):   # task: image_generation (VQ-VAE, DDPM, MaskGIT, ...)
-        run_generative_recipe(args.recipe, args.overrides)
+    import importlib
+    from ocellus.train.recipe import load_recipe, recipe_task
+    task = recipe_task(args.recipe)   # None when unreadable: load_recipe then says why
+    if task in OWN_RUNNERS:
+        module, runner = OWN_RUNNERS[task]
+        getattr(importlib.import_module(module), runner)(args.recipe, args.overrides)
         return 0
-    from ocellus.train.unified import is_unified_recipe, run_unified_recipe
-    if is_unified_recipe(args.recipe):      # task: unified (Emu3, Janus, Show-o: describe and draw)
-        run_unified_recipe(args.recipe, args.overrides)
-        return 0
-    from ocellus.train.seed_tokenizer_run import is_seed_recipe, run_seed_recipe
-    if is_seed_recipe(args.recipe):         # task: seed_tokenizer (the SEED image codec: ViT, tokenizer, diffusion)
-        run_seed_recipe(args.recipe, args.overrides)
-        return 0
-    from ocellus.train.recipe import load_recipe
     from ocellus.train.run import run_recipe
     run_recipe(load_recipe(args.recipe, args.overrides))
     return 0
