@@ -3,7 +3,8 @@
   encode  images/s of our ViT vs transformers' CLIPVisionModel (same weights, batch, dtype), and
           end-to-end time to first token for one image + question vs LlavaForConditionalGeneration
   train   training-step throughput (samples/s, tokens/s) and peak memory of the tiny LLaVA config
-          vs LlavaForConditionalGeneration with the same config, batch and optimizer (AdamW)
+          vs LlavaForConditionalGeneration with the same config, batch and optimizer (AdamW);
+          --recipe: a real step of a LLaVA recipe (its data, labels and frozen parts) instead
 
 transformers is imported here only, lazily: it is the reference being measured, not a dependency.
 Peak memory on CPU is the process's resident-set high-water mark (VmHWM), reset before each side
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 import ocellus
+from ocellus.errors import ConfigError
 
 
 def _best(fn, repeats: int) -> float:
@@ -39,6 +41,10 @@ def _peak_rss_mb() -> float | None:
     except OSError:
         return None
     return None
+
+
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} MB"
 
 
 def _reset_peak() -> None:
@@ -94,9 +100,8 @@ TINY_TEXT = dict(vocab_size=640, hidden_size=128, intermediate_size=384, num_hid
 
 
 def bench_train(batch: int = 16, text_tokens: int = 40, steps: int = 10, repeats: int = 3, printer=print) -> dict:
-    """Seconds per training step of each model: the best of `repeats` rounds, each round timing
-    `steps` steps of ours then `steps` of transformers (interleaved, so load from other processes
-    hits both alike). Peak RSS is each model's high-water mark over its first round."""
+    """Every parameter trains; random pixels; the image's placeholders then `text_tokens` random
+    tokens, all of them labelled (caption-style pretraining on the TINY_* config)."""
     ref = _llava_reference(TINY_VISION, TINY_TEXT, image_token=639)
     with tempfile.TemporaryDirectory() as d:
         ref.save_pretrained(d)
@@ -104,15 +109,65 @@ def bench_train(batch: int = 16, text_tokens: int = 40, steps: int = 10, repeats
     patches = (TINY_VISION["image_size"] // TINY_VISION["patch_size"]) ** 2
     g = torch.Generator().manual_seed(0)
     ids = torch.cat([torch.full((batch, patches), 639), torch.randint(0, 638, (batch, text_tokens), generator=g)], 1)
-    labels = ids.masked_fill(ids == 639, -100)
     pixels = torch.randn(batch, 3, TINY_VISION["image_size"], TINY_VISION["image_size"], generator=g)
+    inputs = {"input_ids": ids, "pixel_values": pixels, "labels": ids.masked_fill(ids == 639, -100)}
+    return _time_train_steps(ours, ref, inputs, steps, repeats, "every parameter trains, all text labelled", printer)
 
+
+# our LLaVA parts (train/stages.parts_of) -> the modules holding them in LlavaForConditionalGeneration
+_REF_PARTS = {"vision": ("model.vision_tower",), "connector": ("model.multi_modal_projector",),
+              "llm": ("model.language_model", "lm_head")}
+
+
+def bench_train_recipe(recipe_path, model_dir=None, batch: int | None = None, steps: int = 10, repeats: int = 3,
+                       printer=print) -> dict:
+    """One real training step of a LLaVA recipe: its model (default: the embedded one), a batch of
+    its own data (labels only where the recipe trains) and its stage (frozen parts frozen on both
+    sides). Full or frozen parts only: LoRA would put different modules on the two sides."""
+    import transformers as tf
+
+    from ocellus.data.tokenizer import Tokenizer
+    from ocellus.hub.checkpoint import read_config
+    from ocellus.train.recipe import load_recipe
+    from ocellus.train.run import build_dataset
+    from ocellus.train.stages import Stage, apply_stage
+    recipe = load_recipe(recipe_path)
+    stage = Stage.parse(recipe["train"].get("stage", {}))
+    modes = {part: spec.mode for part, spec in stage.parts.items()}
+    architecture = (recipe.get("model") or {}).get("architecture", "llava")
+    if recipe["task"] != "vlm" or architecture != "llava" or "lora" in modes.values() or set(modes) - set(_REF_PARTS):
+        raise ConfigError(f"{recipe_path}: bench train --recipe takes a LLaVA recipe (task vlm) whose stage only "
+                          f"freezes or fully trains vision/connector/llm; got task {recipe['task']!r}, architecture "
+                          f"{architecture!r}, stage {modes}")
+    model_dir = Path(model_dir or ocellus.default_model_dir())
+    model_type = read_config(model_dir).get("model_type")
+    if model_type != "llava":
+        raise ConfigError(f"{model_dir}: bench train --recipe compares against LlavaForConditionalGeneration and "
+                          f"needs a llava checkpoint, got model_type {model_type!r}")
+    ours, tok = ocellus.load(model_dir), Tokenizer.from_dir(model_dir)
+    ref = tf.LlavaForConditionalGeneration.from_pretrained(model_dir)
+    apply_stage(ours, stage)
+    for part, paths in _REF_PARTS.items():
+        for path in paths:
+            ref.get_submodule(path).requires_grad_(modes.get(part, "frozen") != "frozen")
+    dataset, collate = build_dataset(recipe, tok, ours)
+    inputs = collate([dataset[i] for i in range(batch or int(recipe["train"].get("batch_size", 8)))])
+    trained = int((inputs["labels"] != -100).sum())
+    what = f"recipe {Path(recipe_path).name}, stage {modes}, {trained} labelled tokens"
+    return _time_train_steps(ours, ref, inputs, steps, repeats, what, printer)
+
+
+def _time_train_steps(ours, ref, inputs: dict, steps: int, repeats: int, what: str, printer) -> dict:
+    """Seconds per training step (forward, backward, AdamW) of each model on the same inputs: the
+    best of `repeats` rounds, each round timing `steps` steps of ours then `steps` of transformers
+    (interleaved, so load from other processes hits both alike). Peak RSS is each model's
+    high-water mark over its first round."""
     def stepper(model):
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
         def step():
-            loss = model(input_ids=ids, pixel_values=pixels, labels=labels).loss
+            loss = model(**inputs).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -132,14 +187,14 @@ def bench_train(batch: int = 16, text_tokens: int = 40, steps: int = 10, repeats
             if r == 0:
                 peak[name] = _peak_rss_mb()
     (t_ours, mem_ours), (t_ref, mem_ref) = (best["ours"], peak["ours"]), (best["ref"], peak["ref"])
-    tokens = ids.numel()
+    batch, tokens = inputs["input_ids"].shape[0], inputs["input_ids"].numel()
     row = {"samples_per_s_ours": batch / t_ours, "samples_per_s_ref": batch / t_ref, "ratio": t_ref / t_ours,
            "tokens_per_s_ours": tokens / t_ours, "tokens_per_s_ref": tokens / t_ref,
            "peak_rss_mb_ours": mem_ours, "peak_rss_mb_ref": mem_ref}
-    printer(f"tiny LLaVA training step (batch {batch}, {ids.shape[1]} tokens, AdamW): ours "
+    printer(f"tiny LLaVA training step (batch {batch}, {inputs['input_ids'].shape[1]} tokens, AdamW; {what}): ours "
             f"{row['samples_per_s_ours']:.1f} samples/s ({row['tokens_per_s_ours']:.0f} tok/s), transformers "
             f"{row['samples_per_s_ref']:.1f} samples/s ({row['tokens_per_s_ref']:.0f} tok/s), ratio {row['ratio']:.2f}x; "
-            f"peak RSS ours {mem_ours} MB, transformers {mem_ref} MB (process high-water marks)")
+            f"peak RSS ours {_mb(mem_ours)}, transformers {_mb(mem_ref)} (process high-water marks)")
     return row
 
 
@@ -158,10 +213,16 @@ def main_encode(argv=None) -> int:
 
 def main_train(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="ocellus bench train")
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=None, help="default 16, or the recipe's batch_size")
     ap.add_argument("--steps", type=int, default=10, help="steps per round")
     ap.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the best round")
+    ap.add_argument("--recipe", help="time a real step of this LLaVA recipe (its data and stage) instead")
+    ap.add_argument("--model", help="with --recipe: the model dir (default: the embedded default model)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
-    bench_train(batch=2 if a.quick else a.batch, steps=1 if a.quick else a.steps, repeats=1 if a.quick else a.repeats)
+    steps, repeats = (1, 1) if a.quick else (a.steps, a.repeats)
+    if a.recipe:
+        bench_train_recipe(a.recipe, a.model, batch=2 if a.quick else a.batch, steps=steps, repeats=repeats)
+    else:
+        bench_train(batch=2 if a.quick else (a.batch or 16), steps=steps, repeats=repeats)
     return 0

@@ -11,6 +11,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError
+from ocellus.nn.kept_rows import KeptRows
 from ocellus.nn.kv_cache import StaticKVCache
 from ocellus.nn.masks import sdpa_is_causal
 from ocellus.nn.rope import apply_rotary
@@ -32,19 +33,41 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(num_heads * self.head_dim, dim, bias=out_bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                mask: torch.Tensor | None = None, cache: StaticKVCache | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, cache: StaticKVCache | None = None,
+                rows: KeptRows | None = None) -> torch.Tensor:
+        """x [B, T, dim] -> [B, T, dim]; with `rows`, queries only at the kept positions -> [N, dim]
+        (keys and values still at every position)."""
         B, T, _ = x.shape
         if T == 1 and cache is not None:
             return self._decode_one(x, rope, mask, cache)
+        if rows is not None:
+            return self._kept_rows(x, rope, mask, rows)
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)     # [B, H, T, Dh]
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
+        k, v = self._keys_values(x, rope)                                                # [B, Hkv, T, Dh]
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            q = apply_rotary(q, *rope)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)                                     # [B, Hkv, T_k, Dh]
         y = attend(q, k, v, mask, sdpa_is_causal(mask, T, self.causal))                  # [B, H, T, Dh]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+    def _keys_values(self, x, rope):
+        B, T, _ = x.shape
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
+        return (k if rope is None else apply_rotary(k, *rope)), v
+
+    def _kept_rows(self, x, rope, mask, rows: KeptRows):
+        if not self.causal:
+            raise ConfigError("kept-row attention is for causal decoders")
+        B, T, _ = x.shape
+        n = rows.pos.shape[1]
+        q = self.q_proj(rows.take(x)).view(B, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, n, Dh]
+        k, v = self._keys_values(x, rope)                                                # [B, Hkv, T, Dh]
+        if rope is not None:
+            q = apply_rotary(q, *(rows.take(r) for r in rope))
+        y = attend(q, k, v, rows.query_mask(mask, T), is_causal=False)                   # [B, H, n, Dh]
+        return self.o_proj(rows.unpack(y.transpose(1, 2).reshape(B, n, self.num_heads * self.head_dim)))
 
     def _decode_one(self, x, rope, mask, cache):
         """forward() for one new token per row: the same math with the transposes that T == 1

@@ -1,6 +1,9 @@
 """The encode/train benchmarks run end to end in quick mode (figures are not asserted: timings
 belong to benchmarks, not tests)."""
-from ocellus.bench_vlm import bench_encode, bench_train
+import pytest
+
+from ocellus.bench_vlm import bench_encode, bench_train, bench_train_recipe
+from ocellus.errors import ConfigError
 
 
 def test_encode_benchmark_rows():
@@ -11,3 +14,14 @@ def test_encode_benchmark_rows():
 def test_train_benchmark_rows():
     row = bench_train(batch=2, steps=1, printer=lambda *_: None)
     assert row["samples_per_s_ours"] > 0 and row["samples_per_s_ref"] > 0 and row["ratio"] > 0
+
+
+def test_train_benchmark_on_a_recipe_batch():
+    row = bench_train_recipe("recipes/llava_tiny_shapes/sft.yaml", batch=2, steps=1, repeats=1, printer=lambda *_: None)
+    assert row["samples_per_s_ours"] > 0 and row["samples_per_s_ref"] > 0 and row["ratio"] > 0
+
+
+@pytest.mark.parametrize("recipe", ["recipes/posttrain/sft.yaml", "recipes/flamingo_tiny_shapes/train.yaml"])
+def test_train_benchmark_refuses_stages_it_cannot_mirror(recipe):
+    with pytest.raises(ConfigError, match="bench train --recipe"):
+        bench_train_recipe(recipe, batch=2, steps=1, repeats=1, printer=lambda *_: None)

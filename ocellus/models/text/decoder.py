@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError
 from ocellus.nn.attention import Attention
+from ocellus.nn.kept_rows import KeptRows
 from ocellus.nn.kv_cache import StaticKVCache
 from ocellus.nn.masks import build_attention_mask
 from ocellus.nn.mlp import SwiGLU
@@ -110,24 +111,29 @@ class DecoderConfig:
 
 class CausalLMOutput:
     """logits [B, T, V] (or [B, k, V] with logits_to_keep=k), loss, hidden_states: the final-norm
-    output [B, T, D]. With labels the loss needs logits only where a label is trained, so the
-    full logits are then made from hidden_states on first access (lazily, in the same graph):
-    a training step that reads only .loss never pays for lm_head at image and prompt positions."""
+    output [B, T, D]. Either may be given as a function, run on first access (in the same graph):
+    with labels the loss needs the last layer and lm_head only where a label is trained, so a
+    training step that reads only .loss never pays for them at image and prompt positions."""
 
-    def __init__(self, logits: torch.Tensor | None = None, loss: torch.Tensor | None = None,
-                 hidden_states: torch.Tensor | None = None, make_logits=None):
-        self._logits, self._make_logits = logits, make_logits
-        self.loss, self.hidden_states = loss, hidden_states
+    def __init__(self, loss: torch.Tensor | None = None, hidden_states=None, logits=None):
+        self.loss = loss
+        self._hidden, self._logits = hidden_states, logits
+
+    @property
+    def hidden_states(self) -> torch.Tensor:
+        if callable(self._hidden):
+            self._hidden = self._hidden()
+        return self._hidden
 
     @property
     def logits(self) -> torch.Tensor:
-        if self._logits is None and self._make_logits is not None:
-            self._logits, self._make_logits = self._make_logits(), None
+        if callable(self._logits):
+            self._logits = self._logits(self.hidden_states)
         return self._logits
 
     @logits.setter
     def logits(self, value: torch.Tensor) -> None:
-        self._logits, self._make_logits = value, None
+        self._logits = value
 
 
 class DecoderLayer(nn.Module):
@@ -140,8 +146,10 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, rope, mask, cache):
-        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache)
+    def forward(self, x, rope, mask, cache, rows=None):
+        """rows (KeptRows): compute only at those positions and return them, [N, D]."""
+        a = self.self_attn(self.input_layernorm(x), rope, mask, cache, rows=rows)
+        x = (x if rows is None else rows.select(x)) + a
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -217,23 +225,38 @@ class DecoderLM(nn.Module):
             rope = self.rotary_emb(position_ids, dtype=x.dtype)
         mask = build_attention_mask(T, past + T, attention_mask=attention_mask, document_ids=document_ids,
                                     device=x.device)
+        # With labels (and no cache) the last layer runs only at trained positions: its output
+        # elsewhere feeds nothing but logits the loss ignores (keys/values are still made for all).
+        if labels is not None:
+            rows, targets = trained_rows(labels, (B, T))                            # [N], [N]
+        prune = labels is not None and cache is None
+        last = self.layers[-1]
         for i, layer in enumerate(self.layers):
             if before_layer is not None:
                 x = before_layer(i, x)
-            if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, cache, use_reentrant=False)
-            else:
-                x = layer(x, rope, mask, cache)
+            if not (prune and layer is last):
+                x = self._run_layer(layer, x, rope, mask, cache)
         if cache is not None:
             cache.advance(T)
-        h = self.norm(x)
 
-        def make_logits():
-            return self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)    # [B, T|k, V]
+        def head(h):                                                                # -> [B, T|k, V]
+            return self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         if labels is None:
-            return CausalLMOutput(logits=make_logits(), hidden_states=h)
-        return CausalLMOutput(loss=causal_lm_loss_from_hidden(h, labels, self.lm_head), hidden_states=h,
-                              make_logits=make_logits)
+            h = self.norm(x)
+            return CausalLMOutput(hidden_states=h, logits=head(h))
+        if prune:
+            h_rows = self.norm(self._run_layer(last, x, rope, mask, None, rows))     # [N, D]
+            h = lambda: self.norm(self._run_layer(last, x, rope, mask, None))       # [B, T, D] on request
+        else:
+            h = self.norm(x)
+            h_rows = rows.select(h)                                                 # [N, D]
+        loss = F.cross_entropy(self.lm_head(h_rows).float(), targets)
+        return CausalLMOutput(loss=loss, hidden_states=h, logits=head)
+
+    def _run_layer(self, layer, x, rope, mask, cache, rows=None):
+        if self.gradient_checkpointing and self.training:
+            return torch.utils.checkpoint.checkpoint(layer, x, rope, mask, cache, rows, use_reentrant=False)
+        return layer(x, rope, mask, cache, rows)
 
     def _embed(self, input_ids, inputs_embeds):
         if (input_ids is None) == (inputs_embeds is None):
@@ -253,17 +276,13 @@ class DecoderLM(nn.Module):
         return self.embed_tokens(input_ids)
 
 
-def causal_lm_loss_from_hidden(h: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
-                              ignore_index: int = -100) -> torch.Tensor:
-    """causal_lm_loss(lm_head(h), labels) with lm_head applied only where the next label is
-    trained: image placeholders and prompts (most of a VLM's sequence) never need logits. Same
-    value up to float summation order (the mean is over the same trained tokens)."""
-    if labels.shape != h.shape[:2]:
-        raise InputError(f"labels shape {tuple(labels.shape)} does not match the sequence {tuple(h.shape[:2])}")
-    shift_labels = labels[:, 1:]                                             # [B, T-1]
-    keep = shift_labels != ignore_index                                      # [B, T-1]
-    logits = lm_head(h[:, :-1][keep]).float()                                # [N, V]: trained positions only
-    return F.cross_entropy(logits, shift_labels[keep])
+def trained_rows(labels: torch.Tensor, shape: tuple[int, int], ignore_index: int = -100):
+    """The positions whose next label is trained (the only rows the loss reads) and those labels."""
+    if labels.shape != shape:
+        raise InputError(f"labels shape {tuple(labels.shape)} does not match the sequence {tuple(shape)}")
+    next_labels = F.pad(labels[:, 1:], (0, 1), value=ignore_index)              # [B, T]: label of t+1
+    rows = KeptRows.from_mask(next_labels != ignore_index)
+    return rows, rows.select(next_labels)                                         # [N] targets
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
