@@ -13,6 +13,7 @@ through /proc/self/clear_refs, so each figure is that side's own peak.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -99,7 +100,7 @@ TINY_TEXT = dict(vocab_size=640, hidden_size=128, intermediate_size=384, num_hid
                  num_key_value_heads=2, max_position_embeddings=256, eos_token_id=None, tie_word_embeddings=True)
 
 
-def bench_train(batch: int = 16, text_tokens: int = 40, steps: int = 10, repeats: int = 3, printer=print) -> dict:
+def bench_train(batch: int = 16, text_tokens: int = 40, steps: int = 3, repeats: int = 20, printer=print) -> dict:
     """Every parameter trains; random pixels; the image's placeholders then `text_tokens` random
     tokens, all of them labelled (caption-style pretraining on the TINY_* config)."""
     ref = _llava_reference(TINY_VISION, TINY_TEXT, image_token=639)
@@ -119,7 +120,7 @@ _REF_PARTS = {"vision": ("model.vision_tower",), "connector": ("model.multi_moda
               "llm": ("model.language_model", "lm_head")}
 
 
-def bench_train_recipe(recipe_path, model_dir=None, batch: int | None = None, steps: int = 10, repeats: int = 3,
+def bench_train_recipe(recipe_path, model_dir=None, batch: int | None = None, steps: int = 3, repeats: int = 20,
                        printer=print) -> dict:
     """One real training step of a LLaVA recipe: its model (default: the embedded one), a batch of
     its own data (labels only where the recipe trains) and its stage (frozen parts frozen on both
@@ -158,9 +159,10 @@ def bench_train_recipe(recipe_path, model_dir=None, batch: int | None = None, st
 
 
 def _time_train_steps(ours, ref, inputs: dict, steps: int, repeats: int, what: str, printer) -> dict:
-    """Seconds per training step (forward, backward, AdamW) of each model on the same inputs: the
-    best of `repeats` rounds, each round timing `steps` steps of ours then `steps` of transformers
-    (interleaved, so load from other processes hits both alike). Peak RSS is each model's
+    """Median seconds per training step (forward, backward, AdamW) of each model on the same
+    inputs, over `repeats` rounds of `steps` steps a side; the sides alternate which goes first
+    each round, so drifting machine load (and cache state left by the other model) hits both
+    alike, and the median ignores the odd step stalled by the OS. Peak RSS is each side's
     high-water mark over its first round."""
     def stepper(model):
         model.train()
@@ -171,22 +173,24 @@ def _time_train_steps(ours, ref, inputs: dict, steps: int, repeats: int, what: s
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        step()                                  # warm-up (and optimizer state allocation)
         return step
 
     runs = {"ours": stepper(ours), "ref": stepper(ref)}
-    best, peak = {name: float("inf") for name in runs}, {}
+    for _ in range(3):                      # warm-up: optimizer state, oneDNN kernels, the heap's size
+        for step in runs.values():
+            step()
+    times, peak = {name: [] for name in runs}, {}
     for r in range(repeats):
-        for name, step in runs.items():
+        for name in (("ours", "ref") if r % 2 == 0 else ("ref", "ours")):
             if r == 0:
                 _reset_peak()
-            t = time.perf_counter()
             for _ in range(steps):
-                step()
-            best[name] = min(best[name], (time.perf_counter() - t) / steps)
+                t = time.perf_counter()
+                runs[name]()
+                times[name].append(time.perf_counter() - t)
             if r == 0:
                 peak[name] = _peak_rss_mb()
-    (t_ours, mem_ours), (t_ref, mem_ref) = (best["ours"], peak["ours"]), (best["ref"], peak["ref"])
+    (t_ours, t_ref), (mem_ours, mem_ref) = (statistics.median(times[n]) for n in runs), (peak[n] for n in runs)
     batch, tokens = inputs["input_ids"].shape[0], inputs["input_ids"].numel()
     row = {"samples_per_s_ours": batch / t_ours, "samples_per_s_ref": batch / t_ref, "ratio": t_ref / t_ours,
            "tokens_per_s_ours": tokens / t_ours, "tokens_per_s_ref": tokens / t_ref,
@@ -214,8 +218,9 @@ def main_encode(argv=None) -> int:
 def main_train(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="ocellus bench train")
     ap.add_argument("--batch", type=int, default=None, help="default 16, or the recipe's batch_size")
-    ap.add_argument("--steps", type=int, default=10, help="steps per round")
-    ap.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the best round")
+    ap.add_argument("--steps", type=int, default=3, help="steps per side per round")
+    ap.add_argument("--repeats", type=int, default=20, help="rounds (the side going first alternates); "
+                                                           "each figure is the median step")
     ap.add_argument("--recipe", help="time a real step of this LLaVA recipe (its data and stage) instead")
     ap.add_argument("--model", help="with --recipe: the model dir (default: the embedded default model)")
     ap.add_argument("--quick", action="store_true")
