@@ -93,3 +93,33 @@ def test_placeholder_count_mismatch_is_input_error(tmp_path):
         ours(input_ids=ids, pixel_values=pixels[:2])           # sample 1 has 2 image blocks, 1 image left
     with pytest.raises(InputError, match="no pixel_values"):
         ours(input_ids=ids)
+
+
+def _last_layer_grads(lm):
+    layer = lm.layers[-1]
+    return [layer.self_attn.q_proj.weight.grad, layer.self_attn.o_proj.weight.grad, layer.mlp.down_proj.weight.grad]
+
+
+@pytest.mark.parametrize("case", CASES[::2], ids=lambda c: c["vision"])
+def test_training_loss_and_gradients_equal_transformers(case, tmp_path):
+    """Labels on a ragged few positions per sample (ours runs the last decoder layer only there):
+    loss, the gradient reaching the pixels and the last layer's weight gradients equal transformers'."""
+    ref = _reference(**case)
+    ref.save_pretrained(tmp_path)
+    ours = ocellus.load(tmp_path)
+    per_image = 16 + (1 if case["vision"] == "clip" else 0) - (1 if case["select"] == "default" else 0)
+    ids, mask, pixels = _batch(per_image)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    labels = ids.masked_fill((mask == 0) | (ids == IMG), -100)
+    labels[:, 1:].masked_fill_(mask[:, :-1] == 0, -100)            # no target predicted from a padding slot
+    labels[0, -12:-6] = -100                                       # a prompt span that is not trained
+    labels[1, :-4] = -100                                          # only the answer's last 4 tokens
+    grads = []
+    for model in (ref, ours):
+        px = pixels.clone().requires_grad_()
+        loss = model(input_ids=ids, pixel_values=px, attention_mask=mask, position_ids=pos, labels=labels).loss
+        loss.backward()
+        lm = model.model.language_model if model is ref else model.language_model
+        grads.append((loss.detach(), px.grad, *_last_layer_grads(lm)))
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

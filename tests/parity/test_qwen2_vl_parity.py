@@ -243,3 +243,30 @@ def test_processor_from_a_qwen_style_checkpoint_dir(tmp_path):
     torch.testing.assert_close(got, want_logits, atol=1e-4, rtol=1e-4)
     with pytest.raises(InputError, match="below min_pixels"):
         proc(text="<|vision_start|><|image_pad|><|vision_end|>", images=[images[0].resize((20, 20))])
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=["qwen2_vl-gqa", "qwen2_vl-mqa-tied"])
+def test_training_loss_and_gradients_equal_transformers(case, tmp_path):
+    """M-RoPE ids gathered at the trained rows (ours runs the last decoder layer only there), left
+    padding: loss and the gradients reaching the patches and the last layer equal transformers'."""
+    ref, ours = _load_both(case, tmp_path)
+    rows = [_ids([5], ("image", 6), [7, 8, 9, 10]), _ids([9, 3, 4], ("image", 4), [6, 11, 12], ("image", 24), [5, 13])]
+    grids = torch.tensor([[1, 4, 6], [1, 4, 4], [1, 8, 12]])
+    width = max(map(len, rows))
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):], mask[b, width - len(r):] = torch.tensor(r), 1
+    labels = ids.masked_fill((mask == 0) | (ids >= IMG), -100)
+    labels[:, 1:].masked_fill_(mask[:, :-1] == 0, -100)            # no target predicted from a padding slot
+    labels[1, -6:-3] = -100
+    found = []
+    for model, extra in ((ref, {"mm_token_type_ids": _types(ids)}), (ours, {})):
+        patches = _patches(grids).requires_grad_()
+        loss = model(input_ids=ids, attention_mask=mask, pixel_values=patches, image_grid_thw=grids, labels=labels,
+                     **extra).loss
+        loss.backward()
+        layer = (model.model.language_model if model is ref else model.language_model).layers[-1]
+        found.append((loss.detach(), patches.grad, layer.self_attn.q_proj.weight.grad, layer.mlp.up_proj.weight.grad))
+    for got, want in zip(found[1], found[0]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
