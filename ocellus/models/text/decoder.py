@@ -230,11 +230,11 @@ class DecoderLM(nn.Module):
         if labels is not None:
             rows, targets = trained_rows(labels, (B, T))                            # [N], [N]
         prune = labels is not None and cache is None
-        last = self.layers[-1]
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if before_layer is not None:
                 x = before_layer(i, x)
-            if not (prune and layer is last):
+            if not (prune and i == last):
                 x = self._run_layer(layer, x, rope, mask, cache)
         if cache is not None:
             cache.advance(T)
@@ -244,14 +244,16 @@ class DecoderLM(nn.Module):
         if labels is None:
             h = self.norm(x)
             return CausalLMOutput(hidden_states=h, logits=head(h))
-        if prune:
-            h_rows = self.norm(self._run_layer(last, x, rope, mask, None, rows))     # [N, D]
-            h = lambda: self.norm(self._run_layer(last, x, rope, mask, None))       # [B, T, D] on request
-        else:
+        if not prune:
             h = self.norm(x)
-            h_rows = rows.select(h)                                                 # [N, D]
+            loss = F.cross_entropy(self.lm_head(rows.select(h)).float(), targets)
+            return CausalLMOutput(loss=loss, hidden_states=h, logits=head)
+
+        def full_hidden():                                                          # [B, T, D], on request
+            return self.norm(self._run_layer(self.layers[last], x, rope, mask, None))
+        h_rows = self.norm(self._run_layer(self.layers[last], x, rope, mask, None, rows))  # [N, D]
         loss = F.cross_entropy(self.lm_head(h_rows).float(), targets)
-        return CausalLMOutput(loss=loss, hidden_states=h, logits=head)
+        return CausalLMOutput(loss=loss, hidden_states=full_hidden, logits=head)
 
     def _run_layer(self, layer, x, rope, mask, cache, rows=None):
         if self.gradient_checkpointing and self.training:
