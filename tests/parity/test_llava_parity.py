@@ -56,14 +56,18 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['vision']}-{c['layer']}-{c['select']}")
-def test_logits_equal_transformers(case, tmp_path):
+def _both_and_batch(case, tmp_path):
+    """transformers' model, ours loaded from its save, and a left-padded batch with position ids."""
     ref = _reference(**case)
     ref.save_pretrained(tmp_path)
-    ours = ocellus.load(tmp_path)
     per_image = 16 + (1 if case["vision"] == "clip" else 0) - (1 if case["select"] == "default" else 0)
     ids, mask, pixels = _batch(per_image)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ref, ocellus.load(tmp_path), ids, mask, pixels, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['vision']}-{c['layer']}-{c['select']}")
+def test_logits_equal_transformers(case, tmp_path):
+    ref, ours, ids, mask, pixels, pos = _both_and_batch(case, tmp_path)
     with torch.no_grad():
         a = ref(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
         b = ours(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
@@ -104,12 +108,7 @@ def _last_layer_grads(lm):
 def test_training_loss_and_gradients_equal_transformers(case, tmp_path):
     """Labels on a ragged few positions per sample (ours runs the last decoder layer only there):
     loss, the gradient reaching the pixels and the last layer's weight gradients equal transformers'."""
-    ref = _reference(**case)
-    ref.save_pretrained(tmp_path)
-    ours = ocellus.load(tmp_path)
-    per_image = 16 + (1 if case["vision"] == "clip" else 0) - (1 if case["select"] == "default" else 0)
-    ids, mask, pixels = _batch(per_image)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    ref, ours, ids, mask, pixels, pos = _both_and_batch(case, tmp_path)
     labels = ids.masked_fill((mask == 0) | (ids == IMG), -100)
     labels[:, 1:].masked_fill_(mask[:, :-1] == 0, -100)            # no target predicted from a padding slot
     labels[0, -12:-6] = -100                                       # a prompt span that is not trained

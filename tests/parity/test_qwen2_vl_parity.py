@@ -58,6 +58,16 @@ def _ids(*pieces) -> list[int]:
     return out
 
 
+def _left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """rows of ids -> input_ids [B, T] left-padded with 0, attention_mask [B, T]."""
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):], mask[b, width - len(r):] = torch.tensor(r), 1
+    return ids, mask
+
+
 def _types(ids: torch.Tensor) -> torch.Tensor:
     return (ids == IMG).long() + 2 * (ids == VID).long()
 
@@ -97,11 +107,7 @@ def test_left_padded_batch_logits_equal_transformers(case, tmp_path):
     ref, ours = _load_both(case, tmp_path)
     rows = [_ids([5], ("image", 6), [7, 8]), _ids([9, 3, 4], ("image", 4), [6], ("image", 24), [5])]
     grids = torch.tensor([[1, 4, 6], [1, 4, 4], [1, 8, 12]])
-    width = max(map(len, rows))
-    ids = torch.zeros(2, width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, r in enumerate(rows):
-        ids[b, width - len(r):], mask[b, width - len(r):] = torch.tensor(r), 1
+    ids, mask = _left_padded(rows)
     with torch.no_grad():
         want = ref(input_ids=ids, attention_mask=mask, pixel_values=_patches(grids), image_grid_thw=grids,
                    mm_token_type_ids=_types(ids)).logits
@@ -131,11 +137,7 @@ def test_greedy_generation_ids_equal_transformers(case, tmp_path):
     ref, ours = _load_both(case, tmp_path)
     rows = [_ids([5], ("image", 6), [7, 8]), _ids([9, 3, 4], ("image", 4), [6, 5])]
     grids = torch.tensor([[1, 4, 6], [1, 4, 4]])
-    width = max(map(len, rows))
-    ids = torch.zeros(2, width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, r in enumerate(rows):
-        ids[b, width - len(r):], mask[b, width - len(r):] = torch.tensor(r), 1
+    ids, mask = _left_padded(rows)
     pixels = _patches(grids)
     with torch.no_grad():
         want = ref.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grids,
@@ -252,11 +254,7 @@ def test_training_loss_and_gradients_equal_transformers(case, tmp_path):
     ref, ours = _load_both(case, tmp_path)
     rows = [_ids([5], ("image", 6), [7, 8, 9, 10]), _ids([9, 3, 4], ("image", 4), [6, 11, 12], ("image", 24), [5, 13])]
     grids = torch.tensor([[1, 4, 6], [1, 4, 4], [1, 8, 12]])
-    width = max(map(len, rows))
-    ids = torch.zeros(2, width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, r in enumerate(rows):
-        ids[b, width - len(r):], mask[b, width - len(r):] = torch.tensor(r), 1
+    ids, mask = _left_padded(rows)
     labels = ids.masked_fill((mask == 0) | (ids >= IMG), -100)
     labels[:, 1:].masked_fill_(mask[:, :-1] == 0, -100)            # no target predicted from a padding slot
     labels[1, -6:-3] = -100
