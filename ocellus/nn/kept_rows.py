@@ -4,8 +4,9 @@ sequence, feed nothing but logits the loss ignores). That layer makes keys and v
 position but queries, attention, projections and MLP only at the kept ones.
 
 Kept positions are ragged per sample; attention wants a rectangle, so each sample's kept
-positions are packed to the front of an [B, N_max] table (padding slots repeat an unkept
-position and are dropped afterwards).
+positions are packed to the front of an [B, N_max] table; the padding slots after them hold
+unkept positions (real positions, so their causal mask rows are never empty) and are dropped
+afterwards.
 """
 from __future__ import annotations
 
