@@ -206,11 +206,10 @@ def optimizer_for(model, cfg):
     """apply_stage + AdamW over the stage's param groups + the cosine schedule: what the Trainer does,
     for loops that alternate sampling and updates."""
     from ocellus.train.stages import Stage, apply_stage, param_groups, parts_of
-    from ocellus.train.trainer import cosine_schedule
+    from ocellus.train.trainer import cosine_schedule, make_adamw
     stage = Stage.parse(cfg.stage or {part: "full" for part in parts_of(model)})
     report = apply_stage(model, stage)
-    optimizer = torch.optim.AdamW(param_groups(model, stage, cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = make_adamw(param_groups(model, stage, cfg.lr, cfg.weight_decay), cfg)
     return optimizer, cosine_schedule(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio), report
 
 

@@ -71,6 +71,17 @@ def _count_tokens(batch: dict) -> int:
     return ids.numel() if ids is not None else 0
 
 
+def make_adamw(groups: list[dict], cfg) -> torch.optim.AdamW:
+    """AdamW over per-part param groups, with the fused kernel (one op over every tensor) where all
+    parameters allow it: plain float tensors on CPU or CUDA, not FSDP's DTensors. On CPU PyTorch's
+    default is a per-parameter loop, ~2.5x slower for a tiny model's many small tensors (the tiny
+    LLaVA's 113: 8 ms a step vs 3 ms)."""
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(type(p) is nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                 for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
 class Trainer:
     def __init__(self, model: nn.Module, loader: BatchLoader, cfg: TrainConfig,
                  on_log: Callable[[dict], None] | None = None, dist_info: DistInfo | None = None):
@@ -86,7 +97,7 @@ class Trainer:
                 m.gradient_checkpointing = cfg.gradient_checkpointing
         self.model = wrap(model, self.dist)
         groups = param_groups(self._inner(), self.stage, cfg.lr, cfg.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.optimizer = make_adamw(groups, cfg)
         self.scheduler = cosine_schedule(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         self.step = 0
         self.out = Path(cfg.out_dir)

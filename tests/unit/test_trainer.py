@@ -12,7 +12,7 @@ from ocellus.nn.lora import LoRALinear, merge_lora
 from ocellus.nn.rope import RopeConfig
 from ocellus.train.loader import BatchLoader
 from ocellus.train.stages import apply_stage
-from ocellus.train.trainer import TrainConfig, Trainer, TrainingError
+from ocellus.train.trainer import TrainConfig, Trainer, TrainingError, make_adamw
 
 V = 40
 
@@ -160,3 +160,21 @@ def test_lora_trains_only_adapters_inside_its_part_and_merges(tmp_path):
         merge_lora(model)
         torch.testing.assert_close(model(input_ids=ids).logits, adapted, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ocellus.load(tmp_path / "merged")(input_ids=ids).logits, adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_adamw_is_fused_on_plain_cpu_parameters_and_matches_the_loop():
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    copies = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1)
+    fused = make_adamw([{"params": weights[:1]}, {"params": weights[1:], "weight_decay": 0.0}], cfg)
+    loop = torch.optim.AdamW([{"params": copies[:1]}, {"params": copies[1:], "weight_decay": 0.0}], lr=1e-2,
+                             betas=cfg.betas, weight_decay=0.1, foreach=False)
+    assert fused.defaults["fused"] is True
+    for _ in range(3):
+        for params, opt in ((weights, fused), (copies, loop)):
+            sum((p ** 2).sum() for p in params).backward()
+            opt.step()
+            opt.zero_grad()
+    for w, c in zip(weights, copies):
+        torch.testing.assert_close(w, c, rtol=1e-6, atol=1e-6)
