@@ -133,7 +133,7 @@ def bench_train_recipe(recipe_path, model_dir=None, batch: int | None = None, st
     from ocellus.train.run import build_dataset
     from ocellus.train.stages import Stage, apply_stage
     recipe = load_recipe(recipe_path)
-    stage = Stage.parse(recipe["train"].get("stage", {}))
+    stage = Stage.parse(recipe["train"].get("stage") or {part: "full" for part in _REF_PARTS})  # as the Trainer
     modes = {part: spec.mode for part, spec in stage.parts.items()}
     architecture = (recipe.get("model") or {}).get("architecture", "llava")
     if recipe["task"] != "vlm" or architecture != "llava" or "lora" in modes.values() or set(modes) - set(_REF_PARTS):
