@@ -47,7 +47,8 @@ FAMILY_SPECS: dict[str, dict] = {
 }
 
 
-def recipe_for(family: str, parts_dir: Path, out_dir: Path, steps: int, batch_size: int, seed: int = 0) -> dict:
+def recipe_for(family: str, parts_dir: Path, out_dir: Path, steps: int, batch_size: int, seed: int = 0,
+               lr: float = 2.0e-3) -> dict:
     """The one recipe every family trains with; only model.architecture and its connector differ."""
     if family not in FAMILY_SPECS:
         raise ConfigError(f"unknown family {family!r}; choose from {', '.join(FAMILY_SPECS)}")
@@ -62,7 +63,7 @@ def recipe_for(family: str, parts_dir: Path, out_dir: Path, steps: int, batch_si
         "model": model,
         "data": {"source": "shapes", "kind": "mixed", "kind_weights": {"qa": 3, "grounding": 1},
                  "n": 100_000, "seed": 4, "image_size": 48, "max_length": 256, "hard_negatives": 0.7},
-        "train": {"max_steps": steps, "batch_size": batch_size, "lr": 2.0e-3, "warmup_steps": 30,
+        "train": {"max_steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": 30,
                   "out_dir": str(out_dir), "log_every": 50, "progress": False,
                   "stage": {"vision": "frozen" if pretrained_vit else "full", "connector": "full", "llm": "full"}},
     }
@@ -77,12 +78,13 @@ def _sizes(model) -> tuple[int, int]:
     return total, bridge
 
 
-def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_size: int, n_eval: int) -> dict:
+def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_size: int, n_eval: int,
+               lr: float = 2.0e-3) -> dict:
     import ocellus
     from ocellus.eval.harness import evaluate
     from ocellus.train.recipe import validate
     from ocellus.train.run import run_recipe
-    recipe = recipe_for(family, parts_dir, runs_dir / family, steps, batch_size)
+    recipe = recipe_for(family, parts_dir, runs_dir / family, steps, batch_size, lr=lr)
     validate(recipe, where=f"compare {family}")
     start = time.perf_counter()
     path = run_recipe(recipe)
@@ -128,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-eval", type=int, default=300)
+    p.add_argument("--lr", type=float, default=2.0e-3, help="the one learning rate every family trains at")
     p.add_argument("--out", default=None, help="write the table (markdown) here; results JSON next to it")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results = []
     for family in [f.strip() for f in args.families.split(",") if f.strip()]:
         results.append(run_family(family, Path(args.parts), Path(args.runs), args.steps, args.batch_size,
-                                  args.n_eval))
+                                  args.n_eval, lr=args.lr))
         print(table(results[-1:]), flush=True)
         if args.out:  # after every family, so a long run's finished rows survive an interruption
             Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))

@@ -23,7 +23,8 @@ def test_every_family_gets_the_same_recipe_but_its_bridge(tmp_path):
 def test_compare_trains_evaluates_and_writes_the_table(tmp_path, tiny_vlm_parts):
     out = tmp_path / "cmp.md"
     main(["--families", "llava", "--parts", str(tiny_vlm_parts), "--runs", str(tmp_path / "runs"), "--steps", "3",
-          "--batch-size", "4", "--n-eval", "10", "--out", str(out)])
+          "--batch-size", "4", "--n-eval", "10", "--lr", "5e-4", "--out", str(out)])
+    assert json.loads((tmp_path / "runs" / "llava" / "recipe.json").read_text())["train"]["lr"] == 5e-4
     row = json.loads(out.with_suffix(".json").read_text())[0]
     assert row["family"] == "llava" and row["image_tokens"] == 65   # 48 px / patch 6 = 64 patches + CLS
     assert 0.0 <= row["vqa"]["all"] <= 1.0 and row["params"] > row["bridge_params"] > 0
