@@ -24,16 +24,12 @@ import torch
 from ocellus.errors import ConfigError, InputError
 from ocellus.models.generative.checkpoint import build, load_generator, save_generator
 from ocellus.train.loader import BatchLoader
-from ocellus.train.recipe import read_recipe, recipe_task
+from ocellus.train.recipe import read_recipe
 from ocellus.train.trainer import TrainConfig, Trainer
 
 TASK = "image_generation"
 SOURCES = ("digits", "shapes")
 DIGIT_CLASSES = [str(i) for i in range(10)]
-
-
-def is_generative_recipe(path: str | Path) -> bool:
-    return recipe_task(path) == TASK
 
 
 # -- data -----------------------------------------------------------------------------------------

@@ -34,16 +34,12 @@ import torch
 
 from ocellus.errors import ConfigError
 from ocellus.train.loader import BatchLoader
-from ocellus.train.recipe import read_recipe, recipe_task
+from ocellus.train.recipe import read_recipe
 from ocellus.train.trainer import TrainConfig, Trainer
 
 TASK = "seed_tokenizer"
 TOP_KEYS = {"task", "name", "model", "data", "train", "eval", "seed"}
 PHASES = ("vit", "tokenizer", "detokenizer")
-
-
-def is_seed_recipe(path: str | Path) -> bool:
-    return recipe_task(path) == TASK
 
 
 def load_seed_recipe(path: str | Path, overrides: list[str] = ()) -> dict:

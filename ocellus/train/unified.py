@@ -29,17 +29,13 @@ from ocellus.errors import ConfigError, InputError
 from ocellus.models.unified import PAD, UnifiedVocab, WordVocab
 from ocellus.train.loader import BatchLoader
 from ocellus.train.stages import parts_of
-from ocellus.train.recipe import read_recipe, recipe_task
+from ocellus.train.recipe import read_recipe
 from ocellus.train.trainer import TrainConfig, Trainer
 
 TASK = "unified"
 FAMILIES = ("emu3", "janus", "showo", "seed_llama")
 TASKS = ("t2i", "i2t", "interleave")   # interleave: two (caption, image) pairs per row (SEED-LLaMA)
 TOP_KEYS = {"task", "name", "model", "data", "train", "eval", "seed"}
-
-
-def is_unified_recipe(path: str | Path) -> bool:
-    return recipe_task(path) == TASK
 
 
 # -- data ---------------------------------------------------------------------------------------------

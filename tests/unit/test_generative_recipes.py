@@ -11,7 +11,8 @@ from PIL import Image
 from ocellus.cli import main
 from ocellus.errors import CheckpointError, ConfigError, InputError
 from ocellus.models.generative.checkpoint import load_generator, save_generator
-from ocellus.train.generative import is_generative_recipe, run_generative_recipe
+from ocellus.train.generative import TASK, run_generative_recipe
+from ocellus.train.recipe import recipe_task
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "generation"
 SMALL = ["data.n=64", "train.batch_size=16", "train.log_every=1", "eval.measure=false", "train.warmup_steps=0"]
@@ -35,7 +36,7 @@ def test_every_recipe_is_a_generative_recipe():
     assert names == ["ar_digits.yaml", "ar_shapes.yaml", "ddpm_digits.yaml", "ddpm_shapes.yaml", "ldm_digits.yaml",
                      "ldm_shapes.yaml", "maskgit_digits.yaml", "maskgit_shapes.yaml", "vqgan_digits.yaml",
                      "vqvae_digits.yaml"]
-    assert all(is_generative_recipe(RECIPES / n) for n in names)
+    assert all(recipe_task(RECIPES / n) == TASK for n in names)
 
 
 def test_vqvae_recipe_learns_and_roundtrips(tokenizer_dir):

@@ -19,11 +19,11 @@ def test_shipped_recipe_validates(path):
     import yaml
 
     from ocellus.train import capfilt, generative
-    if generative.is_generative_recipe(path):
+    if recipe_task(path) == generative.TASK:
         assert generative.load_generative_recipe(path)["task"] == generative.TASK
     elif path.name == "capfilt.yaml":
         assert capfilt.check_config(yaml.safe_load(path.read_text()))["task"] == "blip"
-    elif _is_unified(path):
+    elif recipe_task(path) == "unified":
         from ocellus.train import unified
         assert unified.load_unified_recipe(path)["task"] == unified.TASK
     elif recipe_task(path) == "seed_tokenizer":
@@ -31,10 +31,6 @@ def test_shipped_recipe_validates(path):
         assert seed_tokenizer_run.load_seed_recipe(path)["task"] == seed_tokenizer_run.TASK
     else:
         assert load_recipe(path)["task"] in TASKS + POSTTRAIN_TASKS
-
-
-def _is_unified(path) -> bool:
-    return recipe_task(path) == "unified"
 
 
 def test_overrides_and_errors(tmp_path):

@@ -265,9 +265,10 @@ def test_seed_recipe_smoke_losses_fall_and_the_export_decodes(tmp_path):
 
 
 def test_shipped_recipe_loads_and_bad_recipes_are_config_errors(tmp_path):
-    from ocellus.train.seed_tokenizer_run import check_seed_recipe, is_seed_recipe, load_seed_recipe
+    from ocellus.train.recipe import recipe_task
+    from ocellus.train.seed_tokenizer_run import TASK, check_seed_recipe, load_seed_recipe
     recipe = load_seed_recipe("recipes/unified/seed_shapes.yaml", ["train.tokenizer.max_steps=7"])
-    assert is_seed_recipe("recipes/unified/seed_shapes.yaml") and not is_seed_recipe("recipes/unified/emu3_shapes.yaml")
+    assert recipe_task("recipes/unified/seed_shapes.yaml") == TASK != recipe_task("recipes/unified/emu3_shapes.yaml")
     assert recipe["train"]["tokenizer"]["max_steps"] == 7 and recipe["model"]["qformer"]["num_query_tokens"] == 8
     with pytest.raises(ConfigError, match="model.text_encoder is required"):
         check_seed_recipe({**recipe, "model": {k: v for k, v in recipe["model"].items() if k != "text_encoder"}}, "r")
