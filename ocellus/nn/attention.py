@@ -16,6 +16,10 @@ from ocellus.nn.kv_cache import StaticKVCache
 from ocellus.nn.masks import sdpa_is_causal
 from ocellus.nn.rope import apply_rotary
 
+# Take attend's GPU GQA path (K/V heads copied over their query groups) on CPU too. Off by
+# default; tests switch it on so that the branch every CUDA run takes is checked on CPU as well.
+EXPAND_KV_ON_CPU = False
+
 
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, head_dim: int | None = None,
@@ -96,7 +100,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         # faster attention at batch 8 in bf16 on CPU). Rows see all keys: no causal mask needed.
         y = F.scaled_dot_product_attention(q.reshape(B, Hkv, groups, q.shape[-1]), k, v, attn_mask=mask, scale=scale)
         return y.reshape(B, H, 1, v.shape[-1])
-    if groups > 1 and q.device.type == "cpu":
+    if groups > 1 and q.device.type == "cpu" and not EXPAND_KV_ON_CPU:
         # CPU flash attention shares kv heads natively: no copy of K/V forward, no sum of the
         # copies' gradients backward (fwd+bwd ~15% faster at the tiny LLaVA's training shapes)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
