@@ -30,6 +30,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ocellus.infer.prepack import prepack_linears, prepack_supports
+
 # ~100M parameters: 75.5M in the blocks + 24.6M in the (tied) embedding / lm_head; GQA 12 q / 4 kv heads.
 LLAMA_100M = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                   num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048,
@@ -150,20 +152,20 @@ def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128,
     for dname in dtypes:
         dtype = DTYPES[dname]
         ours = ocellus.load(path, dtype=dtype, device=device)
+        packed = prepack and prepack_supports(dtype)   # an AVX2-only CPU has no oneDNN bf16 kernels: plain
         theirs = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         if verbose:
             print(f"# {path.name}: {count_parameters(ours) / 1e6:.1f}M parameters, {dname}, "
                   f"{torch.get_num_threads()} threads, prompt {prompt_len}, decode tokens {base_tokens + 1}..{new_tokens}, "
-                  f"ours with {'prepacked' if prepack else 'plain'} weights",
+                  f"ours with {'prepacked' if packed else 'plain'} weights",
                   flush=True)
         for batch in batches:
-            if prepack:
-                from ocellus.infer.prepack import prepack_linears
+            if packed:
                 prepack_linears(ours, batch)
             g = torch.Generator().manual_seed(batch)
             ids = torch.randint(2, arch["vocab_size"], (batch, prompt_len), generator=g).to(device)
             r = measure(ours, theirs, ids, base_tokens, new_tokens, repeats, device)
-            row = dict(dtype=dname, batch=batch, prepacked=prepack, prompt=prompt_len, new_tokens=new_tokens, ocellus=r["ocellus"],
+            row = dict(dtype=dname, batch=batch, prepacked=packed, prompt=prompt_len, new_tokens=new_tokens, ocellus=r["ocellus"],
                        transformers=r["transformers"], ratio=r["ocellus"] / r["transformers"], ceiling=r["ceiling"],
                        of_ceiling=r["ocellus"] / r["ceiling"], same_tokens=r["same_tokens"])
             rows.append(row)

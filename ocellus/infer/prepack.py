@@ -25,6 +25,14 @@ def prepack_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def prepack_supports(dtype: torch.dtype) -> bool:
+    """Whether this CPU can run oneDNN's packed kernels in `dtype`: bfloat16 needs AVX512 (bw/vl/dq) or
+    AVX-NE-CONVERT, which an AVX2-only CPU lacks (oneDNN then refuses to reorder the weight)."""
+    if dtype == torch.bfloat16:
+        return prepack_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return prepack_available() and dtype == torch.float32
+
+
 class PackedLinear(nn.Linear):
     """nn.Linear whose inference forward reads a oneDNN-packed copy of the weight."""
 
@@ -64,12 +72,17 @@ def prepack_linears(model: nn.Module, batch_size: int = 1) -> nn.Module:
         raise ConfigError("this PyTorch build has no oneDNN (mkldnn) linear kernels to prepack for")
     targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
                if type(child) in (nn.Linear, PackedLinear)]
+    for parent, name, child in targets:      # check every weight first: a refusal leaves the model untouched
+        if child.weight.dtype not in (torch.float32, torch.bfloat16):
+            raise ConfigError(f"prepacking supports float32 and bfloat16 weights, {name} is {child.weight.dtype}")
+        if not prepack_supports(child.weight.dtype):
+            raise ConfigError(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no oneDNN bfloat16 kernels "
+                              "(they need AVX512 or AVX-NE-CONVERT): decode bfloat16 without prepacking, or load "
+                              "the model in float32 to prepack it")
     for parent, name, child in targets:
         if isinstance(child, PackedLinear):      # packed before: repack for this batch size
             child.batch_size = int(batch_size)
             child._pack()
-            continue
-        if child.weight.dtype not in (torch.float32, torch.bfloat16):
-            raise ConfigError(f"prepacking supports float32 and bfloat16 weights, {name} is {child.weight.dtype}")
-        setattr(parent, name, PackedLinear.from_linear(child, batch_size))
+        else:
+            setattr(parent, name, PackedLinear.from_linear(child, batch_size))
     return model

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from ocellus.errors import ConfigError
-from ocellus.infer.prepack import PackedLinear, prepack_available, prepack_linears
+from ocellus.infer import prepack
+from ocellus.infer.prepack import PackedLinear, prepack_available, prepack_linears, prepack_supports
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.nn.rope import RopeConfig
 
@@ -20,6 +21,8 @@ def tiny(dtype=torch.float32, tied=True, seed=0):
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.0)])
 def test_same_logits_and_greedy_ids(dtype, atol):
+    if not prepack_supports(dtype):
+        pytest.skip(f"this CPU has no oneDNN {dtype} kernels (AVX2 only)")
     model = tiny(dtype)
     ids = torch.randint(0, 97, (3, 7), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -68,3 +71,13 @@ def test_repack_for_another_batch_size_and_bad_dtype():
     assert {m.batch_size for m in model.modules() if isinstance(m, PackedLinear)} == {8}
     with pytest.raises(ConfigError, match="float16"):
         prepack_linears(tiny().to(torch.float16))
+
+
+def test_bf16_on_a_cpu_without_onednn_bf16_is_a_clear_error(monkeypatch):
+    """An AVX2-only CPU: oneDNN cannot reorder bf16 weights; say so before touching the model."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    model = tiny(torch.bfloat16)
+    with pytest.raises(ConfigError, match="bfloat16 kernels"):
+        prepack_linears(model)
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    assert prepack.prepack_supports(torch.float32)
