@@ -5,7 +5,13 @@ import pytest
 import torch
 
 import ocellus
-from conftest import build_reference
+from _init import spread_init
+from conftest import build_reference as _build_reference
+
+
+def build_reference(kind: str, **overrides):
+    """conftest's random reference with spread_init: attention far from uniform, logits std ~1."""
+    return spread_init(_build_reference(kind, **overrides))
 
 ROPES = {
     "linear": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0},

@@ -7,7 +7,13 @@ import torch
 
 import ocellus
 from ocellus.errors import InputError
-from conftest import build_reference
+from _init import spread_init
+from conftest import build_reference as _build_reference
+
+
+def build_reference(kind: str, **overrides):
+    """conftest's random reference with spread_init: attention far from uniform, logits std ~1."""
+    return spread_init(_build_reference(kind, **overrides))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import ocellus
+from _init import spread_init
 from ocellus.errors import InputError
 
 IMG, VID, VS, VE = 120, 121, 122, 123
@@ -34,7 +35,7 @@ def _reference(variant="qwen2_vl", tie=False, heads=4, kv_heads=2, hidden=32, se
     cfg = config_class(text_config=tc, vision_config=vc, image_token_id=IMG, video_token_id=VID,
                        vision_start_token_id=VS, vision_end_token_id=VE, tie_word_embeddings=tie)
     torch.manual_seed(0)
-    model = tf.AutoModelForImageTextToText.from_config(cfg).eval()
+    model = spread_init(tf.AutoModelForImageTextToText.from_config(cfg).eval())  # attention far from uniform
     with torch.no_grad():  # random norms and biases, so a misplaced one shows
         for n, p in model.named_parameters():
             if n.endswith("bias") or "norm" in n or "ln_q" in n:

@@ -10,6 +10,7 @@ import torch
 from ocellus.errors import CheckpointError
 from ocellus.hub.vision_families import VISION_KEYS, load_vision, save_vision
 from ocellus.models.vision import ViTConfig
+from _init import spread_init
 
 VARIANTS = {
     "p4-i32-d64-h4": dict(patch_size=4, image_size=32, hidden_size=64, intermediate_size=112, num_attention_heads=4,
@@ -26,7 +27,7 @@ def build_reference(kind: str, **cfg):
     cfg_cls, model_cls = {"clip": (tf.CLIPVisionConfig, tf.CLIPVisionModel),
                           "siglip": (tf.SiglipVisionConfig, tf.SiglipVisionModel)}[kind]
     torch.manual_seed(0)
-    model = model_cls(cfg_cls(**cfg)).eval()
+    model = spread_init(model_cls(cfg_cls(**cfg)).eval())   # attention far from uniform (tests/parity/_init.py)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith("bias") or "norm" in n:
