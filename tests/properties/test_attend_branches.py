@@ -86,3 +86,16 @@ def test_the_switch_reaches_the_expand_path(monkeypatch):
     monkeypatch.setattr(attention, "EXPAND_KV_ON_CPU", False)
     attend(q, k, k, None, is_causal=True)
     assert seen == [False, True]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (scripts/gpu_parity.sh runs it there)")
+@pytest.mark.parametrize("Tq", [1, 6])
+def test_cuda_paths_equal_written_out_attention(Tq):
+    """On the GPU itself (no switch): the decode path and the K/V-expanding path, fp32, TF32 off."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    B, H, Hkv, Tk, D = 2, 6, 2, 6, 8
+    q, k, v = sharp((B, H, Tq, D), 9).float(), sharp((B, Hkv, Tk, D), 10).float(), sharp((B, Hkv, Tk, D), 11).float()
+    allowed = torch.ones(B, 1, Tq, Tk, dtype=torch.bool).tril(Tk - Tq)
+    allowed[1, ..., :2] = False
+    got = attend(q.cuda(), k.cuda(), v.cuda(), allowed.cuda(), is_causal=False).cpu()
+    torch.testing.assert_close(got, reference(q, k, v, allowed), atol=1e-5, rtol=1e-5)
