@@ -7,6 +7,12 @@ VQ = "ocellus/models/generative/vq.py"
 VQGAN = "ocellus/models/generative/vqgan.py"
 GEN = "ocellus/train/generative.py"
 STEPS_VQ = "tests/unit/test_vq_vqgan_steps.py"
+DDPM = "ocellus/models/generative/ddpm.py"
+LDM = "ocellus/models/generative/latent_diffusion.py"
+GUIDE = "ocellus/models/generative/guidance.py"
+STEPS_DIFF = "tests/unit/test_diffusion_steps.py"
+LDM_TRAIN = f"{STEPS_DIFF}::test_latent_diffusion_training_step_scales_latents_and_drops_the_condition"
+LDM_SAMPLE = f"{STEPS_DIFF}::test_latent_diffusion_sampling_guides_in_latent_space_and_decodes_z_over_scale"
 
 MUTATIONS = [
     # -- VQ-VAE ------------------------------------------------------------------------------------
@@ -46,4 +52,43 @@ MUTATIONS = [
     Mutation(name="generation: vqgan hinge D loss fake margin sign", file=VQGAN,
              old="F.relu(1.0 + logits_fake).mean()", new="F.relu(1.0 - logits_fake).mean()",
              tests=[f"{STEPS_VQ}::test_vqgan_one_step_equals_hinge_gan_with_adaptive_weight"]),
+    # -- DDPM --------------------------------------------------------------------------------------
+    Mutation(name="generation: ddpm q_sample noise scaled by 1 - abar, not its root", file=DDPM,
+             old="return ab.sqrt() * x0 + (1 - ab).sqrt() * noise", new="return ab.sqrt() * x0 + (1 - ab) * noise",
+             tests=[f"{STEPS_DIFF}::test_training_step_is_eps_mse_at_the_closed_form_x_t"]),
+    Mutation(name="generation: ddpm training regresses x0 instead of eps", file=DDPM,
+             old="eps_fn(self.q_sample(x0, t, noise), t), noise)", new="eps_fn(self.q_sample(x0, t, noise), t), x0)",
+             tests=[f"{STEPS_DIFF}::test_training_step_is_eps_mse_at_the_closed_form_x_t"]),
+    Mutation(name="generation: ddpm training never samples t = 0", file=DDPM,
+             old="t = torch.randint(0, self.T, (x0.shape[0],)", new="t = torch.randint(1, self.T, (x0.shape[0],)",
+             tests=[f"{STEPS_DIFF}::test_training_step_is_eps_mse_at_the_closed_form_x_t"]),
+    Mutation(name="generation: ddpm posterior mean uses alpha for sqrt(alpha)", file=DDPM,
+             old="(alpha.sqrt() * (1 - ab_prev) / (1 - ab_t)) * x_t", new="(alpha * (1 - ab_prev) / (1 - ab_t)) * x_t",
+             tests=[f"{STEPS_DIFF}::test_one_ddpm_and_one_ddim_step_equal_the_formulas"]),
+    Mutation(name="generation: ddim direction term uses abar_t for abar_t'", file=DDPM,
+             old="(1 - ab_prev - sigma ** 2).sqrt() * eps", new="(1 - ab_t - sigma ** 2).sqrt() * eps",
+             tests=[f"{STEPS_DIFF}::test_one_ddpm_and_one_ddim_step_equal_the_formulas"]),
+    # -- guidance and latent diffusion ---------------------------------------------------------------
+    Mutation(name="generation: latent diffusion sampling swaps conditional and null branch", file=LDM,
+             old="guided(self.eps, x, labels, null, guidance_scale, t)",
+             new="guided(self.eps, x, null, labels, guidance_scale, t)", tests=[LDM_SAMPLE]),
+    Mutation(name="generation: latent diffusion decodes z * scale instead of z / scale", file=LDM,
+             old="self.autoencoder.decode(z / self.latent_scale)", new="self.autoencoder.decode(z * self.latent_scale)",
+             tests=[LDM_SAMPLE]),
+    Mutation(name="generation: latent diffusion samples at image resolution", file=LDM,
+             old="return self.unet.cfg.in_channels, image_size // f, image_size // f",
+             new="return self.unet.cfg.in_channels, image_size, image_size", tests=[LDM_SAMPLE]),
+    Mutation(name="generation: latent diffusion encode forgets the latent scale", file=LDM,
+             old="return self.autoencoder.encode(x) * self.latent_scale", new="return self.autoencoder.encode(x)",
+             tests=[LDM_TRAIN]),
+    Mutation(name="generation: latent diffusion drops the condition at eval, not in training", file=LDM,
+             old="self.p_uncond) if self.training else labels", new="self.p_uncond) if not self.training else labels",
+             tests=[LDM_TRAIN]),
+    Mutation(name="generation: condition dropout keeps with probability p", file=GUIDE,
+             old="device=labels.device) < p", new="device=labels.device) >= p", tests=[LDM_TRAIN]),
+    Mutation(name="generation: guided() takes the null half as the conditional one", file=GUIDE,
+             old="c, u = both.chunk(2)", new="u, c = both.chunk(2)", tests=[LDM_SAMPLE]),
+    Mutation(name="generation: guidance extrapolates from the conditional prediction", file=GUIDE,
+             old="return uncond + scale * (cond - uncond)", new="return cond + scale * (cond - uncond)",
+             tests=[LDM_SAMPLE]),
 ]
