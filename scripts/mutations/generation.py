@@ -11,6 +11,12 @@ DDPM = "ocellus/models/generative/ddpm.py"
 LDM = "ocellus/models/generative/latent_diffusion.py"
 GUIDE = "ocellus/models/generative/guidance.py"
 STEPS_DIFF = "tests/unit/test_diffusion_steps.py"
+MASKGIT = "ocellus/models/generative/maskgit.py"
+AR = "ocellus/models/generative/ar_image.py"
+STEPS_MG = "tests/unit/test_maskgit_ar_steps.py"
+MG_TRAIN = f"{STEPS_MG}::test_maskgit_training_step_masks_by_cosine_and_scores_masked_tokens_only"
+MG_DECODE = f"{STEPS_MG}::test_maskgit_decoding_remasks_the_least_confident_and_keeps_fixed_tokens"
+AR_LOSS = f"{STEPS_MG}::test_ar_image_loss_is_next_token_with_the_class_token_predicting_the_first_code"
 LDM_TRAIN = f"{STEPS_DIFF}::test_latent_diffusion_training_step_scales_latents_and_drops_the_condition"
 LDM_SAMPLE = f"{STEPS_DIFF}::test_latent_diffusion_sampling_guides_in_latent_space_and_decodes_z_over_scale"
 
@@ -91,4 +97,39 @@ MUTATIONS = [
     Mutation(name="generation: guidance extrapolates from the conditional prediction", file=GUIDE,
              old="return uncond + scale * (cond - uncond)", new="return cond + scale * (cond - uncond)",
              tests=[LDM_SAMPLE]),
+    # -- MaskGIT -----------------------------------------------------------------------------------
+    Mutation(name="generation: maskgit re-masks the most confident tokens", file=MASKGIT,
+             old="remask = conf.argsort(1)[:, :n_next]", new="remask = conf.argsort(1, descending=True)[:, :n_next]",
+             tests=[MG_DECODE]),
+    Mutation(name="generation: maskgit fixed tokens get -inf confidence (re-masked first)", file=MASKGIT,
+             old='torch.full_like(conf, float("inf"))', new='torch.full_like(conf, float("-inf"))',
+             tests=[MG_DECODE]),
+    Mutation(name="generation: maskgit resamples already fixed tokens", file=MASKGIT,
+             old="sampled = torch.where(masked, sampled, ids)", new="sampled = sampled", tests=[MG_DECODE]),
+    Mutation(name="generation: maskgit choice-temperature annealing reversed", file=MASKGIT,
+             old="choice_temperature * (1 - (s + 1) / steps) * g", new="choice_temperature * ((s + 1) / steps) * g",
+             tests=[MG_DECODE]),
+    Mutation(name="generation: maskgit sampling temperature multiplies the logits", file=MASKGIT,
+             old="F.log_softmax(logits / temperature, dim=-1)", new="F.log_softmax(logits * temperature, dim=-1)",
+             tests=[MG_DECODE]),
+    Mutation(name="generation: maskgit schedule one decoding step late", file=MASKGIT,
+             old="after = math.floor(cosine_mask_ratio((step + 1) / steps) * n)",
+             new="after = math.floor(cosine_mask_ratio(step / steps) * n)", tests=[MG_DECODE]),
+    Mutation(name="generation: maskgit training loss on every token", file=MASKGIT,
+             old="F.cross_entropy(logits[masked], ids[masked])",
+             new="F.cross_entropy(logits.flatten(0, 1), ids.flatten())", tests=[MG_TRAIN]),
+    Mutation(name="generation: maskgit training masks one token too many", file=MASKGIT,
+             old="masked = rank < n_mask[:, None]", new="masked = rank <= n_mask[:, None]", tests=[MG_TRAIN]),
+    Mutation(name="generation: maskgit training mask ratio linear, not cosine", file=MASKGIT,
+             old="torch.ceil(cosine_mask_ratio(r) * self.N)", new="torch.ceil((1 - r) * self.N)", tests=[MG_TRAIN]),
+    Mutation(name="generation: maskgit training never drops the class", file=MASKGIT,
+             old="labels = drop_condition(labels, self.null_id, self.cfg.p_uncond, generator)",
+             new="drop_condition(labels, self.null_id, self.cfg.p_uncond, generator)", tests=[MG_TRAIN]),
+    # -- AR image tokens -----------------------------------------------------------------------------
+    Mutation(name="generation: ar image input shifted the wrong way (sees its target)", file=AR,
+             old="logits = self.decoder(input_ids=seq[:, :-1]).logits", new="logits = self.decoder(input_ids=seq[:, 1:]).logits",
+             tests=[AR_LOSS]),
+    Mutation(name="generation: ar image target not shifted", file=AR,
+             old="F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))",
+             new="F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seq[:, :-1].reshape(-1))", tests=[AR_LOSS]),
 ]
