@@ -17,6 +17,15 @@ STEPS_MG = "tests/unit/test_maskgit_ar_steps.py"
 MG_TRAIN = f"{STEPS_MG}::test_maskgit_training_step_masks_by_cosine_and_scores_masked_tokens_only"
 MG_DECODE = f"{STEPS_MG}::test_maskgit_decoding_remasks_the_least_confident_and_keeps_fixed_tokens"
 AR_LOSS = f"{STEPS_MG}::test_ar_image_loss_is_next_token_with_the_class_token_predicting_the_first_code"
+EMU3 = "ocellus/models/unified/emu3.py"
+JANUS = "ocellus/models/unified/janus.py"
+SHOWO = "ocellus/models/unified/showo.py"
+UNI = "ocellus/models/unified/__init__.py"
+UNI_TRAIN = "ocellus/train/unified.py"
+STEPS_UNI = "tests/unit/test_unified_steps.py"
+EMU3_STEP = f"{STEPS_UNI}::test_emu3_step_is_vision_weighted_next_token_loss_over_the_layout"
+JANUS_STEP = f"{STEPS_UNI}::test_janus_step_reads_codes_with_gen_head_and_words_with_lm_head"
+SHOWO_STEP = f"{STEPS_UNI}::test_showo_step_is_masked_token_loss_on_codes_plus_next_token_loss_on_text"
 LDM_TRAIN = f"{STEPS_DIFF}::test_latent_diffusion_training_step_scales_latents_and_drops_the_condition"
 LDM_SAMPLE = f"{STEPS_DIFF}::test_latent_diffusion_sampling_guides_in_latent_space_and_decodes_z_over_scale"
 
@@ -132,4 +141,36 @@ MUTATIONS = [
     Mutation(name="generation: ar image target not shifted", file=AR,
              old="F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))",
              new="F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seq[:, :-1].reshape(-1))", tests=[AR_LOSS]),
+    # -- unified models ------------------------------------------------------------------------------
+    Mutation(name="generation: emu3 vision weight on the text targets", file=EMU3,
+             old="w = torch.where(vis, vision_weight, 1.0)", new="w = torch.where(vis, 1.0, vision_weight)",
+             tests=[EMU3_STEP]),
+    Mutation(name="generation: emu3 vision mask not shifted with the targets", file=EMU3,
+             old="target, vis = labels[:, 1:], vision[:, 1:]", new="target, vis = labels[:, 1:], vision[:, :-1]",
+             tests=[EMU3_STEP]),
+    Mutation(name="generation: emu3 image rows written column-major", file=EMU3,
+             old="self.header(h, w) + rows.flatten().tolist()", new="self.header(h, w) + rows.t().flatten().tolist()",
+             tests=[EMU3_STEP]),
+    Mutation(name="generation: unified pair rows never train the first token after bos", file=UNI,
+             old="return ids, [-100] + ids[1:]", new="return ids, [-100, -100] + ids[2:]", tests=[EMU3_STEP]),
+    Mutation(name="generation: janus code loss reads the hidden state one position late", file=JANUS,
+             old="target, h = labels[:, 1:], out.hidden_states[:, :-1]",
+             new="target, h = labels[:, 1:], out.hidden_states[:, 1:]", tests=[JANUS_STEP]),
+    Mutation(name="generation: janus t2i row also trains <boi> as a text target", file=JANUS,
+             old="return ids, [-100] * (len(ids) - codes.numel()) + ids[-codes.numel():]",
+             new="return ids, [-100] * (len(ids) - codes.numel() - 1) + ids[-codes.numel() - 1:]", tests=[JANUS_STEP]),
+    Mutation(name="generation: showo predicts image tokens it can see (no <mask> applied)", file=SHOWO,
+             old="logits = self.logits(input_ids.masked_fill(masked, v.mask), keep)",
+             new="logits = self.logits(input_ids, keep)", tests=[SHOWO_STEP]),
+    Mutation(name="generation: showo text loss not shifted", file=SHOWO,
+             old="F.cross_entropy(logits[:, :-1][is_text].float(), text_target[is_text])",
+             new="F.cross_entropy(logits[:, 1:][is_text].float(), text_target[is_text])", tests=[SHOWO_STEP]),
+    Mutation(name="generation: showo masks one code too many", file=SHOWO,
+             old="masked = is_code & (rank < n_mask)", new="masked = is_code & (rank <= n_mask)", tests=[SHOWO_STEP]),
+    Mutation(name="generation: showo omni-attention without full attention inside an image", file=SHOWO,
+             old="mask = (causal[None] | same_image) & keep[:, None, :]", new="mask = causal[None] & keep[:, None, :]",
+             tests=["tests/unit/test_showo.py::test_image_tokens_see_later_image_tokens_but_text_does_not_see_the_future"]),
+    Mutation(name="generation: unified caption dropout also empties image-to-text rows", file=UNI_TRAIN,
+             old='drop = task == "t2i" and rng.random() < p_uncond', new="drop = rng.random() < p_uncond",
+             tests=[f"{STEPS_UNI}::test_caption_dropout_only_empties_text_to_image_rows"]),
 ]
