@@ -26,6 +26,9 @@ STEPS_UNI = "tests/unit/test_unified_steps.py"
 EMU3_STEP = f"{STEPS_UNI}::test_emu3_step_is_vision_weighted_next_token_loss_over_the_layout"
 JANUS_STEP = f"{STEPS_UNI}::test_janus_step_reads_codes_with_gen_head_and_words_with_lm_head"
 SHOWO_STEP = f"{STEPS_UNI}::test_showo_step_is_masked_token_loss_on_codes_plus_next_token_loss_on_text"
+SEED = "ocellus/models/unified/seed.py"
+SHOWO_DECODE = f"{STEPS_UNI}::test_showo_decoding_guides_cond_against_caption_free_rows_and_remasks_the_least_confident"
+SEED_STEP = f"{STEPS_UNI}::test_seed_tokenizer_step_reconstructs_from_the_quantized_codes"
 LDM_TRAIN = f"{STEPS_DIFF}::test_latent_diffusion_training_step_scales_latents_and_drops_the_condition"
 LDM_SAMPLE = f"{STEPS_DIFF}::test_latent_diffusion_sampling_guides_in_latent_space_and_decodes_z_over_scale"
 
@@ -173,4 +176,33 @@ MUTATIONS = [
     Mutation(name="generation: unified caption dropout also empties image-to-text rows", file=UNI_TRAIN,
              old='drop = task == "t2i" and rng.random() < p_uncond', new="drop = rng.random() < p_uncond",
              tests=[f"{STEPS_UNI}::test_caption_dropout_only_empties_text_to_image_rows"]),
+    Mutation(name="generation: showo guidance with cond and uncond rows swapped", file=SHOWO,
+             old="guide_weight(logits[:B], logits[B:], guidance_weight)",
+             new="guide_weight(logits[B:], logits[:B], guidance_weight)", tests=[SHOWO_DECODE]),
+    Mutation(name="generation: showo decoding re-masks the most confident codes", file=SHOWO,
+             old="remask = conf.argsort(1)[:, :masked_after_step", new="remask = conf.argsort(1, descending=True)[:, :masked_after_step",
+             tests=[SHOWO_DECODE]),
+    Mutation(name="generation: showo decoding lets fixed codes be re-masked", file=SHOWO,
+             old="* (1 - (s + 1) / steps) * g, math.inf)", new="* (1 - (s + 1) / steps) * g, -math.inf)",
+             tests=[SHOWO_DECODE]),
+    Mutation(name="generation: showo unconditional rows keep the caption", file=SHOWO,
+             old="rows += [[BOS] + [PAD] * (len(r) - 1) for r in rows]", new="rows += [list(r) for r in rows]",
+             tests=[SHOWO_DECODE]),
+    Mutation(name="generation: seed contrastive term on the first causal query", file=SEED,
+             old="contrastive = info_nce(self.contrast(q[:, -1], caption_embeds), caption_ids)",
+             new="contrastive = info_nce(self.contrast(q[:, 0], caption_embeds), caption_ids)", tests=[SEED_STEP]),
+    Mutation(name="generation: seed reconstruction bypasses the quantizer", file=SEED,
+             old="reconstruction = F.mse_loss(self.embedding_from(quant.z_q), image_embeds)",
+             new="reconstruction = F.mse_loss(self.embedding_from(self.down(q).transpose(1, 2)[..., None]), image_embeds)",
+             tests=[SEED_STEP]),
+    Mutation(name="generation: seed loss drops the VQ term", file=SEED,
+             old="SeedOutput(contrastive + quant.loss + reconstruction,", new="SeedOutput(contrastive + reconstruction,",
+             tests=[SEED_STEP]),
+    Mutation(name="generation: emu3/seed-llama guidance takes the caption-free rows as conditional", file=UNI,
+             old="cond, uncond = (logits[:B], logits[B:])", new="cond, uncond = (logits[B:], logits[:B])",
+             tests=["tests/unit/test_emu3.py::test_cfg_generation_uses_the_unconditional_rows",
+                    "tests/unit/test_seed_llama.py::test_unconditional_prompt_is_bos_img_or_the_negative_caption"]),
+    Mutation(name="generation: janus guidance takes the uncond rows as conditional", file=JANUS,
+             old="pick(logits[0::2], logits[1::2], guidance_scale", new="pick(logits[1::2], logits[0::2], guidance_scale",
+             tests=["tests/unit/test_janus.py::test_guidance_zero_ignores_the_caption"]),
 ]

@@ -124,3 +124,77 @@ def test_caption_dropout_only_empties_text_to_image_rows():
         want = m.sequence(caps[i], codes[i], task, uncond=task == "t2i")
         assert (ids, labels) == want
         assert all(t in ids for t in words[i]) == (task == "i2t")
+
+
+def _gumbel(u):
+    return -torch.log(-torch.log(u.clamp_min(1e-20)))
+
+
+def test_showo_decoding_guides_cond_against_caption_free_rows_and_remasks_the_least_confident():
+    """generate_image_ids against a hand loop on stubbed logits: guidance (1 + w) l_cond - w l_uncond with the
+    caption rows as cond and the <pad>-caption rows as uncond, MaskGIT re-masking of the least confident."""
+    m, _, _, _ = _setup("showo")
+    v, N, B, S, w, temp, ct = m.vocab, 16, 2, 3, 2.0, 0.9, 4.5
+    caps = ["red circle", "blue square"]
+    words = [[m.text.index[x] for x in c.split()] for c in caps]
+    torch.manual_seed(3)
+    T = 1 + 2 + 1 + N + 1
+    table = [3 * torch.randn(2 * B, T, v.size) for _ in range(S)]                      # logits of each step
+    seen = []
+
+    def stub(ids, keep=None):
+        seen.append(ids.clone())
+        return table[len(seen) - 1]
+    m.logits = stub
+    out = m.generate_image_ids(caps, steps=S, guidance_weight=w, temperature=temp, choice_temperature=ct,
+                               generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    codes, before = torch.full((B, N), -1), N                                          # -1 = still masked
+    for s in range(S):
+        slot = [[v.mask if c < 0 else v.code_base + c for c in row] for row in codes.tolist()]   # [B][N]
+        want = [[BOS] + words[b] + [v.boi] + slot[b] + [v.eoi] for b in range(B)]
+        want += [[BOS, 0, 0, v.boi] + slot[b] + [v.eoi] for b in range(B)]             # caption -> <pad>
+        assert seen[s].tolist() == want
+        lc, lu = table[s][:B, 4:4 + N, v.code_base:], table[s][B:, 4:4 + N, v.code_base:]  # [B, N, K]
+        logp = F.log_softmax(((1 + w) * lc - w * lu) / temp, -1)
+        masked = codes < 0
+        draw = (logp + _gumbel(torch.rand(logp.shape, generator=g))).argmax(-1)
+        new = torch.where(masked, draw, codes)
+        conf = logp.gather(-1, new.clamp(min=0)[..., None])[..., 0]
+        conf = conf + ct * (1 - (s + 1) / S) * _gumbel(torch.rand(conf.shape, generator=g))
+        conf[~masked] = float("inf")
+        after = max(0, min(math.floor(math.cos(math.pi / 2 * (s + 1) / S) * N), before - 1))
+        codes = new.scatter(1, conf.topk(after, dim=1, largest=False).indices, -1)
+        before = after
+    assert torch.equal(out, codes) and (out >= 0).all()
+
+
+def test_seed_tokenizer_step_reconstructs_from_the_quantized_codes():
+    """SEED's loss = InfoNCE(last query, caption) + VQ (codebook + 0.25 commitment) + MSE(embedding from the
+    nearest codes, target embedding); the reconstruction reads the quantized codes, not the raw queries."""
+    from ocellus.models.connectors.qformer import QFormer, QFormerConfig
+    from ocellus.models.unified.seed import SeedTokenizer
+    from ocellus.models.vision.vit import ViTConfig, VisionTransformer
+    torch.manual_seed(0)
+    vit = VisionTransformer(ViTConfig.clip(image_size=16, patch_size=4, hidden_size=32, intermediate_size=64,
+                                           num_layers=1, num_heads=2))
+    qf = QFormer(QFormerConfig(num_query_tokens=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, encoder_hidden_size=32, cross_attention_frequency=1))
+    m = SeedTokenizer(vit, qf, num_codes=16, code_dim=8, embed_dim=12).train()
+    with torch.no_grad():
+        m.quantizer.embedding.weight.normal_()
+    px, cap, img = torch.rand(4, 3, 16, 16) * 2 - 1, torch.randn(4, 12), torch.randn(4, 12)
+    out = m(px, cap, img)
+    q = m.queries(px)                                                                  # [4, Q=4, D]
+    sims = m.contrast(q[:, -1], cap)                                                   # last query vs captions
+    t = torch.arange(4)
+    l_con = (F.cross_entropy(sims, t) + F.cross_entropy(sims.t(), t)) / 2
+    z = m.down(q)                                                                      # [4, 4, 8]
+    book = m.quantizer.embedding.weight
+    idx = (z[:, :, None] - book[None, None]).pow(2).sum(-1).argmin(-1)                 # [4, 4] nearest codes
+    e = book[idx]                                                                      # [4, 4, 8]
+    l_vq = (1 + 0.25) * F.mse_loss(z, e)
+    recon = m.embedding_from(e.transpose(1, 2)[..., None])                             # [B, C, Q, 1] layout
+    l_rec = F.mse_loss(recon, img)
+    assert torch.equal(out.codes, idx)
+    torch.testing.assert_close(out.loss, l_con + l_vq + l_rec)
