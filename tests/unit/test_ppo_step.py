@@ -62,7 +62,7 @@ def test_one_ppo_step_equals_the_hand_update(monkeypatch):
     policy, reference = tiny_decoder(seed=0), tiny_decoder(seed=1)
     critic = RewardModel(tiny_decoder(seed=2))
     hand_policy, hand_critic = copy.deepcopy(policy), copy.deepcopy(critic)
-    lr_a, lr_c = 2.0, 0.5
+    lr_a, lr_c = 0.02, 0.5
     opts = [torch.optim.SGD(policy.parameters(), lr=lr_a), torch.optim.SGD(critic.parameters(), lr=lr_c)]
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
     record = PPO(policy, critic, None, [score], CFG, opts, scheds, clip_grad_norm=None,
@@ -83,7 +83,7 @@ def test_one_ppo_step_equals_the_hand_update(monkeypatch):
     adv = (adv - a.mean()) / (a.var(unbiased=False) + 1e-8).sqrt() * mask     # whitened over valid tokens
     assert adv[valid].mean().abs() < 1e-5 and adv[valid].std(unbiased=False) == pytest.approx(1.0, abs=1e-4)
 
-    clipped_ratio = clipped_value = False
+    clipped_ratio = clipped_value = in_band = False
     for _ in range(CFG.ppo_epochs):
         logp, v = hand_token_logps(hand_policy, batch), hand_values(hand_critic, batch)
         ratio = torch.exp(logp - old)
@@ -91,7 +91,10 @@ def test_one_ppo_step_equals_the_hand_update(monkeypatch):
         v_clip = old_v + torch.clamp(v - old_v, -CFG.value_epsilon, CFG.value_epsilon)
         vf = 0.5 * torch.max((v - returns) ** 2, (v_clip - returns) ** 2)
         loss = pg[valid].mean() + CFG.vf_coef * vf[valid].mean()
-        clipped_ratio |= bool(((ratio - 1).abs() > CFG.epsilon)[valid].any())
+        def clips(e):                                # where min() takes the clipped term for range e
+            return ((adv > 0) & (ratio > 1 + e) | (adv < 0) & (ratio < 1 - e)) & valid
+        clipped_ratio |= bool(clips(CFG.epsilon).any())
+        in_band |= bool((clips(CFG.value_epsilon) & ~clips(CFG.epsilon)).any())   # clipped only at the wrong range
         clipped_value |= bool(((v - old_v).abs() > CFG.value_epsilon)[valid].any())
         params = [*hand_policy.parameters(), *hand_critic.parameters()]
         grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -99,7 +102,7 @@ def test_one_ppo_step_equals_the_hand_update(monkeypatch):
             for i, (p, g) in enumerate(zip(params, grads)):
                 if g is not None:
                     p -= (lr_a if i < len(list(hand_policy.parameters())) else lr_c) * g
-    assert clipped_ratio and clipped_value                                    # both clips are exercised
+    assert clipped_ratio and in_band and clipped_value                        # both clips are exercised
     assert record["reward"] == pytest.approx(sum(SCORES.values()) / 3)
     assert record["kl"] == pytest.approx(((old - ref) * mask).sum(-1).mean().item(), abs=1e-5)
     for model, hand in ((policy, hand_policy), (critic, hand_critic)):
