@@ -31,6 +31,10 @@ def _model():
     model = build_albef(cfg).eval()            # eval: no EMA, no enqueue, alpha = ALPHA (no ramp)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
+        for bert in (model.text_encoder, model.text_encoder_m):   # BERT's init (std 0.02) barely reads
+            for name, p in bert.named_parameters():              # the image: make ITM / MLM depend on it
+                if "crossattention" in name and name.endswith("weight") and "LayerNorm" not in name:
+                    p.mul_(20.0)
         for _, twin in model.momentum_pairs():                 # momentum model != online model
             for p in twin.parameters():
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
@@ -108,6 +112,9 @@ def test_itm_is_ce_on_positives_and_sampled_hard_negatives(monkeypatch):
         images = torch.cat([image, image[neg_i], image])
         logits = model.itm_head(model.fuse(texts, masks, images)[:, 0])                              # [3B, 2]
         itm = F.cross_entropy(logits, torch.tensor([1] * B + [0] * 2 * B))
+        # the same negatives with the negative images paired to the other texts: a clearly different loss
+        swapped = model.itm_head(model.fuse(texts, masks, torch.cat([image, image, image[neg_i]]))[:, 0])
+        assert abs(F.cross_entropy(swapped, torch.tensor([1] * B + [0] * 2 * B)) - itm) > 1e-3
     torch.testing.assert_close(out.loss_itm, itm)
 
 
