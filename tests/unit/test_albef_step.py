@@ -23,11 +23,11 @@ from test_albef import TEXT, VISION, one_thread, random_batch  # noqa: F401  (au
 ALPHA, B = 0.4, 8
 
 
-def _model():
+def _model(**align):
     torch.manual_seed(0)
     cfg = {"vision_config": VISION, "text_config": TEXT,
            "align_config": dict(tokenizer_size=40, eos_token_id=1, pad_token_id=0, embed_dim=16, queue_size=64,
-                                text_layers=2, alpha=ALPHA, alpha_warmup_steps=0)}
+                                text_layers=2, alpha=ALPHA, alpha_warmup_steps=0, **align)}
     model = build_albef(cfg).eval()            # eval: no EMA, no enqueue, alpha = ALPHA (no ramp)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -49,6 +49,48 @@ def _model():
 def _soft_ce(logits, target):
     """-sum_c y_c log softmax(logits)_c per row."""
     return -(target * torch.log_softmax(logits, dim=-1)).sum(-1)
+
+
+def _itc_by_hand(model, px, ids, mask, pair_ids, queue):
+    """Eq. 6-7 with the model's current online and momentum towers and the given queue (image [k, E],
+    text [k, E], ids [k]) -> (loss, v_m, w_m)."""
+    tau = model.temp.clamp(0.001, 0.5)
+    v = F.normalize(model.vision_proj(model.visual_encoder(px).pooler_output), dim=-1)             # [B, E]
+    w = F.normalize(model.text_proj(model.text_states(ids, mask)[:, 0]), dim=-1)
+    v_m = F.normalize(model.vision_proj_m(model.visual_encoder_m(px).pooler_output), dim=-1)
+    w_m = F.normalize(model.text_proj_m(model.text_states(ids, mask, model.text_encoder_m)[:, 0]), dim=-1)
+    img_all, txt_all = torch.cat([v_m, queue[0]]), torch.cat([w_m, queue[1]])                       # [B + k, E]
+    y = (pair_ids[:, None] == torch.cat([pair_ids, queue[2]])[None, :]).float()
+    y = y / y.sum(1, keepdim=True)                                                               # [B, B + k]
+    y_i2t = (1 - ALPHA) * y + ALPHA * F.softmax(v_m @ txt_all.t() / tau, dim=1)
+    y_t2i = (1 - ALPHA) * y + ALPHA * F.softmax(w_m @ img_all.t() / tau, dim=1)
+    loss = (_soft_ce(v @ txt_all.t() / tau, y_i2t).mean() + _soft_ce(w @ img_all.t() / tau, y_t2i).mean()) / 2
+    return loss, v_m, w_m
+
+
+def test_training_forward_ema_first_then_itc_then_queue_gets_momentum_features():
+    """Training mode: theta_m <- m theta_m + (1 - m) theta first, ITC against the queue as it was, then
+    this batch's MOMENTUM features and ids go into the next slots (FIFO)."""
+    model = _model(momentum=0.5).train()
+    px, ids, mask = random_batch(B=B)
+    pair_ids = torch.tensor([0, 1, 2, 3, 4, 5, 6, 1])
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    old = (model.queue.image_queue[:, :16].t().clone(), model.queue.text_queue[:, :16].t().clone(),
+           model.queue.idx_queue[:16].clone())
+    with torch.no_grad():
+        out = model(px, ids, mask, ids=pair_ids, generator=torch.Generator().manual_seed(0))
+        for name, p in model.named_parameters():
+            if name.startswith(("visual_encoder_m.", "vision_proj_m.", "text_encoder_m.", "text_proj_m.")):
+                online = before[name.replace("_m.", ".", 1)]
+                torch.testing.assert_close(p, 0.5 * before[name] + 0.5 * online, msg=name)
+            else:
+                assert torch.equal(p, before[name]), name
+        itc, v_m, w_m = _itc_by_hand(model, px, ids, mask, pair_ids, old)
+    assert out.alpha == ALPHA and int(model.step) == 1
+    torch.testing.assert_close(out.loss_itc, itc)
+    torch.testing.assert_close(model.queue.image_queue[:, 16:24].t(), v_m)
+    torch.testing.assert_close(model.queue.text_queue[:, 16:24].t(), w_m)
+    assert torch.equal(model.queue.idx_queue[16:24], pair_ids) and int(model.queue.filled) == 24
 
 
 def _run(model, monkeypatch):
