@@ -205,4 +205,11 @@ MUTATIONS = [
     Mutation(name="generation: janus guidance takes the uncond rows as conditional", file=JANUS,
              old="pick(logits[0::2], logits[1::2], guidance_scale", new="pick(logits[1::2], logits[0::2], guidance_scale",
              tests=["tests/unit/test_janus.py::test_guidance_zero_ignores_the_caption"]),
+    # -- the SEED codec recipe ---------------------------------------------------------------------------
+    Mutation(name="generation: seed recipe caption ids in the wrong class order", file="ocellus/train/seed_tokenizer_run.py",
+             old="cap_id, cap_id_t = cs * len(SHAPES) + ks,", new="cap_id, cap_id_t = ks * len(colours) + cs,",
+             tests=["tests/unit/test_seed_tokenizer_run_wiring.py"]),
+    Mutation(name="generation: seed recipe trains the ViT in the tokenizer phase", file="ocellus/train/seed_tokenizer_run.py",
+             old='stage = {p: ("frozen" if p == "vision" else "full") for p in tok.parts()}',
+             new='stage = {p: "full" for p in tok.parts()}', tests=["tests/unit/test_seed_tokenizer_run_wiring.py"]),
 ]
