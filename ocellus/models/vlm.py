@@ -36,6 +36,13 @@ class VLM(GeneratesWithDecoder):
         self.packer = packer  # None: one view per image, every image gives its P rows (LLaVA)
         self.config = config if config is not None else language_model.config
 
+    def parts(self) -> dict[str, nn.Module]:
+        """Training stages address these. A packer's learned parameters (LLaVA-NeXT's image_newline) belong
+        to the connector: outside every part they would get gradients but sit in no optimizer group."""
+        connector = self.multi_modal_projector if self.packer is None else \
+            nn.ModuleList([self.multi_modal_projector, self.packer])
+        return {"vision": self.vision_tower, "llm": self.language_model, "connector": connector}
+
     # -- images -------------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, 3, H, W] (images, or the views of images) -> [N, P, D] in the decoder's
