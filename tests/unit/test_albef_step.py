@@ -189,7 +189,7 @@ def test_hard_negative_frequencies_follow_the_similarity_softmax():
     ids = torch.tensor([0, 1, 2, 0])                                  # 0 and 3 share an id: positives
     same = ids[:, None] == ids[None, :]
     g = torch.Generator().manual_seed(0)
-    n = 3000
+    n = 1500
     counts_t, counts_i = torch.zeros(4, 4), torch.zeros(4, 4)
     for _ in range(n):
         nt, ni = hard_negatives(s, s.t() * 0.5, ids, g)
@@ -199,4 +199,4 @@ def test_hard_negative_frequencies_follow_the_similarity_softmax():
         w = (torch.softmax(sim, 1) + 1e-4) * ~same
         expected = w / w.sum(1, keepdim=True)
         assert (counts[same] == 0).all()
-        torch.testing.assert_close(counts / n, expected, atol=0.04, rtol=0)
+        torch.testing.assert_close(counts / n, expected, atol=0.05, rtol=0)
