@@ -86,6 +86,12 @@ MUTATIONS = [
     Mutation(name="generation: ddim direction term uses abar_t for abar_t'", file=DDPM,
              old="(1 - ab_prev - sigma ** 2).sqrt() * eps", new="(1 - ab_t - sigma ** 2).sqrt() * eps",
              tests=[f"{STEPS_DIFF}::test_one_ddpm_and_one_ddim_step_equal_the_formulas"]),
+    Mutation(name="generation: sampler's last step stops at t = 0 instead of the clean image", file=DDPM,
+             old="prev_t = ts[i + 1] if i + 1 < len(ts) else -1", new="prev_t = ts[i + 1] if i + 1 < len(ts) else 0",
+             tests=[LDM_SAMPLE]),
+    Mutation(name="generation: leading timesteps run upwards", file=DDPM,
+             old="return [i * ratio for i in range(steps)][::-1]", new="return [i * ratio for i in range(steps)]",
+             tests=[LDM_SAMPLE]),
     # -- guidance and latent diffusion ---------------------------------------------------------------
     Mutation(name="generation: latent diffusion sampling swaps conditional and null branch", file=LDM,
              old="guided(self.eps, x, labels, null, guidance_scale, t)",
