@@ -124,3 +124,14 @@ def test_latent_diffusion_sampling_guides_in_latent_space_and_decodes_z_over_sca
     torch.testing.assert_close(seen["z"], x / 0.37, atol=1e-5, rtol=1e-4)
     assert images.shape == (2, 1, 8, 8)
     torch.testing.assert_close(images, want, atol=1e-5, rtol=1e-4)
+
+
+def test_fitted_latent_scale_gives_unit_variance_latents():
+    """latent_scale = 1 / std(E(x)) (Rombach et al. sec. 4.3): the scaled training latents have std 1."""
+    m, vq, _ = _latent_model(scale=1.0)
+    x = torch.rand(16, 1, 8, 8) * 2 - 1
+    scale = m.fit_latent_scale(x)
+    with torch.no_grad():
+        raw = vq.encode(x)
+    assert abs(scale - 1 / raw.std().item()) < 1e-6
+    assert abs(m.to_latent(x).std().item() - 1.0) < 1e-5

@@ -109,3 +109,22 @@ def test_ar_image_loss_is_next_token_with_the_class_token_predicting_the_first_c
     # the first code's term depends on the class: another label changes it
     other = m.decoder(input_ids=torch.cat([K + (labels[:, None] + 1) % 10, codes], 1)).logits
     assert not torch.allclose(F.cross_entropy(other[:, 0], codes[:, 0]), ce[:, 0].mean())
+
+
+def test_maskgit_logit_i_reads_token_i_stream_after_the_class_prefix():
+    """With no transformer block the network is a per-position readout, so the wiring is visible exactly:
+    logits[:, i] = head(LN(tok_embed(ids_i) + pos_{i+1})) (position 0 holds the class token, dropped)."""
+    vq = _vq()
+    m = MaskGIT(TokenTransformerConfig(K, GRID, num_classes=10, dim=32, num_layers=0), vq).eval()
+    ids = torch.randint(0, K + 1, (2, N))                                              # codes and [MASK]
+    got = m.logits(ids, torch.tensor([3, 10]))                                         # [2, N, K]
+    want = m.head(m.norm(m.tok_embed(ids) + m.pos[1:]))
+    torch.testing.assert_close(got, want)
+
+
+def test_ar_image_sampling_logits_forbid_every_class_token():
+    """At sampling time only codes may come next: every class id (K .. K+9) has logit -inf, no code does."""
+    m = _ar().eval()
+    prompt = torch.tensor([[K + 0, 5, 7], [K + 9, 1, 2]])                              # class, two codes
+    logits = m(input_ids=prompt).logits                                                # [2, 3, K + 10]
+    assert torch.isneginf(logits[..., K:]).all() and torch.isfinite(logits[..., :K]).all()
