@@ -96,7 +96,8 @@ def _adam_first_step(p, grad, lr):
 def _check_update(after, before, lr, sure=1e-6):
     """Each parameter moved by Adam's first step from its hand gradient (entries with |g| ~ 0 skipped)."""
     for (name, p1), p0 in zip(after.named_parameters(), before.parameters()):
-        if p0.grad is None:
+        if p0.grad is None:                                                            # no gradient: untouched
+            assert torch.equal(p1.detach(), p0.detach()), name
             continue
         ok = p0.grad.abs() > sure
         want = _adam_first_step(p0.detach(), p0.grad, lr)
