@@ -76,7 +76,7 @@ MUTATIONS = [
              file="ocellus/models/connectors/pixel_shuffle.py",
              old="x = x.permute(0, 1, 3, 2, 4, 5)",
              new="x = x.permute(0, 3, 1, 2, 4, 5)",
-             tests=["tests/unit/test_fusion.py::test_pixel_shuffle_groups_2x2_windows"]),
+             tests=[f"{WIRING}::test_pixel_shuffle_tokens_are_2x2_windows_in_row_major_order"]),
     Mutation(name="vlm: anyres image newline missing",
              file="ocellus/models/connectors/anyres.py",
              old="grid = torch.cat([grid, newline], dim=1)",

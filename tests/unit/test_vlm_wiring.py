@@ -104,3 +104,16 @@ def test_qwen2_vl_merger_reads_2x2_neighbourhoods():
     where = patches.view(h * w, 3, -1)[:, :2, 0].long().tolist()             # each row's (patch row, patch col)
     want = [[2 * bi + di, 2 * bj + dj] for bi in range(h // 2) for bj in range(w // 2) for di in (0, 1) for dj in (0, 1)]
     assert where == want
+
+
+def test_pixel_shuffle_tokens_are_2x2_windows_in_row_major_order():
+    """InternVL's pixel shuffle: token k is the window at (k // (w/2), k % (w/2)) of a
+    4 x 4 grid read row-major, its channels the window's patches (row offset, column offset) in order; a
+    column-major token order would give the decoder a transposed image."""
+    from ocellus.models.connectors.pixel_shuffle import pixel_shuffle
+    h = 4
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(h), indexing="ij")
+    x = torch.stack([rows.flatten(), cols.flatten()], dim=-1).float()[None]      # [1, 16, 2]: (row, col)
+    out = pixel_shuffle(x, 2).view(h * h // 4, 4, 2).long().tolist()             # [4 tokens, 4 patches, 2]
+    want = [[[2 * bi + di, 2 * bj + dj] for di in (0, 1) for dj in (0, 1)] for bi in range(2) for bj in range(2)]
+    assert out == want
