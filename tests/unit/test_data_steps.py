@@ -133,3 +133,27 @@ def test_processor_wraps_each_image_with_its_one_based_number(tok):  # noqa: F81
     expected = "Picture 1: " + "<image>" * 4 + "\nleftPicture 2: " + "<image>" * 4 + "\nright"
     assert tok.decode(out["input_ids"][0].tolist()) == expected
     assert out["pixel_values"].shape == (2, 3, 28, 28)
+
+
+# --- LLaVA-NeXT anyres views against transformers, on a grid where tile order and rounding show ---
+
+def test_anyres_views_row_major_and_ceil_fit_match_transformers(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers import LlavaNextImageProcessorPil
+
+    from ocellus.data.image import ImageProcessorConfig
+    from ocellus.data.image_tiling import anyres_fit_size, preprocess_anyres
+    # a 30x41 image on the one 2x2 canvas of 28-px tiles: width binds, 30 * 56/41 = 40.98 -> 41 rows (ceil)
+    assert anyres_fit_size((30, 41), (56, 56)) == (41, 56)
+    assert anyres_fit_size((41, 30), (56, 56)) == (56, 41)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((30, 41), (41, 30))]
+    ref = LlavaNextImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                     image_grid_pinpoints=[[56, 56]])
+    ref.save_pretrained(tmp_path)
+    ours, sizes = preprocess_anyres(images, ImageProcessorConfig.from_dir(tmp_path))
+    theirs = ref(images, return_tensors="pt")
+    assert ours.shape == theirs["pixel_values"].shape == (2, 5, 3, 28, 28)
+    torch.testing.assert_close(ours, theirs["pixel_values"], rtol=0, atol=1e-6)
+    assert sizes.tolist() == [[30, 41], [41, 30]]
