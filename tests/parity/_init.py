@@ -22,13 +22,17 @@ FUSED_QKV = ("qkv.weight",)
 
 @torch.no_grad()
 def spread_init(model: nn.Module, qk_gain: float = 1.0, seed: int = 0) -> nn.Module:
-    """Redraw every >= 2-d parameter of `model` from N(0, 1/fan_in) (fan_in: all but the first dim),
+    """Redraw every >= 2-d parameter of `model` from N(0, 1/fan_in) (fan_in: all but the first dim, after
+    dropping leading 1s, so a [1, N, D] table of learned tokens gets 1/D as an embedding table does),
     query/key projections (and the q, k thirds of a fused qkv) times qk_gain. Returns the model."""
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         if p.dim() < 2:
             continue
-        fan_in = p[0].numel()
+        shape = p.shape
+        while len(shape) > 2 and shape[0] == 1:   # [1, N, D] token tables (query tokens, cls, positions)
+            shape = shape[1:]
+        fan_in = shape[1:].numel()
         p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) / math.sqrt(fan_in))
         if name.endswith(QK_NAMES):
             p.mul_(qk_gain)

@@ -8,6 +8,7 @@ import torch
 import ocellus
 from ocellus.errors import CheckpointError, InputError
 from ocellus.models.text.bert import Bert, BertConfig, mask_tokens, sentence_embedding
+from _init import spread_init
 
 CONFIGS = [
     dict(vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -22,7 +23,7 @@ ARCHS = ["BertModel", "BertForMaskedLM", "BertForPreTraining"]
 def _reference(arch: str, cfg: dict):
     import transformers as tf
     torch.manual_seed(0)
-    model = getattr(tf, arch)(tf.BertConfig(**cfg)).eval()
+    model = spread_init(getattr(tf, arch)(tf.BertConfig(**cfg)).eval())   # attention far from uniform (_init.py)
     with torch.no_grad():  # biases and norms start at 0 / 1: randomise them so their names are checked
         for n, p in model.named_parameters():
             if n.endswith("bias") or "LayerNorm" in n:

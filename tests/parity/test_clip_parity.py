@@ -11,6 +11,7 @@ import ocellus
 from ocellus.errors import InputError
 from ocellus.hub.vision_families import load_vision
 from ocellus.models.contrastive.clip import DualEncoder
+from _init import spread_init
 
 VOCAB = 61
 CONFIGS = {
@@ -47,9 +48,9 @@ def reference(kind: str, name: str):
     torch.manual_seed(0)
     if kind == "clip":
         cfg = tf.CLIPConfig(text_config=c["text"], vision_config=c["vision"], projection_dim=c["projection_dim"])
-        return _randomise(tf.CLIPModel(cfg))
+        return _randomise(spread_init(tf.CLIPModel(cfg)))   # attention far from uniform (tests/parity/_init.py)
     text = {**c["text"], "projection_size": c["vision"]["hidden_size"]}   # the image embedding width
-    return _randomise(tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=c["vision"])))
+    return _randomise(spread_init(tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=c["vision"]))))
 
 
 def texts(name: str, padded: bool, seed: int = 0):
@@ -128,7 +129,7 @@ def test_text_models_equal_transformers(arch, name, tmp_path):
         ref = tf.SiglipTextModel(tf.SiglipTextConfig(**c["text"], projection_size=c["projection_dim"]))
     else:
         ref = getattr(tf, arch)(tf.CLIPTextConfig(**c["text"], projection_dim=c["projection_dim"]))
-    _randomise(ref).save_pretrained(tmp_path / "ref")
+    _randomise(spread_init(ref)).save_pretrained(tmp_path / "ref")
     ours = ocellus.load(tmp_path / "ref")
     ids, mask = texts(name, padded=True)
     with torch.no_grad():

@@ -8,6 +8,7 @@ import torch
 
 import ocellus
 from ocellus.errors import InputError
+from _init import spread_init
 
 IMG, START, END = 120, 121, 122     # <IMG_CONTEXT>, <img>, </img>
 
@@ -29,7 +30,7 @@ def _reference(vision, text="qwen2", tie=True, layer=-1, vocab=128, image_token_
     cfg = tf.InternVLConfig(vision_config=vc, text_config=tc, image_token_id=image_token_id, downsample_ratio=0.5,
                             vision_feature_layer=layer, tie_word_embeddings=tie)
     torch.manual_seed(0)
-    model = tf.InternVLForConditionalGeneration(cfg).eval()
+    model = spread_init(tf.InternVLForConditionalGeneration(cfg).eval())   # attention far from uniform (_init.py)
     with torch.no_grad():  # transformers initialises these to zeros / constants: make every one matter
         for n, p in model.named_parameters():
             if n.endswith("bias") or "norm" in n or "lambda" in n or "cls_token" in n or "position_embeddings" in n:

@@ -12,6 +12,7 @@ import ocellus
 from ocellus.data.image import ImageProcessorConfig
 from ocellus.data.image_tiling import preprocess_anyres, tokens_per_image
 from ocellus.errors import ConfigError, InputError
+from _init import spread_init
 
 IMG = 100
 PINPOINTS = [[32, 64], [64, 32], [64, 64]]
@@ -31,7 +32,7 @@ def _reference(vision="clip", layer=-2, select="default", text="llama", tie=Fals
                              vision_feature_layer=layer, vision_feature_select_strategy=select,
                              image_grid_pinpoints=PINPOINTS, tie_word_embeddings=tie)
     torch.manual_seed(0)
-    model = tf.LlavaNextForConditionalGeneration(cfg).eval()
+    model = spread_init(tf.LlavaNextForConditionalGeneration(cfg).eval())   # attention far from uniform (_init.py)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith("bias") or "norm" in n:

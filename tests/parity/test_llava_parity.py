@@ -6,6 +6,7 @@ import torch
 
 import ocellus
 from ocellus.errors import InputError
+from _init import spread_init
 
 IMG = 100
 
@@ -21,7 +22,7 @@ def _reference(vision="clip", layer=-2, select="default", text="llama", tie=Fals
     cfg = tf.LlavaConfig(vision_config=vision_cfg, text_config=tc, image_token_index=IMG,
                          vision_feature_layer=layer, vision_feature_select_strategy=select)
     torch.manual_seed(0)
-    model = tf.LlavaForConditionalGeneration(cfg).eval()
+    model = spread_init(tf.LlavaForConditionalGeneration(cfg).eval())   # attention far from uniform (_init.py)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith("bias") or "norm" in n:

@@ -22,6 +22,7 @@ import ocellus  # noqa: E402
 from ocellus.data.processor import Processor  # noqa: E402
 from ocellus.data.tokenizer import Tokenizer  # noqa: E402
 from ocellus.errors import ConfigError, InputError  # noqa: E402
+from _init import spread_init  # noqa: E402
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<image>"]
 CORPUS = ["What is in the picture? Describe the image in one sentence.",
@@ -86,9 +87,9 @@ def _checkpoint(tmp_path, case):
     torch.manual_seed(0)
     if anyres:
         cfg = transformers.LlavaNextConfig(**common, image_grid_pinpoints=PINPOINTS)
-        model = transformers.LlavaNextForConditionalGeneration(cfg).eval()
+        model = spread_init(transformers.LlavaNextForConditionalGeneration(cfg).eval())   # _init.py
     else:
-        model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**common)).eval()
+        model = spread_init(transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**common)).eval())
     directory = tmp_path / "ckpt"
     model.save_pretrained(directory)
     proc.save_pretrained(directory)
