@@ -7,8 +7,10 @@
         state.json              step, optimizer param_groups, scheduler, data position, metrics
     out/checkpoints/latest      the name of the newest complete checkpoint
 
-A checkpoint is written into `step-N.tmp/` and renamed when complete, then `latest` is replaced
-by rename: a crash at any moment leaves the previous checkpoint intact and `latest` pointing to it.
+A checkpoint is written into `step-N.tmp/`, its files fsynced, and renamed when complete, then `latest`
+is replaced by rename: a crash at any moment leaves the previous checkpoint intact and `latest` pointing
+to it. Saving a step that already exists never deletes the one `latest` names first: the new copy gets
+its own name (`step-N-2`, ...), `latest` switches to it, and only then is the old copy removed.
 """
 from __future__ import annotations
 
@@ -67,12 +69,48 @@ def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor],
     save_file(rng, str(tmp / "rng.safetensors"))
     state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler_state, **extra}
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
+    _fsync_dir_files(tmp)
+    final, replaced = root / f"step-{step:06d}", []
+    n = 1
+    while final.exists():                  # re-saving a step: a new name, the old copy goes after the switch
+        replaced.append(final)
+        n += 1
+        final = root / f"step-{step:06d}-{n}"
     os.replace(tmp, final)
     pointer = root / "latest.tmp"
-    pointer.write_text(final.name)
+    with open(pointer, "w") as f:
+        f.write(final.name)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(pointer, root / "latest")
+    _fsync_dir(root)
+    for old in replaced:
+        shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fsync_dir_files(folder: Path) -> None:
+    """Flush every file of `folder` to disk before the rename that makes it visible."""
+    for f in folder.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:             # platforms that cannot open a directory (Windows): renames are what we have
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -95,10 +133,38 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
         rng = load_file(str(path / "rng.safetensors"))
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem for the user
         raise CheckpointError(f"cannot read training checkpoint {path}: {e}") from e
+    _check_state(state, path / "state.json")
+    if "torch" not in rng:
+        raise CheckpointError(f"{path / 'rng.safetensors'} holds no 'torch' RNG state")
+    try:
+        optimizer = _unflatten_optimizer(opt_tensors, state["optimizer"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: optimizer.safetensors and state.json's 'optimizer' do not fit: {e!r}") from e
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
-    return tensors, _unflatten_optimizer(opt_tensors, state["optimizer"]), state
+    return tensors, optimizer, state
+
+
+# what resume reads from state.json, and the JSON type each must have
+_STATE_FIELDS = {"step": int, "optimizer": dict, "data": dict}
+
+
+def _check_state(state, where: Path) -> None:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where} must hold a JSON object, not {type(state).__name__}")
+    for key, kind in _STATE_FIELDS.items():
+        if key not in state:
+            raise CheckpointError(f"{where} has no {key!r}")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise CheckpointError(f"{where}: {key!r} must be a {kind.__name__}, not {type(state[key]).__name__}")
+    opt = state["optimizer"]
+    if not isinstance(opt.get("param_groups"), list) or not isinstance(opt.get("scalars"), dict):
+        raise CheckpointError(f"{where}: 'optimizer' needs a 'param_groups' list and a 'scalars' object")
+    if state.get("scheduler") is not None and not isinstance(state["scheduler"], dict):
+        raise CheckpointError(f"{where}: 'scheduler' must be an object")
+    if not isinstance(state.get("history", []), list):
+        raise CheckpointError(f"{where}: 'history' must be a list")
 
 
 def load_partial(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:

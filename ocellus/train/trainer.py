@@ -135,7 +135,7 @@ class Trainer:
         self.history = state.get("history", [])
         metrics = self.out / "metrics.jsonl"
         if self.is_main and metrics.exists():  # drop what a crashed run logged after this checkpoint
-            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            kept = [line for line in metrics.read_text().splitlines() if _logged_step(line) <= self.step]
             metrics.write_text("".join(line + "\n" for line in kept))
         return True
 
@@ -205,6 +205,16 @@ class Trainer:
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
+
+
+def _logged_step(line: str) -> float:
+    """The step a metrics.jsonl line records; a line a crash tore (or anything unreadable) counts as after
+    every checkpoint, so resume drops it instead of failing on it."""
+    try:
+        step = json.loads(line)["step"]
+    except (ValueError, TypeError, KeyError):
+        return math.inf
+    return step if isinstance(step, int) and not isinstance(step, bool) else math.inf
 
 
 def _device_type(model: nn.Module) -> str:
