@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,9 +170,11 @@ class Trainer:
 
     def fit(self) -> list[dict]:
         cfg = self.cfg
-        self.maybe_resume()
+        resumed = self.maybe_resume()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if not resumed:
+                self._start_clean()
         bar = _progress(cfg.max_steps, self.step, enabled=cfg.progress and self.is_main)
         t0, tok_window = time.perf_counter(), 0
         while self.step < cfg.max_steps:
@@ -194,6 +197,18 @@ class Trainer:
         if not (cfg.save_every and self.step % cfg.save_every == 0):
             self.save()
         return self.history
+
+    def _start_clean(self) -> None:
+        """A fresh run into an out_dir that holds an earlier run's log and checkpoints replaces them: its
+        steps would otherwise be appended after the old ones (duplicate step numbers) and `latest` would
+        name the old run until the first save."""
+        old = [p for p in (self.out / "metrics.jsonl", self.out / "checkpoints") if p.exists()]
+        if not old:
+            return
+        print(f"[trainer] {self.out} holds an earlier run: starting clean (its {', '.join(p.name for p in old)} "
+              "replaced); train.resume=true continues a run instead", flush=True)
+        for p in old:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
     def _log(self, record: dict) -> None:
         if not self.is_main:

@@ -18,3 +18,5 @@ MUTATIONS = [
     Mutation("checkpoints: a torn metrics line is kept on resume", "ocellus/train/trainer.py",
              "        return math.inf\n    return step if", "        return 0\n    return step if", T),
 ]
+MUTATIONS.append(Mutation("checkpoints: a fresh run appends to the earlier run's log", "ocellus/train/trainer.py",
+                          "            if not resumed:\n                self._start_clean()\n", "", T))

@@ -113,3 +113,14 @@ def test_malformed_state_json_is_a_checkpoint_error_naming_the_field(tmp_path, e
     with pytest.raises(CheckpointError, match=says) as e:
         read_checkpoint(path)
     assert "state.json" in str(e.value) or str(path) in str(e.value)
+
+
+def test_a_fresh_run_into_a_used_out_dir_starts_clean(tmp_path):
+    """No resume: the earlier run's log and checkpoints are replaced, never appended to (duplicate steps)."""
+    cfg = dict(out_dir=str(tmp_path), progress=False, save_every=2, log_every=1)
+    Trainer(tiny_decoder(), BatchLoader(counting_data(), 8, collate), TrainConfig(max_steps=6, **cfg)).fit()
+    Trainer(tiny_decoder(1), BatchLoader(counting_data(), 8, collate), TrainConfig(max_steps=3, **cfg)).fit()
+    logged = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000002", "step-000003"]
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-000003"
