@@ -13,8 +13,9 @@ the reply through `infer.generate.stream`. There is no cache kept across turns: 
 consistent with what the template renders, at the cost of re-reading the history each turn.
 
 `send` checks everything it can before returning its iterator (image files, placeholder counts,
-context length), so a bad image or an over-long conversation raises a typed error at once and
-leaves the history untouched; the turn joins the history only once its reply is complete.
+context length), so a bad image or a conversation that fills the context raises a typed error at once
+and leaves the history untouched; the turn joins the history only once its reply is complete. A reply
+gets at most max_new_tokens, and never more than the context leaves after the conversation so far.
 Text-only checkpoints (whose `load_processor` is a Tokenizer) work too, without images.
 """
 from __future__ import annotations
@@ -73,11 +74,11 @@ class ChatSession:
         content = [{"type": "image"} for _ in loaded] + ([{"type": "text", "text": text}] if text else [])
         user = {"role": "user", "content": content}
         batch = self._encode(self.messages + [user], self.images + loaded)
-        length, budget = batch["input_ids"].shape[1], self.generation["max_new_tokens"]
-        if length + budget > self.model.max_context:
-            raise InputError(f"the conversation is {length} tokens; with max_new_tokens={budget} it exceeds the "
-                             f"model's context of {self.model.max_context} tokens (reset the history)")
-        return self._reply(user, loaded, batch)
+        length, room = batch["input_ids"].shape[1], self.model.max_context - batch["input_ids"].shape[1]
+        if room < 1:
+            raise InputError(f"the conversation is {length} tokens, which fills the model's context of "
+                             f"{self.model.max_context} tokens: /reset the history or send a shorter message")
+        return self._reply(user, loaded, batch, min(self.generation["max_new_tokens"], room))
 
     def _encode(self, messages, images) -> dict:
         import torch
@@ -90,12 +91,12 @@ class ChatSession:
             batch = ProcessorOutput(input_ids=torch.tensor([self.tokenizer.encode(text, add_special_tokens=False)]))
         return batch.to(next(self.model.parameters()).device)
 
-    def _reply(self, user: dict, loaded: list, batch: dict) -> Iterator[str]:
+    def _reply(self, user: dict, loaded: list, batch: dict, max_new_tokens: int) -> Iterator[str]:
         from ocellus.infer.generate import stream
         extra = {k: batch[k] for k in ("pixel_values", "image_sizes") if k in batch}  # image inputs, at prefill
         pieces = []
         for delta in stream(self.model, self.tokenizer, batch["input_ids"], batch.get("attention_mask"),
-                            **extra, **self.generation):
+                            **extra, **{**self.generation, "max_new_tokens": max_new_tokens}):
             pieces.append(delta)
             yield delta
         # Only a finished turn enters the history: an interrupted one is as if it had not been sent. The

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ocellus.errors import OcellusError
+from ocellus.errors import InputError, OcellusError
 
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # = ocellus.data.image.DEFAULT_MAX_PIXELS (not imported: keeps startup light)
 
@@ -109,21 +109,19 @@ def cmd_chat(args) -> int:
 
 def chat_loop(session, images=()) -> int:
     """Read user turns from stdin until EOF or /quit; stream each reply to stdout. Interactive (a
-    terminal) shows a prompt; piped input is read line by line, each line one user turn. An error
-    (bad image, over-long history, ...) prints one line to stderr and the session goes on."""
-    from ocellus.errors import OcellusError
-
+    terminal) shows a prompt; piped input is read line by line, each line one user turn. A bad
+    --image ends the command before any turn (exit 2, naming the file); a later error (bad /image,
+    a conversation that fills the context, ...) prints one line to stderr, the session goes on, and
+    the exit status is 2 at the end."""
     interactive = sys.stdin.isatty()
-    pending = []  # images (already loaded and checked) for the next user turn
+    pending = [session.load_image(path) for path in images]  # images (loaded and checked) for the next user turn
+    errors = 0
 
-    def attach(path):
-        try:
-            pending.append(session.load_image(path))
-        except OcellusError as e:
-            print(_one_line(e), file=sys.stderr)
+    def report(e: OcellusError) -> None:
+        nonlocal errors
+        errors += 1
+        print(_one_line(e), file=sys.stderr)
 
-    for path in images:
-        attach(path)
     if interactive:
         print(f"ocellus chat: {CHAT_HELP}", file=sys.stderr)
     while True:
@@ -145,11 +143,14 @@ def chat_loop(session, images=()) -> int:
                 pending.clear()
                 print("(history cleared)", file=sys.stderr)  # stdout carries only replies
             elif command == "/image" and argument.strip():
-                attach(argument.strip())
+                try:
+                    pending.append(session.load_image(argument.strip()))
+                except OcellusError as e:
+                    report(e)
             elif command == "/help":
                 print(CHAT_HELP, file=sys.stderr)
             else:
-                print(f"ocellus: error: unknown command {line!r}; {CHAT_HELP}", file=sys.stderr)
+                report(InputError(f"unknown command {line!r}; {CHAT_HELP}"))
             continue
         turn_images, pending = pending, []
         try:
@@ -157,10 +158,10 @@ def chat_loop(session, images=()) -> int:
                 print(delta, end="", flush=True)
             print()
         except OcellusError as e:
-            print(_one_line(e), file=sys.stderr)
+            report(e)
         except KeyboardInterrupt:  # stop this reply, keep the session (the turn is not kept)
             print(" [interrupted]")
-    return 0
+    return 2 if errors else 0
 
 
 def cmd_explain(args) -> int:

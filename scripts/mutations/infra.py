@@ -87,4 +87,15 @@ MUTATIONS = [
     Mutation(name="infra: loader resume restarts the epoch", file="ocellus/train/loader.py",
              old='self.epoch, self.position = int(state["epoch"]), int(state["position"])',
              new='self.epoch, self.position = int(state["epoch"]), 0', tests=[TRAINER]),
+    # -- first use (issue 20): chat with its defaults, errors that say what to do
+    Mutation(name="infra: chat refuses max_new_tokens beyond the context instead of capping it", file="ocellus/chat.py",
+             old='return self._reply(user, loaded, batch, min(self.generation["max_new_tokens"], room))',
+             new='return self._reply(user, loaded, batch, self.generation["max_new_tokens"])',
+             tests=["tests/unit/test_chat.py"]),
+    Mutation(name="infra: chat answers without an --image it cannot open", file="ocellus/cli.py",
+             old="pending = [session.load_image(path) for path in images]",
+             new="pending = [session.load_image(path) for path in images if __import__('os').path.isfile(path)]",
+             tests=["tests/unit/test_chat.py::test_cli_chat_bad_image_argument_is_an_error_not_an_answer_without_it"]),
+    Mutation(name="infra: chat exits 0 after errors in the session", file="ocellus/cli.py",
+             old="return 2 if errors else 0", new="return 0", tests=["tests/unit/test_chat.py"]),
 ]

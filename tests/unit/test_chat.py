@@ -1,7 +1,9 @@
 """ChatSession keeps multi-turn history (images included), `ocellus chat` works on piped stdin with
-/image, /reset and /quit, a bad image (missing, truncated, too big) prints one error line and the session
-goes on, and `ocellus generate --image` answers about an image. The checkpoint is a tiny random LLaVA
-built with ocellus itself (tokenizer trained here, CLIP-style preprocessor_config.json written by hand)."""
+/image, /reset and /quit, a bad /image (missing, truncated, too big) prints one error line and the session
+goes on (exit 2 at the end), a bad --image ends the command, a reply is capped to the context left, the
+embedded model answers two questions with every default, and `ocellus generate --image` answers about an
+image. The checkpoint is a tiny random LLaVA built with ocellus itself (tokenizer trained here, CLIP-style
+preprocessor_config.json written by hand)."""
 import io
 import json
 import sys
@@ -14,6 +16,8 @@ from PIL import Image
 import ocellus
 from ocellus.chat import ChatSession
 from ocellus.cli import main
+from ocellus.data.shapes import ShapesConfig, make_qa, make_scene, render
+from ocellus.demo import _correct
 from ocellus.errors import InputError
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<image>"]
@@ -121,7 +125,7 @@ def test_cli_chat_piped_stdin(tiny, images, monkeypatch, capsys):
                         f"/image {images / 'truncated.png'}", "Still there?",
                         f"/image {images / 'absent.png'}", "/reset", "hello", "/quit", "never read"]) + "\n"
     monkeypatch.setattr(sys, "stdin", io.StringIO(script))
-    assert main(["chat", "--model", str(tiny), "--max-new-tokens", "4"]) == 0
+    assert main(["chat", "--model", str(tiny), "--max-new-tokens", "4"]) == 2  # the session went on; errors: exit 2
     out, err = capsys.readouterr()
     assert [(n, k, t) for n, k, t in seen] == [(0, 1, "What is in the picture?"), (2, 0, "Still there?"),
                                                (0, 0, "hello")]
@@ -133,10 +137,73 @@ def test_cli_chat_piped_stdin(tiny, images, monkeypatch, capsys):
 
 def test_cli_chat_reads_until_eof_and_refuses_too_big_images(tiny, images, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("first\nsecond"))  # no /quit, no final newline
+    assert main(["chat", "--model", str(tiny), "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out.count("\n") == 2
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first\nsecond"))
     assert main(["chat", "--model", str(tiny), "--max-new-tokens", "2", "--max-image-pixels", "1000",
-                 "--image", str(images / "good.png")]) == 0
+                 "--image", str(images / "good.png")]) == 2
     out, err = capsys.readouterr()
-    assert out.count("\n") >= 2 and "max_pixels" in err and len(err.strip().split("\n")) == 1
+    assert out == "" and "max_pixels" in err and len(err.strip().split("\n")) == 1
+
+
+@pytest.mark.parametrize("bad", ["absent.png", "truncated.png"])
+def test_cli_chat_bad_image_argument_is_an_error_not_an_answer_without_it(tiny, images, bad, monkeypatch, capsys):
+    """`--image` is part of the command: a file that cannot be used ends it (exit 2, one line naming the
+    path) before any question is read, instead of answering as if no image had been given."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is in the picture?\n"))
+    assert main(["chat", "--model", str(tiny), "--max-new-tokens", "2", "--image", str(images / bad)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and str(images / bad) in err and "Traceback" not in err
+
+
+def test_reply_is_capped_to_the_context_left_and_a_full_context_is_an_error(tiny, monkeypatch):
+    """max_new_tokens beyond what the context leaves after the conversation is capped, not refused;
+    only a conversation that fills the context is an error (history untouched, saying how to go on)."""
+    generate = sys.modules["ocellus.infer.generate"]  # the module (ocellus.infer.generate is also a function)
+    model, proc = ocellus.load(tiny), ocellus.load_processor(tiny)
+    asked = []
+
+    def spy(model, tok, ids, *args, **kw):  # what the session asks the engine for (no need to decode it)
+        asked.append((ids.shape[1], kw["max_new_tokens"]))
+        return iter(["ok"])
+    monkeypatch.setattr(generate, "stream", spy)
+    session = ChatSession(model, proc, max_new_tokens=10 * model.max_context)
+    "".join(session.send("What is in the picture?"))
+    assert asked == [(asked[0][0], model.max_context - asked[0][0])]
+    "".join(ChatSession(model, proc, max_new_tokens=3).send("hello"))  # below the room left: asked as given
+    assert asked[-1][1] == 3
+    history = list(session.messages)
+    with pytest.raises(InputError, match="fills the model's context.*/reset"):
+        session.send("circle " * model.max_context)
+    assert session.messages == history
+
+
+def _shapes_image_and_questions(path):
+    """A generated shapes scene at the default model's image size and two questions about it with
+    their true answers, asked as the demo asks them (the question, then the short-answer prompt)."""
+    cfg = ShapesConfig(image_size=48, seed=777, min_size=max(0.18, 6.5 / 48))
+    rng = np.random.default_rng([cfg.seed, 0])
+    scene = make_scene(rng, cfg)
+    render(scene).save(path)
+    return [(f"{q} {cfg.answer_prompt}", a) for _, q, a in (make_qa(rng, scene, cfg, t) for t in ("colour", "shape"))]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stdin", [io.StringIO, _Terminal], ids=["piped", "interactive"])
+def test_default_model_answers_two_questions_with_the_chat_defaults(tmp_path, stdin, monkeypatch, capsys):
+    """`ocellus chat --image X` with every default (the embedded model, whose context is 256 tokens, and
+    max_new_tokens 256): both questions of the conversation are answered, the second one correctly."""
+    (q1, a1), (q2, a2) = _shapes_image_and_questions(tmp_path / "scene.png")
+    monkeypatch.setattr(sys, "stdin", stdin(f"{q1}\n{q2}\n"))
+    assert main(["chat", "--image", str(tmp_path / "scene.png")]) == 0
+    out, err = capsys.readouterr()
+    answers = [line.removeprefix("> ").strip() for line in out.splitlines() if line.removeprefix("> ").strip()]
+    assert "error" not in err and len(answers) == 2 and all(answers), (out, err)
+    assert _correct(answers[0], a1) and _correct(answers[1], a2), (answers, a1, a2)
 
 
 def test_cli_generate_with_image(tiny, images, capsys):
@@ -160,5 +227,5 @@ def test_text_only_checkpoint_chats_and_refuses_images(tmp_path, images, monkeyp
     assert [m["role"] for m in session.messages] == expected and [m["content"][0]["text"] for m in
                                                                   session.messages[1::2]] == [r for r in replies if r]
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"/image {images / 'good.png'}\nhi\n"))
-    assert main(["chat", "--model", str(text_only), "--max-new-tokens", "2"]) == 0
+    assert main(["chat", "--model", str(text_only), "--max-new-tokens", "2"]) == 2
     assert "text-only" in capsys.readouterr().err
