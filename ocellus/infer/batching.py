@@ -18,6 +18,11 @@ so a request's ids do not depend on which other requests share its batch (tests/
 
 Results leave through a `sink(event)` callable the submitter passes in, called on this thread:
 `Delta(choice, text)`, `Finish(choice, reason, completion_tokens)` and `Failure(status, message)`.
+
+A row's failure ends that row's request only: non-finite logits (a model fault, 500) or sampling
+parameters that overflow float32 into NaN probabilities (the request's fault, 400) fail its request and
+the other rows of the step decode on. Temperatures below SAMPLING_EPS decode greedily, as vLLM's do
+(1 / T would overflow).
 """
 from __future__ import annotations
 
@@ -35,6 +40,9 @@ from ocellus.infer.generate import GenerationConfig, _resolve_special
 from ocellus.infer.sampling import choose, process_logits
 from ocellus.infer.slot_cache import SlotKVCache
 from ocellus.infer.streaming import TextStreamDecoder
+
+SAMPLING_EPS = 1e-5   # temperatures below this are greedy (vLLM's _SAMPLING_EPS)
+NON_FINITE_LOGITS = "the model produced non-finite logits (NaN/inf) for this request"
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0
+        return self.temperature < SAMPLING_EPS
 
     @property
     def plain_argmax(self) -> bool:
@@ -88,6 +96,20 @@ class Failure:
 
 class QueueFull(OcellusError):
     """The engine's waiting queue is at its limit (a server answers 429)."""
+
+
+class RowError(OcellusError):
+    """One row could not pick its next token; its request fails with `status`, the batch goes on."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _failure(e: Exception) -> Failure:
+    if isinstance(e, RowError):
+        return Failure(e.status, str(e))
+    return Failure(500, f"{type(e).__name__}: {e}")
 
 
 @dataclass(eq=False)
@@ -132,10 +154,16 @@ class _Sequence:
         return len(self.ids) - self.prompt_len
 
     def choose(self, scores: torch.Tensor) -> int:
-        """scores [1, V] fp32 -> the next id, by this request's parameters."""
+        """scores [1, V] fp32 -> the next id, by this request's parameters. RowError when the logits are not
+        finite (500) or this request's parameters turn them into NaN probabilities (400)."""
         p = self.p
+        if not torch.isfinite(scores).all():
+            raise RowError(500, NON_FINITE_LOGITS)
         scores = process_logits(scores, torch.tensor([self.ids]), do_sample=not p.greedy, temperature=p.temperature,
                                 top_k=p.top_k, top_p=p.top_p, min_p=p.min_p, repetition_penalty_=p.repetition_penalty)
+        if torch.isnan(scores).any() or (not p.greedy and not torch.isfinite(scores.softmax(-1)).all()):
+            raise RowError(400, f"sampling overflowed float32 with this request's parameters (temperature="
+                                f"{p.temperature:g}, repetition_penalty={p.repetition_penalty}): NaN probabilities")
         return int(choose(scores, not p.greedy, self.gen)[0])
 
     def push(self, token: int, max_len: int) -> str | None:
@@ -257,7 +285,7 @@ class BatchEngine:
                         self._step()
                     except Exception as e:  # a model bug: fail the batch, keep serving
                         while self._rows:
-                            self._fail(self._rows[-1].req, 500, f"{type(e).__name__}: {e}")
+                            self._fail(self._rows[-1].req, _failure(e))
         for fn, fut in self._jobs:
             fut.set_exception(RuntimeError("the engine stopped"))
 
@@ -298,9 +326,9 @@ class BatchEngine:
             try:
                 self._prefill(req)
             except InputError as e:
-                self._fail(req, 400, str(e))
+                self._fail(req, Failure(400, str(e)))
             except Exception as e:  # a model bug must not take the other requests down with it
-                self._fail(req, 500, f"{type(e).__name__}: {e}")
+                self._fail(req, _failure(e))
 
     def _prefill(self, req: Request) -> None:
         ids = req.input_ids.to(self.device)
@@ -328,15 +356,29 @@ class BatchEngine:
                             cache=self.cache, logits_to_keep=1).logits[:, -1].float().cpu()  # [B, V]
         self.stats.steps += 1
         argmax = logits.argmax(-1).tolist()  # one batched argmax serves every plain-greedy row
-        finished = []
+        finite = torch.isfinite(logits).all(-1).tolist()
+        finished, failed = {}, {}  # row -> finish reason; request -> Failure (its other rows leave too)
         for i, s in enumerate(rows):
-            token = argmax[i] if s.p.plain_argmax else s.choose(logits[i:i + 1])
+            if s.req in failed:
+                continue
+            try:
+                if not finite[i]:
+                    raise RowError(500, NON_FINITE_LOGITS)
+                token = argmax[i] if s.p.plain_argmax else s.choose(logits[i:i + 1])
+            except Exception as e:  # this row's request fails; the other rows decode on
+                failed[s.req] = _failure(e)
+                continue
+            self.stats.generated_tokens += 1
             reason = s.push(token, self.max_len)
             if reason is not None:
-                finished.append((i, reason))
-        self.stats.generated_tokens += len(rows)
-        for i, reason in reversed(finished):  # from the end: a removal moves the last row into the gap
-            self._retire(i, reason)
+                finished[i] = reason
+        for i in reversed(range(len(rows))):  # from the end: a removal moves the last row into the gap
+            if rows[i].req in failed:
+                self._drop_row(i)
+            elif i in finished:
+                self._retire(i, finished[i])
+        for req, failure in failed.items():
+            self._fail(req, failure)
 
     def _retire(self, i: int, reason: str | None) -> None:
         """Row i leaves the batch; reason None = cancelled (nothing more is sent)."""
@@ -372,9 +414,9 @@ class BatchEngine:
         for c in range(req.n):
             req.sink(Finish(c, reason, 0))
 
-    def _fail(self, req: Request, status: int, message: str) -> None:
+    def _fail(self, req: Request, failure: Failure) -> None:
         for i in reversed(range(len(self._rows))):  # choices already placed (a failure after insert)
             if i < len(self._rows) and self._rows[i].req is req:
                 self._drop_row(i)
         self.stats.failed += 1
-        req.sink(Failure(status, message))
+        req.sink(failure)

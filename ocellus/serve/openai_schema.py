@@ -26,6 +26,7 @@ NOT_IMPLEMENTED = {"tools", "tool_choice", "functions", "function_call", "respon
                    "modalities", "prediction", "reasoning_effort", "parallel_tool_calls", "web_search_options",
                    "service_tier"}
 MAX_STOP = 4
+INT64 = (-2**63, 2**63 - 1)   # OpenAI's seed is an int64; other integer fields are bounded the same way
 
 
 class APIError(Exception):
@@ -75,10 +76,10 @@ def int_field(body: dict, name: str, lo: int | None = None, hi: int | None = Non
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
-        raise bad(f"'{name}' must be an integer, got {type(v).__name__} {v!r}", name, "invalid_type")
+        raise bad(f"'{name}' must be an integer, got {type(v).__name__} {_short(v)}", name, "invalid_type")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-        raise bad(f"'{name}' must be {rng}, got {v}", name, "invalid_value")
+        raise bad(f"'{name}' must be {rng}, got {_short(v)}", name, "invalid_value")
     return v
 
 
@@ -86,11 +87,17 @@ def _number(body: dict, name: str, lo: float, hi: float, lo_open: bool = False) 
     v = body.get(name)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise bad(f"'{name}' must be a number, got {type(v).__name__} {v!r}", name, "invalid_type")
-    if v < lo or v > hi or (lo_open and v == lo):
-        raise bad(f"'{name}' must be in {'(' if lo_open else '['}{lo}, {hi}], got {v}", name, "invalid_value")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+        raise bad(f"'{name}' must be a number, got {type(v).__name__} {_short(v)}", name, "invalid_type")
+    if v < lo or v > hi or (lo_open and v == lo):   # compared as given: a huge int never becomes a float
+        raise bad(f"'{name}' must be in {'(' if lo_open else '['}{lo}, {hi}], got {_short(v)}", name, "invalid_value")
     return float(v)
+
+
+def _short(v, limit: int = 60) -> str:
+    """A value for an error message, cut: a message never echoes a megabyte back."""
+    text = repr(v)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _bool(body: dict, name: str) -> bool:
@@ -98,7 +105,7 @@ def _bool(body: dict, name: str) -> bool:
     if v is None:
         return False
     if not isinstance(v, bool):
-        raise bad(f"'{name}' must be a boolean, got {type(v).__name__} {v!r}", name, "invalid_type")
+        raise bad(f"'{name}' must be a boolean, got {type(v).__name__} {_short(v)}", name, "invalid_type")
     return v
 
 
@@ -209,10 +216,10 @@ def parse_chat_request(body, limits: ServeLimits, model_id: str) -> ChatRequest:
     temperature = _number(body, "temperature", 0.0, 2.0)
     params = SamplingParams(
         max_tokens=max_tokens or 1, temperature=1.0 if temperature is None else temperature,
-        top_p=_number(body, "top_p", 0.0, 1.0, lo_open=True), top_k=int_field(body, "top_k", 0),
+        top_p=_number(body, "top_p", 0.0, 1.0, lo_open=True), top_k=int_field(body, "top_k", 0, INT64[1]),
         min_p=_number(body, "min_p", 0.0, 1.0), repetition_penalty=_number(body, "repetition_penalty", 0.0, 10.0,
                                                                             lo_open=True),
-        seed=int_field(body, "seed"), stop=tuple(stop or ()), ignore_eos=_bool(body, "ignore_eos"))
+        seed=int_field(body, "seed", *INT64), stop=tuple(stop or ()), ignore_eos=_bool(body, "ignore_eos"))
     return ChatRequest(model=model, messages=messages, params=params, max_tokens_given=max_tokens is not None,
                        n=int_field(body, "n", 1, limits.max_n) or 1, stream=stream,
                        include_usage=bool((options or {}).get("include_usage")))

@@ -1,0 +1,24 @@
+"""Serving hardening (issue 20): one bad request hurts only itself, valid JSON never answers 500, memory is
+budgeted before decoding or tokenizing, user text never becomes control tokens, browser-facing guards."""
+from mutations import Mutation
+
+ISOLATION = "tests/serve/test_row_isolation.py"
+
+MUTATIONS = [
+    Mutation(name="serve: a row's sampling error fails the whole decode step", file="ocellus/infer/batching.py",
+             old="""            except Exception as e:  # this row's request fails; the other rows decode on
+                failed[s.req] = _failure(e)
+                continue""",
+             new="""            except Exception as e:  # this row's request fails; the other rows decode on
+                raise""",
+             tests=[f"{ISOLATION}::test_nan_logits_end_only_their_row"]),
+    Mutation(name="serve: non-finite logits of plain-greedy rows not checked", file="ocellus/infer/batching.py",
+             old="                if not finite[i]:\n", new="                if False:\n",
+             tests=[f"{ISOLATION}::test_nan_logits_end_only_their_row"]),
+    Mutation(name="serve: tiny temperatures sampled (1/T overflows)", file="ocellus/infer/batching.py",
+             old="return self.temperature < SAMPLING_EPS", new="return self.temperature <= 0",
+             tests=[f"{ISOLATION}::test_nan_logits_end_only_their_row"]),
+    Mutation(name="serve: seed not bounded to int64", file="ocellus/serve/openai_schema.py",
+             old='seed=int_field(body, "seed", *INT64)', new='seed=int_field(body, "seed")',
+             tests=[ISOLATION]),
+]
