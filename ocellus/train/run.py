@@ -165,7 +165,7 @@ class SceneViTClassifier(ViTClassifier):
 
 def _compose_vlm(spec: dict, tok):
     """A vision-language model from pretrained parts + a new connector, by its family's `compose`
-    (model.architecture: llava (default), blip2, flamingo, qwen_vl, qwen2_vl, internvl)."""
+    (model.architecture: llava (default), llava_next, blip2, flamingo, qwen_vl, qwen2_vl, qwen2_5_vl, internvl)."""
     from ocellus.models.families.registry import family_module
     return family_module(spec.get("architecture", "llava")).compose(spec, tok)
 

@@ -6,6 +6,7 @@ from mutations import Mutation   # scripts/ is on sys.path (scripts/mutation_che
 
 OVERFIT = "tests/unit/test_vlm_overfit.py"
 WIRING = "tests/unit/test_vlm_wiring.py"
+FAMILY_RECIPES = "tests/unit/test_llava_next_qwen2_5_vl_recipes.py::test_recipe_trains_exports_and_reopens_to_the_same_logits"
 
 
 def overfit(*families: str) -> list[str]:
@@ -112,4 +113,20 @@ MUTATIONS = [
              old='return {"vision": self.visual, "connector": self.merger, "llm": self.language_model}',
              new='return {"vision": self.visual, "llm": self.language_model}',
              tests=overfit("qwen2_vl")),
+    # -- recipes composing LLaVA-NeXT / Qwen2.5-VL ------------------------------------------------------------
+    Mutation(name="vlm: llava_next recipe composed without the anyres packer (no image_newline)",
+             file="ocellus/models/families/llava_next.py",
+             old="    return load_parts(build_llava_next(cfg), spec)",
+             new="    model = build_llava(cfg)\n    model.family_name = 'llava_next'\n    return load_parts(model, spec)",
+             tests=[f"{FAMILY_RECIPES}[llava_next]"]),
+    Mutation(name="vlm: llava_next training processor ignores the anyres canvases",
+             file="ocellus/models/families/llava.py",
+             old='anyres = {} if packer is None else {"grid_pinpoints": packer.grid_pinpoints, "tile_size": packer.tile_size}',
+             new="anyres = {}",
+             tests=[f"{FAMILY_RECIPES}[llava_next]"]),
+    Mutation(name="vlm: qwen2_5_vl recipe composed as the qwen2_vl variant",
+             file="ocellus/models/families/qwen2_vl.py",
+             old='variant = spec.get("architecture", "qwen2_vl")',
+             new='variant = "qwen2_vl"',
+             tests=[f"{FAMILY_RECIPES}[qwen2_5_vl]"]),
 ]

@@ -151,24 +151,13 @@ def llava(parts: Path, tok) -> Composed:
 
 
 def llava_next(parts: Path, tok) -> Composed:
-    """LLaVA-1.5's parts + AnyRes: a 48x96 image is a global view + 2 tiles, unpadded, newline per row.
-    (No recipe composes it yet: the same parts and stage as LLaVA's alignment stage.)"""
-    import ocellus
-    from ocellus.data.processor import Processor
-    from ocellus.hub.checkpoint import read_config
-    from ocellus.models.families.llava import image_token_id
-    from ocellus.models.families.llava_next import build_llava_next
-    d = _dirs(parts)
-    cfg = {"vision_config": read_config(Path(d["vision_from"])), "text_config": read_config(Path(d["llm_from"])),
-           "image_token_index": image_token_id(tok, {}), "vision_feature_layer": -1,
-           "vision_feature_select_strategy": "default", "image_grid_pinpoints": [[48, 96], [96, 48], [96, 96]]}
-    model = build_llava_next(cfg)
-    model.vision_tower.load_state_dict(ocellus.load(d["vision_from"]).state_dict())
-    model.language_model.load_state_dict(ocellus.load(d["llm_from"]).state_dict())
-    vit = model.vision_tower.config
-    proc = Processor(tok, _image_config(), patch_size=vit.patch_size, num_extra_tokens=1, feature_select="default",
-                     grid_pinpoints=cfg["image_grid_pinpoints"], tile_size=vit.image_size)
-    return Composed(model, proc, dict(STAGE_BRIDGE_LLM), image_size=(96, 48))
+    """recipes/llava_next_tiny_shapes: LLaVA-1.5's parts + AnyRes (a new image_newline); a 48x96 image is a
+    global view + 2 tiles, unpadded, newline per row. The same stage as LLaVA's."""
+    from ocellus.models.families import llava_next as fam
+    model = fam.compose({**_dirs(parts), "feature_layer": -1, "image_grid_pinpoints": [[48, 96], [96, 48], [96, 96]]},
+                        tok)
+    return Composed(model, fam.training_processor(model, tok, _image_config()), dict(STAGE_BRIDGE_LLM),
+                    image_size=(96, 48))
 
 
 BLIP2_QFORMER = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
@@ -236,23 +225,17 @@ def qwen2_vl(parts: Path, tok) -> Composed:
                     dict(STAGE_ALL))
 
 
+QWEN2_5_VISION = {"depth": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "patch_size": 6,
+                  "spatial_merge_size": 2, "window_size": 24, "fullatt_block_indexes": [1]}
+
+
 def qwen2_5_vl(parts: Path, tok) -> Composed:
-    """Qwen2.5-VL: Qwen2-VL's composition with the 2.5 tower (RMSNorm, SwiGLU, window attention in every
-    block but the last) and the RMSNorm merger; windows of 24 px = 2x2 merged tokens."""
-    import ocellus
-    from ocellus.hub.checkpoint import read_config
+    """recipes/qwen2_5_vl_tiny_shapes: Qwen2-VL's composition with the 2.5 tower (RMSNorm, SwiGLU, window
+    attention in every block but the last) and the RMSNorm merger; windows of 24 px = 2x2 merged tokens."""
     from ocellus.models.families import qwen2_vl as fam
-    from ocellus.models.families.llava import image_token_id
-    text = read_config(Path(_dirs(parts)["llm_from"]))
-    text = {**text, "rope_parameters": {**text["rope_parameters"], "mrope_section": [2, 1, 1]}}
-    vision = {"depth": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "patch_size": 6,
-              "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 24, "fullatt_block_indexes": [1],
-              "tokens_per_second": 2, "out_hidden_size": text["hidden_size"]}
     torch.manual_seed(0)
-    model = fam.build_qwen2_vl({"architectures": [fam.ARCHS["qwen2_5_vl"]], "model_type": "qwen2_5_vl",
-                                "text_config": text, "vision_config": vision, "image_token_id": image_token_id(tok, {}),
-                                "tie_word_embeddings": bool(text.get("tie_word_embeddings", False))})
-    fam._load_decoder(model.language_model, ocellus.load(_dirs(parts)["llm_from"]).state_dict(), "llm_from")
+    model = fam.compose({"architecture": "qwen2_5_vl", "llm_from": _dirs(parts)["llm_from"],
+                         "config": {"vision_config": QWEN2_5_VISION, "mrope_section": [2, 1, 1]}}, tok)
     return Composed(model, fam.training_processor(model, tok, _image_config()),
                     dict(STAGE_ALL))
 

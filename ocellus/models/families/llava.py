@@ -96,23 +96,45 @@ def llava_hf_config(model: VLM) -> dict:
 
 # ---- the recipe / processor side (models/families/registry.py) -----------------------------------
 MODEL_TYPES = ("llava",)
+# the model.* keys of a LLaVA recipe (run.build_model reads `from` and `init_from` itself)
+SPEC_KEYS = frozenset({"architecture", "vision_from", "llm_from", "connector", "feature_layer", "feature_select",
+                       "image_token", "init_from"})
+
+
+def check_spec(spec: dict, known, family: str) -> None:
+    """A recipe's model section may hold only `known` keys: a misspelt one is an error, never ignored."""
+    unknown = set(spec) - set(known)
+    if unknown:
+        raise ConfigError(f"{family} model: unknown keys {sorted(unknown)}; known: {sorted(known)}")
 
 
 def compose(spec: dict, tok) -> VLM:
     """A recipe's LLaVA: the ViT of spec["vision_from"] + a new MLP connector (spec["connector"]:
     depth, act) + the decoder of spec["llm_from"]; feature_layer / feature_select as config.json's."""
-    import ocellus
+    check_spec(spec, SPEC_KEYS, "llava")
+    model = build_llava(compose_config(spec, tok))
+    model.family_name = "llava"
+    return load_parts(model, spec)
+
+
+def compose_config(spec: dict, tok) -> dict:
+    """The LLaVA config.json of a recipe's model: the parts' configs, the image token, the spec's connector
+    and feature choice (LLaVA-NeXT adds its canvases to it)."""
     from ocellus.hub.checkpoint import read_config
     vision_dir, llm_dir = _part_dirs(spec)
     connector = spec.get("connector") or {}
-    cfg = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
-           "vision_config": read_config(vision_dir), "text_config": read_config(llm_dir),
-           "image_token_index": image_token_id(tok, spec),
-           "vision_feature_layer": spec.get("feature_layer", -2),
-           "vision_feature_select_strategy": spec.get("feature_select", "default"),
-           "projector_hidden_act": connector.get("act", "gelu"), "projector_depth": connector.get("depth", 2)}
-    model = build_llava(cfg)
-    model.family_name = "llava"
+    return {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+            "vision_config": read_config(vision_dir), "text_config": read_config(llm_dir),
+            "image_token_index": image_token_id(tok, spec),
+            "vision_feature_layer": spec.get("feature_layer", -2),
+            "vision_feature_select_strategy": spec.get("feature_select", "default"),
+            "projector_hidden_act": connector.get("act", "gelu"), "projector_depth": connector.get("depth", 2)}
+
+
+def load_parts(model: VLM, spec: dict) -> VLM:
+    """The pretrained weights of spec's vision_from / llm_from into the composed model's tower and decoder."""
+    import ocellus
+    vision_dir, llm_dir = _part_dirs(spec)
     model.vision_tower.load_state_dict(ocellus.load(vision_dir).state_dict())
     model.language_model.load_state_dict(ocellus.load(llm_dir).state_dict())
     return model
@@ -134,10 +156,14 @@ def image_token_id(tok, spec: dict) -> int:
 
 
 def training_processor(model: VLM, tok, image_config):
+    """The recipe's processor (LLaVA-NeXT's too: with an anyres packer, its canvases and tile size)."""
     from ocellus.data.processor import Processor
     vit = model.vision_tower.config
+    packer = getattr(model, "packer", None)
+    anyres = {} if packer is None else {"grid_pinpoints": packer.grid_pinpoints, "tile_size": packer.tile_size}
     return Processor(tok, image_config, patch_size=vit.patch_size, num_extra_tokens=int(vit.use_cls_token),
-                     feature_select=model.feature_select, image_token=tok.convert_ids_to_tokens(model.image_token_id))
+                     feature_select=model.feature_select, image_token=tok.convert_ids_to_tokens(model.image_token_id),
+                     **anyres)
 
 
 def processor_from_dir(directory):

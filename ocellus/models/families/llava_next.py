@@ -12,13 +12,31 @@ image_grid_pinpoints, the candidate canvases (H, W) in pixels, multiples of visi
 Checkpoint names: LLaVA's two layouts plus the newline vector, `image_newline` on the hub
 (what transformers 5.23's save_pretrained writes too) and `model.image_newline` in transformers 5's
 in-memory layout. Ours is `packer.image_newline`. We save the hub layout.
+
+The recipe side (registry.py, `model.architecture: llava_next`): `compose` is LLaVA's (pretrained ViT and
+decoder, new MLP connector) plus a new image_newline and the canvases (model.image_grid_pinpoints, default
+transformers' own scaled to tiles of the tower's image_size); the processor is LLaVA's with anyres views.
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from ocellus.errors import ConfigError
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.connectors.anyres import AnyresPacker
-from ocellus.models.families.llava import LLAVA_KEYS, build_llava, llava_hf_config
+from ocellus.models.families.llava import (
+    LLAVA_KEYS,
+    SPEC_KEYS as LLAVA_SPEC_KEYS,
+    build_llava,
+    check_spec,
+    compose_config,
+    llava_hf_config,
+    load_parts,
+    processor_from_dir,   # noqa: F401  (registry interface: Processor.from_dir reads llava_next dirs)
+    training_processor,   # noqa: F401  (registry interface: LLaVA's, with the packer's canvases)
+)
+from ocellus.models.vision.vit import ViTConfig
 from ocellus.models.vlm import VLM
 
 # transformers' LlavaNextConfig default, for a config.json that leaves it out
@@ -58,3 +76,46 @@ def llava_next_hf_config(model: VLM) -> dict:
     out.update(architectures=["LlavaNextForConditionalGeneration"], model_type="llava_next",
                image_grid_pinpoints=[list(p) for p in model.packer.grid_pinpoints])
     return out
+
+
+# ---- the recipe / processor side (models/families/registry.py) -----------------------------------
+MODEL_TYPES = ("llava_next",)
+SPEC_KEYS = LLAVA_SPEC_KEYS | {"image_grid_pinpoints"}
+
+
+def default_pinpoints(tile: int) -> list[list[int]]:
+    """transformers' default canvases (1x2, 2x1, 2x2, 3x1, 1x3 tiles of 336 px) in tiles of `tile` px."""
+    return [[h // 336 * tile, w // 336 * tile] for h, w in DEFAULT_GRID_PINPOINTS]
+
+
+def compose(spec: dict, tok) -> VLM:
+    """A recipe's LLaVA-NeXT: LLaVA's composition (the ViT of spec["vision_from"], a new MLP connector,
+    the decoder of spec["llm_from"]; connector / feature_layer / feature_select / image_token as LLaVA's)
+    + a new learned image_newline, with spec["image_grid_pinpoints"] as the canvases (H, W), multiples of
+    the tower's image_size (default: default_pinpoints(image_size)). The tiles need exactly
+    (image_size / patch)^2 features, so a CLIP tower takes feature_select "default" (CLS dropped)."""
+    check_spec(spec, SPEC_KEYS, "llava_next")
+    cfg = compose_config(spec, tok)
+    tile = ViTConfig.from_hf(cfg["vision_config"]).image_size
+    pinpoints = spec.get("image_grid_pinpoints") or default_pinpoints(tile)
+    if not (isinstance(pinpoints, list) and all(isinstance(p, list) and len(p) == 2 and
+                                                all(isinstance(x, int) and x > 0 for x in p) for p in pinpoints)):
+        raise ConfigError(f"llava_next model.image_grid_pinpoints must be a list of [height, width] pixel pairs "
+                          f"(multiples of the tower's image_size {tile}), got {pinpoints!r}")
+    cfg.update(architectures=["LlavaNextForConditionalGeneration"], model_type="llava_next",
+               image_grid_pinpoints=pinpoints)
+    return load_parts(build_llava_next(cfg), spec)
+
+
+def export_processor(model: VLM, tok, image_config, path) -> None:
+    """preprocessor_config.json as transformers' LlavaNextImageProcessor reads it: the recipe's global-view
+    size and mean/std, tiles of the tower's size (crop_size), the model's canvases."""
+    h, w = image_config.size_hw
+    tile = model.packer.tile_size
+    config = {"image_processor_type": "LlavaNextImageProcessor", "do_resize": True, "size": {"height": h, "width": w},
+              "crop_size": {"height": tile, "width": tile}, "do_center_crop": False,
+              "image_grid_pinpoints": [list(p) for p in model.packer.grid_pinpoints],
+              "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+              "image_mean": list(image_config.image_mean), "image_std": list(image_config.image_std),
+              "resample": int(image_config.resample)}
+    (Path(path) / "preprocessor_config.json").write_text(json.dumps(config, indent=2))

@@ -17,8 +17,8 @@ lm_head; what transformers 5.23's save_pretrained writes, and what we write) and
 in-memory layout (model.language_model.*, model.visual.*), read only. Config: hub checkpoints with a
 text_config, and 4.x ones whose text fields sit at the top level (rope_scaling type "mrope").
 
-The recipe side (registry.py): `compose` builds a fresh small Qwen2-VL ViT + merger on a pretrained
-decoder; `training_processor` / `processor_from_dir` make the Processor (data/processor.py) whose
+The recipe side (registry.py, model.architecture qwen2_vl or qwen2_5_vl): `compose` builds a fresh small
+ViT + merger of that variant on a pretrained decoder; `training_processor` / `processor_from_dir` make the Processor (data/processor.py) whose
 image path is Qwen2-VL's dynamic resolution (`Qwen2VLImages`).
 """
 from __future__ import annotations
@@ -370,25 +370,50 @@ def export_processor(model: Qwen2VL, tok, image_config, path) -> None:
 
 
 # ---- the recipe side ---------------------------------------------------------------------------------
+SPEC_KEYS = frozenset({"architecture", "llm_from", "vision_from", "config", "image_token", "init_from"})
+# a recipe's vision_config: config.json's names for each variant (the merger's output width is the decoder's,
+# set by compose: hidden_size for Qwen2-VL, out_hidden_size for Qwen2.5-VL), and the defaults of a small tower
+VISION_DEFAULTS = {
+    "qwen2_vl": {"depth": 4, "embed_dim": 64, "num_heads": 4, "mlp_ratio": 2, "patch_size": 8, "spatial_merge_size": 2,
+                 "temporal_patch_size": 2},
+    "qwen2_5_vl": {"depth": 4, "hidden_size": 64, "num_heads": 4, "intermediate_size": 128, "patch_size": 8,
+                   "spatial_merge_size": 2, "temporal_patch_size": 2, "tokens_per_second": 2},
+}
+VISION_KEYS = {"qwen2_vl": {*VISION_DEFAULTS["qwen2_vl"], "hidden_act", "in_channels"},
+               "qwen2_5_vl": {*VISION_DEFAULTS["qwen2_5_vl"], "hidden_act", "in_channels", "window_size",
+                              "fullatt_block_indexes"}}
+OUT_WIDTH = {"qwen2_vl": "hidden_size", "qwen2_5_vl": "out_hidden_size"}
+
+
 def compose(spec: dict, tok) -> Qwen2VL:
-    """A recipe's Qwen2-VL: the pretrained decoder of spec["llm_from"] + a NEW Qwen2-VL ViT and merger,
-    trained from scratch. spec["config"] is a partial Qwen2-VL config.json: its vision_config (depth,
-    embed_dim, num_heads, mlp_ratio, patch_size, spatial_merge_size, ...) and mrope_section (default
-    about a third of the rotary pairs per axis; text has the same id on all axes, so the decoder's
-    text positions are unchanged). spec["vision_from"] is refused: a CLIP tower has learned absolute
-    positions for one image size, not Qwen2-VL's 2D RoPE over any grid."""
+    """A recipe's Qwen2-VL or Qwen2.5-VL (spec["architecture"], default qwen2_vl): the pretrained decoder of
+    spec["llm_from"] + a NEW ViT and merger of that variant, trained from scratch. spec["config"] is a partial
+    config.json: its vision_config (VISION_KEYS: Qwen2-VL's depth, embed_dim, num_heads, mlp_ratio, patch_size,
+    spatial_merge_size, ...; Qwen2.5-VL's hidden_size, intermediate_size, window_size (default 2x2 merged
+    tokens), fullatt_block_indexes (default the last block), tokens_per_second, ...) and mrope_section (default
+    about a third of the rotary pairs per axis; text has the same id on all axes, so the decoder's text
+    positions are unchanged). spec["vision_from"] is refused: a CLIP tower has learned absolute positions for
+    one image size, not Qwen2-VL's 2D RoPE over any grid."""
     import ocellus
     from ocellus.hub.checkpoint import read_config
-    from ocellus.models.families.llava import image_token_id
+    from ocellus.models.families.llava import check_spec, image_token_id
+    variant = spec.get("architecture", "qwen2_vl")
+    if variant not in ARCHS:
+        raise ConfigError(f"the qwen2_vl family composes {sorted(ARCHS)}, not {variant!r}")
     if spec.get("vision_from"):
-        raise ConfigError("qwen2_vl recipes build a new Qwen2-VL ViT (model.config.vision_config); vision_from "
+        raise ConfigError(f"{variant} recipes build a new Qwen2-VL ViT (model.config.vision_config); vision_from "
                           "(a CLIP tower with absolute position embeddings) cannot be used, remove it")
+    check_spec(spec, SPEC_KEYS, variant)
     if not spec.get("llm_from"):
-        raise ConfigError("a qwen2_vl recipe model needs llm_from (a pretrained decoder directory)")
+        raise ConfigError(f"a {variant} recipe model needs llm_from (a pretrained decoder directory)")
     extra = dict(spec.get("config") or {})
     unknown = set(extra) - {"vision_config", "mrope_section"}
     if unknown:
-        raise ConfigError(f"model.config for qwen2_vl takes vision_config and mrope_section, not {sorted(unknown)}")
+        raise ConfigError(f"model.config for {variant} takes vision_config and mrope_section, not {sorted(unknown)}")
+    given = dict(extra.get("vision_config") or {})
+    if set(given) - VISION_KEYS[variant]:
+        raise ConfigError(f"model.config.vision_config for {variant}: unknown keys "
+                          f"{sorted(set(given) - VISION_KEYS[variant])}; known: {sorted(VISION_KEYS[variant])}")
     text = read_config(Path(spec["llm_from"]))
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     if text.get("head_dim") not in (None, head_dim):
@@ -398,13 +423,15 @@ def compose(spec: dict, tok) -> Qwen2VL:
     section = extra.get("mrope_section") or [head_dim // 2 - 2 * third, third, third]
     rope = text.get("rope_parameters") or {"rope_type": "default", "rope_theta": text.get("rope_theta", 1e4)}
     text = {**text, "rope_parameters": {**rope, "mrope_section": list(section)}}
-    vision = {"depth": 4, "embed_dim": 64, "num_heads": 4, "mlp_ratio": 2, "patch_size": 8, "spatial_merge_size": 2,
-              "temporal_patch_size": 2, **(extra.get("vision_config") or {}), "hidden_size": text["hidden_size"]}
-    cfg = {"architectures": [ARCHS["qwen2_vl"]], "model_type": "qwen2_vl", "text_config": text,
+    vision = {**VISION_DEFAULTS[variant], **given, OUT_WIDTH[variant]: text["hidden_size"]}
+    if variant == "qwen2_5_vl":
+        vision.setdefault("window_size", 2 * vision["patch_size"] * vision["spatial_merge_size"])
+        vision.setdefault("fullatt_block_indexes", [vision["depth"] - 1])
+    cfg = {"architectures": [ARCHS[variant]], "model_type": variant, "text_config": text,
            "vision_config": vision, "image_token_id": image_token_id(tok, spec),
            "tie_word_embeddings": bool(text.get("tie_word_embeddings", False))}
     model = build_qwen2_vl(cfg)
-    model.family_name = "qwen2_vl"
+    model.family_name = "qwen2_vl"   # the hub family (and registry module) of both variants
     _load_decoder(model.language_model, ocellus.load(spec["llm_from"]).state_dict(), spec["llm_from"])
     return model
 

@@ -9,7 +9,8 @@ module provides:
                                            model's inputs (training data, eval, export)
   processor_from_dir(directory) -> Processor   the same for an exported checkpoint directory
   MODEL_TYPES                              config.json model_type values it serves
-Modules are imported on first use, so one family's imports never slow another's.
+Modules are imported on first use, so one family's imports never slow another's. One module may serve
+several names (qwen2_vl, qwen2_5_vl): its compose reads the variant from spec["architecture"].
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from ocellus.errors import ConfigError
 
 VLM_FAMILIES: dict[str, str] = {
     "llava": "ocellus.models.families.llava",
+    "llava_next": "ocellus.models.families.llava_next",
     "blip2": "ocellus.models.families.blip2",
     "flamingo": "ocellus.models.families.flamingo",
     "qwen_vl": "ocellus.models.families.qwen_vl",
     "qwen2_vl": "ocellus.models.families.qwen2_vl",
+    "qwen2_5_vl": "ocellus.models.families.qwen2_vl",
     "internvl": "ocellus.models.families.internvl",
 }
 
