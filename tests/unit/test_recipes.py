@@ -47,7 +47,7 @@ def test_overrides_and_errors(tmp_path):
         ({**base, "train": {"max_steps": 0}}, "must be positive"),
         ({**base, "train": {"max_steps": 1, "stage": {"vision": "frozen", "connector": "frozen", "llm": "frozen"}}},
          "nothing would train"),
-        ({**base, "train": {"max_steps": 1, "stage": {"llm": "half"}}}, "mode must be one of"),
+        ({**base, "train": {"max_steps": 1, "stage": {"llm": "half"}}}, "train.stage.llm must be one of frozen, full, lora"),
         ({**base, "model": {}}, "model needs"),
     ]
     for recipe, message in cases:
