@@ -40,6 +40,7 @@ from ocellus.errors import ConfigError, InputError
 from ocellus.infer.batching import BatchEngine, Delta, Failure, Finish, QueueFull
 from ocellus.infer.batching import Request as EngineRequest
 from ocellus.serve import openai_schema as oa
+from ocellus.serve.json_body import read_json
 from ocellus.serve.limits import ServeLimits
 from ocellus.serve.media import fetch_image
 
@@ -70,33 +71,6 @@ def _check_key(request: Request, limits: ServeLimits) -> None:
     if not hmac.compare_digest(token.encode(), limits.api_key.encode()):
         raise oa.APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
                           code="invalid_api_key")
-
-
-DRAIN_BYTES = 64 * 2**20   # an over-limit body is read and dropped up to this much before the 413 is sent
-
-
-async def _read_json(request: Request, limit: int):
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        # Read (and drop) the body before answering, up to a bound: a client still sending when the server
-        # answers and closes gets a broken pipe instead of the 413 (a lingering close, as nginx does).
-        drained = 0
-        async for piece in request.stream():
-            drained += len(piece)
-            if drained > DRAIN_BYTES:
-                break
-        raise oa.APIError(413, f"the request body is {int(declared):,} bytes, over this server's limit of "
-                               f"{limit:,} (--max-request-bytes)", code="request_too_large")
-    body = bytearray()
-    async for piece in request.stream():  # counted as it arrives: a chunked body has no content-length
-        body += piece
-        if len(body) > limit:
-            raise oa.APIError(413, f"the request body is over this server's limit of {limit:,} bytes "
-                                   f"(--max-request-bytes)", code="request_too_large")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise oa.bad(f"the request body is not valid JSON: {e}", code="invalid_json") from e
 
 
 async def _watch_disconnect(request: Request, on_gone) -> None:
@@ -144,7 +118,7 @@ def _budget(state: ServeState, chat: oa.ChatRequest, prompt_tokens: int):
 async def chat_completions(request: Request):
     state: ServeState = request.app.state.serve
     _check_key(request, state.limits)
-    chat = oa.parse_chat_request(await _read_json(request, state.limits.max_request_bytes), state.limits,
+    chat = oa.parse_chat_request(await read_json(request, state.limits.max_request_bytes), state.limits,
                                  state.model_id)
     arrived = time.monotonic()
     try:
@@ -268,13 +242,16 @@ async def explain(request: Request):
 
     state: ServeState = request.app.state.serve
     _check_key(request, state.limits)
-    body = await _read_json(request, state.limits.max_request_bytes)
+    body = await read_json(request, state.limits.max_request_bytes)
     if not isinstance(body, dict) or not isinstance(body.get("question"), str) or not body["question"].strip():
         raise oa.bad("explain needs a JSON object with 'image' (a data URL) and a non-empty 'question'", "question")
     if not isinstance(state.processor, Processor):
         raise oa.bad(f"the model `{state.model_id}` is text-only: there is no image to explain", "image")
     max_tokens = oa.int_field(body, "max_tokens", 1, state.limits.max_tokens) or 16
-    image = await run_in_threadpool(fetch_image, body.get("image"), "image", state.limits)
+    try:
+        image = await run_in_threadpool(fetch_image, body.get("image"), "image", state.limits)
+    except (InputError, ConfigError) as e:   # every refused image is a 400 naming the field
+        raise oa.bad(str(e), "image", "invalid_input") from e
 
     def job():
         result = answer_attention(state.model, state.processor, image, body["question"], max_new_tokens=max_tokens)
@@ -286,7 +263,7 @@ async def explain(request: Request):
     try:
         return JSONResponse(await asyncio.wrap_future(state.engine.call(job)))
     except (InputError, ConfigError) as e:
-        raise oa.bad(str(e), "image", "invalid_input") from e
+        raise oa.bad(str(e), "question", "invalid_input") from e
 
 
 async def page(request: Request):

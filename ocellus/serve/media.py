@@ -53,7 +53,7 @@ def fetch_image(url: str, where: str, limits: ServeLimits) -> Image.Image:
             raise InputError(f"{where}: file:// URLs are disabled on this server (start it with --allow-image-dir DIR)")
         return load_image(str(_allowed_file(url, where, limits.allowed_image_dir)), name=where,
                           max_pixels=limits.max_image_pixels)
-    raise InputError(f"{where}: unsupported image URL scheme {scheme!r}: use a data URL"
+    raise InputError(f"{where}: unsupported image URL scheme {scheme[:32]!r}: use a data URL"
                      + (", http(s)" if limits.allow_http_images else "")
                      + (" or file://" if limits.allowed_image_dir else ""))
 

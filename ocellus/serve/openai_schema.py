@@ -120,9 +120,9 @@ def _messages(raw, limits: ServeLimits) -> tuple[dict, ...]:
         if not isinstance(m, dict):
             raise bad(f"{where} must be an object with 'role' and 'content'", where, "invalid_type")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             hint = " (tool calls are not implemented)" if role in ("tool", "function") else ""
-            raise bad(f"{where}.role must be one of {sorted(ROLES)}, got {role!r}{hint}", f"{where}.role",
+            raise bad(f"{where}.role must be one of {sorted(ROLES)}, got {_short(role)}{hint}", f"{where}.role",
                       "invalid_value")
         unknown = sorted(set(m) - {"role", "content", "name"})
         if unknown:
@@ -156,7 +156,7 @@ def _messages(raw, limits: ServeLimits) -> tuple[dict, ...]:
                                   f"({pw} is image {n_images})", pw, "too_many_images")
                     parts.append(ImagePart(url, pw))
                 else:
-                    raise bad(f"{pw}: unsupported content part type {kind!r} (text and image_url are supported)",
+                    raise bad(f"{pw}: unsupported content part type {_short(kind)} (text and image_url are supported)",
                               f"{pw}.type", "invalid_value")
         else:
             raise bad(f"{where}.content must be a string or an array of content parts, got "

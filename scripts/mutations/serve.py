@@ -3,6 +3,7 @@ budgeted before decoding or tokenizing, user text never becomes control tokens, 
 from mutations import Mutation
 
 ISOLATION = "tests/serve/test_row_isolation.py"
+VALID_JSON = "tests/serve/test_valid_json.py"
 
 MUTATIONS = [
     Mutation(name="serve: a row's sampling error fails the whole decode step", file="ocellus/infer/batching.py",
@@ -21,4 +22,14 @@ MUTATIONS = [
     Mutation(name="serve: seed not bounded to int64", file="ocellus/serve/openai_schema.py",
              old='seed=int_field(body, "seed", *INT64)', new='seed=int_field(body, "seed")',
              tests=[ISOLATION]),
+    Mutation(name="serve: RecursionError of deep JSON escapes as a 500", file="ocellus/serve/json_body.py",
+             old="    except RecursionError:", new="    except ZeroDivisionError:", tests=[VALID_JSON]),
+    Mutation(name="serve: huge JSON integers converted (ValueError, 500)", file="ocellus/serve/json_body.py",
+             old="json.loads(body, parse_int=_int, parse_constant=_constant)",
+             new="json.loads(body, parse_constant=_constant)", tests=[VALID_JSON]),
+    Mutation(name="serve: lone surrogates in strings let through", file="ocellus/serve/json_body.py",
+             old="        if isinstance(v, str) and _SURROGATE.search(v):", new="        if False:", tests=[VALID_JSON]),
+    Mutation(name="serve: explain's refused image escapes the handler", file="ocellus/serve/app.py",
+             old="""    except (InputError, ConfigError) as e:   # every refused image is a 400 naming the field""",
+             new="""    except ZeroDivisionError as e:   # every refused image is a 400 naming the field""", tests=[VALID_JSON]),
 ]
