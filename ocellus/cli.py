@@ -233,7 +233,8 @@ def cmd_generate_image(args) -> int:
 
 def cmd_eval(args) -> int:
     from ocellus.eval.harness import evaluate
-    evaluate(args.model, args.task, n=args.n, shots=args.shots, batch_size=args.batch_size, out=args.out)
+    evaluate(args.model, args.task, n=args.n, shots=args.shots, batch_size=args.batch_size, out=args.out,
+             phrasing=args.phrasing, turns=args.turns)
     return 0
 
 
@@ -315,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "retrieval", "zeroshot", "linear-probe"])
     p.add_argument("--n", type=int, default=200, help="held-out samples to score")
     p.add_argument("--shots", type=int, default=0, help="solved examples put before each question")
+    p.add_argument("--phrasing", default="canonical", choices=["canonical", "plain", "us", "varied"],
+                   help="shapes-vqa wording: as trained | no answer-format suffix | US spelling, no suffix | "
+                        "the training paraphrases (shapes_phrasing.py)")
+    p.add_argument("--turns", type=int, default=1, help="shapes-vqa: score the K-th question of a K-turn "
+                                                         "conversation, the earlier ones answered by the model")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=cmd_eval)

@@ -29,7 +29,8 @@ overlap.
 Determinism: sample i of a config is drawn from numpy.random.default_rng([seed, i]), so the
 same seed gives byte-identical images and text, any sample can be made on its own (random
 access, parallel workers), and the scene of sample i does not depend on the kind of task asked
-about it.
+about it. How a question is worded (ShapesConfig.phrasing: paraphrases, US spelling, the suffix or
+none) is drawn from a stream of its own (ocellus/data/shapes_phrasing.py), never from that rng.
 
 Files in the LLaVA format: ocellus/data/llava_json.py (write_llava_json, read_llava_json).
 """
@@ -43,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ocellus.data.messages import image_part, text_part
+from ocellus.data.shapes_phrasing import PHRASINGS, phrasing_rng, word_question
 from ocellus.errors import ConfigError, InputError
 
 
@@ -78,7 +80,10 @@ class ShapesConfig:
     of a conversation. hard_negatives is the share of "no" existence questions that name an
     absent pair sharing a colour or a shape with a present object (the rest, where the scene allows,
     name a pair sharing neither): 1.0 tests binding; lower values give training a partial-credit
-    path (colour or shape alone) towards it.
+    path (colour or shape alone) towards it. phrasing words each QA question (shapes_phrasing.py):
+    "canonical" as made, "us" in US spelling, "varied" a paraphrase, spelling and suffix drawn from a
+    stream of the sample's own, so scenes and answers equal the canonical ones. qa_turns bounds the QA
+    turns of a kind="qa" sample (several: a conversation about one image, scored on its last turn).
     """
 
     image_size: int = 64
@@ -95,6 +100,8 @@ class ShapesConfig:
     answer_prompt: str | None = "Answer the question using a single word or phrase."
     conversation_turns: tuple[int, int] = (2, 3)
     hard_negatives: float = 1.0
+    phrasing: str = "canonical"
+    qa_turns: tuple[int, int] = (1, 1)
     seed: int = 0
 
     def __post_init__(self):
@@ -115,9 +122,12 @@ class ShapesConfig:
             bad(f"unknown background {self.background!r}; known: {', '.join(BACKGROUNDS)}")
         if not 0.0 <= self.hard_negatives <= 1.0:
             bad(f"hard_negatives must be a share in [0, 1], got {self.hard_negatives}")
-        lo_turns, hi_turns = self.conversation_turns
-        if not 1 <= lo_turns <= hi_turns:
-            bad(f"conversation_turns must be (min, max) with 1 <= min <= max, got {self.conversation_turns}")
+        for name, (lo_turns, hi_turns) in (("conversation_turns", self.conversation_turns),
+                                           ("qa_turns", self.qa_turns)):
+            if not 1 <= lo_turns <= hi_turns:
+                bad(f"{name} must be (min, max) with 1 <= min <= max, got {(lo_turns, hi_turns)}")
+        if self.phrasing not in PHRASINGS:
+            bad(f"unknown phrasing {self.phrasing!r}; known: {', '.join(PHRASINGS)}")
         if not 1 <= self.min_objects <= self.max_objects:
             bad(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
         if self.max_objects > len(self.shapes) * len(self.colours):
@@ -432,13 +442,27 @@ def make_qa(rng: np.random.Generator, scene: Scene, cfg: ShapesConfig, qa_type: 
                       f"with {len(scene.objects)} object(s); add count or existence to qa_weights")
 
 
-def _question(text: str, cfg: ShapesConfig) -> str:
-    return f"{text}\n{cfg.answer_prompt}" if cfg.answer_prompt else text
-
-
 def _turn(question: str, answer: str, with_image: bool) -> list[dict]:
     user = [image_part(), text_part(question)] if with_image else [text_part(question)]
     return [{"role": "user", "content": user}, {"role": "assistant", "content": [text_part(answer)]}]
+
+
+def _dialogue(rng, scene: Scene, cfg: ShapesConfig, turns: int, ask, first=None):
+    """Up to `turns` QA turns with distinct questions about the scene, the image in the first user turn
+    only: (messages, answers, types). ask(question) -> the user text; `first`, when given, is the first
+    turn's (type, question, answer), already drawn."""
+    asked, messages, answers, types = set(), [], [], []
+    for attempt in range(max(20, 8 * turns)):  # small scenes may have fewer than `turns` distinct questions
+        qa_type, question, reply = first if first and attempt == 0 else make_qa(rng, scene, cfg)
+        if question in asked:
+            continue
+        asked.add(question)
+        messages += _turn(ask(question), reply, with_image=not messages)
+        answers.append(reply)
+        types.append(qa_type)
+        if len(answers) == turns:
+            break
+    return messages, answers, types
 
 
 # ---- samples ------------------------------------------------------------------------------------
@@ -450,7 +474,9 @@ def sample_at(cfg: ShapesConfig, index: int, kind: str = "mixed") -> dict:
 
     `type`: caption | detail | colour | shape | count | spatial | existence | conversation |
     grounding | grounding_all. `answer` is the assistant text (a list of the per-turn answers for a
-    conversation, with their types in "turn_types"). `objects` is the ground truth, one dict per
+    conversation, with their types in "turn_types"). A qa sample of several turns (cfg.qa_turns) has the
+    `type` and `answer` of its last turn, every turn's in "turn_types" and "turn_answers"; its first turn
+    is the single-turn sample's. `objects` is the ground truth, one dict per
     shape: {"shape", "colour", "bbox": [x0, y0, x1, y1]} in pixels, ends exclusive."""
     if kind not in (*KINDS, "mixed"):
         raise ConfigError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)} or 'mixed'")
@@ -459,7 +485,8 @@ def sample_at(cfg: ShapesConfig, index: int, kind: str = "mixed") -> dict:
     size = scene.image_size
     if kind == "mixed":
         kind = _weighted(rng, [(k, w) for k, w in cfg.kind_weights if w > 0])
-    extra = {}
+    extra, wording = {}, phrasing_rng(cfg.seed, index) if cfg.phrasing == "varied" else None
+    ask = lambda question: word_question(question, cfg.phrasing, cfg.answer_prompt, wording)  # noqa: E731
     if kind == "caption":
         if rng.random() < 0.5:
             sample_type, question, answer = "caption", _pick(rng, BRIEF_PROMPTS), caption(scene)
@@ -467,21 +494,15 @@ def sample_at(cfg: ShapesConfig, index: int, kind: str = "mixed") -> dict:
             sample_type, question, answer = "detail", _pick(rng, DETAIL_PROMPTS), describe(scene)
         messages = _turn(question, answer, with_image=True)
     elif kind == "qa":
-        sample_type, question, answer = make_qa(rng, scene, cfg)
-        messages = _turn(_question(question, cfg), answer, with_image=True)
+        first, (lo, hi) = make_qa(rng, scene, cfg), cfg.qa_turns
+        turns = int(rng.integers(lo, hi + 1)) if lo < hi else lo  # no draw for a fixed count
+        messages, answers, types = _dialogue(rng, scene, cfg, turns, ask, first)
+        sample_type, answer = types[-1], answers[-1]
+        if len(answers) > 1:
+            extra = {"turn_types": types, "turn_answers": answers}
     elif kind == "conversation":
-        turns, asked = int(rng.integers(cfg.conversation_turns[0], cfg.conversation_turns[1] + 1)), set()
-        messages, answer, types = [], [], []
-        for _ in range(max(20, 8 * turns)):  # distinct questions; small scenes may have fewer than `turns` of them
-            qa_type, question, reply = make_qa(rng, scene, cfg)
-            if question in asked:
-                continue
-            asked.add(question)
-            messages += _turn(_question(question, cfg), reply, with_image=not messages)
-            answer.append(reply)
-            types.append(qa_type)
-            if len(answer) == turns:
-                break
+        turns = int(rng.integers(cfg.conversation_turns[0], cfg.conversation_turns[1] + 1))
+        messages, answer, types = _dialogue(rng, scene, cfg, turns, ask)
         sample_type, extra = "conversation", {"turn_types": types}
     else:  # grounding, in Qwen-VL's format
         if rng.random() < 0.7 or len(scene.objects) == 1:

@@ -12,6 +12,10 @@ Tasks (held-out samples the model never trained on: a seed of their own):
                     probe; delegated to ocellus/eval/retrieval.py
 `--shots K` puts K solved examples (their images included) before the question as earlier
 turns of the conversation: zero-, one- or few-shot prompting as in GPT-3.
+shapes-vqa asks its questions as worded by `--phrasing` (PHRASINGS: the training wording, no suffix,
+US spelling without it, or the paraphrases of ShapesConfig(phrasing="varied") on the eval seed), and
+`--turns K` scores the K-th question of a K-turn conversation about the image, the earlier questions
+answered by the model itself (its replies become the assistant turns, as a user chats).
 Generation is greedy and batched (left padding), through the same engine as everything else.
 """
 from __future__ import annotations
@@ -29,16 +33,28 @@ from ocellus.eval.vqa import count_match, vqa_exact_match
 
 TASKS = ("shapes-vqa", "shapes-caption", "shapes-grounding", "digits")
 EVAL_SEED = 10_007   # scenes no recipe trains on (recipes use small seeds)
+# --phrasing -> the ShapesConfig wording: (phrasing, keep the answer_prompt suffix)
+PHRASINGS = {"canonical": ("canonical", True), "plain": ("canonical", False), "us": ("us", False),
+             "varied": ("varied", True)}
 
 
-def task_samples(task: str, n: int, image_size: int, seed: int = EVAL_SEED) -> list[dict]:
+def task_samples(task: str, n: int, image_size: int, seed: int = EVAL_SEED, phrasing: str = "canonical",
+                 turns: int = 1) -> list[dict]:
+    """Held-out samples; for shapes-vqa each asks `turns` questions worded by `phrasing` (PHRASINGS) and is
+    scored on the last (its "type" and "answer")."""
+    if (phrasing, turns) != ("canonical", 1) and task != "shapes-vqa":
+        raise ConfigError(f"--phrasing and --turns apply to shapes-vqa only, not {task}")
+    if phrasing not in PHRASINGS or turns < 1:
+        raise ConfigError(f"phrasing must be one of {', '.join(PHRASINGS)} and turns >= 1, got {phrasing!r}, {turns}")
     if task == "digits":
         from ocellus.data.digits import digits_samples
         return digits_samples("test", seed=0, image_size=image_size)[:n]
     from ocellus.data.shapes import ShapesConfig, caption, describe, make_scene, sample_at
     import numpy as np
     kind = {"shapes-vqa": "qa", "shapes-caption": "caption", "shapes-grounding": "grounding"}[task]
-    cfg = ShapesConfig(image_size=image_size, seed=seed, min_size=max(0.18, 6.5 / image_size))
+    wording, suffix = PHRASINGS[phrasing]
+    cfg = ShapesConfig(image_size=image_size, seed=seed, min_size=max(0.18, 6.5 / image_size), phrasing=wording,
+                       qa_turns=(turns, turns), **({} if suffix else {"answer_prompt": None}))
     out = []
     for i in range(n):
         s = sample_at(cfg, i, kind)
@@ -49,32 +65,47 @@ def task_samples(task: str, n: int, image_size: int, seed: int = EVAL_SEED) -> l
     return out
 
 
-def _conversation(sample: dict, shots: list[dict]) -> tuple[list[dict], list]:
-    """Shots as solved earlier turns, then the question without its answer."""
+def _users(sample: dict) -> list[dict]:
+    return [m for m in sample["messages"] if m["role"] == "user"]
+
+
+def _reply(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def _conversation(sample: dict, shots: list[dict], replies: list[str] = ()) -> tuple[list[dict], list]:
+    """Shots as solved earlier turns (their first question), then the sample's questions: those before
+    `replies` answered by them, then the next one without its answer."""
     messages, images = [], []
-    for shot in shots + [sample]:
-        user = [m for m in shot["messages"] if m["role"] == "user"][0]
-        messages.append(user)
+    for shot in shots:
+        answer = shot["answer"] if isinstance(shot["answer"], str) else shot["answer"][0]
+        messages += [_users(shot)[0], _reply(answer)]
         images += shot["images"]
-        if shot is not sample:
-            answer = shot["answer"] if isinstance(shot["answer"], str) else shot["answer"][0]
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return messages, images
+    for user, reply in zip(_users(sample), [*replies, None]):
+        messages += [user] if reply is None else [user, _reply(reply)]
+    return messages, images + list(sample["images"])
 
 
 @torch.inference_mode()
 def predict(model, processor, samples: list[dict], shots: list[dict], max_new_tokens: int,
             batch_size: int = 16, keep_special: bool = False) -> list[str]:
-    """keep_special: decode special tokens too (grounding's <ref>/<box> are special in the shapes BPE),
+    """The model's reply to each sample's last question. A sample of several user turns is asked them in
+    order, the model's own replies put in as the assistant turns before the next question.
+    keep_special: decode special tokens too (grounding's <ref>/<box> are special in the shapes BPE),
     cutting each answer at its end-of-turn token instead."""
     preds = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
-        convs, images = zip(*(_conversation(s, shots) for s in chunk))
-        batch = processor(messages=list(convs), images=[list(i) for i in images])
-        out = model.generate(**batch, max_new_tokens=max_new_tokens)
-        T = batch["input_ids"].shape[1]
-        preds += [_answer(processor, row[T:].tolist(), keep_special) for row in out]
+        replies = [[] for _ in chunk]
+        for turn in range(max(len(_users(s)) for s in chunk)):
+            live = [b for b, s in enumerate(chunk) if len(_users(s)) > turn]
+            convs, images = zip(*(_conversation(chunk[b], shots, replies[b]) for b in live))
+            batch = processor(messages=list(convs), images=[list(i) for i in images])
+            out = model.generate(**batch, max_new_tokens=max_new_tokens)
+            T = batch["input_ids"].shape[1]
+            for b, row in zip(live, out):
+                replies[b].append(_answer(processor, row[T:].tolist(), keep_special))
+        preds += [r[-1] for r in replies]
     return preds
 
 
@@ -104,7 +135,7 @@ def score(task: str, samples: list[dict], preds: list[str]) -> dict:
 
 
 def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int = 16, out: str | None = None,
-             model=None, processor=None, printer=print) -> dict:
+             model=None, processor=None, printer=print, phrasing: str = "canonical", turns: int = 1) -> dict:
     import ocellus
     from ocellus.eval import retrieval
     if task in retrieval.EVAL_TASKS:
@@ -117,15 +148,16 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
     model = model if model is not None else ocellus.load(model_dir)
     processor = processor if processor is not None else ocellus.load_processor(model_dir)
     size = eval_image_size(model, processor)
-    samples = task_samples(task, n + shots, size)
+    samples = task_samples(task, n + shots, size, phrasing=phrasing, turns=turns)
     shot_pool, samples = samples[:shots], samples[shots:]
     max_new = {"shapes-vqa": 6, "digits": 4, "shapes-caption": 40, "shapes-grounding": 40}[task]
     preds = predict(model, processor, samples, shot_pool, max_new, batch_size,
                     keep_special=task == "shapes-grounding")
     result = score(task, samples, preds)
-    result.update(task=task, n=len(samples), shots=shots,
+    result.update(task=task, n=len(samples), shots=shots, phrasing=phrasing, turns=turns,
                   examples=[{"question": _question(s), "pred": p, "gold": s["answer"]} for s, p in zip(samples[:5], preds)])
-    printer(f"{task}  n={len(samples)}  shots={shots}")
+    asked = f"  phrasing={phrasing}  turns={turns}" if task == "shapes-vqa" else ""
+    printer(f"{task}  n={len(samples)}  shots={shots}{asked}")
     printer(format_table(result["table"], score_name=result["metric"], percent=result["metric"] == "accuracy"))
     if "mean_iou" in result:
         printer(f"mean IoU {result['mean_iou']:.3f}")
@@ -151,5 +183,5 @@ def eval_image_size(model, processor) -> int:
 
 
 def _question(sample: dict) -> str:
-    user = [m for m in sample["messages"] if m["role"] == "user"][0]
-    return " ".join(p["text"] for p in user["content"] if p.get("type") == "text")
+    """The text of the scored (last) question."""
+    return " ".join(p["text"] for p in _users(sample)[-1]["content"] if p.get("type") == "text")

@@ -66,13 +66,14 @@ def _shapes_config(data: dict, seed_key: str = "seed"):
     """data section -> ShapesConfig. kind_weights / qa_weights are mappings in YAML
     ({qa: 6, caption: 1}); kinds or types left out get weight 0."""
     from ocellus.data.shapes import ShapesConfig
-    kw = {k: data[k] for k in ("image_size", "max_objects", "min_objects", "answer_prompt", "hard_negatives")
-          if k in data}
-    if "conversation_turns" in data:
-        turns = data["conversation_turns"]
-        if not (isinstance(turns, (list, tuple)) and len(turns) == 2 and all(isinstance(t, int) for t in turns)):
-            raise ConfigError(f"data.conversation_turns must be [min, max] integers, got {turns!r}")
-        kw["conversation_turns"] = tuple(turns)
+    kw = {k: data[k] for k in ("image_size", "max_objects", "min_objects", "answer_prompt", "hard_negatives",
+                               "phrasing") if k in data}
+    for key in ("conversation_turns", "qa_turns"):
+        if key in data:
+            turns = data[key]
+            if not (isinstance(turns, (list, tuple)) and len(turns) == 2 and all(isinstance(t, int) for t in turns)):
+                raise ConfigError(f"data.{key} must be [min, max] integers, got {turns!r}")
+            kw[key] = tuple(turns)
     for key in ("kind_weights", "qa_weights"):
         if key in data:
             weights = data[key]

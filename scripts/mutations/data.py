@@ -18,6 +18,8 @@ ROPE = "tests/properties/test_rope.py"
 DECODER = "tests/parity/test_decoder_parity.py"
 PACKING = "tests/unit/test_packing.py"
 CHECKPOINT = "tests/unit/test_checkpoint.py"
+PHRASING = "tests/unit/test_shapes_phrasing.py"
+EVAL_PHRASING = "tests/unit/test_eval_phrasing.py"
 
 MUTATIONS = [
     # -- encode.py: labels, masks, collate
@@ -256,4 +258,26 @@ MUTATIONS = [
     Mutation(name="data: shards overflow the size limit by one tensor", file="ocellus/hub/safetensors_io.py",
              old="if shards[-1] and size + n > max_shard_bytes:", new="if shards[-1] and size > max_shard_bytes:",
              tests=[DATA_NEW, CHECKPOINT]),
+    # -- shapes_phrasing.py / multi-turn QA (shapes.py) / eval --phrasing --turns (harness.py)
+    Mutation(name="data: varied wording drawn from the sample's rng", file="ocellus/data/shapes.py",
+             old='wording = {}, phrasing_rng(cfg.seed, index) if cfg.phrasing == "varied" else None',
+             new='wording = {}, rng if cfg.phrasing == "varied" else None', tests=[PHRASING]),
+    Mutation(name="data: varied wording never drops the suffix", file="ocellus/data/shapes_phrasing.py",
+             old="suffix = answer_prompt if rng.random() < 0.5 else None",
+             new="suffix = answer_prompt if rng.random() < 2.0 else None", tests=[PHRASING]),
+    Mutation(name="data: varied wording never spells the US way", file="ocellus/data/shapes_phrasing.py",
+             old="us = bool(rng.random() < 0.5)", new="us = bool(rng.random() < 0.0)", tests=[PHRASING]),
+    Mutation(name="data: varied wording never draws the last paraphrase", file="ocellus/data/shapes_phrasing.py",
+             old="templates[int(rng.integers(len(templates)))]", new="templates[int(rng.integers(len(templates) - 1))]",
+             tests=[PHRASING]),
+    Mutation(name="data: multi-turn QA puts the image in every user turn", file="ocellus/data/shapes.py",
+             old="messages += _turn(ask(question), reply, with_image=not messages)",
+             new="messages += _turn(ask(question), reply, with_image=True)", tests=[PHRASING]),
+    Mutation(name="eval: --phrasing plain keeps the answer-format suffix", file="ocellus/eval/harness.py",
+             old='"plain": ("canonical", False)', new='"plain": ("canonical", True)', tests=[EVAL_PHRASING]),
+    Mutation(name="eval: --turns answers the earlier questions with the gold answers", file="ocellus/eval/harness.py",
+             old="zip(_users(sample), [*replies, None])",
+             new='zip(_users(sample), [*sample.get("turn_answers", [])[:len(replies)], None])', tests=[EVAL_PHRASING]),
+    Mutation(name="eval: --turns scores the first reply", file="ocellus/eval/harness.py",
+             old="preds += [r[-1] for r in replies]", new="preds += [r[0] for r in replies]", tests=[EVAL_PHRASING]),
 ]
