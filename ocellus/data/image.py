@@ -326,6 +326,8 @@ class ImageProcessorConfig:
             d = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot read {f}: {e}") from e
+        if not isinstance(d, dict):
+            raise ConfigError(f"{f} must hold a JSON object, got a JSON {type(d).__name__}")
         return cls.from_dict(d)
 
 

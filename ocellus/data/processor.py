@@ -42,7 +42,6 @@ Other families (BLIP-2, Flamingo, Qwen2-VL, InternVL, ...) pass their own `image
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -56,6 +55,7 @@ from ocellus.data.image_tiling import preprocess_anyres, tokens_per_image
 from ocellus.data.messages import normalize
 from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError, InputError
+from ocellus.hub.checkpoint_dir import read_json_object
 
 # config.json model types this processor serves: one fixed-size ViT view, or LLaVA-NeXT anyres
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next")
@@ -81,15 +81,7 @@ class ProcessorOutput(dict):
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path)   # a CheckpointError naming the file when it is not a JSON object
 
 
 def image_processor_dict(directory) -> dict | None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ocellus.errors import CheckpointError, ConfigError
+from ocellus.hub.checkpoint_dir import read_config  # noqa: F401  (importers read it from here too)
 from ocellus.hub.families import Family, family_for_config, family_for_model
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.resolve import resolve
@@ -31,16 +32,6 @@ def parse_dtype(dtype) -> torch.dtype | None:
     if str(dtype).replace("torch.", "") in _DTYPES:
         return _DTYPES[str(dtype).replace("torch.", "")]
     raise ConfigError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
-
-
-def read_config(path: Path) -> dict:
-    f = path / "config.json"
-    if not f.exists():
-        raise CheckpointError(f"no config.json in {path}")
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{f} is not valid JSON: {e}") from e
 
 
 @contextlib.contextmanager

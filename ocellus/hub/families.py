@@ -100,7 +100,32 @@ from ocellus.models.contrastive import albef as _albef, blip as _blip  # noqa: E
 ARCHITECTURES["OcellusALBEF"], ARCHITECTURES["OcellusBLIP"] = _albef.family(), _blip.family()
 
 
+# config.json `model_type`s the families above build (a config without one is read by architectures alone)
+from ocellus.models.families import (blip2 as _b2, flamingo as _fl, internvl as _ivl, llava as _lv,  # noqa: E402
+                                     llava_next as _lvn, qwen2_vl as _q2, qwen_vl as _qv)
+from ocellus.train.qformer_objectives import MODEL_TYPE as _STAGE1_TYPE  # noqa: E402
+MODEL_TYPES = frozenset({
+    "llama", "qwen2", "bert", "clip", "siglip", "clip_vision_model", "siglip_vision_model", "clip_text_model",
+    "siglip_text_model", "ocellus_albef", "ocellus_blip", _STAGE1_TYPE,
+    *_lv.MODEL_TYPES, *_lvn.MODEL_TYPES, *_b2.MODEL_TYPES, *_fl.MODEL_TYPES, *_ivl.MODEL_TYPES, *_qv.MODEL_TYPES,
+    *_q2.MODEL_TYPES})
+# Ocellus checkpoints that other loaders open
+OTHER_LOADERS = {"ocellus_image_generator": "ocellus generate-image (models/generative/checkpoint.load_generator)",
+                 "ocellus_unified": "ocellus chat (train/unified.load_unified)"}
+
+
+def check_model_type(cfg: dict, where: str = "config.json") -> None:
+    """An unknown top-level model_type is a ConfigError naming it and the known ones."""
+    kind = cfg.get("model_type")
+    if kind in OTHER_LOADERS:
+        raise ConfigError(f"{where}: model_type {kind!r} is not a model ocellus.load builds; open it with "
+                          f"{OTHER_LOADERS[kind]}")
+    if kind is not None and kind not in MODEL_TYPES:
+        raise ConfigError(f"{where}: unknown model_type {kind!r}; known: {sorted(MODEL_TYPES)}")
+
+
 def family_for_config(cfg: dict, where: str = "config.json") -> Family:
+    check_model_type(cfg, where)
     archs = cfg.get("architectures") or []
     for a in archs:
         if a in ARCHITECTURES:

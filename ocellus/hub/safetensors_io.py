@@ -10,6 +10,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ocellus.errors import CheckpointError
+from ocellus.hub.checkpoint_dir import inside, read_json_object
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -17,22 +18,22 @@ SINGLE = "model.safetensors"
 
 def checkpoint_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint dir: the index's shards, or the single file."""
-    index = path / INDEX
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index} is not a valid safetensors index: {e}") from e
-        files = [path / f for f in sorted(set(weight_map.values()))]
+    index = read_json_object(path / INDEX)
+    if index is not None:
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{path / INDEX} is not a valid safetensors index: 'weight_map' must map "
+                                  f"tensor names to shard file names")
+        files = [inside(path, f) for f in sorted(set(weight_map.values()))]
         absent = [f.name for f in files if not f.exists()]
         if absent:
-            raise CheckpointError(f"{index} names shard(s) missing from {path}: {absent}")
+            raise CheckpointError(f"{path / INDEX} names shard(s) missing from {path}: {absent}")
         return files
     if (path / SINGLE).exists():
-        return [path / SINGLE]
+        return [inside(path, SINGLE)]
     found = sorted(p.name for p in path.glob("*.safetensors"))
     if found:
-        return [path / f for f in found]
+        return [inside(path, f) for f in found]
     raise CheckpointError(f"no {SINGLE} or {INDEX} in {path} (found: {sorted(p.name for p in path.iterdir())})")
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import CheckpointError, ConfigError, InputError
+from ocellus.hub.checkpoint_dir import read_config, read_json_object
 from ocellus.models.unified import PAD, UnifiedVocab, WordVocab
 from ocellus.train.loader import BatchLoader
 from ocellus.train.stages import parts_of
@@ -171,20 +172,19 @@ def save_unified(model, spec: dict, tokenizer_spec: dict, colours: list[str], im
 
 def is_unified_dir(path) -> bool:
     try:
-        return json.loads((Path(path) / "config.json").read_text()).get("model_type") == MODEL_TYPE
-    except (OSError, ValueError, AttributeError):
+        return (read_json_object(Path(path) / "config.json") or {}).get("model_type") == MODEL_TYPE
+    except CheckpointError:
         return False
 
 
 def load_unified(path):
     from safetensors.torch import load_file
-    from ocellus.errors import CheckpointError
     from ocellus.models.generative.checkpoint import build
     path = Path(path)
     if not is_unified_dir(path) or not (path / "model.safetensors").exists():
         raise CheckpointError(f"{path} is not a unified-model checkpoint (config.json with model_type "
                               f"{MODEL_TYPE!r} + model.safetensors)")
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = read_config(path)
     model = build_model(dict(cfg["model"]), build(dict(cfg["tokenizer"])), text_vocab(cfg["colours"]),
                         cfg["image_size"])
     state, own = load_file(str(path / "model.safetensors")), model.state_dict()

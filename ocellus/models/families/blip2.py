@@ -22,7 +22,6 @@ same names plus CLIP's `pre_layrnorm`; `ocellus.load` opens both.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from torch import nn
 from ocellus.data.templates import MINIGPT4_SYSTEM
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.bert_families import bert_layer_rules
+from ocellus.hub.checkpoint_dir import read_json_object
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.connectors.qformer import QFormer, QFormerConfig
 from ocellus.models.families.llava import _decoder_rules, _text_config
@@ -351,7 +351,7 @@ def processor_from_dir(directory):
     image_dict = image_processor_dict(directory)
     if image_dict is None:
         raise ConfigError(f"{directory}: no preprocessor_config.json; a BLIP-2 checkpoint needs its image settings")
-    cfg = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else {}
+    cfg = read_json_object(directory / "config.json") or {}
     proc = _processor(Tokenizer.from_dir(directory), ImageProcessorConfig.from_dict(image_dict),
                       int(cfg.get("num_query_tokens", 32)), cfg.get("qformer_part", "connector"),
                       cfg.get("image_wrap") or ("", ""))

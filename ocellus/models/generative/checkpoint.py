@@ -15,6 +15,7 @@ from torch import nn
 from safetensors.torch import load_file, save_file
 
 from ocellus.errors import CheckpointError, ConfigError
+from ocellus.hub.checkpoint_dir import read_config
 
 MODEL_TYPE = "ocellus_image_generator"
 KINDS = ("diffusion", "vqvae", "vqgan", "maskgit", "ar", "seed")   # seed: models/unified/seed_detokenizer.py
@@ -90,9 +91,14 @@ def load_generator(path: str | Path) -> nn.Module:
     cfg_file, weights = path / "config.json", path / "model.safetensors"
     if not cfg_file.exists() or not weights.exists():
         raise CheckpointError(f"{path} is not an image-generator checkpoint: needs config.json and model.safetensors")
-    spec = json.loads(cfg_file.read_text())
-    if spec.pop("model_type", None) != MODEL_TYPE:
-        raise CheckpointError(f"{cfg_file} has model_type {spec.get('model_type')!r}, not {MODEL_TYPE!r}")
+    spec = read_config(path)
+    kind = spec.pop("model_type", None)
+    if kind != MODEL_TYPE:
+        what = kind or (spec.get("architectures") or ["unknown"])[0]
+        raise CheckpointError(f"{path} holds a {what!r} model, not an image generator (config.json model_type "
+                              f"{MODEL_TYPE!r}, the export of an image_generation recipe such as "
+                              f"recipes/generation/ddpm_digits.yaml); ocellus generate / chat open language and "
+                              f"vision-language models")
     model = build(spec)
     state = load_file(str(weights))
     own = model.state_dict()
