@@ -204,14 +204,16 @@ OWN_RUNNERS = {
 
 def cmd_train(args) -> int:
     import importlib
-    from ocellus.train.recipe import load_recipe, recipe_task
+    from ocellus.train.recipe import check_sources, load_recipe, recipe_task
     task = recipe_task(args.recipe)   # None when unreadable: load_recipe then says why
     if task in OWN_RUNNERS:
         module, runner = OWN_RUNNERS[task]
         getattr(importlib.import_module(module), runner)(args.recipe, args.overrides)
         return 0
+    recipe = load_recipe(args.recipe, args.overrides)
+    check_sources(recipe, args.recipe)   # a missing checkpoint names the recipe that writes it, before any build
     from ocellus.train.run import run_recipe
-    run_recipe(load_recipe(args.recipe, args.overrides))
+    run_recipe(recipe)
     return 0
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ocellus.data.processor import Processor
 from ocellus.errors import ConfigError
 from ocellus.eval.caption import cider_d, corpus_bleu
 from ocellus.eval.grounding import box_iou, grounding_hit
@@ -147,6 +148,10 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
         raise ConfigError(f"unknown eval task {task!r}; choose from {', '.join(TASKS)}")
     model = model if model is not None else ocellus.load(model_dir)
     processor = processor if processor is not None else ocellus.load_processor(model_dir)
+    if not isinstance(processor, Processor):
+        raise ConfigError(f"--task {task} asks questions about images, and {model_dir} is a text-only checkpoint (no "
+                          f"preprocessor_config.json / processor_config.json): give --model a vision-language model "
+                          f"directory, e.g. {ocellus.default_model_dir()} (the embedded tiny LLaVA)")
     size = eval_image_size(model, processor)
     samples = task_samples(task, n + shots, size, phrasing=phrasing, turns=turns)
     shot_pool, samples = samples[:shots], samples[shots:]

@@ -33,6 +33,7 @@ TASKS = ("lm", "vit_classify", "vlm", "qformer_pretrain",    # qformer_pretrain:
 POSTTRAIN_TASKS = ("rm", "dpo", "grpo", "ppo", "distill")   # train/posttrain.py
 SOURCES = {"shapes": "image", "digits": "image", "llava_json": "image", "shapes_text": "text"}
 TRAIN_EXTRA = {"batch_size"}
+FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml where built in: made_by reads many recipes
 
 
 def read_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
@@ -63,6 +64,43 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     recipe["_path"] = str(path)
     validate(recipe, where=str(path))
     return recipe
+
+
+def check_sources(recipe: dict, where: str = "recipe") -> None:
+    """Every checkpoint and file a validated recipe reads (schema.sources: model.from, llm_from, tokenizer,
+    data.path, ...) exists, before `ocellus train` builds anything. A missing one that a recipe beside this
+    one writes (its export dir, or under its train.out_dir) names that recipe: run it first. A name that
+    may be a hub id (one slash, not starting with . / ~) is left to the loader, as is post-training's
+    model.from `default` (the embedded model)."""
+    for key, value in schema.sources(recipe):
+        if Path(value).expanduser().exists() or (key == "model.from" and value == "default"):
+            continue
+        maker = made_by(value, Path(recipe.get("_path", "recipe.yaml")))
+        if maker:
+            raise ConfigError(f"{where}: {key} {value} does not exist yet; {maker} writes it: run "
+                              f"`ocellus train {maker}` first")
+        if key == "data.path" or value.startswith((".", "/", "~")) or value.count("/") != 1:
+            raise ConfigError(f"{where}: {key} {value} does not exist")
+
+
+def made_by(path: str, recipe_path: Path) -> str | None:
+    """The recipe in recipe_path's folder or a sibling folder (recipes/*/) whose run writes `path`: its
+    export.dir, or a path under its train.out_dir (its export, tokenizer, checkpoints)."""
+    target = Path(path).resolve()
+    folder = recipe_path.parent
+    for candidate in (sorted(folder.glob("*.yaml")) + sorted(folder.parent.glob("*/*.yaml")))[:400]:
+        if candidate.resolve() == recipe_path.resolve():
+            continue
+        try:
+            other = yaml.load(candidate.read_text(), Loader=FAST_LOADER)
+        except (OSError, yaml.YAMLError):
+            continue
+        train, export = (other.get("train"), other.get("export")) if isinstance(other, dict) else (None, None)
+        outputs = [d.get(k) for d, k in ((train, "out_dir"), (export, "dir")) if isinstance(d, dict)]
+        if any(isinstance(o, str) and (target == Path(o).resolve() or Path(o).resolve() in target.parents)
+               for o in outputs):
+            return str(candidate)
+    return None
 
 
 def apply_overrides(recipe: dict, overrides: list[str]) -> dict:

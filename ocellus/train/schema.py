@@ -3,6 +3,8 @@ hold, and the type its value must have, checked before a tokenizer, model or dat
 
     check(recipe, where)   ConfigError "<where>: train.max_steps must be an integer, got 'five'" or
                            "<where>: unknown model keys ['hidden_sise'] for task 'lm'; known: [...]"
+    sources(recipe)        the (key, path) of every checkpoint / file the run reads (SOURCE keys), which
+                           recipe.check_sources looks for before `ocellus train` builds anything
 
 A `Kind` is a named test: INT takes integers only (not 2.5, not "5", not true), FLOAT any number (and
 the strings YAML 1.1 leaves "1e-3" as, turned into floats in place), BOOL true/false only. Sections whose
@@ -46,6 +48,7 @@ class Kind:
     convert: Callable[[Any], Any] = lambda v: v  # the value the recipe holds afterwards
     fields: dict | None = None                  # a mapping's keys -> kinds (others are unknown keys)
     values: "Kind | None" = None                # a mapping with any keys, each value of this kind
+    source: bool = False                        # a path the run reads (recipe.check_sources: it must exist)
 
 
 def _is_int(v) -> bool:
@@ -67,6 +70,7 @@ FLOAT = Kind("a number", _is_number, lambda v: float(v) if isinstance(v, str) el
 BOOL = Kind("true or false", lambda v: isinstance(v, bool))
 STR = Kind("a string", lambda v: isinstance(v, str))
 MAPPING = Kind("a mapping", lambda v: isinstance(v, dict))
+SOURCE = Kind("a string", lambda v: isinstance(v, str), source=True)   # a checkpoint dir or file the run reads
 PLURALS = {INT.name: "integers", FLOAT.name: "numbers", STR.name: "strings", BOOL.name: "booleans"}
 
 
@@ -76,7 +80,7 @@ def mapping(fields: dict | None = None, values: Kind | None = None, name: str = 
 
 def optional(kind: Kind) -> Kind:
     return Kind(f"{kind.name} or null", lambda v: v is None or kind.accepts(v),
-                lambda v: None if v is None else kind.convert(v), kind.fields, kind.values)
+                lambda v: None if v is None else kind.convert(v), kind.fields, kind.values, kind.source)
 
 
 def list_of(kind: Kind, length: int | None = None, name: str | None = None) -> Kind:
@@ -95,7 +99,7 @@ def either(kind: Kind, other: Kind) -> Kind:
     """A value of `kind` or of `other` (a mode string or a PartSpec mapping, a directory or a mapping)."""
     return Kind(f"{kind.name} or {other.name}", lambda v: kind.accepts(v) or other.accepts(v),
                 lambda v: kind.convert(v) if kind.accepts(v) else other.convert(v),
-                other.fields or kind.fields, other.values or kind.values)
+                other.fields or kind.fields, other.values or kind.values, kind.source or other.source)
 
 
 BASIC = {int: INT, float: FLOAT, bool: BOOL, str: STR, dict: MAPPING}
@@ -130,7 +134,7 @@ def kinds_of(obj, skip: Iterable[str] = ()) -> dict[str, Kind]:
 WEIGHTS = mapping(values=FLOAT, name="a mapping of name -> number (YAML: {qa: 4, caption: 1})")
 DATA = {
     "source": STR, "kind": one_of(*KINDS, "mixed"), "n": INT, "seed": INT, "max_length": optional(INT),
-    "template": one_of(*TEMPLATES), "pack": BOOL, "image_size": optional(INT), "path": STR,
+    "template": one_of(*TEMPLATES), "pack": BOOL, "image_size": optional(INT), "path": SOURCE,
     "skip_bad_samples": BOOL, "train_on": one_of("assistant", "last", "all"), "max_objects": INT,
     "min_objects": INT, "answer_prompt": optional(STR), "eval_n": INT, "shapes_seed": INT, "kind_weights": WEIGHTS,
     "qa_weights": WEIGHTS, "labels": one_of("single", "objects"), "image_text": one_of("drop", "description", "caption"),
@@ -140,17 +144,17 @@ DATA = {
 STAGE_PART = either(one_of(*MODES), mapping(kinds_of(PartSpec)))
 TRAIN = {**kinds_of(TrainConfig), "batch_size": INT,
          "stage": mapping(values=STAGE_PART, name="a mapping of part -> mode or {mode, rank, lr, ...}")}
-TOKENIZER = either(STR, mapping({"from": STR, "train_bpe": mapping({**kinds_of(train_bpe, skip=("texts",)),
+TOKENIZER = either(SOURCE, mapping({"from": SOURCE, "train_bpe": mapping({**kinds_of(train_bpe, skip=("texts",)),
                                                                      "corpus_n": INT})}))
 
 # model: per task; a vlm's keys also per model.architecture (what its family's compose reads)
-PARTS = {"vision_from": STR, "llm_from": STR, "image_token": STR}
+PARTS = {"vision_from": SOURCE, "llm_from": SOURCE, "image_token": STR}
 FEATURES = {"feature_layer": INT, "feature_select": one_of("default", "full")}
 LLAVA = {**PARTS, **FEATURES, "connector": mapping({"depth": INT, "act": STR})}
 ARCHITECTURES = {
     "llava": LLAVA,
     "llava_next": {**LLAVA, "image_grid_pinpoints": list_of(list_of(INT, 2), name="a list of [height, width] pairs")},
-    "blip2": {**PARTS, "qformer_from": STR, "qformer": MAPPING, "variant": one_of("blip2", "minigpt4")},
+    "blip2": {**PARTS, "qformer_from": SOURCE, "qformer": MAPPING, "variant": one_of("blip2", "minigpt4")},
     "flamingo": {**PARTS, **FEATURES, "vision": MAPPING, "perceiver": MAPPING, "cross_attn": MAPPING},
     "qwen_vl": {**PARTS, "feature_layer": INT, "resampler": mapping({"num_queries": INT, "num_heads": INT})},
     "qwen2_vl": {**PARTS, "config": MAPPING},
@@ -158,23 +162,23 @@ ARCHITECTURES = {
     "internvl": {**PARTS, **FEATURES, "downsample_ratio": FLOAT, "min_tiles": INT, "max_tiles": INT,
                  "use_thumbnail": BOOL},
 }
-LOADED = {"from": STR, "init_from": STR}   # a whole checkpoint, or a training checkpoint's tensors over the model
+LOADED = {"from": SOURCE, "init_from": SOURCE}   # a whole checkpoint, or a training checkpoint's tensors over the model
 WEAKEN = {"weaken": mapping(kinds_of(weaken, skip=("model",)))}
 MODEL = {
     "lm": {**LOADED, "config": MAPPING},
     "vit_classify": {**LOADED, "config": MAPPING, "num_classes": INT},
-    "qformer_pretrain": {**LOADED, "vision_from": STR, "qformer": MAPPING, "qformer_init": STR, "embed_dim": INT,
+    "qformer_pretrain": {**LOADED, "vision_from": SOURCE, "qformer": MAPPING, "qformer_init": SOURCE, "embed_dim": INT,
                          "label_smoothing": FLOAT},
     "contrastive": {**LOADED, "architecture": one_of("clip", "siglip"), "vision": MAPPING, "text": MAPPING,
                     "projection_dim": optional(INT)},
     "moco": {**LOADED, "vision": MAPPING, "moco": mapping(kinds_of(MoCoConfig))},
     "albef": {**LOADED, "vision": MAPPING, "text": MAPPING, "align": MAPPING},
     "blip": {**LOADED, "vision": MAPPING, "text": MAPPING, "align": MAPPING, "objectives": list_of(one_of("itc", "itm", "lm"))},
-    "rm": {"from": STR}, "distill": {"from": STR},
-    "dpo": {"from": STR, **WEAKEN}, "grpo": {"from": STR, **WEAKEN}, "ppo": {"from": STR, **WEAKEN},
+    "rm": {"from": SOURCE}, "distill": {"from": SOURCE},   # post-training: from may also be `default`
+    "dpo": {"from": SOURCE, **WEAKEN}, "grpo": {"from": SOURCE, **WEAKEN}, "ppo": {"from": SOURCE, **WEAKEN},
 }
 REWARD = {"rewards": list_of(one_of(*REWARDS), name=f"a list of names from {sorted(REWARDS)}"),
-          "reward_weights": list_of(FLOAT), "reward_model": STR}
+          "reward_weights": list_of(FLOAT), "reward_model": SOURCE}
 METHOD = {
     "rm": {},
     "dpo": {**kinds_of(DPOConfig), "rejected": one_of("plausible", "model")},
@@ -204,26 +208,37 @@ def top_fields(task: str, model) -> dict[str, Kind]:
 def check(recipe: dict, where: str = "recipe") -> None:
     """Every key of `recipe` known and of its kind, or one ConfigError naming the key and the kind.
     Numbers given as YAML strings ("1e-3") become floats in place. recipe["task"] must already be valid."""
-    task = recipe["task"]
-    _check_mapping(recipe, top_fields(task, recipe.get("model")), "", where, task)
-
-
-def _check_mapping(value: dict, fields: dict | None, path: str, where: str, task: str, values: Kind | None = None):
-    if fields is not None:
-        unknown = sorted(str(k) for k in value if k not in fields)
-        if unknown:
-            section = path or "top-level"
-            qualifier = f" for task {task!r}" if path.split(".")[0] in ("model", "method") else ""
-            known = sorted(k for k in fields if not k.startswith("_"))
-            raise ConfigError(f"{where}: unknown {section} keys {unknown}{qualifier}; known: {known}")
-    for key, v in value.items():
-        kind = values if fields is None else fields[key]
-        if kind is None:
-            continue
-        dotted = f"{path}.{key}" if path else str(key)
-        if not kind.accepts(v):
-            shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+    for dotted, kind, holder, key in _walk(recipe, where):
+        if not kind.accepts(holder[key]):
+            shown = repr(holder[key]) if len(repr(holder[key])) <= 60 else repr(holder[key])[:57] + "..."
             raise ConfigError(f"{where}: {dotted} must be {kind.name}, got {shown}")
-        value[key] = v = kind.convert(v)
-        if isinstance(v, dict) and (kind.fields is not None or kind.values is not None):
-            _check_mapping(v, kind.fields, dotted, where, task, kind.values)
+        holder[key] = kind.convert(holder[key])
+
+
+def sources(recipe: dict) -> list[tuple[str, str]]:
+    """(dotted key, path) for every checkpoint or file a checked recipe reads: model.from, vision_from,
+    llm_from, init_from, tokenizer, data.path, method.reward_model, ..."""
+    return [(dotted, holder[key]) for dotted, kind, holder, key in _walk(recipe, "recipe")
+            if kind.source and isinstance(holder[key], str)]
+
+
+def _walk(recipe: dict, where: str):
+    """(dotted key, Kind, the mapping holding it, key) for every key of the recipe, a mapping's own keys right
+    after it (read once the caller is done with it); an unknown key is a ConfigError."""
+    task = recipe["task"]
+
+    def walk(value: dict, fields: dict | None, values: Kind | None, path: str):
+        if fields is not None:
+            unknown = sorted(str(k) for k in value if k not in fields)
+            if unknown:
+                section = path or "top-level"
+                qualifier = f" for task {task!r}" if path.split(".")[0] in ("model", "method") else ""
+                known = sorted(k for k in fields if not k.startswith("_"))
+                raise ConfigError(f"{where}: unknown {section} keys {unknown}{qualifier}; known: {known}")
+        for key in list(value):
+            kind = values if fields is None else fields[key]
+            dotted = f"{path}.{key}" if path else str(key)
+            yield dotted, kind, value, key
+            if isinstance(value[key], dict) and (kind.fields is not None or kind.values is not None):
+                yield from walk(value[key], kind.fields, kind.values, dotted)
+    return walk(recipe, top_fields(task, recipe.get("model")), None, "")

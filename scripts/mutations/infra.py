@@ -7,6 +7,7 @@ ENGINE = ["tests/serve/test_engine_scheduling.py", "tests/serve/test_engine.py"]
 ATTEND = "tests/properties/test_attend_branches.py"
 SAMPLING = ["tests/unit/test_sampling_steps.py", "tests/unit/test_sampling.py"]
 SCHEMA = "tests/unit/test_recipe_schema.py"
+FIRST_USE = "tests/unit/test_first_use_errors.py"
 
 MUTATIONS = [
     # -- the reviewer's three survivors
@@ -108,12 +109,24 @@ MUTATIONS = [
     Mutation(name="infra: recipe validate skips the type schema", file="ocellus/train/recipe.py",
              old="    schema.check(recipe, where)", new="    pass", tests=[SCHEMA]),
     Mutation(name="infra: recipe schema lets unknown model keys through", file="ocellus/train/schema.py",
-             old="        if unknown:\n            section = path or",
-             new="        if unknown and not path.startswith(\"model\"):\n            section = path or", tests=[SCHEMA]),
+             old="            if unknown:\n                section = path or",
+             new="            if unknown and not path.startswith(\"model\"):\n                section = path or", tests=[SCHEMA]),
     Mutation(name="infra: recipe schema skips mappings of any keys (stage parts)", file="ocellus/train/schema.py",
-             old="if isinstance(v, dict) and (kind.fields is not None or kind.values is not None):",
-             new="if isinstance(v, dict) and kind.fields is not None:", tests=[SCHEMA]),
+             old="if isinstance(value[key], dict) and (kind.fields is not None or kind.values is not None):",
+             new="if isinstance(value[key], dict) and kind.fields is not None:", tests=[SCHEMA]),
     Mutation(name="infra: recipe schema leaves YAML's 1e-3 strings as strings", file="ocellus/train/schema.py",
              old='FLOAT = Kind("a number", _is_number, lambda v: float(v) if isinstance(v, str) else v)',
              new='FLOAT = Kind("a number", _is_number)', tests=[SCHEMA]),
+    Mutation(name="infra: eval lets a text-only model into the image tasks", file="ocellus/eval/harness.py",
+             old="    if not isinstance(processor, Processor):", new="    if processor is None:",
+             tests=[FIRST_USE + "::test_eval_image_task_on_a_text_only_model"]),
+    Mutation(name="infra: generate-image reports the model_type it already popped", file="ocellus/models/generative/checkpoint.py",
+             old='what = kind or (spec.get("architectures") or ["unknown"])[0]', new='what = spec.get("model_type")',
+             tests=[FIRST_USE + "::test_generate_image_on_a_language_model_names_what_it_is"]),
+    Mutation(name="infra: ocellus train skips the missing-checkpoint check", file="ocellus/cli.py",
+             old="    check_sources(recipe, args.recipe)", new="    pass",
+             tests=[FIRST_USE + "::test_sft_before_align_names_the_recipe_to_run_first"]),
+    Mutation(name="infra: made_by matches only a recipe's export dir, not what its out_dir holds", file="ocellus/train/recipe.py",
+             old="(target == Path(o).resolve() or Path(o).resolve() in target.parents)",
+             new="(target == Path(o).resolve())", tests=[FIRST_USE]),
 ]

@@ -24,10 +24,15 @@ def no_training(monkeypatch):
 
 
 def base_recipe(task: str, architecture: str | None, out_dir) -> dict:
-    """The smallest recipe of `task` that validates (nothing is built: training is refused above)."""
+    """The smallest recipe of `task` that validates (nothing is built: training is refused above); its
+    checkpoints are empty folders (only their existence is checked before training)."""
+    vit, llm = out_dir.parent / "vit", out_dir.parent / "llm"
+    vit.mkdir(parents=True, exist_ok=True)
+    llm.mkdir(exist_ok=True)
     data = {"source": "shapes_text" if task == "lm" else "shapes"}
-    model = {"lm": {}, "vit_classify": {}, "qformer_pretrain": {"vision_from": "vit"},
-             "vlm": {"architecture": architecture, "vision_from": "vit", "llm_from": "llm"}}.get(task, {"from": "default"})
+    model = {"lm": {}, "vit_classify": {}, "qformer_pretrain": {"vision_from": str(vit)},
+             "vlm": {"architecture": architecture, "vision_from": str(vit), "llm_from": str(llm)}
+             }.get(task, {"from": "default"})
     return {"task": task, "model": model, "data": data, "train": {"max_steps": 1, "out_dir": str(out_dir)}}
 
 
