@@ -248,6 +248,8 @@ def cmd_serve(args) -> int:
     limits = ServeLimits(
         api_key=ServeLimits.key_from_env(args.api_key), max_request_bytes=args.max_request_bytes,
         max_images=args.max_images, max_image_pixels=args.max_image_pixels, max_tokens=args.max_tokens,
+        max_request_pixels=args.max_request_pixels, prompt_bytes_per_token=args.prompt_bytes_per_token,
+        preprocess_concurrency=args.preprocess_concurrency,
         max_n=args.max_n, request_timeout_s=args.request_timeout, max_queue=args.max_queue, slots=args.slots,
         max_context=args.max_context, allow_http_images=args.allow_http_images,
         allowed_image_dir=Path(args.allow_image_dir) if args.allow_image_dir else None)
@@ -351,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-request-bytes", type=int, default=20 * 2**20, help="HTTP body cap (413 over it)")
     p.add_argument("--max-images", type=int, default=8, help="image parts per request")
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="width*height cap, read from the header")
+    p.add_argument("--max-request-pixels", type=int, default=4096 * 4096,
+                   help="width*height summed over a request's images, from their headers before any is decoded")
+    p.add_argument("--prompt-bytes-per-token", type=int, default=8,
+                   help="text over this many bytes per context token is refused before tokenizing")
+    p.add_argument("--preprocess-concurrency", type=int, default=2,
+                   help="requests decoding images / tokenizing at the same time (bounds their memory)")
     p.add_argument("--max-tokens", type=int, default=1024, help="the most max_tokens a request may ask for")
     p.add_argument("--max-n", type=int, default=4, help="choices per request")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds from arrival to the last token")

@@ -42,7 +42,7 @@ from ocellus.infer.batching import Request as EngineRequest
 from ocellus.serve import openai_schema as oa
 from ocellus.serve.json_body import read_json
 from ocellus.serve.limits import ServeLimits
-from ocellus.serve.media import fetch_image
+from ocellus.serve.media import fetch_image, fetch_images
 
 STATIC = Path(__file__).resolve().parent / "static"
 PREFILL_SKIP = ("input_ids", "attention_mask")  # every other processor output is a prefill input (pixel_values, ...)
@@ -60,6 +60,22 @@ class ServeState:
         self.engine = BatchEngine(model, self.tokenizer, slots=limits.slots, max_len=limits.max_context,
                                   max_queue=limits.max_queue)
         self.created = int(time.time())
+        self.preprocessing = asyncio.Semaphore(limits.preprocess_concurrency)  # decode + tokenize, bounded
+        self.max_prompt_bytes = limits.prompt_bytes_per_token * self.engine.max_len
+
+    def check_prompt_size(self, texts, param: str) -> None:
+        """Refuse text over max_prompt_bytes (UTF-8) before it is rendered or tokenized: a 5 MB prompt would
+        cost seconds and hundreds of MB only to be refused as longer than the context."""
+        size = 0
+        for text in texts:
+            size += len(text)   # characters <= bytes: the cheap bound first, exact bytes below it
+            if size <= self.max_prompt_bytes:
+                size += len(text.encode()) - len(text)
+            if size > self.max_prompt_bytes:
+                raise oa.bad(f"This model's maximum context length is {self.engine.max_len} tokens; the {param} hold "
+                             f"over {self.max_prompt_bytes:,} bytes of text, more than this server tokenizes for it "
+                             f"({self.limits.prompt_bytes_per_token} bytes per context token, "
+                             f"--prompt-bytes-per-token). Shorten the {param}.", param, "context_length_exceeded")
 
 
 # -- plumbing ---------------------------------------------------------------------------------------
@@ -84,7 +100,7 @@ async def _watch_disconnect(request: Request, on_gone) -> None:
 
 def _inputs(state: ServeState, chat: oa.ChatRequest):
     """Worker thread: fetch + decode the images, render the template, tokenize. -> (input_ids, prefill)."""
-    images = [fetch_image(p.url, p.where, state.limits) for p in chat.images]
+    images = fetch_images([(p.url, p.where) for p in chat.images], state.limits)
     if images and not isinstance(state.processor, Processor):
         raise oa.bad(f"{chat.images[0].where}: the model `{state.model_id}` is text-only and does not accept "
                      f"images", code="images_not_supported")
@@ -121,8 +137,11 @@ async def chat_completions(request: Request):
     chat = oa.parse_chat_request(await read_json(request, state.limits.max_request_bytes), state.limits,
                                  state.model_id)
     arrived = time.monotonic()
+    state.check_prompt_size((p["text"] for m in chat.messages for p in m["content"] if isinstance(p, dict)),
+                            "messages")
     try:
-        input_ids, prefill = await run_in_threadpool(_inputs, state, chat)
+        async with state.preprocessing:
+            input_ids, prefill = await run_in_threadpool(_inputs, state, chat)
     except (InputError, ConfigError) as e:
         raise oa.bad(str(e), "messages", "invalid_input") from e
     params = _budget(state, chat, int(input_ids.shape[1]))
@@ -248,8 +267,10 @@ async def explain(request: Request):
     if not isinstance(state.processor, Processor):
         raise oa.bad(f"the model `{state.model_id}` is text-only: there is no image to explain", "image")
     max_tokens = oa.int_field(body, "max_tokens", 1, state.limits.max_tokens) or 16
+    state.check_prompt_size([body["question"]], "question")
     try:
-        image = await run_in_threadpool(fetch_image, body.get("image"), "image", state.limits)
+        async with state.preprocessing:
+            image = await run_in_threadpool(fetch_image, body.get("image"), "image", state.limits)
     except (InputError, ConfigError) as e:   # every refused image is a 400 naming the field
         raise oa.bad(str(e), "image", "invalid_input") from e
 

@@ -1,9 +1,11 @@
 """The server's limits and access policy, in one frozen config (every field is a `ocellus serve` flag).
 
 Each limit answers a bad or hostile request with a 4xx before it costs model time:
-request bytes (413), images per request and pixels per image (400, checked on the image header
-before decoding), max_tokens (400), a full queue (429), the request timeout (504 / a streamed
-error), and the API key (401). docs/SERVING.md lists them with their defaults.
+request bytes (413), images per request, pixels per image and per request (400, checked on the
+image headers before any is decoded), prompt text bytes (400, before tokenizing), max_tokens (400),
+a full queue (429), the request timeout (504 / a streamed error), and the API key (401). Decoding
+and tokenizing run for at most `preprocess_concurrency` requests at once, so memory is bounded by
+that many request budgets. docs/SERVING.md lists them with their defaults.
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ class ServeLimits:
     max_request_bytes: int = 20 * 2**20    # whole HTTP body, base64 images included
     max_images: int = 8                    # image parts per request
     max_image_pixels: int = 4096 * 4096    # width * height of one image, read from its header
+    max_request_pixels: int = 4096 * 4096  # summed over a request's images, from their headers, before decoding
+    prompt_bytes_per_token: int = 8        # text over this x the context length is refused before tokenizing
+    preprocess_concurrency: int = 2        # requests decoding images / tokenizing at the same time
     max_tokens: int = 1024                 # the most a request may ask for (and the default cap)
     max_n: int = 4                         # choices per request
     request_timeout_s: float = 120.0       # from arrival to the last token, queue wait included
@@ -34,8 +39,8 @@ class ServeLimits:
     allowed_image_dir: Path | None = None  # file:// URLs only under this directory
 
     def __post_init__(self):
-        for name in ("max_request_bytes", "max_images", "max_image_pixels", "max_tokens", "max_n", "max_queue",
-                     "slots", "http_max_bytes"):
+        for name in ("max_request_bytes", "max_images", "max_image_pixels", "max_request_pixels", "max_tokens",
+                     "max_n", "max_queue", "slots", "http_max_bytes", "prompt_bytes_per_token", "preprocess_concurrency"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"serve limit {name} must be an int >= 1, got {v!r}")

@@ -10,12 +10,16 @@
 - `file:///abs/path`: only with `--allow-image-dir DIR`, and only for files whose resolved path
   (symlinks followed) lies inside DIR.
 Anything else is refused. Every refusal is an InputError naming the image ("messages[1].content[2]")
-and the rule; decoding goes through `data/image.load_image` with the server's pixel limit,
-checked on the header before the pixels are decoded.
+and the rule. `fetch_images` reads every image's header (Image.open is lazy) before it decodes any:
+one image over `max_image_pixels`, or images adding up to more than `max_request_pixels`, are refused
+before a pixel is decoded; decoding goes through `data/image.load_image`.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import http.client
+import io
 import ipaddress
 import socket
 import ssl
@@ -31,28 +35,62 @@ from ocellus.serve.limits import ServeLimits
 DATA_URL_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif")
 
 
+def fetch_images(parts: list[tuple[str, str]], limits: ServeLimits) -> list[Image.Image]:
+    """(url, where) per image part -> RGB images; InputError naming the part when one is refused, unreadable,
+    or the images add up to more pixels than the request's budget (decided on the headers alone)."""
+    sources = [(_source(url, where, limits), where) for url, where in parts]
+    total = 0
+    for src, where in sources:
+        total += _header_pixels(src, where, limits)
+        if total > limits.max_request_pixels:
+            raise InputError(f"{where}: the request's images add up to {total:,} pixels, over this server's budget of "
+                             f"{limits.max_request_pixels:,} per request (--max-request-pixels); send smaller images")
+    return [load_image(src, name=where, max_pixels=limits.max_image_pixels) for src, where in sources]
+
+
 def fetch_image(url: str, where: str, limits: ServeLimits) -> Image.Image:
     """One image part's URL -> RGB image (InputError naming `where` when refused or unreadable)."""
+    return fetch_images([(url, where)], limits)[0]
+
+
+def _header_pixels(src, where: str, limits: ServeLimits) -> int:
+    """width * height from the header only. An image whose header is unreadable or over the per-image limit
+    goes to load_image now, which refuses it (before decoding) with the precise reason."""
+    try:
+        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
+            pixels = img.width * img.height
+    except Exception:  # noqa: BLE001 - load_image below says what is wrong with it
+        pixels = None
+    if pixels is None or pixels > limits.max_image_pixels:
+        load_image(src, name=where, max_pixels=limits.max_image_pixels)
+        raise InputError(f"{where}: the image header cannot be read")  # load_image refused nothing: a safe stop
+    return pixels
+
+
+def _source(url: str, where: str, limits: ServeLimits) -> bytes | str:
+    """The encoded image behind a URL (bytes, or a checked path for file://), nothing decoded."""
     if not isinstance(url, str) or not url:
         raise InputError(f"{where}: image_url.url must be a non-empty string")
     scheme = url.split(":", 1)[0].lower()
     if scheme == "data":
-        header = url.split(",", 1)[0]
+        header, _, payload = url.partition(",")
         mime = header[5:].split(";", 1)[0].lower()
         if mime not in DATA_URL_TYPES or not header.endswith(";base64"):
             raise InputError(f"{where}: data URLs must be base64 images of type {', '.join(DATA_URL_TYPES)}; "
                              f"got {header[:48]!r}")
-        return load_image(url, name=where, max_pixels=limits.max_image_pixels)
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise InputError(f"{where}: the data URL is not valid base64 ({e})") from e
     if scheme in ("http", "https"):
         if not limits.allow_http_images:
             raise InputError(f"{where}: http(s) image URLs are disabled on this server (start it with "
                              f"--allow-http-images); send the image as a base64 data URL")
-        return load_image(_http_get(url, where, limits), name=where, max_pixels=limits.max_image_pixels)
+        return _http_get(url, where, limits)
     if scheme == "file":
         if limits.allowed_image_dir is None:
             raise InputError(f"{where}: file:// URLs are disabled on this server (start it with --allow-image-dir DIR)")
-        return load_image(str(_allowed_file(url, where, limits.allowed_image_dir)), name=where,
-                          max_pixels=limits.max_image_pixels)
+        return str(_allowed_file(url, where, limits.allowed_image_dir))
     raise InputError(f"{where}: unsupported image URL scheme {scheme[:32]!r}: use a data URL"
                      + (", http(s)" if limits.allow_http_images else "")
                      + (" or file://" if limits.allowed_image_dir else ""))

@@ -4,6 +4,7 @@ from mutations import Mutation
 
 ISOLATION = "tests/serve/test_row_isolation.py"
 VALID_JSON = "tests/serve/test_valid_json.py"
+MEMORY = "tests/serve/test_memory_budget.py"
 
 MUTATIONS = [
     Mutation(name="serve: a row's sampling error fails the whole decode step", file="ocellus/infer/batching.py",
@@ -32,4 +33,14 @@ MUTATIONS = [
     Mutation(name="serve: explain's refused image escapes the handler", file="ocellus/serve/app.py",
              old="""    except (InputError, ConfigError) as e:   # every refused image is a 400 naming the field""",
              new="""    except ZeroDivisionError as e:   # every refused image is a 400 naming the field""", tests=[VALID_JSON]),
+    Mutation(name="serve: request pixel budget counts only the last image", file="ocellus/serve/media.py",
+             old="        total += _header_pixels(src, where, limits)", new="        total = _header_pixels(src, where, limits)",
+             tests=[f"{MEMORY}::test_pixel_budget_is_decided_on_headers_before_decoding"]),
+    Mutation(name="serve: prompt byte cap a million times too large", file="ocellus/serve/app.py",
+             old="self.max_prompt_bytes = limits.prompt_bytes_per_token * self.engine.max_len",
+             new="self.max_prompt_bytes = limits.prompt_bytes_per_token * self.engine.max_len * 10**6",
+             tests=[f"{MEMORY}::test_long_prompt_refused_before_tokenizing"]),
+    Mutation(name="serve: preprocessing concurrency unbounded", file="ocellus/serve/app.py",
+             old="asyncio.Semaphore(limits.preprocess_concurrency)", new="asyncio.Semaphore(64)",
+             tests=[f"{MEMORY}::test_preprocessing_runs_for_a_bounded_number_of_requests"]),
 ]

@@ -19,8 +19,8 @@ from ocellus.serve.process import ServerProcess
 
 API_KEY = "sk-ocellus-test"
 MODEL_ID = "llava-tiny-shapes"
-TEST_LIMITS = dict(max_images=4, max_image_pixels=1024 * 1024, max_tokens=200, max_request_bytes=2_000_000,
-                   slots=4, max_queue=32, max_n=3)
+TEST_LIMITS = dict(max_images=4, max_image_pixels=1024 * 1024, max_request_pixels=2_500_000, max_tokens=200,
+                   max_request_bytes=2_000_000, slots=4, max_queue=32, max_n=3)
 
 
 @pytest.fixture(scope="session")
