@@ -41,10 +41,20 @@ def default_model_dir():
     return path
 
 
-def save(model, out_dir, tokenizer=None, max_shard_bytes: int = 5 * 2**30):
-    """Write HF format (config.json + safetensors, sharded past max_shard_bytes); opens in transformers."""
+def save(model, out_dir, tokenizer=None, processor=None, max_shard_bytes: int = 5 * 2**30):
+    """Write HF format (config.json + safetensors, sharded past max_shard_bytes); opens in transformers.
+    tokenizer: written beside it. processor (a VLM's `Processor`): its tokenizer, chat template and, for
+    LLaVA / LLaVA-NeXT, processor_config.json, so transformers' AutoProcessor prompts it as Ocellus does
+    (the image processor config is the family's: preprocessor_config.json)."""
+    import json
+    from pathlib import Path
     from ocellus.hub.checkpoint import save_model
+    from ocellus.hub.processor_files import write_processor_files
     out = save_model(model, out_dir, max_shard_bytes=max_shard_bytes)
+    if processor is not None:
+        tokenizer = tokenizer or processor.tokenizer
+        model_type = json.loads((Path(out) / "config.json").read_text()).get("model_type")
+        write_processor_files(processor, out, model_type)
     if tokenizer is not None:
         tokenizer.save(out)
     return out

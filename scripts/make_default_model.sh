@@ -49,7 +49,7 @@ ocellus eval --model "$RUNS/sft/model" --task shapes-vqa --n 500 --out "$RUNS/sf
 rm -rf "$ASSET"
 mkdir -p "$ASSET"
 for f in config.json model.safetensors tokenizer.json tokenizer_config.json preprocessor_config.json \
-         special_tokens_map.json chat_template.jinja; do
+         special_tokens_map.json chat_template.jinja processor_config.json README.md; do
   if [ -f "$RUNS/sft/model/$f" ]; then install -m 644 "$RUNS/sft/model/$f" "$ASSET/$f"; fi
 done
 du -sh "$ASSET"

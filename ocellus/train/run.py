@@ -408,9 +408,11 @@ def export(recipe: dict, model, tok, out: Path) -> Path:
         save_vision(model.encoder, path)
         (path / "classifier_head.json").write_text(json.dumps({"num_classes": model.classifier.out_features}))
         return path
-    ocellus.save(model, path, tokenizer=tok)
-    if task == "vlm":
+    if task != "vlm":
+        ocellus.save(model, path, tokenizer=tok)
+    else:  # with the processor's chat template (+ processor_config.json for LLaVA): transformers prompts it too
         size = int((recipe.get("data") or {}).get("image_size") or _model_image_size(model))
+        ocellus.save(model, path, tokenizer=tok, processor=training_processor(model, tok, size))
         from ocellus.models.families.registry import family_module
         family = family_module(_family_of(model))
         if hasattr(family, "export_processor"):  # a family whose preprocessing has more than size/mean/std

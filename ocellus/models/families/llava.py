@@ -91,6 +91,9 @@ def llava_hf_config(model: VLM) -> dict:
                vision_feature_select_strategy=model.feature_select,
                vision_config=model.vision_tower.config.to_hf(), text_config=model.language_model.config.to_hf())
     out["text_config"].pop("architectures", None)
+    # transformers 5 ties lm_head to the embeddings by the TOP-LEVEL flag (False when absent): without it a
+    # tied decoder opens there with lm_head missing and re-initialised
+    out["tie_word_embeddings"] = bool(out["text_config"].get("tie_word_embeddings", False))
     return out
 
 

@@ -1,0 +1,84 @@
+"""The per-family table of docs/VLM_COMPARISON.md from the runs of scripts/train_family.sh.
+
+    python scripts/family_table.py [--img docs/img]
+
+For each family whose final model has an eval_shapes_vqa.json next to it: held-out accuracy per question
+type (n = 500), grounding acc@0.5 / mean IoU where evaluated, the chain's wall time (times.txt) and the
+final loss; the run's loss curve is copied to IMG/family_<name>.png. Families not yet trained are listed
+as such, never guessed. LLaVA is the embedded default model (scripts/make_default_model.sh).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# family -> (the last recipe of its chain, the chain's recipes), as scripts/train_family.sh runs them
+CHAINS = {
+    "llava": ["llava_tiny_shapes/align", "llava_tiny_shapes/sft"],
+    "llava_next": ["llava_next_tiny_shapes/train"],
+    "blip2": ["blip2_tiny_shapes/stage1", "blip2_tiny_shapes/stage2", "blip2_tiny_shapes/vqa"],
+    "minigpt4": ["minigpt4_tiny_shapes/stage1", "minigpt4_tiny_shapes/stage2", "minigpt4_tiny_shapes/vqa"],
+    "qwen_vl": ["qwen_vl_tiny_shapes/train"],
+    "internvl": ["internvl_tiny_shapes/train"],
+    "qwen2_vl": ["qwen2_vl_tiny_shapes/train"],
+    "qwen2_5_vl": ["qwen2_5_vl_tiny_shapes/train"],
+    "flamingo": ["flamingo_tiny_shapes/train"],
+}
+TYPES = ("colour", "shape", "existence", "count", "spatial", "all")
+
+
+def out_dir(recipe: str) -> Path:
+    import yaml
+    return ROOT / yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())["train"]["out_dir"]
+
+
+def seconds(chain: list[str]) -> float | None:
+    """Wall time of the chain from each out_dir's times.txt (the last line naming each recipe)."""
+    total = 0.0
+    for recipe in chain:
+        lines = [ln.split() for ln in (out_dir(recipe) / "times.txt").read_text().splitlines()
+                 if ln.startswith(recipe)] if (out_dir(recipe) / "times.txt").exists() else []
+        if not lines:
+            return None
+        total += float(lines[-1][1])
+    return total
+
+
+def row(family: str, img: Path) -> str:
+    chain = CHAINS[family]
+    final = out_dir(chain[-1])
+    vqa_path = final / "eval_shapes_vqa.json"
+    if not vqa_path.exists():
+        return f"| {family} | not trained in this run |" + " |" * (len(TYPES) + 2)
+    table = json.loads(vqa_path.read_text())["table"]
+    cells = [f"{100 * table[t][1]:.1f}" if t in table else "-" for t in TYPES]
+    grounding = final / "eval_shapes_grounding.json"
+    if grounding.exists():
+        g = json.loads(grounding.read_text())     # table["all"] = (n, accuracy at IoU >= 0.5)
+        cells.append(f"{100 * g['table']['all'][1]:.1f} / {g['mean_iou']:.3f}")
+    else:
+        cells.append("-")
+    history = [json.loads(ln) for ln in (final / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    cells.append(f"{history[-1]['step']} / {history[-1]['loss']:.3f}" if history else "-")
+    s = seconds(chain)
+    cells.append(f"{s:.0f}" if s is not None else "-")
+    if (final / "curve.png").exists():
+        shutil.copyfile(final / "curve.png", img / f"family_{family}.png")
+    return f"| {family} | " + " | ".join(cells) + " |"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--img", type=Path, default=ROOT / "docs" / "img")
+    args = ap.parse_args(argv)
+    print("| family | " + " | ".join(TYPES) + " | grounding acc@0.5 / mean IoU | last step / loss | train s |")
+    print("|---" * (len(TYPES) + 4) + "|")
+    for family in CHAINS:
+        print(row(family, args.img))
+
+
+if __name__ == "__main__":
+    main()

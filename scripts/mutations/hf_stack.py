@@ -1,0 +1,47 @@
+"""The HF stack both ways (issue 22): what an Ocellus VLM export must carry for transformers'
+AutoProcessor + AutoModelForImageTextToText to prompt and run it as Ocellus does."""
+from mutations import Mutation   # scripts/ is on sys.path (scripts/mutation_check.py)
+
+T = "tests/parity/test_hf_vlm_stack.py"
+
+MUTATIONS = [
+    Mutation(name="hf stack: llava config without the top-level tie flag (transformers re-initialises lm_head)",
+             file="ocellus/models/families/llava.py",
+             old='out["tie_word_embeddings"] = bool(out["text_config"].get("tie_word_embeddings", False))',
+             new='pass',
+             tests=[f"{T}::test_recipe_export_runs_in_transformers_as_in_ocellus"]),
+    Mutation(name="hf stack: processor_config.json counts no CLS token",
+             file="ocellus/hub/processor_files.py",
+             old='"num_additional_image_tokens": processor.num_extra_tokens}',
+             new='"num_additional_image_tokens": 0}',
+             tests=[f"{T}::test_recipe_export_runs_in_transformers_as_in_ocellus"]),
+    Mutation(name="hf stack: export writes no chat template",
+             file="ocellus/hub/processor_files.py",
+             old="    if template:\n",
+             new="    if template and False:\n",
+             tests=[f"{T}::test_recipe_export_runs_in_transformers_as_in_ocellus"]),
+    Mutation(name="hf stack: recipe export drops the processor",
+             file="ocellus/train/run.py",
+             old="ocellus.save(model, path, tokenizer=tok, processor=training_processor(model, tok, size))",
+             new="ocellus.save(model, path, tokenizer=tok)",
+             tests=[f"{T}::test_recipe_export_runs_in_transformers_as_in_ocellus"]),
+]
+
+Q = "tests/parity/test_qwen2_vl_parity.py"
+MUTATIONS += [
+    Mutation(name="qwen2 vit: equal runs split with the run and position axes swapped",
+             file="ocellus/models/vision/qwen2_vit.py",
+             old="runs = [t.view(H, self.n, self.longest, Dh).transpose(0, 1) for t in (q, k, v)]",
+             new="runs = [t.view(H, self.longest, self.n, Dh).permute(2, 0, 1, 3) for t in (q, k, v)]",
+             tests=[Q]),
+    Mutation(name="qwen2 vit: unequal runs attend to their padding",
+             file="ocellus/models/vision/qwen2_vit.py",
+             old="y = attend(*runs, self.valid[:, None, None, :], is_causal=False)",
+             new="y = attend(*runs, None, is_causal=False)",
+             tests=[Q]),
+    Mutation(name="qwen2 vit: frames treated as one run (images attend to each other)",
+             file="ocellus/models/vision/qwen2_vit.py",
+             old="        frames = Segments(frame_segments(grids).to(x.device))",
+             new="        frames = Segments(torch.zeros_like(frame_segments(grids)).to(x.device))",
+             tests=[Q]),
+]
