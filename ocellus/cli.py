@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ocellus.errors import InputError, OcellusError
+from ocellus.errors import ConfigError, InputError, OcellusError
 
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # = ocellus.data.image.DEFAULT_MAX_PIXELS (not imported: keeps startup light)
 
@@ -41,7 +41,6 @@ def _prompt_inputs(proc, prompt: str, images: list[str], raw: bool):
     import torch
 
     from ocellus.data.processor import Processor
-    from ocellus.errors import ConfigError
 
     if not isinstance(proc, Processor):  # a text-only checkpoint: its Tokenizer
         if images:
@@ -185,6 +184,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    try:  # every benchmark runs transformers on the same weights as the reference
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ConfigError("ocellus bench measures against transformers on the same weights, and transformers is "
+                          "not installed: pip install 'ocellus[bench]'") from e
     if args.what == "decode":
         from ocellus.bench import main_decode
         return main_decode(args.rest) or 0

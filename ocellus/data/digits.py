@@ -32,7 +32,7 @@ def _load_digits():
         from sklearn.datasets import load_digits
     except ImportError as e:
         raise ConfigError("the digits dataset comes from scikit-learn's bundled copy (no download): "
-                          "pip install scikit-learn") from e
+                          "pip install 'ocellus[digits]' (or pip install scikit-learn)") from e
     data = load_digits()
     return data.images, data.target  # [1797, 8, 8] float 0..16, [1797] int
 

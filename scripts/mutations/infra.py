@@ -129,4 +129,10 @@ MUTATIONS = [
     Mutation(name="infra: made_by matches only a recipe's export dir, not what its out_dir holds", file="ocellus/train/recipe.py",
              old="(target == Path(o).resolve() or Path(o).resolve() in target.parents)",
              new="(target == Path(o).resolve())", tests=[FIRST_USE]),
+    Mutation(name="infra: ocellus bench starts without checking for transformers", file="ocellus/cli.py",
+             old="        import transformers  # noqa: F401", new="        pass",
+             tests=[FIRST_USE + "::test_bench_without_transformers_names_the_extra"]),
+    Mutation(name="infra: the digits loader names the package, not the extra", file="ocellus/data/digits.py",
+             old="\"pip install 'ocellus[digits]' (or pip install scikit-learn)\"", new="\"pip install scikit-learn\"",
+             tests=[FIRST_USE + "::test_digits_without_scikit_learn_names_the_extra"]),
 ]

@@ -1,6 +1,8 @@
 """A new user's wrong turns end in one line that says what is wrong and what to do (exit 2, no traceback):
 evaluating a text-only model on an image task, sampling images from a vision-language model, training a recipe
 before the one that writes its input, benchmarking without the optional dependency that benchmark needs."""
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,31 @@ def test_every_shipped_chain_input_names_the_recipe_that_writes_it():
     for (value, _), path in inputs.items():
         maker = made_by(value, path)
         assert maker is not None and Path(maker) != path, (path, value)
+
+
+@pytest.mark.parametrize("what", ["decode", "encode", "train"])
+def test_bench_without_transformers_names_the_extra(what, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)   # `import transformers` fails as if not installed
+    assert main(["bench", what]) == 2
+    assert "transformers is not installed: pip install 'ocellus[bench]'" in _one_line(capsys, "ConfigError")
+
+
+def test_digits_without_scikit_learn_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    assert main(["eval", "--model", str(ocellus.default_model_dir()), "--task", "digits", "--n", "2"]) == 2
+    assert "pip install 'ocellus[digits]'" in _one_line(capsys, "ConfigError")
+
+
+def test_readme_names_for_each_command_an_extra_pyproject_has():
+    """The README's command table says which optional extra each command needs; each one it names exists,
+    and holds the package the command's error message asks for."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("transformers") for r in extras["bench"])
+    assert any(r.startswith("scikit-learn") for r in extras["digits"])
+    readme = (ROOT / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `ocellus") or line.startswith("| `python -m")]
+    assert len(rows) >= 10 and all(line.count(" | ") == 2 for line in rows), rows   # three cells each
+    named = {word.strip("`") for line in rows for word in line.rsplit(" | ", 1)[1].split() if word.startswith("`")}
+    assert {"bench", "digits"} <= named and {n for n in named if n.isidentifier()} <= set(extras), named
+    bench = next(line for line in rows if line.startswith("| `ocellus bench"))
+    assert "`bench`" in bench.rsplit(" | ", 1)[1]
