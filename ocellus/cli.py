@@ -240,7 +240,7 @@ def cmd_generate_image(args) -> int:
 def cmd_eval(args) -> int:
     from ocellus.eval.harness import evaluate
     evaluate(args.model, args.task, n=args.n, shots=args.shots, batch_size=args.batch_size, out=args.out,
-             phrasing=args.phrasing, turns=args.turns)
+             phrasing=args.phrasing, turns=args.turns, card=args.card)
     return 0
 
 
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "conversation, the earlier ones answered by the model")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--card", action="store_true", help="record the table in the model directory's model card "
+                                                       "(README.md, written by a recipe's export)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate-image", help="sample an image generator (DDPM / latent diffusion / MaskGIT / "

@@ -31,6 +31,7 @@ from ocellus.eval.caption import cider_d, corpus_bleu
 from ocellus.eval.grounding import box_iou, grounding_hit
 from ocellus.eval.metrics import format_table, score_by_type
 from ocellus.eval.vqa import count_match, vqa_exact_match
+from ocellus.hub.model_card import record_eval
 
 TASKS = ("shapes-vqa", "shapes-caption", "shapes-grounding", "digits")
 EVAL_SEED = 10_007   # scenes no recipe trains on (recipes use small seeds)
@@ -136,7 +137,10 @@ def score(task: str, samples: list[dict], preds: list[str]) -> dict:
 
 
 def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int = 16, out: str | None = None,
-             model=None, processor=None, printer=print, phrasing: str = "canonical", turns: int = 1) -> dict:
+             model=None, processor=None, printer=print, phrasing: str = "canonical", turns: int = 1,
+             card: bool = False) -> dict:
+    """Score a model on a task (held-out samples) -> the result dict (table per type); out: also as JSON;
+    card: also into model_dir's model card (README.md) with the command that reproduces it."""
     import ocellus
     from ocellus.eval import retrieval
     if task in retrieval.EVAL_TASKS:
@@ -168,6 +172,9 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
         printer(f"mean IoU {result['mean_iou']:.3f}")
     if out:
         Path(out).write_text(json.dumps({**result, "table": {k: list(v) for k, v in result["table"].items()}}, indent=1))
+    if card:
+        extra = f" --phrasing {phrasing} --turns {turns}" if task == "shapes-vqa" else ""
+        record_eval(model_dir, result, f"ocellus eval --model DIR --task {task} --n {n} --shots {shots}{extra}")
     return result
 
 

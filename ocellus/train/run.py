@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 import ocellus
 from ocellus.errors import ConfigError
+from ocellus.hub.model_card import write_model_card
 from ocellus.models.vision.vit import ClassifierOutput, ViTClassifier
 from ocellus.train.loader import BatchLoader
 from ocellus.train.recipe import train_config
@@ -395,6 +396,13 @@ def _model_image_size(model) -> int:
 
 # ---- export ------------------------------------------------------------------------------------
 def export(recipe: dict, model, tok, out: Path) -> Path:
+    """The trained model as a checkpoint directory (HF layout) with its model card (README.md)."""
+    path = _export(recipe, model, tok, out)
+    write_model_card(path, recipe, tok)
+    return path
+
+
+def _export(recipe: dict, model, tok, out: Path) -> Path:
     task = recipe["task"]
     path = Path((recipe.get("export") or {}).get("dir") or out / "model")
     if task in ("contrastive", "moco"):
