@@ -45,3 +45,22 @@ MUTATIONS += [
              new="        frames = Segments(torch.zeros_like(frame_segments(grids)).to(x.device))",
              tests=[Q]),
 ]
+
+C = "tests/unit/test_model_card.py"
+MUTATIONS += [
+    Mutation(name="model card: a re-run evaluation is appended instead of replacing the old one",
+             file="ocellus/hub/model_card.py",
+             old="sections = [s for s in sections if not s.startswith(key)] + [\"\\n\".join(rows)]",
+             new="sections = sections + [\"\\n\".join(rows)]",
+             tests=[C]),
+    Mutation(name="model card: weak types are those above the threshold",
+             file="ocellus/hub/model_card.py",
+             old='metric == "accuracy" and v < WEAK_BELOW]',
+             new='metric == "accuracy" and v > WEAK_BELOW]',
+             tests=[C]),
+    Mutation(name="model card: export writes no card",
+             file="ocellus/train/run.py",
+             old="    write_model_card(path, recipe, tok)\n",
+             new="",
+             tests=[C]),
+]
