@@ -1,9 +1,9 @@
 """LLaVA-format data files (haotian-liu/LLaVA's llava_v1_5_mix665k.json layout).
 
 write_llava_json() writes shapes samples as PNGs + data.json + meta.jsonl with the ground truth;
-read_llava_json() reads any such file (.json list or .jsonl lines) back, stopping at the first bad
-record with its file and index (InputError), or skipping bad records when asked and reporting how
-many.
+read_llava_json() reads any such file (.json list or .jsonl lines, LLaVA records or TRL rows) back,
+stopping at the first bad record with its file and index (InputError), or skipping bad records when asked
+and counting them by reason (data/bad_samples.py).
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 from typing import NamedTuple
 
-from ocellus.data.messages import from_llava, text_part, to_llava
+from ocellus.data.bad_samples import BadSample, BadSampleReport
+from ocellus.data.messages import Conversation, from_llava, from_trl, text_part, to_llava
 from ocellus.data.shapes import ShapesConfig, samples
 from ocellus.errors import InputError
 
@@ -68,18 +69,21 @@ def read_meta(path) -> dict[str, dict]:
 class LlavaData(NamedTuple):
     """What read_llava_json returns: good samples, and one message per skipped record."""
 
-    samples: list[dict]     # {"id", "messages" (normal form), "images": [Path, ...]}
+    samples: list[dict]     # {"id", "messages" (normal form), "images": [Path, ...], "where": "record 3"}
     skipped: list[str]
 
 
-def read_llava_json(path, image_root=None, *, skip_bad_samples: bool = False, check_images: bool = True) -> LlavaData:
-    """Read a LLaVA-format file: a .json list of records or a .jsonl file of one record per line.
+def read_llava_json(path, image_root=None, *, skip_bad_samples: bool = False, check_images: bool = True,
+                    report: BadSampleReport | None = None) -> LlavaData:
+    """Read a LLaVA-format file: a .json list of records or a .jsonl file of one record per line. A record
+    is a LLaVA record ({"image", "conversations"}) or a TRL row ({"messages", "images"}).
 
-    Image paths are resolved against image_root (default: the file's directory). A bad record —
-    invalid JSON (of a .jsonl line), not a LLaVA record, an image file that does not exist, a count
-    of "<image>" placeholders different from the number of images — raises InputError naming the
-    file and the record (index and id, or line), unless skip_bad_samples=True: then it is left out,
-    and the count of skipped records is logged as a warning and returned in `skipped`. A .json file
+    Image paths are relative to image_root (default: the file's directory), the data root. A bad record —
+    invalid JSON (of a .jsonl line), not a LLaVA record or TRL row, no assistant turn, an image path that
+    is absolute or leaves the data root (`..`, a symlink), an image file that does not exist, a count of
+    "<image>" placeholders different from the number of images — raises InputError naming the file and
+    the record (index and id, or line), unless skip_bad_samples=True: then it is left out, counted by
+    reason in `report` (data/bad_samples.py), logged as a warning and returned in `skipped`. A .json file
     that is not valid JSON as a whole cannot be split into records and always raises."""
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
@@ -95,7 +99,7 @@ def read_llava_json(path, image_root=None, *, skip_bad_samples: bool = False, ch
                 try:
                     entries.append((f"line {lineno}", json.loads(line)))
                 except ValueError as e:
-                    entries.append((f"line {lineno}", InputError(f"invalid JSON: {e}")))
+                    entries.append((f"line {lineno}", BadSample("invalid_json", f"invalid JSON: {e}")))
     else:
         try:
             data = json.loads(text)
@@ -106,23 +110,51 @@ def read_llava_json(path, image_root=None, *, skip_bad_samples: bool = False, ch
             raise InputError(f"{path}: a LLaVA .json file must hold a list of records, got {type(data).__name__}")
         entries = [(f"record {i}", record) for i, record in enumerate(data)]
 
+    report = report if report is not None else BadSampleReport(str(path))
+    report.total += len(entries)
     good, skipped = [], []
     for where, record in entries:
         try:
             if isinstance(record, InputError):
                 raise record
-            conversation = from_llava(record)  # its errors name the record's id ("row <id>")
-            images = [root / name for name in conversation.images]
-            for image in images:
-                if check_images and not image.is_file():
-                    raise InputError(f"id {record.get('id')!r}: image file {image} does not exist")
-            good.append({"id": record.get("id"), "messages": conversation.messages, "images": images})
+            conversation = _conversation(record)  # its errors name the record's id ("row <id>")
+            images = [_image_path(root, name, record.get("id"), check_images) for name in conversation.images]
+            good.append({"id": record.get("id"), "messages": conversation.messages, "images": images, "where": where})
         except InputError as e:
             message = f"{where}: {e}"
             if not skip_bad_samples:
                 raise InputError(f"{path}, {message}") from e
             skipped.append(message)
+            report.add(where, e)
     if skipped:
         log.warning("%s: skipped %d of %d records (skip_bad_samples=True); first: %s",
                     path, len(skipped), len(entries), skipped[0])
     return LlavaData(good, skipped)
+
+
+def _conversation(record) -> Conversation:
+    """A LLaVA record or a TRL row -> Conversation with at least one assistant turn."""
+    try:
+        conversation = from_trl(record) if isinstance(record, dict) and "messages" in record else from_llava(record)
+    except InputError as e:
+        raise BadSample("invalid_record", str(e)) from e
+    if not any(m["role"] == "assistant" for m in conversation.messages):
+        raise BadSample("no_assistant_turn", f"id {record.get('id')!r}: the conversation has no assistant turn, "
+                                             "so nothing to train on")
+    return conversation
+
+
+def _image_path(root: Path, name, record_id, check_exists: bool) -> Path:
+    """An image's path under the data root; absolute names and names resolving outside the root are refused."""
+    if not isinstance(name, str) or not name:
+        raise BadSample("invalid_record", f"id {record_id!r}: an image must be a file name, got {name!r}")
+    if Path(name).is_absolute():
+        raise BadSample("absolute_image_path", f"id {record_id!r}: image path {name!r} is absolute; image paths "
+                                               f"are relative to the data root {root}")
+    image = root / name
+    if not image.resolve().is_relative_to(root.resolve()):
+        raise BadSample("image_outside_root", f"id {record_id!r}: image path {name!r} resolves to "
+                                              f"{image.resolve()}, outside the data root {root}")
+    if check_exists and not image.is_file():
+        raise BadSample("missing_image", f"id {record_id!r}: image file {image} does not exist")
+    return image

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 import ocellus
-from ocellus.errors import ConfigError
+from ocellus.data.bad_samples import BadSample, BadSampleReport, screen
+from ocellus.errors import ConfigError, InputError
 from ocellus.hub.model_card import write_model_card
 from ocellus.models.vision.vit import ClassifierOutput, ViTClassifier
 from ocellus.train.loader import BatchLoader
@@ -182,10 +183,11 @@ def _init_from(model, path: Path) -> None:
 
 # ---- data --------------------------------------------------------------------------------------
 class EncodedDataset:
-    """Samples made and encoded on access (deterministic by index), so nothing large is held."""
+    """Samples made and encoded on access (deterministic by index), so nothing large is held.
+    bad_samples: a file dataset's BadSampleReport (data/bad_samples.py), shown before step 1."""
 
-    def __init__(self, n: int, make):
-        self.n, self.make = n, make
+    def __init__(self, n: int, make, bad_samples=None):
+        self.n, self.make, self.bad_samples = n, make, bad_samples
 
     def __len__(self) -> int:
         return self.n
@@ -341,6 +343,7 @@ def _vlm_dataset(recipe, data, n, tok, model):
     size = int(data.get("image_size") or _model_image_size(model))
     proc = training_processor(model, tok, size)
     template, train_on = data.get("template", "chatml"), data.get("train_on", "assistant")
+    report, skip, max_len = None, bool(data.get("skip_bad_samples", False)), data.get("max_length")
     if data["source"] == "shapes":
         from ocellus.data.shapes import sample_at
         cfg = _shapes_config(data)
@@ -350,10 +353,10 @@ def _vlm_dataset(recipe, data, n, tok, model):
         rows = digits_samples("train", seed=int(data.get("seed", 0)), image_size=size)
         n = min(n, len(rows))
         get = rows.__getitem__
-    else:
+    else:   # a LLaVA-JSON / TRL file: every record checked here, every sample made once before step 1
         from ocellus.data.llava_json import read_llava_json
-        loaded = read_llava_json(data["path"], skip_bad_samples=bool(data.get("skip_bad_samples", False)))
-        rows = loaded.samples if hasattr(loaded, "samples") else loaded[0]
+        report = BadSampleReport(str(data["path"]))
+        rows = read_llava_json(data["path"], skip_bad_samples=skip, report=report).samples
         n = min(n, len(rows))
         get = rows.__getitem__
     k = data.get("interleave", 1)
@@ -365,11 +368,16 @@ def _vlm_dataset(recipe, data, n, tok, model):
 
     def make(i):
         s = get(i)
-        images, counts = proc.image_inputs([load_image(im, name=f"sample {s.get('id', i)}, image {j}")
-                                            for j, im in enumerate(s["images"])])
+        try:
+            pil = [load_image(im, name=f"sample {s.get('id', i)}, image {j}") for j, im in enumerate(s["images"])]
+        except InputError as e:
+            raise BadSample("bad_image", str(e)) from e
+        images, counts = proc.image_inputs(pil)
         enc = encode_messages(s["messages"], tok, template, images_tokens=counts, image_token=proc.image_token,
-                              image_wrap=proc.image_wrap,
-                              train_on=train_on, max_length=data.get("max_length"), row=s.get("id", i))
+                              image_wrap=proc.image_wrap, train_on=train_on, row=s.get("id", i))
+        if max_len is not None and len(enc) > max_len:
+            raise BadSample("too_long", f"sample {s.get('id', i)!r} is {len(enc)} tokens long after encoding, "
+                                        f"over data.max_length={max_len}")
         return {"enc": enc, "images": images}
 
     def collate_vlm(rows):
@@ -377,13 +385,17 @@ def _vlm_dataset(recipe, data, n, tok, model):
         for key in rows[0]["images"]:  # every image tensor concatenates along dim 0 (Processor.image_inputs)
             batch[key] = torch.cat([r["images"][key] for r in rows])
         return batch
-    return EncodedDataset(n, make), collate_vlm
+    if report is None:
+        return EncodedDataset(n, make), collate_vlm
+    kept = screen(n, make, lambda i: f"{get(i).get('where')} (id {get(i).get('id')!r})", report, skip)
+    return EncodedDataset(len(kept), lambda i: make(kept[i]), report), collate_vlm
 
 
 def _interleave(samples: list[dict]) -> dict:
     """Samples joined as the turns of one conversation, images in order: the interleaved image-text
     sequences Flamingo trains on, in the form few-shot prompts take (eval/harness.py `_conversation`)."""
-    return {"id": samples[0].get("id"), "messages": [m for s in samples for m in s["messages"]],
+    return {"id": samples[0].get("id"), "where": samples[0].get("where"),
+            "messages": [m for s in samples for m in s["messages"]],
             "images": [im for s in samples for im in s["images"]]}
 
 
@@ -447,6 +459,9 @@ def run_recipe(recipe: dict) -> Path:
     tok = build_tokenizer(recipe, out) if recipe["task"] not in ("vit_classify", "moco") else None
     model = build_model(recipe, tok)
     dataset, collate = build_dataset(recipe, tok, model)
+    report = getattr(dataset, "bad_samples", None)
+    if report is not None and report.skipped and info.is_main:   # skip_bad_samples: said before step 1
+        print(f"[{recipe.get('name')}] {report.summary()}; each in {report.write(out)}", flush=True)
     batch = int(recipe["train"].get("batch_size", 8))
     loader = BatchLoader(dataset, batch, collate, seed=int(recipe.get("seed", 0)),
                          rank=info.rank, world_size=info.world_size)

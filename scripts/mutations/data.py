@@ -281,3 +281,23 @@ MUTATIONS = [
     Mutation(name="eval: --turns scores the first reply", file="ocellus/eval/harness.py",
              old="preds += [r[-1] for r in replies]", new="preds += [r[0] for r in replies]", tests=[EVAL_PHRASING]),
 ]
+
+# -- bad samples found before step 1 (ocellus/data/bad_samples.py, data/llava_json.py, train/run.py)
+BAD = ["tests/unit/test_bad_samples.py"]
+MUTATIONS += [
+    Mutation(name="data: a conversation without an assistant turn is kept", file="ocellus/data/llava_json.py",
+             old='    if not any(m["role"] == "assistant" for m in conversation.messages):',
+             new="    if False:", tests=BAD),
+    Mutation(name="data: an absolute image path is accepted", file="ocellus/data/llava_json.py",
+             old="    if Path(name).is_absolute():", new="    if False:", tests=BAD),
+    Mutation(name="data: an image path leaving the data root is accepted", file="ocellus/data/llava_json.py",
+             old="    if not image.resolve().is_relative_to(root.resolve()):", new="    if False:", tests=BAD),
+    Mutation(name="data: samples are not made before step 1", file="ocellus/data/bad_samples.py",
+             old="            make(i)\n", new="            pass\n", tests=BAD),
+    Mutation(name="data: an over-long sample is not checked", file="ocellus/train/run.py",
+             old="        if max_len is not None and len(enc) > max_len:", new="        if False:", tests=BAD),
+    Mutation(name="data: an unreadable image is counted under no reason", file="ocellus/train/run.py",
+             old='            raise BadSample("bad_image", str(e)) from e', new="            raise", tests=BAD),
+    Mutation(name="data: records skipped while reading are left out of the report", file="ocellus/data/llava_json.py",
+             old="            report.add(where, e)\n", new="", tests=BAD),
+]
