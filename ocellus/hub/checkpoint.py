@@ -98,6 +98,9 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
 
 
 def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30) -> Path:
+    if any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        raise ConfigError(f"{type(model).__name__}'s parameters are shards (FSDP): gather the full tensors on one "
+                          f"rank and save a plain copy (train/run.py `exportable` does this after training)")
     fam: Family = family_for_model(model)
     out = Path(out_dir)
     tied = set(fam.tied(model))

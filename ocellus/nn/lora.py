@@ -63,15 +63,16 @@ def inject_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: floa
     return hits
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """state_dict with each adapter folded into its weight and the lora_* entries removed."""
-    state = dict(model.state_dict())
+def merged_state_dict(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """state_dict with each adapter folded into its weight (W + scaling * B A) and the lora_* entries removed.
+    state: the model's tensors by name when they are not its own parameters (a sharded model's gathered
+    full tensors); default model.state_dict()."""
+    state = dict(model.state_dict() if state is None else state)
     for name, mod in model.named_modules():
         if isinstance(mod, LoRALinear):
             prefix = f"{name}." if name else ""
-            state[prefix + "weight"] = mod.merged_weight().detach()
-            state.pop(prefix + "lora_A")
-            state.pop(prefix + "lora_B")
+            a, b = state.pop(prefix + "lora_A"), state.pop(prefix + "lora_B")
+            state[prefix + "weight"] = (state[prefix + "weight"] + (b @ a) * mod.scaling).detach()
     return state
 
 

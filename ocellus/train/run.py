@@ -33,6 +33,8 @@ from ocellus.data.bad_samples import BadSample, BadSampleReport, screen
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.model_card import write_model_card
 from ocellus.models.vision.vit import ClassifierOutput, ViTClassifier
+from ocellus.nn.lora import merged_state_dict
+from ocellus.train.distributed import DistInfo, full_model_state, is_fsdp
 from ocellus.train.loader import BatchLoader
 from ocellus.train.recipe import train_config
 from ocellus.train.trainer import Trainer
@@ -445,6 +447,20 @@ def _export(recipe: dict, model, tok, out: Path) -> Path:
     return path
 
 
+def exportable(recipe: dict, model, tok, info: DistInfo):
+    """The trained model as export takes it: itself, or under FSDP (its parameters are shards) a plain copy
+    built again from the recipe, holding the full tensors gathered to rank 0's CPU (LoRA folded in). A
+    collective: every rank calls it; ranks other than 0 get None."""
+    if not is_fsdp(model):
+        return model
+    state = full_model_state(model)
+    if not info.is_main:
+        return None
+    plain = build_model(recipe, tok)
+    plain.load_state_dict(merged_state_dict(model, state))
+    return plain.eval()
+
+
 def run_recipe(recipe: dict) -> Path:
     from ocellus.train.recipe import POSTTRAIN_TASKS
     if recipe["task"] in POSTTRAIN_TASKS:  # rm / dpo / grpo / ppo / distill: train/posttrain.py
@@ -470,11 +486,11 @@ def run_recipe(recipe: dict) -> Path:
         print(f"[{recipe.get('name')}] trainable parameters per part:\n{trainer.report}")
         (out / "recipe.json").write_text(json.dumps({k: v for k, v in recipe.items() if k != "_path"}, indent=1))
     trainer.fit()
-    path = None
+    path, plain = None, exportable(recipe, model, tok, info)
     if info.is_main:
         from ocellus.viz.curves import plot_curve
         plot_curve(trainer.history, out / "curve.png", title=recipe.get("name", ""))
-        path = export(recipe, model, tok, out)
+        path = export(recipe, plain, tok, out)
         print(f"[{recipe.get('name')}] exported {path}")
     teardown()
     return path

@@ -49,3 +49,16 @@ MUTATIONS += [
              '    cfg = read_json_object(directory / "config.json") or {}',
              '    cfg = __import__("json").loads((directory / "config.json").read_text())', U),
 ]
+
+# -- export after FSDP training: full tensors gathered to rank 0, a plain copy exported (ocellus/train/run.py)
+FSDP = ["tests/distributed/test_fsdp_export.py"]
+MUTATIONS += [
+    Mutation("checkpoints: FSDP export saves the sharded model itself", "ocellus/train/run.py",
+             "    path, plain = None, exportable(recipe, model, tok, info)", "    path, plain = None, model", FSDP),
+    Mutation("checkpoints: FSDP export writes the rebuilt model without the trained tensors", "ocellus/train/run.py",
+             "    plain.load_state_dict(merged_state_dict(model, state))\n", "", FSDP),
+    Mutation("checkpoints: a gathered state's LoRA adapters are dropped, not folded", "ocellus/nn/lora.py",
+             '            state[prefix + "weight"] = (state[prefix + "weight"] + (b @ a) * mod.scaling).detach()',
+             '            state[prefix + "weight"] = state[prefix + "weight"].detach()',
+             ["tests/unit/test_lora_scaling.py", *FSDP]),
+]
