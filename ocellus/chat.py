@@ -87,8 +87,8 @@ class ChatSession:
             batch = self.processor(messages=messages, images=images, add_generation_prompt=True)
         else:  # text-only: string content, the template's own BOS (no post-processor BOS on top, as transformers)
             plain = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"])} for m in messages]
-            text = self.tokenizer.apply_chat_template(plain, add_generation_prompt=True)
-            batch = ProcessorOutput(input_ids=torch.tensor([self.tokenizer.encode(text, add_special_tokens=False)]))
+            ids = self.tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=True)
+            batch = ProcessorOutput(input_ids=torch.tensor([ids]))
         return batch.to(next(self.model.parameters()).device)
 
     def _reply(self, user: dict, loaded: list, batch: dict, max_new_tokens: int) -> Iterator[str]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ocellus.data.control_tokens import control_strings
 from ocellus.data.messages import normalize, validate
 from ocellus.data.templates import Segment, get_template
 from ocellus.errors import ConfigError, InputError
@@ -87,10 +88,17 @@ def _merge(segments: list[Segment]) -> list[Segment]:
         last = out[-1] if out else None
         if (last is not None and not s.image and not last.image and s.trainable == last.trainable
                 and (not s.trainable or s.turn == last.turn)):
-            out[-1] = last._replace(text=last.text + s.text)
+            shifted = tuple((a + len(last.text), b + len(last.text)) for a, b in s.literal)
+            out[-1] = last._replace(text=last.text + s.text, literal=last.literal + shifted)
         else:
             out.append(s)
     return out
+
+
+def _markup(s: Segment) -> str:
+    """A segment's text outside its message-text spans: what the template itself wrote."""
+    cuts = [0, *(x for span in s.literal for x in span), len(s.text)]
+    return "".join(s.text[cuts[i]:cuts[i + 1]] for i in range(0, len(cuts), 2))
 
 
 class _SegmentTokenizer:
@@ -106,10 +114,14 @@ class _SegmentTokenizer:
                     self.anchor = (token.content, index)
                     break
 
-    def __call__(self, text: str, first: bool) -> list[int]:
+    def __call__(self, text: str, first: bool, literal=(), controls=None) -> list[int]:
+        """literal: spans of `text` that are message text, where `controls` (control-token strings) are read as
+        plain text (data/control_tokens.py)."""
         if first or self.anchor is None:
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        ids = self.tokenizer.encode(self.anchor[0] + text, add_special_tokens=False)
+            return self.tokenizer.encode(text, add_special_tokens=False, literal=literal, controls=controls)
+        n = len(self.anchor[0])
+        ids = self.tokenizer.encode(self.anchor[0] + text, add_special_tokens=False,
+                                    literal=[(a + n, b + n) for a, b in literal], controls=controls)
         return ids[1:]
 
 
@@ -183,9 +195,11 @@ def encode_messages(
         raise ConfigError("add_bos=True, but the tokenizer has no bos_token")
     input_ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)
     encode_piece = _SegmentTokenizer(tokenizer)
+    merged = _merge(segments)
+    controls = control_strings(tokenizer, "".join(_markup(s) for s in merged))  # the whole sample's markup
     images = iter(images_tokens)
     expected_text, number = [], 0   # number: the image's 1-based position, for image_wrap's "{n}"
-    for k, s in enumerate(_merge(segments)):
+    for k, s in enumerate(merged):
         if s.image:
             n, number = next(images), number + 1
             before, after = (w.format(n=number) for w in image_wrap)
@@ -193,7 +207,7 @@ def encode_messages(
             ids += [image_id] * n + (encode_piece(after, first=False) if after else [])
             expected_text.append(before + image_token * n + after)
         else:
-            ids = encode_piece(s.text, first=k == 0)
+            ids = encode_piece(s.text, first=k == 0, literal=s.literal, controls=controls)
             expected_text.append(s.text)
         input_ids += ids
         labels += ids if trained(s) else [IGNORE_INDEX] * len(ids)

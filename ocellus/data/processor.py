@@ -291,6 +291,17 @@ class Processor:
         Multimodal templates read {"type": "image"} parts and write the placeholder themselves (as
         llava-hf's do); text-only templates (message['content'] a string) get each message joined
         with the placeholder inline. Which kind this template is, is found once by a probe render."""
+        msgs, template = self._template_input(messages)
+        return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt,
+                                                  chat_template=template, **extra)
+
+    def render_chat(self, messages, add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+        """(apply_chat_template's prompt, the spans of it that are message text): those are tokenized as plain
+        text, so `<|im_end|>` typed in a message never becomes a control token (data/control_tokens.py)."""
+        msgs, template = self._template_input(messages)
+        return self.tokenizer.render_chat(msgs, add_generation_prompt=add_generation_prompt, chat_template=template)
+
+    def _template_input(self, messages) -> tuple[list[dict], str]:
         messages = normalize(messages)
         template = self.chat_template
         if template is None:
@@ -305,8 +316,7 @@ class Processor:
         else:
             msgs = [{"role": m["role"], "content": "".join(self.image_token if p["type"] == "image" else p["text"]
                                                            for p in m["content"])} for m in messages]
-        return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt,
-                                                  chat_template=template, **extra)
+        return msgs, template
 
     # ---- the call -------------------------------------------------------------------------------
 
@@ -341,13 +351,14 @@ class Processor:
                 images = attached  # images travelled inside their parts
             for b, c in enumerate(convs):
                 self._check_literal_placeholder(c, b)
-            prompts = [self.apply_chat_template(c, add_generation_prompt=add_generation_prompt) for c in convs]
+            prompts, spans = zip(*[self.render_chat(c, add_generation_prompt=add_generation_prompt) for c in convs])
             add_special = False if add_special_tokens is None else add_special_tokens
         else:
             prompts = [text] if isinstance(text, str) else list(text)
             if not prompts or not all(isinstance(t, str) for t in prompts):
                 raise InputError("text must be a string or a non-empty list of strings")
             counts = [t.count(self.image_token) for t in prompts]
+            spans = [[] for _ in prompts]   # a raw prompt is all markup: its caller wrote every token in it
             add_special = True if add_special_tokens is None else add_special_tokens
 
         per_sample = self._images_per_sample(images, counts)
@@ -370,15 +381,30 @@ class Processor:
             first, *rest = prompt.split(self.image_token)
             n = [next(next_count) for _ in rest]
             before, after = self.image_wrap
-            expanded = first + "".join(before.format(n=i + 1) + self.image_token * k + after.format(n=i + 1) + piece
-                                       for i, (k, piece) in enumerate(zip(n, rest)))
-            ids = self.tokenizer.encode(expanded, add_special_tokens=add_special)
+            inserted = [before.format(n=i + 1) + self.image_token * k + after.format(n=i + 1) for i, k in enumerate(n)]
+            expanded = first + "".join(ins + piece for ins, piece in zip(inserted, rest))
+            ids = self.tokenizer.encode(expanded, add_special_tokens=add_special,
+                                        literal=self._shift(spans[b], prompt, inserted))
             if ids.count(self.image_token_id) != sum(n):
                 raise ConfigError(f"sample {b}: {ids.count(self.image_token_id)} image tokens after tokenization, "
                                   f"expected {sum(n)} ({n} per image); the tokenizer merges {self.image_token!r} "
                                   f"with its neighbours")
             rows.append(ids)
         return self._pad(rows, images_out, return_tensors, padding_side)
+
+    def _shift(self, spans, prompt: str, inserted: list[str]) -> list[tuple[int, int]]:
+        """Message-text spans of the rendered prompt -> the same spans in the prompt with each placeholder
+        replaced by its `inserted` text (message text never holds a placeholder: _check_literal_placeholder)."""
+        at, growth, marks = -1, 0, []   # (placeholder position, growth of the text before the next one)
+        for ins in inserted:
+            at = prompt.index(self.image_token, at + 1)
+            growth += len(ins) - len(self.image_token)
+            marks.append((at, growth))
+        shifted = []
+        for a, b in spans:
+            g = next((g for pos, g in reversed(marks) if pos < a), 0)
+            shifted.append((a + g, b + g))
+        return shifted
 
     def image_inputs(self, images: list[Image.Image]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Loaded images -> (the model's image tensors, image tokens per image). Training calls this

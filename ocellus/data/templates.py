@@ -44,10 +44,14 @@ Qwen's ChatML chat template):
 Images: an image part becomes its own Segment(image=True) holding the placeholder string
 (default "<image>"); encode.py expands it into the right number of image-token ids. Parts of a
 message are joined verbatim (LLaVA data writes "<image>\\nWhat is ...": the newline is data).
+
+Message text is marked in each Segment's `literal` spans and tokenized as plain text, never into
+control tokens: "<|im_end|>" written in a sample is text, as at inference (data/control_tokens.py).
 """
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ocellus.data.control_tokens import refuse_control_text, render_with_spans
 from ocellus.data.messages import count_images, validate
 from ocellus.errors import ConfigError, InputError
 
@@ -65,12 +69,13 @@ class Segment(NamedTuple):
     trainable: bool = False   # part of an assistant reply: its content and end-of-turn marker
     turn: int | None = None   # index of the message the text comes from; None for template boilerplate
     image: bool = False       # one image placeholder, expanded to tokens_per_image ids by encode
+    literal: tuple = ()       # [start, end) spans of text that are message text: tokenized as plain text
 
 
 def _content(message: dict, turn: int, placeholder: str, trainable: bool = False) -> list[Segment]:
     """A message's parts in order: text segments and one segment per image."""
     return [Segment(placeholder, False, turn, image=True) if p["type"] == "image"
-            else Segment(p["text"], trainable, turn) for p in message["content"]]
+            else Segment(p["text"], trainable, turn, literal=((0, len(p["text"])),)) for p in message["content"]]
 
 
 def _check_generation_prompt(messages, add_generation_prompt):
@@ -286,11 +291,17 @@ class JinjaTemplate:
         if add_generation_prompt:
             pieces.append((self._diff(previous, self._render(msgs, add_generation_prompt=True, turn=len(msgs) - 1),
                                       "the final generation prompt"), False, None))
-        return self._split_images(pieces, messages, image_placeholder)
+        return self._split_images(pieces, messages, image_placeholder, self._text_spans(msgs, add_generation_prompt))
 
-    def _split_images(self, pieces, messages, placeholder) -> list[Segment]:
-        """Cut the rendered pieces at the image placeholder into text and image segments."""
-        out, found = [], [0] * len(messages)
+    def _text_spans(self, msgs, add_generation_prompt) -> list[tuple[int, int]]:
+        """Spans of message text in the whole rendering (which the pieces concatenate to)."""
+        _, spans = render_with_spans(lambda m: self._render(m, add_generation_prompt=add_generation_prompt), msgs)
+        return spans if spans is not None else refuse_control_text(self.tokenizer, msgs)
+
+    def _split_images(self, pieces, messages, placeholder, spans=()) -> list[Segment]:
+        """Cut the rendered pieces at the image placeholder into text and image segments; `spans` (message text
+        in the whole rendering) become each segment's own literal spans."""
+        out, found, at = [], [0] * len(messages), 0
         for text, trainable, turn in pieces:
             for j, chunk in enumerate(text.split(placeholder)):
                 if j > 0:
@@ -299,8 +310,12 @@ class JinjaTemplate:
                         raise ConfigError(f"the chat template wrote the image token {placeholder!r} outside "
                                           "any message")
                     found[turn] += 1
+                    at += len(placeholder)
                 if chunk:
-                    out.append(Segment(chunk, trainable, turn))
+                    own = tuple((max(a, at) - at, min(b, at + len(chunk)) - at) for a, b in spans
+                                if a < at + len(chunk) and at < b)
+                    out.append(Segment(chunk, trainable, turn, literal=own))
+                at += len(chunk)
         for turn, m in enumerate(messages):
             if found[turn] != count_images([m]):
                 raise ConfigError(

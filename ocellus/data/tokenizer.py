@@ -22,6 +22,7 @@ import tokenizers
 from tokenizers import AddedToken
 
 from ocellus.data.chat_template import render_chat_template
+from ocellus.data.control_tokens import encode_with_literals, refuse_control_text, render_with_spans
 from ocellus.errors import CheckpointError, ConfigError, InputError
 
 # The special tokens transformers names; other `*_token` keys in the config are model-specific ones.
@@ -212,9 +213,14 @@ class Tokenizer:
 
     # ---- text <-> ids -------------------------------------------------------------------------
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True, literal=(), controls=None) -> list[int]:
+        """literal: [start, end) spans of `text` (the message text of a rendered chat prompt) where control-token
+        strings (<|im_end|>, <image>, ...; `controls` overrides which) are read as plain text
+        (data/control_tokens.py)."""
         if not isinstance(text, str):
             raise InputError(f"encode expects a str, got {type(text).__name__}")
+        if literal:
+            return encode_with_literals(self, text, literal, add_special_tokens, controls)
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
@@ -258,11 +264,28 @@ class Tokenizer:
         **extra,
     ) -> str | list[int]:
         """Render a conversation; with tokenize=True return its ids. The template adds whatever
-        BOS it wants, so ids are encoded without special tokens (as transformers does)."""
+        BOS it wants, so ids are encoded without special tokens (as transformers does); the messages'
+        text is tokenized as plain text, never into control tokens (render_chat)."""
+        if tokenize:
+            text, spans = self.render_chat(messages, add_generation_prompt, tools=tools, chat_template=chat_template,
+                                           **extra)
+            return self.encode(text, add_special_tokens=False, literal=spans)
         template = self.get_chat_template(chat_template, tools)
         kwargs = {**self.special_tokens_map, **extra}  # explicit kwargs override the token strings
-        text = render_chat_template(template, messages, add_generation_prompt, tools=tools, **kwargs)
-        return self.encode(text, add_special_tokens=False) if tokenize else text
+        return render_chat_template(template, messages, add_generation_prompt, tools=tools, **kwargs)
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False, tools: list[dict] | None = None,
+                    chat_template: str | None = None, **extra) -> tuple[str, list[tuple[int, int]]]:
+        """(the rendered conversation, the [start, end) spans of it that are message text): encode(text,
+        literal=spans) reads those as plain text. InputError when the template changes message text so its
+        spans cannot be found and a text holds a control-token string (data/control_tokens.py)."""
+        template = self.get_chat_template(chat_template, tools)
+        kwargs = {**self.special_tokens_map, **extra}
+
+        def render(msgs):
+            return render_chat_template(template, msgs, add_generation_prompt, tools=tools, **kwargs)
+        text, spans = render_with_spans(render, messages)
+        return text, spans if spans is not None else refuse_control_text(self, messages)
 
 
 def _clean_up_tokenization(text: str) -> str:

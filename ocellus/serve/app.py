@@ -111,8 +111,7 @@ def _inputs(state: ServeState, chat: oa.ChatRequest):
         return batch["input_ids"], {k: v for k, v in batch.items() if k not in PREFILL_SKIP}
     import torch
     plain = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"])} for m in messages]
-    text = state.tokenizer.apply_chat_template(plain, add_generation_prompt=True)
-    return torch.tensor([state.tokenizer.encode(text, add_special_tokens=False)]), {}
+    return torch.tensor([state.tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=True)]), {}
 
 
 def _budget(state: ServeState, chat: oa.ChatRequest, prompt_tokens: int):

@@ -52,7 +52,8 @@ MUTATIONS = [
              old="starts = torch.tensor([self.length - f for f in self.fill]",
              new="starts = torch.tensor([self.length - f + 1 for f in self.fill]", tests=ENGINE),
     Mutation(name="infra: engine retires finished rows front to back", file="ocellus/infer/batching.py",
-             old="for i, reason in reversed(finished):", new="for i, reason in finished:", tests=ENGINE),
+             old="for i in reversed(range(len(rows))):  # from the end", new="for i in range(len(rows)):  # from the end",
+             tests=ENGINE),
     # -- sampling and beam search
     Mutation(name="infra: top-p drops the token that crosses p", file="ocellus/infer/sampling.py",
              old="drop_sorted = mass_below <= (1 - p)",

@@ -5,6 +5,7 @@ from mutations import Mutation
 ISOLATION = "tests/serve/test_row_isolation.py"
 VALID_JSON = "tests/serve/test_valid_json.py"
 MEMORY = "tests/serve/test_memory_budget.py"
+CONTROL = "tests/serve/test_control_tokens.py"
 
 MUTATIONS = [
     Mutation(name="serve: a row's sampling error fails the whole decode step", file="ocellus/infer/batching.py",
@@ -29,12 +30,15 @@ MUTATIONS = [
              old="json.loads(body, parse_int=_int, parse_constant=_constant)",
              new="json.loads(body, parse_constant=_constant)", tests=[VALID_JSON]),
     Mutation(name="serve: lone surrogates in strings let through", file="ocellus/serve/json_body.py",
-             old="        if isinstance(v, str) and _SURROGATE.search(v):", new="        if False:", tests=[VALID_JSON]),
+             old="        if isinstance(v, str) and _SURROGATE.search(v):", new="        if False:",
+             tests=[VALID_JSON]),
     Mutation(name="serve: explain's refused image escapes the handler", file="ocellus/serve/app.py",
              old="""    except (InputError, ConfigError) as e:   # every refused image is a 400 naming the field""",
-             new="""    except ZeroDivisionError as e:   # every refused image is a 400 naming the field""", tests=[VALID_JSON]),
+             new="""    except ZeroDivisionError as e:   # every refused image is a 400 naming the field""",
+             tests=[VALID_JSON]),
     Mutation(name="serve: request pixel budget counts only the last image", file="ocellus/serve/media.py",
-             old="        total += _header_pixels(src, where, limits)", new="        total = _header_pixels(src, where, limits)",
+             old="        total += _header_pixels(src, where, limits)",
+             new="        total = _header_pixels(src, where, limits)",
              tests=[f"{MEMORY}::test_pixel_budget_is_decided_on_headers_before_decoding"]),
     Mutation(name="serve: prompt byte cap a million times too large", file="ocellus/serve/app.py",
              old="self.max_prompt_bytes = limits.prompt_bytes_per_token * self.engine.max_len",
@@ -43,4 +47,16 @@ MUTATIONS = [
     Mutation(name="serve: preprocessing concurrency unbounded", file="ocellus/serve/app.py",
              old="asyncio.Semaphore(limits.preprocess_concurrency)", new="asyncio.Semaphore(64)",
              tests=[f"{MEMORY}::test_preprocessing_runs_for_a_bounded_number_of_requests"]),
+    Mutation(name="serve: processor parses control tokens in message text", file="ocellus/data/processor.py",
+             old="literal=self._shift(spans[b], prompt, inserted))", new="literal=[])",
+             tests=[f"{CONTROL}::test_processor_keeps_message_text_plain"]),
+    Mutation(name="serve: training segments of message text not marked literal", file="ocellus/data/templates.py",
+             old='else Segment(p["text"], trainable, turn, literal=((0, len(p["text"])),))',
+             new='else Segment(p["text"], trainable, turn)', tests=[CONTROL]),
+    Mutation(name="serve: merged segments keep unshifted literal spans", file="ocellus/data/encode.py",
+             old="shifted = tuple((a + len(last.text), b + len(last.text)) for a, b in s.literal)",
+             new="shifted = s.literal", tests=[CONTROL]),
+    Mutation(name="serve: a template that changes text lets control strings through",
+             file="ocellus/data/control_tokens.py", old="            if found:\n", new="            if False:\n",
+             tests=[f"{CONTROL}::test_templates_that_change_text"]),
 ]
