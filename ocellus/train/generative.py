@@ -23,12 +23,16 @@ import torch
 
 from ocellus.errors import ConfigError, InputError
 from ocellus.models.generative.checkpoint import build, load_generator, save_generator
+from ocellus.train import schema
 from ocellus.train.loader import BatchLoader
 from ocellus.train.recipe import read_recipe
 from ocellus.train.trainer import TrainConfig, Trainer
 
 TASK = "image_generation"
 SOURCES = ("digits", "shapes")
+# train: the Trainer's keys, plus sample grids every N steps and (VQGAN) when the discriminator starts and weighs in
+TRAIN_KEYS = {**schema.TRAIN, "sample_every": schema.INT, "disc_start": schema.INT, "disc_weight": schema.FLOAT,
+              "feature_weight": schema.FLOAT}
 DIGIT_CLASSES = [str(i) for i in range(10)]
 
 
@@ -148,6 +152,7 @@ def load_generative_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     unknown = set(recipe) - {"task", "name", "model", "data", "train", "eval", "seed"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    schema.check(recipe, str(path), schema.runner_fields(TRAIN_KEYS))
     if not isinstance(recipe.get("model"), dict):
         raise ConfigError(f"{path}: model must be a mapping")
     source = (recipe.get("data") or {}).get("source", "digits")

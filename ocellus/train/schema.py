@@ -5,6 +5,8 @@ hold, and the type its value must have, checked before a tokenizer, model or dat
                            "<where>: unknown model keys ['hidden_sise'] for task 'lm'; known: [...]"
     sources(recipe)        the (key, path) of every checkpoint / file the run reads (SOURCE keys), which
                            recipe.check_sources looks for before `ocellus train` builds anything
+    check(recipe, where, runner_fields(TRAIN_KEYS))   the runners with schemas of their own (cli.OWN_RUNNERS):
+                           their train sections, TRAIN plus their keys
 
 A `Kind` is a named test: INT takes integers only (not 2.5, not "5", not true), FLOAT any number (and
 the strings YAML 1.1 leaves "1e-3" as, turned into floats in place), BOOL true/false only. Sections whose
@@ -188,6 +190,14 @@ METHOD = {
 }
 
 
+def runner_fields(train: dict[str, Kind]) -> dict[str, Kind]:
+    """The top level of a recipe whose runner has a schema of its own (cli.OWN_RUNNERS: image_generation, unified,
+    seed_tokenizer): its train section typed (`train`: TRAIN plus the runner's keys), model / data / eval left to
+    the runner's own checks."""
+    return {"task": STR, "name": STR, "seed": INT, "model": MAPPING, "data": MAPPING, "eval": optional(MAPPING),
+            "train": mapping(train)}
+
+
 def model_fields(task: str, model) -> dict[str, Kind]:
     if task != "vlm":
         return MODEL[task]
@@ -205,10 +215,11 @@ def top_fields(task: str, model) -> dict[str, Kind]:
     }
 
 
-def check(recipe: dict, where: str = "recipe") -> None:
-    """Every key of `recipe` known and of its kind, or one ConfigError naming the key and the kind.
-    Numbers given as YAML strings ("1e-3") become floats in place. recipe["task"] must already be valid."""
-    for dotted, kind, holder, key in _walk(recipe, where):
+def check(recipe: dict, where: str = "recipe", fields: dict[str, Kind] | None = None) -> None:
+    """Every key of `recipe` known and of its kind (fields: the top level's, default `top_fields` of its task),
+    or one ConfigError naming the key and the kind. Numbers given as YAML strings ("1e-3") become floats in
+    place. recipe["task"] must already be valid."""
+    for dotted, kind, holder, key in _walk(recipe, where, fields):
         if not kind.accepts(holder[key]):
             shown = repr(holder[key]) if len(repr(holder[key])) <= 60 else repr(holder[key])[:57] + "..."
             raise ConfigError(f"{where}: {dotted} must be {kind.name}, got {shown}")
@@ -222,7 +233,7 @@ def sources(recipe: dict) -> list[tuple[str, str]]:
             if kind.source and isinstance(holder[key], str)]
 
 
-def _walk(recipe: dict, where: str):
+def _walk(recipe: dict, where: str, fields: dict[str, Kind] | None = None):
     """(dotted key, Kind, the mapping holding it, key) for every key of the recipe, a mapping's own keys right
     after it (read once the caller is done with it); an unknown key is a ConfigError."""
     task = recipe["task"]
@@ -241,4 +252,4 @@ def _walk(recipe: dict, where: str):
             yield dotted, kind, value, key
             if isinstance(value[key], dict) and (kind.fields is not None or kind.values is not None):
                 yield from walk(value[key], kind.fields, kind.values, dotted)
-    return walk(recipe, top_fields(task, recipe.get("model")), None, "")
+    return walk(recipe, fields or top_fields(task, recipe.get("model")), None, "")

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ocellus.errors import ConfigError
+from ocellus.train import schema
 from ocellus.train.loader import BatchLoader
 from ocellus.train.recipe import read_recipe
 from ocellus.train.trainer import TrainConfig, Trainer
@@ -40,6 +41,9 @@ from ocellus.train.trainer import TrainConfig, Trainer
 TASK = "seed_tokenizer"
 TOP_KEYS = {"task", "name", "model", "data", "train", "eval", "seed"}
 PHASES = ("vit", "tokenizer", "detokenizer")
+# train: out_dir + one Trainer section per phase (its stage and out_dir are the phase's own)
+PHASE_KEYS = {k: v for k, v in schema.TRAIN.items() if k not in ("stage", "out_dir")}
+TRAIN_KEYS = {"out_dir": schema.STR, **{phase: schema.mapping(PHASE_KEYS) for phase in PHASES}}
 
 
 def load_seed_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
@@ -62,6 +66,7 @@ def check_seed_recipe(recipe: dict, where: str) -> None:
     if unknown:
         raise ConfigError(f"{where}: train has unknown keys {sorted(unknown)}; it holds one section per phase "
                           f"{list(PHASES)} and out_dir")
+    schema.check(recipe, where, schema.runner_fields(TRAIN_KEYS))
 
 
 def run_seed_recipe(path: str | Path, overrides: list[str] = ()) -> dict:

@@ -28,6 +28,7 @@ import torch
 from ocellus.errors import CheckpointError, ConfigError, InputError
 from ocellus.hub.checkpoint_dir import read_config, read_json_object
 from ocellus.models.unified import PAD, UnifiedVocab, WordVocab
+from ocellus.train import schema
 from ocellus.train.loader import BatchLoader
 from ocellus.train.stages import parts_of
 from ocellus.train.recipe import read_recipe
@@ -37,6 +38,8 @@ TASK = "unified"
 FAMILIES = ("emu3", "janus", "showo", "seed_llama")
 TASKS = ("t2i", "i2t", "interleave")   # interleave: two (caption, image) pairs per row (SEED-LLaMA)
 TOP_KEYS = {"task", "name", "model", "data", "train", "eval", "seed"}
+# train: the Trainer's keys (the defaults of every stage) + stages: [{name, max_steps, parts, ...}] (Janus' three)
+TRAIN_KEYS = {**schema.TRAIN, "stages": schema.list_of(schema.MAPPING, name="a list of stage mappings")}
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -288,6 +291,7 @@ def check_unified(recipe: dict, where: str) -> None:
     unknown = set(recipe) - TOP_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown top-level keys {sorted(unknown)}; known {sorted(TOP_KEYS)}")
+    schema.check(recipe, where, schema.runner_fields(TRAIN_KEYS))
     if "tokenizer_from" not in (recipe.get("model") or {}):
         raise ConfigError(f"{where}: model.tokenizer_from must name a trained image tokenizer directory "
                           f"(e.g. train recipes/unified/vqvae_shapes.yaml first; seed_llama reads the SEED codec "

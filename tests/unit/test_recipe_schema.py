@@ -1,14 +1,17 @@
 """Every recipe key has a type, checked before anything is built: `ocellus train RECIPE key=<wrong type>` exits 2
 with one line naming the key and the type it must have, for every key of the schema (train/schema.py), never
 a traceback or a run that does something else (`train.max_steps=2.5` ran 3 steps; `train.save_every=x`
-crashed after step 1). Unknown keys, model.* ones included, are errors naming the section and the task."""
+crashed after step 1). Unknown keys, model.* ones included, are errors naming the section and the task. The
+runners with schemas of their own (image_generation, unified, seed_tokenizer) type their train sections the same way."""
+from pathlib import Path
+
 import pytest
 import yaml
 
 import ocellus.train.run
 from ocellus.cli import main
 from ocellus.errors import ConfigError
-from ocellus.train import schema
+from ocellus.train import generative, schema, seed_tokenizer_run, unified
 from ocellus.train.recipe import POSTTRAIN_TASKS, TASKS, load_recipe
 
 
@@ -147,3 +150,25 @@ def test_kinds_come_from_the_annotations_of_the_config_classes():
     assert schema.METHOD["grpo"]["epsilon_high"].name == "a number or null"
     with pytest.raises(TypeError, match="no recipe kind"):
         schema.kind_of(set[int])
+
+
+@pytest.mark.parametrize("recipe, override, message", [
+    ("generation/ddpm_digits.yaml", "train.max_steps=five", "train.max_steps must be an integer, got 'five'"),
+    ("generation/vqgan_digits.yaml", "train.disc_start=2.5", "train.disc_start must be an integer, got 2.5"),
+    ("generation/ddpm_digits.yaml", "train.lrr=1", "unknown train keys ['lrr']"),
+    ("unified/emu3_shapes.yaml", "train.save_every=x", "train.save_every must be an integer, got 'x'"),
+    ("unified/janus_shapes.yaml", "train.stages=5", "train.stages must be a list of stage mappings, got 5"),
+    ("unified/seed_shapes.yaml", "train.vit.max_steps=2.5", "train.vit.max_steps must be an integer, got 2.5"),
+    ("unified/seed_shapes.yaml", "train.tokenizer.bf16=maybe", "train.tokenizer.bf16 must be true or false"),
+])
+def test_runners_with_their_own_schema_type_their_train_section(recipe, override, message, tmp_path, monkeypatch,
+                                                                 capsys):
+    """image_generation, unified and seed_tokenizer recipes (cli.OWN_RUNNERS): the same train kinds. What each
+    runner does after loading its recipe is refused here, so a recipe that got through never trains."""
+    def refuse(*args, **kwargs):
+        raise ReachedTraining(recipe)
+    for module, first_step in ((generative, "image_data"), (unified, "run_unified"), (seed_tokenizer_run, "run_seed")):
+        monkeypatch.setattr(module, first_step, refuse)
+    path = Path(__file__).resolve().parents[2] / "recipes" / recipe
+    assert main(["train", str(path), override, f"train.out_dir={tmp_path}"]) == 2
+    assert message in _one_error_line(capsys)
