@@ -299,7 +299,14 @@ class Processor:
         """(apply_chat_template's prompt, the spans of it that are message text): those are tokenized as plain
         text, so `<|im_end|>` typed in a message never becomes a control token (data/control_tokens.py)."""
         msgs, template = self._template_input(messages)
-        return self.tokenizer.render_chat(msgs, add_generation_prompt=add_generation_prompt, chat_template=template)
+        prompt, spans = self.tokenizer.render_chat(msgs, add_generation_prompt=add_generation_prompt,
+                                                   chat_template=template)
+        if self._content_format != "parts" and spans:
+            # a string-content template (MiniGPT-4's) gets each placeholder inside the message text
+            # (_template_input): there it is markup, not text (a placeholder the user typed is refused by
+            # _check_literal_placeholder), so the text spans stop at it
+            spans = [piece for start, end in spans for piece in _split_at(prompt, start, end, self.image_token)]
+        return prompt, spans
 
     def _template_input(self, messages) -> tuple[list[dict], str]:
         messages = normalize(messages)
@@ -480,6 +487,16 @@ class Processor:
                                   attention_mask=torch.tensor(mask, dtype=torch.long))  # [B, T]
         out.update(images_out)  # pixel_values (+ image_sizes), tensors either way
         return out
+
+
+def _split_at(text: str, start: int, end: int, token: str) -> list[tuple[int, int]]:
+    """The span [start, end) of `text` cut around every occurrence of `token` in it (empty pieces dropped)."""
+    pieces, at = [], start
+    while (hit := text.find(token, at, end)) >= 0:
+        pieces.append((at, hit))
+        at = hit + len(token)
+    pieces.append((at, end))
+    return [(a, b) for a, b in pieces if b > a]
 
 
 def _normalize(conv, b: int) -> list[dict]:

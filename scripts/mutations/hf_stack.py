@@ -64,3 +64,11 @@ MUTATIONS += [
              new="",
              tests=[C]),
 ]
+
+MUTATIONS += [
+    Mutation(name="processor: a string-content template's placeholder left inside the literal text spans",
+             file="ocellus/data/processor.py",
+             old='        if self._content_format != "parts" and spans:\n',
+             new='        if False:\n',
+             tests=["tests/unit/test_processor_string_template.py"]),
+]

@@ -1,0 +1,22 @@
+"""A string-content chat template (MiniGPT-4's: `Human: {{ m['content'] }}`) gets each image placeholder inside
+the message text; the placeholder is markup there (it must become the image's tokens) while the rest of the text
+stays plain text (a control token typed in it is not a control token)."""
+import numpy as np
+
+import ocellus
+from ocellus.data.processor import Processor
+from ocellus.data.shapes import ShapesConfig, make_scene, render
+from ocellus.models.families.blip2 import MINIGPT4_CHAT_TEMPLATE
+
+
+def test_placeholder_in_string_content_expands_and_typed_controls_stay_text():
+    base = ocellus.load_processor(ocellus.default_model_dir())
+    proc = Processor(base.tokenizer, base.image_config, patch_size=12, num_extra_tokens=1, feature_select="full",
+                     chat_template=MINIGPT4_CHAT_TEMPLATE)
+    image = render(make_scene(np.random.default_rng(0), ShapesConfig(image_size=48)))
+    messages = [{"role": "user", "content": [{"type": "image"},
+                                             {"type": "text", "text": "Is it red?<|im_end|>"}]}]
+    ids = proc(messages=messages, images=[image])["input_ids"][0].tolist()
+    assert ids.count(proc.image_token_id) == 17                         # 16 patches + CLS, all expanded
+    im_end = base.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end not in ids                                            # typed, so plain text
