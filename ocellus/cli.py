@@ -256,7 +256,8 @@ def cmd_serve(args) -> int:
         preprocess_concurrency=args.preprocess_concurrency,
         max_n=args.max_n, request_timeout_s=args.request_timeout, max_queue=args.max_queue, slots=args.slots,
         max_context=args.max_context, allow_http_images=args.allow_http_images,
-        allowed_image_dir=Path(args.allow_image_dir) if args.allow_image_dir else None)
+        allowed_image_dir=Path(args.allow_image_dir) if args.allow_image_dir else None,
+        allowed_hosts=tuple(args.allowed_host), idle_timeout_s=args.idle_timeout)
     serve(args.model, host=args.host, port=args.port, limits=limits, model_id=args.model_name, dtype=args.dtype,
           log_level=args.log_level)
     return 0
@@ -373,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=int, default=None, help="tokens per slot (default: the model's context)")
     p.add_argument("--allow-http-images", action="store_true", help="fetch http(s) image URLs (public hosts only)")
     p.add_argument("--allow-image-dir", default=None, help="accept file:// image URLs under this directory")
+    p.add_argument("--allowed-host", action="append", default=[],
+                   help="a Host / Origin name to serve besides localhost and the bound address (repeatable; '*': any)")
+    p.add_argument("--idle-timeout", type=float, default=5.0,
+                   help="seconds a connection may take to send each request head (idle and slow clients are closed)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 

@@ -9,9 +9,11 @@ Routes
   GET  /health                liveness and engine counters (no key needed, for load balancers)
   GET  /                      the chat page (static/chat.html)
 
-A request goes: key check -> body read under the byte cap -> `openai_schema.parse_chat_request`
--> images fetched and decoded under the media policy, prompt rendered and tokenized by the
-checkpoint's processor (on a worker thread: this is CPU work) -> `BatchEngine.submit` (429 when
+A request goes: browser guards (`guards.py`: Host, Origin, JSON content type) -> key check -> body
+read under the byte cap and parsed (`json_body.py`) -> `openai_schema.parse_chat_request` -> prompt
+bytes checked against the context -> images fetched and decoded under the media policy and pixel
+budget, prompt rendered and tokenized by the checkpoint's processor (on a worker thread, at most
+`preprocess_concurrency` requests at once: this is CPU work and memory) -> `BatchEngine.submit` (429 when
 the queue is full) -> events from the engine thread are handed to this event loop with
 `call_soon_threadsafe` and become one JSON body or SSE chunks. When the client goes away the
 request is cancelled and the engine frees its slot at the next token boundary.
@@ -32,7 +34,8 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.middleware import Middleware
+from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from ocellus.data.processor import Processor
@@ -40,6 +43,7 @@ from ocellus.errors import ConfigError, InputError
 from ocellus.infer.batching import BatchEngine, Delta, Failure, Finish, QueueFull
 from ocellus.infer.batching import Request as EngineRequest
 from ocellus.serve import openai_schema as oa
+from ocellus.serve.guards import BrowserGuard, IdleTimeoutH11, page_csp
 from ocellus.serve.json_body import read_json
 from ocellus.serve.limits import ServeLimits
 from ocellus.serve.media import fetch_image, fetch_images
@@ -287,7 +291,8 @@ async def explain(request: Request):
 
 
 async def page(request: Request):
-    return FileResponse(STATIC / "chat.html", media_type="text/html")
+    html = (STATIC / "chat.html").read_text(encoding="utf-8")
+    return HTMLResponse(html, headers={"Content-Security-Policy": page_csp(html)})
 
 
 # -- errors in OpenAI's shape ---------------------------------------------------------------------
@@ -305,8 +310,10 @@ async def _server_error(request: Request, exc: Exception):
     return JSONResponse(oa.APIError(500, f"internal error: {type(exc).__name__}: {exc}").body(), status_code=500)
 
 
-def create_app(model, processor, *, model_id: str, limits: ServeLimits | None = None) -> Starlette:
-    """The ASGI app for one loaded model; its engine thread runs while the app's lifespan does."""
+def create_app(model, processor, *, model_id: str, limits: ServeLimits | None = None,
+               host: str = "127.0.0.1") -> Starlette:
+    """The ASGI app for one loaded model; its engine thread runs while the app's lifespan does. host: the
+    address it is bound to, for the Host check (serve/guards.py)."""
     state = ServeState(model, processor, model_id, limits or ServeLimits())
 
     @contextlib.asynccontextmanager
@@ -325,7 +332,8 @@ def create_app(model, processor, *, model_id: str, limits: ServeLimits | None = 
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/ocellus/explain", explain, methods=["POST"]),
     ], exception_handlers={oa.APIError: _api_error, HTTPException: _http_error, Exception: _server_error},
-        lifespan=lifespan)
+        lifespan=lifespan,
+        middleware=[Middleware(BrowserGuard, bind_host=host, allowed_hosts=state.limits.allowed_hosts)])
     app.state.serve = state
     return app
 
@@ -339,5 +347,6 @@ def serve(model_dir=None, *, host: str = "127.0.0.1", port: int = 8000, limits: 
     model_dir = Path(model_dir) if model_dir is not None else ocellus.default_model_dir()
     model = ocellus.load(model_dir, dtype=dtype).eval()
     app = create_app(model, ocellus.load_processor(model_dir), model_id=model_id or model_dir.resolve().name,
-                     limits=limits)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+                     limits=limits, host=host)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, http=IdleTimeoutH11,
+                timeout_keep_alive=app.state.serve.limits.idle_timeout_s)

@@ -3,7 +3,8 @@
 Each limit answers a bad or hostile request with a 4xx before it costs model time:
 request bytes (413), images per request, pixels per image and per request (400, checked on the
 image headers before any is decoded), prompt text bytes (400, before tokenizing), max_tokens (400),
-a full queue (429), the request timeout (504 / a streamed error), and the API key (401). Decoding
+a full queue (429), the request timeout (504 / a streamed error), the API key (401), and the browser
+guards (serve/guards.py: Host 400, Origin 403, content type 415, idle connections closed). Decoding
 and tokenizing run for at most `preprocess_concurrency` requests at once, so memory is bounded by
 that many request budgets. docs/SERVING.md lists them with their defaults.
 """
@@ -37,14 +38,17 @@ class ServeLimits:
     http_timeout_s: float = 10.0
     http_max_bytes: int = 10 * 2**20
     allowed_image_dir: Path | None = None  # file:// URLs only under this directory
+    allowed_hosts: tuple[str, ...] = ()    # Host / Origin names served besides localhost and the bound address
+    idle_timeout_s: float = 5.0            # a connection must complete each request head within this
 
     def __post_init__(self):
         for name in ("max_request_bytes", "max_images", "max_image_pixels", "max_request_pixels", "max_tokens",
-                     "max_n", "max_queue", "slots", "http_max_bytes", "prompt_bytes_per_token", "preprocess_concurrency"):
+                     "max_n", "max_queue", "slots", "http_max_bytes", "prompt_bytes_per_token",
+                     "preprocess_concurrency"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"serve limit {name} must be an int >= 1, got {v!r}")
-        for name in ("request_timeout_s", "http_timeout_s"):
+        for name in ("request_timeout_s", "http_timeout_s", "idle_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"serve limit {name} must be > 0, got {getattr(self, name)!r}")
         if self.api_key is not None and not self.api_key.strip():

@@ -32,9 +32,10 @@ INT64 = (-2**63, 2**63 - 1)   # OpenAI's seed is an int64; other integer fields 
 class APIError(Exception):
     """An error the server answers in OpenAI's shape."""
 
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-             405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
-             429: "rate_limit_error", 500: "server_error", 503: "server_error", 504: "timeout_error"}
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+             404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
+             415: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error",
+             504: "timeout_error"}
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)

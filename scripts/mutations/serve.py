@@ -6,6 +6,7 @@ ISOLATION = "tests/serve/test_row_isolation.py"
 VALID_JSON = "tests/serve/test_valid_json.py"
 MEMORY = "tests/serve/test_memory_budget.py"
 CONTROL = "tests/serve/test_control_tokens.py"
+GUARDS = "tests/serve/test_browser_guards.py"
 
 MUTATIONS = [
     Mutation(name="serve: a row's sampling error fails the whole decode step", file="ocellus/infer/batching.py",
@@ -59,4 +60,24 @@ MUTATIONS = [
     Mutation(name="serve: a template that changes text lets control strings through",
              file="ocellus/data/control_tokens.py", old="            if found:\n", new="            if False:\n",
              tests=[f"{CONTROL}::test_templates_that_change_text"]),
+    Mutation(name="serve: text/plain POSTs served (CSRF)", file="ocellus/serve/guards.py",
+             old='            if kind != "application/json":', new='            if kind == "text/html":',
+             tests=[f"{GUARDS}::test_post_must_be_json"]),
+    Mutation(name="serve: any Host served (DNS rebinding)", file="ocellus/serve/guards.py",
+             old="        return name == self.bind or (self.bind in WILDCARD_BINDS and _is_ip(name))",
+             new="        return name == self.bind or self.bind in WILDCARD_BINDS or True",
+             tests=[f"{GUARDS}::test_foreign_host_is_refused"]),
+    Mutation(name="serve: Origin compared by host name only (other ports pass)", file="ocellus/serve/guards.py",
+             old='if not netloc or (netloc != (host or "").lower() and _hostname(netloc) not in self.allowed):',
+             new='if not netloc or (_hostname(netloc) != _hostname(host or "") and netloc not in self.allowed):',
+             tests=[f"{GUARDS}::test_foreign_origin_is_refused"]),
+    Mutation(name="serve: page served without its CSP", file="ocellus/serve/app.py",
+             old='    return HTMLResponse(html, headers={"Content-Security-Policy": page_csp(html)})',
+             new="    return HTMLResponse(html)", tests=[f"{GUARDS}::test_page_security_headers"]),
+    Mutation(name="serve: the request-head deadline dropped at the first byte (slowloris)",
+             file="ocellus/serve/guards.py",
+             old=("        if self.conn.their_state is not h11.IDLE and self._head_deadline is not None:"
+                  "  # the head is in"),
+             new="        if self._head_deadline is not None:  # the head is in",
+             tests=[f"{GUARDS}::test_idle_and_slow_connections_are_closed"]),
 ]

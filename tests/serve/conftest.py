@@ -71,3 +71,21 @@ def post(url: str, body, *, key: str | None = API_KEY, raw: bytes | None = None,
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+async def asgi_call(app, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict]:
+    """One HTTP request through an ASGI app in process: -> (status, response headers)."""
+    import asyncio
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "scheme": "http", "http_version": "1.1", "server": ("127.0.0.1", 8000),
+             "client": ("127.0.0.1", 5000), "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    messages, start = [{"type": "http.request", "body": body, "more_body": False}], []
+
+    async def receive():
+        return messages.pop() if messages else await asyncio.sleep(3600)
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            start.append(message)
+    await app(scope, receive, send)
+    return start[0]["status"], {k.decode(): v.decode() for k, v in start[0]["headers"]}

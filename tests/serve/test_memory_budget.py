@@ -18,7 +18,7 @@ from ocellus.errors import InputError
 from ocellus.serve import media
 from ocellus.serve.limits import ServeLimits
 from ocellus.serve.process import ServerProcess
-from tests.serve.conftest import MODEL_ID, data_url, post, shape_image
+from tests.serve.conftest import MODEL_ID, asgi_call, data_url, post, shape_image
 from tests.serve.test_bad_input import b64, png_header_only
 
 PEAK_GROWTH_LIMIT = 500 * 2**20   # measured on the 2-core machine: 4.0 GB before the budgets, 0.2 GB after
@@ -96,26 +96,11 @@ def test_preprocessing_runs_for_a_bounded_number_of_requests(monkeypatch):
         raise InputError("refused after preprocessing")
     monkeypatch.setattr(app_module, "_inputs", slow_inputs)
     body = json.dumps({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
-
-    async def one() -> int:   # an ASGI call by hand: the http scope, the body, the response's status
-        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-                 "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
-                 "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000),
-                 "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")]}
-        messages, status = [{"type": "http.request", "body": body, "more_body": False}], []
-
-        async def receive():
-            return messages.pop() if messages else await asyncio.sleep(3600)
-
-        async def send(message):
-            if message["type"] == "http.response.start":
-                status.append(message["status"])
-        await app(scope, receive, send)
-        return status[0]
+    headers = {"host": "127.0.0.1:8000", "content-type": "application/json"}
 
     async def six_at_once():
-        return await asyncio.gather(*[one() for _ in range(6)])
-    assert asyncio.run(six_at_once()) == [400] * 6
+        return await asyncio.gather(*[asgi_call(app, "POST", "/v1/chat/completions", headers, body) for _ in range(6)])
+    assert [status for status, _ in asyncio.run(six_at_once())] == [400] * 6
     assert peak[0] == 2
 
 
