@@ -50,9 +50,13 @@ def seconds(chain: list[str]) -> float | None:
 def row(family: str, img: Path) -> str:
     chain = CHAINS[family]
     final = out_dir(chain[-1])
-    vqa_path = final / "eval_shapes_vqa.json"
-    if not vqa_path.exists():
+    # eval_shapes_vqa.json, or a variant (eval_shapes_vqa_<how>.json: scored another way, named in the row)
+    found = sorted(final.glob("eval_shapes_vqa*.json"))
+    if not found:
         return f"| {family} | not trained in this run |" + " |" * (len(TYPES) + 2)
+    vqa_path = found[0]
+    how = vqa_path.stem.removeprefix("eval_shapes_vqa").lstrip("_")
+    family = f"{family} ({how})" if how else family
     table = json.loads(vqa_path.read_text())["table"]
     cells = [f"{100 * table[t][1]:.1f}" if t in table else "-" for t in TYPES]
     grounding = final / "eval_shapes_grounding.json"
