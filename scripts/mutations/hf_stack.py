@@ -72,3 +72,11 @@ MUTATIONS += [
              new='        if False:\n',
              tests=["tests/unit/test_processor_string_template.py"]),
 ]
+
+MUTATIONS += [
+    Mutation(name="decoder config: wrong-typed ints pass the check",
+             file="ocellus/models/text/decoder.py",
+             old="if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):",
+             new="if value is not None and isinstance(value, int) and value <= 0:",
+             tests=["tests/unit/test_decoder_config_types.py"]),
+]

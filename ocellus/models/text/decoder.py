@@ -24,6 +24,10 @@ from ocellus.nn.norms import RMSNorm
 from ocellus.nn.rope import RopeConfig, RotaryEmbedding
 
 
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     vocab_size: int
@@ -63,6 +67,14 @@ class DecoderConfig:
                                "num_attention_heads") if k not in cfg]
         if missing:
             raise ConfigError(f"config.json lacks required fields {missing}")
+        for key in _POSITIVE_INTS:  # a recipe's model.config is this dict too: a typo must name its key
+            value = cfg.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"config {key} must be a positive int, got {value!r}")
+        for key in ("rms_norm_eps", "rope_theta"):
+            value = cfg.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"config {key} must be a positive number, got {value!r}")
         heads = cfg["num_attention_heads"]
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
         qwen2 = cfg.get("model_type") in ("qwen2", "qwen2_vl_text", "qwen2_5_vl_text")  # q/k/v bias, no o bias
