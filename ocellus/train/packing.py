@@ -6,6 +6,11 @@ computed exactly as if it were alone. The first label of every document after th
 set to -100: unpacked, nothing predicts a sample's first token, and packed, the previous
 document's last token must not be trained to predict it either. Images travel with their
 sample, in order, so the splice still finds them in placeholder order.
+
+`data.pack: true` in a recipe (task lm, or vlm with an early-fusion family) collates each training batch with
+`pack_batch`: the batch's samples share rows of data.max_length tokens (or its longest sample's), so the
+padding of an unpacked batch is mostly gone while every trained token keeps its loss (the loss is the same
+mean over the same tokens). Attention still runs over whole rows (a dense mask), so wider rows cost more there.
 """
 from __future__ import annotations
 
@@ -74,3 +79,24 @@ def collate_packed(rows: list[PackedRow], max_len: int, pad_id: int = 0) -> dict
     if pixels:
         out["pixel_values"] = torch.stack(pixels)
     return out
+
+
+def pack_batch(samples: list, pad_id: int, width: int | None = None, images: list[dict] | None = None,
+               family_collate=None) -> dict:
+    """One training batch, packed: its samples (dicts or EncodedSamples with input_ids and labels) in rows of
+    `width` tokens (data.max_length; at least the longest sample), cut to the fullest row, with document_ids,
+    per-document position_ids and attention_mask (0 on padding). images: each sample's image tensors (a dict of tensors concatenable along dim 0), joined in the
+    order the documents sit in the rows, the order the model splices them in. family_collate(rows, samples,
+    width): a family's own packed collate instead (Qwen2-VL: M-RoPE ids per document, images in the samples)."""
+    samples = [s if isinstance(s, dict) else {"input_ids": s.input_ids, "labels": s.labels} for s in samples]
+    rows = pack(samples, max([len(s["input_ids"]) for s in samples] + [width or 0]))
+    width = max(len(r.input_ids) for r in rows)
+    if family_collate is not None:
+        batch = family_collate(rows, samples, width)
+    else:
+        batch = collate_packed(rows, width, pad_id)
+        order = [i for r in rows for i in r.sources]
+        for key in (images[0] if images else {}):
+            batch[key] = torch.cat([images[i][key] for i in order])
+    batch["attention_mask"] = (batch["document_ids"] >= 0).long()
+    return batch

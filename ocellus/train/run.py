@@ -36,10 +36,12 @@ from ocellus.models.vision.vit import ClassifierOutput, ViTClassifier
 from ocellus.nn.lora import merged_state_dict
 from ocellus.train.distributed import DistInfo, full_model_state, is_fsdp
 from ocellus.train.loader import BatchLoader
+from ocellus.train.packing import pack_batch
 from ocellus.train.recipe import train_config
 from ocellus.train.trainer import Trainer
 
 IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
+PACKED_TASKS = ("lm", "vlm")   # data.pack: a batch's samples share rows (train/packing.pack_batch)
 
 
 # ---- tokenizer ---------------------------------------------------------------------------------
@@ -226,7 +228,9 @@ def build_dataset(recipe: dict, tok, model) -> tuple[EncodedDataset, callable]:
                     for m in sample["messages"]]
             return encode_messages(msgs, tok, data.get("template", "chatml"), train_on=data.get("train_on", "all"),
                                    max_length=max_len)
-        return EncodedDataset(n, make), lambda rows: collate(rows, tok.pad_token_id or 0)
+        pad = tok.pad_token_id or 0
+        return EncodedDataset(n, make), (lambda rows: pack_batch(rows, pad, max_len)) if data.get("pack") else \
+            (lambda rows: collate(rows, pad))
     if task == "vit_classify":
         return _classify_dataset(data, n, model)
     if task in ("contrastive", "moco"):
@@ -387,10 +391,30 @@ def _vlm_dataset(recipe, data, n, tok, model):
         for key in rows[0]["images"]:  # every image tensor concatenates along dim 0 (Processor.image_inputs)
             batch[key] = torch.cat([r["images"][key] for r in rows])
         return batch
+    if data.get("pack"):
+        collate_vlm = _packed_vlm_collate(model, tok.pad_token_id or 0, max_len)
     if report is None:
         return EncodedDataset(n, make), collate_vlm
     kept = screen(n, make, lambda i: f"{get(i).get('where')} (id {get(i).get('id')!r})", report, skip)
     return EncodedDataset(len(kept), lambda i: make(kept[i]), report), collate_vlm
+
+
+def _packed_vlm_collate(model, pad: int, width: int | None):
+    """data.pack for task vlm: a model whose images become tokens of their own sample (VLM: LLaVA, LLaVA-NeXT,
+    InternVL, Qwen-VL) packs with train/packing.pack_batch, Qwen2-VL with its own M-RoPE ids per document;
+    BLIP-2's query slots and Flamingo's cross-attention to the latest image are not packed."""
+    from ocellus.models.families.registry import family_module
+    from ocellus.models.vlm import VLM
+    name = _family_of(model)
+    family = family_module(name)
+    if hasattr(family, "collate_packed"):
+        own = lambda rows, samples, width: family.collate_packed(rows, samples, width, model, pad)  # noqa: E731
+        return lambda rows: pack_batch([{"input_ids": r["enc"].input_ids, "labels": r["enc"].labels, **r["images"]}
+                                        for r in rows], pad, width, family_collate=own)
+    if not isinstance(model, VLM):
+        raise ConfigError(f"data.pack: packing is not supported for task vlm with the {name} family (its images "
+                          f"do not reach the decoder as tokens of their own sample); leave data.pack unset")
+    return lambda rows: pack_batch([r["enc"] for r in rows], pad, width, images=[r["images"] for r in rows])
 
 
 def _interleave(samples: list[dict]) -> dict:
@@ -463,6 +487,9 @@ def exportable(recipe: dict, model, tok, info: DistInfo):
 
 def run_recipe(recipe: dict) -> Path:
     from ocellus.train.recipe import POSTTRAIN_TASKS
+    if (recipe.get("data") or {}).get("pack") and recipe["task"] not in PACKED_TASKS:
+        raise ConfigError(f"data.pack: packing is not supported for task {recipe['task']!r} (only for "
+                          f"{' and '.join(PACKED_TASKS)}); leave data.pack unset")
     if recipe["task"] in POSTTRAIN_TASKS:  # rm / dpo / grpo / ppo / distill: train/posttrain.py
         from ocellus.train.posttrain import run_posttrain
         return run_posttrain(recipe)

@@ -301,3 +301,27 @@ MUTATIONS += [
     Mutation(name="data: records skipped while reading are left out of the report", file="ocellus/data/llava_json.py",
              old="            report.add(where, e)\n", new="", tests=BAD),
 ]
+
+# -- data.pack: a batch's samples share rows (ocellus/train/packing.py::pack_batch, train/run.py)
+PACK = ["tests/unit/test_data_pack.py"]
+MUTATIONS += [
+    Mutation(name="data: data.pack ignored for task lm", file="ocellus/train/run.py",
+             old='(lambda rows: pack_batch(rows, pad, max_len)) if data.get("pack") else',
+             new='(lambda rows: pack_batch(rows, pad, max_len)) if False else', tests=PACK),
+    Mutation(name="data: packed rows ignore data.max_length", file="ocellus/train/packing.py",
+             old='    rows = pack(samples, max([len(s["input_ids"]) for s in samples] + [width or 0]))',
+             new='    rows = pack(samples, max(len(s["input_ids"]) for s in samples))', tests=PACK),
+    Mutation(name="data: packed batch counts padding as tokens", file="ocellus/train/packing.py",
+             old='    batch["attention_mask"] = (batch["document_ids"] >= 0).long()',
+             new='    batch["attention_mask"] = torch.ones_like(batch["document_ids"])', tests=PACK),
+    Mutation(name="data: packed images kept in batch order, not row order", file="ocellus/train/packing.py",
+             old="        order = [i for r in rows for i in r.sources]", new="        order = list(range(len(samples)))",
+             tests=PACK),
+    Mutation(name="data: Qwen2-VL packed with 1D positions", file="ocellus/train/run.py",
+             old='    if hasattr(family, "collate_packed"):', new="    if False:", tests=PACK),
+    Mutation(name="data: Flamingo packed though its images are cross-attended", file="ocellus/train/run.py",
+             old="    if not isinstance(model, VLM):", new="    if False:", tests=PACK),
+    Mutation(name="data: data.pack accepted and ignored for other tasks", file="ocellus/train/run.py",
+             old='    if (recipe.get("data") or {}).get("pack") and recipe["task"] not in PACKED_TASKS:',
+             new="    if False:", tests=PACK),
+]
