@@ -5,7 +5,8 @@
 #   2. vit_pretrain   the ViT learns to classify what is in a scene (classes present + per patch)
 #   3. align          LLaVA stage 1: only the MLP connector trains (captions)
 #   4. sft            LLaVA stage 2: connector + decoder train (QA, conversations, captions, grounding)
-#   then the held-out eval (shapes-vqa, n=500) and a copy of step 4's export into the package.
+#   then the held-out evals (shapes-vqa, n=500: the trained wording, plain, US, varied, a chat's second
+#   question; each recorded in the model card, README.md) and a copy of step 4's export into the package.
 #
 # Usage: scripts/make_default_model.sh [RUNS_DIR]   (default runs/llava_tiny_shapes; the recipes'
 # out_dirs are redirected there). Wall time of each step goes to RUNS_DIR/times.txt. A step whose
@@ -44,7 +45,11 @@ step align align align tokenizer.from="$RUNS/text/model" \
 step sft sft sft model.from="$RUNS/align/model"
 cat "$RUNS/times.txt"
 
-ocellus eval --model "$RUNS/sft/model" --task shapes-vqa --n 500 --out "$RUNS/sft/eval_shapes_vqa.json"
+ocellus eval --model "$RUNS/sft/model" --task shapes-vqa --n 500 --out "$RUNS/sft/eval_shapes_vqa.json" --card
+for phrasing in plain us varied; do   # the wordings users type (issue 20): recorded in the model card too
+  ocellus eval --model "$RUNS/sft/model" --task shapes-vqa --n 500 --phrasing "$phrasing" --card
+done
+ocellus eval --model "$RUNS/sft/model" --task shapes-vqa --n 500 --turns 2 --card   # the second question of a chat
 
 rm -rf "$ASSET"
 mkdir -p "$ASSET"
