@@ -56,7 +56,7 @@ def row(family: str, img: Path) -> str:
         return f"| {family} | not trained in this run |" + " |" * (len(TYPES) + 2)
     vqa_path = found[0]
     how = vqa_path.stem.removeprefix("eval_shapes_vqa").lstrip("_")
-    family = f"{family} ({how})" if how else family
+    name = f"{family} ({how})" if how else family
     table = json.loads(vqa_path.read_text())["table"]
     cells = [f"{100 * table[t][1]:.1f}" if t in table else "-" for t in TYPES]
     grounding = final / "eval_shapes_grounding.json"
@@ -71,7 +71,7 @@ def row(family: str, img: Path) -> str:
     cells.append(f"{s:.0f}" if s is not None else "-")
     if (final / "curve.png").exists():
         shutil.copyfile(final / "curve.png", img / f"family_{family}.png")
-    return f"| {family} | " + " | ".join(cells) + " |"
+    return f"| {name} | " + " | ".join(cells) + " |"
 
 
 def main(argv=None) -> None:

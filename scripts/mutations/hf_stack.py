@@ -80,3 +80,11 @@ MUTATIONS += [
              new="if value is not None and isinstance(value, int) and value <= 0:",
              tests=["tests/unit/test_decoder_config_types.py"]),
 ]
+
+MUTATIONS += [
+    Mutation(name="tokenizer: a side file holding a JSON list is taken as a config",
+             file="ocellus/data/tokenizer.py",
+             old="    if not isinstance(value, dict):   # a list or a string would fail later as an AttributeError",
+             new="    if False:",
+             tests=["tests/unit/test_tokenizer_config_json.py"]),
+]
