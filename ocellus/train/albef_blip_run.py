@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ocellus.data.bad_samples import BadSampleReport, screen
 from ocellus.errors import ConfigError, InputError
 
 TASKS = ("albef", "blip")
@@ -76,8 +77,10 @@ def caption_of(sample: dict) -> str:
     return texts[-1].strip()
 
 
-def pair_source(data: dict, n: int):
-    """-> (number of pairs, i -> (PIL image, caption))."""
+def pair_source(data: dict, n: int, report: BadSampleReport | None = None):
+    """-> (number of pairs, i -> (PIL image, caption)). A LLaVA-JSON file's pairs are all opened once here,
+    before step 1: a corrupt image is an InputError naming file and record now, or with data.skip_bad_samples
+    is left out and counted in `report` (never a crash mid-training)."""
     from ocellus.train.contrastive_run import shapes_pairs
     seed = int(data.get("seed", 0))
     if data["source"] == "shapes":
@@ -85,9 +88,13 @@ def pair_source(data: dict, n: int):
     if data["source"] == "llava_json":
         from ocellus.data.image import load_image
         from ocellus.data.llava_json import read_llava_json
-        rows = read_llava_json(data["path"], skip_bad_samples=bool(data.get("skip_bad_samples", False))).samples
-        return min(n, len(rows)), lambda i: (load_image(rows[i]["images"][0], name=f"record {rows[i]['id']}"),
-                                             caption_of(rows[i]))
+        skip = bool(data.get("skip_bad_samples", False))
+        report = report if report is not None else BadSampleReport(str(data["path"]))
+        rows = read_llava_json(data["path"], skip_bad_samples=skip, report=report).samples
+        pair = lambda i: (load_image(rows[i]["images"][0], name=f"record {rows[i]['id']}"),   # noqa: E731
+                          caption_of(rows[i]))
+        kept = screen(min(n, len(rows)), pair, lambda i: f"record {rows[i]['id']!r}", report, skip)
+        return len(kept), lambda i: pair(kept[i])
     raise ConfigError(f"ALBEF/BLIP train on (image, caption) pairs: data.source shapes or llava_json, "
                       f"got {data['source']!r}")
 
@@ -98,7 +105,8 @@ def build_dataset(recipe: dict, tok, model):
     from ocellus.train.contrastive_run import caption_id, image_cfg
     from ocellus.train.run import EncodedDataset
     data = recipe["data"]
-    n, pair = pair_source(data, int(data.get("n", 1000)))
+    report = BadSampleReport(str(data["path"])) if data.get("path") else None
+    n, pair = pair_source(data, int(data.get("n", 1000)), report)
     icfg = image_cfg(model.visual_encoder.config.image_size)
     max_len = int(data.get("max_length") or model.text_encoder.config.max_position_embeddings)
     chosen = objectives(recipe)
@@ -112,7 +120,7 @@ def build_dataset(recipe: dict, tok, model):
         batch = {**encode_captions(texts, tok, model.config, max_len),
                  "pixel_values": torch.stack([r[0] for r in rows]), "ids": torch.tensor([caption_id(t) for t in texts])}
         return {**batch, "objectives": chosen} if chosen else batch
-    return EncodedDataset(n, make), collate
+    return EncodedDataset(n, make, bad_samples=report), collate
 
 
 # ---- export + evaluation -----------------------------------------------------------------------

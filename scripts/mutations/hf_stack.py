@@ -88,3 +88,11 @@ MUTATIONS += [
              new="    if False:",
              tests=["tests/unit/test_tokenizer_config_json.py"]),
 ]
+
+MUTATIONS += [
+    Mutation(name="albef/blip pairs: a LLaVA-JSON file is not opened before step 1",
+             file="ocellus/train/albef_blip_run.py",
+             old="        kept = screen(min(n, len(rows)), pair, lambda i: f\"record {rows[i]['id']!r}\", report, skip)",
+             new="        kept = list(range(min(n, len(rows))))",
+             tests=["tests/unit/test_pair_source_bad_images.py"]),
+]
