@@ -180,12 +180,12 @@ def test_reply_is_capped_to_the_context_left_and_a_full_context_is_an_error(tiny
 
 def _shapes_image_and_questions(path):
     """A generated shapes scene at the default model's image size and two questions about it with
-    their true answers, asked as the demo asks them (the question, then the short-answer prompt)."""
+    their true answers, asked plainly as a user types them (no short-answer suffix)."""
     cfg = ShapesConfig(image_size=48, seed=777, min_size=max(0.18, 6.5 / 48))
     rng = np.random.default_rng([cfg.seed, 0])
     scene = make_scene(rng, cfg)
     render(scene).save(path)
-    return [(f"{q} {cfg.answer_prompt}", a) for _, q, a in (make_qa(rng, scene, cfg, t) for t in ("colour", "shape"))]
+    return [(q, a) for _, q, a in (make_qa(rng, scene, cfg, t) for t in ("colour", "shape"))]
 
 
 class _Terminal(io.StringIO):
