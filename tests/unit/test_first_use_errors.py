@@ -68,7 +68,9 @@ def test_sft_before_align_names_the_recipe_to_run_first(tmp_path, monkeypatch, c
     err = _one_line(capsys, "ConfigError")
     assert f"model.from {tmp_path / 'runs' / 'align' / 'model'} does not exist yet" in err
     assert f"run `ocellus train {folder / 'align.yaml'}` first" in err and "tokenizer.json" not in err
-    assert main(["train", str(folder / "align.yaml"), f"model.vision_from={tmp_path / 'nowhere'}"]) == 2
+    # the other inputs exist (so this holds in a checkout without runs/): the missing one is named
+    assert main(["train", str(folder / "align.yaml"), f"model.vision_from={tmp_path / 'nowhere'}",
+                 f"model.llm_from={tmp_path}", f"tokenizer.from={tmp_path}"]) == 2
     assert f"model.vision_from {tmp_path / 'nowhere'} does not exist" in _one_line(capsys, "ConfigError")
 
 
