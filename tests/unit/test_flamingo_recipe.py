@@ -110,15 +110,15 @@ def trained(tiny_vlm_parts, tmp_path_factory):
     return out
 
 
-def test_recipe_trains_what_its_stage_says_and_the_loss_falls(trained, tiny_vlm_parts):
+def test_recipe_trains_only_the_connector_and_the_loss_falls(trained, tiny_vlm_parts):
     losses = _losses(trained)
     assert losses[-1] < losses[0], losses
     model = ocellus.load(trained / "model")
     assert isinstance(model, flamingo.Flamingo)
-    # the frozen ViT came out bit-identical; the decoder trained (at half the bridge's rate); the gates opened
+    # frozen parts came out bit-identical; the gates opened
     decoder, vit = ocellus.load(tiny_vlm_parts / "text" / "model"), ocellus.load(tiny_vlm_parts / "vit" / "model")
-    assert not all(torch.equal(a, b) for a, b in zip(model.language_model.state_dict().values(),
-                                                     decoder.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.language_model.state_dict().values(),
+                                                 decoder.state_dict().values()))
     assert all(torch.equal(a, b) for a, b in zip(model.vision_tower.state_dict().values(), vit.state_dict().values()))
     assert any(b.attn_gate.item() != 0 for b in model.gated_cross_attn.values())
 
