@@ -24,6 +24,7 @@ from tokenizers import AddedToken
 from ocellus.data.chat_template import render_chat_template
 from ocellus.data.control_tokens import encode_with_literals, refuse_control_text, render_with_spans
 from ocellus.errors import CheckpointError, ConfigError, InputError
+from ocellus.hub.checkpoint_dir import read_json_object
 
 # The special tokens transformers names; other `*_token` keys in the config are model-specific ones.
 NAMED_SPECIAL_TOKENS = (
@@ -33,15 +34,7 @@ _ADDED_TOKEN_FIELDS = ("single_word", "lstrip", "rstrip", "normalized", "special
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    if not isinstance(value, dict):   # a list or a string would fail later as an AttributeError
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(value).__name__}")
-    return value
+    return read_json_object(path)   # a CheckpointError naming the file when it is not a JSON object
 
 
 def _token(value) -> AddedToken | None:

@@ -84,8 +84,8 @@ MUTATIONS += [
 MUTATIONS += [
     Mutation(name="tokenizer: a side file holding a JSON list is taken as a config",
              file="ocellus/data/tokenizer.py",
-             old="    if not isinstance(value, dict):   # a list or a string would fail later as an AttributeError",
-             new="    if False:",
+             old="    return read_json_object(path)   # a CheckpointError naming the file when it is not a JSON object",
+             new="    return json.loads(path.read_text()) if path.is_file() else None",
              tests=["tests/unit/test_tokenizer_config_json.py"]),
 ]
 
