@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -116,9 +117,14 @@ def build_model(recipe: dict, tok):
     elif task == "vit_classify":
         from ocellus.models.vision.vit import ViTConfig, VisionTransformer
         cfg = spec.get("config") or {}
-        head = SceneViTClassifier if (recipe.get("data") or {}).get("labels") == "objects" else ViTClassifier
-        model = head(VisionTransformer(ViTConfig.from_hf(cfg)), int(spec.get("num_classes", 0) or 0)
-                     or _num_classes(recipe))
+        encoder = VisionTransformer(ViTConfig.from_hf(cfg))
+        num_classes = int(spec.get("num_classes", 0) or 0) or _num_classes(recipe)
+        if (recipe.get("data") or {}).get("labels") == "objects":
+            model = SceneViTClassifier(encoder, num_classes, box_loss=float(spec.get("box_loss", 0.0)))
+        else:
+            if spec.get("box_loss"):
+                raise ConfigError("model.box_loss needs data.labels: objects (boxes are per patch of a scene)")
+            model = ViTClassifier(encoder, num_classes)
     elif task == "vlm":
         model = _compose_vlm(spec, tok)
     elif task == "qformer_pretrain":   # BLIP-2 stage 1: ITC + ITG + ITM (train/qformer_objectives.py)
@@ -146,27 +152,39 @@ def _num_classes(recipe: dict) -> int:
 
 
 class SceneViTClassifier(ViTClassifier):
-    """The ViT classification objective for multi-object scenes (data.labels: objects), two heads:
+    """The ViT classification objective for multi-object scenes (data.labels: objects), two heads and an
+    optional third:
       - `classifier` on the CLS token: which (shape, colour) classes are present, multi-hot
         labels [N, K], binary cross-entropy per class;
       - `patch_classifier` on every patch token of the last layer: the class of the object covering
-        the patch, or K for background, cross-entropy (patch_labels [N, P]).
-    The patch head makes every image token say what is at its place, which is what a VLM reads."""
+        the patch, or K for background, cross-entropy (patch_labels [N, P]);
+      - `patch_box` (model.box_loss > 0): every patch token regresses a box in [0, 1] (x0, y0, x1, y1):
+        the box of the object covering it, or its own cell for background (patch_boxes [N, P, 4]), L1
+        loss times box_loss.
+    The patch head makes every image token say what is at its place, the box head WHERE: without it an
+    object's own token carries almost no position (probe R^2 <= 0.04, docs/VLM_COMPARISON.md), so a
+    decoder attending to the object reads what it is but not where it is (values carry no RoPE)."""
 
-    def __init__(self, encoder, num_classes: int):
+    def __init__(self, encoder, num_classes: int, box_loss: float = 0.0):
         super().__init__(encoder, num_classes)
         self.patch_classifier = torch.nn.Linear(encoder.config.hidden_size, num_classes + 1)
+        self.box_loss = float(box_loss)
+        self.patch_box = torch.nn.Linear(encoder.config.hidden_size, 4) if self.box_loss > 0 else None
 
-    def forward(self, pixel_values, labels=None, patch_labels=None, interpolate_pos_encoding=False):
+    def forward(self, pixel_values, labels=None, patch_labels=None, patch_boxes=None,
+                interpolate_pos_encoding=False):
         out = self.encoder(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         result = ClassifierOutput(logits=self.classifier(out.pooler_output))     # [N, K]
+        losses = []
         if labels is not None:
-            result.loss = F.binary_cross_entropy_with_logits(result.logits, labels.float())
+            losses.append(F.binary_cross_entropy_with_logits(result.logits, labels.float()))
+        patches = out.last_hidden_state[:, int(self.encoder.config.use_cls_token):]   # [N, P, D]
         if patch_labels is not None:
-            patches = out.last_hidden_state[:, int(self.encoder.config.use_cls_token):]   # [N, P, D]
             patch_logits = self.patch_classifier(patches)                          # [N, P, K+1]
-            patch_loss = F.cross_entropy(patch_logits.flatten(0, 1), patch_labels.flatten())
-            result.loss = patch_loss if result.loss is None else result.loss + patch_loss
+            losses.append(F.cross_entropy(patch_logits.flatten(0, 1), patch_labels.flatten()))
+        if patch_boxes is not None and self.patch_box is not None:
+            losses.append(self.box_loss * F.l1_loss(self.patch_box(patches), patch_boxes))   # [N, P, 4]
+        result.loss = sum(losses) if losses else None
         return result
 
 
@@ -268,7 +286,6 @@ def _classify_dataset(data: dict, n: int, model):
             _stack_labels
     from ocellus.data.shapes import make_scene, render
     import dataclasses
-    import numpy as np
     labels = data.get("labels", "single")
     if labels not in ("single", "objects"):
         raise ConfigError(f"data.labels must be 'single' (one object per image, its (shape, colour) class) or "
@@ -290,15 +307,15 @@ def _classify_dataset(data: dict, n: int, model):
         present = torch.zeros(len(classes))
         for obj in scene.objects:
             present[classes.index((obj.shape, obj.colour))] = 1.0
-        return pixels, present, patch_classes(scene, image, classes, patch, size)
+        row = (pixels, present, patch_classes(scene, image, classes, patch, size))
+        return row + (patch_boxes(scene, image, patch, size),) if getattr(model, "patch_box", None) else row
     return EncodedDataset(n, make), _stack_labels
 
 
-def patch_classes(scene, image, classes, patch: int, size: int, min_fraction: float = 0.1) -> torch.Tensor:
-    """The class of the object covering most of each patch (row-major), len(classes) for background
-    (objects covering less than min_fraction of the patch). Pixels are exact palette colours and boxes
-    do not overlap, so an object's pixels are its colour inside its box."""
-    import numpy as np
+def patch_owners(scene, image, patch: int, size: int, min_fraction: float = 0.1) -> np.ndarray:
+    """The index of the object covering most of each patch (row-major) in scene.objects, -1 for
+    background (objects covering less than min_fraction of the patch). Pixels are exact palette colours
+    and boxes do not overlap, so an object's pixels are its colour inside its box."""
     from ocellus.data.shapes import COLOURS
     if image.size != (size, size):
         image = image.resize((size, size), 0)  # nearest: keep palette colours exact
@@ -306,17 +323,40 @@ def patch_classes(scene, image, classes, patch: int, size: int, min_fraction: fl
     else:
         scale = 1.0
     rgb = np.asarray(image)
-    owner = np.full((size, size), len(classes), dtype=np.int64)               # [H, W] class id per pixel
-    for obj in scene.objects:
+    owner = np.full((size, size), -1, dtype=np.int64)                        # [H, W] object index per pixel
+    for k, obj in enumerate(scene.objects):
         x0, y0, x1, y1 = (int(round(v * scale)) for v in obj.bbox)
         inside = (rgb[y0:y1, x0:x1] == COLOURS[obj.colour]).all(-1)
-        owner[y0:y1, x0:x1][inside] = classes.index((obj.shape, obj.colour))
+        owner[y0:y1, x0:x1][inside] = k
     g = size // patch
+    if not scene.objects:
+        return np.full(g * g, -1, dtype=np.int64)
     blocks = owner[:g * patch, :g * patch].reshape(g, patch, g, patch).transpose(0, 2, 1, 3).reshape(g * g, -1)
-    counts = np.stack([(blocks == k).sum(1) for k in range(len(classes))], 1)  # [P, K]
+    counts = np.stack([(blocks == k).sum(1) for k in range(len(scene.objects))], 1)   # [P, objects]
     best = counts.argmax(1)
-    best[counts.max(1) < min_fraction * patch * patch] = len(classes)
-    return torch.from_numpy(best)
+    best[counts.max(1) < min_fraction * patch * patch] = -1
+    return best
+
+
+def patch_classes(scene, image, classes, patch: int, size: int) -> torch.Tensor:
+    """[P] the (shape, colour) class of each patch's owner (patch_owners), len(classes) for background."""
+    ids = [classes.index((o.shape, o.colour)) for o in scene.objects] + [len(classes)]
+    return torch.tensor([ids[k] for k in patch_owners(scene, image, patch, size)], dtype=torch.long)
+
+
+def patch_boxes(scene, image, patch: int, size: int) -> torch.Tensor:
+    """[P, 4] each patch's box target in [0, 1] (x0, y0, x1, y1): its owner's box (scene pixels over the
+    scene size), or the patch's own cell for background."""
+    g = size // patch
+    owners = patch_owners(scene, image, patch, size)
+    out = torch.empty(len(owners), 4)
+    for p, k in enumerate(owners):
+        if k >= 0:
+            out[p] = torch.tensor(scene.objects[k].bbox, dtype=torch.float32) / scene.image_size
+        else:
+            r, c = divmod(p, g)
+            out[p] = torch.tensor([c, r, c + 1, r + 1], dtype=torch.float32) / g
+    return out
 
 
 def _stack_labels(rows):
@@ -325,6 +365,8 @@ def _stack_labels(rows):
     batch = {"pixel_values": torch.stack([r[0] for r in rows]), "labels": labels}
     if len(rows[0]) > 2:
         batch["patch_labels"] = torch.stack([r[2] for r in rows])
+    if len(rows[0]) > 3:
+        batch["patch_boxes"] = torch.stack([r[3] for r in rows])
     return batch
 
 
@@ -358,6 +400,12 @@ def _vlm_dataset(recipe, data, n, tok, model):
         from ocellus.data.digits import digits_samples
         rows = digits_samples("train", seed=int(data.get("seed", 0)), image_size=size)
         n = min(n, len(rows))
+        get = rows.__getitem__
+    elif data["source"] == "hf":   # a Hugging Face dataset (data/hf_dataset.py): rows checked as a file's records
+        from ocellus.data.hf_dataset import read_conversations, source_name
+        report = BadSampleReport(source_name(data))
+        rows = read_conversations(data, skip_bad_samples=skip, report=report)
+        n = len(rows)   # every row (data.n, when given, was applied by the reader)
         get = rows.__getitem__
     else:   # a LLaVA-JSON / TRL file: every record checked here, every sample made once before step 1
         from ocellus.data.llava_json import read_llava_json
@@ -485,8 +533,18 @@ def exportable(recipe: dict, model, tok, info: DistInfo):
     return plain.eval()
 
 
-def run_recipe(recipe: dict) -> Path:
+def run_recipe(recipe: dict, dataset=None) -> Path:
+    """Train a validated recipe (train/recipe.load_recipe) -> the export dir. dataset: a `datasets.Dataset`
+    (or DatasetDict, data.split picks) that a `data: {source: hf}` recipe without data.path trains on
+    (data/hf_dataset.py; docs/DATA_FORMATS.md)."""
     from ocellus.train.recipe import POSTTRAIN_TASKS
+    if dataset is not None:
+        from ocellus.data.hf_dataset import given
+        if (recipe.get("data") or {}).get("source") != "hf" or recipe["data"].get("path"):
+            raise ConfigError("run_recipe(recipe, dataset=...): the recipe must read it: data.source hf without "
+                              "data.path")
+        with given(dataset):
+            return run_recipe(recipe)
     if (recipe.get("data") or {}).get("pack") and recipe["task"] not in PACKED_TASKS:
         raise ConfigError(f"data.pack: packing is not supported for task {recipe['task']!r} (only for "
                           f"{' and '.join(PACKED_TASKS)}); leave data.pack unset")
@@ -501,13 +559,17 @@ def run_recipe(recipe: dict) -> Path:
     torch.manual_seed(int(recipe.get("seed", 0)))
     tok = build_tokenizer(recipe, out) if recipe["task"] not in ("vit_classify", "moco") else None
     model = build_model(recipe, tok)
-    dataset, collate = build_dataset(recipe, tok, model)
-    report = getattr(dataset, "bad_samples", None)
-    if report is not None and report.skipped and info.is_main:   # skip_bad_samples: said before step 1
-        print(f"[{recipe.get('name')}] {report.summary()}; each in {report.write(out)}", flush=True)
     batch = int(recipe["train"].get("batch_size", 8))
-    loader = BatchLoader(dataset, batch, collate, seed=int(recipe.get("seed", 0)),
-                         rank=info.rank, world_size=info.world_size)
+    if recipe["data"].get("source") == "shards":   # tar shards, streamed: train/shard_loader.py
+        from ocellus.train.shard_loader import shard_loader
+        loader = shard_loader(recipe, tok, model, batch, info)
+    else:
+        dataset, collate = build_dataset(recipe, tok, model)
+        report = getattr(dataset, "bad_samples", None)
+        if report is not None and report.skipped and info.is_main:   # skip_bad_samples: said before step 1
+            print(f"[{recipe.get('name')}] {report.summary()}; each in {report.write(out)}", flush=True)
+        loader = BatchLoader(dataset, batch, collate, seed=int(recipe.get("seed", 0)),
+                             rank=info.rank, world_size=info.world_size)
     trainer = Trainer(model, loader, cfg, dist_info=info)
     if info.is_main:
         print(f"[{recipe.get('name')}] trainable parameters per part:\n{trainer.report}")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ocellus.data.bpe import train_bpe
+from ocellus.data.hf_dataset import FORMATS as HF_FORMATS
 from ocellus.data.shapes import KINDS
 from ocellus.data.shapes_phrasing import PHRASINGS
 from ocellus.data.templates import TEMPLATES
@@ -142,6 +143,9 @@ DATA = {
     "qa_weights": WEIGHTS, "labels": one_of("single", "objects"), "image_text": one_of("drop", "description", "caption"),
     "conversation_turns": list_of(INT, 2, name="[min, max] integers"), "hard_negatives": FLOAT, "augment": MAPPING,
     "interleave": INT, "phrasing": one_of(*PHRASINGS), "qa_turns": list_of(INT, 2, name="[min, max] integers"),
+    # source hf (data/hf_dataset.py) and shards (data/shards.py): docs/DATA_FORMATS.md
+    "format": one_of(*HF_FORMATS), "split": STR, "image_root": SOURCE, "cache_dir": STR,
+    "urls": either(STR, list_of(STR)), "shuffle_buffer": INT, "num_workers": INT,
 }
 STAGE_PART = either(one_of(*MODES), mapping(kinds_of(PartSpec)))
 TRAIN = {**kinds_of(TrainConfig), "batch_size": INT,
@@ -168,7 +172,7 @@ LOADED = {"from": SOURCE, "init_from": SOURCE}   # a whole checkpoint, or a trai
 WEAKEN = {"weaken": mapping(kinds_of(weaken, skip=("model",)))}
 MODEL = {
     "lm": {**LOADED, "config": MAPPING},
-    "vit_classify": {**LOADED, "config": MAPPING, "num_classes": INT},
+    "vit_classify": {**LOADED, "config": MAPPING, "num_classes": INT, "box_loss": FLOAT},
     "qformer_pretrain": {**LOADED, "vision_from": SOURCE, "qformer": MAPPING, "qformer_init": SOURCE, "embed_dim": INT,
                          "label_smoothing": FLOAT},
     "contrastive": {**LOADED, "architecture": one_of("clip", "siglip"), "vision": MAPPING, "text": MAPPING,

@@ -6,6 +6,7 @@ from mutations import Mutation   # scripts/ is on sys.path (scripts/mutation_che
 
 OVERFIT = "tests/unit/test_vlm_overfit.py"
 WIRING = "tests/unit/test_vlm_wiring.py"
+SCENE_VIT = "tests/unit/test_vit_scene_objective.py"
 FAMILY_RECIPES = "tests/unit/test_llava_next_qwen2_5_vl_recipes.py::test_recipe_trains_exports_and_reopens_to_the_same_logits"
 
 
@@ -129,4 +130,25 @@ MUTATIONS = [
              old='variant = spec.get("architecture", "qwen2_vl")',
              new='variant = "qwen2_vl"',
              tests=[f"{FAMILY_RECIPES}[qwen2_5_vl]"]),
+    # -- the ViT scene objective's box head (where each patch's object is) ------------------------------
+    Mutation(name="vlm: vit box head loss weight ignored",
+             file="ocellus/train/run.py",
+             old="losses.append(self.box_loss * F.l1_loss(self.patch_box(patches), patch_boxes))",
+             new="losses.append(F.l1_loss(self.patch_box(patches), patch_boxes))",
+             tests=[f"{SCENE_VIT}::test_scene_loss_is_the_three_terms"]),
+    Mutation(name="vlm: vit box target of a background patch has rows and columns swapped",
+             file="ocellus/train/run.py",
+             old="out[p] = torch.tensor([c, r, c + 1, r + 1], dtype=torch.float32) / g",
+             new="out[p] = torch.tensor([r, c, r + 1, c + 1], dtype=torch.float32) / g",
+             tests=[f"{SCENE_VIT}::test_patch_boxes_are_the_owners_box_or_the_patch_cell"]),
+    Mutation(name="vlm: vit box targets never reach the batch",
+             file="ocellus/train/run.py",
+             old='batch["patch_boxes"] = torch.stack([r[3] for r in rows])',
+             new='pass',
+             tests=[f"{SCENE_VIT}::test_recipe_box_loss_reaches_the_batch_and_the_loss"]),
+    Mutation(name="vlm: vit box target of an object patch is not normalised by the scene size",
+             file="ocellus/train/run.py",
+             old="out[p] = torch.tensor(scene.objects[k].bbox, dtype=torch.float32) / scene.image_size",
+             new="out[p] = torch.tensor(scene.objects[k].bbox, dtype=torch.float32) / size",
+             tests=[f"{SCENE_VIT}::test_patch_boxes_are_the_owners_box_or_the_patch_cell"]),
 ]
