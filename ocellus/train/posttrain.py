@@ -68,8 +68,9 @@ def weaken(model, noise: float, seed: int = 0, parts: tuple[str, ...] = ("llm", 
 def validate_posttrain(recipe: dict, bad) -> None:
     """The post-training part of recipe validation (train/recipe.py calls it for these tasks)."""
     task = recipe["task"]   # its keys and their types: train/schema.py (method: each method's config fields)
-    if (recipe.get("data") or {}).get("source") != "shapes":
-        bad(f"task {task!r} builds its preference pairs / prompts from the shapes ground truth: data.source: shapes")
+    if (recipe.get("data") or {}).get("source") not in ("shapes", "hf"):
+        bad(f"task {task!r} builds its preference pairs / prompts from the shapes ground truth (data.source: shapes) "
+            f"or reads TRL rows of a Hugging Face dataset (data.source: hf)")
     if "from" not in (recipe.get("model") or {}):
         bad(f"task {task!r} needs model.from (a checkpoint dir, or `default` for the embedded tiny model)")
 
@@ -158,6 +159,9 @@ def pair_dataset(recipe: dict, n: int | None = None, seed: int | None = None):
     """Preference pairs from shapes QA ground truth (preference.shapes_preference), made on access."""
     from ocellus.train.preference import preference_pair, shapes_preference
     from ocellus.train.run import EncodedDataset
+    if (recipe.get("data") or {}).get("source") == "hf" and seed is None:   # TRL rows: train/hf_data.py
+        from ocellus.train.hf_data import preference_dataset
+        return preference_dataset(recipe)
     cfg = shapes_config(recipe, seed)
     n = int(n if n is not None else (recipe.get("data") or {}).get("n", 2000))
     dataset = EncodedDataset(n, lambda i: preference_pair(shapes_preference(cfg, i), i))
@@ -215,6 +219,9 @@ def prompt_loader(recipe: dict, batch_size: int):
     data = recipe.get("data") or {}
     cfg, kind = shapes_config(recipe), data.get("kind", "qa")
     dataset = EncodedDataset(int(data.get("n", 2000)), lambda i: prompt_row(shapes_prompt(cfg, i, kind), i))
+    if data.get("source") == "hf":   # TRL prompt-only rows: train/hf_data.py
+        from ocellus.train.hf_data import prompt_dataset
+        dataset = prompt_dataset(recipe)
     return BatchLoader(dataset, batch_size, lambda rows: rows, seed=int(recipe.get("seed", 0)))
 
 

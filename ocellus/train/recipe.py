@@ -31,7 +31,10 @@ TASKS = ("lm", "vit_classify", "vlm", "qformer_pretrain",    # qformer_pretrain:
          "contrastive", "moco",                            # CLIP/SigLIP, MoCo: train/contrastive_run.py
          "albef", "blip")                                  # ALBEF, BLIP: train/albef_blip_run.py
 POSTTRAIN_TASKS = ("rm", "dpo", "grpo", "ppo", "distill")   # train/posttrain.py
-SOURCES = {"shapes": "image", "digits": "image", "llava_json": "image", "shapes_text": "text"}
+SOURCES = {"shapes": "image", "digits": "image", "llava_json": "image", "shapes_text": "text",
+           "hf": "image", "shards": "image"}   # hf, shards: data/hf_dataset.py, data/shards.py
+SOURCE_TASKS = {"hf": ("vlm", "rm", "dpo", "grpo", "ppo"), "shards": ("contrastive",)}
+SOURCE_KEYS = {"hf": ("format", "split", "image_root", "cache_dir"), "shards": ("urls", "shuffle_buffer", "num_workers")}
 TRAIN_EXTRA = {"batch_size"}
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml where built in: made_by reads many recipes
 
@@ -154,6 +157,17 @@ def validate(recipe: dict, where: str = "recipe") -> None:
         bad(f"task {task!r} trains on images but data.source {source!r} is text only")
     if task == "lm" and SOURCES[source] != "text":
         bad(f"task 'lm' pretrains the decoder on text; data.source {source!r} is an image dataset")
+    for other, keys in SOURCE_KEYS.items():
+        for key in keys:
+            if key in data and source != other:
+                bad(f"data.{key} is read with data.source {other} only; data.source is {source!r}")
+    if source in SOURCE_TASKS and task not in SOURCE_TASKS[source]:
+        bad(f"data.source {source} trains task {' / '.join(SOURCE_TASKS[source])}, not {task!r}")
+    if source == "shards" and not data.get("urls"):
+        bad("data.source shards needs data.urls (tar shards: 'dir/shard-{000..003}.tar', a directory or a list)")
+    for key in ("shuffle_buffer", "num_workers"):
+        if key in data and data[key] < (1 if key == "shuffle_buffer" else 0):
+            bad(f"data.{key} must be >= {1 if key == 'shuffle_buffer' else 0}, got {data[key]}")
     if source == "llava_json" and not data.get("path"):
         bad("data.source llava_json needs data.path (the data.json file)")
     train = recipe.get("train") or {}
