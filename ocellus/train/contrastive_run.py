@@ -93,22 +93,12 @@ def build_dataset(recipe: dict, tok, model):
     if task == "contrastive":
         if data["source"] != "shapes":
             raise ConfigError(f"task contrastive trains on shapes captions; data.source {data['source']!r}")
-        from ocellus.models.text.clip_text import encode_texts
         pair = shapes_pairs(data, seed, n)
-        max_len, pad_to_max = model.text_model.config.max_position_embeddings, not model.text_model.config.causal
 
         def make(i):
             image, text = pair(i)
             return preprocess([image], icfg)[0], text
-
-        def collate(rows):
-            texts = [r[1] for r in rows]
-            batch = encode_texts(texts, tok, max_len, pad_to_max=pad_to_max)
-            if pad_to_max:             # SigLIP trains on fixed-length texts without a mask, pooling the last position
-                batch.pop("attention_mask")
-            return {**batch, "pixel_values": torch.stack([r[0] for r in rows]),
-                    "ids": torch.tensor([caption_id(t) for t in texts]), "return_loss": True}
-        return EncodedDataset(n, make), collate
+        return EncodedDataset(n, make), caption_collate(tok, model)
     from ocellus.data.augment import AugmentConfig, two_views
     images = _moco_images(data, seed, n)
     aug = AugmentConfig(**{"size": size, **_tuples(data.get("augment") or {})})
@@ -123,6 +113,22 @@ def build_dataset(recipe: dict, tok, model):
     def collate_views(rows):
         return {"pixel_values": torch.stack([r[0] for r in rows]), "pixel_values_k": torch.stack([r[1] for r in rows])}
     return EncodedDataset(len(images) if hasattr(images, "__len__") else n, make_views), collate_views
+
+
+def caption_collate(tok, model):
+    """-> collate([(pixel_values [3, H, W], caption), ...]) -> the dual encoder's batch: texts tokenized to
+    its text tower's context, pixels stacked, ids = caption_id (equal captions are positives)."""
+    from ocellus.models.text.clip_text import encode_texts
+    max_len, pad_to_max = model.text_model.config.max_position_embeddings, not model.text_model.config.causal
+
+    def collate(rows):
+        texts = [r[1] for r in rows]
+        batch = encode_texts(texts, tok, max_len, pad_to_max=pad_to_max)
+        if pad_to_max:             # SigLIP trains on fixed-length texts without a mask, pooling the last position
+            batch.pop("attention_mask")
+        return {**batch, "pixel_values": torch.stack([r[0] for r in rows]),
+                "ids": torch.tensor([caption_id(t) for t in texts]), "return_loss": True}
+    return collate
 
 
 def _tuples(d: dict) -> dict:
@@ -178,4 +184,4 @@ def write_preprocessor(path: Path, size: int) -> None:
         "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD), "resample": 3}, indent=2))
 
 
-__all__ = ["TASKS", "build_model", "build_dataset", "export", "caption_id", "shapes_pairs", "write_preprocessor"]
+__all__ = ["TASKS", "build_model", "build_dataset", "export", "caption_id", "caption_collate", "shapes_pairs", "write_preprocessor"]
