@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_ints
 
 # Pillow refuses to open images over 2 * PIL.Image.MAX_IMAGE_PIXELS (= 178,956,970 by default);
 # we refuse at the same size by default, but with a message that names the image and the knob.
@@ -234,11 +234,8 @@ class ImageProcessorConfig:
     def __post_init__(self):
         if self.shortest_edge is not None and self.size_hw is not None:
             raise ConfigError("ImageProcessorConfig: give shortest_edge or size_hw, not both")
-        for field in ("shortest_edge", "min_patches", "max_patches", "patch_size", "temporal_patch_size",
-                      "merge_size", "min_pixels", "max_pixels"):
-            v = getattr(self, field)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-                raise ConfigError(f"ImageProcessorConfig.{field} must be a positive int, got {v!r}")
+        positive_ints(self, ("shortest_edge", "min_patches", "max_patches", "patch_size", "temporal_patch_size",
+                             "merge_size", "min_pixels", "max_pixels"), "ImageProcessorConfig.{}", optional=True)
         for field in ("size_hw", "crop_size"):
             v = getattr(self, field)
             if v is not None and (len(v) != 2 or any(not isinstance(x, int) or x <= 0 for x in v)):

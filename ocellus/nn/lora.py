@@ -17,7 +17,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError
+from ocellus.errors import ConfigError, positive_int
 
 
 class LoRALinear(nn.Module):
@@ -25,8 +25,7 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0):
         super().__init__()
-        if rank <= 0:
-            raise ConfigError(f"LoRA rank must be positive, got {rank}")
+        positive_int(rank, "LoRA rank")
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
         self.bias = base.bias

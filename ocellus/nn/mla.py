@@ -29,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_ints
 from ocellus.nn.attention import attend
 from ocellus.nn.masks import sdpa_is_causal
 from ocellus.nn.norms import RMSNorm
@@ -116,9 +116,7 @@ class MultiHeadLatentAttention(nn.Module):
                  "v_head_dim": v_head_dim}
         if q_lora_rank is not None:
             sizes["q_lora_rank"] = q_lora_rank
-        bad = {k: v for k, v in sizes.items() if not isinstance(v, int) or isinstance(v, bool) or v <= 0}
-        if bad:
-            raise ConfigError(f"MLA sizes must be positive integers (q_lora_rank may be None); got {bad}")
+        positive_ints(sizes, sizes, "MLA size {}")
         if qk_rope_head_dim % 2:
             raise ConfigError(f"qk_rope_head_dim={qk_rope_head_dim} must be even: RoPE rotates pairs of dims")
         if rope_config is not None and rope_config.rotary_dim != qk_rope_head_dim:

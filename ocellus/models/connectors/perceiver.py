@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_int, positive_ints
 from ocellus.nn.attention import attend
 from ocellus.nn.mlp import GeluMLP
 from ocellus.nn.norms import LayerNorm
@@ -46,12 +46,8 @@ class PerceiverConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in ("dim", "depth", "num_latents", "heads", "head_dim", "ff_mult"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ConfigError(f"perceiver config field {name!r} must be a positive int, got {v!r}")
-        if self.max_num_frames is not None and (not isinstance(self.max_num_frames, int) or self.max_num_frames <= 0):
-            raise ConfigError(f"perceiver max_num_frames must be a positive int or None, got {self.max_num_frames!r}")
+        positive_ints(self, ("dim", "depth", "num_latents", "heads", "head_dim", "ff_mult"), "perceiver config field {!r}")
+        positive_int(self.max_num_frames, "perceiver max_num_frames (or None)", optional=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PerceiverConfig":

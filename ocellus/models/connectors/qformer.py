@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_ints
 from ocellus.models.text.bert import Bert, BertConfig, BertLayer, init_bert_weights
 from ocellus.nn.norms import LayerNorm
 
@@ -50,10 +50,8 @@ class QFormerConfig:
     hf: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
-        for name in ("num_query_tokens", "cross_attention_frequency", "encoder_hidden_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"Q-Former config field {name!r} must be a positive int, got {v!r}")
+        positive_ints(self, ("num_query_tokens", "cross_attention_frequency", "encoder_hidden_size"),
+                      "Q-Former config field {!r}")
         self.bert()   # validates the shared numbers
 
     def bert(self) -> BertConfig:

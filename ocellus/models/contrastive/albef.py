@@ -38,7 +38,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_ints
 from ocellus.models.contrastive.clip import _group
 from ocellus.models.contrastive.momentum import (NO_ID, FeatureQueue, distill_alpha, momentum_copy,
                                                  momentum_update, queue_itc, soft_cross_entropy)
@@ -68,9 +68,7 @@ class AlignConfig:
     label_smoothing: float = 0.1         # BLIP's LM loss
 
     def __post_init__(self):
-        for name in ("tokenizer_size", "embed_dim", "queue_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ConfigError(f"align config field {name!r} must be a positive int, got {getattr(self, name)!r}")
+        positive_ints(self, ("tokenizer_size", "embed_dim", "queue_size"), "align config field {!r}")
         for name in ("eos_token_id", "pad_token_id"):
             v = getattr(self, name)
             if not isinstance(v, int) or not 0 <= v < self.tokenizer_size:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_int
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.vision_families import vision_rules
 from ocellus.models.text.clip_text import ProjectedText, TextTowerConfig, TextTransformer
@@ -50,8 +50,7 @@ class DualEncoderConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ConfigError(f"dual encoder loss {self.loss!r}; supported: {LOSSES}")
-        if self.projection_dim is not None and (not isinstance(self.projection_dim, int) or self.projection_dim <= 0):
-            raise ConfigError(f"projection_dim must be a positive int or None, got {self.projection_dim!r}")
+        positive_int(self.projection_dim, "projection_dim (or None)", optional=True)
         if self.max_logit_scale is not None and self.max_logit_scale <= 0:
             raise ConfigError(f"max_logit_scale must be positive (or None), got {self.max_logit_scale}")
 

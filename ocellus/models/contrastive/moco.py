@@ -26,7 +26,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_ints
 from ocellus.train.contrastive_losses import gather_no_grad
 
 
@@ -39,8 +39,7 @@ class MoCoConfig:
     mlp: bool = True          # v2's 2-layer MLP head; False: v1's linear head
 
     def __post_init__(self):
-        if not all(isinstance(v, int) and v > 0 for v in (self.dim, self.queue_size)):
-            raise ConfigError(f"MoCo dim and queue_size must be positive ints, got {self.dim!r}, {self.queue_size!r}")
+        positive_ints(self, ("dim", "queue_size"), "MoCo {}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"MoCo momentum must be in [0, 1), got {self.momentum}")
         if self.temperature <= 0:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_int
 from ocellus.train.contrastive_losses import gather_no_grad
 
 NO_ID = -100   # the id of a queue slot that holds no sample yet (never equal to a real id)
@@ -60,9 +60,7 @@ class FeatureQueue(nn.Module):
 
     def __init__(self, dim: int, size: int):
         super().__init__()
-        if not isinstance(size, int) or size <= 0:
-            raise ConfigError(f"queue_size must be a positive int, got {size!r}")
-        self.size = size
+        self.size = positive_int(size, "queue_size")
         self.register_buffer("image_queue", torch.zeros(dim, size))                       # [E, K]
         self.register_buffer("text_queue", torch.zeros(dim, size))                        # [E, K]
         self.register_buffer("idx_queue", torch.full((size,), NO_ID, dtype=torch.long))   # [K]

@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_int
 
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 VARIANCES = ("fixed_small", "fixed_large")   # beta-tilde | beta (diffusers' names)
@@ -72,8 +72,7 @@ def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
 
 
 def check_steps(steps, T: int) -> int:
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
-        raise InputError(f"sampling steps must be a positive int, got {steps!r}")
+    positive_int(steps, "sampling steps", error=InputError)
     if steps > T:
         raise InputError(f"sampling steps ({steps}) cannot exceed the {T} training timesteps")
     return steps

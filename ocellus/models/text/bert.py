@@ -27,7 +27,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_ints
 from ocellus.nn.attention import attend
 from ocellus.nn.masks import build_attention_mask
 from ocellus.nn.mlp import ACTIVATIONS, activation
@@ -52,11 +52,8 @@ class BertConfig:
     hf: dict = field(default_factory=dict, compare=False, repr=False)  # the source config.json, kept for save
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"BERT config field {name!r} must be a positive int, got {v!r}")
+        positive_ints(self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                             "intermediate_size", "max_position_embeddings"), "BERT config field {!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"BERT hidden_size={self.hidden_size} is not divisible by "
                               f"num_attention_heads={self.num_attention_heads}")

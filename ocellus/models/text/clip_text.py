@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_ints
 from ocellus.models.vision.vit import EncoderBlock
 from ocellus.nn.masks import build_attention_mask
 from ocellus.nn.mlp import ACTIVATIONS
@@ -66,11 +66,8 @@ class TextTowerConfig:
     hf: dict = field(default_factory=dict, compare=False, repr=False)  # source text config, kept for save
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                     "max_position_embeddings"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"text config field {name!r} must be a positive int, got {v!r}")
+        positive_ints(self, ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                             "max_position_embeddings"), "text config field {!r}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"text hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if self.pooling not in ("eos", "last"):

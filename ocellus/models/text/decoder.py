@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_ints
 from ocellus.nn.attention import Attention
 from ocellus.nn.kept_rows import KeptRows
 from ocellus.nn.kv_cache import StaticKVCache
@@ -51,11 +51,8 @@ class DecoderConfig:
     hf: dict = field(default_factory=dict, compare=False, repr=False)  # the source config.json, kept for save
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"config field {name!r} must be a positive int, got {v!r}")
+        positive_ints(self, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                             "num_attention_heads", "num_key_value_heads", "head_dim"), "config field {!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"num_attention_heads={self.num_attention_heads} must be a multiple of "
                               f"num_key_value_heads={self.num_key_value_heads}")
@@ -67,14 +64,9 @@ class DecoderConfig:
                                "num_attention_heads") if k not in cfg]
         if missing:
             raise ConfigError(f"config.json lacks required fields {missing}")
-        for key in _POSITIVE_INTS:  # a recipe's model.config is this dict too: a typo must name its key
-            value = cfg.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ConfigError(f"config {key} must be a positive int, got {value!r}")
-        for key in ("rms_norm_eps", "rope_theta"):
-            value = cfg.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise ConfigError(f"config {key} must be a positive number, got {value!r}")
+        # a recipe's model.config is this dict too: a typo must name its key
+        positive_ints(cfg, _POSITIVE_INTS, "config {}", optional=True)
+        positive_ints(cfg, ("rms_norm_eps", "rope_theta"), "config {}", optional=True, number=True)
         heads = cfg["num_attention_heads"]
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
         qwen2 = cfg.get("model_type") in ("qwen2", "qwen2_vl_text", "qwen2_5_vl_text")  # q/k/v bias, no o bias

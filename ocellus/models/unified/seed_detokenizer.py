@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_int
 from ocellus.models.generative.latent_diffusion import DiffusionModel
 from ocellus.models.unified.seed import SeedTokenizer
 
@@ -135,8 +135,7 @@ class SeedCodec(nn.Module):
                               "trained): encode works, decode needs a codec directory with `detokenizer` in config.json")
         steps = self.generate_defaults["steps"] if steps is None else steps
         scale = self.generate_defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"decode: steps must be a positive int, got {steps!r}")
+        positive_int(steps, "decode: steps")
         e = self.embed(codes)
         g = torch.Generator(device=e.device).manual_seed(int(seed))
         return self.detokenizer.generate(e, steps=steps, sampler=sampler, guidance_scale=scale, generator=g)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_ints
 from ocellus.nn.attention import attend
 from ocellus.nn.mlp import GeluMLP, SwiGLU
 from ocellus.nn.norms import LayerNorm, RMSNorm
@@ -57,11 +57,9 @@ class Qwen2VisionConfig:
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ConfigError(f"vision variant must be one of {VARIANTS}, got {self.variant!r}")
-        for name in ("depth", "hidden_size", "num_heads", "intermediate_size", "patch_size", "temporal_patch_size",
-                     "spatial_merge_size", "in_channels", "out_hidden_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"vision_config.{name} must be a positive int, got {v!r}")
+        positive_ints(self, ("depth", "hidden_size", "num_heads", "intermediate_size", "patch_size",
+                             "temporal_patch_size", "spatial_merge_size", "in_channels", "out_hidden_size"),
+                      "vision_config.{}")
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
             raise ConfigError(f"vision hidden_size {self.hidden_size} / num_heads {self.num_heads} must give a head "
                               f"dim divisible by 4 (2D RoPE splits it into row and column halves)")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_ints
 
 MODEL_TYPE = "ocellus_resnet"
 
@@ -45,10 +45,8 @@ class ResNetConfig:
     hf: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
-        for name in ("image_size", "num_channels", "stem_width", "stem_stride", "hidden_size", "norm_groups"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ConfigError(f"resnet config field {name!r} must be a positive int, got {v!r}")
+        positive_ints(self, ("image_size", "num_channels", "stem_width", "stem_stride", "hidden_size", "norm_groups"),
+                      "resnet config field {!r}")
         if not self.widths or len(self.widths) != len(self.depths):
             raise ConfigError(f"resnet config: widths {list(self.widths)} and depths {list(self.depths)} must be "
                               f"non-empty and of equal length (one entry per stage)")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_ints
 from ocellus.nn.attention import Attention
 from ocellus.nn.mlp import ACTIVATIONS, GeluMLP
 from ocellus.nn.norms import LayerNorm
@@ -63,11 +63,8 @@ class ViTConfig:
     hf: dict = field(default_factory=dict, compare=False, repr=False)  # source vision config, kept for save
 
     def __post_init__(self):
-        for name in ("image_size", "patch_size", "num_channels", "hidden_size", "intermediate_size",
-                     "num_layers", "num_heads"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"vision config field {name!r} must be a positive int, got {v!r}")
+        positive_ints(self, ("image_size", "patch_size", "num_channels", "hidden_size", "intermediate_size",
+                             "num_layers", "num_heads"), "vision config field {!r}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if self.image_size % self.patch_size:
