@@ -75,9 +75,9 @@ MUTATIONS += [
 
 MUTATIONS += [
     Mutation(name="decoder config: wrong-typed ints pass the check",
-             file="ocellus/models/text/decoder.py",
-             old="if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):",
-             new="if value is not None and isinstance(value, int) and value <= 0:",
+             file="ocellus/errors.py",
+             old="if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:",
+             new="if isinstance(value, kinds) and value <= 0:",
              tests=["tests/unit/test_decoder_config_types.py"]),
 ]
 
