@@ -115,13 +115,45 @@ def test_ocellus_train_runs_on_parquet_and_a_given_dataset(llava_data, tiny_vlm_
         run_recipe(load_recipe(ALIGN, _small(tiny_vlm_parts, tmp_path / "none", "data.source=hf")))
 
 
-def test_format_is_detected_and_a_wrong_one_is_a_config_error(llava_data, built):
+def test_format_is_detected_from_the_columns():
     from ocellus.data.hf_dataset import detect_format
     assert detect_format(["id", "image", "conversations"]) == "llava"
     assert detect_format(["messages", "images"]) == "messages"
     assert detect_format(["prompt", "chosen", "rejected", "images"]) == "preference"
     assert detect_format(["chosen", "rejected"]) == "preference"
     assert detect_format(["prompt", "images", "answer"]) == "prompt"
+    with pytest.raises(ConfigError, match=r"data.format: no known format fits the columns \['image', 'text'\]"):
+        detect_format(["text", "image"])
+
+
+def test_rows_keep_their_own_images_when_reordered_or_skipped(llava_data, tmp_path):
+    """The reader alone (no model): each row's id, text and image stay together through a reordered view of a
+    given dataset and through skipped bad rows."""
+    from PIL import Image
+
+    from ocellus.data.hf_dataset import given, read_conversations
+    from ocellus.data.image import load_image
+    root, records = llava_data["root"], llava_data["records"]
+    view = [3, 1, 0, 2]
+    with given(llava_data["messages"].select(view)):
+        rows = read_conversations({"source": "hf"})
+    for k, i in enumerate(view):
+        assert rows[k]["id"] == records[i]["id"]
+        assert rows[k]["messages"][0]["content"][-1]["text"] in records[i]["conversations"][0]["value"]
+        own = Image.open(root / records[i]["image"]).convert("RGB")
+        assert load_image(rows[k]["images"][0]).tobytes() == own.tobytes()
+    bad = [dict(r) for r in records]
+    bad[4]["image"], bad[7]["image"] = "images/nope.png", "../outside.png"
+    datasets.Dataset.from_list(bad).to_parquet(str(tmp_path / "bad.parquet"))
+    rows = read_conversations({"source": "hf", "path": str(tmp_path / "bad.parquet"), "image_root": str(root)},
+                              skip_bad_samples=True)
+    kept = [i for i in range(N) if i not in (4, 7)]
+    assert [r["id"] for r in rows] == [records[i]["id"] for i in kept]
+    assert [r["images"][0] for r in rows] == [root / records[i]["image"] for i in kept]
+    assert [r["where"] for r in rows] == [f"row {i}" for i in kept]
+
+
+def test_a_wrong_format_is_a_config_error(llava_data, built):
     with pytest.raises(ConfigError, match=r"data.format messages: the dataset has no column 'messages'"):
         _dataset(built, source="hf", path=str(llava_data["root"] / "llava.parquet"), format="messages")
     with pytest.raises(ConfigError, match=r"data.format preference: task vlm reads llava or messages rows"):
@@ -161,6 +193,13 @@ def test_new_data_keys_are_validated(tiny_vlm_parts, tmp_path):
     with pytest.raises(ConfigError, match=r"data.shuffle_buffer must be an integer"):
         load_recipe(ALIGN, base + ["data.source=shards", "data.shuffle_buffer=many"])
 
+
+def test_without_datasets_the_error_names_the_extra(monkeypatch, tmp_path):
+    from ocellus.data.hf_dataset import open_dataset
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)   # `import datasets` fails
+    (tmp_path / "x.parquet").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"pip install 'ocellus\[data\]'"):
+        open_dataset({"source": "hf", "path": str(tmp_path / "x.parquet")})
 
 # ---- post-training rows: DPO (prompt / chosen / rejected + images), GRPO (prompt + answer column) -------
 
@@ -222,3 +261,4 @@ def test_grpo_reads_prompt_rows_and_passes_columns_to_the_rewards(posttrain_rows
     run_recipe(recipe)
     records = [json.loads(line) for line in (tmp_path / "grpo" / "posttrain.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(any(k.startswith("rewards/") for k in r) for r in records)
+
