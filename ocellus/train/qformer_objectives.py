@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.connectors.qformer import QFormer, QFormerConfig
+from ocellus.models.contrastive.losses import hard_negatives as itm_hard_negatives
+from ocellus.models.contrastive.losses import info_nce, itg_loss, itm_loss
 from ocellus.models.text.bert import MLMHead
 from ocellus.models.vision.vit import VisionTransformer
 
@@ -79,36 +81,15 @@ def itc_similarity(query_feats: torch.Tensor, text_feat: torch.Tensor) -> torch.
 
 
 def itc_loss(sim: torch.Tensor, temperature: torch.Tensor | float, label_smoothing: float = 0.1) -> torch.Tensor:
-    """sim [B, B] (image i, text t), the matching pairs on the diagonal: mean of the image->text and
-    text->image cross-entropies of sim / temperature."""
-    logits = sim / temperature
-    targets = torch.arange(sim.shape[0], device=sim.device)
-    return (F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-            + F.cross_entropy(logits.t(), targets, label_smoothing=label_smoothing)) / 2
+    """sim [B, B] (image i, text t), the matching pairs on the diagonal: InfoNCE (losses.info_nce) of
+    sim / temperature, label-smoothed as LAVIS."""
+    return info_nce(sim / temperature, label_smoothing=label_smoothing)
 
 
 def hard_negatives(sim: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each image a negative text and for each text a negative image, drawn with probability
-    softmax(similarity) over the others (LAVIS: weights + 1e-4, diagonal zeroed). -> (text index per
-    image [B], image index per text [B])."""
-    B = sim.shape[0]
-    if B < 2:
-        raise InputError("ITM needs at least 2 image-text pairs per batch to find negatives; raise batch_size")
-    with torch.no_grad():
-        eye = torch.eye(B, dtype=torch.bool, device=sim.device)
-        w_i2t = (F.softmax(sim.float(), dim=1) + 1e-4).masked_fill(eye, 0)             # [B_i, B_t]
-        w_t2i = (F.softmax(sim.float().t(), dim=1) + 1e-4).masked_fill(eye, 0)         # [B_t, B_i]
-        neg_text = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
-        neg_image = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
-    return neg_text, neg_image
-
-
-def itg_loss(logits: torch.Tensor, dec_ids: torch.Tensor, text_mask: torch.Tensor,
-             label_smoothing: float = 0.1) -> torch.Tensor:
-    """logits [B, T, V] of the text positions; token t predicts token t+1 of dec_ids; padding not trained."""
-    labels = dec_ids[:, 1:].masked_fill(text_mask[:, 1:] == 0, -100)                  # [B, T-1]
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
-                           label_smoothing=label_smoothing)
+    """BLIP-2's one similarity matrix [B_i, B_t] -> (text index per image [B], image index per text [B]),
+    drawn by losses.hard_negatives over sim and sim.t() (diagonal excluded)."""
+    return itm_hard_negatives(sim, sim.t(), None, generator)
 
 
 # ---- the stage-1 model ------------------------------------------------------------------------------
@@ -171,6 +152,13 @@ class QFormerPretraining(nn.Module):
         dtype = next(self.vision_tower.parameters()).dtype
         return self.vision_tower(pixel_values.to(dtype)).last_hidden_state              # [B, S, Dv]
 
+    def itm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """ITM's score: queries and text under the BIDIRECTIONAL mask, the head on each query output,
+        averaged over queries -> match logits [N, 2]."""
+        Q = self.qformer.config.num_query_tokens
+        h = self.qformer(image, input_ids=input_ids, mask=qformer_mask("bidirectional", Q, attention_mask))
+        return self.itm_head(h[:, :Q]).mean(dim=1)
+
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 generator: torch.Generator | None = None, **unused) -> Stage1Output:
         """input_ids [B, T]: [CLS] + caption tokens (+ eos), padded; attention_mask [B, T]."""
@@ -189,16 +177,9 @@ class QFormerPretraining(nn.Module):
         sim = itc_similarity(query_feats, text_feat)                                    # [B, B]
         loss_itc = itc_loss(sim, self.itc.temperature(), self.label_smoothing)
 
-        # ITM: positives, (image, hard negative text), (hard negative image, text); bidirectional
+        # ITM: positives, (hard negative image, text), (image, hard negative text); bidirectional
         neg_text, neg_image = hard_negatives(sim.detach() / self.itc.temperature().detach(), generator)
-        ids3 = torch.cat([input_ids, input_ids[neg_text], input_ids])                  # [3B, T]
-        mask3 = torch.cat([attention_mask, attention_mask[neg_text], attention_mask])
-        image3 = torch.cat([image, image, image[neg_image]])                           # [3B, S, Dv]
-        h_itm = self.qformer(image3, input_ids=ids3, mask=qformer_mask("bidirectional", Q, mask3))
-        itm_logits = self.itm_head(h_itm[:, :Q]).mean(dim=1)                           # [3B, 2]
-        B = input_ids.shape[0]
-        itm_labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(itm_logits.device)
-        loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)
+        loss_itm = itm_loss(self.itm_logits, input_ids, attention_mask, image, neg_text, neg_image)
 
         # ITG: [DEC] instead of [CLS]; text reads the queries and its own past
         dec_ids = input_ids.clone()

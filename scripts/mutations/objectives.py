@@ -3,7 +3,7 @@ reviewer would try, each caught by a default-run test that recomputes one real s
 formula (or checks a property only the right wiring has)."""
 from mutations import Mutation
 
-LOSSES, MOCO = "ocellus/train/contrastive_losses.py", "ocellus/models/contrastive/moco.py"
+LOSSES, MOCO = "ocellus/models/contrastive/losses.py", "ocellus/models/contrastive/moco.py"
 MOMENTUM, ALBEF = "ocellus/models/contrastive/momentum.py", "ocellus/models/contrastive/albef.py"
 BLIP, QF = "ocellus/models/contrastive/blip.py", "ocellus/train/qformer_objectives.py"
 CAPFILT = "ocellus/train/capfilt.py"
@@ -21,8 +21,8 @@ MUTATIONS = [
              old="return scale.clamp(max=max_scale) if max_scale is not None else scale", new="return scale",
              tests=[T_ITC]),
     Mutation(name="objectives: clip infonce drops the text->image half", file=LOSSES,
-             old="F.cross_entropy(logits_per_image.t(), target)) / 2",
-             new="F.cross_entropy(logits_per_image, target)) / 2", tests=[T_ITC]),
+             old="+ F.cross_entropy(logits_per_image.t(), target, label_smoothing=label_smoothing)) / 2",
+             new="+ F.cross_entropy(logits_per_image, target, label_smoothing=label_smoothing)) / 2", tests=[T_ITC]),
     Mutation(name="objectives: clip infonce with ids: targets not normalised per row", file=LOSSES,
              old="target = pos.float() / pos.sum(1, keepdim=True)", new="target = pos.float()", tests=[T_ITC]),
     Mutation(name="objectives: siglip labels -1 on the diagonal, +1 off it", file=LOSSES,
@@ -35,21 +35,21 @@ MUTATIONS = [
     Mutation(name="objectives: siglip bias subtracted in the loss", file=LOSSES,
              old="logits = logits + bias", new="logits = logits - bias", tests=[T_ITC]),
     # ---- MoCo v2 ---------------------------------------------------------------------------------
-    Mutation(name="objectives: moco momentum update reversed (m on the query)", file=MOCO,
-             old="pk.mul_(m).add_(pq.detach(), alpha=1 - m)", new="pk.mul_(1 - m).add_(pq.detach(), alpha=m)",
+    Mutation(name="objectives: moco momentum update reversed (m on the query)", file=MOMENTUM,
+             old="pm.mul_(m).add_(p.detach(), alpha=1.0 - m)", new="pm.mul_(1.0 - m).add_(p.detach(), alpha=m)",
              tests=[T_MOCO]),
     Mutation(name="objectives: moco keys from the query encoder", file=MOCO,
              old="k = self.encoder_k(pixel_values_k)", new="k = self.encoder_q(pixel_values_k)", tests=[T_MOCO]),
-    Mutation(name="objectives: moco queue pointer never advances", file=MOCO,
-             old="self.queue_ptr.fill_((ptr + n) % K)", new="self.queue_ptr.fill_(ptr % K)", tests=[T_MOCO]),
+    Mutation(name="objectives: moco queue pointer never advances", file=MOMENTUM,
+             old="ptr.fill_((p + n) % K)", new="ptr.fill_(p % K)", tests=[T_MOCO]),
     Mutation(name="objectives: moco positive logit not in column 0 (label 1)", file=MOCO,
              old="labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)",
              new="labels = torch.ones(q.shape[0], dtype=torch.long, device=q.device)", tests=[T_MOCO]),
     # ---- ALBEF: ITC with momentum distillation, ITM, MLM ------------------------------------------
-    Mutation(name="objectives: albef itc soft targets from the online features", file=MOMENTUM,
+    Mutation(name="objectives: albef itc soft targets from the online features", file=LOSSES,
              old="sim_i2t_m = image_feat_m @ text_all / temp", new="sim_i2t_m = image_feat @ text_all / temp",
              tests=[T_ALBEF]),
-    Mutation(name="objectives: albef itc alpha mixing swapped", file=MOMENTUM,
+    Mutation(name="objectives: albef itc alpha mixing swapped", file=LOSSES,
              old="t2i_target = alpha * F.softmax(sim_t2i_m, dim=1) + (1 - alpha) * target",
              new="t2i_target = (1 - alpha) * F.softmax(sim_t2i_m, dim=1) + alpha * target", tests=[T_ALBEF]),
     Mutation(name="objectives: momentum encoders EMA reversed", file=MOMENTUM,
@@ -59,7 +59,7 @@ MUTATIONS = [
              old="self.queue.enqueue(image_feat_m, text_feat_m, ids", new="self.queue.enqueue(image_feat.detach(), "
              "text_feat.detach(), ids", tests=[T_ALBEF]),
     Mutation(name="objectives: momentum queue pointer never advances", file=MOMENTUM,
-             old="self.ptr.fill_((p + n) % self.size)", new="self.ptr.fill_(p % self.size)", tests=[T_ALBEF]),
+             old="ptr.fill_((p + n) % K)", new="ptr.fill_(p % K)", tests=[T_ALBEF]),
     Mutation(name="objectives: distillation alpha ramp never reaches alpha", file=MOMENTUM,
              old="alpha * min(1.0, step / warmup_steps)", new="alpha * min(1.0, step / (warmup_steps + 1))",
              tests=["tests/unit/test_albef.py::test_alpha_ramps_up_linearly"]),
@@ -78,16 +78,16 @@ MUTATIONS = [
     Mutation(name="objectives: albef mlm alpha mixing swapped", file=ALBEF,
              old="return (1 - alpha) * hard + alpha * soft_cross_entropy",
              new="return alpha * hard + (1 - alpha) * soft_cross_entropy", tests=[T_ALBEF]),
-    Mutation(name="objectives: itm hard negative is the argmax, not a draw", file=ALBEF,
+    Mutation(name="objectives: itm hard negative is the argmax, not a draw", file=LOSSES,
              old="neg_text = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)",
              new="neg_text = w_i2t.argmax(dim=1)", tests=[T_ALBEF]),
-    Mutation(name="objectives: itm hard negatives may be positives", file=ALBEF,
+    Mutation(name="objectives: itm hard negatives may be positives", file=LOSSES,
              old="w_t2i = (F.softmax(sim_t2i.float(), dim=1) + 1e-4).masked_fill(same, 0)",
              new="w_t2i = F.softmax(sim_t2i.float(), dim=1) + 1e-4", tests=[T_ALBEF]),
-    Mutation(name="objectives: itm labels swapped (negatives labelled match)", file=ALBEF,
+    Mutation(name="objectives: itm labels swapped (negatives labelled match)", file=LOSSES,
              old="labels = torch.cat([torch.ones(B), torch.zeros(2 * B)])",
              new="labels = torch.cat([torch.zeros(B), torch.ones(2 * B)])", tests=[T_ALBEF, T_BLIP]),
-    Mutation(name="objectives: itm negative images paired with the wrong texts", file=ALBEF,
+    Mutation(name="objectives: itm negative images paired with the wrong texts", file=LOSSES,
              old="images = torch.cat([image, image[neg_image], image])",
              new="images = torch.cat([image, image, image[neg_image]])", tests=[T_ALBEF, T_BLIP]),
     # ---- BLIP ------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ MUTATIONS = [
              old="dec.crossattention, dec.ffn = enc.crossattention, enc.ffn",
              new="dec.crossattention = enc.crossattention",
              tests=["tests/unit/test_blip.py::test_encoder_and_decoder_share_all_but_self_attention"]),
-    Mutation(name="objectives: lm/itg labels not shifted", file=QF,
+    Mutation(name="objectives: lm/itg labels not shifted", file=LOSSES,
              old="labels = dec_ids[:, 1:].masked_fill(text_mask[:, 1:] == 0, -100)",
              new="labels = dec_ids[:, :-1].masked_fill(text_mask[:, :-1] == 0, -100)", tests=[T_BLIP, T_QF]),
     # ---- BLIP-2 stage 1: one mask per objective --------------------------------------------------
@@ -117,7 +117,8 @@ MUTATIONS = [
              old='mask=qformer_mask("causal", Q, attention_mask))',
              new='mask=qformer_mask("unimodal", Q, attention_mask))', tests=[T_QF]),
     Mutation(name="objectives: qformer itm uses the causal mask", file=QF,
-             old='mask=qformer_mask("bidirectional", Q, mask3))', new='mask=qformer_mask("causal", Q, mask3))',
+             old='mask=qformer_mask("bidirectional", Q, attention_mask))',
+             new='mask=qformer_mask("causal", Q, attention_mask))',
              tests=[T_QF]),
     Mutation(name="objectives: qformer causal mask lets text see the future", file=QF,
              old="allowed = (same & (pos[None, :] <= pos[:, None]))",

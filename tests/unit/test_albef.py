@@ -12,10 +12,9 @@ from torch import nn
 
 import ocellus
 from ocellus.errors import ConfigError, InputError
-from ocellus.models.contrastive.albef import (AlignConfig, build_albef, distilled_mlm_loss, encode_captions,
-                                              hard_negatives, mask_for_mlm)
-from ocellus.models.contrastive.momentum import (NO_ID, FeatureQueue, distill_alpha, momentum_copy, momentum_update,
-                                                 queue_itc)
+from ocellus.models.contrastive.albef import AlignConfig, build_albef, distilled_mlm_loss, encode_captions, mask_for_mlm
+from ocellus.models.contrastive.losses import hard_negatives, queue_itc
+from ocellus.models.contrastive.momentum import NO_ID, FeatureQueue, distill_alpha, momentum_copy, momentum_update
 
 VISION = dict(image_size=16, patch_size=4, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
               num_attention_heads=4)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import ocellus.models.contrastive.albef as albef_mod
 from ocellus.models.contrastive.albef import build_albef
-from ocellus.models.contrastive.albef import hard_negatives
+from ocellus.models.contrastive.losses import hard_negatives
 
 from test_albef import TEXT, VISION, one_thread, random_batch  # noqa: F401  (autouse: one thread)
 

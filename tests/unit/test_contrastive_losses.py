@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ocellus.errors import InputError
-from ocellus.train.contrastive_losses import (MAX_LOGIT_SCALE, contrastive_loss, info_nce, logit_scale_value,
+from ocellus.models.contrastive.losses import (MAX_LOGIT_SCALE, contrastive_loss, info_nce, logit_scale_value,
                                                sigmoid_loss)
 
 

@@ -12,8 +12,8 @@ import ocellus
 from ocellus.errors import ConfigError, InputError
 from ocellus.models.connectors.qformer import QFormer, QFormerConfig
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
-from ocellus.train.qformer_objectives import (QFormerPretraining, hard_negatives, itc_loss, itc_similarity, itg_loss,
-                                              qformer_mask)
+from ocellus.models.contrastive.losses import itg_loss
+from ocellus.train.qformer_objectives import QFormerPretraining, hard_negatives, itc_loss, itc_similarity, qformer_mask
 
 Q, VOCAB = 3, 40
 

@@ -84,7 +84,7 @@ def test_caption_width_may_differ_from_the_embedding_width_and_shapes_are_checke
 
 
 def test_equal_caption_ids_are_positives_of_each_other():
-    from ocellus.train.contrastive_losses import info_nce
+    from ocellus.models.contrastive.losses import info_nce
     m = tiny().eval()
     px, cap, img = torch.rand(4, 3, 16, 16) * 2 - 1, torch.randn(4, 12), torch.randn(4, 12)
     ids = torch.tensor([0, 1, 0, 2])

@@ -7,7 +7,8 @@ queries and text have separate feed-forward layers. Whatever the text does, the 
 
     x = LN([queries ; word + position embeddings of the text])          (the text part is optional)
     L x BertLayer(query_length=Q): self-attention over all (masked per objective, see
-        ocellus/train/qformer_objectives.py), cross-attention and ffn_query on the queries, ffn on the text
+        ocellus/train/qformer_objectives.py, losses in ocellus/models/contrastive/losses.py), cross-attention and
+        ffn_query on the queries, ffn on the text
 
 Matches transformers' Blip2QFormerModel (+ the model's `query_tokens`, which live here) and its
 Blip2TextEmbeddings (tests/parity/test_blip2_parity.py). `from_bert` initialises the shared layers

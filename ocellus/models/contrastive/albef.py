@@ -20,8 +20,8 @@ and models/xbert.py (`mode="text"` runs the first layers, `mode="fusion"` the re
 One BERT (ocellus/models/text/bert.py, cross-attention in the fusion layers) holds both text and
 fusion encoder; `bert_layers` runs a slice of its layers. The text vocabulary is the tokenizer's
 plus [CLS], [MASK], [ENC], [DEC] (`SpecialIds`); [SEP] is the tokenizer's eos. ALBEF and BLIP
-(ocellus/models/contrastive/blip.py) share this file's pieces: the config, the layer runner, the
-hard-negative sampler and the ITM loss.
+(ocellus/models/contrastive/blip.py) share this file's pieces: the config, the layer runner and the
+heads; the losses (ITC with queues, hard negatives, ITM) are ocellus/models/contrastive/losses.py's.
 
 Differences from the reference: the alpha ramp counts training forwards (`step` buffer) instead of
 loader iterations; a batch whose masking chose no token gets one masked token (else its MLM loss is
@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError, positive_ints
 from ocellus.models.contrastive.clip import _group
-from ocellus.models.contrastive.momentum import (NO_ID, FeatureQueue, distill_alpha, momentum_copy,
-                                                 momentum_update, queue_itc, soft_cross_entropy)
+from ocellus.models.contrastive.losses import hard_negatives, itm_loss, queue_itc, soft_cross_entropy
+from ocellus.models.contrastive.momentum import NO_ID, FeatureQueue, distill_alpha, momentum_copy, momentum_update
 from ocellus.models.text.bert import Bert, BertConfig, mask_tokens
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 from ocellus.nn.masks import build_attention_mask
@@ -144,45 +144,6 @@ def bert_layers(layers, x: torch.Tensor, attention_mask: torch.Tensor | None, im
             x = layer.crossattention(x, None, kv=image)
         x = layer.ffn(x)
     return x
-
-
-# ---- ITM ------------------------------------------------------------------------------------------
-def hard_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, ids: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each image a negative text and for each text a negative image, drawn with probability
-    softmax(similarity) over the batch's non-positives (ALBEF; BLIP adds 1e-4 so no weight is 0
-    before masking, kept here). sim_*: [B, B] batch similarities; ids [B]: equal ids are positives
-    (None: only the diagonal). -> (negative text index per image [B], negative image index per text [B])."""
-    B = sim_i2t.shape[0]
-    if sim_i2t.shape != (B, B) or sim_t2i.shape != (B, B):
-        raise InputError(f"hard_negatives takes square batch similarities, got {tuple(sim_i2t.shape)} and "
-                         f"{tuple(sim_t2i.shape)}")
-    with torch.no_grad():
-        same = (ids[:, None] == ids[None, :]) if ids is not None else torch.eye(B, dtype=torch.bool,
-                                                                                device=sim_i2t.device)
-        lonely = same.all(dim=1).nonzero().flatten().tolist()
-        if lonely:
-            raise InputError(f"pairs {lonely[:10]} have no negative in the batch (batch of one, or every pair shares "
-                             "their id): ITM needs at least two distinct ids per batch")
-        w_i2t = (F.softmax(sim_i2t.float(), dim=1) + 1e-4).masked_fill(same, 0)               # [B, B]
-        w_t2i = (F.softmax(sim_t2i.float(), dim=1) + 1e-4).masked_fill(same, 0)
-        neg_text = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)                 # [B]
-        neg_image = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)                # [B]
-    return neg_text, neg_image
-
-
-def itm_loss(itm_head: nn.Module, fuse, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
-             neg_text: torch.Tensor, neg_image: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the ITM head on B positives, B (negative image, text) and B (image, negative
-    text) pairs. fuse(text [N, T, ...], mask [N, T], image [N, S, Dv]) -> fused states [N, T, D];
-    `text` is whatever fuse takes as its text input (ALBEF: text-encoder states; BLIP: ids)."""
-    B = text.shape[0]
-    texts = torch.cat([text, text, text[neg_text]])                                          # [3B, T, ...]
-    masks = torch.cat([text_mask, text_mask, text_mask[neg_text]])
-    images = torch.cat([image, image[neg_image], image])                                     # [3B, S, Dv]
-    logits = itm_head(fuse(texts, masks, images)[:, 0])                                      # [3B, 2]
-    labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(logits.device)
-    return F.cross_entropy(logits.float(), labels)
 
 
 # ---- MLM ------------------------------------------------------------------------------------------
@@ -296,10 +257,15 @@ class ImageTextHeads(nn.Module):
         """P(match) [B] of each (image i, text i) pair from the ITM head (CapFilt's filter)."""
         return self.itm_from_states(self.visual_encoder(pixel_values).last_hidden_state, input_ids, attention_mask)
 
+    def itm_logits(self, grounded):
+        """ITM's score function: grounded(text, mask, image) -> states [N, T, D] -> match logits [N, 2] of
+        the first ([CLS] / [ENC]) position (losses.itm_loss)."""
+        return lambda text, mask, image: self.itm_head(grounded(text, mask, image)[:, 0])
+
     @torch.no_grad()
     def itm_from_states(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """P(match) [B] from image states [B, S, Dv] already computed (retrieval re-ranking)."""
-        return self.itm_head(self.grounded_states(input_ids, attention_mask, image)[:, 0]).float().softmax(-1)[:, 1]
+        return self.itm_logits(self.grounded_states)(input_ids, attention_mask, image).float().softmax(-1)[:, 1]
 
     def encode_text_fn(self, tok, max_length: int | None = None):
         """list[str] -> normalised ITC text features (for ocellus/eval/retrieval.py)."""
@@ -367,7 +333,7 @@ class ALBEF(ImageTextHeads):
 
         B = input_ids.shape[0]
         neg_text, neg_image = hard_negatives(sim_i2t[:, :B], sim_t2i[:, :B], ids, generator)
-        loss_itm = itm_loss(self.itm_head, self.fuse, text, attention_mask, image, neg_text, neg_image)
+        loss_itm = itm_loss(self.itm_logits(self.fuse), text, attention_mask, image, neg_text, neg_image)
 
         masked, labels = mask_for_mlm(input_ids, attention_mask, cfg, generator)
         with torch.no_grad():
@@ -402,16 +368,22 @@ def vision_from_config(vision: dict) -> VisionTransformer:
     return VisionTransformer(ViTConfig.from_hf({"model_type": "clip_vision_model", **vision}))
 
 
-def build_albef(config: dict) -> ALBEF:
-    """Our config.json dict {vision_config, text_config, align_config} -> ALBEF (random init unless
-    the loader skips it). text_config: BERT fields; align_config: AlignConfig fields."""
+def align_parts(config: dict, name: str, cross_attention) -> tuple[AlignConfig, VisionTransformer, BertConfig]:
+    """Our config.json dict {vision_config, text_config, align_config} -> (AlignConfig, the ViT, the text
+    BertConfig with cross-attention in the layers cross_attention(align config, num_layers) names): what
+    ALBEF and BLIP build from. text_config: BERT fields; align_config: AlignConfig fields."""
     for key in ("vision_config", "text_config", "align_config"):
         if key not in config:
-            raise ConfigError(f"ALBEF config lacks {key!r}")
+            raise ConfigError(f"{name} config lacks {key!r}")
     cfg = AlignConfig.from_dict(config["align_config"])
     vit = vision_from_config(config["vision_config"])
     layers = int(config["text_config"]["num_hidden_layers"])
-    bert_cfg = text_bert_config(config["text_config"], cfg, vit.config.hidden_size, range(cfg.text_layers, layers))
+    return cfg, vit, text_bert_config(config["text_config"], cfg, vit.config.hidden_size, cross_attention(cfg, layers))
+
+
+def build_albef(config: dict) -> ALBEF:
+    """Our config.json dict -> ALBEF (random init unless the loader skips it); fusion layers cross-attend."""
+    cfg, vit, bert_cfg = align_parts(config, "ALBEF", lambda cfg, layers: range(cfg.text_layers, layers))
     return ALBEF(vit, Bert(bert_cfg, pooler=False, mlm_head=True), cfg)
 
 
@@ -440,5 +412,5 @@ def family():
                   tied=shared_keys)
 
 
-__all__ = ["ALBEF", "AlignConfig", "AlignOutput", "encode_captions", "bert_layers", "hard_negatives", "itm_loss",
-           "mask_for_mlm", "distilled_mlm_loss", "build_albef", "family", "shared_keys", "NUM_EXTRA_TOKENS"]
+__all__ = ["ALBEF", "AlignConfig", "AlignOutput", "encode_captions", "bert_layers", "mask_for_mlm", "distilled_mlm_loss",
+           "build_albef", "family", "shared_keys", "NUM_EXTRA_TOKENS"]

@@ -31,13 +31,12 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError
-from ocellus.models.contrastive.albef import (AlignConfig, AlignOutput, ImageTextHeads, align_hf_config, bert_layers,
-                                              hard_negatives, itm_loss, shared_keys, text_bert_config,
-                                              vision_from_config)
+from ocellus.models.contrastive.albef import (AlignConfig, AlignOutput, ImageTextHeads, align_hf_config, align_parts,
+                                              bert_layers, shared_keys)
 from ocellus.models.contrastive.clip import _group
+from ocellus.models.contrastive.losses import hard_negatives, itg_loss, itm_loss
 from ocellus.models.text.bert import Bert
 from ocellus.models.vision.vit import VisionTransformer
-from ocellus.train.qformer_objectives import itg_loss
 
 
 def tie_decoder(encoder: Bert) -> Bert:
@@ -120,7 +119,7 @@ class BLIP(ImageTextHeads):
             if "itm" in objectives:
                 B = input_ids.shape[0]
                 neg_text, neg_image = hard_negatives(sim_i2t[:, :B], sim_t2i[:, :B], ids, generator)
-                out.loss_itm = itm_loss(self.itm_head, self.grounded_states, input_ids, attention_mask, image,
+                out.loss_itm = itm_loss(self.itm_logits(self.grounded_states), input_ids, attention_mask, image,
                                         neg_text, neg_image)
         if "lm" in objectives:
             dec_ids = input_ids.clone()
@@ -203,13 +202,8 @@ class _Logits:
 
 # ---- building and checkpoints (our own format: the pretraining model with momentum state, as LAVIS's) --
 def build_blip(config: dict) -> BLIP:
-    for key in ("vision_config", "text_config", "align_config"):
-        if key not in config:
-            raise ConfigError(f"BLIP config lacks {key!r}")
-    cfg = AlignConfig.from_dict(config["align_config"])
-    vit = vision_from_config(config["vision_config"])
-    layers = int(config["text_config"]["num_hidden_layers"])
-    bert_cfg = text_bert_config(config["text_config"], cfg, vit.config.hidden_size, range(layers))
+    """Our config.json dict -> BLIP; every text layer cross-attends."""
+    cfg, vit, bert_cfg = align_parts(config, "BLIP", lambda cfg, layers: range(layers))
     return BLIP(vit, Bert(bert_cfg, pooler=False), cfg)
 
 

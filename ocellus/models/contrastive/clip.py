@@ -9,7 +9,7 @@ logits_per_text, text_embeds, image_embeds; tests/parity/test_clip_parity.py).
 `DualEncoder` is the composed model for CLIP and SigLIP alike, built from parts passed in:
 an image tower (ocellus/models/vision/vit.py), a text tower (ocellus/models/text/clip_text.py),
 optional projections, the log-scale and (SigLIP) a bias, and which loss trains it
-(ocellus/train/contrastive_losses.py: InfoNCE or sigmoid; features are all-gathered across
+(ocellus/models/contrastive/losses.py: InfoNCE or sigmoid; features are all-gathered across
 processes so negatives span the global batch). ocellus/models/contrastive/siglip.py builds the
 SigLIP one. Parameter names equal transformers' (vision_model.*, text_model.*, visual_projection,
 text_projection, logit_scale, logit_bias); the key tables below map the towers' inner names.
@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from ocellus.errors import ConfigError, InputError, positive_int
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.vision_families import vision_rules
+from ocellus.models.contrastive.losses import MAX_LOGIT_SCALE, contrastive_loss, logit_scale_value
 from ocellus.models.text.clip_text import ProjectedText, TextTowerConfig, TextTransformer
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
-from ocellus.train.contrastive_losses import MAX_LOGIT_SCALE, contrastive_loss, logit_scale_value
 
 LOSSES = ("infonce", "sigmoid")
 

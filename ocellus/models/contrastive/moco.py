@@ -19,7 +19,6 @@ is what it guards against (information leaking through batch statistics).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +26,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError, positive_ints
-from ocellus.train.contrastive_losses import gather_no_grad
+from ocellus.models.contrastive.losses import gather_no_grad
+from ocellus.models.contrastive.momentum import fifo_write, momentum_copy, momentum_update
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,7 @@ class MoCo(nn.Module):
         super().__init__()
         self.config = cfg
         self.encoder_q = Embedder(backbone, feature_dim, cfg)
-        self.encoder_k = copy.deepcopy(self.encoder_q)       # starts equal to the query encoder
-        self.encoder_k.requires_grad_(False)                 # updated only by momentum
+        self.encoder_k = momentum_copy(self.encoder_q)       # starts equal to the query encoder, moves by momentum
         self.register_buffer("queue", F.normalize(torch.randn(cfg.dim, cfg.queue_size), dim=0))  # [C, K]
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
@@ -94,20 +93,12 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def momentum_update(self) -> None:
         """theta_k <- m * theta_k + (1 - m) * theta_q (Eq. 2)."""
-        m = self.config.momentum
-        for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
-            pk.mul_(m).add_(pq.detach(), alpha=1 - m)
+        momentum_update([(self.encoder_q, self.encoder_k)], self.config.momentum)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Replace the oldest len(keys) queue entries with `keys` [N, C] (FIFO via a moving pointer)."""
-        K, n = self.config.queue_size, keys.shape[0]
-        if K % n:
-            raise ConfigError(f"MoCo queue_size {K} is not a multiple of the global batch {n}: the queue pointer "
-                              "would wrap inside a batch; choose a batch size dividing queue_size")
-        ptr = int(self.queue_ptr)
-        self.queue[:, ptr:ptr + n] = keys.t()                                     # [C, n]
-        self.queue_ptr.fill_((ptr + n) % K)
+        fifo_write((self.queue,), (keys,), self.queue_ptr)
 
     def forward(self, pixel_values: torch.Tensor, pixel_values_k: torch.Tensor) -> MoCoOutput:
         """Two views [N, 3, H, W] of the same N images -> InfoNCE loss. In training mode this also

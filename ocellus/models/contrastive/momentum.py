@@ -1,25 +1,22 @@
-"""Momentum encoders, feature queues and momentum distillation: the machinery ALBEF and BLIP share.
+"""Momentum encoders and feature queues: the machinery MoCo, ALBEF and BLIP share (written once here).
 
-ALBEF (Li et al. 2021, "Align before Fuse: Vision and Language Representation Learning with
-Momentum Distillation", sec. 3.2-3.3) and BLIP (Li et al. 2022, sec. 3.2) keep, as MoCo does,
+MoCo (He et al. 2020, Eq. 2 and Algorithm 1), ALBEF (Li et al. 2021, "Align before Fuse: Vision and
+Language Representation Learning with Momentum Distillation", sec. 3.2-3.3) and BLIP (Li et al. 2022,
+sec. 3.2) keep
 
-  - momentum copies of the unimodal encoders and projections, moved by an exponential moving
-    average after every step:  theta_m <- m * theta_m + (1 - m) * theta          (m = 0.995)
-  - FIFO queues of the K most recent momentum image and text features (and sample ids), so the
-    image-text contrastive loss (ITC) sees K + B - 1 negatives instead of B - 1:
-        s(I, T) = g_v(v_cls)^T g'_w(w'_cls) / tau   over [this batch's momentum texts ; queue]
-  - momentum distillation: the targets are a mix of the one-hot (or, with ids, uniform over
-    samples that share an id) ground truth and the momentum model's own softmax:
-        y = (1 - alpha) * y_true + alpha * softmax(s_m / tau)
-        L = -sum(y * log_softmax(s / tau))                                      (ALBEF Eq. 6-7)
-    alpha ramps up linearly from 0 over the first steps (ALBEF: the first epoch).
+  - momentum copies of the encoders and projections, moved by an exponential moving average after
+    every step:  theta_m <- m * theta_m + (1 - m) * theta          (`momentum_update`; ALBEF m = 0.995)
+  - FIFO queues of the K most recent momentum features (and sample ids), so the contrastive loss sees
+    K + B - 1 negatives instead of B - 1 (`fifo_write`: MoCo's key queue and ALBEF/BLIP's `FeatureQueue`)
+  - (ALBEF, BLIP) momentum distillation, whose weight alpha ramps up linearly from 0 over the first
+    steps (`distill_alpha`; ALBEF: the first epoch). The distilled ITC itself is losses.queue_itc.
 
 Reference implementation: salesforce/ALBEF models/model_pretrain.py (`_momentum_update`,
-`_dequeue_and_enqueue`, the ITA block) and salesforce/BLIP models/blip_retrieval.py (ids in the
-queue: `idx_queue`, `pos_idx / pos_idx.sum(1)`). Differences: the features are all-gathered with
-ocellus/train/contrastive_losses.py before they are queued (as theirs `concat_all_gather`);
-`alpha` comes from a step counter kept in the model (`distill_alpha`), not from the data loader;
-unwritten queue slots are not negatives (theirs start as random unit vectors: see FeatureQueue).
+`_dequeue_and_enqueue`) and salesforce/BLIP models/blip_retrieval.py (ids in the queue: `idx_queue`).
+Differences: the features are all-gathered with losses.gather_no_grad before they are queued (as
+theirs `concat_all_gather`); `alpha` comes from a step counter kept in the model (`distill_alpha`), not
+from the data loader; unwritten queue slots are not negatives (theirs start as random unit vectors:
+see FeatureQueue).
 """
 from __future__ import annotations
 
@@ -27,10 +24,9 @@ import copy
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError, positive_int
-from ocellus.train.contrastive_losses import gather_no_grad
+from ocellus.errors import ConfigError, positive_int
+from ocellus.models.contrastive.losses import gather_no_grad
 
 NO_ID = -100   # the id of a queue slot that holds no sample yet (never equal to a real id)
 
@@ -50,6 +46,22 @@ def momentum_update(pairs: list[tuple[nn.Module, nn.Module]], m: float) -> None:
     for online, twin in pairs:
         for p, pm in zip(online.parameters(), twin.parameters()):
             pm.mul_(m).add_(p.detach(), alpha=1.0 - m)
+
+
+@torch.no_grad()
+def fifo_write(queues: tuple[torch.Tensor, ...], rows: tuple[torch.Tensor, ...], ptr: torch.Tensor) -> int:
+    """The one FIFO step of every feature queue: overwrite the oldest n slots of each queue (features
+    [E, K] take rows [n, E], ids [K] take [n]) at the pointer ptr (a 0-d long buffer) and advance it.
+    -> n. The queue size must be a multiple of n, else the pointer would wrap inside a batch."""
+    K, n = queues[0].shape[-1], rows[0].shape[0]
+    if K % n:
+        raise ConfigError(f"queue_size {K} is not a multiple of the global batch {n}: the pointer would wrap "
+                          "inside a batch; choose a batch size that divides queue_size")
+    p = int(ptr)
+    for queue, new in zip(queues, rows):
+        queue[..., p:p + n] = new.t()                                                     # [E, n] or [n]
+    ptr.fill_((p + n) % K)
+    return n
 
 
 class FeatureQueue(nn.Module):
@@ -76,21 +88,8 @@ class FeatureQueue(nn.Module):
     def enqueue(self, image_feat: torch.Tensor, text_feat: torch.Tensor, ids: torch.Tensor) -> None:
         """Overwrite the oldest n slots with this step's features [n, E] of every process."""
         image_feat, text_feat, ids = gather_no_grad(image_feat), gather_no_grad(text_feat), gather_no_grad(ids)
-        n = image_feat.shape[0]
-        if self.size % n:
-            raise ConfigError(f"queue_size {self.size} is not a multiple of the global batch {n}: the pointer would "
-                              "wrap inside a batch; choose a batch size that divides queue_size")
-        p = int(self.ptr)
-        self.image_queue[:, p:p + n] = image_feat.t()                                     # [E, n]
-        self.text_queue[:, p:p + n] = text_feat.t()
-        self.idx_queue[p:p + n] = ids
-        self.ptr.fill_((p + n) % self.size)
+        n = fifo_write((self.image_queue, self.text_queue, self.idx_queue), (image_feat, text_feat, ids), self.ptr)
         self.filled.fill_(min(self.size, int(self.filled) + n))
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """-sum_j targets_j log softmax(logits)_j per row -> [rows] (targets are distributions)."""
-    return -(F.log_softmax(logits.float(), dim=-1) * targets).sum(dim=-1)
 
 
 def distill_alpha(alpha: float, step: int, warmup_steps: int) -> float:
@@ -98,45 +97,4 @@ def distill_alpha(alpha: float, step: int, warmup_steps: int) -> float:
     return alpha if warmup_steps <= 0 else alpha * min(1.0, step / warmup_steps)
 
 
-def itc_targets(ids: torch.Tensor | None, queue_ids: torch.Tensor, n: int) -> torch.Tensor:
-    """Ground-truth ITC targets [n, n + K]: one-hot on the diagonal, or (ids given) uniform over every
-    column, batch or queue, holding the same id (duplicate captions are positives, not negatives)."""
-    K, device = queue_ids.shape[0], queue_ids.device
-    if ids is None:
-        target = torch.zeros(n, n + K, device=device)
-        target[:, :n] = torch.eye(n, device=device)
-        return target
-    ids_all = torch.cat([ids, queue_ids])                                                 # [n + K]
-    pos = (ids[:, None] == ids_all[None, :]).float()                                      # [n, n + K]
-    return pos / pos.sum(dim=1, keepdim=True)
-
-
-def queue_itc(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_m: torch.Tensor,
-              text_feat_m: torch.Tensor, queue: FeatureQueue, temp: torch.Tensor, alpha: float,
-              ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ITC with momentum queues and momentum distillation. Features are L2-normalised [n, E]
-    (online: with gradient; momentum: without). Returns (loss, sim_i2t, sim_t2i), the similarities
-    [n, n + k] / temp over [batch ; the k written queue slots], whose batch block ITM samples hard
-    negatives from."""
-    n = image_feat.shape[0]
-    if ids is not None and ids.shape != (n,):
-        raise InputError(f"ids must hold one id per pair ({n}), got shape {tuple(ids.shape)}")
-    image_q, text_q, ids_q = queue.entries()
-    if n + ids_q.shape[0] < 2:
-        raise InputError("ITC needs at least one negative: a batch of one pair and an empty queue")
-    with torch.no_grad():
-        image_all = torch.cat([image_feat_m.t(), image_q], dim=1)                         # [E, n + k]
-        text_all = torch.cat([text_feat_m.t(), text_q], dim=1)                            # [E, n + k]
-        target = itc_targets(ids, ids_q, n)                                               # [n, n + k]
-        sim_i2t_m = image_feat_m @ text_all / temp
-        sim_t2i_m = text_feat_m @ image_all / temp
-        i2t_target = alpha * F.softmax(sim_i2t_m, dim=1) + (1 - alpha) * target
-        t2i_target = alpha * F.softmax(sim_t2i_m, dim=1) + (1 - alpha) * target
-    sim_i2t = image_feat @ text_all / temp                                                 # [n, n + k]
-    sim_t2i = text_feat @ image_all / temp                                                 # [n, n + k]
-    loss = (soft_cross_entropy(sim_i2t, i2t_target).mean() + soft_cross_entropy(sim_t2i, t2i_target).mean()) / 2
-    return loss, sim_i2t, sim_t2i
-
-
-__all__ = ["momentum_copy", "momentum_update", "FeatureQueue", "soft_cross_entropy", "distill_alpha", "itc_targets",
-           "queue_itc", "NO_ID"]
+__all__ = ["momentum_copy", "momentum_update", "fifo_write", "FeatureQueue", "distill_alpha", "NO_ID"]

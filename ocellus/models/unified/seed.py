@@ -26,10 +26,10 @@ import torch.nn.functional as F
 
 from ocellus.errors import InputError
 from ocellus.models.connectors.qformer import QFormer
+from ocellus.models.contrastive.losses import info_nce
 from ocellus.models.generative.maskgit import Block
 from ocellus.models.generative.vq import QuantizerOutput, VectorQuantizer
 from ocellus.models.vision.vit import VisionTransformer
-from ocellus.train.contrastive_losses import info_nce
 
 
 @dataclass
