@@ -1,7 +1,10 @@
 """The generation engine: greedy / sampled decoding and beam search over a static KV cache.
 
 `generate` returns ids like transformers' `generate` ([B, T + new], finished rows padded);
-`stream` yields text deltas for one prompt (used by chat and serve).
+`stream` yields text deltas for one prompt (used by chat and serve). `decode_steps` is the one
+KV-cached decode loop: its `choose_token(step, logits) -> ids` hook replaces the sampling step for
+callers whose choice spans rows or depends on the step (the unified models' classifier-free guidance
+over cond/uncond row pairs and image-layout constraints, ocellus/models/unified/__init__.py).
 
 The model contract (DecoderLM, and later the VLMs) is small:
   model(input_ids, attention_mask, position_ids, cache, logits_to_keep=1, **prefill_kwargs).logits
@@ -11,7 +14,7 @@ Prompts are left-padded; positions follow transformers' generate: cumsum(mask) -
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -115,8 +118,14 @@ def prepare_prompt(model, input_ids, attention_mask, max_new_tokens: int) -> Pro
                          "(tokenizer padding_side='left')")
     if bool((mask.sum(-1) == 0).any()):
         raise InputError(f"rows {mask.sum(-1).eq(0).nonzero().flatten().tolist()} of attention_mask are all padding")
-    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    return Prompt(input_ids, mask, pos)
+    return Prompt(input_ids, mask, left_padded_positions(mask))
+
+
+def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Left padding [B, T] -> position ids as transformers' generate: cumsum(mask) - 1, pads at 1
+    (a pad's position is never read: no real token attends a pad key)."""
+    mask = attention_mask.long()
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
 class _StopStrings:
@@ -136,8 +145,11 @@ class _StopStrings:
 
 @torch.inference_mode()
 def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
+                 choose_token: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
                  **prefill_kwargs) -> Iterator[torch.Tensor]:
-    """Greedy/sampled decoding. Yields the next ids [B] step by step (finished rows get pad)."""
+    """Greedy/sampled decoding. Yields the next ids [B] step by step (finished rows get pad).
+    choose_token(step, logits [B, V] float) -> ids [B]: chooses each step's tokens instead of cfg's
+    logits processing and sampling (eos, stop strings and padding of finished rows still apply)."""
     B, T = prompt.input_ids.shape
     if cfg.max_new_tokens == 0:
         return
@@ -161,11 +173,14 @@ def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
                    position_ids=prompt.position_ids, cache=cache, logits_to_keep=1, **prefill_kwargs).logits
     for step in range(cfg.max_new_tokens):
         scores = logits[:, -1].float()                                              # [B, V]
-        if processing:
-            scores = process_logits(scores, seqs[:, :T + step], do_sample=sample, temperature=cfg.temperature,
-                                    top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
-                                    repetition_penalty_=cfg.repetition_penalty)
-        nxt = choose(scores, sample, gen)                                           # [B]
+        if choose_token is not None:
+            nxt = choose_token(step, scores)                                        # [B]
+        else:
+            if processing:
+                scores = process_logits(scores, seqs[:, :T + step], do_sample=sample, temperature=cfg.temperature,
+                                        top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
+                                        repetition_penalty_=cfg.repetition_penalty)
+            nxt = choose(scores, sample, gen)                                       # [B]
         if can_finish and cfg.pad_token_id is not None:
             nxt = nxt.masked_fill(finished, cfg.pad_token_id)
         seqs[:, T + step] = nxt

@@ -7,9 +7,11 @@
 
 Shared here: the vocabulary layout of text + image tokens (`UnifiedVocab`), the word-level text
 vocabulary of the tiny shapes captions (`WordVocab`), one sampling step with classifier-free
-guidance and an allowed-token constraint (`pick`), and the token-by-token loops of the models whose
-images are words of one decoder (Emu3, SEED-LLaMA): `pair_sequence`, `cached_decode`, `guided_image_ids`,
-`caption_after`.
+guidance and an allowed-token constraint (`pick`), and what the models whose images are words of one
+decoder (Emu3, SEED-LLaMA) decode with: `pair_sequence`, `cached_decode`, `guided_image_ids`,
+`caption_after`. The KV-cached loop itself is the generation engine's (infer/generate.py
+`decode_steps`): these, and Janus' code generation, plug their token choice (guidance, constraint) into
+it as its `choose_token` hook (`engine_decode`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from ocellus.errors import ConfigError, InputError
+from ocellus.infer.generate import GenerationConfig, decode_steps, prepare_prompt
 from ocellus.infer.sampling import choose, top_k_filter
 from ocellus.models.generative.guidance import check_guidance_scale, guide_scale
 
@@ -128,11 +131,6 @@ def left_pad(rows: list[list[int]], pad: int = PAD) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Left padding -> position ids: cumsum(mask) - 1, pads at 0 (what transformers' generate does)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def pick(cond: torch.Tensor, uncond: torch.Tensor | None = None, scale: float = 1.0,
          allowed: torch.Tensor | None = None, temperature: float = 1.0, top_k: int | None = None,
          generator: torch.Generator | None = None) -> torch.Tensor:
@@ -165,23 +163,21 @@ def pair_sequence(text: list[int], image: list[int], task: str) -> tuple[list[in
 
 
 @torch.no_grad()
+def engine_decode(model, ids: torch.Tensor, mask: torch.Tensor | None, steps: int, choose_fn,
+                  **prefill) -> torch.Tensor:
+    """Left-padded prompts ids / mask [R, T] through the generation engine's KV-cached loop (infer/generate.py
+    decode_steps, no eos: every row runs `steps` tokens); choose_fn(step, logits [R, V]) -> ids [R] for
+    every row (rows may be cond/uncond pairs that must receive the same token) -> ids [R, steps].
+    prefill: model inputs of the first step only (pixel_values)."""
+    prompt = prepare_prompt(model, ids, mask, steps)
+    cfg = GenerationConfig(max_new_tokens=steps, eos_token_id=())
+    return torch.stack(list(decode_steps(model, prompt, cfg, choose_token=choose_fn, **prefill)), 1)   # [R, steps]
+
+
+@torch.no_grad()
 def cached_decode(decoder, rows: list[list[int]], steps: int, choose_fn) -> torch.Tensor:
-    """Left-padded prompts [R, T] through a DecoderLM's KV cache; choose_fn(step, logits [R, V]) -> ids [R]
-    for every row (rows may be cond/uncond pairs that must receive the same token) -> ids [R, steps]."""
-    ids, mask = left_pad(rows)
-    R, T = ids.shape
-    cache = decoder.new_cache(R, T + steps)
-    logits = decoder(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache,
-                     logits_to_keep=1).logits[:, -1]                                  # [R, V]
-    pos, out = positions(mask)[:, -1:], []
-    for s in range(steps):
-        nxt = choose_fn(s, logits)                                                     # [R]
-        out.append(nxt)
-        if s == steps - 1:
-            break
-        mask, pos = torch.cat([mask, mask.new_ones(R, 1)], 1), pos + 1
-        logits = decoder(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, cache=cache).logits[:, -1]
-    return torch.stack(out, 1)                                                         # [R, steps]
+    """engine_decode of token lists (left-padded here) -> ids [R, steps]."""
+    return engine_decode(decoder, *left_pad(rows), steps, choose_fn)
 
 
 @torch.no_grad()

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from ocellus.errors import InputError
 from ocellus.models.fusion import splice
 from ocellus.models.generative.vq import VQVAE
-from ocellus.models.text.decoder import DecoderLM
-from ocellus.models.unified import BOS, EOS, PAD, WithImageTokenizer, WordVocab, left_pad, pick, positions
+from ocellus.models.text.decoder import CausalLMOutput, DecoderLM
+from ocellus.models.unified import BOS, EOS, PAD, WithImageTokenizer, WordVocab, engine_decode, left_pad, pick
 from ocellus.models.unified.emu3 import UnifiedOutput, decoder_config
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 
@@ -126,38 +126,45 @@ class Janus(WithImageTokenizer):
             raise InputError("this Janus model has no image grid set")
         B, N = len(captions), self.grid * self.grid
         ids, mask = self.cfg_prompts(captions)
-        cache = self.decoder.new_cache(2 * B, ids.shape[1] + N)
-        pos = positions(mask)
-        h = self.decoder(inputs_embeds=self.embed(ids, None), attention_mask=mask, position_ids=pos,
-                         cache=cache, logits_to_keep=1).hidden_states[:, -1]          # [2B, D]
-        pos, out = pos[:, -1:], []
-        for s in range(N):
-            logits = self.gen_head(h)                                                  # [2B, K]
+
+        def choose(step, logits):                                                      # [2B, K]
             code = pick(logits[0::2], logits[1::2], guidance_scale, None, temperature, top_k, generator)  # [B]
-            out.append(code)
-            if s == N - 1:
-                break
-            x = self.gen_aligner(self.gen_embed(code.repeat_interleave(2)))[:, None]  # [2B, 1, D]
-            mask, pos = torch.cat([mask, mask.new_ones(2 * B, 1)], 1), pos + 1
-            h = self.decoder(inputs_embeds=x, attention_mask=mask, position_ids=pos, cache=cache).hidden_states[:, -1]
-        codes = torch.stack(out, 1).view(B, self.grid, self.grid)                     # [B, g, g]
+            return (code + self.gen_base).repeat_interleave(2)                         # both rows of a pair
+        out = engine_decode(EngineView(self, self.gen_head), ids, mask, N, choose)[0::2] - self.gen_base  # [B, N]
+        codes = out.view(B, self.grid, self.grid)                                     # [B, g, g]
         return self.tokenizer.decode_ids(codes).clamp(-1, 1)
 
     @torch.no_grad()
     def describe(self, pixel_values: torch.Tensor, max_new_tokens: int = 8) -> list[str]:
         B = len(pixel_values)
         row = [BOS, self.boi] + [self.image_token] * self.tokens_per_image + [self.eoi]
-        ids = torch.tensor([row] * B)
-        cache = self.decoder.new_cache(B, len(row) + max_new_tokens)
         allowed = torch.zeros(self.gen_base, dtype=torch.bool)
         allowed[EOS:len(self.text)] = True
-        logits = self.decoder(inputs_embeds=self.embed(ids, pixel_values), cache=cache, logits_to_keep=1).logits[:, -1]
-        out = []
-        for _ in range(max_new_tokens):
-            nxt = pick(logits, allowed=allowed, temperature=0)
-            out.append(nxt)
-            logits = self.decoder(input_ids=nxt[:, None], cache=cache).logits[:, -1]
-        return [self.text.decode(r) for r in torch.stack(out, 1).tolist()]
+        out = engine_decode(EngineView(self, self.decoder.lm_head), torch.tensor([row] * B), None, max_new_tokens,
+                            lambda step, logits: pick(logits, allowed=allowed, temperature=0), pixel_values=pixel_values)
+        return [self.text.decode(r) for r in out.tolist()]
+
+
+class EngineView(nn.Module):
+    """Janus in the generation engine's model form (infer/generate.py): every id - words, <image> slots
+    (pixel_values at prefill), codes as gen_base + code - embedded by Janus.embed; the logits [B, 1, V]
+    from `head` (gen_head over the codebook to draw, the decoder's lm_head over words to describe)."""
+
+    def __init__(self, janus: "Janus", head: nn.Module):
+        super().__init__()
+        self.janus, self.head = janus, head
+        self.config = janus.decoder.config
+        self.max_context = janus.decoder.max_context
+
+    def new_cache(self, batch: int, max_len: int):
+        return self.janus.decoder.new_cache(batch, max_len)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, logits_to_keep: int = 1,
+                pixel_values=None):
+        j = self.janus
+        h = j.decoder(inputs_embeds=j.embed(input_ids, pixel_values), attention_mask=attention_mask,
+                      position_ids=position_ids, cache=cache, logits_to_keep=1).hidden_states[:, -1:]   # [B, 1, D]
+        return CausalLMOutput(logits=self.head(h))
 
 
 def build_janus(spec: dict, tokenizer: VQVAE, text: WordVocab, image_size: int) -> Janus:
