@@ -243,7 +243,7 @@ def test_dpo_reads_preference_rows_from_parquet(posttrain_rows, tmp_path):
         got = read[i]
         assert (got.chosen, got.rejected) == (pair["chosen"], pair["rejected"])
         assert got.prompt[0]["content"][-1]["text"] == pair["prompt"][0]["content"][-1]["text"]
-        assert list(got.images[0].getdata()) == list(pair["images"][0].convert("RGB").getdata())   # its own image
+        assert got.images[0].tobytes() == pair["images"][0].convert("RGB").tobytes()   # its own image
     run_recipe(recipe)
     lines = (tmp_path / "dpo" / "posttrain.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
@@ -261,4 +261,5 @@ def test_grpo_reads_prompt_rows_and_passes_columns_to_the_rewards(posttrain_rows
     run_recipe(recipe)
     records = [json.loads(line) for line in (tmp_path / "grpo" / "posttrain.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(any(k.startswith("rewards/") for k in r) for r in records)
+
 
