@@ -261,5 +261,3 @@ def test_grpo_reads_prompt_rows_and_passes_columns_to_the_rewards(posttrain_rows
     run_recipe(recipe)
     records = [json.loads(line) for line in (tmp_path / "grpo" / "posttrain.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(any(k.startswith("rewards/") for k in r) for r in records)
-
-
