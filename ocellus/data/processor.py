@@ -84,6 +84,12 @@ def _read_json(path: Path) -> dict | None:
     return read_json_object(path)   # a CheckpointError naming the file when it is not a JSON object
 
 
+def read_model_type(directory) -> str | None:
+    """config.json's model_type (None without config.json or without the key); a config.json that is not a
+    JSON object is a CheckpointError naming it."""
+    return (_read_json(Path(directory) / "config.json") or {}).get("model_type")
+
+
 def image_processor_dict(directory) -> dict | None:
     """The image processor's settings in a checkpoint dir: preprocessor_config.json (transformers 4 and
     hub checkpoints), else processor_config.json's "image_processor" section (transformers 5 writes only
@@ -161,21 +167,18 @@ class Processor:
     # ---- loading ------------------------------------------------------------------------------
 
     @classmethod
-    def from_dir(cls, path) -> "Processor":
-        """Build from a checkpoint directory: tokenizer files, preprocessor_config.json (or
+    def from_dir(cls, path, counts=None) -> "Processor":
+        """Build from a LLaVA / LLaVA-NeXT checkpoint directory: tokenizer files, preprocessor_config.json (or
         processor_config.json's image_processor), chat_template.jinja, and config.json for the token count.
+        (Other families' dirs: `ocellus.load_processor`, which asks the family registry.)
 
-        config.json is the model's truth (patch size, CLS token, feature strategy, image_token_index);
-        processor_config.json's own numbers (patch_size, vision_feature_select_strategy,
-        num_additional_image_tokens, image_token) are used when there is no config.json and must agree
-        with it when there is."""
+        config.json is the model's truth (patch size, CLS token, feature strategy, image_token_index), read by
+        counts(config, directory) -> the token-count numbers the model uses (the family's:
+        models/families/llava.count_from_config); processor_config.json's own numbers (patch_size,
+        vision_feature_select_strategy, num_additional_image_tokens, image_token) are used when there is no
+        config.json and must agree with it when there is."""
         directory = Path(path)
-        model_type = (_read_json(directory / "config.json") or {}).get("model_type")
-        if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:
-            from ocellus.models.families.registry import module_for_model_type
-            family = module_for_model_type(model_type)
-            if family is not None:  # BLIP-2, Flamingo, Qwen2-VL, InternVL, ...: the family builds its own
-                return family.processor_from_dir(directory)
+        _read_json(directory / "config.json")   # a config.json that is not a JSON object fails first, naming it
         image_dict = image_processor_dict(directory)
         if image_dict is None:
             raise ConfigError(f"no image processor config in {directory} (preprocessor_config.json, or "
@@ -197,7 +200,10 @@ class Processor:
         image_token = proc_cfg.get("image_token") or tokenizer.special_tokens_map.get("image_token") or "<image>"
         pinpoints = image_config.image_grid_pinpoints  # what the image processor would tile with
         if model_cfg is not None:
-            truth = cls._count_from_model_config(model_cfg, directory)
+            if counts is None or model_cfg.get("model_type") not in SUPPORTED_MODEL_TYPES:
+                raise ConfigError(f"{directory}: config.json model_type {model_cfg.get('model_type')!r} is not "
+                                  f"supported by Processor yet; it supports {', '.join(SUPPORTED_MODEL_TYPES)}")
+            truth = counts(model_cfg, directory)
             for key, value in counted.items():
                 if value is not None and value != truth[key]:
                     raise ConfigError(
@@ -232,24 +238,6 @@ class Processor:
                 raise ConfigError(f"{directory}: the tokenizer's image token {image_token!r} has id "
                                   f"{processor.image_token_id}, but config.json's image_token_index is {index}")
         return processor
-
-    @staticmethod
-    def _count_from_model_config(cfg: dict, directory: Path) -> dict:
-        """The token-count numbers as the model built from config.json will use them: patch_size,
-        num_extra_tokens, feature_select, and for LLaVA-NeXT grid_pinpoints / tile_size."""
-        from ocellus.models.vision.vit import ViTConfig  # the model's own parser: defaults included
-        model_type = cfg.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(f"{directory}: config.json model_type {model_type!r} is not supported by Processor "
-                              f"yet; it supports {', '.join(SUPPORTED_MODEL_TYPES)}")
-        vit = ViTConfig.from_hf({**cfg, "model_type": "llava"})  # llava_next nests its tower the same way
-        out = dict(patch_size=vit.patch_size, num_extra_tokens=int(vit.use_cls_token),
-                   feature_select=cfg.get("vision_feature_select_strategy", "default"), grid_pinpoints=None)
-        if model_type == "llava_next":
-            from ocellus.models.families.llava_next import DEFAULT_GRID_PINPOINTS
-            pinpoints = cfg.get("image_grid_pinpoints") or DEFAULT_GRID_PINPOINTS
-            out.update(grid_pinpoints=tuple(tuple(int(x) for x in p) for p in pinpoints), tile_size=vit.image_size)
-        return out
 
     # ---- what the model needs to know -----------------------------------------------------------
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 from ocellus.errors import ConfigError
+from ocellus.hub.checkpoint import load_model
+from ocellus.models.families.registry import load_processor
 
 ROUTES = {"llava": "all tokens", "blip2": "compressed prompt", "qwen_vl": "compressed prompt",
           "internvl": "all tokens", "qwen2_vl": "all tokens", "flamingo": "cross-attention"}
@@ -80,7 +82,6 @@ def _sizes(model) -> tuple[int, int]:
 
 def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_size: int, n_eval: int,
                lr: float = 2.0e-3) -> dict:
-    import ocellus
     from ocellus.eval.harness import evaluate
     from ocellus.train.recipe import validate
     from ocellus.train.run import run_recipe
@@ -89,7 +90,7 @@ def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_s
     start = time.perf_counter()
     path = run_recipe(recipe)
     seconds = time.perf_counter() - start
-    model, proc = ocellus.load(path), ocellus.load_processor(path)
+    model, proc = load_model(path), load_processor(path)
     model.eval()
     from PIL import Image
     _, counts = proc.image_inputs([Image.new("RGB", (48, 48))])

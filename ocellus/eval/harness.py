@@ -31,7 +31,10 @@ from ocellus.eval.caption import cider_d, corpus_bleu
 from ocellus.eval.grounding import box_iou, grounding_hit
 from ocellus.eval.metrics import format_table, score_by_type
 from ocellus.eval.vqa import count_match, vqa_exact_match
+from ocellus.hub.checkpoint import load_model
 from ocellus.hub.model_card import record_eval
+from ocellus.hub.resolve import default_model_dir
+from ocellus.models.families.registry import load_processor
 
 TASKS = ("shapes-vqa", "shapes-caption", "shapes-grounding", "digits")
 EVAL_SEED = 10_007   # scenes no recipe trains on (recipes use small seeds)
@@ -141,7 +144,6 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
              card: bool = False) -> dict:
     """Score a model on a task (held-out samples) -> the result dict (table per type); out: also as JSON;
     card: also into model_dir's model card (README.md) with the command that reproduces it."""
-    import ocellus
     from ocellus.eval import retrieval
     if task in retrieval.EVAL_TASKS:
         result = retrieval.evaluate(model_dir, task, n=n, printer=printer)
@@ -150,12 +152,12 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
         return result
     if task not in TASKS:
         raise ConfigError(f"unknown eval task {task!r}; choose from {', '.join(TASKS)}")
-    model = model if model is not None else ocellus.load(model_dir)
-    processor = processor if processor is not None else ocellus.load_processor(model_dir)
+    model = model if model is not None else load_model(model_dir)
+    processor = processor if processor is not None else load_processor(model_dir)
     if not isinstance(processor, Processor):
         raise ConfigError(f"--task {task} asks questions about images, and {model_dir} is a text-only checkpoint (no "
                           f"preprocessor_config.json / processor_config.json): give --model a vision-language model "
-                          f"directory, e.g. {ocellus.default_model_dir()} (the embedded tiny LLaVA)")
+                          f"directory, e.g. {default_model_dir()} (the embedded tiny LLaVA)")
     size = eval_image_size(model, processor)
     samples = task_samples(task, n + shots, size, phrasing=phrasing, turns=turns)
     shot_pool, samples = samples[:shots], samples[shots:]

@@ -19,6 +19,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import InputError
+from ocellus.hub.checkpoint import load_model
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
 
@@ -129,12 +130,11 @@ def text_encoder(model, tok):
 
 
 def _load_dual(model_dir):
-    import ocellus
     from ocellus.data.image import ImageProcessorConfig
     from ocellus.data.processor import image_processor_dict
     from ocellus.data.tokenizer import Tokenizer
     from ocellus.models.contrastive.clip import DualEncoder
-    model = ocellus.load(model_dir)
+    model = load_model(model_dir)
     if not isinstance(model, DualEncoder) and not hasattr(model, "encode_text_fn"):
         raise InputError(f"{model_dir} holds a {type(model).__name__}; retrieval and zero-shot need a CLIPModel / "
                          "SiglipModel (or ALBEF / BLIP) checkpoint")

@@ -18,6 +18,7 @@ from ocellus.errors import CheckpointError, ConfigError
 from ocellus.hub.checkpoint_dir import read_config  # noqa: F401  (importers read it from here too)
 from ocellus.hub.families import Family, family_for_config, family_for_model
 from ocellus.hub.keymap import KeyMap
+from ocellus.hub.processor_files import write_processor_files
 from ocellus.hub.resolve import resolve
 from ocellus.nn.lora import merged_state_dict
 from ocellus.hub.safetensors_io import _atomic_write_text, checkpoint_files, read_tensors, write_tensors
@@ -97,7 +98,11 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
     model.load_state_dict(filled, strict=False)  # copies, casting to the model's dtype
 
 
-def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30) -> Path:
+def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30, tokenizer=None, processor=None) -> Path:
+    """Write HF format (config.json + safetensors, sharded past max_shard_bytes); opens in transformers
+    (`ocellus.save`). tokenizer: written beside it. processor (a VLM's `Processor`): its tokenizer, chat template
+    and, for LLaVA / LLaVA-NeXT, processor_config.json, so transformers' AutoProcessor prompts it as Ocellus does
+    (the image processor config is the family's: preprocessor_config.json)."""
     if any(type(p).__name__ == "DTensor" for p in model.parameters()):
         raise ConfigError(f"{type(model).__name__}'s parameters are shards (FSDP): gather the full tensors on one "
                           f"rank and save a plain copy (train/run.py `exportable` does this after training)")
@@ -119,4 +124,9 @@ def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30) -> P
     cfg["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
     cfg.pop("torch_dtype", None)
     _atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
+    if processor is not None:
+        tokenizer = tokenizer or processor.tokenizer
+        write_processor_files(processor, out, cfg.get("model_type"))
+    if tokenizer is not None:
+        tokenizer.save(out)
     return out

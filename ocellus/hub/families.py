@@ -1,18 +1,23 @@
 """Which config.json `architectures` Ocellus can build, and each family's key table.
 
 A family = a builder (config.json dict -> nn.Module), the key table for its checkpoint names,
-and a function giving back the config.json to save. New families register here.
+and a function giving back the config.json to save. The table below names, for each architecture, the
+module and function that make its `Family`; a module is imported the first time one of its architectures
+is looked up, so loading a Llama imports no vision, contrastive or VLM code. hub imports no model class:
+the family modules (models/, models/families/) import hub, never the other way (docs/ARCHITECTURE.md,
+Layers). New families register here with one line.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
 
 from ocellus.errors import ConfigError
+from ocellus.hub.bert_families import PREFIXES as _BERT_ARCHITECTURES
 from ocellus.hub.keymap import KeyMap
-from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 
 
 @dataclass(frozen=True)
@@ -39,76 +44,68 @@ DECODER_KEYS = KeyMap(
     drop=(r"rotary_emb\.inv_freq$",),
 )
 
-DECODER = Family(
-    name="decoder", model_class=DecoderLM,
-    build=lambda cfg: DecoderLM(DecoderConfig.from_hf(cfg)),
-    keymap=DECODER_KEYS,
-    hf_config=lambda m: m.config.to_hf(),
-    tied=lambda m: ("lm_head.weight",) if m.config.tie_word_embeddings else (),
-)
 
-from ocellus.hub.vision_families import register as _register_vision  # noqa: E402  (imports Family lazily)
+@dataclass(frozen=True)
+class FamilyRef:
+    """Where an architecture's Family is made: `module.function(*args)` (a dict result is indexed by `key`).
+    Resolved on first use and cached, so architectures sharing a ref share one Family."""
+    module: str
+    function: str = "family"
+    args: tuple = ()
+    key: str | None = None
 
-
-def _llava() -> Family:
-    from ocellus.models.families.llava import LLAVA_KEYS, build_llava, llava_hf_config
-    from ocellus.models.vlm import VLM
-    return Family(name="llava", model_class=VLM, build=build_llava, keymap=LLAVA_KEYS, hf_config=llava_hf_config,
-                  tied=lambda m: ("language_model.lm_head.weight",)
-                  if m.language_model.config.tie_word_embeddings else ())
+    def load(self) -> Family:
+        if self not in _LOADED:
+            made = getattr(importlib.import_module(self.module), self.function)(*self.args)
+            _LOADED[self] = made[self.key] if self.key is not None else made
+        return _LOADED[self]
 
 
-def _llava_next() -> Family:
-    from ocellus.models.families.llava_next import LLAVA_NEXT_KEYS, build_llava_next, llava_next_hf_config
-    from ocellus.models.vlm import VLM
-    return Family(name="llava_next", model_class=VLM, build=build_llava_next, keymap=LLAVA_NEXT_KEYS,
-                  hf_config=llava_next_hf_config,
-                  tied=lambda m: ("language_model.lm_head.weight",)
-                  if m.language_model.config.tie_word_embeddings else ())
+_LOADED: dict[FamilyRef, Family] = {}
 
 
-def _flamingo() -> Family:
-    from ocellus.models.families.flamingo import (FLAMINGO_KEYS, Flamingo, build_flamingo, flamingo_hf_config,
-                                                  flamingo_tied)
-    return Family(name="flamingo", model_class=Flamingo, build=build_flamingo, keymap=FLAMINGO_KEYS,
-                  hf_config=flamingo_hf_config, tied=flamingo_tied)
+def resolve_family(entry: Family | FamilyRef) -> Family:
+    """A table value -> its Family (a FamilyRef is imported and built on first use)."""
+    return entry.load() if isinstance(entry, FamilyRef) else entry
 
 
-ARCHITECTURES: dict[str, Family] = {
-    "LlamaForCausalLM": DECODER,
-    "Qwen2ForCausalLM": DECODER,
+_M, _F = "ocellus.models.", "ocellus.models.families."
+_DECODER = FamilyRef(_M + "text.decoder")
+_INTERNVL, _QWEN2_VL, _BLIP2 = FamilyRef(_F + "internvl"), FamilyRef(_F + "qwen2_vl"), FamilyRef(_F + "blip2")
+
+# architecture -> its Family or where it is made; the order decides family_for_model's class match
+ARCHITECTURES: dict[str, Family | FamilyRef] = {
+    "LlamaForCausalLM": _DECODER,
+    "Qwen2ForCausalLM": _DECODER,
 }
-_register_vision(ARCHITECTURES)
-ARCHITECTURES["LlavaForConditionalGeneration"] = _llava()
-ARCHITECTURES["LlavaNextForConditionalGeneration"] = _llava_next()
-from ocellus.models.contrastive import clip as _clip, siglip as _siglip  # noqa: E402  (dual encoders)
-ARCHITECTURES.update(_clip.families(), **_siglip.families())   # CLIPModel/SiglipModel (+ text towers)
-from ocellus.models.families.internvl import family as _internvl  # noqa: E402  (InternViT or CLIP tower)
-ARCHITECTURES["InternVLForConditionalGeneration"] = ARCHITECTURES["OcellusInternVLForConditionalGeneration"] = _internvl()
-from ocellus.models.families.qwen_vl import family as _qwen_vl  # noqa: E402
-ARCHITECTURES["OcellusQwenVLForConditionalGeneration"] = _qwen_vl()
-ARCHITECTURES["OcellusFlamingoForConditionalGeneration"] = _flamingo()
-from ocellus.models.families.qwen2_vl import family as _qwen2_vl  # noqa: E402  (Qwen2-VL and Qwen2.5-VL)
-ARCHITECTURES["Qwen2VLForConditionalGeneration"] = ARCHITECTURES["Qwen2_5_VLForConditionalGeneration"] = _qwen2_vl()
-from ocellus.hub.bert_families import register as _register_bert  # noqa: E402
-_register_bert(ARCHITECTURES)
-from ocellus.models.families.blip2 import family as _blip2  # noqa: E402  (BLIP-2, MiniGPT-4)
-ARCHITECTURES["Blip2ForConditionalGeneration"] = ARCHITECTURES["OcellusBlip2ForConditionalGeneration"] = _blip2()
-from ocellus.train.qformer_objectives import family as _blip2_stage1  # noqa: E402  (BLIP-2 stage 1)
-ARCHITECTURES["OcellusBlip2QFormerPretraining"] = _blip2_stage1()
-from ocellus.models.contrastive import albef as _albef, blip as _blip  # noqa: E402  (ALBEF, BLIP pretraining)
-ARCHITECTURES["OcellusALBEF"], ARCHITECTURES["OcellusBLIP"] = _albef.family(), _blip.family()
+VISION_ARCHITECTURES = ("CLIPVisionModel", "SiglipVisionModel")   # one ViT family (hub/vision_families.py keys)
+for _arch in VISION_ARCHITECTURES:
+    ARCHITECTURES[_arch] = FamilyRef(_M + "vision.vit")
+ARCHITECTURES["LlavaForConditionalGeneration"] = FamilyRef(_F + "llava")
+ARCHITECTURES["LlavaNextForConditionalGeneration"] = FamilyRef(_F + "llava_next")
+for _arch in ("CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection"):   # dual encoders + text towers
+    ARCHITECTURES[_arch] = FamilyRef(_M + "contrastive.clip", "families", key=_arch)
+for _arch in ("SiglipModel", "SiglipTextModel"):
+    ARCHITECTURES[_arch] = FamilyRef(_M + "contrastive.siglip", "families", key=_arch)
+ARCHITECTURES["InternVLForConditionalGeneration"] = ARCHITECTURES["OcellusInternVLForConditionalGeneration"] = _INTERNVL
+ARCHITECTURES["OcellusQwenVLForConditionalGeneration"] = FamilyRef(_F + "qwen_vl")
+ARCHITECTURES["OcellusFlamingoForConditionalGeneration"] = FamilyRef(_F + "flamingo")
+ARCHITECTURES["Qwen2VLForConditionalGeneration"] = ARCHITECTURES["Qwen2_5_VLForConditionalGeneration"] = _QWEN2_VL
+for _arch in _BERT_ARCHITECTURES:   # BertModel, BertForMaskedLM, BertForPreTraining (hub/bert_families.py keys)
+    ARCHITECTURES[_arch] = FamilyRef(_M + "text.bert", args=(_arch,))
+ARCHITECTURES["Blip2ForConditionalGeneration"] = ARCHITECTURES["OcellusBlip2ForConditionalGeneration"] = _BLIP2
+ARCHITECTURES["OcellusBlip2QFormerPretraining"] = FamilyRef("ocellus.train.qformer_objectives")   # BLIP-2 stage 1
+ARCHITECTURES["OcellusALBEF"] = FamilyRef(_M + "contrastive.albef")
+ARCHITECTURES["OcellusBLIP"] = FamilyRef(_M + "contrastive.blip")
 
 
-# config.json `model_type`s the families above build (a config without one is read by architectures alone)
-from ocellus.models.families import (blip2 as _b2, flamingo as _fl, internvl as _ivl, llava as _lv,  # noqa: E402
-                                     llava_next as _lvn, qwen2_vl as _q2, qwen_vl as _qv)
-from ocellus.train.qformer_objectives import MODEL_TYPE as _STAGE1_TYPE  # noqa: E402
+# config.json `model_type`s the families above build (a config without one is read by architectures alone);
+# each family module's MODEL_TYPES / MODEL_TYPE must be in here (tests/unit/test_import_layers.py checks)
 MODEL_TYPES = frozenset({
     "llama", "qwen2", "bert", "clip", "siglip", "clip_vision_model", "siglip_vision_model", "clip_text_model",
-    "siglip_text_model", "ocellus_albef", "ocellus_blip", _STAGE1_TYPE,
-    *_lv.MODEL_TYPES, *_lvn.MODEL_TYPES, *_b2.MODEL_TYPES, *_fl.MODEL_TYPES, *_ivl.MODEL_TYPES, *_qv.MODEL_TYPES,
-    *_q2.MODEL_TYPES})
+    "siglip_text_model", "ocellus_albef", "ocellus_blip", "ocellus_blip2_stage1",
+    "llava", "llava_next", "blip-2", "ocellus_blip2", "ocellus_flamingo", "internvl", "ocellus_internvl",
+    "ocellus_qwen_vl", "qwen2_vl", "qwen2_5_vl"})
 # Ocellus checkpoints that other loaders open
 OTHER_LOADERS = {"ocellus_image_generator": "ocellus generate-image (models/generative/checkpoint.load_generator)",
                  "ocellus_unified": "ocellus chat (train/unified.load_unified)"}
@@ -129,15 +126,16 @@ def family_for_config(cfg: dict, where: str = "config.json") -> Family:
     archs = cfg.get("architectures") or []
     for a in archs:
         if a in ARCHITECTURES:
-            return ARCHITECTURES[a]
+            return resolve_family(ARCHITECTURES[a])
     raise ConfigError(f"{where}: unknown architecture {archs or '(none given)'}; "
                       f"supported: {sorted(ARCHITECTURES)}")
 
 
 def family_for_model(model: nn.Module) -> Family:
-    """The family that built the model (`family_name`, set by load), else the first whose class fits."""
+    """The family that built the model (`family_name`, set by load), else the first whose class fits
+    (families are imported in table order until one matches)."""
     named = getattr(model, "family_name", None)
-    for fam in ARCHITECTURES.values():
+    for fam in map(resolve_family, ARCHITECTURES.values()):
         if fam.name == named or (named is None and type(model) is fam.model_class):
             return fam
     raise ConfigError(f"no checkpoint family knows how to save a {type(model).__name__}")

@@ -36,3 +36,14 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
         raise CheckpointError(f"{s!r} is not a local directory and is not in the Hugging Face cache ({cache}); "
                               f"{'offline mode is on (HF_HUB_OFFLINE)' if offline else 'download failed'}: "
                               f"{type(e).__name__}: {e}") from e
+
+
+def default_model_dir() -> Path:
+    """The embedded default model's directory (ocellus/assets/llava-tiny-shapes, shipped as package data):
+    a tiny LLaVA (ViT + MLP connector + decoder) trained from scratch on the shapes world by
+    scripts/make_default_model.sh. `ocellus demo` and `ocellus chat` use it when no --model is given."""
+    path = Path(__file__).resolve().parents[1] / "assets" / "llava-tiny-shapes"
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"the embedded default model is missing from {path}; rebuild it with "
+                              "scripts/make_default_model.sh (or pass --model DIR)")
+    return path

@@ -10,11 +10,9 @@ or without it (what transformers 5 writes); both load. We save with the prefix, 
 those readers accepts. Full CLIPModel / SiglipModel checkpoints load too: the text tower and the
 projections are dropped explicitly.
 
-To register with ocellus.load / ocellus.save, ocellus/hub/families.py ends with
-    from ocellus.hub.vision_families import register as _register_vision
-    _register_vision(ARCHITECTURES)
-(at the end, after Family exists; this module imports families/checkpoint only inside functions,
-so either module can be imported first without an import cycle).
+ocellus.load / ocellus.save reach the towers through hub/families.py's table (CLIPVisionModel,
+SiglipVisionModel -> models/vision/vit.family, which builds with VISION_KEYS); load_vision / save_vision
+below go through the same table, so this module imports no model class.
 """
 from __future__ import annotations
 
@@ -24,12 +22,12 @@ from pathlib import Path
 import torch
 
 from ocellus.errors import CheckpointError, ConfigError
+from ocellus.hub.checkpoint import _skip_init, load_state_strict, parse_dtype, read_config
+from ocellus.hub.families import ARCHITECTURES, VISION_ARCHITECTURES, resolve_family
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.resolve import resolve
 from ocellus.hub.safetensors_io import _atomic_write_text, checkpoint_files, read_tensors, write_tensors
-from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 
-VISION_ARCHITECTURES = ("CLIPVisionModel", "SiglipVisionModel")
 CONTRASTIVE_ARCHITECTURES = ("CLIPModel", "SiglipModel")   # load_vision takes their image tower only
 
 
@@ -60,30 +58,14 @@ VISION_FROM_CONTRASTIVE_KEYS = KeyMap(
 )
 
 
-def build_vision(cfg: dict) -> VisionTransformer:
-    return VisionTransformer(ViTConfig.from_hf(cfg))
+def _vision_family():
+    """The ViT family of the hub table (models/vision/vit.family), imported on first use."""
+    return resolve_family(ARCHITECTURES[VISION_ARCHITECTURES[0]])
 
 
-def vision_family():
-    """The Family for CLIPVisionModel and SiglipVisionModel checkpoints (one table serves both;
-    config.json says which, and `to_hf` writes the right one back)."""
-    from ocellus.hub.families import Family  # here, not at the top: families.py imports this module
-    return Family(name="vit", model_class=VisionTransformer, build=build_vision, keymap=VISION_KEYS,
-                  hf_config=lambda m: m.config.to_hf())
-
-
-def register(architectures: dict) -> dict:
-    """Add the vision towers to a `families.ARCHITECTURES`-style dict (returned for chaining)."""
-    fam = vision_family()
-    for name in VISION_ARCHITECTURES:
-        architectures[name] = fam
-    return architectures
-
-
-def load_vision(path_or_id, dtype=None, device=None) -> VisionTransformer:
+def load_vision(path_or_id, dtype=None, device=None):
     """A CLIPVisionModel / SiglipVisionModel checkpoint dir (or the image tower of a CLIPModel /
     SiglipModel one) -> VisionTransformer, strictly: every tensor used or explicitly dropped."""
-    from ocellus.hub.checkpoint import _skip_init, load_state_strict, parse_dtype, read_config
     path = resolve(path_or_id)
     cfg = read_config(path)
     archs = cfg.get("architectures") or []
@@ -96,17 +78,17 @@ def load_vision(path_or_id, dtype=None, device=None) -> VisionTransformer:
                           f"supported: {sorted(VISION_ARCHITECTURES + CONTRASTIVE_ARCHITECTURES)}")
     dtype = parse_dtype(dtype) or parse_dtype(cfg.get("dtype") or cfg.get("torch_dtype")) or torch.float32
     with _skip_init(dtype):
-        model = build_vision(cfg)
+        model = _vision_family().build(cfg)
     load_state_strict(model, read_tensors(checkpoint_files(path)), keymap, source=str(path))
     model.eval()
     model.name_or_path = str(path_or_id)
     return model.to(device) if device is not None else model
 
 
-def save_vision(model: VisionTransformer, out_dir, max_shard_bytes: int = 5 * 2**30) -> Path:
+def save_vision(model, out_dir, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write a CLIPVisionModel / SiglipVisionModel checkpoint (config.json + safetensors) that
     transformers' from_pretrained opens."""
-    if not isinstance(model, VisionTransformer):
+    if not isinstance(model, _vision_family().model_class):
         raise ConfigError(f"save_vision takes a VisionTransformer, got {type(model).__name__}")
     cfg = model.config.to_hf()   # first: raises ConfigError for a layout transformers cannot express
     tensors = {}
@@ -122,5 +104,4 @@ def save_vision(model: VisionTransformer, out_dir, max_shard_bytes: int = 5 * 2*
     return out
 
 
-__all__ = ["VISION_KEYS", "VISION_FROM_CONTRASTIVE_KEYS", "vision_rules", "vision_family", "register",
-           "build_vision", "load_vision", "save_vision"]
+__all__ = ["VISION_KEYS", "VISION_FROM_CONTRASTIVE_KEYS", "vision_rules", "load_vision", "save_vision"]

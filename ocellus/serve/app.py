@@ -40,8 +40,11 @@ from starlette.routing import Route
 
 from ocellus.data.processor import Processor
 from ocellus.errors import ConfigError, InputError
+from ocellus.hub.checkpoint import load_model
+from ocellus.hub.resolve import default_model_dir
 from ocellus.infer.batching import BatchEngine, Delta, Failure, Finish, QueueFull
 from ocellus.infer.batching import Request as EngineRequest
+from ocellus.models.families.registry import load_processor
 from ocellus.serve import openai_schema as oa
 from ocellus.serve.guards import BrowserGuard, IdleTimeoutH11, page_csp
 from ocellus.serve.json_body import read_json
@@ -343,10 +346,9 @@ def serve(model_dir=None, *, host: str = "127.0.0.1", port: int = 8000, limits: 
     """Load a checkpoint (default: the embedded model) and serve it until interrupted."""
     import uvicorn
 
-    import ocellus
-    model_dir = Path(model_dir) if model_dir is not None else ocellus.default_model_dir()
-    model = ocellus.load(model_dir, dtype=dtype).eval()
-    app = create_app(model, ocellus.load_processor(model_dir), model_id=model_id or model_dir.resolve().name,
+    model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+    model = load_model(model_dir, dtype=dtype).eval()
+    app = create_app(model, load_processor(model_dir), model_id=model_id or model_dir.resolve().name,
                      limits=limits, host=host)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, http=IdleTimeoutH11,
                 timeout_keep_alive=app.state.serve.limits.idle_timeout_s)

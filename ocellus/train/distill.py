@@ -20,6 +20,8 @@ from torch import nn
 
 from ocellus.data.encode import IGNORE_INDEX
 from ocellus.errors import ConfigError, InputError
+from ocellus.hub.checkpoint import load_model
+from ocellus.models.families.registry import load_processor
 from ocellus.train.dpo import ObjectiveOutput
 from ocellus.train.stages import parts_of
 
@@ -103,7 +105,6 @@ def run(recipe: dict, cfg, out):
     """task: distill — teacher = model.from (or method.teacher), student = its vision side + connector + the
     decoder layers method.student_layers; trained on shapes QA conversations (assistant tokens) with the
     teacher's softened distribution; held-out VQA accuracy of teacher, student before, student after."""
-    import ocellus
     from ocellus.train.posttrain import export_vlm, fit, heldout_qa, model_dir, report
     from ocellus.train.run import build_dataset
     method = dict(recipe.get("method") or {})
@@ -111,7 +112,7 @@ def run(recipe: dict, cfg, out):
         method["student_layers"] = tuple(method["student_layers"])
     dcfg = DistillConfig(**method)
     source = model_dir({"from": dcfg.teacher} if dcfg.teacher else recipe["model"])
-    teacher, processor = ocellus.load(source), ocellus.load_processor(source)
+    teacher, processor = load_model(source), load_processor(source)
     student = shrink_decoder(teacher, dcfg.student_layers)
     n_eval = int((recipe.get("eval") or {}).get("n", 500))
     teacher_table = heldout_qa(teacher, processor, n_eval)

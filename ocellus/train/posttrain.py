@@ -23,10 +23,12 @@ from pathlib import Path
 
 import torch
 
-import ocellus
 from ocellus.errors import ConfigError
 from ocellus.eval.harness import EVAL_SEED, predict, score
 from ocellus.eval.metrics import format_table
+from ocellus.hub.checkpoint import load_model
+from ocellus.hub.resolve import default_model_dir
+from ocellus.models.families.registry import load_processor
 
 TASKS = ("rm", "dpo", "grpo", "ppo", "distill")
 MODULES = {"rm": "reward_model", "dpo": "dpo", "grpo": "grpo", "ppo": "ppo", "distill": "distill"}
@@ -36,13 +38,13 @@ def model_dir(spec: dict) -> Path:
     source = spec.get("from")
     if not source:
         raise ConfigError("model.from is required: the checkpoint post-training starts from (or `default`)")
-    return Path(ocellus.default_model_dir()) if source == "default" else Path(source)
+    return Path(default_model_dir()) if source == "default" else Path(source)
 
 
 def load_start(spec: dict):
     """-> (model, processor) from model.from, weakened when model.weaken is given (see `weaken`)."""
     source = model_dir(spec)
-    model, processor = ocellus.load(source), ocellus.load_processor(source)
+    model, processor = load_model(source), load_processor(source)
     if spec.get("weaken"):
         weaken(model, **spec["weaken"])
     return model, processor

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ocellus.errors import CheckpointError, InputError
+from ocellus.hub.checkpoint import load_model, save_model
+from ocellus.models.families.registry import load_processor
 from ocellus.train.dpo import ObjectiveOutput
 from ocellus.train.rollout import completion_hidden, encode_completions
 from ocellus.train.stages import parts_of
@@ -101,7 +103,6 @@ class RewardModel(nn.Module):
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def save(self, directory, tokenizer=None) -> Path:
-        import ocellus
         from safetensors.torch import save_file
         directory = Path(directory)
         tower = getattr(self.backbone, "vision_tower", None)
@@ -109,7 +110,7 @@ class RewardModel(nn.Module):
             from ocellus.train.posttrain import export_vlm
             export_vlm(self.backbone, tokenizer, int(tower.config.image_size), directory)
         else:
-            ocellus.save(self.backbone, directory, tokenizer=tokenizer)
+            save_model(self.backbone, directory, tokenizer=tokenizer)
         save_file({"weight": self.score.weight.detach().contiguous(), "bias": self.score.bias.detach().contiguous()},
                   str(directory / HEAD_FILE))
         (directory / "reward_head.json").write_text(json.dumps({"pooling": "last_completion_token",
@@ -118,13 +119,12 @@ class RewardModel(nn.Module):
 
     @classmethod
     def from_dir(cls, directory) -> "RewardModel":
-        import ocellus
         from safetensors.torch import load_file
         directory = Path(directory)
         if not (directory / HEAD_FILE).exists():
             raise CheckpointError(f"{directory} has no {HEAD_FILE}: not a reward model saved by RewardModel.save")
         head = load_file(str(directory / HEAD_FILE))
-        model = cls(ocellus.load(directory), hidden_size=head["weight"].shape[1])
+        model = cls(load_model(directory), hidden_size=head["weight"].shape[1])
         if set(head) != {"weight", "bias"} or head["weight"].shape[0] != 1:
             raise CheckpointError(f"{directory / HEAD_FILE}: expected weight [1, D] and bias [1], got "
                                   f"{ {k: tuple(v.shape) for k, v in head.items()} }")
@@ -149,13 +149,12 @@ def pair_accuracy(model: RewardModel, processor, pairs, batch_size: int = 32) ->
 def run(recipe: dict, cfg, out):
     """task: rm — a reward head on model.from's decoder, Bradley-Terry on shapes preference pairs; ranking
     accuracy on held-out pairs (eval-seed scenes) before (random head) and after."""
-    import ocellus
     from ocellus.eval.harness import EVAL_SEED
     from ocellus.train.posttrain import fit, model_dir, pair_dataset, report
     from ocellus.train.preference import collate_pairs
     source = model_dir(recipe["model"])
-    processor = ocellus.load_processor(source)
-    model = RewardModel(ocellus.load(source))
+    processor = load_processor(source)
+    model = RewardModel(load_model(source))
     heldout = pair_dataset(recipe, n=int((recipe.get("eval") or {}).get("n", 500)), seed=EVAL_SEED)
     before = pair_accuracy(model, processor, heldout)
     history = fit(model, pair_dataset(recipe), collate_pairs(processor), recipe, cfg, out, ["accuracy", "margin"])

@@ -29,20 +29,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import ocellus
 from ocellus.data.bad_samples import BadSample, BadSampleReport, screen
 from ocellus.errors import ConfigError, InputError
+from ocellus.hub.checkpoint import load_model, save_model
 from ocellus.hub.model_card import write_model_card
 from ocellus.models.vision.vit import ClassifierOutput, ViTClassifier
 from ocellus.nn.lora import merged_state_dict
 from ocellus.train.distributed import DistInfo, full_model_state, is_fsdp
 from ocellus.train.loader import BatchLoader
-from ocellus.train.packing import pack_batch
+from ocellus.data.packing import pack_batch
 from ocellus.train.recipe import train_config
 from ocellus.train.trainer import Trainer
 
 IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
-PACKED_TASKS = ("lm", "vlm")   # data.pack: a batch's samples share rows (train/packing.pack_batch)
+PACKED_TASKS = ("lm", "vlm")   # data.pack: a batch's samples share rows (data/packing.pack_batch)
 
 
 # ---- tokenizer ---------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def _corpus_texts(recipe: dict, n: int):
 def build_model(recipe: dict, tok):
     task, spec = recipe["task"], dict(recipe.get("model") or {})
     if "from" in spec:
-        model = ocellus.load(spec["from"])
+        model = load_model(spec["from"])
     elif task == "lm":
         cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **spec.get("config", {}),
                "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
@@ -449,7 +449,7 @@ def _vlm_dataset(recipe, data, n, tok, model):
 
 def _packed_vlm_collate(model, pad: int, width: int | None):
     """data.pack for task vlm: a model whose images become tokens of their own sample (VLM: LLaVA, LLaVA-NeXT,
-    InternVL, Qwen-VL) packs with train/packing.pack_batch, Qwen2-VL with its own M-RoPE ids per document;
+    InternVL, Qwen-VL) packs with data/packing.pack_batch, Qwen2-VL with its own M-RoPE ids per document;
     BLIP-2's query slots and Flamingo's cross-attention to the latest image are not packed."""
     from ocellus.models.families.registry import family_module
     from ocellus.models.vlm import VLM
@@ -503,10 +503,10 @@ def _export(recipe: dict, model, tok, out: Path) -> Path:
         (path / "classifier_head.json").write_text(json.dumps({"num_classes": model.classifier.out_features}))
         return path
     if task != "vlm":
-        ocellus.save(model, path, tokenizer=tok)
+        save_model(model, path, tokenizer=tok)
     else:  # with the processor's chat template (+ processor_config.json for LLaVA): transformers prompts it too
         size = int((recipe.get("data") or {}).get("image_size") or _model_image_size(model))
-        ocellus.save(model, path, tokenizer=tok, processor=training_processor(model, tok, size))
+        save_model(model, path, tokenizer=tok, processor=training_processor(model, tok, size))
         from ocellus.models.families.registry import family_module
         family = family_module(_family_of(model))
         if hasattr(family, "export_processor"):  # a family whose preprocessing has more than size/mean/std

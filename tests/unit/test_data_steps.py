@@ -14,7 +14,7 @@ from ocellus.errors import CheckpointError, InputError
 from ocellus.hub.checkpoint import load_state_strict
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.safetensors_io import INDEX, checkpoint_files, read_tensors, write_tensors
-from ocellus.train.packing import IGNORE, collate_packed, pack
+from ocellus.data.packing import IGNORE, collate_packed, pack
 from test_encode import CONVERSATION, tok, tok_dir  # noqa: F401  (fixtures: the tiny BPE tokenizer)
 
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from ocellus.errors import InputError
-from ocellus.train.packing import collate_packed, pack
+from ocellus.data.packing import collate_packed, pack
 from test_trainer import V, tiny_decoder, tiny_llava
 
 

@@ -15,7 +15,7 @@ from ocellus.data.image import ImageProcessorConfig
 from ocellus.data.video import as_frames, preprocess_video, sample_indices
 from ocellus.errors import ConfigError, InputError
 from ocellus.models.families import qwen2_vl
-from ocellus.train.packing import pack
+from ocellus.data.packing import pack
 from ocellus.train.stages import apply_stage
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,7 +30,9 @@ from torch import nn
 from ocellus.data.templates import MINIGPT4_SYSTEM
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.bert_families import bert_layer_rules
+from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.hub.checkpoint_dir import read_json_object
+from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.connectors.qformer import QFormer, QFormerConfig
 from ocellus.models.families.llava import _decoder_rules, _text_config
@@ -251,7 +253,6 @@ def blip2_tied(model: Blip2) -> tuple[str, ...]:
 
 
 def family():
-    from ocellus.hub.families import Family
     return Family(name="blip2", model_class=Blip2, build=build_blip2, keymap=BLIP2_KEYS, hf_config=blip2_hf_config,
                   tied=blip2_tied, from_checkpoint=from_checkpoint, to_checkpoint=to_checkpoint)
 
@@ -277,8 +278,6 @@ def compose(spec: dict, tok) -> Blip2:
     export) or a new one (qformer: {num_query_tokens, hidden_size, num_hidden_layers, ...}), plus a new
     language_projection. variant: blip2 (stage 2 trains Q-Former + projection) | minigpt4 (only the
     projection; needs qformer_from)."""
-    import ocellus
-    from ocellus.hub.checkpoint import read_config
     known = {"architecture", "vision_from", "llm_from", "qformer_from", "qformer", "variant", "image_token",
              "init_from"}
     if set(spec) - known:
@@ -297,7 +296,7 @@ def compose(spec: dict, tok) -> Blip2:
     image_id = tok.convert_tokens_to_ids(image_token)
     if image_id is None:
         raise ConfigError(f"the tokenizer has no image token {image_token!r}")
-    stage1 = ocellus.load(spec["qformer_from"]) if spec.get("qformer_from") else None
+    stage1 = load_model(spec["qformer_from"]) if spec.get("qformer_from") else None
     if stage1 is not None and not hasattr(stage1, "qformer"):
         raise ConfigError(f"qformer_from {spec['qformer_from']} is a {type(stage1).__name__}, not a Q-Former stage-1 export")
     qformer = dict(spec.get("qformer") or {}) if stage1 is None else stage1.qformer.config.to_hf()
@@ -310,8 +309,8 @@ def compose(spec: dict, tok) -> Blip2:
            "qformer_part": VARIANTS[variant]["qformer_part"], "image_wrap": list(wrap)}
     model = build_blip2(cfg)
     model.family_name = "blip2"
-    model.vision_tower.load_state_dict(ocellus.load(spec["vision_from"]).state_dict())
-    model.language_model.load_state_dict(ocellus.load(spec["llm_from"]).state_dict())
+    model.vision_tower.load_state_dict(load_model(spec["vision_from"]).state_dict())
+    model.language_model.load_state_dict(load_model(spec["llm_from"]).state_dict())
     if stage1 is not None:   # everything of the stage-1 Q-Former except its text side (embeddings, text FFN)
         theirs = stage1.qformer.state_dict()
         model.qformer.load_state_dict({k: theirs[k] for k in model.qformer.state_dict()})

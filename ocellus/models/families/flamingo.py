@@ -32,6 +32,8 @@ import torch
 from torch import nn
 
 from ocellus.errors import ConfigError, InputError
+from ocellus.hub.checkpoint import load_model, read_config
+from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.vision_families import vision_rules
 from ocellus.models.connectors.perceiver import PerceiverConfig, PerceiverResampler
@@ -284,6 +286,12 @@ def flamingo_tied(model: Flamingo) -> tuple[str, ...]:
     return ("language_model.lm_head.weight",) if model.language_model.config.tie_word_embeddings else ()
 
 
+def family() -> Family:
+    """The hub Family (ocellus/hub/families.py) of OcellusFlamingoForConditionalGeneration."""
+    return Family(name="flamingo", model_class=Flamingo, build=build_flamingo, keymap=FLAMINGO_KEYS,
+                  hf_config=flamingo_hf_config, tied=flamingo_tied)
+
+
 # ---- the recipe / processor contract (ocellus/models/families/registry.py) ------------------------------
 def compose(spec: dict, tok) -> Flamingo:
     """A Flamingo for a recipe: a pretrained ViT (vision_from) or a new ResNet (vision: {model_type:
@@ -292,8 +300,6 @@ def compose(spec: dict, tok) -> Flamingo:
     spec keys: perceiver {depth, num_latents, heads, head_dim, ff_mult, max_num_frames},
     cross_attn {every_n_layers, heads, head_dim, ff_mult}, feature_layer (-1), feature_select
     ("default"), image_token ("<image>")."""
-    import ocellus
-    from ocellus.hub.checkpoint import read_config
     if not spec.get("llm_from"):
         raise ConfigError("a flamingo model needs llm_from (a pretrained decoder dir), or from (a whole checkpoint)")
     if bool(spec.get("vision_from")) == bool(spec.get("vision")):
@@ -316,8 +322,8 @@ def compose(spec: dict, tok) -> Flamingo:
     model = build_flamingo(cfg)
     model.family_name = "flamingo"
     if spec.get("vision_from"):
-        model.vision_tower.load_state_dict(ocellus.load(spec["vision_from"]).state_dict())
-    model.language_model.load_state_dict(ocellus.load(spec["llm_from"]).state_dict())
+        model.vision_tower.load_state_dict(load_model(spec["vision_from"]).state_dict())
+    model.language_model.load_state_dict(load_model(spec["llm_from"]).state_dict())
     return model
 
 
@@ -348,7 +354,6 @@ def processor_from_dir(directory):
     from ocellus.data.image import ImageProcessorConfig
     from ocellus.data.processor import image_processor_dict
     from ocellus.data.tokenizer import Tokenizer
-    from ocellus.hub.checkpoint import read_config
     directory = Path(directory)
     image_dict = image_processor_dict(directory)
     if image_dict is None:

@@ -26,6 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ocellus.errors import ConfigError
+from ocellus.hub.checkpoint import load_model, read_config
+from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.vision_families import vision_rules
 from ocellus.models.connectors.pixel_shuffle import PixelShuffleProjector
@@ -140,8 +142,6 @@ def compose(spec: dict, tok) -> VLM:
     """A recipe's InternVL: the CLIP ViT of spec["vision_from"] + a new pixel-shuffle MLP + the decoder of
     spec["llm_from"]. spec keys: downsample_ratio (0.5), feature_layer (-1), feature_select (default),
     image_token (<image>), min_tiles / max_tiles (1 / 6) / use_thumbnail (true): the dynamic tiling."""
-    import ocellus
-    from ocellus.hub.checkpoint import read_config
     vision_dir, llm_dir = _part_dirs(spec)
     text = read_config(llm_dir)
     cfg = {"architectures": [OCELLUS_ARCHITECTURE], "model_type": "ocellus_internvl",
@@ -154,8 +154,8 @@ def compose(spec: dict, tok) -> VLM:
            "use_thumbnail": bool(spec.get("use_thumbnail", True))}
     model = build_internvl(cfg)
     model.family_name = "internvl"
-    model.vision_tower.load_state_dict(ocellus.load(vision_dir).state_dict())
-    model.language_model.load_state_dict(ocellus.load(llm_dir).state_dict())
+    model.vision_tower.load_state_dict(load_model(vision_dir).state_dict())
+    model.language_model.load_state_dict(load_model(llm_dir).state_dict())
     return model
 
 
@@ -239,7 +239,6 @@ def processor_from_dir(directory):
 
 def family():
     """The hub Family (ocellus/hub/families.py) for both InternVL architectures."""
-    from ocellus.hub.families import Family  # here: families.py imports this module while it is built
     return Family(name="internvl", model_class=VLM, build=build_internvl, keymap=INTERNVL_KEYS,
                   hf_config=internvl_hf_config,
                   tied=lambda m: ("language_model.lm_head.weight",) if m.language_model.config.tie_word_embeddings

@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ocellus.errors import ConfigError
+from ocellus.hub.checkpoint import load_model, read_config
+from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.vision_families import vision_rules
 from ocellus.models.connectors.mlp import MLPProjector
@@ -97,8 +99,17 @@ def llava_hf_config(model: VLM) -> dict:
     return out
 
 
+def family() -> Family:
+    """The hub Family (ocellus/hub/families.py) of LlavaForConditionalGeneration."""
+    return Family(name="llava", model_class=VLM, build=build_llava, keymap=LLAVA_KEYS, hf_config=llava_hf_config,
+                  tied=lambda m: ("language_model.lm_head.weight",)
+                  if m.language_model.config.tie_word_embeddings else ())
+
+
 # ---- the recipe / processor side (models/families/registry.py) -----------------------------------
 MODEL_TYPES = ("llava",)
+# transformers' LlavaNextConfig default, for a config.json that leaves it out (LLaVA-NeXT's; counted here too)
+DEFAULT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 # the model.* keys of a LLaVA recipe (run.build_model reads `from` and `init_from` itself)
 SPEC_KEYS = frozenset({"architecture", "vision_from", "llm_from", "connector", "feature_layer", "feature_select",
                        "image_token", "init_from"})
@@ -123,7 +134,6 @@ def compose(spec: dict, tok) -> VLM:
 def compose_config(spec: dict, tok) -> dict:
     """The LLaVA config.json of a recipe's model: the parts' configs, the image token, the spec's connector
     and feature choice (LLaVA-NeXT adds its canvases to it)."""
-    from ocellus.hub.checkpoint import read_config
     vision_dir, llm_dir = _part_dirs(spec)
     connector = spec.get("connector") or {}
     return {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
@@ -136,10 +146,9 @@ def compose_config(spec: dict, tok) -> dict:
 
 def load_parts(model: VLM, spec: dict) -> VLM:
     """The pretrained weights of spec's vision_from / llm_from into the composed model's tower and decoder."""
-    import ocellus
     vision_dir, llm_dir = _part_dirs(spec)
-    model.vision_tower.load_state_dict(ocellus.load(vision_dir).state_dict())
-    model.language_model.load_state_dict(ocellus.load(llm_dir).state_dict())
+    model.vision_tower.load_state_dict(load_model(vision_dir).state_dict())
+    model.language_model.load_state_dict(load_model(llm_dir).state_dict())
     return model
 
 
@@ -169,6 +178,19 @@ def training_processor(model: VLM, tok, image_config):
                      **anyres)
 
 
+def count_from_config(cfg: dict, directory: Path) -> dict:
+    """The token-count numbers as the model built from config.json will use them: patch_size,
+    num_extra_tokens, feature_select, and for LLaVA-NeXT grid_pinpoints / tile_size."""
+    vit = ViTConfig.from_hf({**cfg, "model_type": "llava"})  # the model's own parser (defaults); llava_next nests alike
+    out = dict(patch_size=vit.patch_size, num_extra_tokens=int(vit.use_cls_token),
+               feature_select=cfg.get("vision_feature_select_strategy", "default"), grid_pinpoints=None)
+    if cfg.get("model_type") == "llava_next":
+        pinpoints = cfg.get("image_grid_pinpoints") or DEFAULT_GRID_PINPOINTS
+        out.update(grid_pinpoints=tuple(tuple(int(x) for x in p) for p in pinpoints), tile_size=vit.image_size)
+    return out
+
+
 def processor_from_dir(directory):
+    """A LLaVA / LLaVA-NeXT checkpoint dir -> its Processor (token counts from config.json through this family)."""
     from ocellus.data.processor import Processor
-    return Processor.from_dir(directory)
+    return Processor.from_dir(directory, counts=count_from_config)

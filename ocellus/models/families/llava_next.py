@@ -23,9 +23,11 @@ import json
 from pathlib import Path
 
 from ocellus.errors import ConfigError
+from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.connectors.anyres import AnyresPacker
 from ocellus.models.families.llava import (
+    DEFAULT_GRID_PINPOINTS,
     LLAVA_KEYS,
     SPEC_KEYS as LLAVA_SPEC_KEYS,
     build_llava,
@@ -33,14 +35,11 @@ from ocellus.models.families.llava import (
     compose_config,
     llava_hf_config,
     load_parts,
-    processor_from_dir,   # noqa: F401  (registry interface: Processor.from_dir reads llava_next dirs)
+    processor_from_dir,   # noqa: F401  (registry interface: LLaVA's, counting the anyres canvases)
     training_processor,   # noqa: F401  (registry interface: LLaVA's, with the packer's canvases)
 )
 from ocellus.models.vision.vit import ViTConfig
 from ocellus.models.vlm import VLM
-
-# transformers' LlavaNextConfig default, for a config.json that leaves it out
-DEFAULT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 LLAVA_NEXT_KEYS = KeyMap(
     rules=(
@@ -76,6 +75,14 @@ def llava_next_hf_config(model: VLM) -> dict:
     out.update(architectures=["LlavaNextForConditionalGeneration"], model_type="llava_next",
                image_grid_pinpoints=[list(p) for p in model.packer.grid_pinpoints])
     return out
+
+
+def family() -> Family:
+    """The hub Family (ocellus/hub/families.py) of LlavaNextForConditionalGeneration."""
+    return Family(name="llava_next", model_class=VLM, build=build_llava_next, keymap=LLAVA_NEXT_KEYS,
+                  hf_config=llava_next_hf_config,
+                  tied=lambda m: ("language_model.lm_head.weight",)
+                  if m.language_model.config.tie_word_embeddings else ())
 
 
 # ---- the recipe / processor side (models/families/registry.py) -----------------------------------

@@ -32,7 +32,10 @@ import torch
 from torch import nn
 
 from ocellus.data.image_tiling import preprocess_qwen2vl, qwen2vl_num_tokens
+from ocellus.data.packing import collate_packed as collate_1d
 from ocellus.errors import ConfigError, InputError
+from ocellus.hub.checkpoint import load_model, read_config
+from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.connectors.merger import PatchMerger
 from ocellus.models.families.llava import _decoder_rules
@@ -248,7 +251,6 @@ def tied_keys(model: Qwen2VL) -> tuple[str, ...]:
 
 def family():
     """The hub Family serving both architectures (hub/families.py registers it)."""
-    from ocellus.hub.families import Family
     return Family(name="qwen2_vl", model_class=Qwen2VL, build=build_qwen2_vl, keymap=QWEN2_VL_KEYS,
                   hf_config=qwen2_vl_hf_config, tied=tied_keys)
 
@@ -337,7 +339,6 @@ def processor_from_dir(directory, upscale_small: bool = False):
     from ocellus.data.image import ImageProcessorConfig
     from ocellus.data.processor import Processor, image_processor_dict
     from ocellus.data.tokenizer import Tokenizer
-    from ocellus.hub.checkpoint import read_config
     directory = Path(directory)
     cfg = read_config(directory)
     vision = Qwen2VisionConfig.from_hf(cfg.get("vision_config") or {}, _variant(cfg))
@@ -394,8 +395,6 @@ def compose(spec: dict, tok) -> Qwen2VL:
     about a third of the rotary pairs per axis; text has the same id on all axes, so the decoder's text
     positions are unchanged). spec["vision_from"] is refused: a CLIP tower has learned absolute positions for
     one image size, not Qwen2-VL's 2D RoPE over any grid."""
-    import ocellus
-    from ocellus.hub.checkpoint import read_config
     from ocellus.models.families.llava import check_spec, image_token_id
     variant = spec.get("architecture", "qwen2_vl")
     if variant not in ARCHS:
@@ -432,7 +431,7 @@ def compose(spec: dict, tok) -> Qwen2VL:
            "tie_word_embeddings": bool(text.get("tie_word_embeddings", False))}
     model = build_qwen2_vl(cfg)
     model.family_name = "qwen2_vl"   # the hub family (and registry module) of both variants
-    _load_decoder(model.language_model, ocellus.load(spec["llm_from"]).state_dict(), spec["llm_from"])
+    _load_decoder(model.language_model, load_model(spec["llm_from"]).state_dict(), spec["llm_from"])
     return model
 
 
@@ -453,11 +452,10 @@ def _load_decoder(decoder: DecoderLM, state: dict, source) -> None:
 
 # ---- packing: each document keeps its own M-RoPE ids -----------------------------------------------------
 def collate_packed(rows, samples: list[dict], max_len: int, model: Qwen2VL, pad_id: int = 0) -> dict:
-    """train/packing.pack rows of Qwen2-VL samples (input_ids, labels, optional pixel_values [P, D] +
+    """data/packing.pack rows of Qwen2-VL samples (input_ids, labels, optional pixel_values [P, D] +
     image_grid_thw [N, 3]) -> input_ids, labels, document_ids [B, max_len], position_ids [3, B, max_len]
     (each document's M-RoPE ids start at 0, as when it is alone), pixel_values / image_grid_thw in the
     order the documents sit in the rows (the order splice and the ViT consume them)."""
-    from ocellus.train.packing import collate_packed as collate_1d
     batch = collate_1d(rows, max_len, pad_id)
     batch.pop("pixel_values", None)  # 1D packing stacks images as LLaVA's; ours are patches + grids
     vc = model.visual.config

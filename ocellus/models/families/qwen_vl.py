@@ -20,6 +20,8 @@ import functools
 from pathlib import Path
 
 from ocellus.errors import ConfigError
+from ocellus.hub.checkpoint import load_model, read_config
+from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.vision_families import vision_rules
 from ocellus.models.connectors.resampler import Resampler
@@ -79,7 +81,6 @@ def qwen_vl_hf_config(model: VLM) -> dict:
 
 def family():
     """The hub Family (ocellus/hub/families.py)."""
-    from ocellus.hub.families import Family  # here: families.py imports this module while it is built
     return Family(name="qwen_vl", model_class=VLM, build=build_qwen_vl, keymap=QWEN_VL_KEYS,
                   hf_config=qwen_vl_hf_config,
                   tied=lambda m: ("language_model.lm_head.weight",) if m.language_model.config.tie_word_embeddings
@@ -91,8 +92,6 @@ def family():
 def compose(spec: dict, tok) -> VLM:
     """A recipe's Qwen-VL: the ViT of spec["vision_from"] + a new resampler (spec["resampler"]:
     num_queries, num_heads) + the decoder of spec["llm_from"]; feature_layer (-2), image_token (<image>)."""
-    import ocellus
-    from ocellus.hub.checkpoint import read_config
     vision_dir, llm_dir = _part_dirs(spec)
     text = read_config(llm_dir)
     resampler = spec.get("resampler") or {}
@@ -102,8 +101,8 @@ def compose(spec: dict, tok) -> VLM:
            "resampler": {"num_queries": resampler.get("num_queries", 256), "num_heads": resampler.get("num_heads", 8)}}
     model = build_qwen_vl(cfg)
     model.family_name = "qwen_vl"
-    model.vision_tower.load_state_dict(ocellus.load(vision_dir).state_dict())
-    model.language_model.load_state_dict(ocellus.load(llm_dir).state_dict())
+    model.vision_tower.load_state_dict(load_model(vision_dir).state_dict())
+    model.language_model.load_state_dict(load_model(llm_dir).state_dict())
     return model
 
 

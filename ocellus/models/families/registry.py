@@ -17,7 +17,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ocellus.data.processor import Processor, image_processor_dict, read_model_type
+from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError
+from ocellus.hub.resolve import resolve
 
 VLM_FAMILIES: dict[str, str] = {
     "llava": "ocellus.models.families.llava",
@@ -54,3 +57,19 @@ def module_for_model_type(model_type: str) -> ModuleType | None:
         if model_type in getattr(module, "MODEL_TYPES", ()):
             return module
     return None
+
+
+def load_processor(path_or_hub_id):
+    """A checkpoint's input side (`ocellus.load_processor`): a `Processor` (tokenizer + image processor + chat
+    template + image-token expansion) when the directory has an image processor config (preprocessor_config.json,
+    or processor_config.json's "image_processor" section as transformers 5 writes it), else its `Tokenizer`.
+    The family that serves config.json's model_type builds the processor (LLaVA's counts its tokens from
+    config.json); a directory no family claims gets Processor.from_dir."""
+    directory = resolve(path_or_hub_id)
+    if image_processor_dict(directory) is None:
+        return Tokenizer.from_dir(directory)
+    model_type = read_model_type(directory)
+    family = module_for_model_type(model_type) if model_type is not None else None
+    if family is not None:
+        return family.processor_from_dir(directory)
+    return Processor.from_dir(directory)

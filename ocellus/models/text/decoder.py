@@ -14,6 +14,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError, positive_ints
+from ocellus.hub.families import DECODER_KEYS, Family
 from ocellus.nn.attention import Attention
 from ocellus.nn.kept_rows import KeptRows
 from ocellus.nn.kv_cache import StaticKVCache
@@ -300,3 +301,10 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     shift_labels = labels[:, 1:]                                             # [B, T-1]
     return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
                            ignore_index=ignore_index)
+
+
+def family() -> Family:
+    """The hub Family of LlamaForCausalLM / Qwen2ForCausalLM checkpoints (names: hub/families.DECODER_KEYS)."""
+    return Family(name="decoder", model_class=DecoderLM, build=lambda cfg: DecoderLM(DecoderConfig.from_hf(cfg)),
+                  keymap=DECODER_KEYS, hf_config=lambda m: m.config.to_hf(),
+                  tied=lambda m: ("lm_head.weight",) if m.config.tie_word_embeddings else ())

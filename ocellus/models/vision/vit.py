@@ -21,6 +21,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError, positive_ints
+from ocellus.hub.families import VISION_ARCHITECTURES, Family
+from ocellus.hub.vision_families import VISION_KEYS
 from ocellus.nn.attention import Attention
 from ocellus.nn.mlp import ACTIVATIONS, GeluMLP
 from ocellus.nn.norms import LayerNorm
@@ -406,3 +408,23 @@ class ViTClassifier(nn.Module):
                 raise InputError(f"labels must be [N]={logits.shape[0]} class ids; got shape {tuple(labels.shape)}")
             loss = F.cross_entropy(logits, labels)
         return ClassifierOutput(logits=logits, loss=loss)
+
+
+# ---- checkpoints: the hub family of CLIPVisionModel / SiglipVisionModel (names: hub/vision_families.py) ----
+def build_vision(cfg: dict) -> VisionTransformer:
+    return VisionTransformer(ViTConfig.from_hf(cfg))
+
+
+def family() -> Family:
+    """The Family for CLIPVisionModel and SiglipVisionModel checkpoints (one table serves both;
+    config.json says which, and `to_hf` writes the right one back)."""
+    return Family(name="vit", model_class=VisionTransformer, build=build_vision, keymap=VISION_KEYS,
+                  hf_config=lambda m: m.config.to_hf())
+
+
+def register(architectures: dict) -> dict:
+    """Add the vision towers to a `hub.families.ARCHITECTURES`-style dict (returned for chaining)."""
+    fam = family()
+    for name in VISION_ARCHITECTURES:
+        architectures[name] = fam
+    return architectures
