@@ -228,7 +228,7 @@ MUTATIONS = [
     Mutation(name="data: MLA cache reorder skips the rope keys", file="ocellus/nn/mla.py",
              old="for buf in (*self.c_kv, *self.k_pe):\n            buf[:, : self.length]",
              new="for buf in self.c_kv:\n            buf[:, : self.length]", tests=[NN_NEW, "tests/unit/test_mla.py"]),
-    # -- train/packing.py
+    # -- data/packing.py
     Mutation(name="data: packing masks the last label of each later document", file="ocellus/data/packing.py",
              old="            labels[0] = IGNORE", new="            labels[-1] = IGNORE", tests=[DATA_NEW, PACKING]),
     Mutation(name="data: packing positions run on across documents", file="ocellus/data/packing.py",
