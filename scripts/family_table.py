@@ -21,7 +21,7 @@ CHAINS = {
     "llava_next": ["llava_next_tiny_shapes/train"],
     "blip2": ["blip2_tiny_shapes/stage1", "blip2_tiny_shapes/stage2", "blip2_tiny_shapes/vqa"],
     "minigpt4": ["minigpt4_tiny_shapes/stage1", "minigpt4_tiny_shapes/stage2", "minigpt4_tiny_shapes/vqa"],
-    "qwen_vl": ["qwen_vl_tiny_shapes/train"],
+    "qwen_vl": ["qwen_vl_tiny_shapes/vit", "qwen_vl_tiny_shapes/train"],
     "internvl": ["internvl_tiny_shapes/train"],
     "qwen2_vl": ["qwen2_vl_tiny_shapes/train"],
     "qwen2_5_vl": ["qwen2_5_vl_tiny_shapes/train"],
