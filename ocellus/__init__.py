@@ -1,6 +1,6 @@
 """Ocellus: one readable PyTorch implementation of the multimodal-LLM stack.
 
-    model = ocellus.load(path_or_hub_id, dtype=None, device=None)
+    model = ocellus.load(path_or_hub_id, dtype=None, device=None, quantize=None)
     proc  = ocellus.load_processor(path_or_hub_id)
     ids   = model.generate(**proc(...), max_new_tokens=32)
     ocellus.save(model, out_dir)
@@ -10,10 +10,12 @@ from ocellus.errors import CheckpointError, ConfigError, InputError, OcellusErro
 __version__ = "0.1.0"
 
 
-def load(path_or_hub_id, dtype=None, device=None):
-    """A Hugging Face-format checkpoint dir (config.json + safetensors) or hub id -> model."""
+def load(path_or_hub_id, dtype=None, device=None, quantize=None):
+    """A Hugging Face-format checkpoint dir (config.json + safetensors) or hub id -> model.
+    quantize="int8": the decoder's Linear layers hold per-channel int8 weights (nn/quant.py); `dtype` stays
+    the compute dtype. A checkpoint saved quantized loads only with quantize="int8"."""
     from ocellus.hub.checkpoint import load_model   # in the function: the root runs before every ocellus import
-    return load_model(path_or_hub_id, dtype=dtype, device=device)
+    return load_model(path_or_hub_id, dtype=dtype, device=device, quantize=quantize)
 
 
 def load_processor(path_or_hub_id):

@@ -40,6 +40,7 @@ def _prompt_inputs(proc, prompt: str, images: list[str], raw: bool):
     """(tokenizer, input_ids [1, T], extra prefill inputs) for one prompt and its images."""
     import torch
 
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.data.processor import Processor
 
     if not isinstance(proc, Processor):  # a text-only checkpoint: its Tokenizer
@@ -64,15 +65,18 @@ def _prompt_inputs(proc, prompt: str, images: list[str], raw: bool):
 def _load_model(path, args):
     """ocellus.load, then (--prepack) the linear weights reordered for oneDNN: faster CPU decoding
     for a second copy of the weights in memory (infer/prepack.py)."""
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
-    model = ocellus.load(path, dtype=args.dtype)
+    model = ocellus.load(path, dtype=args.dtype, quantize=args.quantize)   # --quantize int8: nn/quant.py
     if args.prepack:
+        # lazy: a command imports only the code it runs (ocellus --help stays fast)
         from ocellus.infer.prepack import prepack_linears
         prepack_linears(model, batch_size=1)
     return model
 
 
 def cmd_generate(args) -> int:
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
     from ocellus.infer.generate import generate, stream
 
@@ -93,10 +97,12 @@ CHAT_HELP = "commands: /image PATH (attach to your next message), /reset (clear 
 
 
 def cmd_chat(args) -> int:
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
     from ocellus.chat import ChatSession
 
     model_dir = args.model if args.model is not None else ocellus.default_model_dir()
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.train.unified import UnifiedChat, is_unified_dir, load_unified
     if is_unified_dir(model_dir):   # Emu3 / Janus / Show-o: describes attached images, "draw ..." saves a PNG
         return chat_loop(UnifiedChat(load_unified(model_dir), out_dir="."), args.image)
@@ -164,6 +170,7 @@ def chat_loop(session, images=()) -> int:
 
 
 def cmd_explain(args) -> int:
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
     from ocellus.viz.attention_map import explain
 
@@ -178,6 +185,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.demo import DEMO_SEED, run_demo
     run_demo(args.out, n_images=args.n, seed=DEMO_SEED if args.seed is None else args.seed, model_dir=args.model)
     return 0
@@ -190,9 +198,11 @@ def cmd_bench(args) -> int:
         raise ConfigError("ocellus bench measures against transformers on the same weights, and transformers is "
                           "not installed: pip install 'ocellus[bench]'") from e
     if args.what == "decode":
+        # lazy: a command imports only the code it runs (ocellus --help stays fast)
         from ocellus.bench import main_decode
         return main_decode(args.rest) or 0
     if args.what in ("encode", "train"):
+        # lazy: a command imports only the code it runs (ocellus --help stays fast)
         from ocellus import bench_vlm
         return getattr(bench_vlm, f"main_{args.what}")(args.rest) or 0
     raise SystemExit(f"unknown benchmark {args.what!r}")
@@ -216,6 +226,7 @@ def cmd_train(args) -> int:
         return 0
     recipe = load_recipe(args.recipe, args.overrides)
     check_sources(recipe, args.recipe)   # a missing checkpoint names the recipe that writes it, before any build
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.train.run import run_recipe
     run_recipe(recipe)
     return 0
@@ -238,15 +249,17 @@ def cmd_generate_image(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.eval.harness import evaluate
     evaluate(args.model, args.task, n=args.n, shots=args.shots, batch_size=args.batch_size, out=args.out,
-             phrasing=args.phrasing, turns=args.turns, card=args.card)
+             phrasing=args.phrasing, turns=args.turns, card=args.card, quantize=args.quantize)
     return 0
 
 
 def cmd_serve(args) -> int:
     from pathlib import Path
 
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.serve.app import serve
     from ocellus.serve.limits import ServeLimits
     limits = ServeLimits(
@@ -259,13 +272,19 @@ def cmd_serve(args) -> int:
         allowed_image_dir=Path(args.allow_image_dir) if args.allow_image_dir else None,
         allowed_hosts=tuple(args.allowed_host), idle_timeout_s=args.idle_timeout)
     serve(args.model, host=args.host, port=args.port, limits=limits, model_id=args.model_name, dtype=args.dtype,
-          log_level=args.log_level)
+          log_level=args.log_level, quantize=args.quantize)
     return 0
 
 
 def _add_prepack(p) -> None:
     p.add_argument("--prepack", action="store_true",
                    help="CPU: read oneDNN-prepacked weights (1.4-1.6x faster decoding here; twice the weight memory)")
+
+
+def _add_quantize(p) -> None:
+    p.add_argument("--quantize", default=None, choices=["int8"],
+                   help="int8: the decoder's Linear layers as per-channel int8 weights (activations stay in --dtype; "
+                        "needed to load a checkpoint saved quantized)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     _add_sampling(p)
     _add_prepack(p)
+    _add_quantize(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive multi-turn chat (reads stdin; /image PATH, /reset, /quit)")
@@ -300,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse larger images (decompression-bomb guard)")
     _add_sampling(p)
     _add_prepack(p)
+    _add_quantize(p)
     p.set_defaults(func=cmd_chat, max_new_tokens=256)
 
     p = sub.add_parser("explain", help="answer a question about an image and draw which patches the answer "
@@ -334,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--card", action="store_true", help="record the table in the model directory's model card "
                                                        "(README.md, written by a recipe's export)")
+    _add_quantize(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate-image", help="sample an image generator (DDPM / latent diffusion / MaskGIT / "
@@ -379,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=float, default=5.0,
                    help="seconds a connection may take to send each request head (idle and slow clients are closed)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _add_quantize(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks: ours vs the reference, same run")
@@ -392,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.version:
+        # lazy: a command imports only the code it runs (ocellus --help stays fast)
         from ocellus import __version__
         print(__version__)
         return 0

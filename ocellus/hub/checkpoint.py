@@ -21,6 +21,7 @@ from ocellus.hub.keymap import KeyMap
 from ocellus.hub.processor_files import write_processor_files
 from ocellus.hub.resolve import resolve
 from ocellus.nn.lora import merged_state_dict
+from ocellus.nn.quant import QUANT_METHOD, Int8Linear, quantization_config, quantize_model, quantized_modules, replace_module
 from ocellus.hub.safetensors_io import _atomic_write_text, checkpoint_files, read_tensors, write_tensors
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -53,17 +54,87 @@ def _skip_init(dtype: torch.dtype):
         torch.set_default_dtype(old_dtype)
 
 
-def load_model(path_or_id, dtype=None, device=None) -> nn.Module:
+QUANTIZE_CHOICES = ("int8",)
+
+
+def parse_quantize(quantize) -> str | None:
+    if quantize in (None, "none", ""):
+        return None
+    if quantize not in QUANTIZE_CHOICES:
+        raise ConfigError(f"unknown quantize {quantize!r}; use one of {list(QUANTIZE_CHOICES)} or None")
+    return quantize
+
+
+def _quantized_layout(model: nn.Module, qcfg, where: str) -> None:
+    """Swap in an empty Int8Linear for each module a quantized checkpoint's quantization_config names
+    (filled by the strict load that follows: no float weight is read or made)."""
+    if not isinstance(qcfg, dict) or qcfg.get("quant_method") != QUANT_METHOD or qcfg.get("bits") != 8:
+        raise CheckpointError(f"{where}: quantization_config {qcfg!r} is not one Ocellus reads "
+                              f"(quant_method {QUANT_METHOD!r}, bits 8)")
+    names = qcfg.get("modules")
+    if not isinstance(names, list) or not names:
+        raise CheckpointError(f"{where}: quantization_config names no quantized modules")
+    for name in names:
+        try:
+            mod = model.get_submodule(str(name))
+        except AttributeError:
+            mod = None
+        if not isinstance(mod, nn.Linear):
+            raise CheckpointError(f"{where}: quantization_config names {name!r}, which is not a Linear layer of "
+                                  f"{type(model).__name__}")
+        replace_module(model, name, Int8Linear(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                                               dtype=mod.weight.dtype, device=mod.weight.device))
+
+
+def _untied(tied: tuple[str, ...], model: nn.Module) -> tuple[str, ...]:
+    """A tied weight whose module is int8 has its own tensor (the embedding it was tied to stays float)."""
+    q = set(quantized_modules(model))
+    return tuple(k for k in tied if k.rpartition(".")[0] not in q)
+
+
+def _scale_key(name: str | None) -> tuple[str | None, str]:
+    """'x.weight_scale' -> ('x.weight', '_scale'): a scale is named after its weight on both sides."""
+    if name is not None and name.endswith(".weight_scale"):
+        return name[:-len("_scale")], "_scale"
+    return name, ""
+
+
+def key_to_ours(keymap: KeyMap, theirs: str) -> str | None:
+    base, suffix = _scale_key(theirs)
+    ours = keymap.to_ours(base)
+    return ours + suffix if ours is not None else None
+
+
+def key_to_theirs(keymap: KeyMap, ours: str) -> str | None:
+    base, suffix = _scale_key(ours)
+    theirs = keymap.to_theirs(base)
+    return theirs + suffix if theirs is not None else None
+
+
+def load_model(path_or_id, dtype=None, device=None, quantize=None) -> nn.Module:
+    """quantize="int8": the decoder's Linear layers as Int8Linear (nn/quant.py): a float checkpoint is
+    quantized after loading, an int8 checkpoint (config.json quantization_config) is read as it is. An int8
+    checkpoint loaded without quantize is refused: its weights are not float weights."""
     path = resolve(path_or_id)
     cfg = read_config(path)
     fam = family_for_config(cfg, where=str(path / "config.json"))
+    quantize = parse_quantize(quantize)
+    qcfg = cfg.get("quantization_config")
+    if qcfg is not None and quantize is None:
+        raise CheckpointError(f"{path} holds int8-quantized weights (config.json quantization_config "
+                              f"{(qcfg or {}).get('quant_method') if isinstance(qcfg, dict) else qcfg!r}): load it "
+                              f"with quantize='int8' (--quantize int8), or load the float checkpoint it was made from")
     dtype = parse_dtype(dtype) or parse_dtype(cfg.get("dtype") or cfg.get("torch_dtype")) or torch.float32
     with _skip_init(dtype):
         model = fam.build(cfg)
+    if qcfg is not None:
+        _quantized_layout(model, qcfg, str(path / "config.json"))
     tensors = read_tensors(checkpoint_files(path))
     if fam.from_checkpoint is not None:
         tensors = fam.from_checkpoint(tensors)
-    load_state_strict(model, tensors, fam.keymap, tied=fam.tied(model), source=str(path))
+    load_state_strict(model, tensors, fam.keymap, tied=_untied(fam.tied(model), model), source=str(path))
+    if quantize is not None and qcfg is None:
+        quantize_model(model)
     model.eval()
     model.name_or_path = str(path_or_id)
     model.family_name = fam.name
@@ -78,7 +149,7 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
     for theirs, t in tensors.items():
         if keymap.dropped(theirs):
             continue
-        key = keymap.to_ours(theirs)
+        key = key_to_ours(keymap, theirs)
         if key in tied:              # a tied copy (some exports write it): the source tensor wins
             continue
         if key is None or key not in ours:
@@ -88,7 +159,7 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
             wrong_shape.add(key)
         else:
             filled[key] = t
-    missing = [keymap.to_theirs(k) or k for k in ours if k not in filled and k not in tied and k not in wrong_shape]
+    missing = [key_to_theirs(keymap, k) or k for k in ours if k not in filled and k not in tied and k not in wrong_shape]
     if missing or unexpected or mismatched:
         lines = [f"{source} does not match {type(model).__name__}:"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
@@ -108,12 +179,12 @@ def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30, toke
                           f"rank and save a plain copy (train/run.py `exportable` does this after training)")
     fam: Family = family_for_model(model)
     out = Path(out_dir)
-    tied = set(fam.tied(model))
+    tied = set(_untied(fam.tied(model), model))
     tensors = {}
     for k, t in merged_state_dict(model).items():   # LoRA adapters folded in: plain HF weights
         if k in tied:
             continue
-        name = fam.keymap.to_theirs(k)
+        name = key_to_theirs(fam.keymap, k)
         if name is None:
             raise CheckpointError(f"{type(model).__name__}.{k} has no checkpoint name in the {fam.name} key table")
         tensors[name] = t.detach().cpu()
@@ -123,6 +194,9 @@ def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30, toke
     cfg = fam.hf_config(model)
     cfg["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
     cfg.pop("torch_dtype", None)
+    cfg.pop("quantization_config", None)
+    if quantized_modules(model):      # int8 weights (nn/quant.py): only quantize="int8" reads them back
+        cfg["quantization_config"] = quantization_config(model)
     _atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
     if processor is not None:
         tokenizer = tokenizer or processor.tokenizer

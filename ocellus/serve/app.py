@@ -50,6 +50,7 @@ from ocellus.serve.guards import BrowserGuard, IdleTimeoutH11, page_csp
 from ocellus.serve.json_body import read_json
 from ocellus.serve.limits import ServeLimits
 from ocellus.serve.media import fetch_image, fetch_images
+from ocellus.viz.attention_map import answer_attention, overlay
 
 STATIC = Path(__file__).resolve().parent / "static"
 PREFILL_SKIP = ("input_ids", "attention_mask")  # every other processor output is a prefill input (pixel_values, ...)
@@ -263,7 +264,6 @@ async def explain(request: Request):
     """{"image": data URL, "question": str, "max_tokens": int} -> the answer and a PNG heat map of the
     patches it attended to. Runs on the engine thread between decode steps (its hooks must not see
     the batch's forwards)."""
-    from ocellus.viz.attention_map import answer_attention, overlay
 
     state: ServeState = request.app.state.serve
     _check_key(request, state.limits)
@@ -342,12 +342,12 @@ def create_app(model, processor, *, model_id: str, limits: ServeLimits | None = 
 
 
 def serve(model_dir=None, *, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None,
-          model_id: str | None = None, dtype=None, log_level: str = "info") -> None:
+          model_id: str | None = None, dtype=None, log_level: str = "info", quantize=None) -> None:
     """Load a checkpoint (default: the embedded model) and serve it until interrupted."""
     import uvicorn
 
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
-    model = load_model(model_dir, dtype=dtype).eval()
+    model = load_model(model_dir, dtype=dtype, quantize=quantize).eval()
     app = create_app(model, load_processor(model_dir), model_id=model_id or model_dir.resolve().name,
                      limits=limits, host=host)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, http=IdleTimeoutH11,

@@ -1,0 +1,169 @@
+"""Weight-only int8: per-output-channel symmetric int8 weights, activations in the compute dtype.
+
+Decoding one token at a time is bound by reading every weight once per token, so a weight read as one
+byte instead of two (bf16) or four (fp32) is the speed-up. `Int8Linear` holds
+
+    weight        int8 [out, in]     round(W / scale[:, None]), clamped to [-127, 127]
+    weight_scale  fp32 [out]         max |W[o, :]| / 127  (one scale per output channel)
+    bias          compute dtype [out] or None
+
+and computes y = (x @ weight.T) * scale + bias with x kept in its own dtype: on CPU through
+`aten._weight_int8pack_mm` (int8 weight, per-channel scales, bf16 activations, fp32 accumulation; an fp32
+x is rounded to bf16 for the product only, because the kernel's fp32 path is far slower), elsewhere (CUDA,
+fp16, and whenever autograd needs a gradient for x) as the same product written out with the weight
+dequantised. The state_dict names (`weight`, `weight_scale`, `bias`) are what a quantized
+checkpoint holds (hub/checkpoint.py writes them with a `quantization_config` in config.json).
+
+Inference only: the int8 weight is a buffer, never trained.
+"""
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ocellus.errors import ConfigError
+
+QUANT_METHOD = "ocellus_int8"
+QMAX = 127
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W [out, in] (any float dtype) -> (int8 [out, in], fp32 scale [out]): symmetric, per output channel,
+    round to nearest. An all-zero row gets scale 1 (its codes are 0)."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+    q = torch.round(w / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    return q, scale
+
+
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """int8 [out, in] and scale [out] -> the float weight they stand for, in `dtype`."""
+    return (q.float() * scale.float()[:, None]).to(dtype)
+
+
+def int8_kernel_available(device: torch.device | str = "cpu") -> bool:
+    return torch.device(device).type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+class Int8Linear(nn.Module):
+    """A Linear whose weight is int8 with one fp32 scale per output channel (see the module docstring)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: torch.dtype | None = None,
+                 device=None):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) \
+            if bias else None
+        self._scale_cache: tuple | None = None   # (dtype, device, version) -> the scale in the activation dtype
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                  dtype=linear.weight.dtype, device=linear.weight.device)
+        q, scale = quantize_weight(linear.weight)
+        new.weight.copy_(q)
+        new.weight_scale.copy_(scale)
+        if linear.bias is not None:
+            new.bias.data.copy_(linear.bias.detach())
+        return new
+
+    def _scale_as(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.dtype, x.device, self.weight_scale._version, self.weight_scale.data_ptr())
+        if self._scale_cache is None or self._scale_cache[0] != key:
+            self._scale_cache = (key, self.weight_scale.to(device=x.device, dtype=x.dtype))
+        return self._scale_cache[1]
+
+    def _apply(self, fn, recurse=True):
+        """.to(dtype) / .half() cast float buffers: the scales stay fp32 (they are the truth the codes
+        stand for); device moves apply to them as to everything else."""
+        scale = self.weight_scale
+        super()._apply(fn, recurse)
+        if self.weight_scale.dtype != torch.float32:
+            self.weight_scale = scale.to(device=self.weight_scale.device)
+        return self
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_weight(self.weight, self.weight_scale, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        needs_grad = torch.is_grad_enabled() and x.requires_grad
+        if not needs_grad and int8_kernel_available(x.device) and x.dtype == torch.bfloat16:
+            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.weight, self._scale_as(x))
+        elif not needs_grad and int8_kernel_available(x.device) and x.dtype == torch.float32:
+            # the kernel's fp32 (and fp16) path is 6-20x slower than its bf16 one here (AVX2, torch 2.13):
+            # the matmul input is rounded to bf16, accumulation stays fp32, the output is fp32 again
+            xb = x2.to(torch.bfloat16)
+            y = torch.ops.aten._weight_int8pack_mm(xb, self.weight, self._scale_as(xb)).to(x.dtype)
+        else:   # the same product written out: x @ (q * s).T = (x @ q.T) * s
+            y = F.linear(x2, self.weight.to(x.dtype)) * self._scale_as(x)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
+
+
+def decoder_scope(model: nn.Module) -> str:
+    """The module path whose Linear layers int8 quantization covers by default: a VLM's `language_model`
+    (the decoder reads its weights once per generated token; the vision tower and connector run once per
+    image and stay in the compute dtype), else the whole model ("")."""
+    return "language_model" if isinstance(getattr(model, "language_model", None), nn.Module) else ""
+
+
+def quantize_targets(model: nn.Module, skip: tuple[str, ...] = (), lm_head: bool = True) -> list[str]:
+    """Qualified names of the nn.Linear layers `quantize_model` would replace: those under `decoder_scope`,
+    minus names matching any `skip` pattern (fnmatch on the full module path), minus `*lm_head` unless lm_head."""
+    scope = decoder_scope(model)
+    patterns = tuple(skip) + (() if lm_head else ("lm_head", "*.lm_head"))
+    names = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear):     # nn.Linear and its subclasses (PackedLinear)
+            continue
+        if scope and not name.startswith(scope + "."):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        names.append(name)
+    return names
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, skip: tuple[str, ...] = (), lm_head: bool = True) -> nn.Module:
+    """In place: each nn.Linear named by `quantize_targets` becomes an Int8Linear (its float weight is
+    dropped; a tied lm_head keeps the embedding as it was and gets an int8 copy of its own). Returns the model."""
+    for name, mod in model.named_modules():
+        if type(mod).__name__ == "LoRALinear":
+            raise ConfigError(f"{name} carries a LoRA adapter: merge it (nn.lora.merge_lora) before quantizing")
+    names = quantize_targets(model, skip=skip, lm_head=lm_head)
+    if not names:
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear layer to quantize")
+    for name in names:
+        mod = model.get_submodule(name)
+        if not mod.weight.is_floating_point():
+            raise ConfigError(f"{name}.weight is {mod.weight.dtype}: int8 quantization needs a float weight")
+        replace_module(model, name, Int8Linear.from_linear(mod))
+    return model
+
+
+def quantized_modules(model: nn.Module) -> list[str]:
+    return [name for name, mod in model.named_modules() if isinstance(mod, Int8Linear)]
+
+
+def quantization_config(model: nn.Module) -> dict:
+    """The config.json entry a quantized checkpoint carries."""
+    return {"quant_method": QUANT_METHOD, "bits": 8, "group": "per_channel", "symmetric": True,
+            "scale_dtype": "float32", "modules": quantized_modules(model)}
