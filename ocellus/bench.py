@@ -31,6 +31,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.infer.prepack import prepack_linears, prepack_supports
+from ocellus.nn.quant import Int8Linear
 
 # ~100M parameters: 75.5M in the blocks + 24.6M in the (tied) embedding / lm_head; GQA 12 q / 4 kv heads.
 LLAMA_100M = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
@@ -79,16 +80,20 @@ def ceiling_seconds(model: nn.Module, batch: int, passes: int = 32) -> float:
     with F.linear, averaged over `passes` back-to-back passes: the weight-reading cost no decoder
     can avoid at one token per step. Sustained over many passes, like the decode runs it is
     compared with, so background load on the machine biases both alike."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    w0 = linears[0].weight
+    linears = [m for m in model.modules() if isinstance(m, (nn.Linear, Int8Linear))]
+    w0 = next(model.parameters())     # the compute dtype (an Int8Linear's weight is int8)
     xs = {m.in_features: torch.randn(batch, m.in_features, dtype=w0.dtype, device=w0.device) for m in linears}
+
+    def one(m):                       # an int8 layer's weight read is its own kernel (nn/quant.py)
+        return m(xs[m.in_features]) if isinstance(m, Int8Linear) else F.linear(xs[m.in_features], m.weight, m.bias)
+
     with torch.inference_mode():
         for m in linears:  # warm-up: first-call kernel selection
-            F.linear(xs[m.in_features], m.weight, m.bias)
+            one(m)
         t0 = _now(w0.device)
         for _ in range(passes):
             for m in linears:
-                F.linear(xs[m.in_features], m.weight, m.bias)
+                one(m)
         return (_now(w0.device) - t0) / passes
 
 
@@ -132,11 +137,14 @@ def measure(ours, theirs, ids: torch.Tensor, n1: int, n2: int, repeats: int, dev
 def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128, new_tokens: int = 128,
                  base_tokens: int = 1, repeats: int = 3, quick: bool = False, workdir=None, device="cpu",
                  arch: dict | None = None, threads: int | None = None, verbose: bool = True,
-                 prepack: bool = False) -> list[dict]:
+                 prepack: bool = False, quantize: str | None = None) -> list[dict]:
     """-> one dict per (dtype, batch): ours / transformers decode tokens/s, their ratio, the ceiling
     and ours / ceiling. Decode rate = B * (new_tokens - base_tokens) / (t(new) - t(base)).
     prepack: ours runs with oneDNN-prepacked weights (infer/prepack.py), packed for each batch size;
-    the ceiling stays plain F.linear calls on the unpacked weights."""
+    the ceiling stays plain F.linear calls on the unpacked weights.
+    quantize="int8": one more row set, "int8": ours loaded with quantize="int8" (bf16 activations, nn/quant.py)
+    against transformers in bf16; its ceiling is one int8-kernel pass over the same layers."""
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
     import transformers
 
@@ -149,9 +157,9 @@ def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128,
     transformers.logging.set_verbosity_error()
     path = build_checkpoint(arch, Path(workdir) if workdir else default_workdir())
     rows = []
-    for dname in dtypes:
-        dtype = DTYPES[dname]
-        ours = ocellus.load(path, dtype=dtype, device=device)
+    for dname in list(dtypes) + ([quantize] if quantize else []):
+        dtype = DTYPES.get(dname, torch.bfloat16)      # int8: bf16 activations
+        ours = ocellus.load(path, dtype=dtype, device=device, quantize=quantize if dname == quantize else None)
         packed = prepack and prepack_supports(dtype)   # an AVX2-only CPU has no oneDNN bf16 kernels: plain
         theirs = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         if verbose:
@@ -172,7 +180,22 @@ def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128,
             if verbose:
                 print(format_row(row), flush=True)
         del ours, theirs
+    by = {(r["dtype"], r["batch"]): r["ocellus"] for r in rows}
+    for r in rows:
+        if r["dtype"] == quantize:
+            r.update({f"x_{d}": r["ocellus"] / by[(d, r["batch"])] for d in dtypes if (d, r["batch"]) in by})
     return rows
+
+
+def format_quant(rows: list[dict]) -> str:
+    """int8 next to bf16 and fp32 (ours, same run) per batch size: the lines `--quantize` adds."""
+    lines = []
+    for r in rows:
+        if any(k.startswith("x_") for k in r):
+            same = {d: by for d, by in ((k[2:], v) for k, v in r.items() if k.startswith("x_"))}
+            lines.append(f"{r['dtype']} batch {r['batch']}: {r['ocellus']:.1f} tok/s = "
+                         + ", ".join(f"{v:.2f}x {d}" for d, v in same.items()))
+    return "\n".join(lines)
 
 
 HEADER = f"{'dtype':>5} {'batch':>5} {'ocellus tok/s':>13} {'transformers tok/s':>18} {'ratio':>6} " \
@@ -202,6 +225,8 @@ def main_decode(argv=None) -> int:
     p.add_argument("--workdir", default=None, help=f"checkpoint cache (default {default_workdir()})")
     p.add_argument("--quick", action="store_true", help="tiny model, few tokens (a smoke test)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--quantize", default=None, choices=["int8"],
+                   help="also run ours with int8 weights (bf16 activations) and print it against bf16 and fp32")
     p.add_argument("--no-prepack", dest="prepack", action="store_false",
                    help="ours with plain weights (default: oneDNN-prepacked weights, infer/prepack.py)")
     a = p.parse_args(argv)
@@ -213,9 +238,11 @@ def main_decode(argv=None) -> int:
         p.error("--base-tokens must be smaller than --new-tokens")
     rows = bench_decode(dtypes=dtypes, batches=[int(b) for b in a.batches.split(",")], prompt_len=a.prompt,
                         new_tokens=a.new_tokens, base_tokens=a.base_tokens, repeats=a.repeats, quick=a.quick,
-                        workdir=a.workdir, threads=a.threads, prepack=a.prepack)
+                        workdir=a.workdir, threads=a.threads, prepack=a.prepack, quantize=a.quantize)
     print()
     print(format_table(rows))
+    if a.quantize:
+        print(format_quant(rows))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
     return 0

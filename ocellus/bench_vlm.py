@@ -127,6 +127,7 @@ def bench_train_recipe(recipe_path, model_dir=None, batch: int | None = None, st
     sides). Full or frozen parts only: LoRA would put different modules on the two sides."""
     import transformers as tf
 
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.data.tokenizer import Tokenizer
     from ocellus.hub.checkpoint import read_config
     from ocellus.train.recipe import load_recipe

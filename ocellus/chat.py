@@ -92,6 +92,7 @@ class ChatSession:
         return batch.to(next(self.model.parameters()).device)
 
     def _reply(self, user: dict, loaded: list, batch: dict, max_new_tokens: int) -> Iterator[str]:
+        # lazy: a command imports only the code it runs (ocellus --help stays fast)
         from ocellus.infer.generate import stream
         extra = {k: batch[k] for k in ("pixel_values", "image_sizes") if k in batch}  # image inputs, at prefill
         pieces = []

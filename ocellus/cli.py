@@ -40,6 +40,7 @@ def _prompt_inputs(proc, prompt: str, images: list[str], raw: bool):
     """(tokenizer, input_ids [1, T], extra prefill inputs) for one prompt and its images."""
     import torch
 
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.data.processor import Processor
 
     if not isinstance(proc, Processor):  # a text-only checkpoint: its Tokenizer
@@ -64,15 +65,18 @@ def _prompt_inputs(proc, prompt: str, images: list[str], raw: bool):
 def _load_model(path, args):
     """ocellus.load, then (--prepack) the linear weights reordered for oneDNN: faster CPU decoding
     for a second copy of the weights in memory (infer/prepack.py)."""
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
     model = ocellus.load(path, dtype=args.dtype, quantize=args.quantize)   # --quantize int8: nn/quant.py
     if args.prepack:
+        # lazy: a command imports only the code it runs (ocellus --help stays fast)
         from ocellus.infer.prepack import prepack_linears
         prepack_linears(model, batch_size=1)
     return model
 
 
 def cmd_generate(args) -> int:
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
     from ocellus.infer.generate import generate, stream
 
@@ -93,10 +97,12 @@ CHAT_HELP = "commands: /image PATH (attach to your next message), /reset (clear 
 
 
 def cmd_chat(args) -> int:
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
     from ocellus.chat import ChatSession
 
     model_dir = args.model if args.model is not None else ocellus.default_model_dir()
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.train.unified import UnifiedChat, is_unified_dir, load_unified
     if is_unified_dir(model_dir):   # Emu3 / Janus / Show-o: describes attached images, "draw ..." saves a PNG
         return chat_loop(UnifiedChat(load_unified(model_dir), out_dir="."), args.image)
@@ -164,6 +170,7 @@ def chat_loop(session, images=()) -> int:
 
 
 def cmd_explain(args) -> int:
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
     from ocellus.viz.attention_map import explain
 
@@ -178,6 +185,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.demo import DEMO_SEED, run_demo
     run_demo(args.out, n_images=args.n, seed=DEMO_SEED if args.seed is None else args.seed, model_dir=args.model)
     return 0
@@ -190,9 +198,11 @@ def cmd_bench(args) -> int:
         raise ConfigError("ocellus bench measures against transformers on the same weights, and transformers is "
                           "not installed: pip install 'ocellus[bench]'") from e
     if args.what == "decode":
+        # lazy: a command imports only the code it runs (ocellus --help stays fast)
         from ocellus.bench import main_decode
         return main_decode(args.rest) or 0
     if args.what in ("encode", "train"):
+        # lazy: a command imports only the code it runs (ocellus --help stays fast)
         from ocellus import bench_vlm
         return getattr(bench_vlm, f"main_{args.what}")(args.rest) or 0
     raise SystemExit(f"unknown benchmark {args.what!r}")
@@ -216,6 +226,7 @@ def cmd_train(args) -> int:
         return 0
     recipe = load_recipe(args.recipe, args.overrides)
     check_sources(recipe, args.recipe)   # a missing checkpoint names the recipe that writes it, before any build
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.train.run import run_recipe
     run_recipe(recipe)
     return 0
@@ -238,6 +249,7 @@ def cmd_generate_image(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.eval.harness import evaluate
     evaluate(args.model, args.task, n=args.n, shots=args.shots, batch_size=args.batch_size, out=args.out,
              phrasing=args.phrasing, turns=args.turns, card=args.card, quantize=args.quantize)
@@ -247,6 +259,7 @@ def cmd_eval(args) -> int:
 def cmd_serve(args) -> int:
     from pathlib import Path
 
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.serve.app import serve
     from ocellus.serve.limits import ServeLimits
     limits = ServeLimits(
@@ -402,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.version:
+        # lazy: a command imports only the code it runs (ocellus --help stays fast)
         from ocellus import __version__
         print(__version__)
         return 0

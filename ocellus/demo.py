@@ -34,6 +34,7 @@ CORPUS = [
 
 def make_tiny_checkpoint(path: str | Path, seed: int = 0) -> Path:
     """A text-only Llama-config decoder with seeded random weights + a byte-level BPE, in HF format."""
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
     from ocellus.data.bpe import train_bpe
     from ocellus.models.text.decoder import DecoderConfig, DecoderLM
@@ -64,6 +65,7 @@ def demo_questions(n_images: int, image_size: int, seed: int = DEMO_SEED) -> lis
     """n_images new scenes, and for each one question of every type the scene supports (a
     "spatial" question needs two objects, "colour" a shape that occurs once, ...), in the single-word
     QA format the model was tuned on. -> [{"image": k, "type", "question", "answer", "sample"}]"""
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.data.shapes import ShapesConfig, make_qa, make_scene, render
     from ocellus.data.messages import image_part, text_part
     from ocellus.errors import InputError
@@ -87,6 +89,7 @@ def demo_questions(n_images: int, image_size: int, seed: int = DEMO_SEED) -> lis
 
 
 def _correct(pred: str, gold: str) -> bool:
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.eval.vqa import count_match, vqa_exact_match
     return bool(count_match(pred, gold) if gold.isdigit() else vqa_exact_match(pred, gold))
 
@@ -110,6 +113,7 @@ def run_demo(out_dir: str | Path = "ocellus-demo", n_images: int = 4, seed: int 
     """Answer questions about n_images new scenes with the embedded model (or model_dir); print
     question / answer / ground truth and the accuracy; write image_K.png and attention.png into
     out_dir. Returns {"rows", "accuracy", "images", "heatmap"}."""
+    # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
     from ocellus.eval.harness import predict
     from ocellus.viz.attention_map import explain, overlay

@@ -56,6 +56,7 @@ from ocellus.data.messages import normalize
 from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.checkpoint_dir import read_json_object
+from ocellus.data.templates import JinjaTemplate
 
 # config.json model types this processor serves: one fixed-size ViT view, or LLaVA-NeXT anyres
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next")
@@ -303,7 +304,6 @@ class Processor:
             raise ConfigError("this checkpoint has no chat template (chat_template.jinja / tokenizer_config.json); "
                               "pass text= with image placeholders instead of messages=")
         if self._content_format is None:
-            from ocellus.data.templates import JinjaTemplate
             self._content_format = JinjaTemplate(self.tokenizer, chat_template=template).content_format
         if self._content_format == "parts":  # image objects stay out of the template: it only tests the type
             msgs = [{"role": m["role"], "content": [{"type": "image"} if p["type"] == "image" else p

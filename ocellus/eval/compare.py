@@ -27,6 +27,7 @@ import torch
 from ocellus.errors import ConfigError
 from ocellus.hub.checkpoint import load_model
 from ocellus.models.families.registry import load_processor
+from ocellus.eval.harness import evaluate
 
 ROUTES = {"llava": "all tokens", "blip2": "compressed prompt", "qwen_vl": "compressed prompt",
           "internvl": "all tokens", "qwen2_vl": "all tokens", "flamingo": "cross-attention"}
@@ -82,7 +83,6 @@ def _sizes(model) -> tuple[int, int]:
 
 def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_size: int, n_eval: int,
                lr: float = 2.0e-3) -> dict:
-    from ocellus.eval.harness import evaluate
     from ocellus.train.recipe import validate
     from ocellus.train.run import run_recipe
     recipe = recipe_for(family, parts_dir, runs_dir / family, steps, batch_size, lr=lr)

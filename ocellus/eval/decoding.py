@@ -20,6 +20,11 @@ import torch
 from ocellus.errors import InputError
 from ocellus.eval.caption import cider_d, corpus_bleu, tokenize_caption
 from ocellus.hub.checkpoint import load_model
+from ocellus.data.image import preprocess
+from ocellus.data.shapes import caption, render
+from ocellus.data.tokenizer import Tokenizer
+from ocellus.eval.retrieval import EVAL_SEED, SHAPES_RENDER_SIZE
+from ocellus.models.contrastive.blip import BLIP
 
 STRATEGIES = {"greedy": {}, "beam": {"num_beams": 3}, "nucleus": {"do_sample": True, "top_p": 0.9}}
 
@@ -50,11 +55,6 @@ def score(captions: list[str], truths: list[str]) -> dict[str, float]:
 def compare(model_dir, n: int = 200, strategies: dict | None = None, max_new_tokens: int = 24,
             seed: int = 0) -> dict[str, dict[str, float]]:
     """Caption n held-out shapes scenes (eval/retrieval.py's held-out seed) with each strategy."""
-    from ocellus.data.image import preprocess
-    from ocellus.data.shapes import caption, render
-    from ocellus.data.tokenizer import Tokenizer
-    from ocellus.eval.retrieval import EVAL_SEED, SHAPES_RENDER_SIZE
-    from ocellus.models.contrastive.blip import BLIP
     from ocellus.train.capfilt import scenes
     from ocellus.train.contrastive_run import image_cfg
     model = load_model(model_dir)

@@ -28,13 +28,16 @@ import torch
 from ocellus.data.processor import Processor
 from ocellus.errors import ConfigError
 from ocellus.eval.caption import cider_d, corpus_bleu
-from ocellus.eval.grounding import box_iou, grounding_hit
+from ocellus.eval.grounding import box_iou, grounding_hit, parse_boxes
 from ocellus.eval.metrics import format_table, score_by_type
 from ocellus.eval.vqa import count_match, vqa_exact_match
 from ocellus.hub.checkpoint import load_model
 from ocellus.hub.model_card import record_eval
 from ocellus.hub.resolve import default_model_dir
 from ocellus.models.families.registry import load_processor
+from ocellus.data.digits import digits_samples
+from ocellus.data.shapes import caption, describe, make_scene, sample_at, ShapesConfig
+from ocellus.eval import retrieval
 
 TASKS = ("shapes-vqa", "shapes-caption", "shapes-grounding", "digits")
 EVAL_SEED = 10_007   # scenes no recipe trains on (recipes use small seeds)
@@ -52,9 +55,7 @@ def task_samples(task: str, n: int, image_size: int, seed: int = EVAL_SEED, phra
     if phrasing not in PHRASINGS or turns < 1:
         raise ConfigError(f"phrasing must be one of {', '.join(PHRASINGS)} and turns >= 1, got {phrasing!r}, {turns}")
     if task == "digits":
-        from ocellus.data.digits import digits_samples
         return digits_samples("test", seed=0, image_size=image_size)[:n]
-    from ocellus.data.shapes import ShapesConfig, caption, describe, make_scene, sample_at
     import numpy as np
     kind = {"shapes-vqa": "qa", "shapes-caption": "caption", "shapes-grounding": "grounding"}[task]
     wording, suffix = PHRASINGS[phrasing]
@@ -129,7 +130,6 @@ def score(task: str, samples: list[dict], preds: list[str]) -> dict:
                 "metric": "caption"}
     records = [{"type": s["type"], "pred": p, "gold": s["answer"]} for s, p in zip(samples, preds)]
     if task == "shapes-grounding":
-        from ocellus.eval.grounding import parse_boxes
         table = score_by_type(records, lambda pred, gold: grounding_hit(pred, parse_boxes(gold)[0].box))
         mean_iou = score_by_type(records, lambda pred, gold: box_iou(pred, parse_boxes(gold)[0].box))["all"][1]
         return {"table": table, "metric": "accuracy", "mean_iou": mean_iou}
@@ -145,7 +145,6 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
     """Score a model on a task (held-out samples) -> the result dict (table per type); out: also as JSON;
     card: also into model_dir's model card (README.md) with the command that reproduces it.
     quantize="int8": the decoder with int8 weights (hub/checkpoint.load_model)."""
-    from ocellus.eval import retrieval
     if task in retrieval.EVAL_TASKS:
         result = retrieval.evaluate(model_dir, task, n=n, printer=printer)
         if out:

@@ -20,6 +20,16 @@ import torch.nn.functional as F
 
 from ocellus.errors import InputError
 from ocellus.hub.checkpoint import load_model
+from ocellus.data.digits import digits_samples
+from ocellus.data.image import ImageProcessorConfig, preprocess
+from ocellus.data.processor import image_processor_dict
+from ocellus.data.shapes import make_scene, render
+from ocellus.data.tokenizer import Tokenizer
+from ocellus.hub.vision_families import load_vision
+from ocellus.models.contrastive.clip import DualEncoder
+from ocellus.models.contrastive.moco import pooled
+from ocellus.models.text.clip_text import encode_texts
+from ocellus.models.vision.vit import VisionTransformer
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
 
@@ -119,7 +129,6 @@ def text_encoder(model, tok):
     own text protocol (ALBEF, BLIP: [CLS] caption [SEP]) provides `encode_text_fn(tok)`."""
     if hasattr(model, "encode_text_fn"):
         return model.encode_text_fn(tok)
-    from ocellus.models.text.clip_text import encode_texts
     cfg = model.text_model.config
 
     def encode(texts):
@@ -130,10 +139,6 @@ def text_encoder(model, tok):
 
 
 def _load_dual(model_dir):
-    from ocellus.data.image import ImageProcessorConfig
-    from ocellus.data.processor import image_processor_dict
-    from ocellus.data.tokenizer import Tokenizer
-    from ocellus.models.contrastive.clip import DualEncoder
     model = load_model(model_dir)
     if not isinstance(model, DualEncoder) and not hasattr(model, "encode_text_fn"):
         raise InputError(f"{model_dir} holds a {type(model).__name__}; retrieval and zero-shot need a CLIPModel / "
@@ -145,7 +150,6 @@ def _load_dual(model_dir):
 
 
 def _image_encoder(model, icfg):
-    from ocellus.data.image import preprocess
     return lambda images: F.normalize(model.get_image_features(preprocess(list(images), icfg)), dim=-1)
 
 
@@ -165,7 +169,6 @@ def shapes_retrieval(model, tok, icfg, n: int = 300) -> dict[str, float]:
 def shapes_zero_shot(model, tok, icfg, n: int = 300, templates=SHAPES_TEMPLATES) -> dict[str, float]:
     """Held-out one-object scenes classified among every (colour, shape) by prompts alone."""
     import numpy as np
-    from ocellus.data.shapes import make_scene, render
     from ocellus.train.contrastive_run import shapes_config
     cfg = shapes_config({"image_size": SHAPES_RENDER_SIZE, "min_objects": 1, "max_objects": 1},
                         EVAL_SEED + 1)
@@ -185,10 +188,6 @@ def shapes_zero_shot(model, tok, icfg, n: int = 300, templates=SHAPES_TEMPLATES)
 def digits_linear_probe(tower, icfg, seed: int = 0) -> dict[str, float]:
     """Linear probe of a frozen image tower on scikit-learn's digits (train split -> test split),
     next to the same architecture at random initialisation."""
-    from ocellus.data.digits import digits_samples
-    from ocellus.data.image import preprocess
-    from ocellus.models.contrastive.moco import pooled
-    from ocellus.models.vision.vit import VisionTransformer
     splits = {s: digits_samples(s, seed=0, image_size=DIGITS_SOURCE_SIZE) for s in ("train", "test")}
     pixels = {s: preprocess([r["images"][0] for r in rows], icfg) for s, rows in splits.items()}
     labels = {s: torch.tensor([r["label"] for r in rows]) for s, rows in splits.items()}
@@ -208,9 +207,6 @@ def evaluate(model_dir, task: str, n: int = 300, printer=print) -> dict:
     if task not in EVAL_TASKS:
         raise InputError(f"unknown representation eval task {task!r}; choose from {', '.join(EVAL_TASKS)}")
     if task == "linear-probe":
-        from ocellus.data.image import ImageProcessorConfig
-        from ocellus.data.processor import image_processor_dict
-        from ocellus.hub.vision_families import load_vision
         tower = load_vision(model_dir)
         pre = image_processor_dict(model_dir)
         size = tower.config.image_size

@@ -20,6 +20,8 @@ import torch
 
 from ocellus.errors import ConfigError, InputError
 from ocellus.infer.sampling import choose, process_logits
+from ocellus.infer.beam import beam_search
+from ocellus.infer.streaming import TextStreamDecoder
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,6 @@ def generate(model, input_ids, attention_mask=None, *, tokenizer=None, **kwargs)
     cfg = _resolve_special(model, GenerationConfig.from_kwargs(**gen_kw))
     prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
     if cfg.num_beams > 1:
-        from ocellus.infer.beam import beam_search
         return beam_search(model, prompt, cfg, **kwargs)
     steps = list(decode_steps(model, prompt, cfg, tokenizer=tokenizer, **kwargs))
     if not steps:
@@ -215,7 +216,6 @@ def stream(model, tokenizer, input_ids, attention_mask=None, skip_special_tokens
            **kwargs) -> Iterator[str]:
     """Text deltas of one prompt's continuation, as they are generated. Stops at eos (not
     printed when skip_special_tokens) or a stop string."""
-    from ocellus.infer.streaming import TextStreamDecoder
     gen_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in GenerationConfig.__dataclass_fields__}
     cfg = _resolve_special(model, GenerationConfig.from_kwargs(**gen_kw))
     if cfg.num_beams > 1:

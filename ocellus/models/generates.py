@@ -8,6 +8,7 @@ models that cannot beam-search their prompts refuse in `check_generate`.
 from __future__ import annotations
 
 from torch import nn
+from ocellus.infer.generate import generate
 
 
 class GeneratesWithDecoder(nn.Module):
@@ -24,6 +25,5 @@ class GeneratesWithDecoder(nn.Module):
         """Raise for generation settings this model cannot serve (default: none)."""
 
     def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        from ocellus.infer.generate import generate
         self.check_generate(input_ids, **kwargs)
         return generate(self, input_ids, attention_mask=attention_mask, **kwargs)

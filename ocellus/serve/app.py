@@ -50,6 +50,7 @@ from ocellus.serve.guards import BrowserGuard, IdleTimeoutH11, page_csp
 from ocellus.serve.json_body import read_json
 from ocellus.serve.limits import ServeLimits
 from ocellus.serve.media import fetch_image, fetch_images
+from ocellus.viz.attention_map import answer_attention, overlay
 
 STATIC = Path(__file__).resolve().parent / "static"
 PREFILL_SKIP = ("input_ids", "attention_mask")  # every other processor output is a prefill input (pixel_values, ...)
@@ -263,7 +264,6 @@ async def explain(request: Request):
     """{"image": data URL, "question": str, "max_tokens": int} -> the answer and a PNG heat map of the
     patches it attended to. Runs on the engine thread between decode steps (its hooks must not see
     the batch's forwards)."""
-    from ocellus.viz.attention_map import answer_attention, overlay
 
     state: ServeState = request.app.state.serve
     _check_key(request, state.limits)

@@ -105,6 +105,7 @@ def run(recipe: dict, cfg, out):
     """task: distill — teacher = model.from (or method.teacher), student = its vision side + connector + the
     decoder layers method.student_layers; trained on shapes QA conversations (assistant tokens) with the
     teacher's softened distribution; held-out VQA accuracy of teacher, student before, student after."""
+    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
     from ocellus.train.posttrain import export_vlm, fit, heldout_qa, model_dir, report
     from ocellus.train.run import build_dataset
     method = dict(recipe.get("method") or {})

@@ -25,6 +25,7 @@ from torch import nn
 from ocellus.errors import ConfigError, InputError
 from ocellus.train.rollout import token_logprobs
 from ocellus.train.stages import parts_of
+from ocellus.train.preference import collate_pairs, preference_pair, with_model_rejections
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -142,8 +143,8 @@ def run(recipe: dict, cfg, out):
     """task: dpo — the policy from model.from against a frozen copy of itself, on shapes preference pairs
     (gold answer vs a plausible wrong one; method.rejected: model puts the start model's own wrong greedy
     answers in the rejected slot where it has them); held-out VQA accuracy before and after."""
+    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
     from ocellus.train.posttrain import export_vlm, fit, heldout_qa, load_start, pair_dataset, report
-    from ocellus.train.preference import collate_pairs, preference_pair, with_model_rejections
     method = dict(recipe.get("method") or {})
     rejected = method.pop("rejected", "plausible")
     if rejected not in ("plausible", "model"):

@@ -27,6 +27,12 @@ from ocellus.train import schema
 from ocellus.train.loader import BatchLoader
 from ocellus.train.recipe import read_recipe
 from ocellus.train.trainer import TrainConfig, Trainer
+from ocellus.data.digits import _load_digits, split_indices
+from ocellus.data.shapes import COLOURS, Obj, render, Scene, SHAPES
+from ocellus.eval.image_quality import accuracy, judge_fd, psnr, ssim, train_judge
+from ocellus.models.generative.vqgan import adaptive_weight, FeatureLoss, gan_factor, hinge_d_loss, hinge_g_loss, PatchDiscriminator
+from ocellus.viz.curves import plot_curve
+from ocellus.viz.image_grid import save_grid
 
 TASK = "image_generation"
 SOURCES = ("digits", "shapes")
@@ -42,7 +48,6 @@ def image_data(source: str, split: str, image_size: int, n: int | None = None, s
     """(images [N, C, S, S] in [-1, 1], labels [N], class names). digits: grey, ink bright (+1) on
     dark; shapes: RGB, one shape of a random palette colour on white, labelled by its shape."""
     if source == "digits":
-        from ocellus.data.digits import _load_digits, split_indices
         from PIL import Image
         images, targets = _load_digits()
         idx = split_indices(len(images), split, seed, 0.2)[:n]
@@ -50,7 +55,6 @@ def image_data(source: str, split: str, image_size: int, n: int | None = None, s
             (image_size, image_size), Image.Resampling.BILINEAR)) for i in idx]), dtype=torch.float32)
         return (x / 127.5 - 1)[:, None], torch.tensor(targets[idx], dtype=torch.long), list(DIGIT_CLASSES)
     if source == "shapes":
-        from ocellus.data.shapes import COLOURS, SHAPES, Obj, Scene, render
         n = n or 2000
         offset = 0 if split == "train" else 10 ** 6    # disjoint seeds per split
         xs, ys = [], []
@@ -117,7 +121,6 @@ def parse_prompt(prompt: str, classes: list[str]) -> list[int]:
 
 def measure(model, source: str, image_size: int, gen: dict, n_per_class: int = 20, judge=None, seed: int = 0) -> dict:
     """Quality numbers of a trained generator or tokenizer on the held-out split."""
-    from ocellus.eval.image_quality import accuracy, judge_fd, psnr, ssim, train_judge
     test_x, test_y, classes = image_data(source, "test", image_size, n=400 if source == "digits" else 500, seed=seed)
     kind = model.spec["kind"]
     model.eval()
@@ -194,7 +197,6 @@ def run_generative_recipe(path: str | Path, overrides: list[str] = ()) -> Path:
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     export = save_generator(model, out / "model")
     _write_grid(model, grid_labels, gen, out / "samples" / "final.png")
-    from ocellus.viz.curves import plot_curve
     plot_curve(trainer.history, out / "curve.png", title=recipe.get("name", ""))
     ev = recipe.get("eval") or {}
     results = {"train_seconds": train_s, "train_cpu_seconds": train_cpu, "steps": cfg.max_steps}
@@ -202,7 +204,6 @@ def run_generative_recipe(path: str | Path, overrides: list[str] = ()) -> Path:
         sweep = ev.get("guidance_scales") or [gen.get("guidance_scale", 1.0)]
         judge = None
         if model.spec["kind"] not in ("vqvae", "vqgan"):
-            from ocellus.eval.image_quality import train_judge
             judge = train_judge(x, y, seed=seed)
             results["sweep"] = [measure(model, data.get("source", "digits"), size, {**gen, "guidance_scale": s},
                                         int(ev.get("n_per_class", 20)), judge, seed)
@@ -219,8 +220,6 @@ def train_vqgan(model, x: torch.Tensor, steps: int, batch_size: int = 64, lr: fl
                 log=None) -> list[dict]:
     """VQGAN's two-player loop (taming's VQLPIPSWithDiscriminator: autoencoder step, then discriminator
     step, GAN terms from disc_start on, Adam betas (0.5, 0.9))."""
-    from ocellus.models.generative.vqgan import (FeatureLoss, PatchDiscriminator, adaptive_weight, gan_factor,
-                                                 hinge_d_loss, hinge_g_loss)
     disc = PatchDiscriminator(model.cfg.in_channels)
     feat = FeatureLoss(judge) if judge is not None and feature_weight else None
     opt_ae = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.5, 0.9))
@@ -263,7 +262,6 @@ def _run_vqgan(recipe, model, x, y, train, seed) -> Path:
     out = Path(train.get("out_dir", "runs/generation/vqgan"))
     judge = None
     if float(train.get("feature_weight", 0)):
-        from ocellus.eval.image_quality import train_judge
         judge = train_judge(x, y, seed=seed)
     every = int(train.get("log_every", 100))
     log = lambda r: print(f"[{recipe.get('name')}] step {r['step']} rec {r['rec']:.4f} d {r['d_loss']:.3f} "
@@ -275,7 +273,6 @@ def _run_vqgan(recipe, model, x, y, train, seed) -> Path:
     results = {"train_seconds": time.perf_counter() - t0, "train_cpu_seconds": time.process_time() - c0,
                "steps": len(history)}
     export = save_generator(model, out / "model")
-    from ocellus.viz.curves import plot_curve
     plot_curve(history, out / "curve.png", title=recipe.get("name", ""))
     if (recipe.get("eval") or {}).get("measure", True):
         results.update(measure(model, (recipe.get("data") or {}).get("source", "digits"),
@@ -286,7 +283,6 @@ def _run_vqgan(recipe, model, x, y, train, seed) -> Path:
 
 
 def _write_grid(model, labels, gen, path: Path) -> None:
-    from ocellus.viz.image_grid import save_grid
     if model.spec["kind"] in ("vqvae", "vqgan"):
         return
     save_grid(sample_images(model, labels, gen), path, nrow=8)

@@ -124,6 +124,7 @@ class GRPO:
         self.seed, self.step_count = seed, 0
 
     def step(self, rows) -> dict:
+        # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
         from ocellus.train.posttrain import optimizer_step
         cfg, G = self.cfg, self.cfg.num_generations
         prompts, images = [r.prompt for r in rows], [r.images for r in rows]
@@ -158,6 +159,7 @@ class GRPO:
 def run(recipe: dict, cfg, out):
     """task: grpo — the policy from model.from, prompts from data (e.g. count questions), rewards from
     method.rewards; held-out counting accuracy (or grounding IoU) before and after; reward/KL curves."""
+    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
     from ocellus.train.posttrain import (export_vlm, load_start, optimizer_for, report, reward_functions,
                                          rl_eval, rl_fit)
     method = dict(recipe.get("method") or {})

@@ -29,6 +29,14 @@ from ocellus.eval.metrics import format_table
 from ocellus.hub.checkpoint import load_model
 from ocellus.hub.resolve import default_model_dir
 from ocellus.models.families.registry import load_processor
+from ocellus.data.shapes import sample_at, ShapesConfig
+from ocellus.train.hf_data import preference_dataset, prompt_dataset
+from ocellus.train.loader import BatchLoader
+from ocellus.train.preference import preference_pair, prompt_row, shapes_preference, shapes_prompt
+from ocellus.train.rewards import iou_reward, REWARDS
+from ocellus.train.stages import apply_stage, param_groups, parts_of, Stage
+from ocellus.train.trainer import cosine_schedule, make_adamw, Trainer
+from ocellus.viz.curves import plot_curve
 
 TASKS = ("rm", "dpo", "grpo", "ppo", "distill")
 MODULES = {"rm": "reward_model", "dpo": "dpo", "grpo": "grpo", "ppo": "ppo", "distill": "distill"}
@@ -55,7 +63,6 @@ def weaken(model, noise: float, seed: int = 0, parts: tuple[str, ...] = ("llm", 
     """A deliberately weakened start for showing that a method moves a score: Gaussian noise of `noise`
     times each weight matrix's own std added to the matrices of the named parts (seeded). On the embedded
     tiny LLaVA, noise 1.0 takes held-out counting accuracy from ~73% to ~53%."""
-    from ocellus.train.stages import parts_of
     named = parts_of(model)
     unknown = set(parts) - set(named)
     if unknown:
@@ -78,6 +85,7 @@ def validate_posttrain(recipe: dict, bad) -> None:
 
 
 def shapes_config(recipe: dict, seed: int | None = None):
+    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
     from ocellus.train.run import _shapes_config
     data = dict(recipe.get("data") or {})
     if seed is not None:
@@ -87,7 +95,6 @@ def shapes_config(recipe: dict, seed: int | None = None):
 
 def eval_config(size: int, qa_type: str | None = None):
     """The harness's held-out scenes (its seed and sizes), optionally one QA type only."""
-    from ocellus.data.shapes import ShapesConfig
     extra = {"qa_weights": ((qa_type, 1.0),)} if qa_type else {}
     return ShapesConfig(image_size=size, seed=EVAL_SEED, min_size=max(0.18, 6.5 / size), **extra)
 
@@ -95,14 +102,12 @@ def eval_config(size: int, qa_type: str | None = None):
 def heldout_qa(model, processor, n: int, qa_type: str | None = None, kind: str = "qa") -> dict:
     """Greedy answers on n held-out shapes questions -> {type: (n, accuracy)} (kind grounding: acc@0.5
     and mean IoU)."""
-    from ocellus.data.shapes import sample_at
     size = int(model.vision_tower.config.image_size)
     cfg = eval_config(size, qa_type)
     samples = [sample_at(cfg, i, kind) for i in range(n)]
     model.eval()
     preds = predict(model, processor, samples, [], 40 if kind == "grounding" else 6, batch_size=32)
     if kind == "grounding":
-        from ocellus.train.rewards import iou_reward
         table = score("shapes-grounding", samples, preds)["table"]
         ious = iou_reward(None, preds, [s["answer"] for s in samples])
         table["mean IoU"] = (len(ious), sum(ious) / len(ious))
@@ -127,18 +132,19 @@ def report(out: Path, name: str, before: dict, after: dict, extra: dict | None =
 
 
 def plot(history: list[dict], out: Path, keys: list[str], name: str) -> None:
-    from ocellus.viz.curves import plot_curve
     for key in keys:
         if any(key in h for h in history):
             plot_curve(history, out / f"{key.replace('/', '_')}.png", key=key, title=name)
 
 
 def export_vlm(model, tok, size: int, path: Path) -> Path:
+    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
     from ocellus.train.run import export
     return export({"task": "vlm", "data": {"image_size": size}, "export": {"dir": str(path)}}, model, tok, path)
 
 
 def run_posttrain(recipe: dict) -> Path:
+    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
     from ocellus.train.recipe import train_config
     task = recipe["task"]
     cfg = train_config(recipe)
@@ -159,10 +165,9 @@ def run_posttrain(recipe: dict) -> Path:
 
 def pair_dataset(recipe: dict, n: int | None = None, seed: int | None = None):
     """Preference pairs from shapes QA ground truth (preference.shapes_preference), made on access."""
-    from ocellus.train.preference import preference_pair, shapes_preference
+    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
     from ocellus.train.run import EncodedDataset
     if (recipe.get("data") or {}).get("source") == "hf" and seed is None:   # TRL rows: train/hf_data.py
-        from ocellus.train.hf_data import preference_dataset
         return preference_dataset(recipe)
     cfg = shapes_config(recipe, seed)
     n = int(n if n is not None else (recipe.get("data") or {}).get("n", 2000))
@@ -174,8 +179,6 @@ def pair_dataset(recipe: dict, n: int | None = None, seed: int | None = None):
 def fit(objective, dataset, collate, recipe: dict, cfg, out: Path, plot_keys: list[str]) -> list[dict]:
     """Run the Trainer on an objective module (forward(**batch).loss, its parts() the policy's); write
     the objective's own per-step metrics (objective.history) to posttrain.jsonl and plot them."""
-    from ocellus.train.loader import BatchLoader
-    from ocellus.train.trainer import Trainer
     loader = BatchLoader(dataset, int((recipe.get("train") or {}).get("batch_size", 8)), collate,
                          seed=int(recipe.get("seed", 0)))
     trainer = Trainer(objective, loader, cfg)
@@ -195,8 +198,6 @@ def fit(objective, dataset, collate, recipe: dict, cfg, out: Path, plot_keys: li
 def optimizer_for(model, cfg):
     """apply_stage + AdamW over the stage's param groups + the cosine schedule: what the Trainer does,
     for loops that alternate sampling and updates."""
-    from ocellus.train.stages import Stage, apply_stage, param_groups, parts_of
-    from ocellus.train.trainer import cosine_schedule, make_adamw
     stage = Stage.parse(cfg.stage or {part: "full" for part in parts_of(model)})
     report = apply_stage(model, stage)
     optimizer = make_adamw(param_groups(model, stage, cfg.lr, cfg.weight_decay), cfg)
@@ -215,27 +216,25 @@ def optimizer_step(optimizer, scheduler, clip: float | None) -> float:
 def prompt_loader(recipe: dict, batch_size: int):
     """Prompt-only rows (preference.shapes_prompt) for RL: data.kind qa (with data.qa_weights, e.g. only
     count) or grounding; batches are lists of PromptRow."""
-    from ocellus.train.loader import BatchLoader
-    from ocellus.train.preference import prompt_row, shapes_prompt
+    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
     from ocellus.train.run import EncodedDataset
     data = recipe.get("data") or {}
     cfg, kind = shapes_config(recipe), data.get("kind", "qa")
     dataset = EncodedDataset(int(data.get("n", 2000)), lambda i: prompt_row(shapes_prompt(cfg, i, kind), i))
     if data.get("source") == "hf":   # TRL prompt-only rows: train/hf_data.py
-        from ocellus.train.hf_data import prompt_dataset
         dataset = prompt_dataset(recipe)
     return BatchLoader(dataset, batch_size, lambda rows: rows, seed=int(recipe.get("seed", 0)))
 
 
 def reward_functions(method: dict, processor) -> tuple[list, list[float]]:
     """method.rewards (names from rewards.REWARDS) and/or method.reward_model (a RewardModel dir)."""
-    from ocellus.train.rewards import REWARDS
     names = list(method.get("rewards") or [])
     unknown = [n for n in names if n not in REWARDS]
     if unknown:
         raise ConfigError(f"unknown rewards {unknown}; known: {sorted(REWARDS)}")
     fns = [REWARDS[n] for n in names]
     if method.get("reward_model"):
+        # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
         from ocellus.train.reward_model import RewardModel
         fns.append(RewardModel.from_dir(method["reward_model"]).as_reward_fn(processor))
     if not fns:

@@ -101,6 +101,7 @@ class PPO:
         self.seed, self.step_count = seed, 0
 
     def step(self, rows) -> dict:
+        # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
         from ocellus.train.posttrain import optimizer_step
         cfg = self.cfg
         prompts, images = [r.prompt for r in rows], [r.images for r in rows]
@@ -142,8 +143,10 @@ class PPO:
 def run(recipe: dict, cfg, out):
     """task: ppo — actor from model.from, critic = a copy with a value head, reference = a frozen copy,
     reward = method.rewards and/or method.reward_model; held-out score before and after."""
+    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
     from ocellus.train.posttrain import (export_vlm, load_start, optimizer_for, report, reward_functions,
                                          rl_eval, rl_fit)
+    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
     from ocellus.train.reward_model import RewardModel
     method = dict(recipe.get("method") or {})
     policy, processor = load_start(recipe["model"])

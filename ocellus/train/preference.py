@@ -26,6 +26,10 @@ import numpy as np
 
 from ocellus.data.messages import normalize, validate
 from ocellus.errors import InputError
+from ocellus.data.shapes import COLOURS, sample_at, SHAPES
+from ocellus.eval.harness import predict
+from ocellus.train.rewards import exact_answer_reward
+from ocellus.train.rollout import encode_completions
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,6 @@ _FLIP = {"yes": "no", "no": "yes", "left": "right", "right": "left", "above": "b
 def plausible_wrong(sample: dict, rng: np.random.Generator, colours=None, shapes=None) -> str:
     """A wrong answer of the same kind as a shapes QA sample's gold answer: a count off by one, another
     colour / shape (one in the scene when there is one), the other yes/no or side."""
-    from ocellus.data.shapes import COLOURS, SHAPES
     gold, kind = sample["answer"], sample["type"]
     if kind == "count":
         n = int(gold)
@@ -144,7 +147,6 @@ def plausible_wrong(sample: dict, rng: np.random.Generator, colours=None, shapes
 def shapes_preference(cfg, index: int) -> dict:
     """A preference row for shapes QA sample `index`: chosen = the gold answer, rejected = a plausible
     wrong one; explicit prompt, the image in "images", the QA type in "type"."""
-    from ocellus.data.shapes import sample_at
     s = sample_at(cfg, index, "qa")
     rng = np.random.default_rng([cfg.seed, index, 1])
     wrong = plausible_wrong(s, rng, cfg.colours, cfg.shapes)
@@ -155,7 +157,6 @@ def shapes_preference(cfg, index: int) -> dict:
 def shapes_prompt(cfg, index: int, kind: str = "qa") -> dict:
     """A prompt-only row for RL: the user turn of shapes sample `index` (kind qa or grounding), its image,
     and the gold answer in "answer" (a count, a word, or a Qwen-VL box string), plus its "type"."""
-    from ocellus.data.shapes import sample_at
     s = sample_at(cfg, index, kind)
     return {"prompt": [s["messages"][0]], "images": s["images"], "answer": s["answer"], "type": s["type"]}
 
@@ -163,7 +164,6 @@ def shapes_prompt(cfg, index: int, kind: str = "qa") -> dict:
 def collate_pairs(processor):
     """-> collate(list[PreferencePair]) -> one batch of 2B rows, the B chosen then the B rejected
     completions of the same prompts and images (rollout's prompt + completion layout)."""
-    from ocellus.train.rollout import encode_completions
 
     def collate(pairs: list[PreferencePair]) -> dict:
         prompts = [p.prompt for p in pairs] * 2
@@ -176,8 +176,6 @@ def with_model_rejections(model, processor, rows: list[dict], batch_size: int = 
     """On-policy hard negatives: each shapes preference row's rejected answer becomes the model's own greedy
     answer where that is wrong by the ground truth (the plausible wrong answer stays where the model is
     right, or where its answer is empty). -> (rows, share of rows whose rejected answer came from the model)."""
-    from ocellus.eval.harness import predict
-    from ocellus.train.rewards import exact_answer_reward
     samples = [{"messages": r["prompt"], "images": r["images"]} for r in rows]
     answers = predict(model.eval(), processor, samples, [], max_new_tokens=6, batch_size=batch_size)
     right = exact_answer_reward(None, answers, [r["chosen"] for r in rows])

@@ -28,6 +28,8 @@ from ocellus.models.families.registry import load_processor
 from ocellus.train.dpo import ObjectiveOutput
 from ocellus.train.rollout import completion_hidden, encode_completions
 from ocellus.train.stages import parts_of
+from ocellus.eval.harness import EVAL_SEED
+from ocellus.train.preference import collate_pairs
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -107,6 +109,7 @@ class RewardModel(nn.Module):
         directory = Path(directory)
         tower = getattr(self.backbone, "vision_tower", None)
         if tower is not None and tokenizer is not None:   # a VLM: its preprocessor_config.json too
+            # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
             from ocellus.train.posttrain import export_vlm
             export_vlm(self.backbone, tokenizer, int(tower.config.image_size), directory)
         else:
@@ -135,7 +138,6 @@ class RewardModel(nn.Module):
 @torch.no_grad()
 def pair_accuracy(model: RewardModel, processor, pairs, batch_size: int = 32) -> tuple[float, float]:
     """-> (share of pairs ranked chosen > rejected, mean margin) over a sequence of PreferencePairs."""
-    from ocellus.train.preference import collate_pairs
     collate, model = collate_pairs(processor), model.eval()
     hits, margins = [], []
     for s in range(0, len(pairs), batch_size):
@@ -149,9 +151,8 @@ def pair_accuracy(model: RewardModel, processor, pairs, batch_size: int = 32) ->
 def run(recipe: dict, cfg, out):
     """task: rm — a reward head on model.from's decoder, Bradley-Terry on shapes preference pairs; ranking
     accuracy on held-out pairs (eval-seed scenes) before (random head) and after."""
-    from ocellus.eval.harness import EVAL_SEED
+    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
     from ocellus.train.posttrain import fit, model_dir, pair_dataset, report
-    from ocellus.train.preference import collate_pairs
     source = model_dir(recipe["model"])
     processor = load_processor(source)
     model = RewardModel(load_model(source))

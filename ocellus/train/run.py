@@ -30,16 +30,34 @@ import torch
 import torch.nn.functional as F
 
 from ocellus.data.bad_samples import BadSample, BadSampleReport, screen
+from ocellus.eval.harness import predict, score, task_samples
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.checkpoint import load_model, save_model
 from ocellus.hub.model_card import write_model_card
-from ocellus.models.vision.vit import ClassifierOutput, ViTClassifier
+from ocellus.models.vision.vit import ClassifierOutput, VisionTransformer, ViTClassifier, ViTConfig
 from ocellus.nn.lora import merged_state_dict
-from ocellus.train.distributed import DistInfo, full_model_state, is_fsdp
+from ocellus.train.distributed import DistInfo, full_model_state, is_fsdp, setup, teardown
 from ocellus.train.loader import BatchLoader
 from ocellus.data.packing import pack_batch
 from ocellus.train.recipe import train_config
 from ocellus.train.trainer import Trainer
+from ocellus.data.bpe import train_bpe
+from ocellus.data.digits import digits_samples
+from ocellus.data.encode import collate, encode_messages
+from ocellus.data.hf_dataset import given, read_conversations, source_name
+from ocellus.data.image import ImageProcessorConfig, load_image
+from ocellus.data.llava_json import read_llava_json
+from ocellus.data.shapes import caption, COLOURS, describe, Obj, sample_at, Scene, ShapesConfig
+from ocellus.data.tokenizer import Tokenizer
+from ocellus.hub.families import family_for_config, family_for_model
+from ocellus.hub.vision_families import save_vision
+from ocellus.models.families.registry import family_module, VLM_FAMILIES
+from ocellus.models.vlm import VLM
+from ocellus.train import albef_blip_run, contrastive_run
+from ocellus.train.qformer_objectives import caption_dataset, compose_stage1
+from ocellus.train.shard_loader import shard_loader
+from ocellus.train.state import latest_checkpoint, load_partial
+from ocellus.viz.curves import plot_curve
 
 IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
 PACKED_TASKS = ("lm", "vlm")   # data.pack: a batch's samples share rows (data/packing.pack_batch)
@@ -47,7 +65,6 @@ PACKED_TASKS = ("lm", "vlm")   # data.pack: a batch's samples share rows (data/p
 
 # ---- tokenizer ---------------------------------------------------------------------------------
 def build_tokenizer(recipe: dict, out_dir: Path):
-    from ocellus.data.tokenizer import Tokenizer
     spec = recipe.get("tokenizer")
     if isinstance(spec, str):
         return Tokenizer.from_dir(spec)
@@ -60,7 +77,6 @@ def build_tokenizer(recipe: dict, out_dir: Path):
     if "from" in spec:
         return Tokenizer.from_dir(spec["from"])
     if "train_bpe" in spec:
-        from ocellus.data.bpe import train_bpe
         opts = dict(spec["train_bpe"])
         texts = list(_corpus_texts(recipe, int(opts.pop("corpus_n", 4000))))
         tok = train_bpe(texts, int(opts.pop("vocab_size", 512)), **opts)
@@ -72,7 +88,6 @@ def build_tokenizer(recipe: dict, out_dir: Path):
 def _shapes_config(data: dict, seed_key: str = "seed"):
     """data section -> ShapesConfig. kind_weights / qa_weights are mappings in YAML
     ({qa: 6, caption: 1}); kinds or types left out get weight 0."""
-    from ocellus.data.shapes import ShapesConfig
     kw = {k: data[k] for k in ("image_size", "max_objects", "min_objects", "answer_prompt", "hard_negatives",
                                "phrasing") if k in data}
     for key in ("conversation_turns", "qa_turns"):
@@ -93,7 +108,6 @@ def _shapes_config(data: dict, seed_key: str = "seed"):
 
 def _corpus_texts(recipe: dict, n: int):
     """Text of generated conversations (all kinds) and their role names, for BPE training."""
-    from ocellus.data.shapes import sample_at
     cfg = _shapes_config(recipe.get("data") or {})
     for i in range(n):
         for m in sample_at(cfg, 1_000_000 + i, "mixed")["messages"]:
@@ -112,10 +126,8 @@ def build_model(recipe: dict, tok):
         cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **spec.get("config", {}),
                "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
                "bos_token_id": tok.bos_token_id}
-        from ocellus.hub.families import family_for_config
         model = family_for_config(cfg).build(cfg)
     elif task == "vit_classify":
-        from ocellus.models.vision.vit import ViTConfig, VisionTransformer
         cfg = spec.get("config") or {}
         encoder = VisionTransformer(ViTConfig.from_hf(cfg))
         num_classes = int(spec.get("num_classes", 0) or 0) or _num_classes(recipe)
@@ -128,13 +140,10 @@ def build_model(recipe: dict, tok):
     elif task == "vlm":
         model = _compose_vlm(spec, tok)
     elif task == "qformer_pretrain":   # BLIP-2 stage 1: ITC + ITG + ITM (train/qformer_objectives.py)
-        from ocellus.train.qformer_objectives import compose_stage1
         model = compose_stage1(spec, tok)
     elif task in ("contrastive", "moco"):
-        from ocellus.train import contrastive_run
         model = contrastive_run.build_model(recipe, tok)
     elif task in ("albef", "blip"):   # ITC + ITM + MLM / LM pretraining: train/albef_blip_run.py
-        from ocellus.train import albef_blip_run
         model = albef_blip_run.build_model(recipe, tok)
     else:
         raise ConfigError(f"unknown task {task!r}")
@@ -191,12 +200,10 @@ class SceneViTClassifier(ViTClassifier):
 def _compose_vlm(spec: dict, tok):
     """A vision-language model from pretrained parts + a new connector, by its family's `compose`
     (model.architecture: llava (default), llava_next, blip2, flamingo, qwen_vl, qwen2_vl, qwen2_5_vl, internvl)."""
-    from ocellus.models.families.registry import family_module
     return family_module(spec.get("architecture", "llava")).compose(spec, tok)
 
 
 def _init_from(model, path: Path) -> None:
-    from ocellus.train.state import latest_checkpoint, load_partial
     from safetensors.torch import load_file
     if (path / "latest").exists():
         path = latest_checkpoint(path)
@@ -219,7 +226,6 @@ class EncodedDataset:
 
 
 def image_config(size: int):
-    from ocellus.data.image import ImageProcessorConfig
     return ImageProcessorConfig.from_dict({
         "do_resize": True, "size": {"height": size, "width": size}, "do_center_crop": False,
         "do_normalize": True, "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD), "resample": 3})
@@ -229,8 +235,6 @@ def build_dataset(recipe: dict, tok, model) -> tuple[EncodedDataset, callable]:
     task, data = recipe["task"], recipe["data"]
     n, max_len = int(data.get("n", 1000)), data.get("max_length")
     if task == "lm":
-        from ocellus.data.encode import collate, encode_messages
-        from ocellus.data.shapes import sample_at
         cfg = _shapes_config(data)
 
         image_text = data.get("image_text", "drop")
@@ -252,13 +256,10 @@ def build_dataset(recipe: dict, tok, model) -> tuple[EncodedDataset, callable]:
     if task == "vit_classify":
         return _classify_dataset(data, n, model)
     if task in ("contrastive", "moco"):
-        from ocellus.train import contrastive_run
         return contrastive_run.build_dataset(recipe, tok, model)
     if task in ("albef", "blip"):
-        from ocellus.train import albef_blip_run
         return albef_blip_run.build_dataset(recipe, tok, model)
     if task == "qformer_pretrain":
-        from ocellus.train.qformer_objectives import caption_dataset
         return caption_dataset(data, n, tok, model, _shapes_config(data), image_config(int(data.get(
             "image_size") or model.vision_tower.config.image_size)))
     return _vlm_dataset(recipe, data, n, tok, model)
@@ -270,7 +271,6 @@ def _scene_text(cfg, objects: list[dict], how: str) -> str:
     as the text-only GPT-4 that wrote LLaVA's data read captions and boxes instead of pixels."""
     if how == "drop":
         return ""
-    from ocellus.data.shapes import Obj, Scene, caption, describe
     scene = Scene(cfg.image_size, cfg.background, tuple(Obj(o["shape"], o["colour"], tuple(o["bbox"])) for o in objects))
     return describe(scene) if how == "description" else caption(scene)
 
@@ -316,7 +316,6 @@ def patch_owners(scene, image, patch: int, size: int, min_fraction: float = 0.1)
     """The index of the object covering most of each patch (row-major) in scene.objects, -1 for
     background (objects covering less than min_fraction of the patch). Pixels are exact palette colours
     and boxes do not overlap, so an object's pixels are its colour inside its box."""
-    from ocellus.data.shapes import COLOURS
     if image.size != (size, size):
         image = image.resize((size, size), 0)  # nearest: keep palette colours exact
         scale = size / scene.image_size
@@ -371,8 +370,6 @@ def _stack_labels(rows):
 
 
 def _family_of(model) -> str:
-    from ocellus.hub.families import family_for_model
-    from ocellus.models.families.registry import VLM_FAMILIES
     name = family_for_model(model).name
     if name not in VLM_FAMILIES:
         raise ConfigError(f"task vlm needs a vision-language model; this is a {name!r} model")
@@ -381,34 +378,27 @@ def _family_of(model) -> str:
 
 def training_processor(model, tok, size: int):
     """The processor of the model's family at the recipe's image size (mean/std 0.5)."""
-    from ocellus.models.families.registry import family_module
     return family_module(_family_of(model)).training_processor(model, tok, image_config(size))
 
 
 def _vlm_dataset(recipe, data, n, tok, model):
-    from ocellus.data.encode import collate, encode_messages
-    from ocellus.data.image import load_image
     size = int(data.get("image_size") or _model_image_size(model))
     proc = training_processor(model, tok, size)
     template, train_on = data.get("template", "chatml"), data.get("train_on", "assistant")
     report, skip, max_len = None, bool(data.get("skip_bad_samples", False)), data.get("max_length")
     if data["source"] == "shapes":
-        from ocellus.data.shapes import sample_at
         cfg = _shapes_config(data)
         get = lambda i: sample_at(cfg, i, data.get("kind", "mixed"))   # noqa: E731
     elif data["source"] == "digits":
-        from ocellus.data.digits import digits_samples
         rows = digits_samples("train", seed=int(data.get("seed", 0)), image_size=size)
         n = min(n, len(rows))
         get = rows.__getitem__
     elif data["source"] == "hf":   # a Hugging Face dataset (data/hf_dataset.py): rows checked as a file's records
-        from ocellus.data.hf_dataset import read_conversations, source_name
         report = BadSampleReport(source_name(data))
         rows = read_conversations(data, skip_bad_samples=skip, report=report)
         n = len(rows)   # every row (data.n, when given, was applied by the reader)
         get = rows.__getitem__
     else:   # a LLaVA-JSON / TRL file: every record checked here, every sample made once before step 1
-        from ocellus.data.llava_json import read_llava_json
         report = BadSampleReport(str(data["path"]))
         rows = read_llava_json(data["path"], skip_bad_samples=skip, report=report).samples
         n = min(n, len(rows))
@@ -451,8 +441,6 @@ def _packed_vlm_collate(model, pad: int, width: int | None):
     """data.pack for task vlm: a model whose images become tokens of their own sample (VLM: LLaVA, LLaVA-NeXT,
     InternVL, Qwen-VL) packs with data/packing.pack_batch, Qwen2-VL with its own M-RoPE ids per document;
     BLIP-2's query slots and Flamingo's cross-attention to the latest image are not packed."""
-    from ocellus.models.families.registry import family_module
-    from ocellus.models.vlm import VLM
     name = _family_of(model)
     family = family_module(name)
     if hasattr(family, "collate_packed"):
@@ -492,13 +480,10 @@ def _export(recipe: dict, model, tok, out: Path) -> Path:
     task = recipe["task"]
     path = Path((recipe.get("export") or {}).get("dir") or out / "model")
     if task in ("contrastive", "moco"):
-        from ocellus.train import contrastive_run
         return contrastive_run.export(recipe, model, tok, path)
     if task in ("albef", "blip"):
-        from ocellus.train import albef_blip_run
         return albef_blip_run.export(recipe, model, tok, path)
     if task == "vit_classify":
-        from ocellus.hub.vision_families import save_vision
         save_vision(model.encoder, path)
         (path / "classifier_head.json").write_text(json.dumps({"num_classes": model.classifier.out_features}))
         return path
@@ -507,7 +492,6 @@ def _export(recipe: dict, model, tok, out: Path) -> Path:
     else:  # with the processor's chat template (+ processor_config.json for LLaVA): transformers prompts it too
         size = int((recipe.get("data") or {}).get("image_size") or _model_image_size(model))
         save_model(model, path, tokenizer=tok, processor=training_processor(model, tok, size))
-        from ocellus.models.families.registry import family_module
         family = family_module(_family_of(model))
         if hasattr(family, "export_processor"):  # a family whose preprocessing has more than size/mean/std
             family.export_processor(model, tok, image_config(size), path)
@@ -533,13 +517,51 @@ def exportable(recipe: dict, model, tok, info: DistInfo):
     return plain.eval()
 
 
+EVAL_DURING_TRAINING = ("shapes-vqa", "shapes-grounding")
+
+
+def _eval_spec(recipe: dict, cfg) -> tuple[str, int] | None:
+    """(eval task, n) when train.eval_every asks for evaluation during training; checked before anything is
+    built, so a recipe that cannot be scored fails before step 1."""
+    if not cfg.eval_every:
+        return None
+    spec = recipe.get("eval") or {}
+    task, n = spec.get("task", "shapes-vqa"), spec.get("n", 200)
+    if recipe["task"] != "vlm" or task not in EVAL_DURING_TRAINING:
+        raise ConfigError(f"train.eval_every: evaluation during training is for task vlm with eval.task one of "
+                          f"{', '.join(EVAL_DURING_TRAINING)}; got task {recipe['task']!r}, eval.task {task!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"eval.n must be a positive integer, got {n!r}")
+    return task, n
+
+
+def _evaluator(recipe: dict, model, tok, cfg):
+    """train.eval_every > 0 (task vlm): held-out accuracy on the run's own model every eval_every steps, so a
+    run draws accuracy against step and training seconds (issue 18's converged comparison). eval: {task:
+    shapes-vqa | shapes-grounding, n: 200}; the samples are the eval seed's, as `ocellus eval` scores them."""
+    spec = _eval_spec(recipe, cfg)
+    if spec is None:
+        return None
+    task, n = spec
+    size = int((recipe.get("data") or {}).get("image_size") or _model_image_size(model))
+    samples, processor = task_samples(task, n, size), training_processor(model, tok, size)
+    grounding = task == "shapes-grounding"
+
+    def evaluate(m) -> dict:
+        result = score(task, samples, predict(m, processor, samples, [], 40 if grounding else 6,
+                                              keep_special=grounding))
+        out = {kind: round(acc, 4) for kind, (_, acc) in result["table"].items()}
+        return {**out, "mean_iou": round(result["mean_iou"], 4)} if grounding else out
+    return evaluate
+
+
 def run_recipe(recipe: dict, dataset=None) -> Path:
     """Train a validated recipe (train/recipe.load_recipe) -> the export dir. dataset: a `datasets.Dataset`
     (or DatasetDict, data.split picks) that a `data: {source: hf}` recipe without data.path trains on
     (data/hf_dataset.py; docs/DATA_FORMATS.md)."""
+    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
     from ocellus.train.recipe import POSTTRAIN_TASKS
     if dataset is not None:
-        from ocellus.data.hf_dataset import given
         if (recipe.get("data") or {}).get("source") != "hf" or recipe["data"].get("path"):
             raise ConfigError("run_recipe(recipe, dataset=...): the recipe must read it: data.source hf without "
                               "data.path")
@@ -549,11 +571,12 @@ def run_recipe(recipe: dict, dataset=None) -> Path:
         raise ConfigError(f"data.pack: packing is not supported for task {recipe['task']!r} (only for "
                           f"{' and '.join(PACKED_TASKS)}); leave data.pack unset")
     if recipe["task"] in POSTTRAIN_TASKS:  # rm / dpo / grpo / ppo / distill: train/posttrain.py
+        # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
         from ocellus.train.posttrain import run_posttrain
         return run_posttrain(recipe)
-    from ocellus.train.distributed import setup, teardown
     info = setup(recipe.get("distributed", "none"))
     cfg = train_config(recipe)
+    _eval_spec(recipe, cfg)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(recipe.get("seed", 0)))
@@ -561,7 +584,6 @@ def run_recipe(recipe: dict, dataset=None) -> Path:
     model = build_model(recipe, tok)
     batch = int(recipe["train"].get("batch_size", 8))
     if recipe["data"].get("source") == "shards":   # tar shards, streamed: train/shard_loader.py
-        from ocellus.train.shard_loader import shard_loader
         loader = shard_loader(recipe, tok, model, batch, info)
     else:
         dataset, collate = build_dataset(recipe, tok, model)
@@ -570,14 +592,13 @@ def run_recipe(recipe: dict, dataset=None) -> Path:
             print(f"[{recipe.get('name')}] {report.summary()}; each in {report.write(out)}", flush=True)
         loader = BatchLoader(dataset, batch, collate, seed=int(recipe.get("seed", 0)),
                              rank=info.rank, world_size=info.world_size)
-    trainer = Trainer(model, loader, cfg, dist_info=info)
+    trainer = Trainer(model, loader, cfg, dist_info=info, evaluate=_evaluator(recipe, model, tok, cfg))
     if info.is_main:
         print(f"[{recipe.get('name')}] trainable parameters per part:\n{trainer.report}")
         (out / "recipe.json").write_text(json.dumps({k: v for k, v in recipe.items() if k != "_path"}, indent=1))
     trainer.fit()
     path, plain = None, exportable(recipe, model, tok, info)
     if info.is_main:
-        from ocellus.viz.curves import plot_curve
         plot_curve(trainer.history, out / "curve.png", title=recipe.get("name", ""))
         path = export(recipe, plain, tok, out)
         print(f"[{recipe.get('name')}] exported {path}")

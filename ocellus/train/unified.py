@@ -33,6 +33,16 @@ from ocellus.train.loader import BatchLoader
 from ocellus.train.stages import parts_of
 from ocellus.train.recipe import read_recipe
 from ocellus.train.trainer import TrainConfig, Trainer
+from ocellus.data.image import load_image
+from ocellus.data.shapes import COLOURS, Obj, render, Scene, SHAPES
+from ocellus.eval.image_quality import accuracy, judge_fd, train_judge
+from ocellus.models.generative.checkpoint import build, load_generator
+from ocellus.models.text.decoder import DecoderLM
+from ocellus.models.unified.emu3 import decoder_config, Emu3
+from ocellus.models.unified.janus import build_janus
+from ocellus.models.unified.seed_llama import build_seed_llama
+from ocellus.models.unified.showo import build_showo
+from ocellus.viz.image_grid import save_grid
 
 TASK = "unified"
 FAMILIES = ("emu3", "janus", "showo", "seed_llama")
@@ -47,7 +57,6 @@ TRAIN_KEYS = {**schema.TRAIN, "stages": schema.list_of(schema.MAPPING, name="a l
 def caption_data(n: int, image_size: int, split: str, colours: list[str], seed: int = 0):
     """(images [N, 3, S, S] in [-1, 1], captions ["red circle", ...], shape ids [N], colour ids [N]).
     Sample i of a split is drawn from default_rng([seed, offset + i]): splits are disjoint."""
-    from ocellus.data.shapes import COLOURS, SHAPES, Obj, Scene, render
     unknown = [c for c in colours if c not in COLOURS]
     if unknown or not colours:
         raise ConfigError(f"data.colours must name palette colours {list(COLOURS)}, got {colours}")
@@ -67,14 +76,12 @@ def caption_data(n: int, image_size: int, split: str, colours: list[str], seed: 
 
 
 def text_vocab(colours: list[str]) -> WordVocab:
-    from ocellus.data.shapes import SHAPES
     return WordVocab(list(colours) + list(SHAPES))
 
 
 def dominant_colour(images: torch.Tensor, colours: list[str], threshold: float = 0.3) -> torch.Tensor:
     """images [B, 3, S, S] in [-1, 1] -> index into `colours` of the palette colour nearest to the mean of
     the pixels that are not background (farther than `threshold` from white); -1 for a blank image."""
-    from ocellus.data.shapes import COLOURS
     palette = torch.tensor([COLOURS[c] for c in colours], dtype=torch.float32) / 127.5 - 1   # [K, 3]
     out = []
     for img in images:
@@ -93,22 +100,17 @@ def build_model(spec: dict, tokenizer, text: WordVocab, image_size: int):
     family = spec.pop("family", None)
     if family == "emu3":
         grid = image_size // tokenizer.cfg.downsample_factor
-        from ocellus.models.text.decoder import DecoderLM
-        from ocellus.models.unified.emu3 import Emu3, decoder_config
         vocab = UnifiedVocab(len(text), tokenizer.cfg.num_codes, max_grid=max(grid, 1))
         cfg = decoder_config(vocab.size, 16 + grid * (grid + 1) + 4, int(spec.pop("dim", 128)),
                              int(spec.pop("num_layers", 4)), int(spec.pop("num_heads", 4)))
         model = Emu3(DecoderLM(cfg), tokenizer, vocab, text, float(spec.pop("vision_weight", 0.5)), grid)
     elif family == "janus":
-        from ocellus.models.unified.janus import build_janus
         model = build_janus(spec, tokenizer, text, image_size)
         spec = {}
     elif family == "showo":
-        from ocellus.models.unified.showo import build_showo
         model = build_showo(spec, tokenizer, text, image_size)
         spec = {}
     elif family == "seed_llama":
-        from ocellus.models.unified.seed_llama import build_seed_llama
         model = build_seed_llama(spec, tokenizer, text)
         spec = {}
     else:
@@ -182,7 +184,6 @@ def is_unified_dir(path) -> bool:
 
 def load_unified(path):
     from safetensors.torch import load_file
-    from ocellus.models.generative.checkpoint import build
     path = Path(path)
     if not is_unified_dir(path) or not (path / "model.safetensors").exists():
         raise CheckpointError(f"{path} is not a unified-model checkpoint (config.json with model_type "
@@ -214,7 +215,6 @@ class UnifiedChat:
         pass   # every turn stands alone: the tiny models are not trained on multi-turn dialogue
 
     def load_image(self, src, name: str | None = None):
-        from ocellus.data.image import load_image
         return load_image(src, name=name)
 
     def send(self, text: str, images=()):
@@ -231,7 +231,6 @@ class UnifiedChat:
         caption = " ".join(w for w in words[1:] if w in self.model.text.index and self.model.text.index[w] > 2)
         if len(caption.split()) != 2:
             raise InputError(f"say what to draw as '<colour> <shape>' (colours {self.model.colours}); got {text!r}")
-        from ocellus.viz.image_grid import save_grid
         image = self.model.generate_images([caption], generator=self.generator, **self.generate)
         self.n += 1
         path = save_grid(image, self.out / f"drawn_{self.n}.png", nrow=1, scale=8)
@@ -243,8 +242,6 @@ class UnifiedChat:
 @torch.no_grad()
 def measure(model, colours: list[str], image_size: int, judge, train_x: torch.Tensor, n_test: int = 200,
             n_per_caption: int = 4, gen: dict | None = None, seed: int = 0, tasks=("t2i", "i2t")) -> dict:
-    from ocellus.data.shapes import SHAPES
-    from ocellus.eval.image_quality import accuracy, judge_fd
     model.eval()
     res = {}
     if "i2t" in tasks:
@@ -303,8 +300,6 @@ def run_unified_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
 
 
 def run_unified(recipe: dict, where: str = "recipe") -> dict:
-    from ocellus.eval.image_quality import train_judge
-    from ocellus.models.generative.checkpoint import load_generator
     check_unified(recipe, where)
     data, train, ev = dict(recipe.get("data") or {}), dict(recipe.get("train") or {}), dict(recipe.get("eval") or {})
     spec = dict(recipe.get("model") or {})
@@ -358,7 +353,6 @@ def run_unified(recipe: dict, where: str = "recipe") -> dict:
         images = q.pop("_images", None)
         results.update(q)
         if images is not None:
-            from ocellus.viz.image_grid import save_grid
             save_grid(images, out / "samples.png", nrow=int(ev.get("n_per_caption", 4)) * 5)
     out.mkdir(parents=True, exist_ok=True)
     model_spec = {k: v for k, v in recipe["model"].items() if k not in ("tokenizer_from", "tasks", "p_uncond")}

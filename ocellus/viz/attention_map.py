@@ -34,6 +34,7 @@ from ocellus.data.image import load_image, resize_target
 from ocellus.errors import ConfigError, InputError
 from ocellus.nn.attention import Attention
 from ocellus.nn.rope import apply_rotary
+from ocellus.data.processor import Processor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,7 +156,6 @@ def view_box(image_size: tuple[int, int], cfg, pad_to_square: bool = False) -> t
 def answer_attention(model, processor, image, question: str, *, max_new_tokens: int = 32) -> AttentionMap:
     """Generate an answer about one image, then measure how much each image patch was attended to
     while the answer tokens were chosen (see the module docstring)."""
-    from ocellus.data.processor import Processor
     if not isinstance(processor, Processor):
         raise ConfigError("attention maps need the checkpoint's image processor (ocellus.load_processor "
                           "returned a text-only tokenizer)")

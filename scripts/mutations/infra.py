@@ -2,6 +2,8 @@
 sampling and beam search, and the Qwen2-VL ViT's 2D RoPE (guarded by the strengthened parity tests)."""
 from mutations import Mutation
 
+EVAL_TRAINING = "tests/unit/test_eval_during_training.py"
+
 TRAINER = "tests/unit/test_trainer_steps.py"
 ENGINE = ["tests/serve/test_engine_scheduling.py", "tests/serve/test_engine.py"]
 ATTEND = "tests/properties/test_attend_branches.py"
@@ -142,4 +144,25 @@ MUTATIONS = [
     Mutation(name="infra: the SEED runner's phases take any train keys", file="ocellus/train/seed_tokenizer_run.py",
              old="**{phase: schema.mapping(PHASE_KEYS) for phase in PHASES}", new="**{phase: schema.MAPPING for phase in PHASES}",
              tests=[SCHEMA + "::test_runners_with_their_own_schema_type_their_train_section"]),
+    # -- evaluation during training (train.eval_every) -----------------------------------------------------
+    Mutation(name="infra: eval during training skips the last step",
+             file="ocellus/train/trainer.py",
+             old="if self.evaluate is not None and cfg.eval_every and (self.step % cfg.eval_every == 0\n                                                                 or self.step == cfg.max_steps):",
+             new="if self.evaluate is not None and cfg.eval_every and self.step % cfg.eval_every == 0:",
+             tests=[f"{EVAL_TRAINING}::test_hook_runs_every_n_steps_and_at_the_end_in_eval_mode_without_changing_the_run"]),
+    Mutation(name="infra: eval during training leaves the model in train mode",
+             file="ocellus/train/trainer.py",
+             old="            inner.eval()\n",
+             new="",
+             tests=[f"{EVAL_TRAINING}::test_hook_runs_every_n_steps_and_at_the_end_in_eval_mode_without_changing_the_run"]),
+    Mutation(name="infra: eval during training scores other samples than ocellus eval",
+             file="ocellus/train/run.py",
+             old="samples, processor = task_samples(task, n, size), training_processor(model, tok, size)",
+             new="samples, processor = task_samples(task, n, size, seed=7), training_processor(model, tok, size)",
+             tests=[f"{EVAL_TRAINING}::test_vlm_recipe_logs_the_accuracy_ocellus_eval_gives_its_export"]),
+    Mutation(name="infra: eval during training accepted for a task it cannot score",
+             file="ocellus/train/run.py",
+             old='if recipe["task"] != "vlm" or task not in EVAL_DURING_TRAINING:',
+             new='if task not in EVAL_DURING_TRAINING:',
+             tests=[f"{EVAL_TRAINING}::test_eval_every_is_refused_where_there_is_nothing_to_score"]),
 ]

@@ -40,6 +40,9 @@ from ocellus.models.fusion import splice
 from ocellus.models.generates import GeneratesWithDecoder
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
+from ocellus.data.image import ImageProcessorConfig, preprocess
+from ocellus.data.processor import image_processor_dict, Processor
+from ocellus.data.tokenizer import Tokenizer
 
 ARCHITECTURE, OUR_ARCHITECTURE = "Blip2ForConditionalGeneration", "OcellusBlip2ForConditionalGeneration"
 MODEL_TYPES = ("blip-2", "ocellus_blip2")
@@ -319,7 +322,6 @@ def compose(spec: dict, tok) -> Blip2:
 
 def image_inputs_fn(image_config, num_query_tokens: int, max_pixels=None):
     """The processor's image side: each image -> pixel_values [1, 3, H, W] and num_query_tokens placeholders."""
-    from ocellus.data.image import preprocess
 
     def image_inputs(images):
         return {"pixel_values": preprocess(images, image_config, max_pixels=max_pixels)}, [num_query_tokens] * len(images)
@@ -328,7 +330,6 @@ def image_inputs_fn(image_config, num_query_tokens: int, max_pixels=None):
 
 def _processor(tok, image_config, num_query_tokens: int, qformer_part: str = "connector", image_wrap=("", "")):
     """MiniGPT-4 (qformer_part "vision") renders prompts with its own template; BLIP-2 with the tokenizer's."""
-    from ocellus.data.processor import Processor
     size = image_config.size_hw or image_config.crop_size
     if not size:
         raise ConfigError("a BLIP-2 processor needs a fixed image size (size: {height, width})")
@@ -343,9 +344,6 @@ def training_processor(model: Blip2, tok, image_config):
 
 
 def processor_from_dir(directory):
-    from ocellus.data.image import ImageProcessorConfig
-    from ocellus.data.processor import image_processor_dict
-    from ocellus.data.tokenizer import Tokenizer
     directory = Path(directory)
     image_dict = image_processor_dict(directory)
     if image_dict is None:

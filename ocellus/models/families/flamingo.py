@@ -44,6 +44,9 @@ from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.resnet import MODEL_TYPE as RESNET_TYPE, ResNetConfig, ResNetEncoder
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 from ocellus.nn.kv_cache import StaticKVCache
+from ocellus.data.image import ImageProcessorConfig, preprocess
+from ocellus.data.processor import image_processor_dict, Processor
+from ocellus.data.tokenizer import Tokenizer
 
 ARCHITECTURE = "OcellusFlamingoForConditionalGeneration"
 MODEL_TYPES = ("ocellus_flamingo",)
@@ -330,7 +333,6 @@ def compose(spec: dict, tok) -> Flamingo:
 def image_inputs_fn(image_config):
     """The processor's image side: every image -> pixel_values [1, 3, H, W] and ONE <image> token
     (cross-attention reads the pixels; the token only marks where the image is in the text)."""
-    from ocellus.data.image import preprocess
 
     def image_inputs(images):
         pixel_values = preprocess(images, image_config, max_pixels=None)                    # [N, 3, H, W]
@@ -339,7 +341,6 @@ def image_inputs_fn(image_config):
 
 
 def _processor(tok, image_config, image_token: str = "<image>"):
-    from ocellus.data.processor import Processor
     # patch_size / feature_select count spliced image tokens (LLaVA); image_inputs replaces that path
     return Processor(tok, image_config, patch_size=1, image_token=image_token, image_inputs=image_inputs_fn(image_config))
 
@@ -351,9 +352,6 @@ def training_processor(model: Flamingo, tok, image_config):
 def processor_from_dir(directory):
     """An exported Flamingo dir: tokenizer + preprocessor_config.json (size, mean, std) + config.json's
     image_token_index, which must be the tokenizer's image token."""
-    from ocellus.data.image import ImageProcessorConfig
-    from ocellus.data.processor import image_processor_dict
-    from ocellus.data.tokenizer import Tokenizer
     directory = Path(directory)
     image_dict = image_processor_dict(directory)
     if image_dict is None:

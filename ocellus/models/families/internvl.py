@@ -36,6 +36,10 @@ from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.intern_vit import InternViT, InternViTConfig
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 from ocellus.models.vlm import VLM
+from ocellus.data.image import ImageProcessorConfig
+from ocellus.data.image_tiling import internvl_num_tokens, preprocess_internvl
+from ocellus.data.processor import _read_json, image_processor_dict, Processor
+from ocellus.data.tokenizer import Tokenizer
 
 MODEL_TYPES = ("internvl", "ocellus_internvl")
 HF_ARCHITECTURE = "InternVLForConditionalGeneration"
@@ -85,7 +89,6 @@ def _tower_config(vision_cfg: dict) -> InternViTConfig | ViTConfig:
 
 def tokens_per_tile(cfg: dict) -> int:
     """Context tokens one tile becomes, from config.json: (tile / patch)^2 * ratio^2 (256 for 448 / 14 / 0.5)."""
-    from ocellus.data.image_tiling import internvl_num_tokens
     vit = _tower_config(cfg["vision_config"])
     return internvl_num_tokens(1, tile_size=vit.image_size, patch_size=vit.patch_size,
                                downsample_ratio=1 / _ratio(cfg.get("downsample_ratio", 0.5)))
@@ -161,7 +164,6 @@ def compose(spec: dict, tok) -> VLM:
 
 def _internvl_image_inputs(images, *, image_config, use_thumbnail: bool, per_tile: int):
     """Loaded images -> ({"pixel_values": [sum tiles, 3, S, S]}, context tokens per image)."""
-    from ocellus.data.image_tiling import preprocess_internvl
     pixel_values, num_tiles = preprocess_internvl(images, image_config, use_thumbnail=use_thumbnail, max_pixels=None)
     return {"pixel_values": pixel_values}, [n * per_tile for n in num_tiles]
 
@@ -170,7 +172,6 @@ def make_processor(tok, image_config, model_cfg: dict, per_tile: int, image_toke
                    image_wrap=IMAGE_WRAP):
     """InternVL's processor: tiles (image_config.crop_to_patches / min_patches / max_patches, tile size
     size_hw) and `image_wrap[0] + image_token * (per_tile * tiles) + image_wrap[1]` per image."""
-    from ocellus.data.processor import Processor
     image_inputs = functools.partial(_internvl_image_inputs, image_config=image_config, per_tile=per_tile,
                                      use_thumbnail=bool(model_cfg.get("use_thumbnail", True)))
     return Processor(tok, image_config, patch_size=1, image_token=image_token, chat_template=chat_template,
@@ -206,9 +207,6 @@ def export_processor(model: VLM, tok, image_config, path) -> None:
 def processor_from_dir(directory):
     """An InternVL checkpoint dir: tokenizer (its context/start/end image tokens; else config.json's
     image_token_id and <img>, </img>), preprocessor_config.json (GotOcr2), config.json for the per-tile count."""
-    from ocellus.data.image import ImageProcessorConfig
-    from ocellus.data.processor import _read_json, image_processor_dict
-    from ocellus.data.tokenizer import Tokenizer
     directory = Path(directory)
     model_cfg = _read_json(directory / "config.json")
     image_dict = image_processor_dict(directory)

@@ -23,6 +23,7 @@ from ocellus.models.connectors.mlp import MLPProjector
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 from ocellus.models.vlm import VLM
+from ocellus.data.processor import Processor
 
 
 def _decoder_rules(ours: str, model: str, head: str) -> tuple[tuple[str, str], ...]:
@@ -169,7 +170,6 @@ def image_token_id(tok, spec: dict) -> int:
 
 def training_processor(model: VLM, tok, image_config):
     """The recipe's processor (LLaVA-NeXT's too: with an anyres packer, its canvases and tile size)."""
-    from ocellus.data.processor import Processor
     vit = model.vision_tower.config
     packer = getattr(model, "packer", None)
     anyres = {} if packer is None else {"grid_pinpoints": packer.grid_pinpoints, "tile_size": packer.tile_size}
@@ -192,5 +192,4 @@ def count_from_config(cfg: dict, directory: Path) -> dict:
 
 def processor_from_dir(directory):
     """A LLaVA / LLaVA-NeXT checkpoint dir -> its Processor (token counts from config.json through this family)."""
-    from ocellus.data.processor import Processor
     return Processor.from_dir(directory, counts=count_from_config)

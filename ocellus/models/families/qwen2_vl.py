@@ -33,18 +33,22 @@ from torch import nn
 
 from ocellus.data.image_tiling import preprocess_qwen2vl, qwen2vl_num_tokens
 from ocellus.data.packing import collate_packed as collate_1d
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import CheckpointError, ConfigError, InputError
 from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.connectors.merger import PatchMerger
-from ocellus.models.families.llava import _decoder_rules
+from ocellus.models.families.llava import _decoder_rules, check_spec, image_token_id
 from ocellus.models.fusion import splice
 from ocellus.models.generates import GeneratesWithDecoder
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig, Qwen2VisionTransformer, check_grids
 from ocellus.nn.kv_cache import StaticKVCache
 from ocellus.nn.mrope import check_mm_token_type_ids, rope_index
+from ocellus.data.image import ImageProcessorConfig
+from ocellus.data.processor import image_processor_dict, Processor
+from ocellus.data.tokenizer import Tokenizer
+from ocellus.data.video import preprocess_video
 
 ARCHS = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 MODEL_TYPES = tuple(ARCHS)
@@ -283,7 +287,6 @@ class Qwen2VLImages:
                max_frames: int = 768) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Videos (PIL frame lists or [T, H, W, 3] arrays; data/video.py) -> pixel_values_videos,
         video_grid_thw, second_per_grid_ts, and the <|video_pad|> count of each video."""
-        from ocellus.data.video import preprocess_video
         fps_list = video_fps if isinstance(video_fps, (list, tuple)) else [video_fps] * len(videos)
         outs = [preprocess_video(v, self.cfg, video_fps=f, fps=fps, total_pixels=total_pixels, max_frames=max_frames,
                                  name=f"video {i}") for i, (v, f) in enumerate(zip(videos, fps_list))]
@@ -326,7 +329,6 @@ def _image_token(tok, image_id: int) -> str:
 
 def training_processor(model: Qwen2VL, tok, image_config, upscale_small: bool = False):
     """The recipe's processor: the pixel budget is the recipe's image_size^2 (image_config's size)."""
-    from ocellus.data.processor import Processor
     vision = model.visual.config
     icfg = _image_config(image_config, vision)
     return Processor(tok, icfg, patch_size=vision.patch_size, image_token=_image_token(tok, model.tokens.image),
@@ -336,9 +338,6 @@ def training_processor(model: Qwen2VL, tok, image_config, upscale_small: bool = 
 def processor_from_dir(directory, upscale_small: bool = False):
     """A checkpoint dir: config.json (patch sizes, image_token_id) + preprocessor_config.json (Qwen2-VL's
     pixel budget, mean/std) + tokenizer files."""
-    from ocellus.data.image import ImageProcessorConfig
-    from ocellus.data.processor import Processor, image_processor_dict
-    from ocellus.data.tokenizer import Tokenizer
     directory = Path(directory)
     cfg = read_config(directory)
     vision = Qwen2VisionConfig.from_hf(cfg.get("vision_config") or {}, _variant(cfg))
@@ -395,7 +394,6 @@ def compose(spec: dict, tok) -> Qwen2VL:
     about a third of the rotary pairs per axis; text has the same id on all axes, so the decoder's text
     positions are unchanged). spec["vision_from"] is refused: a CLIP tower has learned absolute positions for
     one image size, not Qwen2-VL's 2D RoPE over any grid."""
-    from ocellus.models.families.llava import check_spec, image_token_id
     variant = spec.get("architecture", "qwen2_vl")
     if variant not in ARCHS:
         raise ConfigError(f"the qwen2_vl family composes {sorted(ARCHS)}, not {variant!r}")
@@ -439,7 +437,6 @@ def _load_decoder(decoder: DecoderLM, state: dict, source) -> None:
     """Qwen2-VL's decoder always has q/k/v biases; a Llama decoder (none) becomes one with zero biases,
     the same function. Anything else missing or unexpected is an error."""
     import re
-    from ocellus.errors import CheckpointError
     missing, unexpected = decoder.load_state_dict(state, strict=False)
     biases = [k for k in missing if re.fullmatch(r"layers\.\d+\.self_attn\.[qkv]_proj\.bias", k)]
     if unexpected or set(missing) - set(biases):

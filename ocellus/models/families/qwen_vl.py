@@ -29,6 +29,9 @@ from ocellus.models.families.llava import _decoder_rules, _part_dirs, image_toke
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 from ocellus.models.vlm import VLM
+from ocellus.data.image import ImageProcessorConfig, preprocess
+from ocellus.data.processor import _read_json, image_processor_dict, Processor
+from ocellus.data.tokenizer import Tokenizer
 
 MODEL_TYPES = ("ocellus_qwen_vl",)
 ARCHITECTURE = "OcellusQwenVLForConditionalGeneration"
@@ -108,12 +111,10 @@ def compose(spec: dict, tok) -> VLM:
 
 def _qwen_vl_image_inputs(images, *, image_config, num_queries: int):
     """Loaded images -> ({"pixel_values": [N, 3, S, S]}, num_queries tokens per image)."""
-    from ocellus.data.image import preprocess
     return {"pixel_values": preprocess(images, image_config, max_pixels=None)}, [num_queries] * len(images)
 
 
 def make_processor(tok, image_config, num_queries: int, image_token: str, chat_template=None):
-    from ocellus.data.processor import Processor
     image_inputs = functools.partial(_qwen_vl_image_inputs, image_config=image_config, num_queries=num_queries)
     return Processor(tok, image_config, patch_size=1, image_token=image_token, chat_template=chat_template,
                      image_inputs=image_inputs, image_wrap=IMAGE_WRAP)
@@ -126,9 +127,6 @@ def training_processor(model: VLM, tok, image_config):
 
 def processor_from_dir(directory):
     """config.json (image_token_id, resampler.num_queries) + preprocessor_config.json + the tokenizer."""
-    from ocellus.data.image import ImageProcessorConfig
-    from ocellus.data.processor import _read_json, image_processor_dict
-    from ocellus.data.tokenizer import Tokenizer
     directory = Path(directory)
     cfg, image_dict = _read_json(directory / "config.json"), image_processor_dict(directory)
     if cfg is None or image_dict is None:

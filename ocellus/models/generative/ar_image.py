@@ -20,6 +20,7 @@ from ocellus.errors import InputError
 from ocellus.models.generative.vq import VQVAE
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.nn.rope import RopeConfig
+from ocellus.infer.generate import generate
 
 
 @dataclass
@@ -92,7 +93,6 @@ class ARImage(nn.Module):
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, top_k: int | None = 32, temperature: float = 1.0,
                  seed: int | None = None) -> torch.Tensor:
-        from ocellus.infer.generate import generate
         prompt = self.num_codes + self.check_labels(labels)[:, None]                  # [B, 1]
         out = generate(self, prompt, max_new_tokens=self.grid ** 2, do_sample=temperature > 0,
                        temperature=temperature, top_k=top_k, seed=seed, eos_token_id=(), pad_token_id=None)

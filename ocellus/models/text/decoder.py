@@ -23,6 +23,7 @@ from ocellus.nn.mlp import SwiGLU
 from ocellus.nn.mrope import check_mrope_section, mrope_cos_sin
 from ocellus.nn.norms import RMSNorm
 from ocellus.nn.rope import RopeConfig, RotaryEmbedding
+from ocellus.infer.generate import generate
 
 
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -197,7 +198,6 @@ class DecoderLM(nn.Module):
         return self.config.max_position_embeddings
 
     def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        from ocellus.infer.generate import generate
         return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
 
     # -- forward -----------------------------------------------------------------------------

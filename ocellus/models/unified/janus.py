@@ -25,7 +25,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import InputError
+from ocellus.errors import ConfigError, InputError
 from ocellus.models.fusion import splice
 from ocellus.models.generative.vq import VQVAE
 from ocellus.models.text.decoder import CausalLMOutput, DecoderLM
@@ -170,7 +170,6 @@ class EngineView(nn.Module):
 def build_janus(spec: dict, tokenizer: VQVAE, text: WordVocab, image_size: int) -> Janus:
     """spec: dim, num_layers, num_heads (decoder); vit_dim, vit_layers, vit_patch (understanding encoder);
     gen_embed_dim."""
-    from ocellus.errors import ConfigError
     known = {"dim", "num_layers", "num_heads", "vit_dim", "vit_layers", "vit_patch", "gen_embed_dim"}
     if set(spec) - known:
         raise ConfigError(f"unknown Janus model keys {sorted(set(spec) - known)}; known {sorted(known)}")

@@ -30,6 +30,11 @@ from torch import nn
 from ocellus.errors import ConfigError, InputError, positive_int
 from ocellus.models.generative.latent_diffusion import DiffusionModel
 from ocellus.models.unified.seed import SeedTokenizer
+from ocellus.models.connectors.qformer import QFormer, QFormerConfig
+from ocellus.models.generative.checkpoint import _dataclass, build, load_generator
+from ocellus.models.generative.ddpm import DiffusionConfig
+from ocellus.models.generative.unet import UNet, UNetConfig
+from ocellus.models.vision.vit import VisionTransformer, ViTConfig
 
 
 class EmbeddingConditioner(nn.Module):
@@ -142,7 +147,6 @@ class SeedCodec(nn.Module):
 
     @classmethod
     def from_dir(cls, path: str | Path) -> "SeedCodec":
-        from ocellus.models.generative.checkpoint import load_generator
         model = load_generator(path)
         if not isinstance(model, cls):
             raise ConfigError(f"{path} holds a {model.spec.get('kind')!r} generator, not a SEED codec (kind 'seed')")
@@ -162,9 +166,6 @@ def tokenizer_spec(tok: SeedTokenizer) -> dict:
 
 
 def build_tokenizer(spec: dict) -> SeedTokenizer:
-    from ocellus.models.connectors.qformer import QFormer, QFormerConfig
-    from ocellus.models.generative.checkpoint import _dataclass
-    from ocellus.models.vision.vit import ViTConfig, VisionTransformer
     spec = dict(spec)
     for key in ("vision", "qformer", "num_codes", "code_dim", "embed_dim"):
         if key not in spec:
@@ -176,9 +177,6 @@ def build_tokenizer(spec: dict) -> SeedTokenizer:
 
 def build_detokenizer(spec: dict, embed_dim: int, image_size: int) -> DiffusionModel:
     """{unet: {...}, diffusion: {...}, context_tokens: k, p_uncond, autoencoder: <a VQ-VAE spec> | absent}."""
-    from ocellus.models.generative.checkpoint import _dataclass, build
-    from ocellus.models.generative.ddpm import DiffusionConfig
-    from ocellus.models.generative.unet import UNet, UNetConfig
     unknown = set(spec) - {"unet", "diffusion", "context_tokens", "p_uncond", "autoencoder"}
     if unknown:
         raise ConfigError(f"SEED detokenizer spec: unknown keys {sorted(unknown)}")
