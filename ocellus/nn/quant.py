@@ -74,7 +74,8 @@ class Int8Linear(nn.Module):
         return new
 
     def _scale_as(self, x: torch.Tensor) -> torch.Tensor:
-        key = (x.dtype, x.device, self.weight_scale._version, self.weight_scale.data_ptr())
+        s = self.weight_scale      # an in-place update (load_state_dict) bumps its version: recast then
+        key = (x.dtype, x.device, -1 if s.is_inference() else s._version, s.data_ptr())
         if self._scale_cache is None or self._scale_cache[0] != key:
             self._scale_cache = (key, self.weight_scale.to(device=x.device, dtype=x.dtype))
         return self._scale_cache[1]

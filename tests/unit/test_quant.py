@@ -71,6 +71,18 @@ def test_int8_linear_is_the_dequantised_matmul_written_out():
     assert (out_grad.detach() - ref).abs().max().item() <= bound + 1e-5
 
 
+def test_new_scales_loaded_in_place_are_used():
+    """The scale cast to the activation dtype is cached; load_state_dict writes in place and must show."""
+    torch.manual_seed(0)
+    a, b = Int8Linear.from_linear(nn.Linear(32, 16)), Int8Linear.from_linear(nn.Linear(32, 16))
+    x = torch.randn(2, 32, dtype=torch.bfloat16)
+    a.to(torch.bfloat16), b.to(torch.bfloat16)
+    with torch.no_grad():
+        a(x)                                                     # fills a's cache
+        a.load_state_dict(b.state_dict())
+        assert torch.equal(a(x), b(x))
+
+
 def test_zero_rows_and_extremes():
     w = torch.zeros(4, 8)
     w[1, 3] = -5.0
