@@ -28,7 +28,6 @@ from typing import Any, Callable
 
 from ocellus.data.bpe import train_bpe
 from ocellus.data.hf_dataset import FORMATS as HF_FORMATS
-from ocellus.data.hf_dataset import FORMATS as HF_FORMATS
 from ocellus.data.shapes import KINDS
 from ocellus.data.shapes_phrasing import PHRASINGS
 from ocellus.data.templates import TEMPLATES
