@@ -14,6 +14,8 @@ import json
 import shutil
 from pathlib import Path
 
+from ocellus.viz.curves import plot_curve
+
 ROOT = Path(__file__).resolve().parent.parent
 # family -> (the last recipe of its chain, the chain's recipes), as scripts/train_family.sh runs them
 CHAINS = {
@@ -66,7 +68,14 @@ def row(family: str, img: Path) -> str:
     else:
         cells.append("-")
     history = [json.loads(ln) for ln in (final / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    cells.append(f"{history[-1]['step']} / {history[-1]['loss']:.3f}" if history else "-")
+    losses = [h for h in history if "loss" in h]
+    cells.append(f"{losses[-1]['step']} / {losses[-1]['loss']:.3f}" if losses else "-")
+    evals = [h for h in history if "eval" in h]    # train.eval_every: held-out accuracy during the run
+    if len(evals) >= 2:
+        for x, suffix in (("step", "step"), ("train_s", "seconds")):
+            plot_curve([{"step": h[x], "accuracy": h["eval"]["all"]} for h in evals],
+                       img / f"family_{family}_accuracy_{suffix}.png", key="accuracy", smooth=0.0,
+                       title=f"{family} held-out (x: {'training seconds' if x == 'train_s' else 'step'})")
     s = seconds(chain)
     cells.append(f"{s:.0f}" if s is not None else "-")
     if (final / "curve.png").exists():
