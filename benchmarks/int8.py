@@ -82,9 +82,13 @@ def main(argv=None) -> int:
     p.add_argument("--vqa-n", type=int, default=500)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-vqa", action="store_true")
+    p.add_argument("--skip-agree", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     t0 = time.time()
-    for lm_head in (True, False):
+    for lm_head in (() if a.skip_agree else (True, False)):
         ag = agreement(a.agree_n, lm_head=lm_head)
         print(f"agreement with bf16, default model, lm_head {'int8' if lm_head else 'bf16'}, {ag['prompts']} held-out "
               f"prompts, {ag['tokens']} tokens: {ag['token_agreement']:.1%} of tokens (teacher-forced), "
