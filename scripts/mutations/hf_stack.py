@@ -22,8 +22,8 @@ MUTATIONS = [
              tests=[f"{T}::test_recipe_export_runs_in_transformers_as_in_ocellus"]),
     Mutation(name="hf stack: recipe export drops the processor",
              file="ocellus/train/run.py",
-             old="ocellus.save(model, path, tokenizer=tok, processor=training_processor(model, tok, size))",
-             new="ocellus.save(model, path, tokenizer=tok)",
+             old="save_model(model, path, tokenizer=tok, processor=training_processor(model, tok, size))",
+             new="save_model(model, path, tokenizer=tok)",
              tests=[f"{T}::test_recipe_export_runs_in_transformers_as_in_ocellus"]),
 ]
 
