@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import ocellus.models.generative.vqgan as vqgan_mod
 from ocellus.models.generative.vq import VectorQuantizer, VQConfig, VQVAE
 from ocellus.train.generative import train_vqgan
+import ocellus.train.generative as generative_run
 
 
 def _nearest(flat, codebook):
@@ -86,6 +87,7 @@ class _Recorder:
                 super().__init__(*a, **k)
                 rec.disc, rec.initial = self, copy.deepcopy(self)
         monkeypatch.setattr(vqgan_mod, "PatchDiscriminator", Spy)
+        monkeypatch.setattr(generative_run, "PatchDiscriminator", Spy)   # the loop's module binds it at import
 
 
 def _adam_first_step(p, grad, lr):
