@@ -115,7 +115,7 @@ def test_patch_classes_mark_the_patches_an_object_covers():
     background class elsewhere, row-major like the ViT's patch tokens."""
     import numpy as np
     from ocellus.data.shapes import Obj, Scene, render
-    from ocellus.train.run import patch_classes
+    from ocellus.train.vit_scene import patch_classes
     classes = [("square", "red"), ("circle", "blue")]
     scene = Scene(48, "white", (Obj("square", "red", (6, 0, 18, 12)), Obj("circle", "blue", (30, 30, 47, 47))))
     grid = patch_classes(scene, render(scene), classes, patch=6, size=48).reshape(8, 8).numpy()

@@ -1,0 +1,105 @@
+"""The ViT scene objective (task vit_classify, data.labels: objects): the classifier with a head per question a
+VLM's image tokens should answer -- which classes are present (CLS), what covers each patch, and optionally
+where its object is (a box per patch) -- and the per-patch targets drawn from a shapes scene."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ocellus.data.shapes import COLOURS
+from ocellus.models.vision.vit import ClassifierOutput, ViTClassifier
+
+
+class SceneViTClassifier(ViTClassifier):
+    """The ViT classification objective for multi-object scenes (data.labels: objects), two heads and an
+    optional third:
+      - `classifier` on the CLS token: which (shape, colour) classes are present, multi-hot
+        labels [N, K], binary cross-entropy per class;
+      - `patch_classifier` on every patch token of the last layer: the class of the object covering
+        the patch, or K for background, cross-entropy (patch_labels [N, P]);
+      - `patch_box` (model.box_loss > 0): every patch token regresses a box in [0, 1] (x0, y0, x1, y1):
+        the box of the object covering it, or its own cell for background (patch_boxes [N, P, 4]), L1
+        loss times box_loss.
+    The patch head makes every image token say what is at its place, the box head WHERE: without it an
+    object's own token carries almost no position (probe R^2 <= 0.04, docs/VLM_COMPARISON.md), so a
+    decoder attending to the object reads what it is but not where it is (values carry no RoPE)."""
+
+    def __init__(self, encoder, num_classes: int, box_loss: float = 0.0):
+        super().__init__(encoder, num_classes)
+        self.patch_classifier = torch.nn.Linear(encoder.config.hidden_size, num_classes + 1)
+        self.box_loss = float(box_loss)
+        self.patch_box = torch.nn.Linear(encoder.config.hidden_size, 4) if self.box_loss > 0 else None
+
+    def forward(self, pixel_values, labels=None, patch_labels=None, patch_boxes=None,
+                interpolate_pos_encoding=False):
+        out = self.encoder(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        result = ClassifierOutput(logits=self.classifier(out.pooler_output))     # [N, K]
+        losses = []
+        if labels is not None:
+            losses.append(F.binary_cross_entropy_with_logits(result.logits, labels.float()))
+        patches = out.last_hidden_state[:, int(self.encoder.config.use_cls_token):]   # [N, P, D]
+        if patch_labels is not None:
+            patch_logits = self.patch_classifier(patches)                          # [N, P, K+1]
+            losses.append(F.cross_entropy(patch_logits.flatten(0, 1), patch_labels.flatten()))
+        if patch_boxes is not None and self.patch_box is not None:
+            losses.append(self.box_loss * F.l1_loss(self.patch_box(patches), patch_boxes))   # [N, P, 4]
+        result.loss = sum(losses) if losses else None
+        return result
+
+
+def patch_owners(scene, image, patch: int, size: int, min_fraction: float = 0.1) -> np.ndarray:
+    """The index of the object covering most of each patch (row-major) in scene.objects, -1 for
+    background (objects covering less than min_fraction of the patch). Pixels are exact palette colours
+    and boxes do not overlap, so an object's pixels are its colour inside its box."""
+    if image.size != (size, size):
+        image = image.resize((size, size), 0)  # nearest: keep palette colours exact
+        scale = size / scene.image_size
+    else:
+        scale = 1.0
+    rgb = np.asarray(image)
+    owner = np.full((size, size), -1, dtype=np.int64)                        # [H, W] object index per pixel
+    for k, obj in enumerate(scene.objects):
+        x0, y0, x1, y1 = (int(round(v * scale)) for v in obj.bbox)
+        inside = (rgb[y0:y1, x0:x1] == COLOURS[obj.colour]).all(-1)
+        owner[y0:y1, x0:x1][inside] = k
+    g = size // patch
+    if not scene.objects:
+        return np.full(g * g, -1, dtype=np.int64)
+    blocks = owner[:g * patch, :g * patch].reshape(g, patch, g, patch).transpose(0, 2, 1, 3).reshape(g * g, -1)
+    counts = np.stack([(blocks == k).sum(1) for k in range(len(scene.objects))], 1)   # [P, objects]
+    best = counts.argmax(1)
+    best[counts.max(1) < min_fraction * patch * patch] = -1
+    return best
+
+
+def patch_classes(scene, image, classes, patch: int, size: int) -> torch.Tensor:
+    """[P] the (shape, colour) class of each patch's owner (patch_owners), len(classes) for background."""
+    ids = [classes.index((o.shape, o.colour)) for o in scene.objects] + [len(classes)]
+    return torch.tensor([ids[k] for k in patch_owners(scene, image, patch, size)], dtype=torch.long)
+
+
+def patch_boxes(scene, image, patch: int, size: int) -> torch.Tensor:
+    """[P, 4] each patch's box target in [0, 1] (x0, y0, x1, y1): its owner's box (scene pixels over the
+    scene size), or the patch's own cell for background."""
+    g = size // patch
+    owners = patch_owners(scene, image, patch, size)
+    out = torch.empty(len(owners), 4)
+    for p, k in enumerate(owners):
+        if k >= 0:
+            out[p] = torch.tensor(scene.objects[k].bbox, dtype=torch.float32) / scene.image_size
+        else:
+            r, c = divmod(p, g)
+            out[p] = torch.tensor([c, r, c + 1, r + 1], dtype=torch.float32) / g
+    return out
+
+
+def stack_labels(rows):
+    labels = [r[1] for r in rows]
+    labels = torch.stack(labels) if isinstance(labels[0], torch.Tensor) else torch.tensor(labels)
+    batch = {"pixel_values": torch.stack([r[0] for r in rows]), "labels": labels}
+    if len(rows[0]) > 2:
+        batch["patch_labels"] = torch.stack([r[2] for r in rows])
+    if len(rows[0]) > 3:
+        batch["patch_boxes"] = torch.stack([r[3] for r in rows])
+    return batch
