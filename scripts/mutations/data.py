@@ -324,4 +324,9 @@ MUTATIONS += [
     Mutation(name="data: data.pack accepted and ignored for other tasks", file="ocellus/train/run.py",
              old='    if (recipe.get("data") or {}).get("pack") and recipe["task"] not in PACKED_TASKS:',
              new="    if False:", tests=PACK),
+    Mutation(name="shapes: position question answers the other half", file="ocellus/data/shapes.py",
+             old='"left" if x1 <= half else "right"))', new='"right" if x1 <= half else "left"))',
+             tests=["tests/unit/test_shapes.py"]),
+    Mutation(name="shapes: position asked about a box across the middle", file="ocellus/data/shapes.py",
+             old="if y1 <= half or y0 >= half:", new="if True:", tests=["tests/unit/test_shapes.py"]),
 ]

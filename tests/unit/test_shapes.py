@@ -74,6 +74,12 @@ def expected_answer(question: str, objects) -> tuple[str, str]:
         side = _side(_named(objects, m[1]), _named(objects, m[3]), 0 if relation in ("left", "right") else 1)
         assert side is not None, "relation asked along an axis where the boxes overlap"
         return "spatial", "yes" if side == relation else "no"
+    if m := re.fullmatch(r"Is the (\w+ \w+) in the (left or the right|top or the bottom) half of the picture\?", q):
+        o, half = _named(objects, m[1]), CFG.image_size / 2
+        lo, hi = (0, 2) if m[2].startswith("left") else (1, 3)
+        words = ("left", "right") if m[2].startswith("left") else ("top", "bottom")
+        assert o["bbox"][hi] <= half or o["bbox"][lo] >= half, "position asked about a box across the middle"
+        return "position", words[0] if o["bbox"][hi] <= half else words[1]
     if m := re.fullmatch(r"Is there an? (\w+) (\w+)\?", q):
         assert ("an " if m[1][0] in "aeiou" else "a ") in q
         return "existence", "yes" if any(o["colour"] == m[1] and o["shape"] == m[2] for o in objects) else "no"
@@ -129,6 +135,21 @@ def test_every_qa_answer_is_true_of_the_ground_truth():
         seen.setdefault(kind, set()).add(answer)
     assert set(seen) == {"colour", "shape", "count", "spatial", "existence"}
     assert seen["existence"] == {"yes", "no"} and {"left", "right", "above", "below"} <= seen["spatial"]
+
+
+def test_position_questions_name_the_half_the_box_lies_in():
+    """The single-object curriculum type: asked only when the box lies wholly in one half, never in the
+    default mix (the held-out tables keep their five types)."""
+    cfg = ShapesConfig(seed=3, qa_weights=(("position", 1.0), ("count", 1e-9)))   # count: a box across both middles
+    seen = set()
+    for s in samples(cfg, 150, kind="qa"):
+        if s["type"] == "count":
+            continue
+        user, assistant = s["messages"]
+        assert expected_answer(_text(user), s["objects"]) == ("position", s["answer"]) == ("position", _text(assistant))
+        seen.add(s["answer"])
+    assert seen == {"left", "right", "top", "bottom"}
+    assert "position" not in {s["type"] for s in samples(ShapesConfig(seed=3), 300, kind="qa")}
 
 
 def test_conversations_have_2_to_3_correct_turns():
