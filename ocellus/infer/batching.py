@@ -7,7 +7,10 @@ routers: a background thread owns the model and a `SlotKVCache` (infer/slot_cach
     2. drop cancelled / timed-out requests (their rows leave the batch now);
     3. admit waiting requests while slots are free: prefill each alone (its images are encoded
        here, once, and shared by its n choices), pick the first token from the prefill logits
-       (that is the time to first token) and copy the prompt's keys/values into n free slots;
+       (that is the time to first token) and copy the prompt's keys/values into n free slots.
+       With `prefill_chunk` = C, prompts take at most C prefill tokens per loop (infer/chunked_prefill.py):
+       a long prompt is prefilled a chunk per loop, in queue order, and step 4 keeps the running rows
+       decoding between its chunks;
     4. one decode step over every live row: [B, 1] ids, per-row positions, the slot mask;
     5. per row: sample with the row's own parameters (greedy rows share one argmax), detokenize
        incrementally, apply eos / stop strings / max_tokens, and retire finished rows.
@@ -35,7 +38,8 @@ from typing import Callable
 
 import torch
 
-from ocellus.errors import ConfigError, InputError, OcellusError
+from ocellus.errors import ConfigError, InputError, OcellusError, positive_int
+from ocellus.infer.chunked_prefill import ChunkedPrefill
 from ocellus.infer.generate import GenerationConfig, _resolve_special
 from ocellus.infer.sampling import choose, process_logits
 from ocellus.infer.slot_cache import SlotKVCache
@@ -209,16 +213,21 @@ class EngineStats:
     failed: int = 0
     steps: int = 0
     generated_tokens: int = 0
+    prefilling: int = 0        # requests part-way through a chunked prefill (0 or 1)
+    prefill_chunks: int = 0    # prefill forwards run (one per prompt without a chunk budget)
 
 
 class BatchEngine:
     """model: anything with the `generate` contract whose `new_cache` is a plain StaticKVCache.
     tokenizer: decodes ids to text. slots: the most rows decoded together (1 = one request at a
     time). max_len: tokens per slot (prompt + completion), at most the model's context. max_queue:
-    waiting requests beyond which `submit` raises QueueFull."""
+    waiting requests beyond which `submit` raises QueueFull. prefill_chunk: the most prompt tokens prefilled
+    per engine loop, between two decode steps (None: each admitted prompt whole, in one forward)."""
 
-    def __init__(self, model, tokenizer, *, slots: int = 16, max_len: int | None = None, max_queue: int = 64):
+    def __init__(self, model, tokenizer, *, slots: int = 16, max_len: int | None = None, max_queue: int = 64,
+                 prefill_chunk: int | None = None):
         self.model, self.tokenizer = model, tokenizer
+        self.prefill_chunk = positive_int(prefill_chunk, "prefill_chunk", optional=True)
         self.max_len = min(max_len or model.max_context, model.max_context)
         self.cache = SlotKVCache.like(model, slots, self.max_len)
         self.device = next(model.parameters()).device
@@ -228,6 +237,7 @@ class BatchEngine:
         self._waiting: deque[Request] = deque()
         self._jobs: deque[tuple[Callable, Future]] = deque()
         self._rows: list[_Sequence] = []      # row i of the cache decodes _rows[i]
+        self._partial: tuple[Request, ChunkedPrefill] | None = None  # the queue's head, part-way prefilled
         self._cv = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -271,7 +281,7 @@ class BatchEngine:
         with torch.inference_mode():
             while True:
                 with self._cv:
-                    while not (self._stop or self._jobs or self._waiting or self._rows):
+                    while not (self._stop or self._jobs or self._waiting or self._rows or self._partial):
                         self._cv.wait()
                     if self._stop:
                         break
@@ -309,6 +319,9 @@ class BatchEngine:
             dropped = [r for r in self._waiting if gone(r)]
             self._waiting = deque(r for r in self._waiting if not gone(r))
             self.stats.waiting = len(self._waiting)
+        if self._partial is not None and gone(self._partial[0]):  # it holds no slot yet
+            dropped.append(self._partial[0])
+            self._set_partial(None)
         for r in dropped:
             self._finish_request(r, "timeout" if not r.cancelled else None)
         for i in reversed(range(len(self._rows))):
@@ -317,29 +330,53 @@ class BatchEngine:
                 self._retire(i, "timeout" if not req.cancelled else None)
 
     def _admit(self) -> None:
-        while True:
-            with self._cv:
-                if not self._waiting or self._waiting[0].n > self.cache.free:
-                    return
-                req = self._waiting.popleft()
-                self.stats.waiting = len(self._waiting)
-            try:
-                self._prefill(req)
-            except InputError as e:
-                self._fail(req, Failure(400, str(e)))
-            except Exception as e:  # a model bug must not take the other requests down with it
-                self._fail(req, _failure(e))
+        """Prefill waiting requests in queue order while slots are free, at most `prefill_chunk` prompt tokens
+        in all (None: no limit). A prompt the budget cuts stays the head (`_partial`) and goes on next loop,
+        after a decode step of the running rows; nothing behind it is admitted before it."""
+        budget = self.prefill_chunk
+        while budget is None or budget > 0:
+            if self._partial is None:
+                with self._cv:
+                    if not self._waiting or self._waiting[0].n > self.cache.free:
+                        return
+                    req = self._waiting.popleft()
+                    self.stats.waiting = len(self._waiting)
+                if not self._guarded(req, lambda: self._set_partial((req, ChunkedPrefill(
+                        self.model, req.input_ids, req.prefill, self.device)))):
+                    continue
+            req, job = self._partial
+            n = job.next_chunk(budget)
+            if budget is not None and n > budget and budget < self.prefill_chunk:
+                return  # a prompt that cannot be split (images) waits for a whole budget
+            if not self._guarded(req, lambda: job.run(n)):
+                continue
+            self.stats.prefill_chunks += 1
+            if budget is not None:
+                budget -= n
+            if job.finished:
+                self._set_partial(None)
+                self._guarded(req, lambda: self._place(req, job.cache, job.logits))
 
-    def _prefill(self, req: Request) -> None:
-        ids = req.input_ids.to(self.device)
-        T = ids.shape[1]
-        tmp = self.model.new_cache(1, T)
-        kw = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in req.prefill.items()}
-        logits = self.model(input_ids=ids, position_ids=torch.arange(T, device=self.device)[None], cache=tmp,
-                            logits_to_keep=1, **kw).logits[:, -1].float().cpu()              # [1, V]
+    def _guarded(self, req: Request, fn: Callable[[], object]) -> bool:
+        """fn(); an error fails `req` alone (400 for bad input, else 500) and drops its prefill. -> it ran."""
+        try:
+            fn()
+            return True
+        except Exception as e:  # a model bug must not take the other requests down with it
+            if self._partial is not None and self._partial[0] is req:
+                self._set_partial(None)
+            self._fail(req, Failure(400, str(e)) if isinstance(e, InputError) else _failure(e))
+            return False
+
+    def _set_partial(self, partial: tuple[Request, ChunkedPrefill] | None) -> None:
+        self._partial = partial
+        self.stats.prefilling = int(partial is not None)
+
+    def _place(self, req: Request, prefilled, logits: torch.Tensor) -> None:
+        """The prompt is prefilled: its n choices take their first token from `logits` [1, V] and a slot each."""
         for c in range(req.n):
             seq = _Sequence(req, c, self.tokenizer, self.eos)
-            self.cache.insert(tmp)
+            self.cache.insert(prefilled)
             self._rows.append(seq)
             self.stats.running = len(self._rows)
             reason = seq.push(seq.choose(logits), self.max_len)
