@@ -33,174 +33,24 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from ocellus.errors import ConfigError, InputError, OcellusError, positive_int
+from ocellus.errors import InputError, OcellusError, positive_int
 from ocellus.infer.chunked_prefill import ChunkedPrefill
+from ocellus.infer.engine_request import (NON_FINITE_LOGITS, SAMPLING_EPS, Delta, Failure, Finish, Request, RowError,
+                                          SamplingParams, Sequence, failure_of)
 from ocellus.infer.generate import GenerationConfig, _resolve_special
-from ocellus.infer.sampling import choose, process_logits
 from ocellus.infer.slot_cache import SlotKVCache
-from ocellus.infer.streaming import TextStreamDecoder
 
-SAMPLING_EPS = 1e-5   # temperatures below this are greedy (vLLM's _SAMPLING_EPS)
-NON_FINITE_LOGITS = "the model produced non-finite logits (NaN/inf) for this request"
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0       # <= 0: greedy
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False       # run to max_tokens (benchmarks; vLLM's extension of the same name)
-
-    def __post_init__(self):
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ConfigError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
-        # the generation config's own checks (top_p range, top_k >= 0, ...) with its messages
-        GenerationConfig(max_new_tokens=self.max_tokens, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
-                         repetition_penalty=self.repetition_penalty)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < SAMPLING_EPS
-
-    @property
-    def plain_argmax(self) -> bool:
-        return self.greedy and self.repetition_penalty in (None, 1.0)
-
-
-# -- events sent to a request's sink --------------------------------------------------------------
-@dataclass(frozen=True)
-class Delta:
-    choice: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Finish:
-    choice: int
-    reason: str              # "stop" (eos or a stop string), "length", "timeout"
-    completion_tokens: int
-    token_ids: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class Failure:
-    status: int              # the HTTP status a server should answer with
-    message: str
+__all__ = ["BatchEngine", "EngineStats", "QueueFull", "Request", "SamplingParams", "Delta", "Finish", "Failure",
+           "RowError", "NON_FINITE_LOGITS", "SAMPLING_EPS"]
 
 
 class QueueFull(OcellusError):
     """The engine's waiting queue is at its limit (a server answers 429)."""
-
-
-class RowError(OcellusError):
-    """One row could not pick its next token; its request fails with `status`, the batch goes on."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def _failure(e: Exception) -> Failure:
-    if isinstance(e, RowError):
-        return Failure(e.status, str(e))
-    return Failure(500, f"{type(e).__name__}: {e}")
-
-
-@dataclass(eq=False)
-class Request:
-    """One prompt with n choices. input_ids [1, T]; prefill: extra model inputs (pixel_values, ...)."""
-    input_ids: torch.Tensor
-    params: SamplingParams
-    sink: Callable[[object], None]
-    prefill: dict = field(default_factory=dict)
-    n: int = 1
-    deadline: float | None = None   # time.monotonic() after which the request times out
-    cancelled: bool = False
-    done: int = 0                   # choices finished
-
-    def cancel(self) -> None:
-        """Thread-safe: the engine drops the request at its next token boundary."""
-        self.cancelled = True
-
-    @property
-    def prompt_tokens(self) -> int:
-        return int(self.input_ids.shape[1])
-
-
-class _Sequence:
-    """One choice of one request while it decodes: its tokens, sampler state and text."""
-
-    def __init__(self, req: Request, choice: int, tokenizer, eos: tuple[int, ...]):
-        self.req, self.choice = req, choice
-        self.p = req.params
-        self.ids: list[int] = req.input_ids[0].tolist()
-        self.prompt_len = len(self.ids)
-        self.eos = () if req.params.ignore_eos else eos
-        self.gen = None
-        if not self.p.greedy and self.p.seed is not None:  # n > 1: choice c draws from seed + c
-            self.gen = torch.Generator().manual_seed(self.p.seed + choice)
-        self.decoder = TextStreamDecoder(tokenizer, skip_special_tokens=True, prompt_ids=self.ids)
-        self.text, self.sent = "", 0
-        self.longest_stop = max((len(s) for s in self.p.stop), default=0)
-
-    @property
-    def generated(self) -> int:
-        return len(self.ids) - self.prompt_len
-
-    def choose(self, scores: torch.Tensor) -> int:
-        """scores [1, V] fp32 -> the next id, by this request's parameters. RowError when the logits are not
-        finite (500) or this request's parameters turn them into NaN probabilities (400)."""
-        p = self.p
-        if not torch.isfinite(scores).all():
-            raise RowError(500, NON_FINITE_LOGITS)
-        scores = process_logits(scores, torch.tensor([self.ids]), do_sample=not p.greedy, temperature=p.temperature,
-                                top_k=p.top_k, top_p=p.top_p, min_p=p.min_p, repetition_penalty_=p.repetition_penalty)
-        if torch.isnan(scores).any() or (not p.greedy and not torch.isfinite(scores.softmax(-1)).all()):
-            raise RowError(400, f"sampling overflowed float32 with this request's parameters (temperature="
-                                f"{p.temperature:g}, repetition_penalty={p.repetition_penalty}): NaN probabilities")
-        return int(choose(scores, not p.greedy, self.gen)[0])
-
-    def push(self, token: int, max_len: int) -> str | None:
-        """Append a token; emit its text. -> the finish reason, or None while it goes on."""
-        self.ids.append(token)
-        if token in self.eos:
-            self._emit(self.decoder.flush(), final=True)
-            return "stop"
-        if self._emit(self.decoder.push([token])):
-            return "stop"
-        if self.generated >= self.p.max_tokens or len(self.ids) >= max_len:
-            self._emit(self.decoder.flush(), final=True)
-            return "length"
-        return None
-
-    def _emit(self, piece: str, final: bool = False) -> bool:
-        """Send new text, never past a stop string (OpenAI leaves the stop string out). -> hit a stop."""
-        self.text += piece
-        hit = min((i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in self.p.stop) if i >= 0),
-                  default=-1)
-        end = hit if hit >= 0 else len(self.text) if final else len(self.text) - self._held_back()
-        if end > self.sent:
-            self.req.sink(Delta(self.choice, self.text[self.sent:end]))
-            self.sent = end
-        return hit >= 0
-
-    def _held_back(self) -> int:
-        """Length of the longest tail of the text that could still grow into a stop string."""
-        for k in range(min(self.longest_stop - 1, len(self.text) - self.sent), 0, -1):
-            tail = self.text[-k:]
-            if any(s.startswith(tail) for s in self.p.stop):
-                return k
-        return 0
 
 
 @dataclass
@@ -236,7 +86,7 @@ class BatchEngine:
         self.stats = EngineStats()
         self._waiting: deque[Request] = deque()
         self._jobs: deque[tuple[Callable, Future]] = deque()
-        self._rows: list[_Sequence] = []      # row i of the cache decodes _rows[i]
+        self._rows: list[Sequence] = []      # row i of the cache decodes _rows[i]
         self._partial: tuple[Request, ChunkedPrefill] | None = None  # the queue's head, part-way prefilled
         self._cv = threading.Condition()
         self._stop = False
@@ -295,7 +145,7 @@ class BatchEngine:
                         self._step()
                     except Exception as e:  # a model bug: fail the batch, keep serving
                         while self._rows:
-                            self._fail(self._rows[-1].req, _failure(e))
+                            self._fail(self._rows[-1].req, failure_of(e))
         for fn, fut in self._jobs:
             fut.set_exception(RuntimeError("the engine stopped"))
 
@@ -365,7 +215,7 @@ class BatchEngine:
         except Exception as e:  # a model bug must not take the other requests down with it
             if self._partial is not None and self._partial[0] is req:
                 self._set_partial(None)
-            self._fail(req, Failure(400, str(e)) if isinstance(e, InputError) else _failure(e))
+            self._fail(req, Failure(400, str(e)) if isinstance(e, InputError) else failure_of(e))
             return False
 
     def _set_partial(self, partial: tuple[Request, ChunkedPrefill] | None) -> None:
@@ -375,7 +225,7 @@ class BatchEngine:
     def _place(self, req: Request, prefilled, logits: torch.Tensor) -> None:
         """The prompt is prefilled: its n choices take their first token from `logits` [1, V] and a slot each."""
         for c in range(req.n):
-            seq = _Sequence(req, c, self.tokenizer, self.eos)
+            seq = Sequence(req, c, self.tokenizer, self.eos)
             self.cache.insert(prefilled)
             self._rows.append(seq)
             self.stats.running = len(self._rows)
@@ -403,7 +253,7 @@ class BatchEngine:
                     raise RowError(500, NON_FINITE_LOGITS)
                 token = argmax[i] if s.p.plain_argmax else s.choose(logits[i:i + 1])
             except Exception as e:  # this row's request fails; the other rows decode on
-                failed[s.req] = _failure(e)
+                failed[s.req] = failure_of(e)
                 continue
             self.stats.generated_tokens += 1
             reason = s.push(token, self.max_len)
@@ -433,7 +283,7 @@ class BatchEngine:
         if req.done == req.n and reason != "timeout":
             self.stats.completed += 1
 
-    def _drop_row(self, i: int) -> _Sequence:
+    def _drop_row(self, i: int) -> Sequence:
         seq = self._rows[i]
         moved = self.cache.remove(i)
         if moved is not None:

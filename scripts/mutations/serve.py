@@ -19,7 +19,7 @@ MUTATIONS = [
     Mutation(name="serve: non-finite logits of plain-greedy rows not checked", file="ocellus/infer/batching.py",
              old="                if not finite[i]:\n", new="                if False:\n",
              tests=[f"{ISOLATION}::test_nan_logits_end_only_their_row"]),
-    Mutation(name="serve: tiny temperatures sampled (1/T overflows)", file="ocellus/infer/batching.py",
+    Mutation(name="serve: tiny temperatures sampled (1/T overflows)", file="ocellus/infer/engine_request.py",
              old="return self.temperature < SAMPLING_EPS", new="return self.temperature <= 0",
              tests=[f"{ISOLATION}::test_nan_logits_end_only_their_row"]),
     Mutation(name="serve: seed not bounded to int64", file="ocellus/serve/openai_schema.py",
