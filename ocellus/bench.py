@@ -1,6 +1,7 @@
 """Decode-throughput benchmark: Ocellus vs transformers `generate` on the same random Llama weights.
 
     python benchmarks/decode.py [--dtypes fp32,bf16] [--batches 1,8] [--quick]   (= ocellus bench decode)
+    ocellus bench decode --vs llamacpp      llama.cpp on the same weights as GGUF instead (bench_llamacpp.py)
 
 For each (dtype, batch) both implementations greedily generate from a fixed random prompt, and
 the decode rate is counted without the prefill: B * (N2 - N1) / (t(N2) - t(N1)), N1 = 1 and
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ocellus.errors import ConfigError
 from ocellus.infer.prepack import prepack_linears, prepack_supports
 from ocellus.nn.quant import Int8Linear
 
@@ -97,27 +99,25 @@ def ceiling_seconds(model: nn.Module, batch: int, passes: int = 32) -> float:
         return (_now(w0.device) - t0) / passes
 
 
-def _runners(ours, theirs, ids: torch.Tensor) -> dict:
-    """name -> fn(new_tokens) -> ids [B, T + new_tokens], greedy, every token generated."""
+def transformers_runner(theirs, ids: torch.Tensor):
+    """fn(new_tokens) -> ids [B, T + new_tokens]: transformers' greedy generate, every token generated."""
     mask = torch.ones_like(ids)
-
-    def run_ours(n):
-        return ours.generate(ids, max_new_tokens=n)
 
     def run_theirs(n):
         with torch.inference_mode():
             return theirs.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                    eos_token_id=None, pad_token_id=0)
 
-    return {"ocellus": run_ours, "transformers": run_theirs}
+    return run_theirs
 
 
-def measure(ours, theirs, ids: torch.Tensor, n1: int, n2: int, repeats: int, device) -> dict:
-    """Decode tokens/s of both implementations and the ceiling, each the best of `repeats`
-    rounds; one round runs everything once (interleaved, so load from other processes hits all
-    three alike). Decode rate = B * (n2 - n1) / (t(n2) - t(n1)): the prefill cancels out."""
+def measure(ours, reference, ids: torch.Tensor, n1: int, n2: int, repeats: int, device) -> dict:
+    """Decode tokens/s of ours, the reference (fn(new_tokens) -> ids [B, T + new_tokens], greedy) and
+    the ceiling, each the best of `repeats` rounds; one round runs everything once (interleaved, so load
+    from other processes hits all three alike). Decode rate = B * (n2 - n1) / (t(n2) - t(n1)): the
+    prefill cancels out."""
     batch = ids.shape[0]
-    runners = _runners(ours, theirs, ids)
+    runners = {"ocellus": lambda n: ours.generate(ids, max_new_tokens=n), "reference": reference}
     for fn in runners.values():  # warm-up: first-call allocations, lazy inits
         fn(n1)
     best = {name: {n1: math.inf, n2: math.inf} for name in runners}
@@ -130,16 +130,18 @@ def measure(ours, theirs, ids: torch.Tensor, n1: int, n2: int, repeats: int, dev
                 best[name][n] = min(best[name][n], _now(device) - t0)
         ceiling = min(ceiling, ceiling_seconds(ours, batch, passes=max(8, min(n2 - n1, 32))))
     rates = {name: batch * (n2 - n1) / max(b[n2] - b[n1], 1e-9) for name, b in best.items()}
-    return dict(ocellus=rates["ocellus"], transformers=rates["transformers"], ceiling=batch / ceiling,
-                same_tokens=bool(torch.equal(outs["ocellus"], outs["transformers"])))
+    return dict(ocellus=rates["ocellus"], reference=rates["reference"], ceiling=batch / ceiling,
+                same_tokens=bool(torch.equal(outs["ocellus"], outs["reference"])))
 
 
 def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128, new_tokens: int = 128,
                  base_tokens: int = 1, repeats: int = 3, quick: bool = False, workdir=None, device="cpu",
                  arch: dict | None = None, threads: int | None = None, verbose: bool = True,
-                 prepack: bool = False, quantize: str | None = None) -> list[dict]:
-    """-> one dict per (dtype, batch): ours / transformers decode tokens/s, their ratio, the ceiling
-    and ours / ceiling. Decode rate = B * (new_tokens - base_tokens) / (t(new) - t(base)).
+                 prepack: bool = False, quantize: str | None = None, vs: str = "transformers") -> list[dict]:
+    """-> one dict per (dtype, batch): ours / the reference's decode tokens/s (key: `vs`), their ratio,
+    the ceiling and ours / ceiling. Decode rate = B * (new_tokens - base_tokens) / (t(new) - t(base)).
+    vs="llamacpp": the reference is llama.cpp on the same weights as GGUF (f32 / bf16 / q8_0 opposite
+    fp32 / bf16 / int8; bench_llamacpp.py), batch 1 only.
     prepack: ours runs with oneDNN-prepacked weights (infer/prepack.py), packed for each batch size;
     the ceiling stays plain F.linear calls on the unpacked weights.
     quantize="int8": one more row set, "int8": ours loaded with quantize="int8" (bf16 activations, nn/quant.py)
@@ -154,6 +156,15 @@ def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128,
     arch = arch or LLAMA_100M
     if threads:
         torch.set_num_threads(threads)
+    if vs not in REFERENCES:
+        raise ConfigError(f"unknown reference {vs!r}; use one of {list(REFERENCES)}")
+    if vs == "llamacpp":
+        try:  # lazy: the [llamacpp] extra (gguf, llama-cpp-python) is needed by --vs llamacpp only
+            from ocellus import bench_llamacpp
+        except ImportError as e:
+            raise ConfigError(f"--vs llamacpp needs the [llamacpp] extra: {e}; pip install 'ocellus[llamacpp]'") from e
+        if set(batches) != {1}:
+            raise ConfigError(f"--vs llamacpp measures batch 1 only, got batches {list(batches)}")
     transformers.logging.set_verbosity_error()
     path = build_checkpoint(arch, Path(workdir) if workdir else default_workdir())
     rows = []
@@ -161,24 +172,28 @@ def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128,
         dtype = DTYPES.get(dname, torch.bfloat16)      # int8: bf16 activations
         ours = ocellus.load(path, dtype=dtype, device=device, quantize=quantize if dname == quantize else None)
         packed = prepack and prepack_supports(dtype)   # an AVX2-only CPU has no oneDNN bf16 kernels: plain
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        theirs = None if vs == "llamacpp" else \
+            transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         if verbose:
             print(f"# {path.name}: {count_parameters(ours) / 1e6:.1f}M parameters, {dname}, "
                   f"{torch.get_num_threads()} threads, prompt {prompt_len}, decode tokens {base_tokens + 1}..{new_tokens}, "
-                  f"ours with {'prepacked' if packed else 'plain'} weights",
+                  f"ours with {'prepacked' if packed else 'plain'} weights, against {vs}",
                   flush=True)
         for batch in batches:
             if packed:
                 prepack_linears(ours, batch)
             g = torch.Generator().manual_seed(batch)
             ids = torch.randint(2, arch["vocab_size"], (batch, prompt_len), generator=g).to(device)
-            r = measure(ours, theirs, ids, base_tokens, new_tokens, repeats, device)
+            reference = transformers_runner(theirs, ids) if vs == "transformers" else \
+                bench_llamacpp.reference_runner(path, dname, ids, torch.get_num_threads(), prompt_len + new_tokens)
+            r = measure(ours, reference, ids, base_tokens, new_tokens, repeats, device)
             row = dict(dtype=dname, batch=batch, prepacked=packed, prompt=prompt_len, new_tokens=new_tokens, ocellus=r["ocellus"],
-                       transformers=r["transformers"], ratio=r["ocellus"] / r["transformers"], ceiling=r["ceiling"],
+                       vs=vs, **{vs: r["reference"]}, ratio=r["ocellus"] / r["reference"], ceiling=r["ceiling"],
                        of_ceiling=r["ocellus"] / r["ceiling"], same_tokens=r["same_tokens"])
             rows.append(row)
             if verbose:
                 print(format_row(row), flush=True)
+            del reference
         del ours, theirs
     by = {(r["dtype"], r["batch"]): r["ocellus"] for r in rows}
     for r in rows:
@@ -198,17 +213,26 @@ def format_quant(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-HEADER = f"{'dtype':>5} {'batch':>5} {'ocellus tok/s':>13} {'transformers tok/s':>18} {'ratio':>6} " \
-         f"{'ceiling tok/s':>13} {'ours/ceiling':>12} {'same ids':>8}"
+REFERENCES = {"transformers": "transformers", "llamacpp": "llama.cpp"}   # --vs name -> column label
+
+
+def header(vs: str = "transformers") -> str:
+    return (f"{'dtype':>5} {'batch':>5} {'ocellus tok/s':>13} {REFERENCES[vs] + ' tok/s':>18} {'ratio':>6} "
+            f"{'ceiling tok/s':>13} {'ours/ceiling':>12} {'same ids':>8}")
+
+
+HEADER = header()
 
 
 def format_row(r: dict) -> str:
-    return (f"{r['dtype']:>5} {r['batch']:>5} {r['ocellus']:>13.1f} {r['transformers']:>18.1f} {r['ratio']:>5.2f}x "
+    ref = r[r.get("vs", "transformers")]
+    return (f"{r['dtype']:>5} {r['batch']:>5} {r['ocellus']:>13.1f} {ref:>18.1f} {r['ratio']:>5.2f}x "
             f"{r['ceiling']:>13.1f} {r['of_ceiling']:>11.0%} {str(r['same_tokens']):>8}")
 
 
 def format_table(rows: list[dict]) -> str:
-    return "\n".join([HEADER, *(format_row(r) for r in rows)])
+    return "\n".join([header(rows[0].get("vs", "transformers") if rows else "transformers"),
+                      *(format_row(r) for r in rows)])
 
 
 def main_decode(argv=None) -> int:
@@ -216,7 +240,7 @@ def main_decode(argv=None) -> int:
     Returns the exit status (bench_decode returns the rows)."""
     p = argparse.ArgumentParser(prog="ocellus bench decode", description=__doc__.split("\n\n")[0])
     p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16")
-    p.add_argument("--batches", default="1,8", help="comma list of batch sizes")
+    p.add_argument("--batches", default=None, help="comma list of batch sizes (default 1,8; 1 with --vs llamacpp)")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     p.add_argument("--new-tokens", type=int, default=128, help="generated tokens (N2)")
     p.add_argument("--base-tokens", type=int, default=1, help="N1: its time (prefill included) is subtracted")
@@ -227,6 +251,9 @@ def main_decode(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--quantize", default=None, choices=["int8"],
                    help="also run ours with int8 weights (bf16 activations) and print it against bf16 and fp32")
+    p.add_argument("--vs", default="transformers", choices=list(REFERENCES),
+                   help="the reference: transformers generate, or llama.cpp on the same weights as GGUF (batch 1; "
+                        "with int8 opposite q8_0 unless --quantize is given; needs the [llamacpp] extra)")
     p.add_argument("--no-prepack", dest="prepack", action="store_false",
                    help="ours with plain weights (default: oneDNN-prepacked weights, infer/prepack.py)")
     a = p.parse_args(argv)
@@ -236,9 +263,14 @@ def main_decode(argv=None) -> int:
         p.error(f"unknown dtypes {unknown}; use {sorted(DTYPES)}")
     if not a.base_tokens < a.new_tokens:
         p.error("--base-tokens must be smaller than --new-tokens")
-    rows = bench_decode(dtypes=dtypes, batches=[int(b) for b in a.batches.split(",")], prompt_len=a.prompt,
+    llama = a.vs == "llamacpp"
+    batches = [int(b) for b in (a.batches or ("1" if llama else "1,8")).split(",")]
+    if llama and batches != [1]:
+        p.error("--vs llamacpp measures batch 1 only")
+    rows = bench_decode(dtypes=dtypes, batches=batches, prompt_len=a.prompt,
                         new_tokens=a.new_tokens, base_tokens=a.base_tokens, repeats=a.repeats, quick=a.quick,
-                        workdir=a.workdir, threads=a.threads, prepack=a.prepack, quantize=a.quantize)
+                        workdir=a.workdir, threads=a.threads, prepack=a.prepack,
+                        quantize=a.quantize or ("int8" if llama else None), vs=a.vs)
     print()
     print(format_table(rows))
     if a.quantize:
