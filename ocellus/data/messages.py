@@ -51,7 +51,7 @@ def image_part() -> dict:
     return {"type": "image"}
 
 
-def _normalize_content(content, row, turn) -> list[dict]:
+def _normalize_content(content, row, turn, videos: bool = False) -> list[dict]:
     if isinstance(content, str):
         return [text_part(content)]
     if not isinstance(content, (list, tuple)):
@@ -66,17 +66,22 @@ def _normalize_content(content, row, turn) -> list[dict]:
             if not isinstance(part.get("text"), str):
                 raise InputError(f"{_where(row, turn)}, part {j}: a text part needs a string 'text'")
             parts.append(text_part(part["text"]))
-        elif kind == "image":
-            parts.append(dict(part))  # keeps an attached image object ("image": ...) if there is one
+        elif kind == "image" or (kind == "video" and videos):
+            parts.append(dict(part))  # keeps an attached image / video object ("image": ...) if there is one
         else:
+            expected = "'text', 'image' or 'video'" if videos else "'text' or 'image'"
+            hint = ("; video parts are read by a video model's processor (Qwen2-VL), not here"
+                    if kind == "video" else "")
             raise InputError(f"{_where(row, turn)}, part {j}: unknown content part type {kind!r} "
-                             "(expected 'text' or 'image')")
+                             f"(expected {expected}){hint}")
     return parts
 
 
-def normalize(messages, *, row=None) -> list[dict]:
+def normalize(messages, *, row=None, videos: bool = False) -> list[dict]:
     """Any accepted message list -> the normal form (new dicts; the input is not modified).
 
+    videos: accept {"type": "video"} parts too (only a processor that expands video placeholders asks;
+    everywhere else a part is text or an image, and a video part is refused naming where it is).
     Raises InputError for an empty conversation, a message that is not {"role", "content"},
     an unknown role, an unknown part type, or a message with no content at all."""
     if not isinstance(messages, (list, tuple)) or not messages:
@@ -88,8 +93,8 @@ def normalize(messages, *, row=None) -> list[dict]:
         role = message["role"]
         if role not in ROLES:
             raise InputError(f"{_where(row, turn)}: unknown role {role!r} (expected one of {', '.join(ROLES)})")
-        parts = _normalize_content(message["content"], row, turn)
-        if not any(p["type"] == "image" or p["text"] for p in parts):
+        parts = _normalize_content(message["content"], row, turn, videos)
+        if not any(p["type"] != "text" or p["text"] for p in parts):
             raise InputError(f"{_where(row, turn)}: {role} message has empty content")
         out.append({"role": role, "content": parts})
     return out
@@ -97,6 +102,10 @@ def normalize(messages, *, row=None) -> list[dict]:
 
 def count_images(messages) -> int:
     return sum(p["type"] == "image" for m in messages for p in m["content"])
+
+
+def count_videos(messages) -> int:
+    return sum(p["type"] == "video" for m in messages for p in m["content"])
 
 
 def validate(messages, *, num_images: int | None = None, alternate: bool = False, row=None) -> None:

@@ -37,12 +37,14 @@ raises InputError naming the sample; a tokenizer whose image token id differs fr
 model, raises ConfigError when the processor is built, not after a silent mismatch at run time.
 
 Other families (BLIP-2, Flamingo, Qwen2-VL, InternVL, ...) pass their own `image_inputs` function
-(see ImageInputs) and build their processor in their family module (models/families/registry.py);
-`from_dir` hands a checkpoint whose config.json model_type is theirs to that module.
+(see ImageInputs); every family builds its processor in its own folder (models/families/<name>/processor.py,
+LLaVA's too), and `from_dir` hands a checkpoint to the family the registry (hub/families.py) names for its
+config.json model_type.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -53,19 +55,23 @@ from PIL import Image
 from ocellus.data.image import DEFAULT_MAX_PIXELS, ImageProcessorConfig, load_image, preprocess
 from ocellus.data.image_tiling import preprocess_anyres, tokens_per_image
 from ocellus.data.messages import normalize
+from ocellus.data.video import Video
+from ocellus.data.video_file import load_video
 from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.checkpoint_dir import read_json_object
+from ocellus.hub.families import processor_module
+from ocellus.hub.resolve import resolve
 from ocellus.data.templates import JinjaTemplate
-
-# config.json model types this processor serves: one fixed-size ViT view, or LLaVA-NeXT anyres
-SUPPORTED_MODEL_TYPES = ("llava", "llava_next")
 
 # A family's own image path (BLIP-2 query slots, Qwen2-VL dynamic grids, InternVL tiles, ...):
 # loaded images -> (tensors the model's forward takes, each concatenable along dim 0 across batches,
 # e.g. pixel_values [N, 3, H, W] or Qwen2-VL's patches [sum P, D] + image_grid_thw [N, 3];
 # and how many image placeholder tokens each image expands to).
 ImageInputs = Callable[[list[Image.Image]], tuple[dict[str, torch.Tensor], list[int]]]
+# A video model's video path (Qwen2-VL): decoded videos (data/video_file.Video) -> (pixel_values_videos,
+# video_grid_thw, ...; how many video placeholder tokens each video expands to).
+VideoInputs = Callable[[list[Video]], tuple[dict[str, torch.Tensor], list[int]]]
 
 
 class ProcessorOutput(dict):
@@ -103,6 +109,17 @@ def image_processor_dict(directory) -> dict | None:
     return section if isinstance(section, dict) else None
 
 
+def video_processor_dict(directory) -> dict | None:
+    """A video model's video processor settings: video_preprocessor_config.json, else processor_config.json's
+    "video_processor" section (transformers 5); None when neither is there."""
+    directory = Path(directory)
+    video = _read_json(directory / "video_preprocessor_config.json")
+    if video is not None:
+        return video
+    section = (_read_json(directory / "processor_config.json") or {}).get("video_processor")
+    return section if isinstance(section, dict) else None
+
+
 class Processor:
     """Tokenizer + image processor config + chat template + image-token expansion (see the module docstring).
 
@@ -116,13 +133,16 @@ class Processor:
     max_pixels: refuse images larger than this, checked on the file header before decoding.
     image_inputs: a family's own image path (ImageInputs); image_wrap: (before, after) text around each
         image's tokens, "{n}" numbering the images of a sample (InternVL, Qwen-VL).
+    video_token, video_inputs: a video model's placeholder (Qwen2-VL's <|video_pad|>) and its video path
+        (VideoInputs); {"type": "video"} parts and `videos=` are accepted only when both are given.
     """
 
     def __init__(self, tokenizer: Tokenizer, image_config: ImageProcessorConfig, *, patch_size: int,
                  num_extra_tokens: int = 1, feature_select: str = "default", image_token: str = "<image>",
                  pad_to_square: bool = False, chat_template: str | None = None, grid_pinpoints=None,
                  tile_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 image_inputs: ImageInputs | None = None, image_wrap: tuple[str, str] = ("", "")):
+                 image_inputs: ImageInputs | None = None, image_wrap: tuple[str, str] = ("", ""),
+                 video_token: str | None = None, video_inputs: VideoInputs | None = None):
         self.tokenizer = tokenizer
         self._image_inputs = image_inputs  # a family's own image path (see the ImageInputs docstring)
         # text written around each image's tokens, "{n}" = the image's 1-based number in its sample:
@@ -142,6 +162,12 @@ class Processor:
         self.feature_select = feature_select
         self.image_token = image_token
         self.image_token_id = self._check_image_token(tokenizer, image_token)
+        if (video_token is None) != (video_inputs is None):
+            raise ConfigError("a video processor needs both video_token and video_inputs")
+        if video_token == image_token:
+            raise ConfigError(f"the video token {video_token!r} must differ from the image token")
+        self.video_token, self._video_inputs = video_token, video_inputs
+        self.video_token_id = None if video_token is None else self._check_image_token(tokenizer, video_token)
         self.pad_to_square = pad_to_square
         self.max_pixels = max_pixels
         self._chat_template = chat_template
@@ -168,77 +194,14 @@ class Processor:
     # ---- loading ------------------------------------------------------------------------------
 
     @classmethod
-    def from_dir(cls, path, counts=None) -> "Processor":
-        """Build from a LLaVA / LLaVA-NeXT checkpoint directory: tokenizer files, preprocessor_config.json (or
-        processor_config.json's image_processor), chat_template.jinja, and config.json for the token count.
-        (Other families' dirs: `ocellus.load_processor`, which asks the family registry.)
-
-        config.json is the model's truth (patch size, CLS token, feature strategy, image_token_index), read by
-        counts(config, directory) -> the token-count numbers the model uses (the family's:
-        models/families/llava.count_from_config); processor_config.json's own numbers (patch_size,
-        vision_feature_select_strategy, num_additional_image_tokens, image_token) are used when there is no
-        config.json and must agree with it when there is."""
+    def from_dir(cls, path) -> "Processor":
+        """The processor of a checkpoint directory, built by the family that serves its config.json model_type:
+        the registry's processor module (hub/families.py) and its processor_from_dir; LLaVA's for a directory
+        without config.json (processor_config.json then gives the numbers). `load_processor` (=
+        ocellus.load_processor) returns a text-only checkpoint's Tokenizer instead."""
         directory = Path(path)
-        _read_json(directory / "config.json")   # a config.json that is not a JSON object fails first, naming it
-        image_dict = image_processor_dict(directory)
-        if image_dict is None:
-            raise ConfigError(f"no image processor config in {directory} (preprocessor_config.json, or "
-                              f"processor_config.json with an 'image_processor' section): a text-only checkpoint? "
-                              f"use ocellus.load_processor, which returns its Tokenizer")
-        ptype = str(image_dict.get("image_processor_type") or "")
-        if "qwen" in ptype.lower() or image_dict.get("crop_to_patches"):
-            raise ConfigError(f"{directory}: image processor {ptype or 'with crop_to_patches'} (dynamic tiling / "
-                              f"resolution) is not supported by Processor yet; only LLaVA and LLaVA-NeXT are")
-        image_config = ImageProcessorConfig.from_dict(image_dict)
-        tokenizer = Tokenizer.from_dir(directory)
-        proc_cfg = _read_json(directory / "processor_config.json") or {}
-        model_cfg = _read_json(directory / "config.json")
-
-        # What the processor config says (transformers' LlavaProcessor defaults where it is silent).
-        counted = dict(patch_size=proc_cfg.get("patch_size"),
-                       feature_select=proc_cfg.get("vision_feature_select_strategy"),
-                       num_extra_tokens=proc_cfg.get("num_additional_image_tokens"))
-        image_token = proc_cfg.get("image_token") or tokenizer.special_tokens_map.get("image_token") or "<image>"
-        pinpoints = image_config.image_grid_pinpoints  # what the image processor would tile with
-        if model_cfg is not None:
-            if counts is None or model_cfg.get("model_type") not in SUPPORTED_MODEL_TYPES:
-                raise ConfigError(f"{directory}: config.json model_type {model_cfg.get('model_type')!r} is not "
-                                  f"supported by Processor yet; it supports {', '.join(SUPPORTED_MODEL_TYPES)}")
-            truth = counts(model_cfg, directory)
-            for key, value in counted.items():
-                if value is not None and value != truth[key]:
-                    raise ConfigError(
-                        f"{directory}: processor_config.json has {key}={value!r} but config.json implies "
-                        f"{truth[key]!r}; the processor would expand images into a different number of tokens "
-                        f"than the vision tower yields. Fix processor_config.json")
-            model_pinpoints = truth.pop("grid_pinpoints")
-            if model_pinpoints is None and pinpoints is not None:
-                raise ConfigError(f"{directory}: the image processor has image_grid_pinpoints (anyres views) but the "
-                                  f"model ({model_cfg.get('model_type')}) takes one view per image")
-            if model_pinpoints is not None and pinpoints is not None and tuple(model_pinpoints) != tuple(pinpoints):
-                raise ConfigError(f"{directory}: image_grid_pinpoints differ between the image processor "
-                                  f"{[list(p) for p in pinpoints]} and config.json "
-                                  f"{[list(p) for p in model_pinpoints]}")
-            counted, pinpoints = truth, model_pinpoints
-        else:
-            if counted["patch_size"] is None:
-                raise ConfigError(f"{directory}: neither config.json nor processor_config.json gives the vision "
-                                  f"patch size, so the number of tokens per image is unknown")
-            counted["feature_select"] = counted["feature_select"] or "default"
-            counted["num_extra_tokens"] = counted["num_extra_tokens"] or 0
-            if pinpoints is not None:  # the tower's input size is the crop (or fixed) size of a view
-                view = image_config.crop_size or image_config.size_hw or (image_config.shortest_edge,)
-                counted["tile_size"] = view[0]
-        processor = cls(tokenizer, image_config, image_token=image_token, grid_pinpoints=pinpoints,
-                        pad_to_square=bool(image_dict.get("do_pad")) and "llava" in ptype.lower(),
-                        chat_template=proc_cfg.get("chat_template") if not tokenizer.chat_template else None,
-                        **counted)
-        if model_cfg is not None:
-            index = model_cfg.get("image_token_index", model_cfg.get("image_token_id"))
-            if index is not None and int(index) != processor.image_token_id:
-                raise ConfigError(f"{directory}: the tokenizer's image token {image_token!r} has id "
-                                  f"{processor.image_token_id}, but config.json's image_token_index is {index}")
-        return processor
+        module = processor_module(read_model_type(directory), str(directory / "config.json"))
+        return module.processor_from_dir(directory)
 
     # ---- what the model needs to know -----------------------------------------------------------
 
@@ -294,37 +257,42 @@ class Processor:
             # a string-content template (MiniGPT-4's) gets each placeholder inside the message text
             # (_template_input): there it is markup, not text (a placeholder the user typed is refused by
             # _check_literal_placeholder), so the text spans stop at it
-            spans = [piece for start, end in spans for piece in _split_at(prompt, start, end, self.image_token)]
+            spans = [piece for start, end in spans for piece in _split_at(prompt, start, end, self._markers)]
         return prompt, spans
 
     def _template_input(self, messages) -> tuple[list[dict], str]:
-        messages = normalize(messages)
+        messages = normalize(messages, videos=self.video_token is not None)
         template = self.chat_template
         if template is None:
             raise ConfigError("this checkpoint has no chat template (chat_template.jinja / tokenizer_config.json); "
                               "pass text= with image placeholders instead of messages=")
         if self._content_format is None:
             self._content_format = JinjaTemplate(self.tokenizer, chat_template=template).content_format
-        if self._content_format == "parts":  # image objects stay out of the template: it only tests the type
-            msgs = [{"role": m["role"], "content": [{"type": "image"} if p["type"] == "image" else p
+        if self._content_format == "parts":  # media objects stay out of the template: it only tests the type
+            msgs = [{"role": m["role"], "content": [{"type": p["type"]} if p["type"] != "text" else p
                                                     for p in m["content"]]} for m in messages]
         else:
-            msgs = [{"role": m["role"], "content": "".join(self.image_token if p["type"] == "image" else p["text"]
-                                                           for p in m["content"])} for m in messages]
+            marker = {"image": self.image_token, "video": self.video_token}
+            msgs = [{"role": m["role"], "content": "".join(marker.get(p["type"]) or p["text"] for p in m["content"])}
+                    for m in messages]
         return msgs, template
 
     # ---- the call -------------------------------------------------------------------------------
 
-    def __call__(self, messages=None, images=None, *, text=None, return_tensors: str | None = "pt",
+    def __call__(self, messages=None, images=None, *, videos=None, text=None, return_tensors: str | None = "pt",
                  add_generation_prompt: bool = True, padding_side: str = "left",
                  add_special_tokens: bool | None = None) -> ProcessorOutput:
-        """Conversation(s) and their images -> input_ids, attention_mask (+ pixel_values when there are images).
+        """Conversation(s) and their images / videos -> input_ids, attention_mask (+ pixel_values when there are
+        images, + pixel_values_videos / video_grid_thw when there are videos).
 
         messages: one conversation (a list of {"role", "content"} dicts, content a string or parts) or
             a batch (a list of conversations). Images may instead be attached to their parts as
-            {"type": "image", "image": pil_or_path}.
+            {"type": "image", "image": pil_or_path}; videos as {"type": "video", "video": src}.
         images: for one conversation a list (or a single image); for a batch a flat list consumed in
             order, or one list per conversation. Each is a PIL image, path, bytes or data URL.
+        videos: (video models only) a list of videos consumed in order over the samples, each a file path
+            (GIF / APNG / WebP), a directory of frames, a list of frames, a [T, H, W, 3] uint8 array or a
+            data/video_file.Video (data/video_file.load_video); a single path or Video may stand alone.
         text: instead of messages, prompt string(s) that already hold the image placeholder (no template).
         add_special_tokens: default False for messages (the template writes BOS itself, as transformers'
             apply_chat_template(tokenize=True)), True for text= (as a transformers tokenizer call).
@@ -336,14 +304,20 @@ class Processor:
             raise ConfigError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if videos is not None and self.video_token is None:
+            raise ConfigError("this processor takes no videos: the model has no video placeholder token "
+                              "(video_token_id); only video models (Qwen2-VL) read videos")
 
         if messages is not None:
             convs = self._conversations(messages)
             attached = [[p.get("image", p.get("path")) for m in c for p in m["content"] if p["type"] == "image"]
                         for c in convs]
-            counts = [len(a) for a in attached]
+            clips = [[p.get("video") for m in c for p in m["content"] if p["type"] == "video"] for c in convs]
+            counts, video_counts = [len(a) for a in attached], [len(a) for a in clips]
             if images is None and any(a and all(x is not None for x in a) for a in attached):
                 images = attached  # images travelled inside their parts
+            if videos is None and any(a and all(x is not None for x in a) for a in clips):
+                videos = [v for a in clips for v in a]
             for b, c in enumerate(convs):
                 self._check_literal_placeholder(c, b)
             prompts, spans = zip(*[self.render_chat(c, add_generation_prompt=add_generation_prompt) for c in convs])
@@ -353,53 +327,68 @@ class Processor:
             if not prompts or not all(isinstance(t, str) for t in prompts):
                 raise InputError("text must be a string or a non-empty list of strings")
             counts = [t.count(self.image_token) for t in prompts]
+            video_counts = [t.count(self.video_token) if self.video_token else 0 for t in prompts]
             spans = [[] for _ in prompts]   # a raw prompt is all markup: its caller wrote every token in it
             add_special = True if add_special_tokens is None else add_special_tokens
 
         per_sample = self._images_per_sample(images, counts)
-        for b, prompt in enumerate(prompts):  # the template must have written one placeholder per image
-            if prompt.count(self.image_token) != counts[b]:
-                raise InputError(f"sample {b}: the rendered prompt holds {prompt.count(self.image_token)} "
-                                 f"{self.image_token!r} placeholders for {counts[b]} images (does the chat template "
-                                 f"drop image parts?)")
+        per_video = self._videos_per_sample(videos, video_counts)
+        for b, prompt in enumerate(prompts):  # the template must have written one placeholder per image / video
+            for token, n, what in ((self.image_token, counts[b], "images"), (self.video_token, video_counts[b], "videos")):
+                if token is not None and prompt.count(token) != n:
+                    raise InputError(f"sample {b}: the rendered prompt holds {prompt.count(token)} {token!r} "
+                                     f"placeholders for {n} {what} (does the chat template drop {what[:-1]} parts?)")
 
         images_out, per_image = {}, []
         flat = [(b, j, src) for b, srcs in enumerate(per_sample) for j, src in enumerate(srcs)]
         if flat:
             loaded = [load_image(src, name=f"sample {b}, image {j}", max_pixels=self.max_pixels) for b, j, src in flat]
             images_out, per_image = self.image_inputs(loaded)
+        videos_out, per_clip = {}, []
+        clips = [(b, j, src) for b, srcs in enumerate(per_video) for j, src in enumerate(srcs)]
+        if clips:
+            decoded = [load_video(src, name=f"sample {b}, video {j}", max_frame_pixels=self.max_pixels)
+                       for b, j, src in clips]
+            videos_out, per_clip = self.video_inputs(decoded)
 
-        rows, next_count = [], iter(per_image)
+        rows, next_count, next_clip = [], iter(per_image), iter(per_clip)
         for b, prompt in enumerate(prompts):
-            # transformers' expansion: each placeholder string repeated as often as its image has tokens,
+            # transformers' expansion: each placeholder string repeated as often as its image / video has tokens,
             # then the whole prompt encoded once
-            first, *rest = prompt.split(self.image_token)
-            n = [next(next_count) for _ in rest]
+            pieces = re.split(f"({'|'.join(re.escape(t) for t in self._markers)})", prompt)  # text, marker, text, ...
             before, after = self.image_wrap
-            inserted = [before.format(n=i + 1) + self.image_token * k + after.format(n=i + 1) for i, k in enumerate(n)]
-            expanded = first + "".join(ins + piece for ins, piece in zip(inserted, rest))
-            ids = self.tokenizer.encode(expanded, add_special_tokens=add_special,
-                                        literal=self._shift(spans[b], prompt, inserted))
-            if ids.count(self.image_token_id) != sum(n):
-                raise ConfigError(f"sample {b}: {ids.count(self.image_token_id)} image tokens after tokenization, "
-                                  f"expected {sum(n)} ({n} per image); the tokenizer merges {self.image_token!r} "
-                                  f"with its neighbours")
+            expanded, marks, number, at = pieces[0], [], 0, len(pieces[0])
+            want = dict.fromkeys(self._markers, 0)   # a prompt without media must hold none of their ids either
+            for marker, piece in zip(pieces[1::2], pieces[2::2]):
+                if marker == self.image_token:
+                    k, number = next(next_count), number + 1
+                    inserted = before.format(n=number) + marker * k + after.format(n=number)
+                else:  # a video: its pads alone (the template writes Qwen2-VL's <|vision_start|>/<|vision_end|>)
+                    k = next(next_clip)
+                    inserted = marker * k
+                want[marker] += k
+                marks.append((at, len(inserted) - len(marker)))
+                expanded += inserted + piece
+                at += len(marker) + len(piece)
+            ids = self.tokenizer.encode(expanded, add_special_tokens=add_special, literal=_shift(spans[b], marks))
+            for marker, n in want.items():
+                token_id = self.image_token_id if marker == self.image_token else self.video_token_id
+                if ids.count(token_id) != n:
+                    raise ConfigError(f"sample {b}: {ids.count(token_id)} {marker!r} tokens after tokenization, "
+                                      f"expected {n}; the tokenizer merges {marker!r} with its neighbours")
             rows.append(ids)
-        return self._pad(rows, images_out, return_tensors, padding_side)
+        return self._pad(rows, {**images_out, **videos_out}, return_tensors, padding_side)
 
-    def _shift(self, spans, prompt: str, inserted: list[str]) -> list[tuple[int, int]]:
-        """Message-text spans of the rendered prompt -> the same spans in the prompt with each placeholder
-        replaced by its `inserted` text (message text never holds a placeholder: _check_literal_placeholder)."""
-        at, growth, marks = -1, 0, []   # (placeholder position, growth of the text before the next one)
-        for ins in inserted:
-            at = prompt.index(self.image_token, at + 1)
-            growth += len(ins) - len(self.image_token)
-            marks.append((at, growth))
-        shifted = []
-        for a, b in spans:
-            g = next((g for pos, g in reversed(marks) if pos < a), 0)
-            shifted.append((a + g, b + g))
-        return shifted
+    @property
+    def _markers(self) -> tuple[str, ...]:
+        """The placeholder strings the rendered prompt may hold: the image token, and the video token if any."""
+        return (self.image_token,) + ((self.video_token,) if self.video_token else ())
+
+    def video_inputs(self, videos: list[Video]) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """Decoded videos -> (the model's video tensors, video tokens per video); training calls this too."""
+        if self._video_inputs is None:
+            raise ConfigError("this processor takes no videos (no video_inputs)")
+        return self._video_inputs(videos)
 
     def image_inputs(self, images: list[Image.Image]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Loaded images -> (the model's image tensors, image tokens per image). Training calls this
@@ -414,19 +403,46 @@ class Processor:
         per_image = [self.num_image_tokens(img.height, img.width) for img in images]
         return {"pixel_values": pixel_values, "image_sizes": image_sizes}, per_image  # [N, V, 3, H, W], [N, 2]
 
-    @staticmethod
-    def _conversations(messages) -> list[list[dict]]:
+    def _conversations(self, messages) -> list[list[dict]]:
         if not isinstance(messages, (list, tuple)) or not messages:
             raise InputError("messages must be a conversation (a non-empty list of messages) or a list of them")
         batch = messages if isinstance(messages[0], (list, tuple)) else [messages]
-        return [_normalize(c, b) for b, c in enumerate(batch)]
+        return [_normalize(c, b, self.video_token is not None) for b, c in enumerate(batch)]
 
     def _check_literal_placeholder(self, conv, b):
         # "<image>" typed into the text would be expanded like a real image part and shift every image
         for turn, m in enumerate(conv):
-            if any(p["type"] == "text" and self.image_token in p["text"] for p in m["content"]):
-                raise InputError(f"sample {b}, turn {turn}: the text contains the image token {self.image_token!r} "
-                                 f"literally; use an {{'type': 'image'}} part for each image")
+            for token in self._markers:
+                if any(p["type"] == "text" and token in p["text"] for p in m["content"]):
+                    kind = "image" if token == self.image_token else "video"
+                    raise InputError(f"sample {b}, turn {turn}: the text contains the {kind} token {token!r} "
+                                     f"literally; use an {{'type': '{kind}'}} part for each {kind}")
+
+    @staticmethod
+    def _videos_per_sample(videos, counts: list[int]) -> list[list]:
+        """A flat list of videos (transformers' `videos=`: a video may itself be a list of frames, so there is no
+        per-sample nesting) split over the samples by their video placeholder counts."""
+        if videos is None:
+            videos = []
+        elif isinstance(videos, (str, bytes, bytearray, os.PathLike, Video)):
+            videos = [videos]
+        elif not isinstance(videos, (list, tuple)):
+            raise InputError(f"videos must be a list of videos (each a file, a directory, a list of frames or an "
+                             f"array), got {type(videos).__name__}")
+        if any(isinstance(v, Image.Image) for v in videos):
+            raise InputError("videos holds PIL images: it is a list of videos, so wrap one video's frames in a list "
+                             "(videos=[[frame0, frame1, ...]])")
+        out, at = [], 0
+        for b, n in enumerate(counts):
+            if at + n > len(videos):
+                raise InputError(f"sample {b}: {n} video placeholders but only {len(videos) - at} of the "
+                                 f"{len(videos)} videos are left for it ({sum(counts)} placeholders in all)")
+            out.append(list(videos[at:at + n]))
+            at += n
+        if at != len(videos):
+            raise InputError(f"{len(videos)} videos given but the samples have {sum(counts)} video placeholders "
+                             f"({counts})")
+        return out
 
     @staticmethod
     def _images_per_sample(images, counts: list[int]) -> list[list]:
@@ -477,22 +493,48 @@ class Processor:
         return out
 
 
-def _split_at(text: str, start: int, end: int, token: str) -> list[tuple[int, int]]:
-    """The span [start, end) of `text` cut around every occurrence of `token` in it (empty pieces dropped)."""
+def load_processor(path_or_hub_id):
+    """A checkpoint's input side (`ocellus.load_processor`): a `Processor` (tokenizer + image processor + chat
+    template + image-token expansion) when the directory has an image processor config (preprocessor_config.json,
+    or processor_config.json's "image_processor" section as transformers 5 writes it), else its `Tokenizer`.
+    The family that serves config.json's model_type builds the processor (Processor.from_dir)."""
+    directory = resolve(path_or_hub_id)
+    if image_processor_dict(directory) is None:
+        return Tokenizer.from_dir(directory)
+    return Processor.from_dir(directory)
+
+
+def _split_at(text: str, start: int, end: int, tokens: tuple[str, ...]) -> list[tuple[int, int]]:
+    """The span [start, end) of `text` cut around every occurrence of any of `tokens` in it (empty pieces dropped)."""
     pieces, at = [], start
-    while (hit := text.find(token, at, end)) >= 0:
-        pieces.append((at, hit))
-        at = hit + len(token)
+    pattern = re.compile("|".join(re.escape(t) for t in tokens))
+    while (hit := pattern.search(text, at, end)) is not None:
+        pieces.append((at, hit.start()))
+        at = hit.end()
     pieces.append((at, end))
     return [(a, b) for a, b in pieces if b > a]
 
 
-def _normalize(conv, b: int) -> list[dict]:
+def _shift(spans, marks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Message-text spans of the rendered prompt -> the same spans in the expanded prompt. marks: each placeholder's
+    (position in the rendered prompt, how much longer its expansion is), in order (message text never holds a
+    placeholder: _check_literal_placeholder)."""
+    shifted, cumulative, growth = [], [], 0
+    for pos, grew in marks:
+        growth += grew
+        cumulative.append((pos, growth))
+    for a, b in spans:
+        g = next((g for pos, g in reversed(cumulative) if pos < a), 0)
+        shifted.append((a + g, b + g))
+    return shifted
+
+
+def _normalize(conv, b: int, videos: bool = False) -> list[dict]:
     """messages.normalize with errors naming the sample."""
     try:
-        return normalize(conv)
+        return normalize(conv, videos=videos)
     except InputError as e:
         raise InputError(f"sample {b}: {e}") from None
 
 
-__all__ = ["Processor", "ProcessorOutput", "image_processor_dict"]
+__all__ = ["Processor", "ProcessorOutput", "image_processor_dict", "load_processor"]

@@ -26,8 +26,19 @@ import torch
 from PIL import Image
 
 from ocellus.data.image import ImageProcessorConfig, pil_to_tensor, rescale_normalize, resize
-from ocellus.data.image_tiling import qwen2vl_patchify, smart_resize
-from ocellus.errors import InputError
+from ocellus.data.image_tiling import qwen2vl_num_tokens, qwen2vl_patchify, smart_resize
+from ocellus.errors import InputError, positive_int
+
+
+@dataclass(frozen=True)
+class Video:
+    """Decoded frames (RGB, all one size) and the source's frame rate (None when the source has no timing:
+    a directory of frames, a list of frames). data/video_file.load_video makes one from a file."""
+    frames: list[Image.Image]
+    fps: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames)
 
 
 @dataclass(frozen=True)
@@ -109,3 +120,55 @@ def preprocess_video(video, cfg: ImageProcessorConfig, *, video_fps: float | Non
     # (qwen-vl-utils'; equal to `fps` unless min/max_frames clamped the count)
     sample_fps = len(keep) / total * video_fps
     return VideoInputs(patches, grid, second_per_grid_ts=T / sample_fps, frame_indices=tuple(keep))
+
+
+@dataclass(frozen=True)
+class VideoSampling:
+    """Which frames of a decoded video a processor keeps (transformers' Qwen2VLVideoProcessor fields, the same
+    defaults): do_sample_frames False keeps every frame given; True samples `fps` frames a second of the
+    video's own rate (Video.fps), between min_frames and max_frames. total_pixels caps frames x pixels after
+    sampling (qwen-vl-utils' budget; None: only the per-frame max_pixels)."""
+    do_sample_frames: bool = False
+    fps: float = 2.0
+    min_frames: int = 4
+    max_frames: int = 768
+    total_pixels: int | None = None
+
+    def __post_init__(self):
+        positive_int(self.min_frames, "video min_frames")
+        positive_int(self.max_frames, "video max_frames")
+        positive_int(self.total_pixels, "video total_pixels", optional=True)
+        positive_int(self.fps, "video fps", number=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VideoSampling":
+        """A video_preprocessor_config.json's sampling keys (absent keys keep transformers' defaults)."""
+        keys = {"do_sample_frames": bool, "fps": float, "min_frames": int, "max_frames": int}
+        return cls(**{k: cast(d[k]) for k, cast in keys.items() if d.get(k) is not None})
+
+
+@dataclass(frozen=True)
+class VideoPatches:
+    """Qwen2-VL's video path for Processor(video_inputs=...): each Video -> its kept frames (VideoSampling) ->
+    patches (preprocess_video, cfg: the video processor's pixel budget, patch sizes, mean/std) -> the
+    <|video_pad|> count t*h*w / merge^2. Returns pixel_values_videos [sum P, C*T*p*p], video_grid_thw [N, 3]
+    and second_per_grid_ts [N] (Qwen2.5-VL's time ids read it; Qwen2-VL ignores it)."""
+    cfg: ImageProcessorConfig
+    sampling: VideoSampling = VideoSampling()
+
+    def __call__(self, videos) -> tuple[dict[str, torch.Tensor], list[int]]:
+        if not videos:
+            raise InputError("no videos given")
+        s, outs = self.sampling, []
+        for i, video in enumerate(videos):
+            if s.do_sample_frames and video.fps is None:
+                raise InputError(f"video {i}: this processor samples {s.fps:g} frames a second (do_sample_frames), "
+                                 f"but the video has no frame rate (a list or directory of frames); pass "
+                                 f"Video(frames, fps=...)")
+            outs.append(preprocess_video(video.frames, self.cfg, video_fps=video.fps if s.do_sample_frames else None,
+                                         fps=s.fps, min_frames=s.min_frames, max_frames=s.max_frames,
+                                         total_pixels=s.total_pixels, name=f"video {i}"))
+        return ({"pixel_values_videos": torch.cat([o.pixel_values_videos for o in outs]),        # [sum P, D]
+                 "video_grid_thw": torch.tensor([o.video_grid_thw for o in outs], dtype=torch.long),  # [N, 3]
+                 "second_per_grid_ts": torch.tensor([o.second_per_grid_ts for o in outs])},         # [N]
+                [qwen2vl_num_tokens(o.video_grid_thw, merge_size=self.cfg.merge_size or 2) for o in outs])

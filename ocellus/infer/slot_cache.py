@@ -23,6 +23,10 @@ Attention is order-free over keys given the mask, which is what makes the moves 
   shifted so the longest one starts at column 0.
 
 The decoder sees the usual cache interface: `update(layer, k, v)`, `advance(n)`, `length`.
+
+M-RoPE models (Qwen2-VL): their prefilled cache also holds each row's rope delta (max M-RoPE id + 1 - tokens,
+models/families/qwen2_vl.py), which a decode step adds to the row's plain position. The slot cache keeps one
+delta per live row, moved with the row, and shows them as `rope_deltas` [active, 1] as the model's own cache does.
 """
 from __future__ import annotations
 
@@ -45,18 +49,34 @@ class SlotKVCache:
         self.slots, self.max_len = slots, max_len
         self.length = 0
         self.fill: list[int] = []  # one entry per live row
+        self.deltas: list[int] | None = None  # M-RoPE models: each live row's rope delta (see the docstring)
 
     @classmethod
     def like(cls, model, slots: int, max_len: int) -> "SlotKVCache":
         """A slot cache shaped like the `StaticKVCache` the model itself makes."""
         probe = model.new_cache(1, 1)
-        if type(probe) is not StaticKVCache:
+        mrope = isinstance(probe, StaticKVCache) and hasattr(probe, "rope_deltas")  # Qwen2-VL's MRopeKVCache
+        if type(probe) is not StaticKVCache and not mrope:
             raise ConfigError(f"{type(model).__name__} keeps its decode state in a {type(probe).__name__}, not a plain "
                               f"StaticKVCache; continuous batching serves decoders whose state is keys and values only "
                               f"(Llama-family LMs, LLaVA-style VLMs)")
         k0, v0 = probe.k[0], probe.v[0]
-        return cls(len(probe.k), slots, k0.shape[1], max_len, k0.shape[3], dtype=k0.dtype, device=k0.device,
-                   v_head_dim=v0.shape[3])
+        cache = cls(len(probe.k), slots, k0.shape[1], max_len, k0.shape[3], dtype=k0.dtype, device=k0.device,
+                    v_head_dim=v0.shape[3])
+        cache.deltas = [] if mrope else None
+        return cache
+
+    @property
+    def rope_deltas(self) -> torch.Tensor | None:
+        """[active, 1] each live row's M-RoPE delta (None for a plain decoder)."""
+        if self.deltas is None:
+            return None
+        return torch.tensor(self.deltas, dtype=torch.long, device=self.k[0].device)[:, None]
+
+    @rope_deltas.setter
+    def rope_deltas(self, value) -> None:
+        raise InputError("a slot cache's rope deltas come from the prefilled caches inserted into it; a forward "
+                         "over the slot cache must be a decode step, not a prefill")
 
     @property
     def active(self) -> int:
@@ -105,6 +125,8 @@ class SlotKVCache:
             self.k[layer][i, :, self.length - n:self.length] = prefilled.k[layer][row, :, :n]
             self.v[layer][i, :, self.length - n:self.length] = prefilled.v[layer][row, :, :n]
         self.fill.append(n)
+        if self.deltas is not None:
+            self.deltas.append(int(prefilled.rope_deltas[row]) if prefilled.rope_deltas is not None else 0)
         return i
 
     def remove(self, i: int) -> int | None:
@@ -118,8 +140,12 @@ class SlotKVCache:
             for buf in (*self.k, *self.v):
                 buf[i, :, start:self.length] = buf[last, :, start:self.length]
             self.fill[i] = self.fill[last]
+            if self.deltas is not None:
+                self.deltas[i] = self.deltas[last]
             moved = last
         self.fill.pop()
+        if self.deltas is not None:
+            self.deltas.pop()
         if not self.fill:
             self.length = 0
         elif self.length - max(self.fill) > self.max_len // 4:

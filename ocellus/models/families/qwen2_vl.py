@@ -46,9 +46,10 @@ from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig, Qwen2VisionTransf
 from ocellus.nn.kv_cache import StaticKVCache
 from ocellus.nn.mrope import check_mm_token_type_ids, rope_index
 from ocellus.data.image import ImageProcessorConfig
-from ocellus.data.processor import image_processor_dict, Processor
+from ocellus.data.processor import image_processor_dict, Processor, video_processor_dict
 from ocellus.data.tokenizer import Tokenizer
-from ocellus.data.video import preprocess_video
+from ocellus.data.bpe import CHATML
+from ocellus.data.video import VideoPatches, VideoSampling, preprocess_video
 
 ARCHS = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 MODEL_TYPES = tuple(ARCHS)
@@ -253,7 +254,7 @@ def tied_keys(model: Qwen2VL) -> tuple[str, ...]:
     return ("language_model.lm_head.weight",) if model.language_model.config.tie_word_embeddings else ()
 
 
-def family():
+def family(architecture: str | None = None):
     """The hub Family serving both architectures (hub/families.py registers it)."""
     return Family(name="qwen2_vl", model_class=Qwen2VL, build=build_qwen2_vl, keymap=QWEN2_VL_KEYS,
                   hf_config=qwen2_vl_hf_config, tied=tied_keys)
@@ -327,12 +328,46 @@ def _image_token(tok, image_id: int) -> str:
     return name
 
 
+def _video_token(tok, video_id: int) -> str:
+    """<|video_pad|> when the tokenizer has it with the model's id; else the token at the model's video_token_id
+    (a tiny recipe's `model.video_token`)."""
+    name = VIDEO_PAD if tok.convert_tokens_to_ids(VIDEO_PAD) == video_id else tok.convert_ids_to_tokens(video_id)
+    if name is None:
+        raise ConfigError(f"the model's video_token_id {video_id} is not in the tokenizer")
+    return name
+
+
+def _video_template(tok, image_token: str, video_token: str) -> str | None:
+    """The tiny recipes' ChatML (data/bpe.py) writes image parts only; a video model gets the same template
+    with video parts written as its video token (None: keep the tokenizer's template, e.g. Qwen2-VL's own,
+    which writes <|vision_start|><|video_pad|><|vision_end|>)."""
+    if tok.chat_template != CHATML or image_token != "<image>":
+        return None
+    return CHATML.replace("{% elif part['type'] == 'text' %}",
+                          "{% elif part['type'] == 'video' %}{{ '" + video_token + "' }}"
+                          "{% elif part['type'] == 'text' %}")
+
+
+def _video_kwargs(tok, video_id: int | None, image_token: str, video_cfg, sampling: VideoSampling) -> dict:
+    """Processor keywords for the video path: the video token, its VideoPatches and, for the tiny ChatML, the
+    template that writes it; {} for a model without a video token."""
+    if video_id is None:
+        return {}
+    token = _video_token(tok, int(video_id))
+    kw = {"video_token": token, "video_inputs": VideoPatches(video_cfg, sampling)}
+    template = _video_template(tok, image_token, token)
+    return {**kw, "chat_template": template} if template else kw
+
+
 def training_processor(model: Qwen2VL, tok, image_config, upscale_small: bool = False):
-    """The recipe's processor: the pixel budget is the recipe's image_size^2 (image_config's size)."""
+    """The recipe's processor: the pixel budget is the recipe's image_size^2 (image_config's size), each video
+    frame's too (every frame given is kept: the recipe's videos are already sampled)."""
     vision = model.visual.config
     icfg = _image_config(image_config, vision)
-    return Processor(tok, icfg, patch_size=vision.patch_size, image_token=_image_token(tok, model.tokens.image),
-                     image_inputs=Qwen2VLImages(icfg, upscale_small))
+    image_token = _image_token(tok, model.tokens.image)
+    return Processor(tok, icfg, patch_size=vision.patch_size, image_token=image_token,
+                     image_inputs=Qwen2VLImages(icfg, upscale_small),
+                     **_video_kwargs(tok, model.tokens.video, image_token, icfg, VideoSampling()))
 
 
 def processor_from_dir(directory, upscale_small: bool = False):
@@ -353,24 +388,39 @@ def processor_from_dir(directory, upscale_small: bool = False):
                               f"tower's config.json says {model_value}")
     icfg = _image_config(icfg, vision, icfg.min_pixels, icfg.max_pixels)
     tok = Tokenizer.from_dir(directory)
-    return Processor(tok, icfg, patch_size=vision.patch_size, image_token=_image_token(tok, int(cfg["image_token_id"])),
-                     image_inputs=Qwen2VLImages(icfg, upscale_small))
+    image_token = _image_token(tok, int(cfg["image_token_id"]))
+    # videos: video_preprocessor_config.json (or processor_config.json's video_processor section, transformers 5),
+    # else the image processor's numbers, as transformers' AutoVideoProcessor falls back to them
+    video = video_processor_dict(directory) or pre
+    vcfg = ImageProcessorConfig.from_dict({**video, "image_processor_type": "Qwen2VLImageProcessor"})
+    vcfg = _image_config(vcfg, vision, vcfg.min_pixels, vcfg.max_pixels)
+    return Processor(tok, icfg, patch_size=vision.patch_size, image_token=image_token,
+                     image_inputs=Qwen2VLImages(icfg, upscale_small),
+                     **_video_kwargs(tok, cfg.get("video_token_id"), image_token, vcfg, VideoSampling.from_dict(video)))
 
 
 def export_processor(model: Qwen2VL, tok, image_config, path) -> None:
-    """preprocessor_config.json as transformers' Qwen2VLImageProcessor reads it."""
+    """preprocessor_config.json as transformers' Qwen2VLImageProcessor reads it (+ video_preprocessor_config.json,
+    the same numbers and transformers' sampling defaults, for a model with a video token)."""
     icfg = _image_config(image_config, model.visual.config)
-    (Path(path) / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "Qwen2VLImageProcessor", "do_resize": True,
-        "size": {"shortest_edge": icfg.min_pixels, "longest_edge": icfg.max_pixels},
-        "min_pixels": icfg.min_pixels, "max_pixels": icfg.max_pixels, "patch_size": icfg.patch_size,
-        "temporal_patch_size": icfg.temporal_patch_size, "merge_size": icfg.merge_size, "do_rescale": True,
-        "rescale_factor": icfg.rescale_factor, "do_normalize": True, "image_mean": list(icfg.image_mean),
-        "image_std": list(icfg.image_std), "resample": icfg.resample}, indent=2))
+    names = [("preprocessor_config.json", "image_processor_type", "Qwen2VLImageProcessor")]
+    if model.tokens.video is not None:
+        names.append(("video_preprocessor_config.json", "video_processor_type", "Qwen2VLVideoProcessor"))
+    for name, key, kind in names:
+        sampling = {"do_sample_frames": False, "fps": 2.0, "min_frames": 4, "max_frames": 768} if "video" in key else {}
+        (Path(path) / name).write_text(json.dumps({**_processor_numbers(icfg), key: kind, **sampling}, indent=2))
+
+
+def _processor_numbers(icfg) -> dict:
+    return {"do_resize": True, "size": {"shortest_edge": icfg.min_pixels, "longest_edge": icfg.max_pixels},
+            "min_pixels": icfg.min_pixels, "max_pixels": icfg.max_pixels, "patch_size": icfg.patch_size,
+            "temporal_patch_size": icfg.temporal_patch_size, "merge_size": icfg.merge_size, "do_rescale": True,
+            "rescale_factor": icfg.rescale_factor, "do_normalize": True, "image_mean": list(icfg.image_mean),
+            "image_std": list(icfg.image_std), "resample": icfg.resample}
 
 
 # ---- the recipe side ---------------------------------------------------------------------------------
-SPEC_KEYS = frozenset({"architecture", "llm_from", "vision_from", "config", "image_token", "init_from"})
+SPEC_KEYS = frozenset({"architecture", "llm_from", "vision_from", "config", "image_token", "video_token", "init_from"})
 # a recipe's vision_config: config.json's names for each variant (the merger's output width is the decoder's,
 # set by compose: hidden_size for Qwen2-VL, out_hidden_size for Qwen2.5-VL), and the defaults of a small tower
 VISION_DEFAULTS = {
@@ -425,12 +475,27 @@ def compose(spec: dict, tok) -> Qwen2VL:
         vision.setdefault("window_size", 2 * vision["patch_size"] * vision["spatial_merge_size"])
         vision.setdefault("fullatt_block_indexes", [vision["depth"] - 1])
     cfg = {"architectures": [ARCHS[variant]], "model_type": variant, "text_config": text,
-           "vision_config": vision, "image_token_id": image_token_id(tok, spec),
+           "vision_config": vision, "image_token_id": image_token_id(tok, spec), **_video_token_id(tok, spec),
            "tie_word_embeddings": bool(text.get("tie_word_embeddings", False))}
     model = build_qwen2_vl(cfg)
     model.family_name = "qwen2_vl"   # the hub family (and registry module) of both variants
     _load_decoder(model.language_model, load_model(spec["llm_from"]).state_dict(), spec["llm_from"])
     return model
+
+
+def _video_token_id(tok, spec: dict) -> dict:
+    """config.json's video_token_id: model.video_token, else <|video_pad|> when the tokenizer has it; none (a
+    model without video) otherwise. The tiny BPE has no <|video_pad|>: a video recipe names one of its special
+    tokens that its data never writes (recipes/qwen2_vl_tiny_shapes/video.yaml)."""
+    name = spec.get("video_token") or (VIDEO_PAD if tok.convert_tokens_to_ids(VIDEO_PAD) is not None else None)
+    if name is None:
+        return {}
+    index = tok.convert_tokens_to_ids(name)
+    if index is None:
+        raise ConfigError(f"model.video_token {name!r} is not a token of the tokenizer")
+    if index == image_token_id(tok, spec):
+        raise ConfigError(f"model.video_token {name!r} is the image token; a video needs its own placeholder")
+    return {"video_token_id": index}
 
 
 def _load_decoder(decoder: DecoderLM, state: dict, source) -> None:
