@@ -130,8 +130,7 @@ def bench_train_recipe(recipe_path, model_dir=None, batch: int | None = None, st
     # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.data.tokenizer import Tokenizer
     from ocellus.hub.checkpoint import read_config
-    from ocellus.train.recipe import load_recipe
-    from ocellus.train.run import build_dataset
+    from ocellus.train.tasks import build_dataset, load_recipe
     from ocellus.train.stages import Stage, apply_stage
     recipe = load_recipe(recipe_path)
     stage = Stage.parse(recipe["train"].get("stage") or {part: "full" for part in _REF_PARTS})  # as the Trainer

@@ -93,7 +93,8 @@ def cmd_generate(args) -> int:
     return 0
 
 
-CHAT_HELP = "commands: /image PATH (attach to your next message), /reset (clear history), /quit"
+CHAT_HELP = ("commands: /image PATH, /video PATH (attach to your next message; videos: animated GIF / APNG / WebP "
+             "or a directory of frames, for video models), /reset (clear history), /quit")
 
 
 def cmd_chat(args) -> int:
@@ -108,11 +109,12 @@ def cmd_chat(args) -> int:
         return chat_loop(UnifiedChat(load_unified(model_dir), out_dir="."), args.image)
     model = _load_model(model_dir, args)
     session = ChatSession(model, ocellus.load_processor(model_dir), system=args.system,
-                          max_pixels=args.max_image_pixels, **_generation_kwargs(args))
-    return chat_loop(session, args.image)
+                          max_pixels=args.max_image_pixels, max_video_frames=args.max_video_frames,
+                          **_generation_kwargs(args))
+    return chat_loop(session, args.image, args.video)
 
 
-def chat_loop(session, images=()) -> int:
+def chat_loop(session, images=(), videos=()) -> int:
     """Read user turns from stdin until EOF or /quit; stream each reply to stdout. Interactive (a
     terminal) shows a prompt; piped input is read line by line, each line one user turn. A bad
     --image ends the command before any turn (exit 2, naming the file); a later error (bad /image,
@@ -120,6 +122,7 @@ def chat_loop(session, images=()) -> int:
     the exit status is 2 at the end."""
     interactive = sys.stdin.isatty()
     pending = [session.load_image(path) for path in images]  # images (loaded and checked) for the next user turn
+    pending_videos = [_load_video(session, path) for path in videos]   # decoded and checked, likewise
     errors = 0
 
     def report(e: OcellusError) -> None:
@@ -146,10 +149,16 @@ def chat_loop(session, images=()) -> int:
             if command == "/reset":
                 session.reset()
                 pending.clear()
+                pending_videos.clear()
                 print("(history cleared)", file=sys.stderr)  # stdout carries only replies
             elif command == "/image" and argument.strip():
                 try:
                     pending.append(session.load_image(argument.strip()))
+                except OcellusError as e:
+                    report(e)
+            elif command == "/video" and argument.strip():
+                try:
+                    pending_videos.append(_load_video(session, argument.strip()))
                 except OcellusError as e:
                     report(e)
             elif command == "/help":
@@ -158,8 +167,10 @@ def chat_loop(session, images=()) -> int:
                 report(InputError(f"unknown command {line!r}; {CHAT_HELP}"))
             continue
         turn_images, pending = pending, []
+        turn_videos, pending_videos = pending_videos, []
         try:
-            for delta in session.send(line, turn_images):
+            for delta in (session.send(line, turn_images, videos=turn_videos) if turn_videos
+                          else session.send(line, turn_images)):
                 print(delta, end="", flush=True)
             print()
         except OcellusError as e:
@@ -167,6 +178,12 @@ def chat_loop(session, images=()) -> int:
         except KeyboardInterrupt:  # stop this reply, keep the session (the turn is not kept)
             print(" [interrupted]")
     return 2 if errors else 0
+
+
+def _load_video(session, path: str):
+    if not hasattr(session, "load_video"):   # a unified model's chat reads images only
+        raise ConfigError("this model's chat takes no videos")
+    return session.load_video(path, name=f"video {path}")
 
 
 def cmd_explain(args) -> int:
@@ -201,6 +218,10 @@ def cmd_bench(args) -> int:
         # lazy: a command imports only the code it runs (ocellus --help stays fast)
         from ocellus.bench import main_decode
         return main_decode(args.rest) or 0
+    if args.what == "serve":
+        # lazy: a command imports only the code it runs (ocellus --help stays fast)
+        from ocellus.bench_serve import main_serve
+        return main_serve(args.rest) or 0
     if args.what in ("encode", "train"):
         # lazy: a command imports only the code it runs (ocellus --help stays fast)
         from ocellus import bench_vlm
@@ -208,26 +229,11 @@ def cmd_bench(args) -> int:
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
-# Recipe tasks with a runner (and schema) of their own; every other task goes through load_recipe/run_recipe.
-OWN_RUNNERS = {
-    "image_generation": ("ocellus.train.generative", "run_generative_recipe"),   # VQ-VAE, DDPM, MaskGIT, ...
-    "unified": ("ocellus.train.unified", "run_unified_recipe"),                 # Emu3, Janus, Show-o, SEED-LLaMA
-    "seed_tokenizer": ("ocellus.train.seed_tokenizer_run", "run_seed_recipe"),  # the SEED image codec
-}
-
-
 def cmd_train(args) -> int:
-    import importlib
-    from ocellus.train.recipe import check_sources, load_recipe, recipe_task
-    task = recipe_task(args.recipe)   # None when unreadable: load_recipe then says why
-    if task in OWN_RUNNERS:
-        module, runner = OWN_RUNNERS[task]
-        getattr(importlib.import_module(module), runner)(args.recipe, args.overrides)
-        return 0
-    recipe = load_recipe(args.recipe, args.overrides)
-    check_sources(recipe, args.recipe)   # a missing checkpoint names the recipe that writes it, before any build
     # lazy: a command imports only the code it runs (ocellus --help stays fast)
-    from ocellus.train.run import run_recipe
+    from ocellus.train.tasks import check_sources, load_recipe, run_recipe
+    recipe = load_recipe(args.recipe, args.overrides)   # its task (train/tasks.TASKS) validates it
+    check_sources(recipe, args.recipe)   # a missing checkpoint names the recipe that writes it, before any build
     run_recipe(recipe)
     return 0
 
@@ -266,9 +272,11 @@ def cmd_serve(args) -> int:
         api_key=ServeLimits.key_from_env(args.api_key), max_request_bytes=args.max_request_bytes,
         max_images=args.max_images, max_image_pixels=args.max_image_pixels, max_tokens=args.max_tokens,
         max_request_pixels=args.max_request_pixels, prompt_bytes_per_token=args.prompt_bytes_per_token,
-        preprocess_concurrency=args.preprocess_concurrency,
+        max_videos=args.max_videos, max_video_frames=args.max_video_frames, max_video_pixels=args.max_video_pixels,
+        max_video_bytes=args.max_video_bytes, preprocess_concurrency=args.preprocess_concurrency,
         max_n=args.max_n, request_timeout_s=args.request_timeout, max_queue=args.max_queue, slots=args.slots,
-        max_context=args.max_context, allow_http_images=args.allow_http_images,
+        max_context=args.max_context, prefill_chunk=args.prefill_chunk or None,
+        allow_http_images=args.allow_http_images,
         allowed_image_dir=Path(args.allow_image_dir) if args.allow_image_dir else None,
         allowed_hosts=tuple(args.allowed_host), idle_timeout_s=args.idle_timeout)
     serve(args.model, host=args.host, port=args.port, limits=limits, model_id=args.model_name, dtype=args.dtype,
@@ -315,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="checkpoint dir or hub id (default: the embedded shapes model)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)")
     p.add_argument("--image", action="append", default=[], help="image for the first message (repeatable)")
+    p.add_argument("--video", action="append", default=[],
+                   help="video for the first message (repeatable): an animated GIF / APNG / WebP or a directory of "
+                        "frames; for video models (Qwen2-VL)")
+    p.add_argument("--max-video-frames", type=int, default=256, help="refuse videos with more frames")
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                    help="refuse larger images (decompression-bomb guard)")
@@ -384,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="width*height cap, read from the header")
     p.add_argument("--max-request-pixels", type=int, default=4096 * 4096,
                    help="width*height summed over a request's images, from their headers before any is decoded")
+    p.add_argument("--max-videos", type=int, default=2, help="video_url parts per request")
+    p.add_argument("--max-video-frames", type=int, default=64,
+                   help="frames of one video (counted while decoding: reading stops at the first frame over it)")
+    p.add_argument("--max-video-pixels", type=int, default=64 * 640 * 480,
+                   help="frames x width x height of one decoded video")
+    p.add_argument("--max-video-bytes", type=int, default=8 * 2**20,
+                   help="one encoded video (a data URL's payload, a file, an http body)")
     p.add_argument("--prompt-bytes-per-token", type=int, default=8,
                    help="text over this many bytes per context token is refused before tokenizing")
     p.add_argument("--preprocess-concurrency", type=int, default=2,
@@ -394,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     p.add_argument("--slots", type=int, default=16, help="requests decoded together (1 = one at a time)")
     p.add_argument("--max-context", type=int, default=None, help="tokens per slot (default: the model's context)")
+    p.add_argument("--prefill-chunk", type=int, default=256,
+                   help="prompt tokens prefilled per engine step, between decode steps of the running requests "
+                        "(chunked prefill; 0: each prompt whole)")
     p.add_argument("--allow-http-images", action="store_true", help="fetch http(s) image URLs (public hosts only)")
     p.add_argument("--allow-image-dir", default=None, help="accept file:// image URLs under this directory")
     p.add_argument("--allowed-host", action="append", default=[],
@@ -405,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks: ours vs the reference, same run")
-    p.add_argument("what", choices=["decode", "encode", "train"])
+    p.add_argument("what", choices=["decode", "encode", "train", "serve"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see `ocellus bench decode -h`)")
     p.set_defaults(func=cmd_bench)
     return ap

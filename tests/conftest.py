@@ -56,8 +56,7 @@ def tiny_vlm_parts(tmp_path_factory):
     tokenizer.from at them, as the real ones do at runs/llava_tiny_shapes."""
     from pathlib import Path
 
-    from ocellus.train.recipe import load_recipe
-    from ocellus.train.run import run_recipe
+    from ocellus.train.tasks import load_recipe, run_recipe
     root = Path(__file__).resolve().parents[1] / "recipes" / "llava_tiny_shapes"
     out = tmp_path_factory.mktemp("vlm_parts")
     small = ["train.progress=false", "train.log_every=2", "train.warmup_steps=2", "train.batch_size=16"]

@@ -46,7 +46,7 @@ def require_datasets():
 @contextlib.contextmanager
 def given(dataset):
     """The dataset `data: {source: hf}` reads inside this block when the recipe has no data.path: what
-    `ocellus.train.run.run_recipe(recipe, dataset=ds)` passes on."""
+    `ocellus.train.tasks.run_recipe(recipe, dataset=ds)` passes on."""
     token = _GIVEN.set(dataset)
     try:
         yield

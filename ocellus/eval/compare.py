@@ -26,7 +26,7 @@ import torch
 
 from ocellus.errors import ConfigError
 from ocellus.hub.checkpoint import load_model
-from ocellus.models.families.registry import load_processor
+from ocellus.data.processor import load_processor
 from ocellus.eval.harness import evaluate
 
 ROUTES = {"llava": "all tokens", "blip2": "compressed prompt", "qwen_vl": "compressed prompt",
@@ -83,8 +83,7 @@ def _sizes(model) -> tuple[int, int]:
 
 def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_size: int, n_eval: int,
                lr: float = 2.0e-3) -> dict:
-    from ocellus.train.recipe import validate
-    from ocellus.train.run import run_recipe
+    from ocellus.train.tasks import run_recipe, validate
     recipe = recipe_for(family, parts_dir, runs_dir / family, steps, batch_size, lr=lr)
     validate(recipe, where=f"compare {family}")
     start = time.perf_counter()

@@ -210,7 +210,7 @@ def evaluate(model_dir, task: str, n: int = 300, printer=print) -> dict:
         tower = load_vision(model_dir)
         pre = image_processor_dict(model_dir)
         size = tower.config.image_size
-        from ocellus.train.run import image_config
+        from ocellus.train.recipe_data import image_config
         icfg = ImageProcessorConfig.from_dict(pre) if pre is not None else image_config(size)
         result = digits_linear_probe(tower, icfg)
     else:

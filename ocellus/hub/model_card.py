@@ -17,7 +17,10 @@ from ocellus.errors import ConfigError
 
 EVAL_BEGIN, EVAL_END = "<!-- ocellus:eval -->", "<!-- /ocellus:eval -->"
 WEAK_BELOW = 0.6
-PIPELINES = {"vlm": "image-text-to-text", "lm": "text-generation", "vit_classify": "image-classification"}
+# the post-training methods (train/tasks: dpo, grpo, ppo, distill) tune a VLM; rm's export is a VLM backbone + a head
+IMAGE_TEXT_TASKS = ("vlm", "dpo", "grpo", "ppo", "distill", "rm")
+PIPELINES = {**{task: "image-text-to-text" for task in IMAGE_TEXT_TASKS if task != "rm"}, "lm": "text-generation",
+             "vit_classify": "image-classification"}
 EXAMPLE_QUESTION = "What colour is the circle?"
 
 
@@ -45,13 +48,14 @@ def _data_line(data: dict) -> str:
 def _prompt_example(tok, task: str, path: Path) -> str:
     if tok is None or not getattr(tok, "chat_template", None):
         return "No chat template: the model continues plain text."
-    content = [{"type": "image"}, {"type": "text", "text": EXAMPLE_QUESTION}] if task == "vlm" else EXAMPLE_QUESTION
+    vlm = task in IMAGE_TEXT_TASKS
+    content = [{"type": "image"}, {"type": "text", "text": EXAMPLE_QUESTION}] if vlm else EXAMPLE_QUESTION
     rendered = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
     hf = (", or transformers' `AutoProcessor.from_pretrained(dir)`, which reads the same files"
           if (path / "processor_config.json").is_file() else "")
     return ("The chat template renders a question as:\n\n```\n" + rendered + "\n```\n\n"
             + ("The image placeholder is expanded into the image's tokens by the processor (`ocellus.load_processor(dir)`"
-               + hf + ")." if task == "vlm" else ""))
+               + hf + ")." if vlm else ""))
 
 
 def write_model_card(path, recipe: dict, tok=None) -> Path:

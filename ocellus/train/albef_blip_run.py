@@ -1,4 +1,5 @@
-"""Recipes for ALBEF and BLIP pretraining (`ocellus train`, dispatched from ocellus/train/run.py):
+"""ALBEF and BLIP pretraining: the hooks of tasks albef / blip (train/tasks/albef_blip.py runs them through
+run.run_trainer, as BLIP's CapFilt does: train/capfilt.py):
 
   task: albef   ITC (momentum queues + distillation) + ITM (hard negatives) + image-conditioned MLM
   task: blip    ITC + ITM + LM of the multimodal mixture of encoder-decoder
@@ -29,9 +30,16 @@ import torch
 
 from ocellus.data.bad_samples import BadSampleReport, screen
 from ocellus.errors import ConfigError, InputError
+from ocellus.train.recipe import check_recipe
+from ocellus.train.recipe_data import EncodedDataset
+from ocellus.train.run import build_tokenizer   # the captions' tokenizer: a hook run.run_trainer calls
 
-TASKS = ("albef", "blip")
 MODEL_KEYS = {"vision", "text", "align", "objectives", "from", "init_from"}
+
+
+def validate(recipe: dict, where: str = "recipe") -> None:
+    """(image, caption) pairs; any train.stage parts (vision, text, fusion, ...)."""
+    check_recipe(recipe, where, data="image")
 
 
 def align_config(spec: dict, tok):
@@ -103,7 +111,6 @@ def build_dataset(recipe: dict, tok, model):
     from ocellus.data.image import preprocess
     from ocellus.models.contrastive.albef import encode_captions
     from ocellus.train.contrastive_run import caption_id, image_cfg
-    from ocellus.train.run import EncodedDataset
     data = recipe["data"]
     report = BadSampleReport(str(data["path"])) if data.get("path") else None
     n, pair = pair_source(data, int(data.get("n", 1000)), report)
@@ -176,5 +183,5 @@ def itm_rerank_retrieval(model, tok, n: int = 300, k: int = 16, batch: int = 256
     return out
 
 
-__all__ = ["TASKS", "build_model", "build_dataset", "export", "caption_of", "pair_source", "align_config",
+__all__ = ["validate", "build_tokenizer", "build_model", "build_dataset", "export", "caption_of", "pair_source", "align_config",
            "itm_rerank_retrieval"]

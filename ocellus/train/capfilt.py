@@ -13,7 +13,7 @@ The shapes world makes every step measurable: the "web" captions are corrupted o
 caption of every image is known, so the noise rate before and after filtering, and how often the
 captioner is right, are counted, not estimated; the two pretrained models are compared on held-out
 image-text retrieval (ocellus/eval/retrieval.py). Every stage is an ordinary BLIP recipe
-(train/albef_blip_run.py) run by train/run.py.
+(train/albef_blip_run.py: task blip's hooks) run by run.run_trainer.
 
     python -m ocellus.train.capfilt recipes/blip_tiny_shapes/capfilt.yaml [key=value ...]
 
@@ -36,6 +36,9 @@ import numpy as np
 import torch
 
 from ocellus.errors import ConfigError, InputError
+from ocellus.train import albef_blip_run
+from ocellus.train.recipe import read_recipe
+from ocellus.train.run import run_trainer
 
 PROMPT = "Give a short caption of the image."
 CORRUPTIONS = ("colour", "shape", "count")
@@ -113,8 +116,6 @@ def train_stage(base: dict, out: Path, data_path: Path, train: dict, model: dict
                 tokenizer=None, evaluate_n: int | None = None, resume: bool = False) -> Path:
     """One BLIP recipe run on a LLaVA-JSON pair file; returns the exported model dir. resume: a stage
     whose exported model exists is not run again."""
-    from ocellus.train.recipe import validate
-    from ocellus.train.run import run_recipe
     if resume and (out / "model" / "config.json").is_file():
         return out / "model"
     recipe = copy.deepcopy(base)
@@ -126,8 +127,8 @@ def train_stage(base: dict, out: Path, data_path: Path, train: dict, model: dict
         recipe["tokenizer"] = str(tokenizer)
     recipe["eval"] = {"n": evaluate_n} if evaluate_n else None
     recipe["name"] = f"{base.get('name', 'blip')}:{out.name}"
-    validate(recipe, where=f"capfilt stage {out.name}")
-    return run_recipe(recipe)
+    albef_blip_run.validate(recipe, where=f"capfilt stage {out.name}")
+    return run_trainer(recipe, albef_blip_run)
 
 
 @torch.no_grad()
@@ -166,16 +167,18 @@ def itm_filter(model, tok, images: list, captions: list[str], batch_size: int) -
 
 def check_config(config: dict) -> dict:
     """A CapFilt config's keys and its base recipe (loaded, validated, a BLIP pretraining one) -> the base."""
-    from ocellus.train.recipe import load_recipe
     unknown = set(config) - CONFIG_KEYS
     if unknown:
         raise ConfigError(f"capfilt config: unknown keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
     if "base" not in config:
         raise ConfigError("capfilt config needs `base`: the BLIP pretraining recipe it starts from")
-    base = load_recipe(config["base"], list(config.get("base_overrides") or ()))
-    base.pop("_path", None)
-    if base["task"] != "blip":
-        raise ConfigError(f"capfilt's base recipe must be a BLIP pretraining recipe (task: blip), got {base['task']!r}")
+    path = Path(config["base"])
+    base = read_recipe(path, list(config.get("base_overrides") or ()))
+    base.setdefault("name", path.stem)
+    if base.get("task") != "blip":
+        raise ConfigError(f"capfilt's base recipe must be a BLIP pretraining recipe (task: blip), got "
+                          f"{base.get('task')!r}")
+    albef_blip_run.validate(base, where=str(path))
     return base
 
 

@@ -1,4 +1,4 @@
-"""Recipes for the contrastive tasks (`ocellus train`, dispatched from ocellus/train/run.py):
+"""The contrastive tasks' model, data and export (train/tasks/contrastive.py runs them through run.run_trainer):
 
   task: contrastive   a CLIP or SigLIP dual encoder trained from scratch on (image, caption) pairs of
                       the shapes world: InfoNCE (CLIP) or sigmoid (SigLIP) loss, pairs with the same
@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 from ocellus.errors import ConfigError
-
-TASKS = ("contrastive", "moco")
+from ocellus.train.recipe_data import EncodedDataset, IMAGE_MEAN, IMAGE_STD, image_config
 
 
 # ---- model -------------------------------------------------------------------------------------
@@ -67,7 +66,6 @@ def caption_id(text: str) -> int:
 
 
 def image_cfg(size: int):
-    from ocellus.train.run import image_config
     return image_config(size)
 
 
@@ -85,7 +83,6 @@ def shapes_pairs(data: dict, seed: int, n: int, start: int = 0):
 
 def build_dataset(recipe: dict, tok, model):
     from ocellus.data.image import preprocess
-    from ocellus.train.run import EncodedDataset
     task, data = recipe["task"], recipe["data"]
     n, seed = int(data.get("n", 1000)), int(data.get("seed", 0))
     size = _image_size(model)
@@ -177,11 +174,10 @@ def export(recipe: dict, model, tok, path: Path) -> Path:
 
 
 def write_preprocessor(path: Path, size: int) -> None:
-    from ocellus.train.run import IMAGE_MEAN, IMAGE_STD
     (Path(path) / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"height": size, "width": size},
         "do_center_crop": False, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
         "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD), "resample": 3}, indent=2))
 
 
-__all__ = ["TASKS", "build_model", "build_dataset", "export", "caption_id", "caption_collate", "shapes_pairs", "write_preprocessor"]
+__all__ = ["build_model", "build_dataset", "export", "caption_id", "caption_collate", "shapes_pairs", "write_preprocessor"]

@@ -20,8 +20,6 @@ from torch import nn
 
 from ocellus.data.encode import IGNORE_INDEX
 from ocellus.errors import ConfigError, InputError
-from ocellus.hub.checkpoint import load_model
-from ocellus.models.families.registry import load_processor
 from ocellus.train.dpo import ObjectiveOutput
 from ocellus.train.stages import parts_of
 
@@ -99,35 +97,3 @@ class Distiller(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def run(recipe: dict, cfg, out):
-    """task: distill — teacher = model.from (or method.teacher), student = its vision side + connector + the
-    decoder layers method.student_layers; trained on shapes QA conversations (assistant tokens) with the
-    teacher's softened distribution; held-out VQA accuracy of teacher, student before, student after."""
-    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.posttrain import export_vlm, fit, heldout_qa, model_dir, report
-    from ocellus.train.run import build_dataset
-    method = dict(recipe.get("method") or {})
-    if "student_layers" in method:
-        method["student_layers"] = tuple(method["student_layers"])
-    dcfg = DistillConfig(**method)
-    source = model_dir({"from": dcfg.teacher} if dcfg.teacher else recipe["model"])
-    teacher, processor = load_model(source), load_processor(source)
-    student = shrink_decoder(teacher, dcfg.student_layers)
-    n_eval = int((recipe.get("eval") or {}).get("n", 500))
-    teacher_table = heldout_qa(teacher, processor, n_eval)
-    before = heldout_qa(student, processor, n_eval)
-    dataset, collate = build_dataset({**recipe, "data": {"kind": "qa", **recipe["data"]}}, processor.tokenizer, student)
-    objective = Distiller(student, teacher, dcfg)
-    history = fit(objective, dataset, collate, recipe, cfg, out, ["soft", "hard"])
-    after = heldout_qa(student, processor, n_eval)
-    path = export_vlm(student, processor.tokenizer, int(student.vision_tower.config.image_size), out / "model")
-    fraction = after["all"][1] / max(teacher_table["all"][1], 1e-9)
-    report(out, recipe.get("name", "distill"), before, after, {
-        "teacher": {k: [int(v[0]), float(v[1])] for k, v in teacher_table.items()},
-        "teacher_parameters": count_parameters(teacher), "student_parameters": count_parameters(student),
-        "fraction_of_teacher": fraction, "final": history[-1] if history else {}})
-    print(f"[{recipe.get('name')}] student ({count_parameters(student):,} params) reaches {100 * fraction:.1f}% of the "
-          f"teacher's accuracy ({count_parameters(teacher):,} params)")
-    return path

@@ -25,7 +25,6 @@ from torch import nn
 from ocellus.errors import ConfigError, InputError
 from ocellus.train.rollout import token_logprobs
 from ocellus.train.stages import parts_of
-from ocellus.train.preference import collate_pairs, preference_pair, with_model_rejections
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -137,30 +136,3 @@ def reference_logps(reference: nn.Module, batch: dict, loss_type: str = "sigmoid
     """Reference sequence log-probs of a pair batch, to precompute once (then pass as batch["ref_logps"])."""
     return sequence_logps(token_logprobs(reference.eval(), batch), batch["completion_mask"],
                           average=loss_type == "ipo")
-
-
-def run(recipe: dict, cfg, out):
-    """task: dpo — the policy from model.from against a frozen copy of itself, on shapes preference pairs
-    (gold answer vs a plausible wrong one; method.rejected: model puts the start model's own wrong greedy
-    answers in the rejected slot where it has them); held-out VQA accuracy before and after."""
-    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.posttrain import export_vlm, fit, heldout_qa, load_start, pair_dataset, report
-    method = dict(recipe.get("method") or {})
-    rejected = method.pop("rejected", "plausible")
-    if rejected not in ("plausible", "model"):
-        raise ConfigError(f"method.rejected must be plausible or model, got {rejected!r}")
-    policy, processor = load_start(recipe["model"])
-    n_eval = int((recipe.get("eval") or {}).get("n", 500))
-    before = heldout_qa(policy, processor, n_eval)
-    pairs, extra = pair_dataset(recipe), {}
-    if rejected == "model":  # the rows the run will see, mined once with the start model
-        rows = [pairs.make_row(i) for i in range(len(pairs))]
-        rows, extra["share_model_rejected"] = with_model_rejections(policy, processor, rows)
-        pairs = [preference_pair(r, i) for i, r in enumerate(rows)]
-    objective = DPO.with_frozen_copy(policy, DPOConfig(**method))
-    history = fit(objective, pairs, collate_pairs(processor), recipe, cfg, out,
-                  ["rewards/margins", "rewards/accuracies"])
-    after = heldout_qa(policy, processor, n_eval)
-    path = export_vlm(policy, processor.tokenizer, int(policy.vision_tower.config.image_size), out / "model")
-    report(out, recipe.get("name", "dpo"), before, after, {**extra, "final": history[-1] if history else {}})
-    return path

@@ -150,22 +150,31 @@ def measure(model, source: str, image_size: int, gen: dict, n_per_class: int = 2
 def load_generative_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     """An image-generation recipe with its overrides applied and its top level checked."""
     recipe = read_recipe(path, overrides)
-    if recipe.get("task") != TASK:
-        raise ConfigError(f"{path}: task must be {TASK!r}")
-    unknown = set(recipe) - {"task", "name", "model", "data", "train", "eval", "seed"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}")
-    schema.check(recipe, str(path), schema.runner_fields(TRAIN_KEYS))
-    if not isinstance(recipe.get("model"), dict):
-        raise ConfigError(f"{path}: model must be a mapping")
-    source = (recipe.get("data") or {}).get("source", "digits")
-    if source not in SOURCES:
-        raise ConfigError(f"{path}: data.source must be one of {SOURCES}, got {source!r}")
+    check_generative_recipe(recipe, str(path))
     return recipe
 
 
+def check_generative_recipe(recipe: dict, where: str) -> None:
+    """The top level, the train section's types, the model mapping and data.source, before anything is built."""
+    if recipe.get("task") != TASK:
+        raise ConfigError(f"{where}: task must be {TASK!r}")
+    unknown = set(recipe) - {"task", "name", "model", "data", "train", "eval", "seed", "_path"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level keys {sorted(unknown)}")
+    schema.check(recipe, where, schema.runner_fields(TRAIN_KEYS))
+    if not isinstance(recipe.get("model"), dict):
+        raise ConfigError(f"{where}: model must be a mapping")
+    source = (recipe.get("data") or {}).get("source", "digits")
+    if source not in SOURCES:
+        raise ConfigError(f"{where}: data.source must be one of {SOURCES}, got {source!r}")
+
+
 def run_generative_recipe(path: str | Path, overrides: list[str] = ()) -> Path:
-    recipe = load_generative_recipe(path, overrides)
+    return run_generative(load_generative_recipe(path, overrides))
+
+
+def run_generative(recipe: dict) -> Path:
+    """Train a checked image-generation recipe -> its export dir (quality.json and sample grids beside it)."""
     data, train = dict(recipe.get("data") or {}), dict(recipe.get("train") or {})
     seed = int(recipe.get("seed", 0))
     torch.manual_seed(seed)

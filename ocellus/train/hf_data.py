@@ -11,6 +11,7 @@ an InputError naming the dataset and the row, or with data.skip_bad_samples is l
 from __future__ import annotations
 
 from ocellus.data.bad_samples import BadSample, BadSampleReport
+from ocellus.train.recipe_data import EncodedDataset
 
 
 def _loaded(images: list, row) -> list:
@@ -40,7 +41,6 @@ def preference_dataset(recipe: dict):
 
     from ocellus.data.hf_dataset import trl_row
     from ocellus.train.preference import preference_pair
-    from ocellus.train.run import EncodedDataset
 
     def convert(rows, i):
         pair = preference_pair(trl_row(rows, i), i)
@@ -58,7 +58,6 @@ def prompt_dataset(recipe: dict):
 
     from ocellus.data.hf_dataset import trl_row
     from ocellus.train.preference import prompt_row
-    from ocellus.train.run import EncodedDataset
 
     def convert(rows, i):
         row = prompt_row(trl_row(rows, i), i)

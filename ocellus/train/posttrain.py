@@ -1,4 +1,5 @@
-"""`ocellus train recipes/posttrain/<method>.yaml`: the recipe glue of the post-training methods.
+"""`ocellus train recipes/posttrain/<method>.yaml`: what the post-training tasks (train/tasks/rm.py, dpo.py,
+grpo.py, ppo.py, distill.py; run.run_method runs each) share: the start model, data, evaluation, reports.
 
     task: rm | dpo | grpo | ppo | distill
     model: {from: DIR | default}            the policy (or reward-model backbone / teacher) to start from;
@@ -10,15 +11,13 @@
     train: {...}                             TrainConfig (max_steps, lr, batch_size, stage, out_dir, ...)
     eval: {n: 500}                           held-out evaluation before and after (scenes of the eval seed)
 
-Each run writes out_dir/metrics.jsonl (the Trainer's, for rm/dpo/distill), out_dir/posttrain.jsonl
+Each run writes out_dir/metrics.jsonl (the Trainer's: every method runs under it), out_dir/posttrain.jsonl
 (the method's own per-step numbers: rewards, KL, margins, accuracies), out_dir/eval.json (before/after
 tables), PNG curves and the trained model (out_dir/model, HF format).
 """
 from __future__ import annotations
 
-import importlib
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -28,18 +27,18 @@ from ocellus.eval.harness import EVAL_SEED, predict, score
 from ocellus.eval.metrics import format_table
 from ocellus.hub.checkpoint import load_model
 from ocellus.hub.resolve import default_model_dir
-from ocellus.models.families.registry import load_processor
+from ocellus.data.processor import load_processor
 from ocellus.data.shapes import sample_at, ShapesConfig
 from ocellus.train.hf_data import preference_dataset, prompt_dataset
 from ocellus.train.loader import BatchLoader
 from ocellus.train.preference import preference_pair, prompt_row, shapes_preference, shapes_prompt
+from ocellus.train.recipe_data import EncodedDataset, shapes_config as data_shapes_config
+from ocellus.train.reward_model import RewardModel
 from ocellus.train.rewards import iou_reward, REWARDS
-from ocellus.train.stages import apply_stage, param_groups, parts_of, Stage
-from ocellus.train.trainer import cosine_schedule, make_adamw, Trainer
+from ocellus.train.stages import parts_of
+from ocellus.train.trainer import Trainer
+from ocellus.train.vlm_export import export_vlm   # grpo / ppo export their policy through this name
 from ocellus.viz.curves import plot_curve
-
-TASKS = ("rm", "dpo", "grpo", "ppo", "distill")
-MODULES = {"rm": "reward_model", "dpo": "dpo", "grpo": "grpo", "ppo": "ppo", "distill": "distill"}
 
 
 def model_dir(spec: dict) -> Path:
@@ -74,23 +73,11 @@ def weaken(model, noise: float, seed: int = 0, parts: tuple[str, ...] = ("llm", 
                 w.add_(torch.randn(w.shape, generator=g).to(w.dtype) * float(noise) * w.std())
 
 
-def validate_posttrain(recipe: dict, bad) -> None:
-    """The post-training part of recipe validation (train/recipe.py calls it for these tasks)."""
-    task = recipe["task"]   # its keys and their types: train/schema.py (method: each method's config fields)
-    if (recipe.get("data") or {}).get("source") not in ("shapes", "hf"):
-        bad(f"task {task!r} builds its preference pairs / prompts from the shapes ground truth (data.source: shapes) "
-            f"or reads TRL rows of a Hugging Face dataset (data.source: hf)")
-    if "from" not in (recipe.get("model") or {}):
-        bad(f"task {task!r} needs model.from (a checkpoint dir, or `default` for the embedded tiny model)")
-
-
 def shapes_config(recipe: dict, seed: int | None = None):
-    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.run import _shapes_config
     data = dict(recipe.get("data") or {})
     if seed is not None:
         data["seed"] = seed
-    return _shapes_config(data)
+    return data_shapes_config(data)
 
 
 def eval_config(size: int, qa_type: str | None = None):
@@ -137,36 +124,16 @@ def plot(history: list[dict], out: Path, keys: list[str], name: str) -> None:
             plot_curve(history, out / f"{key.replace('/', '_')}.png", key=key, title=name)
 
 
-def export_vlm(model, tok, size: int, path: Path) -> Path:
-    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.run import export
-    return export({"task": "vlm", "data": {"image_size": size}, "export": {"dir": str(path)}}, model, tok, path)
-
-
-def run_posttrain(recipe: dict) -> Path:
-    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.recipe import train_config
-    task = recipe["task"]
-    cfg = train_config(recipe)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(int(recipe.get("seed", 0)))
-    (out / "recipe.json").write_text(json.dumps({k: v for k, v in recipe.items() if k != "_path"}, indent=1))
-    start = time.perf_counter()
-    if task not in TASKS:
-        raise ConfigError(f"unknown post-training task {task!r}; known: {TASKS}")
-    module = importlib.import_module(f"ocellus.train.{MODULES[task]}")
-    path = module.run(recipe, cfg, out)
-    print(f"[{recipe.get('name')}] done in {time.perf_counter() - start:.0f} s; model at {path}")
-    return path
+def export_policy(recipe: dict, model, tok, path: Path) -> Path:
+    """A post-training task's export: the trained VLM at its vision tower's image size (run.run_method
+    writes the recipe's model card beside it)."""
+    return export_vlm(model, tok, int(model.vision_tower.config.image_size), path)
 
 
 # ---- shared by the methods that run under the Trainer (rm, dpo, distill) ----------------------------
 
 def pair_dataset(recipe: dict, n: int | None = None, seed: int | None = None):
     """Preference pairs from shapes QA ground truth (preference.shapes_preference), made on access."""
-    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.run import EncodedDataset
     if (recipe.get("data") or {}).get("source") == "hf" and seed is None:   # TRL rows: train/hf_data.py
         return preference_dataset(recipe)
     cfg = shapes_config(recipe, seed)
@@ -193,31 +160,11 @@ def fit(objective, dataset, collate, recipe: dict, cfg, out: Path, plot_keys: li
     return history
 
 
-# ---- shared by the RL methods (grpo, ppo): their own loop around rollouts ----------------------------
-
-def optimizer_for(model, cfg):
-    """apply_stage + AdamW over the stage's param groups + the cosine schedule: what the Trainer does,
-    for loops that alternate sampling and updates."""
-    stage = Stage.parse(cfg.stage or {part: "full" for part in parts_of(model)})
-    report = apply_stage(model, stage)
-    optimizer = make_adamw(param_groups(model, stage, cfg.lr, cfg.weight_decay), cfg)
-    return optimizer, cosine_schedule(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio), report
-
-
-def optimizer_step(optimizer, scheduler, clip: float | None) -> float:
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(norm)
-
+# ---- shared by the RL methods (grpo, ppo): objectives that run their own step under the Trainer -------
 
 def prompt_loader(recipe: dict, batch_size: int):
     """Prompt-only rows (preference.shapes_prompt) for RL: data.kind qa (with data.qa_weights, e.g. only
     count) or grounding; batches are lists of PromptRow."""
-    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.run import EncodedDataset
     data = recipe.get("data") or {}
     cfg, kind = shapes_config(recipe), data.get("kind", "qa")
     dataset = EncodedDataset(int(data.get("n", 2000)), lambda i: prompt_row(shapes_prompt(cfg, i, kind), i))
@@ -234,8 +181,6 @@ def reward_functions(method: dict, processor) -> tuple[list, list[float]]:
         raise ConfigError(f"unknown rewards {unknown}; known: {sorted(REWARDS)}")
     fns = [REWARDS[n] for n in names]
     if method.get("reward_model"):
-        # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-        from ocellus.train.reward_model import RewardModel
         fns.append(RewardModel.from_dir(method["reward_model"]).as_reward_fn(processor))
     if not fns:
         raise ConfigError("method needs rewards (e.g. [count]) or a reward_model dir")
@@ -252,16 +197,19 @@ def rl_eval(model, processor, recipe: dict) -> dict:
     return heldout_qa(model, processor, n, qa_type=types[0] if len(types) == 1 else None)
 
 
-def rl_fit(loop, recipe: dict, cfg, out: Path, batch_size: int, plot_keys: list[str]) -> list[dict]:
-    """max_steps of loop.step(prompt rows) -> posttrain.jsonl, a line every log_every steps, curves."""
-    loader, name, history = prompt_loader(recipe, batch_size), recipe.get("name", recipe["task"]), []
-    with open(out / "posttrain.jsonl", "w") as log:
-        for _ in range(cfg.max_steps):
-            record = loop.step(loader.next_batch())
-            history.append(record)
-            log.write(json.dumps(record) + "\n")
-            if record["step"] % cfg.log_every == 0:
-                shown = " ".join(f"{k} {record[k]:.4f}" for k in plot_keys if k in record)
-                print(f"[{name}] step {record['step']}: {shown}", flush=True)
+def rl_fit(objective, recipe: dict, cfg, out: Path, batch_size: int, plot_keys: list[str]) -> list[dict]:
+    """An RL objective (a step_objective.StepObjective: GRPO, PPO) under the Trainer, batch_size prompt rows a
+    step: the Trainer's optimizer and schedule, metrics.jsonl (the objective's numbers beside the loss) every
+    log_every steps, checkpoints every save_every, train.resume. Then posttrain.jsonl (every step's record,
+    those before a resume included: they travel in the checkpoint's history) and curves."""
+    name = recipe.get("name", recipe["task"])
+
+    def show(record: dict) -> None:
+        shown = " ".join(f"{k} {record[k]:.4f}" for k in plot_keys if isinstance(record.get(k), float))
+        print(f"[{name}] step {record['step']}: loss {record['loss']:.4f} {shown}", flush=True)
+    trainer = Trainer(objective, prompt_loader(recipe, batch_size), cfg, on_log=show)
+    print(f"[{name}] trainable parameters per part:\n{trainer.report}")
+    history = trainer.fit()
+    (out / "posttrain.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     plot(history, out, plot_keys, name)
     return history

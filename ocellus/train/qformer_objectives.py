@@ -23,7 +23,7 @@ The text vocabulary is the recipe tokenizer's plus two ids of our own: [CLS] = v
 [DEC] = vocab_size + 1 (LAVIS adds [DEC] to BERT's tokenizer the same way).
 
 The stage-1 model saves as our own checkpoint ("OcellusBlip2QFormerPretraining"); a BLIP-2 / MiniGPT-4
-recipe's stage 2 takes its Q-Former with `qformer_from` (ocellus/models/families/blip2.py).
+recipe's stage 2 takes its Q-Former with `qformer_from` (ocellus/models/families/blip2/).
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from ocellus.models.contrastive.losses import hard_negatives as itm_hard_negativ
 from ocellus.models.contrastive.losses import info_nce, itg_loss, itm_loss
 from ocellus.models.text.bert import MLMHead
 from ocellus.models.vision.vit import VisionTransformer
+from ocellus.train.recipe_data import EncodedDataset
 
 ARCHITECTURE, MODEL_TYPE = "OcellusBlip2QFormerPretraining", "ocellus_blip2_stage1"
 MASKS = ("unimodal", "causal", "bidirectional")
@@ -198,7 +199,7 @@ def encode_caption(text_ids: list[int], model: QFormerPretraining, eos_id: int |
 
 # ---- checkpoint (our own format) and recipe hooks ---------------------------------------------------
 def build_stage1(cfg: dict) -> QFormerPretraining:
-    from ocellus.models.families.blip2 import vision_config
+    from ocellus.models.families.blip2.modeling import vision_config
     vision = VisionTransformer(vision_config(dict(cfg["vision_config"])))
     qcfg = QFormerConfig.from_hf({**cfg["qformer_config"], "use_qformer_text_input": True},
                                  int(cfg.get("num_query_tokens", 32)), encoder_hidden_size=vision.config.hidden_size)
@@ -207,14 +208,14 @@ def build_stage1(cfg: dict) -> QFormerPretraining:
 
 
 def stage1_hf_config(model: QFormerPretraining) -> dict:
-    from ocellus.models.families.blip2 import vision_hf_config
+    from ocellus.models.families.blip2.modeling import vision_hf_config
     return {"architectures": [ARCHITECTURE], "model_type": MODEL_TYPE,
             "vision_config": vision_hf_config(model.vision_tower.config), "qformer_config": model.qformer.config.to_hf(),
             "num_query_tokens": model.qformer.config.num_query_tokens,
             "image_text_hidden_size": model.itc.vision_proj.out_features, "label_smoothing": model.label_smoothing}
 
 
-def family():
+def family(architecture: str | None = None):
     from ocellus.hub.families import Family
     return Family(name="blip2_stage1", model_class=QFormerPretraining, build=build_stage1,
                   keymap=KeyMap(rules=(("{rest}", "{rest}"),)), hf_config=stage1_hf_config,
@@ -253,7 +254,6 @@ def caption_dataset(data: dict, n: int, tok, model: QFormerPretraining, shapes_c
     {pixel_values, input_ids ([CLS] caption eos), attention_mask}."""
     from ocellus.data.image import preprocess
     from ocellus.data.shapes import sample_at
-    from ocellus.train.run import EncodedDataset
     if data.get("source") != "shapes":
         raise ConfigError(f"qformer_pretrain trains on shapes captions; data.source {data.get('source')!r} is not supported")
     max_len = int(data.get("max_length", 64))

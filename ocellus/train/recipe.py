@@ -1,8 +1,8 @@
 """Recipes: one YAML file says what to train, on what, how; `key=value` overrides change it.
 
     name: llava_tiny_shapes_align
-    task: vlm                      # lm (text next-token) | vit_classify | vlm
-    model: {...}                   # see run.build_model: a config to build, or checkpoints to load
+    task: vlm                      # one of train/tasks.TASKS: lm, vit_classify, vlm, ..., dpo, unified, ...
+    model: {...}                   # what the task builds (train/tasks/<task>.py), or checkpoints to load
     tokenizer: {...}               # a checkpoint dir, or train_bpe on generated text
     data: {source: shapes, kind: caption, n: 8000, seed: 0, max_length: 160, template: chatml}
     train: {max_steps: 300, lr: 1e-3, batch_size: 16, stage: {vision: frozen, connector: full, llm: frozen}}
@@ -10,9 +10,11 @@
     eval: {task: shapes-vqa, n: 300}
 
 Overrides use dotted paths and YAML values: `train.lr=3e-4 data.n=2000 train.stage.llm=lora`.
-`validate` checks the schema first (train/schema.py: unknown keys are errors, never ignored, and every
-value has its key's type: `train.max_steps=2.5` is a ConfigError naming the key, not 3 steps), then the
-semantics (a vision stage needs an image dataset; a frozen-everything stage trains nothing; ...).
+A recipe is loaded and validated by its task (train/tasks/__init__.py: load_recipe, validate); the Trainer and
+post-training tasks share `check_recipe` here: the schema first (train/schema.py: unknown keys are errors,
+never ignored, and every value has its key's type: `train.max_steps=2.5` is a ConfigError naming the key, not
+3 steps), then the semantics (a vision stage needs an image dataset; a frozen-everything stage trains
+nothing; ...).
 """
 from __future__ import annotations
 
@@ -23,14 +25,9 @@ import yaml
 
 from ocellus.errors import ConfigError
 from ocellus.train import schema
-from ocellus.train.posttrain import validate_posttrain
 from ocellus.train.stages import Stage
 from ocellus.train.trainer import TrainConfig
 
-TASKS = ("lm", "vit_classify", "vlm", "qformer_pretrain",    # qformer_pretrain: BLIP-2 stage 1
-         "contrastive", "moco",                            # CLIP/SigLIP, MoCo: train/contrastive_run.py
-         "albef", "blip")                                  # ALBEF, BLIP: train/albef_blip_run.py
-POSTTRAIN_TASKS = ("rm", "dpo", "grpo", "ppo", "distill")   # train/posttrain.py
 SOURCES = {"shapes": "image", "digits": "image", "llava_json": "image", "shapes_text": "text",
            "hf": "image", "shards": "image"}   # hf, shards: data/hf_dataset.py, data/shards.py
 SOURCE_TASKS = {"hf": ("vlm", "rm", "dpo", "grpo", "ppo"), "shards": ("contrastive",)}
@@ -41,7 +38,7 @@ FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml where bu
 
 def read_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     """The YAML mapping at `path` with `key=value` overrides applied; ConfigError if unreadable.
-    Every runner (`load_recipe` and the task-specific loaders) reads its recipe through this."""
+    Every loader (train/tasks.load_recipe and the runners' own) reads its recipe through this."""
     try:
         recipe = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -52,21 +49,11 @@ def read_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
 
 
 def recipe_task(path: str | Path) -> str | None:
-    """The `task:` of a recipe file, None when it cannot be read (the loader then reports why):
-    what `ocellus train` dispatches on."""
+    """The `task:` of a recipe file, None when it cannot be read (the loader then reports why)."""
     try:
         return read_recipe(path).get("task")
     except ConfigError:
         return None
-
-
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
-    path = Path(path)
-    recipe = read_recipe(path, overrides)
-    recipe.setdefault("name", path.stem)
-    recipe["_path"] = str(path)
-    validate(recipe, where=str(path))
-    return recipe
 
 
 def check_sources(recipe: dict, where: str = "recipe") -> None:
@@ -138,37 +125,43 @@ def train_config(recipe: dict) -> TrainConfig:
     return TrainConfig(**train)
 
 
-def validate(recipe: dict, where: str = "recipe") -> None:
+def check_recipe(recipe: dict, where: str = "recipe", *, data: str | None = None,
+                 parts: tuple[str, ...] | None = None, method: bool = False) -> Stage | None:
+    """The checks every Trainer and post-training task shares (its task module's `validate` calls this with
+    what the task needs): data "image" / "text" (the kind of data.source it trains on, None: either),
+    parts (the only train.stage parts it has, None: any), method (a post-training method: pairs / prompts from
+    the shapes ground truth or TRL rows, and a model.from to start from). -> the parsed train.stage."""
     def bad(msg):
         raise ConfigError(f"{where}: {msg}")
 
-    task = recipe.get("task")
-    if task not in TASKS + POSTTRAIN_TASKS:
-        bad(f"task must be one of {TASKS + POSTTRAIN_TASKS}, got {task!r}")
+    task = recipe["task"]
     schema.check(recipe, where)   # every key known and of its type, before any semantic check reads one
-    if task in POSTTRAIN_TASKS:
-        validate_posttrain(recipe, bad)
-    data = recipe.get("data") or {}
-    source = data.get("source")
+    if method:   # its keys and their types: train/schema.py (method: each method's config fields)
+        if (recipe.get("data") or {}).get("source") not in ("shapes", "hf"):
+            bad(f"task {task!r} builds its preference pairs / prompts from the shapes ground truth (data.source: "
+                f"shapes) or reads TRL rows of a Hugging Face dataset (data.source: hf)")
+        if "from" not in (recipe.get("model") or {}):
+            bad(f"task {task!r} needs model.from (a checkpoint dir, or `default` for the embedded tiny model)")
+    data_section = recipe.get("data") or {}
+    source = data_section.get("source")
     if source not in SOURCES:
         bad(f"data.source must be one of {sorted(SOURCES)}, got {source!r}")
-    if task in ("vlm", "vit_classify", "qformer_pretrain", "contrastive", "moco", "albef", "blip") and \
-            SOURCES[source] != "image":
+    if data == "image" and SOURCES[source] != "image":
         bad(f"task {task!r} trains on images but data.source {source!r} is text only")
-    if task == "lm" and SOURCES[source] != "text":
-        bad(f"task 'lm' pretrains the decoder on text; data.source {source!r} is an image dataset")
+    if data == "text" and SOURCES[source] != "text":
+        bad(f"task {task!r} pretrains the decoder on text; data.source {source!r} is an image dataset")
     for other, keys in SOURCE_KEYS.items():
         for key in keys:
-            if key in data and source != other:
+            if key in data_section and source != other:
                 bad(f"data.{key} is read with data.source {other} only; data.source is {source!r}")
     if source in SOURCE_TASKS and task not in SOURCE_TASKS[source]:
         bad(f"data.source {source} trains task {' / '.join(SOURCE_TASKS[source])}, not {task!r}")
-    if source == "shards" and not data.get("urls"):
+    if source == "shards" and not data_section.get("urls"):
         bad("data.source shards needs data.urls (tar shards: 'dir/shard-{000..003}.tar', a directory or a list)")
     for key in ("shuffle_buffer", "num_workers"):
-        if key in data and data[key] < (1 if key == "shuffle_buffer" else 0):
-            bad(f"data.{key} must be >= {1 if key == 'shuffle_buffer' else 0}, got {data[key]}")
-    if source == "llava_json" and not data.get("path"):
+        if key in data_section and data_section[key] < (1 if key == "shuffle_buffer" else 0):
+            bad(f"data.{key} must be >= {1 if key == 'shuffle_buffer' else 0}, got {data_section[key]}")
+    if source == "llava_json" and not data_section.get("path"):
         bad("data.source llava_json needs data.path (the data.json file)")
     train = recipe.get("train") or {}
     try:
@@ -178,13 +171,6 @@ def validate(recipe: dict, where: str = "recipe") -> None:
     if cfg.max_steps <= 0 or cfg.grad_accum <= 0 or int(train.get("batch_size", 1)) <= 0:
         bad("train.max_steps, train.grad_accum and train.batch_size must be positive")
     stage = Stage.parse(cfg.stage) if cfg.stage else None
-    if stage is not None:
-        if task not in ("vlm", "qformer_pretrain", "contrastive", "albef", "blip", *POSTTRAIN_TASKS) and \
-                set(stage.parts) - {"llm", "vision"}:
-            bad(f"task {task!r} has no parts {sorted(set(stage.parts) - {'llm', 'vision'})}")
-        if all(p.mode == "frozen" for p in stage.parts.values()) and task == "vlm" and \
-                len(stage.parts) == 3:
-            bad("train.stage freezes every part: nothing would train")
-    model = recipe.get("model") or {}
-    if task == "vlm" and not ({"from", "vision_from", "config"} & set(model)):
-        bad("model needs `from` (a VLM checkpoint), or `vision_from` + `llm_from` (+ connector), or `config`")
+    if stage is not None and parts is not None and set(stage.parts) - set(parts):
+        bad(f"task {task!r} has no parts {sorted(set(stage.parts) - set(parts))}")
+    return stage

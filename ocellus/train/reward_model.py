@@ -24,12 +24,11 @@ from torch import nn
 
 from ocellus.errors import CheckpointError, InputError
 from ocellus.hub.checkpoint import load_model, save_model
-from ocellus.models.families.registry import load_processor
 from ocellus.train.dpo import ObjectiveOutput
 from ocellus.train.rollout import completion_hidden, encode_completions
 from ocellus.train.stages import parts_of
-from ocellus.eval.harness import EVAL_SEED
 from ocellus.train.preference import collate_pairs
+from ocellus.train.vlm_export import export_vlm
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -109,8 +108,6 @@ class RewardModel(nn.Module):
         directory = Path(directory)
         tower = getattr(self.backbone, "vision_tower", None)
         if tower is not None and tokenizer is not None:   # a VLM: its preprocessor_config.json too
-            # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-            from ocellus.train.posttrain import export_vlm
             export_vlm(self.backbone, tokenizer, int(tower.config.image_size), directory)
         else:
             save_model(self.backbone, directory, tokenizer=tokenizer)
@@ -147,21 +144,3 @@ def pair_accuracy(model: RewardModel, processor, pairs, batch_size: int = 32) ->
         margins += (r[:B] - r[B:]).tolist()
     return sum(hits) / len(hits), sum(margins) / len(margins)
 
-
-def run(recipe: dict, cfg, out):
-    """task: rm — a reward head on model.from's decoder, Bradley-Terry on shapes preference pairs; ranking
-    accuracy on held-out pairs (eval-seed scenes) before (random head) and after."""
-    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.posttrain import fit, model_dir, pair_dataset, report
-    source = model_dir(recipe["model"])
-    processor = load_processor(source)
-    model = RewardModel(load_model(source))
-    heldout = pair_dataset(recipe, n=int((recipe.get("eval") or {}).get("n", 500)), seed=EVAL_SEED)
-    before = pair_accuracy(model, processor, heldout)
-    history = fit(model, pair_dataset(recipe), collate_pairs(processor), recipe, cfg, out, ["accuracy", "margin"])
-    after = pair_accuracy(model, processor, heldout)
-    path = model.save(out / "model", tokenizer=processor.tokenizer)
-    n = len(heldout)
-    report(out, recipe.get("name", "rm"), {"pair accuracy": (n, before[0])}, {"pair accuracy": (n, after[0])},
-           {"margin_before": before[1], "margin_after": after[1], "final": history[-1] if history else {}})
-    return path

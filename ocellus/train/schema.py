@@ -1,12 +1,12 @@
-"""The recipe schema: every key a recipe (`ocellus train`, tasks of recipe.TASKS and POSTTRAIN_TASKS) may
-hold, and the type its value must have, checked before a tokenizer, model or dataset is built.
+"""The recipe schema: every key a recipe (`ocellus train`, the Trainer and post-training tasks of train/tasks)
+may hold, and the type its value must have, checked before a tokenizer, model or dataset is built.
 
     check(recipe, where)   ConfigError "<where>: train.max_steps must be an integer, got 'five'" or
                            "<where>: unknown model keys ['hidden_sise'] for task 'lm'; known: [...]"
     sources(recipe)        the (key, path) of every checkpoint / file the run reads (SOURCE keys), which
                            recipe.check_sources looks for before `ocellus train` builds anything
-    check(recipe, where, runner_fields(TRAIN_KEYS))   the runners with schemas of their own (cli.OWN_RUNNERS):
-                           their train sections, TRAIN plus their keys
+    check(recipe, where, runner_fields(TRAIN_KEYS))   the runners with schemas of their own (image_generation,
+                           unified, seed_tokenizer): their train sections, TRAIN plus their keys
 
 A `Kind` is a named test: INT takes integers only (not 2.5, not "5", not true), FLOAT any number (and
 the strings YAML 1.1 leaves "1e-3" as, turned into floats in place), BOOL true/false only. Sections whose
@@ -33,7 +33,7 @@ from ocellus.data.shapes_phrasing import PHRASINGS
 from ocellus.data.templates import TEMPLATES
 from ocellus.errors import ConfigError
 from ocellus.models.contrastive.moco import MoCoConfig
-from ocellus.models.families.registry import VLM_FAMILIES
+from ocellus.hub.families import VLM_FAMILIES
 from ocellus.train.distill import DistillConfig
 from ocellus.train.dpo import DPOConfig
 from ocellus.train.grpo import GRPOConfig
@@ -195,11 +195,11 @@ METHOD = {
 
 
 def runner_fields(train: dict[str, Kind]) -> dict[str, Kind]:
-    """The top level of a recipe whose runner has a schema of its own (cli.OWN_RUNNERS: image_generation, unified,
+    """The top level of a recipe whose runner has a schema of its own (tasks image_generation, unified,
     seed_tokenizer): its train section typed (`train`: TRAIN plus the runner's keys), model / data / eval left to
     the runner's own checks."""
     return {"task": STR, "name": STR, "seed": INT, "model": MAPPING, "data": MAPPING, "eval": optional(MAPPING),
-            "train": mapping(train)}
+            "train": mapping(train), "_path": STR}
 
 
 def model_fields(task: str, model) -> dict[str, Kind]:

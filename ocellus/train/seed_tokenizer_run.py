@@ -66,9 +66,10 @@ def load_seed_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
 
 def check_seed_recipe(recipe: dict, where: str) -> None:
     """The top level, the required model keys and the phase sections, before anything trains."""
-    if recipe.get("task") != TASK or set(recipe) - TOP_KEYS:
+    unknown = set(recipe) - TOP_KEYS - {"_path"}   # _path: where train/tasks.load_recipe read it
+    if recipe.get("task") != TASK or unknown:
         raise ConfigError(f"{where}: task must be {TASK!r} (got {recipe.get('task')!r}) and the top-level keys "
-                          f"among {sorted(TOP_KEYS)} (unknown: {sorted(set(recipe) - TOP_KEYS)})")
+                          f"among {sorted(TOP_KEYS)} (unknown: {sorted(unknown)})")
     model, train = recipe.get("model") or {}, recipe.get("train") or {}
     needed = ["text_encoder"] + ([] if model.get("codec_from") else ["vit", "qformer", "num_codes", "code_dim"])
     for key in needed:
@@ -79,10 +80,6 @@ def check_seed_recipe(recipe: dict, where: str) -> None:
         raise ConfigError(f"{where}: train has unknown keys {sorted(unknown)}; it holds one section per phase "
                           f"{list(PHASES)} and out_dir")
     schema.check(recipe, where, schema.runner_fields(TRAIN_KEYS))
-
-
-def run_seed_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
-    return run_seed(load_seed_recipe(path, overrides), str(path))
 
 
 # -- the text encoder: one sentence embedding per distinct caption ------------------------------------------

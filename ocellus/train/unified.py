@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ocellus.errors import CheckpointError, ConfigError, InputError
-from ocellus.hub.checkpoint_dir import read_config, read_json_object
-from ocellus.models.unified import PAD, UnifiedVocab, WordVocab
+from ocellus.errors import ConfigError, InputError
+from ocellus.models.unified import PAD
 from ocellus.train import schema
 from ocellus.train.loader import BatchLoader
 from ocellus.train.stages import parts_of
@@ -36,16 +35,12 @@ from ocellus.train.trainer import TrainConfig, Trainer
 from ocellus.data.image import load_image
 from ocellus.data.shapes import COLOURS, Obj, render, Scene, SHAPES
 from ocellus.eval.image_quality import accuracy, judge_fd, train_judge
-from ocellus.models.generative.checkpoint import build, load_generator
-from ocellus.models.text.decoder import DecoderLM
-from ocellus.models.unified.emu3 import decoder_config, Emu3
-from ocellus.models.unified.janus import build_janus
-from ocellus.models.unified.seed_llama import build_seed_llama
-from ocellus.models.unified.showo import build_showo
+from ocellus.models.generative.checkpoint import load_generator
+from ocellus.models.unified.checkpoint import (  # noqa: F401  (load_unified, is_unified_dir: `ocellus chat` opens exports)
+    build_model, is_unified_dir, load_unified, save_unified, text_vocab)
 from ocellus.viz.image_grid import save_grid
 
 TASK = "unified"
-FAMILIES = ("emu3", "janus", "showo", "seed_llama")
 TASKS = ("t2i", "i2t", "interleave")   # interleave: two (caption, image) pairs per row (SEED-LLaMA)
 TOP_KEYS = {"task", "name", "model", "data", "train", "eval", "seed"}
 # train: the Trainer's keys (the defaults of every stage) + stages: [{name, max_steps, parts, ...}] (Janus' three)
@@ -75,10 +70,6 @@ def caption_data(n: int, image_size: int, split: str, colours: list[str], seed: 
     return torch.stack(xs) / 127.5 - 1, caps, torch.tensor(ks), torch.tensor(cs)
 
 
-def text_vocab(colours: list[str]) -> WordVocab:
-    return WordVocab(list(colours) + list(SHAPES))
-
-
 def dominant_colour(images: torch.Tensor, colours: list[str], threshold: float = 0.3) -> torch.Tensor:
     """images [B, 3, S, S] in [-1, 1] -> index into `colours` of the palette colour nearest to the mean of
     the pixels that are not background (farther than `threshold` from white); -1 for a blank image."""
@@ -91,34 +82,7 @@ def dominant_colour(images: torch.Tensor, colours: list[str], threshold: float =
     return torch.tensor(out)
 
 
-# -- model ------------------------------------------------------------------------------------------------
-
-def build_model(spec: dict, tokenizer, text: WordVocab, image_size: int):
-    """spec: {family: emu3|janus|showo|seed_llama, dim, num_layers, num_heads, ...} -> the model around a
-    trained tokenizer (a VQ-VAE; for seed_llama the SEED codec)."""
-    spec = dict(spec)
-    family = spec.pop("family", None)
-    if family == "emu3":
-        grid = image_size // tokenizer.cfg.downsample_factor
-        vocab = UnifiedVocab(len(text), tokenizer.cfg.num_codes, max_grid=max(grid, 1))
-        cfg = decoder_config(vocab.size, 16 + grid * (grid + 1) + 4, int(spec.pop("dim", 128)),
-                             int(spec.pop("num_layers", 4)), int(spec.pop("num_heads", 4)))
-        model = Emu3(DecoderLM(cfg), tokenizer, vocab, text, float(spec.pop("vision_weight", 0.5)), grid)
-    elif family == "janus":
-        model = build_janus(spec, tokenizer, text, image_size)
-        spec = {}
-    elif family == "showo":
-        model = build_showo(spec, tokenizer, text, image_size)
-        spec = {}
-    elif family == "seed_llama":
-        model = build_seed_llama(spec, tokenizer, text)
-        spec = {}
-    else:
-        raise ConfigError(f"model.family must be one of {FAMILIES}, got {family!r}")
-    if spec:
-        raise ConfigError(f"unknown model keys for {family}: {sorted(spec)}")
-    return model
-
+# -- rows ------------------------------------------------------------------------------------------------
 
 def right_pad(rows: list[list[int]], value: int) -> torch.Tensor:
     T = max(len(r) for r in rows)
@@ -154,52 +118,7 @@ def make_collate(x: torch.Tensor):
     return collate
 
 
-# -- checkpoints and chat --------------------------------------------------------------------------------
-
-MODEL_TYPE = "ocellus_unified"
-
-
-def save_unified(model, spec: dict, tokenizer_spec: dict, colours: list[str], image_size: int, out_dir,
-                 generate: dict | None = None) -> Path:
-    """A self-contained directory: config.json (the build spec, the tokenizer's spec, the words) +
-    model.safetensors (tokenizer included). `ocellus chat --model DIR` opens it."""
-    from safetensors.torch import save_file
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors.tmp"))
-    (out / "model.safetensors.tmp").replace(out / "model.safetensors")
-    (out / "config.json").write_text(json.dumps({"model_type": MODEL_TYPE, "model": spec, "tokenizer": tokenizer_spec,
-                                                 "colours": colours, "image_size": image_size,
-                                                 "generate": dict(generate or {})}, indent=1))
-    return out
-
-
-def is_unified_dir(path) -> bool:
-    try:
-        return (read_json_object(Path(path) / "config.json") or {}).get("model_type") == MODEL_TYPE
-    except CheckpointError:
-        return False
-
-
-def load_unified(path):
-    from safetensors.torch import load_file
-    path = Path(path)
-    if not is_unified_dir(path) or not (path / "model.safetensors").exists():
-        raise CheckpointError(f"{path} is not a unified-model checkpoint (config.json with model_type "
-                              f"{MODEL_TYPE!r} + model.safetensors)")
-    cfg = read_config(path)
-    model = build_model(dict(cfg["model"]), build(dict(cfg["tokenizer"])), text_vocab(cfg["colours"]),
-                        cfg["image_size"])
-    state, own = load_file(str(path / "model.safetensors")), model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}/model.safetensors does not match its config: missing {missing[:8]}, "
-                              f"unexpected {unexpected[:8]}")
-    model.load_state_dict(state)
-    model.image_size, model.colours, model.generate_options = cfg["image_size"], cfg["colours"], cfg.get("generate", {})
-    return model.eval()
-
+# -- chat ------------------------------------------------------------------------------------------------
 
 class UnifiedChat:
     """The ChatSession interface of `ocellus chat` (load_image, send, reset) over a unified model: a turn with
@@ -275,6 +194,19 @@ def measure(model, colours: list[str], image_size: int, judge, train_x: torch.Te
 
 # -- the recipe ------------------------------------------------------------------------------------------------
 
+def recipe_colours(data: dict) -> list[str]:
+    return list(data.get("colours") or ["red", "green", "blue", "yellow"])
+
+
+def export(recipe: dict, model, path) -> Path:
+    """The trained model as `ocellus chat --model DIR` opens it: save_unified with the recipe's build spec (what
+    load_unified builds again), its frozen tokenizer's spec, the caption words and the decoding defaults."""
+    data = recipe.get("data") or {}
+    spec = {k: v for k, v in recipe["model"].items() if k not in ("tokenizer_from", "tasks", "p_uncond")}
+    return save_unified(model, spec, model.tokenizer.spec, recipe_colours(data), int(data.get("image_size", 16)),
+                        path, (recipe.get("eval") or {}).get("generate") or {})
+
+
 def load_unified_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     """A unified-model recipe with its overrides applied and its top level checked."""
     recipe = read_recipe(path, overrides)
@@ -285,7 +217,7 @@ def load_unified_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
 def check_unified(recipe: dict, where: str) -> None:
     if recipe.get("task") != TASK:
         raise ConfigError(f"{where}: task must be {TASK!r}")
-    unknown = set(recipe) - TOP_KEYS
+    unknown = set(recipe) - TOP_KEYS - {"_path"}   # _path: where train/tasks.load_recipe read it
     if unknown:
         raise ConfigError(f"{where}: unknown top-level keys {sorted(unknown)}; known {sorted(TOP_KEYS)}")
     schema.check(recipe, where, schema.runner_fields(TRAIN_KEYS))
@@ -295,17 +227,13 @@ def check_unified(recipe: dict, where: str) -> None:
                           f"of recipes/unified/seed_shapes.yaml)")
 
 
-def run_unified_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
-    return run_unified(load_unified_recipe(path, overrides), str(path))
-
-
 def run_unified(recipe: dict, where: str = "recipe") -> dict:
     check_unified(recipe, where)
     data, train, ev = dict(recipe.get("data") or {}), dict(recipe.get("train") or {}), dict(recipe.get("eval") or {})
     spec = dict(recipe.get("model") or {})
     seed = int(recipe.get("seed", 0))
     torch.manual_seed(seed)
-    size, colours = int(data.get("image_size", 16)), list(data.get("colours") or ["red", "green", "blue", "yellow"])
+    size, colours = int(data.get("image_size", 16)), recipe_colours(data)
     tokenizer = load_generator(spec.pop("tokenizer_from"))
     kinds = ("seed",) if spec.get("family") == "seed_llama" else ("vqvae", "vqgan")   # SEED codes or VQ grids
     if getattr(tokenizer, "spec", {}).get("kind") not in kinds:
@@ -355,9 +283,7 @@ def run_unified(recipe: dict, where: str = "recipe") -> dict:
         if images is not None:
             save_grid(images, out / "samples.png", nrow=int(ev.get("n_per_caption", 4)) * 5)
     out.mkdir(parents=True, exist_ok=True)
-    model_spec = {k: v for k, v in recipe["model"].items() if k not in ("tokenizer_from", "tasks", "p_uncond")}
-    results["export"] = str(save_unified(model, model_spec, tokenizer.spec, colours, size, out / "model",
-                                         ev.get("generate") or {}))
+    results["export"] = str(export(recipe, model, out / "model"))
     (out / "quality.json").write_text(json.dumps(results, indent=1))
     print(f"[{name}] {json.dumps(results, indent=1)}")
     results["model"] = model

@@ -45,7 +45,7 @@ MUTATIONS += [
              "        files = [path / f for f in sorted(set(weight_map.values()))]", U),
     Mutation("checkpoints: an unknown model_type is built anyway", "ocellus/hub/families.py",
              "    check_model_type(cfg, where)\n    archs", "    archs", U),
-    Mutation("checkpoints: BLIP-2's processor reads config.json unchecked", "ocellus/models/families/blip2.py",
+    Mutation("checkpoints: BLIP-2's processor reads config.json unchecked", "ocellus/models/families/blip2/processor.py",
              '    cfg = read_json_object(directory / "config.json") or {}',
              '    cfg = __import__("json").loads((directory / "config.json").read_text())', U),
 ]
@@ -54,7 +54,7 @@ MUTATIONS += [
 FSDP = ["tests/distributed/test_fsdp_export.py"]
 MUTATIONS += [
     Mutation("checkpoints: FSDP export saves the sharded model itself", "ocellus/train/run.py",
-             "    path, plain = None, exportable(recipe, model, tok, info)", "    path, plain = None, model", FSDP),
+             "    path, plain = None, exportable(recipe, model, tok, info, task)", "    path, plain = None, model", FSDP),
     Mutation("checkpoints: FSDP export writes the rebuilt model without the trained tensors", "ocellus/train/run.py",
              "    plain.load_state_dict(merged_state_dict(model, state))\n", "", FSDP),
     Mutation("checkpoints: a gathered state's LoRA adapters are dropped, not folded", "ocellus/nn/lora.py",

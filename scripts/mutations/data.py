@@ -282,7 +282,7 @@ MUTATIONS = [
              old="preds += [r[-1] for r in replies]", new="preds += [r[0] for r in replies]", tests=[EVAL_PHRASING]),
 ]
 
-# -- bad samples found before step 1 (ocellus/data/bad_samples.py, data/llava_json.py, train/run.py)
+# -- bad samples found before step 1 (ocellus/data/bad_samples.py, data/llava_json.py, train/tasks/vlm.py)
 BAD = ["tests/unit/test_bad_samples.py"]
 MUTATIONS += [
     Mutation(name="data: a conversation without an assistant turn is kept", file="ocellus/data/llava_json.py",
@@ -294,18 +294,18 @@ MUTATIONS += [
              old="    if not image.resolve().is_relative_to(root.resolve()):", new="    if False:", tests=BAD),
     Mutation(name="data: samples are not made before step 1", file="ocellus/data/bad_samples.py",
              old="            make(i)\n", new="            pass\n", tests=BAD),
-    Mutation(name="data: an over-long sample is not checked", file="ocellus/train/run.py",
+    Mutation(name="data: an over-long sample is not checked", file="ocellus/train/tasks/vlm.py",
              old="        if max_len is not None and len(enc) > max_len:", new="        if False:", tests=BAD),
-    Mutation(name="data: an unreadable image is counted under no reason", file="ocellus/train/run.py",
+    Mutation(name="data: an unreadable image is counted under no reason", file="ocellus/train/tasks/vlm.py",
              old='            raise BadSample("bad_image", str(e)) from e', new="            raise", tests=BAD),
     Mutation(name="data: records skipped while reading are left out of the report", file="ocellus/data/llava_json.py",
              old="            report.add(where, e)\n", new="", tests=BAD),
 ]
 
-# -- data.pack: a batch's samples share rows (ocellus/data/packing.py::pack_batch, train/run.py)
+# -- data.pack: a batch's samples share rows (ocellus/data/packing.py::pack_batch, train/tasks/lm.py, vlm.py)
 PACK = ["tests/unit/test_data_pack.py"]
 MUTATIONS += [
-    Mutation(name="data: data.pack ignored for task lm", file="ocellus/train/run.py",
+    Mutation(name="data: data.pack ignored for task lm", file="ocellus/train/tasks/lm.py",
              old='(lambda rows: pack_batch(rows, pad, max_len)) if data.get("pack") else',
              new='(lambda rows: pack_batch(rows, pad, max_len)) if False else', tests=PACK),
     Mutation(name="data: packed rows ignore data.max_length", file="ocellus/data/packing.py",
@@ -317,12 +317,12 @@ MUTATIONS += [
     Mutation(name="data: packed images kept in batch order, not row order", file="ocellus/data/packing.py",
              old="        order = [i for r in rows for i in r.sources]", new="        order = list(range(len(samples)))",
              tests=PACK),
-    Mutation(name="data: Qwen2-VL packed with 1D positions", file="ocellus/train/run.py",
+    Mutation(name="data: Qwen2-VL packed with 1D positions", file="ocellus/train/tasks/vlm.py",
              old='    if hasattr(family, "collate_packed"):', new="    if False:", tests=PACK),
-    Mutation(name="data: Flamingo packed though its images are cross-attended", file="ocellus/train/run.py",
+    Mutation(name="data: Flamingo packed though its images are cross-attended", file="ocellus/train/tasks/vlm.py",
              old="    if not isinstance(model, VLM):", new="    if False:", tests=PACK),
-    Mutation(name="data: data.pack accepted and ignored for other tasks", file="ocellus/train/run.py",
-             old='    if (recipe.get("data") or {}).get("pack") and recipe["task"] not in PACKED_TASKS:',
+    Mutation(name="data: data.pack accepted and ignored for other tasks", file="ocellus/train/tasks/__init__.py",
+             old='    if (recipe.get("data") or {}).get("pack") and not getattr(module, "PACKS", False):',
              new="    if False:", tests=PACK),
     Mutation(name="shapes: position question answers the other half", file="ocellus/data/shapes.py",
              old='"left" if x1 <= half else "right"))', new='"right" if x1 <= half else "left"))',

@@ -6,7 +6,7 @@ T = "tests/parity/test_hf_vlm_stack.py"
 
 MUTATIONS = [
     Mutation(name="hf stack: llava config without the top-level tie flag (transformers re-initialises lm_head)",
-             file="ocellus/models/families/llava.py",
+             file="ocellus/models/families/llava/checkpoint.py",
              old='out["tie_word_embeddings"] = bool(out["text_config"].get("tie_word_embeddings", False))',
              new='pass',
              tests=[f"{T}::test_recipe_export_runs_in_transformers_as_in_ocellus"]),
@@ -21,7 +21,7 @@ MUTATIONS = [
              new="    if template and False:\n",
              tests=[f"{T}::test_recipe_export_runs_in_transformers_as_in_ocellus"]),
     Mutation(name="hf stack: recipe export drops the processor",
-             file="ocellus/train/run.py",
+             file="ocellus/train/vlm_export.py",
              old="save_model(model, path, tokenizer=tok, processor=training_processor(model, tok, size))",
              new="save_model(model, path, tokenizer=tok)",
              tests=[f"{T}::test_recipe_export_runs_in_transformers_as_in_ocellus"]),

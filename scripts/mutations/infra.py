@@ -139,7 +139,7 @@ MUTATIONS = [
              old="\"pip install 'ocellus[digits]' (or pip install scikit-learn)\"", new="\"pip install scikit-learn\"",
              tests=[FIRST_USE + "::test_digits_without_scikit_learn_names_the_extra"]),
     Mutation(name="infra: the image_generation runner skips the train schema", file="ocellus/train/generative.py",
-             old="    schema.check(recipe, str(path), schema.runner_fields(TRAIN_KEYS))", new="    pass",
+             old="    schema.check(recipe, where, schema.runner_fields(TRAIN_KEYS))", new="    pass",
              tests=[SCHEMA + "::test_runners_with_their_own_schema_type_their_train_section"]),
     Mutation(name="infra: the SEED runner's phases take any train keys", file="ocellus/train/seed_tokenizer_run.py",
              old="**{phase: schema.mapping(PHASE_KEYS) for phase in PHASES}", new="**{phase: schema.MAPPING for phase in PHASES}",

@@ -10,8 +10,8 @@ import torch
 from _launch import launch
 
 import ocellus
-from ocellus.train.recipe import load_recipe
 from ocellus.train.run import build_tokenizer
+from ocellus.train.tasks import load_recipe
 
 SCRIPT = Path(__file__).with_name("cli_train.py")
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "llava_tiny_shapes" / "text_pretrain.yaml"

@@ -10,8 +10,7 @@ import torch
 
 import ocellus
 from ocellus.data.shapes import ShapesConfig, make_scene, render
-from ocellus.train.recipe import load_recipe
-from ocellus.train.run import run_recipe
+from ocellus.train.tasks import load_recipe, run_recipe
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[2]

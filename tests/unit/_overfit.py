@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from PIL import Image, ImageDraw
 
+from ocellus.hub.families import family_module
+
 COLOURS = {"red": (220, 40, 40), "blue": (40, 70, 230), "green": (40, 190, 70), "yellow": (235, 215, 40)}
 QUESTION = "What colour is the shape?"
 
@@ -138,13 +140,13 @@ def _dirs(parts: Path) -> dict:
 
 
 def _image_config(size: int = 48):
-    from ocellus.train.run import image_config
+    from ocellus.train.recipe_data import image_config
     return image_config(size)
 
 
 def llava(parts: Path, tok) -> Composed:
     """recipes/llava_tiny_shapes/align.yaml: ViT frozen, 2-layer GELU MLP on every patch + CLS, decoder frozen."""
-    from ocellus.models.families import llava as fam
+    fam = family_module("llava")
     model = fam.compose({**_dirs(parts), "connector": {"depth": 2}, "feature_layer": -1, "feature_select": "full"}, tok)
     return Composed(model, fam.training_processor(model, tok, _image_config()),
                     dict(STAGE_BRIDGE_LLM))
@@ -153,7 +155,7 @@ def llava(parts: Path, tok) -> Composed:
 def llava_next(parts: Path, tok) -> Composed:
     """recipes/llava_next_tiny_shapes: LLaVA-1.5's parts + AnyRes (a new image_newline); a 48x96 image is a
     global view + 2 tiles, unpadded, newline per row. The same stage as LLaVA's."""
-    from ocellus.models.families import llava_next as fam
+    fam = family_module("llava_next")
     model = fam.compose({**_dirs(parts), "feature_layer": -1, "image_grid_pinpoints": [[48, 96], [96, 48], [96, 96]]},
                         tok)
     return Composed(model, fam.training_processor(model, tok, _image_config()), dict(STAGE_BRIDGE_LLM),
@@ -167,7 +169,7 @@ BLIP2_QFORMER = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads
 def blip2(parts: Path, tok) -> Composed:
     """recipes/blip2_tiny_shapes/stage2.yaml with a new Q-Former (the comparison's, smaller): ViT and
     decoder frozen, Q-Former (queries included) + language_projection train."""
-    from ocellus.models.families import blip2 as fam
+    fam = family_module("blip2")
     model = fam.compose({**_dirs(parts), "qformer": {"num_query_tokens": 8, **BLIP2_QFORMER}}, tok)
     return Composed(model, fam.training_processor(model, tok, _image_config()),
                     dict(STAGE_BRIDGE_LLM))
@@ -181,14 +183,15 @@ def minigpt4(parts: Path, tok) -> Composed:
     two of four answers), then frozen under a fresh language_projection."""
     from torch import nn
 
-    from ocellus.models.families import blip2 as fam
+    from ocellus.models.families.blip2.modeling import VARIANTS, Blip2
+    fam = family_module("blip2")
     teacher = blip2(parts, tok)
     train(teacher, encode(teacher, tok, list(COLOURS)), steps=60, lr=3e-3)
     base = fam.compose({**_dirs(parts), "qformer": {**BLIP2_QFORMER, "num_query_tokens": 8}}, tok)  # fresh decoder
     torch.manual_seed(1)
-    model = fam.Blip2(base.vision_tower, teacher.model.qformer, nn.Linear(64, base.config.hidden_size),
-                      base.language_model, image_token_id=base.image_token_id, qformer_part="vision")
-    model.image_wrap = fam.VARIANTS["minigpt4"]["image_wrap"]
+    model = Blip2(base.vision_tower, teacher.model.qformer, nn.Linear(64, base.config.hidden_size),
+                  base.language_model, image_token_id=base.image_token_id, qformer_part="vision")
+    model.image_wrap = VARIANTS["minigpt4"]["image_wrap"]
     model.family_name = "blip2"
     return Composed(model, fam.training_processor(model, tok, _image_config()), dict(STAGE_BRIDGE_LLM),
                     template="minigpt4")
@@ -197,7 +200,7 @@ def minigpt4(parts: Path, tok) -> Composed:
 def qwen_vl(parts: Path, tok) -> Composed:
     """recipes/qwen_vl_tiny_shapes: ViT frozen; the 1-layer cross-attention resampler (16 queries, 2D
     sin-cos positions) and the decoder train; <img>..</img> around the image tokens."""
-    from ocellus.models.families import qwen_vl as fam
+    fam = family_module("qwen_vl")
     model = fam.compose({**_dirs(parts), "feature_layer": -1, "resampler": {"num_queries": 16, "num_heads": 4}}, tok)
     return Composed(model, fam.training_processor(model, tok, _image_config()),
                     dict(STAGE_BRIDGE_LLM))
@@ -205,7 +208,7 @@ def qwen_vl(parts: Path, tok) -> Composed:
 
 def internvl(parts: Path, tok) -> Composed:
     """recipes/internvl_tiny_shapes: ViT frozen; pixel shuffle 0.5 + MLP and the decoder train; 1 tile."""
-    from ocellus.models.families import internvl as fam
+    fam = family_module("internvl")
     model = fam.compose({**_dirs(parts), "downsample_ratio": 0.5, "feature_layer": -1, "max_tiles": 1}, tok)
     return Composed(model, fam.training_processor(model, tok, _image_config()),
                     dict(STAGE_BRIDGE_LLM))
@@ -243,7 +246,7 @@ def qwen2_5_vl(parts: Path, tok) -> Composed:
 def flamingo(parts: Path, tok) -> Composed:
     """recipes/flamingo_tiny_shapes: ViT and decoder frozen; the Perceiver resampler and a tanh-gated
     cross-attention block before every decoder layer train (gates start at 0)."""
-    from ocellus.models.families import flamingo as fam
+    fam = family_module("flamingo")
     model = fam.compose({**_dirs(parts), "feature_layer": -1, "feature_select": "full",
                          "perceiver": {"depth": 1, "num_latents": 8, "heads": 2, "head_dim": 24},
                          "cross_attn": {"every_n_layers": 1, "heads": 2, "head_dim": 32, "ff_mult": 2}}, tok)

@@ -6,8 +6,7 @@ def train_tiny_vlm_recipe(recipe, parts, out, steps: int = 8, n: int = 64, batch
     """Run a vision-language recipe for a few steps on the `tiny_vlm_parts` parts -> its logged losses."""
     import json
 
-    from ocellus.train.recipe import load_recipe
-    from ocellus.train.run import run_recipe
+    from ocellus.train.tasks import load_recipe, run_recipe
     run_recipe(load_recipe(recipe, [
         "train.progress=false", "train.log_every=2", "train.warmup_steps=2", f"train.out_dir={out}",
         f"train.max_steps={steps}", f"data.n={n}", f"train.batch_size={batch_size}",

@@ -342,8 +342,7 @@ TINY_RECIPE = ["model.vision={image_size: 16, patch_size: 4, hidden_size: 32, in
 def run_tiny_recipe(recipe: str, tmp_path, extra=()):
     import json
     from pathlib import Path
-    from ocellus.train.recipe import load_recipe
-    from ocellus.train.run import run_recipe
+    from ocellus.train.tasks import load_recipe, run_recipe
     out = tmp_path / "run"
     r = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / recipe,
                     [f"train.out_dir={out}", *TINY_RECIPE, *extra])

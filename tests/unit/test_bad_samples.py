@@ -11,8 +11,8 @@ from ocellus.data.bad_samples import BadSampleReport
 from ocellus.data.llava_json import read_llava_json, write_llava_json
 from ocellus.data.shapes import ShapesConfig
 from ocellus.errors import InputError
-from ocellus.train.recipe import load_recipe
-from ocellus.train.run import build_dataset, build_model, build_tokenizer, run_recipe
+from ocellus.train.run import build_tokenizer
+from ocellus.train.tasks import build_dataset, build_model, load_recipe, run_recipe
 
 ALIGN = Path(__file__).resolve().parents[2] / "recipes" / "llava_tiny_shapes" / "align.yaml"
 # reason -> how one good record is turned into a bad one of that kind (root: the data root)

@@ -11,9 +11,9 @@ import torch
 
 import ocellus
 from ocellus.errors import ConfigError
-from ocellus.models.families import blip2
-from ocellus.train.recipe import load_recipe
-from ocellus.train.run import image_config, run_recipe
+from ocellus.models.families.blip2 import modeling as blip2, processor as blip2_processor
+from ocellus.train.recipe_data import image_config
+from ocellus.train.tasks import load_recipe, run_recipe
 
 ROOT = Path(__file__).resolve().parents[2] / "recipes"
 SMALL = ["train.progress=false", "train.log_every=2", "train.warmup_steps=2", "train.batch_size=8", "data.n=96"]
@@ -96,7 +96,7 @@ def test_processor_and_compose_errors(tiny_vlm_parts, stage1):
     model = blip2.compose({**spec, "qformer": {"num_query_tokens": 3, "hidden_size": 32, "num_hidden_layers": 1,
                                                "num_attention_heads": 2, "intermediate_size": 64}}, tok)
     assert set(model.parts()) == {"vision", "connector", "llm"}
-    proc = blip2.training_processor(model, tok, image_config(48))
+    proc = blip2_processor.training_processor(model, tok, image_config(48))
     conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what?"}]}]
     batch = proc(messages=conv, images=[Image.new("RGB", (40, 30), "red")], add_generation_prompt=True)
     assert batch["pixel_values"].shape == (1, 3, 48, 48)
@@ -130,7 +130,7 @@ def test_minigpt4_processor_prompts_as_training_encodes(tiny_vlm_parts):
     from ocellus.data.encode import encode_messages
     from ocellus.data.tokenizer import Tokenizer
     tok = Tokenizer.from_dir(tiny_vlm_parts / "text" / "model")
-    proc = blip2._processor(tok, image_config(48), 3, "vision", ("<Img>", "</Img>"))
+    proc = blip2_processor._processor(tok, image_config(48), 3, "vision", ("<Img>", "</Img>"))
     user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": " Describe this image."}]}
     answer = {"role": "assistant", "content": [{"type": "text", "text": "a red circle"}]}
     prompt = proc(messages=[user], images=[Image.new("RGB", (48, 48), "red")])["input_ids"][0].tolist()

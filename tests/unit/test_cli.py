@@ -44,13 +44,3 @@ def test_generate_reports_typed_errors(tiny, tmp_path, capsys):
     assert "CheckpointError" in capsys.readouterr().err
     assert main(["generate", "--model", str(tiny), "--max-new-tokens", "5000", "hi"]) == 2
     assert "exceeds the model's context" in capsys.readouterr().err
-
-
-def test_train_dispatch_table_names_each_runners_own_task():
-    """`ocellus train` reads a recipe's task once and picks the runner from cli.OWN_RUNNERS: each entry
-    must be the task its module declares, and the runner must exist."""
-    import importlib
-    from ocellus.cli import OWN_RUNNERS
-    for task, (module, runner) in OWN_RUNNERS.items():
-        mod = importlib.import_module(module)
-        assert mod.TASK == task and callable(getattr(mod, runner))

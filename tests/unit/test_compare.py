@@ -5,7 +5,7 @@ import pytest
 
 from ocellus.errors import ConfigError
 from ocellus.eval.compare import main, recipe_for
-from ocellus.train.recipe import validate
+from ocellus.train.tasks import validate
 
 
 def test_every_family_gets_the_same_recipe_but_its_bridge(tmp_path):

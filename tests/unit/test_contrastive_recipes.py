@@ -10,8 +10,7 @@ import torch
 
 import ocellus
 from ocellus.cli import main as cli_main
-from ocellus.train.recipe import load_recipe
-from ocellus.train.run import run_recipe
+from ocellus.train.tasks import load_recipe, run_recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 TINY_VISION = ("model.vision={image_size: 16, patch_size: 4, hidden_size: 32, intermediate_size: 64, "

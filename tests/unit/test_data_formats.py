@@ -17,8 +17,8 @@ from ocellus.data.llava_json import write_llava_json  # noqa: E402
 from ocellus.data.messages import from_llava, to_trl  # noqa: E402
 from ocellus.data.shapes import ShapesConfig  # noqa: E402
 from ocellus.errors import ConfigError, InputError  # noqa: E402
-from ocellus.train.recipe import load_recipe  # noqa: E402
-from ocellus.train.run import build_dataset, build_model, build_tokenizer, run_recipe  # noqa: E402
+from ocellus.train.run import build_tokenizer  # noqa: E402
+from ocellus.train.tasks import build_dataset, build_model, load_recipe, run_recipe  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 ALIGN = RECIPES / "llava_tiny_shapes" / "align.yaml"

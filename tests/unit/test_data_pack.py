@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ocellus.errors import ConfigError
-from ocellus.train.recipe import load_recipe
-from ocellus.train.run import build_dataset, build_model, build_tokenizer, run_recipe
+from ocellus.train.run import build_tokenizer
+from ocellus.train.tasks import build_dataset, build_model, load_recipe, run_recipe
 
 ROOT = Path(__file__).resolve().parents[2] / "recipes"
 TEXT = ROOT / "llava_tiny_shapes" / "text_pretrain.yaml"

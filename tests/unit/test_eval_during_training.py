@@ -50,14 +50,14 @@ def test_vlm_recipe_logs_the_accuracy_ocellus_eval_gives_its_export(tiny_vlm_par
     import ocellus.eval.harness as harness
     import ocellus.train.run as run
     from ocellus.data.tokenizer import Tokenizer
-    from ocellus.train.recipe import load_recipe
+    from ocellus.train.tasks import load_recipe, run_recipe
     parts, out = tiny_vlm_parts, tmp_path / "run"
     recipe = load_recipe(RECIPE, [
         "train.progress=false", "train.log_every=2", "train.warmup_steps=2", f"train.out_dir={out}",
         "train.max_steps=4", "data.n=32", "train.batch_size=8", "train.eval_every=2", "eval={n: 12}",
         f"model.vision_from={parts}/vit/model", f"model.llm_from={parts}/text/model",
         f"tokenizer.from={parts}/text/model"])
-    run.run_recipe(recipe)
+    run_recipe(recipe)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if "eval" in x]
     assert [x["step"] for x in evals] == [2, 4]
@@ -79,8 +79,7 @@ def test_vlm_recipe_logs_the_accuracy_ocellus_eval_gives_its_export(tiny_vlm_par
 
 
 def test_eval_every_is_refused_where_there_is_nothing_to_score(tmp_path):
-    from ocellus.train.recipe import load_recipe
-    from ocellus.train.run import run_recipe
+    from ocellus.train.tasks import load_recipe, run_recipe
     with pytest.raises(ConfigError, match="eval_every"):
         run_recipe(load_recipe("recipes/llava_tiny_shapes/vit_pretrain.yaml", [
             "train.progress=false", f"train.out_dir={tmp_path}", "train.max_steps=2", "train.eval_every=1",

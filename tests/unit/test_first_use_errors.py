@@ -9,11 +9,12 @@ import pytest
 import yaml
 
 import ocellus
-import ocellus.train.run
+import ocellus.train.tasks
 from ocellus.cli import main
 from ocellus.demo import make_tiny_checkpoint
 from ocellus.train import schema
-from ocellus.train.recipe import POSTTRAIN_TASKS, TASKS, load_recipe, made_by, recipe_task
+from ocellus.train.recipe import made_by, recipe_task
+from ocellus.train.tasks import load_recipe, shared_schema, TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,7 +63,7 @@ def _chain(tmp_path) -> Path:
 
 def test_sft_before_align_names_the_recipe_to_run_first(tmp_path, monkeypatch, capsys):
     """Before: "no tokenizer.json in runs/.../align/model: ... convert a sentencepiece checkpoint" (wrong)."""
-    monkeypatch.setattr(ocellus.train.run, "run_recipe", lambda recipe: pytest.fail("reached training"))
+    monkeypatch.setattr(ocellus.train.tasks, "run_recipe", lambda recipe: pytest.fail("reached training"))
     folder = _chain(tmp_path)
     assert main(["train", str(folder / "sft.yaml")]) == 2
     err = _one_line(capsys, "ConfigError")
@@ -79,7 +80,7 @@ def test_every_shipped_chain_input_names_the_recipe_that_writes_it():
     recipe, so a step run too early always says which one to run first."""
     inputs = {}   # (path read, the reading recipe's folder) -> a recipe reading it (made_by looks beside it)
     for path in sorted((ROOT / "recipes").glob("**/*.yaml")):
-        if recipe_task(path) in TASKS + POSTTRAIN_TASKS:
+        if recipe_task(path) in [t for t in TASKS if shared_schema(t)]:
             inputs.update({(value, path.parent): path for _, value in schema.sources(load_recipe(path))
                            if value.startswith("runs/")})
     assert len(inputs) >= 10

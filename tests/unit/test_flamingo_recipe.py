@@ -9,9 +9,9 @@ import torch
 
 import ocellus
 from ocellus.errors import ConfigError
-from ocellus.models.families import flamingo
-from ocellus.train.recipe import load_recipe
-from ocellus.train.run import image_config, run_recipe
+from ocellus.models.families.flamingo import modeling as flamingo, processor as flamingo_processor
+from ocellus.train.recipe_data import image_config
+from ocellus.train.tasks import load_recipe, run_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "flamingo_tiny_shapes" / "train.yaml"
 
@@ -32,7 +32,7 @@ def test_compose_keeps_the_pretrained_parts_and_the_processor_gives_one_token_pe
     assert all(torch.equal(a, b) for a, b in zip(model.language_model.state_dict().values(),
                                                  decoder.state_dict().values()))
     assert sorted(int(k) for k in model.gated_cross_attn) == [1]        # 2 layers, every 2nd: before layer 1
-    proc = flamingo.training_processor(model, tok, image_config(48))
+    proc = flamingo_processor.training_processor(model, tok, image_config(48))
     from PIL import Image
     images = [Image.new("RGB", (40, 30), c) for c in ("red", "blue")]
     conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "one"}]},
@@ -56,7 +56,7 @@ def test_compose_with_a_new_resnet_vision_encoder(tiny_vlm_parts):
     assert isinstance(model.vision_tower, ResNetEncoder) and model.perceiver.config.dim == 32
     report = apply_stage(model, {"vision": "full", "connector": "full", "llm": "frozen"})
     assert report.counts["vision"][0] == report.counts["vision"][1] > 0
-    proc = flamingo.training_processor(model, tok, image_config(48))
+    proc = flamingo_processor.training_processor(model, tok, image_config(48))
     from PIL import Image
     batch = proc(messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
                  images=[Image.new("RGB", (48, 48), "red")])
@@ -77,7 +77,7 @@ def test_compose_errors_name_the_problem(tiny_vlm_parts):
 def test_interleaved_training_sequences_hold_several_images_and_answers(tiny_vlm_parts):
     """data.interleave: k samples as the turns of one conversation, each image one <image> token."""
     from ocellus.data.tokenizer import Tokenizer
-    from ocellus.train.run import build_dataset
+    from ocellus.train.tasks import build_dataset
     tok = Tokenizer.from_dir(tiny_vlm_parts / "text" / "model")
     model = flamingo.compose(_spec(tiny_vlm_parts), tok)
     data = {"source": "shapes", "kind": "qa", "n": 4, "seed": 5, "image_size": 48, "max_length": 256}

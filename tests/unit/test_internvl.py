@@ -13,8 +13,8 @@ from ocellus.data.encode import encode_messages
 from ocellus.data.shapes import ShapesConfig, render, make_scene, sample_at
 from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError, InputError
-from ocellus.models.families import internvl
-from ocellus.train.run import image_config
+from ocellus.models.families.internvl import modeling as internvl, processor as internvl_processor
+from ocellus.train.recipe_data import image_config
 from ocellus.train.stages import parts_of
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "internvl_tiny_shapes" / "train.yaml"
@@ -30,7 +30,7 @@ def test_compose_parts_and_processor_agree_with_training_ids(tiny_vlm_parts):
     model, tok = _compose(tiny_vlm_parts, max_tiles=4)
     assert set(parts_of(model)) == {"vision", "connector", "llm"}
     assert parts_of(model)["connector"] is model.multi_modal_projector
-    proc = internvl.training_processor(model, tok, image_config(96))
+    proc = internvl_processor.training_processor(model, tok, image_config(96))
     sample = sample_at(ShapesConfig(seed=1, image_size=96), 0, "qa")
     images, counts = proc.image_inputs(sample["images"])
     assert images["pixel_values"].shape == (5, 3, 48, 48)      # 96 px square -> 2x2 tiles + thumbnail
@@ -53,7 +53,7 @@ def test_compose_errors_name_the_problem(tiny_vlm_parts):
     with pytest.raises(ConfigError, match="vision_from"):
         internvl.compose({"llm_from": "x"}, None)
     model, tok = _compose(tiny_vlm_parts, max_tiles=4)
-    proc = internvl.training_processor(model, tok, image_config(96))
+    proc = internvl_processor.training_processor(model, tok, image_config(96))
     image = sample_at(ShapesConfig(seed=1, image_size=96), 0, "qa")["images"]
     batch = proc(messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}],
                  images=image)
@@ -74,7 +74,7 @@ def test_ocellus_layout_saves_and_reloads_exactly(tiny_vlm_parts, tmp_path):
     assert again.feature_layer == -2
     sd, sd2 = model.state_dict(), again.state_dict()
     assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
-    internvl.export_processor(again, tok, image_config(96), tmp_path)
+    internvl_processor.export_processor(again, tok, image_config(96), tmp_path)
     proc = ocellus.load_processor(tmp_path)
     assert proc.image_token == "<image>" and proc.image_wrap == ("<img>", "</img>")
     assert proc.image_config.max_patches == 2 and proc.image_config.size_hw == (48, 48)

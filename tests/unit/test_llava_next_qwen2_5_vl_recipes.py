@@ -1,5 +1,5 @@
 """LLaVA-NeXT and Qwen2.5-VL composed from recipes (model.architecture llava_next / qwen2_5_vl): each shipped
-recipe, pointed at the tiny pretrained parts, composes, trains 2 steps through ocellus.train.run and exports;
+recipe, pointed at the tiny pretrained parts, composes, trains 2 steps through ocellus.train.tasks and exports;
 the export reopens (processor from the directory + model) to the processor and the logits of the trained
 model (the recipe's composition + the tensors its training checkpoint saved). Bad model keys are errors."""
 import json
@@ -13,10 +13,12 @@ import torch
 import ocellus
 from ocellus.data.shapes import ShapesConfig, make_scene, render
 from ocellus.errors import ConfigError
-from ocellus.models.families import llava_next, qwen2_vl
-from ocellus.models.families.registry import family_module
-from ocellus.train.recipe import load_recipe
-from ocellus.train.run import _init_from, build_model, build_tokenizer, run_recipe, training_processor
+from ocellus.models.families import qwen2_vl
+from ocellus.models.families.llava_next import modeling as llava_next
+from ocellus.hub.families import family_module
+from ocellus.train.run import _init_from, build_tokenizer
+from ocellus.train.tasks import build_model, load_recipe, run_recipe
+from ocellus.train.vlm_export import training_processor
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = {"llava_next": ROOT / "recipes" / "llava_next_tiny_shapes" / "train.yaml",
@@ -72,7 +74,8 @@ def test_compose_refuses_unknown_keys_and_bad_canvases(tiny_vlm_parts):
     from ocellus.data.tokenizer import Tokenizer
     text = str(tiny_vlm_parts / "text" / "model")
     tok = Tokenizer.from_dir(text)
-    assert family_module("llava_next") is llava_next and family_module("qwen2_5_vl") is qwen2_vl
+    assert family_module("llava_next").compose is llava_next.compose
+    assert family_module("qwen2_5_vl").compose is qwen2_vl.compose
     spec = {"architecture": "llava_next", "vision_from": str(tiny_vlm_parts / "vit" / "model"), "llm_from": text}
     with pytest.raises(ConfigError, match="unknown keys.*'pinpoints'"):
         llava_next.compose({**spec, "pinpoints": [[96, 96]]}, tok)

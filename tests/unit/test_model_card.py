@@ -8,8 +8,7 @@ import pytest
 from ocellus.errors import ConfigError
 from ocellus.eval.harness import evaluate
 from ocellus.hub.model_card import EVAL_BEGIN, EVAL_END, record_eval
-from ocellus.train.recipe import load_recipe
-from ocellus.train.run import run_recipe
+from ocellus.train.tasks import load_recipe, run_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 

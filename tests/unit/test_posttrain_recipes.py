@@ -8,8 +8,7 @@ import pytest
 
 import ocellus
 from ocellus.errors import ConfigError
-from ocellus.train.recipe import load_recipe, validate
-from ocellus.train.run import run_recipe
+from ocellus.train.tasks import load_recipe, run_recipe, validate
 
 ROOT = Path(__file__).resolve().parents[2] / "recipes" / "posttrain"
 RECIPES = sorted(ROOT.glob("*.yaml"))

@@ -175,7 +175,7 @@ def test_a_few_steps_on_shapes_captions_lower_the_sum():
     from ocellus.data.bpe import train_bpe
     from ocellus.data.shapes import ShapesConfig, sample_at
     from ocellus.train.qformer_objectives import caption_dataset
-    from ocellus.train.run import image_config
+    from ocellus.train.recipe_data import image_config
     cfg = ShapesConfig(seed=0, image_size=48, max_objects=2)
     texts = [p["text"] for i in range(200) for m in sample_at(cfg, i, "caption")["messages"] for p in m["content"]
              if p.get("type") == "text"]

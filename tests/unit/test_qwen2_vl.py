@@ -33,7 +33,7 @@ def parts(tiny_vlm_parts):
 
 
 def _icfg(size=64):
-    from ocellus.train.run import image_config
+    from ocellus.train.recipe_data import image_config
     return image_config(size)
 
 
@@ -185,8 +185,7 @@ def test_stage_freezes_by_part(parts):
 
 
 def test_recipe_trains_and_the_loss_falls(tiny_vlm_parts, tmp_path):
-    from ocellus.train.recipe import load_recipe
-    from ocellus.train.run import run_recipe
+    from ocellus.train.tasks import load_recipe, run_recipe
     text = tiny_vlm_parts / "text" / "model"
     recipe = load_recipe(ROOT / "recipes" / "qwen2_vl_tiny_shapes" / "train.yaml", [
         "train.progress=false", "train.log_every=2", "train.warmup_steps=2", "train.max_steps=8",

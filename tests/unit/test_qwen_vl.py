@@ -14,8 +14,8 @@ from ocellus.data.encode import encode_messages
 from ocellus.data.shapes import ShapesConfig, sample_at
 from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError
-from ocellus.models.families import qwen_vl
-from ocellus.train.run import image_config
+from ocellus.models.families.qwen_vl import modeling as qwen_vl, processor as qwen_vl_processor
+from ocellus.train.recipe_data import image_config
 from ocellus.train.stages import parts_of
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "qwen_vl_tiny_shapes" / "train.yaml"
@@ -32,7 +32,7 @@ def test_compose_parts_and_picture_markup(tiny_vlm_parts):
     model, tok = _compose(tiny_vlm_parts)
     parts = parts_of(model)
     assert set(parts) == {"vision", "connector", "llm"} and parts["connector"] is model.multi_modal_projector
-    proc = qwen_vl.training_processor(model, tok, image_config(48))
+    proc = qwen_vl_processor.training_processor(model, tok, image_config(48))
     cfg = ShapesConfig(seed=2, image_size=48)
     a, b = sample_at(cfg, 0, "grounding"), sample_at(cfg, 1, "qa")
     two = [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
@@ -68,7 +68,7 @@ def test_save_load_round_trip_is_exact(tiny_vlm_parts, tmp_path):
     sd, sd2 = model.state_dict(), again.state_dict()
     assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
     proc = ocellus.load_processor(tmp_path)
-    assert proc.image_wrap == qwen_vl.IMAGE_WRAP and proc.image_token_id == again.image_token_id
+    assert proc.image_wrap == qwen_vl_processor.IMAGE_WRAP and proc.image_token_id == again.image_token_id
     batch = proc(messages=sample_at(ShapesConfig(seed=2, image_size=48), 0, "grounding")["messages"][:1],
                  images=sample_at(ShapesConfig(seed=2, image_size=48), 0, "grounding")["images"])
     with torch.no_grad():

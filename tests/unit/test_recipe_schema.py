@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import ocellus.train.run
+import ocellus.train.tasks
 from ocellus.cli import main
 from ocellus.errors import ConfigError
 from ocellus.train import generative, schema, seed_tokenizer_run, unified
-from ocellus.train.recipe import POSTTRAIN_TASKS, TASKS, load_recipe
+from ocellus.train.tasks import load_recipe, shared_schema, TASKS
 
 
 class ReachedTraining(Exception):
@@ -23,7 +23,7 @@ class ReachedTraining(Exception):
 def no_training(monkeypatch):
     def refuse(recipe):
         raise ReachedTraining(recipe["task"])
-    monkeypatch.setattr(ocellus.train.run, "run_recipe", refuse)
+    monkeypatch.setattr(ocellus.train.tasks, "run_recipe", refuse)
 
 
 def base_recipe(task: str, architecture: str | None, out_dir) -> dict:
@@ -54,7 +54,7 @@ def fields(kinds: dict, prefix: str = ""):
 def every_key():
     """Each dotted key of the schema once, with a task (and vlm architecture) whose recipes have it."""
     seen = {}
-    for task in TASKS + POSTTRAIN_TASKS:
+    for task in [t for t in TASKS if shared_schema(t)]:
         for arch in (schema.ARCHITECTURES if task == "vlm" else [None]):
             model = {"architecture": arch} if arch else {}
             for dotted, kind in fields(schema.top_fields(task, model)):

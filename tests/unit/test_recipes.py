@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ocellus.errors import ConfigError
-from ocellus.train.recipe import POSTTRAIN_TASKS, TASKS, apply_overrides, load_recipe, recipe_task, validate
-from ocellus.train.run import run_recipe
+from ocellus.train.recipe import apply_overrides, recipe_task
+from ocellus.train.tasks import load_recipe, run_recipe, shared_schema, TASKS, validate
 
 RECIPES = sorted(Path(__file__).resolve().parents[2].glob("recipes/**/*.yaml"))
 
@@ -30,7 +30,7 @@ def test_shipped_recipe_validates(path):
         from ocellus.train import seed_tokenizer_run
         assert seed_tokenizer_run.load_seed_recipe(path)["task"] == seed_tokenizer_run.TASK
     else:
-        assert load_recipe(path)["task"] in TASKS + POSTTRAIN_TASKS
+        assert load_recipe(path)["task"] in [t for t in TASKS if shared_schema(t)]
 
 
 def test_overrides_and_errors(tmp_path):
@@ -88,7 +88,8 @@ def test_text_pretraining_data_stands_scene_text_in_for_the_image():
     import ocellus
     from ocellus.data.shapes import sample_at
     from ocellus.demo import make_tiny_checkpoint
-    from ocellus.train.run import _shapes_config, build_dataset
+    from ocellus.train.recipe_data import shapes_config as _shapes_config
+    from ocellus.train.tasks import build_dataset
     with tempfile.TemporaryDirectory() as d:
         tok = ocellus.load_processor(make_tiny_checkpoint(d))
     base = {"task": "lm", "data": {"source": "shapes_text", "kind": "qa", "n": 4, "seed": 3, "image_size": 48}}

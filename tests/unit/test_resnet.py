@@ -45,7 +45,7 @@ def test_it_learns_digits_in_a_few_steps():
     AdamW on 512 images take the loss from chance (ln 10 = 2.3) to about 1."""
     from ocellus.data.digits import digits_samples
     from ocellus.data.image import preprocess
-    from ocellus.train.run import image_config
+    from ocellus.train.recipe_data import image_config
     rows = digits_samples("train", seed=0, image_size=16)[:512]
     x = preprocess([r["images"][0] for r in rows], image_config(16))                   # [512, 3, 16, 16]
     y = torch.tensor([r["label"] for r in rows])

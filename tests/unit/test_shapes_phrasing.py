@@ -11,8 +11,8 @@ from ocellus.data.encode import encode_messages
 from ocellus.data.shapes import ShapesConfig, sample_at, samples
 from ocellus.data.shapes_phrasing import FORMS, form_of, word_question
 from ocellus.errors import ConfigError
-from ocellus.train.recipe import load_recipe
-from ocellus.train.run import _shapes_config
+from ocellus.train.recipe_data import shapes_config as _shapes_config
+from ocellus.train.tasks import load_recipe
 from test_shapes import expected_answer
 
 SUFFIX = ShapesConfig().answer_prompt

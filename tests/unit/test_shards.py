@@ -158,7 +158,7 @@ def test_bad_samples_are_named_or_skipped_and_counted(tmp_path):
         _member(tar, "broken.txt", b"a red circle")
         _member(tar, "nocap.png", b"\x89PNG")                    # no .txt / .json
     from ocellus.data.shards import ImageText
-    from ocellus.train.run import image_config
+    from ocellus.train.recipe_data import image_config
     shards = shard_paths(str(tmp_path))
     loader = ShardLoader(shards, 6, ImageText(image_config(16)), list)
     with pytest.raises(InputError, match=r"shard-000.tar, sample 'broken': .*not an image"):

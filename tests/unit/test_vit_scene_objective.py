@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ocellus.data.shapes import Obj, Scene, render
 from ocellus.errors import ConfigError
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
-from ocellus.train.run import build_dataset, build_model
+from ocellus.train.tasks import build_dataset, build_model
 from ocellus.train.vit_scene import SceneViTClassifier, patch_boxes, patch_classes
 
 SCENE = Scene(48, "white", (Obj("square", "red", (6, 0, 18, 12)), Obj("circle", "blue", (30, 30, 47, 47))))

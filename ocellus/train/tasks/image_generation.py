@@ -1,0 +1,25 @@
+"""task image_generation: VQ-VAE, VQGAN, DDPM, latent diffusion, MaskGIT and autoregressive image generators
+on digits or single shapes (train/generative.py: data, training, the measured quality.json). Its recipe has a
+schema of its own (schema.runner_fields: the train section typed, model / data / eval checked by the runner).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ocellus.models.generative.checkpoint import save_generator
+from ocellus.train import generative
+
+OWN_SCHEMA = True   # no shared model / data schema: train/tasks.check_sources leaves its inputs to the runner
+
+
+def validate(recipe: dict, where: str = "recipe") -> None:
+    generative.check_generative_recipe(recipe, where)
+
+
+def export(recipe: dict, model, tok, path: Path) -> Path:
+    """A self-contained directory `ocellus generate-image` reads (config.json spec + model.safetensors)."""
+    return save_generator(model, path)
+
+
+def run(recipe: dict) -> Path:
+    return generative.run_generative(recipe)

@@ -1,0 +1,102 @@
+"""task vit_classify: a ViT + linear head trained with cross-entropy on image labels (the original ViT
+recipe); data.labels objects: the scene objective of train/vit_scene.py (classes present, each patch's class,
+optionally its object's box). The encoder is exported as a CLIPVisionModel checkpoint (+ classifier_head.json).
+
+model: {config: {...a vision config}, num_classes, box_loss} | {from: DIR}
+data: {source: shapes | digits, n, seed, image_size, labels: single | objects, min_objects, max_objects}
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ocellus.data.digits import digits_samples
+from ocellus.data.image import preprocess
+from ocellus.data.shapes import make_scene, render
+from ocellus.errors import ConfigError
+from ocellus.hub.vision_families import save_vision
+from ocellus.models.vision.vit import VisionTransformer, ViTClassifier, ViTConfig
+from ocellus.train.recipe import check_recipe
+from ocellus.train.recipe_data import EncodedDataset, image_config, shapes_config
+from ocellus.train.run import run_trainer
+from ocellus.train.vit_scene import patch_boxes, patch_classes, SceneViTClassifier, stack_labels
+
+
+def validate(recipe: dict, where: str = "recipe") -> None:
+    check_recipe(recipe, where, data="image", parts=("llm", "vision"))
+
+
+def build_tokenizer(recipe: dict, out: Path):
+    return None   # a ViT reads pixels only
+
+
+def build_model(recipe: dict, tok):
+    spec = recipe.get("model") or {}
+    encoder = VisionTransformer(ViTConfig.from_hf(spec.get("config") or {}))
+    num_classes = int(spec.get("num_classes", 0) or 0) or _num_classes(recipe)
+    if (recipe.get("data") or {}).get("labels") == "objects":
+        return SceneViTClassifier(encoder, num_classes, box_loss=float(spec.get("box_loss", 0.0)))
+    if spec.get("box_loss"):
+        raise ConfigError("model.box_loss needs data.labels: objects (boxes are per patch of a scene)")
+    return ViTClassifier(encoder, num_classes)
+
+
+def _num_classes(recipe: dict) -> int:
+    data = recipe["data"]
+    if data["source"] == "digits":
+        return 10
+    cfg = shapes_config(data)
+    return len(cfg.shapes) * len(cfg.colours)
+
+
+def build_dataset(recipe: dict, tok, model):
+    data = recipe["data"]
+    n = int(data.get("n", 1000))
+    size = int(data.get("image_size", 32))
+    icfg = image_config(size)
+    if data["source"] == "digits":
+        rows = digits_samples("train", seed=int(data.get("seed", 0)), image_size=size)
+        return EncodedDataset(len(rows), lambda i: (preprocess([rows[i]["images"][0]], icfg)[0], rows[i]["label"])), \
+            stack_labels
+    labels = data.get("labels", "single")
+    if labels not in ("single", "objects"):
+        raise ConfigError(f"data.labels must be 'single' (one object per image, its (shape, colour) class) or "
+                          f"'objects' (min..max_objects objects: the classes present + each patch's class), "
+                          f"got {labels!r}")
+    cfg = shapes_config(data)
+    if labels == "single":
+        cfg = dataclasses.replace(cfg, min_objects=1, max_objects=1)
+    classes = [(s, c) for s in cfg.shapes for c in cfg.colours]
+    patch = model.encoder.config.patch_size
+
+    def make(i):
+        scene = make_scene(np.random.default_rng([cfg.seed, i]), cfg)
+        image = render(scene)
+        pixels = preprocess([image], icfg)[0]
+        if labels == "single":  # the class of the one object
+            obj = scene.objects[0]
+            return pixels, classes.index((obj.shape, obj.colour))
+        present = torch.zeros(len(classes))
+        for obj in scene.objects:
+            present[classes.index((obj.shape, obj.colour))] = 1.0
+        row = (pixels, present, patch_classes(scene, image, classes, patch, size))
+        return row + (patch_boxes(scene, image, patch, size),) if getattr(model, "patch_box", None) else row
+    return EncodedDataset(n, make), stack_labels
+
+
+def export(recipe: dict, model, tok, path: Path) -> Path:
+    save_vision(model.encoder, path)
+    (path / "classifier_head.json").write_text(json.dumps({"num_classes": model.classifier.out_features}))
+    return path
+
+
+def run(recipe: dict) -> Path:
+    return run_trainer(recipe, sys.modules[__name__])
+
+
+__all__ = ["validate", "build_tokenizer", "build_model", "build_dataset", "export", "run"]

@@ -1,0 +1,148 @@
+"""task vlm: a vision-language model trained on conversations, loss on assistant tokens only; stage 1 trains
+the connector, stage 2 connector + decoder (train.stage).
+
+model (recipe section):
+  from: DIR                     load a whole VLM checkpoint (e.g. stage 1's export)
+  vision_from / llm_from: DIR   compose a model from a ViT and a decoder checkpoint with a new bridge, by the
+  architecture: llava ...       family's `compose` (llava (default), llava_next, blip2, flamingo, qwen_vl,
+  connector: {depth: 2}         qwen2_vl, qwen2_5_vl, internvl: hub/families.VLM_FAMILIES)
+data: {source: shapes | digits | llava_json | hf, n, kind, template, train_on, max_length, pack, interleave,
+       image_size, skip_bad_samples, ...}   each sample through the family's training processor
+Exported as an HF-format VLM with its processor files (train/vlm_export.py) and model card.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from ocellus.data.bad_samples import BadSample, BadSampleReport, screen
+from ocellus.data.digits import digits_samples
+from ocellus.data.encode import collate, encode_messages
+from ocellus.data.hf_dataset import read_conversations, source_name
+from ocellus.data.image import load_image
+from ocellus.data.llava_json import read_llava_json
+from ocellus.data.packing import pack_batch
+from ocellus.data.shapes import sample_at
+from ocellus.errors import ConfigError, InputError
+from ocellus.hub.families import family_module
+from ocellus.models.vlm import VLM
+from ocellus.train.recipe import check_recipe
+from ocellus.train.recipe_data import EncodedDataset, shapes_config
+from ocellus.train.run import build_tokenizer, run_trainer   # build_tokenizer: a hook run_trainer calls
+from ocellus.train.vlm_export import export_vlm, family_of, model_image_size, training_processor
+
+PACKS = True   # data.pack: LLaVA-style families pack a batch's samples into shared rows (_packed_collate)
+
+
+def validate(recipe: dict, where: str = "recipe") -> None:
+    def bad(msg):
+        raise ConfigError(f"{where}: {msg}")
+
+    stage = check_recipe(recipe, where, data="image")
+    if stage is not None and all(p.mode == "frozen" for p in stage.parts.values()) and len(stage.parts) == 3:
+        bad("train.stage freezes every part: nothing would train")
+    if not ({"from", "vision_from", "config"} & set(recipe.get("model") or {})):
+        bad("model needs `from` (a VLM checkpoint), or `vision_from` + `llm_from` (+ connector), or `config`")
+
+
+def build_model(recipe: dict, tok):
+    """A vision-language model from pretrained parts + a new connector, by its family's `compose`."""
+    spec = dict(recipe.get("model") or {})
+    return family_module(spec.get("architecture", "llava")).compose(spec, tok)
+
+
+def build_dataset(recipe: dict, tok, model):
+    data = recipe["data"]
+    n = int(data.get("n", 1000))
+    size = int(data.get("image_size") or model_image_size(model))
+    proc = training_processor(model, tok, size)
+    template, train_on = data.get("template", "chatml"), data.get("train_on", "assistant")
+    report, skip, max_len = None, bool(data.get("skip_bad_samples", False)), data.get("max_length")
+    if data["source"] == "shapes":
+        cfg = shapes_config(data)
+        get = lambda i: sample_at(cfg, i, data.get("kind", "mixed"))   # noqa: E731
+    elif data["source"] == "digits":
+        rows = digits_samples("train", seed=int(data.get("seed", 0)), image_size=size)
+        n = min(n, len(rows))
+        get = rows.__getitem__
+    elif data["source"] == "hf":   # a Hugging Face dataset (data/hf_dataset.py): rows checked as a file's records
+        report = BadSampleReport(source_name(data))
+        rows = read_conversations(data, skip_bad_samples=skip, report=report)
+        n = len(rows)   # every row (data.n, when given, was applied by the reader)
+        get = rows.__getitem__
+    else:   # a LLaVA-JSON / TRL file: every record checked here, every sample made once before step 1
+        report = BadSampleReport(str(data["path"]))
+        rows = read_llava_json(data["path"], skip_bad_samples=skip, report=report).samples
+        n = min(n, len(rows))
+        get = rows.__getitem__
+    k = data.get("interleave", 1)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ConfigError(f"data.interleave must be a positive int (samples per training sequence), got {k!r}")
+    if k > 1:  # k samples as the turns of one conversation: interleaved images and text (Flamingo)
+        one, n = get, n if data["source"] == "shapes" else min(n, len(rows) // k)
+        get = lambda i: _interleave([one(i * k + j) for j in range(k)])   # noqa: E731
+
+    def make(i):
+        s = get(i)
+        try:
+            pil = [load_image(im, name=f"sample {s.get('id', i)}, image {j}") for j, im in enumerate(s["images"])]
+        except InputError as e:
+            raise BadSample("bad_image", str(e)) from e
+        images, counts = proc.image_inputs(pil)
+        enc = encode_messages(s["messages"], tok, template, images_tokens=counts, image_token=proc.image_token,
+                              image_wrap=proc.image_wrap, train_on=train_on, row=s.get("id", i))
+        if max_len is not None and len(enc) > max_len:
+            raise BadSample("too_long", f"sample {s.get('id', i)!r} is {len(enc)} tokens long after encoding, "
+                                        f"over data.max_length={max_len}")
+        return {"enc": enc, "images": images}
+
+    def collate_vlm(rows):
+        batch = collate([r["enc"] for r in rows], tok.pad_token_id or 0)
+        for key in rows[0]["images"]:  # every image tensor concatenates along dim 0 (Processor.image_inputs)
+            batch[key] = torch.cat([r["images"][key] for r in rows])
+        return batch
+    if data.get("pack"):
+        collate_vlm = _packed_collate(model, tok.pad_token_id or 0, max_len)
+    if report is None:
+        return EncodedDataset(n, make), collate_vlm
+    kept = screen(n, make, lambda i: f"{get(i).get('where')} (id {get(i).get('id')!r})", report, skip)
+    return EncodedDataset(len(kept), lambda i: make(kept[i]), report), collate_vlm
+
+
+def _packed_collate(model, pad: int, width: int | None):
+    """data.pack for task vlm: a model whose images become tokens of their own sample (VLM: LLaVA, LLaVA-NeXT,
+    InternVL, Qwen-VL) packs with data/packing.pack_batch, Qwen2-VL with its own M-RoPE ids per document;
+    BLIP-2's query slots and Flamingo's cross-attention to the latest image are not packed."""
+    name = family_of(model)
+    family = family_module(name)
+    if hasattr(family, "collate_packed"):
+        own = lambda rows, samples, width: family.collate_packed(rows, samples, width, model, pad)  # noqa: E731
+        return lambda rows: pack_batch([{"input_ids": r["enc"].input_ids, "labels": r["enc"].labels, **r["images"]}
+                                        for r in rows], pad, width, family_collate=own)
+    if not isinstance(model, VLM):
+        raise ConfigError(f"data.pack: packing is not supported for task vlm with the {name} family (its images "
+                          f"do not reach the decoder as tokens of their own sample); leave data.pack unset")
+    return lambda rows: pack_batch([r["enc"] for r in rows], pad, width, images=[r["images"] for r in rows])
+
+
+def _interleave(samples: list[dict]) -> dict:
+    """Samples joined as the turns of one conversation, images in order: the interleaved image-text
+    sequences Flamingo trains on, in the form few-shot prompts take (eval/harness.py `_conversation`)."""
+    return {"id": samples[0].get("id"), "where": samples[0].get("where"),
+            "messages": [m for s in samples for m in s["messages"]],
+            "images": [im for s in samples for im in s["images"]]}
+
+
+def export(recipe: dict, model, tok, path: Path) -> Path:
+    """With the processor's chat template (+ processor_config.json for LLaVA): transformers prompts it too."""
+    size = int((recipe.get("data") or {}).get("image_size") or model_image_size(model))
+    return export_vlm(model, tok, size, path)
+
+
+def run(recipe: dict) -> Path:
+    return run_trainer(recipe, sys.modules[__name__])
+
+
+__all__ = ["validate", "build_tokenizer", "build_model", "build_dataset", "export", "run"]
