@@ -5,6 +5,7 @@
         print(delta, end="", flush=True)
     for delta in session.send("And what colour is it?"):   # the first image and answer are still in context
         ...
+    session.send("Which way does the circle move?", videos=["clip.gif"])   # a video model (Qwen2-VL)
     session.reset()
 
 Each turn re-renders the whole conversation with the checkpoint's chat template and runs one
@@ -16,7 +17,9 @@ consistent with what the template renders, at the cost of re-reading the history
 context length), so a bad image or a conversation that fills the context raises a typed error at once
 and leaves the history untouched; the turn joins the history only once its reply is complete. A reply
 gets at most max_new_tokens, and never more than the context leaves after the conversation so far.
-Text-only checkpoints (whose `load_processor` is a Tokenizer) work too, without images.
+Text-only checkpoints (whose `load_processor` is a Tokenizer) work too, without images. Videos (an animated
+GIF / APNG / WebP, a directory of frames, or a list of frames: data/video_file.load_video) go to checkpoints
+whose processor has a video placeholder (Qwen2-VL); each is decoded and checked once, when it is sent.
 """
 from __future__ import annotations
 
@@ -24,16 +27,18 @@ from typing import Iterator
 
 from ocellus.data.image import DEFAULT_MAX_PIXELS, load_image
 from ocellus.data.processor import Processor, ProcessorOutput
+from ocellus.data.video_file import load_video
 from ocellus.errors import ConfigError, InputError
 
 
 class ChatSession:
     """model: from `ocellus.load`; processor: from `ocellus.load_processor` (Processor or Tokenizer).
     system: an optional system message kept across resets. generation: GenerationConfig fields
-    (max_new_tokens, temperature, top_p, seed, ...) used for every reply."""
+    (max_new_tokens, temperature, top_p, seed, ...) used for every reply. max_pixels: per image and per video
+    frame; max_video_frames: the most frames one video may have."""
 
     def __init__(self, model, processor, *, system: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 **generation):
+                 max_video_frames: int | None = 256, **generation):
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer if isinstance(processor, Processor) else processor
@@ -42,6 +47,7 @@ class ChatSession:
                               "(chat_template.jinja / tokenizer_config.json)")
         self.system = system
         self.max_pixels = max_pixels
+        self.max_video_frames = max_video_frames
         self.generation = {"max_new_tokens": 256, **generation}
         self.reset()
 
@@ -49,12 +55,17 @@ class ChatSession:
     def supports_images(self) -> bool:
         return isinstance(self.processor, Processor)
 
+    @property
+    def supports_videos(self) -> bool:
+        return self.supports_images and self.processor.video_token is not None
+
     def reset(self) -> None:
         """Forget the conversation (the system message stays)."""
         self.messages: list[dict] = []
         if self.system:
             self.messages.append({"role": "system", "content": [{"type": "text", "text": self.system}]})
         self.images: list = []  # every image of the history, in the order of its parts
+        self.videos: list = []  # every video of the history (decoded), likewise
 
     def load_image(self, src, name: str | None = None):
         """Open and check one image now (InputError naming it when unreadable, truncated or too big)."""
@@ -63,38 +74,51 @@ class ChatSession:
                               "processor_config.json): it is text-only")
         return load_image(src, name=name, max_pixels=self.max_pixels)
 
-    def send(self, text: str, images=()) -> Iterator[str]:
-        """Add a user turn (its images first, then the text) and return an iterator over the reply's
-        text deltas. Errors about the input are raised here, before any token is generated."""
+    def load_video(self, src, name: str | None = None):
+        """Decode and check one video now (InputError naming it when unreadable or over a limit)."""
+        if not self.supports_videos:
+            raise ConfigError("this checkpoint takes no videos: its processor has no video placeholder token "
+                              "(video_token_id); video models such as Qwen2-VL do")
+        return load_video(src, name=name or f"video {src}", max_frames=self.max_video_frames,
+                          max_frame_pixels=self.max_pixels)
+
+    def send(self, text: str, images=(), videos=()) -> Iterator[str]:
+        """Add a user turn (its images first, then its videos, then the text) and return an iterator over the
+        reply's text deltas. Errors about the input are raised here, before any token is generated."""
         if not isinstance(text, str):
             raise InputError(f"the message must be a string, got {type(text).__name__}")
         loaded = [self.load_image(src, name=f"image {k}") for k, src in enumerate(images)]
-        if not text.strip() and not loaded:
+        clips = [self.load_video(src, name=f"video {k}") for k, src in enumerate(videos)]
+        if not text.strip() and not loaded and not clips:
             raise InputError("empty message")
-        content = [{"type": "image"} for _ in loaded] + ([{"type": "text", "text": text}] if text else [])
+        content = ([{"type": "image"} for _ in loaded] + [{"type": "video"} for _ in clips]
+                   + ([{"type": "text", "text": text}] if text else []))
         user = {"role": "user", "content": content}
-        batch = self._encode(self.messages + [user], self.images + loaded)
+        batch = self._encode(self.messages + [user], self.images + loaded, self.videos + clips)
         length, room = batch["input_ids"].shape[1], self.model.max_context - batch["input_ids"].shape[1]
         if room < 1:
             raise InputError(f"the conversation is {length} tokens, which fills the model's context of "
                              f"{self.model.max_context} tokens: /reset the history or send a shorter message")
-        return self._reply(user, loaded, batch, min(self.generation["max_new_tokens"], room))
+        return self._reply(user, loaded, clips, batch, min(self.generation["max_new_tokens"], room))
 
-    def _encode(self, messages, images) -> dict:
+    def _encode(self, messages, images, videos=()) -> dict:
         import torch
 
         if self.supports_images:
-            batch = self.processor(messages=messages, images=images, add_generation_prompt=True)
+            batch = self.processor(messages=messages, images=images, videos=list(videos) or None,
+                                   add_generation_prompt=True)
         else:  # text-only: string content, the template's own BOS (no post-processor BOS on top, as transformers)
             plain = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"])} for m in messages]
             ids = self.tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=True)
             batch = ProcessorOutput(input_ids=torch.tensor([ids]))
         return batch.to(next(self.model.parameters()).device)
 
-    def _reply(self, user: dict, loaded: list, batch: dict, max_new_tokens: int) -> Iterator[str]:
+    def _reply(self, user: dict, loaded: list, clips: list, batch: dict, max_new_tokens: int) -> Iterator[str]:
         # lazy: a command imports only the code it runs (ocellus --help stays fast)
         from ocellus.infer.generate import stream
-        extra = {k: batch[k] for k in ("pixel_values", "image_sizes") if k in batch}  # image inputs, at prefill
+        # every processor output but the ids is a prefill input: pixel_values (+ image_sizes, image_grid_thw),
+        # pixel_values_videos, video_grid_thw, ...
+        extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
         pieces = []
         for delta in stream(self.model, self.tokenizer, batch["input_ids"], batch.get("attention_mask"),
                             **extra, **{**self.generation, "max_new_tokens": max_new_tokens}):
@@ -107,3 +131,4 @@ class ChatSession:
         if reply:
             self.messages += [user, {"role": "assistant", "content": [{"type": "text", "text": reply}]}]
             self.images += loaded
+            self.videos += clips

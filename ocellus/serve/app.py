@@ -3,7 +3,8 @@
     ocellus serve --model DIR --port 8000          # then: OpenAI(base_url="http://127.0.0.1:8000/v1")
 
 Routes
-  POST /v1/chat/completions   chat with text and images; JSON or server-sent events (stream=true)
+  POST /v1/chat/completions   chat with text, images and videos (video_url parts, vLLM's form); JSON or
+                              server-sent events (stream=true)
   GET  /v1/models[/{id}]      the one model this process serves
   POST /v1/ocellus/explain    {image, question}: the answer + an attention heat map (viz/attention_map.py)
   GET  /health                liveness and engine counters (no key needed, for load balancers)
@@ -44,12 +45,12 @@ from ocellus.hub.checkpoint import load_model
 from ocellus.hub.resolve import default_model_dir
 from ocellus.infer.batching import BatchEngine, Delta, Failure, Finish, QueueFull
 from ocellus.infer.batching import Request as EngineRequest
-from ocellus.models.families.registry import load_processor
+from ocellus.data.processor import load_processor
 from ocellus.serve import openai_schema as oa
 from ocellus.serve.guards import BrowserGuard, IdleTimeoutH11, page_csp
 from ocellus.serve.json_body import read_json
 from ocellus.serve.limits import ServeLimits
-from ocellus.serve.media import fetch_image, fetch_images
+from ocellus.serve.media import fetch_image, fetch_images, fetch_videos
 from ocellus.viz.attention_map import answer_attention, overlay
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -66,7 +67,7 @@ class ServeState:
             raise ConfigError("serving chat needs a chat template, and this checkpoint has none "
                               "(chat_template.jinja / tokenizer_config.json)")
         self.engine = BatchEngine(model, self.tokenizer, slots=limits.slots, max_len=limits.max_context,
-                                  max_queue=limits.max_queue)
+                                  max_queue=limits.max_queue, prefill_chunk=limits.prefill_chunk)
         self.created = int(time.time())
         self.preprocessing = asyncio.Semaphore(limits.preprocess_concurrency)  # decode + tokenize, bounded
         self.max_prompt_bytes = limits.prompt_bytes_per_token * self.engine.max_len
@@ -107,15 +108,21 @@ async def _watch_disconnect(request: Request, on_gone) -> None:
 
 
 def _inputs(state: ServeState, chat: oa.ChatRequest):
-    """Worker thread: fetch + decode the images, render the template, tokenize. -> (input_ids, prefill)."""
+    """Worker thread: fetch + decode the images and videos, render the template, tokenize. -> (input_ids, prefill)."""
+    if chat.videos and not (isinstance(state.processor, Processor) and state.processor.video_token):
+        raise oa.bad(f"{chat.videos[0].where}: the model `{state.model_id}` does not accept videos (it has no video "
+                     f"placeholder token; video models such as Qwen2-VL do)", code="videos_not_supported")
     images = fetch_images([(p.url, p.where) for p in chat.images], state.limits)
     if images and not isinstance(state.processor, Processor):
         raise oa.bad(f"{chat.images[0].where}: the model `{state.model_id}` is text-only and does not accept "
                      f"images", code="images_not_supported")
-    messages = [{"role": m["role"], "content": [{"type": "image"} if isinstance(p, oa.ImagePart) else p
+    videos = fetch_videos([(p.url, p.where) for p in chat.videos], state.limits)
+    kinds = {oa.ImagePart: "image", oa.VideoPart: "video"}
+    messages = [{"role": m["role"], "content": [{"type": kinds[type(p)]} if type(p) in kinds else p
                                                 for p in m["content"]]} for m in chat.messages]
     if isinstance(state.processor, Processor):
-        batch = state.processor(messages=messages, images=images or None, add_generation_prompt=True)
+        batch = state.processor(messages=messages, images=images or None, videos=videos or None,
+                                add_generation_prompt=True)
         return batch["input_ids"], {k: v for k, v in batch.items() if k not in PREFILL_SKIP}
     import torch
     plain = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"])} for m in messages]

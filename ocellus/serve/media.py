@@ -13,6 +13,11 @@ Anything else is refused. Every refusal is an InputError naming the image ("mess
 and the rule. `fetch_images` reads every image's header (Image.open is lazy) before it decodes any:
 one image over `max_image_pixels`, or images adding up to more than `max_request_pixels`, are refused
 before a pixel is decoded; decoding goes through `data/image.load_image`.
+
+`video_url.url` follows the same URL and file rules (data URLs of the animated types Pillow decodes:
+image/gif, image/png (APNG), image/webp). `fetch_videos` refuses an encoded video over `max_video_bytes`,
+then decodes it through `data/video_file.load_video` under the frame and pixel limits, which name the
+server's flags (--max-video-frames, --max-video-pixels, --max-image-pixels per frame).
 """
 from __future__ import annotations
 
@@ -29,10 +34,15 @@ from urllib.parse import unquote, urlsplit
 from PIL import Image
 
 from ocellus.data.image import load_image
+from ocellus.data.video import Video
+from ocellus.data.video_file import load_video
 from ocellus.errors import InputError
 from ocellus.serve.limits import ServeLimits
 
 DATA_URL_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif")
+VIDEO_DATA_URL_TYPES = ("image/gif", "image/png", "image/apng", "image/webp")   # animated; no FFmpeg here
+VIDEO_LIMIT_FLAGS = {"max_frames": "--max-video-frames", "max_total_pixels": "--max-video-pixels",
+                     "max_frame_pixels": "--max-image-pixels"}
 
 
 def fetch_images(parts: list[tuple[str, str]], limits: ServeLimits) -> list[Image.Image]:
@@ -53,6 +63,22 @@ def fetch_image(url: str, where: str, limits: ServeLimits) -> Image.Image:
     return fetch_images([(url, where)], limits)[0]
 
 
+def fetch_videos(parts: list[tuple[str, str]], limits: ServeLimits) -> list[Video]:
+    """(url, where) per video part -> decoded videos; InputError naming the part and the limit it broke (the
+    encoded size first, then frames and pixels while decoding)."""
+    out = []
+    for url, where in parts:
+        src = _source(url, where, limits, kind="video")
+        size = len(src) if isinstance(src, bytes) else Path(src).stat().st_size
+        if size > limits.max_video_bytes:
+            raise InputError(f"{where}: the video is {size:,} bytes, over this server's limit of "
+                             f"{limits.max_video_bytes:,} per video (--max-video-bytes)")
+        out.append(load_video(src, name=where, max_frames=limits.max_video_frames,
+                              max_total_pixels=limits.max_video_pixels, max_frame_pixels=limits.max_image_pixels,
+                              names=VIDEO_LIMIT_FLAGS))
+    return out
+
+
 def _header_pixels(src, where: str, limits: ServeLimits) -> int:
     """width * height from the header only. An image whose header is unreadable or over the per-image limit
     goes to load_image now, which refuses it (before decoding) with the precise reason."""
@@ -67,16 +93,19 @@ def _header_pixels(src, where: str, limits: ServeLimits) -> int:
     return pixels
 
 
-def _source(url: str, where: str, limits: ServeLimits) -> bytes | str:
-    """The encoded image behind a URL (bytes, or a checked path for file://), nothing decoded."""
+def _source(url: str, where: str, limits: ServeLimits, kind: str = "image") -> bytes | str:
+    """The encoded image (kind "video": video) behind a URL (bytes, or a checked path for file://), nothing
+    decoded."""
     if not isinstance(url, str) or not url:
-        raise InputError(f"{where}: image_url.url must be a non-empty string")
+        raise InputError(f"{where}: {kind}_url.url must be a non-empty string")
     scheme = url.split(":", 1)[0].lower()
     if scheme == "data":
         header, _, payload = url.partition(",")
         mime = header[5:].split(";", 1)[0].lower()
-        if mime not in DATA_URL_TYPES or not header.endswith(";base64"):
-            raise InputError(f"{where}: data URLs must be base64 images of type {', '.join(DATA_URL_TYPES)}; "
+        types = DATA_URL_TYPES if kind == "image" else VIDEO_DATA_URL_TYPES
+        if mime not in types or not header.endswith(";base64"):
+            hint = "" if kind == "image" else " (animated; this server decodes no MP4 / WebM: convert the clip)"
+            raise InputError(f"{where}: data URLs must be base64 {kind}s of type {', '.join(types)}{hint}; "
                              f"got {header[:48]!r}")
         try:
             return base64.b64decode(payload, validate=True)

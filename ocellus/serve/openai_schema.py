@@ -57,9 +57,16 @@ class ImagePart:
 
 
 @dataclass(frozen=True)
+class VideoPart:
+    """A {"type": "video_url", "video_url": {"url": ...}} part (vLLM's form of a video in a chat message)."""
+    url: str
+    where: str
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     model: str
-    messages: tuple[dict, ...]   # {"role", "content": [{"type": "text", "text"} | ImagePart]}
+    messages: tuple[dict, ...]   # {"role", "content": [{"type": "text", "text"} | ImagePart | VideoPart]}
     params: SamplingParams       # max_tokens here is a placeholder when max_tokens_given is False
     max_tokens_given: bool
     n: int
@@ -69,6 +76,10 @@ class ChatRequest:
     @property
     def images(self) -> list[ImagePart]:
         return [p for m in self.messages for p in m["content"] if isinstance(p, ImagePart)]
+
+    @property
+    def videos(self) -> list[VideoPart]:
+        return [p for m in self.messages for p in m["content"] if isinstance(p, VideoPart)]
 
 
 # -- field checks -------------------------------------------------------------------------------
@@ -115,7 +126,7 @@ def _messages(raw, limits: ServeLimits) -> tuple[dict, ...]:
         raise bad(f"'messages' must be an array of messages, got {type(raw).__name__}", "messages", "invalid_type")
     if not raw:
         raise bad("'messages' must hold at least one message", "messages", "empty_array")
-    out, n_images = [], 0
+    out, n_images, n_videos = [], 0, 0
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -156,16 +167,29 @@ def _messages(raw, limits: ServeLimits) -> tuple[dict, ...]:
                         raise bad(f"too many images: this server accepts at most {limits.max_images} per request "
                                   f"({pw} is image {n_images})", pw, "too_many_images")
                     parts.append(ImagePart(url, pw))
+                elif kind == "video_url":
+                    if ROLES[role] != "user":
+                        raise bad(f"{pw}: videos are only accepted in user messages, not {role}", pw, "invalid_value")
+                    spec = p.get("video_url")
+                    url = spec.get("url") if isinstance(spec, dict) else None
+                    if not isinstance(url, str) or not url:
+                        raise bad(f"{pw}.video_url must be an object with a 'url' string", f"{pw}.video_url",
+                                  "invalid_type")
+                    n_videos += 1
+                    if n_videos > limits.max_videos:
+                        raise bad(f"too many videos: this server accepts at most {limits.max_videos} per request "
+                                  f"(--max-videos; {pw} is video {n_videos})", pw, "too_many_videos")
+                    parts.append(VideoPart(url, pw))
                 else:
-                    raise bad(f"{pw}: unsupported content part type {_short(kind)} (text and image_url are supported)",
-                              f"{pw}.type", "invalid_value")
+                    raise bad(f"{pw}: unsupported content part type {_short(kind)} (text, image_url and video_url are "
+                              f"supported)", f"{pw}.type", "invalid_value")
         else:
             raise bad(f"{where}.content must be a string or an array of content parts, got "
                       f"{type(content).__name__}", f"{where}.content", "invalid_type")
         out.append({"role": ROLES[role], "content": parts})
     if not any(p for m in out if m["role"] == "user" for p in m["content"]
-               if isinstance(p, ImagePart) or p["text"].strip()):
-        raise bad("'messages' has no user message with text or an image: nothing to answer", "messages",
+               if isinstance(p, (ImagePart, VideoPart)) or p["text"].strip()):
+        raise bad("'messages' has no user message with text, an image or a video: nothing to answer", "messages",
                   "empty_prompt")
     return tuple(out)
 
