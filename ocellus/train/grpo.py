@@ -20,6 +20,13 @@ gradient of the advantage-weighted log-likelihood).
 Groups whose rewards are all equal have zero std: every advantage is exactly 0, so the group adds no
 policy gradient (only the KL term); that is the defined behaviour, not an error, and the share of such
 groups is logged as frac_reward_zero_std.
+
+The loop runs under the Trainer (step_objective.StepObjective): one Trainer step = one rollout batch of
+train.batch_size prompts and its num_iterations updates, then one scheduler step. The policy is the
+objective's only submodule, so checkpoints hold the policy's trainable tensors and their AdamW state; the
+frozen reference is a copy of the start made before the Trainer resumes (re-derived from model.from on
+resume, never saved); a rollout's sampling seed is (seed, step), so a resumed run samples what an
+uninterrupted one would have.
 """
 from __future__ import annotations
 
@@ -27,10 +34,13 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ocellus.errors import ConfigError, InputError
 from ocellus.train.rollout import masked_mean, sample_completions, token_logprobs
 from ocellus.train.rewards import score_completions
+from ocellus.train.stages import parts_of
+from ocellus.train.step_objective import StepObjective, StepOutput
 
 LOSS_STYLES = ("grpo", "dr_grpo", "dapo")
 
@@ -110,26 +120,39 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig) -> tu
     return aggregate(per_token, mask, cfg.loss_style, cfg.max_new_tokens), metrics
 
 
-class GRPO:
-    """The loop: sample G completions per prompt -> rewards -> group advantages -> num_iterations updates."""
+def rollout_seed(seed: int, step: int) -> int:
+    """The sampling seed of the rollout of step `step` (steps done before it) in a run seeded `seed`."""
+    return seed * 1_000_003 + step
 
-    def __init__(self, policy, processor, reward_fns, cfg: GRPOConfig, optimizer, scheduler,
+
+class GRPO(StepObjective):
+    """The loop: sample G completions per prompt -> rewards -> group advantages -> num_iterations updates.
+    Under the Trainer (optimizer and scheduler None), or one step alone with the ones given (`step(rows)`)."""
+
+    def __init__(self, policy: nn.Module, processor, reward_fns, cfg: GRPOConfig, optimizer=None, scheduler=None,
                  reward_weights=None, clip_grad_norm: float | None = 1.0, reference=None, seed: int = 0):
+        super().__init__([optimizer] if optimizer is not None else [], [scheduler] if scheduler is not None else [],
+                         clip_grad_norm)
         self.policy, self.processor, self.cfg = policy, processor, cfg
         self.reward_fns, self.reward_weights = reward_fns, reward_weights
-        self.optimizer, self.scheduler, self.clip = optimizer, scheduler, clip_grad_norm
         if cfg.beta and reference is None:
             reference = copy.deepcopy(policy)
-        self.reference = reference.requires_grad_(False).eval() if reference is not None else None
-        self.seed, self.step_count = seed, 0
+        # a tuple: not a submodule, so neither trained, counted nor saved
+        self._reference = (reference.requires_grad_(False).eval() if reference is not None else None,)
+        self.seed = seed
 
-    def step(self, rows) -> dict:
-        # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-        from ocellus.train.posttrain import optimizer_step
+    @property
+    def reference(self):
+        return self._reference[0]
+
+    def parts(self) -> dict[str, nn.Module]:
+        return parts_of(self.policy)
+
+    def train_step(self, rows, step: int, update) -> StepOutput:
         cfg, G = self.cfg, self.cfg.num_generations
         prompts, images = [r.prompt for r in rows], [r.images for r in rows]
         rollout = sample_completions(self.policy, self.processor, prompts, images, G, cfg.max_new_tokens,
-                                     cfg.temperature, seed=self.seed * 1_000_003 + self.step_count)
+                                     cfg.temperature, seed=rollout_seed(self.seed, step))
         columns = {k: [r.columns[k] for r in rows for _ in range(G)] for k in rows[0].columns}
         columns["images"] = [im for im in images for _ in range(G)]
         rewards, per_fn = score_completions(self.reward_fns, [p for p in prompts for _ in range(G)],
@@ -144,36 +167,31 @@ class GRPO:
             logp = token_logprobs(self.policy, batch, cfg.temperature)
             loss, metrics = grpo_loss(logp, logp.detach() if old is None else old, ref, advantages, mask, cfg)
             if not torch.isfinite(loss):
-                raise InputError(f"GRPO loss is {loss.item()} at step {self.step_count + 1}")
+                raise InputError(f"GRPO loss is {loss.item()} at step {step + 1}")
             loss.backward()
-            grad_norm = optimizer_step(self.optimizer, self.scheduler, self.clip)
-        self.step_count += 1
-        return {"step": self.step_count, "loss": loss.item(), "reward": rewards.mean().item(),
-                "reward_std": rewards.view(-1, G).std(1).mean().item(),
-                **{f"rewards/{k}": v for k, v in per_fn.items()},
-                "frac_reward_zero_std": zero_std.float().mean().item(), "grad_norm": grad_norm,
-                "completion_length": mask.sum(-1).float().mean().item(),
-                "truncated": rollout.truncated.float().mean().item(), **metrics}
+            grad_norm = update()
+        return StepOutput(loss.item(), int(mask.sum()), {
+            "reward": rewards.mean().item(), "reward_std": rewards.view(-1, G).std(1).mean().item(),
+            **{f"rewards/{k}": v for k, v in per_fn.items()},
+            "frac_reward_zero_std": zero_std.float().mean().item(), "grad_norm": grad_norm,
+            "completion_length": mask.sum(-1).float().mean().item(),
+            "truncated": rollout.truncated.float().mean().item(), **metrics})
 
 
 def run(recipe: dict, cfg, out):
     """task: grpo — the policy from model.from, prompts from data (e.g. count questions), rewards from
     method.rewards; held-out counting accuracy (or grounding IoU) before and after; reward/KL curves."""
     # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.posttrain import (export_vlm, load_start, optimizer_for, report, reward_functions,
-                                         rl_eval, rl_fit)
+    from ocellus.train.posttrain import export_vlm, load_start, report, reward_functions, rl_eval, rl_fit
     method = dict(recipe.get("method") or {})
     policy, processor = load_start(recipe["model"])
     fns, weights = reward_functions(method, processor)
     gcfg = GRPOConfig(**{k: v for k, v in method.items() if k not in ("rewards", "reward_weights", "reward_model")})
     before = rl_eval(policy, processor, recipe)
-    reference = copy.deepcopy(policy) if gcfg.beta else None
-    optimizer, scheduler, parts = optimizer_for(policy, cfg)
-    print(f"[{recipe.get('name')}] trainable parameters per part:\n{parts}")
-    loop = GRPO(policy, processor, fns, gcfg, optimizer, scheduler, weights, cfg.clip_grad_norm, reference,
-                seed=int(recipe.get("seed", 0)))
+    # the reference (beta > 0) is copied from the start here, before rl_fit's Trainer resumes the policy
+    objective = GRPO(policy, processor, fns, gcfg, reward_weights=weights, seed=int(recipe.get("seed", 0)))
     prompts_per_step = int((recipe.get("train") or {}).get("batch_size", 8))
-    rl_fit(loop, recipe, cfg, out, prompts_per_step, ["reward", "kl", "completion_length"])
+    rl_fit(objective, recipe, cfg, out, prompts_per_step, ["reward", "kl", "completion_length"])
     after = rl_eval(policy, processor, recipe)
     path = export_vlm(policy, processor.tokenizer, int(policy.vision_tower.config.image_size), out / "model")
     report(out, recipe.get("name", "grpo"), before, after)

@@ -16,6 +16,13 @@ or a verifiable reward function in its place). Per rollout batch:
 Memory: actor + critic carry gradients and AdamW state (~4x their weights each: weights, grads, two
 moments), the reference and reward model are inference-only (1x each); for the 1.3M-parameter tiny
 LLaVA that is ~10 x 5.3 MB. GRPO drops the critic (and, with verifiable rewards, the reward model).
+
+The loop runs under the Trainer (step_objective.StepObjective): one Trainer step = one rollout batch and its
+ppo_epochs updates, then one scheduler step. Actor and critic are the objective's submodules, trained by one
+AdamW and clipped together (as TRL's PPOTrainer wraps policy and value model in one module), so checkpoints
+hold both, value head included; the critic's parts are the actor's prefixed `critic.` plus `critic.head`
+(`critic_stage`: the recipe's stage for both, the head trained). The frozen reference is a copy of the start
+made before the Trainer resumes (re-derived on resume, never saved); sampling seeds are (seed, step) as GRPO's.
 """
 from __future__ import annotations
 
@@ -23,11 +30,15 @@ import copy
 from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 
 from ocellus.errors import ConfigError, InputError
-from ocellus.train.grpo import clipped_surrogate
+from ocellus.train.grpo import clipped_surrogate, rollout_seed
+from ocellus.train.reward_model import RewardModel
 from ocellus.train.rewards import score_completions
 from ocellus.train.rollout import masked_mean, sample_completions, token_logprobs
+from ocellus.train.stages import parts_of
+from ocellus.train.step_objective import StepObjective, StepOutput
 
 
 @dataclass(frozen=True)
@@ -91,22 +102,41 @@ def token_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tens
     return r, kl
 
 
-class PPO:
-    def __init__(self, policy, critic, processor, reward_fns, cfg: PPOConfig, optimizers, schedulers,
-                 reward_weights=None, clip_grad_norm: float | None = 1.0, reference=None, seed: int = 0):
+def critic_stage(stage: dict) -> dict:
+    """The recipe's stage (actor parts) -> the stage of the whole objective: the critic's copy of each part
+    as the actor's, its value head trained. An empty stage stays empty (the Trainer then trains every part)."""
+    if not stage:
+        return {}
+    return {**stage, **{f"critic.{part}": spec for part, spec in stage.items()}, "critic.head": "full"}
+
+
+class PPO(StepObjective):
+    """Actor-critic steps on rollouts. Under the Trainer (optimizers and schedulers empty), or one step alone
+    with the ones given (`step(rows)`, e.g. one per model)."""
+
+    def __init__(self, policy: nn.Module, critic: RewardModel, processor, reward_fns, cfg: PPOConfig, optimizers=(),
+                 schedulers=(), reward_weights=None, clip_grad_norm: float | None = 1.0, reference=None,
+                 seed: int = 0):
+        super().__init__(optimizers, schedulers, clip_grad_norm)
         self.policy, self.critic, self.processor, self.cfg = policy, critic, processor, cfg
         self.reward_fns, self.reward_weights = reward_fns, reward_weights
-        self.optimizers, self.schedulers, self.clip = optimizers, schedulers, clip_grad_norm
-        self.reference = (reference if reference is not None else copy.deepcopy(policy)).requires_grad_(False).eval()
-        self.seed, self.step_count = seed, 0
+        reference = reference if reference is not None else copy.deepcopy(policy)
+        self._reference = (reference.requires_grad_(False).eval(),)   # not a submodule: not trained or saved
+        self.seed = seed
 
-    def step(self, rows) -> dict:
-        # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-        from ocellus.train.posttrain import optimizer_step
+    @property
+    def reference(self):
+        return self._reference[0]
+
+    def parts(self) -> dict[str, nn.Module]:
+        critic = {f"critic.{name}": module for name, module in parts_of(self.critic).items()}
+        return {**parts_of(self.policy), **critic}
+
+    def train_step(self, rows, step: int, update) -> StepOutput:
         cfg = self.cfg
         prompts, images = [r.prompt for r in rows], [r.images for r in rows]
         rollout = sample_completions(self.policy, self.processor, prompts, images, 1, cfg.max_new_tokens,
-                                     cfg.temperature, seed=self.seed * 1_000_003 + self.step_count)
+                                     cfg.temperature, seed=rollout_seed(self.seed, step))
         columns = {k: [r.columns[k] for r in rows] for k in rows[0].columns}
         columns["images"] = images
         scores, per_fn = score_completions(self.reward_fns, prompts, rollout.completions, columns,
@@ -128,40 +158,33 @@ class PPO:
             vf_loss = value_loss(self.critic.token_values(batch), old_values, returns, mask, cfg.value_epsilon)
             loss = pg_loss + cfg.vf_coef * vf_loss
             if not torch.isfinite(loss):
-                raise InputError(f"PPO loss is {loss.item()} at step {self.step_count + 1}")
+                raise InputError(f"PPO loss is {loss.item()} at step {step + 1}")
             loss.backward()
-            for opt, sched in zip(self.optimizers, self.schedulers):
-                optimizer_step(opt, sched, self.clip)
-        self.step_count += 1
-        return {"step": self.step_count, "reward": scores.mean().item(),
-                **{f"rewards/{k}": v for k, v in per_fn.items()},
-                "kl": (kl.sum(-1)).mean().item(), "pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
-                "clip_ratio": masked_mean(clipped.float(), mask).item(),
-                "completion_length": mask.sum(-1).float().mean().item()}
+            grad_norm = update()
+        return StepOutput(loss.item(), int(mask.sum()), {
+            "reward": scores.mean().item(), **{f"rewards/{k}": v for k, v in per_fn.items()},
+            "kl": (kl.sum(-1)).mean().item(), "pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
+            "clip_ratio": masked_mean(clipped.float(), mask).item(), "grad_norm": grad_norm,
+            "completion_length": mask.sum(-1).float().mean().item()})
 
 
 def run(recipe: dict, cfg, out):
     """task: ppo — actor from model.from, critic = a copy with a value head, reference = a frozen copy,
     reward = method.rewards and/or method.reward_model; held-out score before and after."""
     # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.posttrain import (export_vlm, load_start, optimizer_for, report, reward_functions,
-                                         rl_eval, rl_fit)
-    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.reward_model import RewardModel
+    from ocellus.train.posttrain import export_vlm, load_start, report, reward_functions, rl_eval, rl_fit
     method = dict(recipe.get("method") or {})
     policy, processor = load_start(recipe["model"])
     fns, weights = reward_functions(method, processor)
     pcfg = PPOConfig(**{k: v for k, v in method.items() if k not in ("rewards", "reward_weights", "reward_model")})
     before = rl_eval(policy, processor, recipe)
-    reference = copy.deepcopy(policy)
+    # the critic starts as a copy of the start with a fresh head (its trained tensors come back from a checkpoint on
+    # resume); the reference is copied from the start in PPO(), before rl_fit's Trainer resumes the policy
     critic = RewardModel(copy.deepcopy(policy))
-    opt_a, sched_a, parts = optimizer_for(policy, cfg)
-    opt_c, sched_c, _ = optimizer_for(critic, replace(cfg, stage={**(cfg.stage or {}), "head": "full"}))
-    print(f"[{recipe.get('name')}] actor trainable parameters per part:\n{parts}")
-    loop = PPO(policy, critic, processor, fns, pcfg, (opt_a, opt_c), (sched_a, sched_c), weights,
-               cfg.clip_grad_norm, reference, seed=int(recipe.get("seed", 0)))
+    objective = PPO(policy, critic, processor, fns, pcfg, reward_weights=weights, seed=int(recipe.get("seed", 0)))
     prompts_per_step = int((recipe.get("train") or {}).get("batch_size", 32))
-    rl_fit(loop, recipe, cfg, out, prompts_per_step, ["reward", "kl", "vf_loss"])
+    rl_fit(objective, recipe, replace(cfg, stage=critic_stage(cfg.stage)), out, prompts_per_step,
+           ["reward", "kl", "vf_loss"])
     after = rl_eval(policy, processor, recipe)
     path = export_vlm(policy, processor.tokenizer, int(policy.vision_tower.config.image_size), out / "model")
     report(out, recipe.get("name", "ppo"), before, after)

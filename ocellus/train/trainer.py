@@ -9,6 +9,10 @@ AdamW with per-part parameter groups (stages.param_groups), cosine decay after a
 bf16 autocast where the device supports it, optional gradient checkpointing. A non-finite loss
 stops the run with the step number before anything is written, so the last checkpoint stays
 the last good one.
+
+An objective whose step is more than forward + backward (GRPO, PPO: rollouts, then several updates)
+subclasses step_objective.StepObjective: the Trainer calls its train_step(batch, step, update) instead and
+logs the numbers it returns beside the loss; schedule, clipping, checkpoints and resume stay the same.
 """
 from __future__ import annotations
 
@@ -23,11 +27,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ocellus.errors import OcellusError
+from ocellus.errors import ConfigError, OcellusError
 from ocellus.train.loader import BatchLoader
 from ocellus.train.stages import Stage, apply_stage, param_groups, parts_of
 from ocellus.train.distributed import DistInfo, barrier, wrap, full_model_state, full_optimizer_state, load_full_state
 from ocellus.train.state import latest_checkpoint, read_checkpoint, save_checkpoint
+from ocellus.train.step_objective import StepObjective, apply_gradients
 
 
 class TrainingError(OcellusError):
@@ -92,6 +97,10 @@ class Trainer:
         self.loader, self.cfg, self.on_log, self.evaluate = loader, cfg, on_log, evaluate
         self.dist = dist_info or DistInfo()
         self.is_main = self.dist.is_main
+        if isinstance(model, StepObjective) and (cfg.grad_accum != 1 or self.dist.world_size > 1):
+            raise ConfigError(f"{type(model).__name__} runs its own updates on one process: train.grad_accum must "
+                              f"be 1 (got {cfg.grad_accum}) and no torchrun ({self.dist.world_size} processes); "
+                              "train.batch_size sets the prompts per step")
         # the stage first (requires_grad, LoRA), then wrapping (DDP/FSDP), then the optimizer,
         # which must see the wrapped (under FSDP: sharded) parameters. No stage: all parts train.
         self.stage = Stage.parse(cfg.stage or {part: "full" for part in parts_of(model)})
@@ -106,6 +115,7 @@ class Trainer:
         self.step = 0
         self.out = Path(cfg.out_dir)
         self.history: list[dict] = []
+        self.step_metrics: dict = {}       # a StepObjective's own numbers of the last step (logged with its loss)
 
     def _inner(self) -> nn.Module:
         return getattr(self.model, "module", self.model)   # unwrap DDP
@@ -147,6 +157,8 @@ class Trainer:
     def train_step(self) -> tuple[float, int]:
         cfg, model = self.cfg, self.model
         model.train()
+        if isinstance(self._inner(), StepObjective):
+            return self._objective_step()
         total, tokens = 0.0, 0
         for _ in range(cfg.grad_accum):
             batch = self.loader.next_batch()
@@ -162,14 +174,22 @@ class Trainer:
             t = torch.tensor([total, float(tokens)], dtype=torch.float64)
             torch.distributed.all_reduce(t)
             total, tokens = t[0].item() / self.dist.world_size, int(t[1].item())
-        if cfg.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                           cfg.clip_grad_norm)
-        self.optimizer.step()
+        apply_gradients(self.optimizer, cfg.clip_grad_norm)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return total, tokens
+
+    def _objective_step(self) -> tuple[float, int]:
+        """A StepObjective's step: its own rollouts and updates (each update clips and steps the optimizer),
+        then one scheduler step, as one SFT step makes."""
+        cfg = self.cfg
+        with torch.autocast(device_type=_device_type(self.model), dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = self._inner().train_step(self.loader.next_batch(), self.step,
+                                           lambda: float(apply_gradients(self.optimizer, cfg.clip_grad_norm)))
+        self.scheduler.step()
+        self.step += 1
+        self.step_metrics = out.metrics
+        return out.loss, out.tokens
 
     def fit(self) -> list[dict]:
         cfg = self.cfg
@@ -186,8 +206,8 @@ class Trainer:
             loss, tokens = self.train_step()
             train_s += time.perf_counter() - started
             tok_window += tokens
-            record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
-            self.history.append({"step": self.step, "loss": loss})
+            record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], **self.step_metrics}
+            self.history.append({"step": self.step, "loss": loss, **self.step_metrics})
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 dt = time.perf_counter() - t0
                 record["tokens_per_s"] = tok_window / dt if dt > 0 else 0.0
