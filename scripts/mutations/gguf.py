@@ -3,7 +3,9 @@ read back with gguf.GGUFReader; the llama.cpp greedy test joins when llama-cpp-p
 from mutations import Mutation
 
 GGUF = "tests/unit/test_gguf_export.py"
+BENCH = "tests/unit/test_bench_llamacpp.py"
 F = "ocellus/hub/gguf_export.py"
+B = "ocellus/bench_llamacpp.py"
 
 MUTATIONS = [
     Mutation(name="gguf: q/k rows left in rotate_half order (no rope permutation)", file=F,
@@ -31,4 +33,16 @@ MUTATIONS = [
     Mutation(name="gguf: a checkpoint with a tokenizer silently gets the id-only vocabulary", file=F,
              old="    if present:\n        raise ConfigError", new="    if present and False:\n        raise ConfigError",
              tests=[GGUF]),
+    # the llama.cpp side of the bench (ocellus/bench_llamacpp.py, bench.py --vs llamacpp)
+    Mutation(name="llamacpp: greedy reads the logits one position early", file=B,
+             old="llm.scores[llm.n_tokens - 1]", new="llm.scores[max(llm.n_tokens - 2, 0)]", tests=[BENCH]),
+    Mutation(name="llamacpp: greedy feeds back the last token too (one forward pass more than ours)", file=B,
+             old="        if step + 1 < new_tokens:", new="        if True:", tests=[BENCH]),
+    Mutation(name="llamacpp: int8 row meets the f32 file instead of q8_0", file=B,
+             old='"int8": "q8_0"}', new='"int8": "f32"}', tests=[BENCH]),
+    Mutation(name="llamacpp: --vs llamacpp accepts batch 8 silently", file="ocellus/bench.py",
+             old="if set(batches) != {1}:", new="if not batches:", tests=[BENCH]),
+    Mutation(name="llamacpp: the table header still says transformers", file="ocellus/bench.py",
+             old='return "\\n".join([header(rows[0].get("vs", "transformers") if rows else "transformers"),',
+             new='return "\\n".join([header(),', tests=[BENCH]),
 ]
