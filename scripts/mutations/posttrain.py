@@ -5,6 +5,8 @@ from mutations import Mutation
 LORA, STAGES = "ocellus/nn/lora.py", "ocellus/train/stages.py"
 RM, DPO, DISTILL = "ocellus/train/reward_model.py", "ocellus/train/dpo.py", "ocellus/train/distill.py"
 GRPO, PPO, ROLLOUT = "ocellus/train/grpo.py", "ocellus/train/ppo.py", "ocellus/train/rollout.py"
+TRAINER, STATE = "ocellus/train/trainer.py", "ocellus/train/state.py"
+STEP_OBJECTIVE = "ocellus/train/step_objective.py"
 
 T_LORA = "tests/unit/test_lora_scaling.py"
 T_RM = "tests/unit/test_reward_model_step.py"
@@ -12,6 +14,8 @@ T_DPO = "tests/unit/test_dpo_step.py"
 T_DISTILL = "tests/unit/test_distill_step.py"
 T_GRPO = "tests/unit/test_grpo_step.py"
 T_PPO = "tests/unit/test_ppo_step.py"
+T_RL_RESUME = "tests/unit/test_rl_resume.py"
+T_STEP_OBJECTIVE = "tests/unit/test_step_objective.py"
 
 MUTATIONS = [
     # ---- SFT + LoRA ----------------------------------------------------------------------------
@@ -103,6 +107,33 @@ MUTATIONS = [
     Mutation(name="posttrain: ppo critic reads the state after each token", file=RM,
              old="h = completion_hidden(self.backbone, batch)[:, :-1]",
              new="h = completion_hidden(self.backbone, batch)[:, 1:]", tests=[T_PPO]),
+    # ---- RL under the Trainer: checkpoints and resume (train/step_objective.py, trainer.py) --------------
+    Mutation(name="posttrain: rl resume leaves the prompt loader at the start", file=TRAINER,
+             old='        self.loader.load_state_dict(state["data"])\n', new="", tests=[T_RL_RESUME]),
+    Mutation(name="posttrain: rl resume does not restore torch's RNG (LoRA dropout)", file=STATE,
+             old='    torch.set_rng_state(rng["torch"])\n', new="", tests=[T_RL_RESUME]),
+    Mutation(name="posttrain: rl resume restarts the schedule", file=TRAINER,
+             old='        self.scheduler.load_state_dict(state["scheduler"])\n', new="", tests=[T_RL_RESUME]),
+    Mutation(name="posttrain: rl resume restarts the step count (and the rollout seeds)", file=TRAINER,
+             old='        self.step = state["step"]\n', new="        self.step = 0\n", tests=[T_RL_RESUME]),
+    Mutation(name="posttrain: rl resume drops the records before it (posttrain.jsonl)", file=TRAINER,
+             old='self.history = state.get("history", [])', new="self.history = []", tests=[T_RL_RESUME]),
+    Mutation(name="posttrain: ppo value head left out of the stage (not trained, not checkpointed)", file=PPO,
+             old=', "critic.head": "full"}', new="}", tests=[T_RL_RESUME]),
+    Mutation(name="posttrain: ppo critic backbone frozen (the stage not mirrored onto it)", file=PPO,
+             old=', **{f"critic.{part}": spec for part, spec in stage.items()}', new="", tests=[T_RL_RESUME]),
+    Mutation(name="posttrain: step objective updates unclipped", file=STEP_OBJECTIVE,
+             old="clip if clip else math.inf", new="math.inf", tests=[T_STEP_OBJECTIVE]),
+    Mutation(name="posttrain: step objective schedule stepped per update, not per step", file=TRAINER,
+             old="lambda: float(apply_gradients(self.optimizer, cfg.clip_grad_norm))",
+             new="lambda: (float(apply_gradients(self.optimizer, cfg.clip_grad_norm)), self.scheduler.step())[0]",
+             tests=[T_STEP_OBJECTIVE]),
+    Mutation(name="posttrain: step objective numbers not logged beside the loss", file=TRAINER,
+             old='"lr": self.scheduler.get_last_lr()[0], **self.step_metrics}', new='"lr": self.scheduler.get_last_lr()[0]}',
+             tests=[T_STEP_OBJECTIVE]),
+    Mutation(name="posttrain: step objective handed the step it takes, not the steps done", file=TRAINER,
+             old="self.loader.next_batch(), self.step,", new="self.loader.next_batch(), self.step + 1,",
+             tests=[T_STEP_OBJECTIVE]),
     # ---- distillation --------------------------------------------------------------------------
     Mutation(name="posttrain: distill kl direction reversed", file=DISTILL,
              old="F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1)",
