@@ -44,7 +44,8 @@ def test_existing_configs_make_the_pinned_samples(cfg, kind, digest):
 
 
 def test_varied_wording_keeps_scene_question_and_answer_and_uses_every_paraphrase():
-    weights = (("colour", 1.0), ("shape", 1.0), ("count", 1.0), ("existence", 1.0), ("spatial", 3.0))  # 3 forms
+    weights = (("colour", 1.0), ("shape", 1.0), ("count", 1.0), ("existence", 1.0), ("spatial", 3.0),  # 3 forms
+               ("position", 1.0))
     canonical = ShapesConfig(seed=2, qa_weights=weights)
     varied = ShapesConfig(seed=2, qa_weights=weights, phrasing="varied")
     used, spellings, suffixes = set(), set(), set()
