@@ -24,7 +24,7 @@ from ocellus.hub.gguf_export import export_gguf
 # Ocellus bench row -> GGUF file type of the same weights
 GGUF_FOR = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0"}
 INSTALL = ("llama.cpp is the reference of --vs llamacpp and llama-cpp-python is not installed: "
-           "pip install 'ocellus[llamacpp]' (builds llama.cpp from source, ~20-40 min on 2 cores; "
+           "pip install 'ocellus[llamacpp]' (a source build of llama.cpp: cmake and a C++ compiler; "
            "docs/BENCHMARKS.md)")
 
 
