@@ -3,6 +3,7 @@
 from mutations import Mutation
 
 CHUNKED = "tests/serve/test_chunked_prefill.py"
+BENCH = "tests/unit/test_bench_serve.py"
 PREFILL = "ocellus/infer/chunked_prefill.py"
 ENGINE = "ocellus/infer/batching.py"
 
@@ -32,4 +33,8 @@ MUTATIONS = [
     Mutation(name="chunked prefill: a prompt placed after its first chunk", file=ENGINE,
              old="            if job.finished:\n                self._set_partial(None)",
              new="            if job.done:\n                self._set_partial(None)", tests=[CHUNKED]),
+    Mutation(name="serve bench: the chunked long-prompt round runs unchunked", file="ocellus/bench_serve.py",
+             old="prefill_chunk=chunk).start()", new="prefill_chunk=None).start()", tests=[BENCH]),
+    Mutation(name="serve bench: a round counts requests as tokens", file="ocellus/bench_serve.py",
+             old="tokens = sum(len(r.times) for r in ok)", new="tokens = len(ok)", tests=[BENCH]),
 ]
