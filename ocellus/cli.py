@@ -352,10 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a model on a task: shapes-vqa | shapes-caption | shapes-grounding | digits "
-                                    "| retrieval | zeroshot (CLIP/SigLIP) | linear-probe (any image tower)")
+                                    "| shapes-video (video models) | retrieval | zeroshot (CLIP/SigLIP) | linear-probe "
+                                    "(any image tower)")
     p.add_argument("--model", required=True)
     p.add_argument("--task", required=True, choices=["shapes-vqa", "shapes-caption", "shapes-grounding", "digits",
-                                                     "retrieval", "zeroshot", "linear-probe"])
+                                                     "shapes-video", "retrieval", "zeroshot", "linear-probe"])
     p.add_argument("--n", type=int, default=200, help="held-out samples to score")
     p.add_argument("--shots", type=int, default=0, help="solved examples put before each question")
     p.add_argument("--phrasing", default="canonical", choices=["canonical", "plain", "us", "varied"],

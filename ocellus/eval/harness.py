@@ -7,6 +7,8 @@ Tasks (held-out samples the model never trained on: a seed of their own):
                     and the detailed description
   shapes-grounding  Qwen-VL boxes for a named object; accuracy@IoU 0.5
   digits            scikit-learn's digits test split; exact match
+  shapes-video      moving-shapes videos (data/shapes_video.py): "Which way does the circle move?", exact
+                    match of the direction, broken down by direction; video models (Qwen2-VL) only
   retrieval | zeroshot | linear-probe   representation models (CLIP/SigLIP/MoCo exports), not
                     generation: image<->text recall@1/5/10, zero-shot accuracy, the digits linear
                     probe; delegated to ocellus/eval/retrieval.py
@@ -34,12 +36,13 @@ from ocellus.eval.vqa import count_match, vqa_exact_match
 from ocellus.hub.checkpoint import load_model
 from ocellus.hub.model_card import record_eval
 from ocellus.hub.resolve import default_model_dir
-from ocellus.models.families.registry import load_processor
+from ocellus.data.processor import load_processor
 from ocellus.data.digits import digits_samples
 from ocellus.data.shapes import caption, describe, make_scene, sample_at, ShapesConfig
+from ocellus.data.shapes_video import VideoShapesConfig, samples as video_samples
 from ocellus.eval import retrieval
 
-TASKS = ("shapes-vqa", "shapes-caption", "shapes-grounding", "digits")
+TASKS = ("shapes-vqa", "shapes-caption", "shapes-grounding", "digits", "shapes-video")
 EVAL_SEED = 10_007   # scenes no recipe trains on (recipes use small seeds)
 # --phrasing -> the ShapesConfig wording: (phrasing, keep the answer_prompt suffix)
 PHRASINGS = {"canonical": ("canonical", True), "plain": ("canonical", False), "us": ("us", False),
@@ -56,6 +59,8 @@ def task_samples(task: str, n: int, image_size: int, seed: int = EVAL_SEED, phra
         raise ConfigError(f"phrasing must be one of {', '.join(PHRASINGS)} and turns >= 1, got {phrasing!r}, {turns}")
     if task == "digits":
         return digits_samples("test", seed=0, image_size=image_size)[:n]
+    if task == "shapes-video":
+        return video_samples(VideoShapesConfig(image_size=image_size, seed=seed), n)
     import numpy as np
     kind = {"shapes-vqa": "qa", "shapes-caption": "caption", "shapes-grounding": "grounding"}[task]
     wording, suffix = PHRASINGS[phrasing]
@@ -106,7 +111,8 @@ def predict(model, processor, samples: list[dict], shots: list[dict], max_new_to
         for turn in range(max(len(_users(s)) for s in chunk)):
             live = [b for b, s in enumerate(chunk) if len(_users(s)) > turn]
             convs, images = zip(*(_conversation(chunk[b], shots, replies[b]) for b in live))
-            batch = processor(messages=list(convs), images=[list(i) for i in images])
+            videos = [v for b in live for v in chunk[b].get("videos", ())]   # shapes-video: one clip a sample
+            batch = processor(messages=list(convs), images=[list(i) for i in images], videos=videos or None)
             out = model.generate(**batch, max_new_tokens=max_new_tokens)
             T = batch["input_ids"].shape[1]
             for b, row in zip(live, out):
@@ -158,10 +164,14 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
         raise ConfigError(f"--task {task} asks questions about images, and {model_dir} is a text-only checkpoint (no "
                           f"preprocessor_config.json / processor_config.json): give --model a vision-language model "
                           f"directory, e.g. {default_model_dir()} (the embedded tiny LLaVA)")
+    if task == "shapes-video" and (shots or getattr(processor, "video_token", None) is None):
+        raise ConfigError(f"--task shapes-video asks about videos: it needs a video model (Qwen2-VL with a "
+                          f"video_token_id) and takes no --shots; {model_dir} "
+                          f"{'has no video token' if processor.video_token is None else 'was given --shots'}")
     size = eval_image_size(model, processor)
     samples = task_samples(task, n + shots, size, phrasing=phrasing, turns=turns)
     shot_pool, samples = samples[:shots], samples[shots:]
-    max_new = {"shapes-vqa": 6, "digits": 4, "shapes-caption": 40, "shapes-grounding": 40}[task]
+    max_new = {"shapes-vqa": 6, "digits": 4, "shapes-caption": 40, "shapes-grounding": 40, "shapes-video": 4}[task]
     preds = predict(model, processor, samples, shot_pool, max_new, batch_size,
                     keep_special=task == "shapes-grounding")
     result = score(task, samples, preds)

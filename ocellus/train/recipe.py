@@ -29,9 +29,10 @@ from ocellus.train.stages import Stage
 from ocellus.train.trainer import TrainConfig
 
 SOURCES = {"shapes": "image", "digits": "image", "llava_json": "image", "shapes_text": "text",
-           "hf": "image", "shards": "image"}   # hf, shards: data/hf_dataset.py, data/shards.py
-SOURCE_TASKS = {"hf": ("vlm", "rm", "dpo", "grpo", "ppo"), "shards": ("contrastive",)}
-SOURCE_KEYS = {"hf": ("format", "split", "image_root", "cache_dir"), "shards": ("urls", "shuffle_buffer", "num_workers")}
+           "hf": "image", "shards": "image", "shapes_video": "image"}   # data/hf_dataset.py, shards.py, shapes_video.py
+SOURCE_TASKS = {"hf": ("vlm", "rm", "dpo", "grpo", "ppo"), "shards": ("contrastive",), "shapes_video": ("vlm",)}
+SOURCE_KEYS = {"hf": ("format", "split", "image_root", "cache_dir"), "shards": ("urls", "shuffle_buffer", "num_workers"),
+               "shapes_video": ("frames", "max_distractors", "question_variants")}
 TRAIN_EXTRA = {"batch_size"}
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml where built in: made_by reads many recipes
 

@@ -114,7 +114,7 @@ def exportable(recipe: dict, model, tok, info: DistInfo, task):
 
 
 # ---- evaluation during training ----------------------------------------------------------------
-EVAL_DURING_TRAINING = ("shapes-vqa", "shapes-grounding")
+EVAL_DURING_TRAINING = ("shapes-vqa", "shapes-grounding", "shapes-video")
 
 
 def _eval_spec(recipe: dict, cfg) -> tuple[str, int] | None:
@@ -135,7 +135,7 @@ def _eval_spec(recipe: dict, cfg) -> tuple[str, int] | None:
 def _evaluator(recipe: dict, model, tok, cfg):
     """train.eval_every > 0 (task vlm): held-out accuracy on the run's own model every eval_every steps, so a
     run draws accuracy against step and training seconds (issue 18's converged comparison). eval: {task:
-    shapes-vqa | shapes-grounding, n: 200}; the samples are the eval seed's, as `ocellus eval` scores them."""
+    shapes-vqa | shapes-grounding | shapes-video, n: 200}; the samples are the eval seed's, as `ocellus eval` scores them."""
     spec = _eval_spec(recipe, cfg)
     if spec is None:
         return None

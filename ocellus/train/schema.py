@@ -146,6 +146,8 @@ DATA = {
     # source hf (data/hf_dataset.py) and shards (data/shards.py): docs/DATA_FORMATS.md
     "format": one_of(*HF_FORMATS), "split": STR, "image_root": SOURCE, "cache_dir": STR,
     "urls": either(STR, list_of(STR)), "shuffle_buffer": INT, "num_workers": INT,
+    # source shapes_video (data/shapes_video.py): moving-shapes clips for a video model
+    "frames": INT, "max_distractors": INT, "question_variants": BOOL,
 }
 STAGE_PART = either(one_of(*MODES), mapping(kinds_of(PartSpec)))
 TRAIN = {**kinds_of(TrainConfig), "batch_size": INT,
@@ -163,8 +165,8 @@ ARCHITECTURES = {
     "blip2": {**PARTS, "qformer_from": SOURCE, "qformer": MAPPING, "variant": one_of("blip2", "minigpt4")},
     "flamingo": {**PARTS, **FEATURES, "vision": MAPPING, "perceiver": MAPPING, "cross_attn": MAPPING},
     "qwen_vl": {**PARTS, "feature_layer": INT, "resampler": mapping({"num_queries": INT, "num_heads": INT})},
-    "qwen2_vl": {**PARTS, "config": MAPPING},
-    "qwen2_5_vl": {**PARTS, "config": MAPPING},
+    "qwen2_vl": {**PARTS, "config": MAPPING, "video_token": STR},
+    "qwen2_5_vl": {**PARTS, "config": MAPPING, "video_token": STR},
     "internvl": {**PARTS, **FEATURES, "downsample_ratio": FLOAT, "min_tiles": INT, "max_tiles": INT,
                  "use_thumbnail": BOOL},
 }

@@ -6,8 +6,10 @@ model (recipe section):
   vision_from / llm_from: DIR   compose a model from a ViT and a decoder checkpoint with a new bridge, by the
   architecture: llava ...       family's `compose` (llava (default), llava_next, blip2, flamingo, qwen_vl,
   connector: {depth: 2}         qwen2_vl, qwen2_5_vl, internvl: hub/families.VLM_FAMILIES)
-data: {source: shapes | digits | llava_json | hf, n, kind, template, train_on, max_length, pack, interleave,
-       image_size, skip_bad_samples, ...}   each sample through the family's training processor
+data: {source: shapes | digits | llava_json | hf | shapes_video, n, kind, template, train_on, max_length, pack,
+       interleave, image_size, skip_bad_samples, ...}   each sample through the family's training processor
+       (shapes_video: moving-shapes clips, data/shapes_video.py, for a model with a video token: frames,
+       max_distractors, question_variants)
 Exported as an HF-format VLM with its processor files (train/vlm_export.py) and model card.
 """
 from __future__ import annotations
@@ -25,6 +27,8 @@ from ocellus.data.image import load_image
 from ocellus.data.llava_json import read_llava_json
 from ocellus.data.packing import pack_batch
 from ocellus.data.shapes import sample_at
+from ocellus.data.shapes_video import VideoShapesConfig, sample_at as video_sample_at
+from ocellus.data.video import Video
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.families import family_module
 from ocellus.models.vlm import VLM
@@ -63,6 +67,12 @@ def build_dataset(recipe: dict, tok, model):
     if data["source"] == "shapes":
         cfg = shapes_config(data)
         get = lambda i: sample_at(cfg, i, data.get("kind", "mixed"))   # noqa: E731
+    elif data["source"] == "shapes_video":
+        if getattr(proc, "video_token", None) is None:
+            raise ConfigError("data.source shapes_video needs a model with a video token (Qwen2-VL: model.video_token)")
+        vcfg = VideoShapesConfig(seed=int(data.get("seed", 0)), image_size=size, **{
+            k: data[k] for k in ("frames", "max_distractors", "question_variants") if k in data})
+        get = lambda i: video_sample_at(vcfg, i)   # noqa: E731
     elif data["source"] == "digits":
         rows = digits_samples("train", seed=int(data.get("seed", 0)), image_size=size)
         n = min(n, len(rows))
@@ -86,6 +96,8 @@ def build_dataset(recipe: dict, tok, model):
 
     def make(i):
         s = get(i)
+        if s.get("videos"):
+            return _video_sample(s, i, proc, tok, template, train_on, max_len)
         try:
             pil = [load_image(im, name=f"sample {s.get('id', i)}, image {j}") for j, im in enumerate(s["images"])]
         except InputError as e:
@@ -109,6 +121,24 @@ def build_dataset(recipe: dict, tok, model):
         return EncodedDataset(n, make), collate_vlm
     kept = screen(n, make, lambda i: f"{get(i).get('where')} (id {get(i).get('id')!r})", report, skip)
     return EncodedDataset(len(kept), lambda i: make(kept[i]), report), collate_vlm
+
+
+def _video_sample(s: dict, i: int, proc, tok, template: str, train_on: str, max_len) -> dict:
+    """A video sample (a conversation whose media are videos only): its clips through the processor's video path,
+    its video parts encoded as placeholders of the video token (encode_messages expands media placeholders by
+    count, whatever the token), so the ids are those the processor gives the same conversation at inference."""
+    if s.get("images"):
+        raise ConfigError(f"sample {s.get('id', i)!r}: training on a conversation with both images and videos is not "
+                          f"supported; give each sample one kind of media")
+    tensors, counts = proc.video_inputs([Video(list(v)) for v in s["videos"]])
+    messages = [{**m, "content": [{"type": "image"} if p["type"] == "video" else p for p in m["content"]]}
+                for m in s["messages"]]
+    enc = encode_messages(messages, tok, template, images_tokens=counts, image_token=proc.video_token,
+                          train_on=train_on, row=s.get("id", i))
+    if max_len is not None and len(enc) > max_len:
+        raise BadSample("too_long", f"sample {s.get('id', i)!r} is {len(enc)} tokens long after encoding, "
+                                    f"over data.max_length={max_len}")
+    return {"enc": enc, "images": tensors}
 
 
 def _packed_collate(model, pad: int, width: int | None):
