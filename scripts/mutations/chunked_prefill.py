@@ -37,4 +37,10 @@ MUTATIONS = [
              old="prefill_chunk=chunk).start()", new="prefill_chunk=None).start()", tests=[BENCH]),
     Mutation(name="serve bench: a round counts requests as tokens", file="ocellus/bench_serve.py",
              old="tokens = sum(len(r.times) for r in ok)", new="tokens = len(ok)", tests=[BENCH]),
+    Mutation(name="serve: --prefill-chunk never reaches the limits", file="ocellus/cli.py",
+             old="prefill_chunk=args.prefill_chunk or None,", new="prefill_chunk=None,",
+             tests=[f"{CHUNKED}::test_serve_flag_reaches_the_engine"]),
+    Mutation(name="serve: the engine built without the limits' prefill chunk", file="ocellus/serve/app.py",
+             old="max_queue=limits.max_queue, prefill_chunk=limits.prefill_chunk)", new="max_queue=limits.max_queue)",
+             tests=[f"{CHUNKED}::test_serve_flag_reaches_the_engine"]),
 ]

@@ -220,3 +220,21 @@ def test_a_prompt_with_an_image_is_one_chunk():
         answers[chunk] = out[0].token_ids
         assert engine.stats.prefill_chunks == 1
     assert answers[8] == answers[None] and len(answers[8]) == 8
+
+
+def test_serve_flag_reaches_the_engine(monkeypatch):
+    """`ocellus serve --prefill-chunk N` (default 256, 0 = whole prompts) -> ServeLimits -> the server's engine."""
+    from ocellus import cli
+    from ocellus.serve import app
+    from ocellus.serve.limits import ServeLimits
+    seen = []
+    monkeypatch.setattr(app, "serve", lambda *a, limits, **kw: seen.append(limits))
+    for flags, want in (([], 256), (["--prefill-chunk", "64"], 64), (["--prefill-chunk", "0"], None)):
+        args = cli.build_parser().parse_args(["serve", *flags])
+        args.func(args)
+        assert seen.pop().prefill_chunk == want, flags
+    with pytest.raises(ConfigError, match="serve limit prefill_chunk must be a positive int, got -3"):
+        ServeLimits(prefill_chunk=-3)
+    d = ocellus.default_model_dir()
+    state = app.ServeState(ocellus.load(d), ocellus.load_processor(d), "m", ServeLimits(prefill_chunk=64))
+    assert state.engine.prefill_chunk == 64
