@@ -184,6 +184,9 @@ class MultiHeadLatentAttention(nn.Module):
         per-head keys/values that were never stored."""
         B, H, T, _ = q_nope.shape
         Tk, R = c_kv.shape[1], self.kv_lora_rank
+        if not self.kv_b_proj.weight.is_floating_point():   # e.g. an int8 kv_b_proj: its scale lives elsewhere
+            raise ConfigError(f"MLA decoding folds kv_b_proj's float weight into the query; layer {self.layer_idx}'s "
+                              f"is {self.kv_b_proj.weight.dtype} (an int8-quantized kv_b_proj is not supported)")
         w = self.kv_b_proj.weight.view(H, self.qk_nope_head_dim + self.v_head_dim, R)  # [H, Dn + Dv, R]
         w_uk, w_uv = w.split([self.qk_nope_head_dim, self.v_head_dim], dim=1)    # [H, Dn, R], [H, Dv, R]
 
