@@ -139,7 +139,8 @@ def _animated(src, name: str, limits: _Limits) -> Video:
     except Image.UnidentifiedImageError as e:
         raise InputError(f"{label}: not a video Pillow can read (animated GIF / APNG / WebP, or a directory of "
                          f"frames); decode other containers yourself and pass the frames") from e
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError, IndexError, TypeError, Image.DecompressionBombError) as e:
+        # what Pillow raises on a truncated or corrupt frame (a cut GIF fails its seek with IndexError)
         raise InputError(f"{label}: cannot decode the video, the file is truncated or corrupt "
                          f"({type(e).__name__}: {e})") from e
     # the source's rate: Pillow gives each frame's display time in ms; a file without timing has none
