@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from PIL import Image
 
 import ocellus
 from ocellus.chat import ChatSession
+from ocellus.cli import main
 from ocellus.hub.checkpoint_dir import read_config
 from ocellus.models.families.qwen2_vl import build_qwen2_vl
 from ocellus.serve.process import ServerProcess
@@ -166,3 +168,20 @@ def test_a_model_without_video_refuses_video_parts(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL_ID, messages=video_message("?", data_url(clip())), max_tokens=4)
     assert "does not accept videos" in e.value.message
+
+
+def test_cli_chat_video_flag_and_command(model_dir, local, video_dir, monkeypatch, capsys):
+    """`ocellus chat --video CLIP` attaches the clip to the first message, `/video PATH` to the next one; a bad
+    /video is one error line and the session goes on (exit 2). Replies equal ChatSession's."""
+    clip_path = video_dir / "clip.gif"
+    script = f"which way?\n/video {video_dir / 'missing.gif'}\n/video {clip_path}\nand now?\n/quit\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(script))
+    assert main(["chat", "--model", str(model_dir), "--video", str(clip_path), "--max-new-tokens", "8"]) == 2
+    out, err = capsys.readouterr()
+    model, proc = local
+    session = ChatSession(model, proc, max_new_tokens=8)
+    first = "".join(session.send("which way?", videos=[clip_path]))
+    second = "".join(session.send("and now?", videos=[clip_path]))   # the first clip is still in the history
+    assert out == first + "\n" + second + "\n"
+    assert "missing.gif" in err and len([line for line in err.splitlines() if "error" in line.lower()]) == 1
+
