@@ -13,10 +13,10 @@ output tokens/s over the round's wall time and p50 / p95 of each. transformers s
 token times come from a streamer.
 
 Long prompt: K streams decode (slots K + 1); once each has W tokens, a 2k-token prompt arrives. For the engine with
-chunked prefill (`--chunk` tokens per engine step) and without: the running streams' TPOT before it, their TPOT
-from its arrival to its first token and their longest gap between two tokens in that window, and its TTFT.
-Always in process (the engine directly). transformers one at a time: the prompt's prefill alone (a real
-one-at-a-time server would first finish the running streams).
+chunked prefill (`--chunk` tokens per engine step; a comma list tries each) and without: the running streams' TPOT
+before it, their TPOT from its arrival to its first token and their longest gap between two tokens in that window,
+and its TTFT. Always in process (the engine directly). transformers one at a time: the prompt's prefill alone (a
+real one-at-a-time server would first finish the running streams).
 
 Tokens are words of a WordLevel tokenizer written next to the weights ("w1f" is id 0x1f), so a prompt's text is
 exactly its ids and every token streams as one text delta. transformers is the reference: imported inside the
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import threading
 import time
@@ -54,6 +55,20 @@ def word_tokenizer(path: Path, vocab: int) -> Tokenizer:
     backend.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": TEMPLATE, "add_bos_token": False}))
     return Tokenizer.from_dir(path)
+
+
+def serving_copy(path: Path) -> Path:
+    """The checkpoint beside itself as `<name>-serve`, its files hard-linked (copied where links fail), so the word
+    tokenizer is written there and the shared checkpoint `ocellus bench decode` reuses stays as it was."""
+    dst = path.with_name(path.name + "-serve")
+    dst.mkdir(exist_ok=True)
+    for f in path.iterdir():
+        if f.is_file() and not (dst / f.name).exists():
+            try:
+                os.link(f, dst / f.name)
+            except OSError:
+                shutil.copy2(f, dst / f.name)
+    return dst
 
 
 def as_text(ids: torch.Tensor) -> str:
@@ -152,7 +167,8 @@ def load_round(send, prompts: list, clients: int, per_client: int) -> dict:
     tokens = sum(len(r.times) for r in ok)
     return dict(clients=clients, requests=len(results), errors=len(results) - len(ok), tokens=tokens, wall_s=wall,
                 tokens_per_s=tokens / wall, latency_p50_s=pct(lat, .5), latency_p95_s=pct(lat, .95),
-                ttft_p50_s=pct(ttft, .5), ttft_p95_s=pct(ttft, .95), tpot_p50_s=pct(tpot, .5), tpot_p95_s=pct(tpot, .95))
+                ttft_p50_s=pct(ttft, .5), ttft_p95_s=pct(ttft, .95), tpot_p50_s=pct(tpot, .5),
+                tpot_p95_s=pct(tpot, .95))
 
 
 def long_prompt_round(model, tokenizer, running: list, long_ids: torch.Tensor, chunk: int | None, warm: int,
@@ -208,8 +224,9 @@ def transformers_prefill_s(model, ids: torch.Tensor) -> float:
 
 
 def fmt_load(r: dict) -> str:
-    return (f"| {r['impl']} | {r['clients']} | {r['requests']} | {r['tokens_per_s']:.1f} | {r['latency_p50_s']:.2f} s | "
-            f"{r['latency_p95_s']:.2f} s | {r['ttft_p50_s'] * 1e3:.0f} ms | {r['ttft_p95_s'] * 1e3:.0f} ms | "
+    return (f"| {r['impl']} | {r['clients']} | {r['requests']} | {r['tokens_per_s']:.1f} | "
+            f"{r['latency_p50_s']:.2f} s | {r['latency_p95_s']:.2f} s | {r['ttft_p50_s'] * 1e3:.0f} ms | "
+            f"{r['ttft_p95_s'] * 1e3:.0f} ms | "
             f"{r['tpot_p50_s'] * 1e3:.1f} ms | {r['tpot_p95_s'] * 1e3:.1f} ms | {r['errors']} |")
 
 
@@ -229,7 +246,8 @@ def main_serve(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=64, help="tokens each load request decodes")
     p.add_argument("--long-prompt", type=int, default=2000, help="tokens of the prompt that arrives mid-stream")
     p.add_argument("--running", type=int, default=4, help="streams decoding when it arrives")
-    p.add_argument("--chunk", type=int, default=256, help="chunked prefill: prompt tokens per engine step")
+    p.add_argument("--chunk", default="256", help="chunked prefill: prompt tokens per engine step (a comma list: "
+                                                  "each in the long-prompt section, the first in the load section)")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (the server's OMP_NUM_THREADS)")
@@ -242,7 +260,7 @@ def main_serve(argv=None) -> int:
     arch = LLAMA_TINY if a.quick else LLAMA_100M
     if a.quick:
         a.per_client, a.prompt, a.max_tokens = 1, min(a.prompt, 16), min(a.max_tokens, 8)
-        a.long_prompt, a.running, a.chunk = min(a.long_prompt, 200), min(a.running, 2), min(a.chunk, 48)
+        a.long_prompt, a.running, a.chunk = min(a.long_prompt, 200), min(a.running, 2), "48"
     if a.threads:
         torch.set_num_threads(a.threads)
     # lazy: the package root (load) is imported by the command that runs, as in bench.py
@@ -251,8 +269,10 @@ def main_serve(argv=None) -> int:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     path = build_checkpoint(arch, Path(a.workdir) if a.workdir else default_workdir())
+    path = serving_copy(path)
     tok = word_tokenizer(path, arch["vocab_size"])
     dtype, counts = DTYPES[a.dtype], [int(c) for c in a.clients.split(",")]
+    chunks = [int(c) for c in a.chunk.split(",")]
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1, arch["vocab_size"], (1, a.prompt), generator=g).to(a.device)
                for _ in range(max(counts) * a.per_client)]
@@ -263,13 +283,13 @@ def main_serve(argv=None) -> int:
     out = {"load": [], "long": [], "transformers_long_prefill_s": None, "args": vars(a)}
     if a.via == "engine":
         engine = BatchEngine(model, tok, slots=max(counts), max_len=a.prompt + a.max_tokens + 1, max_queue=1024,
-                             prefill_chunk=a.chunk).start()
+                             prefill_chunk=chunks[0]).start()
         send, stop = engine_sender(engine, a.max_tokens), engine.stop
     else:
         srv = ServerProcess("--model", str(path), "--model-name", "bench", "--slots", str(max(counts)), "--dtype",
                             a.dtype, "--max-context", str(a.prompt + a.max_tokens + 1), "--max-queue", "1024",
                             "--max-tokens", str(a.max_tokens), "--request-timeout", "3600", "--prefill-chunk",
-                            str(a.chunk), env={"OMP_NUM_THREADS": str(a.threads or torch.get_num_threads())})
+                            str(chunks[0]), env={"OMP_NUM_THREADS": str(a.threads or torch.get_num_threads())})
         send, stop = http_sender(srv.url, a.max_tokens), srv.stop
     try:
         send(prompts[0])                                       # warm-up
@@ -291,7 +311,7 @@ def main_serve(argv=None) -> int:
         running = [torch.randint(1, arch["vocab_size"], (1, 64 if not a.quick else 8), generator=g).to(a.device)
                    for _ in range(a.running)]
         long_ids = torch.randint(1, arch["vocab_size"], (1, a.long_prompt), generator=g).to(a.device)
-        for chunk in (a.chunk, None):
+        for chunk in (*chunks, None):
             out["long"].append(long_prompt_round(model, tok, running, long_ids, chunk, warm=4))
             print(fmt_long(out["long"][-1]), flush=True)
         if theirs is not None:
@@ -312,7 +332,8 @@ def report(out: dict) -> str:
         if lo != hi:
             lines.append(f"{impl}: {hi} clients = {rate[hi] / rate[lo]:.2f}x the tokens/s of {lo}")
     if out["long"]:
-        lines += ["", "| prefill | running streams | long prompt | their TPOT before | their TPOT while it is admitted | "
+        lines += ["", "| prefill | running streams | long prompt | their TPOT before | "
+                  "their TPOT while it is admitted | "
                   "their longest gap | its TTFT | prefill forwards |", "|---|---|---|---|---|---|---|---|"]
         lines += [fmt_long(r) for r in out["long"]]
         if out["transformers_long_prefill_s"] is not None:
