@@ -117,6 +117,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     workdir = Path(a.workdir) if a.workdir else default_workdir()
+    import transformers   # the reference: quiet, no progress bars in the results file
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     if torch.device(a.device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {a.device}: torch sees no GPU")
     if a.what == "decode":
