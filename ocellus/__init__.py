@@ -22,7 +22,7 @@ def load_processor(path_or_hub_id):
     """A checkpoint's input side: a `Processor` (tokenizer + image processor + chat template + image-token
     expansion) when the directory has an image processor config (preprocessor_config.json, or
     processor_config.json's "image_processor" section as transformers 5 writes it), else its `Tokenizer`."""
-    from ocellus.models.families.registry import load_processor as load   # in the function: as load's
+    from ocellus.data.processor import load_processor as load   # in the function: as load's
     return load(path_or_hub_id)
 
 

@@ -1,7 +1,8 @@
-"""Load and save whole models in Hugging Face format, strictly.
+"""Load and save whole models, strictly: the one path of every kind Ocellus writes (decoder LMs, VLMs, vision
+towers, BERT, dual encoders, generators, unified models), in Hugging Face format or Ocellus' own spec format.
 
-Load: config.json -> family -> model built without random init -> every checkpoint tensor
-mapped through the family's key table (or explicitly dropped), every model tensor filled,
+Load: config.json -> its family in the registry (hub/families.py) -> model built without random init -> every
+checkpoint tensor mapped through the family's key table (or explicitly dropped), every model tensor filled,
 shapes checked; anything else is a CheckpointError listing all problems at once.
 Save: the same table backwards; config.json; tied weights written once, as transformers expects.
 """
@@ -111,13 +112,17 @@ def key_to_theirs(keymap: KeyMap, ours: str) -> str | None:
     return theirs + suffix if theirs is not None else None
 
 
-def load_model(path_or_id, dtype=None, device=None, quantize=None) -> nn.Module:
-    """quantize="int8": the decoder's Linear layers as Int8Linear (nn/quant.py): a float checkpoint is
-    quantized after loading, an int8 checkpoint (config.json quantization_config) is read as it is. An int8
-    checkpoint loaded without quantize is refused: its weights are not float weights."""
+def load_model(path_or_id, dtype=None, device=None, quantize=None, family: Family | None = None) -> nn.Module:
+    """The one strict load (ocellus.load, and every kind's loader: load_vision, load_generator, load_unified):
+    config.json -> its family in the registry (hub/families.py) -> the model built without random init -> every
+    checkpoint tensor through the family's key table. family: read the directory as this Family instead (an
+    image tower read out of a CLIPModel checkpoint). quantize="int8": the decoder's Linear layers as Int8Linear
+    (nn/quant.py): a float checkpoint is quantized after loading, an int8 checkpoint (config.json
+    quantization_config) is read as it is. An int8 checkpoint loaded without quantize is refused: its weights
+    are not float weights."""
     path = resolve(path_or_id)
     cfg = read_config(path)
-    fam = family_for_config(cfg, where=str(path / "config.json"))
+    fam = family or family_for_config(cfg, where=str(path / "config.json"))
     quantize = parse_quantize(quantize)
     qcfg = cfg.get("quantization_config")
     if qcfg is not None and quantize is None:
@@ -161,7 +166,7 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
             filled[key] = t
     missing = [key_to_theirs(keymap, k) or k for k in ours if k not in filled and k not in tied and k not in wrong_shape]
     if missing or unexpected or mismatched:
-        lines = [f"{source} does not match {type(model).__name__}:"]
+        lines = [f"{source} does not match its config ({type(model).__name__}):"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if items:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
@@ -179,6 +184,7 @@ def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30, toke
                           f"rank and save a plain copy (train/run.py `exportable` does this after training)")
     fam: Family = family_for_model(model)
     out = Path(out_dir)
+    cfg = fam.hf_config(model)   # first: a model its format cannot describe is refused before anything is written
     tied = set(_untied(fam.tied(model), model))
     tensors = {}
     for k, t in merged_state_dict(model).items():   # LoRA adapters folded in: plain HF weights
@@ -191,8 +197,8 @@ def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30, toke
     if fam.to_checkpoint is not None:
         tensors = fam.to_checkpoint(tensors)
     write_tensors(tensors, out, max_shard_bytes=max_shard_bytes)
-    cfg = fam.hf_config(model)
-    cfg["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
+    if fam.config_dtype:
+        cfg["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
     cfg.pop("torch_dtype", None)
     cfg.pop("quantization_config", None)
     if quantized_modules(model):      # int8 weights (nn/quant.py): only quantize="int8" reads them back

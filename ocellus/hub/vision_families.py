@@ -12,21 +12,18 @@ projections are dropped explicitly.
 
 ocellus.load / ocellus.save reach the towers through hub/families.py's table (CLIPVisionModel,
 SiglipVisionModel -> models/vision/vit.family, which builds with VISION_KEYS); load_vision / save_vision
-below go through the same table, so this module imports no model class.
+below are thin wrappers over the same strict path (hub/checkpoint.py), so this module imports no model class.
 """
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-from ocellus.errors import CheckpointError, ConfigError
-from ocellus.hub.checkpoint import _skip_init, load_state_strict, parse_dtype, read_config
+from ocellus.errors import ConfigError
+from ocellus.hub.checkpoint import load_model, read_config, save_model
 from ocellus.hub.families import ARCHITECTURES, VISION_ARCHITECTURES, resolve_family
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.resolve import resolve
-from ocellus.hub.safetensors_io import _atomic_write_text, checkpoint_files, read_tensors, write_tensors
 
 CONTRASTIVE_ARCHITECTURES = ("CLIPModel", "SiglipModel")   # load_vision takes their image tower only
 
@@ -59,13 +56,14 @@ VISION_FROM_CONTRASTIVE_KEYS = KeyMap(
 
 
 def _vision_family():
-    """The ViT family of the hub table (models/vision/vit.family), imported on first use."""
+    """The ViT family of the registry (models/vision/vit.family), imported on first use."""
     return resolve_family(ARCHITECTURES[VISION_ARCHITECTURES[0]])
 
 
 def load_vision(path_or_id, dtype=None, device=None):
     """A CLIPVisionModel / SiglipVisionModel checkpoint dir (or the image tower of a CLIPModel /
-    SiglipModel one) -> VisionTransformer, strictly: every tensor used or explicitly dropped."""
+    SiglipModel one) -> VisionTransformer, strictly (hub/checkpoint.load_model, the one load path): every
+    tensor used or explicitly dropped."""
     path = resolve(path_or_id)
     cfg = read_config(path)
     archs = cfg.get("architectures") or []
@@ -76,32 +74,15 @@ def load_vision(path_or_id, dtype=None, device=None):
     else:
         raise ConfigError(f"{path / 'config.json'}: architectures {archs or '(none given)'} is not a vision tower; "
                           f"supported: {sorted(VISION_ARCHITECTURES + CONTRASTIVE_ARCHITECTURES)}")
-    dtype = parse_dtype(dtype) or parse_dtype(cfg.get("dtype") or cfg.get("torch_dtype")) or torch.float32
-    with _skip_init(dtype):
-        model = _vision_family().build(cfg)
-    load_state_strict(model, read_tensors(checkpoint_files(path)), keymap, source=str(path))
-    model.eval()
-    model.name_or_path = str(path_or_id)
-    return model.to(device) if device is not None else model
+    return load_model(path, dtype=dtype, device=device, family=replace(_vision_family(), keymap=keymap))
 
 
 def save_vision(model, out_dir, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write a CLIPVisionModel / SiglipVisionModel checkpoint (config.json + safetensors) that
-    transformers' from_pretrained opens."""
+    transformers' from_pretrained opens (hub/checkpoint.save_model, the one save path)."""
     if not isinstance(model, _vision_family().model_class):
         raise ConfigError(f"save_vision takes a VisionTransformer, got {type(model).__name__}")
-    cfg = model.config.to_hf()   # first: raises ConfigError for a layout transformers cannot express
-    tensors = {}
-    for k, t in model.state_dict().items():
-        name = VISION_KEYS.to_theirs(k)
-        if name is None:
-            raise CheckpointError(f"VisionTransformer.{k} has no checkpoint name in the vision key table")
-        tensors[name] = t.detach().cpu()
-    out = Path(out_dir)
-    write_tensors(tensors, out, max_shard_bytes=max_shard_bytes)
-    cfg["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
-    _atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
-    return out
+    return save_model(model, out_dir, max_shard_bytes=max_shard_bytes)
 
 
 __all__ = ["VISION_KEYS", "VISION_FROM_CONTRASTIVE_KEYS", "vision_rules", "load_vision", "save_vision"]

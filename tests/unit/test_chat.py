@@ -32,7 +32,7 @@ def make_tiny_llava(path, seed=0):
     from tokenizers import Tokenizer as RawTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    from ocellus.models.families.llava import build_llava
+    from ocellus.models.families.llava.modeling import build_llava
     raw = RawTokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()

@@ -12,11 +12,10 @@ import ocellus
 from ocellus.data.bpe import train_bpe
 from ocellus.data.processor import Processor
 from ocellus.errors import CheckpointError, ConfigError
-from ocellus.hub.families import MODEL_TYPES
+from ocellus.hub.families import FAMILIES, MODEL_TYPES, import_piece
 from ocellus.hub.vision_families import load_vision
-from ocellus.models.families import registry
 from ocellus.models.generative.checkpoint import load_generator
-from ocellus.train.unified import is_unified_dir, load_unified
+from ocellus.models.unified.checkpoint import is_unified_dir, load_unified
 
 NOT_OBJECTS = {"list": "[1, 2]", "string": '"llama"', "malformed": '{"architectures": ["LlamaForCausalLM"',
                "number": "3"}
@@ -43,8 +42,9 @@ def _openers():
     openers = {"ocellus.load": ocellus.load, "load_processor": ocellus.load_processor,
                "Processor.from_dir": Processor.from_dir, "load_vision": load_vision,
                "load_generator": load_generator, "load_unified": load_unified}
-    for name in sorted(set(registry.VLM_FAMILIES.values())):
-        openers[name.rsplit(".", 1)[1] + ".processor_from_dir"] = registry.importlib.import_module(name).processor_from_dir
+    for module in sorted({r.processor for r in FAMILIES.values() if r.processor}):
+        name = next(r.name for r in FAMILIES.values() if r.processor == module)
+        openers[name + ".processor_from_dir"] = import_piece(module, "processor").processor_from_dir
     return openers
 
 
@@ -122,10 +122,11 @@ def test_unknown_model_type_is_a_config_error_listing_the_known_ones(ckpt):
     with pytest.raises(ConfigError, match=r"unknown model_type 'llamma'; known: \[.*'llama'.*'llava'"):
         ocellus.load(ckpt)
     (ckpt / "config.json").write_text(json.dumps({**cfg, "model_type": "ocellus_unified"}))
-    with pytest.raises(ConfigError, match="not a model ocellus.load builds; open it with ocellus chat"):
+    with pytest.raises(ConfigError, match=r"model_type 'ocellus_unified' belongs to family 'unified' but "
+                                          r"architectures \['LlamaForCausalLM'\]"):
         ocellus.load(ckpt)
 
 
 def test_every_family_model_type_is_known():
-    for name in set(registry.VLM_FAMILIES.values()):
-        assert set(registry.importlib.import_module(name).MODEL_TYPES) <= MODEL_TYPES, name
+    for module in {m for r in FAMILIES.values() for m in (r.modeling, r.processor) if m}:
+        assert set(getattr(import_piece(module, "modeling"), "MODEL_TYPES", ())) <= MODEL_TYPES, module

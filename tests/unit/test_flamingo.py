@@ -10,7 +10,7 @@ import torch
 
 import ocellus
 from ocellus.errors import ConfigError, InputError
-from ocellus.models.families.flamingo import Flamingo, build_flamingo, cross_attn_layers
+from ocellus.models.families.flamingo.modeling import Flamingo, build_flamingo, cross_attn_layers
 from ocellus.models.fusion_xattn import media_mask, media_time
 from ocellus.train.stages import apply_stage
 

@@ -6,7 +6,7 @@ import numpy as np
 import ocellus
 from ocellus.data.processor import Processor
 from ocellus.data.shapes import ShapesConfig, make_scene, render
-from ocellus.models.families.blip2 import MINIGPT4_CHAT_TEMPLATE
+from ocellus.models.families.blip2.modeling import MINIGPT4_CHAT_TEMPLATE
 
 
 def test_placeholder_in_string_content_expands_and_typed_controls_stay_text():

@@ -175,8 +175,7 @@ def test_typed_errors():
 @pytest.fixture
 def seed_kind(monkeypatch):
     """checkpoint.build opens kind 'seed' specs as the tiny codec (the trained codec's builder is elsewhere)."""
-    from ocellus.models.generative import checkpoint
-    from ocellus.train import unified            # binds `build` at import: patched there too, and restored
+    from ocellus.models.generative import checkpoint   # loads (models/unified/checkpoint.py too) call it from here
     build = checkpoint.build
 
     def patched(spec):
@@ -186,7 +185,6 @@ def seed_kind(monkeypatch):
         codec.spec = dict(spec)
         return codec
     monkeypatch.setattr(checkpoint, "build", patched)
-    monkeypatch.setattr(unified, "build", patched)
 
 
 def seed_recipe(tmp_path, steps=30, tasks=("t2i", "i2t", "interleave"), **model):

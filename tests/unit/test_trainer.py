@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ocellus
-from ocellus.models.families.llava import build_llava
+from ocellus.models.families.llava.modeling import build_llava
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.nn.lora import LoRALinear, merge_lora
 from ocellus.nn.rope import RopeConfig

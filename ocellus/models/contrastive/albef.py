@@ -404,7 +404,7 @@ def shared_keys(model: nn.Module) -> tuple[str, ...]:
     return tuple(out)
 
 
-def family():
+def family(architecture: str | None = None):
     from ocellus.hub.families import Family
     from ocellus.hub.keymap import KeyMap
     return Family(name="albef", model_class=ALBEF, build=build_albef, keymap=KeyMap(rules=(("{rest}", "{rest}"),)),

@@ -207,7 +207,7 @@ def build_blip(config: dict) -> BLIP:
     return BLIP(vit, Bert(bert_cfg, pooler=False), cfg)
 
 
-def family():
+def family(architecture: str | None = None):
     from ocellus.hub.families import Family
     from ocellus.hub.keymap import KeyMap
     return Family(name="blip", model_class=BLIP, build=build_blip, keymap=KeyMap(rules=(("{rest}", "{rest}"),)),

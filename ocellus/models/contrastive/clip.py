@@ -225,8 +225,8 @@ def projected_text_hf_config(model: ProjectedText) -> dict:
     return out
 
 
-def families() -> dict:
-    """Families for ocellus/hub/families.py: CLIPModel, CLIPTextModel, CLIPTextModelWithProjection."""
+def family(architecture: str):
+    """The Family of one architecture (hub/families.py): CLIPModel, CLIPTextModel, CLIPTextModelWithProjection."""
     from ocellus.hub.families import Family
     return {"CLIPModel": Family(name="clip", model_class=DualEncoder, build=build_clip, keymap=DUAL_KEYS,
                                 hf_config=clip_hf_config),
@@ -234,8 +234,8 @@ def families() -> dict:
                                     keymap=TEXT_KEYS, hf_config=lambda m: m.config.to_hf()),
             "CLIPTextModelWithProjection": Family(name="clip_text_projected", model_class=ProjectedText,
                                                   build=build_clip_text_projected, keymap=PROJECTED_TEXT_KEYS,
-                                                  hf_config=projected_text_hf_config)}
+                                                  hf_config=projected_text_hf_config)}[architecture]
 
 
 __all__ = ["DualEncoder", "DualEncoderConfig", "ContrastiveOutput", "DUAL_KEYS", "TEXT_KEYS", "PROJECTED_TEXT_KEYS",
-           "build_clip", "build_dual_encoder", "clip_hf_config", "towers_hf_config", "families", "text_rules"]
+           "build_clip", "build_dual_encoder", "clip_hf_config", "towers_hf_config", "family", "text_rules"]

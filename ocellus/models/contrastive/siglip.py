@@ -41,14 +41,14 @@ def siglip_hf_config(model: DualEncoder) -> dict:
     return towers_hf_config(model, "siglip", "SiglipModel")
 
 
-def families() -> dict:
-    """Families for ocellus/hub/families.py: SiglipModel, SiglipTextModel."""
+def family(architecture: str):
+    """The Family of one architecture (hub/families.py): SiglipModel, SiglipTextModel."""
     from ocellus.hub.families import Family
     return {"SiglipModel": Family(name="siglip", model_class=DualEncoder, build=build_siglip, keymap=DUAL_KEYS,
                                   hf_config=siglip_hf_config),
             "SiglipTextModel": Family(name="siglip_text", model_class=TextTransformer,
                                       build=lambda cfg: TextTransformer(TextTowerConfig.from_hf(cfg)),
-                                      keymap=TEXT_KEYS, hf_config=lambda m: m.config.to_hf())}
+                                      keymap=TEXT_KEYS, hf_config=lambda m: m.config.to_hf())}[architecture]
 
 
-__all__ = ["build_siglip", "siglip_config", "siglip_hf_config", "families", "SIGLIP_SCALE_INIT", "SIGLIP_BIAS_INIT"]
+__all__ = ["build_siglip", "siglip_config", "siglip_hf_config", "family", "SIGLIP_SCALE_INIT", "SIGLIP_BIAS_INIT"]

@@ -38,7 +38,7 @@ from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.connectors.merger import PatchMerger
-from ocellus.models.families.llava import _decoder_rules, check_spec, image_token_id
+from ocellus.models.families.common import check_spec, decoder_rules as _decoder_rules, image_token_id
 from ocellus.models.fusion import splice
 from ocellus.models.generates import GeneratesWithDecoder
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM

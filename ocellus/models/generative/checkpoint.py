@@ -3,19 +3,20 @@
 A spec is plain JSON: {"kind": "diffusion" | "vqvae" | "maskgit" | "ar", the numbers of each part,
 "class_names": [...], "image_size": S}. `build` turns a spec into a model (generators over VQ
 tokens and latent diffusion embed their tokenizer's spec, so a directory is self-contained);
-`save_generator` / `load_generator` round-trip it with strict key checks.
+`family()` is its record in the registry (hub/families.py), so ocellus.load / ocellus.save open it;
+`save_generator` / `load_generator` are thin wrappers over that one strict path.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 
 from torch import nn
-from safetensors.torch import load_file, save_file
 
 from ocellus.errors import CheckpointError, ConfigError
+from ocellus.hub.checkpoint import load_model, save_model
 from ocellus.hub.checkpoint_dir import read_config
+from ocellus.hub.families import OWN_NAMES, Family
 from ocellus.models.generative.ar_image import ar_decoder_config, ARImage
 from ocellus.models.generative.ddpm import DiffusionConfig
 from ocellus.models.generative.latent_diffusion import DiffusionModel
@@ -76,18 +77,29 @@ def build(spec: dict) -> nn.Module:
     return model
 
 
+def _build_from_config(cfg: dict) -> nn.Module:
+    """config.json (a build spec + model_type) -> the generator; `build` is looked up when called, so a test
+    that patches it reaches loads too."""
+    return build({k: v for k, v in cfg.items() if k != "model_type"})
+
+
+def family(architecture: str | None = None) -> Family:
+    """ocellus.load / ocellus.save of an image generator (hub/families.py): config.json is the build spec with
+    model_type ocellus_image_generator and no architectures; model.safetensors holds the model's own names."""
+    return Family(name="image_generator", model_class=(VQVAE, DiffusionModel, MaskGIT, ARImage),
+                  build=_build_from_config, keymap=OWN_NAMES,
+                  hf_config=lambda m: {"model_type": MODEL_TYPE, **m.spec}, config_dtype=False)
+
+
 def save_generator(model: nn.Module, out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = out / "model.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out / "model.safetensors")
-    (out / "config.json").write_text(json.dumps({"model_type": MODEL_TYPE, **model.spec}, indent=1))
-    return out
+    """config.json (model_type + the spec) + model.safetensors, through hub's one save path."""
+    model.family_name = "image_generator"   # any generator class (SEED's codec too) saves in this format
+    return save_model(model, out_dir)
 
 
 def load_generator(path: str | Path) -> nn.Module:
+    """An image-generator directory -> its model, through hub's one strict load path (= ocellus.load); a
+    directory holding another kind of model is refused naming what it holds."""
     path = Path(path)
     cfg_file, weights = path / "config.json", path / "model.safetensors"
     if not cfg_file.exists() or not weights.exists():
@@ -100,14 +112,4 @@ def load_generator(path: str | Path) -> nn.Module:
                               f"{MODEL_TYPE!r}, the export of an image_generation recipe such as "
                               f"recipes/generation/ddpm_digits.yaml); ocellus generate / chat open language and "
                               f"vision-language models")
-    model = build(spec)
-    state = load_file(str(weights))
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(state)
-              if state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise CheckpointError(f"{weights} does not match its config: missing {missing[:8]}, unexpected "
-                              f"{unexpected[:8]}, shape mismatches {shapes[:8]}")
-    model.load_state_dict(state)
-    return model.eval()
+    return load_model(path)

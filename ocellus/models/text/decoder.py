@@ -303,8 +303,9 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
                            ignore_index=ignore_index)
 
 
-def family() -> Family:
-    """The hub Family of LlamaForCausalLM / Qwen2ForCausalLM checkpoints (names: hub/families.DECODER_KEYS)."""
+def family(architecture: str | None = None) -> Family:
+    """The hub Family of LlamaForCausalLM / Qwen2ForCausalLM checkpoints (names: hub/families.DECODER_KEYS); one
+    for both architectures."""
     return Family(name="decoder", model_class=DecoderLM, build=lambda cfg: DecoderLM(DecoderConfig.from_hf(cfg)),
                   keymap=DECODER_KEYS, hf_config=lambda m: m.config.to_hf(),
                   tied=lambda m: ("lm_head.weight",) if m.config.tie_word_embeddings else ())

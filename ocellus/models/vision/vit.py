@@ -415,7 +415,7 @@ def build_vision(cfg: dict) -> VisionTransformer:
     return VisionTransformer(ViTConfig.from_hf(cfg))
 
 
-def family() -> Family:
+def family(architecture: str | None = None) -> Family:
     """The Family for CLIPVisionModel and SiglipVisionModel checkpoints (one table serves both;
     config.json says which, and `to_hf` writes the right one back)."""
     return Family(name="vit", model_class=VisionTransformer, build=build_vision, keymap=VISION_KEYS,

@@ -14,11 +14,10 @@ Reference implementation: open_flamingo (open_flamingo/src/flamingo.py, flamingo
     NFNet) go through the resampler at the encoder's width, the cross-attention projects them.
 
 There is no transformers class for Flamingo (IDEFICS is close but differs), so the checkpoint
-format is our own: config.json architectures ["OcellusFlamingoForConditionalGeneration"],
+format is our own (checkpoint.py): config.json architectures ["OcellusFlamingoForConditionalGeneration"],
 model_type "ocellus_flamingo", vision_config / text_config as LLaVA writes them, and
-perceiver_config / cross_attn_config / cross_attn_every_n_layers for the new parts; tensor names
-follow the LLaVA hub layout for the vision tower and decoder (vision_tower.vision_model.*,
-language_model.model.*), and our module names for perceiver.* and gated_cross_attn.{layer}.*.
+perceiver_config / cross_attn_config / cross_attn_every_n_layers for the new parts. The processor:
+processor.py (one <image> token per image).
 
 Generation: the images are encoded, resampled and projected to each block's keys/values once, at
 prefill, and kept in the cache (`FlamingoCache`) with each row's media time; decode steps feed only
@@ -33,20 +32,14 @@ from torch import nn
 
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.checkpoint import load_model, read_config
-from ocellus.hub.families import Family
-from ocellus.hub.keymap import KeyMap
-from ocellus.hub.vision_families import vision_rules
 from ocellus.models.connectors.perceiver import PerceiverConfig, PerceiverResampler
-from ocellus.models.families.llava import _decoder_rules, _text_config, image_token_id
+from ocellus.models.families.common import image_token_id, text_config
 from ocellus.models.generates import GeneratesWithDecoder
 from ocellus.models.fusion_xattn import GatedCrossAttentionBlock, media_mask, media_time
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.resnet import MODEL_TYPE as RESNET_TYPE, ResNetConfig, ResNetEncoder
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 from ocellus.nn.kv_cache import StaticKVCache
-from ocellus.data.image import ImageProcessorConfig, preprocess
-from ocellus.data.processor import image_processor_dict, Processor
-from ocellus.data.tokenizer import Tokenizer
 
 ARCHITECTURE = "OcellusFlamingoForConditionalGeneration"
 MODEL_TYPES = ("ocellus_flamingo",)
@@ -203,19 +196,6 @@ class Flamingo(GeneratesWithDecoder):
                                    logits_to_keep=logits_to_keep, before_layer=before_layer, **kwargs)
 
 
-# ---- checkpoint family ---------------------------------------------------------------------------------
-FLAMINGO_KEYS = KeyMap(
-    rules=(
-        *vision_rules("vision_tower.", "vision_tower.vision_model."),
-        ("vision_tower.{rest}", "vision_tower.{rest}"),             # a ResNet tower: our names
-        ("perceiver.{rest}", "perceiver.{rest}"),
-        ("gated_cross_attn.{i}.{rest}", "gated_cross_attn.{i}.{rest}"),
-        *_decoder_rules("language_model.", "language_model.model.", "language_model.lm_head.weight"),
-    ),
-    drop=(r"(^|\.)embeddings\.position_ids$", r"rotary_emb\.inv_freq$"),
-)
-
-
 def build_vision(vision_cfg: dict) -> nn.Module:
     """A vision_config dict -> a CLIP/SigLIP ViT or (model_type ocellus_resnet) a ResNet."""
     if vision_cfg.get("model_type") == RESNET_TYPE:
@@ -236,7 +216,7 @@ def build_flamingo(cfg: dict) -> Flamingo:
         if not isinstance(cfg.get(key), dict):
             raise ConfigError(f"Flamingo config.json has no {key} (a mapping)")
     vision = build_vision(cfg["vision_config"])
-    decoder = DecoderLM(DecoderConfig.from_hf(_text_config(cfg)))
+    decoder = DecoderLM(DecoderConfig.from_hf(text_config(cfg)))
     layer = cfg.get("vision_feature_layer", -1)
     select = cfg.get("vision_feature_select_strategy", "default")
     if not isinstance(layer, int) or isinstance(layer, bool):
@@ -267,35 +247,7 @@ def build_flamingo(cfg: dict) -> Flamingo:
     return model
 
 
-def flamingo_hf_config(model: Flamingo) -> dict:
-    out = dict(getattr(model, "hf_config", {}) or {})
-    perceiver = model.perceiver.config.to_dict()
-    perceiver.pop("dim")  # the vision tower's width, not a free choice
-    block = next(iter(model.gated_cross_attn.values()), None)
-    layers = sorted(int(k) for k in model.gated_cross_attn)
-    every = layers[0] + 1 if layers else out.get("cross_attn_every_n_layers", 1)
-    out.update(architectures=[ARCHITECTURE], model_type=MODEL_TYPES[0], image_token_index=model.image_token_id,
-               vision_feature_layer=model.feature_layer, vision_feature_select_strategy=model.feature_select,
-               vision_config=model.vision_tower.config.to_hf(), text_config=model.language_model.config.to_hf(),
-               perceiver_config=perceiver, cross_attn_every_n_layers=every)
-    if block is not None:
-        out["cross_attn_config"] = {"heads": block.attn.heads, "head_dim": block.attn.head_dim,
-                                    "ff_mult": block.ff.mlp.fc1.out_features // block.ff.mlp.fc1.in_features}
-    out["text_config"].pop("architectures", None)
-    return out
-
-
-def flamingo_tied(model: Flamingo) -> tuple[str, ...]:
-    return ("language_model.lm_head.weight",) if model.language_model.config.tie_word_embeddings else ()
-
-
-def family() -> Family:
-    """The hub Family (ocellus/hub/families.py) of OcellusFlamingoForConditionalGeneration."""
-    return Family(name="flamingo", model_class=Flamingo, build=build_flamingo, keymap=FLAMINGO_KEYS,
-                  hf_config=flamingo_hf_config, tied=flamingo_tied)
-
-
-# ---- the recipe / processor contract (ocellus/models/families/registry.py) ------------------------------
+# ---- the recipe side (model.architecture: flamingo) -----------------------------------------------------
 def compose(spec: dict, tok) -> Flamingo:
     """A Flamingo for a recipe: a pretrained ViT (vision_from) or a new ResNet (vision: {model_type:
     ocellus_resnet, ...}), a pretrained decoder (llm_from), a new resampler and new xattn blocks.
@@ -328,36 +280,3 @@ def compose(spec: dict, tok) -> Flamingo:
         model.vision_tower.load_state_dict(load_model(spec["vision_from"]).state_dict())
     model.language_model.load_state_dict(load_model(spec["llm_from"]).state_dict())
     return model
-
-
-def image_inputs_fn(image_config):
-    """The processor's image side: every image -> pixel_values [1, 3, H, W] and ONE <image> token
-    (cross-attention reads the pixels; the token only marks where the image is in the text)."""
-
-    def image_inputs(images):
-        pixel_values = preprocess(images, image_config, max_pixels=None)                    # [N, 3, H, W]
-        return {"pixel_values": pixel_values}, [1] * len(images)
-    return image_inputs
-
-
-def _processor(tok, image_config, image_token: str = "<image>"):
-    # patch_size / feature_select count spliced image tokens (LLaVA); image_inputs replaces that path
-    return Processor(tok, image_config, patch_size=1, image_token=image_token, image_inputs=image_inputs_fn(image_config))
-
-
-def training_processor(model: Flamingo, tok, image_config):
-    return _processor(tok, image_config, image_token=tok.convert_ids_to_tokens(model.image_token_id))
-
-
-def processor_from_dir(directory):
-    """An exported Flamingo dir: tokenizer + preprocessor_config.json (size, mean, std) + config.json's
-    image_token_index, which must be the tokenizer's image token."""
-    directory = Path(directory)
-    image_dict = image_processor_dict(directory)
-    if image_dict is None:
-        raise ConfigError(f"{directory}: no preprocessor_config.json; a Flamingo checkpoint needs its image settings")
-    tok = Tokenizer.from_dir(directory)
-    index = read_config(directory).get("image_token_index")
-    if not isinstance(index, int) or tok.convert_ids_to_tokens(index) is None:
-        raise ConfigError(f"{directory}: config.json's image_token_index {index!r} is not a token of its tokenizer")
-    return _processor(tok, ImageProcessorConfig.from_dict(image_dict), image_token=tok.convert_ids_to_tokens(index))

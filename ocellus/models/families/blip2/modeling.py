@@ -12,13 +12,11 @@ num_query_tokens placeholders), which is the layout implemented here; the older 
 queries before the prompt" layout is that with the placeholders first.
 
 BLIP-2's ViT (EVA-CLIP in the paper) is our VisionTransformer with CLS, no pre-norm, `post_layernorm`
-over the whole sequence and a patch conv with bias. Its checkpoint fuses q/k/v into `qkv` (the k
-bias is zero in the original, a trained tensor in transformers) and stores class/position embeddings
-as [1, (P+1), D] parameters: `from_checkpoint` / `to_checkpoint` convert, the key table maps names.
+over the whole sequence and a patch conv with bias (`vision_config`); its checkpoint layout is checkpoint.py's.
 
 Recipes compose BLIP-2 on a CLIP or SigLIP tower (the shapes ViT): transformers cannot express that,
 so such a model saves as our own "OcellusBlip2ForConditionalGeneration" (model_type ocellus_blip2),
-same names plus CLIP's `pre_layrnorm`; `ocellus.load` opens both.
+same names plus CLIP's `pre_layrnorm`; `ocellus.load` opens both. The processor: processor.py.
 """
 from __future__ import annotations
 
@@ -29,20 +27,13 @@ from torch import nn
 
 from ocellus.data.templates import MINIGPT4_SYSTEM
 from ocellus.errors import ConfigError, InputError
-from ocellus.hub.bert_families import bert_layer_rules
 from ocellus.hub.checkpoint import load_model, read_config
-from ocellus.hub.checkpoint_dir import read_json_object
-from ocellus.hub.families import Family
-from ocellus.hub.keymap import KeyMap
 from ocellus.models.connectors.qformer import QFormer, QFormerConfig
-from ocellus.models.families.llava import _decoder_rules, _text_config
+from ocellus.models.families.common import text_config
 from ocellus.models.fusion import splice
 from ocellus.models.generates import GeneratesWithDecoder
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
-from ocellus.data.image import ImageProcessorConfig, preprocess
-from ocellus.data.processor import image_processor_dict, Processor
-from ocellus.data.tokenizer import Tokenizer
 
 ARCHITECTURE, OUR_ARCHITECTURE = "Blip2ForConditionalGeneration", "OcellusBlip2ForConditionalGeneration"
 MODEL_TYPES = ("blip-2", "ocellus_blip2")
@@ -153,64 +144,6 @@ def vision_hf_config(vit: ViTConfig) -> dict:
     return out
 
 
-_LAYER = "vision_model.encoder.layers."
-
-
-def from_checkpoint(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """BLIP-2 tensors -> names the key table maps one to one: qkv split into q/k/v projections,
-    [1, 1, D] class and [1, P+1, D] position parameters reshaped to our [D] and embedding table."""
-    out = {}
-    for name, t in tensors.items():
-        if name.startswith(_LAYER) and ".self_attn.qkv." in name:
-            head, kind = name.rsplit(".qkv.", 1)                                       # kind: weight | bias
-            for proj, part in zip(("q_proj", "k_proj", "v_proj"), t.chunk(3, dim=0)):
-                out[f"{head}.{proj}.{kind}"] = part                                    # [D, D] | [D]
-        elif name == "vision_model.embeddings.class_embedding":
-            out[name] = t.reshape(-1)                                                  # [1, 1, D] -> [D]
-        elif name == "vision_model.embeddings.position_embedding":
-            out[name + ".weight"] = t.reshape(-1, t.shape[-1])                         # [1, P+1, D] -> [P+1, D]
-        else:
-            out[name] = t
-    return out
-
-
-def to_checkpoint(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of from_checkpoint (q/k/v fused in transformers' order)."""
-    out = {}
-    for name, t in tensors.items():
-        if name.startswith(_LAYER) and ".self_attn.q_proj." in name:
-            head, kind = name.rsplit(".q_proj.", 1)
-            out[f"{head}.qkv.{kind}"] = torch.cat([t, tensors[f"{head}.k_proj.{kind}"],
-                                                   tensors[f"{head}.v_proj.{kind}"]])  # [3D, D] | [3D]
-        elif name.startswith(_LAYER) and (".self_attn.k_proj." in name or ".self_attn.v_proj." in name):
-            continue                                                                   # fused with q above
-        elif name == "vision_model.embeddings.class_embedding":
-            out[name] = t.reshape(1, 1, -1)
-        elif name == "vision_model.embeddings.position_embedding.weight":
-            out["vision_model.embeddings.position_embedding"] = t[None]                # [1, P+1, D]
-        else:
-            out[name] = t
-    return out
-
-
-BLIP2_KEYS = KeyMap(
-    rules=(
-        ("vision_tower.embeddings.{rest}", "vision_model.embeddings.{rest}"),
-        ("vision_tower.pre_layernorm.{rest}", "vision_model.pre_layrnorm.{rest}"),      # CLIP towers (ours only)
-        ("vision_tower.layers.{i}.self_attn.o_proj.{rest}", _LAYER + "{i}.self_attn.projection.{rest}"),
-        ("vision_tower.layers.{i}.{rest}", _LAYER + "{i}.{rest}"),
-        ("vision_tower.post_layernorm.{rest}", "vision_model.post_layernorm.{rest}"),
-        ("vision_tower.head.{rest}", "vision_model.head.{rest}"),                     # SigLIP towers (ours only)
-        ("qformer.query_tokens", "query_tokens"),
-        ("qformer.layernorm.{rest}", "qformer.layernorm.{rest}"),
-        *bert_layer_rules("qformer.layers.", "qformer.encoder.layer.", self_name="attention"),
-        ("language_projection.{rest}", "language_projection.{rest}"),
-        *_decoder_rules("language_model.", "language_model.model.", "language_model.lm_head.weight"),
-    ),
-    drop=(r"rotary_emb\.inv_freq$", r"(^|\.)position_ids$"),
-)
-
-
 # ---- build / config.json ----------------------------------------------------------------------------
 def build_blip2(cfg: dict) -> Blip2:
     for key in ("vision_config", "text_config"):
@@ -218,7 +151,7 @@ def build_blip2(cfg: dict) -> Blip2:
             raise ConfigError(f"BLIP-2 config.json has no {key}")
     vision_cfg = dict(cfg["vision_config"])
     vision = VisionTransformer(vision_config(vision_cfg))
-    text = _text_config(cfg)
+    text = text_config(cfg)
     if cfg.get("use_decoder_only_language_model") is False:
         raise ConfigError("BLIP-2 with an encoder-decoder LM (Flan-T5) is not implemented; use a Llama / Qwen2 text_config")
     decoder = DecoderLM(DecoderConfig.from_hf(text))
@@ -235,32 +168,7 @@ def build_blip2(cfg: dict) -> Blip2:
     return model
 
 
-def blip2_hf_config(model: Blip2) -> dict:
-    ours = vision_kind(model.vision_tower.config) != BLIP2_VISION
-    out = {k: v for k, v in (getattr(model, "hf_config", None) or {}).items() if k not in ("torch_dtype",)}
-    text = model.language_model.config.to_hf()
-    text.pop("architectures", None)
-    out.update(architectures=[OUR_ARCHITECTURE if ours else ARCHITECTURE], model_type=MODEL_TYPES[int(ours)],
-               vision_config=vision_hf_config(model.vision_tower.config),
-               qformer_config=model.qformer.config.to_hf(), text_config=text,
-               num_query_tokens=model.num_query_tokens, image_token_index=model.image_token_id,
-               use_decoder_only_language_model=True, qformer_part=model.qformer_part,
-               image_wrap=list(model.image_wrap))
-    if model.qformer_part == "connector" and not any(model.image_wrap):   # plain BLIP-2: transformers' keys only
-        del out["qformer_part"], out["image_wrap"]
-    return out
-
-
-def blip2_tied(model: Blip2) -> tuple[str, ...]:
-    return ("language_model.lm_head.weight",) if model.language_model.config.tie_word_embeddings else ()
-
-
-def family():
-    return Family(name="blip2", model_class=Blip2, build=build_blip2, keymap=BLIP2_KEYS, hf_config=blip2_hf_config,
-                  tied=blip2_tied, from_checkpoint=from_checkpoint, to_checkpoint=to_checkpoint)
-
-
-# ---- the recipe / processor contract (ocellus/models/families/registry.py) ---------------------------
+# ---- the recipe side (model.architecture: blip2) -------------------------------------------------------
 # MiniGPT-4's conversation format (ocellus/data/templates.py `minigpt4`) as the chat template its
 # processor renders with, so inference prompts are what training encoded
 MINIGPT4_CHAT_TEMPLATE = (
@@ -318,42 +226,3 @@ def compose(spec: dict, tok) -> Blip2:
         theirs = stage1.qformer.state_dict()
         model.qformer.load_state_dict({k: theirs[k] for k in model.qformer.state_dict()})
     return model
-
-
-def image_inputs_fn(image_config, num_query_tokens: int, max_pixels=None):
-    """The processor's image side: each image -> pixel_values [1, 3, H, W] and num_query_tokens placeholders."""
-
-    def image_inputs(images):
-        return {"pixel_values": preprocess(images, image_config, max_pixels=max_pixels)}, [num_query_tokens] * len(images)
-    return image_inputs
-
-
-def _processor(tok, image_config, num_query_tokens: int, qformer_part: str = "connector", image_wrap=("", "")):
-    """MiniGPT-4 (qformer_part "vision") renders prompts with its own template; BLIP-2 with the tokenizer's."""
-    size = image_config.size_hw or image_config.crop_size
-    if not size:
-        raise ConfigError("a BLIP-2 processor needs a fixed image size (size: {height, width})")
-    variant = VARIANTS["minigpt4" if qformer_part == "vision" else "blip2"]
-    return Processor(tok, image_config, patch_size=size[0], num_extra_tokens=0, feature_select="full",
-                     image_inputs=image_inputs_fn(image_config, num_query_tokens), image_wrap=tuple(image_wrap),
-                     chat_template=variant["chat_template"])
-
-
-def training_processor(model: Blip2, tok, image_config):
-    return _processor(tok, image_config, model.num_query_tokens, model.qformer_part, model.image_wrap)
-
-
-def processor_from_dir(directory):
-    directory = Path(directory)
-    image_dict = image_processor_dict(directory)
-    if image_dict is None:
-        raise ConfigError(f"{directory}: no preprocessor_config.json; a BLIP-2 checkpoint needs its image settings")
-    cfg = read_json_object(directory / "config.json") or {}
-    proc = _processor(Tokenizer.from_dir(directory), ImageProcessorConfig.from_dict(image_dict),
-                      int(cfg.get("num_query_tokens", 32)), cfg.get("qformer_part", "connector"),
-                      cfg.get("image_wrap") or ("", ""))
-    index = cfg.get("image_token_index")
-    if index is not None and index != proc.image_token_id:
-        raise ConfigError(f"{directory}: the tokenizer's image token has id {proc.image_token_id}, but config.json's "
-                          f"image_token_index is {index}")
-    return proc

@@ -9,46 +9,27 @@ config.json: LLaVA's fields (vision_config, text_config, image_token_index, visi
 vision_feature_select_strategy, projector_hidden_act, multimodal_projector_bias) plus
 image_grid_pinpoints, the candidate canvases (H, W) in pixels, multiples of vision_config.image_size.
 
-Checkpoint names: LLaVA's two layouts plus the newline vector, `image_newline` on the hub
-(what transformers 5.23's save_pretrained writes too) and `model.image_newline` in transformers 5's
-in-memory layout. Ours is `packer.image_newline`. We save the hub layout.
-
-The recipe side (registry.py, `model.architecture: llava_next`): `compose` is LLaVA's (pretrained ViT and
+The recipe side (`model.architecture: llava_next`): `compose` is LLaVA's (pretrained ViT and
 decoder, new MLP connector) plus a new image_newline and the canvases (model.image_grid_pinpoints, default
 transformers' own scaled to tiles of the tower's image_size); the processor is LLaVA's with anyres views.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from ocellus.errors import ConfigError
-from ocellus.hub.families import Family
-from ocellus.hub.keymap import KeyMap
 from ocellus.models.connectors.anyres import AnyresPacker
-from ocellus.models.families.llava import (
+from ocellus.models.families.common import check_spec
+from ocellus.models.families.llava.modeling import (
     DEFAULT_GRID_PINPOINTS,
-    LLAVA_KEYS,
     SPEC_KEYS as LLAVA_SPEC_KEYS,
     build_llava,
-    check_spec,
     compose_config,
-    llava_hf_config,
     load_parts,
-    processor_from_dir,   # noqa: F401  (registry interface: LLaVA's, counting the anyres canvases)
-    training_processor,   # noqa: F401  (registry interface: LLaVA's, with the packer's canvases)
 )
 from ocellus.models.vision.vit import ViTConfig
 from ocellus.models.vlm import VLM
 
-LLAVA_NEXT_KEYS = KeyMap(
-    rules=(
-        ("packer.image_newline", "image_newline"),          # hub layout: what we write
-        *LLAVA_KEYS.rules,                                   # LLaVA's, hub layout first
-        ("packer.image_newline", "model.image_newline"),    # transformers 5 in-memory, read only
-    ),
-    drop=LLAVA_KEYS.drop,
-)
+MODEL_TYPES = ("llava_next",)
+SPEC_KEYS = LLAVA_SPEC_KEYS | {"image_grid_pinpoints"}
 
 
 def build_llava_next(cfg: dict) -> VLM:
@@ -68,28 +49,7 @@ def build_llava_next(cfg: dict) -> VLM:
     return model
 
 
-def llava_next_hf_config(model: VLM) -> dict:
-    if getattr(model, "packer", None) is None:
-        raise ConfigError("llava_next_hf_config: this VLM has no anyres packer; save it as LLaVA")
-    out = llava_hf_config(model)
-    out.update(architectures=["LlavaNextForConditionalGeneration"], model_type="llava_next",
-               image_grid_pinpoints=[list(p) for p in model.packer.grid_pinpoints])
-    return out
-
-
-def family() -> Family:
-    """The hub Family (ocellus/hub/families.py) of LlavaNextForConditionalGeneration."""
-    return Family(name="llava_next", model_class=VLM, build=build_llava_next, keymap=LLAVA_NEXT_KEYS,
-                  hf_config=llava_next_hf_config,
-                  tied=lambda m: ("language_model.lm_head.weight",)
-                  if m.language_model.config.tie_word_embeddings else ())
-
-
-# ---- the recipe / processor side (models/families/registry.py) -----------------------------------
-MODEL_TYPES = ("llava_next",)
-SPEC_KEYS = LLAVA_SPEC_KEYS | {"image_grid_pinpoints"}
-
-
+# ---- the recipe side (model.architecture: llava_next) ----------------------------------------------------
 def default_pinpoints(tile: int) -> list[list[int]]:
     """transformers' default canvases (1x2, 2x1, 2x2, 3x1, 1x3 tiles of 336 px) in tiles of `tile` px."""
     return [[h // 336 * tile, w // 336 * tile] for h, w in DEFAULT_GRID_PINPOINTS]
@@ -112,17 +72,3 @@ def compose(spec: dict, tok) -> VLM:
     cfg.update(architectures=["LlavaNextForConditionalGeneration"], model_type="llava_next",
                image_grid_pinpoints=pinpoints)
     return load_parts(build_llava_next(cfg), spec)
-
-
-def export_processor(model: VLM, tok, image_config, path) -> None:
-    """preprocessor_config.json as transformers' LlavaNextImageProcessor reads it: the recipe's global-view
-    size and mean/std, tiles of the tower's size (crop_size), the model's canvases."""
-    h, w = image_config.size_hw
-    tile = model.packer.tile_size
-    config = {"image_processor_type": "LlavaNextImageProcessor", "do_resize": True, "size": {"height": h, "width": w},
-              "crop_size": {"height": tile, "width": tile}, "do_center_crop": False,
-              "image_grid_pinpoints": [list(p) for p in model.packer.grid_pinpoints],
-              "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-              "image_mean": list(image_config.image_mean), "image_std": list(image_config.image_std),
-              "resample": int(image_config.resample)}
-    (Path(path) / "preprocessor_config.json").write_text(json.dumps(config, indent=2))

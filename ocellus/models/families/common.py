@@ -1,0 +1,60 @@
+"""What the vision-language families share when they read configs and compose recipes: the key rules of a
+decoder inside a composite checkpoint and its tied lm_head, the text_config check, a recipe's spec check, its
+image token and the directories of its pretrained parts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ocellus.errors import ConfigError
+
+
+def decoder_rules(ours: str, model: str, head: str) -> tuple[tuple[str, str], ...]:
+    """(ours, theirs) rules for a Llama-family decoder under prefix `ours`, its body under `model` and its
+    lm_head named `head` in the checkpoint."""
+    return ((f"{ours}embed_tokens.weight", f"{model}embed_tokens.weight"),
+            (f"{ours}layers.{{i}}.{{rest}}", f"{model}layers.{{i}}.{{rest}}"),
+            (f"{ours}norm.weight", f"{model}norm.weight"),
+            (f"{ours}lm_head.weight", head))
+
+
+def tied_lm_head(model) -> tuple[str, ...]:
+    """A model whose `language_model` ties lm_head to the embeddings writes it once (the Family's `tied`)."""
+    return ("language_model.lm_head.weight",) if model.language_model.config.tie_word_embeddings else ()
+
+
+def text_config(cfg: dict) -> dict:
+    """A composite config.json's text_config as the decoder reads it (llama when unnamed; the top-level tie
+    flag carried down)."""
+    text = dict(cfg.get("text_config") or {})
+    if not text:
+        raise ConfigError("LLaVA config.json has no text_config")
+    text.setdefault("model_type", "llama")
+    if text["model_type"] not in ("llama", "qwen2", "mistral", "vicuna"):
+        raise ConfigError(f"LLaVA text_config.model_type {text['model_type']!r} is not a supported decoder "
+                          f"(llama, qwen2)")
+    if cfg.get("tie_word_embeddings") and "tie_word_embeddings" not in text:
+        text["tie_word_embeddings"] = True
+    return text
+
+
+def check_spec(spec: dict, known, family: str) -> None:
+    """A recipe's model section may hold only `known` keys: a misspelt one is an error, never ignored."""
+    unknown = set(spec) - set(known)
+    if unknown:
+        raise ConfigError(f"{family} model: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+
+
+def part_dirs(spec: dict) -> tuple[Path, Path]:
+    """A recipe's pretrained vision tower and decoder directories (model.vision_from, model.llm_from)."""
+    if not (spec.get("vision_from") and spec.get("llm_from")):
+        raise ConfigError("model for a vlm needs `from`, or both `vision_from` and `llm_from`")
+    return Path(spec["vision_from"]), Path(spec["llm_from"])
+
+
+def image_token_id(tok, spec: dict) -> int:
+    """The id of the recipe's image placeholder (model.image_token, default <image>) in the tokenizer."""
+    image_token = spec.get("image_token", "<image>")
+    index = tok.convert_tokens_to_ids(image_token)
+    if index is None:
+        raise ConfigError(f"the tokenizer has no image token {image_token!r}")
+    return index

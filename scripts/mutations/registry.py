@@ -1,0 +1,37 @@
+"""The family registry (ocellus/hub/families.py) and the one strict load/save path every kind takes
+(hub/checkpoint.py, generators, unified models), guarded by tests/unit/test_family_registry.py,
+tests/unit/test_adding_a_model.py (docs/ADDING_A_MODEL.md followed literally) and test_checkpoint_untrusted.py."""
+from mutations import Mutation
+
+REGISTRY = "tests/unit/test_family_registry.py"
+PAGE = "tests/unit/test_adding_a_model.py"
+UNTRUSTED = "tests/unit/test_checkpoint_untrusted.py"
+FAMILIES = "ocellus/hub/families.py"
+
+MUTATIONS = [
+    Mutation(name="registry: a family registered twice replaces the first", file=FAMILIES,
+             old="    if record.name in FAMILIES:\n", new="    if record.name in ():\n", tests=[PAGE]),
+    Mutation(name="registry: a model_type another family claims is taken over", file=FAMILIES,
+             old='claims += [("model_type", t, _BY_MODEL_TYPE) for t in record.model_types]',
+             new='claims += [("model_type", t, {}) for t in record.model_types]', tests=[REGISTRY]),
+    Mutation(name="registry: unregister leaves the model_type known", file=FAMILIES,
+             old="        MODEL_TYPES.discard(t)\n", new="        pass\n", tests=[PAGE, REGISTRY]),
+    Mutation(name="registry: a training_processor looked up in the modeling module", file=FAMILIES,
+             old='"training_processor": "processor"', new='"training_processor": "modeling"', tests=[PAGE]),
+    Mutation(name="registry: a config whose model_type and architectures disagree is built by its architecture",
+             file=FAMILIES, old="            if record is not None and a not in record.architectures:",
+             new="            if record is None and a not in ():", tests=[UNTRUSTED]),
+    Mutation(name="registry: an own-format config (no architectures) is not found by its model_type", file=FAMILIES,
+             old="    if not archs and record is not None and not record.architectures and record.checkpoint is not None:",
+             new="    if not archs and record is not None and record.architectures and record.checkpoint is not None:",
+             tests=[REGISTRY]),
+    Mutation(name="registry: save scans every family before the model's own (imports them all)", file=FAMILIES,
+             old="        records.insert(0, FAMILIES[first])", new="        records.append(FAMILIES[first])",
+             tests=[REGISTRY]),
+    Mutation(name="registry: save writes dtype into an Ocellus spec format", file="ocellus/hub/checkpoint.py",
+             old="    if fam.config_dtype:\n", new="    if True:\n", tests=[REGISTRY]),
+    Mutation(name="registry: a unified model reloads without its drawing options",
+             file="ocellus/models/unified/checkpoint.py",
+             old='model.generate_options = cfg["image_size"], cfg["colours"], cfg.get("generate", {})',
+             new='model.generate_options = cfg["image_size"], cfg["colours"], {}', tests=[REGISTRY]),
+]

@@ -1,0 +1,134 @@
+"""docs/ADDING_A_MODEL.md, followed literally: every python block of the page that names a file is written into
+a folder, the page's registry line is run, and the family it describes composes a recipe's model, saves, reopens
+with the same logits and files, and serves its processor, all through the public API (ocellus.load / save /
+load_processor). A page that drifts from the code fails here."""
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import ocellus
+from ocellus.data.bpe import train_bpe
+from ocellus.data.image import ImageProcessorConfig
+from ocellus.errors import ConfigError
+from ocellus.hub import families
+from ocellus.models.text.decoder import DecoderConfig, DecoderLM
+from ocellus.models.vision.vit import ViTConfig, VisionTransformer
+
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "ADDING_A_MODEL.md"
+FILES = {"pooled_llava/__init__.py", "pooled_llava/modeling.py", "pooled_llava/checkpoint.py",
+         "pooled_llava/processor.py"}
+IMAGE_CONFIG = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"height": 16, "width": 16},
+                "do_center_crop": False, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+
+
+def page_blocks() -> dict[str, str]:
+    """The page's python blocks by what their first line names ("# pooled_llava/modeling.py", "# registry line")."""
+    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
+    return {b.splitlines()[0].removeprefix("#").strip(): b for b in blocks}
+
+
+@pytest.fixture
+def family_from_the_page(tmp_path, monkeypatch):
+    blocks = page_blocks()
+    assert set(blocks) == FILES | {"registry line"}, sorted(blocks)
+    for name in FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(blocks[name])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    exec(blocks["registry line"], {})
+    yield blocks
+    if "pooled_llava" in families.FAMILIES:
+        families.unregister("pooled_llava")
+    for name in [m for m in sys.modules if m == "pooled_llava" or m.startswith("pooled_llava.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A tokenizer with <image>, a CLIP tower (16 px, 4 px patches: a 4x4 grid) and a tied decoder, saved as a
+    recipe's vision_from / llm_from."""
+    root = tmp_path_factory.mktemp("parts")
+    tok = train_bpe(["a red circle", "a blue square", "what colour is it?"] * 20, 300)
+    torch.manual_seed(0)
+    vit = VisionTransformer(ViTConfig.from_hf({"model_type": "clip_vision_model", "hidden_size": 32,
+                                                "intermediate_size": 64, "num_hidden_layers": 1,
+                                                "num_attention_heads": 2, "image_size": 16, "patch_size": 4}))
+    llm = DecoderLM(DecoderConfig.from_hf({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                                           "vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
+                                           "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+                                           "tie_word_embeddings": True}))
+    ocellus.save(vit, root / "vit")
+    ocellus.save(llm, root / "llm", tokenizer=tok)
+    return tok, root
+
+
+def _batch(proc):
+    image = Image.new("RGB", (20, 16), (200, 30, 30))
+    return proc(messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"}]}],
+                images=[image])
+
+
+def _files(path: Path) -> tuple[dict, dict]:
+    return json.loads((path / "config.json").read_text()), load_file(str(path / "model.safetensors"))
+
+
+def test_the_page_family_composes_saves_reopens_and_serves_its_processor(family_from_the_page, parts, tmp_path):
+    tok, root = parts
+    pieces = families.family_module("pooled_llava")
+    model = pieces.compose({"architecture": "pooled_llava", "vision_from": str(root / "vit"),
+                            "llm_from": str(root / "llm")}, tok)
+    image_config = ImageProcessorConfig.from_dict(IMAGE_CONFIG)
+    proc = pieces.training_processor(model, tok, image_config)
+    batch = _batch(proc)
+    assert (batch["input_ids"] == model.image_token_id).sum() == 4            # (4 / 2)^2: a 2x2 pool of a 4x4 grid
+    with torch.no_grad():
+        logits = model(**batch).logits
+
+    out = tmp_path / "export"
+    ocellus.save(model, out, processor=proc)
+    pieces.export_processor(model, tok, image_config, out)
+    cfg, tensors = _files(out)
+    assert cfg["architectures"] == ["OcellusPooledLlavaForConditionalGeneration"]
+    assert cfg["model_type"] == "ocellus_pooled_llava"
+    assert {k.split(".")[0] for k in tensors} == {"vision", "connector", "language"}          # the page's key table
+    assert "language.lm_head.weight" not in tensors                                           # tied: written once
+
+    again = ocellus.load(out)
+    assert again.family_name == "pooled_llava"
+    served = ocellus.load_processor(out)
+    reread = _batch(served)
+    assert torch.equal(reread["input_ids"], batch["input_ids"])
+    assert torch.equal(reread["pixel_values"], batch["pixel_values"])
+    with torch.no_grad():
+        torch.testing.assert_close(again(**reread).logits, logits)
+
+    ocellus.save(again, tmp_path / "again")
+    cfg2, tensors2 = _files(tmp_path / "again")
+    assert {k: v for k, v in cfg2.items() if k != "dtype"} == {k: v for k, v in cfg.items() if k != "dtype"}
+    assert tensors2.keys() == tensors.keys() and all(torch.equal(tensors[k], tensors2[k]) for k in tensors)
+
+    families.unregister("pooled_llava")                  # the registry line is what made the directory loadable
+    with pytest.raises(ConfigError, match="unknown model_type 'ocellus_pooled_llava'"):
+        ocellus.load(out)
+
+
+def test_the_page_connector_is_a_2x2_mean_then_its_mlp(family_from_the_page):
+    from pooled_llava.modeling import PooledProjector
+    torch.manual_seed(0)
+    proj = PooledProjector(6, 8)
+    x = torch.randn(2, 16, 6)                                          # a 4x4 grid, row-major
+    grid = x.reshape(2, 4, 4, 6)
+    mean = torch.stack([grid[:, r:r + 2, c:c + 2].mean((1, 2)) for r in (0, 2) for c in (0, 2)], 1)   # [2, 4, 6]
+    expected = proj.linear_2(torch.nn.functional.gelu(proj.linear_1(mean)))
+    torch.testing.assert_close(proj(x), expected)
+
+
+def test_the_page_registry_line_refuses_a_second_registration(family_from_the_page):
+    with pytest.raises(ConfigError, match="family 'pooled_llava' is registered already"):
+        exec(family_from_the_page["registry line"], {})
