@@ -36,14 +36,37 @@ def gguf_for(checkpoint: Path, dname: str) -> Path:
     return path if path.exists() else export_gguf(checkpoint, path, GGUF_FOR[dname])
 
 
-def load_llamacpp(gguf_path: Path, threads: int, n_ctx: int):
-    """A llama_cpp.Llama on gguf_path: `threads` for prefill and decode, context n_ctx, prompt in one batch."""
+class LlamaCpp:
+    """What the bench drives of a llama_cpp.Llama (reset, eval, n_ctx) plus the last evaluated position's
+    logits, read from the context: llama-cpp-python 0.3.x fills `Llama.scores` only with logits_all=True,
+    which would also compute logits for every prompt position."""
+
+    def __init__(self, llm, get_logits_ith):
+        self.llm, self._logits_ith, self.n_vocab = llm, get_logits_ith, llm.n_vocab()
+
+    def n_ctx(self) -> int:
+        return self.llm.n_ctx()
+
+    def reset(self) -> None:
+        self.llm.reset()
+
+    def eval(self, tokens) -> None:
+        self.llm.eval(tokens)
+
+    def last_logits(self) -> np.ndarray:
+        """[V] float32, a view of llama.cpp's buffer (valid until the next eval)."""
+        return np.ctypeslib.as_array(self._logits_ith(self.llm.ctx, -1), shape=(self.n_vocab,))
+
+
+def load_llamacpp(gguf_path: Path, threads: int, n_ctx: int) -> LlamaCpp:
+    """llama.cpp on gguf_path: `threads` for prefill and decode, context n_ctx, prompt in one batch."""
     try:
         import llama_cpp  # optional: the [llamacpp] extra, a source build
     except ImportError as e:
         raise ConfigError(INSTALL) from e
-    return llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                           n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    return LlamaCpp(llm, llama_cpp.llama_get_logits_ith)
 
 
 def greedy(llm, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
@@ -58,7 +81,7 @@ def greedy(llm, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
     llm.eval(prompt)
     out = []
     for step in range(new_tokens):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))   # the last position's logits [V]
+        nxt = int(np.argmax(llm.last_logits()))
         out.append(nxt)
         if step + 1 < new_tokens:                            # the last token needs no forward pass
             llm.eval([nxt])

@@ -1,13 +1,14 @@
 """`ocellus bench decode --vs llamacpp` (ocellus/bench_llamacpp.py, bench.py) without llama.cpp: the greedy loop
-and the bench's plumbing run against a stand-in with llama_cpp.Llama's interface (reset / eval / scores /
-n_tokens / n_ctx) backed by Ocellus' own forward pass, so they are checked in the default run; the real
-llama.cpp is checked in tests/unit/test_gguf_export.py when llama-cpp-python is installed."""
+and the bench's plumbing run against a stand-in with bench_llamacpp.LlamaCpp's interface (reset / eval /
+last_logits / n_ctx) backed by Ocellus' own forward pass, and LlamaCpp's logits read against a fake context,
+so they are checked in the default run; the real llama.cpp is checked in tests/unit/test_gguf_export.py when
+llama-cpp-python is installed."""
 from __future__ import annotations
 
+import ctypes
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,8 +19,8 @@ from ocellus.errors import ConfigError, InputError
 
 
 class OcellusAsLlama:
-    """What greedy() uses of llama_cpp.Llama, computed by an Ocellus model: eval appends tokens and
-    stores the last position's logits in scores[n_tokens - 1]."""
+    """What greedy() uses of bench_llamacpp.LlamaCpp, computed by an Ocellus model: eval appends tokens,
+    last_logits is the last position's logits."""
 
     def __init__(self, model, n_ctx: int):
         self.model, self._n_ctx = model, n_ctx
@@ -29,15 +30,16 @@ class OcellusAsLlama:
         return self._n_ctx
 
     def reset(self):
-        self.tokens, self.n_tokens = [], 0
-        self.scores = np.zeros((self._n_ctx, self.model.config.vocab_size), dtype=np.float32)
+        self.tokens, self.n_tokens, self.logits = [], 0, None
 
     def eval(self, tokens):
         self.tokens += list(tokens)
         self.n_tokens = len(self.tokens)
         with torch.inference_mode():
-            logits = self.model(torch.tensor([self.tokens])).logits[0, -1]
-        self.scores[self.n_tokens - 1] = logits.float().numpy()
+            self.logits = self.model(torch.tensor([self.tokens])).logits[0, -1].float().numpy()
+
+    def last_logits(self):
+        return self.logits
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +97,34 @@ def test_without_llama_cpp_the_extra_is_named(tiny, monkeypatch):
         bench_llamacpp.reference_runner(tiny, "fp32", torch.zeros(1, 4, dtype=torch.long), 1, 32)
     with pytest.raises(ConfigError, match="no GGUF file type matches 'fp16'"):
         bench_llamacpp.gguf_for(tiny, "fp16")
+
+
+def test_llamacpp_adapter_reads_the_last_logits_from_the_context():
+    """LlamaCpp.last_logits: llama_get_logits_ith(ctx, -1) viewed as [n_vocab] floats; the rest is passed on."""
+    buf = (ctypes.c_float * 6)(0.5, -1.0, 3.0, 2.0, 7.0, 9.0)
+    calls = []
+
+    class Llm:
+        ctx = "ctx-pointer"
+
+        def n_vocab(self):
+            return 4
+
+        def n_ctx(self):
+            return 32
+
+        def reset(self):
+            calls.append("reset")
+
+        def eval(self, tokens):
+            calls.append(list(tokens))
+
+    def logits_ith(ctx, i):
+        calls.append((ctx, i))
+        return ctypes.cast(buf, ctypes.POINTER(ctypes.c_float))
+
+    llm = bench_llamacpp.LlamaCpp(Llm(), logits_ith)
+    assert llm.n_ctx() == 32
+    assert bench_llamacpp.greedy(llm, torch.tensor([[5, 6]]), 2).tolist() == [[5, 6, 2, 2]]
+    assert calls == ["reset", [5, 6], ("ctx-pointer", -1), [2], ("ctx-pointer", -1)]
+    assert llm.last_logits().tolist() == [0.5, -1.0, 3.0, 2.0]
