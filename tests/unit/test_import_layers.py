@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2] / "ocellus"
 LAYERS = ("errors", "nn", "hub", "data", "infer", "models", "families", "viz", "eval", "train", "serve", "cli/api")
 # the public API and the commands: the package root and its top-level modules
 TOP_MODULES = frozenset({"ocellus", "ocellus.cli", "ocellus.chat", "ocellus.demo", "ocellus.bench",
-                         "ocellus.bench_vlm", "ocellus.bench_llamacpp"})
+                         "ocellus.bench_vlm", "ocellus.bench_llamacpp", "ocellus.bench_serve"})
 
 # Known upward imports left to remove: (file, imported module) -> why it is still here. Each entry is a
 # debt with an owner; the list only shrinks (test_allow_list_is_live fails on an entry that no longer occurs).
