@@ -1,6 +1,7 @@
 """GRPO and PPO run under the Trainer (train/step_objective.py), so they checkpoint and resume as SFT does.
 
-Each method's recipe entry point (`grpo.run` / `ppo.run`) on the embedded tiny LLaVA, N = 2 steps (on the
+Each method's recipe entry point (`grpo.run` / `ppo.run`) on the embedded tiny LLaVA, weakened as the shipped
+recipes start (so a group's answers differ and GRPO has an advantage to follow), N = 2 steps (on the
 cosine, so their learning rates differ), a checkpoint every step: run A goes straight through; run B
 is killed in the middle of writing its last checkpoint (after the model file, before the optimizer's), which
 must leave `latest` naming step N/2, complete and readable; run C resumes B from another torch seed (so nothing
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 N = 2
 METHODS = {
-    "grpo": (grpo, {"num_generations": 2, "beta": 0.04},
+    "grpo": (grpo, {"num_generations": 4, "beta": 0.04},
              {"vision": "frozen", "connector": "full", "llm": {"mode": "lora", "rank": 4, "dropout": 0.2}}),
     "ppo": (ppo, {"ppo_epochs": 1, "kl_coef": 0.1},
             {"vision": "frozen", "connector": "full", "llm": "full"}),
@@ -33,7 +34,7 @@ METHODS = {
 
 def _run(method: str, out, resume: bool = False, seed: int = 0):
     module, options, stage = METHODS[method]
-    recipe = {"name": method, "task": method, "seed": 0, "model": {"from": "default"},
+    recipe = {"name": method, "task": method, "seed": 0, "model": {"from": "default", "weaken": {"noise": 0.5}},
               "data": {"source": "shapes", "kind": "qa", "n": 16, "seed": 23, "image_size": 48,
                        "qa_weights": {"count": 1}},
               "method": {"rewards": ["count"], "max_new_tokens": 2, **options},
@@ -78,6 +79,7 @@ def test_a_run_killed_mid_save_resumes_to_the_uninterrupted_result(method, tmp_p
     assert [r["step"] for r in b] == list(range(1, N + 1))       # the stale last line replaced, not repeated
     assert b == a                                                # losses, rewards, kl, lr, grad norms: bitwise
     assert all({"reward", "kl", "grad_norm"} <= set(r) for r in a) and a[0]["lr"] > a[-1]["lr"]
+    assert all(r["grad_norm"] > 0 for r in a)                    # every step moved the policy: nothing vacuous
     assert [json.loads(x) for x in (tmp_path / "b" / "posttrain.jsonl").read_text().splitlines()] == \
         [json.loads(x) for x in (tmp_path / "a" / "posttrain.jsonl").read_text().splitlines()]
     (model_a, optim_a), (model_b, optim_b) = _final(tmp_path / "a"), _final(tmp_path / "b")
