@@ -96,9 +96,11 @@ class Int8Linear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         needs_grad = torch.is_grad_enabled() and x.requires_grad
-        if not needs_grad and int8_kernel_available(x.device) and x.dtype == torch.bfloat16:
+        # the CPU kernel reads the input dimension in blocks of 8: other widths give wrong sums or crash (torch 2.13)
+        kernel = not needs_grad and self.in_features % 8 == 0 and int8_kernel_available(x.device)
+        if kernel and x.dtype == torch.bfloat16:
             y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.weight, self._scale_as(x))
-        elif not needs_grad and int8_kernel_available(x.device) and x.dtype == torch.float32:
+        elif kernel and x.dtype == torch.float32:
             # the kernel's fp32 (and fp16) path is 6-20x slower than its bf16 one here (AVX2, torch 2.13):
             # the matmul input is rounded to bf16, accumulation stays fp32, the output is fp32 again
             xb = x2.to(torch.bfloat16)

@@ -190,3 +190,18 @@ def test_cli_quantize_flag_reaches_the_model(tmp_path, monkeypatch, capsys):
     assert main(qargs + ["--quantize", "int8"]) == 0
     assert main(qargs) == 2
     assert "CheckpointError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("width", [4, 6, 12, 20])
+def test_input_widths_the_kernel_cannot_take_use_the_written_out_product(width):
+    """aten._weight_int8pack_mm reads the input dimension in blocks of 8 on CPU: other widths gave wrong sums (4,
+    12, 20) or killed the process (6). Such layers (a tiny head, an MoE router) take the written-out product."""
+    torch.manual_seed(1)
+    lin = nn.Linear(width, 16, bias=False)
+    q = Int8Linear.from_linear(lin)
+    x = torch.randn(3, width)
+    by_hand = x @ q.dequantized_weight().T
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            out = q.to(dtype)(x.to(dtype)).float()
+            assert torch.allclose(out, by_hand, rtol=2e-2, atol=2e-2 * by_hand.abs().max().item()), (width, dtype)
