@@ -3,12 +3,18 @@ run / export (the Trainer tasks also the build hooks run.run_trainer calls), an 
 every known one, and `ocellus train` and recipe validation accept exactly the table's tasks (nothing patched:
 the CLI has no list of its own)."""
 import importlib
+import json
+import shutil
 
 import pytest
+import torch
 import yaml
+
+import ocellus
 
 from ocellus.cli import main
 from ocellus.errors import ConfigError
+from ocellus.train.run import run_method
 from ocellus.train.tasks import load_recipe, run_recipe, shared_schema, task_module, TASKS, validate
 
 BUILD_HOOKS = ("build_tokenizer", "build_model", "build_dataset")
@@ -65,3 +71,58 @@ def test_the_cli_and_recipe_validation_accept_exactly_the_table(tmp_path, capsys
     cli = {name for name in candidates if _accepted_by_the_cli(name, tmp_path, capsys)}
     checked = {name for name in candidates if _accepted_by_validation(name)}
     assert cli == checked == set(TASKS)
+
+
+def test_a_post_training_run_gets_its_recipe_and_the_recipes_model_card(tmp_path):
+    """run.run_method, what every post-training task runs through: the method runs in train.out_dir after the
+    recipe's seed, recipe.json is written beside it, and its export gets the model card of the recipe that made it
+    (its name, task, schedule, data), as a Trainer task's export does."""
+    seen = {}
+
+    def method(recipe, cfg, out):
+        seen.update(draw=torch.rand(3), out=out, steps=cfg.max_steps)
+        return shutil.copytree(ocellus.default_model_dir(), out / "model")   # stands for the trained policy
+    recipe = {"task": "dpo", "name": "dpo_card", "seed": 7, "model": {"from": "default"},
+              "data": {"source": "shapes", "n": 16}, "train": {"max_steps": 3, "batch_size": 4, "out_dir": str(tmp_path)},
+              "_path": "recipes/posttrain/dpo.yaml"}
+    path = run_method(recipe, method)
+    assert path == tmp_path / "model" and seen["out"] == tmp_path and seen["steps"] == 3
+    torch.manual_seed(7)
+    assert torch.equal(seen["draw"], torch.rand(3))                   # the method ran after the recipe's seed
+    assert json.loads((tmp_path / "recipe.json").read_text()) == {k: v for k, v in recipe.items() if k != "_path"}
+    card = (path / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: ocellus\npipeline_tag: image-text-to-text\n")
+    assert "# dpo_card" in card and "recipe `dpo_card` (task `dpo`)" in card and "3 steps of batch 4" in card
+    assert "16 generated samples" in card and "<image>" in card      # the prompt format shows where the image goes
+
+
+BASE = {"data": {"source": "shapes"}, "train": {"max_steps": 1}}
+
+
+@pytest.mark.parametrize("task, change, message", [
+    ("lm", {"data": {"source": "shapes_text"}, "train": {"max_steps": 1, "stage": {"connector": "full"}}},
+     r"task 'lm' has no parts \['connector'\]"),
+    ("moco", {"train": {"max_steps": 1, "stage": {"text": "full"}}}, r"task 'moco' has no parts \['text'\]"),
+    ("vit_classify", {"data": {"source": "shapes_text"}}, "task 'vit_classify' trains on images"),
+    ("lm", {}, "task 'lm' pretrains the decoder on text"),
+    ("qformer_pretrain", {"data": {"source": "shapes_text"}}, "task 'qformer_pretrain' trains on images"),
+    ("albef", {"data": {"source": "shapes_text"}}, "task 'albef' trains on images"),
+    ("vlm", {"model": {"llm_from": "x"}}, "model needs `from`"),
+    ("vlm", {"model": {"from": "x"}, "train": {"max_steps": 1, "stage": {"vision": "frozen", "connector": "frozen",
+                                                                       "llm": "frozen"}}}, "nothing would train"),
+    ("grpo", {"model": {}}, "task 'grpo' needs model.from"),
+    ("rm", {"model": {"from": "default"}, "data": {"source": "digits"}}, "task 'rm' builds its preference pairs"),
+])
+def test_each_task_validates_by_its_own_rules(task, change, message):
+    with pytest.raises(ConfigError, match=message):
+        validate({"task": task, **BASE, **change})
+
+
+@pytest.mark.parametrize("task, change", [
+    ("contrastive", {"train": {"max_steps": 1, "stage": {"vision": "full", "text": "frozen"}}}),   # any parts
+    ("vlm", {"model": {"from": "x"}, "train": {"max_steps": 1, "stage": {"vision": "frozen", "llm": "frozen"}}}),
+    ("distill", {"model": {"from": "default"}, "train": {"max_steps": 1, "stage": {"llm": "full"}}}),
+    ("lm", {"data": {"source": "shapes_text"}, "train": {"max_steps": 1, "stage": {"llm": "lora"}}}),
+])
+def test_what_a_task_allows_validates(task, change):
+    validate({"task": task, **BASE, **change})
