@@ -205,8 +205,9 @@ register(FamilyRecord("qwen_vl", ("ocellus_qwen_vl",), ("OcellusQwenVLForConditi
                       processor=_F + "qwen_vl.processor"))
 register(FamilyRecord("qwen2_vl", ("qwen2_vl", "qwen2_5_vl"),
                       ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
-                      checkpoint=_F + "qwen2_vl", modeling=_F + "qwen2_vl", processor=_F + "qwen2_vl",
-                      export=_F + "qwen2_vl", packing=_F + "qwen2_vl", aliases=("qwen2_5_vl",)))
+                      checkpoint=_F + "qwen2_vl.checkpoint", modeling=_F + "qwen2_vl.modeling",
+                      processor=_F + "qwen2_vl.processor", export=_F + "qwen2_vl.processor",
+                      packing=_F + "qwen2_vl.packing", aliases=("qwen2_5_vl",)))
 register(FamilyRecord("internvl", ("internvl", "ocellus_internvl"),
                       ("InternVLForConditionalGeneration", "OcellusInternVLForConditionalGeneration"),
                       checkpoint=_F + "internvl.checkpoint", modeling=_F + "internvl.modeling",
@@ -218,9 +219,8 @@ register(FamilyRecord("siglip", ("siglip", "siglip_text_model"), ("SiglipModel",
 register(FamilyRecord("bert", ("bert",), tuple(_BERT_ARCHITECTURES), checkpoint=_M + "text.bert"))
 register(FamilyRecord("deepseek", ("deepseek_v2", "deepseek_v3"), ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"),
                       checkpoint=_M + "text.deepseek"))
-# BLIP-2 stage 1's Family lives with its objectives (tests/unit/test_import_layers.py REGISTRY_ALLOWED)
 register(FamilyRecord("blip2_stage1", ("ocellus_blip2_stage1",), ("OcellusBlip2QFormerPretraining",),
-                      checkpoint="ocellus.train.qformer_objectives"))
+                      checkpoint=_F + "blip2.stage1"))
 register(FamilyRecord("albef", ("ocellus_albef",), ("OcellusALBEF",), checkpoint=_M + "contrastive.albef"))
 register(FamilyRecord("blip", ("ocellus_blip",), ("OcellusBLIP",), checkpoint=_M + "contrastive.blip"))
 # Ocellus' own formats: config.json is a build spec with a model_type and no architectures

@@ -25,7 +25,7 @@ Attention is order-free over keys given the mask, which is what makes the moves 
 The decoder sees the usual cache interface: `update(layer, k, v)`, `advance(n)`, `length`.
 
 M-RoPE models (Qwen2-VL): their prefilled cache also holds each row's rope delta (max M-RoPE id + 1 - tokens,
-models/families/qwen2_vl.py), which a decode step adds to the row's plain position. The slot cache keeps one
+models/families/qwen2_vl/modeling.py), which a decode step adds to the row's plain position. The slot cache keeps one
 delta per live row, moved with the row, and shows them as `rope_deltas` [active, 1] as the model's own cache does.
 """
 from __future__ import annotations

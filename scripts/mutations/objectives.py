@@ -5,7 +5,7 @@ from mutations import Mutation
 
 LOSSES, MOCO = "ocellus/models/contrastive/losses.py", "ocellus/models/contrastive/moco.py"
 MOMENTUM, ALBEF = "ocellus/models/contrastive/momentum.py", "ocellus/models/contrastive/albef.py"
-BLIP, QF = "ocellus/models/contrastive/blip.py", "ocellus/train/qformer_objectives.py"
+BLIP, QF = "ocellus/models/contrastive/blip.py", "ocellus/models/families/blip2/stage1.py"
 CAPFILT = "ocellus/train/capfilt.py"
 
 T_ITC = "tests/unit/test_itc_step.py"

@@ -1,5 +1,5 @@
 """Video end to end (issue 22 item 4): decoding and limits (data/video_file.py), Qwen2-VL's video path through the
-processor (data/video.py, data/processor.py, models/families/qwen2_vl.py), the slot cache's M-RoPE deltas
+processor (data/video.py, data/processor.py, models/families/qwen2_vl/processor.py), the slot cache's M-RoPE deltas
 (infer/slot_cache.py), the server's video_url parts (serve/), the moving-shapes generator (data/shapes_video.py)
 and the video recipe's training encoding (train/tasks/vlm.py)."""
 from mutations import Mutation
@@ -15,7 +15,7 @@ MUTATIONS = [
              old="video_fps=video.fps if s.do_sample_frames else None",
              new="video_fps=None", tests=[PARITY]),
     Mutation(name="video: a checkpoint's videos take the image processor's pixel budget",
-             file="ocellus/models/families/qwen2_vl.py",
+             file="ocellus/models/families/qwen2_vl/processor.py",
              old="video = video_processor_dict(directory) or pre", new="video = pre", tests=[PARITY]),
     Mutation(name="video: each video's pads counted one short", file="ocellus/data/processor.py",
              old="k = next(next_clip)", new="k = next(next_clip) - 1", tests=[PARITY, SERVE]),

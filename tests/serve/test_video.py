@@ -21,7 +21,7 @@ import ocellus
 from ocellus.chat import ChatSession
 from ocellus.cli import main
 from ocellus.hub.checkpoint_dir import read_config
-from ocellus.models.families.qwen2_vl import build_qwen2_vl
+from ocellus.models.families.qwen2_vl.modeling import build_qwen2_vl
 from ocellus.serve.process import ServerProcess
 from tests.parity._init import spread_init
 from tests.serve.conftest import API_KEY, MODEL_ID, post

@@ -220,7 +220,7 @@ QWEN2_VISION = {"depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2, "pa
 def qwen2_vl(parts: Path, tok) -> Composed:
     """recipes/qwen2_vl_tiny_shapes: a NEW native-resolution ViT (2D RoPE) + 2x2 merger on the pretrained
     decoder, M-RoPE; everything trains. 48x48 -> 8x8 patches -> 16 merged tokens."""
-    from ocellus.models.families import qwen2_vl as fam
+    fam = family_module("qwen2_vl")
     torch.manual_seed(0)
     model = fam.compose({"llm_from": _dirs(parts)["llm_from"],
                          "config": {"vision_config": QWEN2_VISION, "mrope_section": [2, 1, 1]}}, tok)
@@ -235,7 +235,7 @@ QWEN2_5_VISION = {"depth": 2, "hidden_size": 32, "num_heads": 2, "intermediate_s
 def qwen2_5_vl(parts: Path, tok) -> Composed:
     """recipes/qwen2_5_vl_tiny_shapes: Qwen2-VL's composition with the 2.5 tower (RMSNorm, SwiGLU, window
     attention in every block but the last) and the RMSNorm merger; windows of 24 px = 2x2 merged tokens."""
-    from ocellus.models.families import qwen2_vl as fam
+    fam = family_module("qwen2_vl")
     torch.manual_seed(0)
     model = fam.compose({"architecture": "qwen2_5_vl", "llm_from": _dirs(parts)["llm_from"],
                          "config": {"vision_config": QWEN2_5_VISION, "mrope_section": [2, 1, 1]}}, tok)

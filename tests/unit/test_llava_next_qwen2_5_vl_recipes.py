@@ -13,7 +13,7 @@ import torch
 import ocellus
 from ocellus.data.shapes import ShapesConfig, make_scene, render
 from ocellus.errors import ConfigError
-from ocellus.models.families import qwen2_vl
+from ocellus.models.families.qwen2_vl import modeling as qwen2_vl
 from ocellus.models.families.llava_next import modeling as llava_next
 from ocellus.hub.families import family_module
 from ocellus.train.run import _init_from, build_tokenizer

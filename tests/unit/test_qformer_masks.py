@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ocellus.models.connectors.qformer import QFormer, QFormerConfig
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
-from ocellus.train.qformer_objectives import QFormerPretraining, qformer_mask
+from ocellus.models.families.blip2.stage1 import QFormerPretraining, qformer_mask
 
 Q, T, B, VOCAB, EPS = 3, 5, 3, 40, 0.1
 
@@ -87,7 +87,7 @@ def test_stage1_losses_equal_the_formulas_with_hand_built_masks(monkeypatch):
     tm = _text_mask()
     pixels = torch.randn(B, 3, 16, 16, generator=g)
     picked = {}
-    import ocellus.train.qformer_objectives as qo
+    import ocellus.models.families.blip2.stage1 as qo
     real = qo.hard_negatives
 
     def spy(sim, generator=None):                          # record the negatives the model drew

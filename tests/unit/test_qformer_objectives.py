@@ -1,4 +1,4 @@
-"""BLIP-2 stage 1 (ocellus/train/qformer_objectives.py): the three attention masks do what sec. 3.2
+"""BLIP-2 stage 1 (ocellus/models/families/blip2/stage1.py): the three attention masks do what sec. 3.2
 says (property tests through the real Q-Former), each loss equals its formula on a small fixed
 example, hard negatives are never the positive, a few steps on shapes captions make the sum fall,
 and the stage-1 checkpoint round-trips through ocellus.save / ocellus.load."""
@@ -13,7 +13,7 @@ from ocellus.errors import ConfigError, InputError
 from ocellus.models.connectors.qformer import QFormer, QFormerConfig
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 from ocellus.models.contrastive.losses import itg_loss
-from ocellus.train.qformer_objectives import QFormerPretraining, hard_negatives, itc_loss, itc_similarity, qformer_mask
+from ocellus.models.families.blip2.stage1 import QFormerPretraining, hard_negatives, itc_loss, itc_similarity, qformer_mask
 
 Q, VOCAB = 3, 40
 

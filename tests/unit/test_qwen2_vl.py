@@ -14,7 +14,8 @@ import ocellus
 from ocellus.data.image import ImageProcessorConfig
 from ocellus.data.video import as_frames, preprocess_video, sample_indices
 from ocellus.errors import ConfigError, InputError
-from ocellus.models.families import qwen2_vl
+from ocellus.models.families.qwen2_vl import modeling as qwen2_vl
+from ocellus.models.families.qwen2_vl import packing as qwen2_vl_packing, processor as qwen2_vl_processor
 from ocellus.data.packing import pack
 from ocellus.train.stages import apply_stage
 
@@ -55,7 +56,7 @@ def test_compose_keeps_the_decoder_and_refuses_a_clip_tower(parts, tiny_vlm_part
 
 def test_processor_dynamic_resolution_counts_and_errors(parts):
     tok, model, _ = parts
-    proc = qwen2_vl.training_processor(model, tok, _icfg(64))
+    proc = qwen2_vl_processor.training_processor(model, tok, _icfg(64))
     assert proc.image_token == "<image>"                       # the tiny BPE has no <|image_pad|>
     # 64x64 stays (multiple of 16, within 64*64); 100x40 -> 96x32... shrunk under the 4096 budget
     batch = proc(text="<image> what? <image>", images=[_image(64, 64), _image(100, 40, 1)])
@@ -68,7 +69,7 @@ def test_processor_dynamic_resolution_counts_and_errors(parts):
         assert model(**batch).logits.shape[1] == batch["input_ids"].shape[1]
     with pytest.raises(InputError, match="image 0 is 10x10 = 100 pixels, below min_pixels=256"):
         proc.image_inputs([_image(10, 10)])
-    upscale = qwen2_vl.Qwen2VLImages(qwen2_vl._image_config(_icfg(64), model.visual.config), upscale_small=True)
+    upscale = qwen2_vl_processor.Qwen2VLImages(qwen2_vl_processor._image_config(_icfg(64), model.visual.config), upscale_small=True)
     assert upscale([_image(10, 10)])[1] == [1]                   # opted in: enlarged to one merged patch
     with pytest.raises(InputError, match="placeholders"):
         proc(text="<image> what?", images=[_image(64, 64), _image(64, 64)])
@@ -76,9 +77,9 @@ def test_processor_dynamic_resolution_counts_and_errors(parts):
 
 def test_export_then_processor_from_dir_gives_the_same_inputs(parts, tmp_path):
     tok, model, _ = parts
-    proc = qwen2_vl.training_processor(model, tok, _icfg(64))
+    proc = qwen2_vl_processor.training_processor(model, tok, _icfg(64))
     ocellus.save(model, tmp_path, tokenizer=tok)
-    qwen2_vl.export_processor(model, tok, _icfg(64), tmp_path)
+    qwen2_vl_processor.export_processor(model, tok, _icfg(64), tmp_path)
     pre = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert pre["image_processor_type"] == "Qwen2VLImageProcessor" and pre["patch_size"] == 8
     again = ocellus.load_processor(tmp_path)
@@ -123,7 +124,7 @@ def test_video_forward_and_generation_through_the_model(parts):
     tok, model, _ = parts
     model = qwen2_vl.Qwen2VL(model.visual, model.merger, model.language_model,
                              qwen2_vl.Qwen2VLTokens(image=model.tokens.image, video=tok.convert_tokens_to_ids("<box>")))  # a stand-in video pad
-    images = qwen2_vl.Qwen2VLImages(qwen2_vl._image_config(_icfg(64), model.visual.config))
+    images = qwen2_vl_processor.Qwen2VLImages(qwen2_vl_processor._image_config(_icfg(64), model.visual.config))
     frames = np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8)
     video, counts = images.videos([frames], video_fps=4)
     assert video["video_grid_thw"].tolist() == [[2, 8, 8]] and counts == [32]
@@ -143,7 +144,7 @@ def _token_losses(logits, labels):
 
 def test_packed_batch_gives_each_sample_its_unpacked_loss(parts):
     tok, model, _ = parts
-    images = qwen2_vl.Qwen2VLImages(qwen2_vl._image_config(_icfg(64), model.visual.config))
+    images = qwen2_vl_processor.Qwen2VLImages(qwen2_vl_processor._image_config(_icfg(64), model.visual.config))
     g = torch.Generator().manual_seed(0)
     samples = []
     for i, (w, h) in enumerate([(64, 64), (48, 32), (0, 0), (32, 64), (0, 0)]):
@@ -156,7 +157,7 @@ def test_packed_batch_gives_each_sample_its_unpacked_loss(parts):
         samples.append(s)
     rows = pack(samples, max_len=48)
     assert len(rows) < len(samples)
-    batch = qwen2_vl.collate_packed(rows, samples, 48, model)
+    batch = qwen2_vl_packing.collate_packed(rows, samples, 48, model)
     assert batch["position_ids"].shape == (3, len(rows), 48)
     with torch.no_grad():
         packed = _token_losses(model(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"])

@@ -7,7 +7,7 @@ queries and text have separate feed-forward layers. Whatever the text does, the 
 
     x = LN([queries ; word + position embeddings of the text])          (the text part is optional)
     L x BertLayer(query_length=Q): self-attention over all (masked per objective, see
-        ocellus/train/qformer_objectives.py, losses in ocellus/models/contrastive/losses.py), cross-attention and
+        ocellus/models/families/blip2/stage1.py, losses in ocellus/models/contrastive/losses.py), cross-attention and
         ffn_query on the queries, ffn on the text
 
 Matches transformers' Blip2QFormerModel (+ the model's `query_tokens`, which live here) and its

@@ -1,7 +1,7 @@
 """The image-text objectives, each written once: ITC, ITM, ITG, and the all-gather that lets negatives span processes.
 
 Used by CLIP / SigLIP (clip.py), MoCo (moco.py: the gather), ALBEF and BLIP (albef.py, blip.py), BLIP-2
-stage 1 (train/qformer_objectives.py) and the SEED tokenizer (models/unified/seed.py).
+stage 1 (models/families/blip2/stage1.py) and the SEED tokenizer (models/unified/seed.py).
 
 ITC, image-text contrastive:
 - `info_nce`: CLIP's symmetric InfoNCE (Radford et al. 2021, Fig. 3; van den Oord et al. 2018):
