@@ -61,7 +61,7 @@ MUTATIONS = [
              tests=[DATA_NEW, TOKENIZER]),
     # -- processor.py: expansion
     Mutation(name="data: processor image_wrap numbers images from 0", file="ocellus/data/processor.py",
-             old="before.format(n=i + 1) + self.image_token * k", new="before.format(n=i) + self.image_token * k",
+             old="k, number = next(next_count), number + 1", new="k, number = next(next_count), number",
              tests=[DATA_NEW, PROCESSOR]),
     Mutation(name="data: processor left padding flag inverted for ids", file="ocellus/data/processor.py",
              old='ids.append(pad + r if padding_side == "left" else r + pad)',

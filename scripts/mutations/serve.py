@@ -11,7 +11,7 @@ GUARDS = "tests/serve/test_browser_guards.py"
 MUTATIONS = [
     Mutation(name="serve: a row's sampling error fails the whole decode step", file="ocellus/infer/batching.py",
              old="""            except Exception as e:  # this row's request fails; the other rows decode on
-                failed[s.req] = _failure(e)
+                failed[s.req] = failure_of(e)
                 continue""",
              new="""            except Exception as e:  # this row's request fails; the other rows decode on
                 raise""",
@@ -49,7 +49,7 @@ MUTATIONS = [
              old="asyncio.Semaphore(limits.preprocess_concurrency)", new="asyncio.Semaphore(64)",
              tests=[f"{MEMORY}::test_preprocessing_runs_for_a_bounded_number_of_requests"]),
     Mutation(name="serve: processor parses control tokens in message text", file="ocellus/data/processor.py",
-             old="literal=self._shift(spans[b], prompt, inserted))", new="literal=[])",
+             old="literal=_shift(spans[b], marks))", new="literal=[])",
              tests=[f"{CONTROL}::test_processor_keeps_message_text_plain"]),
     Mutation(name="serve: training segments of message text not marked literal", file="ocellus/data/templates.py",
              old='else Segment(p["text"], trainable, turn, literal=((0, len(p["text"])),))',
