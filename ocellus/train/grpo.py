@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ocellus.errors import ConfigError, InputError
+from ocellus.train.posttrain import export_vlm, load_start, report, reward_functions, rl_eval, rl_fit
 from ocellus.train.rollout import masked_mean, sample_completions, token_logprobs
 from ocellus.train.rewards import score_completions
 from ocellus.train.stages import parts_of
@@ -181,8 +182,6 @@ class GRPO(StepObjective):
 def run(recipe: dict, cfg, out):
     """task: grpo — the policy from model.from, prompts from data (e.g. count questions), rewards from
     method.rewards; held-out counting accuracy (or grounding IoU) before and after; reward/KL curves."""
-    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.posttrain import export_vlm, load_start, report, reward_functions, rl_eval, rl_fit
     method = dict(recipe.get("method") or {})
     policy, processor = load_start(recipe["model"])
     fns, weights = reward_functions(method, processor)

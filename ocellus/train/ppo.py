@@ -34,6 +34,7 @@ from torch import nn
 
 from ocellus.errors import ConfigError, InputError
 from ocellus.train.grpo import clipped_surrogate, rollout_seed
+from ocellus.train.posttrain import export_vlm, load_start, report, reward_functions, rl_eval, rl_fit
 from ocellus.train.reward_model import RewardModel
 from ocellus.train.rewards import score_completions
 from ocellus.train.rollout import masked_mean, sample_completions, token_logprobs
@@ -171,8 +172,6 @@ class PPO(StepObjective):
 def run(recipe: dict, cfg, out):
     """task: ppo — actor from model.from, critic = a copy with a value head, reference = a frozen copy,
     reward = method.rewards and/or method.reward_model; held-out score before and after."""
-    # lazy: train's task modules and posttrain / recipe / schema import each other (issue 19 item 4: one task table)
-    from ocellus.train.posttrain import export_vlm, load_start, report, reward_functions, rl_eval, rl_fit
     method = dict(recipe.get("method") or {})
     policy, processor = load_start(recipe["model"])
     fns, weights = reward_functions(method, processor)
