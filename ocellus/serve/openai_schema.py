@@ -121,6 +121,17 @@ def _bool(body: dict, name: str) -> bool:
     return v
 
 
+def _media_url(part: dict, kind: str, what: str, role: str, pw: str) -> tuple[dict, str]:
+    """An image_url / video_url part -> (its object, its url): only in user messages, a non-empty 'url' string."""
+    if ROLES[role] != "user":
+        raise bad(f"{pw}: {what} are only accepted in user messages, not {role}", pw, "invalid_value")
+    spec = part.get(kind)
+    url = spec.get("url") if isinstance(spec, dict) else None
+    if not isinstance(url, str) or not url:
+        raise bad(f"{pw}.{kind} must be an object with a 'url' string", f"{pw}.{kind}", "invalid_type")
+    return spec, url
+
+
 def _messages(raw, limits: ServeLimits) -> tuple[dict, ...]:
     if not isinstance(raw, list):
         raise bad(f"'messages' must be an array of messages, got {type(raw).__name__}", "messages", "invalid_type")
@@ -152,13 +163,7 @@ def _messages(raw, limits: ServeLimits) -> tuple[dict, ...]:
                         raise bad(f"{pw}.text must be a string", f"{pw}.text", "invalid_type")
                     parts.append({"type": "text", "text": p["text"]})
                 elif kind == "image_url":
-                    if ROLES[role] != "user":
-                        raise bad(f"{pw}: images are only accepted in user messages, not {role}", pw, "invalid_value")
-                    spec = p.get("image_url")
-                    url = spec.get("url") if isinstance(spec, dict) else None
-                    if not isinstance(url, str) or not url:
-                        raise bad(f"{pw}.image_url must be an object with a 'url' string", f"{pw}.image_url",
-                                  "invalid_type")
+                    spec, url = _media_url(p, kind, "images", role, pw)
                     if spec.get("detail", "auto") not in ("auto", "low", "high"):
                         raise bad(f"{pw}.image_url.detail must be 'auto', 'low' or 'high'", f"{pw}.image_url.detail",
                                   "invalid_value")
@@ -168,13 +173,7 @@ def _messages(raw, limits: ServeLimits) -> tuple[dict, ...]:
                                   f"({pw} is image {n_images})", pw, "too_many_images")
                     parts.append(ImagePart(url, pw))
                 elif kind == "video_url":
-                    if ROLES[role] != "user":
-                        raise bad(f"{pw}: videos are only accepted in user messages, not {role}", pw, "invalid_value")
-                    spec = p.get("video_url")
-                    url = spec.get("url") if isinstance(spec, dict) else None
-                    if not isinstance(url, str) or not url:
-                        raise bad(f"{pw}.video_url must be an object with a 'url' string", f"{pw}.video_url",
-                                  "invalid_type")
+                    _, url = _media_url(p, kind, "videos", role, pw)
                     n_videos += 1
                     if n_videos > limits.max_videos:
                         raise bad(f"too many videos: this server accepts at most {limits.max_videos} per request "

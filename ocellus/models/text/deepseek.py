@@ -24,7 +24,7 @@ from torch import nn
 from ocellus.errors import ConfigError, InputError, positive_ints
 from ocellus.hub.families import DECODER_KEYS, Family
 from ocellus.infer.generate import generate
-from ocellus.models.text.decoder import CausalLMOutput, causal_lm_loss
+from ocellus.models.text.decoder import CausalLMOutput, DecoderLM, causal_lm_loss
 from ocellus.nn.masks import build_attention_mask
 from ocellus.nn.mla import LatentKVCache, MultiHeadLatentAttention
 from ocellus.nn.mlp import SwiGLU
@@ -219,12 +219,9 @@ class DeepseekLM(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module, std: float = 0.02) -> None:
-        """N(0, 0.02) weights (routers included), zero biases, as transformers initialises DeepSeek.
+        """The decoder's N(0, 0.02) init, routers included, as transformers initialises DeepSeek.
         (Loading a checkpoint skips this: hub/checkpoint.py builds with initialisers disabled.)"""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        DecoderLM._init_weights(module, std)
         if isinstance(module, TopKRouter):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
