@@ -20,15 +20,24 @@ gets at most max_new_tokens, and never more than the context leaves after the co
 Text-only checkpoints (whose `load_processor` is a Tokenizer) work too, without images. Videos (an animated
 GIF / APNG / WebP, a directory of frames, or a list of frames: data/video_file.load_video) go to checkpoints
 whose processor has a video placeholder (Qwen2-VL); each is decoded and checked once, when it is sent.
+
+UnifiedChat is the same interface over a unified model (models/unified: Emu3, Janus, Show-o, SEED-LLaMA,
+opened by models/unified/checkpoint.load_unified): a turn with an image is answered with its caption,
+"draw <colour> <shape>" draws one and saves it as a PNG (viz/image_grid.save_grid).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
+
+import numpy as np
+import torch
 
 from ocellus.data.image import DEFAULT_MAX_PIXELS, load_image
 from ocellus.data.processor import Processor, ProcessorOutput
 from ocellus.data.video_file import load_video
 from ocellus.errors import ConfigError, InputError
+from ocellus.viz.image_grid import save_grid
 
 
 class ChatSession:
@@ -102,8 +111,6 @@ class ChatSession:
         return self._reply(user, loaded, clips, batch, min(self.generation["max_new_tokens"], room))
 
     def _encode(self, messages, images, videos=()) -> dict:
-        import torch
-
         if self.supports_images:
             batch = self.processor(messages=messages, images=images, videos=list(videos) or None,
                                    add_generation_prompt=True)
@@ -132,3 +139,39 @@ class ChatSession:
             self.messages += [user, {"role": "assistant", "content": [{"type": "text", "text": reply}]}]
             self.images += loaded
             self.videos += clips
+
+
+class UnifiedChat:
+    """The ChatSession interface of `ocellus chat` (load_image, send, reset) over a unified model: a turn with
+    an image is answered with its caption; "draw <colour> <shape>" draws one and saves it as a PNG."""
+    supports_images = True
+
+    def __init__(self, model, out_dir=".", seed: int = 0, **generate):
+        self.model, self.out, self.n = model, Path(out_dir), 0
+        self.generate = {**getattr(model, "generate_options", {}), **generate}
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def reset(self) -> None:
+        pass   # every turn stands alone: the tiny models are not trained on multi-turn dialogue
+
+    def load_image(self, src, name: str | None = None):
+        return load_image(src, name=name)
+
+    def send(self, text: str, images=()):
+        S = self.model.image_size
+        if images:
+            px = torch.stack([torch.tensor(np.asarray(im.convert("RGB").resize((S, S))), dtype=torch.float32)
+                              .permute(2, 0, 1) / 127.5 - 1 for im in images])      # [N, 3, S, S]
+            yield "; ".join(self.model.describe(px))
+            return
+        words = text.lower().replace(",", " ").replace(".", " ").split()
+        if not words or words[0] not in ("draw", "generate", "paint"):
+            raise InputError(f"this model describes an attached image (/image PATH) or draws: 'draw <colour> <shape>' "
+                             f"with a colour in {self.model.colours}; got {text!r}")
+        caption = " ".join(w for w in words[1:] if w in self.model.text.index and self.model.text.index[w] > 2)
+        if len(caption.split()) != 2:
+            raise InputError(f"say what to draw as '<colour> <shape>' (colours {self.model.colours}); got {text!r}")
+        image = self.model.generate_images([caption], generator=self.generator, **self.generate)
+        self.n += 1
+        path = save_grid(image, self.out / f"drawn_{self.n}.png", nrow=1, scale=8)
+        yield f"drew a {caption}: {path}"

@@ -100,11 +100,10 @@ CHAT_HELP = ("commands: /image PATH, /video PATH (attach to your next message; v
 def cmd_chat(args) -> int:
     # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
-    from ocellus.chat import ChatSession
+    from ocellus.chat import ChatSession, UnifiedChat
+    from ocellus.models.unified.checkpoint import is_unified_dir, load_unified
 
     model_dir = args.model if args.model is not None else ocellus.default_model_dir()
-    # lazy: a command imports only the code it runs (ocellus --help stays fast)
-    from ocellus.train.unified import UnifiedChat, is_unified_dir, load_unified
     if is_unified_dir(model_dir):   # Emu3 / Janus / Show-o: describes attached images, "draw ..." saves a PNG
         return chat_loop(UnifiedChat(load_unified(model_dir), out_dir="."), args.image)
     model = _load_model(model_dir, args)

@@ -25,19 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError
 from ocellus.models.unified import PAD
 from ocellus.train import schema
 from ocellus.train.loader import BatchLoader
 from ocellus.train.stages import parts_of
 from ocellus.train.recipe import read_recipe
 from ocellus.train.trainer import TrainConfig, Trainer
-from ocellus.data.image import load_image
 from ocellus.data.shapes import COLOURS, Obj, render, Scene, SHAPES
 from ocellus.eval.image_quality import accuracy, judge_fd, train_judge
 from ocellus.models.generative.checkpoint import load_generator
-from ocellus.models.unified.checkpoint import (  # noqa: F401  (load_unified, is_unified_dir: `ocellus chat` opens exports)
-    build_model, is_unified_dir, load_unified, save_unified, text_vocab)
+from ocellus.models.unified.checkpoint import build_model, save_unified, text_vocab
 from ocellus.viz.image_grid import save_grid
 
 TASK = "unified"
@@ -116,44 +114,6 @@ def make_collate(x: torch.Tensor):
                 "labels": right_pad([r[1] for r in rows], -100),
                 "pixel_values": x[torch.tensor([r[2] for r in rows])]}
     return collate
-
-
-# -- chat ------------------------------------------------------------------------------------------------
-
-class UnifiedChat:
-    """The ChatSession interface of `ocellus chat` (load_image, send, reset) over a unified model: a turn with
-    an image is answered with its caption; "draw <colour> <shape>" draws one and saves it as a PNG."""
-    supports_images = True
-
-    def __init__(self, model, out_dir=".", seed: int = 0, **generate):
-        self.model, self.out, self.n = model, Path(out_dir), 0
-        self.generate = {**getattr(model, "generate_options", {}), **generate}
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def reset(self) -> None:
-        pass   # every turn stands alone: the tiny models are not trained on multi-turn dialogue
-
-    def load_image(self, src, name: str | None = None):
-        return load_image(src, name=name)
-
-    def send(self, text: str, images=()):
-        S = self.model.image_size
-        if images:
-            px = torch.stack([torch.tensor(np.asarray(im.convert("RGB").resize((S, S))), dtype=torch.float32)
-                              .permute(2, 0, 1) / 127.5 - 1 for im in images])      # [N, 3, S, S]
-            yield "; ".join(self.model.describe(px))
-            return
-        words = text.lower().replace(",", " ").replace(".", " ").split()
-        if not words or words[0] not in ("draw", "generate", "paint"):
-            raise InputError(f"this model describes an attached image (/image PATH) or draws: 'draw <colour> <shape>' "
-                             f"with a colour in {self.model.colours}; got {text!r}")
-        caption = " ".join(w for w in words[1:] if w in self.model.text.index and self.model.text.index[w] > 2)
-        if len(caption.split()) != 2:
-            raise InputError(f"say what to draw as '<colour> <shape>' (colours {self.model.colours}); got {text!r}")
-        image = self.model.generate_images([caption], generator=self.generator, **self.generate)
-        self.n += 1
-        path = save_grid(image, self.out / f"drawn_{self.n}.png", nrow=1, scale=8)
-        yield f"drew a {caption}: {path}"
 
 
 # -- measuring ------------------------------------------------------------------------------------------------

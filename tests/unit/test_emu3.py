@@ -169,7 +169,9 @@ def test_export_reloads_and_chats(tmp_path):
     """The exported directory reopens with equal outputs; the chat session describes and draws."""
     from PIL import Image
     from _unified_tiny import tiny_recipe
-    from ocellus.train.unified import UnifiedChat, load_unified, run_unified
+    from ocellus.chat import UnifiedChat
+    from ocellus.models.unified.checkpoint import load_unified
+    from ocellus.train.unified import run_unified
     res = run_unified(tiny_recipe(tmp_path, {"family": "emu3"}, steps=5))
     back = load_unified(res["export"])
     px = torch.rand(2, 3, 16, 16) * 2 - 1

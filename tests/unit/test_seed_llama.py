@@ -202,7 +202,9 @@ def seed_recipe(tmp_path, steps=30, tasks=("t2i", "i2t", "interleave"), **model)
 
 def test_recipe_trains_exports_reloads_exactly_and_chats(tmp_path, seed_kind):
     from PIL import Image
-    from ocellus.train.unified import UnifiedChat, load_unified, run_unified
+    from ocellus.chat import UnifiedChat
+    from ocellus.models.unified.checkpoint import load_unified
+    from ocellus.train.unified import run_unified
     res = run_unified(seed_recipe(tmp_path))
     assert res["family"] == "SeedLlama" and res["last_loss"] < 0.8 * res["first_loss"]
     model, back = res["model"].eval(), load_unified(res["export"])
@@ -233,7 +235,7 @@ def test_recipe_rejects_bad_keys_and_the_wrong_tokenizer(tmp_path, seed_kind):
     with pytest.raises(ConfigError, match="interleave"):                          # Emu3 has no interleaved rows
         run_unified(tiny_recipe(tmp_path / "vq2", {"family": "emu3"}, steps=1, tasks=("t2i", "interleave")))
     with pytest.raises(CheckpointError):
-        from ocellus.train.unified import load_unified
+        from ocellus.models.unified.checkpoint import load_unified
         load_unified(tmp_path)
 
 
@@ -243,7 +245,8 @@ def test_recipe_runs_on_the_real_seed_codec_format(tmp_path):
     the export reopens with the codec inside, and drawings come out of the diffusion detokenizer."""
     from ocellus.models.generative.checkpoint import build, save_generator
     from ocellus.models.unified.seed_detokenizer import tokenizer_spec
-    from ocellus.train.unified import load_unified, run_unified
+    from ocellus.models.unified.checkpoint import load_unified
+    from ocellus.train.unified import run_unified
     torch.manual_seed(0)
     spec = {"kind": "seed", "image_size": 16, "tokenizer": tokenizer_spec(TinyCodec(q=3).seed),
             "detokenizer": {"unet": {"channels": 8, "channel_mults": [1, 2], "attention_levels": [1], "num_heads": 2,
