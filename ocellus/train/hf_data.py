@@ -10,8 +10,12 @@ an InputError naming the dataset and the row, or with data.skip_bad_samples is l
 """
 from __future__ import annotations
 
+import logging
+
 from ocellus.data.bad_samples import BadSample, BadSampleReport
 from ocellus.train.recipe_data import EncodedDataset
+
+log = logging.getLogger(__name__)
 
 
 def _loaded(images: list, row) -> list:
@@ -30,7 +34,7 @@ def _read(recipe: dict, fmt: str, convert):
     rows = read_rows(data, (fmt,), recipe["task"], skip_bad_samples=bool(data.get("skip_bad_samples", False)),
                      report=report, convert=convert)
     if report.skipped:
-        print(f"[{recipe.get('name', recipe['task'])}] {report.summary()}", flush=True)
+        log.info(f"[{recipe.get('name', recipe['task'])}] {report.summary()}")
     return rows
 
 

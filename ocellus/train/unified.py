@@ -19,6 +19,7 @@ Numbers go to quality.json; a grid of drawn samples (one row per caption) to sam
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -37,6 +38,8 @@ from ocellus.eval.image_quality import accuracy, judge_fd, train_judge
 from ocellus.models.generative.checkpoint import load_generator
 from ocellus.models.unified.checkpoint import build_model, save_unified, text_vocab
 from ocellus.viz.image_grid import save_grid
+
+log = logging.getLogger(__name__)
 
 TASK = "unified"
 TASKS = ("t2i", "i2t", "interleave")   # interleave: two (caption, image) pairs per row (SEED-LLaMA)
@@ -215,7 +218,7 @@ def run_unified(recipe: dict, where: str = "recipe") -> dict:
     stages = train.pop("stages", None) or [{"name": "train", "max_steps": train.pop("max_steps", 100)}]
     out = Path(train.pop("out_dir", f"runs/unified/{recipe.get('name', 'unified')}"))
     name = recipe.get("name", "unified")
-    log = lambda r: print(f"[{name}] step {r['step']} loss {r['loss']:.4f}", flush=True)
+    show = lambda r: log.info(f"[{name}] step {r['step']} loss {r['loss']:.4f}")
     t0, c0, history = time.perf_counter(), time.process_time(), []
     for i, stage in enumerate(stages):
         stage = dict(stage)
@@ -225,8 +228,8 @@ def run_unified(recipe: dict, where: str = "recipe") -> dict:
         cfg = TrainConfig(**{"progress": False, "log_every": 50, **{k: (float(v) if k in ("lr", "weight_decay") else v)
                                                                        for k, v in {**train, **stage}.items()},
                              "stage": parts, "out_dir": str(out / sname)})
-        trainer = Trainer(model, BatchLoader(rows, batch, make_collate(x), seed=seed + i), cfg, on_log=log)
-        print(f"[{name}] {sname}: trainable parameters per part:\n{trainer.report}", flush=True)
+        trainer = Trainer(model, BatchLoader(rows, batch, make_collate(x), seed=seed + i), cfg, on_log=show)
+        log.info(f"[{name}] {sname}: trainable parameters per part:\n{trainer.report}")
         trainer.fit()
         history += [dict(h, stage=sname) for h in trainer.history]
     results = {"family": model.__class__.__name__, "tasks": tasks, "steps": len(history),
@@ -245,6 +248,6 @@ def run_unified(recipe: dict, where: str = "recipe") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     results["export"] = str(export(recipe, model, out / "model"))
     (out / "quality.json").write_text(json.dumps(results, indent=1))
-    print(f"[{name}] {json.dumps(results, indent=1)}")
+    log.info(f"[{name}] {json.dumps(results, indent=1)}")
     results["model"] = model
     return results

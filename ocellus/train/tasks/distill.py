@@ -5,6 +5,7 @@ student after.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ocellus.hub.checkpoint import load_model
@@ -14,6 +15,8 @@ from ocellus.train.posttrain import export_policy as export, fit, heldout_qa, mo
 from ocellus.train.recipe import check_recipe
 from ocellus.train.run import run_method
 from ocellus.train.tasks import vlm
+
+log = logging.getLogger(__name__)
 
 
 def validate(recipe: dict, where: str = "recipe") -> None:
@@ -42,8 +45,8 @@ def train(recipe: dict, cfg, out: Path) -> Path:
         "teacher": {k: [int(v[0]), float(v[1])] for k, v in teacher_table.items()},
         "teacher_parameters": count_parameters(teacher), "student_parameters": count_parameters(student),
         "fraction_of_teacher": fraction, "final": history[-1] if history else {}})
-    print(f"[{recipe.get('name')}] student ({count_parameters(student):,} params) reaches {100 * fraction:.1f}% of the "
-          f"teacher's accuracy ({count_parameters(teacher):,} params)")
+    log.info(f"[{recipe.get('name')}] student ({count_parameters(student):,} params) reaches {100 * fraction:.1f}% of "
+             f"the teacher's accuracy ({count_parameters(teacher):,} params)")
     return path
 
 
