@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Mutation check: inject realistic one-line bugs into Ocellus, one at a time, and count how many the tests catch.
 
-Each mutation (scripts/mutations/*.py, a list `MUTATIONS` of `Mutation`s) names a file, a snippet that must occur
+Each mutation (a `[[mutation]]` table of scripts/mutations/<area>.toml) names a file, a snippet that must occur
 there exactly once, its replacement, and the tests that must go red. The runner copies the tracked tree into a
 scratch folder once, applies one mutation there, runs those tests with the copy first on PYTHONPATH (the working
 tree is never edited, so a crash or Ctrl-C cannot leave a bug behind), restores the file and goes on.
@@ -27,19 +27,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from mutations import Mutation  # noqa: E402  (scripts/mutations/__init__.py: the record)
+from mutations import Mutation, from_toml  # noqa: E402  (scripts/mutations/__init__.py: the record)
 
 
 def load_mutations() -> list[Mutation]:
+    """Every area's list: <area>.toml (the form), and a list `MUTATIONS` in an <area>.py still being written in
+    the older form (loaded rather than silently dropped; move it to TOML)."""
     out: list[Mutation] = []
-    for path in sorted((ROOT / "scripts" / "mutations").glob("*.py")):
+    folder = ROOT / "scripts" / "mutations"
+    for path in sorted(folder.glob("*.toml")):
+        out += from_toml(path)
+    for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
             continue
         spec = importlib.util.spec_from_file_location(f"mutations.{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        for m in module.MUTATIONS:
-            out.append(m)
+        out += module.MUTATIONS
     names = [m.name for m in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
