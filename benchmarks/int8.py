@@ -6,11 +6,13 @@
    asked about shapes scenes no recipe or eval uses (seed EVAL_SEED + 1): n caption prompts and n shapes-vqa
    questions, up to 40 new tokens, one prompt at a time. Token agreement is teacher-forced (int8's argmax at each position of bf16's own greedy
    continuation, up to its end-of-turn token); free-running exact match is the share of whole replies equal.
-2. Decode tokens/s, batch 1, on the 100M Llama of `ocellus bench decode`: fp32, bf16, int8 (bf16 activations,
-   lm_head int8) and int8 with lm_head left in bf16, rounds interleaved, each the best round;
+2. Decode tokens/s, batch 1, on the 100M Llama of `ocellus bench decode`: fp32, bf16, int8 with fp32 activations
+   (fbgemm's dynamic int8 linear: the path a float32 model takes), int8 with bf16 activations (lm_head int8, and
+   left in bf16), rounds interleaved, each the best round;
    rate = (N2 - N1) / (t(N2) - t(N1)).
-3. shapes-vqa (n 500) of the default model, float32 as shipped and with quantize="int8" (the int8 layers round
-   fp32 activations to bf16 for the product: nn/quant.py).
+3. shapes-vqa (n 500) of the default model, float32 as shipped and with quantize="int8" (float32 activations:
+   quantized per tensor to 7 bits for each product, nn/quant.py).
+Agreement (1) is measured for int8 with bf16 activations and with fp32 activations, both against bf16.
 """
 from __future__ import annotations
 
@@ -27,10 +29,10 @@ from ocellus.nn.quant import quantize_model
 
 
 @torch.inference_mode()
-def agreement(n: int, lm_head: bool = True) -> dict:
+def agreement(n: int, lm_head: bool = True, dtype: str = "bfloat16") -> dict:
     path = ocellus.default_model_dir()
     ref = ocellus.load(path, dtype="bfloat16")
-    q = quantize_model(ocellus.load(path, dtype="bfloat16"), lm_head=lm_head)
+    q = quantize_model(ocellus.load(path, dtype=dtype), lm_head=lm_head)
     proc = ocellus.load_processor(path)
     eos = proc.eos_token_id
     size = eval_image_size(ref, proc)
@@ -57,6 +59,7 @@ def agreement(n: int, lm_head: bool = True) -> dict:
 def decode_rates(repeats: int, prompt_len: int = 128, n1: int = 1, n2: int = 128) -> dict:
     path = build_checkpoint(LLAMA_100M, default_workdir())
     models = {"fp32": ocellus.load(path, dtype="float32"), "bf16": ocellus.load(path, dtype="bfloat16"),
+              "int8, fp32 act": ocellus.load(path, dtype="float32", quantize="int8"),
               "int8": ocellus.load(path, dtype="bfloat16", quantize="int8"),
               "int8, lm_head bf16": quantize_model(ocellus.load(path, dtype="bfloat16"), lm_head=False)}
     ids = torch.randint(2, LLAMA_100M["vocab_size"], (1, prompt_len), generator=torch.Generator().manual_seed(1))
@@ -88,9 +91,10 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     t0 = time.time()
-    for lm_head in (() if a.skip_agree else (True, False)):
-        ag = agreement(a.agree_n, lm_head=lm_head)
-        print(f"agreement with bf16, default model, lm_head {'int8' if lm_head else 'bf16'}, {ag['prompts']} held-out "
+    for dtype, lm_head in (() if a.skip_agree else (("float32", True), ("bfloat16", True), ("bfloat16", False))):
+        ag = agreement(a.agree_n, lm_head=lm_head, dtype=dtype)
+        print(f"agreement with bf16, default model, int8 with {dtype} activations, lm_head "
+              f"{'int8' if lm_head else 'bf16'}, {ag['prompts']} held-out "
               f"prompts, {ag['tokens']} tokens: {ag['token_agreement']:.1%} of tokens (teacher-forced), "
               f"{ag['exact_replies']:.1%} of replies identical (free-running)  [{time.time() - t0:.0f} s]", flush=True)
     d = decode_rates(a.repeats)

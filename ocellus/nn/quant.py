@@ -7,11 +7,16 @@ byte instead of two (bf16) or four (fp32) is the speed-up. `Int8Linear` holds
     weight_scale  fp32 [out]         max |W[o, :]| / 127  (one scale per output channel)
     bias          compute dtype [out] or None
 
-and computes y = (x @ weight.T) * scale + bias with x kept in its own dtype: on CPU through
-`aten._weight_int8pack_mm` (int8 weight, per-channel scales, bf16 activations, fp32 accumulation; an fp32
-x is rounded to bf16 for the product only, because the kernel's fp32 path is far slower), elsewhere (CUDA,
-fp16, and whenever autograd needs a gradient for x) as the same product written out with the weight
-dequantised. The state_dict names (`weight`, `weight_scale`, `bias`) are what a quantized
+and computes y = (x @ weight.T) * scale + bias. On CPU, by activation dtype:
+- float32: fbgemm's dynamic int8 linear (`quantized.linear_dynamic` over the same codes and scales, packed once
+  per weight version): x is quantized per call, per tensor, to 7-bit unsigned codes (asymmetric; `reduce_range`:
+  on AVX2 without VNNI the u8 x s8 pair sums of 8-bit codes saturate int16, measured 10% error vs 0.9%), the
+  products are summed exactly in int32 and scaled back: `dynamic_int8_reference` writes it out. llama.cpp's q8_0
+  quantizes activations too. The fastest path here (AVX2): batch-1 decode 1.7x bf16 where bf16 activations
+  through the kernel below gave 1.1x (docs/BENCHMARKS.md).
+- bfloat16: `aten._weight_int8pack_mm` (int8 weight, per-channel scales, bf16 activations, fp32 accumulation).
+Elsewhere (CUDA, fp16, input widths the kernels cannot take, and whenever autograd needs a gradient for x): the
+same product written out with the weight dequantised. The state_dict names (`weight`, `weight_scale`, `bias`) are what a quantized
 checkpoint holds (hub/checkpoint.py writes them with a `quantization_config` in config.json).
 
 Inference only: the int8 weight is a buffer, never trained.
@@ -19,6 +24,7 @@ Inference only: the int8 weight is a buffer, never trained.
 from __future__ import annotations
 
 import fnmatch
+import warnings
 
 import torch
 from torch import nn
@@ -49,6 +55,27 @@ def int8_kernel_available(device: torch.device | str = "cpu") -> bool:
     return torch.device(device).type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
+def dynamic_kernel_available(device: torch.device | str = "cpu") -> bool:
+    """fbgemm's dynamic int8 linear (x86 CPUs): torch's quantized engines list it."""
+    return (torch.device(device).type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
+            and hasattr(torch.ops.quantized, "linear_dynamic"))
+
+
+DYNAMIC_QMAX = 127      # reduce_range: 7-bit activation codes (see the module docstring)
+
+
+def dynamic_int8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """What the float32 CPU path computes, written out: x [N, in] fp32 quantized per tensor to codes in
+    [0, 127] (scale_x = (max(x, 0) - min(x, 0)) / 127, zero point round(-min / scale_x)), times the int8
+    weight codes summed exactly, then scaled by scale_x * scale [out]."""
+    lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    sx = (hi - lo) / DYNAMIC_QMAX if hi > lo else 1.0
+    zp = min(max(round(-lo / sx), 0), DYNAMIC_QMAX)
+    xq = torch.clamp(torch.round(x / sx) + zp, 0, DYNAMIC_QMAX) - zp                # [N, in] integers
+    acc = xq.double() @ q.double().T                                                   # exact int sums
+    return (acc * sx * scale.double()).float()
+
+
 class Int8Linear(nn.Module):
     """A Linear whose weight is int8 with one fp32 scale per output channel (see the module docstring)."""
 
@@ -61,6 +88,7 @@ class Int8Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
         self._scale_cache: tuple | None = None   # (dtype, device, version) -> the scale in the activation dtype
+        self._packed: tuple | None = None        # (versions, data pointers) -> fbgemm's packed weight
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
@@ -79,6 +107,18 @@ class Int8Linear(nn.Module):
         if self._scale_cache is None or self._scale_cache[0] != key:
             self._scale_cache = (key, self.weight_scale.to(device=x.device, dtype=x.dtype))
         return self._scale_cache[1]
+
+    def _packed_weight(self):
+        """fbgemm's packed form of (weight, weight_scale), remade after an in-place update (load_state_dict)."""
+        w, s = self.weight, self.weight_scale
+        key = tuple(-1 if t.is_inference() else t._version for t in (w, s)) + (w.data_ptr(), s.data_ptr())
+        if self._packed is None or self._packed[0] != key:
+            with warnings.catch_warnings():     # torch marks its quantized tensors deprecated; pinned torch has them
+                warnings.simplefilter("ignore", UserWarning)
+                qw = torch._make_per_channel_quantized_tensor(
+                    w, s.double(), torch.zeros(self.out_features, dtype=torch.long), 0)
+            self._packed = (key, torch.ops.quantized.linear_prepack(qw, None))
+        return self._packed[1]
 
     def _apply(self, fn, recurse=True):
         """.to(dtype) / .half() cast float buffers: the scales stay fp32 (they are the truth the codes
@@ -100,9 +140,11 @@ class Int8Linear(nn.Module):
         kernel = not needs_grad and self.in_features % 8 == 0 and int8_kernel_available(x.device)
         if kernel and x.dtype == torch.bfloat16:
             y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.weight, self._scale_as(x))
+        elif not needs_grad and x.dtype == torch.float32 and dynamic_kernel_available(x.device):
+            y = torch.ops.quantized.linear_dynamic(x2.contiguous(), self._packed_weight(), True)   # reduce_range
         elif kernel and x.dtype == torch.float32:
-            # the kernel's fp32 (and fp16) path is 6-20x slower than its bf16 one here (AVX2, torch 2.13):
-            # the matmul input is rounded to bf16, accumulation stays fp32, the output is fp32 again
+            # no fbgemm: the int8pack kernel's fp32 path is 6-20x slower than its bf16 one (AVX2, torch 2.13),
+            # so the matmul input is rounded to bf16, accumulation stays fp32, the output is fp32 again
             xb = x2.to(torch.bfloat16)
             y = torch.ops.aten._weight_int8pack_mm(xb, self.weight, self._scale_as(xb)).to(x.dtype)
         else:   # the same product written out: x @ (q * s).T = (x @ q.T) * s

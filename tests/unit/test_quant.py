@@ -12,7 +12,7 @@ import ocellus
 from ocellus.errors import CheckpointError, ConfigError
 from ocellus.hub.safetensors_io import checkpoint_files, read_tensors
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
-from ocellus.nn.quant import Int8Linear, quantize_model, quantize_weight
+from ocellus.nn.quant import Int8Linear, dynamic_int8_reference, dynamic_kernel_available, quantize_model, quantize_weight
 from ocellus.nn.rope import RopeConfig
 
 
@@ -47,7 +47,7 @@ def test_int8_linear_is_the_dequantised_matmul_written_out():
     x = torch.randn(3, 5, 96)
     by_hand = x @ (codes * scale[:, None]).T + lin.bias.detach()
     with torch.inference_mode():
-        # fp32 input: the CPU kernel rounds x to bf16 for the product (nn/quant.py), so bf16-level agreement
+        # fp32 input: activations quantized to 7 bits per tensor (fbgemm) or rounded to bf16: ~1% agreement
         out = q(x)
         assert out.shape == (3, 5, 40) and out.dtype == torch.float32
         assert torch.allclose(out, by_hand, rtol=2e-2, atol=2e-2 * by_hand.abs().max().item())
@@ -71,12 +71,28 @@ def test_int8_linear_is_the_dequantised_matmul_written_out():
     assert (out_grad.detach() - ref).abs().max().item() <= bound + 1e-5
 
 
-def test_new_scales_loaded_in_place_are_used():
-    """The scale cast to the activation dtype is cached; load_state_dict writes in place and must show."""
+@pytest.mark.skipif(not dynamic_kernel_available(), reason="no fbgemm on this CPU")
+@pytest.mark.parametrize("width,rows", [(96, 3), (768, 1), (20, 5), (6, 2)])
+def test_float32_cpu_path_is_the_dynamic_int8_product_written_out(width, rows):
+    """fp32 activations: x quantized per tensor to 7-bit codes, exact integer sums, scaled by both scales
+    (dynamic_int8_reference). 8-bit codes (no reduce_range) saturate on AVX2 and miss this by ~10%."""
+    torch.manual_seed(width)
+    q = Int8Linear.from_linear(nn.Linear(width, 48, bias=True))
+    x = torch.randn(rows, width) * 3 + 0.5                    # asymmetric: the zero point is not 0
+    with torch.inference_mode():
+        out = q(x)
+    ref = dynamic_int8_reference(x, q.weight, q.weight_scale) + q.bias.detach()
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_new_scales_loaded_in_place_are_used(dtype):
+    """The scale cast to the activation dtype and fbgemm's packed weight are cached; load_state_dict writes in
+    place and must show."""
     torch.manual_seed(0)
     a, b = Int8Linear.from_linear(nn.Linear(32, 16)), Int8Linear.from_linear(nn.Linear(32, 16))
-    x = torch.randn(2, 32, dtype=torch.bfloat16)
-    a.to(torch.bfloat16), b.to(torch.bfloat16)
+    x = torch.randn(2, 32, dtype=dtype)
+    a.to(dtype), b.to(dtype)
     with torch.no_grad():
         a(x)                                                     # fills a's cache
         a.load_state_dict(b.state_dict())
@@ -140,8 +156,9 @@ def test_quantized_dir_is_refused_as_plain_weights(tmp_path):
     cfg = json.loads((tmp_path / "q" / "config.json").read_text())
     cfg["quantization_config"]["quant_method"] = "gptq"
     (tmp_path / "q" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="not one Ocellus reads"):
-        ocellus.load(tmp_path / "q", quantize="int8")
+    for quantize in ("int8", None):   # a method Ocellus cannot read: named, whatever quantize asks
+        with pytest.raises(ConfigError, match="quant_method 'gptq' is not one Ocellus reads"):
+            ocellus.load(tmp_path / "q", quantize=quantize)
 
 
 def test_greedy_agreement_with_the_float_model():
