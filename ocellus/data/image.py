@@ -34,7 +34,6 @@ in `ocellus/data/image_tiling.py`.
 import base64
 import binascii
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ocellus.errors import ConfigError, InputError, positive_ints
+from ocellus.hub.checkpoint_dir import read_json_object
 
 # Pillow refuses to open images over 2 * PIL.Image.MAX_IMAGE_PIXELS (= 178,956,970 by default);
 # we refuse at the same size by default, but with a message that names the image and the knob.
@@ -316,15 +316,9 @@ class ImageProcessorConfig:
     def from_dir(cls, path) -> "ImageProcessorConfig":
         """Read `<path>/preprocessor_config.json` (or the file itself when `path` is a file)."""
         p = Path(path)
-        f = p / "preprocessor_config.json" if p.is_dir() else p
-        if not f.is_file():
+        d = read_json_object(p / "preprocessor_config.json" if p.is_dir() else p, error=ConfigError)
+        if d is None:
             raise ConfigError(f"no preprocessor_config.json in {p}")
-        try:
-            d = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot read {f}: {e}") from e
-        if not isinstance(d, dict):
-            raise ConfigError(f"{f} must hold a JSON object, got a JSON {type(d).__name__}")
         return cls.from_dict(d)
 
 

@@ -37,8 +37,9 @@ def inside(directory: Path, name: str) -> Path:
     return path
 
 
-def read_json_object(path: Path) -> dict | None:
-    """A JSON object from `path`, or None when there is no such file."""
+def read_json_object(path: Path, error: type = CheckpointError) -> dict | None:
+    """A JSON object from `path`, or None when there is no such file. Unreadable or malformed JSON, or another
+    JSON value, is `error` naming the file (ConfigError where a caller reads a config it was handed)."""
     path = Path(path)
     if not path.is_file() and not path.is_symlink():
         return None
@@ -46,9 +47,9 @@ def read_json_object(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
+        raise error(f"cannot read {path}: {e}") from e
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got a JSON {type(data).__name__}")
+        raise error(f"{path} must hold a JSON object, got a JSON {type(data).__name__}")
     return data
 
 
