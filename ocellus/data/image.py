@@ -31,8 +31,6 @@ and `tokens_per_image`, the one function both processor and model use to count i
 in `ocellus/data/image_tiling.py`.
 """
 
-import base64
-import binascii
 import io
 import os
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ocellus.data.data_url import data_url_bytes
 from ocellus.errors import ConfigError, InputError, positive_ints
 from ocellus.hub.checkpoint_dir import read_json_object
 
@@ -134,14 +133,8 @@ def _open_source(src, label: str):
         return io.BytesIO(bytes(src))
     if isinstance(src, str) and src.startswith("data:"):
         # data:image/png;base64,AAAA... (what OpenAI-style chat requests carry)
-        header, _, payload = src.partition(",")
-        if not header.startswith("data:image/") or not header.endswith(";base64"):
-            raise InputError(f"{label}: only base64 'data:image/...;base64,' URLs are supported, got "
-                             f"{header[:40]!r}")
-        try:
-            return io.BytesIO(base64.b64decode(payload, validate=True))
-        except (binascii.Error, ValueError) as e:
-            raise InputError(f"{label}: the data URL is not valid base64 ({e})") from e
+        accepts = "only base64 'data:image/...;base64,' URLs are supported"
+        return io.BytesIO(data_url_bytes(src, label, ("image/",), accepts))
     if isinstance(src, str) and src.startswith(("http://", "https://")):
         raise InputError(f"{label}: URLs are not fetched here; download the image and pass its path or bytes")
     if isinstance(src, (str, os.PathLike)):

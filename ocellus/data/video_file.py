@@ -20,8 +20,6 @@ the limits in those messages (the server names its flags: {"max_frames": "--max-
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import os
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ocellus.data.data_url import data_url_bytes
 from ocellus.data.image import DEFAULT_MAX_PIXELS, load_image
 from ocellus.data.video import Video, as_frames
 from ocellus.errors import InputError
@@ -113,7 +112,8 @@ def _animated(src, name: str, limits: _Limits) -> Video:
                          f"the frames (PyAV, decord, imageio) and pass them as a list of images or a [T, H, W, 3] "
                          f"array, or convert the clip to an animated GIF / WebP")
     if isinstance(src, str) and src.startswith("data:"):
-        src = _data_url_bytes(src, label)
+        src = data_url_bytes(src, label, ("image/", "video/"), "only base64 'data:image/...;base64,' or "
+                                                               "'data:video/...;base64,' URLs are supported")
     fp = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else src
     frames, durations = [], []
     try:
@@ -148,13 +148,3 @@ def _animated(src, name: str, limits: _Limits) -> Video:
     return Video(as_frames(frames, label), fps)
 
 
-def _data_url_bytes(url: str, label: str) -> bytes:
-    """data:image/gif;base64,... (or image/png, image/webp, video/*) -> the encoded bytes."""
-    header, _, payload = url.partition(",")
-    if not header.startswith(("data:image/", "data:video/")) or not header.endswith(";base64"):
-        raise InputError(f"{label}: only base64 'data:image/...;base64,' or 'data:video/...;base64,' URLs are "
-                         f"supported, got {header[:40]!r}")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InputError(f"{label}: the data URL is not valid base64 ({e})") from e

@@ -21,8 +21,6 @@ server's flags (--max-video-frames, --max-video-pixels, --max-image-pixels per f
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import http.client
 import io
 import ipaddress
@@ -33,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 
+from ocellus.data.data_url import data_url_bytes
 from ocellus.data.image import load_image
 from ocellus.data.video import Video
 from ocellus.data.video_file import load_video
@@ -100,17 +99,9 @@ def _source(url: str, where: str, limits: ServeLimits, kind: str = "image") -> b
         raise InputError(f"{where}: {kind}_url.url must be a non-empty string")
     scheme = url.split(":", 1)[0].lower()
     if scheme == "data":
-        header, _, payload = url.partition(",")
-        mime = header[5:].split(";", 1)[0].lower()
         types = DATA_URL_TYPES if kind == "image" else VIDEO_DATA_URL_TYPES
-        if mime not in types or not header.endswith(";base64"):
-            hint = "" if kind == "image" else " (animated; this server decodes no MP4 / WebM: convert the clip)"
-            raise InputError(f"{where}: data URLs must be base64 {kind}s of type {', '.join(types)}{hint}; "
-                             f"got {header[:48]!r}")
-        try:
-            return base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise InputError(f"{where}: the data URL is not valid base64 ({e})") from e
+        hint = "" if kind == "image" else " (animated; this server decodes no MP4 / WebM: convert the clip)"
+        return data_url_bytes(url, where, types, f"data URLs must be base64 {kind}s of type {', '.join(types)}{hint}")
     if scheme in ("http", "https"):
         if not limits.allow_http_images:
             raise InputError(f"{where}: http(s) image URLs are disabled on this server (start it with "
