@@ -85,6 +85,23 @@ def test_float32_cpu_path_is_the_dynamic_int8_product_written_out(width, rows):
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
+def test_float32_without_fbgemm_rounds_activations_to_bf16_through_int8pack(monkeypatch):
+    """The fallback for CPUs without fbgemm: the int8pack kernel on bf16-rounded activations, scaled per row."""
+    import ocellus.nn.quant as quant
+    monkeypatch.setattr(quant, "dynamic_kernel_available", lambda device="cpu": False)
+    torch.manual_seed(3)
+    lin = nn.Linear(64, 24, bias=False)
+    with torch.no_grad():
+        lin.weight.mul_(torch.logspace(-2, 1, 24)[:, None])     # per-row scales matter
+    q = Int8Linear.from_linear(lin)
+    x = torch.randn(4, 64)
+    ref = x.bfloat16().float() @ q.dequantized_weight().T
+    with torch.inference_mode():
+        out = q(x)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_new_scales_loaded_in_place_are_used(dtype):
     """The scale cast to the activation dtype and fbgemm's packed weight are cached; load_state_dict writes in
