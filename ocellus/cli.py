@@ -240,7 +240,7 @@ def cmd_train(args) -> int:
 def cmd_generate_image(args) -> int:
     import torch
     from ocellus.models.generative.checkpoint import load_generator
-    from ocellus.train.generative import parse_prompt, sample_images
+    from ocellus.models.generative.sampling import parse_prompt, sample_images
     from ocellus.viz.image_grid import save_grid
 
     model = load_generator(args.model)

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError
 from ocellus.models.generative.checkpoint import build, load_generator, save_generator
+from ocellus.models.generative.sampling import sample_images
 from ocellus.train import schema
 from ocellus.train.loader import BatchLoader
 from ocellus.train.recipe import read_recipe
@@ -86,35 +87,6 @@ def build_from_recipe(spec: dict, classes: list[str], image_size: int) -> torch.
             getattr(model, field).load_state_dict(src.state_dict())
             return model
     return build(spec)
-
-
-def sample_images(model, labels: torch.Tensor, gen: dict, seed: int = 0) -> torch.Tensor:
-    """Generated images for labels [B] with the recipe's / CLI's generation options."""
-    kind = model.spec["kind"]
-    g = torch.Generator().manual_seed(seed)
-    model.eval()
-    if kind == "diffusion":
-        return model.generate(labels, steps=int(gen.get("steps", 50)), sampler=gen.get("sampler", "ddim"),
-                              guidance_scale=float(gen.get("guidance_scale", 1.0)), generator=g)
-    if kind == "maskgit":
-        return model.generate(labels, steps=int(gen.get("steps", 8)),
-                              guidance_scale=float(gen.get("guidance_scale", 1.0)), generator=g)
-    if kind == "ar":
-        return model.generate(labels, top_k=gen.get("top_k", 32), temperature=float(gen.get("temperature", 1.0)),
-                              seed=seed)
-    raise ConfigError(f"a {kind!r} model is a tokenizer: it reconstructs images, it does not generate them")
-
-
-def parse_prompt(prompt: str, classes: list[str]) -> list[int]:
-    """'3' -> [3]; 'all' -> every class; 'circle,star' -> two classes. Unknown names raise."""
-    if prompt.strip() == "all":
-        return list(range(len(classes)))
-    out = []
-    for name in (p.strip() for p in prompt.split(",")):
-        if name not in classes:
-            raise InputError(f"unknown class {name!r}: this model generates {classes} (or 'all')")
-        out.append(classes.index(name))
-    return out
 
 
 # -- measuring ----------------------------------------------------------------------------------------
