@@ -360,20 +360,17 @@ def describe(scene: Scene) -> str:
     return " ".join(sentences)
 
 
-def _qa_colour(rng, scene):
-    unique = [o for o in scene.objects if sum(p.shape == o.shape for p in scene.objects) == 1]
+def _qa_attribute(rng, scene, asked: str):
+    """"What colour is the <shape>?" / "What shape is the <colour> object?" (asked: "colour" / "shape") of an
+    object that the other attribute names uniquely; None when no object is unique that way."""
+    named_by = "shape" if asked == "colour" else "colour"
+    unique = [o for o in scene.objects
+              if sum(getattr(p, named_by) == getattr(o, named_by) for p in scene.objects) == 1]
     if not unique:
         return None
     obj = _pick(rng, unique)
-    return f"What colour is the {obj.shape}?", obj.colour
-
-
-def _qa_shape(rng, scene):
-    unique = [o for o in scene.objects if sum(p.colour == o.colour for p in scene.objects) == 1]
-    if not unique:
-        return None
-    obj = _pick(rng, unique)
-    return f"What shape is the {obj.colour} object?", obj.shape
+    question = f"What colour is the {obj.shape}?" if asked == "colour" else f"What shape is the {obj.colour} object?"
+    return question, getattr(obj, asked)
 
 
 def _qa_count(rng, scene, cfg):
@@ -442,7 +439,8 @@ def make_qa(rng: np.random.Generator, scene: Scene, cfg: ShapesConfig, qa_type: 
     """(qa type, question, answer). The type is drawn from cfg.qa_weights unless given; a type the scene
     cannot support unambiguously (no unique shape for "colour", one object for "spatial") is left out
     of the draw, and asking for it explicitly raises."""
-    makers = {"colour": lambda: _qa_colour(rng, scene), "shape": lambda: _qa_shape(rng, scene),
+    makers = {"colour": lambda: _qa_attribute(rng, scene, "colour"),
+              "shape": lambda: _qa_attribute(rng, scene, "shape"),
               "count": lambda: _qa_count(rng, scene, cfg), "spatial": lambda: _qa_spatial(rng, scene),
               "existence": lambda: _qa_existence(rng, scene, cfg), "position": lambda: _qa_position(rng, scene)}
     if qa_type is not None:
