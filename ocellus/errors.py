@@ -1,6 +1,7 @@
 """Typed errors. Every failure a user can cause raises one of these with a message that
 names the problem (which field, which file, which limit) so it can be acted on; `positive_int(s)` is
-the one check of size-like config fields (the bottom layer, so every config class can use it)."""
+the one check of size-like config fields and `required_fields` the one check that a config.json names what a
+builder needs (the bottom layer, so every config class can use them)."""
 
 
 class OcellusError(Exception):
@@ -39,3 +40,11 @@ def positive_ints(config, names, label: str = "config field {!r}", **kw) -> None
     for name in names:
         value = config.get(name) if isinstance(config, dict) else getattr(config, name)
         positive_int(value, label.format(name), **kw)
+
+
+def required_fields(config: dict, names, what: str = "config.json", error: type = ConfigError) -> None:
+    """Every one of `names` is a key of `config`, else `error` "<what> lacks required fields [...]" listing the
+    missing ones in the order given."""
+    missing = [k for k in names if k not in config]
+    if missing:
+        raise error(f"{what} lacks required fields {missing}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ocellus.errors import ConfigError
+from ocellus.models.text.bert import BertConfig
 from ocellus.models.text.decoder import DecoderConfig
 
 BASE = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -27,3 +28,18 @@ def test_recipe_override_is_one_line(tmp_path):
                           "model.config.hidden_size=x", f"train.out_dir={tmp_path}"], capture_output=True, text=True)
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "config hidden_size must be a positive int, got 'x'" in run.stderr
+
+
+@pytest.mark.parametrize("drop", [("hidden_size",), ("vocab_size", "num_attention_heads"), tuple(BASE)])
+def test_missing_fields_are_named_in_order_by_every_config_reader(drop):
+    """errors.required_fields behind DecoderConfig.from_hf and BertConfig.from_hf: every absent field, in the
+    builder's order, in one ConfigError (BERT's message says it is BERT's config)."""
+    cfg = {k: v for k, v in BASE.items() if k not in drop}
+    for reader, order, what in ((DecoderConfig.from_hf, ("vocab_size", "hidden_size", "intermediate_size",
+                                                         "num_hidden_layers", "num_attention_heads"), "config.json"),
+                                (BertConfig.from_hf, ("vocab_size", "hidden_size", "num_hidden_layers",
+                                                      "num_attention_heads", "intermediate_size"), "BERT config.json")):
+        missing = [k for k in order if k in drop]
+        with pytest.raises(ConfigError) as e:
+            reader(cfg)
+        assert str(e.value) == f"{what} lacks required fields {missing}"

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError, positive_ints
+from ocellus.errors import ConfigError, InputError, positive_ints, required_fields
 from ocellus.hub.bert_families import PREFIXES, bert_keys
 from ocellus.hub.families import Family
 from ocellus.nn.attention import attend
@@ -67,10 +67,8 @@ class BertConfig:
 
     @classmethod
     def from_hf(cls, cfg: dict) -> "BertConfig":
-        missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                               "intermediate_size") if k not in cfg]
-        if missing:
-            raise ConfigError(f"BERT config.json lacks required fields {missing}")
+        required_fields(cfg, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                              "intermediate_size"), "BERT config.json")
         if cfg.get("position_embedding_type", "absolute") != "absolute":
             raise ConfigError(f"BERT position_embedding_type={cfg['position_embedding_type']!r} is not implemented "
                               f"(only 'absolute')")

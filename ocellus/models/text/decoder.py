@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError, positive_ints
+from ocellus.errors import ConfigError, InputError, positive_ints, required_fields
 from ocellus.hub.families import DECODER_KEYS, Family
 from ocellus.nn.attention import Attention
 from ocellus.nn.kept_rows import KeptRows
@@ -62,10 +62,8 @@ class DecoderConfig:
     @classmethod
     def from_hf(cls, cfg: dict) -> "DecoderConfig":
         """Llama / Qwen2 / Mistral-style config.json -> DecoderConfig."""
-        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                               "num_attention_heads") if k not in cfg]
-        if missing:
-            raise ConfigError(f"config.json lacks required fields {missing}")
+        required_fields(cfg, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                              "num_attention_heads"))
         # a recipe's model.config is this dict too: a typo must name its key
         positive_ints(cfg, _POSITIVE_INTS, "config {}", optional=True)
         positive_ints(cfg, ("rms_norm_eps", "rope_theta"), "config {}", optional=True, number=True)
