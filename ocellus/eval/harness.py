@@ -33,6 +33,7 @@ from ocellus.eval.caption import cider_d, corpus_bleu
 from ocellus.eval.grounding import box_iou, grounding_hit, parse_boxes
 from ocellus.eval.metrics import format_table, score_by_type
 from ocellus.eval.vqa import count_match, vqa_exact_match
+from ocellus.viz.progress import Progress
 from ocellus.hub.checkpoint import load_model
 from ocellus.hub.model_card import record_eval
 from ocellus.hub.resolve import default_model_dir
@@ -99,12 +100,14 @@ def _conversation(sample: dict, shots: list[dict], replies: list[str] = ()) -> t
 
 @torch.inference_mode()
 def predict(model, processor, samples: list[dict], shots: list[dict], max_new_tokens: int,
-            batch_size: int = 16, keep_special: bool = False) -> list[str]:
+            batch_size: int = 16, keep_special: bool = False, progress: bool = False) -> list[str]:
     """The model's reply to each sample's last question. A sample of several user turns is asked them in
     order, the model's own replies put in as the assistant turns before the next question.
     keep_special: decode special tokens too (grounding's <ref>/<box> are special in the shapes BPE),
-    cutting each answer at its end-of-turn token instead."""
+    cutting each answer at its end-of-turn token instead. progress: samples done on stderr (viz/progress.py: a bar
+    on a terminal, else a line every tenth of them or 30 s)."""
     preds = []
+    bar = Progress(len(samples), desc="eval", unit="sample", every=max(1, len(samples) // 10)) if progress else None
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         replies = [[] for _ in chunk]
@@ -118,6 +121,10 @@ def predict(model, processor, samples: list[dict], shots: list[dict], max_new_to
             for b, row in zip(live, out):
                 replies[b].append(_answer(processor, row[T:].tolist(), keep_special))
         preds += [r[-1] for r in replies]
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
     return preds
 
 
@@ -147,10 +154,10 @@ def score(task: str, samples: list[dict], preds: list[str]) -> dict:
 
 def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int = 16, out: str | None = None,
              model=None, processor=None, printer=print, phrasing: str = "canonical", turns: int = 1,
-             card: bool = False, quantize=None) -> dict:
+             card: bool = False, quantize=None, progress: bool = False) -> dict:
     """Score a model on a task (held-out samples) -> the result dict (table per type); out: also as JSON;
     card: also into model_dir's model card (README.md) with the command that reproduces it.
-    quantize="int8": the decoder with int8 weights (hub/checkpoint.load_model)."""
+    quantize="int8": the decoder with int8 weights (hub/checkpoint.load_model). progress: show predict's progress."""
     if task in retrieval.EVAL_TASKS:
         result = retrieval.evaluate(model_dir, task, n=n, printer=printer)
         if out:
@@ -173,7 +180,7 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
     shot_pool, samples = samples[:shots], samples[shots:]
     max_new = {"shapes-vqa": 6, "digits": 4, "shapes-caption": 40, "shapes-grounding": 40, "shapes-video": 4}[task]
     preds = predict(model, processor, samples, shot_pool, max_new, batch_size,
-                    keep_special=task == "shapes-grounding")
+                    keep_special=task == "shapes-grounding", progress=progress)
     result = score(task, samples, preds)
     result.update(task=task, n=len(samples), shots=shots, phrasing=phrasing, turns=turns,
                   examples=[{"question": _question(s), "pred": p, "gold": s["answer"]} for s, p in zip(samples[:5], preds)])

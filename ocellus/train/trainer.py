@@ -3,10 +3,12 @@
     for step in 1..max_steps:
         for micro in 1..grad_accum: loss = model(**batch).loss / grad_accum; loss.backward()
         clip grads; optimizer.step(); scheduler.step(); zero grads
-        log (JSONL + progress bar), checkpoint every save_every, stop on a non-finite loss
+        log (JSONL + progress), checkpoint every save_every, stop on a non-finite loss
 
 AdamW with per-part parameter groups (stages.param_groups), cosine decay after a linear warmup,
-bf16 autocast where the device supports it, optional gradient checkpointing. A non-finite loss
+bf16 autocast where the device supports it, optional gradient checkpointing. Progress goes to stderr
+(viz/progress.py): a bar on a terminal, else a plain line every progress_every steps (default: log_every) or
+progress_seconds seconds with step, loss, lr, steps/s and ETA. A non-finite loss
 stops the run with the step number before anything is written, so the last checkpoint stays
 the last good one.
 
@@ -17,6 +19,7 @@ logs the numbers it returns beside the loss; schedule, clipping, checkpoints and
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -27,12 +30,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ocellus.errors import ConfigError, OcellusError
+from ocellus.errors import ConfigError, OcellusError, positive_int
 from ocellus.train.loader import BatchLoader
 from ocellus.train.stages import Stage, apply_stage, param_groups, parts_of
 from ocellus.train.distributed import DistInfo, barrier, wrap, full_model_state, full_optimizer_state, load_full_state
 from ocellus.train.state import latest_checkpoint, read_checkpoint, save_checkpoint
 from ocellus.train.step_objective import StepObjective, apply_gradients
+from ocellus.viz.progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(OcellusError):
@@ -49,7 +55,8 @@ class TrainConfig:
     grad_accum: int = 1
     clip_grad_norm: float | None = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
-    bf16: bool = False                  # autocast matmuls to bf16 (weights and optimizer stay fp32)
+    precision: str = "fp32"             # bf16: forward + loss under torch.autocast(bf16); weights, gradients and
+                                        # AdamW state stay fp32 (`autocast` below; fp16 is refused there)
     gradient_checkpointing: bool = False
     log_every: int = 10
     save_every: int = 0                 # 0: only at the end
@@ -58,8 +65,28 @@ class TrainConfig:
     save_trainable_only: bool = True
     out_dir: str = "runs/train"
     resume: bool = False
-    progress: bool = True
+    progress: bool = True               # stderr: a bar on a terminal, plain lines elsewhere (CI, | tee, nohup)
+    progress_every: int | None = None   # not a terminal: a line every N steps (None: log_every) ...
+    progress_seconds: float = 30.0      # ... or every T seconds, whichever comes first
     stage: dict = field(default_factory=dict)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")   # train.precision (the schema's choices; fp16 is named to be refused)
+
+
+def autocast(precision: str, device_type: str) -> torch.autocast:
+    """The context of a step's forward + loss for train.precision. bf16: torch.autocast runs matmuls and
+    convolutions in bf16 (reductions, norms, softmax and the loss stay fp32, per autocast's op lists) while the
+    parameters, their gradients and the optimizer stay fp32, so no update is lost to bf16 rounding. fp32: a
+    disabled autocast. fp16 is refused: its 5 exponent bits underflow small gradients without loss scaling
+    (GradScaler), which this loop does not do; bf16 has fp32's range and needs none."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16":
+        raise ConfigError(f"train.precision fp16 (model on {device_type}) is not supported: fp16 autocast needs "
+                          "loss scaling (GradScaler), which the Trainer does not do; use train.precision=bf16 "
+                          "(fp32's exponent range, no scaling needed)")
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def cosine_schedule(optimizer, warmup: int, total: int, min_ratio: float):
@@ -97,10 +124,13 @@ class Trainer:
         self.loader, self.cfg, self.on_log, self.evaluate = loader, cfg, on_log, evaluate
         self.dist = dist_info or DistInfo()
         self.is_main = self.dist.is_main
+        positive_int(cfg.progress_every, "train.progress_every", optional=True)
+        positive_int(cfg.progress_seconds, "train.progress_seconds", number=True)
         if isinstance(model, StepObjective) and (cfg.grad_accum != 1 or self.dist.world_size > 1):
             raise ConfigError(f"{type(model).__name__} runs its own updates on one process: train.grad_accum must "
                               f"be 1 (got {cfg.grad_accum}) and no torchrun ({self.dist.world_size} processes); "
                               "train.batch_size sets the prompts per step")
+        autocast(cfg.precision, _device_type(model))   # a precision the device cannot train in: refused up front
         # the stage first (requires_grad, LoRA), then wrapping (DDP/FSDP), then the optimizer,
         # which must see the wrapped (under FSDP: sharded) parameters. No stage: all parts train.
         self.stage = Stage.parse(cfg.stage or {part: "full" for part in parts_of(model)})
@@ -163,7 +193,7 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             batch = self.loader.next_batch()
             tokens += _count_tokens(batch)
-            with torch.autocast(device_type=_device_type(model), dtype=torch.bfloat16, enabled=cfg.bf16):
+            with autocast(cfg.precision, _device_type(model)):
                 loss = model(**batch).loss / cfg.grad_accum
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss is {loss.item()} at step {self.step + 1}: stopping; the last "
@@ -183,7 +213,7 @@ class Trainer:
         """A StepObjective's step: its own rollouts and updates (each update clips and steps the optimizer),
         then one scheduler step, as one SFT step makes."""
         cfg = self.cfg
-        with torch.autocast(device_type=_device_type(self.model), dtype=torch.bfloat16, enabled=cfg.bf16):
+        with autocast(cfg.precision, _device_type(self.model)):
             out = self._inner().train_step(self.loader.next_batch(), self.step,
                                            lambda: float(apply_gradients(self.optimizer, cfg.clip_grad_norm)))
         self.scheduler.step()
@@ -198,7 +228,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             if not resumed:
                 self._start_clean()
-        bar = _progress(cfg.max_steps, self.step, enabled=cfg.progress and self.is_main)
+        bar = (Progress(cfg.max_steps, initial=self.step, desc="train", every=cfg.progress_every or cfg.log_every,
+                        seconds=cfg.progress_seconds) if cfg.progress and self.is_main else None)
         t0, tok_window = time.perf_counter(), 0
         train_s = 0.0   # seconds spent in training steps (evaluation excluded): the x of accuracy-vs-seconds
         while self.step < cfg.max_steps:
@@ -214,8 +245,7 @@ class Trainer:
                 t0, tok_window = time.perf_counter(), 0
                 self._log(record)
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
+                bar.update(1, loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
             if self.evaluate is not None and cfg.eval_every and (self.step % cfg.eval_every == 0
                                                                  or self.step == cfg.max_steps):
                 self._evaluate(train_s)
@@ -246,8 +276,8 @@ class Trainer:
         old = [p for p in (self.out / "metrics.jsonl", self.out / "checkpoints") if p.exists()]
         if not old:
             return
-        print(f"[trainer] {self.out} holds an earlier run: starting clean (its {', '.join(p.name for p in old)} "
-              "replaced); train.resume=true continues a run instead", flush=True)
+        log.warning(f"{self.out} holds an earlier run: starting clean (its {', '.join(p.name for p in old)} "
+                    "replaced); train.resume=true continues a run instead")
         for p in old:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
@@ -276,10 +306,3 @@ def _logged_step(line: str) -> float:
 def _device_type(model: nn.Module) -> str:
     p = next(model.parameters(), None)
     return p.device.type if p is not None else "cpu"
-
-
-def _progress(total: int, start: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
