@@ -24,6 +24,7 @@ import contextlib
 import contextvars
 from pathlib import Path
 from ocellus.data.bad_samples import BadSample, BadSampleReport
+from ocellus.data.llava_json import _conversation as checked_conversation, _image_path
 from ocellus.errors import ConfigError, InputError
 
 FORMATS = ("llava", "messages", "preference", "prompt")
@@ -149,7 +150,6 @@ class HFRows:
 def image_source(value, root: Path | None, row_id=None):
     """One image cell -> what data/image.load_image reads: an `Image` feature's bytes, or the path of a file
     name under the data root (absolute names and names leaving the root are refused, as in LLaVA JSON)."""
-    from ocellus.data.llava_json import _image_path
     if isinstance(value, dict) and ("bytes" in value or "path" in value):   # the `Image` feature's storage
         if value.get("bytes") is not None:
             return bytes(value["bytes"])
@@ -169,7 +169,6 @@ def image_source(value, root: Path | None, row_id=None):
 
 def _conversation(rows: HFRows, i: int) -> dict:
     """Row i of a llava / messages dataset -> the sample form of llava_json.read_llava_json."""
-    from ocellus.data.llava_json import _conversation as checked
     row = rows.raw(i)
     row_id = row.get("id", i)
     if rows.format == "llava":
@@ -183,7 +182,7 @@ def _conversation(rows: HFRows, i: int) -> dict:
         record["image"] = images
     else:
         record["images"] = images
-    conversation = checked(record)
+    conversation = checked_conversation(record)
     return {"id": row_id, "messages": conversation.messages, "images": list(conversation.images),
             "where": rows.where(i)}
 

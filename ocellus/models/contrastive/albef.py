@@ -39,6 +39,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError, positive_ints
+from ocellus.hub.families import Family
+from ocellus.hub.keymap import KeyMap
 from ocellus.models.contrastive.clip import _group
 from ocellus.models.contrastive.losses import hard_negatives, itm_loss, queue_itc, soft_cross_entropy
 from ocellus.models.contrastive.momentum import NO_ID, FeatureQueue, distill_alpha, momentum_copy, momentum_update
@@ -405,8 +407,6 @@ def shared_keys(model: nn.Module) -> tuple[str, ...]:
 
 
 def family(architecture: str | None = None):
-    from ocellus.hub.families import Family
-    from ocellus.hub.keymap import KeyMap
     return Family(name="albef", model_class=ALBEF, build=build_albef, keymap=KeyMap(rules=(("{rest}", "{rest}"),)),
                   hf_config=lambda m: align_hf_config(m, "OcellusALBEF", "ocellus_albef", m.text_encoder),
                   tied=shared_keys)

@@ -31,6 +31,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError
+from ocellus.hub.families import Family
+from ocellus.hub.keymap import KeyMap
+from ocellus.infer.generate import generate as engine_generate   # BLIP.generate is the method
 from ocellus.models.contrastive.albef import (AlignConfig, AlignOutput, ImageTextHeads, align_hf_config, align_parts,
                                               bert_layers, shared_keys)
 from ocellus.models.contrastive.clip import _group
@@ -134,13 +137,12 @@ class BLIP(ImageTextHeads):
     def generate(self, pixel_values: torch.Tensor, max_new_tokens: int = 20, **kwargs) -> torch.Tensor:
         """Captions [B, 1 + n] starting with [DEC], through the generation engine; kwargs:
         GenerationConfig fields (do_sample, top_p, num_beams, seed, ...)."""
-        from ocellus.infer.generate import generate
         start = torch.full((pixel_values.shape[0], 1), self.config.dec_token_id, dtype=torch.long,
                            device=pixel_values.device)
         kwargs.setdefault("eos_token_id", self.config.eos_token_id)
         kwargs.setdefault("pad_token_id", self.config.pad_token_id)
-        return generate(CaptionDecoder(self), start, max_new_tokens=max_new_tokens, pixel_values=pixel_values,
-                        **kwargs)
+        return engine_generate(CaptionDecoder(self), start, max_new_tokens=max_new_tokens, pixel_values=pixel_values,
+                               **kwargs)
 
     def caption(self, pixel_values: torch.Tensor, tok, **kwargs) -> list[str]:
         """Generated captions as text (the [DEC] start, eos and what follows dropped)."""
@@ -208,8 +210,6 @@ def build_blip(config: dict) -> BLIP:
 
 
 def family(architecture: str | None = None):
-    from ocellus.hub.families import Family
-    from ocellus.hub.keymap import KeyMap
     return Family(name="blip", model_class=BLIP, build=build_blip, keymap=KeyMap(rules=(("{rest}", "{rest}"),)),
                   hf_config=lambda m: align_hf_config(m, "OcellusBLIP", "ocellus_blip", m.text_encoder),
                   tied=shared_keys)

@@ -28,6 +28,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError, positive_int
+from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.vision_families import vision_rules
 from ocellus.models.contrastive.losses import MAX_LOGIT_SCALE, contrastive_loss, logit_scale_value
@@ -35,6 +36,9 @@ from ocellus.models.text.clip_text import ProjectedText, TextTowerConfig, TextTr
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 
 LOSSES = ("infonce", "sigmoid")
+
+
+SIGLIP_SCALE_INIT, SIGLIP_BIAS_INIT = math.log(10.0), -10.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,12 @@ PROJECTED_TEXT_KEYS = KeyMap(rules=text_rules("text_model.", "text_model.") + _o
                              drop=(_POSITION_IDS,))
 
 
+def siglip_config(**kw) -> DualEncoderConfig:
+    """SigLIP's numbers: sigmoid loss, no projections, scale and bias stored as [1] like transformers."""
+    return DualEncoderConfig(**{**dict(loss="sigmoid", projection_dim=None, logit_scale_init=SIGLIP_SCALE_INIT,
+                                       logit_bias_init=SIGLIP_BIAS_INIT, scalar_shape=(1,)), **kw})
+
+
 def build_clip(cfg: dict) -> DualEncoder:
     """A CLIPModel config.json dict -> DualEncoder (random init unless the loader skips it)."""
     dual = DualEncoderConfig(loss="infonce", projection_dim=int(cfg.get("projection_dim", 512)),
@@ -180,7 +190,6 @@ def build_dual_encoder(kind: str, vision: dict, text: dict, projection_dim: int 
     text = {**text, "model_type": f"{kind}_text_model"}
     if kind == "siglip":
         text.setdefault("projection_size", vit.config.hidden_size)   # the text head lands in the image space
-        from ocellus.models.contrastive.siglip import siglip_config
         cfg = siglip_config(**dual)
     else:
         cfg = DualEncoderConfig(projection_dim=projection_dim or 512, **dual)
@@ -227,7 +236,6 @@ def projected_text_hf_config(model: ProjectedText) -> dict:
 
 def family(architecture: str):
     """The Family of one architecture (hub/families.py): CLIPModel, CLIPTextModel, CLIPTextModelWithProjection."""
-    from ocellus.hub.families import Family
     return {"CLIPModel": Family(name="clip", model_class=DualEncoder, build=build_clip, keymap=DUAL_KEYS,
                                 hf_config=clip_hf_config),
             "CLIPTextModel": Family(name="clip_text", model_class=TextTransformer, build=build_clip_text,

@@ -13,20 +13,13 @@ its builder and config writer. Matches transformers' SiglipModel (tests/parity/t
 """
 from __future__ import annotations
 
-import math
-
-from ocellus.models.contrastive.clip import DUAL_KEYS, TEXT_KEYS, DualEncoder, DualEncoderConfig, towers_hf_config
+from ocellus.errors import ConfigError
+from ocellus.hub.families import Family
+# SigLIP's DualEncoderConfig numbers sit in clip.py, beside the config, so clip's build_dual_encoder builds both kinds
+from ocellus.models.contrastive.clip import (DUAL_KEYS, SIGLIP_BIAS_INIT, SIGLIP_SCALE_INIT, TEXT_KEYS, DualEncoder,
+                                             siglip_config, towers_hf_config)
 from ocellus.models.text.clip_text import TextTowerConfig, TextTransformer
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
-from ocellus.errors import ConfigError
-
-SIGLIP_SCALE_INIT, SIGLIP_BIAS_INIT = math.log(10.0), -10.0
-
-
-def siglip_config(**kw) -> DualEncoderConfig:
-    """SigLIP's numbers: sigmoid loss, no projections, scale and bias stored as [1] like transformers."""
-    return DualEncoderConfig(**{**dict(loss="sigmoid", projection_dim=None, logit_scale_init=SIGLIP_SCALE_INIT,
-                                       logit_bias_init=SIGLIP_BIAS_INIT, scalar_shape=(1,)), **kw})
 
 
 def build_siglip(cfg: dict) -> DualEncoder:
@@ -43,7 +36,6 @@ def siglip_hf_config(model: DualEncoder) -> dict:
 
 def family(architecture: str):
     """The Family of one architecture (hub/families.py): SiglipModel, SiglipTextModel."""
-    from ocellus.hub.families import Family
     return {"SiglipModel": Family(name="siglip", model_class=DualEncoder, build=build_siglip, keymap=DUAL_KEYS,
                                   hf_config=siglip_hf_config),
             "SiglipTextModel": Family(name="siglip_text", model_class=TextTransformer,

@@ -16,7 +16,7 @@ from torch import nn
 from ocellus.errors import CheckpointError, ConfigError
 from ocellus.hub.checkpoint import load_model, save_model
 from ocellus.hub.checkpoint_dir import read_config
-from ocellus.hub.families import OWN_NAMES, Family
+from ocellus.hub.families import import_piece, OWN_NAMES, Family
 from ocellus.models.generative.ar_image import ar_decoder_config, ARImage
 from ocellus.models.generative.ddpm import DiffusionConfig
 from ocellus.models.generative.latent_diffusion import DiffusionModel
@@ -26,7 +26,12 @@ from ocellus.models.generative.vq import VQConfig, VQVAE
 from ocellus.models.text.decoder import DecoderLM
 
 MODEL_TYPE = "ocellus_image_generator"
-KINDS = ("diffusion", "vqvae", "vqgan", "maskgit", "ar", "seed")   # seed: models/unified/seed_detokenizer.py
+KINDS = ("diffusion", "vqvae", "vqgan", "maskgit", "ar", "seed")
+# Kinds whose builder lives outside this package, by (module, function), imported the first time one is built (as
+# hub/families.py names a family's pieces): SEED's codec sits with the unified models that read its codes and is
+# built from this package's parts, so an import either way would close a generative <-> unified cycle; a VQ-VAE
+# load imports none of it.
+BUILDERS = {"seed": ("ocellus.models.unified.seed_detokenizer", "build_codec")}
 
 
 def _dataclass(cls, d: dict, where: str):
@@ -38,17 +43,15 @@ def _dataclass(cls, d: dict, where: str):
 
 
 def build(spec: dict) -> nn.Module:
-
     kind = spec.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"model.kind must be one of {KINDS}, got {kind!r}")
     classes = list(spec.get("class_names") or [])
     if kind in ("vqvae", "vqgan"):
         model = VQVAE(_dataclass(VQConfig, spec.get("vq", {}), "model.vq"))
-    elif kind == "seed":   # the SEED image codec: tokenizer + diffusion detokenizer in one directory
-        # lazy: generative <-> unified package cycle (SEED's codec), allow-listed in tests/unit/test_import_layers.py
-        from ocellus.models.unified.seed_detokenizer import build_codec
-        model = build_codec(spec)
+    elif kind in BUILDERS:   # the SEED image codec: tokenizer + diffusion detokenizer in one directory
+        module, function = BUILDERS[kind]
+        model = getattr(import_piece(module, f"generator kind {kind!r}"), function)(spec)
     elif kind == "diffusion":
         ae = build(spec["autoencoder"]) if spec.get("autoencoder") else None
         unet_cfg = dict(spec.get("unet", {}))
