@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
 from ocellus.data.chat_template import render_chat_template  # noqa: E402
 from ocellus.data.tokenizer import Tokenizer  # noqa: E402
 from ocellus.errors import CheckpointError, ConfigError, InputError  # noqa: E402
+from _chat_templates import LLAMA2  # noqa: E402
 
 CORPUS = [
     "Hello world, this is a tiny corpus for a tiny tokenizer.",
@@ -44,19 +45,6 @@ TEXTS = [
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-# Llama-2-chat's template as published: bos per turn, system folded into the first user turn.
-LLAMA2 = (
-    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
-    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
-    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% if loop.index0 == 0 and system_message != false %}"
-    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
-    "{% else %}{% set content = message['content'] %}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
 )
 # Qwen2-VL style: content is a string or a list of parts; images become vision placeholders.
 # Indented block tags: lstrip_blocks must remove the indentation, trim_blocks the newlines.
