@@ -22,6 +22,7 @@ from ocellus.infer.chunked_prefill import ChunkedPrefill
 from ocellus.infer.generate import generate
 from ocellus.infer.slot_cache import SlotKVCache
 from tests.parity._init import spread_init
+from _engine_run import run_with_hook
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +108,7 @@ def run_with_long_arrival(tokenizer, chunk: int | None, long_len: int = 100):
                 engine.submit(request("L"))
         else:
             log.append(("prefill", ids.shape[1]))
-    hook = model.register_forward_pre_hook(record, with_kwargs=True)
-    engine.start()
-    try:
-        engine.submit(request("A"))
-        assert all_done.wait(60)
-    finally:
-        engine.stop()
-        hook.remove()
+    run_with_hook(engine, model, record, request("A"), all_done)
     for name, ids in prompts.items():
         want = generate(model, ids, max_new_tokens=budget[name])[0, ids.shape[1]:].tolist()
         assert list(finished[name].token_ids) == want, name
@@ -183,15 +177,8 @@ def test_a_request_cancelled_mid_prefill_leaves_without_a_slot(tokenizer):
                 long.cancel()
         elif len(chunks) == 1 and kwargs["input_ids"].shape[0] == 1:
             engine.submit(long)
-    hook = model.register_forward_pre_hook(record, with_kwargs=True)
-    engine.start()
-    try:
-        engine.submit(Request(a_ids, SamplingParams(max_tokens=12, temperature=0),
-                              lambda e: (a_fin.append(e), a_done.set()) if isinstance(e, Finish) else None))
-        assert a_done.wait(30)
-    finally:
-        engine.stop()
-        hook.remove()
+    run_with_hook(engine, model, record, Request(a_ids, SamplingParams(max_tokens=12, temperature=0),
+                  lambda e: (a_fin.append(e), a_done.set()) if isinstance(e, Finish) else None), a_done, timeout=30)
     assert chunks == [6, 16, 16] and l_events == []
     assert engine.stats.cancelled == 1 and engine.stats.prefilling == 0 and engine.cache.active == 0
     assert list(a_fin[0].token_ids) == generate(model, a_ids, max_new_tokens=12)[0, 6:].tolist()

@@ -18,6 +18,7 @@ import torch
 import ocellus
 from ocellus.infer.batching import BatchEngine, Finish, Request, SamplingParams
 from ocellus.infer.generate import generate
+from _engine_run import run_with_hook
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +68,7 @@ def test_short_requests_join_mid_decode_and_finish_first(tokenizer):
             if len(batch_sizes) == 4:         # A is at its 5th token: B and C arrive now
                 engine.submit(request("B"))
                 engine.submit(request("C"))
-    hook = model.register_forward_pre_hook(arrive, with_kwargs=True)
-    engine.start()
-    try:
-        engine.submit(request("A"))
-        assert all_done.wait(60)
-    finally:
-        engine.stop()
-        hook.remove()
+    run_with_hook(engine, model, arrive, request("A"), all_done)
     assert order == ["B", "C", "A"], order
     # A alone for 4 steps; then B's 2 decode steps beside A (its 1st token comes from its prefill); then
     # C's 2 in the slot B freed; then A alone to its 24th token (23 decode steps in all)
