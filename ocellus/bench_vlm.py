@@ -4,7 +4,9 @@
           end-to-end time to first token for one image + question vs LlavaForConditionalGeneration
   train   training-step throughput (samples/s, tokens/s) and peak memory of the tiny LLaVA config
           vs LlavaForConditionalGeneration with the same config, batch and optimizer (AdamW);
-          --recipe: a real step of a LLaVA recipe (its data, labels and frozen parts) instead
+          --recipe: a real step of a LLaVA recipe (its data, labels and frozen parts) instead;
+          --precision bf16: both sides' forward + loss under the same torch.autocast(bf16) the Trainer's
+          train.precision=bf16 uses (train/trainer.autocast), weights and AdamW fp32
 
 transformers is imported here only, lazily: it is the reference being measured, not a dependency.
 Peak memory on CPU is the process's resident-set high-water mark (VmHWM), reset before each side
@@ -22,6 +24,7 @@ import torch
 
 import ocellus
 from ocellus.errors import ConfigError
+from ocellus.train.trainer import PRECISIONS, autocast
 
 
 def _best(fn, repeats: int) -> float:
@@ -100,7 +103,8 @@ TINY_TEXT = dict(vocab_size=640, hidden_size=128, intermediate_size=384, num_hid
                  num_key_value_heads=2, max_position_embeddings=256, eos_token_id=None, tie_word_embeddings=True)
 
 
-def bench_train(batch: int = 16, text_tokens: int = 40, steps: int = 3, repeats: int = 20, printer=print) -> dict:
+def bench_train(batch: int = 16, text_tokens: int = 40, steps: int = 3, repeats: int = 20, printer=print,
+                precision: str = "fp32") -> dict:
     """Every parameter trains; random pixels; the image's placeholders then `text_tokens` random
     tokens, all of them labelled (caption-style pretraining on the TINY_* config)."""
     ref = _llava_reference(TINY_VISION, TINY_TEXT, image_token=639)
@@ -112,7 +116,8 @@ def bench_train(batch: int = 16, text_tokens: int = 40, steps: int = 3, repeats:
     ids = torch.cat([torch.full((batch, patches), 639), torch.randint(0, 638, (batch, text_tokens), generator=g)], 1)
     pixels = torch.randn(batch, 3, TINY_VISION["image_size"], TINY_VISION["image_size"], generator=g)
     inputs = {"input_ids": ids, "pixel_values": pixels, "labels": ids.masked_fill(ids == 639, -100)}
-    return _time_train_steps(ours, ref, inputs, steps, repeats, "every parameter trains, all text labelled", printer)
+    return _time_train_steps(ours, ref, inputs, steps, repeats, "every parameter trains, all text labelled", printer,
+                             precision)
 
 
 # our LLaVA parts (train/stages.parts_of) -> the modules holding them in LlavaForConditionalGeneration
@@ -121,7 +126,7 @@ _REF_PARTS = {"vision": ("model.vision_tower",), "connector": ("model.multi_moda
 
 
 def bench_train_recipe(recipe_path, model_dir=None, batch: int | None = None, steps: int = 3, repeats: int = 20,
-                       printer=print) -> dict:
+                       printer=print, precision: str = "fp32") -> dict:
     """One real training step of a LLaVA recipe: its model (default: the embedded one), a batch of
     its own data (labels only where the recipe trains) and its stage (frozen parts frozen on both
     sides). Full or frozen parts only: LoRA would put different modules on the two sides."""
@@ -155,27 +160,37 @@ def bench_train_recipe(recipe_path, model_dir=None, batch: int | None = None, st
     inputs = collate([dataset[i] for i in range(batch or int(recipe["train"].get("batch_size", 8)))])
     trained = int((inputs["labels"] != -100).sum())
     what = f"recipe {Path(recipe_path).name}, stage {modes}, {trained} labelled tokens"
-    return _time_train_steps(ours, ref, inputs, steps, repeats, what, printer)
+    return _time_train_steps(ours, ref, inputs, steps, repeats, what, printer, precision)
 
 
-def _time_train_steps(ours, ref, inputs: dict, steps: int, repeats: int, what: str, printer) -> dict:
+def _time_train_steps(ours, ref, inputs: dict, steps: int, repeats: int, what: str, printer,
+                      precision: str = "fp32") -> dict:
     """Median seconds per training step (forward, backward, AdamW) of each model on the same
     inputs, over `repeats` rounds of `steps` steps a side; the sides alternate which goes first
     each round, so drifting machine load (and cache state left by the other model) hits both
     alike, and the median ignores the odd step stalled by the OS. Peak RSS is each side's
-    high-water mark over its first round."""
-    def stepper(model):
+    high-water mark over its first round. precision: both sides' forward + loss under the Trainer's
+    autocast for it (fp32: none)."""
+    device = next(ours.parameters()).device.type
+    autocast(precision, device)    # fp16 / unknown: the Trainer's refusal, before anything is timed
+
+    first_loss = {}    # each side's first loss (same weights, same inputs): shows the autocast each ran under
+
+    def stepper(name, model):
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
         def step():
-            loss = model(**inputs).loss
+            with autocast(precision, device):
+                loss = model(**inputs).loss
+            if name not in first_loss:
+                first_loss[name] = loss.item()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         return step
 
-    runs = {"ours": stepper(ours), "ref": stepper(ref)}
+    runs = {name: stepper(name, model) for name, model in (("ours", ours), ("ref", ref))}
     for _ in range(3):                      # warm-up: optimizer state, oneDNN kernels, the heap's size
         for step in runs.values():
             step()
@@ -192,10 +207,13 @@ def _time_train_steps(ours, ref, inputs: dict, steps: int, repeats: int, what: s
                 peak[name] = _peak_rss_mb()
     (t_ours, t_ref), (mem_ours, mem_ref) = (statistics.median(times[n]) for n in runs), (peak[n] for n in runs)
     batch, tokens = inputs["input_ids"].shape[0], inputs["input_ids"].numel()
-    row = {"samples_per_s_ours": batch / t_ours, "samples_per_s_ref": batch / t_ref, "ratio": t_ref / t_ours,
+    row = {"precision": precision, "samples_per_s_ours": batch / t_ours, "samples_per_s_ref": batch / t_ref,
+           "ratio": t_ref / t_ours,
            "tokens_per_s_ours": tokens / t_ours, "tokens_per_s_ref": tokens / t_ref,
-           "peak_rss_mb_ours": mem_ours, "peak_rss_mb_ref": mem_ref}
-    printer(f"tiny LLaVA training step (batch {batch}, {inputs['input_ids'].shape[1]} tokens, AdamW; {what}): ours "
+           "peak_rss_mb_ours": mem_ours, "peak_rss_mb_ref": mem_ref,
+           "first_loss_ours": first_loss["ours"], "first_loss_ref": first_loss["ref"]}
+    printer(f"tiny LLaVA training step ({precision}, batch {batch}, {inputs['input_ids'].shape[1]} tokens, AdamW; "
+            f"{what}): ours "
             f"{row['samples_per_s_ours']:.1f} samples/s ({row['tokens_per_s_ours']:.0f} tok/s), transformers "
             f"{row['samples_per_s_ref']:.1f} samples/s ({row['tokens_per_s_ref']:.0f} tok/s), ratio {row['ratio']:.2f}x; "
             f"peak RSS ours {_mb(mem_ours)}, transformers {_mb(mem_ref)} (process high-water marks)")
@@ -223,11 +241,14 @@ def main_train(argv=None) -> int:
                                                            "each figure is the median step")
     ap.add_argument("--recipe", help="time a real step of this LLaVA recipe (its data and stage) instead")
     ap.add_argument("--model", help="with --recipe: the model dir (default: the embedded default model)")
+    ap.add_argument("--precision", choices=[p for p in PRECISIONS if p != "fp16"], default="fp32",
+                    help="bf16: both sides under the same torch.autocast(bf16) as train.precision=bf16")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     steps, repeats = (1, 1) if a.quick else (a.steps, a.repeats)
     if a.recipe:
-        bench_train_recipe(a.recipe, a.model, batch=2 if a.quick else a.batch, steps=steps, repeats=repeats)
+        bench_train_recipe(a.recipe, a.model, batch=2 if a.quick else a.batch, steps=steps, repeats=repeats,
+                           precision=a.precision)
     else:
-        bench_train(batch=2 if a.quick else (a.batch or 16), steps=steps, repeats=repeats)
+        bench_train(batch=2 if a.quick else (a.batch or 16), steps=steps, repeats=repeats, precision=a.precision)
     return 0

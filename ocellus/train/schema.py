@@ -41,7 +41,7 @@ from ocellus.train.posttrain import weaken
 from ocellus.train.ppo import PPOConfig
 from ocellus.train.rewards import REWARDS
 from ocellus.train.stages import MODES, PartSpec
-from ocellus.train.trainer import TrainConfig
+from ocellus.train.trainer import PRECISIONS, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ DATA = {
     "frames": INT, "max_distractors": INT, "question_variants": BOOL,
 }
 STAGE_PART = either(one_of(*MODES), mapping(kinds_of(PartSpec)))
-TRAIN = {**kinds_of(TrainConfig), "batch_size": INT,
+TRAIN = {**kinds_of(TrainConfig), "batch_size": INT, "precision": one_of(*PRECISIONS),
          "stage": mapping(values=STAGE_PART, name="a mapping of part -> mode or {mode, rank, lr, ...}")}
 TOKENIZER = either(SOURCE, mapping({"from": SOURCE, "train_bpe": mapping({**kinds_of(train_bpe, skip=("texts",)),
                                                                      "corpus_n": INT})}))

@@ -16,6 +16,20 @@ def test_train_benchmark_rows():
     assert row["samples_per_s_ours"] > 0 and row["samples_per_s_ref"] > 0 and row["ratio"] > 0
 
 
+def test_train_benchmark_in_bf16_runs_both_sides_under_autocast():
+    """--precision bf16: each side's first loss (same weights, same batch) moves off its fp32 value by bf16
+    rounding, and the two sides still agree to bf16 accuracy (the same autocast on both)."""
+    fp32 = bench_train(batch=2, steps=1, repeats=1, printer=lambda *_: None)
+    bf16 = bench_train(batch=2, steps=1, repeats=1, printer=lambda *_: None, precision="bf16")
+    assert bf16["precision"] == "bf16" and bf16["ratio"] > 0
+    assert abs(fp32["first_loss_ours"] - fp32["first_loss_ref"]) < 1e-4
+    for side in ("ours", "ref"):
+        assert abs(bf16[f"first_loss_{side}"] - fp32[f"first_loss_{side}"]) > 1e-5, side
+    assert abs(bf16["first_loss_ours"] - bf16["first_loss_ref"]) < 2e-2 * fp32["first_loss_ref"]
+    with pytest.raises(ConfigError, match="fp16"):
+        bench_train(batch=2, steps=1, repeats=1, printer=lambda *_: None, precision="fp16")
+
+
 def test_train_benchmark_on_a_recipe_batch():
     row = bench_train_recipe("recipes/llava_tiny_shapes/sft.yaml", batch=2, steps=1, repeats=1, printer=lambda *_: None)
     assert row["samples_per_s_ours"] > 0 and row["samples_per_s_ref"] > 0 and row["ratio"] > 0

@@ -100,7 +100,8 @@ def test_every_key_with_a_wrong_type_is_a_config_error_naming_it(task, arch, key
     ("train.max_steps=2.5", "train.max_steps must be an integer, got 2.5"),
     ("train.max_steps=true", "train.max_steps must be an integer, got True"),
     ("train.save_every=x", "train.save_every must be an integer, got 'x'"),
-    ("train.bf16=maybe", "train.bf16 must be true or false, got 'maybe'"),
+    ("train.gradient_checkpointing=maybe", "train.gradient_checkpointing must be true or false, got 'maybe'"),
+    ("train.precision=fp8", "train.precision must be one of fp32, bf16, fp16, got 'fp8'"),
     ("train.lr=fast", "train.lr must be a number, got 'fast'"),
     ("train.betas=[0.9]", "train.betas must be a list of 2 numbers"),
     ("train.stage.llm.rank=x", "train.stage.llm.rank must be an integer"),
@@ -127,7 +128,7 @@ def test_unknown_model_keys_are_rejected_for_every_task(task, arch, tmp_path, ca
 def test_right_types_are_accepted_and_numbers_normalised(tmp_path):
     """Floats take ints and the strings YAML 1.1 leaves 1e-3 as (made floats); optional keys take null."""
     recipe = base_recipe("dpo", None, tmp_path / "run")
-    recipe["train"].update(lr="1e-3", clip_grad_norm=None, weight_decay=0, betas=[0.9, 1], bf16=False)
+    recipe["train"].update(lr="1e-3", clip_grad_norm=None, weight_decay=0, betas=[0.9, 1], precision="bf16")
     recipe["method"] = {"beta": "2e-1", "loss_type": "ipo"}
     recipe["data"].update(max_length=None, qa_weights={"count": 1, "colour": 0.5})
     path = tmp_path / "r.yaml"
@@ -159,7 +160,7 @@ def test_kinds_come_from_the_annotations_of_the_config_classes():
     ("unified/emu3_shapes.yaml", "train.save_every=x", "train.save_every must be an integer, got 'x'"),
     ("unified/janus_shapes.yaml", "train.stages=5", "train.stages must be a list of stage mappings, got 5"),
     ("unified/seed_shapes.yaml", "train.vit.max_steps=2.5", "train.vit.max_steps must be an integer, got 2.5"),
-    ("unified/seed_shapes.yaml", "train.tokenizer.bf16=maybe", "train.tokenizer.bf16 must be true or false"),
+    ("unified/seed_shapes.yaml", "train.tokenizer.precision=fp8", "train.tokenizer.precision must be one of fp32"),
 ])
 def test_runners_with_their_own_schema_type_their_train_section(recipe, override, message, tmp_path, monkeypatch,
                                                                  capsys):
