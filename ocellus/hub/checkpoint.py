@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from ocellus.errors import CheckpointError, ConfigError
 from ocellus.hub.checkpoint_dir import read_config  # noqa: F401  (importers read it from here too)
 from ocellus.hub.families import Family, family_for_config, family_for_model
+from ocellus.hub.fp8 import FP8_METHOD, dequantize_checkpoint, is_fp8
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.processor_files import write_processor_files
 from ocellus.hub.resolve import resolve
@@ -119,26 +121,41 @@ def load_model(path_or_id, dtype=None, device=None, quantize=None, family: Famil
     image tower read out of a CLIPModel checkpoint). quantize="int8": the decoder's Linear layers as Int8Linear
     (nn/quant.py): a float checkpoint is quantized after loading, an int8 checkpoint (config.json
     quantization_config) is read as it is. An int8 checkpoint loaded without quantize is refused: its weights
-    are not float weights."""
+    are not float weights. A block-scaled fp8 checkpoint (DeepSeek-V3's release format) is dequantised into
+    `dtype` on load (hub/fp8.py); any other quantization_config is a ConfigError naming its method. Keys the
+    family marks checkpoint-only for this config (DeepSeek-V3's MTP layers) are skipped."""
     path = resolve(path_or_id)
     cfg = read_config(path)
-    fam = family or family_for_config(cfg, where=str(path / "config.json"))
+    where = str(path / "config.json")
+    fam = family or family_for_config(cfg, where=where)
     quantize = parse_quantize(quantize)
     qcfg = cfg.get("quantization_config")
-    if qcfg is not None and quantize is None:
-        raise CheckpointError(f"{path} holds int8-quantized weights (config.json quantization_config "
-                              f"{(qcfg or {}).get('quant_method') if isinstance(qcfg, dict) else qcfg!r}): load it "
-                              f"with quantize='int8' (--quantize int8), or load the float checkpoint it was made from")
+    int8 = qcfg is not None and not is_fp8(qcfg)     # Ocellus' own int8 (or a method refused just below)
+    if int8:
+        method = qcfg.get("quant_method") if isinstance(qcfg, dict) else qcfg
+        if method != QUANT_METHOD:
+            raise ConfigError(f"{where}: quantization_config quant_method {method!r} is not one Ocellus reads: "
+                              f"{FP8_METHOD!r} (block-scaled float8, DeepSeek-V3's release format; dequantised on "
+                              f"load) and {QUANT_METHOD!r} (Ocellus' int8, with quantize='int8')")
+        if quantize is None:
+            raise CheckpointError(f"{path} holds int8-quantized weights (config.json quantization_config "
+                                  f"{method}): load it with quantize='int8' (--quantize int8), or load the float "
+                                  f"checkpoint it was made from")
     dtype = parse_dtype(dtype) or parse_dtype(cfg.get("dtype") or cfg.get("torch_dtype")) or torch.float32
     with _skip_init(dtype):
         model = fam.build(cfg)
-    if qcfg is not None:
-        _quantized_layout(model, qcfg, str(path / "config.json"))
+    if int8:
+        _quantized_layout(model, qcfg, where)
     tensors = read_tensors(checkpoint_files(path))
+    skipped = [re.compile(p) for p in fam.checkpoint_only(cfg)]
+    if skipped:
+        tensors = {k: t for k, t in tensors.items() if not any(p.match(k) for p in skipped)}
+    if qcfg is not None and not int8:
+        tensors = dequantize_checkpoint(tensors, qcfg, dtype, where)
     if fam.from_checkpoint is not None:
         tensors = fam.from_checkpoint(tensors)
     load_state_strict(model, tensors, fam.keymap, tied=_untied(fam.tied(model), model), source=str(path))
-    if quantize is not None and qcfg is None:
+    if quantize is not None and not int8:
         quantize_model(model)
     model.eval()
     model.name_or_path = str(path_or_id)

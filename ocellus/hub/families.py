@@ -41,6 +41,9 @@ class Family:
     # back on save; None where names alone differ (e.g. BLIP-2's ViT fuses q/k/v into one `qkv`)
     from_checkpoint: Callable[[dict], dict] | None = None
     to_checkpoint: Callable[[dict], dict] | None = None
+    # config.json -> regexes of checkpoint keys the built model has no place for by design, skipped on load
+    # (DeepSeek-V3's multi-token-prediction layers); any other key the table cannot map stays an error
+    checkpoint_only: Callable[[dict], tuple[str, ...]] = lambda cfg: ()
     # config.json records the weights' dtype (transformers' configs do; Ocellus' own build-spec formats,
     # read back key by key, do not)
     config_dtype: bool = True

@@ -12,7 +12,12 @@ Generation keeps a latent-only cache (nn/mla.LatentKVCache: per token and layer 
 c_kv and the rotated shared key k_pe), attended with W_UK / W_UV absorbed (nn/mla.py `_absorbed`): no
 per-head key or value is ever stored. Checkpoint names equal transformers' (per-expert
 `mlp.experts.{j}.gate_proj.weight`, as save_pretrained writes them); the outer prefixes are
-hub/families.DECODER_KEYS. Tests: tests/parity/test_deepseek_parity.py, tests/unit/test_deepseek_moe.py.
+hub/families.DECODER_KEYS. V3's released checkpoints add num_nextn_predict_layers multi-token-prediction
+layers after the decoder, `model.layers.{num_hidden_layers + k}.*` (a block plus enorm / hnorm / eh_proj /
+shared_head): a training / speculative-decoding head, not part of the causal LM, so the load skips exactly
+those layer indices (`mtp_keys`; transformers ignores `model.layers.61.*`). Their fp8 block-scaled weights are
+dequantised by hub/fp8.py. Tests: tests/parity/test_deepseek_parity.py, tests/parity/test_deepseek_fp8.py,
+tests/unit/test_deepseek_moe.py.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ _DEFAULTS = {
                         topk_method="noaux_tc", norm_topk_prob=True, n_group=8, topk_group=4,
                         max_position_embeddings=4096, bos_token_id=0, eos_token_id=1),
 }
+NEXTN_DEFAULT = {"deepseek_v2": 0, "deepseek_v3": 1}   # num_nextn_predict_layers: DeepseekV3Config's default is 1
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,7 @@ class DeepseekConfig:
     @classmethod
     def from_hf(cls, cfg: dict) -> "DeepseekConfig":
         """DeepseekV2Config / DeepseekV3Config's config.json (transformers 5 or the hub's 4.x form)."""
-        kind = cfg.get("model_type") or next((k for k, a in ARCHITECTURE.items()
-                                              if a in (cfg.get("architectures") or ())), None)
+        kind = _kind(cfg)
         if kind not in MODEL_TYPES:
             raise ConfigError(f"DeepSeek config: model_type {kind!r} is not one of {MODEL_TYPES}")
         missing = [k for k in (*_SIZES, "q_lora_rank") if k not in cfg]
@@ -288,9 +293,26 @@ class DeepseekLM(nn.Module):
         return self.embed_tokens(input_ids)
 
 
+def _kind(cfg: dict) -> str | None:
+    """deepseek_v2 | deepseek_v3: config.json's model_type, else its architectures' (the hub's 4.x configs)."""
+    return cfg.get("model_type") or next((k for k, a in ARCHITECTURE.items() if a in (cfg.get("architectures") or ())),
+                                         None)
+
+
+def mtp_keys(cfg: dict) -> tuple[str, ...]:
+    """config.json -> the key pattern of its multi-token-prediction layers (layer indices num_hidden_layers ..
+    num_hidden_layers + num_nextn_predict_layers - 1), which the load skips; () when there are none. A key of any
+    other layer index past the decoder stays an unexpected key."""
+    n = cfg.get("num_nextn_predict_layers", NEXTN_DEFAULT.get(_kind(cfg), 0))
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"{_kind(cfg)} config num_nextn_predict_layers must be an int >= 0, got {n!r}")
+    first = cfg["num_hidden_layers"]
+    return (rf"model\.layers\.({'|'.join(str(first + k) for k in range(n))})\.",) if n else ()
+
+
 def family(architecture: str | None = None) -> Family:
     """The hub Family of DeepseekV2ForCausalLM / DeepseekV3ForCausalLM checkpoints (one for both: the config's
     model_type picks the router)."""
     return Family(name="deepseek", model_class=DeepseekLM, build=lambda cfg: DeepseekLM(DeepseekConfig.from_hf(cfg)),
                   keymap=DECODER_KEYS, hf_config=lambda m: m.config.to_hf(),
-                  tied=lambda m: ("lm_head.weight",) if m.config.tie_word_embeddings else ())
+                  tied=lambda m: ("lm_head.weight",) if m.config.tie_word_embeddings else (), checkpoint_only=mtp_keys)

@@ -1,11 +1,13 @@
-"""task lm: next-token pretraining of a decoder on text (GPT-style), every token trained.
+"""task lm: next-token training of a decoder on text (GPT-style), every token trained unless data.train_on
+says otherwise (assistant: SFT on chat text).
 
-model: {config: {...}}    a Llama-layout decoder built from config.json-like fields (vocab size and special ids
-                          come from the tokenizer), or {from: DIR}
+model: {config: {...}}    a decoder built from config.json-like fields (vocab size and special ids come from the
+                          tokenizer): Llama unless the config names another decoder family by architectures /
+                          model_type (recipes/posttrain/deepseek_tiny_sft.yaml: DeepseekV3ForCausalLM), or {from: DIR}
 data: {source: shapes_text, n, kind, image_text: drop | description | caption, template, train_on,
        max_length, pack}  generated shapes conversations as text; the image stands in as nothing, its
                           description or its caption (data.image_text)
-Exported as a checkpoint transformers opens (LlamaForCausalLM) + its tokenizer.
+Exported as a checkpoint transformers opens (LlamaForCausalLM, or the family's class) + its tokenizer.
 """
 from __future__ import annotations
 
