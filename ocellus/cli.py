@@ -3,15 +3,66 @@
 Each subcommand is a few lines that parse arguments and call the library (three hops at most
 from here to a tensor op): generate -> infer.generate.stream -> DecoderLM.forward (or VLM.forward
 with images); chat -> chat.ChatSession.send -> stream; explain -> viz.attention_map.explain.
+
+stdout carries a command's output (the answer, the chat replies, eval's table, a benchmark's table); messages
+(progress, what was written where, warnings) go through the `ocellus` loggers, which configure_logging here (the
+one place: the library configures no handler) sends to stderr at --log-level / -v / -q / $OCELLUS_LOG_LEVEL.
 """
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from ocellus.errors import ConfigError, InputError, OcellusError
 
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # = ocellus.data.image.DEFAULT_MAX_PIXELS (not imported: keeps startup light)
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+log = logging.getLogger(__name__)
+
+
+class _MessageFormatter(logging.Formatter):
+    """info: the message as the commands printed it before; other levels: 'warning: ...'."""
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno == logging.INFO else f"{record.levelname.lower()}: {message}"
+
+
+def configure_logging(level: str | None) -> str:
+    """The CLI's logging: the `ocellus` loggers to stderr at `level` (the flag), else $OCELLUS_LOG_LEVEL, else
+    info (what the commands showed before they logged). -> the level."""
+    name = (level or os.environ.get("OCELLUS_LOG_LEVEL") or "info").strip().lower()
+    if name not in LOG_LEVELS:
+        raise ConfigError(f"OCELLUS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {name!r}")
+    reset_logging()
+    logger = logging.getLogger("ocellus")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.ocellus_cli = True
+    handler.setFormatter(_MessageFormatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(name.upper())
+    return name
+
+
+def reset_logging() -> None:
+    """Undo configure_logging (main calls it on the way out: a command run in-process, as the tests do, leaves
+    no handler on a stream that is gone)."""
+    logger = logging.getLogger("ocellus")
+    for old in [h for h in logger.handlers if getattr(h, "ocellus_cli", False)]:
+        logger.removeHandler(old)
+    logger.setLevel(logging.NOTSET)
+
+
+def _add_logging(p: argparse.ArgumentParser) -> None:
+    """--log-level / -v / -q on the top parser and on every command (before or after the command's name);
+    SUPPRESS: a command's parser leaves a level given before its name alone."""
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                   help="messages shown on stderr (default: $OCELLUS_LOG_LEVEL, else info); serve: uvicorn's too")
+    p.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
+                   default=argparse.SUPPRESS, help="--log-level debug")
+    p.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="warning",
+                   default=argparse.SUPPRESS, help="--log-level warning: warnings and errors only")
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -195,8 +246,8 @@ def cmd_explain(args) -> int:
                      max_new_tokens=args.max_new_tokens, alpha=args.alpha)
     print(result.answer)
     rows, cols = result.grid.shape
-    print(f"wrote {args.out}: attention of {len(result.answer_ids)} answer tokens over the {rows}x{cols} patch grid, "
-          f"peak at patch (row {result.peak[0]}, col {result.peak[1]})", file=sys.stderr)
+    log.info(f"wrote {args.out}: attention of {len(result.answer_ids)} answer tokens over the {rows}x{cols} patch "
+             f"grid, peak at patch (row {result.peak[0]}, col {result.peak[1]})")
     return 0
 
 
@@ -249,7 +300,7 @@ def cmd_generate_image(args) -> int:
     gen = {k: v for k, v in (("steps", args.steps), ("guidance_scale", args.guidance_scale),
                              ("sampler", args.sampler), ("top_k", args.top_k)) if v is not None}
     path = save_grid(sample_images(model, labels, gen, seed=args.seed), args.out, nrow=args.n)
-    print(f"wrote {path} ({len(classes)} row(s) x {args.n} samples)")
+    log.info(f"wrote {path} ({len(classes)} row(s) x {args.n} samples)")
     return 0
 
 
@@ -257,7 +308,7 @@ def cmd_eval(args) -> int:
     # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.eval.harness import evaluate
     evaluate(args.model, args.task, n=args.n, shots=args.shots, batch_size=args.batch_size, out=args.out,
-             phrasing=args.phrasing, turns=args.turns, card=args.card, quantize=args.quantize)
+             phrasing=args.phrasing, turns=args.turns, card=args.card, quantize=args.quantize, progress=True)
     return 0
 
 
@@ -422,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Host / Origin name to serve besides localhost and the bound address (repeatable; '*': any)")
     p.add_argument("--idle-timeout", type=float, default=5.0,
                    help="seconds a connection may take to send each request head (idle and slow clients are closed)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _add_prepack(p)
     _add_quantize(p)
     p.set_defaults(func=cmd_serve)
 
@@ -430,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["decode", "encode", "train", "serve"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see `ocellus bench decode -h`)")
     p.set_defaults(func=cmd_bench)
+    for p in (ap, *sub.choices.values()):
+        _add_logging(p)
     return ap
 
 
@@ -445,10 +498,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help()
         return 0
     try:
+        args.log_level = configure_logging(getattr(args, "log_level", None))
         return args.func(args)
     except OcellusError as e:  # a user-caused problem: the message, not a traceback
         print(_one_line(e), file=sys.stderr)
         return 2
+    finally:
+        reset_logging()
 
 
 if __name__ == "__main__":

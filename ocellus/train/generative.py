@@ -15,6 +15,7 @@ reconstruction PSNR / SSIM and codebook usage on held-out images.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from ocellus.eval.image_quality import accuracy, judge_fd, psnr, ssim, train_jud
 from ocellus.models.generative.vqgan import adaptive_weight, FeatureLoss, gan_factor, hinge_d_loss, hinge_g_loss, PatchDiscriminator
 from ocellus.viz.curves import plot_curve
 from ocellus.viz.image_grid import save_grid
+
+log = logging.getLogger(__name__)
 
 TASK = "image_generation"
 SOURCES = ("digits", "shapes")
@@ -154,7 +157,7 @@ def run_generative(recipe: dict) -> Path:
     x, y, classes = image_data(data.get("source", "digits"), "train", size, data.get("n"), seed)
     model = build_from_recipe(dict(recipe["model"]), classes, size)
     if model.spec["kind"] == "diffusion" and model.autoencoder is not None:
-        print(f"[{recipe.get('name')}] latent scale {model.fit_latent_scale(x[:512]):.4f}")
+        log.info(f"[{recipe.get('name')}] latent scale {model.fit_latent_scale(x[:512]):.4f}")
     if model.spec["kind"] == "vqgan":
         return _run_vqgan(recipe, model, x, y, train, seed)
     sample_every = int(train.pop("sample_every", 0))
@@ -166,7 +169,7 @@ def run_generative(recipe: dict) -> Path:
     grid_labels = torch.arange(len(classes)).repeat_interleave(8)
 
     def on_log(record):
-        print(f"[{recipe.get('name')}] step {record['step']} loss {record['loss']:.4f}", flush=True)
+        log.info(f"[{recipe.get('name')}] step {record['step']} loss {record['loss']:.4f}")
         if sample_every and record["step"] % sample_every == 0:
             _write_grid(trainer.model, grid_labels, gen, out / "samples" / f"step{record['step']:06d}.png")
             trainer.model.train()
@@ -192,7 +195,7 @@ def run_generative(recipe: dict) -> Path:
         else:
             results.update(measure(model, data.get("source", "digits"), size, gen, seed=seed))
     (out / "quality.json").write_text(json.dumps(results, indent=1))
-    print(f"[{recipe.get('name')}] exported {export}\n{json.dumps(results, indent=1)}")
+    log.info(f"[{recipe.get('name')}] exported {export}\n{json.dumps(results, indent=1)}")
     return export
 
 
@@ -245,12 +248,12 @@ def _run_vqgan(recipe, model, x, y, train, seed) -> Path:
     if float(train.get("feature_weight", 0)):
         judge = train_judge(x, y, seed=seed)
     every = int(train.get("log_every", 100))
-    log = lambda r: print(f"[{recipe.get('name')}] step {r['step']} rec {r['rec']:.4f} d {r['d_loss']:.3f} "
-                          f"lambda {r['adaptive_weight']:.3f}", flush=True) if r["step"] % every == 0 else None
+    show = lambda r: log.info(f"[{recipe.get('name')}] step {r['step']} rec {r['rec']:.4f} d {r['d_loss']:.3f} "
+                              f"lambda {r['adaptive_weight']:.3f}") if r["step"] % every == 0 else None
     t0, c0 = time.perf_counter(), time.process_time()
     history = train_vqgan(model, x, int(train.get("max_steps", 1000)), int(train.get("batch_size", 64)),
                           float(train.get("lr", 1e-3)), int(train.get("disc_start", 0)),
-                          float(train.get("disc_weight", 0.5)), float(train.get("feature_weight", 0.0)), judge, seed, log)
+                          float(train.get("disc_weight", 0.5)), float(train.get("feature_weight", 0.0)), judge, seed, show)
     results = {"train_seconds": time.perf_counter() - t0, "train_cpu_seconds": time.process_time() - c0,
                "steps": len(history)}
     export = save_generator(model, out / "model")
@@ -259,7 +262,7 @@ def _run_vqgan(recipe, model, x, y, train, seed) -> Path:
         results.update(measure(model, (recipe.get("data") or {}).get("source", "digits"),
                                int((recipe.get("data") or {}).get("image_size", 16)), {}, seed=seed))
     (out / "quality.json").write_text(json.dumps(results, indent=1))
-    print(f"[{recipe.get('name')}] exported {export}\n{json.dumps(results, indent=1)}")
+    log.info(f"[{recipe.get('name')}] exported {export}\n{json.dumps(results, indent=1)}")
     return export
 
 

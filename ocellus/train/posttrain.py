@@ -18,6 +18,7 @@ tables), PNG curves and the trained model (out_dir/model, HF format).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -39,6 +40,8 @@ from ocellus.train.stages import parts_of
 from ocellus.train.trainer import Trainer
 from ocellus.train.vlm_export import export_vlm   # grpo / ppo export their policy through this name
 from ocellus.viz.curves import plot_curve
+
+log = logging.getLogger(__name__)
 
 
 def model_dir(spec: dict) -> Path:
@@ -113,8 +116,8 @@ def _table_dict(table: dict) -> dict:
 def report(out: Path, name: str, before: dict, after: dict, extra: dict | None = None) -> dict:
     result = {"before": _table_dict(before), "after": _table_dict(after), **(extra or {})}
     _write_json(out / "eval.json", result)
-    print(f"[{name}] held-out before:\n{format_table(before, score_name='accuracy', percent=True)}")
-    print(f"[{name}] held-out after:\n{format_table(after, score_name='accuracy', percent=True)}")
+    log.info(f"[{name}] held-out before:\n{format_table(before, score_name='accuracy', percent=True)}")
+    log.info(f"[{name}] held-out after:\n{format_table(after, score_name='accuracy', percent=True)}")
     return result
 
 
@@ -149,7 +152,7 @@ def fit(objective, dataset, collate, recipe: dict, cfg, out: Path, plot_keys: li
     loader = BatchLoader(dataset, int((recipe.get("train") or {}).get("batch_size", 8)), collate,
                          seed=int(recipe.get("seed", 0)))
     trainer = Trainer(objective, loader, cfg)
-    print(f"[{recipe.get('name')}] trainable parameters per part:\n{trainer.report}")
+    log.info(f"[{recipe.get('name')}] trainable parameters per part:\n{trainer.report}")
     trainer.fit()
     history = [{"step": i // cfg.grad_accum + 1, **m} for i, m in enumerate(objective.history)]
     losses = {h["step"]: h["loss"] for h in trainer.history}
@@ -206,9 +209,9 @@ def rl_fit(objective, recipe: dict, cfg, out: Path, batch_size: int, plot_keys: 
 
     def show(record: dict) -> None:
         shown = " ".join(f"{k} {record[k]:.4f}" for k in plot_keys if isinstance(record.get(k), float))
-        print(f"[{name}] step {record['step']}: loss {record['loss']:.4f} {shown}", flush=True)
+        log.info(f"[{name}] step {record['step']}: loss {record['loss']:.4f} {shown}")
     trainer = Trainer(objective, prompt_loader(recipe, batch_size), cfg, on_log=show)
-    print(f"[{name}] trainable parameters per part:\n{trainer.report}")
+    log.info(f"[{name}] trainable parameters per part:\n{trainer.report}")
     history = trainer.fit()
     (out / "posttrain.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     plot(history, out, plot_keys, name)

@@ -16,6 +16,7 @@ export(recipe, model, tok, path). What every Trainer task shares in the model se
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from ocellus.train.state import latest_checkpoint, load_partial
 from ocellus.train.trainer import Trainer
 from ocellus.train.vlm_export import model_image_size, training_processor
 from ocellus.viz.curves import plot_curve
+
+log = logging.getLogger(__name__)
 
 
 # ---- tokenizer ---------------------------------------------------------------------------------
@@ -171,19 +174,19 @@ def run_trainer(recipe: dict, task) -> Path:
         dataset, collate = task.build_dataset(recipe, tok, model)
         report = getattr(dataset, "bad_samples", None)
         if report is not None and report.skipped and info.is_main:   # skip_bad_samples: said before step 1
-            print(f"[{recipe.get('name')}] {report.summary()}; each in {report.write(out)}", flush=True)
+            log.info(f"[{recipe.get('name')}] {report.summary()}; each in {report.write(out)}")
         loader = BatchLoader(dataset, batch, collate, seed=int(recipe.get("seed", 0)),
                              rank=info.rank, world_size=info.world_size)
     trainer = Trainer(model, loader, cfg, dist_info=info, evaluate=_evaluator(recipe, model, tok, cfg))
     if info.is_main:
-        print(f"[{recipe.get('name')}] trainable parameters per part:\n{trainer.report}")
+        log.info(f"[{recipe.get('name')}] trainable parameters per part:\n{trainer.report}")
         (out / "recipe.json").write_text(json.dumps({k: v for k, v in recipe.items() if k != "_path"}, indent=1))
     trainer.fit()
     path, plain = None, exportable(recipe, model, tok, info, task)
     if info.is_main:
         plot_curve(trainer.history, out / "curve.png", title=recipe.get("name", ""))
         path = export(recipe, plain, tok, out, task)
-        print(f"[{recipe.get('name')}] exported {path}")
+        log.info(f"[{recipe.get('name')}] exported {path}")
     teardown()
     return path
 
@@ -199,5 +202,5 @@ def run_method(recipe: dict, method) -> Path:
     start = time.perf_counter()
     path = method(recipe, cfg, out)
     write_model_card(path, recipe, Tokenizer.from_dir(path))
-    print(f"[{recipe.get('name')}] done in {time.perf_counter() - start:.0f} s; model at {path}")
+    log.info(f"[{recipe.get('name')}] done in {time.perf_counter() - start:.0f} s; model at {path}")
     return path

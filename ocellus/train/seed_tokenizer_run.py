@@ -27,6 +27,7 @@ by the classifier of eval/image_quality.py (shape) and the dominant colour, PSNR
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -49,6 +50,8 @@ from ocellus.models.unified.seed_detokenizer import build_detokenizer, SeedCodec
 from ocellus.models.vision.vit import VisionTransformer, ViTClassifier, ViTConfig
 from ocellus.train.unified import caption_data, dominant_colour
 from ocellus.viz.image_grid import save_grid
+
+log = logging.getLogger(__name__)
 
 TASK = "seed_tokenizer"
 TOP_KEYS = {"task", "name", "model", "data", "train", "eval", "seed"}
@@ -114,9 +117,9 @@ def _fit(model, rows: int, collate, section: dict, stage: dict, out: Path, name:
     cfg = TrainConfig(**{"progress": False, "log_every": 100, **{k: float(v) if k in ("lr", "weight_decay") else v
                                                                  for k, v in section.items()},
                          "stage": stage, "out_dir": str(out)})
-    log = lambda r: print(f"[{name}] step {r['step']} loss {r['loss']:.4f}", flush=True)
-    trainer = Trainer(model, BatchLoader(range(rows), batch, collate, seed=seed), cfg, on_log=log)
-    print(f"[{name}] trainable parameters per part:\n{trainer.report}", flush=True)
+    show = lambda r: log.info(f"[{name}] step {r['step']} loss {r['loss']:.4f}")
+    trainer = Trainer(model, BatchLoader(range(rows), batch, collate, seed=seed), cfg, on_log=show)
+    log.info(f"[{name}] trainable parameters per part:\n{trainer.report}")
     return trainer.fit()
 
 
@@ -239,14 +242,14 @@ def run_seed(recipe: dict, where: str = "recipe") -> dict:
         results["tokenizer"] = curve(hist)
     results.setdefault("tokenizer", {}).update(
         measure_tokenizer(tok, x, xt, target_t, cap_id, cap_id_t, table, int(ev.get("probe_max_iter", 300))))
-    print(f"[{name}] tokenizer: {json.dumps(results['tokenizer'])}", flush=True)
+    log.info(f"[{name}] tokenizer: {json.dumps(results['tokenizer'])}")
     codec = SeedCodec(tok, None, size, ev.get("generate"))
     codec_spec = {"kind": "seed", "image_size": size, "tokenizer": tokenizer_spec(tok), "detokenizer": None,
                   "generate": codec.generate_defaults}
     codec.spec = codec_spec
     if not spec.get("codec_from"):
         results["export"] = str(save_generator(codec, out / "model"))            # encode works from here on
-        print(f"[{name}] codec (tokenizer only) exported to {results['export']}", flush=True)
+        log.info(f"[{name}] codec (tokenizer only) exported to {results['export']}")
 
     # 3. the detokenizer, trained on what it receives: the embedding reconstructed from the codes
     det_spec = dict(spec.get("detokenizer") or {})
@@ -276,6 +279,6 @@ def run_seed(recipe: dict, where: str = "recipe") -> dict:
     results.update(train_seconds=time.perf_counter() - t0, train_cpu_seconds=time.process_time() - c0)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(results, indent=1))
-    print(f"[{name}] {json.dumps(results, indent=1)}", flush=True)
+    log.info(f"[{name}] {json.dumps(results, indent=1)}")
     results["codec"] = codec
     return results

@@ -98,6 +98,6 @@ def shard_loader(recipe: dict, tok, model, batch_size: int, info) -> ShardLoader
                          num_workers=int(data.get("num_workers", 0)), rank=info.rank, world_size=info.world_size,
                          skip_bad=bool(data.get("skip_bad_samples", False)), name=str(data["urls"]))
     mine = loader.my_shards()
-    print(f"[{recipe.get('name')}] rank {info.rank} of {info.world_size} reads {len(mine)} of {len(shards)} shards: "
-          f"{', '.join(p.name for p in mine)}", flush=True)
+    log.info(f"[{recipe.get('name')}] rank {info.rank} of {info.world_size} reads {len(mine)} of {len(shards)} shards: "
+             f"{', '.join(p.name for p in mine)}")
     return loader

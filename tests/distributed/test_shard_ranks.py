@@ -20,7 +20,7 @@ def test_two_ranks_read_disjoint_shards(tmp_path):
     proc, log = launch(SCRIPT, [str(RECIPE), *CLIP, f"data.urls={tmp_path / 'shards'}/shard-{{000..003}}.tar",
                                 f"train.out_dir={out}", "train.max_steps=3", "distributed=ddp"], 2)
     assert proc.returncode == 0, log
-    lines = dict(re.findall(r"rank (\d) of 2 reads 2 of 4 shards: (.*)", proc.stdout))
+    lines = dict(re.findall(r"rank (\d) of 2 reads 2 of 4 shards: (.*)", proc.stderr))
     assert lines == {"0": "shard-000.tar, shard-002.tar", "1": "shard-001.tar, shard-003.tar"}, log
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     state = json.loads((out / "checkpoints" / "step-000003" / "state.json").read_text())["data"]

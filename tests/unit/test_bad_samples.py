@@ -2,6 +2,7 @@
 and the record before any step, or with data.skip_bad_samples is left out, counted by reason (printed, and
 written to out_dir/bad_samples.json) while training runs on the rest."""
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -78,16 +79,17 @@ def test_each_bad_record_is_named_before_step_1(tiny_vlm_parts, tmp_path):
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
 
 
-def test_skip_bad_samples_counts_each_reason_and_trains_on_the_rest(tiny_vlm_parts, tmp_path, capsys):
+def test_skip_bad_samples_counts_each_reason_and_trains_on_the_rest(tiny_vlm_parts, tmp_path, caplog):
     path, where = _dataset(tmp_path / "data")
     out = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="ocellus")
     run_recipe(_recipe(tiny_vlm_parts, path, out, "data.skip_bad_samples=true"))
     report = json.loads((out / "bad_samples.json").read_text())
     expected = {r: 1 for r in BREAK} | {"bad_image": 2, "invalid_json": 1}
     assert report["by_reason"] == dict(sorted(expected.items()))
     assert report["total"] == 16 + len(where) and report["skipped"] == len(where)
     assert sorted(s["where"].split(" (")[0] for s in report["samples"]) == sorted(where.values())
-    printed = capsys.readouterr().out
+    printed = caplog.text                                                  # logged by train/run.py
     assert f"skipped {len(where)} of {16 + len(where)} samples" in printed and "too_long 1" in printed
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2      # trained on the good ones
 

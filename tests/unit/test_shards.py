@@ -186,7 +186,7 @@ def test_clip_trains_from_shards_and_resumes_to_the_same_losses(shard_dir, tmp_p
     recipe, urls = str(RECIPES / "clip_tiny_shapes" / "clip.yaml"), f"data.urls={root}/shard-{{000..003}}.tar"
     whole = tmp_path / "whole"
     assert cli_main(["train", recipe, *CLIP, urls, f"train.out_dir={whole}", "train.max_steps=6"]) == 0
-    assert "rank 0 of 1 reads 4 of 4 shards: shard-000.tar, shard-001.tar, shard-002.tar" in capsys.readouterr().out
+    assert "rank 0 of 1 reads 4 of 4 shards: shard-000.tar, shard-001.tar, shard-002.tar" in capsys.readouterr().err
     cut = tmp_path / "cut"
     cli_main(["train", recipe, *CLIP, urls, f"train.out_dir={cut}", "train.max_steps=3"])
     cli_main(["train", recipe, *CLIP, urls, f"train.out_dir={cut}", "train.max_steps=6", "train.resume=true"])
