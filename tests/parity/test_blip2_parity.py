@@ -8,7 +8,7 @@ import torch
 
 import ocellus
 from ocellus.errors import InputError
-from _init import spread_init
+from _init import padded, shift_biases_and_norms, spread_init
 
 IMG = 90
 
@@ -32,11 +32,8 @@ def _reference(image_size, patch_size, q_layers, freq, q_hidden, queries, tie):
                          image_token_index=IMG)
     torch.manual_seed(0)
     model = spread_init(tf.Blip2ForConditionalGeneration(cfg).eval())   # attention far from uniform (_init.py)
-    with torch.no_grad():  # zero / tiny inits would hide wrong names: give every tensor real values
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or "norm" in n.lower() or "embedding" in n or "query_tokens" in n:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+    # zero / tiny inits would hide wrong names: give every tensor real values
+    return shift_biases_and_norms(model, also=("embedding", "query_tokens"))
 
 
 def _batch(queries, image_size, images=(1, 2), T=12, left_pad=True):
@@ -48,13 +45,7 @@ def _batch(queries, image_size, images=(1, 2), T=12, left_pad=True):
             at = 1 + i * (queries + 2)
             row[at:at] = [IMG] * queries
         rows.append(row)
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        s = width - len(row) if left_pad else 0
-        ids[b, s:s + len(row)] = torch.tensor(row)
-        mask[b, s:s + len(row)] = 1
+    ids, mask = padded(rows, left=left_pad)
     pixels = torch.randn(sum(images), 3, image_size, image_size, generator=g)
     return ids, mask, pixels
 

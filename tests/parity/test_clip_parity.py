@@ -11,7 +11,7 @@ import ocellus
 from ocellus.errors import InputError
 from ocellus.hub.vision_families import load_vision
 from ocellus.models.contrastive.clip import DualEncoder
-from _init import spread_init
+from _init import shift_biases_and_norms, spread_init
 
 VOCAB = 61
 CONFIGS = {
@@ -35,11 +35,7 @@ CONFIGS = {
 def _randomise(model):
     """Biases and norms start at 0 / 1: shift them so their handling is tested; scale/bias off init."""
     torch.manual_seed(1)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or "norm" in n or n in ("logit_scale", "logit_bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return shift_biases_and_norms(model, also=("logit_scale", "logit_bias")).eval()
 
 
 def reference(kind: str, name: str):

@@ -8,7 +8,7 @@ import torch
 
 import ocellus
 from ocellus.errors import InputError
-from _init import spread_init
+from _init import padded, shift_biases_and_norms, spread_init
 
 IMG, START, END = 120, 121, 122     # <IMG_CONTEXT>, <img>, </img>
 
@@ -31,11 +31,8 @@ def _reference(vision, text="qwen2", tie=True, layer=-1, vocab=128, image_token_
                             vision_feature_layer=layer, tie_word_embeddings=tie)
     torch.manual_seed(0)
     model = spread_init(tf.InternVLForConditionalGeneration(cfg).eval())   # attention far from uniform (_init.py)
-    with torch.no_grad():  # transformers initialises these to zeros / constants: make every one matter
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or "norm" in n or "lambda" in n or "cls_token" in n or "position_embeddings" in n:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+    # transformers initialises these to zeros / constants too: make every one matter
+    return shift_biases_and_norms(model, also=("lambda", "cls_token", "position_embeddings"))
 
 
 def _per_tile(case) -> int:
@@ -52,12 +49,7 @@ def _batch(per_tile, tiles_per_image=((3,), (1, 2)), size=28, T=20):
             at = 2 + i * (n * per_tile + 5)
             row[at:at] = [START] + [IMG] * (n * per_tile) + [END]
         rows.append(row)
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        ids[b, width - len(row):] = torch.tensor(row)
-        mask[b, width - len(row):] = 1
+    ids, mask = padded(rows)
     pixels = torch.randn(sum(sum(t) for t in tiles_per_image), 3, size, size, generator=g)
     return ids, mask, pixels
 

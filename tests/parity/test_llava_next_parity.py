@@ -12,7 +12,7 @@ import ocellus
 from ocellus.data.image import ImageProcessorConfig
 from ocellus.data.image_tiling import preprocess_anyres, tokens_per_image
 from ocellus.errors import ConfigError, InputError
-from _init import spread_init
+from _init import padded, shift_biases_and_norms, spread_init, tiny_llava_towers
 
 IMG = 100
 PINPOINTS = [[32, 64], [64, 32], [64, 64]]
@@ -22,22 +22,13 @@ SIZES = [(30, 100), (70, 70), (100, 36)]
 
 def _reference(vision="clip", layer=-2, select="default", text="llama", tie=False):
     import transformers as tf
-    vc = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32,
-              patch_size=8)
-    vision_cfg = tf.CLIPVisionConfig(**vc, projection_dim=16) if vision == "clip" else tf.SiglipVisionConfig(**vc)
-    tc = dict(model_type=text, vocab_size=120, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0,
-              eos_token_id=None, tie_word_embeddings=tie)
+    vision_cfg, tc = tiny_llava_towers(vision, text, tie, max_positions=512)
     cfg = tf.LlavaNextConfig(vision_config=vision_cfg, text_config=tc, image_token_index=IMG,
                              vision_feature_layer=layer, vision_feature_select_strategy=select,
                              image_grid_pinpoints=PINPOINTS, tie_word_embeddings=tie)
     torch.manual_seed(0)
     model = spread_init(tf.LlavaNextForConditionalGeneration(cfg).eval())   # attention far from uniform (_init.py)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or "norm" in n:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return shift_biases_and_norms(model)
 
 
 def _images():
@@ -65,13 +56,7 @@ def _batch(counts, images_per_sample=(1, 2), T=24):
             at += counts[k] + 3
             k += 1
         rows.append(row)
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        ids[b, width - len(row):] = torch.tensor(row)
-        mask[b, width - len(row):] = 1
-    return ids, mask
+    return padded(rows)
 
 
 @pytest.fixture(scope="module")

@@ -6,28 +6,19 @@ import torch
 
 import ocellus
 from ocellus.errors import InputError
-from _init import spread_init
+from _init import padded, shift_biases_and_norms, spread_init, tiny_llava_towers
 
 IMG = 100
 
 
 def _reference(vision="clip", layer=-2, select="default", text="llama", tie=False):
     import transformers as tf
-    vc = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32,
-              patch_size=8)
-    vision_cfg = tf.CLIPVisionConfig(**vc, projection_dim=16) if vision == "clip" else tf.SiglipVisionConfig(**vc)
-    tc = dict(model_type=text, vocab_size=120, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
-              eos_token_id=None, tie_word_embeddings=tie)
+    vision_cfg, tc = tiny_llava_towers(vision, text, tie)
     cfg = tf.LlavaConfig(vision_config=vision_cfg, text_config=tc, image_token_index=IMG,
                          vision_feature_layer=layer, vision_feature_select_strategy=select)
     torch.manual_seed(0)
     model = spread_init(tf.LlavaForConditionalGeneration(cfg).eval())   # attention far from uniform (_init.py)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or "norm" in n:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return shift_biases_and_norms(model)
 
 
 def _batch(tokens_per_image, images_per_sample=(1, 2), T=30):
@@ -39,12 +30,7 @@ def _batch(tokens_per_image, images_per_sample=(1, 2), T=30):
             at = 2 + i * (tokens_per_image + 3)
             row[at:at] = [IMG] * tokens_per_image
         rows.append(row)
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):  # left padding
-        ids[b, width - len(row):] = torch.tensor(row)
-        mask[b, width - len(row):] = 1
+    ids, mask = padded(rows)
     pixels = torch.randn(sum(images_per_sample), 3, 32, 32, generator=g)
     return ids, mask, pixels
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import ocellus
-from _init import spread_init
+from _init import shift_biases_and_norms, spread_init
 from ocellus.errors import InputError
 
 IMG, VID, VS, VE = 120, 121, 122, 123
@@ -36,11 +36,7 @@ def _reference(variant="qwen2_vl", tie=False, heads=4, kv_heads=2, hidden=32, se
                        vision_start_token_id=VS, vision_end_token_id=VE, tie_word_embeddings=tie)
     torch.manual_seed(0)
     model = spread_init(tf.AutoModelForImageTextToText.from_config(cfg).eval())  # attention far from uniform
-    with torch.no_grad():  # random norms and biases, so a misplaced one shows
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or "norm" in n or "ln_q" in n:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return shift_biases_and_norms(model, also=("ln_q",))   # random norms and biases, so a misplaced one shows
 
 
 CASES = [

@@ -10,7 +10,7 @@ import torch
 from ocellus.errors import CheckpointError
 from ocellus.hub.vision_families import VISION_KEYS, load_vision, save_vision
 from ocellus.models.vision import ViTConfig
-from _init import spread_init
+from _init import shift_biases_and_norms, spread_init
 
 VARIANTS = {
     "p4-i32-d64-h4": dict(patch_size=4, image_size=32, hidden_size=64, intermediate_size=112, num_attention_heads=4,
@@ -28,11 +28,7 @@ def build_reference(kind: str, **cfg):
                           "siglip": (tf.SiglipVisionConfig, tf.SiglipVisionModel)}[kind]
     torch.manual_seed(0)
     model = spread_init(model_cls(cfg_cls(**cfg)).eval())   # attention far from uniform (tests/parity/_init.py)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or "norm" in n:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return shift_biases_and_norms(model)
 
 
 def _pixels(n, h, w, seed=0):
