@@ -16,28 +16,21 @@ def _logits(seed, ties):
     return x
 
 
+# (ours, transformers' warper class and its argument, the setting's range)
+FILTERS = {"top_k": (top_k_filter, "TopKLogitsWarper", st.integers(1, 60)),
+           "top_p": (top_p_filter, "TopPLogitsWarper", st.floats(0.01, 1.0)),
+           "min_p": (min_p_filter, "MinPLogitsWarper", st.floats(0.0, 1.0))}
+
+
+@pytest.mark.parametrize("name", list(FILTERS))
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), ties=st.booleans(), k=st.integers(1, 60))
-def test_top_k_same_set(seed, ties, k):
+@given(data=st.data(), seed=st.integers(0, 10_000), ties=st.booleans())
+def test_filter_keeps_the_same_set(name, data, seed, ties):
+    ours, warper, values = FILTERS[name]
+    value = data.draw(values, label=name)
     x = _logits(seed, ties)
-    expected = tf_proc.TopKLogitsWarper(top_k=k)(None, x.clone())
-    assert torch.equal(top_k_filter(x, k).isinf(), expected.isinf())
-
-
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), ties=st.booleans(), p=st.floats(0.01, 1.0))
-def test_top_p_same_set(seed, ties, p):
-    x = _logits(seed, ties)
-    expected = tf_proc.TopPLogitsWarper(top_p=p)(None, x.clone())
-    assert torch.equal(top_p_filter(x, p).isinf(), expected.isinf())
-
-
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), ties=st.booleans(), m=st.floats(0.0, 1.0))
-def test_min_p_same_set(seed, ties, m):
-    x = _logits(seed, ties)
-    expected = tf_proc.MinPLogitsWarper(min_p=m)(None, x.clone())
-    assert torch.equal(min_p_filter(x, m).isinf(), expected.isinf())
+    expected = getattr(tf_proc, warper)(**{name: value})(None, x.clone())
+    assert torch.equal(ours(x, value).isinf(), expected.isinf())
 
 
 def test_top_p_keeps_smallest_set_reaching_p():
