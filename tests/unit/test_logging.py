@@ -73,7 +73,7 @@ def test_library_warns_through_the_ocellus_logger_not_stdout(tmp_path, caplog, c
 def test_only_the_cli_configures_logging_and_nothing_prints_messages():
     """No module but cli.py adds a handler or calls basicConfig; print is left to the modules whose stdout is a
     command's output (the answer, a table), each listed here."""
-    output_modules = {"cli.py", "bench.py", "bench_serve.py", "eval/decoding.py", "train/compare.py",
+    output_modules = {"cli.py", "bench.py", "bench_serve.py", "eval/decoding.py", "compare.py", "train/compare.py",
                       "eval/compare.py", "train/capfilt.py"}
     configures, prints = [], []
     for path in ROOT.rglob("*.py"):

@@ -98,3 +98,11 @@ def test_trainer_progress_every_defaults_to_log_every_and_is_checked(tmp_path, c
     with pytest.raises(ConfigError, match="train.progress_every must be a positive int, got 0"):
         Trainer(tiny_decoder(), BatchLoader(counting_data(), 8, collate),
                 TrainConfig(out_dir=str(tmp_path), progress_every=0))
+
+
+def test_eval_reports_samples_done_as_plain_lines(capsys):
+    from ocellus.eval.harness import evaluate
+    from ocellus.hub.resolve import default_model_dir
+    evaluate(default_model_dir(), "shapes-vqa", n=6, batch_size=2, printer=lambda *a: None, progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eval sample")]
+    assert [line.split()[2] for line in lines] == ["2/6", "4/6", "6/6"]      # every tenth of 6 rounds to each batch
