@@ -23,7 +23,6 @@ never each other's ITM negatives.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,8 +33,6 @@ from ocellus.errors import ConfigError, InputError
 from ocellus.train.recipe import check_recipe
 from ocellus.train.recipe_data import EncodedDataset
 from ocellus.train.run import build_tokenizer   # the captions' tokenizer: a hook run.run_trainer calls
-
-log = logging.getLogger(__name__)
 
 MODEL_KEYS = {"vision", "text", "align", "objectives", "from", "init_from"}
 
@@ -144,7 +141,7 @@ def export(recipe: dict, model, tok, path: Path) -> Path:
         n = int((recipe.get("eval") or {}).get("n", 300))
         result = {"retrieval": evaluate(path, "retrieval", n=n)}
         result["retrieval_itm_rerank"] = itm_rerank_retrieval(model.eval(), tok, n)
-        log.info("retrieval (ITC top-16 re-ranked by ITM)  " + "  ".join(
+        print("retrieval (ITC top-16 re-ranked by ITM)  " + "  ".join(
             f"{k}={v:.3f}" for k, v in result["retrieval_itm_rerank"].items()))
         (path.parent / "eval.json").write_text(json.dumps(result, indent=1))
     return path
