@@ -31,10 +31,7 @@ and `tokens_per_image`, the one function both processor and model use to count i
 in `ocellus/data/image_tiling.py`.
 """
 
-import base64
-import binascii
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +40,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ocellus.data.data_url import data_url_bytes
 from ocellus.errors import ConfigError, InputError, positive_ints
+from ocellus.hub.checkpoint_dir import read_json_object
 
 # Pillow refuses to open images over 2 * PIL.Image.MAX_IMAGE_PIXELS (= 178,956,970 by default);
 # we refuse at the same size by default, but with a message that names the image and the knob.
@@ -134,14 +133,8 @@ def _open_source(src, label: str):
         return io.BytesIO(bytes(src))
     if isinstance(src, str) and src.startswith("data:"):
         # data:image/png;base64,AAAA... (what OpenAI-style chat requests carry)
-        header, _, payload = src.partition(",")
-        if not header.startswith("data:image/") or not header.endswith(";base64"):
-            raise InputError(f"{label}: only base64 'data:image/...;base64,' URLs are supported, got "
-                             f"{header[:40]!r}")
-        try:
-            return io.BytesIO(base64.b64decode(payload, validate=True))
-        except (binascii.Error, ValueError) as e:
-            raise InputError(f"{label}: the data URL is not valid base64 ({e})") from e
+        accepts = "only base64 'data:image/...;base64,' URLs are supported"
+        return io.BytesIO(data_url_bytes(src, label, ("image/",), accepts))
     if isinstance(src, str) and src.startswith(("http://", "https://")):
         raise InputError(f"{label}: URLs are not fetched here; download the image and pass its path or bytes")
     if isinstance(src, (str, os.PathLike)):
@@ -316,16 +309,20 @@ class ImageProcessorConfig:
     def from_dir(cls, path) -> "ImageProcessorConfig":
         """Read `<path>/preprocessor_config.json` (or the file itself when `path` is a file)."""
         p = Path(path)
-        f = p / "preprocessor_config.json" if p.is_dir() else p
-        if not f.is_file():
+        d = read_json_object(p / "preprocessor_config.json" if p.is_dir() else p, error=ConfigError)
+        if d is None:
             raise ConfigError(f"no preprocessor_config.json in {p}")
-        try:
-            d = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot read {f}: {e}") from e
-        if not isinstance(d, dict):
-            raise ConfigError(f"{f} must hold a JSON object, got a JSON {type(d).__name__}")
         return cls.from_dict(d)
+
+
+IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)   # what the recipes' own towers are trained with (SigLIP's numbers)
+
+
+def image_config(size: int) -> ImageProcessorConfig:
+    """The recipes' preprocessing at `size`: a bicubic resize to size x size, no crop, mean / std 0.5."""
+    return ImageProcessorConfig.from_dict({
+        "do_resize": True, "size": {"height": size, "width": size}, "do_center_crop": False,
+        "do_normalize": True, "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD), "resample": 3})
 
 
 # ----------------------------------------------------------------------------------------------

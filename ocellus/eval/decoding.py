@@ -20,8 +20,9 @@ import torch
 from ocellus.errors import InputError
 from ocellus.eval.caption import cider_d, corpus_bleu, tokenize_caption
 from ocellus.hub.checkpoint import load_model
-from ocellus.data.image import preprocess
+from ocellus.data.image import image_config, preprocess
 from ocellus.data.shapes import caption, render
+from ocellus.data.shapes_pairs import same_caption, scenes
 from ocellus.data.tokenizer import Tokenizer
 from ocellus.eval.retrieval import EVAL_SEED, SHAPES_RENDER_SIZE
 from ocellus.models.contrastive.blip import BLIP
@@ -43,7 +44,6 @@ def self_bleu(captions: list[str]) -> float:
 
 
 def score(captions: list[str], truths: list[str]) -> dict[str, float]:
-    from ocellus.train.capfilt import same_caption
     refs = [[t] for t in truths]
     return {"BLEU-4": corpus_bleu(captions, refs).bleu, "CIDEr-D": cider_d(captions, refs).score,
             "exact": sum(same_caption(c, t) for c, t in zip(captions, truths)) / len(truths),
@@ -55,14 +55,12 @@ def score(captions: list[str], truths: list[str]) -> dict[str, float]:
 def compare(model_dir, n: int = 200, strategies: dict | None = None, max_new_tokens: int = 24,
             seed: int = 0) -> dict[str, dict[str, float]]:
     """Caption n held-out shapes scenes (eval/retrieval.py's held-out seed) with each strategy."""
-    from ocellus.train.capfilt import scenes
-    from ocellus.train.contrastive_run import image_cfg
     model = load_model(model_dir)
     if not isinstance(model, BLIP):
         raise InputError(f"{model_dir} holds a {type(model).__name__}; decoding strategies need a BLIP captioner")
     tok = Tokenizer.from_dir(model_dir)
     sc = scenes({"image_size": SHAPES_RENDER_SIZE}, EVAL_SEED, n)
-    pixels = preprocess([render(s) for s in sc], image_cfg(model.visual_encoder.config.image_size))
+    pixels = preprocess([render(s) for s in sc], image_config(model.visual_encoder.config.image_size))
     truths = [caption(s) for s in sc]
     out = {}
     for name, kw in (strategies or STRATEGIES).items():

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from ocellus.errors import InputError
 from ocellus.hub.checkpoint import load_model
 from ocellus.data.digits import digits_samples
-from ocellus.data.image import ImageProcessorConfig, preprocess
+from ocellus.data.image import image_config, ImageProcessorConfig, preprocess
 from ocellus.data.processor import image_processor_dict
-from ocellus.data.shapes import make_scene, render
+from ocellus.data.shapes import render
+from ocellus.data.shapes_pairs import pairs_config, scenes, shapes_pairs
 from ocellus.data.tokenizer import Tokenizer
 from ocellus.hub.vision_families import load_vision
 from ocellus.models.contrastive.clip import DualEncoder
@@ -156,7 +157,6 @@ def _image_encoder(model, icfg):
 @torch.no_grad()
 def shapes_retrieval(model, tok, icfg, n: int = 300) -> dict[str, float]:
     """Held-out scenes and their captions; identical captions count as equally correct."""
-    from ocellus.train.contrastive_run import shapes_pairs
     pairs = [shapes_pairs({"image_size": SHAPES_RENDER_SIZE}, EVAL_SEED, n)(i) for i in range(n)]
     images, captions = [p[0] for p in pairs], [p[1] for p in pairs]
     img = embed_in_batches(_image_encoder(model, icfg), images)
@@ -168,14 +168,12 @@ def shapes_retrieval(model, tok, icfg, n: int = 300) -> dict[str, float]:
 @torch.no_grad()
 def shapes_zero_shot(model, tok, icfg, n: int = 300, templates=SHAPES_TEMPLATES) -> dict[str, float]:
     """Held-out one-object scenes classified among every (colour, shape) by prompts alone."""
-    import numpy as np
-    from ocellus.train.contrastive_run import shapes_config
-    cfg = shapes_config({"image_size": SHAPES_RENDER_SIZE, "min_objects": 1, "max_objects": 1},
-                        EVAL_SEED + 1)
+    one_object = {"image_size": SHAPES_RENDER_SIZE, "min_objects": 1, "max_objects": 1}
+    cfg = pairs_config(one_object, EVAL_SEED + 1)
     classes = [f"{c} {s}" for c in cfg.colours for s in cfg.shapes]
-    scenes = [make_scene(np.random.default_rng([cfg.seed, i]), cfg) for i in range(n)]
-    labels = torch.tensor([classes.index(f"{sc.objects[0].colour} {sc.objects[0].shape}") for sc in scenes])
-    img = embed_in_batches(_image_encoder(model, icfg), [render(sc) for sc in scenes])
+    held_out = scenes(one_object, EVAL_SEED + 1, n)
+    labels = torch.tensor([classes.index(f"{sc.objects[0].colour} {sc.objects[0].shape}") for sc in held_out])
+    img = embed_in_batches(_image_encoder(model, icfg), [render(sc) for sc in held_out])
     weights = zero_shot_weights(text_encoder(model, tok), classes, templates)
     out = {"zeroshot_acc": zero_shot_accuracy(img, labels, weights), "classes": len(classes),
            "chance": 1 / len(classes)}
@@ -210,7 +208,6 @@ def evaluate(model_dir, task: str, n: int = 300, printer=print) -> dict:
         tower = load_vision(model_dir)
         pre = image_processor_dict(model_dir)
         size = tower.config.image_size
-        from ocellus.train.recipe_data import image_config
         icfg = ImageProcessorConfig.from_dict(pre) if pre is not None else image_config(size)
         result = digits_linear_probe(tower, icfg)
     else:

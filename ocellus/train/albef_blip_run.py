@@ -17,22 +17,33 @@ data: {source: shapes, n, seed, image_size, min_objects, max_objects}   generate
 eval: {n: 300}   after export: held-out image<->text recall@1/5/10, by ITC alone and with the top 16
                  re-ranked by ITM (the papers' protocol); printed and written to <out>/eval.json
 
-Pairs with equal captions share an id (contrastive_run.caption_id): positives of each other in ITC,
+Pairs with equal captions share an id (data/shapes_pairs.caption_id): positives of each other in ITC,
 never each other's ITM negatives.
 """
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ocellus.data.bad_samples import BadSampleReport, screen
+from ocellus.data.image import image_config, load_image, preprocess
+from ocellus.data.llava_json import read_llava_json
+from ocellus.data.shapes_pairs import caption_id, shapes_pairs
 from ocellus.errors import ConfigError, InputError
+from ocellus.eval.retrieval import EVAL_SEED, evaluate, recall_at_k, SHAPES_RENDER_SIZE
+from ocellus.hub.checkpoint import save_model
+from ocellus.models.contrastive.albef import AlignConfig, build_albef, encode_captions
+from ocellus.models.contrastive.blip import build_blip
+from ocellus.train.contrastive_run import write_preprocessor
 from ocellus.train.recipe import check_recipe
 from ocellus.train.recipe_data import EncodedDataset
 from ocellus.train.run import build_tokenizer   # the captions' tokenizer: a hook run.run_trainer calls
+
+log = logging.getLogger(__name__)
 
 MODEL_KEYS = {"vision", "text", "align", "objectives", "from", "init_from"}
 
@@ -43,7 +54,6 @@ def validate(recipe: dict, where: str = "recipe") -> None:
 
 
 def align_config(spec: dict, tok):
-    from ocellus.models.contrastive.albef import AlignConfig
     if tok.eos_token_id is None:
         raise ConfigError("ALBEF/BLIP captions end with the tokenizer's eos_token ([SEP]); this tokenizer has none")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -52,8 +62,6 @@ def align_config(spec: dict, tok):
 
 
 def build_model(recipe: dict, tok):
-    from ocellus.models.contrastive.albef import build_albef
-    from ocellus.models.contrastive.blip import build_blip
     spec = recipe.get("model") or {}
     if set(spec) - MODEL_KEYS:
         raise ConfigError(f"task {recipe['task']}: unknown model keys {sorted(set(spec) - MODEL_KEYS)}; "
@@ -89,13 +97,10 @@ def pair_source(data: dict, n: int, report: BadSampleReport | None = None):
     """-> (number of pairs, i -> (PIL image, caption)). A LLaVA-JSON file's pairs are all opened once here,
     before step 1: a corrupt image is an InputError naming file and record now, or with data.skip_bad_samples
     is left out and counted in `report` (never a crash mid-training)."""
-    from ocellus.train.contrastive_run import shapes_pairs
     seed = int(data.get("seed", 0))
     if data["source"] == "shapes":
         return n, shapes_pairs(data, seed, n)
     if data["source"] == "llava_json":
-        from ocellus.data.image import load_image
-        from ocellus.data.llava_json import read_llava_json
         skip = bool(data.get("skip_bad_samples", False))
         report = report if report is not None else BadSampleReport(str(data["path"]))
         rows = read_llava_json(data["path"], skip_bad_samples=skip, report=report).samples
@@ -108,13 +113,10 @@ def pair_source(data: dict, n: int, report: BadSampleReport | None = None):
 
 
 def build_dataset(recipe: dict, tok, model):
-    from ocellus.data.image import preprocess
-    from ocellus.models.contrastive.albef import encode_captions
-    from ocellus.train.contrastive_run import caption_id, image_cfg
     data = recipe["data"]
     report = BadSampleReport(str(data["path"])) if data.get("path") else None
     n, pair = pair_source(data, int(data.get("n", 1000)), report)
-    icfg = image_cfg(model.visual_encoder.config.image_size)
+    icfg = image_config(model.visual_encoder.config.image_size)
     max_len = int(data.get("max_length") or model.text_encoder.config.max_position_embeddings)
     chosen = objectives(recipe)
 
@@ -132,16 +134,13 @@ def build_dataset(recipe: dict, tok, model):
 
 # ---- export + evaluation -----------------------------------------------------------------------
 def export(recipe: dict, model, tok, path: Path) -> Path:
-    import ocellus
-    from ocellus.train.contrastive_run import write_preprocessor
-    ocellus.save(model, path, tokenizer=tok)
+    save_model(model, path, tokenizer=tok)
     write_preprocessor(path, model.visual_encoder.config.image_size)
     if recipe.get("eval") is not None:
-        from ocellus.eval.retrieval import evaluate
         n = int((recipe.get("eval") or {}).get("n", 300))
         result = {"retrieval": evaluate(path, "retrieval", n=n)}
         result["retrieval_itm_rerank"] = itm_rerank_retrieval(model.eval(), tok, n)
-        print("retrieval (ITC top-16 re-ranked by ITM)  " + "  ".join(
+        log.info("retrieval (ITC top-16 re-ranked by ITM)  " + "  ".join(
             f"{k}={v:.3f}" for k, v in result["retrieval_itm_rerank"].items()))
         (path.parent / "eval.json").write_text(json.dumps(result, indent=1))
     return path
@@ -151,13 +150,9 @@ def export(recipe: dict, model, tok, path: Path) -> Path:
 def itm_rerank_retrieval(model, tok, n: int = 300, k: int = 16, batch: int = 256) -> dict[str, float]:
     """ALBEF's and BLIP's retrieval protocol on the held-out shapes of eval/retrieval.py: rank by ITC,
     then re-rank each query's top k by the ITM head's P(match). Identical captions count as correct."""
-    from ocellus.data.image import preprocess
-    from ocellus.eval.retrieval import EVAL_SEED, SHAPES_RENDER_SIZE, recall_at_k
-    from ocellus.models.contrastive.albef import encode_captions
-    from ocellus.train.contrastive_run import image_cfg, shapes_pairs
     pair = shapes_pairs({"image_size": SHAPES_RENDER_SIZE}, EVAL_SEED, n)
     images, captions = zip(*(pair(i) for i in range(n)))
-    pixels = preprocess(list(images), image_cfg(model.visual_encoder.config.image_size))
+    pixels = preprocess(list(images), image_config(model.visual_encoder.config.image_size))
     states = model.visual_encoder(pixels)
     image_feat = torch.nn.functional.normalize(model.vision_proj(states.pooler_output), dim=-1)      # [I, E]
     enc = encode_captions(list(captions), tok, model.config, model.text_encoder.config.max_position_embeddings)

@@ -34,10 +34,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
+from ocellus.data.image import image_config, preprocess
+from ocellus.data.messages import to_llava
+from ocellus.data.shapes import caption, COLOURS, Obj, render, SHAPES
+from ocellus.data.shapes_pairs import same_caption, scenes
+from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError, InputError
+from ocellus.eval.retrieval import evaluate
+from ocellus.hub.checkpoint import load_model
+from ocellus.models.contrastive.albef import encode_captions
 from ocellus.train import albef_blip_run
-from ocellus.train.recipe import read_recipe
+from ocellus.train.recipe import apply_overrides, read_recipe
 from ocellus.train.run import run_trainer
 
 PROMPT = "Give a short caption of the image."
@@ -50,7 +59,6 @@ CONFIG_KEYS = {"base", "base_overrides", "out_dir", "clean", "web", "pretrain", 
 def corrupt(scene, rng: np.random.Generator):
     """A scene that differs from `scene` in one object's colour, one object's shape, or the number of
     objects (one dropped, or one added), so its caption is a plausible but wrong description."""
-    from ocellus.data.shapes import COLOURS, SHAPES, Obj
     objects = list(scene.objects)
     taken = {(o.colour, o.shape) for o in objects}
     kind = CORRUPTIONS[int(rng.integers(len(CORRUPTIONS)))]
@@ -73,18 +81,9 @@ def corrupt(scene, rng: np.random.Generator):
     return replace(scene, objects=tuple(objects))
 
 
-def scenes(data: dict, seed: int, n: int):
-    """n scenes of the recipe's shapes world (as contrastive_run.shapes_pairs draws them)."""
-    from ocellus.data.shapes import make_scene
-    from ocellus.train.contrastive_run import shapes_config
-    cfg = shapes_config(data, seed)
-    return [make_scene(np.random.default_rng([cfg.seed, i]), cfg) for i in range(n)]
-
-
 def write_pairs(out_dir: Path, rows: list[dict]) -> Path:
     """rows {id, image (PIL), caption, truth, source} -> out_dir/images/*.png, data.json (LLaVA
     format: a caption request and the caption as the answer) and meta.jsonl (ground truth)."""
-    from ocellus.data.messages import to_llava
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     records = []
     with open(out_dir / "meta.jsonl", "w", encoding="utf-8") as meta:
@@ -100,11 +99,6 @@ def write_pairs(out_dir: Path, rows: list[dict]) -> Path:
     path = out_dir / "data.json"
     path.write_text(json.dumps(records, indent=1), encoding="utf-8")
     return path
-
-
-def same_caption(a: str, b: str) -> bool:
-    norm = lambda s: " ".join(s.lower().replace(".", " ").replace(",", " ").split())   # noqa: E731
-    return norm(a) == norm(b)
 
 
 def noise_rate(rows: list[dict]) -> float:
@@ -134,9 +128,7 @@ def train_stage(base: dict, out: Path, data_path: Path, train: dict, model: dict
 @torch.no_grad()
 def caption_images(model, tok, images: list, top_p: float, max_new_tokens: int, batch_size: int,
                    seed: int) -> list[str]:
-    from ocellus.data.image import preprocess
-    from ocellus.train.contrastive_run import image_cfg
-    icfg = image_cfg(model.visual_encoder.config.image_size)
+    icfg = image_config(model.visual_encoder.config.image_size)
     out = []
     for i in range(0, len(images), batch_size):
         px = preprocess(images[i:i + batch_size], icfg)
@@ -149,10 +141,7 @@ def itm_filter(model, tok, images: list, captions: list[str], batch_size: int) -
     """P(match) of each (image, caption) pair from the filter's ITM head; None for a text the text
     encoder cannot take (empty, or more tokens than its positions: a sampled caption can decode to
     bytes that re-tokenise longer). The caller rejects those and counts them."""
-    from ocellus.data.image import preprocess
-    from ocellus.models.contrastive.albef import encode_captions
-    from ocellus.train.contrastive_run import image_cfg
-    icfg = image_cfg(model.visual_encoder.config.image_size)
+    icfg = image_config(model.visual_encoder.config.image_size)
     limit = model.text_encoder.config.max_position_embeddings
     fits = [bool(c) and len(tok.encode(c, add_special_tokens=False)) + 2 <= limit for c in captions]
     scores: list[float | None] = [None] * len(captions)
@@ -183,10 +172,6 @@ def check_config(config: dict) -> dict:
 
 
 def run_capfilt(config: dict, printer=print) -> dict:
-    import ocellus
-    from ocellus.data.shapes import caption, render
-    from ocellus.data.tokenizer import Tokenizer
-    from ocellus.eval.retrieval import evaluate
     base = check_config(config)
     out = Path(config.get("out_dir", "runs/capfilt"))
     web, clean = config.get("web") or {}, config.get("clean") or {}
@@ -224,10 +209,10 @@ def run_capfilt(config: dict, printer=print) -> dict:
     tok = Tokenizer.from_dir(tok_dir)
     cap = config.get("caption") or {}
     images = [r["image"] for r in web_rows]
-    synthetic = caption_images(ocellus.load(captioner), tok, images, float(cap.get("top_p", 0.9)),
+    synthetic = caption_images(load_model(captioner), tok, images, float(cap.get("top_p", 0.9)),
                                int(cap.get("max_new_tokens", 24)), int(cap.get("batch_size", 64)), seed=0)
     threshold = float((config.get("filter") or {}).get("threshold", 0.5))
-    filter_model = ocellus.load(filt)
+    filter_model = load_model(filt)
     keep_web = itm_filter(filter_model, tok, images, [r["caption"] for r in web_rows], 64)
     keep_syn = itm_filter(filter_model, tok, images, synthetic, 64)
     kept_web = [r for r, p in zip(web_rows, keep_web) if p is not None and p > threshold]
@@ -283,8 +268,6 @@ def report(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    import yaml
-    from ocellus.train.recipe import apply_overrides
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print(__doc__)

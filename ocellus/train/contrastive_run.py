@@ -19,15 +19,25 @@ eval: {n: 300}     after export: retrieval + zero-shot (contrastive) or the line
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
 
 import torch
 
+from ocellus.data.augment import AugmentConfig, two_views
+from ocellus.data.digits import digits_samples
+from ocellus.data.image import image_config, IMAGE_MEAN, IMAGE_STD, preprocess
+from ocellus.data.shapes_pairs import caption_id, shapes_pairs
 from ocellus.errors import ConfigError
-from ocellus.train.recipe_data import EncodedDataset, IMAGE_MEAN, IMAGE_STD, image_config
+from ocellus.eval.retrieval import DIGITS_SOURCE_SIZE, evaluate
+from ocellus.hub.checkpoint import save_model
+from ocellus.hub.vision_families import save_vision
+from ocellus.models.contrastive.clip import build_dual_encoder
+from ocellus.models.contrastive.moco import MoCo, MoCoConfig
+from ocellus.models.text.clip_text import encode_texts, LEGACY_EOS_ID
+from ocellus.models.vision.vit import VisionTransformer, ViTConfig
+from ocellus.train.recipe_data import EncodedDataset
 
 
 # ---- model -------------------------------------------------------------------------------------
@@ -36,12 +46,8 @@ def build_model(recipe: dict, tok):
     if "vision" not in spec:
         raise ConfigError(f"task {recipe['task']}: model.vision (a vision tower config) is required")
     if recipe["task"] == "moco":
-        from ocellus.models.contrastive.moco import MoCo, MoCoConfig
-        from ocellus.models.vision.vit import ViTConfig, VisionTransformer
         vit = VisionTransformer(ViTConfig.from_hf({"model_type": "clip_vision_model", **spec["vision"]}))
         return MoCo(vit, vit.config.hidden_size, MoCoConfig(**(spec.get("moco") or {})))
-    from ocellus.models.contrastive.clip import build_dual_encoder
-    from ocellus.models.text.clip_text import LEGACY_EOS_ID
     kind = spec.get("architecture", "clip")
     if tok.eos_token_id is None or tok.eos_token_id == LEGACY_EOS_ID:
         raise ConfigError(f"the tokenizer's eos_token id is {tok.eos_token_id}; a CLIP text tower needs another "
@@ -53,40 +59,14 @@ def build_model(recipe: dict, tok):
 
 
 # ---- data --------------------------------------------------------------------------------------
-def shapes_config(data: dict, seed: int):
-    from ocellus.data.shapes import ShapesConfig
-    size = int(data.get("image_size", 32))
-    return ShapesConfig(image_size=size, seed=seed, min_size=max(0.18, 6.5 / size),
-                        min_objects=int(data.get("min_objects", 1)), max_objects=int(data.get("max_objects", 2)))
-
-
-def caption_id(text: str) -> int:
-    """A stable id per caption text (equal captions -> equal ids, in every process)."""
-    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:7], "big")
-
-
-def image_cfg(size: int):
-    return image_config(size)
-
-
-def shapes_pairs(data: dict, seed: int, n: int, start: int = 0):
-    """(image, caption) pairs of generated scenes, indexed deterministically."""
-    import numpy as np
-    from ocellus.data.shapes import caption, make_scene, render
-    cfg = shapes_config(data, seed)
-
-    def pair(i):
-        scene = make_scene(np.random.default_rng([cfg.seed, start + i]), cfg)
-        return render(scene), caption(scene)
-    return pair
+image_cfg = image_config   # the recipes' preprocessing (data/image.py), by its old name here
 
 
 def build_dataset(recipe: dict, tok, model):
-    from ocellus.data.image import preprocess
     task, data = recipe["task"], recipe["data"]
     n, seed = int(data.get("n", 1000)), int(data.get("seed", 0))
     size = _image_size(model)
-    icfg = image_cfg(size)
+    icfg = image_config(size)
     if task == "contrastive":
         if data["source"] != "shapes":
             raise ConfigError(f"task contrastive trains on shapes captions; data.source {data['source']!r}")
@@ -96,7 +76,6 @@ def build_dataset(recipe: dict, tok, model):
             image, text = pair(i)
             return preprocess([image], icfg)[0], text
         return EncodedDataset(n, make), caption_collate(tok, model)
-    from ocellus.data.augment import AugmentConfig, two_views
     images = _moco_images(data, seed, n)
     aug = AugmentConfig(**{"size": size, **_tuples(data.get("augment") or {})})
     visits: dict[int, int] = {}
@@ -115,7 +94,6 @@ def build_dataset(recipe: dict, tok, model):
 def caption_collate(tok, model):
     """-> collate([(pixel_values [3, H, W], caption), ...]) -> the dual encoder's batch: texts tokenized to
     its text tower's context, pixels stacked, ids = caption_id (equal captions are positives)."""
-    from ocellus.models.text.clip_text import encode_texts
     max_len, pad_to_max = model.text_model.config.max_position_embeddings, not model.text_model.config.causal
 
     def collate(rows):
@@ -134,8 +112,6 @@ def _tuples(d: dict) -> dict:
 
 def _moco_images(data: dict, seed: int, n: int):
     if data["source"] == "digits":
-        from ocellus.data.digits import digits_samples
-        from ocellus.eval.retrieval import DIGITS_SOURCE_SIZE
         rows = digits_samples("train", seed=0, image_size=DIGITS_SOURCE_SIZE)
         return _Indexable([r["images"][0] for r in rows])
     if data["source"] == "shapes":
@@ -156,17 +132,14 @@ def _image_size(model) -> int:
 
 # ---- export + evaluation -----------------------------------------------------------------------
 def export(recipe: dict, model, tok, path: Path) -> Path:
-    import ocellus
     size = _image_size(model)
     if recipe["task"] == "moco":
-        from ocellus.hub.vision_families import save_vision
         save_vision(model.encoder_q.backbone, path)
     else:
-        ocellus.save(model, path, tokenizer=tok)
+        save_model(model, path, tokenizer=tok)
     write_preprocessor(path, size)
     if recipe.get("eval") is not None:
         n = int((recipe.get("eval") or {}).get("n", 300))
-        from ocellus.eval.retrieval import evaluate
         tasks = ("linear-probe",) if recipe["task"] == "moco" else ("retrieval", "zeroshot")
         results = {t: evaluate(path, t, n=n) for t in tasks}
         (path.parent / "eval.json").write_text(json.dumps(results, indent=1))

@@ -1,13 +1,11 @@
 """What a recipe's data section becomes, for every task that reads one: samples made on access
 (EncodedDataset), the shapes world of data.* (shapes_config) and the image preprocessing at a size
-(image_config, mean / std 0.5)."""
+(image_config, mean / std 0.5: data/image.py's, named here for the tasks)."""
 from __future__ import annotations
 
-from ocellus.data.image import ImageProcessorConfig
+from ocellus.data.image import IMAGE_MEAN, IMAGE_STD, image_config  # noqa: F401  (the tasks' names)
 from ocellus.data.shapes import ShapesConfig
 from ocellus.errors import ConfigError
-
-IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
 
 
 class EncodedDataset:
@@ -22,12 +20,6 @@ class EncodedDataset:
 
     def __getitem__(self, i: int) -> dict:
         return self.make(i)
-
-
-def image_config(size: int):
-    return ImageProcessorConfig.from_dict({
-        "do_resize": True, "size": {"height": size, "width": size}, "do_center_crop": False,
-        "do_normalize": True, "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD), "resample": 3})
 
 
 def shapes_config(data: dict, seed_key: str = "seed"):

@@ -1,10 +1,10 @@
-"""The side-by-side comparison of vision-language families (ocellus/eval/compare.py) at toy scale."""
+"""The side-by-side comparison of vision-language families (ocellus/compare.py) at toy scale."""
 import json
 
 import pytest
 
 from ocellus.errors import ConfigError
-from ocellus.eval.compare import main, recipe_for
+from ocellus.compare import main, recipe_for
 from ocellus.train.tasks import validate
 
 

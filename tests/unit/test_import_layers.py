@@ -20,23 +20,12 @@ ROOT = Path(__file__).resolve().parents[2] / "ocellus"
 LAYERS = ("errors", "nn", "hub", "data", "infer", "models", "families", "viz", "eval", "train", "serve", "cli/api")
 # the public API and the commands: the package root and its top-level modules
 TOP_MODULES = frozenset({"ocellus", "ocellus.cli", "ocellus.chat", "ocellus.demo", "ocellus.bench",
-                         "ocellus.bench_vlm", "ocellus.bench_llamacpp", "ocellus.bench_serve"})
+                         "ocellus.bench_vlm", "ocellus.bench_llamacpp", "ocellus.bench_serve", "ocellus.compare"})
 
 # Known upward imports left to remove: (file, imported module) -> why it is still here. Each entry is a
 # debt with an owner; the list only shrinks (test_allow_list_is_live fails on an entry that no longer occurs).
-ALLOWED: dict[tuple[str, str], str] = {
-    # eval -> train: the shapes pairs / image configs that contrastive training builds live in train/
-    ("ocellus/eval/compare.py", "ocellus.train.stages"): "compare trains",
-    ("ocellus/eval/compare.py", "ocellus.train.tasks"): "compare trains",
-    ("ocellus/eval/decoding.py", "ocellus.train.capfilt"): "data helpers in train",
-    ("ocellus/eval/decoding.py", "ocellus.train.contrastive_run"): "data helpers in train",
-    ("ocellus/eval/retrieval.py", "ocellus.train.contrastive_run"): "data helpers in train",
-    ("ocellus/eval/retrieval.py", "ocellus.train.recipe_data"): "data helpers in train",
-    # train -> the root (ocellus.load / ocellus.save) in the contrastive helper's files (issue 19 item 5)
-    ("ocellus/train/albef_blip_run.py", "ocellus"): "ocellus.load",
-    ("ocellus/train/capfilt.py", "ocellus"): "ocellus.load",
-    ("ocellus/train/contrastive_run.py", "ocellus"): "ocellus.load",
-}
+# Empty since issue 19's leftovers: keep it so.
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

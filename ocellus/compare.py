@@ -1,6 +1,6 @@
 """The three routes from pixels to a language model, measured side by side on the shapes world.
 
-    python -m ocellus.eval.compare [--families llava,blip2,...] [--steps 600] [--out docs/VLM_COMPARISON.md]
+    python -m ocellus.compare [--families llava,blip2,...] [--steps 600] [--out docs/VLM_COMPARISON.md]
 
 Every family gets the same pretrained parts (the tiny ViT and decoder of
 recipes/llava_tiny_shapes' first two steps), the same data (single-turn QA mixed with grounding,
@@ -14,6 +14,9 @@ settings and the same number of steps; only the bridge differs:
 Each trained model is evaluated with the harness (held-out scenes): shapes-vqa accuracy per
 question type and shapes-grounding accuracy@IoU 0.5 and mean IoU; the table also gives the image
 tokens each image puts into the decoder's sequence, wall-clock training time and parameters.
+
+An experiment driver: it runs recipes through the tasks table (train/tasks/), as `ocellus train` does, then scores
+them with eval/harness.py, so it sits above train/ and eval/, with the commands (as bench_vlm.py, which also trains).
 """
 from __future__ import annotations
 
@@ -23,11 +26,14 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from ocellus.errors import ConfigError
-from ocellus.hub.checkpoint import load_model
 from ocellus.data.processor import load_processor
+from ocellus.errors import ConfigError
 from ocellus.eval.harness import evaluate
+from ocellus.hub.checkpoint import load_model
+from ocellus.train.stages import parts_of
+from ocellus.train.tasks import run_recipe, validate
 
 ROUTES = {"llava": "all tokens", "blip2": "compressed prompt", "qwen_vl": "compressed prompt",
           "internvl": "all tokens", "qwen2_vl": "all tokens", "flamingo": "cross-attention"}
@@ -74,7 +80,6 @@ def recipe_for(family: str, parts_dir: Path, out_dir: Path, steps: int, batch_si
 
 def _sizes(model) -> tuple[int, int]:
     """(all parameters, parameters of the bridge = everything outside the vision tower and decoder)."""
-    from ocellus.train.stages import parts_of
     parts = parts_of(model)
     total = sum(p.numel() for p in model.parameters())
     bridge = sum(p.numel() for p in parts["connector"].parameters()) if "connector" in parts else 0
@@ -83,7 +88,6 @@ def _sizes(model) -> tuple[int, int]:
 
 def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_size: int, n_eval: int,
                lr: float = 2.0e-3) -> dict:
-    from ocellus.train.tasks import run_recipe, validate
     recipe = recipe_for(family, parts_dir, runs_dir / family, steps, batch_size, lr=lr)
     validate(recipe, where=f"compare {family}")
     start = time.perf_counter()
@@ -91,7 +95,6 @@ def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_s
     seconds = time.perf_counter() - start
     model, proc = load_model(path), load_processor(path)
     model.eval()
-    from PIL import Image
     _, counts = proc.image_inputs([Image.new("RGB", (48, 48))])
     total, bridge = _sizes(model)
     vqa = evaluate(path, "shapes-vqa", n=n_eval, model=model, processor=proc, printer=lambda *_: None)
