@@ -14,11 +14,13 @@ last step:
 
 The rate is steps done in this process over its seconds (a resumed run starts at `initial` and does not count
 the steps it skipped), the ETA the steps left at that rate. The stream is stderr by default: stdout is a
-command's output. It lives in viz (terminal drawing, below eval and train, which both report progress).
+command's output. Progress is an info message: with the `ocellus` logger's own level set above info (`ocellus -q`,
+`--log-level warning`) it shows nothing; a library caller who configured no logging sees it. It lives in viz (terminal drawing, below eval and train, which both report progress).
 """
 from __future__ import annotations
 
 import datetime
+import logging
 import sys
 import time
 from typing import Callable, TextIO
@@ -39,12 +41,15 @@ class Progress:
         self.clock = clock
         self.start_n, self.start_t = initial, clock()
         self.last_n, self.last_t = initial, self.start_t     # the last plain line written
+        self.quiet = logging.getLogger("ocellus").level > logging.INFO
         self.bar = (tqdm(total=total, initial=initial, desc=desc or None, unit=unit, dynamic_ncols=True,
-                         file=self.stream) if is_tty(self.stream) else None)
+                         file=self.stream) if is_tty(self.stream) and not self.quiet else None)
 
     def update(self, n: int = 1, **shown) -> None:
         """n more steps done; shown: name -> value (formatted by the caller) beside the bar / on the line."""
         self.n += n
+        if self.quiet:
+            return
         if self.bar is not None:
             if shown:
                 self.bar.set_postfix(shown, refresh=False)

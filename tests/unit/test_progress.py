@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
 
@@ -69,6 +70,24 @@ def test_a_terminal_gets_the_bar_not_lines():
     text = tty.getvalue()
     assert "\r" in text and "25/25" in text and "100%|" in text and "loss=0.1234" in text
     assert "train step" not in text                         # no plain lines beside the bar
+
+
+def test_quiet_when_the_ocellus_logger_is_set_above_info():
+    logger = logging.getLogger("ocellus")
+    try:
+        logger.setLevel(logging.WARNING)                         # what `ocellus -q` sets
+        out, tty = io.StringIO(), FakeTTY()
+        for stream in (out, tty):
+            with Progress(5, every=1, stream=stream) as p:
+                for _ in range(5):
+                    p.update()
+        assert out.getvalue() == "" and tty.getvalue() == ""
+        logger.setLevel(logging.INFO)                            # the CLI's default: shown
+        with Progress(5, every=5, stream=out) as p:
+            p.update(5)
+        assert out.getvalue().startswith("step 5/5 (100%)")
+    finally:
+        logger.setLevel(logging.NOTSET)
 
 
 @pytest.mark.parametrize("kw", [{"every": 0}, {"seconds": 0}, {"every": 2.5}])
