@@ -17,12 +17,9 @@ A Processor is four things a checkpoint directory describes:
   the anyres grid canvases) through `tokens_per_image`, the same function the model side counts
   with, so the two cannot disagree.
 
-Two image layouts:
-- single view (LLaVA, LLaVA-1.5): every image is resized/cropped to the tower's size, pixel_values
-  [N, 3, H, W], the same token count for every image;
-- anyres (LLaVA-NeXT, `image_grid_pinpoints`): a global view plus the tiles of the best grid canvas,
-  pixel_values [N, V, 3, H, W] (views zero-padded to the batch's largest V) and image_sizes [N, 2]
-  (original (H, W)); each image's token count depends on its own size.
+Where the pieces live: the settings a checkpoint dir holds are read by hub/processor_files.py; the default
+image path (a CLIP-style tower's patches, single view or LLaVA-NeXT's anyres) is data/patch_images.py; a batch's
+images / videos are split over its samples by data/media_per_sample.py. This module is what joins them.
 
 What happens on a call, per conversation (the order transformers' LlavaProcessor uses, so ids match it):
 
@@ -43,7 +40,6 @@ config.json model_type.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -52,17 +48,20 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from ocellus.data.image import DEFAULT_MAX_PIXELS, ImageProcessorConfig, load_image, preprocess
-from ocellus.data.image_tiling import preprocess_anyres, tokens_per_image
+from ocellus.data.image import DEFAULT_MAX_PIXELS, ImageProcessorConfig, load_image
+from ocellus.data.media_per_sample import images_per_sample, videos_per_sample
 from ocellus.data.messages import normalize
+from ocellus.data.patch_images import PatchImages
+from ocellus.data.templates import JinjaTemplate
+from ocellus.data.tokenizer import Tokenizer
 from ocellus.data.video import Video
 from ocellus.data.video_file import load_video
-from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError, InputError
-from ocellus.hub.checkpoint_dir import read_json_object
 from ocellus.hub.families import processor_module
+# the processor settings of a checkpoint dir; the families' processors import them from here too
+from ocellus.hub.processor_files import (image_processor_dict, read_json as _read_json,  # noqa: F401
+                                         read_model_type, video_processor_dict)
 from ocellus.hub.resolve import resolve
-from ocellus.data.templates import JinjaTemplate
 
 # A family's own image path (BLIP-2 query slots, Qwen2-VL dynamic grids, InternVL tiles, ...):
 # loaded images -> (tensors the model's forward takes, each concatenable along dim 0 across batches,
@@ -85,39 +84,6 @@ class ProcessorOutput(dict):
                 v = v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None)
             out[k] = v
         return out
-
-
-def _read_json(path: Path) -> dict | None:
-    return read_json_object(path)   # a CheckpointError naming the file when it is not a JSON object
-
-
-def read_model_type(directory) -> str | None:
-    """config.json's model_type (None without config.json or without the key); a config.json that is not a
-    JSON object is a CheckpointError naming it."""
-    return (_read_json(Path(directory) / "config.json") or {}).get("model_type")
-
-
-def image_processor_dict(directory) -> dict | None:
-    """The image processor's settings in a checkpoint dir: preprocessor_config.json (transformers 4 and
-    hub checkpoints), else processor_config.json's "image_processor" section (transformers 5 writes only
-    that). None when the directory has neither, i.e. a text-only checkpoint."""
-    directory = Path(directory)
-    pre = _read_json(directory / "preprocessor_config.json")
-    if pre is not None:
-        return pre
-    section = (_read_json(directory / "processor_config.json") or {}).get("image_processor")
-    return section if isinstance(section, dict) else None
-
-
-def video_processor_dict(directory) -> dict | None:
-    """A video model's video processor settings: video_preprocessor_config.json, else processor_config.json's
-    "video_processor" section (transformers 5); None when neither is there."""
-    directory = Path(directory)
-    video = _read_json(directory / "video_preprocessor_config.json")
-    if video is not None:
-        return video
-    section = (_read_json(directory / "processor_config.json") or {}).get("video_processor")
-    return section if isinstance(section, dict) else None
 
 
 class Processor:
@@ -172,12 +138,12 @@ class Processor:
         self.max_pixels = max_pixels
         self._chat_template = chat_template
         self._content_format = None  # "parts" or "string", found on the first render
-        if image_inputs is not None:
-            pass  # the family's function counts tokens itself
-        elif self.grid_pinpoints is None:
-            self.num_image_tokens(self.patch_size, self.patch_size)  # validates the numbers now
-        else:
-            self.num_image_tokens(self.tile_size, self.tile_size)
+        # the default image path (data/patch_images.py); a family's image_inputs counts tokens itself
+        self._patches = PatchImages(image_config, patch_size=self.patch_size, num_extra_tokens=self.num_extra_tokens,
+                                    feature_select=feature_select, pad_to_square=pad_to_square,
+                                    grid_pinpoints=self.grid_pinpoints, tile_size=tile_size)
+        if image_inputs is None:
+            self._patches.check()
 
     @staticmethod
     def _check_image_token(tokenizer: Tokenizer, image_token: str) -> int:
@@ -206,15 +172,8 @@ class Processor:
     # ---- what the model needs to know -----------------------------------------------------------
 
     def num_image_tokens(self, height: int, width: int) -> int:
-        """Tokens one image becomes (what the model splices in). Single view: (height, width) is the
-        PREPROCESSED size (pixel_values' H, W). Anyres: it is the ORIGINAL image size, which decides
-        the grid canvas and the unpadded tile rows/cols."""
-        if self.grid_pinpoints is None:
-            return tokens_per_image("clip", image_size=(height, width), patch_size=self.patch_size,
-                                    feature_select=self.feature_select, num_extra_tokens=self.num_extra_tokens)
-        return tokens_per_image("anyres", image_size=(height, width), grid_pinpoints=self.grid_pinpoints,
-                                tile_size=self.tile_size, patch_size=self.patch_size,
-                                feature_select=self.feature_select, num_extra_tokens=self.num_extra_tokens)
+        """Tokens one image becomes on the default image path (PatchImages.num_image_tokens)."""
+        return self._patches.num_image_tokens(height, width)
 
     @property
     def chat_template(self) -> str | None:
@@ -331,8 +290,8 @@ class Processor:
             spans = [[] for _ in prompts]   # a raw prompt is all markup: its caller wrote every token in it
             add_special = True if add_special_tokens is None else add_special_tokens
 
-        per_sample = self._images_per_sample(images, counts)
-        per_video = self._videos_per_sample(videos, video_counts)
+        per_sample = images_per_sample(images, counts)
+        per_video = videos_per_sample(videos, video_counts)
         for b, prompt in enumerate(prompts):  # the template must have written one placeholder per image / video
             for token, n, what in ((self.image_token, counts[b], "images"), (self.video_token, video_counts[b], "videos")):
                 if token is not None and prompt.count(token) != n:
@@ -395,13 +354,7 @@ class Processor:
         too, so training data and inference count image tokens the same way."""
         if self._image_inputs is not None:
             return self._image_inputs(images)
-        if self.grid_pinpoints is None:
-            pixel_values = preprocess(images, self.image_config, pad_to_square=self.pad_to_square,
-                                      max_pixels=None)                                          # [N, 3, H, W]
-            return {"pixel_values": pixel_values}, [self.num_image_tokens(*pixel_values.shape[-2:])] * len(images)
-        pixel_values, image_sizes = preprocess_anyres(images, self.image_config, max_pixels=None)
-        per_image = [self.num_image_tokens(img.height, img.width) for img in images]
-        return {"pixel_values": pixel_values, "image_sizes": image_sizes}, per_image  # [N, V, 3, H, W], [N, 2]
+        return self._patches(images)
 
     def _conversations(self, messages) -> list[list[dict]]:
         if not isinstance(messages, (list, tuple)) or not messages:
@@ -417,60 +370,6 @@ class Processor:
                     kind = "image" if token == self.image_token else "video"
                     raise InputError(f"sample {b}, turn {turn}: the text contains the {kind} token {token!r} "
                                      f"literally; use an {{'type': '{kind}'}} part for each {kind}")
-
-    @staticmethod
-    def _videos_per_sample(videos, counts: list[int]) -> list[list]:
-        """A flat list of videos (transformers' `videos=`: a video may itself be a list of frames, so there is no
-        per-sample nesting) split over the samples by their video placeholder counts."""
-        if videos is None:
-            videos = []
-        elif isinstance(videos, (str, bytes, bytearray, os.PathLike, Video)):
-            videos = [videos]
-        elif not isinstance(videos, (list, tuple)):
-            raise InputError(f"videos must be a list of videos (each a file, a directory, a list of frames or an "
-                             f"array), got {type(videos).__name__}")
-        if any(isinstance(v, Image.Image) for v in videos):
-            raise InputError("videos holds PIL images: it is a list of videos, so wrap one video's frames in a list "
-                             "(videos=[[frame0, frame1, ...]])")
-        out, at = [], 0
-        for b, n in enumerate(counts):
-            if at + n > len(videos):
-                raise InputError(f"sample {b}: {n} video placeholders but only {len(videos) - at} of the "
-                                 f"{len(videos)} videos are left for it ({sum(counts)} placeholders in all)")
-            out.append(list(videos[at:at + n]))
-            at += n
-        if at != len(videos):
-            raise InputError(f"{len(videos)} videos given but the samples have {sum(counts)} video placeholders "
-                             f"({counts})")
-        return out
-
-    @staticmethod
-    def _images_per_sample(images, counts: list[int]) -> list[list]:
-        """Split `images` over the samples by their placeholder counts; any mismatch names the sample."""
-        if images is None:
-            images = []
-        elif isinstance(images, (str, bytes, bytearray, os.PathLike, Image.Image)):
-            images = [images]
-        images = list(images)
-        nested = bool(images) and all(isinstance(x, (list, tuple)) for x in images)
-        if nested:
-            if len(images) != len(counts):
-                raise InputError(f"images has {len(images)} per-sample lists for {len(counts)} samples")
-            for b, (srcs, n) in enumerate(zip(images, counts)):
-                if len(srcs) != n:
-                    raise InputError(f"sample {b}: {n} image placeholders but {len(srcs)} images given")
-            return [list(s) for s in images]
-        out, at = [], 0
-        for b, n in enumerate(counts):
-            if at + n > len(images):
-                raise InputError(f"sample {b}: {n} image placeholders but only {len(images) - at} of the "
-                                 f"{len(images)} images are left for it ({sum(counts)} placeholders in all)")
-            out.append(images[at:at + n])
-            at += n
-        if at != len(images):
-            raise InputError(f"{len(images)} images given but the samples have {sum(counts)} image placeholders "
-                             f"({counts}); sample {len(counts) - 1} is the last to take images")
-        return out
 
     def _pad(self, rows, images_out: dict, return_tensors, padding_side) -> ProcessorOutput:
         width = max(len(r) for r in rows)

@@ -1,4 +1,11 @@
-"""The files transformers' AutoProcessor reads beside the tokenizer's and the image processor's: the chat
+"""A checkpoint's processor files, read and written.
+
+Read: the settings a processor is built from (data/processor.py, each family's processor.py): the image
+processor's (preprocessor_config.json, or processor_config.json's "image_processor" section as transformers 5
+writes it), a video model's video processor's, and config.json's model_type, which picks the family; every file
+is untrusted JSON (hub/checkpoint_dir.py: a file that is not a JSON object is a CheckpointError naming it).
+
+Written: what transformers' AutoProcessor reads beside the tokenizer's and the image processor's: the chat
 template (chat_template.jinja) and, for LLaVA-style processors, processor_config.json (which class, how
 many tokens an image becomes). With them an exported VLM is prompted the same way in transformers
 (`AutoProcessor.from_pretrained(dir).apply_chat_template(...)`) as in Ocellus."""
@@ -6,6 +13,42 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from ocellus.hub.checkpoint_dir import read_json_object
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object file of a checkpoint dir, None when it is not there."""
+    return read_json_object(path)   # a CheckpointError naming the file when it is not a JSON object
+
+
+def read_model_type(directory) -> str | None:
+    """config.json's model_type (None without config.json or without the key); a config.json that is not a
+    JSON object is a CheckpointError naming it."""
+    return (read_json(Path(directory) / "config.json") or {}).get("model_type")
+
+
+def image_processor_dict(directory) -> dict | None:
+    """The image processor's settings in a checkpoint dir: preprocessor_config.json (transformers 4 and
+    hub checkpoints), else processor_config.json's "image_processor" section (transformers 5 writes only
+    that). None when the directory has neither, i.e. a text-only checkpoint."""
+    directory = Path(directory)
+    pre = read_json(directory / "preprocessor_config.json")
+    if pre is not None:
+        return pre
+    section = (read_json(directory / "processor_config.json") or {}).get("image_processor")
+    return section if isinstance(section, dict) else None
+
+
+def video_processor_dict(directory) -> dict | None:
+    """A video model's video processor settings: video_preprocessor_config.json, else processor_config.json's
+    "video_processor" section (transformers 5); None when neither is there."""
+    directory = Path(directory)
+    video = read_json(directory / "video_preprocessor_config.json")
+    if video is not None:
+        return video
+    section = (read_json(directory / "processor_config.json") or {}).get("video_processor")
+    return section if isinstance(section, dict) else None
+
 
 # model_type -> the transformers processor class that expands one <image> into the tower's token count
 PROCESSOR_CLASSES = {"llava": "LlavaProcessor", "llava_next": "LlavaNextProcessor"}
