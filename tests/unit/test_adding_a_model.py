@@ -1,7 +1,8 @@
 """docs/ADDING_A_MODEL.md, followed literally: every python block of the page that names a file is written into
 a folder, the page's registry line is run, and the family it describes composes a recipe's model, saves, reopens
 with the same logits and files, and serves its processor, all through the public API (ocellus.load / save /
-load_processor). A page that drifts from the code fails here."""
+load_processor); the page's recipe trains a step through the tasks table (what `ocellus train` runs), and the
+family joins ocellus/compare.py's table as the page says. A page that drifts from the code fails here."""
 import json
 import re
 import sys
@@ -25,6 +26,12 @@ FILES = {"pooled_llava/__init__.py", "pooled_llava/modeling.py", "pooled_llava/c
          "pooled_llava/processor.py"}
 IMAGE_CONFIG = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"height": 16, "width": 16},
                 "do_center_crop": False, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+
+
+def page_recipe() -> str:
+    """The page's one YAML block: step 7's recipe."""
+    (block,) = re.findall(r"```yaml\n(.*?)```", PAGE.read_text(), re.S)
+    return block
 
 
 def page_blocks() -> dict[str, str]:
@@ -132,3 +139,47 @@ def test_the_page_connector_is_a_2x2_mean_then_its_mlp(family_from_the_page):
 def test_the_page_registry_line_refuses_a_second_registration(family_from_the_page):
     with pytest.raises(ConfigError, match="family 'pooled_llava' is registered already"):
         exec(family_from_the_page["registry line"], {})
+
+
+def test_the_page_recipe_trains_a_step_through_the_tasks_table(family_from_the_page, parts, tmp_path):
+    """Step 7: the page's recipe, as written (its 48 px shapes), with the test's parts (a 48 px tower, 12 px patches:
+    the same 4x4 grid) and a one-step budget, goes through what `ocellus train` runs (train/tasks: load_recipe ->
+    check_sources -> run_recipe). Its stage holds: the frozen ViT leaves unchanged, the decoder (full) moves, and
+    the export reopens as the page's family."""
+    from ocellus.train import tasks
+    tok, root = parts
+    torch.manual_seed(1)
+    ocellus.save(VisionTransformer(ViTConfig.from_hf({"model_type": "clip_vision_model", "hidden_size": 32,
+                                                      "intermediate_size": 64, "num_hidden_layers": 1,
+                                                      "num_attention_heads": 2, "image_size": 48, "patch_size": 12})),
+                 tmp_path / "vit48")
+    path = tmp_path / "pooled_llava.yaml"
+    path.write_text(page_recipe())
+    recipe = tasks.load_recipe(path, [f"model.vision_from={tmp_path / 'vit48'}", f"model.llm_from={root / 'llm'}",
+                                      "data.n=8", "train.max_steps=1", "train.batch_size=4", "train.warmup_steps=0",
+                                      f"train.out_dir={tmp_path / 'run'}", "train.progress=false"])
+    assert recipe["model"]["architecture"] == "pooled_llava" and recipe["train"]["stage"]["vision"] == "frozen"
+    tasks.check_sources(recipe, str(path))
+    out = Path(tasks.run_recipe(recipe))
+
+    trained, vit, llm = ocellus.load(out), ocellus.load(tmp_path / "vit48"), ocellus.load(root / "llm")
+    assert trained.family_name == "pooled_llava"
+    assert all(torch.equal(a, b) for a, b in zip(trained.vision_tower.state_dict().values(), vit.state_dict().values()))
+    moved = [not torch.equal(a, b) for a, b in zip(trained.language_model.state_dict().values(),
+                                                    llm.state_dict().values())]
+    assert any(moved)
+    batch = _batch(ocellus.load_processor(out))
+    assert (batch["input_ids"] == trained.image_token_id).sum() == 4                  # the family's own count
+
+
+def test_the_page_family_joins_the_comparison(family_from_the_page, parts, tmp_path, monkeypatch):
+    """The page's last step: an entry of ocellus/compare.py's FAMILY_SPECS (and its route) makes the family one
+    more row of the comparison, its recipe valid for the tasks table."""
+    from ocellus import compare
+    from ocellus.train import tasks
+    _, root = parts
+    monkeypatch.setitem(compare.FAMILY_SPECS, "pooled_llava", {})
+    monkeypatch.setitem(compare.ROUTES, "pooled_llava", "all tokens, pooled")
+    recipe = compare.recipe_for("pooled_llava", tmp_path, tmp_path / "runs", steps=1, batch_size=2)
+    assert recipe["model"]["architecture"] == "pooled_llava"
+    tasks.validate(recipe, where="compare pooled_llava")
