@@ -102,8 +102,8 @@ def _one_split(ds, split: str):
             raise ConfigError(f"data.split {split!r} is not a split of this dataset; it has {sorted(ds)}")
         ds = ds[split]
     if not hasattr(ds, "with_format") or not hasattr(ds, "__len__"):
-        raise ConfigError(f"data.source hf reads a datasets.Dataset (map-style), got {type(ds).__name__}; "
-                          "stream tar shards with data.source shards")
+        raise ConfigError(f"data.source hf reads a datasets.Dataset (map-style), got {type(ds).__name__}; an "
+                          "IterableDataset is read with data.streaming: true (data/hf_stream.py)")
     return ds
 
 

@@ -37,6 +37,7 @@ from typing import Callable, Iterator
 import torch.utils.data as tud
 
 from ocellus.data.bad_samples import BadSample
+from ocellus.data.llava_json import _conversation
 from ocellus.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ def stream(shards: list, seed: int, rank: int, worker: int, buffer: int) -> Iter
         empty = True
         for sample in shuffled((s for path in order for s in tar_samples(path)), buffer, rng):
             empty = False
+            sample["__epoch__"] = epoch      # which pass this is: MoCo's views are seeded by (key, epoch)
             yield sample
         if empty:
             raise InputError(f"shards {[str(s) for s in shards]} hold no samples")
@@ -178,6 +180,42 @@ def image_bytes_of(sample: dict) -> bytes:
     raise BadSample("missing_image", f"no image ({'/'.join(IMAGE_EXTS)}) among its members {sorted(_exts(sample))}")
 
 
+def image_of(sample: dict):
+    """The sample's image, decoded by data/image.load_image: a missing or corrupt one is a BadSample."""
+    from ocellus.data.image import load_image
+    try:
+        return load_image(image_bytes_of(sample), name=f"image of {sample['__key__']}")
+    except BadSample:
+        raise
+    except InputError as e:
+        raise BadSample("bad_image", str(e)) from e
+
+
+def conversation_of(sample: dict) -> dict:
+    """A VLM SFT sample: `key.json` a LLaVA record ({"conversations": [...]}, an `<image>` per image) or a TRL
+    row ({"messages": [...]}, an {"type": "image"} part per image); its images the sample's image members, in
+    order: `key.png`, or `key.0.png`, `key.1.png`, ... -> {"id", "messages", "images": [bytes]} (the form
+    data/llava_json.py makes of a record; the same checks: image count, an assistant turn)."""
+    if "json" not in sample:
+        raise BadSample("invalid_record", f"no conversation (.json) among its members {sorted(_exts(sample))}")
+    try:
+        record = json.loads(sample["json"])
+    except ValueError as e:
+        raise BadSample("invalid_record", f"its .json is not JSON: {e}") from e
+    if not isinstance(record, dict) or not ({"conversations", "messages"} & set(record)):
+        raise BadSample("invalid_record", "its .json has no 'conversations' (LLaVA) or 'messages' (TRL)")
+    numbered = sorted((int(ext.split(".")[0]), ext) for ext in _exts(sample)
+                      if ext.split(".")[0].isdigit() and ext.split(".", 1)[-1] in IMAGE_EXTS)
+    images = [sample[ext] for _, ext in numbered] or [sample[e] for e in IMAGE_EXTS if e in sample]
+    row = record.get("id", sample["__key__"])
+    if "messages" in record:
+        record = {"id": row, "messages": record["messages"], "images": images}
+    else:
+        record = {"id": row, "conversations": record["conversations"], "image": images}
+    conversation = _conversation(record)
+    return {"id": row, "messages": conversation.messages, "images": list(conversation.images)}
+
+
 def _exts(sample: dict) -> list[str]:
     return [k for k in sample if not k.startswith("__")]
 
@@ -190,18 +228,29 @@ class ImageText:
         self.image_config = image_config
 
     def __call__(self, sample: dict):
-        from ocellus.data.image import load_image, preprocess
+        from ocellus.data.image import preprocess
         text = caption_of(sample)
-        try:
-            image = load_image(image_bytes_of(sample), name=f"image of {sample['__key__']}")
-        except BadSample:
-            raise
-        except InputError as e:
-            raise BadSample("bad_image", str(e)) from e
-        return preprocess([image], self.image_config)[0], text
+        return preprocess([image_of(sample)], self.image_config)[0], text
 
 
 # ---- the stream of batches a loader worker makes -----------------------------------------------------
+def decode_batch(raws: list, decode: Callable, skip_bad: bool, where_of: Callable) -> dict:
+    """Raw samples -> {"items": [decode(raw)], "skipped": [(where, reason, message)]}: a bad sample (an
+    InputError) raises naming where_of(raw), or with skip_bad is left out and listed. Every stream's batches
+    (tar shards here, HF streaming in data/hf_stream.py) are made by this."""
+    items, skipped = [], []
+    for raw in raws:
+        try:
+            items.append(decode(raw))
+        except InputError as e:
+            if not skip_bad:
+                raise InputError(f"{where_of(raw)}: {e} (data.skip_bad_samples: true leaves such samples out)") from e
+            skipped.append((where_of(raw), getattr(e, "reason", "invalid_sample"), str(e)))
+    if not items:
+        raise InputError(f"every sample of a batch of {len(raws)} is bad, the last {skipped[-1][0]}: {skipped[-1][2]}")
+    return {"items": items, "skipped": skipped}
+
+
 def batches_made(batches: int, worker: int, workers: int) -> int:
     """How many of the first `batches` batches worker `worker` made (the DataLoader takes them in turn)."""
     return batches // workers + (1 if worker < batches % workers else 0)
@@ -231,19 +280,8 @@ class ShardStream(tud.IterableDataset):
         done = batches_made(self.start_batches, worker, self.workers) * self.batch_size
         samples = itertools.islice(samples, done, None)          # read, not decoded: exact and cheap
         while True:
-            items, skipped = [], []
-            for raw in itertools.islice(samples, self.batch_size):
-                where = f"{raw['__shard__']}, sample {raw['__key__']!r}"
-                try:
-                    items.append(self.decode(raw))
-                except InputError as e:
-                    if not self.skip_bad:
-                        raise InputError(f"{where}: {e} (data.skip_bad_samples: true leaves such samples out)") from e
-                    skipped.append((where, getattr(e, "reason", "invalid_sample"), str(e)))
-            if not items:
-                raise InputError(f"every sample of a batch of {self.batch_size} is bad, the last {skipped[-1][0]}: "
-                                 f"{skipped[-1][2]}")
-            yield {"items": items, "skipped": skipped}
+            yield decode_batch(list(itertools.islice(samples, self.batch_size)), self.decode, self.skip_bad,
+                               lambda raw: f"{raw['__shard__']}, sample {raw['__key__']!r}")
 
     def __iter__(self) -> Iterator[dict]:
         info = tud.get_worker_info()

@@ -33,6 +33,7 @@ from ocellus.data.bad_samples import BadSampleReport, screen
 from ocellus.data.image import image_config, load_image, preprocess
 from ocellus.data.llava_json import read_llava_json
 from ocellus.data.shapes_pairs import caption_id, shapes_pairs
+from ocellus.data.shards import ImageText
 from ocellus.errors import ConfigError, InputError
 from ocellus.eval.retrieval import EVAL_SEED, evaluate, recall_at_k, SHAPES_RENDER_SIZE
 from ocellus.hub.checkpoint import save_model
@@ -117,19 +118,31 @@ def build_dataset(recipe: dict, tok, model):
     report = BadSampleReport(str(data["path"])) if data.get("path") else None
     n, pair = pair_source(data, int(data.get("n", 1000)), report)
     icfg = image_config(model.visual_encoder.config.image_size)
-    max_len = int(data.get("max_length") or model.text_encoder.config.max_position_embeddings)
-    chosen = objectives(recipe)
 
     def make(i):
         image, text = pair(i)
         return preprocess([image], icfg)[0], text
+    return EncodedDataset(n, make, bad_samples=report), caption_batch(recipe, tok, model)
+
+
+def shard_data(recipe: dict, tok, model):
+    """The shard loader's hook (train/shard_loader.py): (image, caption) pairs of tar shards, decoded in the
+    loader workers as CLIP's are (data/shards.ImageText), batched as build_dataset's."""
+    return ImageText(image_config(model.visual_encoder.config.image_size)), caption_batch(recipe, tok, model)
+
+
+def caption_batch(recipe: dict, tok, model):
+    """-> collate([(pixel_values [3, H, W], caption), ...]): captions tokenized for the text encoder, pixels
+    stacked, ids = caption_id (equal captions are positives), the chosen BLIP objectives."""
+    max_len = int(recipe["data"].get("max_length") or model.text_encoder.config.max_position_embeddings)
+    chosen = objectives(recipe)
 
     def collate(rows):
         texts = [r[1] for r in rows]
         batch = {**encode_captions(texts, tok, model.config, max_len),
                  "pixel_values": torch.stack([r[0] for r in rows]), "ids": torch.tensor([caption_id(t) for t in texts])}
         return {**batch, "objectives": chosen} if chosen else batch
-    return EncodedDataset(n, make, bad_samples=report), collate
+    return collate
 
 
 # ---- export + evaluation -----------------------------------------------------------------------
@@ -178,5 +191,5 @@ def itm_rerank_retrieval(model, tok, n: int = 300, k: int = 16, batch: int = 256
     return out
 
 
-__all__ = ["validate", "build_tokenizer", "build_model", "build_dataset", "export", "caption_of", "pair_source", "align_config",
+__all__ = ["validate", "build_tokenizer", "build_model", "build_dataset", "shard_data", "export", "caption_of", "pair_source", "align_config",
            "itm_rerank_retrieval"]

@@ -29,6 +29,7 @@ from ocellus.data.augment import AugmentConfig, two_views
 from ocellus.data.digits import digits_samples
 from ocellus.data.image import image_config, IMAGE_MEAN, IMAGE_STD, preprocess
 from ocellus.data.shapes_pairs import caption_id, shapes_pairs
+from ocellus.data.shards import image_of, ImageText
 from ocellus.errors import ConfigError
 from ocellus.eval.retrieval import DIGITS_SOURCE_SIZE, evaluate
 from ocellus.hub.checkpoint import save_model
@@ -86,9 +87,36 @@ def build_dataset(recipe: dict, tok, model):
         visits[i] = visits.get(i, 0) + 1
         v1, v2 = two_views(images(i), aug, random.Random(f"{seed}-{i}-{visits[i]}"))
         return preprocess([v1, v2], icfg)
-    def collate_views(rows):
-        return {"pixel_values": torch.stack([r[0] for r in rows]), "pixel_values_k": torch.stack([r[1] for r in rows])}
     return EncodedDataset(len(images) if hasattr(images, "__len__") else n, make_views), collate_views
+
+
+def shard_data(recipe: dict, tok, model):
+    """The shard loader's hook (train/shard_loader.py): (decode a tar sample, collate). contrastive: (image,
+    caption) pairs; moco: two augmented views of each image (captions unused)."""
+    size = _image_size(model)
+    if recipe["task"] == "contrastive":
+        return ImageText(image_config(size)), caption_collate(tok, model)
+    aug = AugmentConfig(**{"size": size, **_tuples(recipe["data"].get("augment") or {})})
+    return ImageViews(image_config(size), aug, int(recipe.get("seed", 0))), collate_views
+
+
+class ImageViews:
+    """MoCo on shards: a raw tar sample -> its two augmented views [2, 3, H, W], drawn from a generator seeded
+    by (seed, shard, key, epoch): new views at every pass, and the same ones in a resumed run (the position
+    restores the epoch). A top-level class for loader workers."""
+
+    def __init__(self, image_config, aug, seed: int):
+        self.image_config, self.aug, self.seed = image_config, aug, seed
+
+    def __call__(self, sample: dict):
+        image = image_of(sample)
+        rng = random.Random(f"{self.seed}-{sample['__shard__']}-{sample['__key__']}-{sample.get('__epoch__', 0)}")
+        return preprocess(list(two_views(image, self.aug, rng)), self.image_config)
+
+
+def collate_views(rows):
+    """MoCo's batch: the query views and the key views, [B, 3, H, W] each."""
+    return {"pixel_values": torch.stack([r[0] for r in rows]), "pixel_values_k": torch.stack([r[1] for r in rows])}
 
 
 def caption_collate(tok, model):
@@ -153,4 +181,4 @@ def write_preprocessor(path: Path, size: int) -> None:
         "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD), "resample": 3}, indent=2))
 
 
-__all__ = ["build_model", "build_dataset", "export", "caption_id", "caption_collate", "shapes_pairs", "write_preprocessor"]
+__all__ = ["build_model", "build_dataset", "shard_data", "export", "caption_id", "caption_collate", "shapes_pairs", "write_preprocessor"]

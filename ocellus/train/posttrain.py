@@ -30,7 +30,7 @@ from ocellus.hub.checkpoint import load_model
 from ocellus.hub.resolve import default_model_dir
 from ocellus.data.processor import load_processor
 from ocellus.data.shapes import sample_at, ShapesConfig
-from ocellus.train.hf_data import preference_dataset, prompt_dataset
+from ocellus.train.hf_data import preference_dataset, prompt_dataset, Streamed
 from ocellus.train.loader import BatchLoader
 from ocellus.train.preference import preference_pair, prompt_row, shapes_preference, shapes_prompt
 from ocellus.train.recipe_data import EncodedDataset, shapes_config as data_shapes_config
@@ -149,8 +149,9 @@ def pair_dataset(recipe: dict, n: int | None = None, seed: int | None = None):
 def fit(objective, dataset, collate, recipe: dict, cfg, out: Path, plot_keys: list[str]) -> list[dict]:
     """Run the Trainer on an objective module (forward(**batch).loss, its parts() the policy's); write
     the objective's own per-step metrics (objective.history) to posttrain.jsonl and plot them."""
-    loader = BatchLoader(dataset, int((recipe.get("train") or {}).get("batch_size", 8)), collate,
-                         seed=int(recipe.get("seed", 0)))
+    batch_size = int((recipe.get("train") or {}).get("batch_size", 8))
+    loader = dataset.loader(batch_size, collate) if isinstance(dataset, Streamed) else \
+        BatchLoader(dataset, batch_size, collate, seed=int(recipe.get("seed", 0)))
     trainer = Trainer(objective, loader, cfg)
     log.info(f"[{recipe.get('name')}] trainable parameters per part:\n{trainer.report}")
     trainer.fit()
@@ -173,6 +174,8 @@ def prompt_loader(recipe: dict, batch_size: int):
     dataset = EncodedDataset(int(data.get("n", 2000)), lambda i: prompt_row(shapes_prompt(cfg, i, kind), i))
     if data.get("source") == "hf":   # TRL prompt-only rows: train/hf_data.py
         dataset = prompt_dataset(recipe)
+        if isinstance(dataset, Streamed):   # data.streaming: read batch by batch, resumable
+            return dataset.loader(batch_size, lambda rows: rows)
     return BatchLoader(dataset, batch_size, lambda rows: rows, seed=int(recipe.get("seed", 0)))
 
 

@@ -30,8 +30,9 @@ from ocellus.train.trainer import TrainConfig
 
 SOURCES = {"shapes": "image", "digits": "image", "llava_json": "image", "shapes_text": "text",
            "hf": "image", "shards": "image", "shapes_video": "image"}   # data/hf_dataset.py, shards.py, shapes_video.py
-SOURCE_TASKS = {"hf": ("vlm", "rm", "dpo", "grpo", "ppo"), "shards": ("contrastive",), "shapes_video": ("vlm",)}
-SOURCE_KEYS = {"hf": ("format", "split", "image_root", "cache_dir"), "shards": ("urls", "shuffle_buffer", "num_workers"),
+SOURCE_TASKS = {"hf": ("vlm", "rm", "dpo", "grpo", "ppo"), "shards": ("contrastive", "moco", "albef", "blip", "vlm"), "shapes_video": ("vlm",)}
+SOURCE_KEYS = {"hf": ("format", "split", "image_root", "cache_dir", "streaming", "shuffle_buffer", "num_workers"),
+               "shards": ("urls", "shuffle_buffer", "num_workers"),
                "shapes_video": ("frames", "max_distractors", "question_variants")}
 TRAIN_EXTRA = {"batch_size"}
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml where built in: made_by reads many recipes
@@ -151,10 +152,15 @@ def check_recipe(recipe: dict, where: str = "recipe", *, data: str | None = None
         bad(f"task {task!r} trains on images but data.source {source!r} is text only")
     if data == "text" and SOURCES[source] != "text":
         bad(f"task {task!r} pretrains the decoder on text; data.source {source!r} is an image dataset")
-    for other, keys in SOURCE_KEYS.items():
-        for key in keys:
-            if key in data_section and source != other:
-                bad(f"data.{key} is read with data.source {other} only; data.source is {source!r}")
+    for key in sorted({k for keys in SOURCE_KEYS.values() for k in keys} & set(data_section)):
+        readers = [other for other, keys in SOURCE_KEYS.items() if key in keys]
+        if source not in readers:
+            bad(f"data.{key} is read with data.source {' or '.join(readers)} only; data.source is {source!r}")
+    if source == "hf" and not data_section.get("streaming"):
+        for key in ("shuffle_buffer", "num_workers"):
+            if key in data_section:
+                bad(f"data.{key} is read by a streamed dataset (data.streaming: true); a map-style one is shuffled "
+                    f"whole by the loader and made in the training process")
     if source in SOURCE_TASKS and task not in SOURCE_TASKS[source]:
         bad(f"data.source {source} trains task {' / '.join(SOURCE_TASKS[source])}, not {task!r}")
     if source == "shards" and not data_section.get("urls"):

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from ocellus.data.bpe import train_bpe
+from ocellus.data.hf_stream import streaming
 from ocellus.data.shapes import sample_at
 from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError
@@ -32,6 +33,7 @@ from ocellus.hub.checkpoint import load_model
 from ocellus.hub.model_card import write_model_card
 from ocellus.nn.lora import merged_state_dict
 from ocellus.train.distributed import DistInfo, full_model_state, is_fsdp, setup, teardown
+from ocellus.train.hf_data import trainer_stream_loader
 from ocellus.train.loader import BatchLoader
 from ocellus.train.recipe import train_config
 from ocellus.train.recipe_data import shapes_config
@@ -169,7 +171,9 @@ def run_trainer(recipe: dict, task) -> Path:
     model = model_for(recipe, tok, task)
     batch = int(recipe["train"].get("batch_size", 8))
     if recipe["data"].get("source") == "shards":   # tar shards, streamed: train/shard_loader.py
-        loader = shard_loader(recipe, tok, model, batch, info)
+        loader = shard_loader(recipe, task, tok, model, batch, info)
+    elif streaming(recipe["data"]):                # a Hugging Face dataset, streamed: train/hf_data.py
+        loader = trainer_stream_loader(recipe, task, tok, model, batch, info)
     else:
         dataset, collate = task.build_dataset(recipe, tok, model)
         report = getattr(dataset, "bad_samples", None)

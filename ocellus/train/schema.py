@@ -145,7 +145,7 @@ DATA = {
     "interleave": INT, "phrasing": one_of(*PHRASINGS), "qa_turns": list_of(INT, 2, name="[min, max] integers"),
     # source hf (data/hf_dataset.py) and shards (data/shards.py): docs/DATA_FORMATS.md
     "format": one_of(*HF_FORMATS), "split": STR, "image_root": SOURCE, "cache_dir": STR,
-    "urls": either(STR, list_of(STR)), "shuffle_buffer": INT, "num_workers": INT,
+    "urls": either(STR, list_of(STR)), "shuffle_buffer": INT, "num_workers": INT, "streaming": BOOL,
     # source shapes_video (data/shapes_video.py): moving-shapes clips for a video model
     "frames": INT, "max_distractors": INT, "question_variants": BOOL,
 }

@@ -188,8 +188,8 @@ def test_new_data_keys_are_validated(tiny_vlm_parts, tmp_path):
         load_recipe(ALIGN, base + ["data.source=hf", "data.format=sharegpt"])
     with pytest.raises(ConfigError, match=r"data.urls is read with data.source shards only"):
         load_recipe(ALIGN, base + ["data.source=hf", "data.urls=a.tar"])
-    with pytest.raises(ConfigError, match=r"data.source shards trains task contrastive, not 'vlm'"):
-        load_recipe(ALIGN, base + ["data.source=shards", "data.urls=a.tar"])
+    with pytest.raises(ConfigError, match=r"data.source hf trains task vlm / rm / dpo / grpo / ppo, not .contrastive."):
+        load_recipe(RECIPES / "clip_tiny_shapes" / "clip.yaml", ["data.source=hf"])
     with pytest.raises(ConfigError, match=r"data.shuffle_buffer must be an integer"):
         load_recipe(ALIGN, base + ["data.source=shards", "data.shuffle_buffer=many"])
 

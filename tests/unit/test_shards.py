@@ -105,8 +105,10 @@ def test_shuffle_buffer_is_a_seeded_permutation():
 def test_stream_reads_each_sample_once_per_epoch_in_a_new_order(shard_dir):
     root, keys = shard_dir
     mine = shard_paths(str(root))
-    first = [s["__key__"] for s in _take(stream(mine, 0, 0, 0, 5), 2 * len(keys))]
+    samples = _take(stream(mine, 0, 0, 0, 5), 2 * len(keys))
+    first = [s["__key__"] for s in samples]
     assert sorted(first[:len(keys)]) == sorted(keys) == sorted(first[len(keys):])
+    assert [s["__epoch__"] for s in samples] == [0] * len(keys) + [1] * len(keys)   # MoCo seeds its views by it
     assert first[:len(keys)] != first[len(keys):] != keys
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ocellus.train import albef_blip_run
-from ocellus.train.albef_blip_run import build_dataset, build_model, build_tokenizer, export, validate
+from ocellus.train.albef_blip_run import build_dataset, build_model, build_tokenizer, export, shard_data, validate
 from ocellus.train.run import run_trainer
 
 
@@ -16,4 +16,4 @@ def run(recipe: dict) -> Path:
     return run_trainer(recipe, albef_blip_run)
 
 
-__all__ = ["validate", "build_tokenizer", "build_model", "build_dataset", "export", "run"]
+__all__ = ["validate", "build_tokenizer", "build_model", "build_dataset", "shard_data", "export", "run"]

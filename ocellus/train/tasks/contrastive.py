@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ocellus.train import run as shared
-from ocellus.train.contrastive_run import build_dataset, build_model, export   # the hooks run_trainer calls
+from ocellus.train.contrastive_run import build_dataset, build_model, export, shard_data   # run_trainer's hooks
 from ocellus.train.recipe import check_recipe
 from ocellus.train.run import run_trainer
 
@@ -27,4 +27,4 @@ def run(recipe: dict) -> Path:
     return run_trainer(recipe, sys.modules[__name__])
 
 
-__all__ = ["validate", "build_tokenizer", "build_model", "build_dataset", "export", "run"]
+__all__ = ["validate", "build_tokenizer", "build_model", "build_dataset", "shard_data", "export", "run"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ocellus.errors import ConfigError
 from ocellus.train.dpo import DPO, DPOConfig
+from ocellus.train.hf_data import Streamed
 from ocellus.train.posttrain import export_policy as export, fit, heldout_qa, load_start, pair_dataset, report
 from ocellus.train.preference import collate_pairs, preference_pair, with_model_rejections
 from ocellus.train.recipe import check_recipe
@@ -27,6 +28,10 @@ def train(recipe: dict, cfg, out: Path) -> Path:
     n_eval = int((recipe.get("eval") or {}).get("n", 500))
     before = heldout_qa(policy, processor, n_eval)
     pairs, extra = pair_dataset(recipe), {}
+    if rejected == "model" and isinstance(pairs, Streamed):
+        raise ConfigError("method.rejected: model mines every row with the start model before training; streamed "
+                          "rows (data.streaming) are not held: use method.rejected: plausible, or leave data.streaming "
+                          "unset")
     if rejected == "model":  # the rows the run will see, mined once with the start model
         rows = [pairs.make_row(i) for i in range(len(pairs))]
         rows, extra["share_model_rejected"] = with_model_rejections(policy, processor, rows)

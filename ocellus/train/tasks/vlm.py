@@ -26,6 +26,7 @@ from ocellus.data.hf_dataset import read_conversations, source_name
 from ocellus.data.image import load_image
 from ocellus.data.llava_json import read_llava_json
 from ocellus.data.packing import pack_batch
+from ocellus.data.shards import conversation_of
 from ocellus.data.shapes import sample_at
 from ocellus.data.shapes_video import VideoShapesConfig, sample_at as video_sample_at
 from ocellus.data.video import Video
@@ -94,33 +95,82 @@ def build_dataset(recipe: dict, tok, model):
         one, n = get, n if data["source"] == "shapes" else min(n, len(rows) // k)
         get = lambda i: _interleave([one(i * k + j) for j in range(k)])   # noqa: E731
 
-    def make(i):
-        s = get(i)
+    encode = SampleEncoder(proc, tok, template, train_on, max_len)
+    make = lambda i: encode(get(i), i)   # noqa: E731
+    collate_vlm = vlm_collate(data, model, tok)
+    if report is None:
+        return EncodedDataset(n, make), collate_vlm
+    kept = screen(n, make, lambda i: f"{get(i).get('where')} (id {get(i).get('id')!r})", report, skip)
+    return EncodedDataset(len(kept), lambda i: make(kept[i]), report), collate_vlm
+
+
+class SampleEncoder:
+    """A conversation sample {"id", "messages", "images" | "videos"} -> {"enc", "images"}: its images decoded
+    (data/image.load_image: a bad one is a BadSample) and through the family's training processor, the
+    conversation encoded with the image tokens, data.max_length checked. A top-level class, so loader workers
+    (data.source shards) can take it."""
+
+    def __init__(self, proc, tok, template: str, train_on: str, max_len):
+        self.proc, self.tok, self.template, self.train_on, self.max_len = proc, tok, template, train_on, max_len
+
+    def __call__(self, s: dict, i=None) -> dict:
+        proc, tok, max_len = self.proc, self.tok, self.max_len
         if s.get("videos"):
-            return _video_sample(s, i, proc, tok, template, train_on, max_len)
+            return _video_sample(s, i, proc, tok, self.template, self.train_on, max_len)
         try:
             pil = [load_image(im, name=f"sample {s.get('id', i)}, image {j}") for j, im in enumerate(s["images"])]
         except InputError as e:
             raise BadSample("bad_image", str(e)) from e
         images, counts = proc.image_inputs(pil)
-        enc = encode_messages(s["messages"], tok, template, images_tokens=counts, image_token=proc.image_token,
-                              image_wrap=proc.image_wrap, train_on=train_on, row=s.get("id", i))
+        enc = encode_messages(s["messages"], tok, self.template, images_tokens=counts, image_token=proc.image_token,
+                              image_wrap=proc.image_wrap, train_on=self.train_on, row=s.get("id", i))
         if max_len is not None and len(enc) > max_len:
             raise BadSample("too_long", f"sample {s.get('id', i)!r} is {len(enc)} tokens long after encoding, "
                                         f"over data.max_length={max_len}")
         return {"enc": enc, "images": images}
+
+
+def vlm_collate(data: dict, model, tok):
+    """Encoded samples -> the model's batch: padded ids and labels, image tensors concatenated (data.pack:
+    packed rows, _packed_collate)."""
+    if data.get("pack"):
+        return _packed_collate(model, tok.pad_token_id or 0, data.get("max_length"))
 
     def collate_vlm(rows):
         batch = collate([r["enc"] for r in rows], tok.pad_token_id or 0)
         for key in rows[0]["images"]:  # every image tensor concatenates along dim 0 (Processor.image_inputs)
             batch[key] = torch.cat([r["images"][key] for r in rows])
         return batch
-    if data.get("pack"):
-        collate_vlm = _packed_collate(model, tok.pad_token_id or 0, max_len)
-    if report is None:
-        return EncodedDataset(n, make), collate_vlm
-    kept = screen(n, make, lambda i: f"{get(i).get('where')} (id {get(i).get('id')!r})", report, skip)
-    return EncodedDataset(len(kept), lambda i: make(kept[i]), report), collate_vlm
+    return collate_vlm
+
+
+class ShardConversation:
+    """data.source shards: a raw tar sample (image members + a conversation .json, data/shards.conversation_of)
+    -> the encoded sample."""
+
+    def __init__(self, encode: SampleEncoder):
+        self.encode = encode
+
+    def __call__(self, raw: dict) -> dict:
+        return self.encode(conversation_of(raw), raw["__key__"])
+
+
+def sample_data(recipe: dict, tok, model):
+    """A stream's hook (tar shards, HF streaming): (SampleEncoder, collate) for conversation samples."""
+    data = recipe["data"]
+    if data.get("interleave", 1) != 1:
+        raise ConfigError("data.interleave joins samples by index; a stream (tar shards, data.streaming) has no "
+                          "index: leave it unset")
+    size = int(data.get("image_size") or model_image_size(model))
+    encode = SampleEncoder(training_processor(model, tok, size), tok, data.get("template", "chatml"),
+                           data.get("train_on", "assistant"), data.get("max_length"))
+    return encode, vlm_collate(data, model, tok)
+
+
+def shard_data(recipe: dict, tok, model):
+    """The shard loader's hook (train/shard_loader.py): (decode a tar sample -> encoded sample, collate)."""
+    encode, collate = sample_data(recipe, tok, model)
+    return ShardConversation(encode), collate
 
 
 def _video_sample(s: dict, i: int, proc, tok, template: str, train_on: str, max_len) -> dict:
@@ -175,4 +225,4 @@ def run(recipe: dict) -> Path:
     return run_trainer(recipe, sys.modules[__name__])
 
 
-__all__ = ["validate", "build_tokenizer", "build_model", "build_dataset", "export", "run"]
+__all__ = ["validate", "build_tokenizer", "build_model", "build_dataset", "sample_data", "shard_data", "export", "run"]
