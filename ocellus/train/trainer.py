@@ -6,7 +6,7 @@
         log (JSONL + progress), checkpoint every save_every, stop on a non-finite loss
 
 AdamW with per-part parameter groups (stages.param_groups), cosine decay after a linear warmup,
-bf16 autocast where the device supports it, optional gradient checkpointing. Progress goes to stderr
+train.precision=bf16 autocast (fp32 weights, AdamW), optional gradient checkpointing. Progress goes to stderr
 (viz/progress.py): a bar on a terminal, else a plain line every progress_every steps (default: log_every) or
 progress_seconds seconds with step, loss, lr, steps/s and ETA. A non-finite loss
 stops the run with the step number before anything is written, so the last checkpoint stays
