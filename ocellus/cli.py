@@ -289,18 +289,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate_image(args) -> int:
-    import torch
     from ocellus.models.generative.checkpoint import load_generator
-    from ocellus.models.generative.sampling import parse_prompt, sample_images
+    from ocellus.models.generative.sampling import prompt_conditions, sample_images
     from ocellus.viz.image_grid import save_grid
 
     model = load_generator(args.model)
-    classes = parse_prompt(args.prompt, model.spec.get("class_names") or [])
-    labels = torch.tensor(classes).repeat_interleave(args.n)
+    conditions, rows = prompt_conditions(model, args.prompt, args.n)
     gen = {k: v for k, v in (("steps", args.steps), ("guidance_scale", args.guidance_scale),
                              ("sampler", args.sampler), ("top_k", args.top_k)) if v is not None}
-    path = save_grid(sample_images(model, labels, gen, seed=args.seed), args.out, nrow=args.n)
-    log.info(f"wrote {path} ({len(classes)} row(s) x {args.n} samples)")
+    path = save_grid(sample_images(model, conditions, gen, seed=args.seed), args.out, nrow=args.n)
+    log.info(f"wrote {path} ({rows} row(s) x {args.n} samples)")
     return 0
 
 
@@ -422,9 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate-image", help="sample an image generator (DDPM / latent diffusion / MaskGIT / "
-                                              "autoregressive) into a PNG grid: --prompt 3 | circle | 'all'")
+                                              "autoregressive, text-to-image) into a PNG grid: --prompt 3 | circle | "
+                                              "'all' | 'A red circle.|A blue star.'")
     p.add_argument("--model", required=True, help="a directory exported by an image_generation recipe")
-    p.add_argument("--prompt", required=True, help="a class name, comma-separated names, or 'all'")
+    p.add_argument("--prompt", required=True, help="a class name, comma-separated names, or 'all'; a text-to-image "
+                                                   "model: captions separated by '|'")
     p.add_argument("--n", type=int, default=8, help="samples per class (one row each)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion, MaskGIT)")
     p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance s (1 = none)")

@@ -125,3 +125,25 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, window: int 
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
     return s.flatten(1).mean(1).float()
+
+
+def dominant_colour(images: torch.Tensor, palette: dict[str, tuple[int, int, int]],
+                    background_min: float = 0.7) -> list[str | None]:
+    """The palette name nearest (RGB distance) to the mean colour of each image's foreground, or None where an
+    image has no foreground: images [B, 3, H, W] in [-1, 1] on a white background; a pixel is foreground when its
+    darkest channel is below background_min (in [0, 1]: every palette colour has one channel <= 0.45, white 1.0).
+    Does a text-to-image model draw the colour its prompt asks for? Compare this with the prompt's colour."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise InputError(f"dominant_colour takes RGB images [B, 3, H, W], got {tuple(images.shape)}")
+    x = (images.float().clamp(-1, 1) + 1) / 2                                        # [B, 3, H, W] in [0, 1]
+    fg = x.amin(dim=1) < background_min                                              # [B, H, W]
+    names = list(palette)
+    rgb = torch.tensor([palette[n] for n in names], dtype=torch.float32) / 255       # [K, 3]
+    out = []
+    for img, mask in zip(x, fg):
+        if not mask.any():
+            out.append(None)
+            continue
+        mean = img[:, mask].mean(dim=1)                                              # [3]
+        out.append(names[int((rgb - mean).norm(dim=1).argmin())])
+    return out

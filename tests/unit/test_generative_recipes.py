@@ -34,8 +34,8 @@ def tokenizer_dir(tmp_path_factory):
 def test_every_recipe_is_a_generative_recipe():
     names = sorted(p.name for p in RECIPES.glob("*.yaml"))
     assert names == ["ar_digits.yaml", "ar_shapes.yaml", "ddpm_digits.yaml", "ddpm_shapes.yaml", "ldm_digits.yaml",
-                     "ldm_shapes.yaml", "maskgit_digits.yaml", "maskgit_shapes.yaml", "vqgan_digits.yaml",
-                     "vqvae_digits.yaml"]
+                     "ldm_shapes.yaml", "ldm_text_shapes.yaml", "maskgit_digits.yaml", "maskgit_shapes.yaml",
+                     "vqgan_digits.yaml", "vqvae_digits.yaml"]
     assert all(recipe_task(RECIPES / n) == TASK for n in names)
 
 

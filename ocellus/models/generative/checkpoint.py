@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import CheckpointError, ConfigError
 from ocellus.hub.checkpoint import load_model, save_model
 from ocellus.hub.checkpoint_dir import read_config
@@ -22,7 +23,9 @@ from ocellus.models.generative.ddpm import DiffusionConfig
 from ocellus.models.generative.latent_diffusion import DiffusionModel
 from ocellus.models.generative.maskgit import MaskGIT, TokenTransformerConfig
 from ocellus.models.generative.unet import Conditioner, UNet, UNetConfig
+from ocellus.models.generative.text_conditioning import TextConditioner, TextDiffusionModel
 from ocellus.models.generative.vq import VQConfig, VQVAE
+from ocellus.models.text.clip_text import TextTowerConfig, TextTransformer
 from ocellus.models.text.decoder import DecoderLM
 
 MODEL_TYPE = "ocellus_image_generator"
@@ -57,12 +60,23 @@ def build(spec: dict) -> nn.Module:
         unet_cfg = dict(spec.get("unet", {}))
         if ae is not None:
             unet_cfg["in_channels"] = ae.cfg.embed_dim
+        text = TextTransformer(TextTowerConfig.from_hf(spec["text_encoder"])) if spec.get("text_encoder") else None
+        if text is not None:   # the UNet's cross-attention reads the text tower's states
+            unet_cfg.setdefault("context_dim", text.config.hidden_size)
         unet = UNet(_dataclass(UNetConfig, unet_cfg, "model.unet"))
-        if not classes or unet.cfg.context_dim is None:
-            raise ConfigError("a diffusion model needs class_names and unet.context_dim (class-conditional)")
-        model = DiffusionModel(unet, Conditioner(len(classes), unet.cfg.context_dim),
-                               _dataclass(DiffusionConfig, spec.get("diffusion", {}), "model.diffusion"),
-                               ae, spec.get("image_size", 16), spec.get("p_uncond", 0.1))
+        schedule = _dataclass(DiffusionConfig, spec.get("diffusion", {}), "model.diffusion")
+        if text is not None:
+            if unet.cfg.context_dim != text.config.hidden_size:
+                raise ConfigError(f"unet.context_dim {unet.cfg.context_dim} must equal the text encoder's hidden_size "
+                                  f"{text.config.hidden_size} (leave it out to take it from the text encoder)")
+            model = TextDiffusionModel(unet, TextConditioner(text, bool(spec.get("train_text_encoder", False))),
+                                       schedule, ae, spec.get("image_size", 16), spec.get("p_uncond", 0.1))
+        elif not classes or unet.cfg.context_dim is None:
+            raise ConfigError("a diffusion model needs class_names and unet.context_dim (class-conditional) or a "
+                              "text_encoder (text-conditional: model.text_encoder_from in a recipe)")
+        else:
+            model = DiffusionModel(unet, Conditioner(len(classes), unet.cfg.context_dim), schedule,
+                                   ae, spec.get("image_size", 16), spec.get("p_uncond", 0.1))
     else:
         tok = build(spec["tokenizer"])
         f = tok.cfg.downsample_factor
@@ -89,7 +103,7 @@ def _build_from_config(cfg: dict) -> nn.Module:
 def family(architecture: str | None = None) -> Family:
     """ocellus.load / ocellus.save of an image generator (hub/families.py): config.json is the build spec with
     model_type ocellus_image_generator and no architectures; model.safetensors holds the model's own names."""
-    return Family(name="image_generator", model_class=(VQVAE, DiffusionModel, MaskGIT, ARImage),
+    return Family(name="image_generator", model_class=(VQVAE, DiffusionModel, TextDiffusionModel, MaskGIT, ARImage),
                   build=_build_from_config, keymap=OWN_NAMES,
                   hf_config=lambda m: {"model_type": MODEL_TYPE, **m.spec}, config_dtype=False)
 
@@ -97,7 +111,8 @@ def family(architecture: str | None = None) -> Family:
 def save_generator(model: nn.Module, out_dir: str | Path) -> Path:
     """config.json (model_type + the spec) + model.safetensors, through hub's one save path."""
     model.family_name = "image_generator"   # any generator class (SEED's codec too) saves in this format
-    return save_model(model, out_dir)
+    # a text-conditioned generator keeps its CLIP tokenizer beside the weights (tokenizer.json), as a CLIP export does
+    return save_model(model, out_dir, tokenizer=getattr(getattr(model, "conditioner", None), "tokenizer", None))
 
 
 def load_generator(path: str | Path) -> nn.Module:
@@ -115,4 +130,18 @@ def load_generator(path: str | Path) -> nn.Module:
                               f"{MODEL_TYPE!r}, the export of an image_generation recipe such as "
                               f"recipes/generation/ddpm_digits.yaml); ocellus generate / chat open language and "
                               f"vision-language models")
-    return load_model(path)
+    model = load_model(path)
+    if isinstance(model, TextDiffusionModel):
+        model.conditioner.tokenizer = Tokenizer.from_dir(path)
+    return model
+
+
+def clip_text_encoder(path: str | Path) -> tuple[TextTransformer, Tokenizer]:
+    """The text tower and tokenizer of a CLIP checkpoint directory (a CLIPModel such as recipes/clip_tiny_shapes'
+    export, or a CLIPTextModel), through the one strict load: a text-to-image model's condition encoder."""
+    model = load_model(path)
+    tower = getattr(model, "text_model", model)
+    if not isinstance(tower, TextTransformer) or not tower.config.causal:
+        raise ConfigError(f"{path} holds a {type(model).__name__}, not a CLIP model: text_encoder_from takes a CLIP "
+                          f"export (e.g. recipes/clip_tiny_shapes/clip.yaml's out_dir/model)")
+    return tower, Tokenizer.from_dir(path)

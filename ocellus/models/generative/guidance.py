@@ -51,11 +51,19 @@ def drop_condition(labels: torch.Tensor, null_id: int, p: float, generator: torc
     return torch.where(drop, torch.full_like(labels, null_id), labels)
 
 
+def _stack(cond, null_cond):
+    """cond and null_cond batched together: tensors [B, ...] -> [2B, ...], or a tuple of them (a caption's
+    context [B, T, D] and its mask [B, T]) member by member."""
+    if isinstance(cond, tuple):
+        return tuple(torch.cat([c, u]) for c, u in zip(cond, null_cond, strict=True))
+    return torch.cat([cond, null_cond])
+
+
 def guided(fn: Callable, x: torch.Tensor, cond, null_cond, scale: float, *args) -> torch.Tensor:
     """fn(x, *args, cond) guided by `scale`, both halves in one batch (scale 1 skips the null half)."""
     scale = check_guidance_scale(scale)
     if scale == 1.0:
         return fn(x, *args, cond)
-    both = fn(torch.cat([x, x]), *(torch.cat([a, a]) for a in args), torch.cat([cond, null_cond]))
+    both = fn(torch.cat([x, x]), *(torch.cat([a, a]) for a in args), _stack(cond, null_cond))
     c, u = both.chunk(2)
     return guide_scale(c, u, scale)

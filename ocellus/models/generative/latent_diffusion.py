@@ -6,8 +6,9 @@ and `latent_scale` = 1 / std(z) over the training data gives the latents unit va
 G.1: their 0.18215 for Stable Diffusion's KL autoencoder); decode with D(z / scale) (for the VQ
 autoencoder the decoder quantizes first, as in their VQ-reg models). The condition (a class label)
 reaches the UNet through cross-attention (sec. 3.3), and is dropped to the null condition with
-probability p_uncond during training so the same network also predicts the unconditional epsilon for classifier-free guidance (guidance.py). With autoencoder=None this is
-the plain pixel-space conditional DDPM.
+probability p_uncond during training so the same network also predicts the unconditional epsilon for
+classifier-free guidance (guidance.py). With autoencoder=None this is the plain pixel-space conditional
+DDPM. Captions instead of labels: text_conditioning.py (TextDiffusionModel, a CLIP text tower).
 """
 from __future__ import annotations
 
@@ -93,5 +94,10 @@ class DiffusionModel(nn.Module):
         eps_fn = lambda x, t: guided(self.eps, x, labels, null, guidance_scale, t)
         z = self.diffusion.sample(eps_fn, shape, steps, sampler, eta, generator,
                                   device=self.latent_scale.device)
+        return self.decode_latents(z)
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Sampled latents -> images [B, C, H, W] in [-1, 1]: D(z / scale)."""
         x = z if self.autoencoder is None else self.autoencoder.decode(z / self.latent_scale)
         return x.clamp(-1, 1)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import torch
 
 from ocellus.errors import ConfigError, InputError
+from ocellus.models.generative.text_conditioning import TextDiffusionModel
 
 
-def sample_images(model, labels: torch.Tensor, gen: dict, seed: int = 0) -> torch.Tensor:
-    """Generated images for labels [B] with the recipe's / CLI's generation options."""
+def sample_images(model, labels, gen: dict, seed: int = 0) -> torch.Tensor:
+    """Generated images for labels [B] (a text-conditioned diffusion model: B captions) with the recipe's / CLI's
+    generation options."""
     kind = model.spec["kind"]
     g = torch.Generator().manual_seed(seed)
     model.eval()
@@ -35,3 +37,16 @@ def parse_prompt(prompt: str, classes: list[str]) -> list[int]:
             raise InputError(f"unknown class {name!r}: this model generates {classes} (or 'all')")
         out.append(classes.index(name))
     return out
+
+
+def prompt_conditions(model, prompt: str, n: int):
+    """`--prompt` as what sample_images takes, each prompt n times (one grid row each) -> (conditions, rows).
+    Class names ('3', 'circle,star', 'all') -> labels [rows * n]; a text-conditioned model takes captions
+    separated by '|' ('A red circle.|A blue star.') -> rows * n strings."""
+    if isinstance(model, TextDiffusionModel):
+        captions = [c.strip() for c in prompt.split("|")]
+        if not all(captions):
+            raise InputError(f"prompt {prompt!r} has an empty caption: separate captions with '|'")
+        return [c for c in captions for _ in range(n)], len(captions)
+    classes = parse_prompt(prompt, model.spec.get("class_names") or [])
+    return torch.tensor(classes).repeat_interleave(n), len(classes)

@@ -112,11 +112,22 @@ class AttentionBlock(nn.Module):
         if self.cross is not None:
             if context is None:
                 raise InputError("this UNet is conditional: pass context [B, S, context_dim]")
-            mask = None if context_mask is None else context_mask[:, None, None, :].bool()  # [B, 1, 1, S]
-            k, v = self.to_kv(context).chunk(2, dim=-1)
-            y = attend(self._heads(self.to_q(self.norm_cross(tokens))), self._heads(k), self._heads(v), mask, False)
-            tokens = tokens + self.cross(self._merge(y))
+            tokens = tokens + self.cross_attend(self.norm_cross(tokens), context, context_mask)
         return tokens.transpose(1, 2).reshape(B, C, H, W)                             # [B, C, H, W]
+
+    def cross_attend(self, h: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None):
+        """softmax(Q K^T / sqrt(d) + mask) V, out-projected: Q from image tokens h [B, N, C], K/V from the condition
+        tokens context [B, S, Dc]; context_mask [B, S] (1 = token, 0 = padding) keeps padding out of every
+        softmax, so a caption's output does not depend on how far its batch was padded. -> [B, N, C]"""
+        if context.dim() != 3 or context.shape[-1] != self.to_kv.in_features:
+            raise InputError(f"context must be [B, S, {self.to_kv.in_features}], got {tuple(context.shape)}")
+        if context_mask is not None and tuple(context_mask.shape) != tuple(context.shape[:2]):
+            raise InputError(f"context_mask must be [B, S] = {tuple(context.shape[:2])}, got "
+                             f"{tuple(context_mask.shape)}")
+        mask = None if context_mask is None else context_mask[:, None, None, :].bool()     # [B, 1, 1, S]
+        k, v = self.to_kv(context).chunk(2, dim=-1)
+        y = attend(self._heads(self.to_q(h)), self._heads(k), self._heads(v), mask, False)  # [B, H, N, Dh]
+        return self.cross(self._merge(y))
 
 
 class UNet(nn.Module):
