@@ -54,6 +54,10 @@ def test_an_epoch_reads_every_row_once_shuffled_and_writes_no_cache(table, tmp_p
     # buffer 1 and data.n: the first n rows of the sorted files, in order
     first_n = _loader(table, batch=4, buffer=1, n=6)
     assert [k for _ in range(3) for k in first_n.next_raw()] == every[:6] + every[:6]
+    # data.n keeps the files in order: the buffer alone, reseeded every epoch, makes each epoch's order
+    first_n = _loader(table, batch=6, buffer=4, n=12)
+    one, two = ([k for _ in range(2) for k in first_n.next_raw()] for _ in range(2))
+    assert sorted(one) == sorted(two) == sorted(every[:12]) and one != two
 
 
 def test_ranks_take_disjoint_batches_of_one_stream(table):
@@ -62,6 +66,13 @@ def test_ranks_take_disjoint_batches_of_one_stream(table):
     ranks = [_loader(table, batch=3, rank=r, world=2) for r in range(2)]
     got = [[r.next_raw() for _ in range(4)] for r in ranks]
     assert got[0] == batches[0::2] and got[1] == batches[1::2]
+    # 2 ranks x 2 workers: worker w of rank r makes the global batches r + 2w, r + 2w + 4, ...
+    from ocellus.data.hf_stream import HFStream
+    for r in range(2):
+        for w in range(2):
+            stream = HFStream(ranks[r].data, ranks[r].files, 3, where, seed=3, buffer=6, rank=r, world=2, workers=2)
+            made = [b["items"] for _, b in zip(range(2), stream.batches(w))]
+            assert made == batches[r + 2 * w::4], (r, w)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
