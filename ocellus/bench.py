@@ -7,11 +7,13 @@ For each (dtype, batch) both implementations greedily generate from a fixed rand
 the decode rate is counted without the prefill: B * (N2 - N1) / (t(N2) - t(N1)), N1 = 1 and
 N2 = 128 new tokens by default, each time the best of several rounds.
 
-The ceiling is what this machine can do at most for that model at one token per step: B tokens
-pushed through every weight matrix of the model (lm_head included) with plain F.linear calls,
-measured in the same rounds. Small-batch decoding is bound by reading the weights once per
-step, so ours/ceiling is the share of the time spent on useful weight reads; the rest is
-overhead (small ops, attention, Python).
+Small-batch decoding is bound by reading every weight once per step. The roofline is that read alone:
+the model's own linear weights (lm_head included, each tensor once) summed one after the other (`.sum()`,
+a streaming read), the best pass of the round: B tokens per such pass is what no decoder can beat on this
+machine, and ours/roofline the share of it ours reaches. The ceiling is B tokens pushed through every
+weight matrix with plain F.linear calls (the GEMV ceiling of issue 2): above it means the packed, fused
+layout reads weights faster than F.linear can (infer/prepack.py). Both read the plain weights taken
+before ours packed its own (the packed ones are oneDNN's layout), measured in the same rounds.
 
 Rounds interleave ours, transformers and the ceiling, so load from other processes slows all
 three alike; on a shared machine, repeat and keep the best.
@@ -32,7 +34,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError
-from ocellus.infer.prepack import prepack_linears, prepack_supports
+from ocellus.infer.prepack import prepack_supports
 from ocellus.nn.quant import Int8Linear
 
 # ~100M parameters: 75.5M in the blocks + 24.6M in the (tied) embedding / lm_head; GQA 12 q / 4 kv heads.
@@ -77,26 +79,57 @@ def _now(device) -> float:
     return time.perf_counter()
 
 
-def ceiling_seconds(model: nn.Module, batch: int, passes: int = 32) -> float:
-    """Seconds per pass of `batch` tokens through every nn.Linear of the model (lm_head included)
-    with F.linear, averaged over `passes` back-to-back passes: the weight-reading cost no decoder
-    can avoid at one token per step. Sustained over many passes, like the decode runs it is
-    compared with, so background load on the machine biases both alike."""
-    linears = [m for m in model.modules() if isinstance(m, (nn.Linear, Int8Linear))]
-    w0 = next(model.parameters())     # the compute dtype (an Int8Linear's weight is int8)
-    xs = {m.in_features: torch.randn(batch, m.in_features, dtype=w0.dtype, device=w0.device) for m in linears}
+def plain_weights(model: nn.Module) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor | None]]:
+    """(layer, weight, bias) of every linear layer (lm_head included), taken before decoding packs the
+    weights (infer/prepack.py): what the ceiling and the roofline read. They hold the plain storage."""
+    return [(m, m.weight.detach(), None if m.bias is None else m.bias.detach())
+            for m in model.modules() if isinstance(m, (nn.Linear, Int8Linear))]
 
-    def one(m):                       # an int8 layer's weight read is its own kernel (nn/quant.py)
-        return m(xs[m.in_features]) if isinstance(m, Int8Linear) else F.linear(xs[m.in_features], m.weight, m.bias)
+
+def ceiling_seconds(weights, batch: int, passes: int = 32) -> float:
+    """Seconds per pass of `batch` tokens through every linear layer of `weights` (plain_weights) with
+    F.linear, averaged over `passes` back-to-back passes: the weight-reading cost of plain GEMV calls.
+    Sustained over many passes, like the decode runs it is compared with, so background load on the
+    machine biases both alike."""
+    w0 = weights[0][1] if weights[0][1].is_floating_point() else weights[0][2]   # the compute dtype
+    xs = {m.in_features: torch.randn(batch, m.in_features, dtype=w0.dtype, device=w0.device) for m, _, _ in weights}
+
+    def one(m, w, b):                 # an int8 layer's weight read is its own kernel (nn/quant.py)
+        return m(xs[m.in_features]) if isinstance(m, Int8Linear) else F.linear(xs[m.in_features], w, b)
 
     with torch.inference_mode():
-        for m in linears:  # warm-up: first-call kernel selection
-            one(m)
+        for t in weights:  # warm-up: first-call kernel selection
+            one(*t)
         t0 = _now(w0.device)
         for _ in range(passes):
-            for m in linears:
-                one(m)
+            for t in weights:
+                one(*t)
         return (_now(w0.device) - t0) / passes
+
+
+def read_tensors(weights) -> list[torch.Tensor]:
+    """Each weight and bias storage of `weights` once (a tied lm_head reads the embedding's, counted once);
+    an int8 layer reads its int8 weight and its scales."""
+    seen, out = set(), []
+    for m, w, b in weights:
+        for t in (w, b, getattr(m, "weight_scale", None) if isinstance(m, Int8Linear) else None):
+            if t is not None and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                out.append(t)
+    return out
+
+
+def read_seconds(tensors: list[torch.Tensor], passes: int = 8) -> float:
+    """Seconds of the best of `passes` streaming reads of every tensor once (`.sum()` each): the roofline's
+    denominator, bytes / this = the read bandwidth decoding gets at most."""
+    best = math.inf
+    with torch.inference_mode():
+        for _ in range(passes + 1):                       # the first pass warms up
+            t0 = _now(tensors[0].device)
+            for t in tensors:
+                t.sum()
+            best = min(best, _now(tensors[0].device) - t0)
+    return best
 
 
 def transformers_runner(theirs, ids: torch.Tensor):
@@ -111,26 +144,31 @@ def transformers_runner(theirs, ids: torch.Tensor):
     return run_theirs
 
 
-def measure(ours, reference, ids: torch.Tensor, n1: int, n2: int, repeats: int, device) -> dict:
-    """Decode tokens/s of ours, the reference (fn(new_tokens) -> ids [B, T + new_tokens], greedy) and
-    the ceiling, each the best of `repeats` rounds; one round runs everything once (interleaved, so load
-    from other processes hits all three alike). Decode rate = B * (n2 - n1) / (t(n2) - t(n1)): the
-    prefill cancels out."""
+def measure(ours, reference, ids: torch.Tensor, n1: int, n2: int, repeats: int, device, prepack: bool = True) -> dict:
+    """Decode tokens/s of ours (prepack: its default packed weights, else plain), the reference
+    (fn(new_tokens) -> ids [B, T + new_tokens], greedy), the ceiling and the roofline, each the best of
+    `repeats` rounds; one round runs everything once (interleaved, so load from other processes hits all
+    alike). Decode rate = B * (n2 - n1) / (t(n2) - t(n1)): the prefill cancels out."""
     batch = ids.shape[0]
-    runners = {"ocellus": lambda n: ours.generate(ids, max_new_tokens=n), "reference": reference}
+    weights = plain_weights(ours)                     # before the first generate packs ours
+    tensors = read_tensors(weights)
+    runners = {"ocellus": lambda n: ours.generate(ids, max_new_tokens=n, prepack=prepack), "reference": reference}
     for fn in runners.values():  # warm-up: first-call allocations, lazy inits
         fn(n1)
     best = {name: {n1: math.inf, n2: math.inf} for name in runners}
-    ceiling, outs = math.inf, {}
+    ceiling, read, outs = math.inf, math.inf, {}
     for _ in range(repeats):
         for name, fn in runners.items():
             for n in (n1, n2):
                 t0 = _now(device)
                 outs[name] = fn(n)
                 best[name][n] = min(best[name][n], _now(device) - t0)
-        ceiling = min(ceiling, ceiling_seconds(ours, batch, passes=max(8, min(n2 - n1, 32))))
+        ceiling = min(ceiling, ceiling_seconds(weights, batch, passes=max(8, min(n2 - n1, 32))))
+        read = min(read, read_seconds(tensors))
     rates = {name: batch * (n2 - n1) / max(b[n2] - b[n1], 1e-9) for name, b in best.items()}
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
     return dict(ocellus=rates["ocellus"], reference=rates["reference"], ceiling=batch / ceiling,
+                roofline=batch / read, read_gbs=nbytes / read / 1e9, read_bytes=nbytes,
                 same_tokens=bool(torch.equal(outs["ocellus"], outs["reference"])))
 
 
@@ -142,8 +180,8 @@ def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128,
     the ceiling and ours / ceiling. Decode rate = B * (new_tokens - base_tokens) / (t(new) - t(base)).
     vs="llamacpp": the reference is llama.cpp on the same weights as GGUF (f32 / bf16 / q8_0 opposite
     fp32 / bf16 / int8; bench_llamacpp.py), batch 1 only.
-    prepack: ours runs with oneDNN-prepacked weights (infer/prepack.py), packed for each batch size;
-    the ceiling stays plain F.linear calls on the unpacked weights.
+    prepack: ours decodes as `generate` does by default, oneDNN-prepacked fused weights (infer/prepack.py)
+    packed for each batch size; False: plain weights. The ceiling and the roofline read the plain weights.
     quantize="int8": one more row set, "int8": ours loaded with quantize="int8" (bf16 activations, nn/quant.py)
     against transformers in bf16; its ceiling is one int8-kernel pass over the same layers."""
     # lazy: a command imports only the code it runs (ocellus --help stays fast)
@@ -177,19 +215,19 @@ def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128,
         if verbose:
             print(f"# {path.name}: {count_parameters(ours) / 1e6:.1f}M parameters, {dname}, "
                   f"{torch.get_num_threads()} threads, prompt {prompt_len}, decode tokens {base_tokens + 1}..{new_tokens}, "
-                  f"ours with {'prepacked' if packed else 'plain'} weights, against {vs}",
+                  f"ours with {'prepacked fused' if packed else 'plain'} weights, against {vs}",
                   flush=True)
         for batch in batches:
-            if packed:
-                prepack_linears(ours, batch)
             g = torch.Generator().manual_seed(batch)
             ids = torch.randint(2, arch["vocab_size"], (batch, prompt_len), generator=g).to(device)
             reference = transformers_runner(theirs, ids) if vs == "transformers" else \
                 bench_llamacpp.reference_runner(path, dname, ids, torch.get_num_threads(), prompt_len + new_tokens)
-            r = measure(ours, reference, ids, base_tokens, new_tokens, repeats, device)
+            r = measure(ours, reference, ids, base_tokens, new_tokens, repeats, device, prepack=prepack)
             row = dict(dtype=dname, batch=batch, prepacked=packed, prompt=prompt_len, new_tokens=new_tokens, ocellus=r["ocellus"],
                        vs=vs, **{vs: r["reference"]}, ratio=r["ocellus"] / r["reference"], ceiling=r["ceiling"],
-                       of_ceiling=r["ocellus"] / r["ceiling"], same_tokens=r["same_tokens"])
+                       of_ceiling=r["ocellus"] / r["ceiling"], roofline=r["roofline"], read_gbs=r["read_gbs"],
+                       read_bytes=r["read_bytes"],
+                       of_roofline=r["ocellus"] / r["roofline"], same_tokens=r["same_tokens"])
             rows.append(row)
             if verbose:
                 print(format_row(row), flush=True)
@@ -218,7 +256,8 @@ REFERENCES = {"transformers": "transformers", "llamacpp": "llama.cpp"}   # --vs 
 
 def header(vs: str = "transformers") -> str:
     return (f"{'dtype':>5} {'batch':>5} {'ocellus tok/s':>13} {REFERENCES[vs] + ' tok/s':>18} {'ratio':>6} "
-            f"{'ceiling tok/s':>13} {'ours/ceiling':>12} {'same ids':>8}")
+            f"{'ceiling tok/s':>13} {'ours/ceiling':>12} {'roofline tok/s':>14} {'read GB/s':>9} {'ours/roofline':>13} "
+            f"{'theirs/roofline':>15} {'same ids':>8}")
 
 
 HEADER = header()
@@ -227,7 +266,8 @@ HEADER = header()
 def format_row(r: dict) -> str:
     ref = r[r.get("vs", "transformers")]
     return (f"{r['dtype']:>5} {r['batch']:>5} {r['ocellus']:>13.1f} {ref:>18.1f} {r['ratio']:>5.2f}x "
-            f"{r['ceiling']:>13.1f} {r['of_ceiling']:>11.0%} {str(r['same_tokens']):>8}")
+            f"{r['ceiling']:>13.1f} {r['of_ceiling']:>11.0%} {r['roofline']:>14.1f} {r['read_gbs']:>9.1f} "
+            f"{r['of_roofline']:>12.0%} {ref / r['roofline']:>14.0%} {str(r['same_tokens']):>8}")
 
 
 def format_table(rows: list[dict]) -> str:

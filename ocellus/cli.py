@@ -80,7 +80,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 def _generation_kwargs(args) -> dict:
     return dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0, temperature=args.temperature,
                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                seed=args.seed, stop_strings=tuple(args.stop))
+                seed=args.seed, stop_strings=tuple(args.stop), prepack=args.prepack)
 
 
 def _one_line(e: Exception) -> str:
@@ -114,16 +114,10 @@ def _prompt_inputs(proc, prompt: str, images: list[str], raw: bool):
 
 
 def _load_model(path, args):
-    """ocellus.load, then (--prepack) the linear weights reordered for oneDNN: faster CPU decoding
-    for a second copy of the weights in memory (infer/prepack.py)."""
+    """ocellus.load (decoding packs the weights for oneDNN on CPU unless --no-prepack: infer/prepack.py)."""
     # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
-    model = ocellus.load(path, dtype=args.dtype, quantize=args.quantize)   # --quantize int8: nn/quant.py
-    if args.prepack:
-        # lazy: a command imports only the code it runs (ocellus --help stays fast)
-        from ocellus.infer.prepack import prepack_linears
-        prepack_linears(model, batch_size=1)
-    return model
+    return ocellus.load(path, dtype=args.dtype, quantize=args.quantize)   # --quantize int8: nn/quant.py
 
 
 def cmd_generate(args) -> int:
@@ -328,13 +322,14 @@ def cmd_serve(args) -> int:
         allowed_image_dir=Path(args.allow_image_dir) if args.allow_image_dir else None,
         allowed_hosts=tuple(args.allowed_host), idle_timeout_s=args.idle_timeout)
     serve(args.model, host=args.host, port=args.port, limits=limits, model_id=args.model_name, dtype=args.dtype,
-          log_level=args.log_level, quantize=args.quantize)
+          log_level=args.log_level, quantize=args.quantize, prepack=args.prepack)
     return 0
 
 
 def _add_prepack(p) -> None:
-    p.add_argument("--prepack", action="store_true",
-                   help="CPU: read oneDNN-prepacked weights (1.4-1.6x faster decoding here; twice the weight memory)")
+    p.add_argument("--no-prepack", dest="prepack", action="store_false",
+                   help="CPU: decode with plain weights (default: oneDNN-prepacked fused weights, one copy in memory, "
+                        "infer/prepack.py)")
 
 
 def _add_quantize(p) -> None:

@@ -43,6 +43,7 @@ from ocellus.infer.chunked_prefill import ChunkedPrefill
 from ocellus.infer.engine_request import (NON_FINITE_LOGITS, SAMPLING_EPS, Delta, Failure, Finish, Request, RowError,
                                           SamplingParams, Sequence, failure_of)
 from ocellus.infer.generate import GenerationConfig, _resolve_special
+from ocellus.infer.prepack import prepare_decode
 from ocellus.infer.slot_cache import SlotKVCache
 
 __all__ = ["BatchEngine", "EngineStats", "QueueFull", "Request", "SamplingParams", "Delta", "Finish", "Failure",
@@ -72,11 +73,13 @@ class BatchEngine:
     tokenizer: decodes ids to text. slots: the most rows decoded together (1 = one request at a
     time). max_len: tokens per slot (prompt + completion), at most the model's context. max_queue:
     waiting requests beyond which `submit` raises QueueFull. prefill_chunk: the most prompt tokens prefilled
-    per engine loop, between two decode steps (None: each admitted prompt whole, in one forward)."""
+    per engine loop, between two decode steps (None: each admitted prompt whole, in one forward).
+    prepack: on CPU, decode with oneDNN-prepacked fused weights packed for `slots` rows (infer/prepack.py)."""
 
     def __init__(self, model, tokenizer, *, slots: int = 16, max_len: int | None = None, max_queue: int = 64,
-                 prefill_chunk: int | None = None):
+                 prefill_chunk: int | None = None, prepack: bool = True):
         self.model, self.tokenizer = model, tokenizer
+        prepare_decode(model, slots, prepack)
         self.prefill_chunk = positive_int(prefill_chunk, "prefill_chunk", optional=True)
         self.max_len = min(max_len or model.max_context, model.max_context)
         self.cache = SlotKVCache.like(model, slots, self.max_len)

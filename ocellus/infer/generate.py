@@ -21,6 +21,7 @@ import torch
 from ocellus.errors import ConfigError, InputError
 from ocellus.infer.sampling import choose, process_logits
 from ocellus.infer.beam import beam_search
+from ocellus.infer.prepack import prepare_decode
 from ocellus.infer.streaming import TextStreamDecoder
 
 
@@ -40,6 +41,7 @@ class GenerationConfig:
     length_penalty: float = 1.0
     early_stopping: bool | str = False            # True, False (heuristic) or "never", as transformers
     seed: int | None = None
+    prepack: bool = True              # CPU: decode with oneDNN-prepacked fused weights (infer/prepack.py)
 
     def __post_init__(self):
         checks = [
@@ -204,6 +206,7 @@ def generate(model, input_ids, attention_mask=None, *, tokenizer=None, **kwargs)
     gen_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in GenerationConfig.__dataclass_fields__}
     cfg = _resolve_special(model, GenerationConfig.from_kwargs(**gen_kw))
     prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
+    prepare_decode(model, prompt.input_ids.shape[0] * cfg.num_beams, cfg.prepack)
     if cfg.num_beams > 1:
         return beam_search(model, prompt, cfg, **kwargs)
     steps = list(decode_steps(model, prompt, cfg, tokenizer=tokenizer, **kwargs))
@@ -223,6 +226,7 @@ def stream(model, tokenizer, input_ids, attention_mask=None, skip_special_tokens
     prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
     if prompt.input_ids.shape[0] != 1:
         raise InputError(f"stream() takes one prompt, got a batch of {prompt.input_ids.shape[0]}")
+    prepare_decode(model, 1, cfg.prepack)
     decoder = TextStreamDecoder(tokenizer, skip_special_tokens=skip_special_tokens)
     for nxt in decode_steps(model, prompt, cfg, tokenizer=tokenizer, **kwargs):
         delta = decoder.push([int(nxt[0])])

@@ -1,24 +1,40 @@
-"""Prepacked linear weights for CPU inference (oneDNN's blocked layout).
+"""Prepacked linear weights for CPU decoding (oneDNN's blocked layout): the default decode path.
 
 Decoding a small batch on a CPU is bound by streaming every weight matrix once per token. oneDNN
 reads a weight reordered once into its own blocked layout faster than the plain row-major tensor a
-`F.linear` call hands it (which it must walk, or reorder, on every call): this is what IPEX's
-`optimize()` and inductor's weight freezing do. `prepack_linears(model)` swaps every `nn.Linear` of
-a model for a `PackedLinear` holding the same Parameter objects (state_dict, save and LoRA see
-nothing new) plus the packed copy, made for the batch size decoding will run at.
+`F.linear` call hands it (this is what IPEX's `optimize()` and inductor's weight freezing do), and
+one call on a stacked matrix costs less than several on its parts (per-call overhead on small
+matrices): `prepack_linears(model, batch)` packs each Attention's q|k|v as one matrix and each
+SwiGLU's gate|up as one (nn/attention.py, nn/mlp.py call them through their `fused_*` hook and
+split the output), and every other nn.Linear alone. `generate`, `stream` and the batch engine call
+it by default (`prepare_decode`; GenerationConfig.prepack=False, `--no-prepack` turn it off).
 
-The packed copy is a cache of the weight, never the truth: a forward with autograd on uses the plain
-weight, and a weight changed in place (an optimizer step, load_state_dict) is repacked on the next
-call — its tensor version counter says so — so a prepacked model can never run stale weights.
-Costs a second copy of every weight in memory.
+One copy: while packed, the oneDNN tensor is the truth. Each member's Parameter stays registered
+(the same object: an optimizer built before keeps working) but holds a one-element NaN expanded to
+its shape (dtype, device and shape kept; any read of it outside our forward gives NaN, never a
+silently stale number). The plain weight comes back from the packed one exactly (`to_dense`):
+  - `state_dict()` / `ocellus.save` write the dense weight (keep_vars=True unpacks and gives the Parameter);
+  - `layer.weight` (LoRA injection, quantization, anything reading the attribute) unpacks first;
+  - `train()`, a grad-enabled forward that needs the weight's gradient or the input's, `.to()` and the
+    other `_apply`s, `load_state_dict` and `deepcopy` unpack first;
+  - a weight replaced behind our back (`layer.weight.data = t`) is seen and unpacks (t kept as the truth).
+Unpacked layers run plain F.linear until the next `prepack_linears` (the next `generate`) packs them again.
+A weight shared by two modules (lm_head tied to embed_tokens) stays plain: the embedding needs its rows.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError
+from ocellus.nn.attention import Attention
+from ocellus.nn.mlp import SwiGLU
+
+# the projections fused into one packed matrix: module type -> (hook attribute, member names)
+FUSED = {Attention: ("fused_qkv", ("q_proj", "k_proj", "v_proj")), SwiGLU: ("fused_gate_up", ("gate_proj", "up_proj"))}
 
 
 def prepack_available() -> bool:
@@ -33,56 +49,244 @@ def prepack_supports(dtype: torch.dtype) -> bool:
     return prepack_available() and dtype == torch.float32
 
 
-class PackedLinear(nn.Linear):
-    """nn.Linear whose inference forward reads a oneDNN-packed copy of the weight."""
+def _placeholder(p: torch.Tensor) -> torch.Tensor:
+    """What a packed member's Parameter holds: one NaN seen as p's shape (4 bytes, not a copy)."""
+    return torch.full((), float("nan"), dtype=p.dtype, device=p.device).expand(p.shape)
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, batch_size: int) -> "PackedLinear":
-        if linear.weight.device.type != "cpu":
-            raise ConfigError(f"prepacked weights are a CPU (oneDNN) layout; this weight is on {linear.weight.device}")
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.in_features, new.out_features = linear.in_features, linear.out_features
-        new.weight, new.bias = linear.weight, linear.bias        # the same Parameters: tying and saving unchanged
-        new.batch_size = int(batch_size)
-        new._pack()
-        return new
 
+class PackedGroup:
+    """Linears that read the same input, their weights stacked along the output ([sum out, in]) in one
+    oneDNN-packed matrix: the only copy of those weights while packed. `owner.<hook>` (when given) is
+    set to this group, so that the owner runs one matmul and splits the output itself."""
+
+    def __init__(self, members, batch_size: int, owner: nn.Module | None = None, hook: str | None = None):
+        self.members = tuple(members)
+        self.sizes = [m.out_features for m in self.members]
+        self.owner, self.hook, self.batch_size = owner, hook, int(batch_size)
+        self.packed = None
+        self._pack()
+
+    # -- states ------------------------------------------------------------------------------------
     def _pack(self) -> None:
-        with torch.no_grad():
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), self.batch_size)
-        self._packed_version = self.weight._version
+        with torch.inference_mode(False), torch.no_grad():   # restored weights must be able to train
+            ws = [m._parameters["weight"] for m in self.members]
+            w = ws[0] if len(ws) == 1 else torch.cat(ws)                               # [sum out, in]
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), self.batch_size)
+            del w
+            self.holders = [_placeholder(p) for p in ws]
+            for i, (m, p, h) in enumerate(zip(self.members, ws, self.holders)):
+                p.data = h                                 # the plain storage is released here
+                m.__class__, m.group, m.index = PackedLinear, self, i
+        self.bias, self._bias_key = None, None
+        if self.owner is not None:
+            setattr(self.owner, self.hook, self)
+
+    def unpack(self) -> None:
+        """The plain weights back in their own Parameters (exactly: to_dense), the members nn.Linear again."""
+        if self.packed is None:
+            return
+        with torch.inference_mode(False), torch.no_grad():
+            dense = self.packed.to_dense()                                               # [sum out, in]
+            parts = [dense] if len(self.members) == 1 else [d.clone() for d in dense.split(self.sizes)]
+            for m, h, d in zip(self.members, self.holders, parts):
+                p = m._parameters["weight"]
+                if p.data_ptr() == h.data_ptr():           # else replaced while packed: the new data is the truth
+                    p.data = d
+                m.__class__ = nn.Linear
+                del m.group, m.index
+        self.packed, self.holders, self.bias = None, None, None
+        if self.owner is not None:
+            setattr(self.owner, self.hook, None)         # set, not deleted: deepcopy may be walking its __dict__
+
+    def dense(self, index: int) -> torch.Tensor:
+        """Member `index`'s weight [out, in], a tensor of its own (the packed one is unchanged)."""
+        start = sum(self.sizes[:index])
+        return self.packed.to_dense()[start:start + self.sizes[index]].clone()
+
+    # -- inference ---------------------------------------------------------------------------------
+    def _must_unpack(self, x: torch.Tensor) -> bool:
+        """A forward that autograd records needs the plain weights (the packed op has no backward); a
+        weight whose Parameter no longer holds our placeholder was replaced and is the truth now."""
+        ws = [m._parameters["weight"] for m in self.members]
+        if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in ws)):
+            return True
+        return any(w.data_ptr() != h.data_ptr() for w, h in zip(ws, self.holders))
+
+    def _fused_bias(self):
+        """The members' biases as one [sum out] tensor (a small copy, remade when one changes)."""
+        bs = [m._parameters["bias"] for m in self.members]
+        if len(bs) == 1 or bs[0] is None:
+            return bs[0]
+        key = [(id(b), b._version) for b in bs]
+        if key != self._bias_key:
+            with torch.inference_mode(False), torch.no_grad():
+                self.bias, self._bias_key = torch.cat(bs), key
+        return self.bias
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., sum out]: one call on the packed matrix."""
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self._fused_bias(), "none", [], "")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The owner's hook: the members' outputs side by side [..., sum out]."""
+        if self._must_unpack(x):
+            self.unpack()
+            return torch.cat([m(x) for m in self.members], dim=-1)
+        return self.run(x)
+
+    def __deepcopy__(self, memo):
+        """Reached through the owner's hook: the members' own deepcopy unpacks (the copy is a plain model)."""
+        self.unpack()
+        return None
+
+
+class PackedLinear(nn.Linear):
+    """An nn.Linear whose weight lives in a PackedGroup (its class while packed; nn.Linear again after)."""
+
+    group: PackedGroup
+    index: int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return F.linear(x, self.weight, self.bias)           # training: the packed op has no backward
-        if self.weight._version != self._packed_version:
-            self._pack()                                          # updated in place since packing
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+        g = self.group
+        if g._must_unpack(x):
+            g.unpack()
+            return F.linear(x, self.weight, self.bias)
+        y = g.run(x)
+        if len(g.sizes) == 1:
+            return y
+        start = sum(g.sizes[:self.index])                # called alone (kept-row attention): its slice
+        return y[..., start:start + g.sizes[self.index]].contiguous()
+
+    def __getattr__(self, name: str):
+        if name == "weight":                             # whoever reads the weight gets the real one
+            self.group.unpack()                          # (self is an nn.Linear from here: no super())
+        return nn.Module.__getattr__(self, name)
+
+    def train(self, mode: bool = True):
+        if mode:
+            self.group.unpack()
+        return nn.Module.train(self, mode)
+
+    def _apply(self, fn, recurse: bool = True):
+        self.group.unpack()                              # .to() / .half() / .cuda(): on the plain weight
+        return self._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if keep_vars:                                    # the live Parameters asked for: make them real
+            self.group.unpack()
+            return self._save_to_state_dict(destination, prefix, keep_vars)
+        nn.Module._save_to_state_dict(self, destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self.group.dense(self.index)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.group.unpack()                              # load into the plain weight; the next decode repacks
+        return self._load_from_state_dict(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        self.group.unpack()                              # a copy of the plain module (mkldnn tensors do not copy)
+        return copy.deepcopy(self, memo)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", packed for batch {self.batch_size}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self._parameters['bias'] is not None}, packed for batch {self.group.batch_size}"
+                + (f" with {len(self.group.sizes) - 1} more" if len(self.group.sizes) > 1 else ""))
 
 
-def prepack_linears(model: nn.Module, batch_size: int = 1) -> nn.Module:
-    """Swap every nn.Linear of `model` (in place) for a PackedLinear packed for `batch_size` rows per
-    call (the decode batch; calling again repacks for another). Returns the model. Float32 and
-    bfloat16 weights on CPU only."""
+def _shared_parameters(model: nn.Module) -> set[int]:
+    """ids of Parameters registered under more than one name (a tied lm_head and embedding)."""
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    return {i for i, n in seen.items() if n > 1}
+
+
+def _plan(model: nn.Module, strict: bool):
+    """[(members, owner, hook)]: the groups to pack. A Linear is packed when it is a plain nn.Linear (not LoRA,
+    int8 or another subclass) whose weight no other module shares, on CPU in a dtype oneDNN packs here;
+    an Attention's q/k/v and a SwiGLU's gate/up are fused when all of them are, alike (dtype, input,
+    all or none with a bias) and without hooks of their own (a fused call would skip them). strict: a weight
+    that cannot be packed (dtype, device) is an error, else it stays plain."""
+    shared = _shared_parameters(model)
+
+    def packable(m) -> bool:
+        if type(m) not in (nn.Linear, PackedLinear):
+            return False
+        p = m._parameters["weight"]
+        if id(p) in shared:
+            return False
+        problem = (f"prepacked weights are a CPU (oneDNN) layout; this weight is on {p.device}" if p.device.type != "cpu"
+                   else f"prepacking supports float32 and bfloat16 weights, this one is {p.dtype}"
+                   if p.dtype not in (torch.float32, torch.bfloat16)
+                   else f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no oneDNN bfloat16 kernels (they "
+                        "need AVX512 or AVX-NE-CONVERT): decode bfloat16 without prepacking, or load the model in "
+                        "float32 to prepack it" if not prepack_supports(p.dtype) else None)
+        if problem and strict:
+            raise ConfigError(problem)
+        return problem is None
+
+    groups, fused = [], set()
+    for owner in model.modules():
+        hook, names = FUSED.get(type(owner), (None, ()))
+        members = [getattr(owner, n, None) if n in owner._modules else None for n in names]
+        if names and all(m is not None and packable(m) for m in members):
+            first = members[0]._parameters
+            alike = all(m._parameters["weight"].dtype == first["weight"].dtype and m.in_features == members[0].in_features
+                        and (m._parameters["bias"] is None) == (first["bias"] is None)
+                        and not (m._forward_hooks or m._forward_pre_hooks) for m in members)
+            if alike:
+                groups.append((tuple(members), owner, hook))
+                fused.update(id(m) for m in members)
+    for m in model.modules():
+        if id(m) not in fused and packable(m):
+            groups.append(((m,), None, None))
+    return groups
+
+
+def prepack_linears(model: nn.Module, batch_size: int = 1, strict: bool = True) -> nn.Module:
+    """Pack `model`'s linear weights (in place) for `batch_size` rows per call (the decode batch): fused
+    q|k|v and gate|up, every other plain nn.Linear alone, each the only copy of its weights. Packed
+    already for this batch the same way: nothing to do. Returns the model. strict=False (the default
+    decode path): layers oneDNN cannot pack here (bfloat16 without AVX512, float16, not on CPU) stay plain."""
     if not prepack_available():
         raise ConfigError("this PyTorch build has no oneDNN (mkldnn) linear kernels to prepack for")
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if type(child) in (nn.Linear, PackedLinear)]
-    for parent, name, child in targets:      # check every weight first: a refusal leaves the model untouched
-        if child.weight.dtype not in (torch.float32, torch.bfloat16):
-            raise ConfigError(f"prepacking supports float32 and bfloat16 weights, {name} is {child.weight.dtype}")
-        if not prepack_supports(child.weight.dtype):
-            raise ConfigError(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no oneDNN bfloat16 kernels "
-                              "(they need AVX512 or AVX-NE-CONVERT): decode bfloat16 without prepacking, or load "
-                              "the model in float32 to prepack it")
-    for parent, name, child in targets:
-        if isinstance(child, PackedLinear):      # packed before: repack for this batch size
-            child.batch_size = int(batch_size)
-            child._pack()
-        else:
-            setattr(parent, name, PackedLinear.from_linear(child, batch_size))
+    plan = _plan(model, strict)
+    for members, owner, hook in plan:
+        g = getattr(members[0], "group", None) if isinstance(members[0], PackedLinear) else None
+        if g is not None and g.members == members and g.owner is owner and g.batch_size == int(batch_size):
+            continue                                        # packed already, for this batch, this way
+        for m in members:
+            if isinstance(m, PackedLinear):
+                m.group.unpack()
+        PackedGroup(members, batch_size, owner, hook)
     return model
+
+
+def unpack_linears(model: nn.Module) -> nn.Module:
+    """Every packed layer of `model` back to a plain nn.Linear holding its weight. Returns the model."""
+    for m in list(model.modules()):
+        if isinstance(m, PackedLinear):
+            m.group.unpack()
+    return model
+
+
+def prepare_decode(model: nn.Module, batch_size: int, prepack: bool = True) -> None:
+    """The default decode path (generate, stream, the batch engine): prepacked fused weights on CPU for a
+    model in eval mode, for `batch_size` rows; prepack=False decodes with plain weights (unpacks). A model
+    in training mode is left as it is (its next training step would unpack again)."""
+    if not prepack:
+        unpack_linears(model)
+    elif not model.training and prepack_available():
+        prepack_linears(model, batch_size, strict=False)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes the model's weights hold now: every parameter and buffer storage once, plus the packed
+    matrices (oneDNN's own size of each). A packed layer's Parameter holds a 4-byte placeholder."""
+    storages, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        s = t.untyped_storage()
+        if s.data_ptr() not in storages:
+            storages.add(s.data_ptr())
+            total += s.nbytes()
+    groups = {id(m.group): m.group for m in model.modules() if isinstance(m, PackedLinear)}
+    return total + sum(int(torch.ops.mkldnn._nbytes(g.packed)) for g in groups.values())

@@ -22,6 +22,10 @@ EXPAND_KV_ON_CPU = False
 
 
 class Attention(nn.Module):
+    # x -> q|k|v [..., (H + 2 Hkv) * Dh] in one call while infer/prepack.py holds the three projections as one
+    # packed matrix (the decode default on CPU); None: three Linear calls
+    fused_qkv = None
+
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, head_dim: int | None = None,
                  qkv_bias: bool = False, out_bias: bool = False, layer_idx: int = 0, causal: bool = True):
         super().__init__()
@@ -46,14 +50,23 @@ class Attention(nn.Module):
             return self._decode_one(x, rope, mask, cache)
         if rows is not None:
             return self._kept_rows(x, rope, mask, rows)
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)     # [B, H, T, Dh]
-        k, v = self._keys_values(x, rope)                                                # [B, Hkv, T, Dh]
+        if self.fused_qkv is None:
+            q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
+            k, v = self._keys_values(x, rope)                                             # [B, Hkv, T, Dh]
+        else:
+            q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in self._split_qkv(self.fused_qkv(x)))
+            k = k if rope is None else apply_rotary(k, *rope)
         if rope is not None:
             q = apply_rotary(q, *rope)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)                                     # [B, Hkv, T_k, Dh]
         y = attend(q, k, v, mask, sdpa_is_causal(mask, T, self.causal))                  # [B, H, T, Dh]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+    def _split_qkv(self, qkv):
+        """q|k|v [..., (H + 2 Hkv) * Dh] -> q [..., H * Dh], k, v [..., Hkv * Dh] (views)"""
+        kv = self.num_kv_heads * self.head_dim
+        return qkv.split((self.num_heads * self.head_dim, kv, kv), dim=-1)
 
     def _keys_values(self, x, rope):
         B, T, _ = x.shape
@@ -80,10 +93,15 @@ class Attention(nn.Module):
         a micro-benchmark since the weights streaming through flush the caches): this saves 10
         of them per layer. Results are bitwise equal to the general path."""
         B, H, Hkv, D = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
-        qk = torch.cat((self.q_proj(x), self.k_proj(x)), dim=-1).view(B, H + Hkv, 1, D)  # [B, H+Hkv, 1, D]
+        if self.fused_qkv is None:
+            qk, v = torch.cat((self.q_proj(x), self.k_proj(x)), dim=-1), self.v_proj(x)  # [B, 1, (H+Hkv)*D], [B, 1, Hkv*D]
+        else:                                                                          # q|k is the fused output's head
+            qkv = self.fused_qkv(x)                                                    # [B, 1, (H+2Hkv)*D]
+            qk, v = qkv[..., :(H + Hkv) * D], qkv[..., (H + Hkv) * D:]
+        qk = qk.view(B, H + Hkv, 1, D)                                                 # [B, H+Hkv, 1, D]
         if rope is not None:
             qk = apply_rotary(qk, *rope)
-        k, v = cache.update(self.layer_idx, qk[:, H:], self.v_proj(x).view(B, Hkv, 1, D))  # [B, Hkv, T_k, D]
+        k, v = cache.update(self.layer_idx, qk[:, H:], v.view(B, Hkv, 1, D))           # [B, Hkv, T_k, D]
         y = attend(qk[:, :H], k, v, mask, is_causal=False)                               # [B, H, 1, D]
         return self.o_proj(y.reshape(B, 1, H * D))
 

@@ -21,6 +21,10 @@ def activation(name: str):
 
 
 class SwiGLU(nn.Module):
+    # x -> gate|up [..., 2 * hidden] in one call while infer/prepack.py holds both as one packed matrix (the
+    # decode default on CPU); None: two Linear calls
+    fused_gate_up = None
+
     def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu"):
         super().__init__()
         self.gate_proj = nn.Linear(dim, hidden, bias=bias)
@@ -29,6 +33,9 @@ class SwiGLU(nn.Module):
         self.act = activation(act)
 
     def forward(self, x):
+        if self.fused_gate_up is not None:
+            gate, up = self.fused_gate_up(x).chunk(2, dim=-1)                    # [..., hidden] views
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 

@@ -60,14 +60,14 @@ PREFILL_SKIP = ("input_ids", "attention_mask")  # every other processor output i
 class ServeState:
     """What the handlers share: the model's engine, its processor, the limits."""
 
-    def __init__(self, model, processor, model_id: str, limits: ServeLimits):
+    def __init__(self, model, processor, model_id: str, limits: ServeLimits, prepack: bool = True):
         self.model, self.processor, self.model_id, self.limits = model, processor, model_id, limits
         self.tokenizer = processor.tokenizer if isinstance(processor, Processor) else processor
         if processor.chat_template is None:
             raise ConfigError("serving chat needs a chat template, and this checkpoint has none "
                               "(chat_template.jinja / tokenizer_config.json)")
         self.engine = BatchEngine(model, self.tokenizer, slots=limits.slots, max_len=limits.max_context,
-                                  max_queue=limits.max_queue, prefill_chunk=limits.prefill_chunk)
+                                  max_queue=limits.max_queue, prefill_chunk=limits.prefill_chunk, prepack=prepack)
         self.created = int(time.time())
         self.preprocessing = asyncio.Semaphore(limits.preprocess_concurrency)  # decode + tokenize, bounded
         self.max_prompt_bytes = limits.prompt_bytes_per_token * self.engine.max_len
@@ -321,10 +321,10 @@ async def _server_error(request: Request, exc: Exception):
 
 
 def create_app(model, processor, *, model_id: str, limits: ServeLimits | None = None,
-               host: str = "127.0.0.1") -> Starlette:
+               host: str = "127.0.0.1", prepack: bool = True) -> Starlette:
     """The ASGI app for one loaded model; its engine thread runs while the app's lifespan does. host: the
-    address it is bound to, for the Host check (serve/guards.py)."""
-    state = ServeState(model, processor, model_id, limits or ServeLimits())
+    address it is bound to, for the Host check (serve/guards.py). prepack: the engine's (infer/batching.py)."""
+    state = ServeState(model, processor, model_id, limits or ServeLimits(), prepack=prepack)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -349,13 +349,13 @@ def create_app(model, processor, *, model_id: str, limits: ServeLimits | None = 
 
 
 def serve(model_dir=None, *, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None,
-          model_id: str | None = None, dtype=None, log_level: str = "info", quantize=None) -> None:
+          model_id: str | None = None, dtype=None, log_level: str = "info", quantize=None, prepack: bool = True) -> None:
     """Load a checkpoint (default: the embedded model) and serve it until interrupted."""
     import uvicorn
 
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
     model = load_model(model_dir, dtype=dtype, quantize=quantize).eval()
     app = create_app(model, load_processor(model_dir), model_id=model_id or model_dir.resolve().name,
-                     limits=limits, host=host)
+                     limits=limits, host=host, prepack=prepack)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, http=IdleTimeoutH11,
                 timeout_keep_alive=app.state.serve.limits.idle_timeout_s)

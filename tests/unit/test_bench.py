@@ -2,16 +2,22 @@
 rows are well-formed. No timing is asserted: the numbers depend on the machine and its load."""
 import math
 
-from ocellus.bench import HEADER, bench_decode, format_table, main_decode
+import torch
+
+from ocellus.bench import HEADER, bench_decode, format_table, main_decode, plain_weights, read_tensors
+from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 
 
 def _check_rows(rows, dtypes, batches):
     assert [(r["dtype"], r["batch"]) for r in rows] == [(d, b) for d in dtypes for b in batches]
     for r in rows:
-        for key in ("ocellus", "transformers", "ratio", "ceiling", "of_ceiling"):
+        for key in ("ocellus", "transformers", "ratio", "ceiling", "of_ceiling", "roofline", "read_gbs", "of_roofline"):
             assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (key, r)
         assert math.isclose(r["ratio"], r["ocellus"] / r["transformers"])
         assert math.isclose(r["of_ceiling"], r["ocellus"] / r["ceiling"])
+        assert math.isclose(r["of_roofline"], r["ocellus"] / r["roofline"])
+        # B tokens per streaming read of the weights: roofline = B * bandwidth / bytes
+        assert math.isclose(r["roofline"], r["batch"] * r["read_gbs"] * 1e9 / r["read_bytes"])
         assert isinstance(r["same_tokens"], bool)
 
 
@@ -29,4 +35,15 @@ def test_cli_entry_parses_options_and_writes_json(tmp_path, capsys):
     assert main_decode(["--quick", "--dtypes", "fp32", "--batches", "1", "--workdir", str(tmp_path),
                         "--json", str(out)]) == 0
     _check_rows(json.loads(out.read_text()), ["fp32"], [1])
-    assert "ocellus tok/s" in capsys.readouterr().out
+    assert "ours/roofline" in capsys.readouterr().out
+
+
+def test_the_roofline_reads_each_linear_weight_once():
+    """What one decode step must stream: every linear weight (a tied lm_head's is the embedding), nothing else."""
+    torch.manual_seed(0)
+    cfg = DecoderConfig.from_hf(dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, tie_word_embeddings=True))
+    model = DecoderLM(cfg)
+    tensors = read_tensors(plain_weights(model))
+    linear = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(tensors) == 2 * 7 + 1 and sum(t.numel() for t in tensors) == sum(w.numel() for w in linear)
