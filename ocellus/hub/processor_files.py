@@ -27,27 +27,27 @@ def read_model_type(directory) -> str | None:
     return (read_json(Path(directory) / "config.json") or {}).get("model_type")
 
 
-def image_processor_dict(directory) -> dict | None:
-    """The image processor's settings in a checkpoint dir: preprocessor_config.json (transformers 4 and
-    hub checkpoints), else processor_config.json's "image_processor" section (transformers 5 writes only
-    that). None when the directory has neither, i.e. a text-only checkpoint."""
+def _settings(directory, own_file: str, section: str) -> dict | None:
+    """A processor's settings: its own file (transformers 4 and hub checkpoints), else its section of
+    processor_config.json (transformers 5 writes only that); None when the directory has neither."""
     directory = Path(directory)
-    pre = read_json(directory / "preprocessor_config.json")
-    if pre is not None:
-        return pre
-    section = (read_json(directory / "processor_config.json") or {}).get("image_processor")
-    return section if isinstance(section, dict) else None
+    own = read_json(directory / own_file)
+    if own is not None:
+        return own
+    found = (read_json(directory / "processor_config.json") or {}).get(section)
+    return found if isinstance(found, dict) else None
+
+
+def image_processor_dict(directory) -> dict | None:
+    """The image processor's settings in a checkpoint dir: preprocessor_config.json, else processor_config.json's
+    "image_processor" section. None for a text-only checkpoint."""
+    return _settings(directory, "preprocessor_config.json", "image_processor")
 
 
 def video_processor_dict(directory) -> dict | None:
     """A video model's video processor settings: video_preprocessor_config.json, else processor_config.json's
-    "video_processor" section (transformers 5); None when neither is there."""
-    directory = Path(directory)
-    video = read_json(directory / "video_preprocessor_config.json")
-    if video is not None:
-        return video
-    section = (read_json(directory / "processor_config.json") or {}).get("video_processor")
-    return section if isinstance(section, dict) else None
+    "video_processor" section; None when neither is there."""
+    return _settings(directory, "video_preprocessor_config.json", "video_processor")
 
 
 # model_type -> the transformers processor class that expands one <image> into the tower's token count
