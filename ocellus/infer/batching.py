@@ -78,7 +78,7 @@ class BatchEngine:
 
     def __init__(self, model, tokenizer, *, slots: int = 16, max_len: int | None = None, max_queue: int = 64,
                  prefill_chunk: int | None = None, prepack: bool = True):
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer, self.prepack = model, tokenizer, prepack
         prepare_decode(model, slots, prepack)
         self.prefill_chunk = positive_int(prefill_chunk, "prefill_chunk", optional=True)
         self.max_len = min(max_len or model.max_context, model.max_context)
@@ -141,6 +141,8 @@ class BatchEngine:
                     jobs, self._jobs = list(self._jobs), deque()
                 for fn, fut in jobs:
                     self._run_job(fn, fut)
+                if jobs:   # a job's own generate (an attention map) packs for its batch: back to the slots'
+                    prepare_decode(self.model, self.cache.slots, self.prepack)
                 self._expire()
                 self._admit()
                 if self._rows:

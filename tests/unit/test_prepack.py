@@ -100,6 +100,13 @@ def test_batch_engine_packs_for_its_slots():
     model = tiny()
     BatchEngine(model, tokenizer=None, slots=4, max_len=32)
     assert {m.group.batch_size for m in model.modules() if isinstance(m, PackedLinear)} == {4}
+    engine = BatchEngine(model, tokenizer=None, slots=4, max_len=32).start()
+    try:   # a job on the engine thread that generates for one row: the engine packs for its slots again after it
+        engine.call(lambda: model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=2)).result(timeout=60)
+        sizes = engine.call(lambda: {m.group.batch_size for m in model.modules() if isinstance(m, PackedLinear)})
+        assert sizes.result(timeout=60) == {4}
+    finally:
+        engine.stop()
     BatchEngine(model, tokenizer=None, slots=4, max_len=32, prepack=False)
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
 
