@@ -28,6 +28,7 @@ CHAINS = {
     "qwen2_vl": ["qwen2_vl_tiny_shapes/train"],
     "qwen2_5_vl": ["qwen2_5_vl_tiny_shapes/train"],
     "flamingo": ["flamingo_tiny_shapes/train"],
+    "xgen_mm": ["xgen_mm_tiny_shapes/train"],
 }
 TYPES = ("colour", "shape", "existence", "count", "spatial", "all")
 

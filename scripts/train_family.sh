@@ -3,7 +3,7 @@
 # held-out scenes (the eval seed; none of these scenes is trained on):
 #
 #   scripts/train_family.sh FAMILY      FAMILY: llava_next blip2 minigpt4 qwen_vl internvl qwen2_vl
-#                                               qwen2_5_vl flamingo   (llava: scripts/make_default_model.sh)
+#                                               qwen2_5_vl flamingo xgen_mm   (llava: scripts/make_default_model.sh)
 #
 # Needs the two pretrained parts every family shares, runs/llava_tiny_shapes/{text,vit}/model (steps 1-2
 # of scripts/make_default_model.sh). Each recipe writes its own out_dir (runs/<family>...); the evals
@@ -23,7 +23,7 @@ case $family in
   blip2)    chain="blip2_tiny_shapes/stage1 blip2_tiny_shapes/stage2 blip2_tiny_shapes/vqa";;
   minigpt4) chain="blip2_tiny_shapes/stage1 minigpt4_tiny_shapes/stage1 minigpt4_tiny_shapes/stage2 minigpt4_tiny_shapes/vqa";;
   qwen_vl)  chain="qwen_vl_tiny_shapes/vit qwen_vl_tiny_shapes/train";;   # its own ViT: the scene ViT + a box head
-  llava_next|internvl|qwen2_vl|qwen2_5_vl|flamingo) chain="${family}_tiny_shapes/train";;
+  llava_next|internvl|qwen2_vl|qwen2_5_vl|flamingo|xgen_mm) chain="${family}_tiny_shapes/train";;
   *) echo "unknown family $family" >&2; exit 2;;
 esac
 

@@ -377,6 +377,19 @@ def anyres_num_tokens(image_size: tuple[int, int], grid_pinpoints, *, tile_size:
     return base + rows * cols + (rows if image_newline else 0)
 
 
+def anyres_num_views(image_size: tuple[int, int], grid_pinpoints, *, tile_size: int) -> int:
+    """Views of one anyres image of original size (H, W): the global view + the tiles of its canvas."""
+    _check_pinpoints(grid_pinpoints, tile_size)
+    best_h, best_w = select_best_resolution(image_size, grid_pinpoints)
+    return 1 + (best_h // tile_size) * (best_w // tile_size)
+
+
+def token_sampler_num_tokens(image_size: tuple[int, int], grid_pinpoints, *, tile_size: int, num_latents: int) -> int:
+    """Tokens of one xGen-MM image (models/connectors/token_sampler.py): each of its views resampled to
+    num_latents tokens on its own, V_i * L in all (no unpadding, no newlines)."""
+    return anyres_num_views(image_size, grid_pinpoints, tile_size=tile_size) * num_latents
+
+
 def internvl_num_tokens(num_tiles: int, *, tile_size: int = 448, patch_size: int = 14,
                         downsample_ratio: float = 0.5) -> int:
     """Context tokens of one InternVL image: num_tiles * (tile/patch)^2 * ratio^2 (256 for 448/14/0.5:
@@ -396,6 +409,7 @@ def qwen2vl_num_tokens(grid_thw, *, merge_size: int = 2) -> int:
 _TOKEN_COUNTERS = {
     "clip": clip_num_tokens,
     "anyres": anyres_num_tokens,
+    "token_sampler": token_sampler_num_tokens,
     "internvl": internvl_num_tokens,
     "qwen2vl": qwen2vl_num_tokens,
 }
@@ -409,6 +423,7 @@ def tokens_per_image(strategy: str, **kwargs) -> int:
       'clip'     -> clip_num_tokens(image_size, patch_size, feature_select=, num_extra_tokens=)
       'anyres'   -> anyres_num_tokens(image_size, grid_pinpoints, tile_size=, patch_size=, feature_select=,
                                       num_extra_tokens=, image_newline=)
+      'token_sampler' -> token_sampler_num_tokens(image_size, grid_pinpoints, tile_size=, num_latents=)
       'internvl' -> internvl_num_tokens(num_tiles, tile_size=, patch_size=, downsample_ratio=)
       'qwen2vl'  -> qwen2vl_num_tokens(grid_thw, merge_size=)
     Raises ConfigError for an unknown strategy or arguments that strategy does not take.

@@ -215,6 +215,9 @@ register(FamilyRecord("internvl", ("internvl", "ocellus_internvl"),
                       ("InternVLForConditionalGeneration", "OcellusInternVLForConditionalGeneration"),
                       checkpoint=_F + "internvl.checkpoint", modeling=_F + "internvl.modeling",
                       processor=_F + "internvl.processor", export=_F + "internvl.processor"))
+register(FamilyRecord("xgen_mm", ("ocellus_xgen_mm",), ("OcellusXGenMMForConditionalGeneration",),
+                      checkpoint=_F + "xgen_mm.checkpoint", modeling=_F + "xgen_mm.modeling",
+                      processor=_F + "xgen_mm.processor", export=_F + "llava_next.processor"))
 register(FamilyRecord("clip", ("clip", "clip_text_model"),
                       ("CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection"), checkpoint=_M + "contrastive.clip"))
 register(FamilyRecord("siglip", ("siglip", "siglip_text_model"), ("SiglipModel", "SiglipTextModel"),

@@ -169,6 +169,8 @@ ARCHITECTURES = {
     "qwen2_5_vl": {**PARTS, "config": MAPPING, "video_token": STR},
     "internvl": {**PARTS, **FEATURES, "downsample_ratio": FLOAT, "min_tiles": INT, "max_tiles": INT,
                  "use_thumbnail": BOOL},
+    "xgen_mm": {**PARTS, **FEATURES, "image_grid_pinpoints": list_of(list_of(INT, 2), name="a list of [height, width] pairs"),
+                "perceiver": mapping({k: INT for k in ("depth", "num_latents", "heads", "head_dim", "ff_mult")})},
 }
 LOADED = {"from": SOURCE, "init_from": SOURCE}   # a whole checkpoint, or a training checkpoint's tensors over the model
 WEAKEN = {"weaken": mapping(kinds_of(weaken, skip=("model",)))}

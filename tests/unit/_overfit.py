@@ -254,7 +254,16 @@ def flamingo(parts: Path, tok) -> Composed:
                     dict(STAGE_BRIDGE_LLM))
 
 
+def xgen_mm(parts: Path, tok) -> Composed:
+    """recipes/xgen_mm_tiny_shapes: ViT frozen; xGen-MM's vision tokenizer (a perceiver per any-resolution view,
+    then a Linear) and the decoder train. A 48x48 picture on the 1x2 canvas: 3 views x 4 latents."""
+    fam = family_module("xgen_mm")
+    model = fam.compose({**_dirs(parts), "perceiver": {"depth": 1, "num_latents": 4, "heads": 2, "head_dim": 24,
+                                                       "ff_mult": 2}}, tok)
+    return Composed(model, fam.training_processor(model, tok, _image_config()), dict(STAGE_BRIDGE_LLM))
+
+
 FAMILIES: dict[str, FamilyBuilder] = {
     "llava": llava, "llava_next": llava_next, "blip2": blip2, "minigpt4": minigpt4, "qwen_vl": qwen_vl,
-    "internvl": internvl, "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "flamingo": flamingo,
+    "internvl": internvl, "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "flamingo": flamingo, "xgen_mm": xgen_mm,
 }

@@ -35,7 +35,7 @@ def test_every_record_names_modules_that_define_its_pieces():
             assert isinstance(fam, families.Family), (record.name, arch)
         assert set(record.model_types) <= families.MODEL_TYPES
     assert set(families.VLM_FAMILIES) == {"llava", "llava_next", "blip2", "flamingo", "qwen_vl", "qwen2_vl",
-                                          "qwen2_5_vl", "internvl"}
+                                          "qwen2_5_vl", "internvl", "xgen_mm"}
 
 
 def test_register_refuses_what_another_family_claims_and_unregister_undoes_it():

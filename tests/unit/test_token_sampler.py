@@ -68,7 +68,7 @@ def test_bad_inputs():
     sampler = _sampler()
     with pytest.raises(InputError, match=r"hold the 7 views .* \(\[2, 5\] per image\)"):
         sampler(torch.randn(6, 9, 16), torch.tensor([[20, 20], [50, 50]]))
-    with pytest.raises(InputError, match="needs 5 views but pixel_values has 2"):
+    with pytest.raises(InputError, match=r"needs 5 views \(1 global \+ 4 tiles\) but pixel_values has only 2"):
         sampler.select_views(torch.randn(1, 2, 3, 24, 24), torch.tensor([[50, 50]]))
     with pytest.raises(ConfigError, match="not multiples of the tile size"):
         TokenSampler(sampler.perceiver, [(30, 30)], tile_size=24)

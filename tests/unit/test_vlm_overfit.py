@@ -27,6 +27,7 @@ TRAINS = {
     "qwen2_vl": ["visual", "merger", "language_model"],
     "qwen2_5_vl": ["visual", "merger", "language_model"],
     "flamingo": ["perceiver", "gated_cross_attn", "language_model"],
+    "xgen_mm": ["packer", "language_model"],
 }
 FROZEN = {"minigpt4": ["vision_tower", "qformer"], "qwen2_vl": [], "qwen2_5_vl": []}
 

@@ -105,27 +105,8 @@ class AnyresPacker(nn.Module):
         return out
 
     def select_views(self, pixel_values: torch.Tensor, image_sizes) -> torch.Tensor:
-        """pixel_values [N, V, 3, H, W] (views zero-padded to the batch's largest V), or views already
-        flattened [sum V_i, 3, H, W] -> the real views of every image, in order [sum V_i, 3, H, W]."""
-        if pixel_values.dim() == 5:
-            sizes = self.sizes_list(image_sizes, pixel_values.shape[0])
-            counts = [self.num_views(s) for s in sizes]
-            for i, (n, s) in enumerate(zip(counts, sizes)):
-                if n > pixel_values.shape[1]:
-                    raise InputError(f"image {i} of size {s[0]}x{s[1]} needs {n} views (1 global + "
-                                     f"{n - 1} tiles) but pixel_values has only {pixel_values.shape[1]} per image; "
-                                     f"image_sizes and pixel_values do not come from the same processor call")
-            # drop the zero padding views: they would cost a ViT pass and give no tokens
-            return torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])            # [sum V_i, 3, H, W]
-        if pixel_values.dim() == 4:
-            sizes = self.sizes_list(image_sizes)
-            need = sum(self.num_views(s) for s in sizes)
-            if pixel_values.shape[0] != need:
-                raise InputError(f"pixel_values holds {pixel_values.shape[0]} views but image_sizes {sizes} "
-                                 f"need {need} (1 global + tiles each)")
-            return pixel_values
-        raise InputError(f"pixel_values must be [num_images, num_views, 3, H, W] (or flattened views "
-                         f"[sum_views, 3, H, W]) for LLaVA-NeXT anyres, got {tuple(pixel_values.shape)}")
+        """pixel_values [N, V, 3, H, W] or flattened views [sum V_i, 3, H, W] -> [sum V_i, 3, H, W] (real_views)."""
+        return real_views(pixel_values, image_sizes, self.num_views)
 
     # -- packing ------------------------------------------------------------------------------------
     def forward(self, features: torch.Tensor, image_sizes) -> list[torch.Tensor]:
@@ -162,3 +143,29 @@ class AnyresPacker(nn.Module):
     def extra_repr(self) -> str:
         return (f"grid_pinpoints={self.grid_pinpoints}, tile_size={self.tile_size}, patch_size={self.patch_size}, "
                 f"feature_select={self.feature_select!r}")
+
+
+def real_views(pixel_values: torch.Tensor, image_sizes, num_views) -> torch.Tensor:
+    """pixel_values [N, V, 3, H, W] (views zero-padded to the batch's largest V, as preprocess_anyres returns
+    them), or views already flattened [sum V_i, 3, H, W] -> the real views of every image, in order
+    [sum V_i, 3, H, W]. num_views: an image's (H, W) -> its views (1 global + tiles). Shared by the anyres
+    packer and xGen-MM's token sampler (connectors/token_sampler.py)."""
+    if pixel_values.dim() == 5:
+        sizes = AnyresPacker.sizes_list(image_sizes, pixel_values.shape[0])
+        counts = [num_views(s) for s in sizes]
+        for i, (n, s) in enumerate(zip(counts, sizes)):
+            if n > pixel_values.shape[1]:
+                raise InputError(f"image {i} of size {s[0]}x{s[1]} needs {n} views (1 global + "
+                                 f"{n - 1} tiles) but pixel_values has only {pixel_values.shape[1]} per image; "
+                                 f"image_sizes and pixel_values do not come from the same processor call")
+        # drop the zero padding views: they would cost a ViT pass and give no tokens
+        return torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])            # [sum V_i, 3, H, W]
+    if pixel_values.dim() == 4:
+        sizes = AnyresPacker.sizes_list(image_sizes)
+        need = sum(num_views(s) for s in sizes)
+        if pixel_values.shape[0] != need:
+            raise InputError(f"pixel_values holds {pixel_values.shape[0]} views but image_sizes {sizes} "
+                             f"need {need} (1 global + tiles each)")
+        return pixel_values
+    raise InputError(f"pixel_values must be [num_images, num_views, 3, H, W] (or flattened views "
+                     f"[sum_views, 3, H, W]) for anyres views, got {tuple(pixel_values.shape)}")

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ocellus.data.image_tiling import _check_pinpoints, select_best_resolution
+from ocellus.data.image_tiling import _check_pinpoints, anyres_num_views, tokens_per_image
 from ocellus.errors import InputError
-from ocellus.models.connectors.anyres import AnyresPacker
+from ocellus.models.connectors.anyres import AnyresPacker, real_views
 from ocellus.models.connectors.perceiver import PerceiverResampler
 
 
@@ -40,27 +40,18 @@ class TokenSampler(nn.Module):
 
     def num_views(self, image_size: tuple[int, int]) -> int:
         """The global view + the tiles of the canvas chosen for an image of (H, W)."""
-        h, w = select_best_resolution(image_size, self.grid_pinpoints)
-        return 1 + (h // self.tile_size) * (w // self.tile_size)
+        return anyres_num_views(image_size, self.grid_pinpoints, tile_size=self.tile_size)
 
     def num_tokens(self, image_size: tuple[int, int]) -> int:
-        """LLM tokens of one image: what a processor expands its placeholder to."""
-        return self.num_views(image_size) * self.perceiver.num_latents
+        """LLM tokens of one image: what a processor expands its placeholder to (the same function counts)."""
+        return tokens_per_image("token_sampler", image_size=image_size, grid_pinpoints=self.grid_pinpoints,
+                                tile_size=self.tile_size, num_latents=self.perceiver.num_latents)
 
     def select_views(self, pixel_values: torch.Tensor, image_sizes) -> torch.Tensor:
         """pixel_values [N, V, 3, H, W] (zero-padded to the batch's largest V, as preprocess_anyres
-        returns them) -> the real views of every image in order [sum V_i, 3, H, W]."""
-        if pixel_values.dim() != 5:
-            raise InputError(f"pixel_values must be [num_images, num_views, 3, H, W] (preprocess_anyres), "
-                             f"got {tuple(pixel_values.shape)}")
-        sizes = AnyresPacker.sizes_list(image_sizes, pixel_values.shape[0])
-        counts = [self.num_views(s) for s in sizes]
-        short = [i for i, n in enumerate(counts) if n > pixel_values.shape[1]]
-        if short:
-            (h, w), n = sizes[short[0]], counts[short[0]]
-            raise InputError(f"image {short[0]} of size {h}x{w} needs {n} views but pixel_values has "
-                             f"{pixel_values.shape[1]} per image; they come from different processor calls")
-        return torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])                  # [sum V_i, 3, H, W]
+        returns them) or views already flattened [sum V_i, 3, H, W] (xGen-MM's processor) -> the real
+        views of every image in order [sum V_i, 3, H, W]."""
+        return real_views(pixel_values, image_sizes, self.num_views)
 
     def forward(self, features: torch.Tensor, image_sizes) -> list[torch.Tensor]:
         sizes = AnyresPacker.sizes_list(image_sizes)
