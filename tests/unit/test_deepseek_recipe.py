@@ -1,4 +1,4 @@
-"""recipes/posttrain/deepseek_tiny_sft.yaml: task lm builds the DeepSeek-V3 decoder its model.config names,
+"""recipes/deepseek_tiny_shapes/sft.yaml: task lm builds the DeepSeek-V3 decoder its model.config names,
 trains it on shapes chat text (assistant turns only), the loss falls, and the export is a checkpoint
 transformers' DeepseekV3ForCausalLM opens with the same logits."""
 import json
@@ -11,7 +11,7 @@ from ocellus.models.text.deepseek import DeepseekLM
 from ocellus.nn.moe import MoE
 from ocellus.train.tasks import load_recipe, run_recipe
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "posttrain" / "deepseek_tiny_sft.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "deepseek_tiny_shapes" / "sft.yaml"
 
 
 def test_the_deepseek_sft_recipe_trains_and_exports_a_transformers_checkpoint(tmp_path):

@@ -3,7 +3,7 @@ says otherwise (assistant: SFT on chat text).
 
 model: {config: {...}}    a decoder built from config.json-like fields (vocab size and special ids come from the
                           tokenizer): Llama unless the config names another decoder family by architectures /
-                          model_type (recipes/posttrain/deepseek_tiny_sft.yaml: DeepseekV3ForCausalLM), or {from: DIR}
+                          model_type (recipes/deepseek_tiny_shapes/sft.yaml: DeepseekV3ForCausalLM), or {from: DIR}
 data: {source: shapes_text, n, kind, image_text: drop | description | caption, template, train_on,
        max_length, pack}  generated shapes conversations as text; the image stands in as nothing, its
                           description or its caption (data.image_text)
