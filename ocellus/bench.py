@@ -86,13 +86,18 @@ def plain_weights(model: nn.Module) -> list[tuple[nn.Module, torch.Tensor, torch
             for m in model.modules() if isinstance(m, (nn.Linear, Int8Linear))]
 
 
-def ceiling_seconds(weights, batch: int, passes: int = 32) -> float:
+def ceiling_seconds(weights, batch: int, passes: int = 32, dtype: torch.dtype | None = None) -> float:
     """Seconds per pass of `batch` tokens through every linear layer of `weights` (plain_weights) with
     F.linear, averaged over `passes` back-to-back passes: the weight-reading cost of plain GEMV calls.
     Sustained over many passes, like the decode runs it is compared with, so background load on the
-    machine biases both alike."""
-    w0 = weights[0][1] if weights[0][1].is_floating_point() else weights[0][2]   # the compute dtype
-    xs = {m.in_features: torch.randn(batch, m.in_features, dtype=w0.dtype, device=w0.device) for m, _, _ in weights}
+    machine biases both alike. dtype: the activations' (default: the first float weight or bias; an int8
+    model's activations are its embedding's dtype, which measure passes)."""
+    w0 = weights[0][1]
+    dtype = dtype or next((t.dtype for _, w, b in weights for t in (w, b) if t is not None and t.is_floating_point()),
+                          None)
+    if dtype is None:
+        raise ConfigError("ceiling_seconds: no float weight or bias to take the compute dtype from; pass dtype")
+    xs = {m.in_features: torch.randn(batch, m.in_features, dtype=dtype, device=w0.device) for m, _, _ in weights}
 
     def one(m, w, b):                 # an int8 layer's weight read is its own kernel (nn/quant.py)
         return m(xs[m.in_features]) if isinstance(m, Int8Linear) else F.linear(xs[m.in_features], w, b)
@@ -151,6 +156,7 @@ def measure(ours, reference, ids: torch.Tensor, n1: int, n2: int, repeats: int, 
     alike). Decode rate = B * (n2 - n1) / (t(n2) - t(n1)): the prefill cancels out."""
     batch = ids.shape[0]
     weights = plain_weights(ours)                     # before the first generate packs ours
+    act = next(p for p in ours.parameters() if p.is_floating_point()).dtype   # the activations (int8 layers too)
     tensors = read_tensors(weights)
     runners = {"ocellus": lambda n: ours.generate(ids, max_new_tokens=n, prepack=prepack), "reference": reference}
     for fn in runners.values():  # warm-up: first-call allocations, lazy inits
@@ -163,7 +169,7 @@ def measure(ours, reference, ids: torch.Tensor, n1: int, n2: int, repeats: int, 
                 t0 = _now(device)
                 outs[name] = fn(n)
                 best[name][n] = min(best[name][n], _now(device) - t0)
-        ceiling = min(ceiling, ceiling_seconds(weights, batch, passes=max(8, min(n2 - n1, 32))))
+        ceiling = min(ceiling, ceiling_seconds(weights, batch, passes=max(8, min(n2 - n1, 32)), dtype=act))
         read = min(read, read_seconds(tensors))
     rates = {name: batch * (n2 - n1) / max(b[n2] - b[n1], 1e-9) for name, b in best.items()}
     nbytes = sum(t.numel() * t.element_size() for t in tensors)

@@ -322,7 +322,7 @@ def cmd_serve(args) -> int:
         allowed_image_dir=Path(args.allow_image_dir) if args.allow_image_dir else None,
         allowed_hosts=tuple(args.allowed_host), idle_timeout_s=args.idle_timeout)
     serve(args.model, host=args.host, port=args.port, limits=limits, model_id=args.model_name, dtype=args.dtype,
-          log_level=args.log_level, quantize=args.quantize, prepack=args.prepack)
+          log_level=getattr(args, "log_level", None) or "info", quantize=args.quantize, prepack=args.prepack)
     return 0
 
 

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import torch
 
-import ocellus
-import ocellus.eval.retrieval as retrieval
 import ocellus.train.capfilt as capfilt
 from ocellus.data.shapes import caption
 from ocellus.data.tokenizer import Tokenizer
@@ -51,9 +49,9 @@ def test_filter_keeps_exactly_the_pairs_itm_says_match(tmp_path, monkeypatch):
     monkeypatch.setattr(capfilt, "train_stage", fake_train_stage)
     monkeypatch.setattr(capfilt, "caption_images", fake_caption_images)
     monkeypatch.setattr(capfilt, "itm_filter", fake_itm_filter)
-    monkeypatch.setattr(ocellus, "load", lambda path: f"loaded:{Path(path).parent.name}")
+    monkeypatch.setattr(capfilt, "load_model", lambda path: f"loaded:{Path(path).parent.name}")
     monkeypatch.setattr(Tokenizer, "from_dir", classmethod(lambda cls, path: "tok"))
-    monkeypatch.setattr(retrieval, "evaluate", lambda *a, **k: dict.fromkeys(("t2i_R@1", "i2t_R@1", "t2i_R@5"), 0.0))
+    monkeypatch.setattr(capfilt, "evaluate", lambda *a, **k: dict.fromkeys(("t2i_R@1", "i2t_R@1", "t2i_R@5"), 0.0))
     config = {"base": str(RECIPES / "blip_tiny_shapes/pretrain.yaml"), "out_dir": str(tmp_path / "cf"),
               "clean": {"n": N_CLEAN, "seed": 2}, "web": {"n": N_WEB, "seed": 1, "noise": 0.5},
               "filter": {"threshold": THRESHOLD}}
