@@ -37,6 +37,18 @@ def text_config(cfg: dict) -> dict:
     return text
 
 
+def feature_layer(cfg: dict, family: str, default_select: str) -> tuple[int, str]:
+    """config.json's (vision_feature_layer, vision_feature_select_strategy) for a bridge that reads ONE layer of
+    the vision tower (a resampler or sampler): one int, and 'default' (drop CLS) or 'full'."""
+    layer = cfg.get("vision_feature_layer", -1)
+    select = cfg.get("vision_feature_select_strategy", default_select)
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        raise ConfigError(f"{family} vision_feature_layer must be one int (the bridge reads one layer), got {layer!r}")
+    if select not in ("default", "full"):
+        raise ConfigError(f"vision_feature_select_strategy must be 'default' or 'full', got {select!r}")
+    return layer, select
+
+
 def check_spec(spec: dict, known, family: str) -> None:
     """A recipe's model section may hold only `known` keys: a misspelt one is an error, never ignored."""
     unknown = set(spec) - set(known)

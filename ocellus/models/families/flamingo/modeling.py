@@ -33,7 +33,7 @@ from torch import nn
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.models.connectors.perceiver import PerceiverConfig, PerceiverResampler
-from ocellus.models.families.common import image_token_id, text_config
+from ocellus.models.families.common import feature_layer, image_token_id, text_config
 from ocellus.models.generates import GeneratesWithDecoder
 from ocellus.models.fusion_xattn import GatedCrossAttentionBlock, media_mask, media_time
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
@@ -217,12 +217,7 @@ def build_flamingo(cfg: dict) -> Flamingo:
             raise ConfigError(f"Flamingo config.json has no {key} (a mapping)")
     vision = build_vision(cfg["vision_config"])
     decoder = DecoderLM(DecoderConfig.from_hf(text_config(cfg)))
-    layer = cfg.get("vision_feature_layer", -1)
-    select = cfg.get("vision_feature_select_strategy", "default")
-    if not isinstance(layer, int) or isinstance(layer, bool):
-        raise ConfigError(f"Flamingo vision_feature_layer must be one int (the resampler reads one layer), got {layer!r}")
-    if select not in ("default", "full"):
-        raise ConfigError(f"vision_feature_select_strategy must be 'default' or 'full', got {select!r}")
+    layer, select = feature_layer(cfg, "Flamingo", "default")
     dim = vision.config.hidden_size  # the resampler works at the vision tower's width, as open_flamingo's
     if cfg["perceiver_config"].get("dim", dim) != dim:
         raise ConfigError(f"perceiver_config.dim={cfg['perceiver_config']['dim']} differs from the vision tower's "

@@ -30,7 +30,7 @@ from ocellus.errors import ConfigError
 from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.models.connectors.perceiver import PerceiverConfig, PerceiverResampler
 from ocellus.models.connectors.token_sampler import TokenSampler
-from ocellus.models.families.common import check_spec, image_token_id, part_dirs
+from ocellus.models.families.common import check_spec, feature_layer, image_token_id, part_dirs
 from ocellus.models.families.llava_next.modeling import default_pinpoints
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
@@ -89,12 +89,7 @@ def build_xgen_mm(cfg: dict) -> VLM:
                           f"(llama, qwen2)")
     vision = VisionTransformer(ViTConfig.from_hf(cfg["vision_config"]))
     decoder = DecoderLM(DecoderConfig.from_hf(text))
-    layer = cfg.get("vision_feature_layer", -1)
-    select = cfg.get("vision_feature_select_strategy", "full")
-    if not isinstance(layer, int) or isinstance(layer, bool):
-        raise ConfigError(f"xGen-MM vision_feature_layer must be one int (the sampler reads one layer), got {layer!r}")
-    if select not in ("default", "full"):
-        raise ConfigError(f"vision_feature_select_strategy must be 'default' or 'full', got {select!r}")
+    layer, select = feature_layer(cfg, "xGen-MM", "full")
     tile = vision.config.image_size
     perceiver = PerceiverResampler(PerceiverConfig.from_dict(
         {**sampler_config(cfg.get("vision_tokenizer_config")), "dim": vision.config.hidden_size}))
