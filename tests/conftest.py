@@ -69,3 +69,19 @@ def tiny_vlm_parts(tmp_path_factory):
         "model.config.patch_size=6"]))   # 8x8 patches: the token counts the family tests are written for
     return out
 
+
+
+@pytest.fixture(scope="session")
+def qwen2_towers(tmp_path_factory):
+    """The shipped Qwen2-VL / Qwen2.5-VL ViT recipes (recipes/qwen2*_vl_tiny_shapes/vit.yaml) for 2 steps:
+    `<dir>/<variant>/model`, the tower each family's train.yaml names as vision_from (its vision_config)."""
+    from pathlib import Path
+
+    from ocellus.train.tasks import load_recipe, run_recipe
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    out = tmp_path_factory.mktemp("qwen2_towers")
+    for variant in ("qwen2_vl", "qwen2_5_vl"):
+        run_recipe(load_recipe(recipes / f"{variant}_tiny_shapes" / "vit.yaml", [
+            "train.progress=false", "train.log_every=1", "train.warmup_steps=1", "train.max_steps=2",
+            "train.batch_size=4", "data.n=8", f"train.out_dir={out / variant}"]))
+    return out

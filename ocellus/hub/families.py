@@ -232,6 +232,7 @@ register(FamilyRecord("blip", ("ocellus_blip",), ("OcellusBLIP",), checkpoint=_M
 # Ocellus' own formats: config.json is a build spec with a model_type and no architectures
 register(FamilyRecord("image_generator", ("ocellus_image_generator",), checkpoint=_M + "generative.checkpoint"))
 register(FamilyRecord("unified", ("ocellus_unified",), checkpoint=_M + "unified.checkpoint"))
+register(FamilyRecord("qwen2_vit", ("ocellus_qwen2_vit",), checkpoint=_F + "qwen2_vl.tower"))
 
 
 # ---- lookups -----------------------------------------------------------------------------------------------

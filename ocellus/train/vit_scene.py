@@ -1,13 +1,17 @@
 """The ViT scene objective (task vit_classify, data.labels: objects): the classifier with a head per question a
 VLM's image tokens should answer -- which classes are present (CLS), what covers each patch, and optionally
-where its object is (a box per patch) -- and the per-patch targets drawn from a shapes scene."""
+where its object is (a box per patch) -- and the per-patch targets drawn from a shapes scene. The same objective
+for Qwen2-VL's native-resolution tower (SceneQwen2ViTClassifier: patches in merge-group order, mean-pooled)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ocellus.data.image_tiling import qwen2vl_patchify
 from ocellus.data.shapes import COLOURS
+from ocellus.errors import InputError
+from ocellus.models.vision.qwen2_vit import patch_positions, Qwen2VisionTransformer
 from ocellus.models.vision.vit import ClassifierOutput, ViTClassifier
 
 
@@ -46,6 +50,60 @@ class SceneViTClassifier(ViTClassifier):
             losses.append(self.box_loss * F.l1_loss(self.patch_box(patches), patch_boxes))   # [N, P, 4]
         result.loss = sum(losses) if losses else None
         return result
+
+
+class SceneQwen2ViTClassifier(torch.nn.Module):
+    """SceneViTClassifier's objective on a Qwen2-VL / Qwen2.5-VL tower (models/vision/qwen2_vit.py), before its
+    2x2 merger: the merger is the VLM's connector and trains there, so every ViT patch keeps its own label
+    (the labels of a merged token's 2x2 patches all reach the merger). Images [N, C, H, W] are patchified as
+    the VLM's processor does (data/image_tiling.qwen2vl_patchify: the image repeated over the temporal patch,
+    each merge group contiguous) and run as one packed sequence, every image its own attention segment.
+    The tower has no CLS token: the classes present are read from the mean of an image's patch states.
+    The targets come row-major over the patch grid (patch_classes, patch_boxes); the tower's patch order is
+    merge-group order, so they are taken in that order (patch_order) before the losses."""
+
+    def __init__(self, encoder: Qwen2VisionTransformer, num_classes: int, box_loss: float = 0.0):
+        super().__init__()
+        self.encoder = encoder
+        width = encoder.config.hidden_size
+        self.classifier = torch.nn.Linear(width, num_classes)
+        self.patch_classifier = torch.nn.Linear(width, num_classes + 1)
+        self.box_loss = float(box_loss)
+        self.patch_box = torch.nn.Linear(width, 4) if self.box_loss > 0 else None
+
+    def patches(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """[N, C, H, W] -> (the tower's last hidden states [N, P, D] in its own patch order, grid (h, w))."""
+        cfg = self.encoder.config
+        if pixel_values.dim() != 4:
+            raise InputError(f"pixel_values must be [N, C, H, W], got {tuple(pixel_values.shape)}")
+        flat, grids = zip(*(qwen2vl_patchify(image, cfg.patch_size, cfg.temporal_patch_size, cfg.spatial_merge_size)
+                            for image in pixel_values))
+        grid_thw = torch.tensor(grids, dtype=torch.long)                                 # [N, 3]
+        hidden = self.encoder(torch.cat(flat), grid_thw)                                  # [N*P, D]
+        _, h, w = grids[0]
+        return hidden.view(len(flat), h * w, -1), (h, w)
+
+    def forward(self, pixel_values, labels=None, patch_labels=None, patch_boxes=None):
+        patches, (h, w) = self.patches(pixel_values)                                     # [N, P, D]
+        result = ClassifierOutput(logits=self.classifier(patches.mean(1)))                # [N, K]
+        order = patch_order(h, w, self.encoder.config.spatial_merge_size).to(patches.device)   # [P]
+        losses = []
+        if labels is not None:
+            losses.append(F.binary_cross_entropy_with_logits(result.logits, labels.float()))
+        if patch_labels is not None:
+            patch_logits = self.patch_classifier(patches)                                  # [N, P, K+1]
+            losses.append(F.cross_entropy(patch_logits.flatten(0, 1), patch_labels[:, order].flatten()))
+        if patch_boxes is not None and self.patch_box is not None:
+            losses.append(self.box_loss * F.l1_loss(self.patch_box(patches), patch_boxes[:, order]))
+        result.loss = sum(losses) if losses else None
+        return result
+
+
+def patch_order(h: int, w: int, merge_size: int) -> torch.Tensor:
+    """[h*w]: the row-major index (r * w + c) of each patch of a Qwen2-VL tower, in the tower's order (merge
+    groups row-major, then the patches of a group); row-major targets indexed by it are in the tower's order."""
+    rc = patch_positions([(1, h, w)], merge_size)                                       # [h*w, 2]
+    return rc[:, 0] * w + rc[:, 1]
 
 
 def patch_owners(scene, image, patch: int, size: int, min_fraction: float = 0.1) -> np.ndarray:

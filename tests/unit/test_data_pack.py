@@ -54,17 +54,17 @@ def test_lm_packed_run_has_the_unpacked_losses(text_recipe, tmp_path):
         _losses(text_recipe, tmp_path / "plain", False), rel=1e-5)
 
 
-def _vlm_recipe(arch: str, parts: Path) -> dict:
+def _vlm_recipe(arch: str, parts: Path, towers: Path) -> dict:
     text = parts / "text" / "model"
-    extra = ["model.config.mrope_section=[2, 1, 1]"] if arch == "qwen2_5_vl" else [
-        f"model.vision_from={parts / 'vit' / 'model'}"]
+    extra = ["model.config.mrope_section=[2, 1, 1]", f"model.vision_from={towers / 'qwen2_5_vl' / 'model'}"] \
+        if arch == "qwen2_5_vl" else [f"model.vision_from={parts / 'vit' / 'model'}"]
     return load_recipe(VLM[arch], RUN + [f"model.llm_from={text}", f"tokenizer.from={text}", *extra,
                                          "data.max_length=512"])   # room for two samples a row
 
 
 @pytest.mark.parametrize("arch", list(VLM))
-def test_vlm_packed_run_has_the_unpacked_losses(arch, tiny_vlm_parts, tmp_path):
-    recipe = _vlm_recipe(arch, tiny_vlm_parts)
+def test_vlm_packed_run_has_the_unpacked_losses(arch, tiny_vlm_parts, qwen2_towers, tmp_path):
+    recipe = _vlm_recipe(arch, tiny_vlm_parts, qwen2_towers)
     _check_batch(recipe, tmp_path)
     assert _losses(recipe, tmp_path / "packed", True) == pytest.approx(
         _losses(recipe, tmp_path / "plain", False), rel=1e-5)

@@ -27,7 +27,7 @@ ARCHITECTURES = {"llava_next": "LlavaNextForConditionalGeneration",
                  "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 
 
-def _recipe(arch: str, parts: Path, out: Path) -> dict:
+def _recipe(arch: str, parts: Path, out: Path, towers: Path) -> dict:
     text = parts / "text" / "model"
     overrides = ["train.progress=false", "train.log_every=1", "train.warmup_steps=1", "train.max_steps=2",
                  "train.batch_size=4", "data.n=8", f"train.out_dir={out}", f"model.llm_from={text}",
@@ -35,13 +35,14 @@ def _recipe(arch: str, parts: Path, out: Path) -> dict:
     if arch == "llava_next":
         overrides.append(f"model.vision_from={parts / 'vit' / 'model'}")
     else:
-        overrides.append("model.config.mrope_section=[2, 1, 1]")   # the fixture's decoder has 8-dim heads
+        overrides += ["model.config.mrope_section=[2, 1, 1]",    # the fixture's decoder has 8-dim heads
+                      f"model.vision_from={towers / 'qwen2_5_vl' / 'model'}"]
     return load_recipe(RECIPES[arch], overrides)
 
 
 @pytest.mark.parametrize("arch", list(RECIPES))
-def test_recipe_trains_exports_and_reopens_to_the_same_logits(arch, tiny_vlm_parts, tmp_path):
-    recipe = _recipe(arch, tiny_vlm_parts, tmp_path)
+def test_recipe_trains_exports_and_reopens_to_the_same_logits(arch, tiny_vlm_parts, qwen2_towers, tmp_path):
+    recipe = _recipe(arch, tiny_vlm_parts, tmp_path, qwen2_towers)
     path = run_recipe(recipe)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)

@@ -185,13 +185,13 @@ def test_stage_freezes_by_part(parts):
     model.requires_grad_(False)
 
 
-def test_recipe_trains_and_the_loss_falls(tiny_vlm_parts, tmp_path):
+def test_recipe_trains_and_the_loss_falls(tiny_vlm_parts, qwen2_towers, tmp_path):
     from ocellus.train.tasks import load_recipe, run_recipe
     text = tiny_vlm_parts / "text" / "model"
     recipe = load_recipe(ROOT / "recipes" / "qwen2_vl_tiny_shapes" / "train.yaml", [
         "train.progress=false", "train.log_every=2", "train.warmup_steps=2", "train.max_steps=8",
         "train.batch_size=8", "train.lr=3e-3", "data.n=64", f"train.out_dir={tmp_path}", f"model.llm_from={text}",
-        f"tokenizer.from={text}"])
+        f"tokenizer.from={text}", f"model.vision_from={qwen2_towers / 'qwen2_vl' / 'model'}"])
     recipe["model"]["config"]["mrope_section"] = [2, 1, 1]      # the fixture's decoder has 8-dim heads
     run_recipe(recipe)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -17,6 +17,7 @@ The 2x2 patch merger that follows lives in models/connectors/merger.py. Matches 
 Qwen2VisionTransformerPretrainedModel / Qwen2_5_VisionTransformerPretrainedModel (hidden states
 before the merger; tests/parity/test_qwen2_vl_parity.py). Names (patch_embed.proj, blocks.{i}.attn.qkv,
 ...) are theirs.
+A tower saved alone (a qwen2_vl recipe's vision_from): models/families/qwen2_vl/tower.py.
 """
 from __future__ import annotations
 

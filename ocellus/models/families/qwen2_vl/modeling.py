@@ -15,14 +15,14 @@ Matches transformers' Qwen2VLForConditionalGeneration / Qwen2_5_VLForConditional
 (tests/parity/test_qwen2_vl_parity.py). Config: hub checkpoints with a text_config, and 4.x ones whose text
 fields sit at the top level (rope_scaling type "mrope"); the key table and config writer: checkpoint.py.
 
-The recipe side (model.architecture qwen2_vl or qwen2_5_vl): `compose` builds a fresh small ViT + merger of
-that variant on a pretrained decoder. processor.py makes the Processor (data/processor.py) whose image path is
-Qwen2-VL's dynamic resolution (`Qwen2VLImages`), videos beside; packing.py packs documents with their own
-M-RoPE ids.
+The recipe side (model.architecture qwen2_vl or qwen2_5_vl): `compose` builds a fresh small ViT (or takes a
+scene-pretrained one, vision_from: tower.py's format) + a new merger of that variant on a pretrained decoder.
+processor.py makes the Processor (data/processor.py) whose image path is Qwen2-VL's dynamic resolution
+(`Qwen2VLImages`), videos beside; packing.py packs documents with their own M-RoPE ids.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ from ocellus.errors import CheckpointError, ConfigError, InputError
 from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.models.connectors.merger import PatchMerger
 from ocellus.models.families.common import check_spec, image_token_id
+from ocellus.models.families.qwen2_vl.tower import MODEL_TYPE as TOWER_MODEL_TYPE
 from ocellus.models.fusion import splice
 from ocellus.models.generates import GeneratesWithDecoder
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
@@ -231,14 +232,13 @@ def compose(spec: dict, tok) -> Qwen2VL:
     spatial_merge_size, ...; Qwen2.5-VL's hidden_size, intermediate_size, window_size (default 2x2 merged
     tokens), fullatt_block_indexes (default the last block), tokens_per_second, ...) and mrope_section (default
     about a third of the rotary pairs per axis; text has the same id on all axes, so the decoder's text
-    positions are unchanged). spec["vision_from"] is refused: a CLIP tower has learned absolute positions for
-    one image size, not Qwen2-VL's 2D RoPE over any grid."""
+    positions are unchanged). spec["vision_from"]: a pretrained tower of this variant instead of a new one (an
+    ocellus_qwen2_vit export: recipes/qwen2_vl_tiny_shapes/vit.yaml's scene ViT); a vision_config the recipe
+    also gives must describe that tower (ConfigError naming what differs), and the merger stays new. A CLIP
+    tower is refused: it has learned absolute positions for one image size, not Qwen2-VL's 2D RoPE."""
     variant = spec.get("architecture", "qwen2_vl")
     if variant not in ARCHS:
         raise ConfigError(f"the qwen2_vl family composes {sorted(ARCHS)}, not {variant!r}")
-    if spec.get("vision_from"):
-        raise ConfigError(f"{variant} recipes build a new Qwen2-VL ViT (model.config.vision_config); vision_from "
-                          "(a CLIP tower with absolute position embeddings) cannot be used, remove it")
     check_spec(spec, SPEC_KEYS, variant)
     if not spec.get("llm_from"):
         raise ConfigError(f"a {variant} recipe model needs llm_from (a pretrained decoder directory)")
@@ -263,13 +263,46 @@ def compose(spec: dict, tok) -> Qwen2VL:
     if variant == "qwen2_5_vl":
         vision.setdefault("window_size", 2 * vision["patch_size"] * vision["spatial_merge_size"])
         vision.setdefault("fullatt_block_indexes", [vision["depth"] - 1])
+    tower = None
+    if spec.get("vision_from"):
+        tower = _pretrained_tower(spec["vision_from"], variant)
+        if given:
+            _check_same_tower(Qwen2VisionConfig.from_hf(vision, variant), tower.config, spec["vision_from"])
+        vision = {**tower.config.to_hf(), OUT_WIDTH[variant]: text["hidden_size"]}
     cfg = {"architectures": [ARCHS[variant]], "model_type": variant, "text_config": text,
            "vision_config": vision, "image_token_id": image_token_id(tok, spec), **_video_token_id(tok, spec),
            "tie_word_embeddings": bool(text.get("tie_word_embeddings", False))}
     model = build_qwen2_vl(cfg)
     model.family_name = "qwen2_vl"   # the hub family (and registry module) of both variants
     _load_decoder(model.language_model, load_model(spec["llm_from"]).state_dict(), spec["llm_from"])
+    if tower is not None:
+        model.visual.load_state_dict(tower.state_dict())
     return model
+
+
+def _pretrained_tower(source, variant: str) -> Qwen2VisionTransformer:
+    """spec["vision_from"]: a Qwen2-VL tower of the recipe's variant saved alone (ocellus_qwen2_vit)."""
+    cfg = read_config(Path(source))
+    if cfg.get("model_type") != TOWER_MODEL_TYPE:
+        raise ConfigError(f"{variant} vision_from {source}: config.json model_type {cfg.get('model_type')!r} is not a "
+                          f"Qwen2-VL vision tower ({TOWER_MODEL_TYPE!r}, what task vit_classify exports for a "
+                          f"qwen2_vl_vision / qwen2_5_vl_vision config); a CLIP tower's absolute positions do not "
+                          f"fit Qwen2-VL's 2D RoPE")
+    if cfg.get("variant") != variant:
+        raise ConfigError(f"{variant} vision_from {source} is a {cfg.get('variant')} tower, not a {variant} one")
+    return load_model(source)
+
+
+def _check_same_tower(recipe: Qwen2VisionConfig, pretrained: Qwen2VisionConfig, source) -> None:
+    """The recipe's vision_config and the vision_from tower's agree on everything but the merger's output
+    width (the decoder's, set by compose)."""
+    skip = {"out_hidden_size", "hf"}
+    differ = [f"{f.name}: recipe {getattr(recipe, f.name)!r}, tower {getattr(pretrained, f.name)!r}"
+              for f in fields(Qwen2VisionConfig) if f.name not in skip
+              and getattr(recipe, f.name) != getattr(pretrained, f.name)]
+    if differ:
+        raise ConfigError(f"model.config.vision_config does not describe the vision_from tower {source}: "
+                          + "; ".join(differ) + " (drop vision_config to take the tower's)")
 
 
 def _video_token_id(tok, spec: dict) -> dict:
