@@ -55,17 +55,6 @@ class Family:
 
 # the key table of an Ocellus format whose checkpoint names are the model's own (generators, unified models)
 OWN_NAMES = KeyMap(rules=(("{rest}", "{rest}"),))
-
-DECODER_KEYS = KeyMap(
-    rules=(
-        ("embed_tokens.weight", "model.embed_tokens.weight"),
-        ("layers.{i}.{rest}", "model.layers.{i}.{rest}"),
-        ("norm.weight", "model.norm.weight"),
-        ("lm_head.weight", "lm_head.weight"),
-    ),
-    drop=(r"rotary_emb\.inv_freq$",),
-)
-
 VISION_ARCHITECTURES = ("CLIPVisionModel", "SiglipVisionModel")   # one ViT family (hub/vision_families.py keys)
 
 
@@ -188,7 +177,7 @@ def unregister(name: str) -> FamilyRecord:
 # and SigLIP share DualEncoder): ocellus.save of a model no load named takes the first that builds its class.
 _M, _F = "ocellus.models.", "ocellus.models.families."
 register(FamilyRecord("decoder", ("llama", "qwen2"), ("LlamaForCausalLM", "Qwen2ForCausalLM"),
-                      checkpoint=_M + "text.decoder"))
+                      checkpoint=_F + "decoder.checkpoint"))
 register(FamilyRecord("vit", ("clip_vision_model", "siglip_vision_model"), VISION_ARCHITECTURES,
                       checkpoint=_M + "vision.vit"))
 register(FamilyRecord("llava", ("llava",), ("LlavaForConditionalGeneration",), checkpoint=_F + "llava.checkpoint",
@@ -224,7 +213,7 @@ register(FamilyRecord("siglip", ("siglip", "siglip_text_model"), ("SiglipModel",
                       checkpoint=_M + "contrastive.siglip"))
 register(FamilyRecord("bert", ("bert",), tuple(_BERT_ARCHITECTURES), checkpoint=_M + "text.bert"))
 register(FamilyRecord("deepseek", ("deepseek_v2", "deepseek_v3"), ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"),
-                      checkpoint=_M + "text.deepseek"))
+                      checkpoint=_F + "deepseek.checkpoint"))
 register(FamilyRecord("blip2_stage1", ("ocellus_blip2_stage1",), ("OcellusBlip2QFormerPretraining",),
                       checkpoint=_F + "blip2.stage1"))
 register(FamilyRecord("albef", ("ocellus_albef",), ("OcellusALBEF",), checkpoint=_M + "contrastive.albef"))

@@ -3,7 +3,7 @@
 pre-norm blocks: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); RoPE on q/k; GQA; optional
 qkv bias (Qwen2) and tied embeddings. Matches transformers' LlamaForCausalLM /
 Qwen2ForCausalLM logits (see tests/parity/test_decoder_parity.py). Checkpoint names are mapped
-by the key table in ocellus/hub/families.py.
+by the key table in ocellus/models/families/decoder/checkpoint.py.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError, positive_ints, required_fields
-from ocellus.hub.families import DECODER_KEYS, Family
 from ocellus.nn.attention import Attention
 from ocellus.nn.kept_rows import KeptRows
 from ocellus.nn.kv_cache import StaticKVCache
@@ -299,11 +298,3 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     shift_labels = labels[:, 1:]                                             # [B, T-1]
     return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
                            ignore_index=ignore_index)
-
-
-def family(architecture: str | None = None) -> Family:
-    """The hub Family of LlamaForCausalLM / Qwen2ForCausalLM checkpoints (names: hub/families.DECODER_KEYS); one
-    for both architectures."""
-    return Family(name="decoder", model_class=DecoderLM, build=lambda cfg: DecoderLM(DecoderConfig.from_hf(cfg)),
-                  keymap=DECODER_KEYS, hf_config=lambda m: m.config.to_hf(),
-                  tied=lambda m: ("lm_head.weight",) if m.config.tie_word_embeddings else ())

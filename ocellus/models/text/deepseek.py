@@ -12,7 +12,7 @@ Generation keeps a latent-only cache (nn/mla.LatentKVCache: per token and layer 
 c_kv and the rotated shared key k_pe), attended with W_UK / W_UV absorbed (nn/mla.py `_absorbed`): no
 per-head key or value is ever stored. Checkpoint names equal transformers' (per-expert
 `mlp.experts.{j}.gate_proj.weight`, as save_pretrained writes them); the outer prefixes are
-hub/families.DECODER_KEYS. V3's released checkpoints add num_nextn_predict_layers multi-token-prediction
+Llama's (the Family: models/families/deepseek/checkpoint.py). V3's released checkpoints add num_nextn_predict_layers multi-token-prediction
 layers after the decoder, `model.layers.{num_hidden_layers + k}.*` (a block plus enorm / hnorm / eh_proj /
 shared_head): a training / speculative-decoding head, not part of the causal LM, so the load skips exactly
 those layer indices (`mtp_keys`; transformers ignores `model.layers.61.*`). Their fp8 block-scaled weights are
@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from ocellus.errors import ConfigError, InputError, positive_ints
-from ocellus.hub.families import DECODER_KEYS, Family
 from ocellus.infer.generate import generate
 from ocellus.models.text.decoder import CausalLMOutput, DecoderLM, causal_lm_loss
 from ocellus.nn.masks import build_attention_mask
@@ -308,11 +307,3 @@ def mtp_keys(cfg: dict) -> tuple[str, ...]:
         raise ConfigError(f"{_kind(cfg)} config num_nextn_predict_layers must be an int >= 0, got {n!r}")
     first = cfg["num_hidden_layers"]
     return (rf"model\.layers\.({'|'.join(str(first + k) for k in range(n))})\.",) if n else ()
-
-
-def family(architecture: str | None = None) -> Family:
-    """The hub Family of DeepseekV2ForCausalLM / DeepseekV3ForCausalLM checkpoints (one for both: the config's
-    model_type picks the router)."""
-    return Family(name="deepseek", model_class=DeepseekLM, build=lambda cfg: DeepseekLM(DeepseekConfig.from_hf(cfg)),
-                  keymap=DECODER_KEYS, hf_config=lambda m: m.config.to_hf(),
-                  tied=lambda m: ("lm_head.weight",) if m.config.tie_word_embeddings else (), checkpoint_only=mtp_keys)
