@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ocellus.errors import ConfigError, InputError, positive_ints
-from ocellus.models.text.bert import Bert, BertConfig, BertLayer, init_bert_weights
+from ocellus.models.text.bert import Bert, BertConfig, BertDims, BertLayer, init_bert_weights
 from ocellus.nn.norms import LayerNorm
 
 # transformers' Blip2QFormerConfig defaults, for fields a config.json leaves out
@@ -34,34 +34,22 @@ _HF_DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num
 
 
 @dataclass(frozen=True)
-class QFormerConfig:
+class QFormerConfig(BertDims):
+    """BERT's numbers (BertDims: the same names and defaults) + the queries and the cross-attention layout."""
     num_query_tokens: int = 32
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-12
     encoder_hidden_size: int = 1408          # the image features' width
     cross_attention_frequency: int = 2       # layer i cross-attends when i % frequency == 0
     text_input: bool = False                 # text embeddings + text FFN (stage 1, InstructBLIP); BLIP-2's LM path has none
-    vocab_size: int = 30522
-    max_position_embeddings: int = 512
-    pad_token_id: int | None = 0
     hf: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         positive_ints(self, ("num_query_tokens", "cross_attention_frequency", "encoder_hidden_size"),
                       "Q-Former config field {!r}")
-        self.bert()   # validates the shared numbers
+        super().__post_init__()   # the shared numbers
 
     def bert(self) -> BertConfig:
         """The BertConfig of its layers (no segment embeddings; cross-attention every `frequency` layers)."""
-        return BertConfig(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
-                          num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
-                          intermediate_size=self.intermediate_size, hidden_act=self.hidden_act,
-                          max_position_embeddings=self.max_position_embeddings, type_vocab_size=0,
-                          layer_norm_eps=self.layer_norm_eps, pad_token_id=self.pad_token_id,
+        return BertConfig(**self.dims(), type_vocab_size=0,
                           cross_attention_layers=tuple(range(0, self.num_hidden_layers, self.cross_attention_frequency)),
                           encoder_hidden_size=self.encoder_hidden_size)
 
@@ -83,12 +71,8 @@ class QFormerConfig:
 
     def to_hf(self) -> dict:
         out = {k: v for k, v in self.hf.items() if k not in ("torch_dtype", "dtype")}
-        out.update(model_type="blip_2_qformer", hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
-                   num_attention_heads=self.num_attention_heads, intermediate_size=self.intermediate_size,
-                   hidden_act=self.hidden_act, layer_norm_eps=self.layer_norm_eps,
-                   encoder_hidden_size=self.encoder_hidden_size, cross_attention_frequency=self.cross_attention_frequency,
-                   use_qformer_text_input=self.text_input, vocab_size=self.vocab_size,
-                   max_position_embeddings=self.max_position_embeddings, pad_token_id=self.pad_token_id,
+        out.update(model_type="blip_2_qformer", **self.dims(), encoder_hidden_size=self.encoder_hidden_size,
+                   cross_attention_frequency=self.cross_attention_frequency, use_qformer_text_input=self.text_input,
                    position_embedding_type="absolute")
         return out
 

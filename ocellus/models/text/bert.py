@@ -21,7 +21,7 @@ intermediate); the key table in ocellus/hub/bert_families.py maps the rest.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
@@ -37,7 +37,9 @@ from ocellus.nn.norms import LayerNorm
 
 
 @dataclass(frozen=True)
-class BertConfig:
+class BertDims:
+    """The numbers of a BERT stack with transformers' BertConfig defaults, checked once: BertConfig's and
+    the Q-Former's (connectors/qformer.QFormerConfig, whose layers are BertLayers) under the same names."""
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -45,13 +47,8 @@ class BertConfig:
     intermediate_size: int = 3072
     hidden_act: str = "gelu"
     max_position_embeddings: int = 512
-    type_vocab_size: int = 2                 # segment (sentence A/B) embeddings; 0: none (BLIP-2's Q-Former)
     layer_norm_eps: float = 1e-12
     pad_token_id: int | None = 0
-    tie_word_embeddings: bool = True         # MLM decoder = word embeddings^T
-    cross_attention_layers: tuple[int, ...] = ()   # layers with cross-attention to encoder states
-    encoder_hidden_size: int | None = None   # width of those states (default: hidden_size)
-    hf: dict = field(default_factory=dict, compare=False, repr=False)  # the source config.json, kept for save
 
     def __post_init__(self):
         positive_ints(self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -61,6 +58,22 @@ class BertConfig:
                               f"num_attention_heads={self.num_attention_heads}")
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"BERT hidden_act {self.hidden_act!r}; supported: {sorted(ACTIVATIONS)}")
+
+    def dims(self) -> dict:
+        """These numbers under their (transformers') names, as both configs write them to config.json."""
+        return {f.name: getattr(self, f.name) for f in fields(BertDims)}
+
+
+@dataclass(frozen=True)
+class BertConfig(BertDims):
+    type_vocab_size: int = 2                 # segment (sentence A/B) embeddings; 0: none (BLIP-2's Q-Former)
+    tie_word_embeddings: bool = True         # MLM decoder = word embeddings^T
+    cross_attention_layers: tuple[int, ...] = ()   # layers with cross-attention to encoder states
+    encoder_hidden_size: int | None = None   # width of those states (default: hidden_size)
+    hf: dict = field(default_factory=dict, compare=False, repr=False)  # the source config.json, kept for save
+
+    def __post_init__(self):
+        super().__post_init__()
         bad = [i for i in self.cross_attention_layers if not 0 <= i < self.num_hidden_layers]
         if bad:
             raise ConfigError(f"cross_attention_layers {bad} out of range for {self.num_hidden_layers} layers")
@@ -92,11 +105,7 @@ class BertConfig:
             raise ConfigError("a BERT with cross-attention in some layers only has no transformers config; "
                               "save the model that uses it (e.g. the Q-Former's family)")
         out = {k: v for k, v in self.hf.items() if k not in ("torch_dtype",)}
-        out.update(model_type="bert", vocab_size=self.vocab_size, hidden_size=self.hidden_size,
-                   num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
-                   intermediate_size=self.intermediate_size, hidden_act=self.hidden_act,
-                   max_position_embeddings=self.max_position_embeddings, type_vocab_size=self.type_vocab_size,
-                   layer_norm_eps=self.layer_norm_eps, pad_token_id=self.pad_token_id,
+        out.update(model_type="bert", **self.dims(), type_vocab_size=self.type_vocab_size,
                    tie_word_embeddings=self.tie_word_embeddings, add_cross_attention=every and bool(
                        self.cross_attention_layers), position_embedding_type="absolute")
         return out
