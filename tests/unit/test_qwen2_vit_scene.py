@@ -154,3 +154,19 @@ def test_a_tower_that_does_not_fit_is_a_config_error(tiny_vlm_parts, tmp_path):
         qwen2_vl.compose({**spec, "architecture": "qwen2_5_vl", "config": {"mrope_section": [2, 1, 1]}}, tok)
     with pytest.raises(ConfigError, match="model_type 'clip_vision_model' is not a Qwen2-VL vision tower"):
         qwen2_vl.compose({**spec, "vision_from": str(tiny_vlm_parts / "vit" / "model")}, tok)
+
+
+def test_saving_a_tower_imports_no_other_family(tmp_path):
+    """The export names its family: saving does not import every registered family's checkpoint module to find
+    the one that builds the class (a family mid-edit elsewhere in the tree once failed a finished ViT run's export)."""
+    import subprocess
+    import sys
+    code = ("import sys; from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig, Qwen2VisionTransformer; "
+            "from ocellus.models.families.qwen2_vl.tower import save_tower; "
+            "cfg = Qwen2VisionConfig.from_hf({'depth': 1, 'embed_dim': 16, 'num_heads': 2, 'patch_size': 4}, 'qwen2_vl'); "
+            f"save_tower(Qwen2VisionTransformer(cfg), {str(tmp_path / 'tower')!r}); "
+            "print(' '.join(m for m in sys.modules if m.startswith('ocellus.models.families.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert not [m for m in loaded if not m.startswith("ocellus.models.families.qwen2_vl")
+                and m != "ocellus.models.families.common"], loaded
+    assert type(ocellus.load(tmp_path / "tower")).__name__ == "Qwen2VisionTransformer"

@@ -22,9 +22,10 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "qwen2_vl_tiny_shapes
 
 
 def _recipe(parts: Path, out: Path, extra=(), drop=("init_from",)) -> dict:
-    """The shipped recipe without init_from (the image run's checkpoint is not here), on the tiny parts."""
+    """The shipped recipe without init_from and vision_from (the image run's checkpoint and its ViT are not
+    here), on the tiny parts."""
     raw = yaml.safe_load(RECIPE.read_text())
-    for key in drop:
+    for key in ("vision_from", *drop):
         del raw["model"][key]
     path = out / "video.yaml"
     path.write_text(yaml.safe_dump(raw))

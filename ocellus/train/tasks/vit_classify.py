@@ -22,8 +22,8 @@ from ocellus.data.digits import digits_samples
 from ocellus.data.image import preprocess
 from ocellus.data.shapes import make_scene, render
 from ocellus.errors import ConfigError
-from ocellus.hub.checkpoint import save_model
 from ocellus.hub.vision_families import save_vision
+from ocellus.models.families.qwen2_vl.tower import save_tower
 from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig, Qwen2VisionTransformer
 from ocellus.models.vision.vit import VisionTransformer, ViTClassifier, ViTConfig
 from ocellus.train.recipe import check_recipe
@@ -119,7 +119,7 @@ def build_dataset(recipe: dict, tok, model):
 
 def export(recipe: dict, model, tok, path: Path) -> Path:
     if isinstance(model.encoder, Qwen2VisionTransformer):
-        save_model(model.encoder, path)       # ocellus_qwen2_vit: what a qwen2_vl recipe's vision_from loads
+        save_tower(model.encoder, path)       # ocellus_qwen2_vit: what a qwen2_vl recipe's vision_from loads
     else:
         save_vision(model.encoder, path)
     (path / "classifier_head.json").write_text(json.dumps({"num_classes": model.classifier.out_features}))

@@ -4,7 +4,10 @@ after `visual.`. Task vit_classify writes one (recipes/qwen2_vl_tiny_shapes/vit.
 qwen2_5_vl recipe's vision_from reads it (modeling.compose)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ocellus.errors import ConfigError
+from ocellus.hub.checkpoint import save_model
 from ocellus.hub.families import OWN_NAMES, Family
 from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig, Qwen2VisionTransformer, VARIANTS
 
@@ -27,3 +30,12 @@ def family(architecture: str | None = None) -> Family:
     """The hub Family of a tower saved alone (hub/families.py registers it as qwen2_vit)."""
     return Family(name="qwen2_vit", model_class=Qwen2VisionTransformer, build=build_tower, keymap=OWN_NAMES,
                   hf_config=tower_config)
+
+
+def save_tower(model: Qwen2VisionTransformer, out_dir) -> Path:
+    """Write the tower alone (ocellus.save's one path). The family is named, so saving finds it first instead of
+    importing every registered family's checkpoint module looking for the one that builds the class."""
+    if not isinstance(model, Qwen2VisionTransformer):
+        raise ConfigError(f"save_tower takes a Qwen2VisionTransformer, got {type(model).__name__}")
+    model.family_name = "qwen2_vit"
+    return save_model(model, out_dir)
