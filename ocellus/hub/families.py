@@ -208,16 +208,16 @@ register(FamilyRecord("xgen_mm", ("ocellus_xgen_mm",), ("OcellusXGenMMForConditi
                       checkpoint=_F + "xgen_mm.checkpoint", modeling=_F + "xgen_mm.modeling",
                       processor=_F + "xgen_mm.processor", export=_F + "llava_next.processor"))
 register(FamilyRecord("clip", ("clip", "clip_text_model"),
-                      ("CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection"), checkpoint=_M + "contrastive.clip"))
+                      ("CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection"), checkpoint=_F + "clip.checkpoint"))
 register(FamilyRecord("siglip", ("siglip", "siglip_text_model"), ("SiglipModel", "SiglipTextModel"),
-                      checkpoint=_M + "contrastive.siglip"))
+                      checkpoint=_F + "siglip.checkpoint"))
 register(FamilyRecord("bert", ("bert",), tuple(_BERT_ARCHITECTURES), checkpoint=_M + "text.bert"))
 register(FamilyRecord("deepseek", ("deepseek_v2", "deepseek_v3"), ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"),
                       checkpoint=_F + "deepseek.checkpoint"))
 register(FamilyRecord("blip2_stage1", ("ocellus_blip2_stage1",), ("OcellusBlip2QFormerPretraining",),
                       checkpoint=_F + "blip2.stage1"))
-register(FamilyRecord("albef", ("ocellus_albef",), ("OcellusALBEF",), checkpoint=_M + "contrastive.albef"))
-register(FamilyRecord("blip", ("ocellus_blip",), ("OcellusBLIP",), checkpoint=_M + "contrastive.blip"))
+register(FamilyRecord("albef", ("ocellus_albef",), ("OcellusALBEF",), checkpoint=_F + "albef.checkpoint"))
+register(FamilyRecord("blip", ("ocellus_blip",), ("OcellusBLIP",), checkpoint=_F + "blip.checkpoint"))
 # Ocellus' own formats: config.json is a build spec with a model_type and no architectures
 register(FamilyRecord("image_generator", ("ocellus_image_generator",), checkpoint=_M + "generative.checkpoint"))
 register(FamilyRecord("unified", ("ocellus_unified",), checkpoint=_M + "unified.checkpoint"))

@@ -32,15 +32,13 @@ features keeps ITC at chance (measured: recall@1 at chance after 200 steps; see 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError, positive_ints
-from ocellus.hub.families import Family
-from ocellus.hub.keymap import KeyMap
 from ocellus.models.contrastive.clip import _group
 from ocellus.models.contrastive.losses import hard_negatives, itm_loss, queue_itc, soft_cross_entropy
 from ocellus.models.contrastive.momentum import NO_ID, FeatureQueue, distill_alpha, momentum_copy, momentum_update
@@ -348,7 +346,7 @@ class ALBEF(ImageTextHeads):
                            loss_mlm=loss_mlm, alpha=alpha)
 
 
-# ---- building and checkpoints (our own format: no transformers class exists for ALBEF) -------------
+# ---- building (its checkpoint format, Ocellus' own: models/families/albef/) -------------------------
 def text_bert_config(text: dict, cfg: AlignConfig, vision_width: int, cross_attention_layers) -> BertConfig:
     """A BERT config dict (transformers' field names: hidden_size, num_hidden_layers, ...) -> the
     BertConfig of the text side, vocabulary from the AlignConfig, cross-attention where asked."""
@@ -359,11 +357,6 @@ def text_bert_config(text: dict, cfg: AlignConfig, vision_width: int, cross_atte
         raise ConfigError(f"unknown text config keys {sorted(set(text) - allowed)}; BERT fields: "
                           f"{sorted(allowed - set(derived))}")
     return BertConfig(**{**{k: v for k, v in text.items() if k not in derived}, **derived})
-
-
-def bert_config_dict(c: BertConfig) -> dict:
-    return {f.name: list(v) if isinstance(v := getattr(c, f.name), tuple) else v for f in fields(BertConfig)
-            if f.name != "hf"}
 
 
 def vision_from_config(vision: dict) -> VisionTransformer:
@@ -389,28 +382,5 @@ def build_albef(config: dict) -> ALBEF:
     return ALBEF(vit, Bert(bert_cfg, pooler=False, mlm_head=True), cfg)
 
 
-def align_hf_config(model, architecture: str, model_type: str, bert: Bert) -> dict:
-    return {"architectures": [architecture], "model_type": model_type,
-            "vision_config": model.visual_encoder.config.to_hf(), "text_config": bert_config_dict(bert.config),
-            "align_config": asdict(model.config)}
-
-
-def shared_keys(model: nn.Module) -> tuple[str, ...]:
-    """State-dict keys whose tensor is another, earlier key's (the MLM/LM head tied to the word
-    embeddings, BLIP's decoder modules shared with the encoder): written once, filled by the first."""
-    seen, out = set(), []
-    for key, t in model.state_dict(keep_vars=True).items():
-        if t.data_ptr() in seen:
-            out.append(key)
-        seen.add(t.data_ptr())
-    return tuple(out)
-
-
-def family(architecture: str | None = None):
-    return Family(name="albef", model_class=ALBEF, build=build_albef, keymap=KeyMap(rules=(("{rest}", "{rest}"),)),
-                  hf_config=lambda m: align_hf_config(m, "OcellusALBEF", "ocellus_albef", m.text_encoder),
-                  tied=shared_keys)
-
-
 __all__ = ["ALBEF", "AlignConfig", "AlignOutput", "encode_captions", "bert_layers", "mask_for_mlm", "distilled_mlm_loss",
-           "build_albef", "family", "shared_keys", "NUM_EXTRA_TOKENS"]
+           "build_albef", "NUM_EXTRA_TOKENS"]

@@ -31,11 +31,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError
-from ocellus.hub.families import Family
-from ocellus.hub.keymap import KeyMap
 from ocellus.infer.generate import generate as engine_generate   # BLIP.generate is the method
-from ocellus.models.contrastive.albef import (AlignConfig, AlignOutput, ImageTextHeads, align_hf_config, align_parts,
-                                              bert_layers, shared_keys)
+from ocellus.models.contrastive.albef import AlignConfig, AlignOutput, ImageTextHeads, align_parts, bert_layers
 from ocellus.models.contrastive.clip import _group
 from ocellus.models.contrastive.losses import hard_negatives, itg_loss, itm_loss
 from ocellus.models.text.bert import Bert
@@ -202,17 +199,11 @@ class _Logits:
         self.logits = logits
 
 
-# ---- building and checkpoints (our own format: the pretraining model with momentum state, as LAVIS's) --
+# ---- building (its checkpoint format, ALBEF's layout: models/families/blip/) ------------------------
 def build_blip(config: dict) -> BLIP:
     """Our config.json dict -> BLIP; every text layer cross-attends."""
     cfg, vit, bert_cfg = align_parts(config, "BLIP", lambda cfg, layers: range(layers))
     return BLIP(vit, Bert(bert_cfg, pooler=False), cfg)
 
 
-def family(architecture: str | None = None):
-    return Family(name="blip", model_class=BLIP, build=build_blip, keymap=KeyMap(rules=(("{rest}", "{rest}"),)),
-                  hf_config=lambda m: align_hf_config(m, "OcellusBLIP", "ocellus_blip", m.text_encoder),
-                  tied=shared_keys)
-
-
-__all__ = ["BLIP", "tie_decoder", "CaptionDecoder", "PrefixCache", "build_blip", "family"]
+__all__ = ["BLIP", "tie_decoder", "CaptionDecoder", "PrefixCache", "build_blip"]

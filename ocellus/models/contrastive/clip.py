@@ -10,9 +10,9 @@ logits_per_text, text_embeds, image_embeds; tests/parity/test_clip_parity.py).
 an image tower (ocellus/models/vision/vit.py), a text tower (ocellus/models/text/clip_text.py),
 optional projections, the log-scale and (SigLIP) a bias, and which loss trains it
 (ocellus/models/contrastive/losses.py: InfoNCE or sigmoid; features are all-gathered across
-processes so negatives span the global batch). ocellus/models/contrastive/siglip.py builds the
-SigLIP one. Parameter names equal transformers' (vision_model.*, text_model.*, visual_projection,
-text_projection, logit_scale, logit_bias); the key tables below map the towers' inner names.
+processes so negatives span the global batch). Parameter names equal transformers' (vision_model.*,
+text_model.*, visual_projection, text_projection, logit_scale, logit_bias); the checkpoints (key tables, builders,
+config.json) are the families' folders, models/families/clip/ and models/families/siglip/.
 
 Note on the clamp: transformers applies exp(logit_scale) unclamped. Checkpoints trained with the
 clamp hold at most ln(100) rounded to fp32 (4.6052 -> 100.003), so our logits can differ from
@@ -28,11 +28,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError, positive_int
-from ocellus.hub.families import Family
-from ocellus.hub.keymap import KeyMap
-from ocellus.hub.vision_families import vision_rules
 from ocellus.models.contrastive.losses import MAX_LOGIT_SCALE, contrastive_loss, logit_scale_value
-from ocellus.models.text.clip_text import ProjectedText, TextTowerConfig, TextTransformer
+from ocellus.models.text.clip_text import TextTowerConfig, TextTransformer
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 
 LOSSES = ("infonce", "sigmoid")
@@ -144,40 +141,11 @@ class DualEncoder(nn.Module):
                                  text_embeds=text_embeds, image_embeds=image_embeds)
 
 
-# ---- checkpoints ---------------------------------------------------------------------------------
-_POSITION_IDS = r"(^|\.)embeddings\.position_ids$"   # a non-persistent arange some exports carry
-
-
-def text_rules(ours: str, theirs: str) -> tuple[tuple[str, str], ...]:
-    """The text tower's blocks, embeddings and head are named like the image tower's (same
-    EncoderBlock); it adds final_layer_norm."""
-    return vision_rules(ours, theirs) + ((f"{ours}final_layer_norm.{{rest}}", f"{theirs}final_layer_norm.{{rest}}"),)
-
-
-def _own(*names: str) -> tuple[tuple[str, str], ...]:
-    return tuple((n, n) for n in names)
-
-
-DUAL_KEYS = KeyMap(rules=vision_rules("vision_model.", "vision_model.") + text_rules("text_model.", "text_model.")
-                   + _own("visual_projection.weight", "text_projection.weight", "logit_scale", "logit_bias"),
-                   drop=(_POSITION_IDS,))
-# CLIPTextModel / SiglipTextModel: transformers 5 writes the tower unprefixed (4.x: `text_model.`); both load
-TEXT_KEYS = KeyMap(rules=text_rules("", "") + text_rules("", "text_model."), drop=(_POSITION_IDS,))
-PROJECTED_TEXT_KEYS = KeyMap(rules=text_rules("text_model.", "text_model.") + _own("text_projection.weight"),
-                             drop=(_POSITION_IDS,))
-
-
+# ---- new dual encoders (the checkpoints' builders: models/families/clip/, models/families/siglip/) ----------
 def siglip_config(**kw) -> DualEncoderConfig:
     """SigLIP's numbers: sigmoid loss, no projections, scale and bias stored as [1] like transformers."""
     return DualEncoderConfig(**{**dict(loss="sigmoid", projection_dim=None, logit_scale_init=SIGLIP_SCALE_INIT,
                                        logit_bias_init=SIGLIP_BIAS_INIT, scalar_shape=(1,)), **kw})
-
-
-def build_clip(cfg: dict) -> DualEncoder:
-    """A CLIPModel config.json dict -> DualEncoder (random init unless the loader skips it)."""
-    dual = DualEncoderConfig(loss="infonce", projection_dim=int(cfg.get("projection_dim", 512)),
-                             logit_scale_init=float(cfg.get("logit_scale_init_value", 2.6592)), hf=dict(cfg))
-    return DualEncoder(VisionTransformer(ViTConfig.from_hf(cfg)), TextTransformer(TextTowerConfig.from_hf(cfg)), dual)
 
 
 def build_dual_encoder(kind: str, vision: dict, text: dict, projection_dim: int | None = None, **dual) -> DualEncoder:
@@ -198,52 +166,4 @@ def build_dual_encoder(kind: str, vision: dict, text: dict, projection_dim: int 
     return model
 
 
-def towers_hf_config(model: DualEncoder, model_type: str, architecture: str) -> dict:
-    """config.json of a CLIPModel / SiglipModel: source config, our towers' configs over it."""
-    if model.vision_model.config.hf_kind() != f"{model_type}_vision_model" or model.text_model.config.kind != \
-            f"{model_type}_text_model":
-        raise ConfigError(f"a {architecture} needs {model_type} towers; this model has a "
-                          f"{model.vision_model.config.hf_kind()} and a {model.text_model.config.kind}")
-    strip = lambda c: {k: v for k, v in c.items() if k != "architectures"}   # noqa: E731
-    out = {k: v for k, v in model.config.hf.items() if k not in ("architectures", "torch_dtype")}
-    out.update(architectures=[architecture], model_type=model_type, text_config=strip(model.text_model.config.to_hf()),
-               vision_config=strip(model.vision_model.config.to_hf()))
-    return out
-
-
-def clip_hf_config(model: DualEncoder) -> dict:
-    out = towers_hf_config(model, "clip", "CLIPModel")
-    if model.config.projection_dim is None or model.logit_bias is not None:
-        raise ConfigError("a CLIPModel has projections and no logit_bias")
-    out.update(projection_dim=model.config.projection_dim,
-               logit_scale_init_value=float(out.get("logit_scale_init_value", model.config.logit_scale_init)))
-    return out
-
-
-def build_clip_text(cfg: dict) -> TextTransformer:
-    return TextTransformer(TextTowerConfig.from_hf(cfg))
-
-
-def build_clip_text_projected(cfg: dict) -> ProjectedText:
-    return ProjectedText(TextTransformer(TextTowerConfig.from_hf(cfg)), int(cfg.get("projection_dim", 512)))
-
-
-def projected_text_hf_config(model: ProjectedText) -> dict:
-    out = model.text_model.config.to_hf()
-    out.update(architectures=["CLIPTextModelWithProjection"], projection_dim=model.text_projection.out_features)
-    return out
-
-
-def family(architecture: str):
-    """The Family of one architecture (hub/families.py): CLIPModel, CLIPTextModel, CLIPTextModelWithProjection."""
-    return {"CLIPModel": Family(name="clip", model_class=DualEncoder, build=build_clip, keymap=DUAL_KEYS,
-                                hf_config=clip_hf_config),
-            "CLIPTextModel": Family(name="clip_text", model_class=TextTransformer, build=build_clip_text,
-                                    keymap=TEXT_KEYS, hf_config=lambda m: m.config.to_hf()),
-            "CLIPTextModelWithProjection": Family(name="clip_text_projected", model_class=ProjectedText,
-                                                  build=build_clip_text_projected, keymap=PROJECTED_TEXT_KEYS,
-                                                  hf_config=projected_text_hf_config)}[architecture]
-
-
-__all__ = ["DualEncoder", "DualEncoderConfig", "ContrastiveOutput", "DUAL_KEYS", "TEXT_KEYS", "PROJECTED_TEXT_KEYS",
-           "build_clip", "build_dual_encoder", "clip_hf_config", "towers_hf_config", "family", "text_rules"]
+__all__ = ["DualEncoder", "DualEncoderConfig", "ContrastiveOutput", "build_dual_encoder", "siglip_config"]

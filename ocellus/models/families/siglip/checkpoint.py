@@ -1,25 +1,26 @@
-"""SigLIP: CLIP's dual encoder trained with a pairwise sigmoid loss instead of the softmax.
+"""SigLIP checkpoints: SiglipModel / SiglipTextModel builders and config.json writer (the registry's Family).
 
-Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training" (Algorithm 1; reference:
-google-research/big_vision, proj/image_text/siglip.py): every image-text pair of the batch is an
-independent binary classification, logits = exp(t') * cos + b with learned t' (init log 10) and
-bias b (init -10, so the many negatives start with a small loss), labels +1 for matching pairs and
--1 otherwise. No global normalisation over the batch, so it works at any batch size, one pair
-included. The towers differ from CLIP's: a bidirectional text tower pooled at the last position
-with a linear `head`, an image tower pooled by attention (MAP head); no projections.
+SigLIP (Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training"; reference:
+google-research/big_vision, proj/image_text/siglip.py) is CLIP's dual encoder trained with a pairwise sigmoid
+loss instead of the softmax: every image-text pair of the batch is an independent binary classification,
+logits = exp(t') * cos + b with learned t' (init log 10) and bias b (init -10, so the many negatives start with
+a small loss), labels +1 for matching pairs and -1 otherwise. No global normalisation over the batch, so it
+works at any batch size, one pair included. The towers differ from CLIP's: a bidirectional text tower pooled
+at the last position with a linear `head`, an image tower pooled by attention (MAP head); no projections.
 
-The model is ocellus/models/contrastive/clip.py's DualEncoder with loss="sigmoid"; this file holds
-its builder and config writer. Matches transformers' SiglipModel (tests/parity/test_clip_parity.py).
+The model is ocellus/models/contrastive/clip.py's DualEncoder with loss="sigmoid" (siglip_config); the key
+tables are CLIP's (families/clip/). Matches transformers' SiglipModel (tests/parity/test_clip_parity.py).
 """
 from __future__ import annotations
 
 from ocellus.errors import ConfigError
 from ocellus.hub.families import Family
-# SigLIP's DualEncoderConfig numbers sit in clip.py, beside the config, so clip's build_dual_encoder builds both kinds
-from ocellus.models.contrastive.clip import (DUAL_KEYS, SIGLIP_BIAS_INIT, SIGLIP_SCALE_INIT, TEXT_KEYS, DualEncoder,
-                                             siglip_config, towers_hf_config)
+from ocellus.models.contrastive.clip import DualEncoder, siglip_config
+from ocellus.models.families.clip.checkpoint import DUAL_KEYS, TEXT_KEYS, towers_hf_config
 from ocellus.models.text.clip_text import TextTowerConfig, TextTransformer
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
+
+MODEL_TYPES = ("siglip", "siglip_text_model")
 
 
 def build_siglip(cfg: dict) -> DualEncoder:
@@ -41,6 +42,3 @@ def family(architecture: str):
             "SiglipTextModel": Family(name="siglip_text", model_class=TextTransformer,
                                       build=lambda cfg: TextTransformer(TextTowerConfig.from_hf(cfg)),
                                       keymap=TEXT_KEYS, hf_config=lambda m: m.config.to_hf())}[architecture]
-
-
-__all__ = ["build_siglip", "siglip_config", "siglip_hf_config", "family", "SIGLIP_SCALE_INIT", "SIGLIP_BIAS_INIT"]
