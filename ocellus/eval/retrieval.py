@@ -26,7 +26,7 @@ from ocellus.data.processor import image_processor_dict
 from ocellus.data.shapes import render
 from ocellus.data.shapes_pairs import pairs_config, scenes, shapes_pairs
 from ocellus.data.tokenizer import Tokenizer
-from ocellus.hub.vision_families import load_vision
+from ocellus.models.families.vit.checkpoint import load_vision
 from ocellus.models.contrastive.clip import DualEncoder
 from ocellus.models.contrastive.moco import pooled
 from ocellus.models.text.clip_text import encode_texts

@@ -55,7 +55,6 @@ class Family:
 
 # the key table of an Ocellus format whose checkpoint names are the model's own (generators, unified models)
 OWN_NAMES = KeyMap(rules=(("{rest}", "{rest}"),))
-VISION_ARCHITECTURES = ("CLIPVisionModel", "SiglipVisionModel")   # one ViT family (hub/vision_families.py keys)
 
 
 @dataclass(frozen=True)
@@ -178,8 +177,8 @@ def unregister(name: str) -> FamilyRecord:
 _M, _F = "ocellus.models.", "ocellus.models.families."
 register(FamilyRecord("decoder", ("llama", "qwen2"), ("LlamaForCausalLM", "Qwen2ForCausalLM"),
                       checkpoint=_F + "decoder.checkpoint"))
-register(FamilyRecord("vit", ("clip_vision_model", "siglip_vision_model"), VISION_ARCHITECTURES,
-                      checkpoint=_M + "vision.vit"))
+register(FamilyRecord("vit", ("clip_vision_model", "siglip_vision_model"), ("CLIPVisionModel", "SiglipVisionModel"),
+                      checkpoint=_F + "vit.checkpoint"))
 register(FamilyRecord("llava", ("llava",), ("LlavaForConditionalGeneration",), checkpoint=_F + "llava.checkpoint",
                       modeling=_F + "llava.modeling", processor=_F + "llava.processor"))
 register(FamilyRecord("llava_next", ("llava_next",), ("LlavaNextForConditionalGeneration",),

@@ -33,7 +33,7 @@ from ocellus.data.shards import image_of, ImageText
 from ocellus.errors import ConfigError
 from ocellus.eval.retrieval import DIGITS_SOURCE_SIZE, evaluate
 from ocellus.hub.checkpoint import save_model
-from ocellus.hub.vision_families import save_vision
+from ocellus.models.families.vit.checkpoint import save_vision
 from ocellus.models.contrastive.clip import build_dual_encoder
 from ocellus.models.contrastive.moco import MoCo, MoCoConfig
 from ocellus.models.text.clip_text import encode_texts, LEGACY_EOS_ID

@@ -9,7 +9,7 @@ import torch
 
 import ocellus
 from ocellus.errors import InputError
-from ocellus.hub.vision_families import load_vision
+from ocellus.models.families.vit.checkpoint import load_vision
 from ocellus.models.contrastive.clip import DualEncoder
 from _init import shift_biases_and_norms, spread_init
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ocellus.errors import CheckpointError
-from ocellus.hub.vision_families import VISION_KEYS, load_vision, save_vision
+from ocellus.models.families.vit.checkpoint import VISION_KEYS, load_vision, save_vision
 from ocellus.models.vision import ViTConfig
 from _init import shift_biases_and_norms, spread_init
 
@@ -187,7 +187,7 @@ def test_ocellus_load_and_save_once_registered(pair, tmp_path, monkeypatch):
     """What families.py gets by calling register(ARCHITECTURES): ocellus.load / ocellus.save work."""
     import ocellus
     from ocellus.hub import families
-    from ocellus.models.vision.vit import register
+    from ocellus.models.families.vit.checkpoint import register
     monkeypatch.setattr(families, "ARCHITECTURES", register(dict(families.ARCHITECTURES)))
     ref, ours, path = pair
     model = ocellus.load(path)

@@ -13,7 +13,7 @@ from ocellus.data.bpe import train_bpe
 from ocellus.data.processor import Processor
 from ocellus.errors import CheckpointError, ConfigError
 from ocellus.hub.families import FAMILIES, MODEL_TYPES, import_piece
-from ocellus.hub.vision_families import load_vision
+from ocellus.models.families.vit.checkpoint import load_vision
 from ocellus.models.generative.checkpoint import load_generator
 from ocellus.models.unified.checkpoint import is_unified_dir, load_unified
 

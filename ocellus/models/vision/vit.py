@@ -7,7 +7,7 @@ CLS token; SigLIP's (Zhai et al. 2023) has no CLS token and pools with a multihe
 "probe" (MAP head). Matches transformers' CLIPVisionModel / SiglipVisionModel outputs
 (last_hidden_state, pooler_output, every hidden state) including bicubic position-embedding
 interpolation; see tests/parity/test_vit_parity.py. Checkpoint names are mapped by the key table
-in ocellus/hub/vision_families.py.
+in ocellus/models/families/vit/checkpoint.py.
 
     CLIP:   x = pre_ln(patches + cls + pos) -> blocks -> last;  pooled = post_ln(last[:, 0])
     SigLIP: x = patches + pos               -> blocks -> last = post_ln(.);  pooled = MAP(last)
@@ -21,8 +21,6 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError, positive_ints
-from ocellus.hub.families import VISION_ARCHITECTURES, Family
-from ocellus.hub.vision_families import VISION_KEYS
 from ocellus.nn.attention import Attention
 from ocellus.nn.mlp import ACTIVATIONS, GeluMLP
 from ocellus.nn.norms import LayerNorm
@@ -409,22 +407,3 @@ class ViTClassifier(nn.Module):
             loss = F.cross_entropy(logits, labels)
         return ClassifierOutput(logits=logits, loss=loss)
 
-
-# ---- checkpoints: the hub family of CLIPVisionModel / SiglipVisionModel (names: hub/vision_families.py) ----
-def build_vision(cfg: dict) -> VisionTransformer:
-    return VisionTransformer(ViTConfig.from_hf(cfg))
-
-
-def family(architecture: str | None = None) -> Family:
-    """The Family for CLIPVisionModel and SiglipVisionModel checkpoints (one table serves both;
-    config.json says which, and `to_hf` writes the right one back)."""
-    return Family(name="vit", model_class=VisionTransformer, build=build_vision, keymap=VISION_KEYS,
-                  hf_config=lambda m: m.config.to_hf())
-
-
-def register(architectures: dict) -> dict:
-    """Add the vision towers to a `hub.families.ARCHITECTURES`-style dict (returned for chaining)."""
-    fam = family()
-    for name in VISION_ARCHITECTURES:
-        architectures[name] = fam
-    return architectures

@@ -22,7 +22,7 @@ from ocellus.data.digits import digits_samples
 from ocellus.data.image import preprocess
 from ocellus.data.shapes import make_scene, render
 from ocellus.errors import ConfigError
-from ocellus.hub.vision_families import save_vision
+from ocellus.models.families.vit.checkpoint import save_vision
 from ocellus.models.families.qwen2_vl.tower import save_tower
 from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig, Qwen2VisionTransformer
 from ocellus.models.vision.vit import VisionTransformer, ViTClassifier, ViTConfig

@@ -10,8 +10,8 @@ from __future__ import annotations
 from ocellus.errors import ConfigError
 from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
-from ocellus.hub.vision_families import vision_rules
 from ocellus.models.contrastive.clip import DualEncoder, DualEncoderConfig
+from ocellus.models.families.vit.checkpoint import vision_rules
 from ocellus.models.text.clip_text import ProjectedText, TextTowerConfig, TextTransformer
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
-from ocellus.hub.vision_families import vision_rules
+from ocellus.models.families.vit.checkpoint import vision_rules
 from ocellus.models.families.common import decoder_rules
 from ocellus.models.families.flamingo.modeling import ARCHITECTURE, MODEL_TYPES, Flamingo, build_flamingo
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
-from ocellus.hub.vision_families import vision_rules
+from ocellus.models.families.vit.checkpoint import vision_rules
 from ocellus.models.families.common import decoder_rules, tied_lm_head
 from ocellus.models.families.internvl.modeling import (
     HF_ARCHITECTURE, OCELLUS_ARCHITECTURE, build_internvl, tokens_per_tile)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
-from ocellus.hub.vision_families import vision_rules
+from ocellus.models.families.vit.checkpoint import vision_rules
 from ocellus.models.families.common import decoder_rules, tied_lm_head
 from ocellus.models.families.qwen_vl.modeling import ARCHITECTURE, MODEL_TYPES, build_qwen_vl
 from ocellus.models.vlm import VLM

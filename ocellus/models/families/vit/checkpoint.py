@@ -1,4 +1,4 @@
-"""Checkpoint I/O for the CLIP and SigLIP image towers (ocellus/models/vision/vit.py).
+"""Checkpoint I/O for the CLIP and SigLIP image towers (ocellus/models/vision/vit.py): the registry's Family.
 
 One key table serves both: SigLIP's checkpoint is CLIP's minus class_embedding/pre_layrnorm plus a
 `head`, and our module names equal transformers' except three places the table maps:
@@ -10,9 +10,9 @@ or without it (what transformers 5 writes); both load. We save with the prefix, 
 those readers accepts. Full CLIPModel / SiglipModel checkpoints load too: the text tower and the
 projections are dropped explicitly.
 
-ocellus.load / ocellus.save reach the towers through hub/families.py's table (CLIPVisionModel,
-SiglipVisionModel -> models/vision/vit.family, which builds with VISION_KEYS); load_vision / save_vision
-below are thin wrappers over the same strict path (hub/checkpoint.py), so this module imports no model class.
+ocellus.load / ocellus.save reach the towers through the registry (hub/families.py: CLIPVisionModel,
+SiglipVisionModel -> `family` below); load_vision / save_vision are thin wrappers over the same strict path
+(hub/checkpoint.py). `vision_rules` is every composite family's ViT naming (LLaVA, CLIP's dual encoder, ...).
 """
 from __future__ import annotations
 
@@ -21,10 +21,13 @@ from pathlib import Path
 
 from ocellus.errors import ConfigError
 from ocellus.hub.checkpoint import load_model, read_config, save_model
-from ocellus.hub.families import ARCHITECTURES, VISION_ARCHITECTURES, resolve_family
+from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.hub.resolve import resolve
+from ocellus.models.vision.vit import VisionTransformer, ViTConfig
 
+MODEL_TYPES = ("clip_vision_model", "siglip_vision_model")
+VISION_ARCHITECTURES = ("CLIPVisionModel", "SiglipVisionModel")   # one ViT family, one key table
 CONTRASTIVE_ARCHITECTURES = ("CLIPModel", "SiglipModel")   # load_vision takes their image tower only
 
 
@@ -55,9 +58,15 @@ VISION_FROM_CONTRASTIVE_KEYS = KeyMap(
 )
 
 
-def _vision_family():
-    """The ViT family of the registry (models/vision/vit.family), imported on first use."""
-    return resolve_family(ARCHITECTURES[VISION_ARCHITECTURES[0]])
+def build_vision(cfg: dict) -> VisionTransformer:
+    return VisionTransformer(ViTConfig.from_hf(cfg))
+
+
+def family(architecture: str | None = None) -> Family:
+    """The Family for CLIPVisionModel and SiglipVisionModel checkpoints (one table serves both;
+    config.json says which, and `to_hf` writes the right one back)."""
+    return Family(name="vit", model_class=VisionTransformer, build=build_vision, keymap=VISION_KEYS,
+                  hf_config=lambda m: m.config.to_hf())
 
 
 def load_vision(path_or_id, dtype=None, device=None):
@@ -74,15 +83,20 @@ def load_vision(path_or_id, dtype=None, device=None):
     else:
         raise ConfigError(f"{path / 'config.json'}: architectures {archs or '(none given)'} is not a vision tower; "
                           f"supported: {sorted(VISION_ARCHITECTURES + CONTRASTIVE_ARCHITECTURES)}")
-    return load_model(path, dtype=dtype, device=device, family=replace(_vision_family(), keymap=keymap))
+    return load_model(path, dtype=dtype, device=device, family=replace(family(), keymap=keymap))
 
 
 def save_vision(model, out_dir, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write a CLIPVisionModel / SiglipVisionModel checkpoint (config.json + safetensors) that
     transformers' from_pretrained opens (hub/checkpoint.save_model, the one save path)."""
-    if not isinstance(model, _vision_family().model_class):
+    if not isinstance(model, VisionTransformer):
         raise ConfigError(f"save_vision takes a VisionTransformer, got {type(model).__name__}")
     return save_model(model, out_dir, max_shard_bytes=max_shard_bytes)
 
 
-__all__ = ["VISION_KEYS", "VISION_FROM_CONTRASTIVE_KEYS", "vision_rules", "load_vision", "save_vision"]
+def register(architectures: dict) -> dict:
+    """Add the vision towers to a `hub.families.ARCHITECTURES`-style dict (returned for chaining)."""
+    fam = family()
+    for name in VISION_ARCHITECTURES:
+        architectures[name] = fam
+    return architectures
