@@ -156,21 +156,21 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class DecoderLM(nn.Module):
-    def __init__(self, cfg: DecoderConfig):
+class CausalLMBase(nn.Module):
+    """What the decoder-only LMs share (DecoderLM here, DeepseekLM in deepseek.py): token embeddings, the layer
+    stack, a final RMSNorm, RoPE, the lm_head (tied to the embeddings when the config says so), their init, the
+    checked input embedding, the positions a forward starts from and the generation entry point."""
+
+    def __init__(self, cfg, layer: type[nn.Module]):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(layer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.rope)
-        section = cfg.rope.params.get("mrope_section")  # Qwen2-VL: position_ids may be [3, B, T] (nn/mrope.py)
-        self.mrope_section = check_mrope_section(section, cfg.rope.rotary_dim) if section is not None else None
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.gradient_checkpointing = False
-        self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -180,6 +180,53 @@ class DecoderLM(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    @property
+    def max_context(self) -> int:
+        return self.config.max_position_embeddings
+
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+    def _start(self, input_ids, inputs_embeds, position_ids, cache, unused: dict):
+        """A forward's start: x [B, T, D] (checked ids embedded, or inputs_embeds), the cached length `past`
+        (InputError past the context) and position_ids, defaulting to past + arange(T) as [B, T]."""
+        if unused:
+            raise InputError(f"unexpected forward arguments {sorted(unused)}")
+        x = self._embed(input_ids, inputs_embeds)                                   # [B, T, D]
+        B, T, _ = x.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.max_context:
+            raise InputError(f"sequence of {past + T} tokens exceeds the model's context of {self.max_context}")
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)  # [B, T]
+        return x, past, position_ids
+
+    def _embed(self, input_ids, inputs_embeds):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise InputError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is not None:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise InputError(f"inputs_embeds must be [B, T, {self.config.hidden_size}], got {tuple(inputs_embeds.shape)}")
+            return inputs_embeds
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise InputError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        if input_ids.numel():
+            lo, hi = (int(t) for t in torch.aminmax(input_ids))  # one reduction: this runs every decode step
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise InputError(f"input_ids hold ids outside [0, {self.config.vocab_size}): min {lo}, max {hi}")
+        return self.embed_tokens(input_ids)
+
+
+class DecoderLM(CausalLMBase):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__(cfg, DecoderLayer)
+        section = cfg.rope.params.get("mrope_section")  # Qwen2-VL: position_ids may be [3, B, T] (nn/mrope.py)
+        self.mrope_section = check_mrope_section(section, cfg.rope.rotary_dim) if section is not None else None
+        self.gradient_checkpointing = False
+        self.apply(self._init_weights)
 
     # -- generation-engine interface -------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> StaticKVCache:
@@ -194,9 +241,6 @@ class DecoderLM(nn.Module):
             return int(rope.params["factor"] * self.config.max_position_embeddings)
         return self.config.max_position_embeddings
 
-    def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
-
     # -- forward -----------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
@@ -209,15 +253,8 @@ class DecoderLM(nn.Module):
         [3, B, T]. logits_to_keep=k computes only the last k. before_layer(i, x) -> x, when given, runs
         before layer i: deep fusion (Flamingo's gated cross-attention, models/fusion_xattn.py) inserts
         its blocks there, between frozen layers."""
-        if unused:
-            raise InputError(f"unexpected forward arguments {sorted(unused)}")
-        x = self._embed(input_ids, inputs_embeds)                                   # [B, T, D]
+        x, past, position_ids = self._start(input_ids, inputs_embeds, position_ids, cache, unused)  # [B, T, D]
         B, T, _ = x.shape
-        past = cache.length if cache is not None else 0
-        if past + T > self.max_context:
-            raise InputError(f"sequence of {past + T} tokens exceeds the model's context of {self.max_context}")
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)  # [B, T]
         if position_ids.dim() == 3:  # M-RoPE: (temporal, height, width) ids, one frequency band each
             if self.mrope_section is None or position_ids.shape[0] != 3:
                 raise InputError(f"position_ids of shape {tuple(position_ids.shape)}: [3, B, T] M-RoPE ids need a "
@@ -261,23 +298,6 @@ class DecoderLM(nn.Module):
         if self.gradient_checkpointing and self.training:
             return torch.utils.checkpoint.checkpoint(layer, x, rope, mask, cache, rows, use_reentrant=False)
         return layer(x, rope, mask, cache, rows)
-
-    def _embed(self, input_ids, inputs_embeds):
-        if (input_ids is None) == (inputs_embeds is None):
-            raise InputError("pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is not None:
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
-                raise InputError(f"inputs_embeds must be [B, T, {self.config.hidden_size}], got {tuple(inputs_embeds.shape)}")
-            return inputs_embeds
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise InputError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-        if input_ids.dim() != 2:
-            raise InputError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        if input_ids.numel():
-            lo, hi = (int(t) for t in torch.aminmax(input_ids))  # one reduction: this runs every decode step
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise InputError(f"input_ids hold ids outside [0, {self.config.vocab_size}): min {lo}, max {hi}")
-        return self.embed_tokens(input_ids)
 
 
 def trained_rows(labels: torch.Tensor, shape: tuple[int, int], ignore_index: int = -100):

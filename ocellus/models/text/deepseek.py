@@ -27,14 +27,13 @@ import torch
 from torch import nn
 
 from ocellus.errors import ConfigError, InputError, positive_ints
-from ocellus.infer.generate import generate
-from ocellus.models.text.decoder import CausalLMOutput, DecoderLM, causal_lm_loss
+from ocellus.models.text.decoder import CausalLMBase, CausalLMOutput, causal_lm_loss
 from ocellus.nn.masks import build_attention_mask
 from ocellus.nn.mla import LatentKVCache, MultiHeadLatentAttention
 from ocellus.nn.mlp import SwiGLU
 from ocellus.nn.moe import MoE, TopKRouter
 from ocellus.nn.norms import RMSNorm
-from ocellus.nn.rope import RopeConfig, RotaryEmbedding
+from ocellus.nn.rope import RopeConfig
 
 MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
 ARCHITECTURE = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
@@ -205,27 +204,20 @@ class DeepseekLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class DeepseekLM(nn.Module):
+class DeepseekLM(CausalLMBase):
     """input_ids [B, T] -> CausalLMOutput (logits [B, T, V]). With `cache` (a LatentKVCache from new_cache)
-    attention runs the absorbed path over the cached latents; without, it up-projects full keys/values."""
+    attention runs the absorbed path over the cached latents; without, it up-projects full keys/values.
+    Embeddings, norm, RoPE, lm_head, the input checks and generate are the decoder's (decoder.CausalLMBase)."""
 
     def __init__(self, cfg: DeepseekConfig):
-        super().__init__()
-        self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DeepseekLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(cfg.rope)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
+        super().__init__(cfg, DeepseekLayer)
         self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(module: nn.Module, std: float = 0.02) -> None:
         """The decoder's N(0, 0.02) init, routers included, as transformers initialises DeepSeek.
         (Loading a checkpoint skips this: hub/checkpoint.py builds with initialisers disabled.)"""
-        DecoderLM._init_weights(module, std)
+        CausalLMBase._init_weights(module, std)
         if isinstance(module, TopKRouter):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
@@ -236,13 +228,6 @@ class DeepseekLM(nn.Module):
         return LatentKVCache(self.config.num_hidden_layers, batch_size, max_len, self.config.kv_lora_rank,
                              self.config.qk_rope_head_dim, dtype=p.dtype, device=p.device)
 
-    @property
-    def max_context(self) -> int:
-        return self.config.max_position_embeddings
-
-    def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
-
     # -- forward -----------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
@@ -250,15 +235,8 @@ class DeepseekLM(nn.Module):
                 logits_to_keep: int = 0, **unused) -> CausalLMOutput:
         """attention_mask [B, T_k]: 1 for real tokens over cache + new tokens; position_ids [B, T] default to
         cache.length + arange(T); logits_to_keep=k computes only the last k; labels: next-token loss."""
-        if unused:
-            raise InputError(f"unexpected forward arguments {sorted(unused)}")
-        x = self._embed(input_ids, inputs_embeds)                                   # [B, T, D]
-        B, T, _ = x.shape
-        past = cache.length if cache is not None else 0
-        if past + T > self.max_context:
-            raise InputError(f"sequence of {past + T} tokens exceeds the model's context of {self.max_context}")
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)  # [B, T]
+        x, past, position_ids = self._start(input_ids, inputs_embeds, position_ids, cache, unused)  # [B, T, D]
+        T = x.shape[1]
         rope = self.rotary_emb(position_ids, dtype=x.dtype)                         # 2 x [B, T, Dr]
         mask = build_attention_mask(T, past + T, attention_mask=attention_mask, device=x.device)
         for layer in self.layers:
@@ -273,23 +251,6 @@ class DeepseekLM(nn.Module):
                 raise InputError("labels need the logits of every position; drop logits_to_keep")
             loss = causal_lm_loss(logits, labels)
         return CausalLMOutput(loss=loss, hidden_states=h, logits=logits)
-
-    def _embed(self, input_ids, inputs_embeds):
-        if (input_ids is None) == (inputs_embeds is None):
-            raise InputError("pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is not None:
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
-                raise InputError(f"inputs_embeds must be [B, T, {self.config.hidden_size}], got "
-                                 f"{tuple(inputs_embeds.shape)}")
-            return inputs_embeds
-        if input_ids.dtype not in (torch.int64, torch.int32) or input_ids.dim() != 2:
-            raise InputError(f"input_ids must be an integer [batch, seq] tensor, got {input_ids.dtype} "
-                             f"{tuple(input_ids.shape)}")
-        if input_ids.numel():
-            lo, hi = (int(t) for t in torch.aminmax(input_ids))
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise InputError(f"input_ids hold ids outside [0, {self.config.vocab_size}): min {lo}, max {hi}")
-        return self.embed_tokens(input_ids)
 
 
 def _kind(cfg: dict) -> str | None:
