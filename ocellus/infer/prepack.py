@@ -20,6 +20,8 @@ silently stale number). The plain weight comes back from the packed one exactly 
   - a weight replaced behind our back (`layer.weight.data = t`) is seen and unpacks (t kept as the truth).
 Unpacked layers run plain F.linear until the next `prepack_linears` (the next `generate`) packs them again.
 A weight shared by two modules (lm_head tied to embed_tokens) stays plain: the embedding needs its rows.
+An int8 model's layers (nn/quant.py Int8Linear) are fused and packed the same way, one copy, by
+infer/prepack_int8.py (fbgemm's packed matrix for float32 activations, the stacked codes for bfloat16).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError
+from ocellus.infer.prepack_int8 import int8_groups, pack_int8_linears, unpack_int8_linears
 from ocellus.nn.attention import Attention
 from ocellus.nn.mlp import SwiGLU
 
@@ -246,7 +249,9 @@ def prepack_linears(model: nn.Module, batch_size: int = 1, strict: bool = True) 
     """Pack `model`'s linear weights (in place) for `batch_size` rows per call (the decode batch): fused
     q|k|v and gate|up, every other plain nn.Linear alone, each the only copy of its weights. Packed
     already for this batch the same way: nothing to do. Returns the model. strict=False (the default
-    decode path): layers oneDNN cannot pack here (bfloat16 without AVX512, float16, not on CPU) stay plain."""
+    decode path): layers oneDNN cannot pack here (bfloat16 without AVX512, float16, not on CPU) stay plain.
+    Int8Linears: fused and packed for their int8 kernel (infer/prepack_int8.py), with the same strictness."""
+    pack_int8_linears(model, FUSED, strict)
     if not prepack_available():
         raise ConfigError("this PyTorch build has no oneDNN (mkldnn) linear kernels to prepack for")
     plan = _plan(model, strict)
@@ -262,7 +267,8 @@ def prepack_linears(model: nn.Module, batch_size: int = 1, strict: bool = True) 
 
 
 def unpack_linears(model: nn.Module) -> nn.Module:
-    """Every packed layer of `model` back to a plain nn.Linear holding its weight. Returns the model."""
+    """Every packed layer of `model` back to a plain nn.Linear (Int8Linear) holding its weight. Returns the model."""
+    unpack_int8_linears(model)
     for m in list(model.modules()):
         if isinstance(m, PackedLinear):
             m.group.unpack()
@@ -277,11 +283,14 @@ def prepare_decode(model: nn.Module, batch_size: int, prepack: bool = True) -> N
         unpack_linears(model)
     elif not model.training and prepack_available():
         prepack_linears(model, batch_size, strict=False)
+    elif not model.training:
+        pack_int8_linears(model, FUSED, strict=False)     # int8 layers need no oneDNN
 
 
 def weight_bytes(model: nn.Module) -> int:
     """Bytes the model's weights hold now: every parameter and buffer storage once, plus the packed
-    matrices (oneDNN's own size of each). A packed layer's Parameter holds a 4-byte placeholder."""
+    matrices (oneDNN's own size of each) and packed int8 groups (prepack_int8.Int8Group.nbytes). A packed
+    layer's Parameter (an int8 layer's buffers) holds a 4-byte (1-byte) placeholder."""
     storages, total = set(), 0
     for t in [*model.parameters(), *model.buffers()]:
         s = t.untyped_storage()
@@ -289,4 +298,5 @@ def weight_bytes(model: nn.Module) -> int:
             storages.add(s.data_ptr())
             total += s.nbytes()
     groups = {id(m.group): m.group for m in model.modules() if isinstance(m, PackedLinear)}
-    return total + sum(int(torch.ops.mkldnn._nbytes(g.packed)) for g in groups.values())
+    return (total + sum(int(torch.ops.mkldnn._nbytes(g.packed)) for g in groups.values())
+            + sum(g.nbytes() for g in int8_groups(model)))

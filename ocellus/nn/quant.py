@@ -51,14 +51,33 @@ def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype =
     return (q.float() * scale.float()[:, None]).to(dtype)
 
 
+_INT8PACK = hasattr(torch.ops.aten, "_weight_int8pack_mm")
+# fbgemm's dynamic int8 linear (x86 CPUs): torch's quantized engines list it. Read once: the list is rebuilt on
+# every read of supported_engines, and the kernel choice below is made on every int8 matmul (85 a decoded token)
+_DYNAMIC = "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_dynamic")
+
+
 def int8_kernel_available(device: torch.device | str = "cpu") -> bool:
-    return torch.device(device).type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm")
+    return _INT8PACK and torch.device(device).type == "cpu"
 
 
 def dynamic_kernel_available(device: torch.device | str = "cpu") -> bool:
-    """fbgemm's dynamic int8 linear (x86 CPUs): torch's quantized engines list it."""
-    return (torch.device(device).type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
-            and hasattr(torch.ops.quantized, "linear_dynamic"))
+    """fbgemm's dynamic int8 linear (x86 CPUs)."""
+    return _DYNAMIC and torch.device(device).type == "cpu"
+
+
+def kernel_for(x: torch.Tensor, in_features: int) -> str | None:
+    """The CPU kernel an int8 matmul of activations `x` (no gradient wanted) runs, by x's dtype (module docstring):
+    "int8pack" (bf16: aten._weight_int8pack_mm), "dynamic" (fp32: fbgemm's dynamic int8 linear), "int8pack_bf16"
+    (fp32 without fbgemm: the input rounded to bf16 for int8pack), None: none here (the product written out).
+    int8pack reads the input dimension in blocks of 8: other widths give wrong sums or crash (torch 2.13)."""
+    if x.device.type != "cpu":
+        return None
+    if x.dtype == torch.float32 and _DYNAMIC:
+        return "dynamic"
+    if _INT8PACK and in_features % 8 == 0:
+        return "int8pack" if x.dtype == torch.bfloat16 else "int8pack_bf16" if x.dtype == torch.float32 else None
+    return None
 
 
 DYNAMIC_QMAX = 127      # reduce_range: 7-bit activation codes (see the module docstring)
@@ -135,14 +154,12 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        needs_grad = torch.is_grad_enabled() and x.requires_grad
-        # the CPU kernel reads the input dimension in blocks of 8: other widths give wrong sums or crash (torch 2.13)
-        kernel = not needs_grad and self.in_features % 8 == 0 and int8_kernel_available(x.device)
-        if kernel and x.dtype == torch.bfloat16:
+        kind = None if torch.is_grad_enabled() and x.requires_grad else kernel_for(x, self.in_features)
+        if kind == "int8pack":
             y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.weight, self._scale_as(x))
-        elif not needs_grad and x.dtype == torch.float32 and dynamic_kernel_available(x.device):
+        elif kind == "dynamic":
             y = torch.ops.quantized.linear_dynamic(x2.contiguous(), self._packed_weight(), True)   # reduce_range
-        elif kernel and x.dtype == torch.float32:
+        elif kind == "int8pack_bf16":
             # no fbgemm: the int8pack kernel's fp32 path is 6-20x slower than its bf16 one (AVX2, torch 2.13),
             # so the matmul input is rounded to bf16, accumulation stays fp32, the output is fp32 again
             xb = x2.to(torch.bfloat16)

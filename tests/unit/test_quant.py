@@ -88,7 +88,7 @@ def test_float32_cpu_path_is_the_dynamic_int8_product_written_out(width, rows):
 def test_float32_without_fbgemm_rounds_activations_to_bf16_through_int8pack(monkeypatch):
     """The fallback for CPUs without fbgemm: the int8pack kernel on bf16-rounded activations, scaled per row."""
     import ocellus.nn.quant as quant
-    monkeypatch.setattr(quant, "dynamic_kernel_available", lambda device="cpu": False)
+    monkeypatch.setattr(quant, "_DYNAMIC", False)
     torch.manual_seed(3)
     lin = nn.Linear(64, 24, bias=False)
     with torch.no_grad():
