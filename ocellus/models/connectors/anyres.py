@@ -111,11 +111,7 @@ class AnyresPacker(nn.Module):
     # -- packing ------------------------------------------------------------------------------------
     def forward(self, features: torch.Tensor, image_sizes) -> list[torch.Tensor]:
         """features [sum V_i, P, D] (views of all images, in order) -> [[T_0, D], [T_1, D], ...]."""
-        sizes = self.sizes_list(image_sizes)
-        counts = [self.num_views(s) for s in sizes]
-        if features.dim() != 3 or features.shape[0] != sum(counts):
-            raise InputError(f"anyres packing: features {tuple(features.shape)} do not hold the {sum(counts)} "
-                             f"views that image_sizes {sizes} need")
+        sizes, counts = view_counts(features, image_sizes, self.num_views, "anyres packing")
         P, D = features.shape[1], features.shape[2]
         side = self.side
         if P != side * side:
@@ -143,6 +139,18 @@ class AnyresPacker(nn.Module):
     def extra_repr(self) -> str:
         return (f"grid_pinpoints={self.grid_pinpoints}, tile_size={self.tile_size}, patch_size={self.patch_size}, "
                 f"feature_select={self.feature_select!r}")
+
+
+def view_counts(features: torch.Tensor, image_sizes, num_views, what: str) -> tuple[list, list[int]]:
+    """The checked image sizes [(H, W), ...] and each image's views (num_views(size)), once features
+    [sum V_i, P, D] are seen to hold exactly those views (InputError naming `what` otherwise). Shared by the
+    anyres packer and xGen-MM's token sampler, which both take the views of every image in order."""
+    sizes = AnyresPacker.sizes_list(image_sizes)
+    counts = [num_views(s) for s in sizes]
+    if features.dim() != 3 or features.shape[0] != sum(counts):
+        raise InputError(f"{what}: features {tuple(features.shape)} do not hold the {sum(counts)} "
+                         f"views that image_sizes {sizes} need ({counts} per image)")
+    return sizes, counts
 
 
 def real_views(pixel_values: torch.Tensor, image_sizes, num_views) -> torch.Tensor:

@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from ocellus.data.image_tiling import _check_pinpoints, anyres_num_views, tokens_per_image
-from ocellus.errors import InputError
-from ocellus.models.connectors.anyres import AnyresPacker, real_views
+from ocellus.models.connectors.anyres import real_views, view_counts
 from ocellus.models.connectors.perceiver import PerceiverResampler
 
 
@@ -54,10 +53,6 @@ class TokenSampler(nn.Module):
         return real_views(pixel_values, image_sizes, self.num_views)
 
     def forward(self, features: torch.Tensor, image_sizes) -> list[torch.Tensor]:
-        sizes = AnyresPacker.sizes_list(image_sizes)
-        counts = [self.num_views(s) for s in sizes]
-        if features.dim() != 3 or features.shape[0] != sum(counts):
-            raise InputError(f"token sampler: features {tuple(features.shape)} do not hold the {sum(counts)} "
-                             f"views that image_sizes {sizes} need ({counts} per image)")
+        counts = view_counts(features, image_sizes, self.num_views, "token sampler")[1]
         tokens = self.perceiver(features)                                  # [sum V_i, L, D] each view alone
         return [t.flatten(0, 1) for t in tokens.split(counts)]             # N x [V_i * L, D]
