@@ -24,7 +24,6 @@ from typing import Callable
 from torch import nn
 
 from ocellus.errors import ConfigError
-from ocellus.hub.bert_families import PREFIXES as _BERT_ARCHITECTURES
 from ocellus.hub.keymap import KeyMap
 
 
@@ -210,7 +209,8 @@ register(FamilyRecord("clip", ("clip", "clip_text_model"),
                       ("CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection"), checkpoint=_F + "clip.checkpoint"))
 register(FamilyRecord("siglip", ("siglip", "siglip_text_model"), ("SiglipModel", "SiglipTextModel"),
                       checkpoint=_F + "siglip.checkpoint"))
-register(FamilyRecord("bert", ("bert",), tuple(_BERT_ARCHITECTURES), checkpoint=_M + "text.bert"))
+register(FamilyRecord("bert", ("bert",), ("BertModel", "BertForMaskedLM", "BertForPreTraining"),
+                      checkpoint=_F + "bert.checkpoint"))
 register(FamilyRecord("deepseek", ("deepseek_v2", "deepseek_v3"), ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"),
                       checkpoint=_F + "deepseek.checkpoint"))
 register(FamilyRecord("blip2_stage1", ("ocellus_blip2_stage1",), ("OcellusBlip2QFormerPretraining",),

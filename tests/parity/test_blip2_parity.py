@@ -95,7 +95,7 @@ def test_qformer_with_text_equals_transformers():
     import transformers as tf
     from ocellus.hub.checkpoint import load_state_strict
     from ocellus.hub.keymap import KeyMap
-    from ocellus.hub.bert_families import bert_layer_rules
+    from ocellus.models.families.bert.checkpoint import bert_layer_rules
     from ocellus.models.connectors.qformer import QFormer, QFormerConfig
     hf_cfg = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
                   cross_attention_frequency=2, encoder_hidden_size=24, use_qformer_text_input=True, vocab_size=50,

@@ -17,7 +17,7 @@ their own feed-forward for the queries only; `query_length` splits the two strea
 Matches transformers' BertModel / BertForMaskedLM / BertForPreTraining (tests/parity/test_bert_parity.py,
 which also checks the sentence embeddings of the shipped all-MiniLM-L6-v2 against sentence-transformers).
 Module names inside a layer follow transformers' (query/key/value, output.dense, output.LayerNorm,
-intermediate); the key table in ocellus/hub/bert_families.py maps the rest.
+intermediate); the key table in ocellus/models/families/bert/checkpoint.py maps the rest.
 """
 from __future__ import annotations
 
@@ -28,8 +28,6 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError, positive_ints, required_fields
-from ocellus.hub.bert_families import PREFIXES, bert_keys
-from ocellus.hub.families import Family
 from ocellus.nn.attention import attend
 from ocellus.nn.masks import build_attention_mask
 from ocellus.nn.mlp import ACTIVATIONS, activation
@@ -385,23 +383,3 @@ def mask_tokens(input_ids: torch.Tensor, mask_token_id: int, vocab_size: int, sp
     ids = torch.where(to_random, random_ids, ids)
     return ids, labels
 
-
-# ---- checkpoints: the hub family (ocellus.load / ocellus.save; names in hub/bert_families.py) -------------
-def build_bert(cfg: dict) -> Bert:
-    arch = next((a for a in cfg.get("architectures") or [] if a in HF_ARCHITECTURES), "BertModel")
-    pooler, mlm, nsp = HF_ARCHITECTURES[arch]
-    return Bert(BertConfig.from_hf(cfg), pooler=pooler, mlm_head=mlm, nsp_head=nsp)
-
-
-def bert_hf_config(model: Bert) -> dict:
-    if model.architecture is None:
-        raise ConfigError("this BERT's heads (pooler, mlm, nsp) match no transformers class; nothing to save as")
-    return {**model.config.to_hf(), "architectures": [model.architecture]}
-
-
-def family(arch: str) -> Family:
-    """The Family of one of the three BERT checkpoint kinds (`arch` in hub/bert_families.PREFIXES)."""
-    return Family(name=f"bert:{arch}", model_class=Bert, build=build_bert, keymap=bert_keys(PREFIXES[arch]),
-                  hf_config=bert_hf_config,
-                  tied=lambda m: ("mlm.decoder.weight", "mlm.decoder.bias")
-                  if m.mlm is not None and m.config.tie_word_embeddings else ())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ocellus.hub.bert_families import bert_layer_rules
+from ocellus.models.families.bert.checkpoint import bert_layer_rules
 from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.families.blip2.modeling import (

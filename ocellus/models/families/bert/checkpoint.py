@@ -1,5 +1,5 @@
-"""Checkpoint names of BERT encoders (ocellus/models/text/bert.py, whose `family` builds them): BertModel,
-BertForMaskedLM and BertForPreTraining checkpoints, loaded by `ocellus.load` and written back by `ocellus.save`.
+"""BERT checkpoints (the registry's "bert"): BertModel, BertForMaskedLM and BertForPreTraining, built by `build_bert`
+(models/text/bert.py's Bert with the class's heads), loaded by `ocellus.load` and written back by `ocellus.save`.
 
 Our names differ from transformers' in four places the table maps:
     layers.{i}.attention.{query,key,value}  <-> encoder.layer.{i}.attention.self.{query,key,value}
@@ -7,11 +7,16 @@ Our names differ from transformers' in four places the table maps:
     layers.{i}.ffn.output                   <-> encoder.layer.{i}.output
     mlm / nsp / pooler                      <-> cls.predictions.transform (+ bias), cls.seq_relationship, pooler.dense
 The heads' models prefix the encoder with `bert.`; BertModel does not. `bert_layer_rules` is reused by
-the Q-Former's table (BLIP-2 names the self-attention `attention.attention`, not `attention.self`).
+the Q-Former's table (families/blip2/: BLIP-2 names the self-attention `attention.attention`, not `attention.self`).
 """
 from __future__ import annotations
 
+from ocellus.errors import ConfigError
+from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
+from ocellus.models.text.bert import HF_ARCHITECTURES, Bert, BertConfig
+
+MODEL_TYPES = ("bert",)
 
 # the heads' models prefix the encoder's names; BertModel does not
 PREFIXES = {"BertModel": "", "BertForMaskedLM": "bert.", "BertForPreTraining": "bert."}
@@ -44,3 +49,23 @@ def bert_keys(prefix: str) -> KeyMap:
         # non-persistent arange / zeros buffers older exports carry
         drop=(r"(^|\.)embeddings\.position_ids$", r"(^|\.)embeddings\.token_type_ids$"),
     )
+
+
+def build_bert(cfg: dict) -> Bert:
+    arch = next((a for a in cfg.get("architectures") or [] if a in HF_ARCHITECTURES), "BertModel")
+    pooler, mlm, nsp = HF_ARCHITECTURES[arch]
+    return Bert(BertConfig.from_hf(cfg), pooler=pooler, mlm_head=mlm, nsp_head=nsp)
+
+
+def bert_hf_config(model: Bert) -> dict:
+    if model.architecture is None:
+        raise ConfigError("this BERT's heads (pooler, mlm, nsp) match no transformers class; nothing to save as")
+    return {**model.config.to_hf(), "architectures": [model.architecture]}
+
+
+def family(arch: str) -> Family:
+    """The Family of one of the three BERT checkpoint kinds (`arch` in PREFIXES)."""
+    return Family(name=f"bert:{arch}", model_class=Bert, build=build_bert, keymap=bert_keys(PREFIXES[arch]),
+                  hf_config=bert_hf_config,
+                  tied=lambda m: ("mlm.decoder.weight", "mlm.decoder.bias")
+                  if m.mlm is not None and m.config.tie_word_embeddings else ())
