@@ -101,6 +101,8 @@ class Processor:
         image's tokens, "{n}" numbering the images of a sample (InternVL, Qwen-VL).
     video_token, video_inputs: a video model's placeholder (Qwen2-VL's <|video_pad|>) and its video path
         (VideoInputs); {"type": "video"} parts and `videos=` are accepted only when both are given.
+    stop_strings: text that ends a reply where the template ends a turn with plain text rather than an eos
+        token (MiniGPT-4's "###"): generation stops there and the reply is cut before it (cut_reply).
     """
 
     def __init__(self, tokenizer: Tokenizer, image_config: ImageProcessorConfig, *, patch_size: int,
@@ -108,8 +110,12 @@ class Processor:
                  pad_to_square: bool = False, chat_template: str | None = None, grid_pinpoints=None,
                  tile_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  image_inputs: ImageInputs | None = None, image_wrap: tuple[str, str] = ("", ""),
-                 video_token: str | None = None, video_inputs: VideoInputs | None = None):
+                 video_token: str | None = None, video_inputs: VideoInputs | None = None,
+                 stop_strings: tuple[str, ...] = ()):
         self.tokenizer = tokenizer
+        if any(not isinstance(s, str) or not s for s in stop_strings):
+            raise ConfigError(f"stop_strings must be non-empty strings, got {stop_strings!r}")
+        self.stop_strings = tuple(stop_strings)
         self._image_inputs = image_inputs  # a family's own image path (see the ImageInputs docstring)
         # text written around each image's tokens, "{n}" = the image's 1-based number in its sample:
         # InternVL ("<img>", "</img>"), Qwen-VL ("Picture {n}: <img>", "</img>\n"); training's
@@ -189,6 +195,12 @@ class Processor:
     @property
     def eos_token_id(self) -> int | None:
         return self.tokenizer.eos_token_id
+
+    def cut_reply(self, text: str) -> str:
+        """A generated reply up to the first of the template's stop strings (the whole text when none occurs)."""
+        for stop in self.stop_strings:
+            text = text.split(stop, 1)[0]
+        return text
 
     @property
     def pad_token_id(self) -> int | None:

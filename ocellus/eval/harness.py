@@ -116,7 +116,9 @@ def predict(model, processor, samples: list[dict], shots: list[dict], max_new_to
             convs, images = zip(*(_conversation(chunk[b], shots, replies[b]) for b in live))
             videos = [v for b in live for v in chunk[b].get("videos", ())]   # shapes-video: one clip a sample
             batch = processor(messages=list(convs), images=[list(i) for i in images], videos=videos or None)
-            out = model.generate(**batch, max_new_tokens=max_new_tokens)
+            stops = getattr(processor, "stop_strings", ())   # a template ending turns in text (MiniGPT-4's ###)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens,
+                                 **({"stop_strings": stops, "tokenizer": processor.tokenizer} if stops else {}))
             T = batch["input_ids"].shape[1]
             for b, row in zip(live, out):
                 replies[b].append(_answer(processor, row[T:].tolist(), keep_special))
@@ -129,10 +131,11 @@ def predict(model, processor, samples: list[dict], shots: list[dict], max_new_to
 
 
 def _answer(processor, ids: list[int], keep_special: bool) -> str:
+    cut = getattr(processor, "cut_reply", lambda text: text)   # a Tokenizer (text-only checkpoint) has no stops
     if not keep_special:
-        return processor.decode(ids, skip_special_tokens=True).strip()
+        return cut(processor.decode(ids, skip_special_tokens=True)).strip()
     eos = processor.eos_token_id
-    return processor.decode(ids[:ids.index(eos)] if eos in ids else ids).strip()
+    return cut(processor.decode(ids[:ids.index(eos)] if eos in ids else ids)).strip()
 
 
 def score(task: str, samples: list[dict], preds: list[str]) -> dict:

@@ -86,6 +86,7 @@ def test_minigpt4_stages_train_only_the_linear_layer(tiny_vlm_parts, stage1, tmp
         p.numel() for p in model.qformer.parameters())                                 # Q-Former counted as vision
     proc = ocellus.load_processor(s2 / "model")
     assert proc.image_wrap == ("<Img>", "</Img>")
+    assert proc.stop_strings == ("###",)            # the export's processor ends replies at MiniGPT-4's separator
 
 
 def test_processor_and_compose_errors(tiny_vlm_parts, stage1):
@@ -139,3 +140,30 @@ def test_minigpt4_processor_prompts_as_training_encodes(tiny_vlm_parts):
     text = tok.decode(prompt)
     assert "###Human: <Img>" in text and "</Img> Describe this image.###Assistant:" in text
     assert prompt.count(proc.image_token_id) == 3
+
+
+def test_minigpt4_reply_ends_at_its_separator(tiny_vlm_parts):
+    """MiniGPT-4 trains each answer as " {a}###" (no eos): generation stops at "###" and the reply is cut there,
+    as MiniGPT-4's own chat does; BLIP-2 (eos-terminated) keeps the whole text."""
+    from PIL import Image
+    from ocellus.data.tokenizer import Tokenizer
+    from ocellus.eval import harness
+    tok = Tokenizer.from_dir(tiny_vlm_parts / "text" / "model")
+    minigpt4 = blip2_processor._processor(tok, image_config(48), 3, "vision", ("<Img>", "</Img>"))
+    plain = blip2_processor._processor(tok, image_config(48), 3, "connector")
+    ids = tok.encode(" red###Human: and", add_special_tokens=False)
+    assert harness._answer(minigpt4, ids, keep_special=False) == "red"
+    assert harness._answer(minigpt4, ids, keep_special=True) == "red"
+    assert plain.stop_strings == () and harness._answer(plain, ids, keep_special=False) == "red###Human: and"
+
+    class Recorder(torch.nn.Module):   # generate's kwargs as predict passes them, the reply above appended
+        def generate(self, input_ids, **kw):
+            self.kw = kw
+            return torch.cat([input_ids, torch.tensor([ids] * len(input_ids))], 1)
+    model = Recorder()
+    sample = {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}],
+              "images": [Image.new("RGB", (48, 48), "red")]}
+    assert harness.predict(model, minigpt4, [sample], [], 6) == ["red"]
+    assert model.kw["stop_strings"] == ("###",) and model.kw["tokenizer"] is tok
+    harness.predict(model, plain, [sample], [], 6)
+    assert "stop_strings" not in model.kw

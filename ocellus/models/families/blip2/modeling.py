@@ -177,10 +177,12 @@ MINIGPT4_CHAT_TEMPLATE = (
     "{% for m in rest %}{% if m['role'] == 'user' %}Human: {{ m['content'] }}###"
     "{% else %}Assistant: {{ m['content'] }}###{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}")
-VARIANTS = {"blip2": dict(qformer_part="connector", image_wrap=("", ""), chat_template=None),
-            # MiniGPT-4: the Q-Former is part of the frozen visual encoder; images sit in <Img>...</Img>
+VARIANTS = {"blip2": dict(qformer_part="connector", image_wrap=("", ""), chat_template=None, stop_strings=()),
+            # MiniGPT-4: the Q-Former is part of the frozen visual encoder; images sit in <Img>...</Img>; a reply
+            # ends at the template's separator "###" (trained as the end of each answer), where MiniGPT-4's own
+            # chat stops and cuts, not at an eos token
             "minigpt4": dict(qformer_part="vision", image_wrap=("<Img>", "</Img>"),
-                             chat_template=MINIGPT4_CHAT_TEMPLATE)}
+                             chat_template=MINIGPT4_CHAT_TEMPLATE, stop_strings=("###",))}
 
 
 def compose(spec: dict, tok) -> Blip2:

@@ -28,7 +28,7 @@ def _processor(tok, image_config, num_query_tokens: int, qformer_part: str = "co
     variant = VARIANTS["minigpt4" if qformer_part == "vision" else "blip2"]
     return Processor(tok, image_config, patch_size=size[0], num_extra_tokens=0, feature_select="full",
                      image_inputs=image_inputs_fn(image_config, num_query_tokens), image_wrap=tuple(image_wrap),
-                     chat_template=variant["chat_template"])
+                     chat_template=variant["chat_template"], stop_strings=variant["stop_strings"])
 
 
 def training_processor(model: Blip2, tok, image_config):
