@@ -173,7 +173,7 @@ def unregister(name: str) -> FamilyRecord:
 # ---- the table ---------------------------------------------------------------------------------------------
 # Order matters where families build the same class (LLaVA, LLaVA-NeXT, InternVL and Qwen-VL share VLM; CLIP
 # and SigLIP share DualEncoder): ocellus.save of a model no load named takes the first that builds its class.
-_M, _F = "ocellus.models.", "ocellus.models.families."
+_F = "ocellus.models.families."   # every family is a folder there
 register(FamilyRecord("decoder", ("llama", "qwen2"), ("LlamaForCausalLM", "Qwen2ForCausalLM"),
                       checkpoint=_F + "decoder.checkpoint"))
 register(FamilyRecord("vit", ("clip_vision_model", "siglip_vision_model"), ("CLIPVisionModel", "SiglipVisionModel"),
@@ -218,8 +218,8 @@ register(FamilyRecord("blip2_stage1", ("ocellus_blip2_stage1",), ("OcellusBlip2Q
 register(FamilyRecord("albef", ("ocellus_albef",), ("OcellusALBEF",), checkpoint=_F + "albef.checkpoint"))
 register(FamilyRecord("blip", ("ocellus_blip",), ("OcellusBLIP",), checkpoint=_F + "blip.checkpoint"))
 # Ocellus' own formats: config.json is a build spec with a model_type and no architectures
-register(FamilyRecord("image_generator", ("ocellus_image_generator",), checkpoint=_M + "generative.checkpoint"))
-register(FamilyRecord("unified", ("ocellus_unified",), checkpoint=_M + "unified.checkpoint"))
+register(FamilyRecord("image_generator", ("ocellus_image_generator",), checkpoint=_F + "image_generator.checkpoint"))
+register(FamilyRecord("unified", ("ocellus_unified",), checkpoint=_F + "unified.checkpoint"))
 register(FamilyRecord("qwen2_vit", ("ocellus_qwen2_vit",), checkpoint=_F + "qwen2_vl.tower"))
 
 

@@ -3,8 +3,8 @@
 A spec is plain JSON: {"kind": "diffusion" | "vqvae" | "maskgit" | "ar", the numbers of each part,
 "class_names": [...], "image_size": S}. `build` turns a spec into a model (generators over VQ
 tokens and latent diffusion embed their tokenizer's spec, so a directory is self-contained);
-`family()` is its record in the registry (hub/families.py), so ocellus.load / ocellus.save open it;
-`save_generator` / `load_generator` are thin wrappers over that one strict path.
+its Family (the registry's "image_generator") is models/families/image_generator/, so ocellus.load / ocellus.save
+open it; `save_generator` / `load_generator` are thin wrappers over that one strict path.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import CheckpointError, ConfigError
 from ocellus.hub.checkpoint import load_model, save_model
 from ocellus.hub.checkpoint_dir import read_config
-from ocellus.hub.families import import_piece, OWN_NAMES, Family
+from ocellus.hub.families import import_piece
 from ocellus.models.generative.ar_image import ar_decoder_config, ARImage
 from ocellus.models.generative.ddpm import DiffusionConfig
 from ocellus.models.generative.latent_diffusion import DiffusionModel
@@ -92,20 +92,6 @@ def build(spec: dict) -> nn.Module:
                             tok, len(classes), size // f)
     model.spec = dict(spec)
     return model
-
-
-def _build_from_config(cfg: dict) -> nn.Module:
-    """config.json (a build spec + model_type) -> the generator; `build` is looked up when called, so a test
-    that patches it reaches loads too."""
-    return build({k: v for k, v in cfg.items() if k != "model_type"})
-
-
-def family(architecture: str | None = None) -> Family:
-    """ocellus.load / ocellus.save of an image generator (hub/families.py): config.json is the build spec with
-    model_type ocellus_image_generator and no architectures; model.safetensors holds the model's own names."""
-    return Family(name="image_generator", model_class=(VQVAE, DiffusionModel, TextDiffusionModel, MaskGIT, ARImage),
-                  build=_build_from_config, keymap=OWN_NAMES,
-                  hf_config=lambda m: {"model_type": MODEL_TYPE, **m.spec}, config_dtype=False)
 
 
 def save_generator(model: nn.Module, out_dir: str | Path) -> Path:

@@ -5,7 +5,7 @@ model.safetensors (the tokenizer's weights included), one self-contained directo
                   "tokenizer": the VQ-VAE / SEED codec spec (models/generative/checkpoint.py),
                   "colours": [...], "image_size": S, "generate": {drawing options}}
 
-`family()` is its record in the registry (hub/families.py): ocellus.load / ocellus.save read and write it
+Its Family (the registry's "unified") is models/families/unified/: ocellus.load / ocellus.save read and write it
 through hub's one strict path; save_unified / load_unified are thin wrappers over it. Trained by
 train/unified.py (`task: unified`).
 """
@@ -13,20 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
-
 from ocellus.data.shapes import SHAPES
 from ocellus.errors import CheckpointError, ConfigError
 from ocellus.hub.checkpoint import load_model, save_model
 from ocellus.hub.checkpoint_dir import read_json_object
-from ocellus.hub.families import OWN_NAMES, Family
-from ocellus.models.generative import checkpoint as generators   # generators.build, looked up when called
 from ocellus.models.text.decoder import DecoderLM
 from ocellus.models.unified import UnifiedVocab, WordVocab
 from ocellus.models.unified.emu3 import Emu3, decoder_config
-from ocellus.models.unified.janus import Janus, build_janus
-from ocellus.models.unified.seed_llama import SeedLlama, build_seed_llama
-from ocellus.models.unified.showo import Showo, build_showo
+from ocellus.models.unified.janus import build_janus
+from ocellus.models.unified.seed_llama import build_seed_llama
+from ocellus.models.unified.showo import build_showo
 
 MODEL_TYPE = "ocellus_unified"
 FAMILIES = ("emu3", "janus", "showo", "seed_llama")
@@ -62,34 +58,6 @@ def build_model(spec: dict, tokenizer, text: WordVocab, image_size: int):
     if spec:
         raise ConfigError(f"unknown model keys for {family}: {sorted(spec)}")
     return model
-
-
-def build_from_config(cfg: dict) -> nn.Module:
-    """config.json -> the model, its tokenizer rebuilt from the embedded spec, the chat's settings on it."""
-    missing = [k for k in CONFIG_KEYS if k not in cfg]
-    if missing:
-        raise ConfigError(f"a unified-model config.json (model_type {MODEL_TYPE!r}) needs {list(CONFIG_KEYS)}; "
-                          f"this one lacks {missing}")
-    model = build_model(dict(cfg["model"]), generators.build(dict(cfg["tokenizer"])), text_vocab(cfg["colours"]),
-                        cfg["image_size"])
-    model.image_size, model.colours, model.generate_options = cfg["image_size"], cfg["colours"], cfg.get("generate", {})
-    model.unified_config = {k: cfg[k] for k in (*CONFIG_KEYS, "generate") if k in cfg}
-    return model
-
-
-def hf_config(model: nn.Module) -> dict:
-    config = getattr(model, "unified_config", None)
-    if config is None:
-        raise ConfigError(f"this {type(model).__name__} does not know the spec it was built from: save it with "
-                          f"save_unified(model, spec, tokenizer_spec, colours, image_size, out_dir)")
-    return {"model_type": MODEL_TYPE, **config}
-
-
-def family(architecture: str | None = None) -> Family:
-    """ocellus.load / ocellus.save of a unified model (hub/families.py): model_type ocellus_unified, no
-    architectures, the model's own tensor names."""
-    return Family(name="unified", model_class=(Emu3, Janus, Showo, SeedLlama), build=build_from_config,
-                  keymap=OWN_NAMES, hf_config=hf_config, config_dtype=False)
 
 
 def save_unified(model, spec: dict, tokenizer_spec: dict, colours: list[str], image_size: int, out_dir,
