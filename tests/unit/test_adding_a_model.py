@@ -24,6 +24,7 @@ from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "ADDING_A_MODEL.md"
 FILES = {"pooled_llava/__init__.py", "pooled_llava/modeling.py", "pooled_llava/checkpoint.py",
          "pooled_llava/processor.py"}
+DECODER_FILES = {"mistral/__init__.py", "mistral/checkpoint.py"}      # "A decoder-only family"
 IMAGE_CONFIG = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"height": 16, "width": 16},
                 "do_center_crop": False, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
 
@@ -43,7 +44,7 @@ def page_blocks() -> dict[str, str]:
 @pytest.fixture
 def family_from_the_page(tmp_path, monkeypatch):
     blocks = page_blocks()
-    assert set(blocks) == FILES | {"registry line"}, sorted(blocks)
+    assert set(blocks) == FILES | DECODER_FILES | {"registry line", "decoder registry line"}, sorted(blocks)
     for name in FILES:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(blocks[name])
@@ -183,3 +184,49 @@ def test_the_page_family_joins_the_comparison(family_from_the_page, parts, tmp_p
     recipe = compare.recipe_for("pooled_llava", tmp_path, tmp_path / "runs", steps=1, batch_size=2)
     assert recipe["model"]["architecture"] == "pooled_llava"
     tasks.validate(recipe, where="compare pooled_llava")
+
+
+# ---- "A decoder-only family": a folder with checkpoint.py and one registry line --------------------------------
+
+@pytest.fixture
+def decoder_from_the_page(tmp_path, monkeypatch):
+    blocks = page_blocks()
+    for name in DECODER_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(blocks[name])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield blocks["decoder registry line"]
+    if "mistral" in families.FAMILIES:
+        families.unregister("mistral")
+    for name in [m for m in sys.modules if m == "mistral" or m.startswith("mistral.")]:
+        del sys.modules[name]
+
+
+MISTRAL = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "vocab_size": 64, "hidden_size": 32,
+           "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "sliding_window": None, "tie_word_embeddings": False}
+
+
+def test_the_page_decoder_family_loads_saves_and_reopens(decoder_from_the_page, tmp_path):
+    torch.manual_seed(0)
+    model = DecoderLM(DecoderConfig.from_hf(MISTRAL)).eval()
+    ocellus.save(model, tmp_path / "mistral")
+    cfg, tensors = _files(tmp_path / "mistral")
+    assert cfg["architectures"] == ["MistralForCausalLM"] and cfg["model_type"] == "mistral"
+    with pytest.raises(ConfigError, match="unknown model_type 'mistral'"):      # not loadable before the line
+        ocellus.load(tmp_path / "mistral")
+
+    exec(decoder_from_the_page, {})
+    back = ocellus.load(tmp_path / "mistral")
+    assert back.family_name == "mistral" and type(back) is DecoderLM
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, model(ids).logits, rtol=0, atol=0)
+    ocellus.save(back, tmp_path / "again")
+    cfg2, tensors2 = _files(tmp_path / "again")
+    assert {k: v for k, v in cfg2.items() if k != "dtype"} == {k: v for k, v in cfg.items() if k != "dtype"}
+    assert tensors2.keys() == tensors.keys() and all(torch.equal(tensors[k], tensors2[k]) for k in tensors)
+    assert "model.layers.1.self_attn.q_proj.weight" in tensors                  # Llama's names (DECODER_KEYS)
+
+    with pytest.raises(ConfigError, match="sliding_window=4096"):
+        families.family_for_config({**MISTRAL, "sliding_window": 4096}).build({**MISTRAL, "sliding_window": 4096})
