@@ -178,19 +178,12 @@ def measure_text(model, image_size: int, gen: dict, n_per_prompt: int = 5, judge
 
 def load_generative_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     """An image-generation recipe with its overrides applied and its top level checked."""
-    recipe = read_recipe(path, overrides)
-    check_generative_recipe(recipe, str(path))
-    return recipe
+    return read_recipe(path, overrides, check_generative_recipe)
 
 
 def check_generative_recipe(recipe: dict, where: str) -> None:
     """The top level, the train section's types, the model mapping and data.source, before anything is built."""
-    if recipe.get("task") != TASK:
-        raise ConfigError(f"{where}: task must be {TASK!r}")
-    unknown = set(recipe) - {"task", "name", "model", "data", "train", "eval", "seed", "_path"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown top-level keys {sorted(unknown)}")
-    schema.check(recipe, where, schema.runner_fields(TRAIN_KEYS))
+    schema.check_runner(recipe, where, TASK, TRAIN_KEYS)
     if not isinstance(recipe.get("model"), dict):
         raise ConfigError(f"{where}: model must be a mapping")
     source = (recipe.get("data") or {}).get("source", "digits")

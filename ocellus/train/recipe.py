@@ -38,16 +38,20 @@ TRAIN_EXTRA = {"batch_size"}
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml where built in: made_by reads many recipes
 
 
-def read_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
+def read_recipe(path: str | Path, overrides: list[str] = (), check=None) -> dict:
     """The YAML mapping at `path` with `key=value` overrides applied; ConfigError if unreadable.
-    Every loader (train/tasks.load_recipe and the runners' own) reads its recipe through this."""
+    Every loader (train/tasks.load_recipe and the runners' own) reads its recipe through this; a runner's
+    loader passes its check(recipe, where), run here with where = the path."""
     try:
         recipe = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read recipe {path}: {e}") from e
     if not isinstance(recipe, dict):
         raise ConfigError(f"recipe {path} must be a mapping at the top level")
-    return apply_overrides(recipe, list(overrides))
+    recipe = apply_overrides(recipe, list(overrides))
+    if check is not None:
+        check(recipe, str(path))
+    return recipe
 
 
 def recipe_task(path: str | Path) -> str | None:

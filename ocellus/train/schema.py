@@ -206,6 +206,14 @@ def runner_fields(train: dict[str, Kind]) -> dict[str, Kind]:
             "train": mapping(train), "_path": STR}
 
 
+def check_runner(recipe: dict, where: str, task: str, train: dict[str, Kind]) -> None:
+    """The top level of an own-schema runner's recipe (image_generation, unified): its task, then every key
+    known and typed by runner_fields(train) (an unknown one named with the known ones), or one ConfigError."""
+    if recipe.get("task") != task:
+        raise ConfigError(f"{where}: task must be {task!r}, got {recipe.get('task')!r}")
+    check(recipe, where, runner_fields(train))
+
+
 def model_fields(task: str, model) -> dict[str, Kind]:
     if task != "vlm":
         return MODEL[task]

@@ -62,9 +62,7 @@ TRAIN_KEYS = {"out_dir": schema.STR, **{phase: schema.mapping(PHASE_KEYS) for ph
 
 
 def load_seed_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
-    recipe = read_recipe(path, overrides)
-    check_seed_recipe(recipe, str(path))
-    return recipe
+    return read_recipe(path, overrides, check_seed_recipe)
 
 
 def check_seed_recipe(recipe: dict, where: str) -> None:

@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 TASK = "unified"
 TASKS = ("t2i", "i2t", "interleave")   # interleave: two (caption, image) pairs per row (SEED-LLaMA)
-TOP_KEYS = {"task", "name", "model", "data", "train", "eval", "seed"}
 # train: the Trainer's keys (the defaults of every stage) + stages: [{name, max_steps, parts, ...}] (Janus' three)
 TRAIN_KEYS = {**schema.TRAIN, "stages": schema.list_of(schema.MAPPING, name="a list of stage mappings")}
 
@@ -172,18 +171,11 @@ def export(recipe: dict, model, path) -> Path:
 
 def load_unified_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     """A unified-model recipe with its overrides applied and its top level checked."""
-    recipe = read_recipe(path, overrides)
-    check_unified(recipe, str(path))
-    return recipe
+    return read_recipe(path, overrides, check_unified)
 
 
 def check_unified(recipe: dict, where: str) -> None:
-    if recipe.get("task") != TASK:
-        raise ConfigError(f"{where}: task must be {TASK!r}")
-    unknown = set(recipe) - TOP_KEYS - {"_path"}   # _path: where train/tasks.load_recipe read it
-    if unknown:
-        raise ConfigError(f"{where}: unknown top-level keys {sorted(unknown)}; known {sorted(TOP_KEYS)}")
-    schema.check(recipe, where, schema.runner_fields(TRAIN_KEYS))
+    schema.check_runner(recipe, where, TASK, TRAIN_KEYS)
     if "tokenizer_from" not in (recipe.get("model") or {}):
         raise ConfigError(f"{where}: model.tokenizer_from must name a trained image tokenizer directory "
                           f"(e.g. train recipes/unified/vqvae_shapes.yaml first; seed_llama reads the SEED codec "
