@@ -29,8 +29,9 @@ from ocellus.data.shapes import sample_at
 from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError
 from ocellus.eval.harness import predict, score, task_samples
-from ocellus.hub.checkpoint import load_model
+from ocellus.hub.checkpoint import load_model, save_model
 from ocellus.hub.model_card import write_model_card
+from ocellus.models.generative.checkpoint import save_generator
 from ocellus.nn.lora import merged_state_dict
 from ocellus.train.distributed import DistInfo, full_model_state, is_fsdp, setup, teardown
 from ocellus.train.hf_data import trainer_stream_loader
@@ -66,6 +67,20 @@ def build_tokenizer(recipe: dict, out_dir: Path):
         tok.save(out_dir / "tokenizer")
         return tok
     raise ConfigError(f"tokenizer section {spec} needs `from` or `train_bpe`")
+
+
+def export_model(recipe: dict, model, tok, path: Path) -> Path:
+    """The export hook of the Trainer tasks whose model is a checkpoint directory with its tokenizer (lm,
+    qformer_pretrain): hub/checkpoint.save_model -> path."""
+    save_model(model, path, tokenizer=tok)
+    return path
+
+
+def export_generator(recipe: dict, model, tok, path: Path) -> Path:
+    """The export hook of the own-schema tasks that train a generator (image_generation; seed_tokenizer: the
+    SEED codec, kind "seed"): a self-contained directory, config.json spec + model.safetensors, that
+    `ocellus generate-image` and load_generator read (models/generative/checkpoint.save_generator) -> path."""
+    return save_generator(model, path)
 
 
 def _corpus_texts(recipe: dict, n: int):

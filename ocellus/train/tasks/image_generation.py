@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ocellus.models.generative.checkpoint import save_generator
 from ocellus.train import generative
+from ocellus.train.run import export_generator as export   # the export hook: a generator directory
 
 OWN_SCHEMA = True   # no shared model / data schema: train/tasks.check_sources leaves its inputs to the runner
 
@@ -16,10 +16,8 @@ def validate(recipe: dict, where: str = "recipe") -> None:
     generative.check_generative_recipe(recipe, where)
 
 
-def export(recipe: dict, model, tok, path: Path) -> Path:
-    """A self-contained directory `ocellus generate-image` reads (config.json spec + model.safetensors)."""
-    return save_generator(model, path)
-
-
 def run(recipe: dict) -> Path:
     return generative.run_generative(recipe)
+
+
+__all__ = ["OWN_SCHEMA", "validate", "export", "run"]

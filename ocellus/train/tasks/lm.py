@@ -18,11 +18,10 @@ from ocellus.data.encode import collate, encode_messages
 from ocellus.data.packing import pack_batch
 from ocellus.data.shapes import caption, describe, Obj, sample_at, Scene
 from ocellus.errors import ConfigError
-from ocellus.hub.checkpoint import save_model
 from ocellus.hub.families import family_for_config
 from ocellus.train.recipe import check_recipe
 from ocellus.train.recipe_data import EncodedDataset, shapes_config
-from ocellus.train.run import build_tokenizer, run_trainer   # build_tokenizer: a hook run_trainer calls
+from ocellus.train.run import build_tokenizer, export_model as export, run_trainer   # hooks run_trainer calls
 
 PACKS = True   # data.pack: a batch's samples share rows (data/packing.pack_batch)
 
@@ -70,11 +69,6 @@ def scene_text(cfg, objects: list[dict], how: str) -> str:
         return ""
     scene = Scene(cfg.image_size, cfg.background, tuple(Obj(o["shape"], o["colour"], tuple(o["bbox"])) for o in objects))
     return describe(scene) if how == "description" else caption(scene)
-
-
-def export(recipe: dict, model, tok, path: Path) -> Path:
-    save_model(model, path, tokenizer=tok)
-    return path
 
 
 def run(recipe: dict) -> Path:

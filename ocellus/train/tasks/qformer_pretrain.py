@@ -9,11 +9,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ocellus.hub.checkpoint import save_model
 from ocellus.train.qformer_objectives import caption_dataset, compose_stage1
 from ocellus.train.recipe import check_recipe
 from ocellus.train.recipe_data import image_config, shapes_config
-from ocellus.train.run import build_tokenizer, run_trainer   # build_tokenizer: a hook run_trainer calls
+from ocellus.train.run import build_tokenizer, export_model as export, run_trainer   # hooks run_trainer calls
 
 
 def validate(recipe: dict, where: str = "recipe") -> None:
@@ -28,11 +27,6 @@ def build_dataset(recipe: dict, tok, model):
     data = recipe["data"]
     size = int(data.get("image_size") or model.vision_tower.config.image_size)
     return caption_dataset(data, int(data.get("n", 1000)), tok, model, shapes_config(data), image_config(size))
-
-
-def export(recipe: dict, model, tok, path: Path) -> Path:
-    save_model(model, path, tokenizer=tok)
-    return path
 
 
 def run(recipe: dict) -> Path:
