@@ -21,6 +21,16 @@ def _compile(pattern: str) -> re.Pattern:
     return re.compile(out + re.escape(pattern[pos:]) + r"\Z")
 
 
+def _first_rename(rules, name: str) -> str | None:
+    """The first (compiled pattern, template) of `rules` whose pattern matches `name`, its placeholders filled
+    into the template; None when none matches. Both directions of a KeyMap rename through this."""
+    for pattern, template in rules:
+        m = pattern.match(name)
+        if m:
+            return template.format(**m.groupdict())
+    return None
+
+
 @dataclass(frozen=True)
 class KeyMap:
     rules: tuple[tuple[str, str], ...]            # (ours, theirs), first match wins
@@ -31,18 +41,10 @@ class KeyMap:
         self._compiled.extend((_compile(o), _compile(t), o, t) for o, t in self.rules)
 
     def to_ours(self, theirs: str) -> str | None:
-        for _, rt, o, _ in self._compiled:
-            m = rt.match(theirs)
-            if m:
-                return o.format(**m.groupdict())
-        return None
+        return _first_rename(((rt, o) for _, rt, o, _ in self._compiled), theirs)
 
     def to_theirs(self, ours: str) -> str | None:
-        for ro, _, _, t in self._compiled:
-            m = ro.match(ours)
-            if m:
-                return t.format(**m.groupdict())
-        return None
+        return _first_rename(((ro, t) for ro, _, _, t in self._compiled), ours)
 
     def dropped(self, theirs: str) -> bool:
         return any(re.search(p, theirs) for p in self.drop)
