@@ -7,8 +7,9 @@
    questions, up to 40 new tokens, one prompt at a time. Token agreement is teacher-forced (int8's argmax at each position of bf16's own greedy
    continuation, up to its end-of-turn token); free-running exact match is the share of whole replies equal.
 2. Decode tokens/s, batch 1, on the 100M Llama of `ocellus bench decode`: fp32, bf16, int8 with fp32 activations
-   (fbgemm's dynamic int8 linear: the path a float32 model takes), int8 with bf16 activations (lm_head int8, and
-   left in bf16), rounds interleaved, each the best round;
+   (fbgemm's dynamic int8 linear: the path a float32 model takes; q|k|v and gate|up fused, infer/prepack_int8.py,
+   and unfused: prepack=False), int8 with bf16 activations (lm_head int8, and left in bf16), rounds interleaved,
+   each the best round, and the median over rounds of each row's ratio to bf16 in the same round;
    rate = (N2 - N1) / (t(N2) - t(N1)).
 3. shapes-vqa (n 500) of the default model, float32 as shipped and with quantize="int8" (float32 activations:
    quantized per tensor to 7 bits for each product, nn/quant.py).
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import statistics
 import time
 
 import torch
@@ -60,23 +63,29 @@ def decode_rates(repeats: int, prompt_len: int = 128, n1: int = 1, n2: int = 128
     path = build_checkpoint(LLAMA_100M, default_workdir())
     models = {"fp32": ocellus.load(path, dtype="float32"), "bf16": ocellus.load(path, dtype="bfloat16"),
               "int8, fp32 act": ocellus.load(path, dtype="float32", quantize="int8"),
+              "int8, fp32 act, unfused": ocellus.load(path, dtype="float32", quantize="int8"),
               "int8": ocellus.load(path, dtype="bfloat16", quantize="int8"),
               "int8, lm_head bf16": quantize_model(ocellus.load(path, dtype="bfloat16"), lm_head=False)}
     ids = torch.randint(2, LLAMA_100M["vocab_size"], (1, prompt_len), generator=torch.Generator().manual_seed(1))
-    for m in models.values():
-        m.generate(ids, max_new_tokens=n1)
+    kw = {k: dict(prepack=not k.endswith("unfused")) for k in models}
+    for k, m in models.items():
+        m.generate(ids, max_new_tokens=n1, **kw[k])
     best = {k: {n1: math.inf, n2: math.inf} for k in models}
-    outs = {}
+    outs, rounds = {}, []
     for _ in range(repeats):
+        took = {}
         for k, m in models.items():
             for n in (n1, n2):
                 t0 = time.perf_counter()
-                outs[k] = m.generate(ids, max_new_tokens=n)
-                best[k][n] = min(best[k][n], time.perf_counter() - t0)
+                outs[k] = m.generate(ids, max_new_tokens=n, **kw[k])
+                took[k, n] = time.perf_counter() - t0
+                best[k][n] = min(best[k][n], took[k, n])
+        rounds.append({k: (n2 - n1) / (took[k, n2] - took[k, n1]) for k in models})
     rates = {k: (n2 - n1) / (b[n2] - b[n1]) for k, b in best.items()}
+    median_ratio = {k: statistics.median(r[k] / r["bf16"] for r in rounds) for k in models}
     ref = outs["bf16"][0, prompt_len:]
     agree = {k: float((o[0, prompt_len:] == ref).float().mean()) for k, o in outs.items()}
-    return dict(rates=rates, same_as_bf16=agree)
+    return dict(rates=rates, same_as_bf16=agree, median_ratio=median_ratio)
 
 
 def main(argv=None) -> int:
@@ -99,11 +108,11 @@ def main(argv=None) -> int:
               f"{ag['exact_replies']:.1%} of replies identical (free-running)  [{time.time() - t0:.0f} s]", flush=True)
     d = decode_rates(a.repeats)
     r = d["rates"]
-    print(f"decode batch 1, 100M Llama, {torch.get_num_threads()} threads (best of {a.repeats} interleaved rounds):",
-          flush=True)
+    print(f"decode batch 1, 100M Llama, {torch.get_num_threads()} threads (best of {a.repeats} interleaved rounds; "
+          f"load average {os.getloadavg()[0]:.2f}):", flush=True)
     for k, v in r.items():
-        print(f"  {k:>20}: {v:6.1f} tok/s  = {v / r['bf16']:.2f}x bf16, {v / r['fp32']:.2f}x fp32;  "
-              f"greedy ids equal to bf16's: {d['same_as_bf16'][k]:.0%}", flush=True)
+        print(f"  {k:>23}: {v:6.1f} tok/s  = {v / r['bf16']:.2f}x bf16 (median of rounds {d['median_ratio'][k]:.2f}x), "
+              f"{v / r['fp32']:.2f}x fp32;  greedy ids equal to bf16's: {d['same_as_bf16'][k]:.0%}", flush=True)
     if not a.skip_vqa:
         path = ocellus.default_model_dir()
         acc = {}

@@ -74,6 +74,8 @@ class Int8Group:
             self._hold(kind, codes.contiguous(), scale.float())
             del codes, scale
             self.holders = [_placeholders(m) for m in self.members]
+            # what _must_unpack compares on every call: each member's buffer dict and its placeholders' addresses
+            self._watch = [(m._buffers, hw.data_ptr(), hs.data_ptr()) for m, (hw, hs) in zip(self.members, self.holders)]
             for i, (m, w, s, (hw, hs)) in enumerate(zip(self.members, ws, ss, self.holders)):
                 w.data, s.data = hw, hs                     # the plain storage is released here
                 m._packed, m._scale_cache = None, None      # and the member's own fbgemm copy
@@ -136,7 +138,7 @@ class Int8Group:
                 m.__class__ = Int8Linear
                 del m.group, m.index
         self.kind, self.packed, self.codes, self.scale, self.scale_lp = None, None, None, None, None
-        self.holders, self.bias, self._bias_key = None, None, None
+        self.holders, self._watch, self.bias, self._bias_key = None, None, None, None
         if self.owner is not None:
             setattr(self.owner, self.hook, None)         # set, not deleted: deepcopy may be walking its __dict__
 
@@ -146,8 +148,8 @@ class Int8Group:
         that no longer holds our placeholder was replaced and is the truth now."""
         if torch.is_grad_enabled() and x.requires_grad:
             return True
-        for m, (hw, hs) in zip(self.members, self.holders):
-            if m._buffers["weight"].data_ptr() != hw.data_ptr() or m._buffers["weight_scale"].data_ptr() != hs.data_ptr():
+        for bufs, pw, ps in self._watch:
+            if bufs["weight"].data_ptr() != pw or bufs["weight_scale"].data_ptr() != ps:
                 return True
         return False
 
