@@ -25,13 +25,13 @@ infer/prepack_int8.py (fbgemm's packed matrix for float32 activations, the stack
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError
+from ocellus.infer.packed_member import PackedMember
 from ocellus.infer.prepack_int8 import int8_groups, pack_int8_linears, unpack_int8_linears
 from ocellus.nn.attention import Attention
 from ocellus.nn.mlp import SwiGLU
@@ -143,9 +143,10 @@ class PackedGroup:
         return None
 
 
-class PackedLinear(nn.Linear):
+class PackedLinear(PackedMember, nn.Linear):
     """An nn.Linear whose weight lives in a PackedGroup (its class while packed; nn.Linear again after)."""
 
+    REAL = ("weight",)
     group: PackedGroup
     index: int
 
@@ -160,34 +161,8 @@ class PackedLinear(nn.Linear):
         start = sum(g.sizes[:self.index])                # called alone (kept-row attention): its slice
         return y[..., start:start + g.sizes[self.index]].contiguous()
 
-    def __getattr__(self, name: str):
-        if name == "weight":                             # whoever reads the weight gets the real one
-            self.group.unpack()                          # (self is an nn.Linear from here: no super())
-        return nn.Module.__getattr__(self, name)
-
-    def train(self, mode: bool = True):
-        if mode:
-            self.group.unpack()
-        return nn.Module.train(self, mode)
-
-    def _apply(self, fn, recurse: bool = True):
-        self.group.unpack()                              # .to() / .half() / .cuda(): on the plain weight
-        return self._apply(fn, recurse)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if keep_vars:                                    # the live Parameters asked for: make them real
-            self.group.unpack()
-            return self._save_to_state_dict(destination, prefix, keep_vars)
-        nn.Module._save_to_state_dict(self, destination, prefix, keep_vars)
+    def _write_dense(self, destination, prefix) -> None:
         destination[prefix + "weight"] = self.group.dense(self.index)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.group.unpack()                              # load into the plain weight; the next decode repacks
-        return self._load_from_state_dict(*args, **kwargs)
-
-    def __deepcopy__(self, memo):
-        self.group.unpack()                              # a copy of the plain module (mkldnn tensors do not copy)
-        return copy.deepcopy(self, memo)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -25,13 +25,13 @@ replaced behind our back (`layer._buffers["weight"].data = t`) is seen and unpac
 """
 from __future__ import annotations
 
-import copy
 import warnings
 
 import torch
 from torch import nn
 
 from ocellus.errors import ConfigError
+from ocellus.infer.packed_member import PackedMember
 from ocellus.nn.quant import Int8Linear, decoder_scope, kernel_for
 
 BUFFERS = ("weight", "weight_scale")
@@ -205,9 +205,10 @@ class Int8Group:
         return None
 
 
-class PackedInt8Linear(Int8Linear):
+class PackedInt8Linear(PackedMember, Int8Linear):
     """An Int8Linear whose codes and scales live in an Int8Group (its class while packed; Int8Linear after)."""
 
+    REAL = BUFFERS
     group: Int8Group
     index: int
 
@@ -222,34 +223,8 @@ class PackedInt8Linear(Int8Linear):
         start = sum(g.sizes[:self.index])                # called alone (kept-row attention): its slice
         return y[..., start:start + g.sizes[self.index]].contiguous()
 
-    def __getattr__(self, name: str):
-        if name in BUFFERS:                              # whoever reads the codes or scales gets the real ones
-            self.group.unpack()                          # (self is an Int8Linear from here: no super())
-        return nn.Module.__getattr__(self, name)
-
-    def train(self, mode: bool = True):
-        if mode:
-            self.group.unpack()
-        return nn.Module.train(self, mode)
-
-    def _apply(self, fn, recurse: bool = True):
-        self.group.unpack()                              # .to() / .half() / .cuda(): on the plain buffers
-        return self._apply(fn, recurse)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if keep_vars:                                    # the live buffers asked for: make them real
-            self.group.unpack()
-            return self._save_to_state_dict(destination, prefix, keep_vars)
-        nn.Module._save_to_state_dict(self, destination, prefix, keep_vars)
+    def _write_dense(self, destination, prefix) -> None:
         destination[prefix + "weight"], destination[prefix + "weight_scale"] = self.group.dense(self.index)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.group.unpack()                              # load into the plain buffers; the next decode repacks
-        return self._load_from_state_dict(*args, **kwargs)
-
-    def __deepcopy__(self, memo):
-        self.group.unpack()                              # a copy of the plain module (fbgemm's matrix does not copy)
-        return copy.deepcopy(self, memo)
 
     def extra_repr(self) -> str:
         g = self.group
