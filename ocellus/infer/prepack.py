@@ -31,7 +31,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError
-from ocellus.infer.packed_member import PackedMember
+from ocellus.infer.packed_member import fused_bias, fusion_plan, pack_groups, PackedMember, unpack_all
 from ocellus.infer.prepack_int8 import int8_groups, pack_int8_linears, unpack_int8_linears
 from ocellus.nn.attention import Attention
 from ocellus.nn.mlp import SwiGLU
@@ -117,14 +117,7 @@ class PackedGroup:
 
     def _fused_bias(self):
         """The members' biases as one [sum out] tensor (a small copy, remade when one changes)."""
-        bs = [m._parameters["bias"] for m in self.members]
-        if len(bs) == 1 or bs[0] is None:
-            return bs[0]
-        key = [(id(b), b._version) for b in bs]
-        if key != self._bias_key:
-            with torch.inference_mode(False), torch.no_grad():
-                self.bias, self._bias_key = torch.cat(bs), key
-        return self.bias
+        return fused_bias(self, [m._parameters["bias"] for m in self.members])
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] -> [..., sum out]: one call on the packed matrix."""
@@ -202,22 +195,11 @@ def _plan(model: nn.Module, strict: bool):
             raise ConfigError(problem)
         return problem is None
 
-    groups, fused = [], set()
-    for owner in model.modules():
-        hook, names = FUSED.get(type(owner), (None, ()))
-        members = [getattr(owner, n, None) if n in owner._modules else None for n in names]
-        if names and all(m is not None and packable(m) for m in members):
-            first = members[0]._parameters
-            alike = all(m._parameters["weight"].dtype == first["weight"].dtype and m.in_features == members[0].in_features
-                        and (m._parameters["bias"] is None) == (first["bias"] is None)
-                        and not (m._forward_hooks or m._forward_pre_hooks) for m in members)
-            if alike:
-                groups.append((tuple(members), owner, hook))
-                fused.update(id(m) for m in members)
-    for m in model.modules():
-        if id(m) not in fused and packable(m):
-            groups.append(((m,), None, None))
-    return groups
+    def alike(members) -> bool:
+        first = members[0]._parameters
+        return all(m._parameters["weight"].dtype == first["weight"].dtype and m.in_features == members[0].in_features
+                   and (m._parameters["bias"] is None) == (first["bias"] is None) for m in members)
+    return fusion_plan(model, FUSED, packable, alike)
 
 
 def prepack_linears(model: nn.Module, batch_size: int = 1, strict: bool = True) -> nn.Module:
@@ -229,25 +211,15 @@ def prepack_linears(model: nn.Module, batch_size: int = 1, strict: bool = True) 
     pack_int8_linears(model, FUSED, strict)
     if not prepack_available():
         raise ConfigError("this PyTorch build has no oneDNN (mkldnn) linear kernels to prepack for")
-    plan = _plan(model, strict)
-    for members, owner, hook in plan:
-        g = getattr(members[0], "group", None) if isinstance(members[0], PackedLinear) else None
-        if g is not None and g.members == members and g.owner is owner and g.batch_size == int(batch_size):
-            continue                                        # packed already, for this batch, this way
-        for m in members:
-            if isinstance(m, PackedLinear):
-                m.group.unpack()
-        PackedGroup(members, batch_size, owner, hook)
+    pack_groups(_plan(model, strict), PackedLinear, lambda g: g.batch_size == int(batch_size),   # for this batch
+                lambda members, owner, hook: PackedGroup(members, batch_size, owner, hook))
     return model
 
 
 def unpack_linears(model: nn.Module) -> nn.Module:
     """Every packed layer of `model` back to a plain nn.Linear (Int8Linear) holding its weight. Returns the model."""
     unpack_int8_linears(model)
-    for m in list(model.modules()):
-        if isinstance(m, PackedLinear):
-            m.group.unpack()
-    return model
+    return unpack_all(model, PackedLinear)
 
 
 def prepare_decode(model: nn.Module, batch_size: int, prepack: bool = True) -> None:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ocellus.errors import ConfigError
-from ocellus.infer.packed_member import PackedMember
+from ocellus.infer.packed_member import fused_bias, fusion_plan, pack_groups, PackedMember, unpack_all
 from ocellus.nn.quant import Int8Linear, decoder_scope, kernel_for
 
 BUFFERS = ("weight", "weight_scale")
@@ -155,14 +155,7 @@ class Int8Group:
 
     def _fused_bias(self):
         """The members' biases as one [sum out] tensor (a small copy, remade when one changes)."""
-        bs = [m.bias for m in self.members]
-        if len(bs) == 1 or bs[0] is None:
-            return bs[0]
-        key = [(id(b), b._version) for b in bs]
-        if key != self._bias_key:
-            with torch.inference_mode(False), torch.no_grad():
-                self.bias, self._bias_key = torch.cat(bs), key
-        return self.bias
+        return fused_bias(self, [m.bias for m in self.members])
 
     def run(self, x: torch.Tensor) -> torch.Tensor | None:
         """x [..., in] -> [..., sum out]: one kernel call on the stacked matrix; None where no CPU kernel takes x
@@ -276,46 +269,26 @@ def _plan(model: nn.Module, fused: dict, strict: bool):
             raise ConfigError(problem)
         return problem is None
 
-    groups, taken = [], set()
-    for owner in model.modules():
-        hook, names = fused.get(type(owner), (None, ()))
-        members = [getattr(owner, n, None) if n in owner._modules else None for n in names]
-        if names and all(m is not None and packable(m) for m in members):
-            b0 = members[0].bias
-            alike = all(m.in_features == members[0].in_features and kind_of(m) == kind_of(members[0])
-                        and (m.bias is None) == (b0 is None)
-                        and (b0 is None or m.bias.dtype == b0.dtype)
-                        and not (m._forward_hooks or m._forward_pre_hooks) for m in members)
-            if alike:
-                groups.append((tuple(members), owner, hook, kind_of(members[0])))
-                taken.update(id(m) for m in members)
-    for m in model.modules():
-        if id(m) not in taken and packable(m):
-            groups.append(((m,), None, None, kind_of(m)))
-    return groups
+    def alike(members) -> bool:
+        b0 = members[0].bias
+        return all(m.in_features == members[0].in_features and kind_of(m) == kind_of(members[0])
+                   and (m.bias is None) == (b0 is None) and (b0 is None or m.bias.dtype == b0.dtype) for m in members)
+    return [(members, owner, hook, kind_of(members[0])) for members, owner, hook in fusion_plan(model, fused, packable, alike)]
 
 
 def pack_int8_linears(model: nn.Module, fused: dict, strict: bool = True) -> nn.Module:
     """Pack `model`'s Int8Linears (in place): fused q|k|v and gate|up (`fused`: infer/prepack.FUSED), every
     other Int8Linear alone, each the only copy of its codes, in the form the model's activations take. Packed
     the same way already: nothing to do. A model without Int8Linears: nothing to do. Returns the model."""
-    for members, owner, hook, kind in _plan(model, fused, strict):
-        g = members[0].group if isinstance(members[0], PackedInt8Linear) else None
-        if g is not None and g.members == members and g.owner is owner:
-            continue                                        # packed already, this way (a dtype change repacks in run)
-        for m in members:
-            if isinstance(m, PackedInt8Linear):
-                m.group.unpack()
-        Int8Group(members, kind, owner, hook)
+    # packed already this way: kept (a dtype change repacks in run)
+    pack_groups(_plan(model, fused, strict), PackedInt8Linear, lambda g: True,
+                lambda members, owner, hook, kind: Int8Group(members, kind, owner, hook))
     return model
 
 
 def unpack_int8_linears(model: nn.Module) -> nn.Module:
     """Every packed int8 layer of `model` back to a plain Int8Linear holding its codes. Returns the model."""
-    for m in list(model.modules()):
-        if isinstance(m, PackedInt8Linear):
-            m.group.unpack()
-    return model
+    return unpack_all(model, PackedInt8Linear)
 
 
 def int8_groups(model: nn.Module) -> list[Int8Group]:
