@@ -87,3 +87,15 @@ def test_grounding_recipe_trains_and_evaluates(tiny_vlm_parts, tmp_path):
     result = evaluate(out / "model", "shapes-grounding", n=4, batch_size=4, printer=lines.append)
     assert 0.0 <= result["table"]["all"][1] <= 1.0 and 0.0 <= result["mean_iou"] <= 1.0
     assert any(line.startswith("mean IoU") for line in lines)
+
+
+def test_resampler_pos_scale_travels_through_the_checkpoint(tiny_vlm_parts, tmp_path):
+    model, tok = _compose(tiny_vlm_parts, resampler={"num_queries": 9, "num_heads": 4, "pos_scale": 6.0})
+    assert model.multi_modal_projector.pos_scale == 6.0
+    ocellus.save(model, tmp_path, tokenizer=tok)
+    assert json.loads((tmp_path / "config.json").read_text())["resampler"]["pos_scale"] == 6.0
+    again = ocellus.load(tmp_path)
+    assert again.multi_modal_projector.pos_scale == 6.0
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(again.image_features(x), model.image_features(x), atol=0, rtol=0)

@@ -85,3 +85,20 @@ def test_bad_configs_and_inputs():
         Resampler(12, 18, num_queries=4, num_heads=4)
     with pytest.raises(InputError, match=r"\[N, P, D\]"):
         _resampler()(torch.randn(9, 12))
+
+
+def test_pos_scale_multiplies_the_table_on_queries_and_keys():
+    """pos_scale s is the same resampler with the sin-cos table times s, on the queries and on the keys
+    (not on the values); 1 is the paper; it survives a save/load through the family's config."""
+    x = torch.randn(2, 16, 12, generator=torch.Generator().manual_seed(4))
+    scaled, plain = _resampler(num_queries=16, pos_scale=3.0), _resampler(num_queries=16)
+    plain.pos_embed.mul_(3.0)
+    with torch.no_grad():
+        want = plain(x, positions=3.0 * scaled.key_positions(16))
+        got = scaled(x)
+        unscaled = _resampler(num_queries=16)(x)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert (got - unscaled).abs().max() > 1e-2
+    for bad in (0, -1.0, float("nan"), "2"):
+        with pytest.raises(ConfigError, match="pos_scale"):
+            _resampler(pos_scale=bad)

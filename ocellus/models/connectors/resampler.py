@@ -12,6 +12,13 @@ Layout of QwenLM/Qwen-VL's visual.py (`Resampler` + the `ln_post` / `proj` that 
     out = ln_post(out) @ proj                              # [N, Q, D]
 The position table is built for the query grid (sqrt(Q) per side); keys on another grid get it
 resized bicubically (Qwen-VL's `get_abs_pos`), so one resampler serves any square patch grid.
+
+`pos_scale` multiplies the table (1: the paper). Why a knob: the table's entries are sines in [-1, 1] added to
+layer-normed features (std 1 a channel). At the paper's width and grid (D = 4096, 16x16 queries) positions differ
+by ~9 std along their main directions, far above the features; at toy scale (D = 128, 4x4) by 1.4 std along two
+directions and under 0.5 along the rest, so position hardly enters the attention logits. Measured on the trained
+toy Qwen-VL: each query put 0.062 of its weight on its own patch (uniform: 1/16) and blended ~5 patches,
+mixing objects (docs/VLM_COMPARISON.md, session 13).
 """
 from __future__ import annotations
 
@@ -45,14 +52,17 @@ class Resampler(nn.Module):
     """[N, P, in_dim] ViT features -> [N, num_queries, out_dim]. num_queries must be a square
     (the queries sit on a sqrt x sqrt grid for their position embeddings)."""
 
-    def __init__(self, in_dim: int, out_dim: int, num_queries: int = 256, num_heads: int = 8, eps: float = 1e-6):
+    def __init__(self, in_dim: int, out_dim: int, num_queries: int = 256, num_heads: int = 8, eps: float = 1e-6,
+                 pos_scale: float = 1.0):
         super().__init__()
         grid = math.isqrt(num_queries)
         if grid * grid != num_queries:
             raise ConfigError(f"resampler num_queries must be a square (the queries form a grid), got {num_queries}")
         if out_dim % num_heads:
             raise ConfigError(f"resampler out_dim={out_dim} is not divisible by num_heads={num_heads}")
-        self.num_queries, self.num_heads = num_queries, num_heads
+        if not (isinstance(pos_scale, (int, float)) and math.isfinite(pos_scale) and pos_scale > 0):
+            raise ConfigError(f"resampler pos_scale must be a positive number, got {pos_scale!r}")
+        self.num_queries, self.num_heads, self.pos_scale = num_queries, num_heads, float(pos_scale)
         # fixed, not learned; rebuilt from the formula, so not saved in checkpoints
         self.register_buffer("pos_embed", sincos_2d(out_dim, grid), persistent=False)     # [Q, D]
         self.query = nn.Parameter(torch.empty(num_queries, out_dim))
@@ -66,7 +76,7 @@ class Resampler(nn.Module):
         nn.init.normal_(self.proj, std=out_dim ** -0.5)
 
     def key_positions(self, num_patches: int) -> torch.Tensor:
-        """[P, D]: the query-grid table resized (bicubic) to the patches' square grid."""
+        """[P, D]: the query-grid table resized (bicubic) to the patches' square grid (unscaled)."""
         side = math.isqrt(num_patches)
         if side * side != num_patches:
             raise InputError(f"the resampler needs a square patch grid, got {num_patches} patches")
@@ -80,6 +90,7 @@ class Resampler(nn.Module):
         N, P, _ = x.shape
         pos = self.key_positions(P) if positions is None else positions
         kv = self.ln_kv(self.kv_proj(x))                                                   # [N, P, D]
-        q = (self.ln_q(self.query) + self.pos_embed).to(kv.dtype).expand(N, -1, -1)        # [N, Q, D]
-        out = self.attn(q, kv + pos.to(kv.dtype), kv, need_weights=False)[0]               # [N, Q, D]
+        s = self.pos_scale
+        q = (self.ln_q(self.query) + s * self.pos_embed).to(kv.dtype).expand(N, -1, -1)    # [N, Q, D]
+        out = self.attn(q, kv + s * pos.to(kv.dtype), kv, need_weights=False)[0]           # [N, Q, D]
         return self.ln_post(out) @ self.proj.to(out.dtype)                                 # [N, Q, D]

@@ -39,7 +39,8 @@ def build_qwen_vl(cfg: dict) -> VLM:
     decoder = DecoderLM(DecoderConfig.from_hf(text))
     spec = cfg.get("resampler") or {}
     resampler = Resampler(vision.config.hidden_size, decoder.config.hidden_size,
-                          num_queries=int(spec.get("num_queries", 256)), num_heads=int(spec.get("num_heads", 8)))
+                          num_queries=int(spec.get("num_queries", 256)), num_heads=int(spec.get("num_heads", 8)),
+                          pos_scale=spec.get("pos_scale", 1.0))
     layer = cfg.get("vision_feature_layer", -2)
     if not isinstance(layer, int):
         raise ConfigError(f"Qwen-VL vision_feature_layer must be one int, got {layer!r}")
@@ -53,7 +54,7 @@ def build_qwen_vl(cfg: dict) -> VLM:
 # ---- the recipe side (model.architecture: qwen_vl) -------------------------------------------------------
 def compose(spec: dict, tok) -> VLM:
     """A recipe's Qwen-VL: the ViT of spec["vision_from"] + a new resampler (spec["resampler"]:
-    num_queries, num_heads) + the decoder of spec["llm_from"]; feature_layer (-2), image_token (<image>)."""
+    num_queries, num_heads, pos_scale) + the decoder of spec["llm_from"]; feature_layer (-2), image_token (<image>)."""
     vision_dir, llm_dir = part_dirs(spec)
     text = read_config(llm_dir)
     resampler = spec.get("resampler") or {}
@@ -61,6 +62,8 @@ def compose(spec: dict, tok) -> VLM:
            "text_config": text, "tie_word_embeddings": bool(text.get("tie_word_embeddings", False)),
            "image_token_id": image_token_id(tok, spec), "vision_feature_layer": spec.get("feature_layer", -2),
            "resampler": {"num_queries": resampler.get("num_queries", 256), "num_heads": resampler.get("num_heads", 8)}}
+    if "pos_scale" in resampler:      # written only when a recipe sets it: 1 (the paper) is the default
+        cfg["resampler"]["pos_scale"] = resampler["pos_scale"]
     model = build_qwen_vl(cfg)
     model.family_name = "qwen_vl"
     model.vision_tower.load_state_dict(load_model(vision_dir).state_dict())
