@@ -1,20 +1,11 @@
-"""What the vision-language families share when they read configs and compose recipes: the key rules of a
-decoder inside a composite checkpoint and its tied lm_head, the text_config check, a recipe's spec check, its
-image token and the directories of its pretrained parts."""
+"""What the vision-language families share when they read configs and compose recipes: a decoder's tied
+lm_head inside a composite checkpoint (its key rules are families/decoder's decoder_rules), the text_config
+check, a recipe's spec check, its image token and the directories of its pretrained parts."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ocellus.errors import ConfigError
-
-
-def decoder_rules(ours: str, model: str, head: str) -> tuple[tuple[str, str], ...]:
-    """(ours, theirs) rules for a Llama-family decoder under prefix `ours`, its body under `model` and its
-    lm_head named `head` in the checkpoint."""
-    return ((f"{ours}embed_tokens.weight", f"{model}embed_tokens.weight"),
-            (f"{ours}layers.{{i}}.{{rest}}", f"{model}layers.{{i}}.{{rest}}"),
-            (f"{ours}norm.weight", f"{model}norm.weight"),
-            (f"{ours}lm_head.weight", head))
 
 
 def tied_lm_head(model) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.families.blip2.modeling import (
     ARCHITECTURE, BLIP2_VISION, MODEL_TYPES, OUR_ARCHITECTURE, Blip2, build_blip2, vision_hf_config, vision_kind)
-from ocellus.models.families.common import decoder_rules
+from ocellus.models.families.decoder.checkpoint import decoder_rules
 
 _LAYER = "vision_model.encoder.layers."
 

@@ -1,5 +1,6 @@
 """LlamaForCausalLM / Qwen2ForCausalLM checkpoints: the key table, the builder (config.json -> DecoderLM) and
-the config.json writer (the registry's Family). DECODER_KEYS is also DeepSeek's (families/deepseek/)."""
+the config.json writer (the registry's Family). DECODER_KEYS is also DeepSeek's (families/deepseek/);
+decoder_rules, its rules under any prefixes, every composite checkpoint's (a VLM's language_model)."""
 from __future__ import annotations
 
 from ocellus.hub.families import Family
@@ -8,15 +9,18 @@ from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 
 MODEL_TYPES = ("llama", "qwen2")
 
-DECODER_KEYS = KeyMap(
-    rules=(
-        ("embed_tokens.weight", "model.embed_tokens.weight"),
-        ("layers.{i}.{rest}", "model.layers.{i}.{rest}"),
-        ("norm.weight", "model.norm.weight"),
-        ("lm_head.weight", "lm_head.weight"),
-    ),
-    drop=(r"rotary_emb\.inv_freq$",),
-)
+
+def decoder_rules(ours: str, model: str, head: str) -> tuple[tuple[str, str], ...]:
+    """(ours, theirs) rules for a Llama-family decoder under prefix `ours`, its body under `model` and its
+    lm_head named `head` in the checkpoint."""
+    return ((f"{ours}embed_tokens.weight", f"{model}embed_tokens.weight"),
+            (f"{ours}layers.{{i}}.{{rest}}", f"{model}layers.{{i}}.{{rest}}"),
+            (f"{ours}norm.weight", f"{model}norm.weight"),
+            (f"{ours}lm_head.weight", head))
+
+
+# a bare decoder: no outer prefix, the body under model., lm_head at the top
+DECODER_KEYS = KeyMap(rules=decoder_rules("", "model.", "lm_head.weight"), drop=(r"rotary_emb\.inv_freq$",))
 
 
 def build(cfg: dict) -> DecoderLM:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.families.vit.checkpoint import vision_rules
-from ocellus.models.families.common import decoder_rules
+from ocellus.models.families.decoder.checkpoint import decoder_rules
 from ocellus.models.families.flamingo.modeling import ARCHITECTURE, MODEL_TYPES, Flamingo, build_flamingo
 
 FLAMINGO_KEYS = KeyMap(

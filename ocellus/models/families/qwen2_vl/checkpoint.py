@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
-from ocellus.models.families.common import decoder_rules, tied_lm_head
+from ocellus.models.families.common import tied_lm_head
+from ocellus.models.families.decoder.checkpoint import decoder_rules
 from ocellus.models.families.qwen2_vl.modeling import ARCHS, Qwen2VL, build_qwen2_vl
 
 QWEN2_VL_KEYS = KeyMap(
