@@ -47,11 +47,22 @@ LOSS_STYLES = ("grpo", "dr_grpo", "dapo")
 
 
 @dataclass(frozen=True)
-class GRPOConfig:
-    num_generations: int = 8
+class OnPolicyConfig:
+    """What GRPO and PPO (train/ppo.py) share: completions of up to max_new_tokens sampled from the policy at
+    `temperature` (and scored at it, token_logprobs), and the clip range of the policy ratio (clipped_surrogate)."""
     max_new_tokens: int = 8
     temperature: float = 1.0
     epsilon: float = 0.2
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.epsilon <= 0:
+            raise ConfigError(f"{type(self).__name__}: max_new_tokens must be >= 1 and epsilon > 0, got "
+                              f"{self.max_new_tokens} and {self.epsilon}")
+
+
+@dataclass(frozen=True)
+class GRPOConfig(OnPolicyConfig):
+    num_generations: int = 8
     epsilon_high: float | None = None     # DAPO's clip-higher; None: epsilon
     beta: float = 0.04
     loss_style: str = "grpo"
@@ -59,13 +70,14 @@ class GRPOConfig:
     num_iterations: int = 1               # policy updates per rollout batch (mu in the paper)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.loss_style not in LOSS_STYLES:
             raise ConfigError(f"grpo loss_style must be one of {LOSS_STYLES}, got {self.loss_style!r}")
         if self.num_generations < 2:
             raise ConfigError(f"grpo needs num_generations >= 2 to normalise within a group, "
                               f"got {self.num_generations}")
-        if self.epsilon <= 0 or self.beta < 0 or self.num_iterations < 1 or self.max_new_tokens < 1:
-            raise ConfigError("grpo: epsilon must be > 0, beta >= 0, num_iterations >= 1, max_new_tokens >= 1")
+        if self.beta < 0 or self.num_iterations < 1:
+            raise ConfigError("grpo: beta >= 0, num_iterations >= 1")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,

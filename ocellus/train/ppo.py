@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ocellus.errors import ConfigError, InputError
-from ocellus.train.grpo import clipped_surrogate, rollout_seed
+from ocellus.train.grpo import OnPolicyConfig, clipped_surrogate, rollout_seed
 from ocellus.train.posttrain import export_vlm, load_start, report, reward_functions, rl_eval, rl_fit
 from ocellus.train.reward_model import RewardModel
 from ocellus.train.rewards import score_completions
@@ -43,22 +43,20 @@ from ocellus.train.step_objective import StepObjective, StepOutput
 
 
 @dataclass(frozen=True)
-class PPOConfig:
-    max_new_tokens: int = 8
-    temperature: float = 1.0
+class PPOConfig(OnPolicyConfig):
     kl_coef: float = 0.05
     gamma: float = 1.0
     lam: float = 0.95
-    epsilon: float = 0.2
     value_epsilon: float = 0.2
     vf_coef: float = 0.1
     ppo_epochs: int = 4
 
     def __post_init__(self):
+        super().__post_init__()
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ConfigError(f"ppo gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}")
-        if self.ppo_epochs < 1 or self.epsilon <= 0 or self.value_epsilon <= 0 or self.kl_coef < 0:
-            raise ConfigError("ppo: ppo_epochs >= 1, epsilon > 0, value_epsilon > 0, kl_coef >= 0")
+        if self.ppo_epochs < 1 or self.value_epsilon <= 0 or self.kl_coef < 0:
+            raise ConfigError("ppo: ppo_epochs >= 1, value_epsilon > 0, kl_coef >= 0")
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,

@@ -73,7 +73,8 @@ def test_grpo_loss_adds_beta_times_kl_and_config_checks():
     assert metrics["kl"] == pytest.approx(k3_kl(logp, ref).mean().item())
     # ratio 1: the loss is -mean(A) per token; with advantages summing to zero it is 0
     assert base.item() == pytest.approx(0.0, abs=1e-7)
-    for bad in ({"loss_style": "x"}, {"num_generations": 1}, {"epsilon": 0}, {"beta": -1}):
+    for bad in ({"loss_style": "x"}, {"num_generations": 1}, {"epsilon": 0}, {"beta": -1},
+                {"max_new_tokens": 0}):
         with pytest.raises(ConfigError):
             GRPOConfig(**bad)
 

@@ -61,7 +61,8 @@ def test_whiten_and_config():
     real = w[mask.bool()]
     assert real.mean().item() == pytest.approx(0.0, abs=1e-6) and (real ** 2).mean().item() == pytest.approx(1.0, 1e-4)
     assert w[0, 2].item() == 0.0
-    for bad in ({"gamma": 1.5}, {"ppo_epochs": 0}, {"kl_coef": -1}):
+    # epsilon and max_new_tokens: OnPolicyConfig's checks, which GRPOConfig shares
+    for bad in ({"gamma": 1.5}, {"ppo_epochs": 0}, {"kl_coef": -1}, {"epsilon": 0}, {"max_new_tokens": 0}):
         with pytest.raises(ConfigError):
             PPOConfig(**bad)
 
