@@ -20,7 +20,7 @@ from torch import nn
 
 from ocellus.errors import ConfigError, InputError
 from ocellus.nn.attention import attend
-from ocellus.models.vision.vit import ViTConfig
+from ocellus.models.vision.vit import ViTDims
 from ocellus.nn.mlp import GeluMLP
 from ocellus.nn.norms import LayerNorm, RMSNorm
 from ocellus.nn.positional import resize_grid
@@ -37,17 +37,16 @@ def _square(value, name: str) -> int:
     return value
 
 
+# transformers' InternVLVisionConfig defaults (InternViT-300M), used for fields a config.json leaves out
+_HF_DEFAULTS = dict(image_size=448, patch_size=14, num_channels=3, hidden_size=1024, intermediate_size=4096,
+                    num_hidden_layers=24, num_attention_heads=16, layer_norm_eps=1e-6, hidden_act="gelu",
+                    attention_bias=False, use_qk_norm=False, norm_type="layer_norm", use_mean_pooling=True,
+                    use_absolute_position_embeddings=True, use_mask_token=False, layer_scale_init_value=0.1)
+
+
 @dataclass(frozen=True)
-class InternViTConfig:
-    image_size: int = 448
-    patch_size: int = 14
-    num_channels: int = 3
-    hidden_size: int = 1024
-    intermediate_size: int = 4096
-    num_layers: int = 24
-    num_heads: int = 16
-    layer_norm_eps: float = 1e-6
-    hidden_act: str = "gelu"
+class InternViTConfig(ViTDims):
+    """A ViT's numbers (ViTDims: every ViT's names, defaults and checks) + InternViT's layout."""
     attention_bias: bool = False          # bias on q/k/v (the output projection always has one)
     use_qk_norm: bool = False
     norm_type: str = "layer_norm"         # or "rms_norm"
@@ -58,35 +57,23 @@ class InternViTConfig:
     hf: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
-        # the numbers obey every ViT's rules (positive ints, heads divide the width, patches tile the
-        # image, a known activation): ViTConfig checks them and raises the ConfigError naming the field
-        ViTConfig(**{k: getattr(self, k) for k in ("image_size", "patch_size", "num_channels", "hidden_size",
-                                                    "intermediate_size", "num_layers", "num_heads", "hidden_act")})
+        super().__post_init__()
         if self.norm_type not in NORMS:
             raise ConfigError(f"InternViT norm_type={self.norm_type!r}; supported: {sorted(NORMS)}")
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
 
     @classmethod
     def from_hf(cls, cfg: dict) -> "InternViTConfig":
         """An InternVLVisionConfig dict (transformers' defaults for the fields it leaves out)."""
-        d = InternViTConfig()
-        get = lambda k, default: cfg[k] if cfg.get(k) is not None else default   # noqa: E731
-        return cls(image_size=_square(get("image_size", d.image_size), "image_size"),
-                   patch_size=_square(get("patch_size", d.patch_size), "patch_size"),
-                   num_channels=get("num_channels", d.num_channels), hidden_size=get("hidden_size", d.hidden_size),
-                   intermediate_size=get("intermediate_size", d.intermediate_size),
-                   num_layers=get("num_hidden_layers", d.num_layers), num_heads=get("num_attention_heads", d.num_heads),
-                   layer_norm_eps=get("layer_norm_eps", d.layer_norm_eps), hidden_act=get("hidden_act", d.hidden_act),
-                   attention_bias=bool(get("attention_bias", d.attention_bias)),
-                   use_qk_norm=bool(get("use_qk_norm", d.use_qk_norm)), norm_type=get("norm_type", d.norm_type),
-                   use_mean_pooling=bool(get("use_mean_pooling", d.use_mean_pooling)),
-                   use_absolute_position_embeddings=bool(get("use_absolute_position_embeddings", True)),
-                   use_mask_token=bool(get("use_mask_token", False)),
-                   layer_scale_init_value=float(get("layer_scale_init_value", d.layer_scale_init_value)),
-                   hf=dict(cfg))
+        c = {**_HF_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+        return cls(image_size=_square(c["image_size"], "image_size"), patch_size=_square(c["patch_size"], "patch_size"),
+                   num_channels=c["num_channels"], hidden_size=c["hidden_size"],
+                   intermediate_size=c["intermediate_size"], num_layers=c["num_hidden_layers"],
+                   num_heads=c["num_attention_heads"], layer_norm_eps=c["layer_norm_eps"], hidden_act=c["hidden_act"],
+                   attention_bias=bool(c["attention_bias"]), use_qk_norm=bool(c["use_qk_norm"]),
+                   norm_type=c["norm_type"], use_mean_pooling=bool(c["use_mean_pooling"]),
+                   use_absolute_position_embeddings=bool(c["use_absolute_position_embeddings"]),
+                   use_mask_token=bool(c["use_mask_token"]),
+                   layer_scale_init_value=float(c["layer_scale_init_value"]), hf=dict(cfg))
 
     def to_hf(self) -> dict:
         out = {k: v for k, v in self.hf.items() if k not in ("architectures", "torch_dtype", "dtype")}

@@ -14,7 +14,7 @@ in ocellus/models/families/vit/checkpoint.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
@@ -43,7 +43,9 @@ _COMPOSITES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model", "ll
 
 
 @dataclass(frozen=True)
-class ViTConfig:
+class ViTDims:
+    """The numbers of a ViT (and their checks): ViTConfig's and InternViT's (models/vision/intern_vit.py), towers
+    that differ in layout, not in what these numbers are or must obey."""
     image_size: int = 224            # the native (square) resolution the position embeddings were trained at
     patch_size: int = 16
     num_channels: int = 3
@@ -53,6 +55,29 @@ class ViTConfig:
     num_heads: int = 12
     layer_norm_eps: float = 1e-6
     hidden_act: str = "gelu"
+
+    def __post_init__(self):
+        positive_ints(self, ("image_size", "patch_size", "num_channels", "hidden_size", "intermediate_size",
+                             "num_layers", "num_heads"), "vision config field {!r}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ConfigError(f"unknown hidden_act {self.hidden_act!r}; supported: {sorted(ACTIVATIONS)}")
+
+    @property
+    def grid(self) -> int:
+        """Patches per side at the native resolution."""
+        return self.image_size // self.patch_size
+
+    def dims(self) -> dict:
+        """These numbers by name (what ViTConfig.clip / .siglip take as keywords)."""
+        return {f.name: getattr(self, f.name) for f in fields(ViTDims)}
+
+
+@dataclass(frozen=True)
+class ViTConfig(ViTDims):
     use_cls_token: bool = True       # CLIP: yes; SigLIP: no
     pre_layernorm: bool = False      # CLIP's `pre_layrnorm` (sic) on the embeddings
     post_layernorm: bool = True
@@ -63,12 +88,7 @@ class ViTConfig:
     hf: dict = field(default_factory=dict, compare=False, repr=False)  # source vision config, kept for save
 
     def __post_init__(self):
-        positive_ints(self, ("image_size", "patch_size", "num_channels", "hidden_size", "intermediate_size",
-                             "num_layers", "num_heads"), "vision config field {!r}")
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
+        super().__post_init__()
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling={self.pooling!r}; supported: {POOLINGS}")
         if self.pooling == "cls" and not self.use_cls_token:
@@ -77,13 +97,6 @@ class ViTConfig:
             raise ConfigError(f"post_norm_on={self.post_norm_on!r}; use 'pooled' (CLIP) or 'sequence' (SigLIP)")
         if self.patch_embed not in ("conv", "linear"):
             raise ConfigError(f"patch_embed={self.patch_embed!r}; use 'conv' or 'linear'")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(f"unknown hidden_act {self.hidden_act!r}; supported: {sorted(ACTIVATIONS)}")
-
-    @property
-    def grid(self) -> int:
-        """Patches per side at the native resolution."""
-        return self.image_size // self.patch_size
 
     @classmethod
     def clip(cls, **kw) -> "ViTConfig":
@@ -129,20 +142,14 @@ class ViTConfig:
 
     def hf_kind(self) -> str:
         """'clip_vision_model' or 'siglip_vision_model': which transformers class this layout is."""
-        if self == ViTConfig.clip(**self._numbers()):
+        if self == ViTConfig.clip(**self.dims()):
             return "clip_vision_model"
-        if self == ViTConfig.siglip(use_head=self.pooling == "map", **self._numbers()):
+        if self == ViTConfig.siglip(use_head=self.pooling == "map", **self.dims()):
             return "siglip_vision_model"
         raise ConfigError(f"this ViT layout (cls={self.use_cls_token}, pre_layernorm={self.pre_layernorm}, "
                           f"pooling={self.pooling!r}, post_norm_on={self.post_norm_on!r}, patch_embed="
                           f"{self.patch_embed!r}, patch_bias={self.patch_bias}) is neither CLIP's nor SigLIP's "
                           "image tower, so transformers has no config for it")
-
-    def _numbers(self) -> dict:
-        return dict(image_size=self.image_size, patch_size=self.patch_size, num_channels=self.num_channels,
-                    hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-                    num_layers=self.num_layers, num_heads=self.num_heads, layer_norm_eps=self.layer_norm_eps,
-                    hidden_act=self.hidden_act)
 
     def to_hf(self) -> dict:
         """config.json of a CLIPVisionModel / SiglipVisionModel: the source config with our fields over it."""
