@@ -37,6 +37,7 @@ from ocellus.data.image import DEFAULT_MAX_PIXELS, load_image
 from ocellus.data.processor import Processor, ProcessorOutput
 from ocellus.data.video_file import load_video
 from ocellus.errors import ConfigError, InputError
+from ocellus.infer.stop_text import reply_stops
 from ocellus.viz.image_grid import save_grid
 
 
@@ -57,7 +58,9 @@ class ChatSession:
         self.system = system
         self.max_pixels = max_pixels
         self.max_video_frames = max_video_frames
-        self.generation = {"max_new_tokens": 256, **generation}
+        # the template's stop strings (MiniGPT-4's "###") end every reply, before the caller's own
+        self.generation = {"max_new_tokens": 256, **generation,
+                           "stop_strings": reply_stops(processor, generation.get("stop_strings"))}
         self.reset()
 
     @property

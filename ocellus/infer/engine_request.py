@@ -3,8 +3,8 @@
 `SamplingParams` are one request's sampling settings, checked like `GenerationConfig`'s; the engine reports
 to the request's `sink` with `Delta` / `Finish` / `Failure` events. A `Sequence` is one choice of a request
 in the running batch: its ids, its own `torch.Generator` (seeded like `generate(seed=)`, so its draws do not
-depend on its neighbours), its incremental detokenizer, and the stop-string rule (OpenAI leaves a stop
-string out of the answer, so text that could still grow into one is held back).
+depend on its neighbours), its incremental detokenizer, and its stop strings (infer/stop_text.py: OpenAI leaves
+a stop string out of the answer, so text that could still grow into one is held back).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from ocellus.errors import ConfigError, OcellusError
 from ocellus.infer.generate import GenerationConfig
 from ocellus.infer.sampling import choose, process_logits
+from ocellus.infer.stop_text import StopText
 from ocellus.infer.streaming import TextStreamDecoder
 
 SAMPLING_EPS = 1e-5   # temperatures below this are greedy (vLLM's _SAMPLING_EPS)
@@ -119,8 +120,7 @@ class Sequence:
         if not self.p.greedy and self.p.seed is not None:  # n > 1: choice c draws from seed + c
             self.gen = torch.Generator().manual_seed(self.p.seed + choice)
         self.decoder = TextStreamDecoder(tokenizer, skip_special_tokens=True, prompt_ids=self.ids)
-        self.text, self.sent = "", 0
-        self.longest_stop = max((len(s) for s in self.p.stop), default=0)
+        self.cut = StopText(self.p.stop)   # the request's own stop strings (and the processor's: serve/app.py)
 
     @property
     def generated(self) -> int:
@@ -154,19 +154,7 @@ class Sequence:
 
     def _emit(self, piece: str, final: bool = False) -> bool:
         """Send new text, never past a stop string (OpenAI leaves the stop string out). -> hit a stop."""
-        self.text += piece
-        hit = min((i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in self.p.stop) if i >= 0),
-                  default=-1)
-        end = hit if hit >= 0 else len(self.text) if final else len(self.text) - self._held_back()
-        if end > self.sent:
-            self.req.sink(Delta(self.choice, self.text[self.sent:end]))
-            self.sent = end
-        return hit >= 0
-
-    def _held_back(self) -> int:
-        """Length of the longest tail of the text that could still grow into a stop string."""
-        for k in range(min(self.longest_stop - 1, len(self.text) - self.sent), 0, -1):
-            tail = self.text[-k:]
-            if any(s.startswith(tail) for s in self.p.stop):
-                return k
-        return 0
+        text = self.cut.push(piece) + (self.cut.flush() if final else "")
+        if text:
+            self.req.sink(Delta(self.choice, text))
+        return self.cut.stopped

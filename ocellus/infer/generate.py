@@ -22,6 +22,7 @@ from ocellus.errors import ConfigError, InputError
 from ocellus.infer.sampling import choose, process_logits
 from ocellus.infer.beam import beam_search
 from ocellus.infer.prepack import prepare_decode
+from ocellus.infer.stop_text import StopText
 from ocellus.infer.streaming import TextStreamDecoder
 
 
@@ -218,7 +219,8 @@ def generate(model, input_ids, attention_mask=None, *, tokenizer=None, **kwargs)
 def stream(model, tokenizer, input_ids, attention_mask=None, skip_special_tokens: bool = True,
            **kwargs) -> Iterator[str]:
     """Text deltas of one prompt's continuation, as they are generated. Stops at eos (not
-    printed when skip_special_tokens) or a stop string."""
+    printed when skip_special_tokens) or a stop string, which is not printed either: the text ends before
+    it, and a tail that could begin one waits until it is known not to (infer/stop_text.py)."""
     gen_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in GenerationConfig.__dataclass_fields__}
     cfg = _resolve_special(model, GenerationConfig.from_kwargs(**gen_kw))
     if cfg.num_beams > 1:
@@ -228,10 +230,13 @@ def stream(model, tokenizer, input_ids, attention_mask=None, skip_special_tokens
         raise InputError(f"stream() takes one prompt, got a batch of {prompt.input_ids.shape[0]}")
     prepare_decode(model, 1, cfg.prepack)
     decoder = TextStreamDecoder(tokenizer, skip_special_tokens=skip_special_tokens)
-    for nxt in decode_steps(model, prompt, cfg, tokenizer=tokenizer, **kwargs):
-        delta = decoder.push([int(nxt[0])])
+    cut = StopText(cfg.stop_strings)   # finds the stop strings in the text shown, so decode_steps need not
+    for nxt in decode_steps(model, prompt, replace(cfg, stop_strings=()), tokenizer=tokenizer, **kwargs):
+        delta = cut.push(decoder.push([int(nxt[0])]))
         if delta:
             yield delta
-    tail = decoder.flush()
+        if cut.stopped:
+            return
+    tail = cut.push(decoder.flush()) + cut.flush()
     if tail:
         yield tail

@@ -28,7 +28,7 @@ import hmac
 import io
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -45,6 +45,7 @@ from ocellus.hub.checkpoint import load_model
 from ocellus.hub.resolve import default_model_dir
 from ocellus.infer.batching import BatchEngine, Delta, Failure, Finish, QueueFull
 from ocellus.infer.batching import Request as EngineRequest
+from ocellus.infer.stop_text import reply_stops
 from ocellus.data.processor import load_processor
 from ocellus.serve import openai_schema as oa
 from ocellus.serve.guards import BrowserGuard, IdleTimeoutH11, page_csp
@@ -130,7 +131,8 @@ def _inputs(state: ServeState, chat: oa.ChatRequest):
 
 
 def _budget(state: ServeState, chat: oa.ChatRequest, prompt_tokens: int):
-    """max_tokens checked against the context (or defaulted to what is left of it)."""
+    """The request's SamplingParams: max_tokens checked against the context (or defaulted to what is left of it),
+    stop strings the template's and the request's."""
     context = state.engine.max_len
     room = context - prompt_tokens
     if room < 1 or (chat.max_tokens_given and chat.params.max_tokens > room):
@@ -138,10 +140,12 @@ def _budget(state: ServeState, chat: oa.ChatRequest, prompt_tokens: int):
         raise oa.bad(f"This model's maximum context length is {context} tokens; the messages are {prompt_tokens} "
                      f"tokens{asked}. Shorten the messages or lower max_tokens.", "messages",
                      "context_length_exceeded")
+    # the template's stop strings (MiniGPT-4's "###") end every reply, with the request's own `stop`; each
+    # request's Sequence applies only its own list (infer/engine_request.py), so its batch neighbours keep theirs
+    params = replace(chat.params, stop=reply_stops(state.processor, chat.params.stop))
     if chat.max_tokens_given:
-        return chat.params
-    from dataclasses import replace
-    return replace(chat.params, max_tokens=min(room, state.limits.max_tokens))
+        return params
+    return replace(params, max_tokens=min(room, state.limits.max_tokens))
 
 
 # -- handlers ------------------------------------------------------------------------------------
