@@ -79,15 +79,27 @@ def build_dataset(recipe: dict, tok, model):
         return EncodedDataset(n, make), caption_collate(tok, model)
     images = _moco_images(data, seed, n)
     aug = AugmentConfig(**{"size": size, **_tuples(data.get("augment") or {})})
-    visits: dict[int, int] = {}
+    return EpochViews(len(images) if hasattr(images, "__len__") else n, images, aug, icfg, seed), collate_views
 
-    def make_views(i):
-        # fresh views at every visit of image i, reproducible from (seed, i, visit); a resumed run
-        # restarts the visit counts, so its views (not its batches) differ from an uninterrupted one
-        visits[i] = visits.get(i, 0) + 1
-        v1, v2 = two_views(images(i), aug, random.Random(f"{seed}-{i}-{visits[i]}"))
-        return preprocess([v1, v2], icfg)
-    return EncodedDataset(len(images) if hasattr(images, "__len__") else n, make_views), collate_views
+
+class EpochViews:
+    """MoCo's indexed dataset: image i's two augmented views [2, 3, H, W] at epoch e, drawn from a generator
+    seeded by (seed, i, e + 1): fresh views every epoch (an epoch visits an image at most once) and the same
+    ones in a resumed run, whose loader restores the epoch and tells it here (BatchLoader calls set_epoch)."""
+
+    def __init__(self, n: int, images, aug: AugmentConfig, image_config, seed: int):
+        self.n, self.images, self.aug, self.image_config, self.seed = n, images, aug, image_config, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        v1, v2 = two_views(self.images(i), self.aug, random.Random(f"{self.seed}-{i}-{self.epoch + 1}"))
+        return preprocess([v1, v2], self.image_config)
 
 
 def shard_data(recipe: dict, tok, model):

@@ -2,7 +2,9 @@
 
 Its whole state is (epoch, position), so a checkpoint restores exactly the batch sequence an
 uninterrupted run would have seen (bitwise-equal losses after resume). Under several processes
-each rank takes every world_size-th batch of the same permutation.
+each rank takes every world_size-th batch of the same permutation. A dataset with `set_epoch(epoch)`
+(PyTorch's DistributedSampler convention) is told the epoch before each batch is made, so samples drawn
+fresh every epoch (MoCo's augmented views) follow from the position too, and a resumed run sees the same ones.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ class BatchLoader:
         start = (self.position * self.world_size + self.rank) * self.batch_size
         idx = order[start:start + self.batch_size]
         self.position += 1
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
         return self.collate([self.dataset[i] for i in idx])
 
     def state_dict(self) -> dict:

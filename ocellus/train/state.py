@@ -1,10 +1,12 @@
 """Training checkpoints: tensors in safetensors, everything else in JSON, written atomically.
 
     out/checkpoints/step-000120/
-        model.safetensors       trainable parameters (or all), our parameter names
+        model.safetensors       the model tensors the Trainer keeps (trainer.checkpointed_state), our names;
+                                tied tensors (one storage under several names) written once
         optimizer.safetensors   optimizer tensors: "state.<param index>.<name>"
         rng.safetensors         torch's CPU RNG state (and CUDA's when present)
-        state.json              step, optimizer param_groups, scheduler, data position, metrics
+        state.json              step, optimizer param_groups, scheduler, data position, metrics, and
+                                "tied": {name: the name its tensor is written under}
     out/checkpoints/latest      the name of the newest complete checkpoint
 
 A checkpoint is written into `step-N.tmp/`, its files fsynced, and renamed when complete, then `latest`
@@ -52,6 +54,29 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def untie(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """-> (CPU tensors with each tied one once, {alias: the name it is written under}). safetensors refuses
+    tensors that share memory (ALBEF / BLIP tie their MLM / LM head to the word embeddings), so a name whose
+    tensor is exactly an earlier one's (same storage, offset, shape, strides) becomes an alias; any other
+    tensor overlapping another's storage is written as its own copy."""
+    kept, tied, seen = {}, {}, {}
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and view in seen:
+            tied[name] = seen[view]
+            continue
+        seen[view] = name
+        kept[name] = t
+    storages: dict[int, int] = {}
+    for t in kept.values():
+        if t.numel():
+            storages[t.untyped_storage().data_ptr()] = storages.get(t.untyped_storage().data_ptr(), 0) + 1
+    kept = {k: t.clone() if t.numel() and storages[t.untyped_storage().data_ptr()] > 1 else t
+            for k, t in kept.items()}
+    return kept, tied
+
+
 def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor], optim_state: dict,
                     scheduler_state: dict | None, extra: dict) -> Path:
     """Write one checkpoint (call on one process; gather sharded state first)."""
@@ -60,14 +85,15 @@ def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor],
     tmp = root / f"step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+    model_tensors, tied = untie(model_state)
+    save_file(model_tensors, str(tmp / "model.safetensors"))
     opt_tensors, opt_meta = _flatten_optimizer(optim_state)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, str(tmp / "rng.safetensors"))
-    state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler_state, **extra}
+    state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler_state, "tied": tied, **extra}
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     _fsync_dir_files(tmp)
     final, replaced = root / f"step-{step:06d}", []
@@ -140,6 +166,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
         optimizer = _unflatten_optimizer(opt_tensors, state["optimizer"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: optimizer.safetensors and state.json's 'optimizer' do not fit: {e!r}") from e
+    tied = state.get("tied", {})
+    if not isinstance(tied, dict) or any(not isinstance(v, str) or v not in tensors for v in tied.values()):
+        raise CheckpointError(f"{path / 'state.json'}: 'tied' must map names to tensors of model.safetensors")
+    tensors.update({alias: tensors[name] for alias, name in tied.items()})
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])

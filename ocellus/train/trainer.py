@@ -62,7 +62,7 @@ class TrainConfig:
     save_every: int = 0                 # 0: only at the end
     eval_every: int = 0                 # N: the runner's held-out evaluation every N steps and at the end
                                         # (metrics.jsonl {"step", "eval", "train_s"}: accuracy vs step / seconds)
-    save_trainable_only: bool = True
+    save_trainable_only: bool = True    # checkpoints leave out the parameters the stage froze (checkpointed_state)
     out_dir: str = "runs/train"
     resume: bool = False
     progress: bool = True               # stderr: a bar on a terminal, plain lines elsewhere (CI, | tee, nohup)
@@ -117,6 +117,18 @@ def make_adamw(groups: list[dict], cfg) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
+def checkpointed_state(model: nn.Module, state: dict[str, torch.Tensor], trainable_only: bool) -> dict:
+    """The model tensors a checkpoint keeps (what resume needs to continue exactly). trainable_only leaves out
+    only the parameters a stage froze inside its parts (parts_of), which never change. Everything else moves
+    during training and stays: the trained parameters, parameters outside every part (the momentum encoders
+    of MoCo / ALBEF / BLIP, moved by EMA) and every buffer (feature queues and their pointers, step counters)."""
+    if not trainable_only:
+        return state
+    frozen = {id(p) for part in parts_of(model).values() for p in part.parameters() if not p.requires_grad}
+    fixed = {n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in frozen}
+    return {k: v for k, v in state.items() if k not in fixed}
+
+
 class Trainer:
     def __init__(self, model: nn.Module, loader: BatchLoader, cfg: TrainConfig,
                  on_log: Callable[[dict], None] | None = None, dist_info: DistInfo | None = None,
@@ -154,10 +166,7 @@ class Trainer:
     def save(self) -> Path | None:
         """Gather full tensors (a collective under FSDP: every rank calls this), write on rank 0."""
         inner = self._inner()
-        model_state = full_model_state(inner)
-        if self.cfg.save_trainable_only:
-            trainable = {n for n, p in inner.named_parameters() if p.requires_grad}
-            model_state = {k: v for k, v in model_state.items() if k in trainable}
+        model_state = checkpointed_state(inner, full_model_state(inner), self.cfg.save_trainable_only)
         optim_state = full_optimizer_state(inner, self.optimizer)
         path = None
         if self.is_main:
