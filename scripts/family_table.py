@@ -25,7 +25,7 @@ CHAINS = {
     "minigpt4": ["blip2_tiny_shapes/stage1", "blip2_tiny_shapes/stage2", "blip2_tiny_shapes/vqa", "minigpt4_tiny_shapes/stage1", "minigpt4_tiny_shapes/stage2", "minigpt4_tiny_shapes/vqa"],
     "qwen_vl": ["qwen_vl_tiny_shapes/vit", "qwen_vl_tiny_shapes/train"],
     "internvl": ["internvl_tiny_shapes/train"],
-    "qwen2_vl": ["qwen2_vl_tiny_shapes/vit", "qwen2_vl_tiny_shapes/train"],
+    "qwen2_vl": ["qwen2_vl_tiny_shapes/vit", "qwen2_vl_tiny_shapes/train", "qwen2_vl_tiny_shapes/ground"],
     "qwen2_5_vl": ["qwen2_5_vl_tiny_shapes/vit", "qwen2_5_vl_tiny_shapes/train"],
     "flamingo": ["flamingo_tiny_shapes/train"],
     "xgen_mm": ["xgen_mm_tiny_shapes/train"],
