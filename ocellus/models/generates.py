@@ -14,6 +14,13 @@ from ocellus.infer.generate import generate
 class GeneratesWithDecoder(nn.Module):
     language_model: nn.Module
 
+    def attach_decoder(self, language_model: nn.Module, config=None) -> None:
+        """The decoder this model answers through, and the config the engine reads eos / pad from (the
+        decoder's unless given). A constructor calls it where it registered language_model before, after the
+        vision parts, so the parameter order (optimizer state, checkpoints) stays the same."""
+        self.language_model = language_model
+        self.config = config if config is not None else language_model.config
+
     def new_cache(self, batch_size: int, max_len: int):
         return self.language_model.new_cache(batch_size, max_len)
 

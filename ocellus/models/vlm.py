@@ -29,12 +29,11 @@ class VLM(GeneratesWithDecoder):
         super().__init__()
         self.vision_tower = vision_tower
         self.multi_modal_projector = multi_modal_projector
-        self.language_model = language_model
+        self.attach_decoder(language_model, config)
         self.image_token_id = image_token_id
         self.feature_layer = feature_layer
         self.feature_select = feature_select
         self.packer = packer  # None: one view per image, every image gives its P rows (LLaVA)
-        self.config = config if config is not None else language_model.config
 
     def parts(self) -> dict[str, nn.Module]:
         """Training stages address these. A packer's learned parameters (LLaVA-NeXT's image_newline) belong

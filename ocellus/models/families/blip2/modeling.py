@@ -56,10 +56,9 @@ class Blip2(GeneratesWithDecoder):
         self.vision_tower = vision_tower
         self.qformer = qformer
         self.language_projection = language_projection
-        self.language_model = language_model
+        self.attach_decoder(language_model)
         self.image_token_id = image_token_id
         self.qformer_part = qformer_part
-        self.config = language_model.config
 
     def parts(self) -> dict[str, nn.Module]:
         """Training stages address these. BLIP-2 stage 2 trains the connector = Q-Former (with its

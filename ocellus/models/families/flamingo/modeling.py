@@ -89,11 +89,10 @@ class Flamingo(GeneratesWithDecoder):
         self.vision_tower = vision_tower
         self.perceiver = perceiver
         self.gated_cross_attn = gated_cross_attn
-        self.language_model = language_model
+        self.attach_decoder(language_model)
         self.image_token_id = image_token_id
         self.feature_layer = feature_layer
         self.feature_select = feature_select
-        self.config = language_model.config  # eos / pad for the generation engine
 
     def parts(self) -> dict[str, nn.Module]:
         """Training stages address these: the connector is the resampler and every xattn block."""

@@ -70,9 +70,8 @@ class Qwen2VL(GeneratesWithDecoder):
         super().__init__()
         self.visual = visual
         self.merger = merger
-        self.language_model = language_model
+        self.attach_decoder(language_model)
         self.tokens = tokens
-        self.config = language_model.config  # eos/pad ids for the generation engine
         self.hf_config: dict = {}
 
     @property
