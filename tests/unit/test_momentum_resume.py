@@ -11,6 +11,7 @@ import torch
 
 from ocellus.data.bpe import train_bpe
 from ocellus.data.shapes_pairs import shapes_pairs
+from ocellus.errors import CheckpointError
 from ocellus.train import albef_blip_run, contrastive_run
 from ocellus.train.loader import BatchLoader
 from ocellus.train.state import read_checkpoint, save_checkpoint, untie
@@ -100,6 +101,10 @@ def test_overlapping_views_are_copied_and_equal_views_tied(tmp_path):
                     None, {"data": {}})
     tensors, _, _ = read_checkpoint(tmp_path / "step-000001")
     assert torch.equal(tensors["alias"], w) and torch.equal(tensors["bottom"], w[3:])
+    state = tmp_path / "step-000001" / "state.json"
+    state.write_text(state.read_text().replace('"alias": "w"', '"alias": "gone"'))
+    with pytest.raises(CheckpointError, match="'tied' must map names to tensors"):
+        read_checkpoint(tmp_path / "step-000001")
 
 
 def test_trainable_only_leaves_out_only_what_the_stage_froze(tok, tmp_path):
