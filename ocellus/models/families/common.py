@@ -1,11 +1,22 @@
-"""What the vision-language families share when they read configs and compose recipes: a decoder's tied
-lm_head inside a composite checkpoint (its key rules are families/decoder's decoder_rules), the text_config
-check, a recipe's spec check, its image token and the directories of its pretrained parts."""
+"""What the vision-language families share when they read configs and compose recipes: a composite
+checkpoint's key rules in transformers 5's two layouts and its decoder's tied lm_head, the text_config check,
+a recipe's spec check, its image token and the directories of its pretrained parts."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ocellus.errors import ConfigError
+from ocellus.models.families.decoder.checkpoint import decoder_rules
+
+
+def two_layouts(parts: tuple[tuple[str, str], ...], body: str, lm_head: str) -> tuple[tuple[str, str], ...]:
+    """(ours, theirs) rules of a VLM checkpoint in both layouts transformers 5 knows. First the hub's (what
+    save_pretrained writes, and we write; first match wins when saving): `parts` as given, the decoder's body
+    under `body` and its head named `lm_head`. Then the in-memory one, read only: every part under `model.`,
+    the decoder's body under `model.language_model.` and its head `lm_head.weight`."""
+    return (*parts, *decoder_rules("language_model.", body, lm_head),
+            *((ours, f"model.{theirs}") for ours, theirs in parts),
+            *decoder_rules("language_model.", "model.language_model.", "lm_head.weight"))
 
 
 def tied_lm_head(model) -> tuple[str, ...]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.families.vit.checkpoint import vision_rules
-from ocellus.models.families.common import tied_lm_head
-from ocellus.models.families.decoder.checkpoint import decoder_rules
+from ocellus.models.families.common import tied_lm_head, two_layouts
 from ocellus.models.families.internvl.modeling import (
     HF_ARCHITECTURE, OCELLUS_ARCHITECTURE, build_internvl, tokens_per_tile)
 from ocellus.models.vision.intern_vit import InternViT
@@ -15,21 +14,14 @@ from ocellus.models.vlm import VLM
 _INTERN_VIT = ("embeddings.cls_token", "embeddings.mask_token", "embeddings.position_embeddings",
                "embeddings.patch_embeddings.{rest}", "encoder.{rest}", "layernorm.{rest}")
 
+# InternViT names are transformers' own; a recipe's CLIP tower (ocellus_internvl, a format of ours that
+# transformers never holds in memory) uses the CLIPVisionModel names under vision_tower., in the hub layout only
+_PARTS = (*((f"vision_tower.{k}", f"vision_tower.{k}") for k in _INTERN_VIT),
+          ("multi_modal_projector.norm.{rest}", "multi_modal_projector.layer_norm.{rest}"),
+          ("multi_modal_projector.{rest}", "multi_modal_projector.{rest}"))
 INTERNVL_KEYS = KeyMap(
-    rules=(
-        # the hub layout (what transformers' save_pretrained writes, and we write): InternViT names are
-        # transformers' own; a CLIP tower (recipes) uses the CLIPVisionModel names under vision_tower.
-        *((f"vision_tower.{k}", f"vision_tower.{k}") for k in _INTERN_VIT),
-        *vision_rules("vision_tower.", "vision_tower.vision_model."),
-        ("multi_modal_projector.norm.{rest}", "multi_modal_projector.layer_norm.{rest}"),
-        ("multi_modal_projector.{rest}", "multi_modal_projector.{rest}"),
-        *decoder_rules("language_model.", "language_model.model.", "language_model.lm_head.weight"),
-        # transformers 5's in-memory layout, read only
-        *((f"vision_tower.{k}", f"model.vision_tower.{k}") for k in _INTERN_VIT),
-        ("multi_modal_projector.norm.{rest}", "model.multi_modal_projector.layer_norm.{rest}"),
-        ("multi_modal_projector.{rest}", "model.multi_modal_projector.{rest}"),
-        *decoder_rules("language_model.", "model.language_model.", "lm_head.weight"),
-    ),
+    rules=(*two_layouts(_PARTS, "language_model.model.", "language_model.lm_head.weight"),
+           *vision_rules("vision_tower.", "vision_tower.vision_model.")),
     drop=(r"(^|\.)embeddings\.position_ids$", r"rotary_emb\.inv_freq$"),
 )
 

@@ -9,23 +9,18 @@ from __future__ import annotations
 from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.families.vit.checkpoint import vision_rules
-from ocellus.models.families.common import tied_lm_head
-from ocellus.models.families.decoder.checkpoint import decoder_rules
+from ocellus.models.families.common import tied_lm_head, two_layouts
 from ocellus.models.families.llava.modeling import build_llava
 from ocellus.models.vlm import VLM
 
 LLAVA_KEYS = KeyMap(
     rules=(
-        # hub layout first: what we write
-        *vision_rules("vision_tower.", "vision_tower.vision_model."),
-        ("multi_modal_projector.{rest}", "multi_modal_projector.{rest}"),
-        *decoder_rules("language_model.", "language_model.model.", "language_model.lm_head.weight"),
-        # transformers 5 layouts, read only
+        *two_layouts((*vision_rules("vision_tower.", "vision_tower.vision_model."),
+                      ("multi_modal_projector.{rest}", "multi_modal_projector.{rest}")),
+                     "language_model.model.", "language_model.lm_head.weight"),
+        # transformers 5 also names the tower without its vision_model. level; read only
         *vision_rules("vision_tower.", "vision_tower."),
-        *vision_rules("vision_tower.", "model.vision_tower.vision_model."),
         *vision_rules("vision_tower.", "model.vision_tower."),
-        ("multi_modal_projector.{rest}", "model.multi_modal_projector.{rest}"),
-        *decoder_rules("language_model.", "model.language_model.", "lm_head.weight"),
     ),
     drop=(r"(^|\.)embeddings\.position_ids$", r"rotary_emb\.inv_freq$"),
 )

@@ -5,21 +5,13 @@ from __future__ import annotations
 
 from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
-from ocellus.models.families.common import tied_lm_head
-from ocellus.models.families.decoder.checkpoint import decoder_rules
+from ocellus.models.families.common import tied_lm_head, two_layouts
 from ocellus.models.families.qwen2_vl.modeling import ARCHS, Qwen2VL, build_qwen2_vl
 
+# the hub layout keeps the decoder's body at the top (model.*), not under language_model.model.
 QWEN2_VL_KEYS = KeyMap(
-    rules=(
-        # hub layout first: what we write (and transformers 5.23's save_pretrained)
-        *decoder_rules("language_model.", "model.", "lm_head.weight"),
-        ("merger.{rest}", "visual.merger.{rest}"),
-        ("visual.{rest}", "visual.{rest}"),
-        # transformers 5 in-memory layout, read only
-        *decoder_rules("language_model.", "model.language_model.", "lm_head.weight"),
-        ("merger.{rest}", "model.visual.merger.{rest}"),
-        ("visual.{rest}", "model.visual.{rest}"),
-    ),
+    rules=two_layouts((("merger.{rest}", "visual.merger.{rest}"), ("visual.{rest}", "visual.{rest}")),
+                      "model.", "lm_head.weight"),
     drop=(r"rotary_emb\.inv_freq$", r"rotary_pos_emb\.inv_freq$"),
 )
 
