@@ -22,16 +22,3 @@ def text_batch(prompts: list[list[int]], completions: list[list[int]]) -> dict:
     ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
     return join({"input_ids": ids, "attention_mask": mask}, completions, 0)
-
-
-import pytest  # noqa: E402
-
-
-@pytest.fixture(autouse=False)
-def one_thread():
-    """These tests run many small matmuls: on a shared 2-core machine extra intra-op threads only spin
-    against other processes (a GRPO step measured 1.5 s on one thread, 40 s on two under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

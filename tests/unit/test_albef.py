@@ -16,19 +16,12 @@ from ocellus.models.contrastive.albef import AlignConfig, build_albef, distilled
 from ocellus.models.contrastive.losses import hard_negatives, queue_itc
 from ocellus.models.contrastive.momentum import NO_ID, FeatureQueue, distill_alpha, momentum_copy, momentum_update
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VISION = dict(image_size=16, patch_size=4, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
               num_attention_heads=4)
 TEXT = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
             max_position_embeddings=24)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is fastest, and on a shared CPU extra threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def shapes_tokenizer():

@@ -11,6 +11,7 @@ recomputed here from the paper's formulas on the same tensors.
 The momentum model is perturbed away from the online one, so any wiring that reads the online model
 (or the unmasked text, or the online image) where the momentum one belongs gives another number.
 """
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -18,7 +19,9 @@ import ocellus.models.contrastive.albef as albef_mod
 from ocellus.models.contrastive.albef import build_albef
 from ocellus.models.contrastive.losses import hard_negatives
 
-from test_albef import TEXT, VISION, one_thread, random_batch  # noqa: F401  (autouse: one thread)
+from test_albef import TEXT, VISION, random_batch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ALPHA, B = 0.4, 8
 

@@ -9,7 +9,9 @@ import ocellus
 from ocellus.errors import InputError
 from ocellus.models.contrastive.blip import build_blip
 
-from test_albef import TEXT, losses_before_after, one_thread, random_batch, shapes_tokenizer, tiny_config  # noqa: F401
+from test_albef import TEXT, losses_before_after, random_batch, shapes_tokenizer, tiny_config  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BLIP_TEXT = {**TEXT, "num_hidden_layers": 2}
 

@@ -11,13 +11,16 @@ the paper on the same tensors.
 The decoder's layers are run here by hand with a hand-built causal mask, so a decoder that is not causal,
 skips [DEC], or shifts its labels wrongly gives another number.
 """
+import pytest
 import torch
 import torch.nn.functional as F
 
 import ocellus.models.contrastive.blip as blip_mod
 
-from test_albef import one_thread, random_batch  # noqa: F401  (autouse: one thread)
+from test_albef import random_batch
 from test_blip import tiny_blip
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 B, EPS = 8, 0.1
 

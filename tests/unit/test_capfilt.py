@@ -11,7 +11,8 @@ import pytest
 from ocellus.data.shapes import caption
 from ocellus.train.capfilt import corrupt, noise_rate, run_capfilt, same_caption, scenes, write_pairs
 
-from test_albef import one_thread  # noqa: F401  (autouse: one thread for tiny models)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

@@ -11,13 +11,15 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 import ocellus.train.capfilt as capfilt
 from ocellus.data.shapes import caption
 from ocellus.data.tokenizer import Tokenizer
 
-from test_albef import one_thread  # noqa: F401  (autouse: one thread for tiny models)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 N_WEB, N_CLEAN, THRESHOLD = 12, 3, 0.5

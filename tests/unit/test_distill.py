@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ocellus.errors import ConfigError, InputError
 from ocellus.train.distill import DistillConfig, Distiller, distill_loss, shrink_decoder
-from _posttrain_tiny import one_thread, text_batch, tiny_decoder  # noqa: F401  (fixture)
+from _posttrain_tiny import text_batch, tiny_decoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,6 @@ from ocellus.data.shapes import ShapesConfig
 from ocellus.errors import ConfigError, InputError
 from ocellus.train.dpo import DPO, DPOConfig, dpo_loss, reference_logps, sequence_logps
 from ocellus.train.preference import collate_pairs, preference_pair, shapes_preference
-from _posttrain_tiny import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ocellus.train.dpo import DPO, DPOConfig
-from _posttrain_tiny import one_thread, text_batch, tiny_decoder  # noqa: F401  (fixture)
+from _posttrain_tiny import text_batch, tiny_decoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,6 @@ import torch
 
 from ocellus.errors import ConfigError, InputError
 from ocellus.train.grpo import GRPOConfig, aggregate, clipped_surrogate, group_advantages, grpo_loss, k3_kl
-from _posttrain_tiny import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ocellus.nn.lora import LoRALinear, inject_lora, merge_lora, merged_state_dict
-from _posttrain_tiny import VOCAB, one_thread, text_batch, tiny_decoder  # noqa: F401  (fixture)
+from _posttrain_tiny import VOCAB, text_batch, tiny_decoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,6 +17,8 @@ from ocellus.train.loader import BatchLoader
 from ocellus.train.state import read_checkpoint, save_checkpoint, untie
 from ocellus.train.trainer import Trainer, TrainConfig, checkpointed_state
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VISION = dict(image_size=16, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
               num_attention_heads=2)
 TEXT = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -35,14 +37,6 @@ RECIPES = {
 def tok():
     pair = shapes_pairs({"image_size": 32}, 5, 100)
     return train_bpe([pair(i)[1] for i in range(100)], 300, eos_token="<|endoftext|>")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _trainer(task: str, tok, out, seed: int, **train) -> Trainer:

@@ -6,7 +6,6 @@ import torch
 from ocellus.errors import ConfigError
 from ocellus.train.grpo import clipped_surrogate
 from ocellus.train.ppo import PPOConfig, gae, token_rewards, value_loss, whiten
-from _posttrain_tiny import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,7 +17,7 @@ import torch
 from ocellus.train.ppo import PPO, PPOConfig
 from ocellus.train.reward_model import RewardModel
 from _posttrain_hand import hand_token_logps, prompt_rows, stub_rollout
-from _posttrain_tiny import one_thread, tiny_decoder  # noqa: F401  (fixture)
+from _posttrain_tiny import tiny_decoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,7 +13,6 @@ from ocellus.train.preference import (collate_pairs, plausible_wrong, preference
                                       shapes_preference, shapes_prompt)
 from ocellus.train.rewards import count_reward, exact_answer_reward, iou_reward, score_completions
 from ocellus.train.rollout import encode_completions, sample_completions, token_logprobs
-from _posttrain_tiny import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,6 @@ from ocellus.errors import CheckpointError, InputError
 from ocellus.train.preference import collate_pairs, preference_pair, shapes_preference
 from ocellus.train.reward_model import RewardModel, bradley_terry_loss, last_token_states, pair_accuracy
 from ocellus.train.rewards import score_completions
-from _posttrain_tiny import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 from ocellus.train import grpo, ppo, state
 from ocellus.train.state import latest_checkpoint, read_checkpoint
 from ocellus.train.trainer import TrainConfig
-from _posttrain_tiny import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
