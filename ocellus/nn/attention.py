@@ -14,7 +14,7 @@ from ocellus.errors import ConfigError
 from ocellus.nn.kept_rows import KeptRows
 from ocellus.nn.kv_cache import StaticKVCache
 from ocellus.nn.masks import sdpa_is_causal
-from ocellus.nn.rope import apply_rotary
+from ocellus.nn.rope import apply_rotary, rotate
 
 # Take attend's GPU GQA path (K/V heads copied over their query groups) on CPU too. Off by
 # default; tests switch it on so that the branch every CUDA run takes is checked on CPU as well.
@@ -88,23 +88,23 @@ class Attention(nn.Module):
 
     def _decode_one(self, x, rope, mask, cache):
         """forward() for one new token per row: the same math with the transposes that T == 1
-        makes needless dropped, and q and k rotated together. Decoding a small model on CPU is
-        bound by per-op overhead (~25 small ops per layer per token; each costs 2-3x more than in
-        a micro-benchmark since the weights streaming through flush the caches): this saves 10
-        of them per layer. Results are bitwise equal to the general path."""
+        makes needless dropped, q and k rotated together, and RoPE applied with half the ops
+        (nn/rope.rotate, its tables made once per step for all layers). Decoding a small model on
+        CPU is bound by per-op overhead (~25 small ops per layer per token; each costs 2-3x more
+        than in a micro-benchmark since the weights streaming through flush the caches): this
+        saves 15 of them per layer. Results are bitwise equal to the general path."""
         B, H, Hkv, D = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
         if self.fused_qkv is None:
-            qk, v = torch.cat((self.q_proj(x), self.k_proj(x)), dim=-1), self.v_proj(x)  # [B, 1, (H+Hkv)*D], [B, 1, Hkv*D]
-        else:                                                                          # q|k is the fused output's head
+            qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)  # [B, 1, (H+2Hkv)*D]
+        else:
             qkv = self.fused_qkv(x)                                                    # [B, 1, (H+2Hkv)*D]
-            qk, v = qkv[..., :(H + Hkv) * D], qkv[..., (H + Hkv) * D:]
-        qk = qk.view(B, H + Hkv, 1, D)                                                 # [B, H+Hkv, 1, D]
+        qkv = qkv.view(B, H + 2 * Hkv, 1, D)                                           # heads: q | k | v
+        qk = qkv[:, :H + Hkv]                                                          # [B, H+Hkv, 1, D]
         if rope is not None:
-            qk = apply_rotary(qk, *rope)
-        k, v = cache.update(self.layer_idx, qk[:, H:], v.view(B, Hkv, 1, D))           # [B, Hkv, T_k, D]
+            qk = rotate(qk, rope)
+        k, v = cache.update(self.layer_idx, qk[:, H:], qkv[:, H + Hkv:])               # [B, Hkv, T_k, D]
         y = attend(qk[:, :H], k, v, mask, is_causal=False)                               # [B, H, 1, D]
         return self.o_proj(y.reshape(B, 1, H * D))
-
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
            scale: float | None = None) -> torch.Tensor:

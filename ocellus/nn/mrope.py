@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from ocellus.errors import ConfigError, InputError
+from ocellus.nn.rope import CosSin
 
 
 def check_mrope_section(section, rotary_dim: int) -> tuple[int, int, int]:
@@ -36,16 +37,17 @@ def check_mrope_section(section, rotary_dim: int) -> tuple[int, int, int]:
     return section
 
 
-def mrope_cos_sin(cos: torch.Tensor, sin: torch.Tensor, section) -> tuple[torch.Tensor, torch.Tensor]:
+def mrope_cos_sin(cos: torch.Tensor, sin: torch.Tensor, section) -> CosSin:
     """cos/sin [3, B, T, R] (one rotation per axis; R = 2 * sum(section), the two rotate_half halves
-    alike) -> [B, T, R], frequency band k taken from axis k in each half."""
+    alike) -> [B, T, R], frequency band k taken from axis k in each half (a CosSin: the decode step's
+    rotation tables are then made once for all layers)."""
     half = cos.shape[-1] // 2
 
     def pick(x):
         first = x[..., :half].split(list(section), dim=-1)                   # 3 x [3, B, T, s_k]
         band = torch.cat([part[axis] for axis, part in enumerate(first)], dim=-1)   # [B, T, R/2]
         return torch.cat((band, band), dim=-1)                               # [B, T, R]
-    return pick(cos), pick(sin)
+    return CosSin(pick(cos), pick(sin))
 
 
 def vision_position_ids(start: int, grid_thw, merge_size: int, time_interval: float = 1.0) -> torch.Tensor:

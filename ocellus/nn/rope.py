@@ -142,8 +142,24 @@ def _longrope(cfg: RopeConfig, seq_len: int | None) -> tuple[torch.Tensor, float
     return 1.0 / (ext * cfg.theta ** shape), attn
 
 
+class CosSin(tuple):
+    """(cos, sin) [B, T, R]: what RotaryEmbedding returns, a plain pair to every reader, which also keeps the form
+    `rotate` applies (made on the first call, then shared by every layer of the step that reads this pair)."""
+
+    def __new__(cls, cos: torch.Tensor, sin: torch.Tensor):
+        return super().__new__(cls, (cos, sin))
+
+    def rolled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin with its first half negated), each [B, 1, T, R]: rotate_half(x) * sin == roll(x) * that."""
+        if "_rolled" not in self.__dict__:
+            cos, sin = self
+            h = sin.shape[-1] // 2
+            self._rolled = cos.unsqueeze(1), torch.cat((-sin[..., :h], sin[..., h:]), dim=-1).unsqueeze(1)
+        return self._rolled
+
+
 class RotaryEmbedding(nn.Module):
-    """position_ids [B, T] -> (cos, sin) [B, T, rotary_dim] in the dtype asked for."""
+    """position_ids [B, T] -> CosSin: (cos, sin) [B, T, rotary_dim] in the dtype asked for."""
 
     def __init__(self, cfg: RopeConfig):
         super().__init__()
@@ -182,7 +198,7 @@ class RotaryEmbedding(nn.Module):
         cos, sin = emb.cos(), emb.sin()
         if self.attention_scaling != 1.0:
             cos, sin = cos * self.attention_scaling, sin * self.attention_scaling
-        return cos.to(dtype), sin.to(dtype)
+        return CosSin(cos.to(dtype), sin.to(dtype))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -198,3 +214,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         return x * cos + rotate_half(x) * sin
     x_rot, x_pass = x[..., :rot], x[..., rot:]
     return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """apply_rotary(x, *rope), bitwise (negating is exact), in half the ops: x * cos + roll(x, R/2) * sin',
+    sin' = sin with its first half negated, both made once per CosSin (a plain pair: made here). Per-op cost
+    bounds a small model's decode step on CPU, so the decode path rotates this way."""
+    cos, sin = (rope if isinstance(rope, CosSin) else CosSin(*rope)).rolled()   # [B, 1, T, R]
+    rot = cos.shape[-1]
+    if rot == x.shape[-1]:
+        return x * cos + x.roll(rot // 2, -1) * sin
+    x_rot = x[..., :rot]
+    return torch.cat((x_rot * cos + x_rot.roll(rot // 2, -1) * sin, x[..., rot:]), dim=-1)
