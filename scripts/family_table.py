@@ -50,6 +50,23 @@ def seconds(chain: list[str]) -> float | None:
     return total
 
 
+def chain_evals(chain: list[str]) -> list[dict]:
+    """The held-out rows ({"step", "eval", "train_s"}) of every step of the chain that logged some, each step's
+    steps and seconds counted on from where the previous such step ended (Qwen2-VL: QA, then grounding), so
+    the curve runs over the whole VLM training; steps without eval rows (a ViT's pretraining) are not counted."""
+    out, steps, secs = [], 0, 0.0
+    for recipe in chain:
+        path = out_dir(recipe) / "metrics.jsonl"
+        history = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+        evals = [h for h in history if "eval" in h]
+        if not evals:
+            continue
+        out += [{**h, "step": steps + h["step"], "train_s": secs + h["train_s"]} for h in evals]
+        steps += max(h["step"] for h in history)
+        secs += max(h["train_s"] for h in evals)
+    return out
+
+
 def row(family: str, img: Path) -> str:
     chain = CHAINS[family]
     final = out_dir(chain[-1])
@@ -71,7 +88,7 @@ def row(family: str, img: Path) -> str:
     history = [json.loads(ln) for ln in (final / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     losses = [h for h in history if "loss" in h]
     cells.append(f"{losses[-1]['step']} / {losses[-1]['loss']:.3f}" if losses else "-")
-    evals = [h for h in history if "eval" in h]    # train.eval_every: held-out accuracy during the run
+    evals = chain_evals(chain)    # train.eval_every: held-out accuracy during the chain's VLM steps
     if len(evals) >= 2:
         for x, suffix in (("step", "step"), ("train_s", "seconds")):
             plot_curve([{"step": h[x], "accuracy": h["eval"]["all"]} for h in evals],
