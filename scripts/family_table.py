@@ -26,7 +26,7 @@ CHAINS = {
     "qwen_vl": ["qwen_vl_tiny_shapes/vit", "qwen_vl_tiny_shapes/train"],
     "internvl": ["internvl_tiny_shapes/train"],
     "qwen2_vl": ["qwen2_vl_tiny_shapes/vit", "qwen2_vl_tiny_shapes/train", "qwen2_vl_tiny_shapes/ground",
-                 "qwen2_vl_tiny_shapes/ground2"],
+                 "qwen2_vl_tiny_shapes/ground2", "qwen2_vl_tiny_shapes/ground3"],
     "qwen2_5_vl": ["qwen2_5_vl_tiny_shapes/vit", "qwen2_5_vl_tiny_shapes/train"],
     "flamingo": ["flamingo_tiny_shapes/train"],
     "xgen_mm": ["xgen_mm_tiny_shapes/train"],
