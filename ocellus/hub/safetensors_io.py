@@ -16,6 +16,23 @@ INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 
 
+def tied_aliases(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """{name: the earlier name whose tensor it is}: the same storage, offset, shape, strides and dtype (a head
+    tied to the word embeddings, modules shared between two towers). safetensors refuses shared memory, so
+    such a name is written once, under the first; both the exports (a Family's `tied`) and the training
+    checkpoints (train/state.untie) find them here."""
+    seen, tied = {}, {}
+    for name, t in tensors.items():
+        if not t.numel():
+            continue
+        view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if view in seen:
+            tied[name] = seen[view]
+        else:
+            seen[view] = name
+    return tied
+
+
 def checkpoint_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint dir: the index's shards, or the single file."""
     index = read_json_object(path / INDEX)

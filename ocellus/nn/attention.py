@@ -106,6 +106,7 @@ class Attention(nn.Module):
         y = attend(qk[:, :H], k, v, mask, is_causal=False)                               # [B, H, 1, D]
         return self.o_proj(y.reshape(B, 1, H * D))
 
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
            scale: float | None = None) -> torch.Tensor:
     """SDPA with GQA: q [B, H, Tq, D], k/v [B, Hkv, Tk, D] -> [B, H, Tq, Dv]."""

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ocellus.errors import CheckpointError
+from ocellus.hub.safetensors_io import tied_aliases
 
 
 def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -59,15 +60,8 @@ def untie(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], di
     tensors that share memory (ALBEF / BLIP tie their MLM / LM head to the word embeddings), so a name whose
     tensor is exactly an earlier one's (same storage, offset, shape, strides) becomes an alias; any other
     tensor overlapping another's storage is written as its own copy."""
-    kept, tied, seen = {}, {}, {}
-    for name, t in tensors.items():
-        t = t.detach().cpu().contiguous()
-        view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-        if t.numel() and view in seen:
-            tied[name] = seen[view]
-            continue
-        seen[view] = name
-        kept[name] = t
+    tied = tied_aliases(tensors)
+    kept = {name: t.detach().cpu().contiguous() for name, t in tensors.items() if name not in tied}
     storages: dict[int, int] = {}
     for t in kept.values():
         if t.numel():

@@ -9,6 +9,7 @@ from dataclasses import asdict, fields
 from torch import nn
 
 from ocellus.hub.families import OWN_NAMES, Family
+from ocellus.hub.safetensors_io import tied_aliases
 from ocellus.models.contrastive.albef import ALBEF, build_albef
 from ocellus.models.text.bert import Bert, BertConfig
 
@@ -29,12 +30,7 @@ def align_hf_config(model, architecture: str, model_type: str, bert: Bert) -> di
 def shared_keys(model: nn.Module) -> tuple[str, ...]:
     """State-dict keys whose tensor is another, earlier key's (the MLM/LM head tied to the word
     embeddings, BLIP's decoder modules shared with the encoder): written once, filled by the first."""
-    seen, out = set(), []
-    for key, t in model.state_dict(keep_vars=True).items():
-        if t.data_ptr() in seen:
-            out.append(key)
-        seen.add(t.data_ptr())
-    return tuple(out)
+    return tuple(tied_aliases(model.state_dict(keep_vars=True)))
 
 
 def family(architecture: str | None = None) -> Family:
