@@ -7,18 +7,29 @@ that end (eos or the length limit) and rank among the first K enter the finished
 score / generated_len ** length_penalty; the best K unended ones keep running. With
 early_stopping=False a prompt is done once its best running beam, scored at the current length,
 cannot beat its worst finished one (transformers' heuristic); True stops once K have finished.
+
+Stop strings (cfg.stop_strings, which need the tokenizer) end a continuation too: one whose text holds a stop
+string finishes there, its ids cut before it (infer/stop_text.tokens_before_stop: the other paths' cut, whole
+tokens only). It is scored as if it had ended on eos after the n tokens it kept: the running score, the stop
+string's tokens included (the probability of ending there, as an eos's log-prob is), over n + 1 tokens (the
+kept ones and the ending, as an eos-ended reply counts its eos), score / (n + 1) ** length_penalty. So a reply
+scores the same whichever way it ends, and however many tokens its stop string takes.
 """
 from __future__ import annotations
 
 import torch
 
+from ocellus.errors import ConfigError
 from ocellus.infer.sampling import process_logits
+from ocellus.infer.stop_text import tokens_before_stop
 
 NEG = -1.0e9
 
 
 @torch.inference_mode()
-def beam_search(model, prompt, cfg, **prefill_kwargs) -> torch.Tensor:
+def beam_search(model, prompt, cfg, tokenizer=None, **prefill_kwargs) -> torch.Tensor:
+    if cfg.stop_strings and tokenizer is None:
+        raise ConfigError("stop_strings need a tokenizer: pass tokenizer=... to generate")
     K = cfg.num_beams
     B, T = prompt.input_ids.shape
     device = prompt.input_ids.device
@@ -28,7 +39,12 @@ def beam_search(model, prompt, cfg, **prefill_kwargs) -> torch.Tensor:
     in_top_k = torch.arange(keep, device=device) < K                     # [keep]
     # what pads hypotheses shorter than the output: transformers uses `pad or eos[0]`, so a pad
     # id of 0 gives way to eos; kept so ids compare equal
-    fill = cfg.pad_token_id or (int(eos[0]) if eos.numel() else -1)
+    fill = cfg.pad_token_id or (int(eos[0]) if eos.numel() else cfg.pad_token_id)
+    if fill is None:   # only hypotheses that end early need it: without eos, those cut at a stop string
+        if cfg.stop_strings and B > 1:
+            raise ConfigError("beam search pads the hypotheses that end early at a stop string, and this model has "
+                              "neither pad_token_id nor eos_token_id: pass pad_token_id=...")
+        fill = -1
 
     run_seqs = torch.full((B, K, max_len), fill, dtype=torch.long, device=device)
     run_seqs[:, :, :T] = prompt.input_ids[:, None]
@@ -67,6 +83,18 @@ def beam_search(model, prompt, cfg, **prefill_kwargs) -> torch.Tensor:
         ends = torch.isin(tok, eos) if eos.numel() else torch.zeros_like(tok, dtype=torch.bool)
         if cur + 1 >= max_len:
             ends = torch.ones_like(ends)
+        done_seqs = cand_seqs
+        gen_len = cur + 1 - T
+        lengths = torch.full_like(tok, gen_len)                                      # [B, keep] tokens kept
+        norm = gen_len ** cfg.length_penalty
+        if cfg.stop_strings:   # a stop string in its text ends a candidate, cut before it
+            kept = _kept_before_stop(tokenizer, cand_seqs[:, :, T:cur + 1], torch.isin(tok, eos), cfg.stop_strings)
+            stopped = kept >= 0
+            ends = ends | stopped
+            lengths = torch.where(stopped, kept, lengths)
+            norm = torch.where(stopped, (kept + 1).double() ** cfg.length_penalty, norm).float()
+            cut = stopped[:, :, None] & (torch.arange(max_len, device=device) >= T + kept[:, :, None])
+            done_seqs = cand_seqs.masked_fill(cut, fill)   # what the pool keeps; the running beams read cand_seqs
 
         # the K best candidates that did not end keep running
         alive_scores = cand_scores + ends.float() * NEG
@@ -76,16 +104,15 @@ def beam_search(model, prompt, cfg, **prefill_kwargs) -> torch.Tensor:
         reorder = (src_beam.gather(1, nxt) + batch_offset).flatten()                 # [B*K] cache rows
 
         # ended candidates among the top K join the finished pool, length-normalised
-        gen_len = cur + 1 - T
-        new_scores = cand_scores / (gen_len ** cfg.length_penalty)
+        new_scores = cand_scores / norm
         just_done = ends & in_top_k[None]
         full = fin_done.all(-1, keepdim=True) & (cfg.early_stopping is True)
         new_scores = new_scores + (full | ~can_improve).float() * NEG + (~just_done).float() * NEG
         pool_scores = torch.cat([fin_scores, new_scores], 1)
         best = torch.topk(pool_scores, K, dim=-1).indices
-        fin_seqs = torch.cat([fin_seqs, cand_seqs], 1).gather(1, best[:, :, None].expand(B, K, max_len))
+        fin_seqs = torch.cat([fin_seqs, done_seqs], 1).gather(1, best[:, :, None].expand(B, K, max_len))
         fin_scores = pool_scores.gather(1, best)
-        fin_lens = torch.cat([fin_lens, torch.full_like(cand_scores, gen_len, dtype=torch.long)], 1).gather(1, best)
+        fin_lens = torch.cat([fin_lens, lengths], 1).gather(1, best)
         fin_done = torch.cat([fin_done, just_done], 1).gather(1, best)
 
         cur += 1
@@ -105,3 +132,12 @@ def beam_search(model, prompt, cfg, **prefill_kwargs) -> torch.Tensor:
     # best finished hypothesis per prompt; output as long as the longest of them
     out_len = T + int(fin_lens[:, 0].max())
     return fin_seqs[:, 0, :out_len]
+
+
+def _kept_before_stop(tokenizer, gen: torch.Tensor, skip: torch.Tensor, stops) -> torch.Tensor:
+    """gen [B, keep, n] the candidates' generated ids -> [B, keep]: how many tokens each keeps before a stop string
+    in its text, -1 where there is none (or `skip`: it ends on eos, its text that of a beam that had none)."""
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)        # noqa: E731  the text shown
+    kept = [[-1 if done else tokens_before_stop(decode, ids, stops) for ids, done in zip(row, row_skip)]
+            for row, row_skip in zip(gen.tolist(), skip.tolist())]
+    return torch.tensor([[-1 if k is None else k for k in row] for row in kept], device=gen.device)

@@ -209,7 +209,7 @@ def generate(model, input_ids, attention_mask=None, *, tokenizer=None, **kwargs)
     prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
     prepare_decode(model, prompt.input_ids.shape[0] * cfg.num_beams, cfg.prepack)
     if cfg.num_beams > 1:
-        return beam_search(model, prompt, cfg, **kwargs)
+        return beam_search(model, prompt, cfg, tokenizer=tokenizer, **kwargs)
     steps = list(decode_steps(model, prompt, cfg, tokenizer=tokenizer, **kwargs))
     if not steps:
         return prompt.input_ids

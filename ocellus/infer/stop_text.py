@@ -5,7 +5,9 @@ a delta is released only up to the longest tail that could still grow into a sto
 "###" is a stop string); that tail waits for the next delta, and `flush()` releases it at the end when no stop
 string followed. OpenAI's `stop` works this way (the stop string is not in the answer), and so do the MiniGPT-4
 processor's "###" (data/processor.Processor.stop_strings) in `stream`, `ocellus chat` / `generate` and the
-server's engine (infer/engine_request.Sequence), one implementation for all of them.
+server's engine (infer/engine_request.Sequence), one implementation for all of them. Paths that hold a reply as
+token ids (beam search, infer/beam.py; `ocellus explain`, viz/attention_map.py) ask `tokens_before_stop` how many
+of its tokens to keep.
 
     cut = StopText(("###",))
     cut.push("red #")    -> "red "    ("#" may begin "###": held back)
@@ -61,6 +63,21 @@ def cut_at_stop(text: str, stops) -> str:
     return cut.push(text) + cut.flush()
 
 
+def tokens_before_stop(decode, ids: list[int], stops) -> int | None:
+    """How many of a reply's token `ids` come before its first stop string; None when its text `decode(ids)` holds
+    none. `decode(ids) -> str` is the text the reply shows. The kept tokens' text is the reply cut before the stop
+    string (cut_at_stop), less any token that straddles where the stop string begins, since ids cannot hold part
+    of a token: [" red", " #", "##"] with "###" keeps 1, " red" (cut_at_stop shows " red ")."""
+    cut = StopText(stops)
+    before = cut.push(decode(ids))
+    if not cut.stopped:
+        return None
+    n = len(ids) - 1              # decode(ids) holds the stop string, so the last token is never kept
+    while n > 0 and not before.startswith(decode(ids[:n])):
+        n -= 1
+    return n
+
+
 def reply_stops(processor, stops=()) -> tuple[str, ...]:
     """A front end's stop strings: the processor's (a template ending turns in plain text, MiniGPT-4's "###";
     a Tokenizer has none), then the user's `stops` (a string or strings), each once."""
@@ -68,4 +85,4 @@ def reply_stops(processor, stops=()) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tuple(getattr(processor, "stop_strings", ())) + stops))
 
 
-__all__ = ["StopText", "cut_at_stop", "reply_stops"]
+__all__ = ["StopText", "cut_at_stop", "reply_stops", "tokens_before_stop"]

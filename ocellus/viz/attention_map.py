@@ -4,7 +4,8 @@
     result.answer, result.grid ([rows, cols] attention per patch), result.peak ((row, col))
 
 The recipe (the raw-attention maps of e.g. LLaVA interpretability write-ups; no gradients):
-1. generate the answer greedily, as `ocellus generate` would;
+1. generate the answer greedily, as `ocellus generate` would: it ends at eos or at the processor's stop strings
+   (MiniGPT-4's "###", infer/stop_text.py), and neither the eos nor the stop string is part of the answer;
 2. run ONE more forward pass over prompt + answer with a forward pre-hook on every decoder
    `self_attn` (ocellus/nn/attention.py::Attention). The hook sees the module's input (the normed
    hidden states, the RoPE cos/sin and the mask) and recomputes q and k from it, with RoPE, to get
@@ -32,6 +33,10 @@ from PIL import Image
 
 from ocellus.data.image import load_image, resize_target
 from ocellus.errors import ConfigError, InputError
+from ocellus.infer.stop_text import reply_stops, tokens_before_stop
+from ocellus.models.connectors.perceiver import PerceiverResampler
+from ocellus.models.connectors.qformer import QFormer
+from ocellus.models.connectors.resampler import Resampler
 from ocellus.nn.attention import Attention
 from ocellus.nn.rope import apply_rotary
 from ocellus.data.processor import Processor
@@ -152,6 +157,11 @@ def view_box(image_size: tuple[int, int], cfg, pad_to_square: bool = False) -> t
     return (left * sx - off_x, top * sy - off_y, right * sx - off_x, bottom * sy - off_y)
 
 
+# connectors whose image tokens are learned queries / latents that cross-attend to the patches: a token is a
+# mix of the whole image, not a patch, and the tokens have no spatial layout
+QUERY_CONNECTORS = (QFormer, Resampler, PerceiverResampler)
+
+
 @torch.no_grad()
 def answer_attention(model, processor, image, question: str, *, max_new_tokens: int = 32) -> AttentionMap:
     """Generate an answer about one image, then measure how much each image patch was attended to
@@ -162,6 +172,11 @@ def answer_attention(model, processor, image, question: str, *, max_new_tokens: 
     if processor.grid_pinpoints is not None:
         raise ConfigError("attention maps cover single-view models (LLaVA, LLaVA-1.5); an anyres (LLaVA-NeXT) image "
                           "is several views packed with newline tokens, which this map does not unfold yet")
+    queries = next((m for m in model.modules() if isinstance(m, QUERY_CONNECTORS)), None)
+    if queries is not None:
+        raise ConfigError(f"attention maps are drawn over the patch grid, and this model's image tokens are not "
+                          f"patches: its {type(queries).__name__} turns the patches into learned queries (resampled "
+                          f"latents), each a mix of the whole image, so there is no grid to map the attention onto")
     if max_new_tokens < 1:
         raise InputError("max_new_tokens must be >= 1: the map is over the answer's tokens")
     img = load_image(image, name="image", max_pixels=processor.max_pixels)
@@ -169,10 +184,17 @@ def answer_attention(model, processor, image, question: str, *, max_new_tokens: 
     device = next(model.parameters()).device
     batch = processor(messages=messages, images=[img], add_generation_prompt=True).to(device)
     prompt, pixels = batch["input_ids"], batch["pixel_values"]              # [1, T0], [1, 3, H, W]
-    out = model.generate(prompt, pixel_values=pixels, max_new_tokens=max_new_tokens, do_sample=False)
+    stops = reply_stops(processor)
+    out = model.generate(prompt, pixel_values=pixels, max_new_tokens=max_new_tokens, do_sample=False,
+                         stop_strings=stops, tokenizer=processor.tokenizer)
     answer = out[0, prompt.shape[1]:].tolist()
     eos = set(getattr(model.config, "eos_token_id", ()) or ())
-    if len(answer) > 1 and answer[-1] in eos:  # the stop token is not part of the answer (unless it is all of it)
+    kept = tokens_before_stop(lambda ids: processor.decode(ids, skip_special_tokens=True), answer, stops)
+    # neither the stop string nor the eos is part of the answer (unless it is all of it: the map is over the
+    # positions that chose the ending)
+    if kept:
+        answer = answer[:kept]
+    elif kept is None and len(answer) > 1 and answer[-1] in eos:
         answer = answer[:-1]
 
     # Analysis pass over prompt + answer minus its last token: that token's own row predicts nothing we keep.
@@ -194,7 +216,8 @@ def answer_attention(model, processor, image, question: str, *, max_new_tokens: 
                           f"{pixels.shape[-2]}x{pixels.shape[-1]} image (a CLS-less tower with the 'default' strategy "
                           f"drops a patch, so its tokens are not a grid)")
     layer_head = on_image.reshape(*on_image.shape[:2], gh, gw).numpy()      # [L, H, gh, gw]
-    return AttentionMap(answer=processor.decode(answer, skip_special_tokens=True), answer_ids=answer,
+    text = "" if kept == 0 else processor.decode(answer, skip_special_tokens=True)
+    return AttentionMap(answer=text, answer_ids=answer,
                         grid=layer_head.mean(axis=(0, 1)), layer_head=layer_head,
                         view_box=view_box(img.size, processor.image_config, processor.pad_to_square), image=img)
 

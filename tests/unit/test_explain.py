@@ -3,7 +3,9 @@
   the upsampled heat peaks over that patch's pixels in the ORIGINAL image (crop mapped back);
 - on a random tiny LLaVA the map equals the one computed from transformers' eager attention
   probabilities (output_attentions=True), the independent manual computation;
-- `ocellus explain` writes a PNG of the image's size.
+- `ocellus explain` writes a PNG of the image's size;
+- the processor's stop strings end the answer (and its map) as they end `ocellus generate`'s;
+- a model whose image tokens are learned queries (MiniGPT-4's Q-Former) is refused, saying so.
 """
 import json
 
@@ -14,6 +16,7 @@ from PIL import Image
 
 import ocellus
 from ocellus.cli import main
+from ocellus.errors import ConfigError
 from ocellus.viz.attention_map import AttentionRecorder, answer_attention, explain, heat_image, view_box
 
 transformers = pytest.importorskip("transformers")
@@ -153,3 +156,41 @@ def test_cli_explain_writes_png(tiny, photo, tmp_path, capsys):
     assert main(["explain", "--model", str(tiny), "--image", str(tmp_path / "absent.png"), "--out",
                  str(tmp_path / "x.png"), QUESTION]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_the_processors_stop_strings_end_the_answer(tiny, photo, monkeypatch, capsys, tmp_path):
+    """The tiny model answers "\\n��W3�" (6 tokens; "W" and "3" one token each): with "W3" as the processor's stop
+    string (MiniGPT-4's "###" is one) the answer, its ids and its map are those of the 3 tokens before it, in the
+    library, `ocellus explain` and the server (which calls answer_attention)."""
+    model, proc = ocellus.load(tiny), ocellus.load_processor(tiny)
+    free = answer_attention(model, proc, photo, QUESTION, max_new_tokens=6)
+    assert [proc.decode([i]) for i in free.answer_ids[3:5]] == ["W", "3"]
+    short = answer_attention(model, proc, photo, QUESTION, max_new_tokens=3)   # what the stop should leave
+    monkeypatch.setattr(proc, "stop_strings", ("W3",))
+    cut = answer_attention(model, proc, photo, QUESTION, max_new_tokens=6)
+    assert cut.answer_ids == free.answer_ids[:3] and cut.answer == short.answer and "W" not in cut.answer
+    np.testing.assert_array_equal(cut.layer_head, short.layer_head)
+    monkeypatch.setattr(ocellus, "load_processor", lambda path: proc)
+    assert main(["explain", "--model", str(tiny), "--image", str(photo), "--out", str(tmp_path / "heat.png"),
+                 "--max-new-tokens", "6", QUESTION]) == 0
+    assert capsys.readouterr().out == short.answer + "\n"
+    monkeypatch.setattr(proc, "stop_strings", (proc.decode(free.answer_ids[:1]),))   # the answer's first token
+    empty = answer_attention(model, proc, photo, QUESTION, max_new_tokens=6)
+    assert empty.answer == "" and empty.answer_ids == free.answer_ids[:1]     # the map: the row that chose to stop
+
+
+def test_query_token_models_are_refused_naming_the_queries(tiny, photo):
+    """MiniGPT-4 (BLIP-2's Q-Former) puts learned queries where the image goes, not patches: no grid to map onto,
+    even when their number would fill one (16 queries, a 4x4 grid)."""
+    from torch import nn
+
+    from ocellus.models.connectors.qformer import QFormer, QFormerConfig
+    from ocellus.models.families.blip2.modeling import Blip2
+    llava, proc = ocellus.load(tiny), ocellus.load_processor(tiny)
+    qformer = QFormer(QFormerConfig(vocab_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=32, num_query_tokens=GRID * GRID, encoder_hidden_size=32))
+    minigpt4 = Blip2(llava.vision_tower, qformer, nn.Linear(16, 48), llava.language_model, llava.image_token_id,
+                     qformer_part="vision")
+    with pytest.raises(ConfigError, match="QFormer turns the patches into learned queries") as e:
+        answer_attention(minigpt4, proc, photo, QUESTION, max_new_tokens=2)
+    assert "CLS" not in str(e.value)
