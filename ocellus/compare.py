@@ -36,7 +36,9 @@ from ocellus.train.stages import parts_of
 from ocellus.train.tasks import run_recipe, validate
 
 ROUTES = {"llava": "all tokens", "blip2": "compressed prompt", "qwen_vl": "compressed prompt",
-          "internvl": "all tokens", "qwen2_vl": "all tokens", "flamingo": "cross-attention"}
+          "internvl": "all tokens", "qwen2_vl": "all tokens", "flamingo": "cross-attention",
+          # families compared only in their shipped recipes (scripts/compare_bridges.py), not trained here
+          "llava_next": "all tokens", "minigpt4": "compressed prompt", "qwen2_5_vl": "all tokens"}
 
 # What each family's bridge looks like at tiny scale: keys of its `compose` spec, and "pretrained_vit":
 # False for Qwen2-VL, whose native-resolution tower (2D RoPE) is new and trains with the rest.
@@ -86,6 +88,14 @@ def _sizes(model) -> tuple[int, int]:
     return total, bridge
 
 
+def decoder_image_tokens(model, processor, image: Image.Image) -> tuple[int, int]:
+    """(image tokens the processor puts into the decoder's sequence for one image, visual slots the decoder reads:
+    the same number, except for cross-attention (Flamingo), whose Perceiver latents sit outside the sequence)."""
+    _, counts = processor.image_inputs([image])
+    perceiver = getattr(model, "perceiver", None)
+    return counts[0], perceiver.config.num_latents if perceiver is not None else counts[0]
+
+
 def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_size: int, n_eval: int,
                lr: float = 2.0e-3) -> dict:
     recipe = recipe_for(family, parts_dir, runs_dir / family, steps, batch_size, lr=lr)
@@ -95,14 +105,12 @@ def run_family(family: str, parts_dir: Path, runs_dir: Path, steps: int, batch_s
     seconds = time.perf_counter() - start
     model, proc = load_model(path), load_processor(path)
     model.eval()
-    _, counts = proc.image_inputs([Image.new("RGB", (48, 48))])
+    tokens, slots = decoder_image_tokens(model, proc, Image.new("RGB", (48, 48)))
     total, bridge = _sizes(model)
     vqa = evaluate(path, "shapes-vqa", n=n_eval, model=model, processor=proc, printer=lambda *_: None)
     grounding = evaluate(path, "shapes-grounding", n=max(50, n_eval // 3), model=model, processor=proc,
                          printer=lambda *_: None)
-    perceiver = getattr(model, "perceiver", None)   # cross-attention: the slots the decoder reads, not in its sequence
-    slots = perceiver.config.num_latents if perceiver is not None else counts[0]
-    return {"family": family, "route": ROUTES[family], "image_tokens": counts[0], "visual_slots": slots,
+    return {"family": family, "route": ROUTES[family], "image_tokens": tokens, "visual_slots": slots,
             "train_s": round(seconds, 1),
             "params": total, "bridge_params": bridge,
             "vqa": {k: v[1] for k, v in vqa["table"].items()}, "vqa_n": vqa["n"],

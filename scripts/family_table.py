@@ -69,17 +69,24 @@ def chain_evals(chain: list[str]) -> list[dict]:
     return out
 
 
+def final_vqa(out: Path) -> tuple[str, dict] | None:
+    """(how it was scored, the held-out shapes-vqa table {type: [n, accuracy]}) of the run in `out`:
+    eval_shapes_vqa.json (how ""), else a variant eval_shapes_vqa_<how>.json (scored another way, named in
+    the row); None when the run has no final eval."""
+    found = sorted(out.glob("eval_shapes_vqa*.json"))
+    if not found:
+        return None
+    return found[0].stem.removeprefix("eval_shapes_vqa").lstrip("_"), json.loads(found[0].read_text())["table"]
+
+
 def row(family: str, img: Path) -> str:
     chain = CHAINS[family]
     final = out_dir(chain[-1])
-    # eval_shapes_vqa.json, or a variant (eval_shapes_vqa_<how>.json: scored another way, named in the row)
-    found = sorted(final.glob("eval_shapes_vqa*.json"))
-    if not found:
+    vqa = final_vqa(final)
+    if vqa is None:
         return f"| {family} | not trained in this run |" + " |" * (len(TYPES) + 2)
-    vqa_path = found[0]
-    how = vqa_path.stem.removeprefix("eval_shapes_vqa").lstrip("_")
+    how, table = vqa
     name = f"{family} ({how})" if how else family
-    table = json.loads(vqa_path.read_text())["table"]
     cells = [f"{100 * table[t][1]:.1f}" if t in table else "-" for t in TYPES]
     grounding = final / "eval_shapes_grounding.json"
     if grounding.exists():

@@ -173,10 +173,11 @@ def _evaluator(recipe: dict, model, tok, cfg):
 
 
 # ---- the loops ---------------------------------------------------------------------------------
-def run_trainer(recipe: dict, task) -> Path:
-    """Train a validated recipe with the Trainer on the task module's tokenizer, model and data -> the export
-    dir (on rank 0; None on the others)."""
-    info = setup(recipe.get("distributed", "none"))
+def build_trainer(recipe: dict, task, info: DistInfo | None = None) -> tuple[Trainer, object, torch.nn.Module]:
+    """The recipe's Trainer as run_trainer trains it, before step 1: out_dir made, seeded, the task's tokenizer,
+    model (model_for) and data loader, the stage and optimizer -> (trainer, tokenizer, the unwrapped model).
+    Also what a measurement of real training steps builds (scripts/compare_bridges.py times trainer.train_step)."""
+    info = info or DistInfo()
     cfg = train_config(recipe)
     _eval_spec(recipe, cfg)
     out = Path(cfg.out_dir)
@@ -197,6 +198,15 @@ def run_trainer(recipe: dict, task) -> Path:
         loader = BatchLoader(dataset, batch, collate, seed=int(recipe.get("seed", 0)),
                              rank=info.rank, world_size=info.world_size)
     trainer = Trainer(model, loader, cfg, dist_info=info, evaluate=_evaluator(recipe, model, tok, cfg))
+    return trainer, tok, model
+
+
+def run_trainer(recipe: dict, task) -> Path:
+    """Train a validated recipe with the Trainer on the task module's tokenizer, model and data -> the export
+    dir (on rank 0; None on the others)."""
+    info = setup(recipe.get("distributed", "none"))
+    trainer, tok, model = build_trainer(recipe, task, info)
+    out = Path(trainer.cfg.out_dir)
     if info.is_main:
         log.info(f"[{recipe.get('name')}] trainable parameters per part:\n{trainer.report}")
         (out / "recipe.json").write_text(json.dumps({k: v for k, v in recipe.items() if k != "_path"}, indent=1))
