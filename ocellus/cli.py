@@ -302,7 +302,8 @@ def cmd_eval(args) -> int:
     # lazy: a command imports only the code it runs (ocellus --help stays fast)
     from ocellus.eval.harness import evaluate
     evaluate(args.model, args.task, n=args.n, shots=args.shots, batch_size=args.batch_size, out=args.out,
-             phrasing=args.phrasing, turns=args.turns, card=args.card, quantize=args.quantize, progress=True)
+             phrasing=args.phrasing, turns=args.turns, card=args.card, quantize=args.quantize, progress=True,
+             image_size=args.image_size)
     return 0
 
 
@@ -410,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--turns", type=int, default=1, help="shapes-vqa: score the K-th question of a K-turn "
                                                          "conversation, the earlier ones answered by the model")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=None, help="side of the rendered scenes in pixels (default: "
+                   "the size the model trained on, recorded in its config.json, else its tower's input size)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--card", action="store_true", help="record the table in the model directory's model card "
                                                        "(README.md, written by a recipe's export)")

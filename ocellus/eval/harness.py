@@ -34,7 +34,7 @@ from ocellus.eval.grounding import box_iou, grounding_hit, parse_boxes
 from ocellus.eval.metrics import format_table, score_by_type
 from ocellus.eval.vqa import count_match, vqa_exact_match
 from ocellus.viz.progress import Progress
-from ocellus.hub.checkpoint import load_model
+from ocellus.hub.checkpoint import load_model, trained_scene_size
 from ocellus.hub.model_card import record_eval
 from ocellus.hub.resolve import default_model_dir
 from ocellus.data.processor import load_processor
@@ -157,9 +157,11 @@ def score(task: str, samples: list[dict], preds: list[str]) -> dict:
 
 def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int = 16, out: str | None = None,
              model=None, processor=None, printer=print, phrasing: str = "canonical", turns: int = 1,
-             card: bool = False, quantize=None, progress: bool = False) -> dict:
+             card: bool = False, quantize=None, progress: bool = False, image_size: int | None = None) -> dict:
     """Score a model on a task (held-out samples) -> the result dict (table per type); out: also as JSON;
     card: also into model_dir's model card (README.md) with the command that reproduces it.
+    image_size: the side of the rendered scenes; default the one the model trained on (config.json's
+    ocellus_scene_size, written by a recipe's export), else eval_image_size's.
     quantize="int8": the decoder with int8 weights (hub/checkpoint.load_model). progress: show predict's progress."""
     if task in retrieval.EVAL_TASKS:
         result = retrieval.evaluate(model_dir, task, n=n, printer=printer)
@@ -178,14 +180,16 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
         raise ConfigError(f"--task shapes-video asks about videos: it needs a video model (Qwen2-VL with a "
                           f"video_token_id) and takes no --shots; {model_dir} "
                           f"{'has no video token' if processor.video_token is None else 'was given --shots'}")
-    size = eval_image_size(model, processor)
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ConfigError(f"--image-size must be a positive number of pixels, got {image_size!r}")
+    size = image_size or trained_scene_size(model_dir) or eval_image_size(model, processor)
     samples = task_samples(task, n + shots, size, phrasing=phrasing, turns=turns)
     shot_pool, samples = samples[:shots], samples[shots:]
     max_new = {"shapes-vqa": 6, "digits": 4, "shapes-caption": 40, "shapes-grounding": 40, "shapes-video": 4}[task]
     preds = predict(model, processor, samples, shot_pool, max_new, batch_size,
                     keep_special=task == "shapes-grounding", progress=progress)
     result = score(task, samples, preds)
-    result.update(task=task, n=len(samples), shots=shots, phrasing=phrasing, turns=turns,
+    result.update(task=task, n=len(samples), shots=shots, phrasing=phrasing, turns=turns, image_size=size,
                   examples=[{"question": _question(s), "pred": p, "gold": s["answer"]} for s, p in zip(samples[:5], preds)])
     asked = f"  phrasing={phrasing}  turns={turns}" if task == "shapes-vqa" else ""
     printer(f"{task}  n={len(samples)}  shots={shots}{asked}")
@@ -195,7 +199,8 @@ def evaluate(model_dir, task: str, n: int = 200, shots: int = 0, batch_size: int
     if out:
         Path(out).write_text(json.dumps({**result, "table": {k: list(v) for k, v in result["table"].items()}}, indent=1))
     if card:
-        extra = f" --phrasing {phrasing} --turns {turns}" if task == "shapes-vqa" else ""
+        extra = (f" --phrasing {phrasing} --turns {turns}" if task == "shapes-vqa" else "") + \
+            (f" --image-size {image_size}" if image_size else "")
         record_eval(model_dir, result, f"ocellus eval --model DIR --task {task} --n {n} --shots {shots}{extra}")
     return result
 

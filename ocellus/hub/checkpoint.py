@@ -191,6 +191,31 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
     model.load_state_dict(filled, strict=False)  # copies, casting to the model's dtype
 
 
+# config.json's record of the side of the images a vision-language model trained on (written by a recipe's
+# export, train/vlm_export.py): `ocellus eval` renders its scenes at that side. Without it eval falls back to the
+# tower's input size, which is not what a tiling family (InternVL: 2x2 tiles + thumbnail) trains on.
+SCENE_SIZE_KEY = "ocellus_scene_size"
+
+
+def record_scene_size(model_dir, size: int) -> None:
+    """Write `size` into model_dir's config.json as ocellus_scene_size (transformers ignores the extra key)."""
+    path = Path(model_dir) / "config.json"
+    _atomic_write_text(path, json.dumps({**json.loads(path.read_text()), SCENE_SIZE_KEY: int(size)}, indent=2))
+
+
+def trained_scene_size(model_dir) -> int | None:
+    """config.json's ocellus_scene_size in a local checkpoint dir, else None (a hub id, a dir without it)."""
+    path = Path(str(model_dir)) / "config.json"
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text()).get(SCENE_SIZE_KEY)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{path}: {SCENE_SIZE_KEY} must be a positive integer (pixels), got {value!r}")
+    return value
+
+
 def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30, tokenizer=None, processor=None) -> Path:
     """Write HF format (config.json + safetensors, sharded past max_shard_bytes); opens in transformers
     (`ocellus.save`). tokenizer: written beside it. processor (a VLM's `Processor`): its tokenizer, chat template

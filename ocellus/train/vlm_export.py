@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ocellus.errors import ConfigError
-from ocellus.hub.checkpoint import save_model
+from ocellus.hub.checkpoint import record_scene_size, save_model
 from ocellus.hub.families import family_for_model
 from ocellus.hub.families import family_module, VLM_FAMILIES
 from ocellus.train.recipe_data import IMAGE_MEAN, IMAGE_STD, image_config
@@ -36,9 +36,13 @@ def training_processor(model, tok, size: int):
 def export_vlm(model, tok, size: int, path: Path) -> Path:
     """model + tokenizer as a checkpoint dir, with the processor's chat template (+ processor_config.json for
     LLaVA) so transformers prompts it too, and the image preprocessing at `size`. No model card: the runner
-    that knows the recipe writes it (run.export, run.run_method)."""
+    that knows the recipe writes it (run.export, run.run_method). config.json also records `size` as
+    ocellus_scene_size: the side of the images it trained on, which `ocellus eval` renders its scenes at -- a
+    tiling family (InternVL) trains on scenes larger than its tower's input, and scored on tower-sized scenes
+    it sees one tile of a picture it never saw so small (transformers ignores the extra key)."""
     path = Path(path)
     save_model(model, path, tokenizer=tok, processor=training_processor(model, tok, size))
+    record_scene_size(path, size)
     family = family_module(family_of(model))
     if hasattr(family, "export_processor"):  # a family whose preprocessing has more than size/mean/std
         family.export_processor(model, tok, image_config(size), path)
