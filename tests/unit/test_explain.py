@@ -181,14 +181,15 @@ def test_the_processors_stop_strings_end_the_answer(tiny, photo, monkeypatch, ca
 
 def test_query_token_models_are_refused_naming_the_queries(tiny, photo):
     """MiniGPT-4 (BLIP-2's Q-Former) puts learned queries where the image goes, not patches: no grid to map onto,
-    even when their number would fill one (16 queries, a 4x4 grid)."""
+    even when their number fits one (17 queries, as many as this processor's CLS + 4x4 placeholders: without the
+    refusal a map comes out, meaningless)."""
     from torch import nn
 
     from ocellus.models.connectors.qformer import QFormer, QFormerConfig
     from ocellus.models.families.blip2.modeling import Blip2
     llava, proc = ocellus.load(tiny), ocellus.load_processor(tiny)
     qformer = QFormer(QFormerConfig(vocab_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                    intermediate_size=32, num_query_tokens=GRID * GRID, encoder_hidden_size=32))
+                                    intermediate_size=32, num_query_tokens=GRID * GRID + 1, encoder_hidden_size=32))
     minigpt4 = Blip2(llava.vision_tower, qformer, nn.Linear(16, 48), llava.language_model, llava.image_token_id,
                      qformer_part="vision")
     with pytest.raises(ConfigError, match="QFormer turns the patches into learned queries") as e:
