@@ -42,7 +42,7 @@ step text_pretrain text_pretrain text
 step vit_pretrain vit_pretrain vit
 step align align align tokenizer.from="$RUNS/text/model" \
   model.vision_from="$RUNS/vit/model" model.llm_from="$RUNS/text/model"
-step sft sft sft model.from="$RUNS/align/model"
+step sft sft sft model.from="$RUNS/align/model" train.eval_every=500   # its held-out curve (n = 200)
 cat "$RUNS/times.txt"
 
 ocellus eval --model "$RUNS/sft/model" --task shapes-vqa --n 500 --out "$RUNS/sft/eval_shapes_vqa.json" --card

@@ -36,8 +36,13 @@ for recipe in $chain; do
     echo "$recipe: $out/model exists, kept (FORCE=1 retrains it)"; continue
   fi
   mkdir -p "$out"
+  # The long vision-language legs log held-out accuracy (n = 200) every 500 steps: the curves of
+  # docs/VLM_COMPARISON.md (scripts/compare_bridges.py). Set in the recipe itself it would also run in the tests'
+  # few-step runs of these recipes; other tasks (a ViT, a Q-Former stage 1) have no such eval.
+  curve=$(python -c 'import sys, yaml; r = yaml.safe_load(open(sys.argv[1]))
+print("train.eval_every=500" if r["task"] == "vlm" and r["train"]["max_steps"] >= 1000 and "eval_every" not in r["train"] else "")' "recipes/$recipe.yaml")
   start=$(date +%s.%N)
-  ocellus train "recipes/$recipe.yaml" train.progress=false
+  ocellus train "recipes/$recipe.yaml" train.progress=false $curve
   end=$(date +%s.%N)
   awk -v n="$recipe" -v a="$start" -v b="$end" 'BEGIN { printf "%-36s %7.1f s\n", n, b - a }' | tee -a "$out/times.txt"
 done
