@@ -11,7 +11,9 @@
 Each turn re-renders the whole conversation with the checkpoint's chat template and runs one
 prefill over it (images included, so earlier images stay visible to later turns), then streams
 the reply through `infer.generate.stream`. There is no cache kept across turns: simple and always
-consistent with what the template renders, at the cost of re-reading the history each turn.
+consistent with what the template renders, at the cost of re-reading the history each turn. With num_beams > 1
+(`ocellus chat --num-beams N`) the reply is beam search's, as `generate` gives it: one piece at the end, since the
+best hypothesis is known only then.
 
 `send` checks everything it can before returning its iterator (image files, placeholder counts,
 context length), so a bad image or a conversation that fills the context raises a typed error at once
@@ -27,6 +29,7 @@ opened by models/unified/checkpoint.load_unified): a turn with an image is answe
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -129,9 +132,14 @@ class ChatSession:
         # every processor output but the ids is a prefill input: pixel_values (+ image_sizes, image_grid_thw),
         # pixel_values_videos, video_grid_thw, ...
         extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+        generation = {**self.generation, "max_new_tokens": max_new_tokens}
+        if (generation.get("num_beams") or 1) > 1:
+            deltas = self._beam_reply(batch, extra, generation)
+        else:
+            deltas = stream(self.model, self.tokenizer, batch["input_ids"], batch.get("attention_mask"),
+                            **extra, **generation)
         pieces = []
-        for delta in stream(self.model, self.tokenizer, batch["input_ids"], batch.get("attention_mask"),
-                            **extra, **{**self.generation, "max_new_tokens": max_new_tokens}):
+        for delta in deltas:
             pieces.append(delta)
             yield delta
         # Only a finished turn enters the history: an interrupted one is as if it had not been sent. The
@@ -142,6 +150,18 @@ class ChatSession:
             self.messages += [user, {"role": "assistant", "content": [{"type": "text", "text": reply}]}]
             self.images += loaded
             self.videos += clips
+
+    def _beam_reply(self, batch: dict, extra: dict, generation: dict) -> Iterator[str]:
+        """Beam search picks its reply only at the end, so the reply comes as one piece: the best hypothesis,
+        its ids already cut before the processor's and the user's stop strings (infer/beam.py)."""
+        from ocellus.infer.generate import generate   # lazy, as stream above
+        # the model's own generate where it has one: it refuses beams it cannot search (Qwen2-VL's packed patches)
+        run = getattr(self.model, "generate", None) or partial(generate, self.model)
+        ids = batch["input_ids"]                                                          # [1, T]
+        out = run(ids, batch.get("attention_mask"), tokenizer=self.tokenizer, **extra, **generation)
+        text = self.tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
+        if text:
+            yield text
 
 
 class UnifiedChat:

@@ -72,7 +72,8 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--min-p", type=float, default=None)
     p.add_argument("--repetition-penalty", type=float, default=None)
-    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--num-beams", type=int, default=1,
+                   help="beam search over N beams (chat: each reply printed whole once the search ends)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
@@ -152,11 +153,14 @@ def cmd_chat(args) -> int:
 
     model_dir = args.model if args.model is not None else ocellus.default_model_dir()
     if is_unified_dir(model_dir):   # Emu3 / Janus / Show-o: describes attached images, "draw ..." saves a PNG
+        if args.num_beams > 1:
+            raise ConfigError(f"--num-beams {args.num_beams}: {model_dir} is a unified model, whose chat captions "
+                              f"and draws with its own decoding; beam search is for vision-language and text models")
         return chat_loop(UnifiedChat(load_unified(model_dir), out_dir="."), args.image)
     model = _load_model(model_dir, args)
     session = ChatSession(model, ocellus.load_processor(model_dir), system=args.system,
                           max_pixels=args.max_image_pixels, max_video_frames=args.max_video_frames,
-                          **_generation_kwargs(args))
+                          **_generation_kwargs(args), num_beams=args.num_beams)   # beams: each reply whole, at its end
     return chat_loop(session, args.image, args.video)
 
 

@@ -22,8 +22,7 @@ from ocellus.errors import ConfigError, InputError
 from ocellus.infer.sampling import choose, process_logits
 from ocellus.infer.beam import beam_search
 from ocellus.infer.prepack import prepare_decode
-from ocellus.infer.stop_text import StopText
-from ocellus.infer.streaming import TextStreamDecoder
+from ocellus.infer.stop_text import StopTokens
 
 
 @dataclass(frozen=True)
@@ -133,35 +132,24 @@ def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
-class _StopStrings:
-    """Marks a row finished once its generated text contains a stop string (token included, as
-    transformers' StopStringCriteria). Only a tail window of tokens is decoded each step."""
-
-    def __init__(self, tokenizer, stops: tuple[str, ...]):
-        if tokenizer is None:
-            raise ConfigError("stop_strings need a tokenizer: pass tokenizer=... to generate")
-        self.tok, self.stops = tokenizer, stops
-        self.window = max(len(s) for s in stops) + 8
-
-    def __call__(self, generated: torch.Tensor) -> torch.Tensor:  # [B, n] -> [B] bool
-        tails = [self.tok.decode(row[-self.window:].tolist()) for row in generated]
-        return torch.tensor([any(s in t for s in self.stops) for t in tails], device=generated.device)
-
-
 @torch.inference_mode()
 def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
                  choose_token: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
                  **prefill_kwargs) -> Iterator[torch.Tensor]:
     """Greedy/sampled decoding. Yields the next ids [B] step by step (finished rows get pad).
     choose_token(step, logits [B, V] float) -> ids [B]: chooses each step's tokens instead of cfg's
-    logits processing and sampling (eos, stop strings and padding of finished rows still apply)."""
+    logits processing and sampling (eos, stop strings and padding of finished rows still apply).
+    A row ends at the token whose text completes one of cfg.stop_strings, that token yielded (transformers'
+    StopStringCriteria keeps it too); the text is matched as `stream` matches it (infer/stop_text.StopTokens)."""
     B, T = prompt.input_ids.shape
     if cfg.max_new_tokens == 0:
         return
     device = prompt.input_ids.device
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     eos = torch.tensor(cfg.eos_token_id or (), dtype=torch.long, device=device)
-    stop = _StopStrings(tokenizer, cfg.stop_strings) if cfg.stop_strings else None
+    if cfg.stop_strings and tokenizer is None:
+        raise ConfigError("stop_strings need a tokenizer: pass tokenizer=... to generate")
+    stops = [StopTokens(tokenizer, cfg.stop_strings) for _ in range(B)] if cfg.stop_strings else None  # one a row
     sample = not cfg.greedy
     processing = sample or (cfg.repetition_penalty not in (None, 1.0))
     cache = model.new_cache(B, T + cfg.max_new_tokens)
@@ -172,7 +160,7 @@ def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
     seqs = torch.empty(B, T + cfg.max_new_tokens, dtype=torch.long, device=device)
     seqs[:, :T] = prompt.input_ids
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    can_finish = bool(eos.numel()) or stop is not None  # else skip the per-step pad fill and sync
+    can_finish = bool(eos.numel()) or stops is not None  # else skip the per-step pad fill and sync
     pos = prompt.position_ids[:, -1:]                                               # [B, 1]
     logits = model(input_ids=prompt.input_ids, attention_mask=prompt.attention_mask,
                    position_ids=prompt.position_ids, cache=cache, logits_to_keep=1, **prefill_kwargs).logits
@@ -192,8 +180,11 @@ def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
         yield nxt
         if eos.numel():
             finished |= torch.isin(nxt, eos)
-        if stop is not None:
-            finished |= stop(seqs[:, T:T + step + 1])
+        if stops is not None:   # each running row reads its new token's text
+            for row, token, running in zip(stops, nxt.tolist(), (~finished).tolist()):
+                if running:
+                    row.push(token)
+            finished |= torch.tensor([row.stopped for row in stops], device=device)
         if step + 1 == cfg.max_new_tokens or (can_finish and bool(finished.all())):
             return
         pos = pos + 1
@@ -203,7 +194,9 @@ def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
 
 def generate(model, input_ids, attention_mask=None, *, tokenizer=None, **kwargs) -> torch.Tensor:
     """-> [B, T + n] ids: the prompt followed by what was generated (transformers' layout).
-    kwargs: the GenerationConfig fields, plus model inputs used at prefill (e.g. pixel_values)."""
+    kwargs: the GenerationConfig fields, plus model inputs used at prefill (e.g. pixel_values).
+    stop_strings (with tokenizer=...): greedy / sampled rows end at the token that completes one, kept in the ids
+    as transformers keeps it (its text matched as `stream` matches it); beam search cuts its ids before one."""
     gen_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in GenerationConfig.__dataclass_fields__}
     cfg = _resolve_special(model, GenerationConfig.from_kwargs(**gen_kw))
     prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
@@ -229,14 +222,13 @@ def stream(model, tokenizer, input_ids, attention_mask=None, skip_special_tokens
     if prompt.input_ids.shape[0] != 1:
         raise InputError(f"stream() takes one prompt, got a batch of {prompt.input_ids.shape[0]}")
     prepare_decode(model, 1, cfg.prepack)
-    decoder = TextStreamDecoder(tokenizer, skip_special_tokens=skip_special_tokens)
-    cut = StopText(cfg.stop_strings)   # finds the stop strings in the text shown, so decode_steps need not
+    reply = StopTokens(tokenizer, cfg.stop_strings, skip_special_tokens)   # the text shown, cut where generate's stops
     for nxt in decode_steps(model, prompt, replace(cfg, stop_strings=()), tokenizer=tokenizer, **kwargs):
-        delta = cut.push(decoder.push([int(nxt[0])]))
+        delta = reply.push(int(nxt[0]))
         if delta:
             yield delta
-        if cut.stopped:
+        if reply.stopped:
             return
-    tail = cut.push(decoder.flush()) + cut.flush()
+    tail = reply.flush()
     if tail:
         yield tail

@@ -5,9 +5,11 @@ a delta is released only up to the longest tail that could still grow into a sto
 "###" is a stop string); that tail waits for the next delta, and `flush()` releases it at the end when no stop
 string followed. OpenAI's `stop` works this way (the stop string is not in the answer), and so do the MiniGPT-4
 processor's "###" (data/processor.Processor.stop_strings) in `stream`, `ocellus chat` / `generate` and the
-server's engine (infer/engine_request.Sequence), one implementation for all of them. Paths that hold a reply as
-token ids (beam search, infer/beam.py; `ocellus explain`, viz/attention_map.py) ask `tokens_before_stop` how many
-of its tokens to keep.
+server's engine (infer/engine_request.Sequence), one implementation for all of them. StopTokens feeds it a
+reply's token ids through the streaming detokenizer: `stream` shows its text, and `generate` (greedy / sampled,
+infer/generate.decode_steps) keeps one per row to end that row at the token that completes a stop string, so the
+stream and generate stop at the same token. Paths that hold a reply as token ids (beam search, infer/beam.py;
+`ocellus explain`, viz/attention_map.py) ask `tokens_before_stop` how many of its tokens to keep.
 
     cut = StopText(("###",))
     cut.push("red #")    -> "red "    ("#" may begin "###": held back)
@@ -16,6 +18,8 @@ of its tokens to keep.
     cut.flush()          -> ""
 """
 from __future__ import annotations
+
+from ocellus.infer.streaming import TextStreamDecoder
 
 
 class StopText:
@@ -57,6 +61,29 @@ class StopText:
         return 0
 
 
+class StopTokens:
+    """A reply's token ids, one at a time -> its text, cut before the first of `stops`: the streaming detokenizer's
+    deltas (infer/streaming.py: the whole reply's text, partial UTF-8 held back) through a StopText. The text is
+    decoded from the reply's first token on, however many tokens a stop string spans."""
+
+    def __init__(self, tokenizer, stops=(), skip_special_tokens: bool = True):
+        self.decoder = TextStreamDecoder(tokenizer, skip_special_tokens=skip_special_tokens)
+        self.cut = StopText(stops)
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string has occurred in the text: the tokens pushed so far end the reply."""
+        return self.cut.stopped
+
+    def push(self, token: int) -> str:
+        """Add the next token; -> the text it releases."""
+        return self.cut.push(self.decoder.push([token]))
+
+    def flush(self) -> str:
+        """End of the reply: the detokenizer's and the cut's held-back tails."""
+        return self.cut.push(self.decoder.flush()) + self.cut.flush()
+
+
 def cut_at_stop(text: str, stops) -> str:
     """A whole reply up to the first of `stops` (what StopText releases for it in one piece)."""
     cut = StopText(stops)
@@ -85,4 +112,4 @@ def reply_stops(processor, stops=()) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tuple(getattr(processor, "stop_strings", ())) + stops))
 
 
-__all__ = ["StopText", "cut_at_stop", "reply_stops", "tokens_before_stop"]
+__all__ = ["StopText", "StopTokens", "cut_at_stop", "reply_stops", "tokens_before_stop"]

@@ -82,6 +82,8 @@ CASES = [
     ("n too large", chat("hi", n=50), 400, "'n' must be between 1"),
     ("too many stop strings", chat("hi", stop=["a", "b", "c", "d", "e"]), 400, "'stop' must be"),
     ("unknown argument", chat("hi", best_of=3), 400, "Unrecognized request argument supplied: best_of"),
+    ("beam search (no streamed beams: refused, not ignored)", chat("hi", num_beams=3), 400,
+     "Unrecognized request argument supplied: num_beams"),
     ("tools (not implemented)", chat("hi", tools=[{"type": "function"}]), 400, "'tools' is not implemented"),
     ("logprobs (not implemented)", chat("hi", logprobs=True), 400, "logprobs are not implemented"),
     ("presence_penalty (not implemented)", chat("hi", presence_penalty=0.5), 400, "use repetition_penalty"),
