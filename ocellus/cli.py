@@ -124,7 +124,7 @@ def _load_model(path, args):
 def cmd_generate(args) -> int:
     # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
-    from ocellus.infer.generate import generate, stream
+    from ocellus.infer.generate import stream
     from ocellus.infer.stop_text import reply_stops
 
     model = _load_model(args.model, args)
@@ -132,7 +132,8 @@ def cmd_generate(args) -> int:
     tok, ids, extra = _prompt_inputs(processor, args.prompt, args.image, args.raw)
     kw = {**_generation_kwargs(args), "stop_strings": reply_stops(processor, args.stop)}   # the template's too
     if args.num_beams > 1:   # beam search ends each hypothesis before a stop string itself (infer/beam.py)
-        out = generate(model, ids, tokenizer=tok, num_beams=args.num_beams, **kw, **extra)
+        # the model's own generate: it refuses what it cannot beam-search (Qwen2-VL's packed patches, ...)
+        out = model.generate(ids, tokenizer=tok, num_beams=args.num_beams, **kw, **extra)
         print(tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True))
         return 0
     for delta in stream(model, tok, ids, **kw, **extra):

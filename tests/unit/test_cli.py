@@ -44,3 +44,24 @@ def test_generate_reports_typed_errors(tiny, tmp_path, capsys):
     assert "CheckpointError" in capsys.readouterr().err
     assert main(["generate", "--model", str(tiny), "--max-new-tokens", "5000", "hi"]) == 2
     assert "exceeds the model's context" in capsys.readouterr().err
+
+
+def test_generate_beams_go_through_the_models_own_generate(tiny, monkeypatch, capsys):
+    """`ocellus generate --num-beams N` asks the model itself, so a model that cannot beam-search its prompt
+    (Qwen2-VL's packed patches, Flamingo's several images in a row) refuses instead of decoding nonsense."""
+    import ocellus
+    from ocellus.errors import ConfigError
+    real = ocellus.load
+
+    def load(*args, **kw):
+        model = real(*args, **kw)
+
+        def refuse(*a, **k):
+            raise ConfigError(f"beam search is not implemented for this model (num_beams={k.get('num_beams')})")
+        model.generate = refuse
+        return model
+    monkeypatch.setattr(ocellus, "load", load)
+    args = ["generate", "--model", str(tiny), "--max-new-tokens", "4", "hello there"]
+    assert main(args + ["--num-beams", "2"]) == 2
+    assert "num_beams=2" in capsys.readouterr().err
+    assert main(args) == 0                                     # greedy streams through the engine as before
