@@ -34,7 +34,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError
-from ocellus.infer.prepack import prepack_supports
+from ocellus.infer.prepack import prepack_supports, prepare_decode
 from ocellus.nn.quant import Int8Linear
 
 # ~100M parameters: 75.5M in the blocks + 24.6M in the (tied) embedding / lm_head; GQA 12 q / 4 kv heads.
@@ -149,22 +149,32 @@ def transformers_runner(theirs, ids: torch.Tensor):
     return run_theirs
 
 
-def measure(ours, reference, ids: torch.Tensor, n1: int, n2: int, repeats: int, device, prepack: bool = True) -> dict:
-    """Decode tokens/s of ours (prepack: its default packed weights, else plain), the reference
-    (fn(new_tokens) -> ids [B, T + new_tokens], greedy), the ceiling and the roofline, each the best of
-    `repeats` rounds; one round runs everything once (interleaved, so load from other processes hits all
-    alike). Decode rate = B * (n2 - n1) / (t(n2) - t(n1)): the prefill cancels out."""
+def measure(ours, reference, ids: torch.Tensor, n1: int, n2: int, repeats: int, device, prepack: bool = True,
+            gemv: bool | None = None, gemv_ab: bool = False) -> dict:
+    """Decode tokens/s of ours (prepack: its default packed weights / compiled GEMV at batch 1, else plain;
+    gemv: GenerationConfig.gemv), the reference (fn(new_tokens) -> ids [B, T + new_tokens], greedy), the
+    ceiling and the roofline, each the best of `repeats` rounds; one round runs everything once (interleaved, so
+    load from other processes hits all alike). gemv_ab: ours once more without the compiled GEMV in each round
+    ("ocellus_nogemv"; its ids in "same_tokens_nogemv"). Decode rate = B * (n2 - n1) / (t(n2) - t(n1)): the
+    prefill cancels out; each runner's weights are prepared (packed or not) before it is timed."""
     batch = ids.shape[0]
     weights = plain_weights(ours)                     # before the first generate packs ours
     act = next(p for p in ours.parameters() if p.is_floating_point()).dtype   # the activations (int8 layers too)
     tensors = read_tensors(weights)
-    runners = {"ocellus": lambda n: ours.generate(ids, max_new_tokens=n, prepack=prepack), "reference": reference}
+    runners = {"ocellus": lambda n: ours.generate(ids, max_new_tokens=n, prepack=prepack, gemv=gemv),
+               "reference": reference}
+    setups = {"ocellus": lambda: prepare_decode(ours, batch, prepack, gemv)}
+    if gemv_ab:
+        runners["ocellus_nogemv"] = lambda n: ours.generate(ids, max_new_tokens=n, prepack=prepack, gemv=False)
+        setups["ocellus_nogemv"] = lambda: prepare_decode(ours, batch, prepack, False)
     for fn in runners.values():  # warm-up: first-call allocations, lazy inits
         fn(n1)
     best = {name: {n1: math.inf, n2: math.inf} for name in runners}
     ceiling, read, outs = math.inf, math.inf, {}
     for _ in range(repeats):
         for name, fn in runners.items():
+            if name in setups:                        # a switch of layout (pack / unpack) is not decode time
+                setups[name]()
             for n in (n1, n2):
                 t0 = _now(device)
                 outs[name] = fn(n)
@@ -173,7 +183,9 @@ def measure(ours, reference, ids: torch.Tensor, n1: int, n2: int, repeats: int, 
         read = min(read, read_seconds(tensors))
     rates = {name: batch * (n2 - n1) / max(b[n2] - b[n1], 1e-9) for name, b in best.items()}
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
-    return dict(ocellus=rates["ocellus"], reference=rates["reference"], ceiling=batch / ceiling,
+    ab = dict(ocellus_nogemv=rates["ocellus_nogemv"],
+              same_tokens_nogemv=bool(torch.equal(outs["ocellus"], outs["ocellus_nogemv"]))) if gemv_ab else {}
+    return dict(**ab, ocellus=rates["ocellus"], reference=rates["reference"], ceiling=batch / ceiling,
                 roofline=batch / read, read_gbs=nbytes / read / 1e9, read_bytes=nbytes,
                 same_tokens=bool(torch.equal(outs["ocellus"], outs["reference"])))
 
@@ -181,7 +193,8 @@ def measure(ours, reference, ids: torch.Tensor, n1: int, n2: int, repeats: int, 
 def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128, new_tokens: int = 128,
                  base_tokens: int = 1, repeats: int = 3, quick: bool = False, workdir=None, device="cpu",
                  arch: dict | None = None, threads: int | None = None, verbose: bool = True,
-                 prepack: bool = False, quantize: str | None = None, vs: str = "transformers") -> list[dict]:
+                 prepack: bool = False, quantize: str | None = None, vs: str = "transformers",
+                 gemv: bool | None = None, gemv_ab: bool = False) -> list[dict]:
     """-> one dict per (dtype, batch): ours / the reference's decode tokens/s (key: `vs`), their ratio,
     the ceiling and ours / ceiling. Decode rate = B * (new_tokens - base_tokens) / (t(new) - t(base)).
     vs="llamacpp": the reference is llama.cpp on the same weights as GGUF (f32 / bf16 / q8_0 opposite
@@ -189,7 +202,9 @@ def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128,
     prepack: ours decodes as `generate` does by default, oneDNN-prepacked fused weights (infer/prepack.py)
     packed for each batch size; False: plain weights. The ceiling and the roofline read the plain weights.
     quantize="int8": one more row set, "int8": ours loaded with quantize="int8" (bf16 activations, nn/quant.py)
-    against transformers in bf16; its ceiling is one int8-kernel pass over the same layers."""
+    against transformers in bf16; its ceiling is one int8-kernel pass over the same layers.
+    gemv: ours with (None: where it builds; True: required) or without (False) the compiled batch-1 GEMV
+    (infer/gemv_decode.py); gemv_ab: ours without it too, in the same rounds (`ocellus_nogemv`, `gemv_x`)."""
     # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
     import transformers
@@ -221,22 +236,31 @@ def bench_decode(dtypes=("fp32", "bf16"), batches=(1, 8), prompt_len: int = 128,
         if verbose:
             print(f"# {path.name}: {count_parameters(ours) / 1e6:.1f}M parameters, {dname}, "
                   f"{torch.get_num_threads()} threads, prompt {prompt_len}, decode tokens {base_tokens + 1}..{new_tokens}, "
-                  f"ours with {'prepacked fused' if packed else 'plain'} weights, against {vs}",
+                  f"ours with {'prepacked fused' if packed else 'plain'} weights"
+                  f"{'' if gemv is False or not prepack else ' (the compiled GEMV at batch 1 where it builds)'}"
+                  f", against {vs}",
                   flush=True)
         for batch in batches:
             g = torch.Generator().manual_seed(batch)
             ids = torch.randint(2, arch["vocab_size"], (batch, prompt_len), generator=g).to(device)
             reference = transformers_runner(theirs, ids) if vs == "transformers" else \
                 bench_llamacpp.reference_runner(path, dname, ids, torch.get_num_threads(), prompt_len + new_tokens)
-            r = measure(ours, reference, ids, base_tokens, new_tokens, repeats, device, prepack=prepack)
+            r = measure(ours, reference, ids, base_tokens, new_tokens, repeats, device, prepack=prepack, gemv=gemv,
+                        gemv_ab=gemv_ab)
             row = dict(dtype=dname, batch=batch, prepacked=packed, prompt=prompt_len, new_tokens=new_tokens, ocellus=r["ocellus"],
                        vs=vs, **{vs: r["reference"]}, ratio=r["ocellus"] / r["reference"], ceiling=r["ceiling"],
                        of_ceiling=r["ocellus"] / r["ceiling"], roofline=r["roofline"], read_gbs=r["read_gbs"],
                        read_bytes=r["read_bytes"],
                        of_roofline=r["ocellus"] / r["roofline"], same_tokens=r["same_tokens"])
+            if gemv_ab:
+                row.update(ocellus_nogemv=r["ocellus_nogemv"], gemv_x=r["ocellus"] / r["ocellus_nogemv"],
+                           of_roofline_nogemv=r["ocellus_nogemv"] / r["roofline"],
+                           same_tokens_nogemv=r["same_tokens_nogemv"])
             rows.append(row)
             if verbose:
                 print(format_row(row), flush=True)
+                if gemv_ab:
+                    print(format_gemv(row), flush=True)
             del reference
         del ours, theirs
     by = {(r["dtype"], r["batch"]): r["ocellus"] for r in rows}
@@ -255,6 +279,13 @@ def format_quant(rows: list[dict]) -> str:
             lines.append(f"{r['dtype']} batch {r['batch']}: {r['ocellus']:.1f} tok/s = "
                          + ", ".join(f"{v:.2f}x {d}" for d, v in same.items()))
     return "\n".join(lines)
+
+
+def format_gemv(r: dict) -> str:
+    """The line `--gemv-ab` adds under a row: ours without the compiled GEMV in the same rounds."""
+    return (f"{r['dtype']} batch {r['batch']}: without the compiled GEMV {r['ocellus_nogemv']:.1f} tok/s "
+            f"({r['of_roofline_nogemv']:.0%} of the roofline); with it {r['ocellus']:.1f} ({r['of_roofline']:.0%}): "
+            f"{r['gemv_x']:.2f}x, same ids {r['same_tokens_nogemv']}")
 
 
 REFERENCES = {"transformers": "transformers", "llamacpp": "llama.cpp"}   # --vs name -> column label
@@ -302,6 +333,12 @@ def main_decode(argv=None) -> int:
                         "with int8 opposite q8_0 unless --quantize is given; needs the [llamacpp] extra)")
     p.add_argument("--no-prepack", dest="prepack", action="store_false",
                    help="ours with plain weights (default: oneDNN-prepacked weights, infer/prepack.py)")
+    p.add_argument("--no-gemv", dest="gemv", action="store_const", const=False, default=None,
+                   help="ours without the compiled batch-1 GEMV (default: where it builds, infer/gemv_decode.py)")
+    p.add_argument("--gemv", dest="gemv", action="store_const", const=True,
+                   help="ours with the compiled batch-1 GEMV or an error saying why not; int8 layers through it too")
+    p.add_argument("--gemv-ab", action="store_true",
+                   help="also time ours without the compiled GEMV in the same rounds and print the ratio")
     a = p.parse_args(argv)
     dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
     unknown = [d for d in dtypes if d not in DTYPES]
@@ -316,11 +353,13 @@ def main_decode(argv=None) -> int:
     rows = bench_decode(dtypes=dtypes, batches=batches, prompt_len=a.prompt,
                         new_tokens=a.new_tokens, base_tokens=a.base_tokens, repeats=a.repeats, quick=a.quick,
                         workdir=a.workdir, threads=a.threads, prepack=a.prepack,
-                        quantize=a.quantize or ("int8" if llama else None), vs=a.vs)
+                        quantize=a.quantize or ("int8" if llama else None), vs=a.vs, gemv=a.gemv, gemv_ab=a.gemv_ab)
     print()
     print(format_table(rows))
     if a.quantize:
         print(format_quant(rows))
+    for r in rows if a.gemv_ab else ():
+        print(format_gemv(r))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
     return 0

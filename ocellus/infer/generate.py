@@ -42,6 +42,7 @@ class GenerationConfig:
     early_stopping: bool | str = False            # True, False (heuristic) or "never", as transformers
     seed: int | None = None
     prepack: bool = True              # CPU: decode with oneDNN-prepacked fused weights (infer/prepack.py)
+    gemv: bool | None = None          # batch 1 on CPU: the compiled GEMV (infer/gemv_decode.py); None where it builds
 
     def __post_init__(self):
         checks = [
@@ -200,7 +201,7 @@ def generate(model, input_ids, attention_mask=None, *, tokenizer=None, **kwargs)
     gen_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in GenerationConfig.__dataclass_fields__}
     cfg = _resolve_special(model, GenerationConfig.from_kwargs(**gen_kw))
     prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
-    prepare_decode(model, prompt.input_ids.shape[0] * cfg.num_beams, cfg.prepack)
+    prepare_decode(model, prompt.input_ids.shape[0] * cfg.num_beams, cfg.prepack, cfg.gemv)
     if cfg.num_beams > 1:
         return beam_search(model, prompt, cfg, tokenizer=tokenizer, **kwargs)
     steps = list(decode_steps(model, prompt, cfg, tokenizer=tokenizer, **kwargs))
@@ -221,7 +222,7 @@ def stream(model, tokenizer, input_ids, attention_mask=None, skip_special_tokens
     prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
     if prompt.input_ids.shape[0] != 1:
         raise InputError(f"stream() takes one prompt, got a batch of {prompt.input_ids.shape[0]}")
-    prepare_decode(model, 1, cfg.prepack)
+    prepare_decode(model, 1, cfg.prepack, cfg.gemv)
     reply = StopTokens(tokenizer, cfg.stop_strings, skip_special_tokens)   # the text shown, cut where generate's stops
     for nxt in decode_steps(model, prompt, replace(cfg, stop_strings=()), tokenizer=tokenizer, **kwargs):
         delta = reply.push(int(nxt[0]))

@@ -31,8 +31,10 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError
+from ocellus.infer.gemv_decode import attach_gemv, detach_gemv
 from ocellus.infer.packed_member import fused_bias, fusion_plan, pack_groups, PackedMember, unpack_all
 from ocellus.infer.prepack_int8 import int8_groups, pack_int8_linears, unpack_int8_linears
+from ocellus.kernels.gemv import kernel
 from ocellus.nn.attention import Attention
 from ocellus.nn.mlp import SwiGLU
 
@@ -222,10 +224,19 @@ def unpack_linears(model: nn.Module) -> nn.Module:
     return unpack_all(model, PackedLinear)
 
 
-def prepare_decode(model: nn.Module, batch_size: int, prepack: bool = True) -> None:
-    """The default decode path (generate, stream, the batch engine): prepacked fused weights on CPU for a
-    model in eval mode, for `batch_size` rows; prepack=False decodes with plain weights (unpacks). A model
-    in training mode is left as it is (its next training step would unpack again)."""
+def prepare_decode(model: nn.Module, batch_size: int, prepack: bool = True, gemv: bool | None = None) -> None:
+    """The default decode path (generate, stream, the batch engine) for a model in eval mode, for `batch_size`
+    rows: at batch 1 the float linears run the compiled GEMV on their own weights (infer/gemv_decode.py) where
+    it builds here, else (and at batch > 1) prepacked fused weights on CPU; int8 layers pack for their kernel
+    either way. gemv: None the kernel where it builds, True the kernel at batch 1 (int8 layers too: exact float
+    activations instead of fbgemm's quantized ones) or ConfigError saying why not, False never. prepack=False
+    decodes with plain weights (unpacks, no kernel). A model in training mode is left as it is (its next training step would unpack again; the GEMV steps aside for a gradient)."""
+    if prepack and not model.training and batch_size == 1 and gemv is not False and kernel(required=bool(gemv)):
+        unpack_all(model, PackedLinear)                  # the kernel reads the plain weights in place
+        attach_gemv(model, FUSED)
+        pack_int8_linears(model, FUSED, strict=False, gemv=bool(gemv))   # int8 through the kernel: asked for only
+        return
+    detach_gemv(model)
     if not prepack:
         unpack_linears(model)
     elif not model.training and prepack_available():

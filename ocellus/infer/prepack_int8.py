@@ -8,7 +8,10 @@ gate/up along the output into one Int8Group (their per-channel codes [sum out, i
 A group holds its weights in the form its activations' kernel reads (nn/quant.kernel_for), made once:
   - float32 ("dynamic"): fbgemm's packed matrix (`quantized.linear_prepack` of the stacked codes and scales);
   - bfloat16 ("int8pack", and "int8pack_bf16": fp32 activations where fbgemm is missing): the stacked codes,
-    their scales in bf16 beside the fp32 ones.
+    their scales in bf16 beside the fp32 ones;
+  - "gemv" (opt-in: `gemv=True`, GenerationConfig.gemv=True at batch 1): the stacked codes and fp32 scales read by
+    the compiled kernel (kernels/gemv.py) for every call, the activations unquantized (float32 sums of the codes
+    times x, the scale after: the written-out product to float rounding, not fbgemm's 7-bit activation codes).
 Same numbers as the members run one by one: the members read the same x, so fbgemm quantizes it to the same
 per-tensor codes once instead of once per member, and every output column is the same integer sum scaled by
 the same two scales (int8pack: the same fp32 sums of the same bf16 products); the fused output equals the
@@ -32,6 +35,7 @@ from torch import nn
 
 from ocellus.errors import ConfigError
 from ocellus.infer.packed_member import fused_bias, fusion_plan, pack_groups, PackedMember, unpack_all
+from ocellus.kernels.gemv import kernel
 from ocellus.nn.quant import Int8Linear, decoder_scope, kernel_for
 
 BUFFERS = ("weight", "weight_scale")
@@ -91,6 +95,8 @@ class Int8Group:
         elif kind in ("int8pack", "int8pack_bf16"):
             self.packed, self.codes, self.scale = None, codes, scale
             self.scale_lp = scale.to(torch.bfloat16)                 # what the kernel takes (x's dtype: bf16)
+        elif kind == "gemv":
+            self.packed, self.codes, self.scale, self.scale_lp = None, codes, scale, None
         else:
             raise ConfigError(f"no CPU int8 kernel form {kind!r} to pack for (nn/quant.kernel_for)")
         self.kind = kind
@@ -160,6 +166,11 @@ class Int8Group:
     def run(self, x: torch.Tensor) -> torch.Tensor | None:
         """x [..., in] -> [..., sum out]: one kernel call on the stacked matrix; None where no CPU kernel takes x
         (its dtype or device: the caller unpacks and runs the members)."""
+        if self.kind == "gemv" and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+            y = kernel(required=True).gemv(x.reshape(-1, self.in_features), [self.codes], [self.scale])
+            b = self._fused_bias()
+            y = y.view(*x.shape[:-1], y.shape[-1])
+            return y if b is None else y + b.to(y.dtype)
         kind = kernel_for(x, self.in_features)
         if kind != self.kind:
             if kind is None:
@@ -246,16 +257,19 @@ def _problem(m: Int8Linear, kind: str | None, dtype: torch.dtype | None) -> str 
     return None
 
 
-def _plan(model: nn.Module, fused: dict, strict: bool):
+def _plan(model: nn.Module, fused: dict, strict: bool, gemv: bool = False):
     """[(members, owner, hook, kind)]: the int8 groups to pack. An Attention's q/k/v and a SwiGLU's gate/up
     (`fused`: owner type -> (hook, member names), infer/prepack.FUSED) are one group when all are packable
     Int8Linears alike (input width, all or none with a bias of one dtype) without hooks of their own (a fused
     call would skip them); every other packable Int8Linear is a group alone. strict: an Int8Linear that cannot
-    be packed here (device, activation dtype) is an error (ConfigError), else it stays as it is."""
+    be packed here (device, activation dtype) is an error (ConfigError), else it stays as it is. gemv: the
+    compiled kernel's form for float32 / bfloat16 activations."""
     dtype = _activation_dtype(model)
     probe = {}
 
     def kind_of(m) -> str | None:
+        if gemv and dtype in (torch.float32, torch.bfloat16):
+            return "gemv"
         if m.in_features not in probe:
             x = torch.empty(0, m.in_features, dtype=dtype) if dtype is not None else None
             probe[m.in_features] = None if x is None else kernel_for(x, m.in_features)
@@ -276,12 +290,13 @@ def _plan(model: nn.Module, fused: dict, strict: bool):
     return [(members, owner, hook, kind_of(members[0])) for members, owner, hook in fusion_plan(model, fused, packable, alike)]
 
 
-def pack_int8_linears(model: nn.Module, fused: dict, strict: bool = True) -> nn.Module:
+def pack_int8_linears(model: nn.Module, fused: dict, strict: bool = True, gemv: bool = False) -> nn.Module:
     """Pack `model`'s Int8Linears (in place): fused q|k|v and gate|up (`fused`: infer/prepack.FUSED), every
-    other Int8Linear alone, each the only copy of its codes, in the form the model's activations take. Packed
-    the same way already: nothing to do. A model without Int8Linears: nothing to do. Returns the model."""
-    # packed already this way: kept (a dtype change repacks in run)
-    pack_groups(_plan(model, fused, strict), PackedInt8Linear, lambda g: True,
+    other Int8Linear alone, each the only copy of its codes, in the form the model's activations take (gemv:
+    the compiled kernel's, Int8Group). Packed the same way already: nothing to do. A model without
+    Int8Linears: nothing to do. Returns the model."""
+    # packed already this way: kept (a dtype change repacks in run); into or out of the kernel's form: repacked
+    pack_groups(_plan(model, fused, strict, gemv), PackedInt8Linear, lambda g: (g.kind == "gemv") == gemv,
                 lambda members, owner, hook, kind: Int8Group(members, kind, owner, hook))
     return model
 

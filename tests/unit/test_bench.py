@@ -47,3 +47,16 @@ def test_the_roofline_reads_each_linear_weight_once():
     tensors = read_tensors(plain_weights(model))
     linear = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert len(tensors) == 2 * 7 + 1 and sum(t.numel() for t in tensors) == sum(w.numel() for w in linear)
+
+
+def test_gemv_ab_times_ours_without_the_kernel_in_the_same_rounds(tmp_path, capsys):
+    """`--gemv-ab`: each row also holds ours without the compiled GEMV (`--no-gemv`'s path), its ids and the ratio."""
+    import json
+    out = tmp_path / "rows.json"
+    assert main_decode(["--quick", "--dtypes", "fp32", "--batches", "1", "--workdir", str(tmp_path), "--gemv-ab",
+                        "--json", str(out)]) == 0
+    (r,) = json.loads(out.read_text())
+    assert r["ocellus_nogemv"] > 0 and math.isclose(r["gemv_x"], r["ocellus"] / r["ocellus_nogemv"])
+    assert math.isclose(r["of_roofline_nogemv"], r["ocellus_nogemv"] / r["roofline"])
+    assert r["same_tokens_nogemv"] is True                 # fp32: the kernel's ids are the plain path's
+    assert "without the compiled GEMV" in capsys.readouterr().out

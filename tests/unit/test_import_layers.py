@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "ocellus"
 
 # Low to high: a module may import its own layer and any layer to its left.
-LAYERS = ("errors", "nn", "hub", "data", "infer", "models", "families", "viz", "eval", "train", "serve", "cli/api")
+LAYERS = ("errors", "kernels", "nn", "hub", "data", "infer", "models", "families", "viz", "eval", "train", "serve",
+          "cli/api")
 # the public API and the commands: the package root and its top-level modules
 TOP_MODULES = frozenset({"ocellus", "ocellus.cli", "ocellus.chat", "ocellus.demo", "ocellus.bench",
                          "ocellus.bench_vlm", "ocellus.bench_llamacpp", "ocellus.bench_serve", "ocellus.compare"})
@@ -260,8 +261,8 @@ def test_registry_names_modules_of_the_model_layers():
 
 def test_loading_a_llama_imports_only_what_a_llama_needs(tmp_path):
     """`ocellus.load` of a Llama dir, in a fresh interpreter: the decoder, its family's folder
-    (models/families/decoder/) and what they use (nn, hub, the generation engine), no other family, vision,
-    contrastive, training, evaluation or serving code."""
+    (models/families/decoder/) and what they use (nn, hub, the generation engine and its compiled kernels), no
+    other family, vision, contrastive, training, evaluation or serving code."""
     import subprocess
     import sys
 
@@ -275,7 +276,8 @@ def test_loading_a_llama_imports_only_what_a_llama_needs(tmp_path):
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert "ocellus.models.text.decoder" in loaded
     own = ("ocellus.models.families", "ocellus.models.families.decoder", "ocellus.models.families.decoder.checkpoint")
-    wrong = [m for m in loaded if m not in own and (layer_of(m) not in ("errors", "nn", "hub", "infer", "models")
+    wanted = ("errors", "kernels", "nn", "hub", "infer", "models")
+    wrong = [m for m in loaded if m not in own and (layer_of(m) not in wanted
              or m.startswith(("ocellus.models.families", "ocellus.models.contrastive", "ocellus.models.vision")))]
     assert not wrong, f"a Llama load imports {wrong}"
 
