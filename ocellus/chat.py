@@ -29,7 +29,6 @@ opened by models/unified/checkpoint.load_unified): a turn with an image is answe
 """
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -154,9 +153,8 @@ class ChatSession:
     def _beam_reply(self, batch: dict, extra: dict, generation: dict) -> Iterator[str]:
         """Beam search picks its reply only at the end, so the reply comes as one piece: the best hypothesis,
         its ids already cut before the processor's and the user's stop strings (infer/beam.py)."""
-        from ocellus.infer.generate import generate   # lazy, as stream above
-        # the model's own generate where it has one: it refuses beams it cannot search (Qwen2-VL's packed patches)
-        run = getattr(self.model, "generate", None) or partial(generate, self.model)
+        from ocellus.infer.generate import models_generate   # lazy, as stream above
+        run = models_generate(self.model)   # the model's own: it refuses beams it cannot search
         ids = batch["input_ids"]                                                          # [1, T]
         out = run(ids, batch.get("attention_mask"), tokenizer=self.tokenizer, **extra, **generation)
         text = self.tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)

@@ -124,7 +124,7 @@ def _load_model(path, args):
 def cmd_generate(args) -> int:
     # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
-    from ocellus.infer.generate import stream
+    from ocellus.infer.generate import models_generate, stream
     from ocellus.infer.stop_text import reply_stops
 
     model = _load_model(args.model, args)
@@ -133,7 +133,7 @@ def cmd_generate(args) -> int:
     kw = {**_generation_kwargs(args), "stop_strings": reply_stops(processor, args.stop)}   # the template's too
     if args.num_beams > 1:   # beam search ends each hypothesis before a stop string itself (infer/beam.py)
         # the model's own generate: it refuses what it cannot beam-search (Qwen2-VL's packed patches, ...)
-        out = model.generate(ids, tokenizer=tok, num_beams=args.num_beams, **kw, **extra)
+        out = models_generate(model)(ids, tokenizer=tok, num_beams=args.num_beams, **kw, **extra)
         print(tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True))
         return 0
     for delta in stream(model, tok, ids, **kw, **extra):

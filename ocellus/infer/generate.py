@@ -210,6 +210,14 @@ def generate(model, input_ids, attention_mask=None, *, tokenizer=None, **kwargs)
     return torch.cat([prompt.input_ids, torch.stack(steps, dim=1)], dim=1)
 
 
+def models_generate(model):
+    """The model's own generate where it has one (a VLM's refuses settings it cannot serve: beams over
+    Qwen2-VL's packed patches, over a Flamingo row of several images), else this engine's, on the model."""
+    own = getattr(model, "generate", None)
+    return own if own is not None else (lambda input_ids, attention_mask=None, **kw:
+                                        generate(model, input_ids, attention_mask, **kw))
+
+
 def stream(model, tokenizer, input_ids, attention_mask=None, skip_special_tokens: bool = True,
            **kwargs) -> Iterator[str]:
     """Text deltas of one prompt's continuation, as they are generated. Stops at eos (not

@@ -6,15 +6,14 @@ an eos-ended reply of its kept tokens: the running score (the stop string's toke
 BPE text; the stop strings are pieces of its own stop-free answer."""
 import pytest
 import torch
-from tokenizers import Tokenizer as RawTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError
 from ocellus.infer.beam import beam_search
 from ocellus.infer.generate import GenerationConfig, prepare_prompt
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.nn.rope import RopeConfig
+
+from _byte_bpe import byte_bpe_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,13 +24,7 @@ ASCII = [chr(c) for c in range(33, 127)] + ["Ġ"]   # printable ASCII and byte-l
 
 @pytest.fixture(scope="module")
 def tok():
-    raw = RawTokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(["a red circle###Human: and a blue square ## # b"] * 20,
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "</s>"],
-                                                initial_alphabet=ASCII))
-    return Tokenizer(raw, special_tokens={"eos_token": "</s>", "pad_token": "<pad>"})
+    return byte_bpe_tokenizer(["<pad>", "</s>"], ASCII)
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tokenizers import Tokenizer as RawTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import pre_tokenizers
 
 import ocellus
 from ocellus import cli
 from ocellus.chat import ChatSession
 from ocellus.data.image import image_config
 from ocellus.data.processor import Processor
-from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError
 from ocellus.infer.generate import stream
 from ocellus.infer.stop_text import StopText, cut_at_stop, reply_stops
+
+from _byte_bpe import byte_bpe_tokenizer
 
 TEMPLATE = ("{% for m in messages %}###{{ m['role'] }}: {% for p in m['content'] %}{% if p['type'] == 'text' %}"
             "{{ p['text'] }}{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %}###assistant:{% endif %}")
@@ -28,14 +28,8 @@ TEMPLATE = ("{% for m in messages %}###{{ m['role'] }}: {% for p in m['content']
 
 @pytest.fixture(scope="module")
 def tok():
-    raw = RawTokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(["a red circle###Human: and a blue square ## # b"] * 20,
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<image>"],
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return Tokenizer(raw, special_tokens={"eos_token": "</s>", "pad_token": "<pad>"}, extra_special_tokens=["<image>"],
-                     chat_templates={"default": TEMPLATE})
+    return byte_bpe_tokenizer(["<pad>", "</s>", "<image>"], pre_tokenizers.ByteLevel.alphabet(),
+                              extra_special_tokens=["<image>"], chat_templates={"default": TEMPLATE})
 
 
 class Scripted(torch.nn.Module):
