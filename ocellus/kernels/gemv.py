@@ -49,6 +49,8 @@ def build_directory() -> Path:
 def _build():
     from torch.utils.cpp_extension import load       # imports setuptools: only when a build is wanted
     where = build_directory()
+    if not (where / f"{where.name}.so").exists():
+        LOG.info("building the GEMV kernel into %s (once per source version, ~40 s on 2 cores)", where)
     where.mkdir(parents=True, exist_ok=True)
     src = where / "gemv.cpp"        # a copy at a fixed path: a checkout elsewhere with the same text reuses the build
     text = SOURCE.read_bytes()

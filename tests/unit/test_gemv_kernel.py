@@ -150,6 +150,17 @@ def test_it_steps_aside_for_gradients_many_rows_and_replaced_members(ext):
     copy.deepcopy(model)                                    # a copy decodes plainly
 
 
+def test_a_lone_linear_keeps_its_bias(ext):
+    """A Linear outside the fused groups with a bias (a projection head, a GeluMLP's fc1): the kernel's row plus it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(77, 13), nn.Linear(13, 5, bias=False))
+    x = torch.randn(1, 77)
+    with torch.no_grad():
+        want = net(x)
+        assert attach_gemv(net, FUSED) and type(net[0]) is GemvLinear and type(net[1]) is GemvLinear
+        torch.testing.assert_close(net(x), want, rtol=1e-5, atol=1e-6)
+
+
 def test_batch_above_one_and_no_prepack_detach_it(ext):
     model = tiny()
     prepare_decode(model, 1)
