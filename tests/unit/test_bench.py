@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from ocellus.bench import HEADER, bench_decode, format_table, main_decode, plain_weights, read_tensors
+from ocellus.bench import HEADER, bench_decode, format_table, main_decode, plain_weights, read_tensors, streamed
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 
 
@@ -47,6 +47,29 @@ def test_the_roofline_reads_each_linear_weight_once():
     tensors = read_tensors(plain_weights(model))
     linear = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert len(tensors) == 2 * 7 + 1 and sum(t.numel() for t in tensors) == sum(w.numel() for w in linear)
+
+
+def test_int8_weights_are_streamed_as_the_same_bytes_in_float32():
+    """The roofline's read of int8 codes goes through a float32 view of the same storage (an int8 `.sum()` is an
+    integer reduction far below the memory's rate); float tensors and byte counts not divisible by 4 stay as
+    they are."""
+    codes = torch.randint(-128, 127, (64, 36), dtype=torch.int8)
+    view = streamed(codes)
+    assert view.dtype == torch.float32 and view.data_ptr() == codes.data_ptr()
+    assert view.numel() * 4 == codes.numel() and torch.equal(view.view(torch.int8).view(64, 36), codes)
+    weight = torch.randn(8, 8)
+    assert streamed(weight) is weight
+    odd = torch.zeros(3, 3, dtype=torch.int8)
+    assert streamed(odd) is odd
+
+
+def test_the_roofline_read_pass_streams_int8_codes_as_float32(monkeypatch):
+    import ocellus.bench as bench
+    summed = []
+    real_sum = torch.Tensor.sum
+    monkeypatch.setattr(torch.Tensor, "sum", lambda t, *a, **k: summed.append(t.dtype) or real_sum(t, *a, **k))
+    bench.read_seconds([torch.zeros(64, 36, dtype=torch.int8), torch.zeros(4, 4)], passes=1)
+    assert set(summed) == {torch.float32}
 
 
 def test_gemv_ab_times_ours_without_the_kernel_in_the_same_rounds(tmp_path, capsys):
