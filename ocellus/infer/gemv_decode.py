@@ -20,7 +20,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.infer.packed_member import fused_bias, fusion_plan
-from ocellus.kernels.gemv import kernel
+from ocellus.kernels.gemv import gemv, kernel
 
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -36,8 +36,8 @@ class GemvGroup:
     weights: the owner's `hook` while attached. A member replaced in its owner since (LoRA injection, int8
     quantization) turns the hook off: the owner's layers run as they are."""
 
-    def __init__(self, members, owner: nn.Module, hook: str, names: tuple[str, ...], ext):
-        self.members, self.owner, self.hook, self.names, self.ext = tuple(members), owner, hook, names, ext
+    def __init__(self, members, owner: nn.Module, hook: str, names: tuple[str, ...]):
+        self.members, self.owner, self.hook, self.names = tuple(members), owner, hook, names
         self.bias, self._bias_key = None, None
         setattr(owner, hook, self)
 
@@ -50,7 +50,7 @@ class GemvGroup:
         ws = [m.weight for m in self.members]
         if not _takes(x, ws[0]) or any(w.dtype != ws[0].dtype or not w.is_contiguous() for w in ws):
             return torch.cat([m(x) for m in self.members], dim=-1)
-        y = self.ext.gemv(x.reshape(1, -1), ws, []).view(*x.shape[:-1], -1)
+        y = gemv(x, ws)
         b = fused_bias(self, [m.bias for m in self.members])
         return y if b is None else y + b
 
@@ -66,7 +66,7 @@ class GemvLinear(nn.Linear):
         w = self.weight
         if not _takes(x, w) or not w.is_contiguous():
             return F.linear(x, w, self.bias)
-        y = kernel().gemv(x.reshape(1, -1), [w], []).view(*x.shape[:-1], -1)
+        y = gemv(x, [w])
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
@@ -80,8 +80,7 @@ def attach_gemv(model: nn.Module, fused: dict, required: bool = False) -> bool:
     """Route `model`'s plain float32 / bfloat16 CPU linears through the compiled GEMV at one row per call (the
     module docstring); `fused`: owner type -> (hook, member names) (infer/prepack.FUSED). -> whether attached:
     False when the kernel cannot be built here (required=True: ConfigError saying why)."""
-    ext = kernel(required=required)
-    if ext is None:
+    if kernel(required=required) is None:
         return False
 
     def takes(m) -> bool:
@@ -95,7 +94,7 @@ def attach_gemv(model: nn.Module, fused: dict, required: bool = False) -> bool:
         if owner is None:
             members[0].__class__ = GemvLinear
         else:
-            GemvGroup(members, owner, hook, fused[type(owner)][1], ext)
+            GemvGroup(members, owner, hook, fused[type(owner)][1])
     return True
 
 

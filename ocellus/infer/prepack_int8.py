@@ -35,7 +35,7 @@ from torch import nn
 
 from ocellus.errors import ConfigError
 from ocellus.infer.packed_member import fused_bias, fusion_plan, pack_groups, PackedMember, unpack_all
-from ocellus.kernels.gemv import kernel
+from ocellus.kernels.gemv import gemv
 from ocellus.nn.quant import Int8Linear, decoder_scope, kernel_for
 
 BUFFERS = ("weight", "weight_scale")
@@ -167,9 +167,7 @@ class Int8Group:
         """x [..., in] -> [..., sum out]: one kernel call on the stacked matrix; None where no CPU kernel takes x
         (its dtype or device: the caller unpacks and runs the members)."""
         if self.kind == "gemv" and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
-            y = kernel(required=True).gemv(x.reshape(-1, self.in_features), [self.codes], [self.scale])
-            b = self._fused_bias()
-            y = y.view(*x.shape[:-1], y.shape[-1])
+            y, b = gemv(x, [self.codes], [self.scale]), self._fused_bias()
             return y if b is None else y + b.to(y.dtype)
         kind = kernel_for(x, self.in_features)
         if kind != self.kind:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ocellus.errors import ConfigError
-from ocellus.infer import prepack
+from ocellus.infer import gemv_decode, prepack
 from ocellus.infer.gemv_decode import GemvGroup, GemvLinear, attach_gemv, detach_gemv, gemv_attached
 from ocellus.infer.prepack import FUSED, PackedLinear, prepare_decode, weight_bytes
 from ocellus.infer.prepack_int8 import int8_groups
@@ -139,6 +139,17 @@ def test_it_steps_aside_for_gradients_many_rows_and_replaced_members(ext):
     with torch.no_grad():
         torch.testing.assert_close(attn.fused_qkv(rows), torch.cat([attn.q_proj(rows), attn.k_proj(rows),
                                                                      attn.v_proj(rows)], dim=-1))
+    calls = []                                              # a prefill's rows stay ATen's GEMM: the kernel not called
+    real = gemv_decode.gemv
+    gemv_decode.gemv = lambda *a: calls.append(a) or real(*a)
+    try:
+        with torch.no_grad():
+            attn.fused_qkv(rows), head(rows)
+            assert calls == []
+            attn.fused_qkv(rows[:1]), head(rows[:1])
+            assert len(calls) == 2
+    finally:
+        gemv_decode.gemv = real
     inject_lora(model, [r"layers\.0\.self_attn\.[qkv]_proj"], rank=2, alpha=4)      # the hook's members replaced
     with torch.no_grad():
         for n in ("q_proj", "k_proj", "v_proj"):
