@@ -21,7 +21,9 @@ import torch
 
 from ocellus.errors import ConfigError
 
-SOURCE = Path(__file__).with_name("gemv.cpp")
+HERE = Path(__file__).parent
+SOURCES = ("gemv.cpp", "decode_step.cpp")    # one extension: the GEMV and the whole decode step (decode_step.cpp)
+FILES = SOURCES + ("gemv_rows.h",)           # and the row kernels both include
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 LOG = logging.getLogger(__name__)
@@ -42,7 +44,8 @@ def unavailable_reason() -> str | None:
 def build_directory() -> Path:
     """Where this source text and these flags build: torch's extension cache, one folder per hash of both."""
     from torch.utils.cpp_extension import get_default_build_root   # torch's own cache root
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS + LDFLAGS).encode()).hexdigest()[:16]
+    text = b"".join((HERE / f).read_bytes() for f in FILES)
+    digest = hashlib.sha256(text + " ".join(CFLAGS + LDFLAGS).encode()).hexdigest()[:16]
     return Path(get_default_build_root()) / f"ocellus_gemv_{digest}"
 
 
@@ -52,13 +55,13 @@ def _build():
     if not (where / f"{where.name}.so").exists():
         LOG.info("building the GEMV kernel into %s (once per source version, ~40 s on 2 cores)", where)
     where.mkdir(parents=True, exist_ok=True)
-    src = where / "gemv.cpp"        # a copy at a fixed path: a checkout elsewhere with the same text reuses the build
-    text = SOURCE.read_bytes()
-    if not src.exists() or src.read_bytes() != text:
-        src.write_bytes(text)
+    for f in FILES:                 # copies at a fixed path: a checkout elsewhere with the same text reuses the build
+        text = (HERE / f).read_bytes()
+        if not (where / f).exists() or (where / f).read_bytes() != text:
+            (where / f).write_bytes(text)
     # copies: torch appends to the flag lists it is given (the hash above must see ours unchanged)
-    return load(name=where.name, sources=[str(src)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
-                build_directory=str(where), verbose=False)
+    return load(name=where.name, sources=[str(where / f) for f in SOURCES], extra_cflags=list(CFLAGS),
+                extra_ldflags=list(LDFLAGS), build_directory=str(where), verbose=False)
 
 
 def kernel(required: bool = False):

@@ -221,6 +221,12 @@ class CausalLMBase(nn.Module):
 
 
 class DecoderLM(CausalLMBase):
+    # While infer/fused_decode.py attaches it (batch-1 decoding on CPU): (x [1, 1, D], position_ids [1, 1], cache)
+    # -> (hidden [1, 1, D], logits [1, 1, V]) for every layer, the final norm and the lm_head in one compiled call,
+    # or None (the layers run as written). It runs layers of type `fused_layer` only.
+    fused_decode = None
+    fused_layer = DecoderLayer
+
     def __init__(self, cfg: DecoderConfig):
         super().__init__(cfg, DecoderLayer)
         section = cfg.rope.params.get("mrope_section")  # Qwen2-VL: position_ids may be [3, B, T] (nn/mrope.py)
@@ -255,6 +261,13 @@ class DecoderLM(CausalLMBase):
         its blocks there, between frozen layers."""
         x, past, position_ids = self._start(input_ids, inputs_embeds, position_ids, cache, unused)  # [B, T, D]
         B, T, _ = x.shape
+        if (self.fused_decode is not None and B == T == 1 and cache is not None and labels is None
+                and before_layer is None and document_ids is None and position_ids.dim() == 2
+                and (attention_mask is None or bool(attention_mask.all()))):
+            out = self.fused_decode(x, position_ids, cache)                         # one token, every layer
+            if out is not None:
+                cache.advance(1)
+                return CausalLMOutput(hidden_states=out[0], logits=out[1])
         if position_ids.dim() == 3:  # M-RoPE: (temporal, height, width) ids, one frequency band each
             if self.mrope_section is None or position_ids.shape[0] != 3:
                 raise InputError(f"position_ids of shape {tuple(position_ids.shape)}: [3, B, T] M-RoPE ids need a "

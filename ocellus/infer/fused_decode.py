@@ -1,0 +1,142 @@
+"""Batch-1 CPU decoding with the whole step compiled: every layer, the final norm and the lm_head in one call.
+
+Run layer by layer, a decode step of a small decoder spends a quarter of its time outside the weight reads (~25
+small ATen ops a layer, each a dispatch, an allocation and a thread hand-off; docs/BENCHMARKS.md, issue 21).
+`attach_fused_decode(model)` gives each pre-norm decoder in `model` (models/text/decoder.py DecoderLM: its
+`fused_decode` hook) a FusedDecode: at batch 1, one new token, a KV cache, no padding mask, no per-layer hook
+(`before_layer`) and no gradient wanted, the decoder's forward hands the token's embedding to the compiled step
+(kernels/decode_step.cpp), which reads the model's own weights where they are (no copy) and writes the cache
+as the layers would. Anything else runs the layers as written. prepare_decode (infer/prepack.py) attaches it
+with the compiled GEMV (the default at batch 1 on CPU); `detach_fused_decode` takes it off.
+
+What it runs: float32 or bfloat16 weights, all linears plain (nn.Linear or the GEMV's GemvLinear: not LoRA, not
+int8), SwiGLU with SiLU, RMSNorm, RoPE over the first R <= head_dim dims (any frequency scaling: the cos / sin
+come from the model's own rotary embedding each step). The step checks before each call that every module it
+read is still in place (a LoRA injection or quantization replaces them) and, in C++, that every weight keeps
+its dtype, shape and layout; otherwise it detaches itself and the layers run as written.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ocellus.infer.gemv_decode import GemvLinear
+from ocellus.kernels.gemv import kernel
+from ocellus.nn.attention import Attention
+from ocellus.nn.kv_cache import StaticKVCache
+from ocellus.nn.mlp import SwiGLU
+from ocellus.nn.norms import RMSNorm
+
+DTYPES = (torch.float32, torch.bfloat16)
+LINEARS = (nn.Linear, GemvLinear)
+
+
+def _why_not(model: nn.Module) -> str | None:
+    """Why the compiled step cannot run `model` (a DecoderLM), None when it can."""
+    layers = list(model.layers)
+    if not layers or any(type(layer) is not model.fused_layer for layer in layers):
+        return "its layers are not all the plain pre-norm decoder layer"
+    # types before weights: reading `.weight` of a packed layer (int8, oneDNN) unpacks it
+    if type(model.lm_head) not in LINEARS or model.lm_head.bias is not None or type(model.norm) is not RMSNorm:
+        return "its lm_head or final norm is not plain"
+    dtype = model.lm_head.weight.dtype
+    if dtype not in DTYPES:
+        return f"weights in {dtype}"
+    for i, layer in enumerate(layers):
+        a, m = layer.self_attn, layer.mlp
+        if type(a) is not Attention or type(m) is not SwiGLU or m.act is not F.silu:
+            return f"layer {i}: not GQA attention + SwiGLU (SiLU)"
+        if type(layer.input_layernorm) is not RMSNorm or type(layer.post_attention_layernorm) is not RMSNorm:
+            return f"layer {i}: not RMSNorm"
+        linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
+        if any(type(lin) not in LINEARS for lin in linears):
+            return f"layer {i}: a linear that is not a plain nn.Linear (LoRA, int8, packed)"
+        if any(lin.weight.dtype != dtype or lin.weight.device.type != "cpu" for lin in linears):
+            return f"layer {i}: a linear whose weight is not {dtype} on CPU"
+    norms = [n for layer in layers for n in (layer.input_layernorm, layer.post_attention_layernorm)] + [model.norm]
+    if any(n.weight.dtype != dtype for n in norms):
+        return f"norm weights not in {dtype}"
+    eps = {n.eps for layer in layers for n in (layer.input_layernorm, layer.post_attention_layernorm)} | {model.norm.eps}
+    if len(eps) > 1:
+        return "norms with different eps"
+    return None
+
+
+def _empty(dtype) -> torch.Tensor:
+    return torch.empty(0, dtype=dtype)
+
+
+class FusedDecode:
+    """A DecoderLM's `fused_decode` hook: (x [1, 1, D], position_ids [1, 1], cache) -> (hidden [1, 1, D],
+    logits [1, 1, V]) through the compiled step, or None (the caller runs the layers as written)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        dtype = model.lm_head.weight.dtype
+        self.watched = []                   # (parent's _modules, name, module): each must stay in place
+        layers = []
+        for layer in model.layers:
+            a, m = layer.self_attn, layer.mlp
+            for parent, names in ((layer, ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")),
+                                  (a, ("q_proj", "k_proj", "v_proj", "o_proj")),
+                                  (m, ("gate_proj", "up_proj", "down_proj"))):
+                self.watched += [(parent._modules, n, parent._modules[n]) for n in names]
+
+            def bias(lin):
+                return _empty(dtype) if lin.bias is None else lin.bias
+            layers.append([layer.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight,
+                           bias(a.q_proj), bias(a.k_proj), bias(a.v_proj), a.o_proj.weight, bias(a.o_proj),
+                           layer.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight,
+                           m.down_proj.weight, bias(m.gate_proj), bias(m.up_proj), bias(m.down_proj)])
+        self.watched += [(model._modules, n, model._modules[n]) for n in ("norm", "lm_head")]
+        a = model.layers[0].self_attn
+        self.step = kernel(required=True).DecodeStep(layers, model.norm.weight, model.lm_head.weight, a.num_heads,
+                                                     a.num_kv_heads, a.head_dim, float(model.norm.eps))
+
+    def __call__(self, x: torch.Tensor, position_ids: torch.Tensor, cache):
+        model = self.model
+        if model.training or torch.is_grad_enabled() or type(cache) is not StaticKVCache \
+                or x.dtype != model.lm_head.weight.dtype:
+            return None
+        if any(d.get(n) is not m for d, n, m in self.watched):
+            return self._off()
+        cos, sin = model.rotary_emb(position_ids, dtype=x.dtype)                   # [1, 1, R]
+        try:
+            h, logits = self.step.step(x.contiguous(), cos, sin, cache.k, cache.v, cache.length)
+        except RuntimeError as e:
+            if "stale decode step" not in str(e):
+                raise
+            return self._off()
+        return h, logits
+
+    def __deepcopy__(self, memo):
+        """Reached through the decoder's hook: the copy runs its layers until its own attach_fused_decode."""
+        return None
+
+    def _off(self):
+        """A module was replaced or a weight changed form since the plan was made: the layers run from now on."""
+        self.model.fused_decode = None
+        return None
+
+
+def attach_fused_decode(model: nn.Module) -> int:
+    """Give every decoder in `model` that the compiled step can run its FusedDecode (replacing an older one: the
+    weights are read again). -> how many were attached (0 when the kernel cannot be built here)."""
+    if kernel() is None:
+        return 0
+    n = 0
+    for m in model.modules():
+        if "fused_decode" in dir(type(m)) and hasattr(m, "fused_layer"):
+            m.fused_decode = None
+            if not m.training and _why_not(m) is None:
+                m.fused_decode = FusedDecode(m)
+                n += 1
+    return n
+
+
+def detach_fused_decode(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(getattr(m, "fused_decode", None), FusedDecode):
+            m.fused_decode = None
+    return model
