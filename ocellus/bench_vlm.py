@@ -174,7 +174,7 @@ def _time_train_steps(ours, ref, inputs: dict, steps: int, repeats: int, what: s
     device = next(ours.parameters()).device.type
     autocast(precision, device)    # fp16 / unknown: the Trainer's refusal, before anything is timed
 
-    first_loss = {}    # each side's first loss (same weights, same inputs): shows the autocast each ran under
+    first_loss, first_dtype = {}, {}    # each side's first loss (same weights, same inputs) and its logits' dtype
 
     def stepper(name, model):
         model.train()
@@ -182,7 +182,11 @@ def _time_train_steps(ours, ref, inputs: dict, steps: int, repeats: int, what: s
 
         def step():
             with autocast(precision, device):
-                loss = model(**inputs).loss
+                out = model(**inputs)
+                loss = out.loss
+                if name not in first_dtype:     # the logits' dtype: what the autocast ran the matmuls in (ours makes
+                    with torch.no_grad():       # them on request, so here, inside the autocast; warm-up only)
+                        first_dtype[name] = str(out.logits.dtype).removeprefix("torch.")
             if name not in first_loss:
                 first_loss[name] = loss.item()
             loss.backward()
@@ -211,7 +215,8 @@ def _time_train_steps(ours, ref, inputs: dict, steps: int, repeats: int, what: s
            "ratio": t_ref / t_ours,
            "tokens_per_s_ours": tokens / t_ours, "tokens_per_s_ref": tokens / t_ref,
            "peak_rss_mb_ours": mem_ours, "peak_rss_mb_ref": mem_ref,
-           "first_loss_ours": first_loss["ours"], "first_loss_ref": first_loss["ref"]}
+           "first_loss_ours": first_loss["ours"], "first_loss_ref": first_loss["ref"],
+           "logits_dtype_ours": first_dtype["ours"], "logits_dtype_ref": first_dtype["ref"]}
     printer(f"tiny LLaVA training step ({precision}, batch {batch}, {inputs['input_ids'].shape[1]} tokens, AdamW; "
             f"{what}): ours "
             f"{row['samples_per_s_ours']:.1f} samples/s ({row['tokens_per_s_ours']:.0f} tok/s), transformers "

@@ -9,9 +9,11 @@ small ATen ops a layer, each a dispatch, an allocation and a thread hand-off; do
 as the layers would. Anything else runs the layers as written. prepare_decode (infer/prepack.py) attaches it
 with the compiled GEMV (the default at batch 1 on CPU); `detach_fused_decode` takes it off.
 
-What it runs: float32 or bfloat16 weights, all linears plain (nn.Linear or the GEMV's GemvLinear: not LoRA, not
-int8), SwiGLU with SiLU, RMSNorm, RoPE over the first R <= head_dim dims (any frequency scaling: the cos / sin
-come from the model's own rotary embedding each step). The step checks before each call that every module it
+What it runs: float32 or bfloat16 activations; weights all plain float linears of that dtype (nn.Linear or the
+GEMV's GemvLinear) or all int8 (nn/quant.py Int8Linear: codes with a float32 scale per row, the activations
+unquantized: the compiled GEMV's int8 form, infer/prepack_int8.py "gemv"); not LoRA; SwiGLU with SiLU, RMSNorm,
+RoPE over the first R <= head_dim dims (any frequency scaling: the cos / sin come from the model's own rotary
+embedding each step). An int8 decoder it runs is left unpacked (prepare_decode packs the other int8 layers). The step checks before each call that every module it
 read is still in place (a LoRA injection or quantization replaces them) and, in C++, that every weight keeps
 its dtype, shape and layout; otherwise it detaches itself and the layers run as written.
 """
@@ -22,14 +24,26 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.infer.gemv_decode import GemvLinear
+from ocellus.infer.prepack_int8 import PackedInt8Linear
 from ocellus.kernels.gemv import kernel
 from ocellus.nn.attention import Attention
 from ocellus.nn.kv_cache import StaticKVCache
 from ocellus.nn.mlp import SwiGLU
 from ocellus.nn.norms import RMSNorm
+from ocellus.nn.quant import Int8Linear
 
 DTYPES = (torch.float32, torch.bfloat16)
-LINEARS = (nn.Linear, GemvLinear)
+FLOAT = (nn.Linear, GemvLinear)
+INT8 = (Int8Linear, PackedInt8Linear)        # a packed one unpacks when its codes are read
+
+
+def _linears(model: nn.Module) -> list[nn.Module]:
+    """Every linear the step reads: each layer's q, k, v, o, gate, up, down, then the lm_head."""
+    out = []
+    for layer in model.layers:
+        a, m = layer.self_attn, layer.mlp
+        out += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
+    return out + [model.lm_head]
 
 
 def _why_not(model: nn.Module) -> str | None:
@@ -37,23 +51,26 @@ def _why_not(model: nn.Module) -> str | None:
     layers = list(model.layers)
     if not layers or any(type(layer) is not model.fused_layer for layer in layers):
         return "its layers are not all the plain pre-norm decoder layer"
-    # types before weights: reading `.weight` of a packed layer (int8, oneDNN) unpacks it
-    if type(model.lm_head) not in LINEARS or model.lm_head.bias is not None or type(model.norm) is not RMSNorm:
-        return "its lm_head or final norm is not plain"
-    dtype = model.lm_head.weight.dtype
-    if dtype not in DTYPES:
-        return f"weights in {dtype}"
+    if model.lm_head.bias is not None or type(model.norm) is not RMSNorm:
+        return "its lm_head has a bias or its final norm is not RMSNorm"
     for i, layer in enumerate(layers):
         a, m = layer.self_attn, layer.mlp
         if type(a) is not Attention or type(m) is not SwiGLU or m.act is not F.silu:
             return f"layer {i}: not GQA attention + SwiGLU (SiLU)"
         if type(layer.input_layernorm) is not RMSNorm or type(layer.post_attention_layernorm) is not RMSNorm:
             return f"layer {i}: not RMSNorm"
-        linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
-        if any(type(lin) not in LINEARS for lin in linears):
-            return f"layer {i}: a linear that is not a plain nn.Linear (LoRA, int8, packed)"
-        if any(lin.weight.dtype != dtype or lin.weight.device.type != "cpu" for lin in linears):
-            return f"layer {i}: a linear whose weight is not {dtype} on CPU"
+    # types before weights: reading `.weight` of a packed layer (int8, oneDNN) unpacks it
+    linears, dtype = _linears(model), model.norm.weight.dtype
+    if dtype not in DTYPES:
+        return f"activations in {dtype}"
+    kinds = {FLOAT if type(lin) in FLOAT else INT8 if type(lin) in INT8 else None for lin in linears}
+    if len(kinds) != 1 or None in kinds:
+        return "its linears are not all plain float or all int8 (LoRA, a packed or another layer)"
+    want = dtype if kinds == {FLOAT} else torch.int8
+    if any(lin.weight.dtype != want or lin.weight.device.type != "cpu" for lin in linears):
+        return f"a linear whose weight is not {want} on CPU"
+    if any(lin.bias is not None and lin.bias.dtype != dtype for lin in linears):
+        return f"a bias not in {dtype}"
     norms = [n for layer in layers for n in (layer.input_layernorm, layer.post_attention_layernorm)] + [model.norm]
     if any(n.weight.dtype != dtype for n in norms):
         return f"norm weights not in {dtype}"
@@ -63,8 +80,14 @@ def _why_not(model: nn.Module) -> str | None:
     return None
 
 
-def _empty(dtype) -> torch.Tensor:
-    return torch.empty(0, dtype=dtype)
+def _bias(lin: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The linear's bias, or an empty tensor (the step's "none")."""
+    return torch.empty(0, dtype=dtype) if lin.bias is None else lin.bias
+
+
+def _scale(lin: nn.Module) -> torch.Tensor:
+    """An int8 linear's float32 scale per output row, or an empty tensor for a float linear."""
+    return lin.weight_scale if isinstance(lin, Int8Linear) else torch.empty(0)
 
 
 class FusedDecode:
@@ -73,7 +96,7 @@ class FusedDecode:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        dtype = model.lm_head.weight.dtype
+        dtype = self.dtype = model.norm.weight.dtype           # the activations'
         self.watched = []                   # (parent's _modules, name, module): each must stay in place
         layers = []
         for layer in model.layers:
@@ -83,21 +106,22 @@ class FusedDecode:
                                   (m, ("gate_proj", "up_proj", "down_proj"))):
                 self.watched += [(parent._modules, n, parent._modules[n]) for n in names]
 
-            def bias(lin):
-                return _empty(dtype) if lin.bias is None else lin.bias
             layers.append([layer.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight,
-                           bias(a.q_proj), bias(a.k_proj), bias(a.v_proj), a.o_proj.weight, bias(a.o_proj),
-                           layer.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight,
-                           m.down_proj.weight, bias(m.gate_proj), bias(m.up_proj), bias(m.down_proj)])
+                           _bias(a.q_proj, dtype), _bias(a.k_proj, dtype), _bias(a.v_proj, dtype), a.o_proj.weight,
+                           _bias(a.o_proj, dtype), layer.post_attention_layernorm.weight, m.gate_proj.weight,
+                           m.up_proj.weight, m.down_proj.weight, _bias(m.gate_proj, dtype), _bias(m.up_proj, dtype),
+                           _bias(m.down_proj, dtype)]
+                          + [_scale(lin) for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj,
+                                                     m.down_proj)])
         self.watched += [(model._modules, n, model._modules[n]) for n in ("norm", "lm_head")]
         a = model.layers[0].self_attn
-        self.step = kernel(required=True).DecodeStep(layers, model.norm.weight, model.lm_head.weight, a.num_heads,
-                                                     a.num_kv_heads, a.head_dim, float(model.norm.eps))
+        self.step = kernel(required=True).DecodeStep(layers, model.norm.weight, model.lm_head.weight,
+                                                     _scale(model.lm_head), a.num_heads, a.num_kv_heads, a.head_dim,
+                                                     float(model.norm.eps))
 
     def __call__(self, x: torch.Tensor, position_ids: torch.Tensor, cache):
         model = self.model
-        if model.training or torch.is_grad_enabled() or type(cache) is not StaticKVCache \
-                or x.dtype != model.lm_head.weight.dtype:
+        if model.training or torch.is_grad_enabled() or type(cache) is not StaticKVCache or x.dtype != self.dtype:
             return None
         if any(d.get(n) is not m for d, n, m in self.watched):
             return self._off()
@@ -133,6 +157,12 @@ def attach_fused_decode(model: nn.Module) -> int:
                 m.fused_decode = FusedDecode(m)
                 n += 1
     return n
+
+
+def fused_modules(model: nn.Module) -> set[int]:
+    """ids of the modules the attached steps read (prepare_decode leaves their int8 layers unpacked)."""
+    return {id(m) for f in model.modules() if isinstance(getattr(f, "fused_decode", None), FusedDecode)
+            for _, _, m in f.fused_decode.watched}
 
 
 def detach_fused_decode(model: nn.Module) -> nn.Module:

@@ -31,7 +31,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ocellus.errors import ConfigError
-from ocellus.infer.fused_decode import attach_fused_decode, detach_fused_decode
+from ocellus.infer.fused_decode import attach_fused_decode, detach_fused_decode, fused_modules
 from ocellus.infer.gemv_decode import attach_gemv, detach_gemv
 from ocellus.infer.packed_member import fused_bias, fusion_plan, pack_groups, PackedMember, unpack_all
 from ocellus.infer.prepack_int8 import int8_groups, pack_int8_linears, unpack_int8_linears
@@ -235,8 +235,9 @@ def prepare_decode(model: nn.Module, batch_size: int, prepack: bool = True, gemv
     if prepack and not model.training and batch_size == 1 and gemv is not False and kernel(required=bool(gemv)):
         unpack_all(model, PackedLinear)                  # the kernel reads the plain weights in place
         attach_gemv(model, FUSED)
-        pack_int8_linears(model, FUSED, strict=False, gemv=bool(gemv))   # int8 through the kernel: asked for only
-        attach_fused_decode(model)                       # a plain decoder's whole step in one call
+        attach_fused_decode(model)                       # a plain decoder's whole step in one call (float or int8)
+        # the other int8 layers: packed for their kernels (through the GEMV: asked for only)
+        pack_int8_linears(model, FUSED, strict=False, gemv=bool(gemv), skip=fused_modules(model))
         return
     detach_gemv(model)
     detach_fused_decode(model)

@@ -255,13 +255,14 @@ def _problem(m: Int8Linear, kind: str | None, dtype: torch.dtype | None) -> str 
     return None
 
 
-def _plan(model: nn.Module, fused: dict, strict: bool, gemv: bool = False):
+def _plan(model: nn.Module, fused: dict, strict: bool, gemv: bool = False, skip: set[int] = frozenset()):
     """[(members, owner, hook, kind)]: the int8 groups to pack. An Attention's q/k/v and a SwiGLU's gate/up
     (`fused`: owner type -> (hook, member names), infer/prepack.FUSED) are one group when all are packable
     Int8Linears alike (input width, all or none with a bias of one dtype) without hooks of their own (a fused
     call would skip them); every other packable Int8Linear is a group alone. strict: an Int8Linear that cannot
     be packed here (device, activation dtype) is an error (ConfigError), else it stays as it is. gemv: the
-    compiled kernel's form for float32 / bfloat16 activations."""
+    compiled kernel's form for float32 / bfloat16 activations. skip: ids of layers left as they are (those the
+    compiled decode step reads, infer/fused_decode.py)."""
     dtype = _activation_dtype(model)
     probe = {}
 
@@ -274,7 +275,7 @@ def _plan(model: nn.Module, fused: dict, strict: bool, gemv: bool = False):
         return probe[m.in_features]
 
     def packable(m) -> bool:
-        if not isinstance(m, Int8Linear):                # Int8Linear and PackedInt8Linear
+        if not isinstance(m, Int8Linear) or id(m) in skip:   # Int8Linear and PackedInt8Linear
             return False
         problem = _problem(m, kind_of(m), dtype)
         if problem and strict:
@@ -288,13 +289,14 @@ def _plan(model: nn.Module, fused: dict, strict: bool, gemv: bool = False):
     return [(members, owner, hook, kind_of(members[0])) for members, owner, hook in fusion_plan(model, fused, packable, alike)]
 
 
-def pack_int8_linears(model: nn.Module, fused: dict, strict: bool = True, gemv: bool = False) -> nn.Module:
+def pack_int8_linears(model: nn.Module, fused: dict, strict: bool = True, gemv: bool = False,
+                      skip: set[int] = frozenset()) -> nn.Module:
     """Pack `model`'s Int8Linears (in place): fused q|k|v and gate|up (`fused`: infer/prepack.FUSED), every
     other Int8Linear alone, each the only copy of its codes, in the form the model's activations take (gemv:
     the compiled kernel's, Int8Group). Packed the same way already: nothing to do. A model without
-    Int8Linears: nothing to do. Returns the model."""
+    Int8Linears: nothing to do. skip: ids of layers to leave as they are. Returns the model."""
     # packed already this way: kept (a dtype change repacks in run); into or out of the kernel's form: repacked
-    pack_groups(_plan(model, fused, strict, gemv), PackedInt8Linear, lambda g: (g.kind == "gemv") == gemv,
+    pack_groups(_plan(model, fused, strict, gemv, skip), PackedInt8Linear, lambda g: (g.kind == "gemv") == gemv,
                 lambda members, owner, hook, kind: Int8Group(members, kind, owner, hook))
     return model
 

@@ -26,8 +26,13 @@ using namespace ocellus_gemv;
 
 namespace {
 
-// a layer's tensors, in this order; an absent bias is an empty tensor
-enum Slot { IN_NORM, WQ, WK, WV, BQ, BK, BV, WO, BO, POST_NORM, WGATE, WUP, WDOWN, BGATE, BUP, BDOWN, SLOTS };
+// a layer's tensors, in this order; an absent bias is an empty tensor, and so is a scale of float weights (int8
+// weights: codes [out, in] with one float32 scale per output row, nn/quant.py Int8Linear)
+enum Slot { IN_NORM, WQ, WK, WV, BQ, BK, BV, WO, BO, POST_NORM, WGATE, WUP, WDOWN, BGATE, BUP, BDOWN,
+            SQ, SK, SV, SO, SGATE, SUP, SDOWN, SLOTS };
+enum Kind { NORM, WEIGHT, BIAS, SCALE };
+constexpr Kind KIND[SLOTS] = {NORM, WEIGHT, WEIGHT, WEIGHT, BIAS, BIAS, BIAS, WEIGHT, BIAS, NORM, WEIGHT, WEIGHT,
+                              WEIGHT, BIAS, BIAS, BIAS, SCALE, SCALE, SCALE, SCALE, SCALE, SCALE, SCALE};
 
 template <typename T> inline float rnd(float v) { return v; }                       // the dtype's rounding
 template <> inline float rnd<at::BFloat16>(float v) { return static_cast<float>(at::BFloat16(v)); }
@@ -60,13 +65,16 @@ template <typename T> inline const T* ptr(const torch::Tensor& t) { return stati
 
 class DecodeStep {
  public:
+  // layers: SLOTS tensors each; norm [D] (its dtype is the activations'); lm_head [V, D] (+ its scale [V], int8)
   DecodeStep(std::vector<std::vector<torch::Tensor>> layers, torch::Tensor norm, torch::Tensor lm_head,
-             int64_t heads, int64_t kv_heads, int64_t head_dim, double eps)
+             torch::Tensor head_scale, int64_t heads, int64_t kv_heads, int64_t head_dim, double eps)
       : layers_(std::move(layers)), norm_(std::move(norm)), lm_head_(std::move(lm_head)),
-        H_(heads), Hkv_(kv_heads), Dh_(head_dim), eps_(static_cast<float>(eps)) {
+        head_scale_(std::move(head_scale)), H_(heads), Hkv_(kv_heads), Dh_(head_dim), eps_(static_cast<float>(eps)) {
     TORCH_CHECK(!layers_.empty() && H_ % Hkv_ == 0, "decode step: no layer, or heads not a multiple of kv heads");
-    dtype_ = lm_head_.scalar_type();
-    TORCH_CHECK(dtype_ == at::kFloat || dtype_ == at::kBFloat16, "decode step: float32 or bfloat16 weights only");
+    dtype_ = norm_.scalar_type();
+    wtype_ = lm_head_.scalar_type();
+    TORCH_CHECK(dtype_ == at::kFloat || dtype_ == at::kBFloat16, "decode step: float32 or bfloat16 activations only");
+    TORCH_CHECK(wtype_ == dtype_ || wtype_ == at::kChar, "decode step: weights in the activations' dtype or int8");
     D_ = norm_.numel();
     F_ = layers_[0][WGATE].size(0);
     V_ = lm_head_.size(0);
@@ -103,23 +111,29 @@ class DecodeStep {
     TORCH_CHECK(pos >= 0 && pos < max_len, "decode step: position ", pos, " outside the cache's ", max_len);
     auto h = torch::empty({1, 1, D_}, x.options());
     auto logits = torch::empty({1, 1, V_}, x.options());
-    if (dtype_ == at::kFloat) run<float>(x, cos, sin, kc, vc, pos, h, logits);
-    else run<at::BFloat16>(x, cos, sin, kc, vc, pos, h, logits);
+    if (wtype_ == at::kChar && dtype_ == at::kFloat) run<float, int8_t>(x, cos, sin, kc, vc, pos, h, logits);
+    else if (wtype_ == at::kChar) run<at::BFloat16, int8_t>(x, cos, sin, kc, vc, pos, h, logits);
+    else if (dtype_ == at::kFloat) run<float, float>(x, cos, sin, kc, vc, pos, h, logits);
+    else run<at::BFloat16, at::BFloat16>(x, cos, sin, kc, vc, pos, h, logits);
     return {h, logits};
   }
 
  private:
   // the weights are read live each step (an in-place update or a `.data` swap is seen); one whose dtype, shape or
   // layout changed since the plan was made stops it: the caller falls back to the layers (RuntimeError "stale")
+  bool ok(const torch::Tensor& t, Kind kind) const {     // the dtype and layout a slot's tensor must have
+    const bool int8 = wtype_ == at::kChar;
+    if (t.numel() == 0) return kind == BIAS || (kind == SCALE && !int8);
+    const auto want = kind == WEIGHT ? wtype_ : kind == SCALE ? at::kFloat : dtype_;
+    return (kind != SCALE || int8) && t.scalar_type() == want && t.is_contiguous() && t.device().is_cpu();
+  }
   void check() const {
     for (size_t l = 0; l < layers_.size(); ++l)
-      for (int s = 0; s < SLOTS; ++s) {
-        const auto& t = layers_[l][s];
-        TORCH_CHECK(t.sizes().vec() == shapes_[l][s] && (t.numel() == 0 || (t.scalar_type() == dtype_ &&
-                    t.is_contiguous() && t.device().is_cpu())), "stale decode step: layer ", l, " tensor ", s, " changed");
-      }
-    TORCH_CHECK(norm_.sizes().vec() == norm_shape_ && lm_head_.sizes().vec() == head_shape_ &&
-                norm_.scalar_type() == dtype_ && lm_head_.is_contiguous(), "stale decode step: final norm or lm_head changed");
+      for (int s = 0; s < SLOTS; ++s)
+        TORCH_CHECK(layers_[l][s].sizes().vec() == shapes_[l][s] && ok(layers_[l][s], KIND[s]),
+                    "stale decode step: layer ", l, " tensor ", s, " changed");
+    TORCH_CHECK(norm_.sizes().vec() == norm_shape_ && lm_head_.sizes().vec() == head_shape_ && ok(norm_, NORM) &&
+                ok(lm_head_, WEIGHT) && ok(head_scale_, SCALE), "stale decode step: final norm or lm_head changed");
   }
 
   template <typename T>
@@ -155,7 +169,12 @@ class DecodeStep {
     b1 = blocks * (t + 1) / nt;
   }
 
-  template <typename T>
+  static const float* scale_of(const torch::Tensor& s) {
+    return s.numel() ? static_cast<const float*>(s.data_ptr()) : nullptr;
+  }
+
+  // T: the activations' dtype (float, bf16), W: the weights' (T itself, or int8 codes)
+  template <typename T, typename W>
   void run(const torch::Tensor& x_in, const torch::Tensor& cos, const torch::Tensor& sin,
            const std::vector<torch::Tensor>& kc, const std::vector<torch::Tensor>& vc, int64_t pos,
            torch::Tensor& h_out, torch::Tensor& logits_out) const {
@@ -175,15 +194,15 @@ class DecodeStep {
     std::vector<std::vector<int64_t>> fqkv(L), fo(L), fgu(L), fdown(L);
     for (int64_t l = 0; l < L; ++l) {
       const auto& t = layers_[l];
-      mqkv[l] = {{t[WQ].data_ptr(), nullptr, H * Dh, 0}, {t[WK].data_ptr(), nullptr, Hkv * Dh, H * Dh},
-                 {t[WV].data_ptr(), nullptr, Hkv * Dh, (H + Hkv) * Dh}};
-      mo[l] = {{t[WO].data_ptr(), nullptr, D, 0}};
-      mgu[l] = {{t[WGATE].data_ptr(), nullptr, F, 0}, {t[WUP].data_ptr(), nullptr, F, F}};
-      mdown[l] = {{t[WDOWN].data_ptr(), nullptr, D, 0}};
+      mqkv[l] = {{t[WQ].data_ptr(), scale_of(t[SQ]), H * Dh, 0}, {t[WK].data_ptr(), scale_of(t[SK]), Hkv * Dh, H * Dh},
+                 {t[WV].data_ptr(), scale_of(t[SV]), Hkv * Dh, (H + Hkv) * Dh}};
+      mo[l] = {{t[WO].data_ptr(), scale_of(t[SO]), D, 0}};
+      mgu[l] = {{t[WGATE].data_ptr(), scale_of(t[SGATE]), F, 0}, {t[WUP].data_ptr(), scale_of(t[SUP]), F, F}};
+      mdown[l] = {{t[WDOWN].data_ptr(), scale_of(t[SDOWN]), D, 0}};
       fqkv[l] = block_starts(mqkv[l]); fo[l] = block_starts(mo[l]); fgu[l] = block_starts(mgu[l]);
       fdown[l] = block_starts(mdown[l]);
     }
-    const std::vector<Matrix> mhead{{lm_head_.data_ptr(), nullptr, V, 0}};
+    const std::vector<Matrix> mhead{{lm_head_.data_ptr(), scale_of(head_scale_), V, 0}};
     const std::vector<int64_t> fhead = block_starts(mhead);
 
     const int nt = std::max(1, at::get_num_threads());
@@ -194,14 +213,14 @@ class DecodeStep {
       auto gemv = [&](const std::vector<Matrix>& mats, const std::vector<int64_t>& first, const float* in,
                       int64_t cols, float* y, int64_t ldy) {
         share(first.back(), t, n, b0, b1);
-        gemv_blocks<T>(mats, first, in, xd.data(), 1, cols, y, ldy, b0, b1);
+        gemv_blocks<W>(mats, first, in, xd.data(), 1, cols, y, ldy, b0, b1);
       };
       for (int64_t l = 0; l < L; ++l) {
         const auto& w = layers_[l];
         T* kcache = static_cast<T*>(kc[l].data_ptr());
         T* vcache = static_cast<T*>(vc[l].data_ptr());
 #pragma omp single
-        { rmsnorm<T>(x.data(), w[IN_NORM], h.data()); prepare_x<T>(h.data(), 1, D, xd.data()); }
+        { rmsnorm<T>(x.data(), w[IN_NORM], h.data()); prepare_x<W>(h.data(), 1, D, xd.data()); }
         gemv(mqkv[l], fqkv[l], h.data(), D, qkv.data(), nqkv);
 #pragma omp barrier
 #pragma omp single
@@ -233,7 +252,7 @@ class DecodeStep {
         }
 #pragma omp barrier
 #pragma omp single
-        prepare_x<T>(att.data(), 1, H * Dh, xd.data());
+        prepare_x<W>(att.data(), 1, H * Dh, xd.data());
         gemv(mo[l], fo[l], att.data(), H * Dh, o.data(), D);
 #pragma omp barrier
 #pragma omp single
@@ -241,7 +260,7 @@ class DecodeStep {
           add_bias<T>(o.data(), w[BO], D);
           for (int64_t i = 0; i < D; ++i) x[i] = rnd<T>(x[i] + o[i]);
           rmsnorm<T>(x.data(), w[POST_NORM], h.data());
-          prepare_x<T>(h.data(), 1, D, xd.data());
+          prepare_x<W>(h.data(), 1, D, xd.data());
         }
         gemv(mgu[l], fgu[l], h.data(), D, gu.data(), 2 * F);
 #pragma omp barrier
@@ -253,7 +272,7 @@ class DecodeStep {
             const float g = gu[i];
             m[i] = rnd<T>(rnd<T>(g / (1.f + std::exp(-g))) * gu[F + i]);
           }
-          prepare_x<T>(m.data(), 1, F, xd.data());
+          prepare_x<W>(m.data(), 1, F, xd.data());
         }
         gemv(mdown[l], fdown[l], m.data(), F, o.data(), D);
 #pragma omp barrier
@@ -264,7 +283,7 @@ class DecodeStep {
         }
       }
 #pragma omp single
-      { rmsnorm<T>(x.data(), norm_, h.data()); prepare_x<T>(h.data(), 1, D, xd.data()); }
+      { rmsnorm<T>(x.data(), norm_, h.data()); prepare_x<W>(h.data(), 1, D, xd.data()); }
       gemv(mhead, fhead, h.data(), D, logits.data(), V);
     }
     T* ho = static_cast<T*>(h_out.data_ptr());
@@ -274,10 +293,10 @@ class DecodeStep {
   }
 
   std::vector<std::vector<torch::Tensor>> layers_;
-  torch::Tensor norm_, lm_head_;
+  torch::Tensor norm_, lm_head_, head_scale_;
   int64_t H_, Hkv_, Dh_, D_ = 0, F_ = 0, V_ = 0;
   float eps_;
-  at::ScalarType dtype_;
+  at::ScalarType dtype_, wtype_;
   std::vector<std::vector<std::vector<int64_t>>> shapes_;
   std::vector<int64_t> norm_shape_, head_shape_;
 };
@@ -286,7 +305,7 @@ class DecodeStep {
 
 void bind_decode_step(pybind11::module& m) {
   pybind11::class_<DecodeStep>(m, "DecodeStep")
-      .def(pybind11::init<std::vector<std::vector<torch::Tensor>>, torch::Tensor, torch::Tensor, int64_t, int64_t,
-                          int64_t, double>())
+      .def(pybind11::init<std::vector<std::vector<torch::Tensor>>, torch::Tensor, torch::Tensor, torch::Tensor, int64_t,
+                          int64_t, int64_t, double>())
       .def("step", &DecodeStep::step, "one token at batch 1 through every layer -> (hidden, logits)");
 }

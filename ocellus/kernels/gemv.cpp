@@ -67,7 +67,38 @@ torch::Tensor gemv(const torch::Tensor& x, const std::vector<torch::Tensor>& wei
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
 
+// The roofline's read (ocellus bench decode): every byte of each tensor read once, as float32 lanes, each thread a
+// contiguous run (one stream the hardware prefetcher follows, four accumulators); returns their sum so that the
+// reads cannot be dropped. A decode step cannot read its weights faster than this.
+double read_pass(const std::vector<torch::Tensor>& tensors) {
+  double total = 0;
+  for (const auto& t : tensors) {
+    TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), "read_pass: contiguous CPU tensors only");
+    const float* p = static_cast<const float*>(t.data_ptr());
+    const int64_t n = t.numel() * t.element_size() / 4;       // whole float32 lanes (a tail of < 4 bytes is left)
+    std::vector<float> parts(at::get_num_threads() + 1, 0.f);
+    at::parallel_for(0, n, 1 << 16, [&](int64_t b0, int64_t b1) {
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      int64_t i = b0;
+      for (; i + 32 <= b1; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+      }
+      float r = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+      for (; i < b1; ++i) r += p[i];
+      parts[at::get_thread_num()] += r;
+    });
+    for (float v : parts) total += v;
+  }
+  return total;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv, "y = cat(W_i x) for row-major weights read once (batch-1 decode)");
+  m.def("use_avx512", [](bool on) { const bool was = HAS_AVX512; HAS_AVX512 = on && CPU_AVX512; return was; },
+        "bf16 rows through the AVX-512 kernel (where the CPU has it) or the AVX2 one; returns the previous choice");
+  m.def("read_pass", &read_pass, "read every byte of the tensors once (the decode roofline's read)");
   bind_decode_step(m);
 }

@@ -8,7 +8,8 @@
 // bf16 needs no widening shuffle: a 32-bit lane holds two bf16, the even column in its low half and the odd one in
 // its high half, so the even one is the lane shifted left 16 and the odd one the lane with its low half cleared;
 // x comes de-interleaved to match (prepare_x), made once per call for all rows. With AVX-512 (chosen at run time:
-// the file is built for AVX2 + FMA) bf16 rows read 32 columns, one cache line, per load.
+// the file is built for AVX2 + FMA) bf16 rows read 32 columns, one cache line, per load, and int8 rows 32 codes
+// per step in 16-wide halves.
 #pragma once
 #include <torch/extension.h>
 #include <immintrin.h>
@@ -22,7 +23,10 @@ namespace ocellus_gemv {
 
 constexpr int ROWS = 4;        // rows per block: 4 weight streams + x (in L1) per step
 
-inline const bool HAS_AVX512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+// Whether bf16 and int8 rows take the AVX-512 kernels: where the CPU has it; `use_avx512(False)` (gemv.cpp) makes them take
+// the AVX2 one, so that tests on an AVX-512 machine check both.
+inline const bool CPU_AVX512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+inline bool HAS_AVX512 = CPU_AVX512;
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const int8_t* p) {                 // int8 codes -> fp32 (exact)
@@ -115,6 +119,31 @@ void dot_rows_bf16_512(const at::BFloat16* w, int64_t ld, const float* x, const 
   }
 }
 
+// int8 rows, AVX-512: 32 codes (two 16-wide halves) per step, widened to fp32 in registers; x read as it is.
+template <int R>
+__attribute__((target("avx512f,avx512bw")))
+void dot_rows_i8_512(const int8_t* w, int64_t ld, const float* x, int64_t n, float* y) {
+  __m512 a0[R], a1[R];
+  for (int r = 0; r < R; ++r) { a0[r] = _mm512_setzero_ps(); a1[r] = _mm512_setzero_ps(); }
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* p = w + r * ld + i;
+      if (i % 64 == 0) prefetch(w + (R + r) * ld + i);        // one prefetch a cache line
+      const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+      const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
+      a0[r] = _mm512_fmadd_ps(w0, x0, a0[r]);
+      a1[r] = _mm512_fmadd_ps(w1, x1, a1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
+    for (int64_t j = i; j < n; ++j) s += widen(w[r * ld + j]) * x[j];   // the last n % 32 columns
+    y[r] = s;
+  }
+}
+
 struct Matrix {
   const void* w;        // [rows, n] row-major
   const float* scale;   // int8: [rows] fp32, else null
@@ -169,6 +198,13 @@ void gemv_blocks(const std::vector<Matrix>& mats, const std::vector<int64_t>& fi
           dot_rows_bf16<ROWS>(w, n, xs, xds, n, acc);
         } else {
           for (int64_t r = 0; r < rows; ++r) dot_rows_bf16<1>(w + r * n, n, xs, xds, n, acc + r);
+        }
+      } else if (std::is_same_v<T, int8_t> && HAS_AVX512) {
+        if (rows == ROWS) {
+          dot_rows_i8_512<ROWS>(reinterpret_cast<const int8_t*>(w), n, xs, n, acc);
+        } else {
+          for (int64_t r = 0; r < rows; ++r)
+            dot_rows_i8_512<1>(reinterpret_cast<const int8_t*>(w) + r * n, n, xs, n, acc + r);
         }
       } else if (rows == ROWS) {
         dot_rows<ROWS>(w, n, xs, n, acc);

@@ -17,14 +17,15 @@ def test_train_benchmark_rows():
 
 
 def test_train_benchmark_in_bf16_runs_both_sides_under_autocast():
-    """--precision bf16: each side's first loss (same weights, same batch) moves off its fp32 value by bf16
-    rounding, and the two sides still agree to bf16 accuracy (the same autocast on both)."""
+    """--precision bf16: each side's logits come out in bf16 (in fp32 without it), and the two sides' first losses
+    (same weights, same batch) agree to bf16 accuracy (the same autocast on both). (The loss itself can move
+    off its fp32 value by as little as 4e-6: a random model's near-uniform logits average the rounding out.)"""
     fp32 = bench_train(batch=2, steps=1, repeats=1, printer=lambda *_: None)
     bf16 = bench_train(batch=2, steps=1, repeats=1, printer=lambda *_: None, precision="bf16")
     assert bf16["precision"] == "bf16" and bf16["ratio"] > 0
     assert abs(fp32["first_loss_ours"] - fp32["first_loss_ref"]) < 1e-4
     for side in ("ours", "ref"):
-        assert abs(bf16[f"first_loss_{side}"] - fp32[f"first_loss_{side}"]) > 1e-5, side
+        assert (fp32[f"logits_dtype_{side}"], bf16[f"logits_dtype_{side}"]) == ("float32", "bfloat16"), side
     assert abs(bf16["first_loss_ours"] - bf16["first_loss_ref"]) < 2e-2 * fp32["first_loss_ref"]
     with pytest.raises(ConfigError, match="fp16"):
         bench_train(batch=2, steps=1, repeats=1, printer=lambda *_: None, precision="fp16")

@@ -51,12 +51,13 @@ IDS = torch.tensor([[5, 17, 3, 60, 2, 9, 44]])
 # -- the kernel ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [77, 8, 5, 2051])         # 16-wide steps, an 8-wide step and a tail; 8; a tail only; long
 @pytest.mark.parametrize("threads", [1, 2])
-def test_kernel_equals_a_float64_product(ext, n, threads):
+@pytest.mark.parametrize("avx512", [True, False])      # bf16 rows: the AVX-512 kernel (where the CPU has it), AVX2
+def test_kernel_equals_a_float64_product(ext, n, threads, avx512):
     """Row counts that are not multiples of the 4-row block (13, 6, 301: the last block short, several matrices,
     enough blocks for both threads), fp32 / bf16 weights and int8 codes with their scales, batch 1 and 3."""
     g = torch.Generator().manual_seed(n)
     ws = [torch.randn(o, n, generator=g) for o in (13, 6, 301)]
-    old = torch.get_num_threads()
+    old, was = torch.get_num_threads(), ext.use_avx512(avx512)
     torch.set_num_threads(threads)
     try:
         for batch in (1, 3):
@@ -73,6 +74,7 @@ def test_kernel_equals_a_float64_product(ext, n, threads):
             torch.testing.assert_close(ext.gemv(x, codes, scales).double(), ref, rtol=1e-5, atol=1e-3 * n ** 0.5)
     finally:
         torch.set_num_threads(old)
+        ext.use_avx512(was)
 
 
 def test_kernel_takes_bf16_activations_and_gives_bf16(ext):
@@ -251,9 +253,14 @@ def dequantized_twin(model):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_int8_through_the_kernel_equals_the_written_out_product(ext, bias):
+@pytest.mark.parametrize("whole_step", [False, True])
+def test_int8_through_the_kernel_equals_the_written_out_product(ext, bias, whole_step, monkeypatch):
     """gemv=True: an int8 model's fused groups read their codes with unquantized activations: the logits of its
-    dequantized float twin (F.linear) to float rounding, the same greedy ids; the default keeps fbgemm's form."""
+    dequantized float twin (F.linear) to float rounding, the same greedy ids; the default keeps fbgemm's form.
+    whole_step: the decoder's steps run compiled whole (infer/fused_decode.py, the default at batch 1), its int8
+    layers left unpacked; without it (switched off here) they are the kernel's int8 groups."""
+    if not whole_step:
+        monkeypatch.setattr(prepack, "attach_fused_decode", lambda model: 0)
     model = quantize_model(tiny(bias=bias))
     twin = dequantized_twin(model)
     with torch.inference_mode():
@@ -261,9 +268,12 @@ def test_int8_through_the_kernel_equals_the_written_out_product(ext, bias):
         assert {g.kind for g in int8_groups(model)} != {"gemv"}
         want = twin.generate(IDS, max_new_tokens=12, prepack=False)
         got = model.generate(IDS, max_new_tokens=12, gemv=True)
-        assert {g.kind for g in int8_groups(model)} == {"gemv"} and torch.equal(got, want)
+        kinds = set() if whole_step else {"gemv"}
+        assert {g.kind for g in int8_groups(model)} == kinds and torch.equal(got, want)
+        assert (model.fused_decode is not None) == whole_step
         a, b = twin(input_ids=want).logits, model(input_ids=want).logits     # many rows: the kernel too
-    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    if not whole_step:       # (the whole step's decoder leaves its prefill to the int8 layers' own kernels)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     codes = {n: t.clone() for n, t in model.state_dict().items()}
     model.generate(IDS, max_new_tokens=2)                                  # back to the default form, exactly
     assert {g.kind for g in int8_groups(model)} != {"gemv"}
