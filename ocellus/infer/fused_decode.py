@@ -121,13 +121,15 @@ class FusedDecode:
 
     def __call__(self, x: torch.Tensor, position_ids: torch.Tensor, cache):
         model = self.model
-        if model.training or torch.is_grad_enabled() or type(cache) is not StaticKVCache or x.dtype != self.dtype:
+        if model.training or torch.is_grad_enabled() or type(cache) is not StaticKVCache or x.dtype != self.dtype \
+                or cache.k[0].dtype != self.dtype or cache.length >= cache.max_len:   # (the layers say what is wrong)
             return None
         if any(d.get(n) is not m for d, n, m in self.watched):
             return self._off()
         cos, sin = model.rotary_emb(position_ids, dtype=x.dtype)                   # [1, 1, R]
         try:
-            h, logits = self.step.step(x.contiguous(), cos, sin, cache.k, cache.v, cache.length)
+            h, logits = self.step.step(x.contiguous(), cos.contiguous(), sin.contiguous(), cache.k, cache.v,
+                                       cache.length)
         except RuntimeError as e:
             if "stale decode step" not in str(e):
                 raise

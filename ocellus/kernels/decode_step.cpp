@@ -152,15 +152,15 @@ class DecodeStep {
     for (int64_t i = 0; i < n; ++i) y[i] = rnd<T>(rnd<T>(y[i]) + widen(bp[i]));
   }
 
+  // nn/rope.py rotate: x cos + roll(x, R/2) sin', sin' = sin with its first half negated; in place, a pair at a time
   template <typename T>
-  void rotate(float* v, const T* c, const T* s, int64_t R) const {         // nn/rope.py rotate: x cos + roll(x) sin'
-    float tmp[1024];
+  void rotate(float* v, const T* c, const T* s, int64_t R) const {
     const int64_t half = R / 2;
-    for (int64_t i = 0; i < R; ++i) {
-      const float rolled = i < half ? -v[i + half] : v[i - half];
-      tmp[i] = rnd<T>(rnd<T>(v[i] * widen(c[i])) + rnd<T>(rolled * widen(s[i])));
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = v[i], b = v[i + half];
+      v[i] = rnd<T>(rnd<T>(a * widen(c[i])) + rnd<T>(-b * widen(s[i])));
+      v[i + half] = rnd<T>(rnd<T>(b * widen(c[i + half])) + rnd<T>(a * widen(s[i + half])));
     }
-    std::copy(tmp, tmp + R, v);
   }
 
   // the row blocks of [b0, b1) this thread takes
@@ -181,7 +181,6 @@ class DecodeStep {
     const int64_t L = layers_.size(), H = H_, Hkv = Hkv_, Dh = Dh_, D = D_, F = F_, V = V_;
     const int64_t G = H / Hkv, R = cos.numel(), Tk = pos + 1, max_len = kc[0].size(2);
     const int64_t nqkv = (H + 2 * Hkv) * Dh;
-    TORCH_CHECK(R <= 1024, "decode step: rotary dim over 1024");
     std::vector<float> x(D), h(D), qkv(nqkv), att(H * Dh), o(D), gu(2 * F), m(F), logits(V);
     std::vector<float> xd(std::max({D, H * Dh, F})), scores(H * Tk);
     const T* xp = ptr<T>(x_in);
