@@ -18,6 +18,7 @@ For every family of scripts/family_table.py whose chain has been trained (script
   - a family whose recorded final eval was rendered at another scene size than it trained on (`ocellus eval`
     uses the tower's input size: InternVL's 48 px tiles, not its 96 px scenes) scored again at its own (rescored);
   - the table (markdown, stdout) and the plots IMG/bridges_converged_step.png and _seconds.png.
+A family whose runs are not on this machine (trained in an earlier session) keeps the row the JSON holds.
 """
 from __future__ import annotations
 
@@ -358,6 +359,17 @@ def plots(rows: list[dict], img: Path) -> list[Path]:
     return made
 
 
+def merge_rows(rows: list[dict], old: dict | None) -> list[dict]:
+    """This run's rows, plus the JSON's row of every family trained in an earlier session whose runs are not on this
+    machine (kept as it was), in CHAINS' order."""
+    have = {r["family"] for r in rows}
+    kept = [r for r in (old or {}).get("rows", []) if r["family"] not in have]
+    for r in kept:
+        print(f"{r['family']}: its runs are not here; its row is the one the JSON holds", file=sys.stderr)
+    order = list(CHAINS)
+    return sorted(rows + kept, key=lambda r: order.index(r["family"]) if r["family"] in order else len(order))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--img", type=Path, default=ROOT / "docs" / "img")
@@ -376,7 +388,7 @@ def main(argv=None) -> None:
     old = json.loads(args.json.read_text()) if args.json.exists() else None
     measured = old["measured"] if old and not args.remeasure else measure(families, args.scratch,
                                                                           args.seconds_per_family)
-    rows = [summarise(f, legs, measured) for f, legs in families.items()]
+    rows = merge_rows([summarise(f, legs, measured) for f, legs in families.items()], old)
     args.json.write_text(json.dumps({"measured": measured, "rows": rows}, indent=1) + "\n")
     plots(rows, args.img)
     print(markdown(rows, measured))

@@ -107,3 +107,13 @@ def test_image_tokens_are_counted_by_the_processor_and_cross_attention_reads_its
     assert decoder_image_tokens(llava, proc, scene) == (17, 17)      # (24 / 6)^2 patches + CLS, all in the sequence
     proc = family_module("flamingo").training_processor(flamingo, tok, image_config(24))
     assert decoder_image_tokens(flamingo, proc, scene) == (1, 3)     # one <image> token; the decoder reads 3 latents
+
+
+def test_rows_of_families_not_trained_here_are_kept_from_the_json():
+    """A family retrained here replaces its old row; one whose runs are not on this machine keeps the JSON's; CHAINS'
+    order."""
+    fams = list(cb.CHAINS)
+    old = {"rows": [{"family": fams[0], "v": "old"}, {"family": fams[2], "v": "old"}]}
+    rows = cb.merge_rows([{"family": fams[2], "v": "new"}, {"family": fams[1], "v": "new"}], old)
+    assert [(r["family"], r["v"]) for r in rows] == [(fams[0], "old"), (fams[1], "new"), (fams[2], "new")]
+    assert cb.merge_rows([{"family": fams[1], "v": "new"}], None) == [{"family": fams[1], "v": "new"}]
