@@ -67,29 +67,36 @@ torch::Tensor gemv(const torch::Tensor& x, const std::vector<torch::Tensor>& wei
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
 
-// The roofline's read (ocellus bench decode): every byte of each tensor read once, as float32 lanes, each thread a
-// contiguous run (one stream the hardware prefetcher follows, four accumulators); returns their sum so that the
-// reads cannot be dropped. A decode step cannot read its weights faster than this.
+// The roofline's read (ocellus bench decode): every byte of each tensor read once, as float32 lanes, the way the
+// row kernels read (gemv_rows.h): blocks of ROWS streams of 2 KB each, the next block prefetched; each thread a
+// contiguous run of blocks (one stream a thread reads ~10% slower here: the hardware prefetcher alone follows it
+// less far). Returns their sum so that the reads cannot be dropped. A decode step cannot read its weights faster.
 double read_pass(const std::vector<torch::Tensor>& tensors) {
+  constexpr int64_t SPAN = 512;                               // floats a stream reads per block
   double total = 0;
   for (const auto& t : tensors) {
     TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), "read_pass: contiguous CPU tensors only");
     const float* p = static_cast<const float*>(t.data_ptr());
     const int64_t n = t.numel() * t.element_size() / 4;       // whole float32 lanes (a tail of < 4 bytes is left)
+    const int64_t blocks = n / (ROWS * SPAN);
     std::vector<float> parts(at::get_num_threads() + 1, 0.f);
-    at::parallel_for(0, n, 1 << 16, [&](int64_t b0, int64_t b1) {
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      int64_t i = b0;
-      for (; i + 32 <= b1; i += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
-        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      __m256 a[ROWS];
+      for (int r = 0; r < ROWS; ++r) a[r] = _mm256_setzero_ps();
+      for (int64_t b = b0; b < b1; ++b) {
+        const float* w = p + b * ROWS * SPAN;
+        for (int64_t i = 0; i < SPAN; i += 16)
+          for (int r = 0; r < ROWS; ++r) {
+            prefetch(w + (ROWS + r) * SPAN + i);
+            a[r] = _mm256_add_ps(a[r], _mm256_add_ps(_mm256_loadu_ps(w + r * SPAN + i),
+                                                     _mm256_loadu_ps(w + r * SPAN + i + 8)));
+          }
       }
-      float r = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-      for (; i < b1; ++i) r += p[i];
-      parts[at::get_thread_num()] += r;
+      float sum = 0.f;
+      for (int r = 0; r < ROWS; ++r) sum += hsum(a[r]);
+      parts[at::get_thread_num()] += sum;
     });
+    for (int64_t i = blocks * ROWS * SPAN; i < n; ++i) total += p[i];   // what the blocks leave
     for (float v : parts) total += v;
   }
   return total;
