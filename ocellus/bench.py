@@ -71,7 +71,9 @@ def build_checkpoint(arch: dict, workdir: Path, seed: int = 0) -> Path:
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())  # tied tensors once
+    """Parameters (tied tensors once) and int8 layers' codes (buffers, nn/quant.py Int8Linear: the weights they are)."""
+    return sum(p.numel() for p in model.parameters()) + sum(m.weight.numel() for m in model.modules()
+                                                            if isinstance(m, Int8Linear))
 
 
 def _now(device) -> float:

@@ -21,15 +21,14 @@ import torch
 
 from ocellus.errors import ConfigError
 from ocellus.infer.sampling import process_logits
-from ocellus.infer.stop_text import tokens_before_stop
+from ocellus.infer.stop_text import require_tokenizer, tokens_before_stop
 
 NEG = -1.0e9
 
 
 @torch.inference_mode()
 def beam_search(model, prompt, cfg, tokenizer=None, **prefill_kwargs) -> torch.Tensor:
-    if cfg.stop_strings and tokenizer is None:
-        raise ConfigError("stop_strings need a tokenizer: pass tokenizer=... to generate")
+    require_tokenizer(cfg.stop_strings, tokenizer)
     K = cfg.num_beams
     B, T = prompt.input_ids.shape
     device = prompt.input_ids.device

@@ -22,7 +22,7 @@ from ocellus.errors import ConfigError, InputError
 from ocellus.infer.sampling import choose, process_logits
 from ocellus.infer.beam import beam_search
 from ocellus.infer.prepack import prepare_decode
-from ocellus.infer.stop_text import StopTokens
+from ocellus.infer.stop_text import require_tokenizer, StopTokens
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,7 @@ def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
     device = prompt.input_ids.device
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     eos = torch.tensor(cfg.eos_token_id or (), dtype=torch.long, device=device)
-    if cfg.stop_strings and tokenizer is None:
-        raise ConfigError("stop_strings need a tokenizer: pass tokenizer=... to generate")
+    require_tokenizer(cfg.stop_strings, tokenizer)
     stops = [StopTokens(tokenizer, cfg.stop_strings) for _ in range(B)] if cfg.stop_strings else None  # one a row
     sample = not cfg.greedy
     processing = sample or (cfg.repetition_penalty not in (None, 1.0))

@@ -19,6 +19,7 @@ stream and generate stop at the same token. Paths that hold a reply as token ids
 """
 from __future__ import annotations
 
+from ocellus.errors import ConfigError
 from ocellus.infer.streaming import TextStreamDecoder
 
 
@@ -113,3 +114,10 @@ def reply_stops(processor, stops=()) -> tuple[str, ...]:
 
 
 __all__ = ["StopText", "StopTokens", "cut_at_stop", "reply_stops", "tokens_before_stop"]
+
+
+def require_tokenizer(stop_strings, tokenizer) -> None:
+    """Stop strings are matched on text: without a tokenizer to decode the ids there is nothing to match
+    (ConfigError, for greedy / sampled decoding and beam search alike)."""
+    if stop_strings and tokenizer is None:
+        raise ConfigError("stop_strings need a tokenizer: pass tokenizer=... to generate")

@@ -121,3 +121,10 @@ def test_a_batch_ends_each_row_at_its_own_stop(model, tok):
     no_pad = GenerationConfig(num_beams=K, max_new_tokens=MAX_NEW, stop_strings=("Z",), eos_token_id=())
     with pytest.raises(ConfigError, match="pad_token_id"):     # a model with neither pad nor eos: nothing to pad with
         beam_search(model, prepare_prompt(model, rows, None, MAX_NEW), no_pad, tokenizer=tok)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_stop_strings_without_a_tokenizer_are_a_typed_error(model, num_beams):
+    """Greedy and beam search alike: stop strings are matched on text, which needs the tokenizer."""
+    with pytest.raises(ConfigError, match="stop_strings need a tokenizer"):
+        model.generate(torch.tensor([PROMPT]), max_new_tokens=2, num_beams=num_beams, stop_strings=["x"])

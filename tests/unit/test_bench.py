@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from ocellus.bench import HEADER, bench_decode, format_table, main_decode, plain_weights, read_tensors, streamed
+from ocellus.bench import (HEADER, bench_decode, count_parameters, format_table, main_decode, plain_weights, read_tensors,
+                           streamed)
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 
 
@@ -83,3 +84,69 @@ def test_gemv_ab_times_ours_without_the_kernel_in_the_same_rounds(tmp_path, caps
     assert math.isclose(r["of_roofline_nogemv"], r["ocellus_nogemv"] / r["roofline"])
     assert r["same_tokens_nogemv"] is True                 # fp32: the kernel's ids are the plain path's
     assert "without the compiled GEMV" in capsys.readouterr().out
+
+
+def test_bf16_weights_are_streamed_as_float32_too():
+    """A bf16 `.sum()` is a widening reduction (16 GB/s here where the bytes read at 26+): the roofline reads the
+    same storage as float32 lanes."""
+    w = torch.randn(16, 6).bfloat16()
+    view = streamed(w)
+    assert view.dtype == torch.float32 and view.data_ptr() == w.data_ptr() and view.numel() * 2 == w.numel()
+
+
+def _tiny_llama():
+    torch.manual_seed(0)
+    return DecoderLM(DecoderConfig.from_hf(dict(vocab_size=96, hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=2, num_attention_heads=4, tie_word_embeddings=True)))
+
+
+def test_the_compiled_read_pass_reads_every_lane_once():
+    """kernels read_pass: the sum of every float32 lane of every tensor, blocks of 4 x 512 lanes and what they
+    leave (sizes off the block), bf16 / int8 storage read as float32 lanes: so nothing is skipped or read twice."""
+    from ocellus.kernels.gemv import kernel, unavailable_reason
+    if unavailable_reason() is not None or kernel() is None:
+        import pytest
+        pytest.skip("the compiled kernels cannot be built here")
+    ext = kernel()
+    g = torch.Generator().manual_seed(0)
+    ts = [torch.rand(5000, generator=g), torch.rand(3, 2048, generator=g), torch.rand(7, generator=g),
+          streamed(torch.rand(4096, generator=g).bfloat16())]
+    want = sum(t.double().sum().item() for t in ts)
+    assert abs(ext.read_pass(ts) - want) < 1e-3 * abs(want)
+
+
+def test_read_seconds_takes_the_faster_of_sum_and_the_compiled_read(monkeypatch):
+    import ocellus.bench as bench
+
+    class Ext:
+        calls = 0
+
+        def read_pass(self, tensors):
+            Ext.calls += 1
+            return 0.0
+    monkeypatch.setattr(bench, "kernel", lambda: Ext())
+    bench.read_seconds([torch.zeros(256)], passes=2)
+    assert Ext.calls == 3                       # a warm-up pass and two timed ones
+    monkeypatch.setattr(bench, "kernel", lambda: None)
+    bench.read_seconds([torch.zeros(256)], passes=2)   # no compiler: `.sum()` alone
+    assert Ext.calls == 3
+
+
+def test_the_roofline_reads_an_int8_models_own_scales_after_packing():
+    """The scales read_tensors returns are views of their own: packing (which swaps the buffers' data for
+    placeholders) leaves them as they were, contiguous, with the real values."""
+    from ocellus.infer.prepack import prepare_decode
+    from ocellus.nn.quant import quantize_model
+    model = quantize_model(_tiny_llama()).eval()
+    tensors = read_tensors(plain_weights(model))
+    before = [t.clone() for t in tensors]
+    prepare_decode(model, 4)                    # batch 4: the int8 layers pack (placeholders in their buffers)
+    assert all(t.is_contiguous() and torch.equal(t, b) for t, b in zip(tensors, before))
+
+
+def test_count_parameters_counts_int8_codes():
+    from ocellus.nn.quant import quantize_model
+    model = _tiny_llama()
+    n, tied = count_parameters(model), model.lm_head.weight.numel()
+    # the codes stand for the weights they replace; the tied head becomes codes of its own beside the embedding
+    assert count_parameters(quantize_model(model)) == n + tied
