@@ -77,6 +77,7 @@ def run_tests(tree: Path, tests: list[str], timeout: float) -> tuple[int, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-k", action="append", default=[], help="run mutations whose name contains this (repeatable)")
+    ap.add_argument("--file", action="append", default=[], help="run mutations whose file path contains this (repeatable)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--baseline", action="store_true", help="check each test set passes on the unmutated tree first")
     ap.add_argument("--goal", type=float, default=0.95)
@@ -87,6 +88,8 @@ def main() -> int:
     muts = load_mutations()
     if args.k:
         muts = [m for m in muts if any(k in m.name for k in args.k)]
+    if args.file:
+        muts = [m for m in muts if any(f in m.file for f in args.file)]
     if args.list:
         for m in muts:
             print(f"{m.name:50s} {m.file}  <- {' '.join(m.tests)}")

@@ -96,7 +96,13 @@ def test_kernel_refuses_mismatched_weights(ext):
 # -- decoding through it -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype,tied,bias", [(torch.float32, True, False), (torch.float32, False, True),
                                              (torch.bfloat16, True, False)])
-def test_greedy_ids_and_logits_equal_the_plain_path(ext, dtype, tied, bias):
+@pytest.mark.parametrize("whole_step", [False, True])
+def test_greedy_ids_and_logits_equal_the_plain_path(ext, dtype, tied, bias, whole_step, monkeypatch):
+    """whole_step=False: the decode steps run the layers, each linear through the kernel (GemvGroup / GemvLinear:
+    what a decoder the compiled whole step does not take runs, e.g. Flamingo's); True: the default, the steps run
+    compiled whole (infer/fused_decode.py)."""
+    if not whole_step:
+        monkeypatch.setattr(prepack, "attach_fused_decode", lambda model: 0)
     model, plain = tiny(dtype, tied, bias), tiny(dtype, tied, bias)
     with torch.inference_mode():
         want = plain.generate(IDS, max_new_tokens=12, prepack=False)
