@@ -330,10 +330,10 @@ def markdown(rows: list[dict], measured: dict) -> str:
         change = "-" if r["late_loss_change"] is None else f"{100 * r['late_loss_change']:+.0f}%"
         mark = " *" if r["rescored"] else ""
         if r["rescored"]:
-            recorded = final_vqa(out_dir(r["legs"][-1]["recipe"]))[1]["all"][1]
+            recorded = final_vqa(out_dir(r["legs"][-1]["recipe"]))      # None: a row kept from the JSON
+            there = f" (all {pct(recorded[1]['all'][1])} there)" if recorded else ""
             notes.append(f"* {r['family']}: final eval scored again on {r['rescored']['px']} px scenes, the size it "
-                         f"was trained on; `ocellus eval` rendered {r['rescored']['recorded_px']} px (all "
-                         f"{pct(recorded)} there).")
+                         f"was trained on; `ocellus eval` rendered {r['rescored']['recorded_px']} px{there}.")
         out.append(f"| {r['family']}{mark} | {' / '.join(pct(f[k]) for k in KINDS)} | "
                    f"{' / '.join(pct(m[k]) for k in KINDS) if m else '-'} | {reached} | {at_budget} | "
                    f"{' -> '.join(pct(v) for v in r['last_two_all'])} ({r['last_two_n']}) | {flat} | {change} | "
@@ -390,6 +390,7 @@ def main(argv=None) -> None:
                                                                           args.seconds_per_family)
     rows = merge_rows([summarise(f, legs, measured) for f, legs in families.items()], old)
     args.json.write_text(json.dumps({"measured": measured, "rows": rows}, indent=1) + "\n")
+    args.img.mkdir(parents=True, exist_ok=True)
     plots(rows, args.img)
     print(markdown(rows, measured))
 
