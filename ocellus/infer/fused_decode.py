@@ -3,8 +3,8 @@
 Run layer by layer, a decode step of a small decoder spends a quarter of its time outside the weight reads (~25
 small ATen ops a layer, each a dispatch, an allocation and a thread hand-off; docs/BENCHMARKS.md, issue 21).
 `attach_fused_decode(model)` gives each pre-norm decoder in `model` (models/text/decoder.py DecoderLM: its
-`fused_decode` hook) a FusedDecode: at batch 1, one new token, a KV cache, no padding mask, no per-layer hook
-(`before_layer`) and no gradient wanted, the decoder's forward hands the token's embedding to the compiled step
+`fused_decode` hook) a FusedDecode: at batch 1, one new token, a KV cache (a StaticKVCache with no padding mask,
+or the batch engine's one-slot SlotKVCache), no per-layer hook (`before_layer`) and no gradient wanted, the decoder's forward hands the token's embedding to the compiled step
 (kernels/decode_step.cpp), which reads the model's own weights where they are (no copy) and writes the cache
 as the layers would. Anything else runs the layers as written. prepare_decode (infer/prepack.py) attaches it
 with the compiled GEMV (the default at batch 1 on CPU); `detach_fused_decode` takes it off.
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ocellus.infer.gemv_decode import GemvLinear
 from ocellus.infer.prepack_int8 import PackedInt8Linear
+from ocellus.infer.slot_cache import SlotKVCache
 from ocellus.kernels.gemv import kernel
 from ocellus.nn.attention import Attention
 from ocellus.nn.kv_cache import StaticKVCache
@@ -119,22 +120,39 @@ class FusedDecode:
                                                      _scale(model.lm_head), a.num_heads, a.num_kv_heads, a.head_dim,
                                                      float(model.norm.eps))
 
-    def __call__(self, x: torch.Tensor, position_ids: torch.Tensor, cache):
+    def __call__(self, x: torch.Tensor, position_ids: torch.Tensor, cache, attention_mask=None):
         model = self.model
-        if model.training or torch.is_grad_enabled() or type(cache) is not StaticKVCache or x.dtype != self.dtype \
+        start = self._first_key(cache, attention_mask)
+        if start is None or model.training or torch.is_grad_enabled() or x.dtype != self.dtype \
                 or cache.k[0].dtype != self.dtype or cache.length >= cache.max_len:   # (the layers say what is wrong)
             return None
         if any(d.get(n) is not m for d, n, m in self.watched):
             return self._off()
         cos, sin = model.rotary_emb(position_ids, dtype=x.dtype)                   # [1, 1, R]
         try:
-            h, logits = self.step.step(x.contiguous(), cos.contiguous(), sin.contiguous(), cache.k, cache.v,
-                                       cache.length)
+            k, v = (cache.k, cache.v) if type(cache) is StaticKVCache else \
+                ([t[:1] for t in cache.k], [t[:1] for t in cache.v])          # a slot cache: its live row 0
+            h, logits = self.step.step(x.contiguous(), cos.contiguous(), sin.contiguous(), k, v, cache.length, start)
         except RuntimeError as e:
             if "stale decode step" not in str(e):
                 raise
             return self._off()
         return h, logits
+
+    @staticmethod
+    def _first_key(cache, mask) -> int | None:
+        """The first cached key the token attends to, or None when the step cannot run this cache and mask: a
+        StaticKVCache with no padding (0), or a one-row SlotKVCache (the batch engine with one slot,
+        infer/slot_cache.py) whose mask is its own (padding, then its row's tokens from length - fill)."""
+        if type(cache) is StaticKVCache:
+            return 0 if mask is None or bool(mask.all()) else None
+        if type(cache) is not SlotKVCache or cache.active != 1 or cache.deltas is not None:
+            return None
+        start = cache.length - cache.fill[0]
+        if mask is None:
+            return start
+        own = mask.shape == (1, cache.length + 1) and bool(mask[0, start:].all()) and not bool(mask[0, :start].any())
+        return start if own else None
 
     def __deepcopy__(self, memo):
         """Reached through the decoder's hook: the copy runs its layers until its own attach_fused_decode."""

@@ -89,11 +89,12 @@ class DecodeStep {
   }
 
   // x [1, 1, D] (the token's embedding), cos / sin [R] (this position's rotation, R <= head_dim, even),
-  // k / v caches [1, Hkv, max_len, head_dim] per layer, pos: the cached length (the new token's index)
+  // k / v caches [1, Hkv, max_len, head_dim] per layer, pos: the cached length (the new token's index), start:
+  // the first cached key it attends to (0; a slot cache's row: where its tokens begin, padding before them)
   // -> (hidden [1, 1, D] after the final norm, logits [1, 1, V]), both in the weights' dtype.
   std::vector<torch::Tensor> step(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                                   const std::vector<torch::Tensor>& kc, const std::vector<torch::Tensor>& vc,
-                                  int64_t pos) {
+                                  int64_t pos, int64_t start) {
     check();
     const int64_t L = layers_.size();
     TORCH_CHECK(x.scalar_type() == dtype_ && x.numel() == D_ && x.is_contiguous(), "decode step: x must be [1, 1, ",
@@ -109,12 +110,13 @@ class DecodeStep {
                     c->size(1) == Hkv_ && c->size(2) == max_len && c->size(3) == Dh_,
                     "decode step: layer ", l, "'s cache must be contiguous [1, ", Hkv_, ", T, ", Dh_, "] ", dtype_);
     TORCH_CHECK(pos >= 0 && pos < max_len, "decode step: position ", pos, " outside the cache's ", max_len);
+    TORCH_CHECK(start >= 0 && start <= pos, "decode step: first key ", start, " after the position ", pos);
     auto h = torch::empty({1, 1, D_}, x.options());
     auto logits = torch::empty({1, 1, V_}, x.options());
-    if (wtype_ == at::kChar && dtype_ == at::kFloat) run<float, int8_t>(x, cos, sin, kc, vc, pos, h, logits);
-    else if (wtype_ == at::kChar) run<at::BFloat16, int8_t>(x, cos, sin, kc, vc, pos, h, logits);
-    else if (dtype_ == at::kFloat) run<float, float>(x, cos, sin, kc, vc, pos, h, logits);
-    else run<at::BFloat16, at::BFloat16>(x, cos, sin, kc, vc, pos, h, logits);
+    if (wtype_ == at::kChar && dtype_ == at::kFloat) run<float, int8_t>(x, cos, sin, kc, vc, pos, start, h, logits);
+    else if (wtype_ == at::kChar) run<at::BFloat16, int8_t>(x, cos, sin, kc, vc, pos, start, h, logits);
+    else if (dtype_ == at::kFloat) run<float, float>(x, cos, sin, kc, vc, pos, start, h, logits);
+    else run<at::BFloat16, at::BFloat16>(x, cos, sin, kc, vc, pos, start, h, logits);
     return {h, logits};
   }
 
@@ -176,10 +178,10 @@ class DecodeStep {
   // T: the activations' dtype (float, bf16), W: the weights' (T itself, or int8 codes)
   template <typename T, typename W>
   void run(const torch::Tensor& x_in, const torch::Tensor& cos, const torch::Tensor& sin,
-           const std::vector<torch::Tensor>& kc, const std::vector<torch::Tensor>& vc, int64_t pos,
+           const std::vector<torch::Tensor>& kc, const std::vector<torch::Tensor>& vc, int64_t pos, int64_t start,
            torch::Tensor& h_out, torch::Tensor& logits_out) const {
     const int64_t L = layers_.size(), H = H_, Hkv = Hkv_, Dh = Dh_, D = D_, F = F_, V = V_;
-    const int64_t G = H / Hkv, R = cos.numel(), Tk = pos + 1, max_len = kc[0].size(2);
+    const int64_t G = H / Hkv, R = cos.numel(), Tk = pos + 1 - start, max_len = kc[0].size(2);
     const int64_t nqkv = (H + 2 * Hkv) * Dh;
     std::vector<float> x(D), h(D), qkv(nqkv), att(H * Dh), o(D), gu(2 * F), m(F), logits(V);
     std::vector<float> xd(std::max({D, H * Dh, F})), scores(H * Tk);
@@ -236,8 +238,8 @@ class DecodeStep {
         }
         for (int64_t q = H * t / n; q < H * (t + 1) / n; ++q) {      // this thread's query heads
           const int64_t kv = q / G;
-          const T* K = kcache + kv * max_len * Dh;
-          const T* Vv = vcache + kv * max_len * Dh;
+          const T* K = kcache + (kv * max_len + start) * Dh;         // keys start..pos
+          const T* Vv = vcache + (kv * max_len + start) * Dh;
           const float* qv = qkv.data() + q * Dh;
           float* s = scores.data() + q * Tk;
           float mx = -INFINITY;

@@ -76,9 +76,9 @@ class Spy:
         real, positions = self.real.DecodeStep(*args), self.positions
 
         class Step:
-            def step(self, x, cos, sin, k, v, pos):
+            def step(self, x, cos, sin, k, v, pos, start):
                 positions.append(pos)
-                return real.step(x, cos, sin, k, v, pos)
+                return real.step(x, cos, sin, k, v, pos, start)
         return Step()
 
 
@@ -377,3 +377,75 @@ def test_the_default_vlm_takes_the_step_on_its_decode_steps(spy):
     assert spy.positions[0] >= T and len(spy.positions) == 7
     assert spy.positions == list(range(spy.positions[0], spy.positions[0] + 7))
     assert torch.equal(got, want)
+
+
+# -- the batch engine's slot cache -------------------------------------------------------------------------------
+def test_a_one_row_slot_cache_with_padding_takes_the_step_from_its_first_key(spy):
+    """A SlotKVCache whose one live row starts after padding (a longer row left; infer/slot_cache.py): the compiled
+    step attends from the row's first key (length - fill), as the layers do under the cache's own mask; a mask
+    that is not the cache's, or two live rows, run the layers."""
+    from ocellus.infer.slot_cache import SlotKVCache
+    model = tiny("gqa")
+    attach_fused_decode(model)
+    slots = SlotKVCache.like(model, 2, 64)
+    for n in (9, 4):                                           # two prompts; the long one in row 0
+        slots.insert(prefill(model, n))
+    assert slots.length == 9 and slots.fill == [9, 4]
+    slots.remove(0)                                            # row 1 moves to row 0: 5 padding columns before it
+    assert slots.active == 1 and slots.fill == [4] and slots.length == 9
+
+    def step(cache, mask, hook):
+        held, model.fused_decode = model.fused_decode, (model.fused_decode if hook else None)
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([[7]]), position_ids=torch.tensor([[4]]), attention_mask=mask,
+                        cache=cache).logits
+        model.fused_decode = held
+        return out
+
+    def copy_slots(c):
+        out = copy.copy(c)
+        out.k, out.v, out.fill = [t.clone() for t in c.k], [t.clone() for t in c.v], list(c.fill)
+        return out
+    other = copy_slots(slots)
+    spy.positions.clear()
+    got = step(slots, slots.attention_mask(), True)
+    assert spy.positions == [9]                                # it ran, at the shared write column
+    want = step(other, other.attention_mask(), False)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+    for a, b in zip(slots.k + slots.v, other.k + other.v):
+        torch.testing.assert_close(a[:1, :, 9], b[:1, :, 9], **TOL[torch.float32])
+    spy.positions.clear()
+    wrong = slots.attention_mask()
+    wrong[0, 2] = 1                                            # a mask that is not the cache's: the layers
+    step(copy_slots(slots), wrong, True)
+    assert spy.positions == []
+    slots.insert(prefill(model, 3))                            # two live rows: not the step's
+    assert FusedDecode._first_key(slots, slots.attention_mask()) is None
+    assert FusedDecode._first_key(other, None) == 5            # no mask: the cache's own padding
+
+
+def test_the_engine_with_one_slot_takes_the_step(spy):
+    """`BatchEngine(slots=1)` (ocellus serve --slots 1) decodes its requests through the compiled step, one after
+    another, with the ids greedy plain-ATen decoding gives."""
+    import threading
+    from ocellus.infer.batching import BatchEngine, Finish, Request, SamplingParams
+    tok = ocellus.load_processor(ocellus.default_model_dir()).tokenizer
+    model = tiny("gqa", vocab_size=tok.vocab_size)
+    plain = tiny("gqa", vocab_size=tok.vocab_size)
+    engine = BatchEngine(model, tok, slots=1, max_len=64).start()
+    prompts, sinks = [PROMPT[:, :n] for n in (7, 3, 12)], []
+    try:
+        for ids in prompts:
+            done, events = threading.Event(), []
+            sinks.append((done, events))
+            engine.submit(Request(ids, SamplingParams(max_tokens=6, temperature=0),
+                                  lambda e, d=done, ev=events: (ev.append(e), isinstance(e, Finish) and d.set())))
+        assert all(d.wait(60) for d, _ in sinks)
+    finally:
+        engine.stop()
+    for ids, (_, events) in zip(prompts, sinks):
+        (fin,) = [e for e in events if isinstance(e, Finish)]
+        with torch.inference_mode():
+            want = plain.generate(ids, max_new_tokens=6, prepack=False)[0, ids.shape[1]:].tolist()
+        assert list(fin.token_ids) == want
+    assert len(spy.positions) == 3 * 5                         # every decode step of the three (the first is prefill's)

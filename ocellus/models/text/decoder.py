@@ -221,9 +221,9 @@ class CausalLMBase(nn.Module):
 
 
 class DecoderLM(CausalLMBase):
-    # While infer/fused_decode.py attaches it (batch-1 decoding on CPU): (x [1, 1, D], position_ids [1, 1], cache)
-    # -> (hidden [1, 1, D], logits [1, 1, V]) for every layer, the final norm and the lm_head in one compiled call,
-    # or None (the layers run as written). It runs layers of type `fused_layer` only.
+    # While infer/fused_decode.py attaches it (batch-1 decoding on CPU): (x [1, 1, D], position_ids [1, 1], cache,
+    # attention_mask) -> (hidden [1, 1, D], logits [1, 1, V]) for every layer, the final norm and the lm_head in one
+    # compiled call, or None (the layers run as written). It runs layers of type `fused_layer` only.
     fused_decode = None
     fused_layer = DecoderLayer
 
@@ -262,9 +262,8 @@ class DecoderLM(CausalLMBase):
         x, past, position_ids = self._start(input_ids, inputs_embeds, position_ids, cache, unused)  # [B, T, D]
         B, T, _ = x.shape
         if (self.fused_decode is not None and B == T == 1 and cache is not None and labels is None
-                and before_layer is None and document_ids is None and position_ids.dim() == 2
-                and (attention_mask is None or bool(attention_mask.all()))):
-            out = self.fused_decode(x, position_ids, cache)                         # one token, every layer
+                and before_layer is None and document_ids is None and position_ids.dim() == 2):
+            out = self.fused_decode(x, position_ids, cache, attention_mask)         # one token, every layer
             if out is not None:
                 cache.advance(1)
                 return CausalLMOutput(hidden_states=out[0], logits=out[1])
