@@ -231,7 +231,7 @@ def measure(families: dict[str, list[Leg]], scratch: Path, seconds_per_family: f
               "timed_steps": rounds, "warmup_steps": warmup, "loadavg_before_after": [load[0], os.getloadavg()[0]],
               "omp_threads": torch.get_num_threads(), "families": {}}
     for family, legs in families.items():
-        main = next(leg for leg in legs if leg.own and leg.trains_llm)
+        main = next((leg for leg in legs if leg.own and leg.trains_llm), [leg for leg in legs if leg.own][-1])
         trainer, tok, model, ran = built[main.recipe]
         size = int(ran["data"]["image_size"])
         scene = task_samples("shapes-vqa", 1, size)[0]["images"][0]
@@ -258,13 +258,31 @@ def rescored(legs: list[Leg], size: int) -> dict | None:
 
 
 # ---- the table and plots ------------------------------------------------------------------------
+def continued_step(recipe: str, legs: list[Leg], s_per_step: dict) -> float | None:
+    """The s/step of a leg the JSON has no time for when it continues another leg of its chain with the same step
+    (its model.from is that leg's export; same task, batch, data and stage, e.g. blip2 vqa2 after vqa): that leg's."""
+    ran = ran_recipe(recipe)
+    same = lambda r: {k: (r.get(k) if k != "train" else {x: r["train"].get(x) for x in ("batch_size", "stage")})
+                      for k in ("task", "data", "train")}
+    for leg in legs:
+        if leg.recipe in s_per_step and str(out_dir(leg.recipe) / "model") == str((ROOT / ran["model"].get("from", "")))\
+                and same(ran_recipe(leg.recipe)) == same(ran):
+            return s_per_step[leg.recipe]
+    return None
+
+
 def summarise(family: str, legs: list[Leg], measured: dict) -> dict:
     for leg in legs:
-        leg.s_per_step = measured["s_per_step"].get(leg.recipe)
+        leg.s_per_step = measured["s_per_step"].get(leg.recipe) or continued_step(leg.recipe, legs,
+                                                                                measured["s_per_step"])
+        if leg.s_per_step is None:
+            raise ConfigError(f"{leg.recipe}: no step time in the JSON; run with --remeasure")
     points = points_of(legs, measured["families"][family]["rescored"])
     if not points:
         raise ConfigError(f"{family}: no held-out eval in its runs")
-    main = next(i for i, leg in enumerate(legs) if leg.own and leg.trains_llm)
+    # the decoder-training leg; a family whose decoder stays frozen (Flamingo's shipped recipe): its last own leg
+    main = next((i for i, leg in enumerate(legs) if leg.own and leg.trains_llm),
+                max(i for i, leg in enumerate(legs) if leg.own))
     main_end = [p for p in points if (p.leg, p.step, p.n) == (main, legs[main].steps, 500)]
     finals = [p for p in points if p.n == 500]
     last_two = comparable_last_two(points)
