@@ -4,18 +4,19 @@ Run layer by layer, a decode step of a small decoder spends a quarter of its tim
 small ATen ops a layer, each a dispatch, an allocation and a thread hand-off; docs/BENCHMARKS.md, issue 21).
 `attach_fused_decode(model)` gives each pre-norm decoder in `model` (models/text/decoder.py DecoderLM: its
 `fused_decode` hook) a FusedDecode: at batch 1, one new token, a KV cache (a StaticKVCache with no padding mask,
-or the batch engine's one-slot SlotKVCache), no per-layer hook (`before_layer`) and no gradient wanted, the decoder's forward hands the token's embedding to the compiled step
-(kernels/decode_step.cpp), which reads the model's own weights where they are (no copy) and writes the cache
-as the layers would. Anything else runs the layers as written. prepare_decode (infer/prepack.py) attaches it
+or the batch engine's one-slot SlotKVCache), no per-layer hook (`before_layer`) and no gradient wanted, the
+decoder's forward hands the token's embedding to the compiled step (kernels/decode_step.cpp), which reads the
+model's own weights where they are (no copy) and writes the cache as the layers would. Anything else runs the layers as written. prepare_decode (infer/prepack.py) attaches it
 with the compiled GEMV (the default at batch 1 on CPU); `detach_fused_decode` takes it off.
 
 What it runs: float32 or bfloat16 activations; weights all plain float linears of that dtype (nn.Linear or the
 GEMV's GemvLinear) or all int8 (nn/quant.py Int8Linear: codes with a float32 scale per row, the activations
 unquantized: the compiled GEMV's int8 form, infer/prepack_int8.py "gemv"); not LoRA; SwiGLU with SiLU, RMSNorm,
 RoPE over the first R <= head_dim dims (any frequency scaling: the cos / sin come from the model's own rotary
-embedding each step). An int8 decoder it runs is left unpacked (prepare_decode packs the other int8 layers). The step checks before each call that every module it
-read is still in place (a LoRA injection or quantization replaces them) and, in C++, that every weight keeps
-its dtype, shape and layout; otherwise it detaches itself and the layers run as written.
+embedding each step). An int8 decoder it runs is left unpacked (prepare_decode packs the other int8 layers). The
+step checks before each call that every module it read is still in place (a LoRA injection or quantization
+replaces them) and, in C++, that every weight keeps its dtype, shape and layout; otherwise it detaches itself and
+the layers run as written.
 """
 from __future__ import annotations
 
@@ -38,13 +39,15 @@ FLOAT = (nn.Linear, GemvLinear)
 INT8 = (Int8Linear, PackedInt8Linear)        # a packed one unpacks when its codes are read
 
 
+def _layer_linears(layer: nn.Module) -> list[nn.Module]:
+    """A layer's linears in the step's order (decode_step.cpp's slots): q, k, v, o, gate, up, down."""
+    a, m = layer.self_attn, layer.mlp
+    return [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
+
+
 def _linears(model: nn.Module) -> list[nn.Module]:
-    """Every linear the step reads: each layer's q, k, v, o, gate, up, down, then the lm_head."""
-    out = []
-    for layer in model.layers:
-        a, m = layer.self_attn, layer.mlp
-        out += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
-    return out + [model.lm_head]
+    """Every linear the step reads: each layer's, then the lm_head."""
+    return [lin for layer in model.layers for lin in _layer_linears(layer)] + [model.lm_head]
 
 
 def _why_not(model: nn.Module) -> str | None:
@@ -75,8 +78,7 @@ def _why_not(model: nn.Module) -> str | None:
     norms = [n for layer in layers for n in (layer.input_layernorm, layer.post_attention_layernorm)] + [model.norm]
     if any(n.weight.dtype != dtype for n in norms):
         return f"norm weights not in {dtype}"
-    eps = {n.eps for layer in layers for n in (layer.input_layernorm, layer.post_attention_layernorm)} | {model.norm.eps}
-    if len(eps) > 1:
+    if len({n.eps for n in norms}) > 1:
         return "norms with different eps"
     return None
 
@@ -107,13 +109,10 @@ class FusedDecode:
                                   (m, ("gate_proj", "up_proj", "down_proj"))):
                 self.watched += [(parent._modules, n, parent._modules[n]) for n in names]
 
-            layers.append([layer.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight,
-                           _bias(a.q_proj, dtype), _bias(a.k_proj, dtype), _bias(a.v_proj, dtype), a.o_proj.weight,
-                           _bias(a.o_proj, dtype), layer.post_attention_layernorm.weight, m.gate_proj.weight,
-                           m.up_proj.weight, m.down_proj.weight, _bias(m.gate_proj, dtype), _bias(m.up_proj, dtype),
-                           _bias(m.down_proj, dtype)]
-                          + [_scale(lin) for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj,
-                                                     m.down_proj)])
+            q, k, v, o, gate, up, down = lins = _layer_linears(layer)
+            layers.append([layer.input_layernorm.weight, q.weight, k.weight, v.weight,
+                           *(_bias(x, dtype) for x in (q, k, v)), o.weight, _bias(o, dtype), layer.post_attention_layernorm.weight, gate.weight, up.weight,
+                           down.weight, *(_bias(x, dtype) for x in (gate, up, down))] + [_scale(x) for x in lins])
         self.watched += [(model._modules, n, model._modules[n]) for n in ("norm", "lm_head")]
         a = model.layers[0].self_attn
         self.step = kernel(required=True).DecodeStep(layers, model.norm.weight, model.lm_head.weight,
@@ -171,7 +170,7 @@ def attach_fused_decode(model: nn.Module) -> int:
         return 0
     n = 0
     for m in model.modules():
-        if "fused_decode" in dir(type(m)) and hasattr(m, "fused_layer"):
+        if getattr(type(m), "fused_layer", None) is not None:       # a decoder with the hook (DecoderLM)
             m.fused_decode = None
             if not m.training and _why_not(m) is None:
                 m.fused_decode = FusedDecode(m)

@@ -37,12 +37,7 @@ constexpr Kind KIND[SLOTS] = {NORM, WEIGHT, WEIGHT, WEIGHT, BIAS, BIAS, BIAS, WE
 template <typename T> inline float rnd(float v) { return v; }                       // the dtype's rounding
 template <> inline float rnd<at::BFloat16>(float v) { return static_cast<float>(at::BFloat16(v)); }
 
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const at::BFloat16* p) {           // bf16 -> fp32: the 16 bits become the high half
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-
+// attention over the cache: its rows are short (head_dim), so the AVX2 widening load8 of gemv_rows.h serves
 template <typename T>
 inline float dot(const T* a, const float* b, int64_t n) {      // sum a[i] b[i], fp32
   __m256 s = _mm256_setzero_ps();

@@ -23,12 +23,16 @@ namespace ocellus_gemv {
 
 constexpr int ROWS = 4;        // rows per block: 4 weight streams + x (in L1) per step
 
-// Whether bf16 and int8 rows take the AVX-512 kernels: where the CPU has it; `use_avx512(False)` (gemv.cpp) makes them take
-// the AVX2 one, so that tests on an AVX-512 machine check both.
+// Whether bf16 and int8 rows take the AVX-512 kernels: where the CPU has it; `use_avx512(False)` (gemv.cpp) makes
+// them take the AVX2 ones, so that tests on an AVX-512 machine check both.
 inline const bool CPU_AVX512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 inline bool HAS_AVX512 = CPU_AVX512;
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::BFloat16* p) {           // bf16 -> fp32: the 16 bits become the high half
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
 inline __m256 load8(const int8_t* p) {                 // int8 codes -> fp32 (exact)
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
@@ -131,8 +135,9 @@ void dot_rows_i8_512(const int8_t* w, int64_t ld, const float* x, int64_t n, flo
     for (int r = 0; r < R; ++r) {
       const int8_t* p = w + r * ld + i;
       if (i % 64 == 0) prefetch(w + (R + r) * ld + i);        // one prefetch a cache line
-      const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-      const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
+      const __m128i* c = reinterpret_cast<const __m128i*>(p);
+      const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(c)));
+      const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(c + 1)));
       a0[r] = _mm512_fmadd_ps(w0, x0, a0[r]);
       a1[r] = _mm512_fmadd_ps(w1, x1, a1[r]);
     }
