@@ -5,7 +5,8 @@
 // Run eagerly, a 100M-parameter decoder's step here spends ~25% of its time outside the weight reads: ~25 small
 // ATen ops a layer, each a dispatch, an allocation and a thread hand-off (docs/BENCHMARKS.md, issue 21). Here one
 // OpenMP team runs the whole step: the GEMVs split by row blocks over the threads (gemv_rows.h), attention by query
-// heads, the small serial pieces (norms, RoPE, residuals) by one thread between barriers.
+// heads, the q / k / v heads' bias, RoPE and cache write by heads, SwiGLU by the rows of each thread's gate and up
+// GEMVs; the norms and residual adds every thread computes itself (`run`: why), all 8 floats at a time.
 //
 // The numbers follow the eager path's (models/text/decoder.py, nn/attention.py `_decode_one`, nn/norms.py, nn/rope.py
 // `rotate`, nn/mlp.py): in bfloat16 every value is rounded to bfloat16 where the eager path stores a bfloat16 tensor
@@ -16,8 +17,10 @@
 #include <torch/extension.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gemv_rows.h"
@@ -34,8 +37,75 @@ enum Kind { NORM, WEIGHT, BIAS, SCALE };
 constexpr Kind KIND[SLOTS] = {NORM, WEIGHT, WEIGHT, WEIGHT, BIAS, BIAS, BIAS, WEIGHT, BIAS, NORM, WEIGHT, WEIGHT,
                               WEIGHT, BIAS, BIAS, BIAS, SCALE, SCALE, SCALE, SCALE, SCALE, SCALE, SCALE};
 
-template <typename T> inline float rnd(float v) { return v; }                       // the dtype's rounding
-template <> inline float rnd<at::BFloat16>(float v) { return static_cast<float>(at::BFloat16(v)); }
+// -- element-wise pieces, 8 floats at a time (AVX2) -----------------------------------------------------------
+// Written once as generic lambdas over float or __m256 (GCC / Clang vector arithmetic: + - * / and a scalar operand
+// broadcast), so that the 8-lane body and the n % 8 tail are one expression. Scalar at::BFloat16 rounding and
+// std::exp in these loops were most of a layer's time outside the GEMVs (~60 us of ~670 on the 100M bench model).
+
+// the dtype's rounding: to bfloat16 (nearest, ties to even) and back, bit for bit at::BFloat16(float) (NaN: 0x7FC0)
+template <typename T> struct Round {
+  static float of(float v) { return v; }
+  static __m256 of(__m256 v) { return v; }
+};
+template <> struct Round<at::BFloat16> {
+  static float of(float v) { return static_cast<float>(at::BFloat16(v)); }
+  static __m256 of(__m256 v) {             // + 0x7FFF + the kept half's lsb, then the low half cleared: ties to even
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))),
+                                       _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)));
+    return _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)),
+                            _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+};
+template <typename T, typename V> inline V rnd(V v) { return Round<T>::of(v); }
+
+inline float exp_(float x) { return std::exp(x); }
+// e^x of 8 floats (Cephes expf: x = n ln2 + r with ln2 in two parts, e^r by a degree-6 polynomial, 2^n made in the
+// exponent bits): within 1.01 ulp of e^x over [-87, 88] (std::exp: 0.5; ATen's Sleef exp, which the eager SiLU
+// runs: 1.0); x clamped to [-87.3, 88.3] so 2^n stays a normal float; NaN stays NaN (max / min return it).
+inline __m256 exp_(__m256 x) {
+  x = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);       // x - n ln2, ln2's high part exact
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);           // and its low part
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  const __m256 er = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.f));
+  const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(er, _mm256_castsi256_ps(two_n));
+}
+
+// y[i] = f(in[i]...) for i < n (y may be one of the inputs; an input: float or T, widened to float)
+template <typename F, typename... In>
+inline void elementwise(float* y, int64_t n, F f, const In*... in) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, f(load8(in + i)...));
+  for (; i < n; ++i) y[i] = f(widen(in[i])...);
+}
+
+// dst[i] = T(src[i]): bfloat16 rounded as above, the high halves packed
+inline void store(float* dst, const float* src, int64_t n) { std::copy(src, src + n, dst); }
+inline void store(at::BFloat16* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i b = _mm256_srli_epi32(_mm256_castps_si256(rnd<at::BFloat16>(_mm256_loadu_ps(src + i))), 16);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
+  }
+  for (; i < n; ++i) dst[i] = at::BFloat16(src[i]);
+}
+
+inline float sum_sq(const float* x, int64_t n) {               // sum x[i]^2, fp32
+  __m256 s = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(x + i), s);
+  float r = hsum(s);
+  for (; i < n; ++i) r += x[i] * x[i];
+  return r;
+}
 
 // attention over the cache: its rows are short (head_dim), so the AVX2 widening load8 of gemv_rows.h serves
 template <typename T>
@@ -135,29 +205,84 @@ class DecodeStep {
 
   template <typename T>
   void rmsnorm(const float* x, const torch::Tensor& w, float* out) const {   // nn/norms.py RMSNorm._inference
-    float ss = 0.f;
-    for (int64_t i = 0; i < D_; ++i) ss += x[i] * x[i];
-    const float scale = 1.f / std::sqrt(ss / D_ + eps_);
-    const T* g = ptr<T>(w);
-    for (int64_t i = 0; i < D_; ++i) out[i] = rnd<T>(widen(g[i]) * rnd<T>(x[i] * scale));
+    const float scale = 1.f / std::sqrt(sum_sq(x, D_) / D_ + eps_);
+    elementwise(out, D_, [scale](auto v, auto g) { return rnd<T>(g * rnd<T>(v * scale)); }, x, ptr<T>(w));
   }
 
+  template <typename T>                                  // a bias from `offset` on, or null for none
+  static const T* bias(const torch::Tensor& b, int64_t offset = 0) { return b.numel() ? ptr<T>(b) + offset : nullptr; }
+
   template <typename T>
-  void add_bias(float* y, const torch::Tensor& b, int64_t n) const {       // y = round(y) (+ b, rounded)
-    if (b.numel() == 0) { for (int64_t i = 0; i < n; ++i) y[i] = rnd<T>(y[i]); return; }
-    const T* bp = ptr<T>(b);
-    for (int64_t i = 0; i < n; ++i) y[i] = rnd<T>(rnd<T>(y[i]) + widen(bp[i]));
+  static void add_bias(float* y, const T* b, int64_t n) {     // y = round(y) (+ b, rounded)
+    if (b) elementwise(y, n, [](auto v, auto c) { return rnd<T>(rnd<T>(v) + c); }, y, b);
+    else elementwise(y, n, [](auto v) { return rnd<T>(v); }, y);
   }
 
-  // nn/rope.py rotate: x cos + roll(x, R/2) sin', sin' = sin with its first half negated; in place, a pair at a time
+  // x += round(y) (+ b, rounded): y only read, so that every thread can add it into its own x
   template <typename T>
-  void rotate(float* v, const T* c, const T* s, int64_t R) const {
+  static void residual(float* x, const float* y, const T* b, int64_t n) {
+    if (b) elementwise(x, n, [](auto a, auto v, auto c) { return rnd<T>(a + rnd<T>(rnd<T>(v) + c)); }, x, y, b);
+    else elementwise(x, n, [](auto a, auto v) { return rnd<T>(a + rnd<T>(v)); }, x, y);
+  }
+
+  // nn/rope.py rotate: x cos + roll(x, R/2) sin', sin' = sin with its first half negated; in place, pairs (i, i + R/2)
+  template <typename T>
+  static void rotate(float* v, const T* c, const T* s, int64_t R) {
     const int64_t half = R / 2;
-    for (int64_t i = 0; i < half; ++i) {
-      const float a = v[i], b = v[i + half];
-      v[i] = rnd<T>(rnd<T>(a * widen(c[i])) + rnd<T>(-b * widen(s[i])));
-      v[i + half] = rnd<T>(rnd<T>(b * widen(c[i + half])) + rnd<T>(a * widen(s[i + half])));
+    auto rot = [](auto a, auto b, auto ci, auto si) { return rnd<T>(rnd<T>(a * ci) + rnd<T>(b * si)); };
+    int64_t i = 0;
+    for (; i + 8 <= half; i += 8) {
+      const __m256 a = _mm256_loadu_ps(v + i), b = _mm256_loadu_ps(v + i + half);
+      _mm256_storeu_ps(v + i, rot(a, -b, load8(c + i), load8(s + i)));
+      _mm256_storeu_ps(v + i + half, rot(b, a, load8(c + i + half), load8(s + i + half)));
     }
+    for (; i < half; ++i) {
+      const float a = v[i], b = v[i + half];
+      v[i] = rot(a, -b, widen(c[i]), widen(s[i]));
+      v[i + half] = rot(b, a, widen(c[i + half]), widen(s[i + half]));
+    }
+  }
+
+  template <typename T>
+  struct Position {          // this step's: its rotation [R], the cache row its key and value go to
+    const T *cos, *sin;
+    int64_t R, pos, max_len;
+  };
+
+  // head j of q|k|v (H q heads, then Hkv k heads, then Hkv v heads): rounded (+ its bias); q and k rotated; k and v
+  // written to the cache at this position (each head by one thread, before the barrier that attention waits for)
+  template <typename T>
+  void finish_head(const std::vector<torch::Tensor>& w, float* qkv, int64_t j, const Position<T>& where, T* kcache,
+                   T* vcache) const {
+    const int slot = j < H_ ? BQ : j < H_ + Hkv_ ? BK : BV;
+    const int64_t head = j < H_ ? j : j < H_ + Hkv_ ? j - H_ : j - H_ - Hkv_;       // within its slot
+    float* y = qkv + j * Dh_;
+    add_bias<T>(y, bias<T>(w[slot], head * Dh_), Dh_);
+    if (slot != BV) rotate<T>(y, where.cos, where.sin, where.R);
+    if (slot != BQ) store((slot == BK ? kcache : vcache) + (head * where.max_len + where.pos) * Dh_, y, Dh_);
+  }
+
+  // query head q [Dh] over keys / values K, V [Tk, Dh]: softmax(q K' / sqrt(Dh)) V, rounded -> y [Dh]; s: [Tk] scratch
+  template <typename T>
+  void attend(const float* qv, const T* K, const T* Vv, int64_t Tk, float* s, float* y) const {
+    const int64_t Dh = Dh_;
+    const float scale = 1.f / std::sqrt(static_cast<float>(Dh));
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < Tk; ++j) { s[j] = dot(K + j * Dh, qv, Dh) * scale; mx = std::max(mx, s[j]); }
+    float sum = 0.f;
+    for (int64_t j = 0; j < Tk; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+    std::fill(y, y + Dh, 0.f);
+    for (int64_t j = 0; j < Tk; ++j) axpy(s[j], Vv + j * Dh, y, Dh);
+    elementwise(y, Dh, [sum](auto v) { return rnd<T>(v / sum); }, y);
+  }
+
+  // nn/mlp.py SwiGLU over rows [r0, r1): gate and up rounded (+ bias), m = silu(gate) * up, each product rounded
+  template <typename T>
+  static void swiglu(float* gate, float* up, const T* bg, const T* bu, float* m, int64_t r0, int64_t r1) {
+    add_bias<T>(gate + r0, bg ? bg + r0 : nullptr, r1 - r0);
+    add_bias<T>(up + r0, bu ? bu + r0 : nullptr, r1 - r0);
+    elementwise(m + r0, r1 - r0, [](auto g, auto u) { return rnd<T>(rnd<T>(g / (1.f + exp_(-g))) * u); },
+                gate + r0, up + r0);
   }
 
   // the row blocks of [b0, b1) this thread takes
@@ -171,121 +296,101 @@ class DecodeStep {
   }
 
   // T: the activations' dtype (float, bf16), W: the weights' (T itself, or int8 codes)
+  //
+  // Barriers: only after a phase whose output is split over the threads (q|k|v, its heads, attention, o, SwiGLU,
+  // down), 6 a layer. What every thread needs whole and is cheap (the residual stream x, a norm's output h, the
+  // GEMV's prepared input xd) each thread computes itself, into its own buffers: the same code on the same input
+  // gives each the same bits, and no thread waits for one thread to make it. SwiGLU needs no barrier before it: the
+  // gate and up GEMVs split their (equal) block counts alike, so each thread has made both halves of its rows.
   template <typename T, typename W>
   void run(const torch::Tensor& x_in, const torch::Tensor& cos, const torch::Tensor& sin,
            const std::vector<torch::Tensor>& kc, const std::vector<torch::Tensor>& vc, int64_t pos, int64_t start,
            torch::Tensor& h_out, torch::Tensor& logits_out) const {
     const int64_t L = layers_.size(), H = H_, Hkv = Hkv_, Dh = Dh_, D = D_, F = F_, V = V_;
-    const int64_t G = H / Hkv, R = cos.numel(), Tk = pos + 1 - start, max_len = kc[0].size(2);
-    const int64_t nqkv = (H + 2 * Hkv) * Dh;
-    std::vector<float> x(D), h(D), qkv(nqkv), att(H * Dh), o(D), gu(2 * F), m(F), logits(V);
-    std::vector<float> xd(std::max({D, H * Dh, F})), scores(H * Tk);
-    const T* xp = ptr<T>(x_in);
-    for (int64_t i = 0; i < D; ++i) x[i] = widen(xp[i]);
-    const T* cp = ptr<T>(cos);
-    const T* sp = ptr<T>(sin);
-    const float scale = 1.f / std::sqrt(static_cast<float>(Dh));
+    const int64_t G = H / Hkv, Tk = pos + 1 - start, max_len = kc[0].size(2), heads = H + 2 * Hkv;
+    const Position<T> where{ptr<T>(cos), ptr<T>(sin), cos.numel(), pos, max_len};
+    // shared, each written in parts (rows, heads) between barriers
+    std::vector<float> qkv(heads * Dh), att(H * Dh), o(D), dn(D), gu(2 * F), logits(V), scores(H * Tk);
+    std::vector<float> m(F);
+    // each thread's own x, h [D] and xd (64-byte apart)
+    const int nt = std::max(1, at::get_num_threads());
+    const int64_t own_size = (2 * D + std::max({D, H * Dh, F}) + 15) / 16 * 16;
+    std::vector<float> own(nt * own_size);
     // the matrices of each GEMV of each layer, and their block starts
-    std::vector<std::vector<Matrix>> mqkv(L), mo(L), mgu(L), mdown(L);
-    std::vector<std::vector<int64_t>> fqkv(L), fo(L), fgu(L), fdown(L);
+    std::vector<std::vector<Matrix>> mqkv(L), mo(L), mgate(L), mup(L), mdown(L);
+    std::vector<std::vector<int64_t>> fqkv(L), fo(L), fmlp(L), fdown(L);
     for (int64_t l = 0; l < L; ++l) {
       const auto& t = layers_[l];
       mqkv[l] = {{t[WQ].data_ptr(), scale_of(t[SQ]), H * Dh, 0}, {t[WK].data_ptr(), scale_of(t[SK]), Hkv * Dh, H * Dh},
                  {t[WV].data_ptr(), scale_of(t[SV]), Hkv * Dh, (H + Hkv) * Dh}};
       mo[l] = {{t[WO].data_ptr(), scale_of(t[SO]), D, 0}};
-      mgu[l] = {{t[WGATE].data_ptr(), scale_of(t[SGATE]), F, 0}, {t[WUP].data_ptr(), scale_of(t[SUP]), F, F}};
+      mgate[l] = {{t[WGATE].data_ptr(), scale_of(t[SGATE]), F, 0}};
+      mup[l] = {{t[WUP].data_ptr(), scale_of(t[SUP]), F, F}};
       mdown[l] = {{t[WDOWN].data_ptr(), scale_of(t[SDOWN]), D, 0}};
-      fqkv[l] = block_starts(mqkv[l]); fo[l] = block_starts(mo[l]); fgu[l] = block_starts(mgu[l]);
+      fqkv[l] = block_starts(mqkv[l]); fo[l] = block_starts(mo[l]); fmlp[l] = block_starts(mgate[l]);
       fdown[l] = block_starts(mdown[l]);
     }
     const std::vector<Matrix> mhead{{lm_head_.data_ptr(), scale_of(head_scale_), V, 0}};
     const std::vector<int64_t> fhead = block_starts(mhead);
+    T* ho = static_cast<T*>(h_out.data_ptr());
+    T* lo = static_cast<T*>(logits_out.data_ptr());
 
-    const int nt = std::max(1, at::get_num_threads());
 #pragma omp parallel num_threads(nt)
     {
       const int t = omp_get_thread_num(), n = omp_get_num_threads();
-      int64_t b0, b1;
+      float* x = own.data() + t * own_size;
+      float* h = x + D;
+      float* xd = h + D;
+      elementwise(x, D, [](auto v) { return v; }, ptr<T>(x_in));
+      // this thread's row blocks of `mats` against in [cols] (xd: its prepare_x) into y -> its rows [r0, r1) of
+      // the first matrix (a one-matrix list: all its rows)
       auto gemv = [&](const std::vector<Matrix>& mats, const std::vector<int64_t>& first, const float* in,
-                      int64_t cols, float* y, int64_t ldy) {
+                      int64_t cols, float* y) {
+        int64_t b0, b1;
         share(first.back(), t, n, b0, b1);
-        gemv_blocks<W>(mats, first, in, xd.data(), 1, cols, y, ldy, b0, b1);
+        gemv_blocks<W>(mats, first, in, xd, 1, cols, y, 0, b0, b1);
+        const int64_t rows = mats[0].rows;
+        return std::make_pair(std::min(rows, b0 * ROWS), std::min(rows, b1 * ROWS));
       };
       for (int64_t l = 0; l < L; ++l) {
         const auto& w = layers_[l];
         T* kcache = static_cast<T*>(kc[l].data_ptr());
         T* vcache = static_cast<T*>(vc[l].data_ptr());
-#pragma omp single
-        { rmsnorm<T>(x.data(), w[IN_NORM], h.data()); prepare_x<W>(h.data(), 1, D, xd.data()); }
-        gemv(mqkv[l], fqkv[l], h.data(), D, qkv.data(), nqkv);
+        rmsnorm<T>(x, w[IN_NORM], h);
+        prepare_x<W>(h, 1, D, xd);
+        gemv(mqkv[l], fqkv[l], h, D, qkv.data());
 #pragma omp barrier
-#pragma omp single
-        {                                                  // q|k|v rounded (+ bias), q and k rotated, k and v cached
-          add_bias<T>(qkv.data(), w[BQ], H * Dh);
-          add_bias<T>(qkv.data() + H * Dh, w[BK], Hkv * Dh);
-          add_bias<T>(qkv.data() + (H + Hkv) * Dh, w[BV], Hkv * Dh);
-          for (int64_t j = 0; j < H + Hkv; ++j) rotate<T>(qkv.data() + j * Dh, cp, sp, R);
-          for (int64_t j = 0; j < Hkv; ++j)
-            for (int64_t d = 0; d < Dh; ++d) {
-              kcache[(j * max_len + pos) * Dh + d] = T(qkv[(H + j) * Dh + d]);
-              vcache[(j * max_len + pos) * Dh + d] = T(qkv[(H + Hkv + j) * Dh + d]);
-            }
-        }
+        for (int64_t j = heads * t / n; j < heads * (t + 1) / n; ++j)          // this thread's q|k|v heads
+          finish_head(w, qkv.data(), j, where, kcache, vcache);
+#pragma omp barrier
         for (int64_t q = H * t / n; q < H * (t + 1) / n; ++q) {      // this thread's query heads
           const int64_t kv = q / G;
           const T* K = kcache + (kv * max_len + start) * Dh;         // keys start..pos
           const T* Vv = vcache + (kv * max_len + start) * Dh;
-          const float* qv = qkv.data() + q * Dh;
-          float* s = scores.data() + q * Tk;
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < Tk; ++j) { s[j] = dot(K + j * Dh, qv, Dh) * scale; mx = std::max(mx, s[j]); }
-          float sum = 0.f;
-          for (int64_t j = 0; j < Tk; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
-          float* y = att.data() + q * Dh;
-          std::fill(y, y + Dh, 0.f);
-          for (int64_t j = 0; j < Tk; ++j) axpy(s[j], Vv + j * Dh, y, Dh);
-          for (int64_t d = 0; d < Dh; ++d) y[d] = rnd<T>(y[d] / sum);
+          attend(qkv.data() + q * Dh, K, Vv, Tk, scores.data() + q * Tk, att.data() + q * Dh);
         }
 #pragma omp barrier
-#pragma omp single
-        prepare_x<W>(att.data(), 1, H * Dh, xd.data());
-        gemv(mo[l], fo[l], att.data(), H * Dh, o.data(), D);
+        prepare_x<W>(att.data(), 1, H * Dh, xd);
+        gemv(mo[l], fo[l], att.data(), H * Dh, o.data());
 #pragma omp barrier
-#pragma omp single
-        {                                                  // x += o; the MLP's norm
-          add_bias<T>(o.data(), w[BO], D);
-          for (int64_t i = 0; i < D; ++i) x[i] = rnd<T>(x[i] + o[i]);
-          rmsnorm<T>(x.data(), w[POST_NORM], h.data());
-          prepare_x<W>(h.data(), 1, D, xd.data());
-        }
-        gemv(mgu[l], fgu[l], h.data(), D, gu.data(), 2 * F);
+        residual<T>(x, o.data(), bias<T>(w[BO]), D);               // x += o; the MLP's norm
+        rmsnorm<T>(x, w[POST_NORM], h);
+        prepare_x<W>(h, 1, D, xd);
+        gemv(mgate[l], fmlp[l], h, D, gu.data());                  // gate and up: the same rows [r0, r1)
+        const auto [r0, r1] = gemv(mup[l], fmlp[l], h, D, gu.data());
+        swiglu<T>(gu.data(), gu.data() + F, bias<T>(w[BGATE]), bias<T>(w[BUP]), m.data(), r0, r1);
 #pragma omp barrier
-#pragma omp single
-        {                                                  // silu(gate) * up
-          add_bias<T>(gu.data(), w[BGATE], F);
-          add_bias<T>(gu.data() + F, w[BUP], F);
-          for (int64_t i = 0; i < F; ++i) {
-            const float g = gu[i];
-            m[i] = rnd<T>(rnd<T>(g / (1.f + std::exp(-g))) * gu[F + i]);
-          }
-          prepare_x<W>(m.data(), 1, F, xd.data());
-        }
-        gemv(mdown[l], fdown[l], m.data(), F, o.data(), D);
+        prepare_x<W>(m.data(), 1, F, xd);
+        gemv(mdown[l], fdown[l], m.data(), F, dn.data());
 #pragma omp barrier
-#pragma omp single
-        {                                                  // x += down
-          add_bias<T>(o.data(), w[BDOWN], D);
-          for (int64_t i = 0; i < D; ++i) x[i] = rnd<T>(x[i] + o[i]);
-        }
+        residual<T>(x, dn.data(), bias<T>(w[BDOWN]), D);           // x += down
       }
-#pragma omp single
-      { rmsnorm<T>(x.data(), norm_, h.data()); prepare_x<W>(h.data(), 1, D, xd.data()); }
-      gemv(mhead, fhead, h.data(), D, logits.data(), V);
+      rmsnorm<T>(x, norm_, h);
+      prepare_x<W>(h, 1, D, xd);
+      const auto [r0, r1] = gemv(mhead, fhead, h, D, logits.data());
+      store(lo + r0, logits.data() + r0, r1 - r0);                 // this thread's logits
+      if (t == 0) store(ho, h, D);
     }
-    T* ho = static_cast<T*>(h_out.data_ptr());
-    T* lo = static_cast<T*>(logits_out.data_ptr());
-    for (int64_t i = 0; i < D; ++i) ho[i] = T(h[i]);
-    for (int64_t i = 0; i < V; ++i) lo[i] = T(logits[i]);
   }
 
   std::vector<std::vector<torch::Tensor>> layers_;

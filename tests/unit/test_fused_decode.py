@@ -159,6 +159,43 @@ def test_one_step_equals_the_layers(spy, variant, dtype):
     assert isinstance(model.fused_decode, FusedDecode)     # still attached: nothing made it step aside
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_three_threads_and_a_ragged_mlp_split_equal_the_layers(spy, dtype):
+    """Three threads (an odd split of everything) over F = 50 (13 row blocks of 4, the last one short: the gate and
+    up GEMVs' shared row split ends mid-block and the SiLU product follows it) and 8 q|k|v heads."""
+    model = tiny("llama_bias", dtype, intermediate_size=50)
+    attach_fused_decode(model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        for n in (1, 6, 19):
+            cache = prefill(model, n)
+            spy.positions.clear()
+            a, b = both_ways(model, cache, token=n * 5)
+            assert spy.positions == [n]
+            assert_same_step(a, b, dtype, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_bf16_rounding_ties_go_to_even_as_atens(spy):
+    """The step's own bf16 rounding (8 at a time) against ATen's, bitwise: with o_proj and down_proj zero every layer
+    passes x through, so the hidden state is the final RMSNorm of the embedding; a norm weight of 1.5 makes a tie of
+    weight * rounded input about one element in four (a bf16 value times 1.5 has up to 2 bits more)."""
+    model = tiny("gqa", torch.bfloat16)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.norm.weight.fill_(1.5)
+    attach_fused_decode(model)
+    for token in range(0, 100, 9):
+        cache = prefill(model, 6)
+        (_, ha, _), (_, hb, _) = both_ways(model, cache, token=token)
+        assert torch.equal(ha, hb), (ha - hb).abs().max()
+    assert spy.positions == [6] * 12
+
+
 # -- greedy decoding -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("variant", ["gqa", "llama_bias", "partial"])
