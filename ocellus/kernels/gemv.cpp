@@ -21,7 +21,7 @@ namespace {
 template <typename T>
 void run(const std::vector<Matrix>& mats, const float* x, int64_t batch, int64_t n, float* y, int64_t ldy) {
   const std::vector<int64_t> first = block_starts(mats);
-  std::vector<float> xd(std::is_same_v<T, at::BFloat16> ? batch * n : 0);
+  std::vector<float> xd(std::is_same_v<T, at::BFloat16> || (std::is_same_v<T, int8_t> && quantized_x(n)) ? batch * n : 0);
   prepare_x<T>(x, batch, n, xd.data());
   at::parallel_for(0, first.back(), 16, [&](int64_t b0, int64_t b1) {
     gemv_blocks<T>(mats, first, x, xd.data(), batch, n, y, ldy, b0, b1);
@@ -106,6 +106,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv, "y = cat(W_i x) for row-major weights read once (batch-1 decode)");
   m.def("use_avx512", [](bool on) { const bool was = HAS_AVX512; HAS_AVX512 = on && CPU_AVX512; return was; },
         "bf16 rows through the AVX-512 kernel (where the CPU has it) or the AVX2 one; returns the previous choice");
+  m.def("use_vnni", [](bool on) { const bool was = HAS_VNNI; HAS_VNNI = on && CPU_VNNI; return was; },
+        "int8 rows against x quantized to int16 (AVX-512 VNNI, where the CPU has it) or fp32 x; returns the previous");
   m.def("read_pass", &read_pass, "read every byte of the tensors once (the decode roofline's read)");
   bind_decode_step(m);
 }

@@ -129,9 +129,9 @@ def both_ways(model, cache, token=7, ids=None, **kw):
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-4), torch.bfloat16: dict(rtol=2e-2, atol=0.3)}
 
 
-def assert_same_step(a, b, dtype, pos):
+def assert_same_step(a, b, dtype, pos, tol=None):
     (la, ha, ca), (lb, hb, cb) = a, b
-    tol = TOL[dtype]
+    tol = tol or TOL[dtype]
     assert la.shape == lb.shape == (1, 1, lb.shape[-1]) and la.dtype == lb.dtype == dtype
     torch.testing.assert_close(la, lb, **tol)
     torch.testing.assert_close(ha, hb, **tol)
@@ -349,22 +349,39 @@ def dequantized(model):
     return twin
 
 
-def test_an_int8_model_runs_its_codes_through_the_step(spy):
-    """Every linear int8 (the head too): the step reads the codes and their per-row scales with float activations,
-    the layers of the dequantized float twin to float rounding (the cache the twin's: the int8 layers' own eager
-    forward quantizes activations)."""
-    model = quantize_model(tiny("llama_bias"))
+# Widths where every GEMV of the step has >= 64 columns (D = 96, heads x head_dim = 96, F = 128): its int8 rows read
+# x quantized to int16 (kernels/gemv_rows.h, where the CPU has AVX-512 VNNI); 14 bits and a sign of the largest |x|
+# move these logits by < 1e-3 of their scale, a wrong code or scale by more than 0.1.
+WIDE = dict(hidden_size=96, intermediate_size=128, head_dim=24)
+
+
+@pytest.mark.parametrize("wide,vnni", [(False, True), (True, False), (True, True)],
+                         ids=["narrow", "wide-fp32-x", "wide-int16-x"])
+def test_an_int8_model_runs_its_codes_through_the_step(spy, ext, wide, vnni):
+    """Every linear int8 (the head too): the step reads the codes and their per-row scales, the layers of the
+    dequantized float twin: to float rounding with float x (narrow GEMVs, or VNNI off), to x's int16 rounding with
+    it (the cache the twin's: the int8 layers' own eager forward quantizes activations)."""
+    model = quantize_model(tiny("llama_bias", **(WIDE if wide else {})))
     twin = dequantized(model)
     assert _why_not(model) is None and attach_fused_decode(model) == 1
-    for n in (1, 6, 19):
-        cache = prefill(twin, n)
-        ids = torch.tensor([[n * 5]])
-        other = clone(cache)
-        spy.positions.clear()
-        with torch.inference_mode():
-            a, b = model(input_ids=ids, cache=cache), twin(input_ids=ids, cache=other)
-        assert spy.positions == [n]
-        assert_same_step((a.logits, a.hidden_states, cache), (b.logits, b.hidden_states, other), torch.float32, n)
+    was = ext.use_vnni(vnni)
+    quantized = wide and ext.use_vnni(vnni)
+    try:
+        for n in (1, 6, 19):
+            cache = prefill(twin, n)
+            ids = torch.tensor([[n * 5]])
+            other = clone(cache)
+            spy.positions.clear()
+            with torch.inference_mode():
+                a, b = model(input_ids=ids, cache=cache), twin(input_ids=ids, cache=other)
+            assert spy.positions == [n]
+            tol = dict(rtol=1e-3, atol=1e-3 * float(b.logits.abs().max())) if quantized else None
+            assert_same_step((a.logits, a.hidden_states, cache), (b.logits, b.hidden_states, other), torch.float32,
+                             n, tol)
+            if quantized:       # the int16 x shows: not float rounding
+                assert not torch.allclose(a.logits, b.logits, **TOL[torch.float32])
+    finally:
+        ext.use_vnni(was)
 
 
 def test_mixed_int8_lora_and_mixed_eps_models_are_not_attached(ext):

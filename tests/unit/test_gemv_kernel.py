@@ -49,15 +49,32 @@ IDS = torch.tensor([[5, 17, 3, 60, 2, 9, 44]])
 
 
 # -- the kernel ----------------------------------------------------------------------------------------------------
+def quantized_x(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, n] -> (sx [B, 1], xq [B, n]): the int16 x the VNNI int8 rows read (kernels/gemv_rows.h prepare_x), in
+    float32 as the kernel computes it: sx = max|x| / 16383, xq = round-half-even(x * (16383 / max|x|))."""
+    m = x.abs().amax(dim=1, keepdim=True)
+    inv = torch.where(m > 0, torch.tensor(16383.0) / m, torch.zeros_like(m))
+    return m / 16383, torch.round(x * inv)
+
+
+def has_vnni(ext) -> bool:
+    was = ext.use_vnni(True)
+    on = ext.use_vnni(was)
+    return on
+
+
 @pytest.mark.parametrize("n", [77, 8, 5, 2051])         # 16-wide steps, an 8-wide step and a tail; 8; a tail only; long
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("avx512", [True, False])      # bf16 rows: the AVX-512 kernel (where the CPU has it), AVX2
-def test_kernel_equals_a_float64_product(ext, n, threads, avx512):
+@pytest.mark.parametrize("vnni", [True, False])        # int8 rows: x as int16 (VNNI, where the CPU has it), or fp32
+def test_kernel_equals_a_float64_product(ext, n, threads, avx512, vnni):
     """Row counts that are not multiples of the 4-row block (13, 6, 301: the last block short, several matrices,
-    enough blocks for both threads), fp32 / bf16 weights and int8 codes with their scales, batch 1 and 3."""
+    enough blocks for both threads), fp32 / bf16 weights and int8 codes with their scales, batch 1 and 3. The VNNI
+    int8 rows (n >= 64) equal the float64 product of the codes with the quantized x; the others with x itself."""
     g = torch.Generator().manual_seed(n)
     ws = [torch.randn(o, n, generator=g) for o in (13, 6, 301)]
-    old, was = torch.get_num_threads(), ext.use_avx512(avx512)
+    old, was, was_vnni = torch.get_num_threads(), ext.use_avx512(avx512), ext.use_vnni(vnni)
+    quantized = avx512 and vnni and n >= 64 and has_vnni(ext)
     torch.set_num_threads(threads)
     try:
         for batch in (1, 3):
@@ -70,11 +87,47 @@ def test_kernel_equals_a_float64_product(ext, n, threads, avx512):
                 torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * n ** 0.5)
             codes = [torch.randint(-127, 128, (o, n), generator=g, dtype=torch.int8) for o in (13, 6, 301)]
             scales = [torch.rand(o, generator=g) + 0.01 for o in (13, 6, 301)]
-            ref = torch.cat([(x.double() @ c.double().T) * s.double() for c, s in zip(codes, scales)], dim=1)
+            if quantized:
+                sx, xq = quantized_x(x)
+                ref = torch.cat([sx.double() * (xq.double() @ c.double().T) * s.double()
+                                 for c, s in zip(codes, scales)], dim=1)
+            else:
+                ref = torch.cat([(x.double() @ c.double().T) * s.double() for c, s in zip(codes, scales)], dim=1)
             torch.testing.assert_close(ext.gemv(x, codes, scales).double(), ref, rtol=1e-5, atol=1e-3 * n ** 0.5)
     finally:
         torch.set_num_threads(old)
         ext.use_avx512(was)
+        ext.use_vnni(was_vnni)
+
+
+def test_vnni_int8_rows_stay_within_the_quantization_bound_and_do_not_overflow(ext):
+    """x as int16 moves each output by at most sx / 2 * sum |code| * scale (round to nearest) from the product with
+    x itself; rows of 20000 columns of the largest codes against x at its largest (a lane's int32 sum would pass
+    2^31 without the kernel's chunks) stay exact; a row of x with inf / NaN reads x as fp32 (the float result)."""
+    if not has_vnni(ext):
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3000, generator=g) * torch.tensor([[1.0], [1e-3]])
+    codes, scale = torch.randint(-127, 128, (37, 3000), generator=g, dtype=torch.int8), torch.rand(37) + 0.1
+    exact = (x.double() @ codes.double().T) * scale.double()
+    sx, _ = quantized_x(x)
+    bound = sx.double() / 2 * codes.double().abs().sum(1) * scale.double()
+    err = (ext.gemv(x, [codes], [scale]).double() - exact).abs()
+    assert (err <= bound * 1.001 + 1e-4).all() and (err > 0).any()        # quantized, within its bound
+    n = 20000                                                             # 625 pair sums a lane: 2.6e9 in one int32
+    big = torch.full((1, n), 3.0)
+    codes = torch.full((5, n), 127, dtype=torch.int8)
+    codes[1] = -127
+    y = ext.gemv(big, [codes], [torch.ones(5)])
+    assert torch.equal(y, torch.tensor([[3.0 * 127 * n, -3.0 * 127 * n] + [3.0 * 127 * n] * 3]))
+    x = torch.randn(3, 256, generator=g)
+    x[1, 7], x[2, 9] = float("inf"), float("nan")
+    codes = torch.randint(-127, 128, (9, 256), generator=g, dtype=torch.int8)
+    codes[:, 7] = 1                                                       # (inf * 0 would be NaN: keep it inf)
+    y = ext.gemv(x, [codes], [torch.ones(9)])
+    assert torch.isinf(y[1]).all() and torch.isnan(y[2]).all()            # fp32 x: the inf and the NaN go through
+    sx, xq = quantized_x(x[:1])                                            # the finite row: quantized as ever
+    torch.testing.assert_close(y[:1].double(), sx.double() * (xq.double() @ codes.double().T), rtol=1e-6, atol=1e-3)
 
 
 def test_kernel_takes_bf16_activations_and_gives_bf16(ext):
