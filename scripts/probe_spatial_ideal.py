@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Can the default model's decoder learn spatial relations at all? Its text decoder trained on "which side"
+questions ("Is the red circle to the left or to the right of the blue square?") over IDEAL image tokens, made
+here from each scene's ground truth instead of a ViT, so that what the tokens hold is known exactly
+(docs/VLM_COMPARISON.md, session 16; issue 18 item 6). Tokens (learned embeddings, trained with the decoder):
+
+    objects     one token per object, in random order: colour + shape + Linear(x, y of its centre)
+    grid        16 tokens, a 4x4 grid of 12 px cells in row order (as the default ViT's patches): each cell holds
+                the colour + shape of the object over its centre (or containing the object's centre), else a
+                background token; where things are is only the token order (RoPE), as in the default model
+    grid+pos    grid + Linear(x, y of the cell) in every token's value (as a box-head ViT's patches)
+
+--position P mixes one-object "which half" questions (shapes.py `position`) into P of the training samples, a
+curriculum: one lookup and one read before two lookups and a comparison. Held-out accuracy on 300 relation
+questions of other scenes every 250 steps (chance 50%).
+
+    python scripts/probe_spatial_ideal.py objects --steps 3000 --position 0.5
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import ocellus
+from ocellus.data.shapes import SHAPES, ShapesConfig, _qa_position, _qa_spatial, make_scene
+
+TEXT = "runs/llava_tiny_shapes/text/model"       # the default model's decoder before any image (make_default_model)
+CELL, GRID = 12, 4                                # 48 px scenes, the default ViT's 12 px patches
+
+
+class IdealTokens(nn.Module):
+    """A scene -> [K, D] image tokens from its ground truth (the module doc's variants)."""
+
+    def __init__(self, variant: str, dim: int, colours: list[str]):
+        super().__init__()
+        self.variant, self.colours = variant, colours
+        self.colour = nn.Embedding(len(colours) + 1, dim)      # the last: background
+        self.shape = nn.Embedding(len(SHAPES) + 1, dim)
+        self.where = nn.Linear(2, dim)
+        for p in self.parameters():
+            nn.init.normal_(p, std=0.02)
+
+    def forward(self, scene, rng: np.random.Generator) -> torch.Tensor:
+        if self.variant == "objects":
+            objs = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
+            c = torch.tensor([self.colours.index(o.colour) for o in objs])
+            s = torch.tensor([SHAPES.index(o.shape) for o in objs])
+            xy = torch.tensor([[o.center[0] / scene.image_size - 0.5, o.center[1] / scene.image_size - 0.5]
+                               for o in objs])
+            return self.colour(c) + self.shape(s) + self.where(xy)                      # [K, D]
+        c, s = torch.full((GRID * GRID,), len(self.colours)), torch.full((GRID * GRID,), len(SHAPES))
+        for o in scene.objects:
+            x0, y0, x1, y1 = o.bbox
+            own = min(GRID - 1, int(o.center[1] / CELL)) * GRID + min(GRID - 1, int(o.center[0] / CELL))
+            for k in range(GRID * GRID):
+                cx, cy = (k % GRID) * CELL + CELL // 2, (k // GRID) * CELL + CELL // 2
+                if k == own or (x0 <= cx < x1 and y0 <= cy < y1):
+                    c[k], s[k] = self.colours.index(o.colour), SHAPES.index(o.shape)
+        tokens = self.colour(c) + self.shape(s)                                         # [16, D]
+        if self.variant == "grid+pos":
+            k = torch.arange(GRID * GRID)
+            tokens = tokens + self.where(torch.stack([k % GRID, k // GRID], 1) / (GRID - 1) - 0.5)
+        return tokens
+
+
+def question(rng: np.random.Generator, cfg: ShapesConfig, kind: str):
+    """(scene, question, answer, the two answers it chooses between) of the given kind."""
+    while True:
+        scene = make_scene(rng, cfg)
+        qa = _qa_position(rng, scene) if kind == "position" else _qa_spatial(rng, scene)
+        if qa is None or " or " not in qa[0]:          # the "which side" form only (not the yes / no one)
+            continue
+        q, a = qa
+        pair = next(p for p in (("left", "right"), ("top", "bottom"), ("above", "below")) if a in p)
+        return scene, q, a, pair
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("variant", choices=("objects", "grid", "grid+pos"))
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--position", type=float, default=0.0, help="share of one-object position questions")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--text", default=TEXT)
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    tok, model = ocellus.load_processor(args.text), ocellus.load(args.text).train()
+    cfg = ShapesConfig(image_size=GRID * CELL, min_objects=2, max_objects=4)
+    ideal = IdealTokens(args.variant, model.config.hidden_size, list(cfg.colours))
+    embed = model.embed_tokens
+    words = {w: tok.encode(" " + w, add_special_tokens=False)[0] for p in (("left", "right"), ("top", "bottom"),
+                                                                           ("above", "below")) for w in p}
+
+    def encode(scene, q, a, rng):   # -> (embeddings [T, D], labels [T], where the answer is predicted)
+        image = ideal(scene, rng)
+        qi, ai = tok.encode(" " + q + " Answer:", add_special_tokens=False), tok.encode(" " + a, add_special_tokens=False)
+        ids = torch.tensor(qi + ai)
+        x = torch.cat([image, embed(ids)], 0)
+        labels = torch.full((len(x),), -100)
+        labels[len(image) + len(qi):] = ids[len(qi):]
+        return x, labels, len(image) + len(qi)
+
+    rng, held_rng = np.random.default_rng(1), np.random.default_rng(999)
+    held = [question(held_rng, cfg, "spatial") for _ in range(300)]
+
+    @torch.no_grad()
+    def accuracy() -> float:
+        model.eval()
+        right = 0
+        for scene, q, a, pair in held:
+            x, _, at = encode(scene, q, a, held_rng)
+            logits = model(inputs_embeds=x[None, :at]).logits[0, -1]
+            right += int(pair[int(logits[[words[w] for w in pair]].argmax())] == a)
+        model.train()
+        return right / len(held)
+
+    opt = torch.optim.AdamW(list(model.parameters()) + list(ideal.parameters()), lr=args.lr, weight_decay=0.0)
+    t0 = time.time()
+    for step in range(1, args.steps + 1):
+        rows = [encode(*question(rng, cfg, "position" if rng.random() < args.position else "spatial")[:3], rng)
+                for _ in range(args.batch)]
+        T = max(len(x) for x, _, _ in rows)
+        X = torch.zeros(len(rows), T, model.config.hidden_size)
+        L, M = torch.full((len(rows), T), -100), torch.zeros(len(rows), T, dtype=torch.long)
+        for i, (x, lab, _) in enumerate(rows):                  # right padding, masked
+            X[i, :len(x)], L[i, :len(x)], M[i, :len(x)] = x, lab, 1
+        logits = model(inputs_embeds=X, attention_mask=M).logits
+        loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), L[:, 1:].flatten(), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 250 == 0:
+            print(f"{args.variant} position {args.position} step {step}: loss {loss.item():.3f}, held-out relation "
+                  f"accuracy {accuracy():.3f} ({time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
