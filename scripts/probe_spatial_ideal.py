@@ -11,8 +11,9 @@ here from each scene's ground truth instead of a ViT, so that what the tokens ho
     grid+pos    grid + Linear(x, y of the cell) in every token's value (as a box-head ViT's patches)
 
 --position P mixes one-object "which half" questions (shapes.py `position`) into P of the training samples, a
-curriculum: one lookup and one read before two lookups and a comparison. Held-out accuracy on 300 relation
-questions of other scenes every 250 steps (chance 50%).
+curriculum: one lookup and one read before two lookups and a comparison; --lone asks them in scenes of one object
+only (the read then pays off before the lookup does). Held-out accuracy on 300 relation questions of other scenes
+every 250 steps (chance 50%).
 
     python scripts/probe_spatial_ideal.py objects --steps 3000 --position 0.5
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -67,10 +69,11 @@ class IdealTokens(nn.Module):
         return tokens
 
 
-def question(rng: np.random.Generator, cfg: ShapesConfig, kind: str):
-    """(scene, question, answer, the two answers it chooses between) of the given kind."""
+def question(rng: np.random.Generator, cfg: ShapesConfig, kind: str, lone: bool = False):
+    """(scene, question, answer, the two answers it chooses between) of the given kind (position: in a scene of
+    one object when lone)."""
     while True:
-        scene = make_scene(rng, cfg)
+        scene = make_scene(rng, replace(cfg, min_objects=1, max_objects=1) if lone else cfg)
         qa = _qa_position(rng, scene) if kind == "position" else _qa_spatial(rng, scene)
         if qa is None or " or " not in qa[0]:          # the "which side" form only (not the yes / no one)
             continue
@@ -84,6 +87,7 @@ def main(argv=None) -> None:
     ap.add_argument("variant", choices=("objects", "grid", "grid+pos"))
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--position", type=float, default=0.0, help="share of one-object position questions")
+    ap.add_argument("--lone", action="store_true", help="position questions in one-object scenes")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--text", default=TEXT)
@@ -122,8 +126,10 @@ def main(argv=None) -> None:
     opt = torch.optim.AdamW(list(model.parameters()) + list(ideal.parameters()), lr=args.lr, weight_decay=0.0)
     t0 = time.time()
     for step in range(1, args.steps + 1):
-        rows = [encode(*question(rng, cfg, "position" if rng.random() < args.position else "spatial")[:3], rng)
-                for _ in range(args.batch)]
+        rows = []
+        for _ in range(args.batch):
+            kind = "position" if rng.random() < args.position else "spatial"
+            rows.append(encode(*question(rng, cfg, kind, lone=args.lone and kind == "position")[:3], rng))
         T = max(len(x) for x, _, _ in rows)
         X = torch.zeros(len(rows), T, model.config.hidden_size)
         L, M = torch.full((len(rows), T), -100), torch.zeros(len(rows), T, dtype=torch.long)
@@ -135,7 +141,7 @@ def main(argv=None) -> None:
         loss.backward()
         opt.step()
         if step % 250 == 0:
-            print(f"{args.variant} position {args.position} step {step}: loss {loss.item():.3f}, held-out relation "
+            print(f"{args.variant} position {args.position}{' lone' if args.lone else ''} step {step}: loss {loss.item():.3f}, held-out relation "
                   f"accuracy {accuracy():.3f} ({time.time() - t0:.0f} s)", flush=True)
 
 
