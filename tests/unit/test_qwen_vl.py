@@ -77,6 +77,18 @@ def test_save_load_round_trip_is_exact(tiny_vlm_parts, tmp_path):
     assert torch.equal(ids, model.generate(**batch, max_new_tokens=3))
 
 
+def test_pretrain_recipe_trains_only_the_adapter(tiny_vlm_parts, tmp_path):
+    """recipes/qwen_vl_tiny_shapes/pretrain.yaml (the chain's caption stage): the loss falls while the decoder comes
+    out as it went in (frozen: only the adapter learned)."""
+    from _vlm_recipes import train_tiny_vlm_recipe
+    out = tmp_path / "run"
+    losses = train_tiny_vlm_recipe(RECIPE.with_name("pretrain.yaml"), tiny_vlm_parts, out)
+    assert losses[-1] < losses[0]
+    trained, start = ocellus.load(out / "model"), ocellus.load(tiny_vlm_parts / "text" / "model")
+    theirs = start.state_dict()
+    assert all(torch.equal(t, theirs[k]) for k, t in trained.language_model.state_dict().items())
+
+
 def test_grounding_recipe_trains_and_evaluates(tiny_vlm_parts, tmp_path):
     from ocellus.eval.harness import evaluate
     from _vlm_recipes import train_tiny_vlm_recipe
