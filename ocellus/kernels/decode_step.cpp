@@ -107,7 +107,16 @@ inline float sum_sq(const float* x, int64_t n) {               // sum x[i]^2, fp
   return r;
 }
 
-// attention over the cache: its rows are short (head_dim), so the AVX2 widening load8 of gemv_rows.h serves
+// -- attention over the cache (AVX2: its rows are short, head_dim, so the widening load8 of gemv_rows.h serves) --
+// One key at a time, a score was a chain of dependent FMAs then a horizontal sum, each value's p v was added into y
+// through memory, and e^x was std::exp: latency-bound, ~0.45 of the 0.6 ms outside the GEMVs of the 100M bench
+// model's step at position 512 (2 threads). Now KEYS keys a pass share each load of q, sum in independent
+// accumulators and are reduced together, and values are summed over all keys with y in registers, both in one key
+// at a time's order of float32 operations (scores and y bitwise as before); e^x 8 at a time (exp_, 1 ulp).
+// What is left there reads the cache at about the weights' streaming rate. (Reading bf16 keys and values as 32-bit
+// lanes, as the bf16 GEMV rows do, saved a further 4% of it: not kept.)
+constexpr int KEYS = 8;
+
 template <typename T>
 inline float dot(const T* a, const float* b, int64_t n) {      // sum a[i] b[i], fp32
   __m256 s = _mm256_setzero_ps();
@@ -118,12 +127,78 @@ inline float dot(const T* a, const float* b, int64_t n) {      // sum a[i] b[i],
   return r;
 }
 
+// the horizontal sums of a[0..7] as hsum adds each: (l0 + l4 + (l2 + l6)) + (l1 + l5 + (l3 + l7))
+inline __m256 hsum8(const __m256* a) {
+  __m256 m[4], v[2];
+  for (int k = 0; k < 4; ++k)          // keys 2k | 2k+1: lo + hi halves, [m0 m1 m2 m3 | m0 m1 m2 m3]
+    m[k] = _mm256_add_ps(_mm256_permute2f128_ps(a[2 * k], a[2 * k + 1], 0x20),
+                         _mm256_permute2f128_ps(a[2 * k], a[2 * k + 1], 0x31));
+  for (int k = 0; k < 2; ++k)          // keys 4k, 4k+2 | 4k+1, 4k+3: [m0+m2, m1+m3] each
+    v[k] = _mm256_add_ps(_mm256_shuffle_ps(m[2 * k], m[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm256_shuffle_ps(m[2 * k], m[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m256 r = _mm256_hadd_ps(v[0], v[1]);                   // keys 0 2 4 6 | 1 3 5 7
+  return _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// s[j] = scale * K[j] . q for the keys K [Tk, Dh] -> max_j s[j] (a NaN score passed over, as std::max does)
 template <typename T>
-inline void axpy(float p, const T* v, float* y, int64_t n) {   // y += p v
-  const __m256 pp = _mm256_set1_ps(p);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(pp, load8(v + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += p * widen(v[i]);
+inline float key_scores(const T* K, const float* q, int64_t Tk, int64_t Dh, float scale, float* s) {
+  const int64_t d8 = Dh / 8 * 8;
+  __m256 mv = _mm256_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + KEYS <= Tk; j += KEYS) {
+    const T* k = K + j * Dh;
+    __m256 a[KEYS];
+    for (int r = 0; r < KEYS; ++r) a[r] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < d8; d += 8) {
+      const __m256 qd = _mm256_loadu_ps(q + d);
+      for (int r = 0; r < KEYS; ++r) a[r] = _mm256_fmadd_ps(load8(k + r * Dh + d), qd, a[r]);
+    }
+    _mm256_storeu_ps(s + j, hsum8(a));
+    for (int r = 0; r < KEYS; ++r)                                 // the last Dh % 8 dims, as dot adds them
+      for (int64_t d = d8; d < Dh; ++d) s[j + r] += widen(k[r * Dh + d]) * q[d];
+    const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(s + j), _mm256_set1_ps(scale));
+    _mm256_storeu_ps(s + j, v);
+    mv = _mm256_max_ps(v, mv);                                     // mv where v is NaN
+  }
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  float mx = std::max(_mm_cvtss_f32(m4), _mm_cvtss_f32(_mm_movehdup_ps(m4)));
+  for (; j < Tk; ++j) { s[j] = dot(K + j * Dh, q, Dh) * scale; mx = std::max(mx, s[j]); }
+  return mx;
+}
+
+// y[d] = sum_j p[j] V[j, d] for 8 NV columns d (V [Tk, ld]): key by key with FMAs, y held in NV registers
+template <int NV, typename T>
+inline void weighted_cols(const T* V, int64_t ld, const float* p, int64_t Tk, float* y) {
+  __m256 a[NV];
+  for (int k = 0; k < NV; ++k) a[k] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < Tk; ++j) {
+    const __m256 pj = _mm256_set1_ps(p[j]);
+    for (int k = 0; k < NV; ++k) a[k] = _mm256_fmadd_ps(pj, load8(V + j * ld + 8 * k), a[k]);
+  }
+  for (int k = 0; k < NV; ++k) _mm256_storeu_ps(y + 8 * k, a[k]);
+}
+
+template <int NV = 7, typename T>                                  // weighted_cols<nv> for nv < 8
+inline void weighted_cols_n(int nv, const T* V, int64_t ld, const float* p, int64_t Tk, float* y) {
+  if constexpr (NV > 0) {
+    if (nv == NV) weighted_cols<NV>(V, ld, p, Tk, y);
+    else weighted_cols_n<NV - 1>(nv, V, ld, p, Tk, y);
+  }
+}
+
+// y = sum_j p[j] V[j] for the values V [Tk, Dh]: 64 columns a pass over the keys, then the rest
+template <typename T>
+inline void weighted_sum(const T* V, const float* p, int64_t Tk, int64_t Dh, float* y) {
+  int64_t d = 0;
+  for (; d + 64 <= Dh; d += 64) weighted_cols<8>(V + d, Dh, p, Tk, y + d);
+  weighted_cols_n(int((Dh - d) / 8), V + d, Dh, p, Tk, y + d);
+  for (d = Dh / 8 * 8; d < Dh; ++d) {                              // the last Dh % 8 columns
+    float a = 0.f;
+    for (int64_t j = 0; j < Tk; ++j) a += p[j] * widen(V[j * Dh + d]);
+    y[d] = a;
+  }
 }
 
 template <typename T> inline const T* ptr(const torch::Tensor& t) { return static_cast<const T*>(t.data_ptr()); }
@@ -267,12 +342,17 @@ class DecodeStep {
   void attend(const float* qv, const T* K, const T* Vv, int64_t Tk, float* s, float* y) const {
     const int64_t Dh = Dh_;
     const float scale = 1.f / std::sqrt(static_cast<float>(Dh));
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < Tk; ++j) { s[j] = dot(K + j * Dh, qv, Dh) * scale; mx = std::max(mx, s[j]); }
-    float sum = 0.f;
-    for (int64_t j = 0; j < Tk; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
-    std::fill(y, y + Dh, 0.f);
-    for (int64_t j = 0; j < Tk; ++j) axpy(s[j], Vv + j * Dh, y, Dh);
+    const float mx = key_scores(K, qv, Tk, Dh, scale, s);
+    __m256 sv = _mm256_setzero_ps();                 // softmax's e^(s - max) 8 at a time (exp_), summed in fp32
+    int64_t j = 0;
+    for (; j + 8 <= Tk; j += 8) {
+      const __m256 e = exp_(_mm256_sub_ps(_mm256_loadu_ps(s + j), _mm256_set1_ps(mx)));
+      _mm256_storeu_ps(s + j, e);
+      sv = _mm256_add_ps(sv, e);
+    }
+    float sum = hsum(sv);
+    for (; j < Tk; ++j) { s[j] = exp_(s[j] - mx); sum += s[j]; }
+    weighted_sum(Vv, s, Tk, Dh, y);
     elementwise(y, Dh, [sum](auto v) { return rnd<T>(v / sum); }, y);
   }
 

@@ -208,27 +208,56 @@ inline std::vector<int64_t> block_starts(const std::vector<Matrix>& mats) {
 // Whether int8 rows of n columns read x as int16 (VNNI): the int16 row and its scale fill n floats from n = 64 on.
 inline bool quantized_x(int64_t n) { return HAS_AVX512 && HAS_VNNI && n >= 64; }
 
+// x's int16 codes for the VNNI rows: q[i] = int16(lrintf(x[i] * inv)) bit for bit, 16 at a time: cvtps_epi32 rounds
+// to nearest even under the default MXCSR as lrintf does, and vpmovdw keeps the low 16 bits as the cast does (both
+// give 0 where inv is inf: max|x| below ~2^-114)
+__attribute__((target("avx512f,avx512bw")))
+inline void quantize_512(const float* x, int64_t n, float inv, int16_t* q) {
+  const __m512 s = _mm512_set1_ps(inv);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i),
+                        _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), s))));
+  for (; i < n; ++i) q[i] = static_cast<int16_t>(std::lrintf(x[i] * inv));
+}
+
+// max |x[i]| (exact in any order), and whether every x[i] is finite
+__attribute__((target("avx512f,avx512bw")))
+inline float max_abs_512(const float* x, int64_t n, bool& finite) {
+  __m512 m = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + i));
+    bad |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ);        // |x| >= inf or NaN
+    m = _mm512_max_ps(m, a);
+  }
+  float r = _mm512_reduce_max_ps(m);
+  finite = bad == 0;
+  for (; i < n; ++i) { r = std::max(r, std::fabs(x[i])); finite &= std::isfinite(x[i]); }
+  return r;
+}
+
 // What the rows read as x: for bf16 weights x de-interleaved per 16 (AVX2) or 32 (AVX-512) columns into xd
 // [batch, n]; for int8 weights read through VNNI (quantized_x), each row of xd holds the scale sx then n int16
 // codes round(x / sx), sx = max|x| / XQ_MAX (NaN where x is not finite: those rows read x as fp32); other weights
-// read x itself (xd untouched).
+// read x itself (xd untouched). Every thread of the decode step makes its own (on its critical path): the int8
+// scale and codes 16 at a time (AVX-512; scalar they took 1.24 us at n = 768 here, vectorised 0.1 us).
 template <typename T>
 inline void prepare_x(const float* x, int64_t batch, int64_t n, float* xd) {
   if constexpr (std::is_same_v<T, int8_t>) {
-    if (!quantized_x(n)) return;
+    if (!quantized_x(n)) return;                   // (AVX-512 from here on)
     for (int64_t s = 0; s < batch; ++s) {
       const float* xs = x + s * n;
-      float m = 0.f;
-      bool finite = true;
-      for (int64_t i = 0; i < n; ++i) { m = std::max(m, std::fabs(xs[i])); finite &= std::isfinite(xs[i]); }
+      bool finite;
+      const float m = max_abs_512(xs, n, finite);
       float* head = xd + s * n;
-      int16_t* q = reinterpret_cast<int16_t*>(head + 1);
       head[0] = finite ? m / XQ_MAX : NAN;
       if (!finite) continue;
-      const float inv = m > 0.f ? XQ_MAX / m : 0.f;
-      for (int64_t i = 0; i < n; ++i) q[i] = static_cast<int16_t>(std::lrintf(xs[i] * inv));
+      quantize_512(xs, n, m > 0.f ? XQ_MAX / m : 0.f, reinterpret_cast<int16_t*>(head + 1));
     }
-  } else if constexpr (std::is_same_v<T, at::BFloat16>) {
+  } else if constexpr (std::is_same_v<T, at::BFloat16>) {   // GCC vectorises this copy: 58 ns at n = 768 here
     const int block = HAS_AVX512 ? 32 : 16, half = block / 2;
     for (int64_t s = 0; s < batch; ++s)
       for (int64_t i = 0; i + block <= n; i += block)

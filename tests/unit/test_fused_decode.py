@@ -39,6 +39,7 @@ VARIANTS = {                                   # config.json fields over BASE (h
     "mha": dict(num_key_value_heads=4),
     "mqa": dict(num_key_value_heads=1),
     "head_dim": dict(head_dim=20, num_hidden_layers=3),                       # 4 x 20 != 48
+    "head_dim_76": dict(head_dim=76),             # attention's values: a 64-column pass, then 8, then a tail of 4
     "llama_bias": dict(attention_bias=True, mlp_bias=True),                    # q/k/v/o and gate/up/down biases
     "qwen2": dict(model_type="qwen2", tie_word_embeddings=True),               # q/k/v biases, tied head
     "partial": dict(partial_rotary_factor=0.5, head_dim=16),                   # RoPE over 8 of 16 dims
@@ -150,7 +151,7 @@ def assert_same_step(a, b, dtype, pos, tol=None):
 def test_one_step_equals_the_layers(spy, variant, dtype):
     model = tiny(variant, dtype)
     assert attach_fused_decode(model) == 1 and isinstance(model.fused_decode, FusedDecode)
-    for n in (1, 6, 19):                          # a one-token prompt, a short one, one past 16 (the bf16 block)
+    for n in (1, 6, 19):        # a one-token prompt, a short one, one past 16 (the bf16 block; 2 x 8 keys + 4)
         cache = prefill(model, n)
         spy.positions.clear()
         a, b = both_ways(model, cache, token=n * 5)

@@ -120,12 +120,13 @@ def test_vnni_int8_rows_stay_within_the_quantization_bound_and_do_not_overflow(e
     codes[1] = -127
     y = ext.gemv(big, [codes], [torch.ones(5)])
     assert torch.equal(y, torch.tensor([[3.0 * 127 * n, -3.0 * 127 * n] + [3.0 * 127 * n] * 3]))
-    x = torch.randn(3, 256, generator=g)
-    x[1, 7], x[2, 9] = float("inf"), float("nan")
-    codes = torch.randint(-127, 128, (9, 256), generator=g, dtype=torch.int8)
-    codes[:, 7] = 1                                                       # (inf * 0 would be NaN: keep it inf)
+    x = torch.randn(5, 250, generator=g)                                 # 15 x 16 columns, then a tail of 10
+    x[1, 7], x[2, 9], x[3, 245], x[4, 249] = float("inf"), float("nan"), -float("inf"), float("nan")
+    codes = torch.randint(-127, 128, (9, 250), generator=g, dtype=torch.int8)
+    codes[:, 7] = codes[:, 245] = 1                                       # (inf * 0 would be NaN: keep it inf)
     y = ext.gemv(x, [codes], [torch.ones(9)])
     assert torch.isinf(y[1]).all() and torch.isnan(y[2]).all()            # fp32 x: the inf and the NaN go through
+    assert torch.isinf(y[3]).all() and torch.isnan(y[4]).all()            # (in the last n % 16 columns too)
     sx, xq = quantized_x(x[:1])                                            # the finite row: quantized as ever
     torch.testing.assert_close(y[:1].double(), sx.double() * (xq.double() @ codes.double().T), rtol=1e-6, atol=1e-3)
 
