@@ -1,0 +1,62 @@
+"""scripts/probe_spatial_ideal.py builds the image tokens it says it builds: one token per object carrying its
+centre, a 4x4 grid where each object marks the cells over it (its own centre's cell at least) and the rest are
+background, positions in the values only for grid+pos; its questions are the "which side" form with their two
+answers, position questions in one-object scenes with --lone."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ocellus.data.shapes import Obj, Scene, ShapesConfig
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_spatial_ideal.py"
+spec = importlib.util.spec_from_file_location("probe_spatial_ideal", SCRIPT)
+probe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(probe)
+COLOURS = list(ShapesConfig().colours)
+# a 10 px red circle in the top-right cell (row 0, col 3: a swapped x / y would put it at row 3, col 0); a 20 px blue square whose box holds one cell centre, (30, 30), its own
+SCENE = Scene(48, "white", (Obj("circle", "red", (37, 1, 47, 11)), Obj("square", "blue", (20, 20, 40, 40))))
+
+
+def _tokens(variant):
+    torch.manual_seed(0)
+    ideal = probe.IdealTokens(variant, 16, COLOURS)
+    with torch.no_grad():
+        return ideal, ideal(SCENE, np.random.default_rng(0))
+
+
+def test_grid_marks_each_object_over_its_cells_and_nothing_else():
+    ideal, tokens = _tokens("grid")
+    assert tokens.shape == (16, 16)
+    red_circle = ideal.colour.weight[COLOURS.index("red")] + ideal.shape.weight[0]
+    blue_square = ideal.colour.weight[COLOURS.index("blue")] + ideal.shape.weight[1]
+    background = ideal.colour.weight[-1] + ideal.shape.weight[-1]
+    want = {3: red_circle, 10: blue_square}          # cells by row-major index: (row 0, col 3); (row 2, col 2)
+    for k in range(16):
+        cx, cy = (k % 4) * 12 + 6, (k // 4) * 12 + 6
+        over_square = 20 <= cx < 40 and 20 <= cy < 40
+        expect = want.get(k, blue_square if over_square else background)
+        assert torch.allclose(tokens[k], expect), k
+    _, with_pos = _tokens("grid+pos")
+    moved = (with_pos - tokens).norm(dim=1)
+    assert (moved > 0).all() and not torch.allclose(with_pos[0], with_pos[15])
+
+
+def test_one_token_per_object_carries_its_centre():
+    ideal, tokens = _tokens("objects")
+    assert tokens.shape == (2, 16)
+    for obj in SCENE.objects:
+        c, s = COLOURS.index(obj.colour), probe.SHAPES.index(obj.shape)
+        xy = torch.tensor([obj.center[0] / 48 - 0.5, obj.center[1] / 48 - 0.5])
+        want = ideal.colour.weight[c] + ideal.shape.weight[s] + ideal.where(xy)
+        assert any(torch.allclose(t, want) for t in tokens)
+
+
+def test_questions_are_the_which_side_form_with_their_pair():
+    rng, cfg = np.random.default_rng(0), ShapesConfig(image_size=48, min_objects=2, max_objects=4)
+    for _ in range(40):
+        scene, q, a, pair = probe.question(rng, cfg, "spatial")
+        assert " or " in q and a in pair and len(scene.objects) >= 2
+        scene, q, a, pair = probe.question(rng, cfg, "position", lone=True)
+        assert len(scene.objects) == 1 and a in pair and pair in (("left", "right"), ("top", "bottom"))
