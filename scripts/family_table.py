@@ -23,7 +23,7 @@ CHAINS = {
     "llava_next": ["llava_next_tiny_shapes/train"],
     "blip2": ["blip2_tiny_shapes/stage1", "blip2_tiny_shapes/stage2", "blip2_tiny_shapes/vqa", "blip2_tiny_shapes/vqa2"],
     "minigpt4": ["blip2_tiny_shapes/stage1", "blip2_tiny_shapes/stage2", "blip2_tiny_shapes/vqa", "blip2_tiny_shapes/vqa2", "minigpt4_tiny_shapes/stage1", "minigpt4_tiny_shapes/stage2", "minigpt4_tiny_shapes/vqa"],
-    "qwen_vl": ["qwen_vl_tiny_shapes/vit", "qwen_vl_tiny_shapes/pretrain", "qwen_vl_tiny_shapes/qa", "qwen_vl_tiny_shapes/qa2", "qwen_vl_tiny_shapes/ground"],
+    "qwen_vl": ["qwen_vl_tiny_shapes/vit", "qwen_vl_tiny_shapes/pretrain", "qwen_vl_tiny_shapes/qa", "qwen_vl_tiny_shapes/qa2"],
     "internvl": ["internvl_tiny_shapes/train"],
     "qwen2_vl": ["qwen2_vl_tiny_shapes/vit", "qwen2_vl_tiny_shapes/train", "qwen2_vl_tiny_shapes/ground",
                  "qwen2_vl_tiny_shapes/ground2", "qwen2_vl_tiny_shapes/ground3",
