@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 import ocellus
-from ocellus.data.shapes import SHAPES, ShapesConfig, _qa_position, _qa_spatial, make_scene
+from ocellus.data.shapes import SHAPES, ShapesConfig, make_qa, make_scene
+from ocellus.errors import InputError
 
 TEXT = "runs/llava_tiny_shapes/text/model"       # the default model's decoder before any image (make_default_model)
 CELL, GRID = 12, 4                                # 48 px scenes, the default ViT's 12 px patches
@@ -74,10 +75,12 @@ def question(rng: np.random.Generator, cfg: ShapesConfig, kind: str, lone: bool 
     one object when lone)."""
     while True:
         scene = make_scene(rng, replace(cfg, min_objects=1, max_objects=1) if lone else cfg)
-        qa = _qa_position(rng, scene) if kind == "position" else _qa_spatial(rng, scene)
-        if qa is None or " or " not in qa[0]:          # the "which side" form only (not the yes / no one)
+        try:
+            _, q, a = make_qa(rng, scene, cfg, kind)
+        except InputError:                              # no object wholly in one half: another scene
             continue
-        q, a = qa
+        if " or " not in q:                             # the "which side" form only (not the yes / no one)
+            continue
         pair = next(p for p in (("left", "right"), ("top", "bottom"), ("above", "below")) if a in p)
         return scene, q, a, pair
 
