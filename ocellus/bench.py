@@ -141,8 +141,8 @@ def read_seconds(tensors: list[torch.Tensor], passes: int = 8) -> float:
     """Seconds of the best of `passes` streaming reads of every tensor once: the roofline's denominator, bytes /
     this = the read bandwidth decoding gets at most. Each pass is the faster of `.sum()` over each tensor (as
     float32) and, on CPU where it builds, the compiled read (kernels/gemv.cpp read_pass: 4 streams a block, the
-    next block prefetched, as the row kernels read), which reads faster than `.sum()` here: a decoder that reads at the compiled rate would otherwise
-    show above 100%."""
+    next block prefetched, as the row kernels read), which reads faster than `.sum()` here: a decoder that reads
+    at the compiled rate would otherwise show above 100%."""
     tensors = [streamed(t) for t in tensors]
     ext = kernel() if tensors[0].device.type == "cpu" else None
     reads = [lambda: [t.sum() for t in tensors]] + ([lambda: ext.read_pass(tensors)] if ext is not None else [])

@@ -18,12 +18,14 @@ from ocellus.viz.curves import plot_curve
 
 ROOT = Path(__file__).resolve().parent.parent
 # family -> (the last recipe of its chain, the chain's recipes), as scripts/train_family.sh runs them
+BLIP2 = ["blip2_tiny_shapes/stage1", "blip2_tiny_shapes/stage2", "blip2_tiny_shapes/vqa", "blip2_tiny_shapes/vqa2"]
 CHAINS = {
     "llava": ["llava_tiny_shapes/align", "llava_tiny_shapes/sft"],
     "llava_next": ["llava_next_tiny_shapes/train"],
-    "blip2": ["blip2_tiny_shapes/stage1", "blip2_tiny_shapes/stage2", "blip2_tiny_shapes/vqa", "blip2_tiny_shapes/vqa2"],
-    "minigpt4": ["blip2_tiny_shapes/stage1", "blip2_tiny_shapes/stage2", "blip2_tiny_shapes/vqa", "blip2_tiny_shapes/vqa2", "minigpt4_tiny_shapes/stage1", "minigpt4_tiny_shapes/stage2", "minigpt4_tiny_shapes/vqa"],
-    "qwen_vl": ["qwen_vl_tiny_shapes/vit", "qwen_vl_tiny_shapes/pretrain", "qwen_vl_tiny_shapes/qa", "qwen_vl_tiny_shapes/qa2"],
+    "blip2": BLIP2,
+    "minigpt4": BLIP2 + ["minigpt4_tiny_shapes/stage1", "minigpt4_tiny_shapes/stage2", "minigpt4_tiny_shapes/vqa"],
+    "qwen_vl": ["qwen_vl_tiny_shapes/vit", "qwen_vl_tiny_shapes/pretrain", "qwen_vl_tiny_shapes/qa",
+                "qwen_vl_tiny_shapes/qa2"],
     "internvl": ["internvl_tiny_shapes/train"],
     "qwen2_vl": ["qwen2_vl_tiny_shapes/vit", "qwen2_vl_tiny_shapes/train", "qwen2_vl_tiny_shapes/ground",
                  "qwen2_vl_tiny_shapes/ground2", "qwen2_vl_tiny_shapes/ground3",

@@ -19,10 +19,12 @@ for part in text vit; do
     echo "runs/llava_tiny_shapes/$part/model is missing: run steps 1-2 of scripts/make_default_model.sh" >&2; exit 2; }
 done
 
+blip2_chain="blip2_tiny_shapes/stage1 blip2_tiny_shapes/stage2 blip2_tiny_shapes/vqa blip2_tiny_shapes/vqa2"
 case $family in
-  blip2)    chain="blip2_tiny_shapes/stage1 blip2_tiny_shapes/stage2 blip2_tiny_shapes/vqa blip2_tiny_shapes/vqa2";;
-  minigpt4) chain="blip2_tiny_shapes/stage1 blip2_tiny_shapes/stage2 blip2_tiny_shapes/vqa blip2_tiny_shapes/vqa2 minigpt4_tiny_shapes/stage1 minigpt4_tiny_shapes/stage2 minigpt4_tiny_shapes/vqa";;
-  qwen_vl)  chain="qwen_vl_tiny_shapes/vit qwen_vl_tiny_shapes/pretrain qwen_vl_tiny_shapes/qa qwen_vl_tiny_shapes/qa2";;   # box-head ViT, captions, QA (boxes: ground.yaml after)
+  blip2)    chain="$blip2_chain";;
+  minigpt4) chain="$blip2_chain minigpt4_tiny_shapes/stage1 minigpt4_tiny_shapes/stage2 minigpt4_tiny_shapes/vqa";;
+  qwen_vl)  # box-head ViT, captions, QA (boxes: ground.yaml after)
+            chain="qwen_vl_tiny_shapes/vit qwen_vl_tiny_shapes/pretrain qwen_vl_tiny_shapes/qa qwen_vl_tiny_shapes/qa2";;
   qwen2_vl) chain="qwen2_vl_tiny_shapes/vit qwen2_vl_tiny_shapes/train qwen2_vl_tiny_shapes/ground qwen2_vl_tiny_shapes/ground2 qwen2_vl_tiny_shapes/ground3 qwen2_vl_tiny_shapes/ground4";;   # scene-pretrained ViT, QA, then grounding
   qwen2_5_vl) chain="qwen2_5_vl_tiny_shapes/vit qwen2_5_vl_tiny_shapes/train";;   # its own native-resolution ViT, scene-pretrained
   llava_next|internvl|flamingo|xgen_mm) chain="${family}_tiny_shapes/train";;

@@ -6,8 +6,9 @@ small ATen ops a layer, each a dispatch, an allocation and a thread hand-off; do
 `fused_decode` hook) a FusedDecode: at batch 1, one new token, a KV cache (a StaticKVCache with no padding mask,
 or the batch engine's one-slot SlotKVCache), no per-layer hook (`before_layer`) and no gradient wanted, the
 decoder's forward hands the token's embedding to the compiled step (kernels/decode_step.cpp), which reads the
-model's own weights where they are (no copy) and writes the cache as the layers would. Anything else runs the layers as written. prepare_decode (infer/prepack.py) attaches it
-with the compiled GEMV (the default at batch 1 on CPU); `detach_fused_decode` takes it off.
+model's own weights where they are (no copy) and writes the cache as the layers would. Anything else runs the
+layers as written. prepare_decode (infer/prepack.py) attaches it with the compiled GEMV (the default at batch 1 on
+CPU); `detach_fused_decode` takes it off.
 
 What it runs: float32 or bfloat16 activations; weights all plain float linears of that dtype (nn.Linear or the
 GEMV's GemvLinear) or all int8 (nn/quant.py Int8Linear: codes with a float32 scale per row, the activations
@@ -111,8 +112,9 @@ class FusedDecode:
 
             q, k, v, o, gate, up, down = lins = _layer_linears(layer)
             layers.append([layer.input_layernorm.weight, q.weight, k.weight, v.weight,
-                           *(_bias(x, dtype) for x in (q, k, v)), o.weight, _bias(o, dtype), layer.post_attention_layernorm.weight, gate.weight, up.weight,
-                           down.weight, *(_bias(x, dtype) for x in (gate, up, down))] + [_scale(x) for x in lins])
+                           *(_bias(x, dtype) for x in (q, k, v)), o.weight, _bias(o, dtype),
+                           layer.post_attention_layernorm.weight, gate.weight, up.weight, down.weight,
+                           *(_bias(x, dtype) for x in (gate, up, down))] + [_scale(x) for x in lins])
         self.watched += [(model._modules, n, model._modules[n]) for n in ("norm", "lm_head")]
         a = model.layers[0].self_attn
         self.step = kernel(required=True).DecodeStep(layers, model.norm.weight, model.lm_head.weight,
