@@ -29,6 +29,7 @@ opened by models/unified/checkpoint.load_unified): a turn with an image is answe
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Iterator
 
@@ -162,28 +163,51 @@ class ChatSession:
             yield text
 
 
+def drawing_options(model) -> set[str]:
+    """The keyword options a unified model's drawing takes: `generate_images`'s, and where it passes **kw on, those
+    of the method that writes the image's tokens (generate_image_ids; SEED: generate_codes)."""
+    def keywords(fn):
+        params = inspect.signature(fn).parameters.values()
+        return ({p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)},
+                any(p.kind == p.VAR_KEYWORD for p in params))
+    names, more = keywords(model.generate_images)
+    if more:
+        names |= keywords(getattr(model, "generate_image_ids", None) or model.generate_codes)[0]
+    return names - {"captions"}
+
+
 class UnifiedChat:
     """The ChatSession interface of `ocellus chat` (load_image, send, reset) over a unified model: a turn with
-    an image is answered with its caption; "draw <colour> <shape>" draws one and saves it as a PNG."""
+    an image is answered with its caption; "draw <colour> <shape>" draws one and saves it as a PNG.
+    seed: the drawing's random generator; caption_tokens: a caption's length limit (None: the model's default);
+    generate: drawing options over the checkpoint's own (`generate` in its config), each one the model's drawing
+    takes (drawing_options), else ConfigError naming it."""
     supports_images = True
 
-    def __init__(self, model, out_dir=".", seed: int = 0, **generate):
+    def __init__(self, model, out_dir=".", seed: int = 0, caption_tokens: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, **generate):
+        unknown = sorted(set(generate) - drawing_options(model))
+        if unknown:
+            raise ConfigError(f"{type(model).__name__} draws with the options {sorted(drawing_options(model))}; "
+                              f"it has no {unknown}")
         self.model, self.out, self.n = model, Path(out_dir), 0
         self.generate = {**getattr(model, "generate_options", {}), **generate}
         self.generator = torch.Generator().manual_seed(seed)
+        self.caption = {} if caption_tokens is None else {"max_new_tokens": caption_tokens}
+        self.max_pixels = max_pixels
 
     def reset(self) -> None:
         pass   # every turn stands alone: the tiny models are not trained on multi-turn dialogue
 
     def load_image(self, src, name: str | None = None):
-        return load_image(src, name=name)
+        return load_image(src, name=name, max_pixels=self.max_pixels)
 
     def send(self, text: str, images=()):
         S = self.model.image_size
         if images:
             px = torch.stack([torch.tensor(np.asarray(im.convert("RGB").resize((S, S))), dtype=torch.float32)
                               .permute(2, 0, 1) / 127.5 - 1 for im in images])      # [N, 3, S, S]
-            yield "; ".join(self.model.describe(px))
+            yield "; ".join(self.model.describe(px, **self.caption))
             return
         words = text.lower().replace(",", " ").replace(".", " ").split()
         if not words or words[0] not in ("draw", "generate", "paint"):

@@ -149,20 +149,40 @@ CHAT_HELP = ("commands: /image PATH, /video PATH (attach to your next message; v
 def cmd_chat(args) -> int:
     # lazy: a command imports only the code it runs (ocellus --help stays fast)
     import ocellus
-    from ocellus.chat import ChatSession, UnifiedChat
-    from ocellus.models.unified.checkpoint import is_unified_dir, load_unified
+    from ocellus.chat import ChatSession
+    from ocellus.models.unified.checkpoint import is_unified_dir
 
     model_dir = args.model if args.model is not None else ocellus.default_model_dir()
-    if is_unified_dir(model_dir):   # Emu3 / Janus / Show-o: describes attached images, "draw ..." saves a PNG
-        if args.num_beams > 1:
-            raise ConfigError(f"--num-beams {args.num_beams}: {model_dir} is a unified model, whose chat captions "
-                              f"and draws with its own decoding; beam search is for vision-language and text models")
-        return chat_loop(UnifiedChat(load_unified(model_dir), out_dir="."), args.image)
+    if is_unified_dir(model_dir):   # Emu3 / Janus / Show-o / SEED: describes attached images, "draw ..." saves a PNG
+        return chat_loop(_unified_chat(args, model_dir), args.image)
     model = _load_model(model_dir, args)
+    generation = {**_generation_kwargs(args), "max_new_tokens": args.max_new_tokens or 256}
     session = ChatSession(model, ocellus.load_processor(model_dir), system=args.system,
                           max_pixels=args.max_image_pixels, max_video_frames=args.max_video_frames,
-                          **_generation_kwargs(args), num_beams=args.num_beams)   # beams: each reply whole, at its end
+                          **generation, num_beams=args.num_beams)   # beams: each reply whole, at its end
     return chat_loop(session, args.image, args.video)
+
+
+def _unified_chat(args, model_dir: str):
+    """`ocellus chat` over a unified model: --seed seeds its drawing, --temperature (> 0) and --top-k set the
+    drawing's sampling, --max-new-tokens a caption's length; a flag it cannot honour is refused, naming it, before
+    the model loads (its chat captions and draws with its own decoding, one turn at a time, images only)."""
+    from ocellus.chat import UnifiedChat
+    from ocellus.models.unified.checkpoint import load_unified
+    refused = {f"--num-beams {args.num_beams}": args.num_beams > 1, "--top-p": args.top_p is not None,
+               "--min-p": args.min_p is not None, "--repetition-penalty": args.repetition_penalty is not None,
+               "--stop": bool(args.stop), "--system": args.system is not None, "--video": bool(args.video),
+               "--dtype": args.dtype is not None, "--quantize": args.quantize is not None,
+               "--no-prepack": not args.prepack}
+    refused = [flag for flag, given in refused.items() if given]
+    if refused:
+        raise ConfigError(f"{', '.join(refused)}: {model_dir} is a unified model, whose chat captions and draws with "
+                          f"its own decoding (it takes --seed, --temperature, --top-k, --max-new-tokens, --image, "
+                          f"--max-image-pixels); beam search and the others are for vision-language and text models")
+    sampling = {k: v for k, v in (("temperature", args.temperature if args.temperature > 0 else None),
+                                  ("top_k", args.top_k)) if v is not None}
+    return UnifiedChat(load_unified(model_dir), out_dir=".", seed=0 if args.seed is None else args.seed,
+                       caption_tokens=args.max_new_tokens, max_pixels=args.max_image_pixels, **sampling)
 
 
 def chat_loop(session, images=(), videos=()) -> int:
@@ -384,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(p)
     _add_prepack(p)
     _add_quantize(p)
-    p.set_defaults(func=cmd_chat, max_new_tokens=256)
+    p.set_defaults(func=cmd_chat, max_new_tokens=None)   # 256; a unified model: its caption length
 
     p = sub.add_parser("explain", help="answer a question about an image and draw which patches the answer "
                                        "attended to (a separate, slower analysis pass)")
