@@ -10,6 +10,7 @@ tree is never edited, so a crash or Ctrl-C cannot leave a bug behind), restores 
     python scripts/mutation_check.py -k ppo -k grpo   # only mutations whose name contains one of these
     python scripts/mutation_check.py --list           # the mutations, no tests run
     python scripts/mutation_check.py --baseline       # first check every named test set passes unmutated
+    python scripts/mutation_check.py --sample 24 --seed 17 --baseline   # 24 drawn at random (a quick check of all)
 
 Exit status 0 when the kill rate is at least --goal (default 0.95), else 1.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -78,6 +80,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-k", action="append", default=[], help="run mutations whose name contains this (repeatable)")
     ap.add_argument("--file", action="append", default=[], help="run mutations whose file path contains this (repeatable)")
+    ap.add_argument("--sample", type=int, default=None, help="run this many of the selected mutations, drawn at random")
+    ap.add_argument("--seed", type=int, default=0, help="the --sample draw's seed")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--baseline", action="store_true", help="check each test set passes on the unmutated tree first")
     ap.add_argument("--goal", type=float, default=0.95)
@@ -90,6 +94,8 @@ def main() -> int:
         muts = [m for m in muts if any(k in m.name for k in args.k)]
     if args.file:
         muts = [m for m in muts if any(f in m.file for f in args.file)]
+    if args.sample is not None:
+        muts = random.Random(args.seed).sample(muts, min(args.sample, len(muts)))
     if args.list:
         for m in muts:
             print(f"{m.name:50s} {m.file}  <- {' '.join(m.tests)}")
