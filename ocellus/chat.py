@@ -39,7 +39,7 @@ import torch
 from ocellus.data.image import DEFAULT_MAX_PIXELS, load_image
 from ocellus.data.processor import Processor, ProcessorOutput
 from ocellus.data.video_file import load_video
-from ocellus.errors import ConfigError, InputError
+from ocellus.errors import ConfigError, InputError, positive_int
 from ocellus.infer.stop_text import reply_stops
 from ocellus.viz.image_grid import save_grid
 
@@ -186,13 +186,14 @@ class UnifiedChat:
 
     def __init__(self, model, out_dir=".", seed: int = 0, caption_tokens: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, **generate):
-        unknown = sorted(set(generate) - drawing_options(model))
+        takes = drawing_options(model)
+        unknown = sorted(set(generate) - takes)
         if unknown:
-            raise ConfigError(f"{type(model).__name__} draws with the options {sorted(drawing_options(model))}; "
-                              f"it has no {unknown}")
+            raise ConfigError(f"{type(model).__name__} draws with the options {sorted(takes)}; it has no {unknown}")
         self.model, self.out, self.n = model, Path(out_dir), 0
         self.generate = {**getattr(model, "generate_options", {}), **generate}
         self.generator = torch.Generator().manual_seed(seed)
+        positive_int(caption_tokens, "a caption's length (max_new_tokens)", optional=True)
         self.caption = {} if caption_tokens is None else {"max_new_tokens": caption_tokens}
         self.max_pixels = max_pixels
 

@@ -156,7 +156,7 @@ def cmd_chat(args) -> int:
     if is_unified_dir(model_dir):   # Emu3 / Janus / Show-o / SEED: describes attached images, "draw ..." saves a PNG
         return chat_loop(_unified_chat(args, model_dir), args.image)
     model = _load_model(model_dir, args)
-    generation = {**_generation_kwargs(args), "max_new_tokens": args.max_new_tokens or 256}
+    generation = {**_generation_kwargs(args), "max_new_tokens": 256 if args.max_new_tokens is None else args.max_new_tokens}
     session = ChatSession(model, ocellus.load_processor(model_dir), system=args.system,
                           max_pixels=args.max_image_pixels, max_video_frames=args.max_video_frames,
                           **generation, num_beams=args.num_beams)   # beams: each reply whole, at its end

@@ -54,7 +54,7 @@ inline float hsum(__m256 v) {
 }
 
 // Into L2, not L1 (prefetcht1): a prefetch into L1 holds one of L1's few fill buffers until its line arrives, the
-// buffers the rows' own loads need too. the 100M bench model's bf16 steps reached 78% of the roofline with T0 and 82%
+// buffers the rows' own loads need too. The 100M bench model's bf16 steps reached 78% of the roofline with T0 and 82%
 // with T1 in one A/B (medians of 15 runs each, session 17); fp32 and int8 the same with either.
 template <typename T>
 inline void prefetch(const T* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }

@@ -67,6 +67,8 @@ def test_an_option_the_model_does_not_take_is_refused_at_once(tmp_path):
     with pytest.raises(ConfigError, match=r"Masker draws with the options .*it has no \['top_k'\]"):
         UnifiedChat(Masker(), tmp_path, top_k=4)
     UnifiedChat(Masker(), tmp_path, temperature=0.7)        # one it takes
+    with pytest.raises(ConfigError, match="caption's length"):
+        UnifiedChat(Drawer(), tmp_path, caption_tokens=0)
 
 
 def test_a_large_image_is_refused_at_the_chats_limit(tmp_path):
