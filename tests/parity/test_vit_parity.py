@@ -53,12 +53,12 @@ def pair(request, tmp_path_factory):
     return ref, load_vision(path), path
 
 
-@pytest.mark.parametrize("size", ["native", "larger", "smaller", "non-square"])
+@pytest.mark.parametrize("size", ["native", "larger", "smaller", "non-square", "wider"])
 def test_outputs_equal_transformers(pair, size):
     ref, ours, _ = pair
     S, p = ref.config.image_size, ref.config.patch_size
     h, w = {"native": (S, S), "larger": (S + 2 * p, S + 2 * p), "smaller": (S - p, S - p),
-            "non-square": (S + p, S - 2 * p)}[size]
+            "non-square": (S + p, S - 2 * p), "wider": (S, S + 2 * p)}[size]   # wider: native height only
     interp = size != "native"
     x = _pixels(3, h, w)
     with torch.no_grad():
@@ -67,6 +67,10 @@ def test_outputs_equal_transformers(pair, size):
     n_tokens = (h // p) * (w // p) + (1 if ours.config.use_cls_token else 0)
     assert o.last_hidden_state.shape == (3, n_tokens, ref.config.hidden_size)
     _assert_same(o, r)
+    with torch.no_grad():   # the plain call (no hidden states kept) gives the same outputs
+        plain = ours(x, interpolate_pos_encoding=interp)
+    torch.testing.assert_close(plain.last_hidden_state, r.last_hidden_state, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain.pooler_output, r.pooler_output, atol=1e-5, rtol=1e-5)
 
 
 def test_native_size_with_interpolation_flag_is_unchanged(pair):

@@ -59,6 +59,24 @@ def test_classifier_logits_and_label_shape():
         model(torch.randn(2, 3, 16, 16), labels=torch.zeros(2, 1, dtype=torch.long))
 
 
+def test_pooled_vector_and_classifier_read_the_right_tokens():
+    """mean pooling averages the patches only (never CLS); a tower without a pooler is classified from its CLS
+    token, and without one from the mean of its patches."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    mean = VisionTransformer(ViTConfig(**TINY, pooling="mean", post_layernorm=False)).eval()
+    with torch.no_grad():
+        out = mean(x)
+    torch.testing.assert_close(out.pooler_output, out.last_hidden_state[:, 1:].mean(1))
+    for cfg, pick in ((ViTConfig(**TINY, pooling="none", post_layernorm=False), lambda h: h[:, 0]),
+                      (ViTConfig.siglip(use_head=False, **TINY), lambda h: h.mean(1))):
+        model = ViTClassifier(VisionTransformer(cfg), num_classes=5).eval()
+        with torch.no_grad():
+            logits = model(x).logits
+            expect = model.classifier(pick(model.encoder(x).last_hidden_state))
+        torch.testing.assert_close(logits, expect)
+
+
 @pytest.fixture(scope="module")
 def vit():
     return VisionTransformer(ViTConfig.clip(**TINY)).eval()
@@ -71,6 +89,7 @@ def vit():
     (torch.randn(2, 3, 18, 16), r"image size 18x16 \(pixel_values shape \(2, 3, 18, 16\)\) is not divisible by "
                                 r"patch_size 4"),
     (torch.randn(2, 3, 20, 20), r"image size 20x20 .* differs from the model's 16x16; .*interpolate_pos_encoding"),
+    (torch.randn(2, 3, 16, 20), r"image size 16x20 .* differs from the model's 16x16"),
     (torch.zeros(2, 3, 16, 16, dtype=torch.uint8), r"must be floating point .* torch.uint8"),
 ])
 def test_bad_pixel_values_raise_input_error(vit, bad, expect):
