@@ -143,6 +143,7 @@ def test_qformer_from_minilm_copies_bert_weights():
         assert torch.equal(ours.attention.output.LayerNorm.weight, theirs.attention.output.LayerNorm.weight)
         assert torch.equal(ours.ffn.intermediate.weight, theirs.ffn.intermediate.weight)
         assert torch.equal(ours.ffn_query.output.dense.weight, theirs.ffn.output.dense.weight)
+    assert torch.equal(q.layernorm.weight, bert.embeddings.LayerNorm.weight)     # the embedding norm too
     assert torch.equal(q.layers[0].crossattention.query.weight, cross_before)     # fresh, untouched
     assert q.layers[1].crossattention is None and q.layers[2].crossattention is not None
     assert torch.equal(q.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)

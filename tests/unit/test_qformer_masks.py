@@ -146,3 +146,21 @@ def test_the_check_can_fail_each_objective_reads_its_mask():
             if a < b:
                 assert not torch.allclose(outs[a][:, :Q], outs[b][:, :Q]) or \
                     not torch.allclose(outs[a][:, Q:], outs[b][:, Q:]), (a, b)
+
+
+def test_image_mask_hides_image_tokens_from_the_queries():
+    """image_mask [B, S] (0 = padding): the queries' cross-attention reads only the real image tokens, so the
+    output equals the one on the image without the masked tokens."""
+    torch.manual_seed(0)
+    cfg = QFormerConfig(num_query_tokens=Q, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, encoder_hidden_size=24, cross_attention_frequency=1)
+    qformer = QFormer(cfg).eval()
+    image = torch.randn(2, 7, 24) * 3
+    keep = torch.ones(2, 7, dtype=torch.long)
+    keep[:, 5:] = 0
+    with torch.no_grad():
+        masked = qformer(image, image_mask=keep)
+        cut = qformer(image[:, :5])
+        full = qformer(image)
+    torch.testing.assert_close(masked, cut, atol=1e-5, rtol=1e-5)
+    assert (masked - full).abs().max() > 1e-3       # the masked tokens did move the unmasked output
