@@ -43,12 +43,17 @@ def _ids(b=2, t=40, seed=0):
 @pytest.mark.parametrize("kind,overrides", VARIANTS, ids=lambda v: str(v) if isinstance(v, str) else
                          "-".join(f"{k}" for k in v) or "base")
 def test_logits_equal_transformers(kind, overrides, tmp_path):
+    import transformers
     ref = build_reference(kind, **overrides)
-    ref.save_pretrained(tmp_path)
-    ours = ocellus.load(tmp_path)
+    ref.save_pretrained(tmp_path / "ref")
+    ours = ocellus.load(tmp_path / "ref")
     ids = _ids()
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, ref(ids).logits, atol=1e-5, rtol=1e-5)
+    ocellus.save(ours, tmp_path / "ours")   # and back: the variant's config (rope, biases, head_dim) survives
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, ref(ids).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_dynamic_rope_past_trained_context(tmp_path):

@@ -33,6 +33,25 @@ def test_longer_than_context(model):
         model(torch.zeros(1, 257, dtype=torch.long))
 
 
+def test_cached_tokens_count_towards_the_context(model):
+    cache = model.new_cache(1, 260)
+    model(torch.zeros(1, 250, dtype=torch.long), cache=cache)
+    with pytest.raises(InputError, match="sequence of 257 tokens exceeds the model's context of 256"):
+        model(torch.zeros(1, 7, dtype=torch.long), cache=cache)
+
+
+def test_default_positions_continue_after_the_cache(model):
+    """Without position_ids a forward over a cache starts where the cache ends: two chunks give the logits of
+    one pass."""
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(0))
+    cache = model.new_cache(1, 16)
+    with torch.no_grad():
+        whole = model(ids).logits
+        model(ids[:, :7], cache=cache)
+        rest = model(ids[:, 7:], cache=cache).logits
+    torch.testing.assert_close(rest, whole[:, 7:], atol=1e-5, rtol=1e-5)
+
+
 def test_labels_shape_and_unknown_argument(model):
     with pytest.raises(InputError, match="labels shape"):
         model(torch.zeros(1, 4, dtype=torch.long), labels=torch.zeros(1, 3, dtype=torch.long))
