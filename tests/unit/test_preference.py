@@ -9,9 +9,11 @@ import torch.nn.functional as F
 import ocellus
 from ocellus.data.shapes import ShapesConfig
 from ocellus.errors import InputError
+from ocellus.train import preference
 from ocellus.train.preference import (collate_pairs, plausible_wrong, preference_pair, prompt_row,
-                                      shapes_preference, shapes_prompt)
-from ocellus.train.rewards import count_reward, exact_answer_reward, iou_reward, score_completions
+                                      shapes_preference, shapes_prompt, with_model_rejections)
+from ocellus.train.rewards import (count_format_reward, count_reward, exact_answer_reward, iou_reward,
+                                   score_completions)
 from ocellus.train.rollout import encode_completions, sample_completions, token_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,6 +136,20 @@ def test_sampled_completions_are_grouped_and_scored_in_their_context(tiny):
     assert torch.allclose(a[finished], b[finished], atol=1e-4)   # sampled ids re-encode to the same ids
 
 
+def test_on_policy_rejections_replace_only_wrong_answers(monkeypatch):
+    """The model's own answer becomes the rejected one only where it is wrong and not empty."""
+    rows = [{"prompt": USER, "images": [], "chosen": c, "rejected": "green"} for c in ("red", "red", "red", "2")]
+    answers = ["Red", "blue", " ", "3"]
+    monkeypatch.setattr(preference, "predict", lambda model, proc, samples, shots, **kw: answers[:len(samples)])
+
+    class Model:
+        def eval(self):
+            return self
+    out, share = with_model_rejections(Model(), None, rows)
+    assert [r["rejected"] for r in out] == ["green", "blue", "green", "3"]
+    assert share == 0.5 and [r["chosen"] for r in out] == ["red", "red", "red", "2"]
+
+
 # ---- rewards -------------------------------------------------------------------------------------------
 
 def test_verifiable_rewards():
@@ -142,6 +158,8 @@ def test_verifiable_rewards():
     gold = "<ref>red circle</ref><box>(100,100),(300,300)</box>"
     half = "<ref>red circle</ref><box>(100,100),(300,200)</box>"
     assert iou_reward(None, [gold, half, "no box", "<box>(5,5),(1,1)</box>"], [gold] * 4) == [1.0, 0.5, 0.0, 0.0]
+    assert iou_reward(None, [gold + half, half + gold], [gold] * 2) == [1.0, 0.5]     # the first box answers
+    assert count_format_reward(None, ["3", " 12 ", "3 circles", "three", ""]) == [1.0, 1.0, 0.0, 0.0, 0.0]
     with pytest.raises(InputError, match="holds no box"):
         iou_reward(None, ["x"], ["no box"])
 
