@@ -18,6 +18,7 @@ CASES = [
     dict(vision=dict(image_size=56, patch_size=7, norm_type="rms_norm", attention_bias=True, num_hidden_layers=3,
                      hidden_act="gelu_pytorch_tanh"),
          text="llama", tie=False, layer=-2),
+    dict(vision=dict(image_size=28, patch_size=7, use_mean_pooling=False), text="qwen2", tie=True, layer=-2),
 ]
 
 
@@ -54,7 +55,7 @@ def _batch(per_tile, tiles_per_image=((3,), (1, 2)), size=28, T=20):
     return ids, mask, pixels
 
 
-@pytest.mark.parametrize("case", CASES, ids=["qknorm-qwen2-tied", "rmsnorm-llama-layer-2"])
+@pytest.mark.parametrize("case", CASES, ids=["qknorm-qwen2-tied", "rmsnorm-llama-layer-2", "final-norm-layer-2"])
 def test_logits_equal_transformers(case, tmp_path):
     ref = _reference(**case)
     ref.save_pretrained(tmp_path)
@@ -65,6 +66,18 @@ def test_logits_equal_transformers(case, tmp_path):
         a = ref(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
         b = ours(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
     torch.testing.assert_close(b[mask.bool()], a[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_tower_on_a_non_square_image_of_the_native_patch_count(tmp_path):
+    """2 x 8 patches are as many as the native 4 x 4, but not its grid: the position table is resized."""
+    ref = _reference(**CASES[0])
+    ref.save_pretrained(tmp_path)
+    ours = ocellus.load(tmp_path)
+    pixels = torch.randn(2, 3, 14, 56, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = ref.model.vision_tower(pixel_values=pixels).last_hidden_state
+        b = ours.vision_tower(pixels)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
 def test_generate_equals_transformers_and_save_reopens(tmp_path):

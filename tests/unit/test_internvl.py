@@ -92,3 +92,20 @@ def test_recipe_trains_and_export_generates(tiny_vlm_parts, tmp_path):
     T = batch["input_ids"].shape[1]
     ids = model.generate(**batch, max_new_tokens=4)
     assert T < ids.shape[1] <= T + 4 and torch.equal(ids[:, :T], batch["input_ids"])
+
+
+def test_downsample_ratio_sets_the_pixel_shuffle_fold():
+    """downsample_ratio 1/r folds r x r patches into one token: 0.25 on a 4 x 4 grid is 1 token a tile, 0.5 is 4;
+    a ratio that is not 1/r is refused."""
+    vision = {"model_type": "internvl_vision", "image_size": 28, "patch_size": 7, "hidden_size": 16,
+              "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    text = {"model_type": "qwen2", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 1, "num_attention_heads": 2}
+    cfg = {"vision_config": vision, "text_config": text, "image_token_id": 5}
+    assert internvl.tokens_per_tile({**cfg, "downsample_ratio": 0.5}) == 4
+    assert internvl.tokens_per_tile({**cfg, "downsample_ratio": 0.25}) == 1
+    model = internvl.build_internvl({**cfg, "downsample_ratio": 0.25})
+    assert model.multi_modal_projector.ratio == 4
+    assert model.image_features(torch.randn(2, 3, 28, 28)).shape == (2, 1, 32)
+    with pytest.raises(ConfigError, match="must be 1/r"):
+        internvl.build_internvl({**cfg, "downsample_ratio": 0.3})
