@@ -49,10 +49,12 @@ def reference(kind: str, name: str):
     return _randomise(spread_init(tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=c["vision"]))))
 
 
-def texts(name: str, padded: bool, seed: int = 0):
-    """4 texts of different lengths ending in EOS, right-padded (or all full length)."""
+def texts(name: str, padded, seed: int = 0):
+    """4 texts of different lengths ending in EOS, right-padded (or all full length); padded="eos" pads with the
+    EOS id itself (encode_texts' padding for a tokenizer without a pad token): the first EOS is the feature."""
     t = CONFIGS[name]["text"]
     T, eos, pad = t["max_position_embeddings"], t["eos_token_id"], t["pad_token_id"]
+    pad = eos if padded == "eos" and eos != 2 else pad
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(8, VOCAB, (4, T), generator=g)    # ids >= 8: never eos/pad/bos by accident
     mask = torch.ones(4, T, dtype=torch.long)
@@ -87,7 +89,7 @@ def _compare(ref, ours, ids, mask, px):
                                    msg=lambda m: f"{field}: {m}")
 
 
-@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+@pytest.mark.parametrize("padded", [False, True, "eos"], ids=["full", "padded", "padded-with-eos"])
 def test_logits_equal_transformers(pair, padded):
     kind, name, ref, ours, _ = pair
     assert isinstance(ours, DualEncoder) and ours.family_name == kind
