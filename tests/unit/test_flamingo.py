@@ -158,6 +158,16 @@ def test_cached_generation_equals_uncached(kw):
     assert not (got[:, x.shape[1]:] == IMG).any(), "a generated image token: pick another seed"
     want = _greedy_without_cache(model, x, mask, px, 8)
     assert torch.equal(got, want)
+    # a decode step's logits equal the full forward's: row 0's new token sees its second image, row 1's its first
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    cache = model.new_cache(2, 16)
+    with torch.no_grad():
+        model(input_ids=x, attention_mask=mask, position_ids=pos, pixel_values=px, cache=cache)
+        nxt, mask2 = got[:, x.shape[1]:x.shape[1] + 1], torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        step = model(input_ids=nxt, attention_mask=mask2, position_ids=pos[:, -1:] + 1, cache=cache).logits[:, -1]
+        full = model(input_ids=torch.cat([x, nxt], 1), attention_mask=mask2,
+                     position_ids=torch.cat([pos, pos[:, -1:] + 1], 1), pixel_values=px).logits[:, -1]
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
     # the media keys/values are computed once, at prefill: decode steps never resample the images
     calls = []
     hook = model.perceiver.register_forward_hook(lambda *a: calls.append(1))
