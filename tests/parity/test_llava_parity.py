@@ -11,11 +11,12 @@ from _init import padded, shift_biases_and_norms, spread_init, tiny_llava_towers
 IMG = 100
 
 
-def _reference(vision="clip", layer=-2, select="default", text="llama", tie=False):
+def _reference(vision="clip", layer=-2, select="default", text="llama", tie=False, bias=True):
     import transformers as tf
     vision_cfg, tc = tiny_llava_towers(vision, text, tie)
     cfg = tf.LlavaConfig(vision_config=vision_cfg, text_config=tc, image_token_index=IMG,
-                         vision_feature_layer=layer, vision_feature_select_strategy=select)
+                         vision_feature_layer=layer, vision_feature_select_strategy=select,
+                         multimodal_projector_bias=bias)
     torch.manual_seed(0)
     model = spread_init(tf.LlavaForConditionalGeneration(cfg).eval())   # attention far from uniform (_init.py)
     return shift_biases_and_norms(model)
@@ -40,6 +41,7 @@ CASES = [
     dict(vision="clip", layer=[-3, -1], select="full"),
     dict(vision="siglip", layer=-1, select="full", text="qwen2", tie=True),
     dict(vision="siglip", layer=-2, select="default"),       # transformers drops a real patch here
+    dict(vision="clip", layer=-1, select="default", bias=False),   # a projector without biases
 ]
 
 
@@ -52,9 +54,25 @@ def _both_and_batch(case, tmp_path):
     return ref, ocellus.load(tmp_path), ids, mask, pixels, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['vision']}-{c['layer']}-{c['select']}")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['vision']}-{c['layer']}-{c['select']}-{c.get('bias', 1)}")
 def test_logits_equal_transformers(case, tmp_path):
     ref, ours, ids, mask, pixels, pos = _both_and_batch(case, tmp_path)
+    with torch.no_grad():
+        a = ref(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
+        b = ours(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
+    torch.testing.assert_close(b[mask.bool()], a[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_a_config_without_the_feature_keys_reads_transformers_defaults(tmp_path):
+    """A hand-written config.json may leave vision_feature_layer / _select_strategy out: transformers then reads
+    layer -2 with the CLS token dropped, and so must we."""
+    import json
+    ref, _, ids, mask, pixels, pos = _both_and_batch(CASES[0], tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for key in ("vision_feature_layer", "vision_feature_select_strategy"):
+        cfg.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    ours = ocellus.load(tmp_path)
     with torch.no_grad():
         a = ref(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
         b = ours(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
