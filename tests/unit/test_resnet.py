@@ -93,3 +93,18 @@ def test_position_embedding_makes_the_resampled_output_position_aware():
     torch.testing.assert_close(without[0], without[1], atol=1e-5, rtol=1e-5)
     # at init (std 0.02) the effect is small, but 50x the float noise above; training grows it
     assert (with_pos[0] - with_pos[1]).abs().max() > 1e-4
+
+
+def test_basic_block_adds_its_shortcut():
+    """With the residual branch silenced (conv2 = 0, so norm2 gives 0) a block is relu(shortcut(x)): the identity
+    where the shape is kept, the 1x1 projection where it changes."""
+    torch.manual_seed(0)
+    cfg = ResNetConfig(image_size=16, stem_width=8, widths=(8, 16), depths=(1, 1), hidden_size=8, norm_groups=4)
+    model = ResNetEncoder(cfg)
+    x = torch.randn(2, 8, 8, 8)
+    same, down = model.stages[0][0], model.stages[1][0]
+    with torch.no_grad():
+        for block in (same, down):
+            block.conv2.weight.zero_()
+        torch.testing.assert_close(same(x), torch.relu(x))
+        torch.testing.assert_close(down(x), torch.relu(down.shortcut(x)))
