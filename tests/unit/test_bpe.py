@@ -46,6 +46,16 @@ def test_grounding_round_trips_and_digits_are_split(tok):
         assert tok.decode(tok.encode(text)) == text
 
 
+def test_digits_never_merge_even_in_a_corpus_full_of_numbers():
+    """Box coordinates repeated 200 times would merge ("125" one token) without the digit split; with it every
+    number stays one token per digit. The control run without the split shows the corpus does merge them."""
+    corpus = [GROUNDING, "(125,730),(406,999) 2024 125 730"] * 200
+    split, merged = train_bpe(corpus, vocab_size=320), train_bpe(corpus, vocab_size=320, split_digits=False)
+    digits = lambda t: [p for p in t.convert_ids_to_tokens(t.encode("(125,730) 2024")) if any(c.isdigit() for c in p)]  # noqa: E731
+    assert digits(split) == list("1257302024")
+    assert any(len(p.strip("Ġ(,)")) > 1 for p in digits(merged)), digits(merged)
+
+
 def test_saved_tokenizer_reopens_in_transformers_and_ocellus(tok, tmp_path):
     tok.save(tmp_path)
     hf, ours = AutoTokenizer.from_pretrained(tmp_path), Tokenizer.from_dir(tmp_path)
