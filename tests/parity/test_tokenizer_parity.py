@@ -353,6 +353,29 @@ def test_existing_added_token_keeps_its_flags(tmp_path):
     assert ours.encode(text, add_special_tokens=False) == ours.encode("hi<|im_end|>there", add_special_tokens=False)
 
 
+def test_a_stale_special_tokens_map_does_not_override_a_modern_config(tmp_path):
+    """A config with added_tokens_decoder (what transformers 4.x's save_pretrained writes) decides the special
+    tokens; a leftover special_tokens_map.json naming another eos is ignored, as transformers ignores it."""
+    directory = _save_hf(_train("bytelevel"), tmp_path)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    (directory / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<unk>", "bos_token": "<unk>"}))
+    ours, ref = _both(directory)
+    assert (ours.bos_token_id, ours.eos_token_id) == (ref.bos_token_id, ref.eos_token_id)
+    assert ours.eos_token_id == ours.convert_tokens_to_ids("</s>")
+
+
+def test_a_named_template_is_rendered_when_asked_for(tmp_path):
+    roles = "{% for m in messages %}[{{ m['role'] }}]{% endfor %}"
+    directory = _save_hf(_train("bytelevel"), tmp_path, {"default": CHATML, "roles": roles})
+    ours, ref = _both(directory)
+    for name in ("default", "roles"):
+        assert ours.apply_chat_template(SYSTEM_MULTI_TURN, chat_template=name) == \
+               ref.apply_chat_template(SYSTEM_MULTI_TURN, chat_template=name, tokenize=False)
+    assert ours.apply_chat_template(SYSTEM_MULTI_TURN, chat_template="roles") == "[system][user][assistant][user]"
+
+
 def test_chat_template_jinja_file_wins(tmp_path):
     directory = _save_hf(_train("bytelevel"), tmp_path, CHATML)  # v5 writes chat_template.jinja
     assert (directory / "chat_template.jinja").read_text() == CHATML
