@@ -12,7 +12,9 @@ import torch
 import ocellus
 from ocellus.errors import ConfigError
 from ocellus.models.families.blip2 import modeling as blip2, processor as blip2_processor
-from ocellus.train.recipe_data import image_config
+from ocellus.data.tokenizer import Tokenizer
+from ocellus.train.qformer_objectives import caption_dataset, compose_stage1
+from ocellus.train.recipe_data import image_config, shapes_config
 from ocellus.train.tasks import load_recipe, run_recipe
 
 ROOT = Path(__file__).resolve().parents[2] / "recipes"
@@ -31,6 +33,25 @@ def stage1(tiny_vlm_parts, tmp_path_factory):
         f"tokenizer.from={tiny_vlm_parts}/text/model", "model.qformer.hidden_size=32",
         "model.qformer.intermediate_size=64", "model.qformer.num_query_tokens=4"]))
     return out
+
+
+def test_stage1_captions_their_ids_and_batch(tiny_vlm_parts):
+    """[CLS] caption eos, [CLS] and [DEC] two ids past the tokenizer's (never a real token), padding masked."""
+    tok = Tokenizer.from_dir(tiny_vlm_parts / "text" / "model")
+    model = compose_stage1({"vision_from": str(tiny_vlm_parts / "vit" / "model"),
+                            "qformer": {"num_query_tokens": 4, "hidden_size": 32, "num_hidden_layers": 1,
+                                        "num_attention_heads": 4, "intermediate_size": 64}}, tok)
+    assert (model.cls_token_id, model.dec_token_id) == (len(tok), len(tok) + 1)
+    data = {"source": "shapes", "kind": "caption", "image_size": 48, "seed": 3}
+    dataset, collate = caption_dataset(data, 6, tok, model, shapes_config(data), image_config(48))
+    rows = [dataset[i] for i in range(6)]
+    for _, ids in rows:
+        assert ids[0] == model.cls_token_id and ids[-1] == tok.eos_token_id and model.dec_token_id not in ids
+    batch = collate(rows)
+    lengths = [len(ids) for _, ids in rows]
+    assert len(set(lengths)) > 1                         # ragged captions: some rows are padded
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    assert batch["input_ids"].shape == (6, max(lengths)) and batch["pixel_values"].shape[0] == 6
 
 
 def _parts(parts: Path, stage1: Path) -> list[str]:
