@@ -1,6 +1,8 @@
 """LLaVA: logits equal transformers' LlavaForConditionalGeneration on tiny random checkpoints
 (CLIP and SigLIP towers, feature layer int or list, default/full strategy, several images per
 sample, batches), generation with images equals transformers' generate, and save reopens."""
+import json
+
 import pytest
 import torch
 
@@ -66,7 +68,6 @@ def test_logits_equal_transformers(case, tmp_path):
 def test_a_config_without_the_feature_keys_reads_transformers_defaults(tmp_path):
     """A hand-written config.json may leave vision_feature_layer / _select_strategy out: transformers then reads
     layer -2 with the CLS token dropped, and so must we."""
-    import json
     ref, _, ids, mask, pixels, pos = _both_and_batch(CASES[0], tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     for key in ("vision_feature_layer", "vision_feature_select_strategy"):

@@ -17,5 +17,4 @@ def test_questions_are_of_the_asked_type_and_sorted_by_form():
         assert form(s) == "yes/no" or s["answer"] in ("left", "right", "above", "below")
     assert {s["answer"] for s in position} <= {"left", "right", "top", "bottom"}
     assert {form(s) for s in position} == {"position"}
-    assert len({s["messages"][0]["content"][-1]["text"] if isinstance(s["messages"][0]["content"], list)
-                else s["messages"][0]["content"] for s in spatial}) > 30     # different scenes, not one repeated
+    assert len({s["messages"][0]["content"][-1]["text"] for s in spatial}) > 30     # different scenes, not one repeated
