@@ -111,3 +111,21 @@ def test_resampler_pos_scale_travels_through_the_checkpoint(tiny_vlm_parts, tmp_
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
         torch.testing.assert_close(again.image_features(x), model.image_features(x), atol=0, rtol=0)
+
+
+def test_the_top_level_tie_flag_decides():
+    """config.json's top-level tie_word_embeddings decides (as transformers' composite configs), whatever
+    text_config says; without it, text_config's."""
+    vision = {"model_type": "clip_vision_model", "image_size": 16, "patch_size": 4, "hidden_size": 16,
+              "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    text = {"model_type": "qwen2", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "tie_word_embeddings": True}
+    cfg = {"vision_config": vision, "text_config": text, "image_token_id": 5, "resampler": {"num_queries": 4,
+                                                                                           "num_heads": 2}}
+
+    def tied(model):
+        return model.language_model.lm_head.weight is model.language_model.embed_tokens.weight
+    assert not tied(qwen_vl.build_qwen_vl({**cfg, "tie_word_embeddings": False}))
+    assert tied(qwen_vl.build_qwen_vl(cfg))
+    assert tied(qwen_vl.build_qwen_vl({**cfg, "tie_word_embeddings": True,
+                                       "text_config": {**text, "tie_word_embeddings": False}}))
