@@ -8,10 +8,12 @@ from pathlib import Path
 
 from ocellus.errors import CheckpointError
 
+# every file a loader here reads from a checkpoint directory (tests/unit/test_resolve_files.py keeps the list true)
 CHECKPOINT_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
                     "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                    "chat_template.json", "generation_config.json", "preprocessor_config.json",
-                    "processor_config.json"]
+                    "chat_template.json", "additional_chat_templates/*.jinja", "generation_config.json",
+                    "preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json",
+                    "reward_head.json", "classifier_head.json"]
 
 
 def resolve(path_or_id: str | os.PathLike) -> Path:
