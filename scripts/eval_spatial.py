@@ -35,14 +35,18 @@ def questions(qa_type: str, n: int, size: int) -> list[dict]:
     ask it (no object wholly in one half, for position)."""
     cfg = ShapesConfig(image_size=size, seed=EVAL_SEED, min_size=max(0.18, 6.5 / size), min_objects=2,
                        qa_weights=((qa_type, 1.0),))
-    out, i = [], 0
-    while len(out) < n:
+    if n < 1:
+        raise ConfigError(f"--n must be a positive number of questions, got {n}")
+    out, skipped = [], []
+    for i in range(20 * n):
         try:
             out.append(sample_at(cfg, i, "qa"))
-        except ConfigError:
-            pass
-        i += 1
-    return out
+        except ConfigError as e:       # this scene cannot ask the type
+            skipped.append(e)
+            continue
+        if len(out) == n:
+            return out
+    raise ConfigError(f"only {len(out)} of {n} {qa_type} questions in {20 * n} scenes; last refusal: {skipped[-1]}")
 
 
 def main(argv=None) -> dict:
