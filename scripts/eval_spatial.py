@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from dataclasses import replace
 
 import ocellus
-from ocellus.data.shapes import ShapesConfig, sample_at
+from ocellus.data.shapes import sample_at
 from ocellus.errors import ConfigError
-from ocellus.eval.harness import EVAL_SEED, predict
+from ocellus.eval.harness import predict
 from ocellus.eval.vqa import vqa_exact_match
 from ocellus.hub.checkpoint import trained_scene_size
+from ocellus.train.posttrain import eval_config
 
 
 def form(sample: dict) -> str:
@@ -33,8 +35,7 @@ def form(sample: dict) -> str:
 def questions(qa_type: str, n: int, size: int) -> list[dict]:
     """n questions of one type on the eval seed's scenes of 2-4 objects, passing over the scenes that cannot
     ask it (no object wholly in one half, for position)."""
-    cfg = ShapesConfig(image_size=size, seed=EVAL_SEED, min_size=max(0.18, 6.5 / size), min_objects=2,
-                       qa_weights=((qa_type, 1.0),))
+    cfg = replace(eval_config(size, qa_type), min_objects=2)   # the held-out scenes post-training scores on
     if n < 1:
         raise ConfigError(f"--n must be a positive number of questions, got {n}")
     out, skipped = [], []
