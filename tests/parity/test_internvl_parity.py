@@ -107,27 +107,30 @@ def test_tile_count_mismatch_is_input_error(tmp_path):
         ours(input_ids=ids, pixel_values=pixels[:5])      # sample 1's second image is missing a tile
 
 
-def _tokenizer_dir(tmp_path):
-    """A tiny BPE with InternVL's image tokens, saved so both transformers and Ocellus open it."""
+def _tokenizer_dir(tmp_path, wrap=("<img>", "</img>")):
+    """A tiny BPE with InternVL's image tokens (the start / end pair `wrap`), saved so both transformers and
+    Ocellus open it."""
     import json
     from ocellus.data.bpe import train_bpe
-    specials = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<IMG_CONTEXT>", "<img>", "</img>", "<video>")
+    specials = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<IMG_CONTEXT>", *wrap, "<video>")
     tok = train_bpe(["describe the picture please", "a red circle and a blue square"] * 20, 300,
                     special_tokens=specials, image_token="<IMG_CONTEXT>")
     tok.save(tmp_path)
     cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
-    cfg["extra_special_tokens"] = {"context_image_token": "<IMG_CONTEXT>", "start_image_token": "<img>",
-                                   "end_image_token": "</img>", "video_token": "<video>"}
+    cfg["extra_special_tokens"] = {"context_image_token": "<IMG_CONTEXT>", "start_image_token": wrap[0],
+                                   "end_image_token": wrap[1], "video_token": "<video>"}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
     return tmp_path
 
 
-def test_processor_equals_internvl_processor(tmp_path, monkeypatch):
-    """Tiles with thumbnail, the <img> / </img> wrap, several images, different aspect ratios."""
+@pytest.mark.parametrize("wrap", [("<img>", "</img>"), ("<image_start>", "<image_end>")], ids=["img", "named"])
+def test_processor_equals_internvl_processor(tmp_path, monkeypatch, wrap):
+    """Tiles with thumbnail, the wrap the tokenizer names (InternVL's <img> / </img>, or another pair), several
+    images, different aspect ratios."""
     import transformers as tf
     from PIL import Image
     import numpy as np
-    d = _tokenizer_dir(tmp_path / "ckpt")
+    d = _tokenizer_dir(tmp_path / "ckpt", wrap)
     hf_tok = tf.AutoTokenizer.from_pretrained(d)
     ref = _reference(**CASES[0], vocab=len(hf_tok), image_token_id=hf_tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
     ref.save_pretrained(d)

@@ -339,6 +339,21 @@ def test_new_special_tokens_from_config_are_added_like_transformers(tmp_path):
     assert ours.special_tokens_map["image_token"] == "<image>"
 
 
+def test_named_extra_tokens_beside_an_additional_list_are_read_like_transformers(tmp_path):
+    """transformers 4.x writes additional_special_tokens (a list) and extra_special_tokens (a dict of named
+    multimodal tokens, InternVL's start_image_token, ...) side by side: both are read, the named ones by name."""
+    directory = _save_hf(_train("bytelevel"), tmp_path)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config.update(additional_special_tokens=["<tool_call>"],
+                  extra_special_tokens={"start_image_token": "<image_start>", "context_image_token": "<ctx>"})
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    ours, ref = _both(directory)
+    assert ours.vocab_size == len(ref)
+    _assert_same_codec(ours, ref, "a<image_start>b<ctx><tool_call>c")
+    assert ours.special_tokens_map["start_image_token"] == ref.start_image_token == "<image_start>"
+    assert ours.special_tokens_map["context_image_token"] == ref.context_image_token == "<ctx>"
+
+
 def test_existing_added_token_keeps_its_flags(tmp_path):
     """<|im_end|> is in tokenizer.json with lstrip/rstrip; naming it eos_token must not reset those."""
     raw_tok = _train("bytelevel")

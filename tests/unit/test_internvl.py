@@ -62,14 +62,14 @@ def test_compose_errors_name_the_problem(tiny_vlm_parts):
 
 
 def test_ocellus_layout_saves_and_reloads_exactly(tiny_vlm_parts, tmp_path):
-    model, tok = _compose(tiny_vlm_parts, max_tiles=2, feature_layer=-2)
+    model, tok = _compose(tiny_vlm_parts, min_tiles=2, max_tiles=3, feature_layer=-2)
     with torch.no_grad():
         for p in model.multi_modal_projector.parameters():
             p.add_(torch.randn_like(p))
     ocellus.save(model, tmp_path, tokenizer=tok)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["architectures"] == ["OcellusInternVLForConditionalGeneration"]
-    assert cfg["model_type"] == "ocellus_internvl" and cfg["max_dynamic_patch"] == 2
+    assert cfg["model_type"] == "ocellus_internvl" and (cfg["min_dynamic_patch"], cfg["max_dynamic_patch"]) == (2, 3)
     again = ocellus.load(tmp_path)
     assert again.feature_layer == -2
     sd, sd2 = model.state_dict(), again.state_dict()
@@ -77,7 +77,8 @@ def test_ocellus_layout_saves_and_reloads_exactly(tiny_vlm_parts, tmp_path):
     internvl_processor.export_processor(again, tok, image_config(96), tmp_path)
     proc = ocellus.load_processor(tmp_path)
     assert proc.image_token == "<image>" and proc.image_wrap == ("<img>", "</img>")
-    assert proc.image_config.max_patches == 2 and proc.image_config.size_hw == (48, 48)
+    icfg = proc.image_config
+    assert (icfg.min_patches, icfg.max_patches, icfg.size_hw) == (2, 3, (48, 48))   # the recipe's tiling, exported
 
 
 def test_recipe_trains_and_export_generates(tiny_vlm_parts, tmp_path):
