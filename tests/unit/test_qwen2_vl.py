@@ -69,6 +69,9 @@ def test_processor_dynamic_resolution_counts_and_errors(parts):
         assert model(**batch).logits.shape[1] == batch["input_ids"].shape[1]
     with pytest.raises(InputError, match="image 0 is 10x10 = 100 pixels, below min_pixels=256"):
         proc.image_inputs([_image(10, 10)])
+    assert proc.image_inputs([_image(16, 16)])[1] == [1]          # exactly min_pixels: taken as it is
+    # the eval scene side: the largest square of whole merged patches (16 px) within the budget (70^2 -> 64)
+    assert qwen2_vl_processor._image_config(_icfg(70), model.visual.config).size_hw == (64, 64)
     upscale = qwen2_vl_processor.Qwen2VLImages(qwen2_vl_processor._image_config(_icfg(64), model.visual.config), upscale_small=True)
     assert upscale([_image(10, 10)])[1] == [1]                   # opted in: enlarged to one merged patch
     with pytest.raises(InputError, match="placeholders"):
@@ -82,6 +85,8 @@ def test_export_then_processor_from_dir_gives_the_same_inputs(parts, tmp_path):
     qwen2_vl_processor.export_processor(model, tok, _icfg(64), tmp_path)
     pre = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert pre["image_processor_type"] == "Qwen2VLImageProcessor" and pre["patch_size"] == 8
+    # the budget written both ways (v4's min/max_pixels, v5's size), which must agree for either reader
+    assert pre["size"] == {"shortest_edge": pre["min_pixels"], "longest_edge": pre["max_pixels"]}
     again = ocellus.load_processor(tmp_path)
     images = [_image(64, 48, 2)]
     a, b = proc(text="<image> hi", images=images), again(text="<image> hi", images=images)
@@ -89,10 +94,17 @@ def test_export_then_processor_from_dir_gives_the_same_inputs(parts, tmp_path):
     reloaded = ocellus.load(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**b).logits, model(**a).logits)
-    pre["patch_size"] = 14
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(pre))
-    with pytest.raises(ConfigError, match="patch_size=14"):
-        ocellus.load_processor(tmp_path)
+    # the exported file as transformers reads it: the same pixels and grids, small and wide images too
+    import transformers as tf
+    hf = tf.Qwen2VLImageProcessor.from_pretrained(tmp_path)
+    more = [_image(20, 20, 3), _image(64, 48, 2), _image(200, 30, 4)]
+    ref, ours = hf(images=more, return_tensors="pt"), again.image_inputs(more)[0]
+    assert torch.equal(ref["image_grid_thw"], ours["image_grid_thw"])
+    torch.testing.assert_close(ref["pixel_values"], ours["pixel_values"], atol=1e-5, rtol=0)
+    for key, bad in (("patch_size", 14), ("merge_size", 1)):     # a preprocessor the tower cannot read
+        (tmp_path / "preprocessor_config.json").write_text(json.dumps({**pre, key: bad}))
+        with pytest.raises(ConfigError, match=f"{key}={bad}"):
+            ocellus.load_processor(tmp_path)
 
 
 def test_video_sampling_budget_and_errors():
