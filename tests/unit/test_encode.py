@@ -258,6 +258,10 @@ def test_trl_round_trip():
     inline = {"messages": [{"role": "user", "content": [{"type": "image", "image": "pil-0"}]},
                            {"role": "assistant", "content": "x"}]}
     assert M.from_trl(inline).images == ["pil-0"]
+    # attached images move to the row's list (else reading the row back would find them twice)
+    row_back = M.to_trl(*M.from_trl(inline))
+    assert row_back["messages"][0]["content"] == [{"type": "image"}] and row_back["images"] == ["pil-0"]
+    assert M.from_trl(row_back).images == ["pil-0"]
     with pytest.raises(InputError, match="both"):
         M.from_trl({**inline, "images": ["pil-0"]}, row=3)
 
