@@ -12,7 +12,7 @@ from PIL import Image
 
 import ocellus
 from ocellus.data.image import ImageProcessorConfig
-from ocellus.data.video import as_frames, preprocess_video, sample_indices
+from ocellus.data.video import VideoSampling, as_frames, preprocess_video, sample_indices
 from ocellus.errors import ConfigError, InputError
 from ocellus.models.families.qwen2_vl import modeling as qwen2_vl
 from ocellus.models.families.qwen2_vl import packing as qwen2_vl_packing, processor as qwen2_vl_processor
@@ -112,6 +112,7 @@ def test_video_sampling_budget_and_errors():
     assert sample_indices(60, video_fps=30, fps=2) == [0, 15, 30, 45]         # 2 s at 2 fps -> 4 frames
     assert sample_indices(300, video_fps=30, fps=2, max_frames=6) == [0, 50, 100, 150, 200, 250]
     assert sample_indices(10, video_fps=30, fps=2, min_frames=4) == [0, 2, 5, 7]  # clamped up to min_frames
+    assert sample_indices(75, video_fps=30, fps=2) == [0, 18, 37, 56]         # 5 frames floored to 2 patches
     with pytest.raises(InputError, match="zero frames"):
         sample_indices(0, video_fps=30)
     with pytest.raises(InputError, match="zero frames"):
@@ -124,6 +125,10 @@ def test_video_sampling_budget_and_errors():
     out = preprocess_video(frames, cfg, video_fps=30, fps=2)
     assert out.video_grid_thw == (2, 8, 8) and out.frame_indices == (0, 15, 30, 45)
     assert out.second_per_grid_ts == pytest.approx(1.0)          # 2 frames a patch at 2 fps
+    # min_frames kept 4 of a 10-frame clip (1/3 s): the rate kept is 12 fps, so a patch spans 2 / 12 s
+    assert preprocess_video(frames[:10], cfg, video_fps=30, fps=2).second_per_grid_ts == pytest.approx(2 / 12)
+    sampling = VideoSampling.from_dict({"do_sample_frames": True, "fps": 1, "min_frames": 2, "max_frames": 6})
+    assert sampling == VideoSampling(do_sample_frames=True, fps=1.0, min_frames=2, max_frames=6)
     as_pil = preprocess_video([Image.fromarray(f) for f in frames], cfg, video_fps=30, fps=2)
     assert torch.equal(as_pil.pixel_values_videos, out.pixel_values_videos)
     capped = preprocess_video(frames, cfg, video_fps=30, fps=2, total_pixels=4 * 32 * 32)
