@@ -144,6 +144,11 @@ def test_exact_strings_of_the_builtin_templates(tok):
     assert qwen.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
     vicuna = render(get_template("vicuna_v1").segments(conv[:1]))
     assert vicuna.startswith("A chat between a curious user and")
+    # a system message replaces the default system text (never both)
+    own = M.normalize([{"role": "system", "content": "Be brief."}, *conv[:1]])
+    assert render(get_template("llava_v1").segments(own)) == "Be brief. USER: Hi "
+    assert render(get_template("qwen").segments(own)) == ("<|im_start|>system\nBe brief.<|im_end|>\n"
+                                                          "<|im_start|>user\nHi<|im_end|>\n")
 
 
 def test_plain_trains_caption_and_eos_only(tok):
@@ -204,6 +209,17 @@ def test_jinja_chatml_matches_transformers(tok_dir, tmp_path):
     assert get_template("jinja", ours).content_format == "parts"
     sample = encode_messages(CONVERSATION, ours, "jinja", images_tokens=[1])
     assert ours.decode(sample.input_ids) == hf.apply_chat_template(CONVERSATION, tokenize=False)
+
+
+def test_jinja_trains_a_reply_through_its_last_end_marker(tmp_path):
+    """A reply whose text holds the end marker as text: the whole reply and the template's own marker are
+    trained, not just the text up to the first "<|im_end|>"."""
+    ours = Tokenizer.from_dir(_save(_train(), tmp_path, CHATML))
+    reply = "a <|im_end|> b"
+    sample = encode_messages([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": reply}], ours,
+                             "jinja")
+    trained = [i for i, label in zip(sample.input_ids, sample.labels) if label != IGNORE_INDEX]
+    assert ours.decode(trained) == reply + "<|im_end|>"
 
 
 @pytest.mark.parametrize("style", ["bytelevel", "metaspace"])
