@@ -15,7 +15,8 @@ from tests.serve.conftest import data_url, shape_image
 
 @pytest.fixture()
 def http_server():
-    """A loopback HTTP server: /img.png (a PNG), /big (over the cap), /redirect (302 to /img.png)."""
+    """A loopback HTTP server: /img.png (a PNG), /big (over the cap), /redirect (302 to /img.png), /liar (the PNG
+    under a Content-Length over the cap)."""
     import io
     buf = io.BytesIO()
     shape_image().save(buf, format="PNG")
@@ -28,9 +29,9 @@ def http_server():
                 self.send_header("Location", "/img.png")
                 self.end_headers()
                 return
-            body = png if self.path == "/img.png" else b"\0" * 5000
+            body = png if self.path in ("/img.png", "/liar") else b"\0" * 5000
             self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(10 ** 9 if self.path == "/liar" else len(body)))
             self.end_headers()
             self.wfile.write(body)
 
@@ -53,7 +54,8 @@ def test_data_url_formats():
 @pytest.mark.parametrize("address,public", [
     ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.5", False), ("192.168.1.1", False),
     ("169.254.169.254", False), ("::1", False), ("fd00::1", False), ("::ffff:127.0.0.1", False),
-    ("0.0.0.0", False), ("224.0.0.1", False), ("8.8.8.8", True), ("2001:4860:4860::8888", True)])
+    ("0.0.0.0", False), ("224.0.0.1", False), ("8.8.8.8", True), ("2001:4860:4860::8888", True),
+    ("::ffff:8.8.8.8", True)])   # an IPv4-mapped address is judged as the IPv4 address it maps
 def test_public_address_rule(address, public):
     assert media.is_public(address) is public
 
@@ -73,6 +75,16 @@ def test_http_fetch_cap_and_no_redirects(http_server, monkeypatch):
         media.fetch_image(http_server + "/redirect", "img", limits)
     with pytest.raises(InputError, match="over the limit of 4,000"):
         media.fetch_image(http_server + "/big", "img", limits)
+    with pytest.raises(InputError, match="1,000,000,000 bytes, over the limit"):   # refused on the header alone
+        media.fetch_image(http_server + "/liar", "img", limits)
+
+
+def test_a_host_with_any_private_address_is_refused(monkeypatch):
+    """DNS answers a public and a private address: the host is refused, whichever would be connected to."""
+    answers = [(None, None, None, None, (a, 80)) for a in ("8.8.8.8", "10.0.0.1")]
+    monkeypatch.setattr(media.socket, "getaddrinfo", lambda *a, **k: answers)
+    with pytest.raises(InputError, match=r"non-public address\(es\) \['10.0.0.1'\]"):
+        media.fetch_image("http://mixed.example/img.png", "img", ServeLimits(allow_http_images=True))
 
 
 def test_file_urls_only_inside_the_allowed_dir(tmp_path):
@@ -85,6 +97,8 @@ def test_file_urls_only_inside_the_allowed_dir(tmp_path):
     assert media.fetch_image((inside / "a.png").as_uri(), "img", limits).size == (48, 48)
     with pytest.raises(InputError, match="file:// URLs are disabled"):
         media.fetch_image((inside / "a.png").as_uri(), "img", ServeLimits())
+    with pytest.raises(InputError, match="file URLs must be local"):
+        media.fetch_image(f"file://files.example{inside}/a.png", "img", limits)
     for escape in (f"file://{inside}/../secret.png", (inside / "link.png").as_uri()):
         with pytest.raises(InputError, match="outside the allowed image directory"):
             media.fetch_image(escape, "img", limits)
