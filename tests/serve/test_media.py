@@ -81,7 +81,7 @@ def test_http_fetch_cap_and_no_redirects(http_server, monkeypatch):
 
 def test_a_host_with_any_private_address_is_refused(monkeypatch):
     """DNS answers a public and a private address: the host is refused, whichever would be connected to."""
-    answers = [(None, None, None, None, (a, 80)) for a in ("8.8.8.8", "10.0.0.1")]
+    answers = [(None, None, None, None, (a, 80)) for a in ("1.1.1.1", "10.0.0.1")]
     monkeypatch.setattr(media.socket, "getaddrinfo", lambda *a, **k: answers)
     with pytest.raises(InputError, match=r"non-public address\(es\) \['10.0.0.1'\]"):
         media.fetch_image("http://mixed.example/img.png", "img", ServeLimits(allow_http_images=True))
