@@ -106,3 +106,19 @@ def test_dtype_and_loss(llama_dir):
     labels[:, :5] = -100
     with torch.no_grad():
         torch.testing.assert_close(ours32(ids, labels=labels).loss, ref(ids, labels=labels).loss, atol=1e-5, rtol=1e-5)
+
+
+def test_older_export_carrying_rotary_inv_freq_loads(llama_dir, tmp_path):
+    """Llama exports written by transformers < 4.31 carry each layer's rotary `inv_freq` buffer: the key table
+    drops it on load (not an unexpected tensor), and the logits are those of the same weights without it."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(llama_dir, tmp_path, dirs_exist_ok=True)
+    tensors = load_file(tmp_path / "model.safetensors")
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16)
+    for i in range(2):
+        tensors[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv_freq.clone()
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    ids = _ids()
+    with torch.no_grad():
+        assert torch.equal(ocellus.load(tmp_path)(ids).logits, ocellus.load(llama_dir)(ids).logits)

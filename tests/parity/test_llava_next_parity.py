@@ -122,6 +122,9 @@ def test_generate_with_images_equals_transformers_and_save_reopens(pixels, tmp_p
         torch.testing.assert_close(again(**kw).logits[mask.bool()], ours(**kw).logits[mask.bool()],
                                    atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(again.model.image_newline, ours.packer.image_newline, rtol=0, atol=0)
+    # read by its config.json, the export is LLaVA-NeXT (not LLaVA) to transformers' Auto classes and to ocellus.load
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "out").model_type == "llava_next"
+    assert torch.equal(ocellus.load(tmp_path / "out").packer.image_newline, ours.packer.image_newline)
 
 
 def test_mismatches_are_input_errors(pixels, tmp_path):

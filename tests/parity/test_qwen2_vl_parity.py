@@ -159,11 +159,17 @@ def test_save_reopens_in_transformers(case, tmp_path):
 
 def test_in_memory_layout_and_flat_4x_config_load(tmp_path):
     """transformers 5's in-memory names (model.language_model.*, model.visual.*) and a 4.x-style
-    config.json (text fields at the top level, rope_scaling type "mrope") load to the same logits."""
+    config.json (text fields at the top level, rope_scaling type "mrope") load to the same logits, the rotary
+    inv_freq buffers older exports carry dropped; saved back, the config is the nested layout only (no stale
+    top-level text fields) and transformers reopens it with the same logits."""
+    import transformers as tf
     ref = _reference("qwen2_vl")
     out = tmp_path / "flat"
     out.mkdir()
-    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(out / "model.safetensors"))
+    tensors = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    tensors["model.visual.rotary_pos_emb.inv_freq"] = ref.model.visual.rotary_pos_emb.inv_freq.clone()
+    tensors["model.language_model.rotary_emb.inv_freq"] = ref.model.language_model.rotary_emb.inv_freq.clone()
+    save_file(tensors, str(out / "model.safetensors"))
     cfg = ref.config.to_dict()
     text = cfg.pop("text_config")
     text["rope_scaling"] = {"type": "mrope", "mrope_section": text.pop("rope_parameters")["mrope_section"]}
@@ -171,8 +177,13 @@ def test_in_memory_layout_and_flat_4x_config_load(tmp_path):
                                                  "architectures": ["Qwen2VLForConditionalGeneration"]}))
     ours = ocellus.load(out)
     grids = torch.tensor([[1, 4, 4]])
-    _compare(ref, ours, input_ids=torch.tensor([_ids([5], ("image", 4), [6])]), pixel_values=_patches(grids),
-             image_grid_thw=grids)
+    inputs = dict(input_ids=torch.tensor([_ids([5], ("image", 4), [6])]), pixel_values=_patches(grids),
+                  image_grid_thw=grids)
+    _compare(ref, ours, **inputs)
+    ocellus.save(ours, tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["text_config"]["hidden_size"] == 32 and not {"hidden_size", "vocab_size", "rope_scaling"} & set(saved)
+    _compare(tf.AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval(), ours, **inputs)
 
 
 def test_media_count_mismatches_raise(tmp_path):

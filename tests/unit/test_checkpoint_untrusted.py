@@ -58,6 +58,13 @@ def test_config_that_is_not_an_object_is_a_checkpoint_error_naming_it(ckpt, open
     assert not is_unified_dir(ckpt)
 
 
+def test_load_unified_refuses_a_complete_checkpoint_of_another_model(ckpt):
+    """load_unified needs BOTH a unified config.json and model.safetensors: a whole Llama directory (weights
+    there, another model_type) is refused by name, not loaded as the Llama it is."""
+    with pytest.raises(CheckpointError, match="not a unified-model checkpoint"):
+        load_unified(ckpt)
+
+
 @pytest.mark.parametrize("content", ["[]", "{"])
 def test_processor_config_that_is_not_an_object_is_a_checkpoint_error(ckpt, content):
     (ckpt / "preprocessor_config.json").write_text(content)

@@ -183,3 +183,15 @@ def test_export_reloads_and_chats(tmp_path):
     assert set(said.split()) <= {"red", "blue", "circle", "square", "triangle", "star", "cross"}
     with pytest.raises(InputError, match="draw"):
         "".join(chat.send("hello"))
+
+
+def test_build_model_gives_the_decoder_the_spec_sizes():
+    """models/unified/checkpoint.build_model (what a saved unified model is rebuilt by): the spec's dim,
+    num_layers and num_heads reach the decoder as named, not swapped."""
+    from _unified_tiny import VQ_SPEC
+    from ocellus.models.generative.checkpoint import build
+    from ocellus.models.unified.checkpoint import build_model, text_vocab
+    model = build_model({"family": "emu3", "dim": 32, "num_layers": 1, "num_heads": 4}, build(dict(VQ_SPEC)),
+                        text_vocab(["red"]), 16)
+    c = model.decoder.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads) == (32, 1, 4)

@@ -233,6 +233,22 @@ def test_save_and_load_round_trip_exactly(kw, tmp_path):
     assert torch.equal(model(input_ids=x, pixel_values=px).logits, loaded(input_ids=x, pixel_values=px).logits)
 
 
+def test_save_writes_the_feature_layer_and_selection_it_reads(tmp_path):
+    """config.json carries the model's own vision feature layer and token selection (not the defaults -1 /
+    'default'): reloaded, the perceiver reads the same features, so the logits are equal."""
+    torch.manual_seed(0)
+    model = build_flamingo({**tiny_config(), "vision_feature_layer": -2, "vision_feature_select_strategy": "full"})
+    model.family_name = "flamingo"
+    with torch.no_grad():
+        for block in model.gated_cross_attn.values():   # open gates: the image features reach the logits
+            block.attn_gate.fill_(0.5)
+    ocellus.save(model.eval(), tmp_path)
+    loaded = ocellus.load(tmp_path)
+    assert (loaded.feature_layer, loaded.feature_select) == (-2, "full")
+    x, px = ids(ROW), pixels(model, 2)
+    assert torch.equal(model(input_ids=x, pixel_values=px).logits, loaded(input_ids=x, pixel_values=px).logits)
+
+
 def test_video_media_use_frame_embeddings():
     model = tiny_flamingo(gates=0.5, frames=3)
     size = model.vision_tower.config.image_size
