@@ -207,3 +207,23 @@ def test_config_checks(clip_dir, tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (text_only / name).write_bytes((clip_dir / name).read_bytes())
     assert isinstance(ocellus.load_processor(text_only), Tokenizer)
+
+
+def test_llava_next_config_without_canvases_takes_the_default_ones(tmp_path):
+    """A LLaVA-NeXT config.json without image_grid_pinpoints means transformers' default canvases (the model
+    builds with them): the processor takes them too, instead of calling the model single-view."""
+    from ocellus.models.families.llava.modeling import DEFAULT_GRID_PINPOINTS
+    directory, _ = _checkpoint(tmp_path, "next-clip-default")
+    cfg = json.loads((directory / "config.json").read_text())
+    del cfg["image_grid_pinpoints"]
+    cfg["vision_config"]["image_size"] = 48        # a tile that divides the default (336-multiple) canvases
+    (directory / "config.json").write_text(json.dumps(cfg))
+    name = next(n for n in ("preprocessor_config.json", "processor_config.json") if (directory / n).is_file())
+    pre = json.loads((directory / name).read_text())
+    section = pre.get("image_processor", pre)
+    section.update(image_grid_pinpoints=DEFAULT_GRID_PINPOINTS, size={"shortest_edge": 48},
+                   crop_size={"height": 48, "width": 48})
+    (directory / name).write_text(json.dumps(pre))
+    proc = ocellus.load_processor(directory)
+    assert [list(p) for p in proc.grid_pinpoints] == DEFAULT_GRID_PINPOINTS
+
