@@ -221,6 +221,43 @@ def test_stop_strings_are_cut_and_held_back(tokenizer):
     assert all(stop not in e.text for e in cut.events if isinstance(e, Delta))
 
 
+def test_each_choice_draws_from_its_own_seed(tokenizer):
+    """n choices of a seeded request: choice c samples as a lone request seeded seed + c (so they differ)."""
+    model = random_decoder(tokenizer.vocab_size, 4, 2)
+    ids = torch.tensor([[5, 6, 7]])
+    engine = BatchEngine(model, tokenizer, slots=4).start()
+    try:
+        both, alone = Collect(n=2), Collect()
+        engine.submit(Request(ids, SamplingParams(max_tokens=12, temperature=1.0, seed=4), both, n=2))
+        engine.submit(Request(ids, SamplingParams(max_tokens=12, temperature=1.0, seed=5), alone))
+        assert both.done.wait(30) and alone.done.wait(30)
+    finally:
+        engine.stop()
+    first, second = both.finishes()
+    assert second.token_ids == alone.finishes()[0].token_ids and first.token_ids != second.token_ids
+
+
+def test_text_held_back_for_a_stop_string_is_released_at_eos(tokenizer):
+    """The reply ends (eos) on text that could have begun a stop string: that text is sent, not dropped."""
+    model = random_decoder(tokenizer.vocab_size, 4, 2)
+    ids = torch.tensor([[9, 10, 11, 12]])
+    engine = BatchEngine(model, tokenizer, slots=2).start()
+    try:
+        free = Collect()
+        engine.submit(Request(ids, SamplingParams(max_tokens=16, temperature=0), free))
+        assert free.done.wait(30)
+        out = list(free.finishes()[0].token_ids)
+        k = next(i for i in range(3, len(out)) if out[i] not in out[:i])   # a token first generated at step k
+        text = tokenizer.decode(out[:k], skip_special_tokens=True)
+        engine.eos = (out[k],)                                             # ... is now the end of the reply
+        held = Collect()
+        engine.submit(Request(ids, SamplingParams(max_tokens=16, temperature=0, stop=(text[-1] + "\x00",)), held))
+        assert held.done.wait(30)
+    finally:
+        engine.stop()
+    assert held.finishes()[0].reason == "stop" and held.text() == text
+
+
 def test_refuses_models_with_other_decode_state(tokenizer):
     class Extra(StaticKVCache):
         pass
