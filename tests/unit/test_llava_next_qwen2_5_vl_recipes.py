@@ -77,6 +77,8 @@ def test_compose_refuses_unknown_keys_and_bad_canvases(tiny_vlm_parts):
     tok = Tokenizer.from_dir(text)
     assert family_module("llava_next").compose is llava_next.compose
     assert family_module("qwen2_5_vl").compose is qwen2_vl.compose
+    # transformers' 336 px canvases (1x2, 2x1, 2x2, 3x1, 1x3 tiles) in tiles of the tower's size
+    assert llava_next.default_pinpoints(48) == [[48, 96], [96, 48], [96, 96], [144, 48], [48, 144]]
     spec = {"architecture": "llava_next", "vision_from": str(tiny_vlm_parts / "vit" / "model"), "llm_from": text}
     with pytest.raises(ConfigError, match="unknown keys.*'pinpoints'"):
         llava_next.compose({**spec, "pinpoints": [[96, 96]]}, tok)
