@@ -18,10 +18,10 @@ CONFIGS = [
 ]
 
 
-def _reference(image_size, patch_size, q_layers, freq, q_hidden, queries, tie):
+def _reference(image_size, patch_size, q_layers, freq, q_hidden, queries, tie, **vision_extra):
     import transformers as tf
     vision = dict(hidden_size=40, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=image_size, patch_size=patch_size)
+                  image_size=image_size, patch_size=patch_size, **vision_extra)
     qformer = dict(hidden_size=q_hidden, num_hidden_layers=q_layers, num_attention_heads=4,
                    intermediate_size=2 * q_hidden, cross_attention_frequency=freq, vocab_size=60,
                    max_position_embeddings=32)
@@ -67,6 +67,25 @@ def test_logits_equal_transformers(ci, tmp_path):
         b = ours(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos, labels=labels)
     torch.testing.assert_close(b.logits[mask.bool()], a.logits[mask.bool()], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(b.loss, a.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_fields_a_config_sets_or_leaves_out(tmp_path):
+    """The tower's layer_norm_eps is read (0.5 here, where it shows; BLIP-2's default is 1e-6), and a config.json
+    without num_query_tokens means transformers' default, 32 queries."""
+    import json
+    case = {**CONFIGS[0], "queries": 32}
+    ref = _reference(**case, layer_norm_eps=0.5)
+    ref.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["num_query_tokens"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    ours = ocellus.load(tmp_path)
+    assert ours.num_query_tokens == 32
+    ids, mask, pixels = _batch(32, case["image_size"], images=(1,), left_pad=False)
+    with torch.no_grad():
+        a = ref(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits
+        b = ours(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("ci", [0, 1])
