@@ -73,6 +73,8 @@ def test_limits_name_themselves_and_stop_reading_early(monkeypatch):
         load_video(raw, max_frame_pixels=100)
     with pytest.raises(InputError, match="more than 3 frames"):
         load_video(_frames(4), max_frames=3)
+    with pytest.raises(InputError, match="more than 3 frames"):      # a list of paths: counted before any is read
+        load_video([f"/no/such/frame_{i}.png" for i in range(4)], max_frames=3)
 
 
 def test_unreadable_sources_say_what_to_do(tmp_path):
