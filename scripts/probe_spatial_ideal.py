@@ -10,6 +10,11 @@ here from each scene's ground truth instead of a ViT, so that what the tokens ho
                 background token; where things are is only the token order (RoPE), as in the default model
     grid+pos    grid + Linear(x, y of the cell) in every token's value (as a box-head ViT's patches)
 
+--rope 2d gives the grid tokens 2D rotary positions (row, column), as Qwen2-VL's M-RoPE gives its image keys: the
+rotary pairs split into a row band and a column band (mrope_section (0, R/4, R/4)), the text after the grid continues
+at 4, 5, ... on both; --theta sets the rotary base (the decoder's 1e4 leaves a 16-dim head's last pairs turning
+< 0.01 rad per position, which a 4-cell axis cannot use).
+
 --position P mixes one-object "which half" questions (shapes.py `position`) into P of the training samples, a
 curriculum: one lookup and one read before two lookups and a comparison; --lone asks them in scenes of one object
 only (the read then pays off before the lookup does). Held-out accuracy on 300 relation questions of other scenes
@@ -70,6 +75,16 @@ class IdealTokens(nn.Module):
         return tokens
 
 
+def token_positions(rope: str, n_image: int, T: int) -> torch.Tensor:
+    """Rotary ids of a sequence whose first n_image tokens are the grid: "1d" -> [T] (0, 1, ...), "2d" -> [3, T]
+    M-RoPE ids, grid cell k at (0, row, col), the text after it at GRID, GRID + 1, ... on every axis."""
+    if rope == "1d":
+        return torch.arange(T)
+    k = torch.arange(n_image)
+    grid = torch.stack([torch.zeros_like(k), k // GRID, k % GRID])                     # [3, 16]
+    return torch.cat([grid, (GRID + torch.arange(T - n_image)).expand(3, -1)], 1)      # [3, T]
+
+
 def question(rng: np.random.Generator, cfg: ShapesConfig, kind: str, lone: bool = False):
     """(scene, question, answer, the two answers it chooses between) of the given kind (position: in a scene of
     one object when lone)."""
@@ -94,11 +109,21 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--text", default=TEXT)
+    ap.add_argument("--rope", choices=("1d", "2d"), default="1d", help="grid token positions: raster order or (row, col)")
+    ap.add_argument("--theta", type=float, default=None, help="rotary base (default: the decoder's own)")
     args = ap.parse_args(argv)
+    if args.rope == "2d" and args.variant == "objects":
+        ap.error("--rope 2d places grid tokens; the objects variant has no grid")
     torch.manual_seed(0)
     tok, model = ocellus.load_processor(args.text), ocellus.load(args.text).train()
     cfg = ShapesConfig(image_size=GRID * CELL, min_objects=2, max_objects=4)
     ideal = IdealTokens(args.variant, model.config.hidden_size, list(cfg.colours))
+    rot = model.config.rope.rotary_dim
+    if args.theta:
+        model.rotary_emb.inv_freq = 1.0 / args.theta ** (torch.arange(0, rot, 2).float() / rot)
+    if args.rope == "2d":
+        model.mrope_section = (0, rot // 4, rot // 2 - rot // 4)
+    positions = lambda n_image, T: token_positions(args.rope, n_image, T)      # noqa: E731
     embed = model.embed_tokens
     words = {w: tok.encode(" " + w, add_special_tokens=False)[0] for p in (("left", "right"), ("top", "bottom"),
                                                                            ("above", "below")) for w in p}
@@ -110,7 +135,7 @@ def main(argv=None) -> None:
         x = torch.cat([image, embed(ids)], 0)
         labels = torch.full((len(x),), -100)
         labels[len(image) + len(qi):] = ids[len(qi):]
-        return x, labels, len(image) + len(qi)
+        return x, labels, len(image) + len(qi), positions(len(image), len(x))
 
     rng, held_rng = np.random.default_rng(1), np.random.default_rng(999)
     held = [question(held_rng, cfg, "spatial") for _ in range(300)]
@@ -120,8 +145,8 @@ def main(argv=None) -> None:
         model.eval()
         right = 0
         for scene, q, a, pair in held:
-            x, _, at = encode(scene, q, a, held_rng)
-            logits = model(inputs_embeds=x[None, :at]).logits[0, -1]
+            x, _, at, pos = encode(scene, q, a, held_rng)
+            logits = model(inputs_embeds=x[None, :at], position_ids=pos[..., None, :at]).logits[0, -1]
             right += int(pair[int(logits[[words[w] for w in pair]].argmax())] == a)
         model.train()
         return right / len(held)
@@ -133,18 +158,20 @@ def main(argv=None) -> None:
         for _ in range(args.batch):
             kind = "position" if rng.random() < args.position else "spatial"
             rows.append(encode(*question(rng, cfg, kind, lone=args.lone and kind == "position")[:3], rng))
-        T = max(len(x) for x, _, _ in rows)
+        T = max(len(x) for x, _, _, _ in rows)
         X = torch.zeros(len(rows), T, model.config.hidden_size)
         L, M = torch.full((len(rows), T), -100), torch.zeros(len(rows), T, dtype=torch.long)
-        for i, (x, lab, _) in enumerate(rows):                  # right padding, masked
+        P = torch.zeros((3, len(rows), T) if args.rope == "2d" else (len(rows), T), dtype=torch.long)
+        for i, (x, lab, _, pos) in enumerate(rows):             # right padding, masked
             X[i, :len(x)], L[i, :len(x)], M[i, :len(x)] = x, lab, 1
-        logits = model(inputs_embeds=X, attention_mask=M).logits
+            P[..., i, :len(x)] = pos
+        logits = model(inputs_embeds=X, attention_mask=M, position_ids=P).logits
         loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), L[:, 1:].flatten(), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % 250 == 0:
-            print(f"{args.variant} position {args.position}{' lone' if args.lone else ''} step {step}: loss {loss.item():.3f}, held-out relation "
+            print(f"{args.variant} rope {args.rope} theta {args.theta} position {args.position}{' lone' if args.lone else ''} step {step}: loss {loss.item():.3f}, held-out relation "
                   f"accuracy {accuracy():.3f} ({time.time() - t0:.0f} s)", flush=True)
 
 

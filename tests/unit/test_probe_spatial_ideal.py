@@ -60,3 +60,13 @@ def test_questions_are_the_which_side_form_with_their_pair():
         assert " or " in q and a in pair and len(scene.objects) >= 2
         scene, q, a, pair = probe.question(rng, cfg, "position", lone=True)
         assert len(scene.objects) == 1 and a in pair and pair in (("left", "right"), ("top", "bottom"))
+
+
+def test_2d_positions_put_each_cell_at_its_row_and_column_and_the_text_after():
+    import torch
+    ids = probe.token_positions("2d", 16, 20)
+    assert ids.shape == (3, 20)
+    assert ids[:, 6].tolist() == [0, 1, 2] and ids[:, 15].tolist() == [0, 3, 3]        # cell 6: row 1, col 2
+    assert ids[:, 16:].tolist() == [[4, 5, 6, 7]] * 3
+    assert torch.equal(probe.token_positions("1d", 16, 20), torch.arange(20))
+
