@@ -2,14 +2,12 @@
 touches message text at all is text; markup tokens are matched leftmost-longest, as the tokenizers backend matches
 added tokens; an lstrip markup token eats the whitespace before it as the backend does. Expected ids are written
 out from the backend's own pieces."""
-import json
-
 import pytest
-import tokenizers
 from tokenizers import AddedToken
 
 from ocellus.data.bpe import train_bpe
 from ocellus.data.control_tokens import encode_with_literals
+from tests.serve.test_control_tokens import plain_ids as text_ids   # text with no added token split out
 
 
 @pytest.fixture(scope="module")
@@ -19,16 +17,6 @@ def tok():
                                   AddedToken("<t>+", special=True, normalized=False),   # "<t>" is its prefix
                                   AddedToken("<|end|>", lstrip=True, special=True, normalized=False)])
     return t
-
-
-def text_ids(tok, text: str) -> list[int]:
-    """text with no added token split out."""
-    data = json.loads(tok.backend.to_str())
-    for t in data["added_tokens"]:
-        t["special"] = True
-    backend = tokenizers.Tokenizer.from_str(json.dumps(data))
-    backend.encode_special_tokens = True
-    return backend.encode(text, add_special_tokens=False).ids
 
 
 def test_a_control_string_partly_inside_a_message_text_is_text(tok):
