@@ -127,3 +127,11 @@ def test_parse_json_rules():
         parse_json(b"[" + b"0," * 100_000 + b"0]")
     assert parse_json('"\U0001f600 ok"'.encode()) == "\U0001f600 ok"   # a real astral character is fine
     assert parse_json(b'"\\ud83d\\ude00"') == "\U0001f600"                # and so is an escaped surrogate pair
+
+
+def test_nesting_limit_is_exact():
+    """MAX_DEPTH levels below the top value are accepted, one more is refused."""
+    deepest = b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1)          # the innermost list at depth MAX_DEPTH
+    assert parse_json(deepest) is not None
+    with pytest.raises(APIError, match=f"nested deeper than {MAX_DEPTH} levels"):
+        parse_json(b"[" + deepest + b"]")

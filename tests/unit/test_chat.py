@@ -99,6 +99,12 @@ def test_session_keeps_history_with_images_and_resets(tiny, images):
     assert session.messages == [] and session.images == []
     again = "".join(session.send("What is in the picture?", [images / "good.png"]))
     assert again == first  # greedy, same context after the reset
+    system = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}]
+    briefed = ChatSession(model, proc, system="Be brief.", max_new_tokens=2)
+    assert briefed.messages == system                   # the system message opens the conversation
+    "".join(briefed.send("Hi"))
+    briefed.reset()
+    assert briefed.messages == system                   # and stays through a reset
 
 
 def test_bad_image_raises_at_send_and_leaves_history(tiny, images):
