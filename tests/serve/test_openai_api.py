@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 
 import openai
@@ -141,6 +142,11 @@ def test_api_key_required(server):
             bad.models.list()
         assert e.value.status_code == 401 and "API key" in e.value.message
     assert server.health()["status"] == "ok"  # /health needs no key
+    # the key alone, without the Bearer scheme, is not the header OpenAI clients send: refused
+    req = urllib.request.Request(server.url + "/v1/models", headers={"Authorization": API_KEY})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 401
 
 
 def test_client_disconnect_cancels_the_request(server):

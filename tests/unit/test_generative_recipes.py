@@ -106,3 +106,14 @@ def test_bad_generation_inputs(tokenizer_dir, tmp_path):
         load_generator(tmp_path / "m")
     with pytest.raises(CheckpointError, match="not an image-generator checkpoint"):
         load_generator(tmp_path)
+
+
+def test_image_data_spans_minus_one_to_one():
+    """Every image source is scaled to [-1, 1] (the range the UNet, the VQ models and the judge are trained on):
+    digits' dark background at -1, the brightest ink near +1."""
+    from ocellus.train.generative import image_data
+    x, labels, names = image_data("digits", "train", 16, n=40)
+    assert x.min() == -1 and 0.9 < x.max() <= 1
+    assert len(x) == len(labels) == 40 and int(labels.max()) < len(names)
+    x, _, _ = image_data("shapes", "train", 16, n=40)              # white background +1, colours below it
+    assert x.max() == 1 and -1 <= x.min() < -0.5

@@ -32,6 +32,9 @@ def test_weaken_adds_noise_of_each_matrix_std_to_the_named_parts(model):
     again = ocellus.load(ocellus.default_model_dir())
     weaken(again, noise=0.5, seed=3, parts=("llm",))
     assert all(torch.equal(a, b) for a, b in zip(again.parameters(), model.parameters()))   # seeded
+    other = ocellus.load(ocellus.default_model_dir())
+    weaken(other, noise=0.5, seed=4, parts=("llm",))
+    assert not torch.equal(other.language_model.embed_tokens.weight, model.language_model.embed_tokens.weight)
     with pytest.raises(ConfigError, match="are not parts of this model"):
         weaken(model, noise=0.5, parts=("decoder",))
 
