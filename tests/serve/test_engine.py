@@ -146,6 +146,20 @@ def test_slot_cache_moves_keep_each_rows_keys():
     assert mask.shape == (2, 14) and mask.sum(-1).tolist() == [14, 10] and mask[1, :4].sum() == 0
     with pytest.raises(InputError, match="no live row"):
         cache.remove(5)
+    cache.remove(1)
+    cache.remove(0)
+    assert cache.active == 0 and cache.length == 0   # emptied: the next prompt is written from column 0
+
+
+def test_slot_cache_insert_takes_the_row_asked_for():
+    """insert(prefilled, row) copies that row of a batch-prefilled cache, not its first."""
+    cache = SlotKVCache(num_layers=1, slots=2, num_kv_heads=1, max_len=8, head_dim=2)
+    batch = StaticKVCache(1, 2, 1, 3, 2)
+    k = torch.stack([torch.full((1, 3, 2), 1.0), torch.full((1, 3, 2), 2.0)])              # row r holds r + 1
+    batch.update(0, k, -k)
+    batch.advance(3)
+    i = cache.insert(batch, row=1)
+    assert (cache.k[0][i, :, :3] == 2).all() and (cache.v[0][i, :, :3] == -2).all()
 
 
 def test_images_encoded_once_for_n_choices():
