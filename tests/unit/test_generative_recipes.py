@@ -117,3 +117,10 @@ def test_image_data_spans_minus_one_to_one():
     assert len(x) == len(labels) == 40 and int(labels.max()) < len(names)
     x, _, _ = image_data("shapes", "train", 16, n=40)              # white background +1, colours below it
     assert x.max() == 1 and -1 <= x.min() < -0.5
+
+
+def test_shapes_test_split_draws_other_scenes():
+    """The held-out shapes split is drawn from other seeds than the training split."""
+    from ocellus.train.generative import image_data
+    train, test = image_data("shapes", "train", 16, n=20)[0], image_data("shapes", "test", 16, n=20)[0]
+    assert sum(torch.equal(a, b) for a, b in zip(train, test)) < 5

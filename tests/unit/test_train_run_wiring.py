@@ -397,3 +397,14 @@ def test_hf_rows_come_from_the_named_split_and_are_counted():
     with given(datasets.DatasetDict({"train": rows(["a", "b", "c"]), "test": rows(["x", "y"])})):
         got = read_rows({"source": "hf", "split": "test"}, ("prompt",), "grpo", report=report)
     assert [r["id"] for r in got] == ["x", "y"] and report.total == 2
+
+
+def test_vlm_collate_concatenates_every_rows_images():
+    """The VLM batch holds the images of every row, in row order (not only the first row's)."""
+    from ocellus.train.tasks.vlm import vlm_collate
+    tok = types.SimpleNamespace(pad_token_id=0)
+    rows = [{"enc": {"input_ids": [5, 6], "labels": [-100, 6]},
+             "images": {"pixel_values": torch.full((1, 3, 4, 4), float(r))}} for r in range(3)]
+    batch = vlm_collate({}, None, tok)(rows)
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0]
+
