@@ -182,6 +182,10 @@ def test_reply_is_capped_to_the_context_left_and_a_full_context_is_an_error(tiny
     with pytest.raises(InputError, match="fills the model's context.*/reset"):
         session.send("circle " * model.max_context)
     assert session.messages == history
+    hello = asked[-1][0]                     # a prompt that exactly fills the context leaves no token to reply
+    monkeypatch.setattr(type(model), "max_context", property(lambda self: hello))
+    with pytest.raises(InputError, match="fills the model's context"):
+        "".join(ChatSession(model, proc, max_new_tokens=3).send("hello"))
 
 
 def _shapes_image_and_questions(path):
