@@ -362,6 +362,7 @@ def test_collate(side, tok):
     pad = slice(m, n) if side == "right" else slice(0, n - m)
     assert batch["input_ids"][1, row].tolist() == b.input_ids and batch["labels"][1, row].tolist() == b.labels
     assert torch.all(batch["input_ids"][1, pad] == 0) and torch.all(batch["labels"][1, pad] == IGNORE_INDEX)
+    assert torch.all(batch["attention_mask"][1, pad] == 0) and torch.all(batch["attention_mask"][1, row] == 1)
     assert batch["input_ids"].dtype == torch.long
     with pytest.raises(ConfigError, match="pad_id"):
         collate([a], pad_id=None)
