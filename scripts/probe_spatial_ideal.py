@@ -35,6 +35,8 @@ from torch import nn
 import ocellus
 from ocellus.data.shapes import SHAPES, ShapesConfig, make_qa, make_scene
 from ocellus.errors import InputError
+from ocellus.nn.mrope import check_mrope_section
+from ocellus.nn.rope import RotaryEmbedding
 
 TEXT = "runs/llava_tiny_shapes/text/model"       # the default model's decoder before any image (make_default_model)
 CELL, GRID = 12, 4                                # 48 px scenes, the default ViT's 12 px patches
@@ -118,12 +120,12 @@ def main(argv=None) -> None:
     tok, model = ocellus.load_processor(args.text), ocellus.load(args.text).train()
     cfg = ShapesConfig(image_size=GRID * CELL, min_objects=2, max_objects=4)
     ideal = IdealTokens(args.variant, model.config.hidden_size, list(cfg.colours))
-    rot = model.config.rope.rotary_dim
-    if args.theta:
-        model.rotary_emb.inv_freq = 1.0 / args.theta ** (torch.arange(0, rot, 2).float() / rot)
-    if args.rope == "2d":
-        model.mrope_section = (0, rot // 4, rot // 2 - rot // 4)
-    positions = lambda n_image, T: token_positions(args.rope, n_image, T)      # noqa: E731
+    rope = model.config.rope
+    if args.theta:   # the decoder's own rotary table at another base
+        model.rotary_emb = RotaryEmbedding(replace(rope, theta=args.theta))
+    if args.rope == "2d":   # a row band and a column band, checked as a Qwen2-VL config's section is
+        model.mrope_section = check_mrope_section((0, rope.rotary_dim // 4, rope.rotary_dim // 2 - rope.rotary_dim // 4),
+                                                  rope.rotary_dim)
     embed = model.embed_tokens
     words = {w: tok.encode(" " + w, add_special_tokens=False)[0] for p in (("left", "right"), ("top", "bottom"),
                                                                            ("above", "below")) for w in p}
@@ -135,7 +137,7 @@ def main(argv=None) -> None:
         x = torch.cat([image, embed(ids)], 0)
         labels = torch.full((len(x),), -100)
         labels[len(image) + len(qi):] = ids[len(qi):]
-        return x, labels, len(image) + len(qi), positions(len(image), len(x))
+        return x, labels, len(image) + len(qi), token_positions(args.rope, len(image), len(x))
 
     rng, held_rng = np.random.default_rng(1), np.random.default_rng(999)
     held = [question(held_rng, cfg, "spatial") for _ in range(300)]

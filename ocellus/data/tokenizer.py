@@ -57,16 +57,15 @@ def _special_tokens(config: dict, special_map: dict | None) -> tuple[dict[str, A
         named.update({k: _token(v) for k, v in source.items() if k.endswith("_token") and _token(v) is not None})
         # v4 writes additional_special_tokens (a list) and, for multimodal tokenizers, extra_special_tokens (a
         # dict of named model-specific tokens) side by side; v5 writes extra_special_tokens as either: read both
-        listed = []
+        listed = {}   # content -> token: one entry per token whichever key lists it
         for key in ("additional_special_tokens", "extra_special_tokens"):
             tokens = source.get(key)
             if isinstance(tokens, dict):
                 named.update({k: _token(v) for k, v in tokens.items() if _token(v) is not None})
             elif tokens:
-                listed += [t for t in map(_token, tokens) if t is not None and t.content not in
-                           {u.content for u in listed}]
+                listed.update((t.content, t) for t in map(_token, tokens) if t is not None and t.content not in listed)
         if listed:
-            extra = listed
+            extra = list(listed.values())
     return named, extra
 
 

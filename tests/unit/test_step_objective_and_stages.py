@@ -1,4 +1,5 @@
-"""Focused checks for scripts/mutations/train_serve.toml: properties only the right wiring has."""
+"""A step objective run alone (train/step_objective.py: the step count it passes, the update norm over every
+optimizer) and stages naming parts (train/stages.py): properties only the right wiring has."""
 from __future__ import annotations
 
 import math
