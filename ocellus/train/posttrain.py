@@ -191,6 +191,9 @@ def reward_functions(method: dict, processor) -> tuple[list, list[float]]:
     if not fns:
         raise ConfigError("method needs rewards (e.g. [count]) or a reward_model dir")
     weights = [float(w) for w in method.get("reward_weights") or [1.0] * len(fns)]
+    if len(weights) != len(fns):   # refused at load, not at the first step's scoring
+        raise ConfigError(f"method.reward_weights has {len(weights)} weights for {len(fns)} reward functions "
+                          f"(method.rewards {names}{' + reward_model' if method.get('reward_model') else ''})")
     return fns, weights
 
 

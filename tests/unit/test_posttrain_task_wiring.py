@@ -108,3 +108,46 @@ def test_distill_task_trains_the_shrunk_student_under_a_frozen_teacher(tmp_path,
     result, processor = json.loads((tmp_path / "eval.json").read_text()), load_processor(path)
     assert result["teacher"] == _rows(heldout_qa(start, processor, 8))
     assert result["before"] == _rows(heldout_qa(shrink_decoder(start, tuple(layers)), processor, 8))
+
+
+def test_rl_reward_weights_reach_the_objective(tmp_path, monkeypatch):
+    """method.reward_weights weigh the reward functions in the GRPO objective the task builds (not 1 each), and a
+    count that does not match the functions is refused when the recipe is read."""
+    import pytest
+
+    from ocellus.errors import ConfigError
+    from ocellus.train import grpo as grpo_run
+    from ocellus.train.posttrain import reward_functions
+    from ocellus.train.rewards import count_format_reward, count_reward
+
+    seen = {}
+
+    class Caught(Exception):
+        pass
+
+    def caught(objective, *args):
+        seen["objective"] = objective
+        raise Caught   # stop before training: only the wiring is asked
+    monkeypatch.setattr(grpo_run, "rl_fit", caught)
+    recipe = load_recipe(POST / "grpo.yaml", SMALL + ["eval.n=2", f"train.out_dir={tmp_path}",
+                                                      "method.rewards=[count, count_format]",
+                                                      "method.reward_weights=[2.0, 0.25]"])
+    with pytest.raises(Caught):
+        run_recipe(recipe)
+    objective = seen["objective"]
+    assert objective.reward_fns == [count_reward, count_format_reward]
+    assert list(objective.reward_weights) == [2.0, 0.25]
+    with pytest.raises(ConfigError, match="2 weights for 1 reward"):
+        reward_functions({"rewards": ["count"], "reward_weights": [1, 2]}, None)
+
+
+def test_posttrain_history_numbers_optimizer_steps_under_grad_accum(tmp_path):
+    """With train.grad_accum 2 the objective records each micro-batch; posttrain.jsonl numbers them by optimizer
+    step (two records a step, each with that step's loss from the trainer), not one step a micro-batch."""
+    recipe = load_recipe(POST / "dpo.yaml", SMALL + ["data.n=16", "train.grad_accum=2", f"train.out_dir={tmp_path}"])
+    run_recipe(recipe)
+    rows = [json.loads(line) for line in (tmp_path / "posttrain.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 1, 2, 2]
+    metrics = {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+               if "loss" in r}
+    assert all(r["loss"] == metrics[r["step"]] for r in rows), (rows, metrics)

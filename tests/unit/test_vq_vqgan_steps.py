@@ -137,3 +137,24 @@ def test_vqgan_one_step_equals_hinge_gan_with_adaptive_weight(monkeypatch):
     disc.zero_grad()
     l_d.backward()
     _check_update(rec.disc, disc, lr)
+
+
+def test_vqgan_feature_loss_enters_at_its_weight():
+    """rec = L1 + L2 + feature_weight * FeatureLoss(judge): with the GAN off, one step's rec and loss recomputed at a
+    weight other than 1 (a weight dropped or doubled changes both)."""
+    from ocellus.eval.image_quality import Judge
+    from ocellus.models.generative.vqgan import FeatureLoss
+    torch.manual_seed(0)
+    judge = Judge(1, 10, 16)
+    model = VQVAE(VQConfig(channels=8, num_codes=16))
+    before = copy.deepcopy(model).train()
+    x = torch.rand(6, 1, 16, 16) * 2 - 1
+    fw, bs = 0.3, 4
+    hist = train_vqgan(model, x, steps=1, batch_size=bs, disc_start=5, feature_weight=fw, judge=judge, seed=2)
+    xb = x[torch.randint(0, len(x), (bs,), generator=torch.Generator().manual_seed(2))]
+    out = before(xb)
+    feature = FeatureLoss(judge)(out.recon, xb)
+    assert feature.item() > 1e-3                      # the term is there to be weighed
+    rec = (out.recon - xb).abs().mean() + F.mse_loss(out.recon, xb) + fw * feature
+    assert abs(hist[0]["rec"] - rec.item()) < 1e-5
+    assert abs(hist[0]["loss"] - (rec + out.quant.loss).item()) < 1e-5
