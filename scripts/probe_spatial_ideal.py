@@ -9,6 +9,8 @@ here from each scene's ground truth instead of a ViT, so that what the tokens ho
                 the colour + shape of the object over its centre (or containing the object's centre), else a
                 background token; where things are is only the token order (RoPE), as in the default model
     grid+pos    grid + Linear(x, y of the cell) in every token's value (as a box-head ViT's patches)
+    grid+slots  the grid (with its cells' positions added) regrouped into K slot tokens by slot attention, each slot
+                given Linear(x, y of its attention's centroid): one token per object learned from the grid
 
 --rope 2d gives the grid tokens 2D rotary positions (row, column), as Qwen2-VL's M-RoPE gives its image keys: the
 rotary pairs split into a row band and a column band (mrope_section (0, R/4, R/4)), the text after the grid continues
@@ -42,6 +44,47 @@ TEXT = "runs/llava_tiny_shapes/text/model"       # the default model's decoder b
 CELL, GRID = 12, 4                                # 48 px scenes, the default ViT's 12 px patches
 
 
+class SlotConnector(nn.Module):
+    """Slot attention (Locatello et al., 2020) as a connector: [B, N, C] patch features + [N, 2] or [B, N, 2]
+    patch centres (in [-0.5, 0.5]) -> [B, S, out_dim]. The slots compete for patches (softmax over slots), so each
+    patch goes mostly to one slot, and each slot's centroid (the attention-weighted mean of its patches' centres)
+    is written into its value: one token per object with its place, if the slots find the objects."""
+
+    def __init__(self, in_dim: int, out_dim: int, n_slots: int, iters: int = 3):
+        super().__init__()
+        self.iters, self.scale = iters, in_dim ** -0.5
+        self.pos = nn.Linear(2, in_dim)                 # the patches' place, so two alike objects stay apart
+        self.norm_in = nn.LayerNorm(in_dim)
+        # a learned start per slot (not one shared mean + noise): deterministic, and the slots start apart
+        self.init = nn.Parameter(torch.randn(n_slots, in_dim) * in_dim ** -0.5)
+        self.q = nn.Linear(in_dim, in_dim, bias=False)
+        self.k = nn.Linear(in_dim, in_dim, bias=False)
+        self.v = nn.Linear(in_dim, in_dim, bias=False)
+        self.norm_slots = nn.LayerNorm(in_dim)
+        self.gru = nn.GRUCell(in_dim, in_dim)
+        self.mlp = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, 2 * in_dim), nn.GELU(),
+                                 nn.Linear(2 * in_dim, in_dim))
+        self.where = nn.Linear(2, in_dim)               # the centroid, written into the slot's value
+        self.out = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        xy = xy.to(x.dtype).expand(B, N, 2)
+        x = self.norm_in(x + self.pos(xy))
+        k, v = self.k(x), self.v(x)                                                    # [B, N, C]
+        slots = self.init.to(x.dtype).expand(B, -1, -1)                                # [B, S, C]
+        S = slots.shape[1]
+        for _ in range(self.iters):
+            logits = self.q(self.norm_slots(slots)) @ k.transpose(1, 2) * self.scale     # [B, S, N]
+            attn = logits.softmax(dim=1) + 1e-8                                          # slots compete for a patch
+            weights = attn / attn.sum(-1, keepdim=True)                                  # a mean over each slot's patches
+            updates = weights @ v                                                        # [B, S, C]
+            slots = self.gru(updates.reshape(B * S, C), slots.reshape(B * S, C)).view(B, S, C)
+            slots = slots + self.mlp(slots)
+        centroid = weights @ xy                                                          # [B, S, 2]
+        return self.out(slots + self.where(centroid))
+
+
 class IdealTokens(nn.Module):
     """A scene -> [K, D] image tokens from its ground truth (the module doc's variants)."""
 
@@ -53,6 +96,8 @@ class IdealTokens(nn.Module):
         self.where = nn.Linear(2, dim)
         for p in self.parameters():
             nn.init.normal_(p, std=0.02)
+        if variant == "grid+slots":
+            self.slots = SlotConnector(dim, dim, n_slots=5)
 
     def forward(self, scene, rng: np.random.Generator) -> torch.Tensor:
         if self.variant == "objects":
@@ -71,9 +116,12 @@ class IdealTokens(nn.Module):
                 if k == own or (x0 <= cx < x1 and y0 <= cy < y1):
                     c[k], s[k] = self.colours.index(o.colour), SHAPES.index(o.shape)
         tokens = self.colour(c) + self.shape(s)                                         # [16, D]
+        k = torch.arange(GRID * GRID)
+        xy = torch.stack([k % GRID, k // GRID], 1) / (GRID - 1) - 0.5                  # [16, 2]
         if self.variant == "grid+pos":
-            k = torch.arange(GRID * GRID)
-            tokens = tokens + self.where(torch.stack([k % GRID, k // GRID], 1) / (GRID - 1) - 0.5)
+            tokens = tokens + self.where(xy)
+        if self.variant == "grid+slots":
+            return self.slots(tokens[None], xy)[0]
         return tokens
 
 
@@ -104,7 +152,7 @@ def question(rng: np.random.Generator, cfg: ShapesConfig, kind: str, lone: bool 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variant", choices=("objects", "grid", "grid+pos"))
+    ap.add_argument("variant", choices=("objects", "grid", "grid+pos", "grid+slots"))
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--position", type=float, default=0.0, help="share of one-object position questions")
     ap.add_argument("--lone", action="store_true", help="position questions in one-object scenes")
@@ -114,7 +162,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rope", choices=("1d", "2d"), default="1d", help="grid token positions: raster order or (row, col)")
     ap.add_argument("--theta", type=float, default=None, help="rotary base (default: the decoder's own)")
     args = ap.parse_args(argv)
-    if args.rope == "2d" and args.variant == "objects":
+    if args.rope == "2d" and args.variant in ("objects", "grid+slots"):
         ap.error("--rope 2d places grid tokens; the objects variant has no grid")
     torch.manual_seed(0)
     tok, model = ocellus.load_processor(args.text), ocellus.load(args.text).train()

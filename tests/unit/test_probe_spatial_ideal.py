@@ -70,3 +70,31 @@ def test_2d_positions_put_each_cell_at_its_row_and_column_and_the_text_after():
     assert ids[:, 16:].tolist() == [[4, 5, 6, 7]] * 3
     assert torch.equal(probe.token_positions("1d", 16, 20), torch.arange(20))
 
+
+
+def test_slot_connector_ignores_patch_order_and_writes_each_slots_centroid():
+    """grid+slots: K slot tokens whatever order the patches come in (each patch carries its own centre), each
+    written with the centroid of what it took: a patch's mass over the slots sums to one (they compete), and the
+    slot token is out(state + where(attention-weighted mean of the centres))."""
+    torch.manual_seed(0)
+    slots = probe.SlotConnector(16, 8, n_slots=3, iters=2)
+    x, k = torch.randn(2, 16, 16), torch.arange(16)
+    xy = torch.stack([k % 4, k // 4], 1) / 3 - 0.5
+    perm = torch.randperm(16)
+    with torch.no_grad():
+        out = slots(x, xy)
+        assert out.shape == (2, 3, 8)
+        torch.testing.assert_close(slots(x[:, perm], xy[perm]), out, atol=1e-5, rtol=0)
+        torch.testing.assert_close(slots(x[1:], xy), out[1:], atol=1e-5, rtol=0)   # rows apart
+        # a centroid written out: the last iteration's weights, recomputed from its slot states
+        seen = {}
+        slots.where.register_forward_hook(lambda m, i, o: seen.update(centroid=i[0]))
+        slots(x, xy)
+        h = slots.norm_in(x + slots.pos(xy.expand(2, 16, 2)))
+        s = slots.init.expand(2, -1, -1)
+        for _ in range(2):
+            a = (slots.q(slots.norm_slots(s)) @ slots.k(h).transpose(1, 2) / 4).softmax(1) + 1e-8
+            w = a / a.sum(-1, keepdim=True)
+            s = slots.gru((w @ slots.v(h)).reshape(6, 16), s.reshape(6, 16)).view(2, 3, 16)
+            s = s + slots.mlp(s)
+        torch.testing.assert_close(seen["centroid"], w @ xy, atol=1e-5, rtol=0)
