@@ -1,9 +1,10 @@
-"""scripts/eval_spatial.py asks only the position types, on the eval seed's scenes, and sorts them by form."""
+"""scripts/eval_spatial.py asks only the position types, on the eval seed's scenes, and sorts them by form; with
+--via-boxes it answers each question from the named objects' true boxes exactly."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from eval_spatial import form, questions  # noqa: E402
+from eval_spatial import answer_from_boxes, form, parse_question, questions  # noqa: E402
 
 
 def test_questions_are_of_the_asked_type_and_sorted_by_form():
@@ -18,3 +19,15 @@ def test_questions_are_of_the_asked_type_and_sorted_by_form():
     assert {s["answer"] for s in position} <= {"left", "right", "top", "bottom"}
     assert {form(s) for s in position} == {"position"}
     assert len({s["messages"][0]["content"][-1]["text"] for s in spatial}) > 30     # different scenes, not one repeated
+
+
+def test_the_true_boxes_answer_every_question():
+    """Each question's named objects found in its scene, their true boxes' centres given to answer_from_boxes:
+    the gold answer every time (the question's objects, axis and asked relation are all read right)."""
+    for s in questions("spatial", 60, 48) + questions("position", 30, 48):
+        names, what = parse_question(s["messages"][0]["content"][-1]["text"])
+        boxes = {f"{o['colour']} {o['shape']}": o["bbox"] for o in s["objects"]}
+        centres = [((boxes[n][0] + boxes[n][2]) / 2 * 1000 / 48, (boxes[n][1] + boxes[n][3]) / 2 * 1000 / 48)
+                   for n in names]
+        assert answer_from_boxes(what, centres) == s["answer"], (s["messages"][0]["content"][-1]["text"], s["objects"])
+    assert answer_from_boxes("side x", [(10, 10), None]) is None
