@@ -13,9 +13,11 @@ from _init import padded, shift_biases_and_norms, spread_init, tiny_llava_towers
 IMG = 100
 
 
-def _reference(vision="clip", layer=-2, select="default", text="llama", tie=False, bias=True):
+def _reference(vision="clip", layer=-2, select="default", text="llama", tie=False, bias=True, window=None):
     import transformers as tf
     vision_cfg, tc = tiny_llava_towers(vision, text, tie)
+    if window is not None:   # a Mistral text model's sliding_window
+        tc["sliding_window"] = window
     cfg = tf.LlavaConfig(vision_config=vision_cfg, text_config=tc, image_token_index=IMG,
                          vision_feature_layer=layer, vision_feature_select_strategy=select,
                          multimodal_projector_bias=bias)
@@ -78,6 +80,22 @@ def test_a_config_without_the_feature_keys_reads_transformers_defaults(tmp_path)
         a = ref(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
         b = ours(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
     torch.testing.assert_close(b[mask.bool()], a[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_a_mistral_text_model_is_exact_up_to_its_window_and_refuses_past_it(tmp_path):
+    """llava-v1.6-mistral's kind: a Mistral text_config with a sliding window. Up to the window (here the batch's
+    62 tokens exactly) attention is full and the logits equal transformers'; one token more, transformers'
+    window starts cutting keys, which we do not implement: refused, naming the window."""
+    ref, ours, ids, mask, pixels, pos = _both_and_batch(dict(vision="clip", layer=-2, select="default",
+                                                             text="mistral", window=62), tmp_path)
+    assert ref.config.text_config.sliding_window == 62 and ids.shape[1] == 62 and ours.max_context == 62
+    with torch.no_grad():
+        a = ref(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
+        b = ours(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
+    torch.testing.assert_close(b[mask.bool()], a[mask.bool()], atol=1e-5, rtol=1e-5)
+    longer = torch.cat([ids, ids[:, -1:]], 1)
+    with pytest.raises(InputError, match="sliding-window attention past 62 tokens"):
+        ours(input_ids=longer, pixel_values=pixels)
 
 
 def test_generate_with_image_equals_transformers_and_save_reopens(tmp_path):

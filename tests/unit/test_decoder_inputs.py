@@ -4,7 +4,7 @@ import torch
 
 import ocellus
 from ocellus.errors import ConfigError, InputError
-from ocellus.models.text.decoder import DecoderConfig
+from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,23 @@ def test_bad_config_fields():
     with pytest.raises(ConfigError, match="multiple of num_key_value_heads=3"):
         DecoderConfig.from_hf({"vocab_size": 5, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
                                "num_attention_heads": 4, "num_key_value_heads": 3})
-    with pytest.raises(ConfigError, match="sliding-window"):
+    with pytest.raises(ConfigError, match="sliding_window must be a positive int"):
         DecoderConfig.from_hf({"vocab_size": 5, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
-                               "num_attention_heads": 2, "use_sliding_window": True, "sliding_window": 4})
+                               "num_attention_heads": 2, "use_sliding_window": True, "sliding_window": 0})
+
+
+@pytest.mark.parametrize("extra,window", [({"model_type": "mistral", "sliding_window": 6}, 6),
+                                          ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 6}, 6),
+                                          ({"model_type": "qwen2", "use_sliding_window": False, "sliding_window": 6}, None),
+                                          ({"model_type": "llama", "sliding_window": 6}, None),
+                                          ({"model_type": "mistral", "sliding_window": None}, None)])
+def test_a_sliding_window_caps_the_context(extra, window):
+    """Attention within the window is full attention, past it is not implemented: a checkpoint that applies a
+    window (Mistral; Qwen2 with use_sliding_window) is exact up to it and refuses longer sequences, naming it."""
+    cfg = DecoderConfig.from_hf({"vocab_size": 11, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+                                 "num_attention_heads": 2, "max_position_embeddings": 32, **extra})
+    model = DecoderLM(cfg).eval()
+    assert cfg.sliding_window == window and model.max_context == (window or 32)
+    model(torch.zeros(1, window or 32, dtype=torch.long))
+    with pytest.raises(InputError, match="sliding-window attention past 6" if window else "context of 32"):
+        model(torch.zeros(1, (window or 32) + 1, dtype=torch.long))

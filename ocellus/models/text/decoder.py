@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ocellus.errors import ConfigError, InputError, positive_ints, required_fields
+from ocellus.errors import ConfigError, InputError, positive_int, positive_ints, required_fields
 from ocellus.nn.attention import Attention
 from ocellus.nn.kept_rows import KeptRows
 from ocellus.nn.kv_cache import StaticKVCache
@@ -49,6 +49,9 @@ class DecoderConfig:
     bos_token_id: int | None = None
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    # the attention window of a checkpoint that applies one (Mistral's sliding_window; Qwen2's with
+    # use_sliding_window): within it attention is full, past it is not implemented, so it caps the context
+    sliding_window: int | None = None
     hf: dict = field(default_factory=dict, compare=False, repr=False)  # the source config.json, kept for save
 
     def __post_init__(self):
@@ -69,8 +72,9 @@ class DecoderConfig:
         heads = cfg["num_attention_heads"]
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
         qwen2 = cfg.get("model_type") in ("qwen2", "qwen2_vl_text", "qwen2_5_vl_text")  # q/k/v bias, no o bias
-        if cfg.get("use_sliding_window") and cfg.get("sliding_window"):
-            raise ConfigError("sliding-window attention (use_sliding_window=true) is not implemented")
+        window = cfg.get("sliding_window") if cfg.get("model_type") == "mistral" or cfg.get("use_sliding_window") \
+            else None
+        positive_int(window, "config sliding_window", optional=True)
         eos = cfg.get("eos_token_id")
         eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
         return cls(
@@ -85,7 +89,7 @@ class DecoderConfig:
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             bos_token_id=cfg.get("bos_token_id"), eos_token_id=eos, pad_token_id=cfg.get("pad_token_id"),
-            hf=dict(cfg),
+            sliding_window=window, hf=dict(cfg),
         )
 
     def to_hf(self) -> dict:
@@ -197,7 +201,10 @@ class CausalLMBase(nn.Module):
         B, T, _ = x.shape
         past = cache.length if cache is not None else 0
         if past + T > self.max_context:
-            raise InputError(f"sequence of {past + T} tokens exceeds the model's context of {self.max_context}")
+            window = getattr(self.config, "sliding_window", None)
+            why = f" (its attention window: sliding-window attention past {window} tokens is not implemented)" \
+                if window is not None and window == self.max_context else ""
+            raise InputError(f"sequence of {past + T} tokens exceeds the model's context of {self.max_context}{why}")
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)  # [B, T]
         return x, past, position_ids
@@ -243,9 +250,10 @@ class DecoderLM(CausalLMBase):
     @property
     def max_context(self) -> int:
         rope = self.config.rope
+        context = self.config.max_position_embeddings
         if rope.rope_type == "dynamic":  # dynamic NTK is made to run past the trained context
-            return int(rope.params["factor"] * self.config.max_position_embeddings)
-        return self.config.max_position_embeddings
+            context = int(rope.params["factor"] * context)
+        return min(context, self.config.sliding_window or context)
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
