@@ -115,8 +115,13 @@ class Tokenizer:
     def _register_special_tokens(self):
         # Like transformers' load: re-add a token tokenizer.json already has as it is there (keeps its
         # lstrip/rstrip), add the others as new special tokens. Both end up special, so decode can skip them.
+        # New tokens get their ids in transformers' order: the standard named ones as NAMED_SPECIAL_TOKENS lists
+        # them (whatever order the config writes them in), then the model-specific ones (image_token, ...) in
+        # config order, then the listed extras.
         existing = {t.content: t for t in self.backend.get_added_tokens_decoder().values()}
-        tokens = [existing.get(t.content, t) for t in [*self._special.values(), *self._extra]]
+        rank = {name: k for k, name in enumerate(NAMED_SPECIAL_TOKENS)}
+        named = [t for _, t in sorted(self._special.items(), key=lambda kv: rank.get(kv[0], len(rank)))]
+        tokens = [existing.get(t.content, t) for t in [*named, *self._extra]]
         if tokens:
             self.backend.add_special_tokens(tokens)
 

@@ -216,11 +216,13 @@ def test_training_forward_moves_momentum_queue_and_alpha_eval_does_not():
     model.train()
     with torch.no_grad():                         # move the online model so the EMA has something to do
         model.vision_proj.weight.add_(1.0)
+        model.text_proj.weight.add_(1.0)
     model(px, ids, mask, ids=torch.arange(8), generator=torch.Generator().manual_seed(0))
     assert int(model.step) == 1 and int(model.queue.ptr) == 8 and int(model.queue.filled) == 8
     assert model.queue.idx_queue[:8].tolist() == list(range(8))
-    torch.testing.assert_close(model.vision_proj_m.weight, 0.995 * state["vision_proj_m.weight"] +
-                               0.005 * model.vision_proj.weight)
+    for proj in ("vision_proj", "text_proj"):    # every momentum pair follows its online module
+        torch.testing.assert_close(getattr(model, f"{proj}_m").weight, 0.995 * state[f"{proj}_m.weight"] +
+                                   0.005 * getattr(model, proj).weight)
 
 
 def test_queue_starts_after_queue_start_step():

@@ -1,5 +1,6 @@
 """encode_texts (models/text/clip_text.py) prepares captions as CLIP's and SigLIP's tokenizers do: EOS appended,
-right-padded with the pad token (EOS when there is none), SigLIP's to max_length, an over-long text refused."""
+right-padded with the pad token (EOS when there is none), SigLIP's to max_length, an over-long text refused (one of
+exactly max_length kept)."""
 import pytest
 
 from ocellus.errors import ConfigError, InputError
@@ -31,5 +32,7 @@ def test_without_a_pad_token_eos_pads_and_siglip_pads_to_max_length():
 def test_too_long_and_no_eos_are_refused():
     with pytest.raises(InputError, match=r"text 1 \('one two three four'\) is 5 tokens with EOS; .* at most 4"):
         encode_texts(["ok", "one two three four"], Tok(), 4)
+    exact = encode_texts(["one two three"], Tok(), 4)           # 4 tokens with EOS: exactly max_length fits
+    assert exact["input_ids"].tolist() == [[10, 11, 12, 2]] and exact["attention_mask"].tolist() == [[1, 1, 1, 1]]
     with pytest.raises(ConfigError, match="no eos_token"):
         encode_texts(["ok"], Tok(eos=None), 4)
