@@ -32,6 +32,7 @@ VARIANTS = [
     ("qwen2", {"tie_word_embeddings": True, "num_key_value_heads": 1}),
     *[("llama", {"rope_parameters": r}) for r in ROPES.values()],
     ("qwen2", {"rope_parameters": ROPES["yarn"]}),
+    ("llama", {"partial_rotary_factor": 0.5}),                  # transformers' Llama rotates the whole head anyway
 ]
 
 

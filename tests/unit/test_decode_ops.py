@@ -57,7 +57,10 @@ def test_rmsnorm_without_autograd_equals_the_formula_bit_for_bit(dtype, wdtype, 
 def _decoder(kv, partial=1.0, mrope=False):
     torch.manual_seed(kv)
     hf = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=kv, head_dim=8, partial_rotary_factor=partial, model_type="qwen2")
+              num_key_value_heads=kv, head_dim=8, partial_rotary_factor=partial)
+    # Qwen2's q/k/v biases; a partial rotation is only read without a model_type whose transformers class rotates the
+    # whole head (decoder.WHOLE_HEAD_ROTARY), so that case has Llama's q/k/v/o biases instead
+    hf.update(model_type="qwen2") if partial == 1.0 else hf.update(attention_bias=True)
     if mrope:
         hf["rope_scaling"] = {"type": "mrope", "mrope_section": [1, 1, 2]}
     model = DecoderLM(DecoderConfig.from_hf(hf)).eval()

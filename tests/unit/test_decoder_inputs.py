@@ -85,3 +85,20 @@ def test_a_sliding_window_caps_the_context(extra, window):
     model(torch.zeros(1, window or 32, dtype=torch.long))
     with pytest.raises(InputError, match="sliding-window attention past 6" if window else "context of 32"):
         model(torch.zeros(1, (window or 32) + 1, dtype=torch.long))
+
+
+def test_a_partial_rotation_is_read_as_transformers_reads_it_and_never_saved_as_llama(caplog):
+    """transformers' Llama / Qwen2 / Mistral rotate every dim of the head and ignore partial_rotary_factor: so does
+    a load of those model types (with a warning naming it); a config without one keeps it, and such a decoder is
+    refused by to_hf (a Llama config.json would be read back rotating the whole head)."""
+    base = {"vocab_size": 11, "hidden_size": 16, "intermediate_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "partial_rotary_factor": 0.5}
+    for model_type in ("llama", "qwen2", "mistral"):
+        with caplog.at_level("WARNING"):
+            cfg = DecoderConfig.from_hf({**base, "model_type": model_type})
+        assert cfg.rope.partial_rotary_factor == 1.0 and "ignores its partial_rotary_factor 0.5" in caplog.text
+        cfg.to_hf()
+    own = DecoderConfig.from_hf(base)
+    assert own.rope.partial_rotary_factor == 0.5 and own.rope.rotary_dim == 4
+    with pytest.raises(ConfigError, match="cannot be saved"):
+        own.to_hf()

@@ -7,7 +7,8 @@ by the key table in ocellus/models/families/decoder/checkpoint.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -24,7 +25,11 @@ from ocellus.nn.norms import RMSNorm
 from ocellus.nn.rope import RopeConfig, RotaryEmbedding
 from ocellus.infer.generate import generate
 
+log = logging.getLogger(__name__)
 
+
+# model types whose transformers class rotates every dim of the head (a partial_rotary_factor is ignored there)
+WHOLE_HEAD_ROTARY = ("llama", "qwen2", "mistral")
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "head_dim", "max_position_embeddings")
 
@@ -77,11 +82,16 @@ class DecoderConfig:
         positive_int(window, "config sliding_window", optional=True)
         eos = cfg.get("eos_token_id")
         eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+        rope = RopeConfig.from_hf(cfg, head_dim)
+        if cfg.get("model_type") in WHOLE_HEAD_ROTARY and rope.partial_rotary_factor != 1.0:
+            log.warning(f"config.json: model_type {cfg['model_type']!r} rotates the whole head in transformers, "
+                        f"which ignores its partial_rotary_factor {rope.partial_rotary_factor}; so does this load")
+            rope = replace(rope, partial_rotary_factor=1.0)
         return cls(
             vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
             intermediate_size=cfg["intermediate_size"], num_hidden_layers=cfg["num_hidden_layers"],
             num_attention_heads=heads, num_key_value_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=head_dim, rope=RopeConfig.from_hf(cfg, head_dim),
+            head_dim=head_dim, rope=rope,
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), hidden_act=cfg.get("hidden_act", "silu"),
             attention_bias=True if qwen2 else bool(cfg.get("attention_bias", False)),
@@ -95,9 +105,10 @@ class DecoderConfig:
     def to_hf(self) -> dict:
         """config.json for transformers: the source config with our fields written over it."""
         qwen2 = self.attention_bias and not self.o_bias
+        if self.rope.partial_rotary_factor != 1.0:   # a Llama / Qwen2 config would be read rotating every dim
+            raise ConfigError(f"a decoder rotating {self.rope.partial_rotary_factor} of each head has no transformers "
+                              f"Llama / Qwen2 config (they rotate the whole head): it cannot be saved as one")
         rope = {"rope_type": self.rope.rope_type, "rope_theta": self.rope.theta, **self.rope.params}
-        if self.rope.partial_rotary_factor != 1.0:
-            rope["partial_rotary_factor"] = self.rope.partial_rotary_factor
         out = {k: v for k, v in self.hf.items() if k not in ("rope_scaling", "rope_theta")}
         out.update(
             architectures=out.get("architectures") or ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
