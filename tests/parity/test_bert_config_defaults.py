@@ -1,0 +1,28 @@
+"""A BERT config.json that leaves fields out (older exports, hand-written configs) builds what transformers
+builds from it: type_vocab_size defaults to 2 segment embeddings, so such a checkpoint loads strictly and its
+hidden states equal transformers' for sentence-B tokens too."""
+import json
+
+import torch
+
+import ocellus
+from _init import spread_init
+
+
+def test_config_without_type_vocab_size_has_two_segments(tmp_path):
+    import transformers as tf
+    cfg = dict(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48,
+               max_position_embeddings=16)
+    torch.manual_seed(0)
+    ref = spread_init(tf.BertModel(tf.BertConfig(**cfg)).eval())
+    ref.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved.pop("type_vocab_size")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    ours = ocellus.load(tmp_path)
+    assert ours.config.type_vocab_size == tf.BertConfig().type_vocab_size == 2
+    ids = torch.randint(1, 60, (2, 9), generator=torch.Generator().manual_seed(1))
+    types = torch.tensor([[0] * 4 + [1] * 5, [0] * 9])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, token_type_ids=types).last_hidden_state,
+                                   ref(input_ids=ids, token_type_ids=types).last_hidden_state, atol=1e-5, rtol=1e-5)
