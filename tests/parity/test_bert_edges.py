@@ -1,6 +1,7 @@
-"""A BERT config.json that leaves fields out (older exports, hand-written configs) builds what transformers
-builds from it: type_vocab_size defaults to 2 segment embeddings, so such a checkpoint loads strictly and its
-hidden states equal transformers' for sentence-B tokens too."""
+"""BERT edges against transformers: a config.json that leaves type_vocab_size out (older exports, hand-written
+configs) gets transformers' 2 segment embeddings, so such a checkpoint loads strictly and its hidden states
+equal transformers' for sentence-B tokens too; a sequence of exactly max_position_embeddings tokens runs
+(every position used) and equals transformers'."""
 import json
 
 import torch
@@ -26,3 +27,17 @@ def test_config_without_type_vocab_size_has_two_segments(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours(ids, token_type_ids=types).last_hidden_state,
                                    ref(input_ids=ids, token_type_ids=types).last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+def test_a_sequence_of_exactly_max_position_embeddings_tokens(tmp_path):
+    import transformers as tf
+    cfg = dict(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48,
+               max_position_embeddings=12)
+    torch.manual_seed(0)
+    ref = spread_init(tf.BertModel(tf.BertConfig(**cfg)).eval())
+    ref.save_pretrained(tmp_path)
+    ours = ocellus.load(tmp_path)
+    ids = torch.randint(1, 60, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).last_hidden_state, ref(input_ids=ids).last_hidden_state,
+                                   atol=1e-5, rtol=1e-5)

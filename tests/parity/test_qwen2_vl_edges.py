@@ -2,13 +2,16 @@
 a config.json without mrope_section (transformers' default [16, 24, 24]), a decode step called with a cache
 but no position_ids (the cache's length and rope delta place it), the vision configs' defaults (and a
 fractional mlp_ratio round-tripping), M-RoPE time ids of a Qwen2.5-VL video (1 s per temporal patch when
-second_per_grid_ts is left out; a fractional interval truncated), and transformers 5's mm_token_type_ids
-accepted for a video."""
+second_per_grid_ts is left out; a fractional interval truncated), transformers 5's mm_token_type_ids
+accepted for a video, a decode step whose token is the image pad (generation may emit it), text-only
+inputs_embeds (plain positions), and the refusals of beam search and of a grid width the merge does not divide."""
 import json
 
+import pytest
 import torch
 
 import ocellus
+from ocellus.errors import ConfigError, InputError
 from _init import shift_biases_and_norms, spread_init
 from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig
 from ocellus.nn.mrope import check_mm_token_type_ids, rope_index
@@ -115,3 +118,49 @@ def test_mm_token_type_ids_of_a_video_are_accepted(tmp_path):
         typed = ours(input_ids=ids, pixel_values_videos=_patches(video), video_grid_thw=video,
                      mm_token_type_ids=_types(ids)).logits
     assert torch.equal(plain, typed)
+
+
+def test_decode_step_whose_token_is_the_image_pad_equals_transformers(tmp_path):
+    """A generated <|image_pad|> brings no pixels: the step runs at plain position + delta, as transformers'
+    cached forward does."""
+    ref, ours = _load_both(CASES[0], tmp_path)
+    grids = torch.tensor([[1, 4, 6]])
+    ids = torch.tensor([_ids([5], ("image", 6), [7, 8, 9])])
+    T, pixels, step = ids.shape[1], _patches(grids), torch.tensor([[IMG]])
+    with torch.no_grad():
+        out = ref(input_ids=ids, pixel_values=pixels, image_grid_thw=grids, mm_token_type_ids=_types(ids),
+                  use_cache=True)
+        want = ref(input_ids=step, past_key_values=out.past_key_values, mm_token_type_ids=_types(step),
+                   cache_position=torch.tensor([T])).logits[:, -1]
+        cache = ours.new_cache(1, T + 1)
+        ours(input_ids=ids, pixel_values=pixels, image_grid_thw=grids, cache=cache)
+        got = ours(input_ids=step, cache=cache, position_ids=torch.tensor([[T]])).logits[:, -1]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_text_only_inputs_embeds_equal_transformers(tmp_path):
+    """Without input_ids nothing says where media are: the positions are the plain 0..T-1 on all three axes,
+    so a decode step after an embeddings prefill (at cache.length) continues them."""
+    ref, ours = _load_both(CASES[0], tmp_path)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+    T = ids.shape[1]
+    with torch.no_grad():
+        want = ref(input_ids=ids).logits
+        embeds = ours.language_model.embed_tokens(ids)
+        torch.testing.assert_close(ours(inputs_embeds=embeds).logits, want, atol=1e-4, rtol=1e-4)
+        cache = ours.new_cache(1, T)
+        ours(inputs_embeds=embeds[:, :T - 1], cache=cache)
+        got = ours(input_ids=ids[:, T - 1:], cache=cache).logits[:, -1]
+    torch.testing.assert_close(got, want[:, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_beam_search_and_a_grid_width_the_merge_does_not_divide_are_refused(tmp_path):
+    _, ours = _load_both(CASES[0], tmp_path)
+    grids = torch.tensor([[1, 4, 4]])
+    ids = torch.tensor([_ids([5], ("image", 4), [6])])
+    with pytest.raises(ConfigError, match="beam search"):
+        ours.generate(input_ids=ids, pixel_values=_patches(grids), image_grid_thw=grids, num_beams=2,
+                      max_new_tokens=2)
+    odd = torch.tensor([[1, 4, 3]])
+    with pytest.raises(InputError, match="divisible by the merge size"):
+        ours(input_ids=torch.tensor([_ids([5], ("image", 3), [6])]), pixel_values=_patches(odd), image_grid_thw=odd)
