@@ -158,3 +158,26 @@ def test_unconditional_training_rows_keep_the_caption_slots_as_pad():
     uncond, uncond_labels = m.sequence("red circle", codes, "t2i", uncond=True)
     assert len(uncond) == len(cond) and uncond_labels == labels
     assert uncond[1:3] == [PAD, PAD] and uncond[3:] == cond[3:]
+
+
+def test_training_masks_ceil_of_the_cosine_share_of_each_rows_codes():
+    """Per row, ceil(cos(pi/2 r) n) of its n codes become <mask> (at least one), r ~ U(0, 1) per row: the
+    MaskGIT schedule of models/generative/maskgit.py."""
+    m = spread()
+    g = torch.Generator().manual_seed(0)
+    rows = [m.sequence(c, torch.randint(0, 16, (4, 4), generator=g), "t2i")
+            for c in ("red circle", "blue square", "red", "blue circle")]
+    width = max(len(r[0]) for r in rows)
+    ids = torch.tensor([[PAD] * (width - len(r[0])) + r[0] for r in rows])
+    labels = torch.tensor([[-100] * (width - len(r[1])) + r[1] for r in rows])
+    seen = []
+    real = m.logits
+
+    def spy(x, keep=None):
+        seen.append(x.clone())
+        return real(x, keep)
+    m.logits = spy
+    m(ids, attention_mask=(ids != PAD).long(), labels=labels, generator=torch.Generator().manual_seed(7))
+    r = torch.rand(4, 1, generator=torch.Generator().manual_seed(7))
+    want = torch.ceil(torch.cos(math.pi / 2 * r) * 16).clamp(min=1).long()[:, 0]
+    assert (seen[0] == m.vocab.mask).sum(1).tolist() == want.tolist()
