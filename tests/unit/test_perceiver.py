@@ -121,3 +121,24 @@ def test_bad_inputs_and_configs():
         PerceiverConfig(dim=8, num_latents=0)
     with pytest.raises(ConfigError, match="unknown fields"):
         PerceiverConfig.from_dict({"dim": 8, "latents": 3})
+
+
+def test_patch_positions_are_added_to_every_frame_and_break_the_permutation_symmetry():
+    """max_num_patches (not the paper's): a learned embedding per patch position added to each frame's features,
+    so the resampler equals the plain one run on x + patch_embs[:P] (the same weights otherwise), sees where a
+    feature is (a permutation now changes the output), and refuses more patches than its table holds."""
+    torch.manual_seed(0)
+    cfg = PerceiverConfig(dim=16, depth=2, num_latents=3, heads=2, head_dim=8, max_num_frames=2, max_num_patches=5)
+    placed = PerceiverResampler(cfg).eval()
+    plain = PerceiverResampler(PerceiverConfig(**{**cfg.to_dict(), "max_num_patches": None})).eval()
+    plain.load_state_dict({k: v for k, v in placed.state_dict().items() if k != "patch_embs"})
+    with torch.no_grad():
+        placed.patch_embs.normal_()                                     # large enough to matter
+        x, video = torch.randn(2, 4, 16), torch.randn(2, 2, 4, 16)
+        torch.testing.assert_close(placed(x), plain(x + placed.patch_embs[:4]))
+        torch.testing.assert_close(placed(video), plain(video + placed.patch_embs[None, :4]))
+        assert not torch.allclose(placed(x[:, [1, 0, 2, 3]]), placed(x), atol=1e-3)
+    with pytest.raises(InputError, match="6 patches per frame exceed the perceiver's max_num_patches=5"):
+        placed(torch.randn(1, 6, 16))
+    with pytest.raises(ConfigError, match="max_num_patches"):
+        PerceiverConfig(dim=16, max_num_patches=0)

@@ -15,7 +15,9 @@ Keys/values are the media features *concatenated with the latents* (the paper: "
 exchange information among themselves. For video, a learned time embedding per frame is added to
 that frame's features before flattening: the only place position enters (no spatial position
 embedding: a permutation of one frame's features gives the same output, a property tested in
-tests/unit/test_perceiver.py).
+tests/unit/test_perceiver.py). `max_num_patches` (not the paper's; None by default) adds a learned
+embedding per patch position as well, as Qwen-VL's resampler adds 2D positions to its keys: the paper's
+NFNet features are convolutional, a small ViT's patch tokens may not say where they are.
 
 Shapes: images [N, P, D] or videos [N, F, P, D] -> [N, L, D]. Parameter names follow open_flamingo
 (latents, frame_embs, norm_media, norm_latents, to_q, to_kv, to_out) except the feed-forward, whose
@@ -44,10 +46,12 @@ class PerceiverConfig:
     ff_mult: int = 4
     max_num_frames: int | None = None  # None: images only; else learned time embeddings for up to this many frames
     layer_norm_eps: float = 1e-5
+    max_num_patches: int | None = None  # None: the paper's (no spatial position); else a learned embedding per patch
 
     def __post_init__(self):
         positive_ints(self, ("dim", "depth", "num_latents", "heads", "head_dim", "ff_mult"), "perceiver config field {!r}")
         positive_int(self.max_num_frames, "perceiver max_num_frames (or None)", optional=True)
+        positive_int(self.max_num_patches, "perceiver max_num_patches (or None)", optional=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PerceiverConfig":
@@ -118,6 +122,7 @@ class PerceiverResampler(nn.Module):
         self.config = cfg
         self.latents = nn.Parameter(torch.empty(cfg.num_latents, cfg.dim))
         self.frame_embs = nn.Parameter(torch.empty(cfg.max_num_frames, cfg.dim)) if cfg.max_num_frames else None
+        self.patch_embs = nn.Parameter(torch.empty(cfg.max_num_patches, cfg.dim)) if cfg.max_num_patches else None
         self.layers = nn.ModuleList(PerceiverLayer(cfg) for _ in range(cfg.depth))
         self.norm = LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         # open_flamingo draws latents and time embeddings from N(0, 1) (torch.randn); nn.init is looked
@@ -125,6 +130,8 @@ class PerceiverResampler(nn.Module):
         nn.init.normal_(self.latents)
         if self.frame_embs is not None:
             nn.init.normal_(self.frame_embs)
+        if self.patch_embs is not None:   # small, as a ViT's position table: the features stay what they say
+            nn.init.normal_(self.patch_embs, std=0.02)
 
     @property
     def num_latents(self) -> int:
@@ -135,6 +142,11 @@ class PerceiverResampler(nn.Module):
         if x.dim() not in (3, 4) or x.shape[-1] != D:
             raise InputError(f"perceiver input must be image features [N, P, {D}] or video features "
                              f"[N, frames, P, {D}], got {tuple(x.shape)}")
+        if self.patch_embs is not None:
+            P = x.shape[-2]
+            if P > self.patch_embs.shape[0]:
+                raise InputError(f"{P} patches per frame exceed the perceiver's max_num_patches={self.patch_embs.shape[0]}")
+            x = x + self.patch_embs[:P].to(x.dtype)                                           # [.., P, D]
         if x.dim() == 4:
             F = x.shape[1]
             if self.frame_embs is None:

@@ -246,7 +246,7 @@ def compose(spec: dict, tok) -> Flamingo:
     """A Flamingo for a recipe: a pretrained ViT (vision_from) or a new ResNet (vision: {model_type:
     ocellus_resnet, ...}), a pretrained decoder (llm_from), a new resampler and new xattn blocks.
 
-    spec keys: perceiver {depth, num_latents, heads, head_dim, ff_mult, max_num_frames},
+    spec keys: perceiver {depth, num_latents, heads, head_dim, ff_mult, max_num_frames, max_num_patches},
     cross_attn {every_n_layers, heads, head_dim, ff_mult}, feature_layer (-1), feature_select
     ("default"), image_token ("<image>")."""
     if not spec.get("llm_from"):
