@@ -160,9 +160,9 @@ def test_unconditional_training_rows_keep_the_caption_slots_as_pad():
     assert uncond[1:3] == [PAD, PAD] and uncond[3:] == cond[3:]
 
 
-def test_training_masks_ceil_of_the_cosine_share_of_each_rows_codes():
-    """Per row, ceil(cos(pi/2 r) n) of its n codes become <mask> (at least one), r ~ U(0, 1) per row: the
-    MaskGIT schedule of models/generative/maskgit.py."""
+def test_training_masks_the_rounded_cosine_share_of_each_rows_codes():
+    """Per row, round(cos(pi/2 r) n) of its n codes become <mask> (at least one), r ~ U(0, 1) per row: MaskGIT's
+    cosine schedule counted as Show-o's training code counts it (rounded, where MaskGIT's paper takes the ceiling)."""
     m = spread()
     g = torch.Generator().manual_seed(0)
     rows = [m.sequence(c, torch.randint(0, 16, (4, 4), generator=g), "t2i")
@@ -179,5 +179,6 @@ def test_training_masks_ceil_of_the_cosine_share_of_each_rows_codes():
     m.logits = spy
     m(ids, attention_mask=(ids != PAD).long(), labels=labels, generator=torch.Generator().manual_seed(7))
     r = torch.rand(4, 1, generator=torch.Generator().manual_seed(7))
-    want = torch.ceil(torch.cos(math.pi / 2 * r) * 16).clamp(min=1).long()[:, 0]
+    want = torch.round(torch.cos(math.pi / 2 * r) * 16).clamp(min=1).long()[:, 0]
+    assert want.tolist() != torch.ceil(torch.cos(math.pi / 2 * r) * 16).long()[:, 0].tolist()   # the rules differ here
     assert (seen[0] == m.vocab.mask).sum(1).tolist() == want.tolist()

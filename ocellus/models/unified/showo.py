@@ -158,7 +158,8 @@ class Showo(WithImageTokenizer):
         is_code = (labels >= v.code_base) & self.is_image(input_ids)                   # [B, T] image targets
         r = torch.rand(len(input_ids), 1, generator=generator)
         n_codes = is_code.sum(1, keepdim=True)                                         # [B, 1]
-        n_mask = torch.ceil(cosine_mask_ratio(r) * n_codes).clamp(min=1)
+        # Show-o's training code rounds the masked count (MaskGIT's paper takes the ceiling), at least one
+        n_mask = torch.round(cosine_mask_ratio(r) * n_codes).clamp(min=1)
         rank = torch.rand(is_code.shape, generator=generator).masked_fill(~is_code, 2).argsort(1).argsort(1)
         masked = is_code & (rank < n_mask)                                             # n_mask codes per row
         logits = self.logits(input_ids.masked_fill(masked, v.mask), keep)
