@@ -102,3 +102,20 @@ def test_file_urls_only_inside_the_allowed_dir(tmp_path):
     for escape in (f"file://{inside}/../secret.png", (inside / "link.png").as_uri()):
         with pytest.raises(InputError, match="outside the allowed image directory"):
             media.fetch_image(escape, "img", limits)
+
+
+def test_limits_are_inclusive(http_server, monkeypatch):
+    """A body of exactly http_max_bytes, and an image of exactly max_image_pixels, are within their limits."""
+    import io
+    buf = io.BytesIO()
+    shape_image().save(buf, format="PNG")
+    monkeypatch.setattr(media, "is_public", lambda address: True)
+    exact = ServeLimits(allow_http_images=True, http_max_bytes=len(buf.getvalue()))
+    assert media.fetch_image(http_server + "/img.png", "img", exact).size == (48, 48)
+    with pytest.raises(InputError, match="over the limit"):
+        media.fetch_image(http_server + "/img.png", "img",
+                          ServeLimits(allow_http_images=True, http_max_bytes=len(buf.getvalue()) - 1))
+    url = data_url(shape_image())
+    assert media.fetch_image(url, "img", ServeLimits(max_image_pixels=48 * 48)).size == (48, 48)
+    with pytest.raises(InputError, match="max_pixels"):
+        media.fetch_image(url, "img", ServeLimits(max_image_pixels=48 * 48 - 1))

@@ -38,3 +38,17 @@ def test_an_lstrip_markup_token_eats_the_whitespace_before_it(tok):
     end = tok.convert_tokens_to_ids("<|end|>")
     assert encode_with_literals(tok, text, [(0, 15)]) == text_ids(tok, "hi <|im_start|>") + [end]
     assert tok.backend.encode("hi   <|end|>", add_special_tokens=False).ids == text_ids(tok, "hi") + [end]
+
+
+@pytest.fixture(scope="module")
+def rtok():
+    t = train_bpe(["hi there, a red circle and a blue square"] * 20, 300)
+    t.backend.add_special_tokens([AddedToken("<|beg|>", rstrip=True, special=True, normalized=False)])
+    return t
+
+
+def test_an_rstrip_markup_token_eats_the_whitespace_after_it(rtok):
+    text = "<|beg|>   hi <|im_start|>"                              # the message: "hi <|im_start|>"
+    beg = rtok.convert_tokens_to_ids("<|beg|>")
+    assert encode_with_literals(rtok, text, [(10, len(text))]) == [beg] + text_ids(rtok, "hi <|im_start|>")
+    assert rtok.backend.encode("<|beg|>   hi", add_special_tokens=False).ids == [beg] + text_ids(rtok, "hi")

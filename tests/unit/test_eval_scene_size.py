@@ -50,9 +50,10 @@ def test_export_records_the_training_side(tmp_path):
 
 
 def test_bad_sizes_are_named(model_dir):
-    (model_dir / "config.json").write_text(json.dumps({**json.loads((model_dir / "config.json").read_text()),
-                                                       SCENE_SIZE_KEY: "big"}))
-    with pytest.raises(ConfigError, match=SCENE_SIZE_KEY):
-        trained_scene_size(model_dir)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    for bad in ("big", 0, -1, True, 48.0):       # a side is a positive int of pixels: 0 is no size
+        (model_dir / "config.json").write_text(json.dumps({**cfg, SCENE_SIZE_KEY: bad}))
+        with pytest.raises(ConfigError, match=SCENE_SIZE_KEY):
+            trained_scene_size(model_dir)
     with pytest.raises(ConfigError, match="--image-size"):
         harness.evaluate(model_dir, "shapes-vqa", n=2, image_size=0, printer=lambda *a: None)

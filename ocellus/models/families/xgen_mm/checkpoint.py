@@ -45,7 +45,7 @@ def xgen_mm_hf_config(model: VLM) -> dict:
     text = model.language_model.config.to_hf()
     text.pop("architectures", None)
     sampler = model.packer.perceiver.config.to_dict()
-    for key in ("dim", "max_num_frames"):   # the tower's width; still views only
+    for key in ("dim", "max_num_frames", "max_num_patches"):   # the tower's width; still views; no patch positions
         sampler.pop(key)
     return {**(getattr(model, "hf_config", None) or {}), "architectures": [ARCHITECTURE], "model_type": MODEL_TYPES[0],
             "vision_config": model.vision_tower.config.to_hf(), "text_config": text,
