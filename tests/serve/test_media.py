@@ -119,3 +119,18 @@ def test_limits_are_inclusive(http_server, monkeypatch):
     assert media.fetch_image(url, "img", ServeLimits(max_image_pixels=48 * 48)).size == (48, 48)
     with pytest.raises(InputError, match="max_pixels"):
         media.fetch_image(url, "img", ServeLimits(max_image_pixels=48 * 48 - 1))
+
+
+def test_a_video_exactly_at_max_video_bytes_is_within_it():
+    import base64
+    import io
+    from PIL import Image
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ((200, 0, 0), (0, 200, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    raw = buf.getvalue()
+    url = "data:image/gif;base64," + base64.b64encode(raw).decode()
+    (video,) = media.fetch_videos([(url, "v")], ServeLimits(max_video_bytes=len(raw)))
+    assert len(video.frames) == 2
+    with pytest.raises(InputError, match="--max-video-bytes"):
+        media.fetch_videos([(url, "v")], ServeLimits(max_video_bytes=len(raw) - 1))

@@ -42,3 +42,14 @@ def test_zero_area_boxes_and_the_closed_threshold():
     assert iou((1, 1, 1, 1), (1, 1, 1, 1)) == 0.0
     assert iou((0, 0, 0, 5), (0, 0, 0, 5)) == 0.0
     assert grounding_accuracy([(0, 0, 2, 2), (0, 0, 2, 3)], [(0, 0, 2, 2)] * 2, threshold=1.0) == pytest.approx(0.5)
+
+
+def test_a_bool_gold_count_and_a_bottom_up_box_are_errors():
+    from ocellus.errors import InputError
+    from ocellus.eval.vqa import count_match
+    with pytest.raises(InputError, match="gold count must be an int or a str, got bool"):
+        count_match("1", True)
+    with pytest.raises(InputError, match="x2 < x1 or y2 < y1"):
+        iou((0, 2, 2, 0), (0, 0, 2, 2))
+    with pytest.raises(InputError, match="x2 < x1 or y2 < y1"):
+        iou((0, 0, 2, 2), (2, 0, 0, 2))

@@ -58,3 +58,15 @@ def test_top_p_one_and_zero_new_tokens_are_valid(no_pad_pair):
     kw = dict(max_new_tokens=6, do_sample=True, temperature=1.0, seed=5, eos_token_id=[])
     assert torch.equal(ours.generate(ids, top_p=1.0, **kw), ours.generate(ids, **kw))   # keeps every token
     assert torch.equal(ours.generate(ids, max_new_tokens=0), ids)
+
+
+def test_a_row_of_only_padding_and_a_batch_to_stream_are_refused(no_pad_pair):
+    from ocellus.infer.generate import stream
+    _, ours = no_pad_pair
+    ids = _prompt(2, 5, seed=14)
+    mask = torch.ones_like(ids)
+    mask[1] = 0
+    with pytest.raises(InputError, match=r"rows \[1\] of attention_mask are all padding"):
+        ours.generate(ids, attention_mask=mask, max_new_tokens=2)
+    with pytest.raises(InputError, match="stream\\(\\) takes one prompt, got a batch of 2"):
+        next(stream(ours, None, ids, max_new_tokens=2))

@@ -84,3 +84,15 @@ def test_tied_aliases_only_for_the_same_view():
         "t.weight": base.t(),                # other strides: not an alias
     }
     assert tied_aliases(tensors) == {"head.weight": "embed.weight"}
+
+
+def test_shards_without_an_index_are_all_read(tmp_path):
+    """A directory of several safetensors files and no index (an index lost, a hand-made export): every file's
+    tensors, not only the first file's."""
+    tensors = _tensors([20, 20, 20, 20])
+    write_tensors(tensors, tmp_path, max_shard_bytes=160)      # 80 bytes each: two a shard
+    (tmp_path / INDEX).unlink()
+    files = checkpoint_files(tmp_path)
+    assert [f.name for f in files] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    back = read_tensors(files)
+    assert back.keys() == tensors.keys() and all(torch.equal(back[k], t) for k, t in tensors.items())
