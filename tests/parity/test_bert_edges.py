@@ -10,13 +10,20 @@ import ocellus
 from _init import spread_init
 
 
+def _saved_reference(path, max_position_embeddings: int):
+    """A random transformers BertModel (attention far from uniform), saved to path."""
+    import transformers as tf
+    torch.manual_seed(0)
+    ref = spread_init(tf.BertModel(tf.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=1,
+                                                 num_attention_heads=4, intermediate_size=48,
+                                                 max_position_embeddings=max_position_embeddings)).eval())
+    ref.save_pretrained(path)
+    return ref
+
+
 def test_config_without_type_vocab_size_has_two_segments(tmp_path):
     import transformers as tf
-    cfg = dict(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48,
-               max_position_embeddings=16)
-    torch.manual_seed(0)
-    ref = spread_init(tf.BertModel(tf.BertConfig(**cfg)).eval())
-    ref.save_pretrained(tmp_path)
+    ref = _saved_reference(tmp_path, 16)
     saved = json.loads((tmp_path / "config.json").read_text())
     saved.pop("type_vocab_size")
     (tmp_path / "config.json").write_text(json.dumps(saved))
@@ -30,12 +37,7 @@ def test_config_without_type_vocab_size_has_two_segments(tmp_path):
 
 
 def test_a_sequence_of_exactly_max_position_embeddings_tokens(tmp_path):
-    import transformers as tf
-    cfg = dict(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48,
-               max_position_embeddings=12)
-    torch.manual_seed(0)
-    ref = spread_init(tf.BertModel(tf.BertConfig(**cfg)).eval())
-    ref.save_pretrained(tmp_path)
+    ref = _saved_reference(tmp_path, 12)
     ours = ocellus.load(tmp_path)
     ids = torch.randint(1, 60, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -120,15 +120,20 @@ def test_maskgit_rows_of_a_batch_decode_as_they_do_alone():
         assert torch.equal(both[i], alone[0])
 
 
-def test_maskgit_never_redraws_a_decided_token():
-    m = spread()
-    seen = []
-    real = m.logits
+def _spy_inputs(m) -> list:
+    """The ids of every m.logits call from now on, in order (the call goes through unchanged)."""
+    seen, real = [], m.logits
 
     def spy(ids, keep=None):
         seen.append(ids.clone())
         return real(ids, keep)
     m.logits = spy
+    return seen
+
+
+def test_maskgit_never_redraws_a_decided_token():
+    m = spread()
+    seen = _spy_inputs(m)
     out = m.generate_image_ids(["red circle", "blue"], steps=6, generator=torch.Generator().manual_seed(0))
     _, slots = m.prompts(["red circle", "blue"])
     inputs = [s[slots].view(4, m.N)[:2] for s in seen] + [out + m.vocab.code_base]
@@ -170,13 +175,7 @@ def test_training_masks_the_rounded_cosine_share_of_each_rows_codes():
     width = max(len(r[0]) for r in rows)
     ids = torch.tensor([[PAD] * (width - len(r[0])) + r[0] for r in rows])
     labels = torch.tensor([[-100] * (width - len(r[1])) + r[1] for r in rows])
-    seen = []
-    real = m.logits
-
-    def spy(x, keep=None):
-        seen.append(x.clone())
-        return real(x, keep)
-    m.logits = spy
+    seen = _spy_inputs(m)
     m(ids, attention_mask=(ids != PAD).long(), labels=labels, generator=torch.Generator().manual_seed(7))
     r = torch.rand(4, 1, generator=torch.Generator().manual_seed(7))
     want = torch.round(torch.cos(math.pi / 2 * r) * 16).clamp(min=1).long()[:, 0]
