@@ -105,7 +105,7 @@ def test_showo_step_is_masked_token_loss_on_codes_plus_next_token_loss_on_text()
     keys = torch.rand(B, T, generator=g)
     masked = torch.zeros(B, T, dtype=torch.bool)
     for row, pos in code_pos:
-        n = math.ceil(math.cos(math.pi / 2 * r[row, 0].item()) * len(pos))            # cosine share of 16 codes
+        n = round(math.cos(math.pi / 2 * r[row, 0].item()) * len(pos))               # cosine share of 16, rounded (Show-o)
         pos = torch.tensor(pos)
         masked[row, pos[keys[row, pos].topk(max(n, 1), largest=False).indices]] = True
     logits = m.logits(ids.masked_fill(masked, v.mask), batch["attention_mask"].bool())
