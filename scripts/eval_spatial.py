@@ -82,10 +82,10 @@ def answer_from_boxes(what: str, centres: list[tuple[float, float] | None]) -> s
         x, y = centres[0]
         return ("left" if x < 500 else "right") if arg == "x" else ("top" if y < 500 else "bottom")
     (ax, ay), (bx, by) = centres
-    side = {"left": ax < bx, "right": ax > bx, "above": ay < by, "below": ay > by}
     if kind == "side":
         return ("left" if ax < bx else "right") if arg == "x" else ("above" if ay < by else "below")
-    return "yes" if side[arg] else "no"
+    holds = {"left": ax < bx, "right": ax > bx, "above": ay < by, "below": ay > by}[arg]   # kind "asked"
+    return "yes" if holds else "no"
 
 
 def via_boxes(model, processor, samples: list[dict]) -> list[str]:

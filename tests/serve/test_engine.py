@@ -215,19 +215,22 @@ def test_cancel_queue_full_and_timeout(tokenizer):
         engine.stop()
 
 
+def _answered(engine: BatchEngine, ids: torch.Tensor, **params) -> Collect:
+    """One greedy request run to its end on a started engine: its events."""
+    sink = Collect()
+    engine.submit(Request(ids, SamplingParams(temperature=0, **params), sink))
+    assert sink.done.wait(30)
+    return sink
+
+
 def test_stop_strings_are_cut_and_held_back(tokenizer):
     model = random_decoder(tokenizer.vocab_size, 4, 2)
     ids = torch.tensor([[9, 10, 11, 12]])
     engine = BatchEngine(model, tokenizer, slots=2).start()
     try:
-        full = Collect()
-        engine.submit(Request(ids, SamplingParams(max_tokens=30, temperature=0), full))
-        assert full.done.wait(30)
-        text = full.text()
+        text = _answered(engine, ids, max_tokens=30).text()
         stop = text[len(text) // 2:len(text) // 2 + 3]
-        cut = Collect()
-        engine.submit(Request(ids, SamplingParams(max_tokens=30, temperature=0, stop=(stop,)), cut))
-        assert cut.done.wait(30)
+        cut = _answered(engine, ids, max_tokens=30, stop=(stop,))
     finally:
         engine.stop()
     assert cut.text() == text[:text.index(stop)]
@@ -257,16 +260,11 @@ def test_text_held_back_for_a_stop_string_is_released_at_eos(tokenizer):
     ids = torch.tensor([[9, 10, 11, 12]])
     engine = BatchEngine(model, tokenizer, slots=2).start()
     try:
-        free = Collect()
-        engine.submit(Request(ids, SamplingParams(max_tokens=16, temperature=0), free))
-        assert free.done.wait(30)
-        out = list(free.finishes()[0].token_ids)
+        out = list(_answered(engine, ids, max_tokens=16).finishes()[0].token_ids)
         k = next(i for i in range(3, len(out)) if out[i] not in out[:i])   # a token first generated at step k
         text = tokenizer.decode(out[:k], skip_special_tokens=True)
         engine.eos = (out[k],)                                             # ... is now the end of the reply
-        held = Collect()
-        engine.submit(Request(ids, SamplingParams(max_tokens=16, temperature=0, stop=(text[-1] + "\x00",)), held))
-        assert held.done.wait(30)
+        held = _answered(engine, ids, max_tokens=16, stop=(text[-1] + "\x00",))
     finally:
         engine.stop()
     assert held.finishes()[0].reason == "stop" and held.text() == text
