@@ -2,7 +2,8 @@
 Hugging Face tokenizer directory and behaves like transformers 5.x `AutoTokenizer` on it
 (the generic `TokenizersBackend` path, transformers/tokenization_utils_tokenizers.py):
 
-- encode/decode go straight to the tokenizer.json pipeline. Its post-processor decides
+- encode/decode go straight to the tokenizer.json pipeline, except where tokenizer_config's `tokenizer_class`
+  builds its own (Llama's: data/tokenizer_classes.py), as transformers does. Its post-processor decides
   whether BOS/EOS are added; when tokenizer.json exists transformers *ignores*
   tokenizer_config's `add_bos_token`/`add_eos_token`, and so do we.
 - padding/truncation stored in tokenizer.json are switched off: transformers' `encode` never
@@ -23,6 +24,7 @@ from tokenizers import AddedToken
 
 from ocellus.data.chat_template import render_chat_template
 from ocellus.data.control_tokens import encode_with_literals, refuse_control_text, render_with_spans
+from ocellus.data.tokenizer_classes import class_pipeline, class_special_defaults
 from ocellus.errors import CheckpointError, ConfigError, InputError
 from ocellus.hub.checkpoint_dir import read_json_object
 
@@ -113,15 +115,17 @@ class Tokenizer:
         self._register_special_tokens()
 
     def _register_special_tokens(self):
-        # Like transformers' load: re-add a token tokenizer.json already has as it is there (keeps its
+        # Like transformers' load: re-add a named token tokenizer.json already has as it is there (keeps its
         # lstrip/rstrip), add the others as new special tokens. Both end up special, so decode can skip them.
         # New tokens get their ids in transformers' order: the standard named ones as NAMED_SPECIAL_TOKENS lists
         # them (whatever order the config writes them in), then the model-specific ones (image_token, ...) in
         # config order, then the listed extras.
+        # A listed extra (additional_special_tokens) that tokenizer.json already has keeps its flags, special or
+        # not; a named one becomes special.
         existing = {t.content: t for t in self.backend.get_added_tokens_decoder().values()}
         rank = {name: k for k, name in enumerate(NAMED_SPECIAL_TOKENS)}
         named = [t for _, t in sorted(self._special.items(), key=lambda kv: rank.get(kv[0], len(rank)))]
-        tokens = [existing.get(t.content, t) for t in [*named, *self._extra]]
+        tokens = [existing.get(t.content, t) for t in named] + [t for t in self._extra if t.content not in existing]
         if tokens:
             self.backend.add_special_tokens(tokens)
 
@@ -142,6 +146,8 @@ class Tokenizer:
             raise CheckpointError(f"cannot parse {tokenizer_json}: {e}") from e
         config = _read_json(directory / "tokenizer_config.json") or {}
         named, extra = _special_tokens(config, _read_json(directory / "special_tokens_map.json"))
+        named.update({k: _token(v) for k, v in class_special_defaults(config, named).items()})
+        backend = class_pipeline(backend, config)   # a tokenizer_class that builds its own pipeline (Llama's)
         return cls(backend, named, extra, _chat_templates(directory, config), config)
 
     def save(self, path) -> None:
