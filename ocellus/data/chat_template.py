@@ -128,10 +128,13 @@ def render_chat_template(
     eos_token: str | None = None,
     tools: list[dict] | None = None,
     documents: list[dict] | None = None,
+    continue_final_message: bool | str = False,
     **extra,
 ) -> str:
     """Render `messages` with a chat template. `extra` (other special tokens such as
     `pad_token`, or template switches like `enable_thinking`) is passed to the template.
+    continue_final_message (True: the last message's content, or the name of its field to continue): the prompt
+    ends inside the last message, after its text (an assistant reply prefilled), as in transformers.
 
     Raises InputError when the template calls raise_exception (e.g. roles do not alternate)
     or fails on the given messages, ConfigError when the template itself does not parse."""
@@ -140,9 +143,15 @@ def render_chat_template(
     # An absent special token stays *undefined* (renders as ""), as in transformers; None would print "None".
     tokens = {k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token)) if v is not None}
     compiled = compile_chat_template(template)
+    messages = _prepare_messages(messages)
+    if continue_final_message:
+        if add_generation_prompt:
+            raise InputError("continue_final_message and add_generation_prompt exclude each other: the first ends "
+                             "the prompt inside the last message, the second opens a new one")
+        messages, final = _tag_final_message(messages, continue_final_message, template)
     try:
-        return compiled.render(
-            messages=_prepare_messages(messages),
+        text = compiled.render(
+            messages=messages,
             tools=_plain(tools),
             documents=_plain(documents),
             add_generation_prompt=add_generation_prompt,
@@ -154,3 +163,46 @@ def render_chat_template(
         # Python errors inside a template (e.g. `str + list` when a string-only template gets
         # content parts) are the messages not fitting the template: the caller's input
         raise InputError(f"chat template failed on the messages: {type(e).__name__}: {e}") from e
+    return _cut_at_tag(text, final) if continue_final_message else text
+
+
+# Appended to the continued message's text: the rendered prompt is cut where it appears (transformers' tag).
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+
+
+def _tag_final_message(messages: list[dict], field: bool | str, template: str) -> tuple[list[dict], str]:
+    """(messages with the tag after the last message's text, that text), as transformers' render_jinja_template:
+    field True continues `content` (its last text part when it is a list of parts), a str names the field."""
+    field = field if isinstance(field, str) else "content"
+    last = dict(messages[-1])
+    final = last.get(field)
+    if final is None:
+        raise InputError(f'continue_final_message: the last message has no "{field}" to continue')
+    fields = [f for f in _REASONING_FIELDS if last.get(f) == final] if field in _REASONING_FIELDS else [field]
+    if not any(f in template for f in fields):
+        raise InputError(f'continue_final_message: the chat template never reads "{field}"')
+    if isinstance(final, (list, tuple)):
+        parts = [dict(p) if isinstance(p, dict) else p for p in final]
+        text_parts = [p for p in parts if isinstance(p, dict) and "text" in p]
+        if not text_parts:
+            raise InputError("continue_final_message: the last message has no text part to continue")
+        final = text_parts[-1]["text"]
+        text_parts[-1]["text"] = final + _CONTINUE_TAG
+        last[field] = parts
+    elif isinstance(final, str):
+        last.update({f: last[f] + _CONTINUE_TAG for f in fields})
+    else:
+        raise InputError(f'continue_final_message: the last message\'s "{field}" is a {type(final).__name__}, '
+                         "neither text nor a list of parts")
+    return [*messages[:-1], last], final
+
+
+def _cut_at_tag(text: str, final: str) -> str:
+    """The rendered prompt up to the end of the continued text (its trailing space too, unless the template
+    stripped it)."""
+    tag = _CONTINUE_TAG.strip()
+    if final.strip() not in text or tag not in text:
+        raise InputError("continue_final_message: the chat template changes the last message's text, so the "
+                         "prompt cannot end inside it")
+    at = text.rindex(tag)
+    return text[:at] if text[at:at + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:at].rstrip()
