@@ -21,7 +21,9 @@ def build_reference(kind: str, **overrides):
     """A random transformers causal LM in fp32 with eval() set."""
     import transformers as tf
     cfg_cls, model_cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
-                          "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM)}[kind]
+                          "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+                          "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+                          "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM)}[kind]
     kw = {**TINY, **overrides}
     torch.manual_seed(0)
     cfg = cfg_cls(**kw)

@@ -174,7 +174,8 @@ def unregister(name: str) -> FamilyRecord:
 # Order matters where families build the same class (LLaVA, LLaVA-NeXT, InternVL and Qwen-VL share VLM; CLIP
 # and SigLIP share DualEncoder): ocellus.save of a model no load named takes the first that builds its class.
 _F = "ocellus.models.families."   # every family is a folder there
-register(FamilyRecord("decoder", ("llama", "qwen2"), ("LlamaForCausalLM", "Qwen2ForCausalLM"),
+register(FamilyRecord("decoder", ("llama", "qwen2", "mistral", "qwen3"),
+                      ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Qwen3ForCausalLM"),
                       checkpoint=_F + "decoder.checkpoint"))
 register(FamilyRecord("vit", ("clip_vision_model", "siglip_vision_model"), ("CLIPVisionModel", "SiglipVisionModel"),
                       checkpoint=_F + "vit.checkpoint"))

@@ -14,10 +14,10 @@ What it runs: float32 or bfloat16 activations; weights all plain float linears o
 GEMV's GemvLinear) or all int8 (nn/quant.py Int8Linear: codes with a float32 scale per row, the activations
 unquantized: the compiled GEMV's int8 form, infer/prepack_int8.py "gemv"); not LoRA; SwiGLU with SiLU, RMSNorm,
 RoPE over the first R <= head_dim dims (any frequency scaling: the cos / sin come from the model's own rotary
-embedding each step). An int8 decoder it runs is left unpacked (prepare_decode packs the other int8 layers). The
-step checks before each call that every module it read is still in place (a LoRA injection or quantization
-replaces them) and, in C++, that every weight keeps its dtype, shape and layout; otherwise it detaches itself and
-the layers run as written.
+embedding each step); no q/k norm (a Qwen3 decoder runs its layers as written). An int8 decoder it runs is left
+unpacked (prepare_decode packs the other int8 layers). The step checks before each call that every module it read
+is still in place (a LoRA injection or quantization replaces them) and, in C++, that every weight keeps its dtype,
+shape and layout; otherwise it detaches itself and the layers run as written.
 """
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ def _why_not(model: nn.Module) -> str | None:
         a, m = layer.self_attn, layer.mlp
         if type(a) is not Attention or type(m) is not SwiGLU or m.act is not F.silu:
             return f"layer {i}: not GQA attention + SwiGLU (SiLU)"
+        if a.q_norm is not None or a.k_norm is not None:    # decode_step.cpp has no slot for them
+            return f"layer {i}: q/k norm (Qwen3), which the compiled step does not compute"
         if type(layer.input_layernorm) is not RMSNorm or type(layer.post_attention_layernorm) is not RMSNorm:
             return f"layer {i}: not RMSNorm"
     # types before weights: reading `.weight` of a packed layer (int8, oneDNN) unpacks it

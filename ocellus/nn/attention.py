@@ -14,6 +14,7 @@ from ocellus.errors import ConfigError
 from ocellus.nn.kept_rows import KeptRows
 from ocellus.nn.kv_cache import StaticKVCache
 from ocellus.nn.masks import sdpa_is_causal
+from ocellus.nn.norms import RMSNorm
 from ocellus.nn.rope import apply_rotary, rotate
 
 # Take attend's GPU GQA path (K/V heads copied over their query groups) on CPU too. Off by
@@ -27,7 +28,8 @@ class Attention(nn.Module):
     fused_qkv = None
 
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, head_dim: int | None = None,
-                 qkv_bias: bool = False, out_bias: bool = False, layer_idx: int = 0, causal: bool = True):
+                 qkv_bias: bool = False, out_bias: bool = False, layer_idx: int = 0, causal: bool = True,
+                 qk_norm_eps: float | None = None):
         super().__init__()
         num_kv_heads = num_kv_heads or num_heads
         if num_heads % num_kv_heads:
@@ -39,6 +41,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, num_kv_heads * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, num_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_heads * self.head_dim, dim, bias=out_bias)
+        # Qwen3: each head's q and k RMS-normed over its head_dim before RoPE (qk_norm_eps set); None: not normed
+        self.q_norm = self.k_norm = None
+        if qk_norm_eps is not None:
+            self.q_norm, self.k_norm = RMSNorm(self.head_dim, qk_norm_eps), RMSNorm(self.head_dim, qk_norm_eps)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 mask: torch.Tensor | None = None, cache: StaticKVCache | None = None,
@@ -55,7 +61,9 @@ class Attention(nn.Module):
             k, v = self._keys_values(x, rope)                                             # [B, Hkv, T, Dh]
         else:
             q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in self._split_qkv(self.fused_qkv(x)))
+            k = self.normed_k(k)
             k = k if rope is None else apply_rotary(k, *rope)
+        q = self.normed_q(q)
         if rope is not None:
             q = apply_rotary(q, *rope)
         if cache is not None:
@@ -72,7 +80,16 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
+        k = self.normed_k(k)
         return (k if rope is None else apply_rotary(k, *rope)), v
+
+    def normed_q(self, q: torch.Tensor) -> torch.Tensor:
+        """q [..., Dh]: each head's RMSNorm (q_norm), or q as it is. (RMSNorm reads only the last dim: any layout.)"""
+        return q if self.q_norm is None else self.q_norm(q)
+
+    def normed_k(self, k: torch.Tensor) -> torch.Tensor:
+        """k [..., Dh]: each head's RMSNorm (k_norm), or k as it is."""
+        return k if self.k_norm is None else self.k_norm(k)
 
     def _kept_rows(self, x, rope, mask, rows: KeptRows):
         if not self.causal:
@@ -80,6 +97,7 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         n = rows.pos.shape[1]
         q = self.q_proj(rows.take(x)).view(B, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, n, Dh]
+        q = self.normed_q(q)
         k, v = self._keys_values(x, rope)                                                # [B, Hkv, T, Dh]
         if rope is not None:
             q = apply_rotary(q, *(rows.take(r) for r in rope))
@@ -100,6 +118,8 @@ class Attention(nn.Module):
             qkv = self.fused_qkv(x)                                                    # [B, 1, (H+2Hkv)*D]
         qkv = qkv.view(B, H + 2 * Hkv, 1, D)                                           # heads: q | k | v
         qk = qkv[:, :H + Hkv]                                                          # [B, H+Hkv, 1, D]
+        if self.q_norm is not None:                                                    # (ops only when normed)
+            qk = torch.cat((self.normed_q(qk[:, :H]), self.normed_k(qk[:, H:])), dim=1)
         if rope is not None:
             qk = rotate(qk, rope)
         k, v = cache.update(self.layer_idx, qk[:, H:], qkv[:, H + Hkv:])               # [B, Hkv, T_k, D]

@@ -55,8 +55,8 @@ def attention_probabilities(attn: Attention, x: torch.Tensor, rope, mask: torch.
     it without a cache. -> probabilities [B, H, len(rows), T] in float32."""
     B, T, _ = x.shape
     H, Hkv, Dh = attn.num_heads, attn.num_kv_heads, attn.head_dim
-    q = attn.q_proj(x).view(B, T, H, Dh).transpose(1, 2)                      # [B, H, T, Dh]
-    k = attn.k_proj(x).view(B, T, Hkv, Dh).transpose(1, 2)                    # [B, Hkv, T, Dh]
+    q = attn.normed_q(attn.q_proj(x).view(B, T, H, Dh).transpose(1, 2))      # [B, H, T, Dh]
+    k = attn.normed_k(attn.k_proj(x).view(B, T, Hkv, Dh).transpose(1, 2))    # [B, Hkv, T, Dh]
     if rope is not None:
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
     q = q[:, :, rows].float()                                                 # [B, H, Q, Dh]

@@ -1,4 +1,4 @@
-"""Logits of Ocellus' decoder equal transformers' Llama/Qwen2 on tiny random checkpoints, for
+"""Logits of Ocellus' decoder equal transformers' Llama/Qwen2/Mistral/Qwen3 on tiny random checkpoints, for
 the config variants real checkpoints use (tied embeddings, qkv bias, head_dim override, GQA/MQA,
 every rope scaling type); and save -> transformers -> equal logits (round trip both ways)."""
 import pytest
@@ -33,6 +33,11 @@ VARIANTS = [
     *[("llama", {"rope_parameters": r}) for r in ROPES.values()],
     ("qwen2", {"rope_parameters": ROPES["yarn"]}),
     ("llama", {"partial_rotary_factor": 0.5}),                  # transformers' Llama rotates the whole head anyway
+    ("mistral", {"head_dim": 24}),                              # Mistral's explicit head_dim != hidden / heads
+    ("mistral", {"tie_word_embeddings": True, "num_key_value_heads": 1, "sliding_window": None}),
+    ("qwen3", {"head_dim": 24}),                                # per-head q/k RMSNorm, head_dim != hidden / heads
+    ("qwen3", {"attention_bias": True, "tie_word_embeddings": True, "num_key_value_heads": 1}),  # q/k/v/o biases
+    ("qwen3", {"head_dim": 16, "num_key_value_heads": 4, "partial_rotary_factor": 0.5}),  # MHA; whole head rotated
 ]
 
 

@@ -24,7 +24,7 @@ from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "ADDING_A_MODEL.md"
 FILES = {"pooled_llava/__init__.py", "pooled_llava/modeling.py", "pooled_llava/checkpoint.py",
          "pooled_llava/processor.py"}
-DECODER_FILES = {"mistral/__init__.py", "mistral/checkpoint.py"}      # "A decoder-only family"
+DECODER_FILES = {"ministral/__init__.py", "ministral/checkpoint.py"}      # "A decoder-only family"
 IMAGE_CONFIG = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"height": 16, "width": 16},
                 "do_center_crop": False, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
 
@@ -196,29 +196,29 @@ def decoder_from_the_page(tmp_path, monkeypatch):
         (tmp_path / name).write_text(blocks[name])
     monkeypatch.syspath_prepend(str(tmp_path))
     yield blocks["decoder registry line"]
-    if "mistral" in families.FAMILIES:
-        families.unregister("mistral")
-    for name in [m for m in sys.modules if m == "mistral" or m.startswith("mistral.")]:
+    if "ministral" in families.FAMILIES:
+        families.unregister("ministral")
+    for name in [m for m in sys.modules if m == "ministral" or m.startswith("ministral.")]:
         del sys.modules[name]
 
 
-MISTRAL = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "vocab_size": 64, "hidden_size": 32,
-           "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-           "sliding_window": None, "tie_word_embeddings": False}
+MINISTRAL = {"architectures": ["MinistralForCausalLM"], "model_type": "ministral", "vocab_size": 64,
+             "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "sliding_window": None, "tie_word_embeddings": False}
 
 
 def test_the_page_decoder_family_loads_saves_and_reopens(decoder_from_the_page, tmp_path):
     torch.manual_seed(0)
-    model = DecoderLM(DecoderConfig.from_hf(MISTRAL)).eval()
-    ocellus.save(model, tmp_path / "mistral")
-    cfg, tensors = _files(tmp_path / "mistral")
-    assert cfg["architectures"] == ["MistralForCausalLM"] and cfg["model_type"] == "mistral"
-    with pytest.raises(ConfigError, match="unknown model_type 'mistral'"):      # not loadable before the line
-        ocellus.load(tmp_path / "mistral")
+    model = DecoderLM(DecoderConfig.from_hf(MINISTRAL)).eval()
+    ocellus.save(model, tmp_path / "ministral")
+    cfg, tensors = _files(tmp_path / "ministral")
+    assert cfg["architectures"] == ["MinistralForCausalLM"] and cfg["model_type"] == "ministral"
+    with pytest.raises(ConfigError, match="unknown model_type 'ministral'"):      # not loadable before the line
+        ocellus.load(tmp_path / "ministral")
 
     exec(decoder_from_the_page, {})
-    back = ocellus.load(tmp_path / "mistral")
-    assert back.family_name == "mistral" and type(back) is DecoderLM
+    back = ocellus.load(tmp_path / "ministral")
+    assert back.family_name == "ministral" and type(back) is DecoderLM
     ids = torch.tensor([[1, 5, 9, 3, 7]])
     with torch.no_grad():
         torch.testing.assert_close(back(ids).logits, model(ids).logits, rtol=0, atol=0)
@@ -229,4 +229,4 @@ def test_the_page_decoder_family_loads_saves_and_reopens(decoder_from_the_page, 
     assert "model.layers.1.self_attn.q_proj.weight" in tensors                  # Llama's names (DECODER_KEYS)
 
     with pytest.raises(ConfigError, match="sliding_window=4096"):
-        families.family_for_config({**MISTRAL, "sliding_window": 4096}).build({**MISTRAL, "sliding_window": 4096})
+        families.family_for_config({**MINISTRAL, "sliding_window": 4096}).build({**MINISTRAL, "sliding_window": 4096})

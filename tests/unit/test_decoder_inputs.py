@@ -71,13 +71,19 @@ def test_bad_config_fields():
 
 
 @pytest.mark.parametrize("extra,window", [({"model_type": "mistral", "sliding_window": 6}, 6),
-                                          ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 6}, 6),
-                                          ({"model_type": "qwen2", "use_sliding_window": False, "sliding_window": 6}, None),
+                                          ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 6,
+                                            "max_window_layers": 0}, 6),
+                                          ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 6}, None),
+                                          ({"model_type": "qwen3", "use_sliding_window": True, "sliding_window": 6,
+                                            "layer_types": ["sliding_attention"]}, 6),
+                                          ({"model_type": "qwen2", "use_sliding_window": False, "sliding_window": 6,
+                                            "max_window_layers": 0}, None),
                                           ({"model_type": "llama", "sliding_window": 6}, None),
                                           ({"model_type": "mistral", "sliding_window": None}, None)])
 def test_a_sliding_window_caps_the_context(extra, window):
     """Attention within the window is full attention, past it is not implemented: a checkpoint that applies a
-    window (Mistral; Qwen2 with use_sliding_window) is exact up to it and refuses longer sequences, naming it."""
+    window (Mistral; Qwen2 / Qwen3 with use_sliding_window on a layer of layer_types, by default those from
+    max_window_layers (28) on: none of this one layer) is exact up to it and refuses longer sequences, naming it."""
     cfg = DecoderConfig.from_hf({"vocab_size": 11, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
                                  "num_attention_heads": 2, "max_position_embeddings": 32, **extra})
     model = DecoderLM(cfg).eval()

@@ -184,6 +184,8 @@ def test_id_vocab_places_specials_and_bytes():
 
 @pytest.mark.parametrize("change, error, match", [
     (dict(model_type="qwen2"), ConfigError, "model_type"),
+    (dict(model_type="mistral", architectures=["MistralForCausalLM"]), ConfigError, "got 'mistral'"),
+    (dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"]), ConfigError, "got 'qwen3'"),
     (dict(attention_bias=True), ConfigError, "attention_bias"),
     (dict(rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}), ConfigError, "plain rope"),
     (dict(head_dim=8), ConfigError, "head_dim"),

@@ -8,6 +8,9 @@ from pathlib import Path
 from ocellus.errors import ConfigError
 from ocellus.models.families.decoder.checkpoint import decoder_rules
 
+# a composite config.json's text_config model_types the shared decoder reads (vicuna: Llama's layout)
+TEXT_MODEL_TYPES = ("llama", "qwen2", "mistral", "qwen3", "vicuna")
+
 
 def two_layouts(parts: tuple[tuple[str, str], ...], body: str, lm_head: str) -> tuple[tuple[str, str], ...]:
     """(ours, theirs) rules of a VLM checkpoint in both layouts transformers 5 knows. First the hub's (what
@@ -31,9 +34,9 @@ def text_config(cfg: dict) -> dict:
     if not text:
         raise ConfigError("LLaVA config.json has no text_config")
     text.setdefault("model_type", "llama")
-    if text["model_type"] not in ("llama", "qwen2", "mistral", "vicuna"):
+    if text["model_type"] not in TEXT_MODEL_TYPES:
         raise ConfigError(f"LLaVA text_config.model_type {text['model_type']!r} is not a supported decoder "
-                          f"(llama, qwen2)")
+                          f"({', '.join(TEXT_MODEL_TYPES)})")
     if cfg.get("tie_word_embeddings") and "tie_word_embeddings" not in text:
         text["tie_word_embeddings"] = True
     return text

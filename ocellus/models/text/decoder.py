@@ -1,8 +1,9 @@
-"""Decoder-only language model: the Llama / Qwen2 family (Touvron et al. 2023; Qwen2 report).
+"""Decoder-only language model: the Llama / Qwen2 / Mistral / Qwen3 family (Touvron et al. 2023; Qwen2, Qwen3 reports).
 
 pre-norm blocks: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); RoPE on q/k; GQA; optional
-qkv bias (Qwen2) and tied embeddings. Matches transformers' LlamaForCausalLM /
-Qwen2ForCausalLM logits (see tests/parity/test_decoder_parity.py). Checkpoint names are mapped
+qkv bias (Qwen2), per-head RMSNorm of q and k before RoPE (Qwen3) and tied embeddings. Matches transformers'
+LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM / Qwen3ForCausalLM logits (see
+tests/parity/test_decoder_parity.py). Checkpoint names are mapped
 by the key table in ocellus/models/families/decoder/checkpoint.py.
 """
 from __future__ import annotations
@@ -29,7 +30,14 @@ log = logging.getLogger(__name__)
 
 
 # model types whose transformers class rotates every dim of the head (a partial_rotary_factor is ignored there)
-WHOLE_HEAD_ROTARY = ("llama", "qwen2", "mistral")
+WHOLE_HEAD_ROTARY = ("llama", "qwen2", "mistral", "qwen3")
+QWEN2_TYPES = ("qwen2", "qwen2_vl_text", "qwen2_5_vl_text")    # q/k/v bias always, none on o_proj or the MLP
+# what transformers' config class assumes for a field config.json leaves out, where that differs from our defaults
+# (which are Llama's): a head_dim of 128 whatever the width (Qwen3), a window on by default (Mistral)
+HF_DEFAULTS = {"mistral": {"sliding_window": 4096, "max_position_embeddings": 4096 * 32, "bos_token_id": 1,
+                           "eos_token_id": 2},
+               "qwen3": {"head_dim": 128, "max_position_embeddings": 32768}}
+LAYER_TYPES = ("full_attention", "sliding_attention")
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "head_dim", "max_position_embeddings")
 
@@ -54,8 +62,10 @@ class DecoderConfig:
     bos_token_id: int | None = None
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None
-    # the attention window of a checkpoint that applies one (Mistral's sliding_window; Qwen2's with
-    # use_sliding_window): within it attention is full, past it is not implemented, so it caps the context
+    qk_norm: bool = False          # RMSNorm over each head's dims of q and k before RoPE (Qwen3)
+    # the attention window of a checkpoint that applies one (Mistral's sliding_window; Qwen2's / Qwen3's with
+    # use_sliding_window, on the layers layer_types names): within it attention is full, past it is not
+    # implemented, so it caps the context (exact whichever layers slide)
     sliding_window: int | None = None
     hf: dict = field(default_factory=dict, compare=False, repr=False)  # the source config.json, kept for save
 
@@ -68,18 +78,17 @@ class DecoderConfig:
 
     @classmethod
     def from_hf(cls, cfg: dict) -> "DecoderConfig":
-        """Llama / Qwen2 / Mistral-style config.json -> DecoderConfig."""
+        """Llama / Qwen2 / Mistral / Qwen3-style config.json -> DecoderConfig."""
         required_fields(cfg, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                               "num_attention_heads"))
+        kind = cfg.get("model_type")
+        cfg = {**HF_DEFAULTS.get(kind, {}), **cfg}
         # a recipe's model.config is this dict too: a typo must name its key
         positive_ints(cfg, _POSITIVE_INTS, "config {}", optional=True)
         positive_ints(cfg, ("rms_norm_eps", "rope_theta"), "config {}", optional=True, number=True)
         heads = cfg["num_attention_heads"]
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-        qwen2 = cfg.get("model_type") in ("qwen2", "qwen2_vl_text", "qwen2_5_vl_text")  # q/k/v bias, no o bias
-        window = cfg.get("sliding_window") if cfg.get("model_type") == "mistral" or cfg.get("use_sliding_window") \
-            else None
-        positive_int(window, "config sliding_window", optional=True)
+        qkv_bias, o_bias, mlp_bias, qk_norm = layout(kind, cfg.get("attention_bias", False), cfg.get("mlp_bias", False))
         eos = cfg.get("eos_token_id")
         eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
         rope = RopeConfig.from_hf(cfg, head_dim)
@@ -94,25 +103,29 @@ class DecoderConfig:
             head_dim=head_dim, rope=rope,
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), hidden_act=cfg.get("hidden_act", "silu"),
-            attention_bias=True if qwen2 else bool(cfg.get("attention_bias", False)),
-            o_bias=False if qwen2 else bool(cfg.get("attention_bias", False)),
-            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            attention_bias=qkv_bias, o_bias=o_bias, mlp_bias=mlp_bias, qk_norm=qk_norm,
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             bos_token_id=cfg.get("bos_token_id"), eos_token_id=eos, pad_token_id=cfg.get("pad_token_id"),
-            sliding_window=window, hf=dict(cfg),
+            sliding_window=attention_window(cfg), hf=dict(cfg),
         )
 
     def to_hf(self) -> dict:
-        """config.json for transformers: the source config with our fields written over it."""
-        qwen2 = self.attention_bias and not self.o_bias
+        """config.json for transformers: the source config with our fields written over it. ConfigError where the
+        model_type written (the source's, else the one our biases and q/k norm name) would compute another model."""
         if self.rope.partial_rotary_factor != 1.0:   # a Llama / Qwen2 config would be read rotating every dim
             raise ConfigError(f"a decoder rotating {self.rope.partial_rotary_factor} of each head has no transformers "
                               f"Llama / Qwen2 config (they rotate the whole head): it cannot be saved as one")
+        kind = self.hf.get("model_type") or ("qwen3" if self.qk_norm else
+                                             "qwen2" if self.attention_bias and not self.o_bias else "llama")
+        ours = (self.attention_bias, self.o_bias, self.mlp_bias, self.qk_norm)
+        if layout(kind, self.attention_bias, self.mlp_bias) != ours:
+            raise ConfigError(f"a decoder with (q/k/v bias, o_proj bias, mlp bias, q/k norm) = {ours} is not what "
+                              f"transformers' model_type {kind!r} computes: it cannot be saved as one")
         rope = {"rope_type": self.rope.rope_type, "rope_theta": self.rope.theta, **self.rope.params}
         out = {k: v for k, v in self.hf.items() if k not in ("rope_scaling", "rope_theta")}
         out.update(
-            architectures=out.get("architectures") or ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
-            model_type=out.get("model_type") or ("qwen2" if qwen2 else "llama"),
+            architectures=out.get("architectures") or [HF_ARCHITECTURES.get(kind, "LlamaForCausalLM")],
+            model_type=kind,
             vocab_size=self.vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
             num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
             num_key_value_heads=self.num_key_value_heads, head_dim=self.head_dim,
@@ -122,9 +135,46 @@ class DecoderConfig:
             eos_token_id=(list(self.eos_token_id) if len(self.eos_token_id) > 1
                           else self.eos_token_id[0] if self.eos_token_id else None),
         )
-        if not qwen2:
+        if kind not in QWEN2_TYPES:
             out.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
         return out
+
+
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
+                    "qwen3": "Qwen3ForCausalLM"}
+
+
+def layout(model_type: str | None, attention_bias, mlp_bias) -> tuple[bool, bool, bool, bool]:
+    """(q/k/v bias, o_proj bias, mlp bias, q/k norm) of transformers' class for model_type, given the config's
+    attention_bias and mlp_bias (each class reads only those flags it honours; Llama's layout for any other)."""
+    attention_bias, mlp_bias = bool(attention_bias), bool(mlp_bias)
+    if model_type in QWEN2_TYPES:
+        return True, False, False, False
+    if model_type == "mistral":
+        return False, False, False, False
+    if model_type == "qwen3":
+        return attention_bias, attention_bias, False, True
+    return attention_bias, attention_bias, mlp_bias, False
+
+
+def attention_window(cfg: dict) -> int | None:
+    """The sliding window transformers applies to some layer of this config, or None. Mistral: sliding_window on
+    every layer. Otherwise (Qwen2 / Qwen3) only with use_sliding_window, on the layers whose layer_types entry is
+    'sliding_attention' (by default those from max_window_layers on)."""
+    if cfg.get("model_type") == "mistral":
+        return positive_int(cfg.get("sliding_window"), "config sliding_window", optional=True)
+    if not cfg.get("use_sliding_window"):
+        return None
+    window = positive_int(cfg.get("sliding_window", 4096), "config sliding_window", optional=True)
+    n = cfg["num_hidden_layers"]
+    first = cfg.get("max_window_layers", 28)
+    if not isinstance(first, int) or isinstance(first, bool) or first < 0:
+        raise ConfigError(f"config max_window_layers must be an int >= 0, got {first!r}")
+    types = cfg.get("layer_types") or ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+    if len(types) != n or not set(types) <= set(LAYER_TYPES):
+        raise ConfigError(f"config layer_types must name one of {LAYER_TYPES} for each of the {n} layers, "
+                          f"got {types!r}")
+    return window if "sliding_attention" in types else None
 
 
 class CausalLMOutput:
@@ -159,7 +209,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
                                    cfg.head_dim, qkv_bias=cfg.attention_bias, out_bias=cfg.o_bias,
-                                   layer_idx=layer_idx)
+                                   layer_idx=layer_idx, qk_norm_eps=cfg.rms_norm_eps if cfg.qk_norm else None)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias, act=cfg.hidden_act)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

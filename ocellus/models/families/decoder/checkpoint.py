@@ -1,4 +1,5 @@
-"""LlamaForCausalLM / Qwen2ForCausalLM checkpoints: the key table, the builder (config.json -> DecoderLM) and
+"""LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM / Qwen3ForCausalLM checkpoints (one layout: Qwen3 adds
+each layer's self_attn.q_norm / k_norm, which the layer rule carries): the key table, the builder (config.json -> DecoderLM) and
 the config.json writer (the registry's Family). DECODER_KEYS is also DeepSeek's (families/deepseek/);
 decoder_rules, its rules under any prefixes, every composite checkpoint's (a VLM's language_model)."""
 from __future__ import annotations
@@ -7,7 +8,7 @@ from ocellus.hub.families import Family
 from ocellus.hub.keymap import KeyMap
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 
-MODEL_TYPES = ("llama", "qwen2")
+MODEL_TYPES = ("llama", "qwen2", "mistral", "qwen3")
 
 
 def decoder_rules(ours: str, model: str, head: str) -> tuple[tuple[str, str], ...]:
@@ -38,6 +39,6 @@ def tied_lm_head(model) -> tuple[str, ...]:
 
 
 def family(architecture: str | None = None) -> Family:
-    """The hub Family of LlamaForCausalLM / Qwen2ForCausalLM checkpoints; one for both architectures."""
+    """The hub Family of Llama / Qwen2 / Mistral / Qwen3 ForCausalLM checkpoints; one for every architecture."""
     return Family(name="decoder", model_class=DecoderLM, build=build, keymap=DECODER_KEYS, hf_config=hf_config,
                   tied=tied_lm_head)
