@@ -35,6 +35,8 @@ VARIANTS = [
     ("llama", {"partial_rotary_factor": 0.5}),                  # transformers' Llama rotates the whole head anyway
     ("mistral", {"head_dim": 24}),                              # Mistral's explicit head_dim != hidden / heads
     ("mistral", {"tie_word_embeddings": True, "num_key_value_heads": 1, "sliding_window": None}),
+    ("mistral", {"attention_bias": True, "mlp_bias": True}),     # flags MistralForCausalLM does not read
+    ("qwen2", {"mlp_bias": True}),                              # nor Qwen2's MLP
     ("qwen3", {"head_dim": 24}),                                # per-head q/k RMSNorm, head_dim != hidden / heads
     ("qwen3", {"attention_bias": True, "tie_word_embeddings": True, "num_key_value_heads": 1}),  # q/k/v/o biases
     ("qwen3", {"head_dim": 16, "num_key_value_heads": 4, "partial_rotary_factor": 0.5}),  # MHA; whole head rotated

@@ -2,8 +2,8 @@
 transformers' generate on every decode path (batch 1: the compiled GEMV, with the compiled whole step for Mistral
 and declined for Qwen3's q/k norm; plain layers; a left-padded batch), the training loss (its last layer at trained
 rows only), a Qwen3 sliding window on some layers (exact up to it, refused past it), the fields a config.json may
-leave to the class's defaults (Qwen3's head_dim 128, Mistral's window 4096), a LLaVA whose text model is Qwen3, and
-what cannot be written as the model_type it names is refused. Logits and the save -> transformers round trip over
+leave to the class's defaults (Qwen3's head_dim 128, Mistral's window 4096), the attention maps of `ocellus explain`,
+a LLaVA whose text model is Qwen3, and what cannot be written as the model_type it names is refused. Logits and the save -> transformers round trip over
 head_dim / GQA / tied variants: test_decoder_parity.py."""
 import json
 from dataclasses import replace
@@ -16,6 +16,7 @@ from ocellus.errors import ConfigError, InputError
 from ocellus.infer.fused_decode import FusedDecode, _why_not, attach_fused_decode
 from ocellus.kernels import gemv as gemv_mod
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
+from ocellus.viz.attention_map import AttentionRecorder
 from _init import padded
 from test_decoder_parity import build_reference
 from test_llava_parity import _both_and_batch
@@ -121,3 +122,25 @@ def test_a_llava_with_a_qwen3_text_model_equals_transformers(tmp_path):
         a = ref(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
         b = ours(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos).logits
     torch.testing.assert_close(b[mask.bool()], a[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_maps_equal_transformers_eager_attention(pair, tmp_path):
+    """viz/attention_map.py recomputes each layer's softmax from q_proj / k_proj: with Qwen3's q/k norm too."""
+    import transformers
+    kind, ref, ours = pair
+    ref.save_pretrained(tmp_path)
+    eager = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ids, rows = _prompt(1, 12), [3, 11]
+    with torch.no_grad(), AttentionRecorder(ours, rows) as rec:
+        ours(ids)
+        want = torch.stack(eager(ids, output_attentions=True).attentions)[:, :, :, rows]     # [L, B, H, Q, T]
+    torch.testing.assert_close(rec.probabilities, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra,match", [({"layer_types": ["sliding_attention", "chunked_attention"]}, "layer_types"),
+                                         ({"layer_types": ["sliding_attention"]}, "layer_types"),
+                                         ({"max_window_layers": -1}, "max_window_layers")])
+def test_a_bad_window_layout_is_named(extra, match):
+    with pytest.raises(ConfigError, match=match):
+        DecoderConfig.from_hf({"model_type": "qwen3", "vocab_size": 11, "hidden_size": 16, "intermediate_size": 8,
+                               "num_hidden_layers": 2, "num_attention_heads": 2, "use_sliding_window": True, **extra})
