@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ocellus.errors import CheckpointError, ConfigError
-from ocellus.hub.checkpoint_dir import read_config  # noqa: F401  (importers read it from here too)
+from ocellus.hub.checkpoint_dir import read_config, read_json_object  # noqa: F401  (importers read it from here too)
 from ocellus.hub.families import Family, family_for_config, family_for_model
 from ocellus.hub.fp8 import FP8_METHOD, dequantize_checkpoint, is_fp8
 from ocellus.hub.keymap import KeyMap
@@ -160,6 +160,9 @@ def load_model(path_or_id, dtype=None, device=None, quantize=None, family: Famil
     model.eval()
     model.name_or_path = str(path_or_id)
     model.family_name = fam.name
+    # the checkpoint's generation defaults (None: no file), read by the engine (infer/generation_config.py),
+    # written back by save
+    model.generation_defaults = read_json_object(path / "generation_config.json")
     return model.to(device) if device is not None else model
 
 
@@ -246,6 +249,8 @@ def save_model(model: nn.Module, out_dir, max_shard_bytes: int = 5 * 2**30, toke
     if quantized_modules(model):      # int8 weights (nn/quant.py): only quantize="int8" reads them back
         cfg["quantization_config"] = quantization_config(model)
     _atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
+    if getattr(model, "generation_defaults", None) is not None:
+        _atomic_write_text(out / "generation_config.json", json.dumps(model.generation_defaults, indent=2))
     if processor is not None:
         tokenizer = tokenizer or processor.tokenizer
         write_processor_files(processor, out, cfg.get("model_type"))

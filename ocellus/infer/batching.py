@@ -42,7 +42,7 @@ from ocellus.errors import InputError, OcellusError, positive_int
 from ocellus.infer.chunked_prefill import ChunkedPrefill
 from ocellus.infer.engine_request import (NON_FINITE_LOGITS, SAMPLING_EPS, Delta, Failure, Finish, Request, RowError,
                                           SamplingParams, Sequence, failure_of)
-from ocellus.infer.generate import GenerationConfig, _resolve_special
+from ocellus.infer.generate import resolve_config
 from ocellus.infer.prepack import prepare_decode
 from ocellus.infer.slot_cache import SlotKVCache
 
@@ -84,7 +84,7 @@ class BatchEngine:
         self.max_len = min(max_len or model.max_context, model.max_context)
         self.cache = SlotKVCache.like(model, slots, self.max_len)
         self.device = next(model.parameters()).device
-        self.eos = tuple(_resolve_special(model, GenerationConfig()).eos_token_id or ())
+        self.eos = tuple(resolve_config(model, {}).eos_token_id or ())   # generation_config.json's list too
         self.max_queue = max_queue
         self.stats = EngineStats()
         self._waiting: deque[Request] = deque()

@@ -70,9 +70,10 @@ def beam_search(model, prompt, cfg, tokenizer=None, **prefill_kwargs) -> torch.T
     cur = T
     while True:
         logp = torch.log_softmax(logits[:, -1].float(), dim=-1)                        # [B*K, V]
-        if cfg.repetition_penalty not in (None, 1.0):
+        if cfg.constrains:   # on the log-probs, as transformers' beam search applies its processors
             logp = process_logits(logp, flat(run_seqs[:, :, :cur]), do_sample=False,
-                                  repetition_penalty_=cfg.repetition_penalty)
+                                  repetition_penalty_=cfg.repetition_penalty,
+                                  no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned=cfg.banned(eos, cur - T))
         V = logp.shape[-1]
         total = (logp.view(B, K, V) + run_scores[:, :, None]).view(B, K * V)         # [B, K*V]
         cand_scores, cand_idx = torch.topk(total, keep, dim=-1)                      # [B, keep]

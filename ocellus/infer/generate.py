@@ -21,6 +21,7 @@ import torch
 from ocellus.errors import ConfigError, InputError
 from ocellus.infer.sampling import choose, process_logits
 from ocellus.infer.beam import beam_search
+from ocellus.infer.generation_config import checkpoint_defaults
 from ocellus.infer.prepack import prepare_decode
 from ocellus.infer.stop_text import require_tokenizer, StopTokens
 
@@ -34,6 +35,8 @@ class GenerationConfig:
     top_p: float | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None     # no n-gram of this size twice in a row's ids (prompt included)
+    min_new_tokens: int = 0                     # eos is not chosen before this many tokens
     eos_token_id: tuple[int, ...] | None = None   # None: the model config's
     pad_token_id: int | None = None               # None: the model config's, else the first eos
     stop_strings: tuple[str, ...] = ()            # needs a tokenizer
@@ -51,6 +54,10 @@ class GenerationConfig:
             (self.top_p is None or 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (self.min_p is None or 0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
             (self.repetition_penalty is None or self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (self.no_repeat_ngram_size is None or (isinstance(self.no_repeat_ngram_size, int)
+                                                   and self.no_repeat_ngram_size >= 0),
+             "no_repeat_ngram_size must be an int >= 0"),
+            (isinstance(self.min_new_tokens, int) and self.min_new_tokens >= 0, "min_new_tokens must be an int >= 0"),
             (isinstance(self.num_beams, int) and self.num_beams >= 1, "num_beams must be an int >= 1"),
             (not (self.num_beams > 1 and self.do_sample), "beam sampling (num_beams > 1 with do_sample) is not implemented"),
             (self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
@@ -78,14 +85,34 @@ class GenerationConfig:
     def greedy(self) -> bool:
         return not self.do_sample or self.temperature <= 0
 
+    @property
+    def constrains(self) -> bool:
+        """Whether greedy decoding and beam search process the scores too (repetition penalty, n-grams, min length)."""
+        return self.repetition_penalty not in (None, 1.0) or bool(self.no_repeat_ngram_size) or self.min_new_tokens > 0
+
+    def banned(self, eos: torch.Tensor, new_tokens: int) -> torch.Tensor | None:
+        """The ids no row may choose after `new_tokens` generated ones: eos before min_new_tokens."""
+        return eos if new_tokens < self.min_new_tokens else None
+
+
+def resolve_config(model, kwargs: dict) -> GenerationConfig:
+    """Pops kwargs' GenerationConfig fields -> the settings: those over the checkpoint's generation_config.json
+    (infer/generation_config.py), then eos / pad from the model's config where still unset."""
+    gen_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in GenerationConfig.__dataclass_fields__}
+    defaults = checkpoint_defaults(model, GenerationConfig.__dataclass_fields__)
+    return _resolve_special(model, GenerationConfig.from_kwargs(**{**defaults, **gen_kw}))
+
 
 def _resolve_special(model, cfg: GenerationConfig) -> GenerationConfig:
+    # transformers' generate reads eos / pad from generation_config.json alone when the checkpoint has one
+    # (config.json's are its defaults only when there is none): an eos the file leaves out stops nothing
+    config = model.config if getattr(model, "generation_defaults", None) is None else None
     eos = cfg.eos_token_id
     if eos is None:
-        eos = tuple(getattr(model.config, "eos_token_id", ()) or ())
+        eos = tuple(getattr(config, "eos_token_id", ()) or ())
     pad = cfg.pad_token_id
     if pad is None:
-        pad = getattr(model.config, "pad_token_id", None)
+        pad = getattr(config, "pad_token_id", None)
     if pad is None and eos:
         pad = eos[0]
     return replace(cfg, eos_token_id=eos, pad_token_id=pad)
@@ -151,7 +178,7 @@ def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
     require_tokenizer(cfg.stop_strings, tokenizer)
     stops = [StopTokens(tokenizer, cfg.stop_strings) for _ in range(B)] if cfg.stop_strings else None  # one a row
     sample = not cfg.greedy
-    processing = sample or (cfg.repetition_penalty not in (None, 1.0))
+    processing = sample or cfg.constrains
     cache = model.new_cache(B, T + cfg.max_new_tokens)
     mask = None
     if prompt.attention_mask is not None:  # grows by one real token per step
@@ -172,7 +199,8 @@ def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
             if processing:
                 scores = process_logits(scores, seqs[:, :T + step], do_sample=sample, temperature=cfg.temperature,
                                         top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
-                                        repetition_penalty_=cfg.repetition_penalty)
+                                        repetition_penalty_=cfg.repetition_penalty,
+                                        no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned=cfg.banned(eos, step))
             nxt = choose(scores, sample, gen)                                       # [B]
         if can_finish and cfg.pad_token_id is not None:
             nxt = nxt.masked_fill(finished, cfg.pad_token_id)
@@ -197,8 +225,7 @@ def generate(model, input_ids, attention_mask=None, *, tokenizer=None, **kwargs)
     kwargs: the GenerationConfig fields, plus model inputs used at prefill (e.g. pixel_values).
     stop_strings (with tokenizer=...): greedy / sampled rows end at the token that completes one, kept in the ids
     as transformers keeps it (its text matched as `stream` matches it); beam search cuts its ids before one."""
-    gen_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in GenerationConfig.__dataclass_fields__}
-    cfg = _resolve_special(model, GenerationConfig.from_kwargs(**gen_kw))
+    cfg = resolve_config(model, kwargs)
     prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
     prepare_decode(model, prompt.input_ids.shape[0] * cfg.num_beams, cfg.prepack, cfg.gemv)
     if cfg.num_beams > 1:
@@ -222,8 +249,7 @@ def stream(model, tokenizer, input_ids, attention_mask=None, skip_special_tokens
     """Text deltas of one prompt's continuation, as they are generated. Stops at eos (not
     printed when skip_special_tokens) or a stop string, which is not printed either: the text ends before
     it, and a tail that could begin one waits until it is known not to (infer/stop_text.py)."""
-    gen_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in GenerationConfig.__dataclass_fields__}
-    cfg = _resolve_special(model, GenerationConfig.from_kwargs(**gen_kw))
+    cfg = resolve_config(model, kwargs)
     if cfg.num_beams > 1:
         raise ConfigError("streaming is for greedy/sampled decoding; beam search picks its answer at the end")
     prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)

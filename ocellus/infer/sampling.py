@@ -1,8 +1,8 @@
 """Logit processors and token choice. Each filter keeps exactly the set transformers' warper of
 the same name keeps (ties included); removed entries become -inf.
 
-Order (as transformers applies them): repetition penalty, then when sampling temperature,
-top-k, top-p, min-p; then argmax or a multinomial draw.
+Order (as transformers applies them): repetition penalty, no-repeat n-grams, the banned ids (eos before
+min_new_tokens), then when sampling temperature, top-k, top-p, min-p; then argmax or a multinomial draw.
 """
 from __future__ import annotations
 
@@ -17,6 +17,19 @@ def repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float)
     picked = scores.gather(1, seen)                                          # [B, T]
     picked = torch.where(picked < 0, picked * penalty, picked / penalty)
     return scores.scatter(1, seen, picked)
+
+
+def no_repeat_ngram(scores: torch.Tensor, seen: torch.Tensor, n: int) -> torch.Tensor:
+    """transformers' NoRepeatNGramLogitsProcessor: a token that would complete an n-gram already in the row's ids
+    `seen` [B, T] (prompt, padding and all) is removed. Counted, not scattered, since the same token may be both
+    banned and not by different windows."""
+    if seen.shape[1] < n:
+        return scores
+    windows = seen.unfold(1, n, 1)                                           # [B, W, n]
+    hit = (windows[..., :-1] == seen[:, None, seen.shape[1] - n + 1:]).all(-1)   # [B, W] its first n-1 are the last
+    counts = torch.zeros(scores.shape, dtype=torch.long, device=scores.device)
+    counts.scatter_add_(1, windows[..., -1], hit.long())
+    return scores.masked_fill(counts > 0, NEG_INF)
 
 
 def top_k_filter(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -48,10 +61,16 @@ def min_p_filter(scores: torch.Tensor, min_p: float, min_keep: int = 1) -> torch
 
 def process_logits(scores: torch.Tensor, seen: torch.Tensor, *, do_sample: bool, temperature: float = 1.0,
                    top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-                   repetition_penalty_: float | None = None) -> torch.Tensor:
-    """scores [B, V] fp32, seen [B, T] ids so far -> processed scores (same shape)."""
+                   repetition_penalty_: float | None = None, no_repeat_ngram_size: int | None = None,
+                   banned: torch.Tensor | None = None) -> torch.Tensor:
+    """scores [B, V] fp32, seen [B, T] ids so far -> processed scores (same shape). banned: ids removed this step
+    (eos while fewer than min_new_tokens are generated)."""
     if repetition_penalty_ is not None and repetition_penalty_ != 1.0:
         scores = repetition_penalty(scores, seen, repetition_penalty_)
+    if no_repeat_ngram_size:
+        scores = no_repeat_ngram(scores, seen, no_repeat_ngram_size)
+    if banned is not None and banned.numel():
+        scores = scores.index_fill(-1, banned, NEG_INF)
     if not do_sample:
         return scores
     if temperature != 1.0:
