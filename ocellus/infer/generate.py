@@ -48,22 +48,35 @@ class GenerationConfig:
     gemv: bool | None = None          # batch 1 on CPU: the compiled GEMV (infer/gemv_decode.py); None where it builds
 
     def __post_init__(self):
+        # lazily, in order: a value of the wrong type (a generation_config.json string) fails its own check,
+        # never a comparison in another one
         checks = [
-            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0, "max_new_tokens must be an int >= 0"),
-            (self.top_k is None or (isinstance(self.top_k, int) and self.top_k >= 0), "top_k must be an int >= 0"),
-            (self.top_p is None or 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.min_p is None or 0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-            (self.repetition_penalty is None or self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-            (self.no_repeat_ngram_size is None or (isinstance(self.no_repeat_ngram_size, int)
-                                                   and self.no_repeat_ngram_size >= 0),
+            (lambda: _is_int(self.max_new_tokens) and self.max_new_tokens >= 0, "max_new_tokens must be an int >= 0"),
+            (lambda: isinstance(self.do_sample, bool), "do_sample must be true or false"),
+            (lambda: _is_number(self.temperature), "temperature must be a number (<= 0: greedy)"),
+            (lambda: self.top_k is None or (_is_int(self.top_k) and self.top_k >= 0), "top_k must be an int >= 0"),
+            (lambda: self.top_p is None or (_is_number(self.top_p) and 0 < self.top_p <= 1), "top_p must be in (0, 1]"),
+            (lambda: self.min_p is None or (_is_number(self.min_p) and 0 <= self.min_p <= 1), "min_p must be in [0, 1]"),
+            (lambda: self.repetition_penalty is None or (_is_number(self.repetition_penalty)
+                                                         and self.repetition_penalty > 0),
+             "repetition_penalty must be > 0"),
+            (lambda: self.no_repeat_ngram_size is None or (_is_int(self.no_repeat_ngram_size)
+                                                           and self.no_repeat_ngram_size >= 0),
              "no_repeat_ngram_size must be an int >= 0"),
-            (isinstance(self.min_new_tokens, int) and self.min_new_tokens >= 0, "min_new_tokens must be an int >= 0"),
-            (isinstance(self.num_beams, int) and self.num_beams >= 1, "num_beams must be an int >= 1"),
-            (not (self.num_beams > 1 and self.do_sample), "beam sampling (num_beams > 1 with do_sample) is not implemented"),
-            (self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
+            (lambda: _is_int(self.min_new_tokens) and self.min_new_tokens >= 0, "min_new_tokens must be an int >= 0"),
+            (lambda: self.eos_token_id is None or all(map(_is_int, self.eos_token_id)),
+             "eos_token_id must be an int or a list of ints"),
+            (lambda: self.pad_token_id is None or _is_int(self.pad_token_id), "pad_token_id must be an int"),
+            (lambda: all(isinstance(t, str) and t for t in self.stop_strings), "stop_strings must be non-empty strings"),
+            (lambda: _is_number(self.length_penalty), "length_penalty must be a number"),
+            (lambda: self.seed is None or _is_int(self.seed), "seed must be an int"),
+            (lambda: _is_int(self.num_beams) and self.num_beams >= 1, "num_beams must be an int >= 1"),
+            (lambda: not (self.num_beams > 1 and self.do_sample),
+             "beam sampling (num_beams > 1 with do_sample) is not implemented"),
+            (lambda: self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
         ]
         for ok, msg in checks:
-            if not ok:
+            if not ok():
                 raise ConfigError(f"generation: {msg}")
 
     @classmethod
@@ -72,13 +85,10 @@ class GenerationConfig:
         unknown = sorted(set(kw) - names)
         if unknown:
             raise ConfigError(f"unknown generation options {unknown}; known: {sorted(names)}")
-        if isinstance(kw.get("eos_token_id"), int):
-            kw["eos_token_id"] = (kw["eos_token_id"],)
-        if isinstance(kw.get("stop_strings"), str):
-            kw["stop_strings"] = (kw["stop_strings"],)
-        for k in ("eos_token_id", "stop_strings"):
-            if kw.get(k) is not None:
-                kw[k] = tuple(kw[k])
+        for k in ("eos_token_id", "stop_strings"):   # one id / string, or several
+            value = kw.get(k)
+            if value is not None:
+                kw[k] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         return cls(**kw)
 
     @property
@@ -93,6 +103,14 @@ class GenerationConfig:
     def banned(self, eos: torch.Tensor, new_tokens: int) -> torch.Tensor | None:
         """The ids no row may choose after `new_tokens` generated ones: eos before min_new_tokens."""
         return eos if new_tokens < self.min_new_tokens else None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def resolve_config(model, kwargs: dict) -> GenerationConfig:

@@ -74,7 +74,8 @@ def test_generate_with_ngrams_and_min_length_like_transformers(pair, kw):
 
 
 FILE = {"eos_token_id": [EOS, 7], "repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "min_new_tokens": 3,
-        "bos_token_id": 1, "transformers_version": "5.0.0", "typical_p": 1.0, "num_return_sequences": 1}
+        "bos_token_id": 1, "transformers_version": "5.0.0", "typical_p": 1.0, "num_return_sequences": 1,
+        "temperature": None}   # null: Ocellus' default
 
 
 @pytest.fixture(scope="module")
