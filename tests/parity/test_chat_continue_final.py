@@ -52,6 +52,8 @@ USER = {"role": "user", "content": "hello there"}
 @pytest.mark.parametrize("template,last,field", [
     (CHATML, {"role": "assistant", "content": "The answer is "}, True),
     (CHATML, {"role": "assistant", "content": [{"type": "text", "text": "a cat"}, {"type": "image"}]}, True),
+    (CHATML, {"role": "assistant", "content": [{"type": "text", "text": "The"}, {"type": "image"},
+                                               {"type": "text", "text": " answer is"}]}, True),   # the last one
     (LLAMA2, {"role": "assistant", "content": "The answer is  "}, True),          # stripped by the template
     (GEMMA, {"role": "assistant", "content": "  The answer"}, "content"),
     (THINKING, {"role": "assistant", "content": "", "reasoning_content": "hmm, a cat"}, "reasoning_content"),
