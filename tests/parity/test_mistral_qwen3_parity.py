@@ -70,13 +70,21 @@ def test_loss_equals_transformers(pair):
         torch.testing.assert_close(ours(ids, labels=labels).loss, ref(ids, labels=labels).loss, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("written", [True, False], ids=["layer_types", "max_window_layers"])
 @pytest.mark.parametrize("first_windowed,window", [(1, 12), (2, None)])
-def test_a_qwen3_window_on_the_upper_layers_is_exact_up_to_it(first_windowed, window, tmp_path):
+def test_a_qwen3_window_on_the_upper_layers_is_exact_up_to_it(first_windowed, window, written, tmp_path):
     """use_sliding_window with max_window_layers=1 of 2: layer 1 slides over 12 keys. Up to 12 tokens that is full
-    attention (equal logits), past them it is refused; with max_window_layers=2 no layer slides: no cap."""
+    attention (equal logits), past them it is refused; with max_window_layers=2 no layer slides: no cap. The
+    layers are read from config.json's layer_types, or (an older config without it) from max_window_layers."""
+    import transformers
     ref = build_reference("qwen3", head_dim=24, use_sliding_window=True, sliding_window=12,
                           max_window_layers=first_windowed)
     ref.save_pretrained(tmp_path)
+    if not written:
+        cfg = json.loads((tmp_path / "config.json").read_text())
+        cfg.pop("layer_types")
+        (tmp_path / "config.json").write_text(json.dumps(cfg))
+        assert transformers.AutoConfig.from_pretrained(tmp_path).layer_types == ref.config.layer_types
     ours = ocellus.load(tmp_path)
     assert ours.config.sliding_window == window and ours.max_context == (window or 256)
     ids = _prompt(2, window or 40)
