@@ -71,6 +71,7 @@ def test_continue_final_message_like_transformers(directory, template, last, fie
     ({"add_generation_prompt": True}, {"role": "assistant", "content": "a"}, "add_generation_prompt"),
     ({}, {"role": "assistant", "content": [{"type": "image"}]}, "no text part"),
     ({"continue_final_message": "thinking_text"}, {"role": "assistant", "content": "a"}, '"thinking_text"'),
+    ({"continue_final_message": "note"}, {"role": "assistant", "content": "a", "note": "b"}, 'never reads "note"'),
 ])
 def test_continue_final_message_refusals_are_typed(directory, kwargs, last, says):
     ours, ref = _pair(directory, CHATML)
