@@ -7,8 +7,9 @@ uses (transformers/utils/chat_template_utils.py, `_compile_jinja_template` and
 
 - an ImmutableSandboxedEnvironment (templates come from the Hub: untrusted code) with
   trim_blocks, lstrip_blocks and the loopcontrols extension ({% break %}, {% continue %});
-- globals `raise_exception(msg)` and `strftime_now(fmt)`; a `tojson` filter that does not
-  HTML-escape and accepts indent/separators/sort_keys (Jinja's own one escapes `<`, `>`, `&`);
+- globals `raise_exception(msg)`, `strftime_now(fmt)` and a `namespace` that refuses underscore names;
+  a `tojson` filter that does not HTML-escape and accepts indent/separators/sort_keys (Jinja's own one
+  escapes `<`, `>`, `&`);
 - a `{% generation %}...{% endgeneration %}` tag (used by some templates to mark assistant
   text for loss masks), rendered here as its body;
 - `tools` and `documents` always defined (None when absent), since templates test
@@ -46,6 +47,27 @@ def _strftime_now(fmt):
     return datetime.now().strftime(fmt)
 
 
+class _Namespace(jinja2.utils.Namespace):
+    """Jinja's `namespace` refusing underscore names (`ns.__class__ = ...`), as transformers' TemplateNamespace:
+    a template from the Hub stores nothing where Python keeps its machinery."""
+
+    def __init__(*args, **kwargs):   # noqa: N805  (Namespace's own signature: self may be a keyword's name)
+        self, attrs = args[0], dict(*args[1:], **kwargs)
+        for name in attrs:
+            _Namespace._check(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name, value):
+        _Namespace._check(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check(name):
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"a chat template may not store {name!r} on a namespace: "
+                                                  "underscore names are refused")
+
+
 class _GenerationTag(jinja2.ext.Extension):
     """Parses `{% generation %}body{% endgeneration %}` and renders just the body."""
 
@@ -69,6 +91,7 @@ def compile_chat_template(template: str) -> jinja2.Template:
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.globals["namespace"] = _Namespace
     try:
         return env.from_string(template)
     except jinja2.TemplateSyntaxError as e:

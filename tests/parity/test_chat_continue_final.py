@@ -80,3 +80,15 @@ def test_continue_final_message_refusals_are_typed(directory, kwargs, last, says
         ref.apply_chat_template([USER, last], tokenize=False, **kwargs)
     with pytest.raises(InputError, match=says):
         ours.apply_chat_template([USER, last], **kwargs)
+
+
+@pytest.mark.parametrize("template", ["{% set ns = namespace(_x=1) %}{{ ns._x }}",
+                                      "{% set ns = namespace(x=1) %}{% set ns.__class__ = 2 %}{{ ns.x }}"])
+def test_a_namespace_refuses_underscore_names_like_transformers(directory, template):
+    ours, ref = _pair(directory, template)
+    with pytest.raises(Exception, match="underscore"):
+        ref.apply_chat_template([USER], tokenize=False)
+    with pytest.raises(InputError, match="underscore"):
+        ours.apply_chat_template([USER])
+    ours.chat_templates["default"] = ref.chat_template = "{% set ns = namespace(x=1) %}{% set ns.x = 2 %}{{ ns.x }}"
+    assert ours.apply_chat_template([USER]) == ref.apply_chat_template([USER], tokenize=False) == "2"

@@ -45,8 +45,10 @@ def test_ngram_and_min_new_tokens_process_scores_like_transformers(seed):
 def ref():
     model = spread_init(build_reference("llama", eos_token_id=EOS))
     with torch.no_grad():
-        model.lm_head.weight.mul_(3)          # peaked: no near-ties for a different matmul order to flip
-        model.lm_head.weight[EOS] *= 1.5      # eos likely, so min_new_tokens decides something
+        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+        head.mul_(3)                          # peaked: no near-ties for a different matmul order to flip
+        head.add_(emb * head.norm(dim=1, keepdim=True) / emb.norm(dim=1, keepdim=True))   # echoes: n-grams repeat
+        head[EOS] = head[10] * 1.02           # eos wherever 10 would come: early, and again right after min length
     return model
 
 
@@ -62,8 +64,10 @@ def _prompt(b=2, t=6, seed=2):
 
 
 @pytest.mark.parametrize("kw", [
-    dict(no_repeat_ngram_size=2), dict(no_repeat_ngram_size=1, max_new_tokens=12), dict(min_new_tokens=6),
+    dict(no_repeat_ngram_size=2, eos_token_id=7), dict(no_repeat_ngram_size=1, max_new_tokens=12),
+    dict(min_new_tokens=6), dict(min_new_tokens=3),    # eos comes again right at the minimum
     dict(num_beams=3, no_repeat_ngram_size=2), dict(num_beams=3, min_new_tokens=5, length_penalty=0.5),
+    dict(num_beams=2, min_new_tokens=3),
     dict(min_new_tokens=4, eos_token_id=[EOS, 7], repetition_penalty=1.4, no_repeat_ngram_size=3),
 ])
 def test_generate_with_ngrams_and_min_length_like_transformers(pair, kw):
@@ -71,6 +75,8 @@ def test_generate_with_ngrams_and_min_length_like_transformers(pair, kw):
     ids, kw = _prompt(), {"max_new_tokens": 10, **kw}
     want = ref.generate(ids, do_sample=False, **kw)
     assert torch.equal(ours.generate(ids, **kw), want)
+    plain = {k: v for k, v in kw.items() if k not in ("no_repeat_ngram_size", "min_new_tokens")}
+    assert not torch.equal(ref.generate(ids, do_sample=False, **plain), want)   # the settings decided something
 
 
 FILE = {"eos_token_id": [EOS, 7], "repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "min_new_tokens": 3,
