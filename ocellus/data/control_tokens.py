@@ -112,20 +112,37 @@ def _controls(tokenizer):
         data = json.loads(tokenizer.backend.to_str())
         for token in data.get("added_tokens", []):
             token["special"] = True   # encode_special_tokens then leaves every added token unsplit
-        literal = tokenizers.Tokenizer.from_str(json.dumps(data))
-        literal.encode_special_tokens = True
-        literal.no_padding()
-        literal.no_truncation()
+        literal = (_literal_backend(data), _literal_backend(_never_prepend(data)))
         cache = (key, (pattern, by_text, ids, literal, base))
         tokenizer._control_cache = cache
     return cache[1]
+
+
+def _literal_backend(data: dict) -> tokenizers.Tokenizer:
+    backend = tokenizers.Tokenizer.from_str(json.dumps(data))
+    backend.encode_special_tokens = True
+    backend.no_padding()
+    backend.no_truncation()
+    return backend
+
+
+def _never_prepend(data: dict) -> dict:
+    """The pipeline for a chunk that continues the text: a Metaspace that prepends "▁" only to the text's first
+    split (prepend_scheme "first", transformers' LlamaTokenizer) must not prepend it to a chunk after a markup
+    token, which encoding the chunk alone would do."""
+    data = json.loads(json.dumps(data))
+    pre = data.get("pre_tokenizer") or {}
+    for step in pre.get("pretokenizers", [pre]):
+        if step.get("type") == "Metaspace" and step.get("prepend_scheme") == "first":
+            step["prepend_scheme"] = "never"
+    return data
 
 
 def encode_with_literals(tokenizer, text: str, spans: Spans, add_special_tokens: bool = False,
                          controls: frozenset[str] | None = None) -> list[int]:
     """text -> ids where control tokens count only outside `spans` (see the module docstring). controls:
     the control strings (default: the tokenizer's and those the text outside the spans writes)."""
-    pattern, by_text, ids_of, literal, base = _controls(tokenizer)
+    pattern, by_text, ids_of, (literal, later), base = _controls(tokenizer)
     plain = tokenizer.backend.encode(text, add_special_tokens=add_special_tokens).ids
     matches = list(pattern.finditer(text)) if pattern is not None and spans else []
     inside = {m.start() for m in matches if any(a < m.end() and m.start() < b for a, b in spans)}
@@ -138,12 +155,13 @@ def encode_with_literals(tokenizer, text: str, spans: Spans, add_special_tokens:
     for m in (m for m in matches if m.start() not in as_text):   # markup tokens, and vocabulary such as <box>
         token = by_text[m.group()]
         chunk = text[at:m.start()]
-        ids += literal.encode(chunk.rstrip() if token.lstrip else chunk, add_special_tokens=False).ids
+        ids += (literal if at == 0 else later).encode(chunk.rstrip() if token.lstrip else chunk,
+                                                       add_special_tokens=False).ids
         ids.append(ids_of[m.group()])
         at = m.end()
         if token.rstrip:
             at = len(text) - len(text[at:].lstrip())
-    ids += literal.encode(text[at:], add_special_tokens=False).ids
+    ids += (literal if at == 0 else later).encode(text[at:], add_special_tokens=False).ids
     if add_special_tokens:   # the post-processor's additions (BOS, ...) around the sequence
         bare, full = (tokenizer.backend.encode("a", add_special_tokens=flag).ids for flag in (False, True))
         start = next(s for s in range(len(full) - len(bare) + 1) if full[s:s + len(bare)] == bare)

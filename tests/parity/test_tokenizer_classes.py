@@ -93,3 +93,16 @@ def test_random_text_through_the_llama_class(tmp_path):
     rng = random.Random(0)
     pieces = ["Hello", " ", "  ", "\n", "</s>", "<s>", "[INST]", "é", "e\u0301", "🙂", "👍🏽", "日本", "\t", "▁"]
     _assert_same(ours, ref, ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 10))) for _ in range(40)])
+
+
+def test_message_text_holding_a_control_string_continues_the_prompt(tmp_path):
+    """A message's "</s>" is read as text (data/control_tokens.py), its chunks encoded apart: a chunk after the
+    template's <s> must not get the "▁" that LlamaTokenizer's Metaspace prepends only at the text's start."""
+    from _chat_templates import LLAMA2
+    _llama2_file(tmp_path)
+    ours, ref = _both(tmp_path, {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+                                 "chat_template": LLAMA2})
+    ids = ours.apply_chat_template([{"role": "user", "content": "hi </s> there"}], tokenize=True)
+    head = ref.encode("<s>[INST] hi", add_special_tokens=False)
+    assert ids[:len(head)] == head
+    assert ids.count(ours.eos_token_id) == 0                        # the message's "</s>" stayed text
