@@ -27,15 +27,16 @@ def tied_lm_head(model) -> tuple[str, ...]:
     return ("language_model.lm_head.weight",) if model.language_model.config.tie_word_embeddings else ()
 
 
-def text_config(cfg: dict) -> dict:
-    """A composite config.json's text_config as the decoder reads it (llama when unnamed; the top-level tie
-    flag carried down)."""
+def text_config(cfg: dict, family: str = "LLaVA", default: str = "llama") -> dict:
+    """A composite config.json's text_config as the decoder reads it: `default` when its model_type is unnamed
+    (the family's transformers default), any decoder the shared one reads (so every family takes Qwen3 as
+    transformers' AutoModel would), the top-level tie flag carried down when text_config has none."""
     text = dict(cfg.get("text_config") or {})
     if not text:
-        raise ConfigError("LLaVA config.json has no text_config")
-    text.setdefault("model_type", "llama")
+        raise ConfigError(f"{family} config.json has no text_config")
+    text.setdefault("model_type", default)
     if text["model_type"] not in TEXT_MODEL_TYPES:
-        raise ConfigError(f"LLaVA text_config.model_type {text['model_type']!r} is not a supported decoder "
+        raise ConfigError(f"{family} text_config.model_type {text['model_type']!r} is not a supported decoder "
                           f"({', '.join(TEXT_MODEL_TYPES)})")
     if cfg.get("tie_word_embeddings") and "tie_word_embeddings" not in text:
         text["tie_word_embeddings"] = True

@@ -23,7 +23,7 @@ from __future__ import annotations
 from ocellus.errors import ConfigError
 from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.models.connectors.pixel_shuffle import PixelShuffleProjector
-from ocellus.models.families.common import image_token_id, part_dirs
+from ocellus.models.families.common import image_token_id, part_dirs, text_config
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.intern_vit import InternViT, InternViTConfig
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
@@ -65,11 +65,7 @@ def build_internvl(cfg: dict) -> VLM:
     for key in ("vision_config", "text_config"):
         if not cfg.get(key):
             raise ConfigError(f"InternVL config.json has no {key}")
-    text = dict(cfg["text_config"])
-    text.setdefault("model_type", "qwen2")
-    if text["model_type"] not in ("qwen2", "llama"):
-        raise ConfigError(f"InternVL text_config.model_type {text['model_type']!r} is not a supported decoder "
-                          f"(qwen2, llama)")
+    text = text_config(cfg, "InternVL", default="qwen2")   # InternVL3.5: qwen3
     text["tie_word_embeddings"] = bool(cfg.get("tie_word_embeddings", True))  # transformers: top level decides
     tower = _tower_config(cfg["vision_config"])
     vision = InternViT(tower) if isinstance(tower, InternViTConfig) else VisionTransformer(tower)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from ocellus.errors import ConfigError
 from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.models.connectors.resampler import Resampler
-from ocellus.models.families.common import image_token_id, part_dirs
+from ocellus.models.families.common import image_token_id, part_dirs, text_config
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 from ocellus.models.vlm import VLM
@@ -30,11 +30,8 @@ def build_qwen_vl(cfg: dict) -> VLM:
     for key in ("vision_config", "text_config", "image_token_id"):
         if cfg.get(key) is None:
             raise ConfigError(f"Qwen-VL config.json has no {key}")
-    text = {"model_type": "qwen2", **cfg["text_config"],
+    text = {**text_config(cfg, "Qwen-VL", default="qwen2"),
             "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", cfg["text_config"].get("tie_word_embeddings")))}
-    if text["model_type"] not in ("qwen2", "llama"):
-        raise ConfigError(f"Qwen-VL text_config.model_type {text['model_type']!r} is not a supported decoder "
-                          f"(qwen2, llama)")
     vision = VisionTransformer(ViTConfig.from_hf(cfg["vision_config"]))
     decoder = DecoderLM(DecoderConfig.from_hf(text))
     spec = cfg.get("resampler") or {}

@@ -30,7 +30,7 @@ from ocellus.errors import ConfigError
 from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.models.connectors.perceiver import PerceiverConfig, PerceiverResampler
 from ocellus.models.connectors.token_sampler import TokenSampler
-from ocellus.models.families.common import check_spec, feature_layer, image_token_id, part_dirs
+from ocellus.models.families.common import check_spec, feature_layer, image_token_id, part_dirs, text_config
 from ocellus.models.families.llava_next.modeling import default_pinpoints
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
@@ -83,10 +83,7 @@ def build_xgen_mm(cfg: dict) -> VLM:
     for key in ("vision_config", "text_config", "image_token_index", "image_grid_pinpoints"):
         if cfg.get(key) is None:
             raise ConfigError(f"xGen-MM config.json has no {key}")
-    text = {"model_type": "llama", **cfg["text_config"]}
-    if text["model_type"] not in ("llama", "qwen2"):
-        raise ConfigError(f"xGen-MM text_config.model_type {text['model_type']!r} is not a supported decoder "
-                          f"(llama, qwen2)")
+    text = text_config(cfg, "xGen-MM")
     vision = VisionTransformer(ViTConfig.from_hf(cfg["vision_config"]))
     decoder = DecoderLM(DecoderConfig.from_hf(text))
     layer, select = feature_layer(cfg, "xGen-MM", "full")
