@@ -33,6 +33,7 @@ in `ocellus/data/image_tiling.py`.
 
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +187,45 @@ def _to_rgb(img: Image.Image, label: str) -> Image.Image:
 # Config: preprocessor_config.json
 # ----------------------------------------------------------------------------------------------
 
+# transformers' class defaults (the *ImageProcessorPil class attributes) of the image processors Ocellus reads:
+# what a preprocessor_config.json that leaves a key out means. Keyed by class name without Fast / Pil.
+LLAVA_NEXT_GRID_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+_EVERY_CLASS = {"do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                "image_mean": OPENAI_CLIP_MEAN, "image_std": OPENAI_CLIP_STD, "do_center_crop": None}
+_CLIP_CLASS = {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "do_center_crop": True,
+               "default_to_square": False}
+_CLASS_DEFAULTS = {
+    "CLIPImageProcessor": _CLIP_CLASS,
+    "LlavaImageProcessor": _CLIP_CLASS,
+    "LlavaNextImageProcessor": {**_CLIP_CLASS, "image_grid_pinpoints": LLAVA_NEXT_GRID_PINPOINTS},
+    "SiglipImageProcessor": {"size": {"height": 224, "width": 224}, "default_to_square": False,
+                             "image_mean": IMAGENET_STANDARD_MEAN, "image_std": IMAGENET_STANDARD_STD},
+    "BlipImageProcessor": {"size": {"height": 384, "width": 384}, "default_to_square": True},
+    "GotOcr2ImageProcessor": {"size": {"height": 384, "width": 384}, "default_to_square": True,
+                              "crop_to_patches": False, "min_patches": 1, "max_patches": 12},
+    "Qwen2VLImageProcessor": {"size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280},
+                              "default_to_square": False, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2},
+}
+
+
+def class_defaults(processor_type: str) -> dict:
+    """The keys transformers' `processor_type` class fills in when a config leaves them out; {} for a class
+    not in the table (its file is read as it is, with ImageProcessorConfig's own defaults)."""
+    name = re.sub(r"(Fast|Pil)$", "", processor_type).replace("FeatureExtractor", "ImageProcessor")
+    own = _CLASS_DEFAULTS.get(name)
+    return {**_EVERY_CLASS, **own} if own is not None else {}
+
+
+def _switched_number(d: dict, key: str, switch: str, kw: dict):
+    """d[key], which the switch `switch` needs: null while the switch is on is a ConfigError (transformers
+    refuses it too); null while it is off is never read, so the dataclass default stands in."""
+    if d[key] is not None:
+        return d[key]
+    if kw.get(switch, True):
+        raise ConfigError(f"preprocessor config: {key} is null but {switch} is on")
+    return getattr(ImageProcessorConfig, key)
+
+
 @dataclass(frozen=True)
 class ImageProcessorConfig:
     """The numbers of one image processor, as in a Hugging Face `preprocessor_config.json`.
@@ -248,24 +288,30 @@ class ImageProcessorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageProcessorConfig":
-        """Read the keys transformers writes in preprocessor_config.json; other keys are ignored."""
+        """Read the keys transformers writes in preprocessor_config.json; other keys are ignored.
+
+        A key the file leaves out takes its processor class's default (class_defaults), as transformers
+        fills it from the class; a key set to null stays null there, so a null switch is off and a null number a
+        switch needs is a ConfigError. Ocellus always converts images to RGB (`do_convert_rgb` changes nothing
+        on an RGB image; on any other mode transformers fails or yields 1 or 4 channels no tower takes)."""
         if not isinstance(d, dict):
             raise ConfigError(f"preprocessor config must be a JSON object, got {type(d).__name__}")
         ptype = str(d.get("image_processor_type") or d.get("feature_extractor_type") or "")
+        d = {**class_defaults(ptype), **d}
         kw: dict = {"processor_type": ptype}
         for key in ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "crop_to_patches"):
-            if d.get(key) is not None:
-                kw[key] = bool(d[key])
+            if key in d:
+                kw[key] = bool(d[key])   # null: off, as transformers' None is falsy
         for key in ("min_patches", "max_patches", "patch_size", "temporal_patch_size", "merge_size"):
             if d.get(key) is not None:
                 kw[key] = d[key]
-        if d.get("rescale_factor") is not None:
-            kw["rescale_factor"] = float(d["rescale_factor"])
-        if d.get("resample") is not None:
-            kw["resample"] = d["resample"]
+        if "rescale_factor" in d:
+            kw["rescale_factor"] = float(_switched_number(d, "rescale_factor", "do_rescale", kw))
+        if "resample" in d:
+            kw["resample"] = _switched_number(d, "resample", "do_resize", kw)
         for key in ("image_mean", "image_std"):
-            v = d.get(key)
-            if v is not None:
+            if key in d:
+                v = _switched_number(d, key, "do_normalize", kw)
                 kw[key] = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else (float(v),) * 3
         if d.get("image_grid_pinpoints") is not None:
             kw["image_grid_pinpoints"] = tuple((int(h), int(w)) for h, w in d["image_grid_pinpoints"])
@@ -280,7 +326,14 @@ class ImageProcessorConfig:
             kw["max_pixels"] = (d.get("max_pixels") or size.get("longest_edge") or size.get("max_pixels")
                                 or 28 * 28 * 1280)
         elif isinstance(size, int) and not isinstance(size, bool):
-            kw["shortest_edge"] = size  # old CLIP configs: "size": 224 means the shortest edge
+            # transformers' get_size_dict: a bare int is a square for most classes, the shortest edge for those
+            # whose class sets default_to_square=False (CLIP's, SigLIP's, LLaVA's; and old files with no class)
+            if d.get("default_to_square", bool(ptype)):  # no class at all: Ocellus' old reading
+                kw["size_hw"] = (size, size)
+            else:
+                kw["shortest_edge"] = size
+        elif isinstance(size, (list, tuple)) and len(size) == 2:
+            kw["size_hw"] = tuple(size)   # (height, width), get_size_dict's order
         elif isinstance(size, dict):
             if set(size) == {"shortest_edge"}:
                 kw["shortest_edge"] = size["shortest_edge"]
@@ -297,6 +350,8 @@ class ImageProcessorConfig:
         crop = d.get("crop_size")
         if isinstance(crop, int) and not isinstance(crop, bool):
             kw["crop_size"] = (crop, crop)
+        elif isinstance(crop, (list, tuple)) and len(crop) == 2:
+            kw["crop_size"] = tuple(crop)
         elif isinstance(crop, dict):
             if set(crop) != {"height", "width"}:
                 raise ConfigError(f"preprocessor config: crop_size must be {{'height', 'width'}}, got {crop!r}")
@@ -346,9 +401,11 @@ def resize_target(height: int, width: int, cfg: ImageProcessorConfig) -> tuple[i
     raise ConfigError("ImageProcessorConfig: do_resize needs shortest_edge or size_hw")
 
 
-def resize(img: Image.Image, size_hw: tuple[int, int], resample: int) -> Image.Image:
+def resize(img: Image.Image, size_hw: tuple[int, int], resample: int, name: str = "image") -> Image.Image:
     """Pillow resize to (H, W). On uint8 RGB, as the reference does: any other path
-    (float, torch interpolate) would not give the same pixels."""
+    (float, torch interpolate) would not give the same pixels. An InputError naming the image (`name`) when
+    the target is over the pixel limit (check_made_size), before Pillow allocates it."""
+    check_made_size(size_hw, name, "resizing it")
     h, w = size_hw
     return img.resize((w, h), resample=resample)  # PIL sizes are (W, H)
 
@@ -392,10 +449,29 @@ def rescale_normalize(x: torch.Tensor, cfg: ImageProcessorConfig) -> torch.Tenso
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def transform_image(img: Image.Image, cfg: ImageProcessorConfig) -> torch.Tensor:
-    """One RGB PIL image -> float32 [3, H, W]: resize, center crop, rescale, normalize."""
+def transformed_size(size_hw: tuple[int, int], cfg: ImageProcessorConfig) -> tuple[int, int]:
+    """(H, W) transform_image makes of an image of size_hw, without touching pixels."""
+    if cfg.do_center_crop:
+        return cfg.crop_size   # a crop larger than the image is padded up to it
+    return resize_target(*size_hw, cfg) if cfg.do_resize else tuple(size_hw)
+
+
+def check_made_size(size_hw: tuple[int, int], label: str, what: str) -> None:
+    """InputError naming the image when a step would make an image of more than DEFAULT_MAX_PIXELS (the load
+    guard's bound): a shortest-edge resize of a 1 x 8000 strip is 224 x 1,792,000 pixels, a square pad of it
+    8000 x 8000 -- sizes a small file reaches through its aspect ratio alone."""
+    h, w = size_hw
+    if h * w > DEFAULT_MAX_PIXELS:
+        raise InputError(f"{label}: {what} would make it {h}x{w} = {h * w:,} pixels, over the limit of "
+                         f"{DEFAULT_MAX_PIXELS:,} (an extreme aspect ratio, or a processor config asking for too "
+                         f"large a size)")
+
+
+def transform_image(img: Image.Image, cfg: ImageProcessorConfig, name: str = "image") -> torch.Tensor:
+    """One RGB PIL image -> float32 [3, H, W]: resize, center crop, rescale, normalize. name: how an
+    InputError calls the image."""
     if cfg.do_resize:
-        img = resize(img, resize_target(img.height, img.width, cfg), cfg.resample)
+        img = resize(img, resize_target(img.height, img.width, cfg), cfg.resample, name)
     x = pil_to_tensor(img)  # [3, H, W] uint8
     if cfg.do_center_crop:
         x = center_crop(x, cfg.crop_size)
@@ -433,10 +509,12 @@ def preprocess(images, cfg: ImageProcessorConfig, *, pad_to_square: bool = False
     if not imgs:
         raise InputError("preprocess: no images given")
     out = []
-    for img in imgs:
+    for i, img in enumerate(imgs):
         if pad_to_square:
+            side = max(img.size)
+            check_made_size((side, side), f"image {i}", "padding it to a square")
             img = expand2square(img, mean_color(cfg))
-        out.append(transform_image(img, cfg))  # [3, H, W]
+        out.append(transform_image(img, cfg, f"image {i}"))  # [3, H, W]
     shapes = {tuple(x.shape) for x in out}
     if len(shapes) > 1:
         raise InputError(f"preprocess: images end up with different shapes {sorted(shapes)}; use a fixed size "

@@ -37,6 +37,7 @@ from ocellus.data.image import (
     rescale_normalize,
     resize,
     transform_image,
+    transformed_size,
 )
 from ocellus.errors import ConfigError, InputError
 
@@ -103,6 +104,18 @@ def _check_pinpoints(grid_pinpoints, tile_size: int) -> None:
         raise ConfigError(f"anyres: image_grid_pinpoints {bad} are not multiples of the tile size {tile_size}")
 
 
+def anyres_view_size(cfg: ImageProcessorConfig) -> tuple[int, int]:
+    """(H, W) of every anyres view after cfg's transform: the global view and the tiles must come out one size
+    (a batch of views, one vision tower), else a ConfigError naming the fields that made them differ."""
+    view, tile = _anyres_sizes(cfg)
+    made = {transformed_size(view, cfg), transformed_size((tile, tile), cfg)}
+    if len(made) > 1:
+        raise ConfigError(f"anyres: the {view[0]}x{view[1]} global view and the {tile}x{tile} tiles come out as "
+                          f"{sorted(made)} under do_resize={cfg.do_resize}, size, do_center_crop={cfg.do_center_crop}, "
+                          f"crop_size={cfg.crop_size}; every view must be one size")
+    return made.pop()
+
+
 def anyres_views(img: Image.Image, cfg: ImageProcessorConfig) -> list[Image.Image]:
     """[global view, tile_0, tile_1, ...]: the global view is the whole image squashed to the base
     size; tiles are row-major over the padded canvas chosen by select_best_resolution."""
@@ -122,6 +135,7 @@ def preprocess_anyres(images, cfg: ImageProcessorConfig, *, max_pixels: int | No
     zero-padded, as transformers does with do_pad; image_sizes (original (H, W)) tells the model
     how many views are real. Each view goes through the CLIP transform of `cfg`.
     """
+    anyres_view_size(cfg)   # a config whose views differ in size fails here, not in torch.stack
     imgs = load_images(images, max_pixels=max_pixels)
     if not imgs:
         raise InputError("preprocess_anyres: no images given")
@@ -320,11 +334,11 @@ def preprocess_qwen2vl(images, cfg: ImageProcessorConfig, *, max_pixels: int | N
     if not imgs:
         raise InputError("preprocess_qwen2vl: no images given")
     patches, grids = [], []
-    for img in imgs:
+    for i, img in enumerate(imgs):
         if cfg.do_resize:
             size = smart_resize(img.height, img.width, factor=p * m, min_pixels=cfg.min_pixels or 56 * 56,
                                 max_pixels=cfg.max_pixels or 28 * 28 * 1280)
-            img = resize(img, size, cfg.resample)
+            img = resize(img, size, cfg.resample, f"image {i}")
         x, thw = qwen2vl_patchify(rescale_normalize(pil_to_tensor(img), cfg), p, T, m)
         patches.append(x)
         grids.append(thw)
@@ -360,11 +374,25 @@ def clip_num_tokens(image_size, patch_size: int, *, feature_select: str = "defau
     return n - 1 if feature_select == "default" else n
 
 
+def anyres_max_shape(rows: int, cols: int, side: int, max_patches: int | None) -> tuple[int, int]:
+    """(rows, cols) of an unpadded tile-feature map after LLaVA-OneVision's `anyres_max_N` cap: a map holding
+    more than ~N tiles' worth of features (side^2 each; 10% slack) is shrunk by one factor on both axes, each
+    side floored, as transformers' pack_image_features interpolates it and its processor counts it. None: no cap
+    (LLaVA-NeXT)."""
+    if max_patches is None:
+        return rows, cols
+    ratio = math.sqrt(rows * cols / (max_patches * side ** 2))
+    if ratio <= 1.1:
+        return rows, cols
+    return int(rows // ratio), int(cols // ratio)
+
+
 def anyres_num_tokens(image_size: tuple[int, int], grid_pinpoints, *, tile_size: int, patch_size: int,
                       feature_select: str = "default", num_extra_tokens: int = 1,
-                      image_newline: bool = True) -> int:
+                      image_newline: bool = True, max_patches: int | None = None) -> int:
     """Tokens of one LLaVA-NeXT image of original size (H, W):
-    global view (as clip_num_tokens) + unpadded tile features rows*cols + one newline per row.
+    global view (as clip_num_tokens) + unpadded tile features rows*cols + one newline per row; for
+    LLaVA-OneVision (max_patches: its anyres_max_N) the unpadded map capped by anyres_max_shape first.
     (transformers' LLaVA-NeXT model only runs with feature_select='default'; 'full' is counted as
     its processor counts it.)"""
     _check_pinpoints(grid_pinpoints, tile_size)
@@ -372,7 +400,7 @@ def anyres_num_tokens(image_size: tuple[int, int], grid_pinpoints, *, tile_size:
     side = tile_size // patch_size  # feature rows/cols per tile
     feature_size = (best_h // tile_size * side, best_w // tile_size * side)
     top, bottom, left, right = anyres_unpad_box(image_size, feature_size)
-    rows, cols = bottom - top, right - left
+    rows, cols = anyres_max_shape(bottom - top, right - left, side, max_patches)
     base = clip_num_tokens(tile_size, patch_size, feature_select=feature_select, num_extra_tokens=num_extra_tokens)
     return base + rows * cols + (rows if image_newline else 0)
 
@@ -422,7 +450,7 @@ def tokens_per_image(strategy: str, **kwargs) -> int:
     strategy and its arguments (see each function):
       'clip'     -> clip_num_tokens(image_size, patch_size, feature_select=, num_extra_tokens=)
       'anyres'   -> anyres_num_tokens(image_size, grid_pinpoints, tile_size=, patch_size=, feature_select=,
-                                      num_extra_tokens=, image_newline=)
+                                      num_extra_tokens=, image_newline=, max_patches=)
       'token_sampler' -> token_sampler_num_tokens(image_size, grid_pinpoints, tile_size=, num_latents=)
       'internvl' -> internvl_num_tokens(num_tiles, tile_size=, patch_size=, downsample_ratio=)
       'qwen2vl'  -> qwen2vl_num_tokens(grid_thw, merge_size=)

@@ -16,7 +16,8 @@ from PIL import Image
 import torch
 
 from ocellus.data.image import ImageProcessorConfig, preprocess
-from ocellus.data.image_tiling import preprocess_anyres, tokens_per_image
+from ocellus.data.image_tiling import anyres_view_size, preprocess_anyres, tokens_per_image
+from ocellus.errors import ConfigError
 
 
 class PatchImages:
@@ -31,9 +32,13 @@ class PatchImages:
         self.grid_pinpoints, self.tile_size = grid_pinpoints, tile_size
 
     def check(self) -> None:
-        """A ConfigError now for numbers that cannot count tokens (not later, at the first image)."""
+        """A ConfigError now for numbers that cannot count tokens (not later, at the first image), and for anyres
+        views of another size than the tower's input: every view is counted (and packed) as tile x tile."""
         side = self.patch_size if self.grid_pinpoints is None else self.tile_size
         self.num_image_tokens(side, side)
+        if self.grid_pinpoints is not None and (made := anyres_view_size(self.image_config)) != (side, side):
+            raise ConfigError(f"anyres: the image processor makes {made} views but the vision tower takes "
+                              f"{side}x{side} (its image_size); set size / crop_size to it")
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """Tokens one image becomes (what the model splices in). Single view: (height, width) is the

@@ -123,10 +123,12 @@ def _tokenizer_dir(tmp_path, wrap=("<img>", "</img>")):
     return tmp_path
 
 
-@pytest.mark.parametrize("wrap", [("<img>", "</img>"), ("<image_start>", "<image_end>")], ids=["img", "named"])
-def test_processor_equals_internvl_processor(tmp_path, monkeypatch, wrap):
+@pytest.mark.parametrize("wrap,crop_to_patches", [(("<img>", "</img>"), True), (("<image_start>", "<image_end>"), True),
+                                                  (("<img>", "</img>"), False)], ids=["img", "named", "file-says-no-crop"])
+def test_processor_equals_internvl_processor(tmp_path, monkeypatch, wrap, crop_to_patches):
     """Tiles with thumbnail, the wrap the tokenizer names (InternVL's <img> / </img>, or another pair), several
-    images, different aspect ratios."""
+    images, different aspect ratios. The hub's -hf checkpoints save crop_to_patches false in their
+    preprocessor_config.json: InternVLProcessor tiles anyway (its images_kwargs default), and so must Ocellus."""
     import transformers as tf
     from PIL import Image
     import numpy as np
@@ -134,7 +136,7 @@ def test_processor_equals_internvl_processor(tmp_path, monkeypatch, wrap):
     hf_tok = tf.AutoTokenizer.from_pretrained(d)
     ref = _reference(**CASES[0], vocab=len(hf_tok), image_token_id=hf_tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
     ref.save_pretrained(d)
-    image_proc = tf.GotOcr2ImageProcessor(crop_to_patches=True, min_patches=1, max_patches=6,
+    image_proc = tf.GotOcr2ImageProcessor(crop_to_patches=crop_to_patches, min_patches=1, max_patches=6,
                                           size={"height": 28, "width": 28})
     image_proc.save_pretrained(d)
     # its class check looks up the video processor, which needs torchvision (not installed): skip only that check

@@ -59,8 +59,8 @@ def test_save_load_round_trip_is_exact(tiny_vlm_parts, tmp_path):
     model, tok = _compose(tiny_vlm_parts, feature_layer=-2)
     ocellus.save(model, tmp_path, tokenizer=tok)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor", "size": {"height": 48, "width": 48},
-        "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+        "image_processor_type": "CLIPImageProcessor", "size": {"height": 48, "width": 48}, "do_center_crop": False,
+        "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))   # CLIP's class crops to 224 unless told not to
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["architectures"] == ["OcellusQwenVLForConditionalGeneration"]
     assert cfg["model_type"] == "ocellus_qwen_vl" and cfg["resampler"] == {"num_queries": 9, "num_heads": 4}

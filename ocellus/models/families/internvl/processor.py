@@ -28,6 +28,12 @@ def make_processor(tok, image_config, model_cfg: dict, per_tile: int, image_toke
                    image_wrap=IMAGE_WRAP):
     """InternVL's processor: tiles (image_config.crop_to_patches / min_patches / max_patches, tile size
     size_hw) and `image_wrap[0] + image_token * (per_tile * tiles) + image_wrap[1]` per image."""
+    tile = _tower_config(model_cfg["vision_config"]).image_size
+    if image_config.size_hw != (tile, tile):   # per_tile counts tower-sized tiles: any other size is miscounted
+        size = "x".join(map(str, image_config.size_hw)) if image_config.size_hw else "no"
+        raise ConfigError(f"InternVL: the image processor makes tiles of {size} pixels but the vision tower's "
+                          f"image_size is {tile}; set size {{'height': {tile}, 'width': {tile}}} in "
+                          f"preprocessor_config.json")
     image_inputs = functools.partial(_internvl_image_inputs, image_config=image_config, per_tile=per_tile,
                                      use_thumbnail=bool(model_cfg.get("use_thumbnail", True)))
     return Processor(tok, image_config, patch_size=1, image_token=image_token, chat_template=chat_template,
@@ -82,7 +88,10 @@ def processor_from_dir(directory):
     if proc_cfg.get("image_seq_length") not in (None, per_tile):
         raise ConfigError(f"{directory}: processor_config.json has image_seq_length={proc_cfg['image_seq_length']} "
                           f"but config.json's tower and downsample_ratio give {per_tile} tokens per tile")
-    proc = make_processor(tok, ImageProcessorConfig.from_dict(image_dict), model_cfg, per_tile, image_token,
+    # InternVLProcessor calls its image processor with crop_to_patches=True whatever the file says (the hub's -hf
+    # checkpoints save false there): an InternVL image is always tiled
+    image_config = replace(ImageProcessorConfig.from_dict(image_dict), crop_to_patches=True)
+    proc = make_processor(tok, image_config, model_cfg, per_tile, image_token,
                           chat_template=proc_cfg.get("chat_template") if not tok.chat_template else None,
                           image_wrap=wrap)
     if int(model_cfg.get("image_token_id", proc.image_token_id)) != proc.image_token_id:

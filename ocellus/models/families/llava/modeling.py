@@ -8,6 +8,7 @@ multimodal_projector_bias. The key table and config writer: checkpoint.py; the p
 """
 from __future__ import annotations
 
+from ocellus.data.image import LLAVA_NEXT_GRID_PINPOINTS
 from ocellus.errors import ConfigError
 from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.models.connectors.mlp import MLPProjector
@@ -19,7 +20,7 @@ from ocellus.models.vlm import VLM
 MODEL_TYPES = ("llava",)
 # transformers' LlavaNextConfig default, for a config.json that leaves it out (LLaVA-NeXT's; counted by
 # processor.py too)
-DEFAULT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+DEFAULT_GRID_PINPOINTS = [list(p) for p in LLAVA_NEXT_GRID_PINPOINTS]
 # the model.* keys of a LLaVA recipe (run.build_model reads `from` and `init_from` itself)
 SPEC_KEYS = frozenset({"architecture", "vision_from", "llm_from", "connector", "feature_layer", "feature_select",
                        "image_token", "init_from"})

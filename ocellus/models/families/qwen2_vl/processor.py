@@ -69,7 +69,8 @@ def _image_config(image_config, vision: Qwen2VisionConfig, min_pixels: int | Non
     # size_hw is not used to resize (smart_resize is): it records the largest square the budget takes,
     # the scene size the eval harness renders for a dynamic-resolution model
     side = math.isqrt(int(max_pixels)) // factor * factor
-    return replace(image_config, do_resize=True, size_hw=(side, side), shortest_edge=None, min_pixels=int(min_pixels),
+    # do_resize stays the file's: off, transformers patchifies the image as it is (a multiple of patch * merge)
+    return replace(image_config, size_hw=(side, side), shortest_edge=None, min_pixels=int(min_pixels),
                    max_pixels=int(max_pixels), patch_size=vision.patch_size,
                    temporal_patch_size=vision.temporal_patch_size, merge_size=vision.spatial_merge_size,
                    processor_type="Qwen2VLImageProcessor")
