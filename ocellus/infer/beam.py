@@ -73,7 +73,8 @@ def beam_search(model, prompt, cfg, tokenizer=None, **prefill_kwargs) -> torch.T
         if cfg.constrains:   # on the log-probs, as transformers' beam search applies its processors
             logp = process_logits(logp, flat(run_seqs[:, :, :cur]), do_sample=False,
                                   repetition_penalty_=cfg.repetition_penalty,
-                                  no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned=cfg.banned(eos, cur - T))
+                                  no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned=cfg.banned(eos, cur - T),
+                                  padding=None if mask is None else mask[:, :cur] == 0)
         V = logp.shape[-1]
         total = (logp.view(B, K, V) + run_scores[:, :, None]).view(B, K * V)         # [B, K*V]
         cand_scores, cand_idx = torch.topk(total, keep, dim=-1)                      # [B, keep]

@@ -218,7 +218,8 @@ def decode_steps(model, prompt: Prompt, cfg: GenerationConfig, tokenizer=None,
                 scores = process_logits(scores, seqs[:, :T + step], do_sample=sample, temperature=cfg.temperature,
                                         top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
                                         repetition_penalty_=cfg.repetition_penalty,
-                                        no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned=cfg.banned(eos, step))
+                                        no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned=cfg.banned(eos, step),
+                                        padding=None if mask is None else mask[:, :T + step] == 0)
             nxt = choose(scores, sample, gen)                                       # [B]
         if can_finish and cfg.pad_token_id is not None:
             nxt = nxt.masked_fill(finished, cfg.pad_token_id)

@@ -11,12 +11,18 @@ import torch
 NEG_INF = float("-inf")
 
 
-def repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+def repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float,
+                       padding: torch.Tensor | None = None) -> torch.Tensor:
     """CTRL (Keskar et al. 2019): logits of tokens already in `seen` [B, T] are divided by the
-    penalty when positive and multiplied when negative, so both move towards less likely."""
+    penalty when positive and multiplied when negative, so both move towards less likely. padding [B, T]: the
+    left padding of `seen`, whose ids count for nothing (transformers' generate skips it too)."""
+    vocab = scores.shape[-1]
+    if padding is not None:   # padding reads a column past the vocabulary, dropped at the end
+        seen = seen.masked_fill(padding, vocab)
+        scores = torch.nn.functional.pad(scores, (0, 1))
     picked = scores.gather(1, seen)                                          # [B, T]
     picked = torch.where(picked < 0, picked * penalty, picked / penalty)
-    return scores.scatter(1, seen, picked)
+    return scores.scatter(1, seen, picked)[:, :vocab]
 
 
 def no_repeat_ngram(scores: torch.Tensor, seen: torch.Tensor, n: int) -> torch.Tensor:
@@ -62,11 +68,12 @@ def min_p_filter(scores: torch.Tensor, min_p: float, min_keep: int = 1) -> torch
 def process_logits(scores: torch.Tensor, seen: torch.Tensor, *, do_sample: bool, temperature: float = 1.0,
                    top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
                    repetition_penalty_: float | None = None, no_repeat_ngram_size: int | None = None,
-                   banned: torch.Tensor | None = None) -> torch.Tensor:
+                   banned: torch.Tensor | None = None, padding: torch.Tensor | None = None) -> torch.Tensor:
     """scores [B, V] fp32, seen [B, T] ids so far -> processed scores (same shape). banned: ids removed this step
-    (eos while fewer than min_new_tokens are generated)."""
+    (eos while fewer than min_new_tokens are generated). padding [B, T]: seen's left padding, which the repetition
+    penalty skips (the n-grams read it, as transformers' do)."""
     if repetition_penalty_ is not None and repetition_penalty_ != 1.0:
-        scores = repetition_penalty(scores, seen, repetition_penalty_)
+        scores = repetition_penalty(scores, seen, repetition_penalty_, padding)
     if no_repeat_ngram_size:
         scores = no_repeat_ngram(scores, seen, no_repeat_ngram_size)
     if banned is not None and banned.numel():

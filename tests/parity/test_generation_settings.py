@@ -122,3 +122,19 @@ def test_save_writes_the_generation_defaults_back(with_file, tmp_path):
     ocellus.save(ours, tmp_path)
     assert json.loads((tmp_path / "generation_config.json").read_text()) == FILE
     assert ocellus.load(tmp_path).generation_defaults == FILE
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_repetition_penalty_skips_left_padding_like_transformers(pair, beams):
+    """transformers' generate does not count a row's left padding as seen tokens: padding written with the very
+    token the row goes on to choose must not push it down."""
+    ref, ours = pair
+    ids = _prompt(2, 8, seed=3)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    kw = dict(max_new_tokens=6, repetition_penalty=3.0, num_beams=beams, eos_token_id=7)
+    alone = ref.generate(ids[:1, 3:], do_sample=False, **kw)[0, 5:]                 # row 0 unpadded
+    padded = ids.masked_fill(mask == 0, int(alone[0]))
+    want = ref.generate(padded, attention_mask=mask, do_sample=False, **kw)
+    assert torch.equal(want[0, 8:], alone)                                          # the padding counted nothing
+    assert torch.equal(ours.generate(padded, attention_mask=mask, **kw), want)
