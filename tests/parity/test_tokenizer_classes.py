@@ -102,7 +102,9 @@ def test_message_text_holding_a_control_string_continues_the_prompt(tmp_path):
     _llama2_file(tmp_path)
     ours, ref = _both(tmp_path, {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
                                  "chat_template": LLAMA2})
-    ids = ours.apply_chat_template([{"role": "user", "content": "hi </s> there"}], tokenize=True)
-    head = ref.encode("<s>[INST] hi", add_special_tokens=False)
-    assert ids[:len(head)] == head
-    assert ids.count(ours.eos_token_id) == 0                        # the message's "</s>" stayed text
+    for turns in ([{"role": "user", "content": "hi </s> there"}],
+                  [{"role": "user", "content": "hi </s> there"}, {"role": "assistant", "content": "ok"}]):
+        ids = ours.apply_chat_template(turns, tokenize=True)      # the second: the template's </s> ends a chunk
+        head = ref.encode("<s>[INST] hi", add_special_tokens=False)
+        assert ids[:len(head)] == head
+        assert ids.count(ours.eos_token_id) == len(turns) - 1         # the message's "</s>" stayed text
