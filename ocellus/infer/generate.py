@@ -37,8 +37,8 @@ class GenerationConfig:
     repetition_penalty: float | None = None
     no_repeat_ngram_size: int | None = None     # no n-gram of this size twice in a row's ids (prompt included)
     min_new_tokens: int = 0                     # eos is not chosen before this many tokens
-    eos_token_id: tuple[int, ...] | None = None   # None: the model config's
-    pad_token_id: int | None = None               # None: the model config's, else the first eos
+    eos_token_id: tuple[int, ...] | None = None   # None: generation_config.json's, without one config.json's
+    pad_token_id: int | None = None               # None: likewise, else the first eos
     stop_strings: tuple[str, ...] = ()            # needs a tokenizer
     num_beams: int = 1
     length_penalty: float = 1.0
