@@ -184,6 +184,8 @@ register(FamilyRecord("llava", ("llava",), ("LlavaForConditionalGeneration",), c
 register(FamilyRecord("llava_next", ("llava_next",), ("LlavaNextForConditionalGeneration",),
                       checkpoint=_F + "llava_next.checkpoint", modeling=_F + "llava_next.modeling",
                       processor=_F + "llava.processor", export=_F + "llava_next.processor"))
+register(FamilyRecord("llava_onevision", ("llava_onevision",), ("LlavaOnevisionForConditionalGeneration",),
+                      checkpoint=_F + "llava_onevision.checkpoint", processor=_F + "llava_onevision.processor"))
 register(FamilyRecord("blip2", ("blip-2", "ocellus_blip2"),
                       ("Blip2ForConditionalGeneration", "OcellusBlip2ForConditionalGeneration"),
                       checkpoint=_F + "blip2.checkpoint", modeling=_F + "blip2.modeling",

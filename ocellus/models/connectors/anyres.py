@@ -16,6 +16,8 @@ into P = (tile/patch)^2 feature rows. This module puts them back together, per i
             with the learned `image_newline` vector after every row       [r, c + 1, D]
     out   = [base ; grid flattened row-major]                              [P + r*(c+1), D]
 
+LLaVA-OneVision (its vision_aspect_ratio "anyres_max_N", `max_patches`) shrinks the unpadded grid
+bilinearly to `anyres_max_shape` before the newlines when it holds more than ~N tiles' features (`cap`).
 The newline token tells the LLM where a row of the (variable-shaped) grid ends, which a flat
 sequence otherwise cannot say. The count is checked against `tokens_per_image('anyres', ...)`,
 the function the processor uses to expand the <image> placeholder, so both sides agree or an
@@ -26,10 +28,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ocellus.data.image_tiling import (
     _check_pinpoints,
+    anyres_max_shape,
     anyres_unpad_box,
     clip_num_tokens,
     select_best_resolution,
@@ -45,11 +49,14 @@ class AnyresPacker(nn.Module):
     image_grid_pinpoints). tile_size: the vision tower's image_size (each view is tile x tile).
     patch_size: the tower's patch size. feature_select / num_extra_tokens: what the tower's
     `features()` keeps per view ('default' drops CLIP's CLS; num_extra_tokens 1 for CLIP, 0 for SigLIP).
+    max_patches: LLaVA-OneVision's vision_aspect_ratio anyres_max_N: an unpadded grid of more than ~N tiles'
+    features is bilinearly shrunk to anyres_max_shape before its newlines (None: LLaVA-NeXT, never).
     """
 
     def __init__(self, hidden_size: int, grid_pinpoints, tile_size: int, patch_size: int,
-                 feature_select: str = "default", num_extra_tokens: int = 1):
+                 feature_select: str = "default", num_extra_tokens: int = 1, max_patches: int | None = None):
         super().__init__()
+        self.max_patches = max_patches
         self.grid_pinpoints = [tuple(int(x) for x in p) for p in (grid_pinpoints or [])]
         _check_pinpoints(self.grid_pinpoints, tile_size)
         self.tile_size = tile_size
@@ -85,7 +92,7 @@ class AnyresPacker(nn.Module):
         return tokens_per_image("anyres", image_size=image_size, grid_pinpoints=self.grid_pinpoints,
                                 tile_size=self.tile_size, patch_size=self.patch_size,
                                 feature_select=self.feature_select, num_extra_tokens=self.num_extra_tokens,
-                                image_newline=True)
+                                image_newline=True, max_patches=self.max_patches)
 
     @staticmethod
     def sizes_list(image_sizes, num_images: int | None = None) -> list[tuple[int, int]]:
@@ -124,7 +131,7 @@ class AnyresPacker(nn.Module):
             grid = tiles.reshape(rows, cols, side, side, D)                          # [rows, cols, side, side, D]
             grid = grid.permute(0, 2, 1, 3, 4).reshape(rows * side, cols * side, D)  # [R, C, D] one big map
             top, bottom, left, right = anyres_unpad_box(size, (rows * side, cols * side))
-            grid = grid[top:bottom, left:right]                                      # [r, c, D] padding cut
+            grid = self.cap(grid[top:bottom, left:right])                            # [r, c, D] padding cut
             newline = self.image_newline.to(grid.dtype).expand(grid.shape[0], 1, D)  # [r, 1, D]
             grid = torch.cat([grid, newline], dim=1)                                 # [r, c + 1, D]
             seq = torch.cat([base, grid.flatten(0, 1)])                              # [P + r*(c+1), D]
@@ -136,9 +143,19 @@ class AnyresPacker(nn.Module):
             out.append(seq)
         return out
 
+    def cap(self, grid: torch.Tensor) -> torch.Tensor:
+        """[r, c, D] unpadded map -> [r', c', D] within max_patches tiles' worth (OneVision's anyres_max_N):
+        bilinear, corners not aligned, as transformers interpolates it; unchanged when under the cap."""
+        rows, cols = anyres_max_shape(grid.shape[0], grid.shape[1], self.side, self.max_patches)
+        if (rows, cols) == tuple(grid.shape[:2]):
+            return grid
+        chw = grid.permute(2, 0, 1).unsqueeze(0)                                     # [1, D, r, c]
+        return F.interpolate(chw, size=(rows, cols), mode="bilinear")[0].permute(1, 2, 0)   # [r', c', D]
+
     def extra_repr(self) -> str:
+        cap = "" if self.max_patches is None else f", max_patches={self.max_patches}"
         return (f"grid_pinpoints={self.grid_pinpoints}, tile_size={self.tile_size}, patch_size={self.patch_size}, "
-                f"feature_select={self.feature_select!r}")
+                f"feature_select={self.feature_select!r}{cap}")
 
 
 def view_counts(features: torch.Tensor, image_sizes, num_views, what: str) -> tuple[list, list[int]]:

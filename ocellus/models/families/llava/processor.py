@@ -20,35 +20,39 @@ from ocellus.models.families.llava.modeling import DEFAULT_GRID_PINPOINTS
 from ocellus.models.vision.vit import ViTConfig
 from ocellus.models.vlm import VLM
 
-PROCESSOR_MODEL_TYPES = ("llava", "llava_next")   # this processor serves LLaVA-NeXT too (anyres views)
+# this processor serves LLaVA-NeXT too (anyres views), and LLaVA-OneVision's (llava_onevision/processor.py) counts
+# with it
+PROCESSOR_MODEL_TYPES = ("llava", "llava_next", "llava_onevision")
 
 
-def training_processor(model: VLM, tok, image_config):
-    """The recipe's processor (LLaVA-NeXT's too: with an anyres packer, its canvases and tile size)."""
+def training_processor(model: VLM, tok, image_config, make=Processor):
+    """The recipe's processor (LLaVA-NeXT's too: with an anyres packer, its canvases and tile size). make: the
+    Processor class (LLaVA-OneVision's, with its cap)."""
     vit = model.vision_tower.config
     packer = getattr(model, "packer", None)
     anyres = {} if packer is None else {"grid_pinpoints": packer.grid_pinpoints, "tile_size": packer.tile_size}
-    return Processor(tok, image_config, patch_size=vit.patch_size, num_extra_tokens=int(vit.use_cls_token),
-                     feature_select=model.feature_select, image_token=tok.convert_ids_to_tokens(model.image_token_id),
-                     **anyres)
+    return make(tok, image_config, patch_size=vit.patch_size, num_extra_tokens=int(vit.use_cls_token),
+                feature_select=model.feature_select, image_token=tok.convert_ids_to_tokens(model.image_token_id),
+                **anyres)
 
 
 def count_from_config(cfg: dict, directory: Path) -> dict:
     """The token-count numbers as the model built from config.json will use them: patch_size,
-    num_extra_tokens, feature_select, and for LLaVA-NeXT grid_pinpoints / tile_size."""
+    num_extra_tokens, feature_select, and for LLaVA-NeXT / OneVision grid_pinpoints / tile_size."""
     vit = ViTConfig.from_hf({**cfg, "model_type": "llava"})  # the model's own parser (defaults); llava_next nests alike
     out = dict(patch_size=vit.patch_size, num_extra_tokens=int(vit.use_cls_token),
                feature_select=cfg.get("vision_feature_select_strategy", "default"), grid_pinpoints=None)
-    if cfg.get("model_type") == "llava_next":
+    if cfg.get("model_type") in ("llava_next", "llava_onevision"):
         pinpoints = cfg.get("image_grid_pinpoints") or DEFAULT_GRID_PINPOINTS
         out.update(grid_pinpoints=tuple(tuple(int(x) for x in p) for p in pinpoints), tile_size=vit.image_size)
     return out
 
 
-def processor_from_dir(directory) -> Processor:
+def processor_from_dir(directory, make=Processor, defaults=None) -> Processor:
     """A LLaVA / LLaVA-NeXT checkpoint directory -> its Processor (ocellus.load_processor through the registry):
     tokenizer files, preprocessor_config.json (or processor_config.json's image_processor), chat_template.jinja,
-    and config.json for the token count.
+    and config.json for the token count. make: the Processor class, defaults: config.json -> with the class
+    defaults of its model_type filled in (both LLaVA-OneVision's: its cap, its defaults).
 
     config.json is the model's truth (patch size, CLS token, feature strategy, image_token_index), read by
     count_from_config -> the token-count numbers the model uses; processor_config.json's own numbers
@@ -69,6 +73,8 @@ def processor_from_dir(directory) -> Processor:
     tokenizer = Tokenizer.from_dir(directory)
     proc_cfg = _read_json(directory / "processor_config.json") or {}
     model_cfg = _read_json(directory / "config.json")
+    if model_cfg is not None and defaults is not None:
+        model_cfg = defaults(model_cfg)
 
     # What the processor config says (transformers' LlavaProcessor defaults where it is silent).
     counted = dict(patch_size=proc_cfg.get("patch_size"),
@@ -105,10 +111,10 @@ def processor_from_dir(directory) -> Processor:
         if pinpoints is not None:  # the tower's input size is the crop (or fixed) size of a view
             view = image_config.crop_size or image_config.size_hw or (image_config.shortest_edge,)
             counted["tile_size"] = view[0]
-    processor = Processor(tokenizer, image_config, image_token=image_token, grid_pinpoints=pinpoints,
-                          pad_to_square=bool(image_dict.get("do_pad")) and "llava" in ptype.lower(),
-                          chat_template=proc_cfg.get("chat_template") if not tokenizer.chat_template else None,
-                          **counted)
+    processor = make(tokenizer, image_config, image_token=image_token, grid_pinpoints=pinpoints,
+                     pad_to_square=bool(image_dict.get("do_pad")) and "llava" in ptype.lower(),
+                     chat_template=proc_cfg.get("chat_template") if not tokenizer.chat_template else None,
+                     **counted)
     if model_cfg is not None:
         index = model_cfg.get("image_token_index", model_cfg.get("image_token_id"))
         if index is not None and int(index) != processor.image_token_id:

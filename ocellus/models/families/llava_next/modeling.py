@@ -32,16 +32,17 @@ MODEL_TYPES = ("llava_next",)
 SPEC_KEYS = LLAVA_SPEC_KEYS | {"image_grid_pinpoints"}
 
 
-def build_llava_next(cfg: dict) -> VLM:
+def build_llava_next(cfg: dict, *, max_patches: int | None = None, cls: type[VLM] = VLM) -> VLM:
     """config.json dict -> VLM with an AnyresPacker. The tower, projector and decoder are LLaVA-1.5's
-    (build_llava checks and builds them); the packer adds the newline and the grid geometry."""
+    (build_llava checks and builds them); the packer adds the newline and the grid geometry. max_patches and
+    cls: LLaVA-OneVision's anyres_max_N cap and its VLM subclass (llava_onevision/modeling.py)."""
     base = build_llava(cfg)
     tower = base.vision_tower.config
     pinpoints = cfg.get("image_grid_pinpoints") or DEFAULT_GRID_PINPOINTS
     packer = AnyresPacker(base.config.hidden_size, pinpoints, tile_size=tower.image_size,
                           patch_size=tower.patch_size, feature_select=base.feature_select,
-                          num_extra_tokens=int(tower.use_cls_token))
-    model = VLM(base.vision_tower, base.multi_modal_projector, base.language_model,
+                          num_extra_tokens=int(tower.use_cls_token), max_patches=max_patches)
+    model = cls(base.vision_tower, base.multi_modal_projector, base.language_model,
                 image_token_id=base.image_token_id, feature_layer=base.feature_layer,
                 feature_select=base.feature_select, config=base.config, packer=packer)
     model.hf_config = dict(cfg)
