@@ -116,6 +116,15 @@ def anyres_view_size(cfg: ImageProcessorConfig) -> tuple[int, int]:
     return made.pop()
 
 
+def check_anyres_views(cfg: ImageProcessorConfig, tile_size: int, who: str = "anyres") -> None:
+    """A ConfigError naming both sizes unless every anyres view comes out tile_size x tile_size, the tower's input:
+    the model counts and packs each view as that many patches, whatever size the pixels have."""
+    made = anyres_view_size(cfg)
+    if made != (tile_size, tile_size):
+        raise ConfigError(f"{who}: the image processor makes {made[0]}x{made[1]} views but the vision tower takes "
+                          f"{tile_size}x{tile_size} (its image_size); set size / crop_size to it")
+
+
 def anyres_views(img: Image.Image, cfg: ImageProcessorConfig) -> list[Image.Image]:
     """[global view, tile_0, tile_1, ...]: the global view is the whole image squashed to the base
     size; tiles are row-major over the padded canvas chosen by select_best_resolution."""

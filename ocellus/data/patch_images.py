@@ -16,8 +16,7 @@ from PIL import Image
 import torch
 
 from ocellus.data.image import ImageProcessorConfig, preprocess
-from ocellus.data.image_tiling import anyres_view_size, preprocess_anyres, tokens_per_image
-from ocellus.errors import ConfigError
+from ocellus.data.image_tiling import check_anyres_views, preprocess_anyres, tokens_per_image
 
 
 class PatchImages:
@@ -36,9 +35,8 @@ class PatchImages:
         views of another size than the tower's input: every view is counted (and packed) as tile x tile."""
         side = self.patch_size if self.grid_pinpoints is None else self.tile_size
         self.num_image_tokens(side, side)
-        if self.grid_pinpoints is not None and (made := anyres_view_size(self.image_config)) != (side, side):
-            raise ConfigError(f"anyres: the image processor makes {made} views but the vision tower takes "
-                              f"{side}x{side} (its image_size); set size / crop_size to it")
+        if self.grid_pinpoints is not None:
+            check_anyres_views(self.image_config, side)
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """Tokens one image becomes (what the model splices in). Single view: (height, width) is the

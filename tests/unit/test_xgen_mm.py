@@ -176,6 +176,10 @@ def test_bad_input_is_a_typed_error_naming_it(tiny_vlm_parts, tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({**pre, "crop_size": {"height": 24, "width": 24}}))
     with pytest.raises(ConfigError, match="cuts 24 px tiles but the vision tower reads 48 px views"):
         ocellus.load_processor(tmp_path)
+    # 48 px tiles, but every view resized to 40 (no crop): the sampler would read 40 px views as 48 px ones
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({**pre, "size": {"height": 40, "width": 40}}))
+    with pytest.raises(ConfigError, match="makes 40x40 views but the vision tower takes 48x48"):
+        ocellus.load_processor(tmp_path)
 
 
 def test_shipped_recipe_trains_exports_and_is_scored(tiny_vlm_parts, tmp_path):

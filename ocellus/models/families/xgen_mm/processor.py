@@ -9,7 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ocellus.data.image import ImageProcessorConfig
-from ocellus.data.image_tiling import _anyres_sizes, anyres_num_views, preprocess_anyres, tokens_per_image
+from ocellus.data.image_tiling import (_anyres_sizes, anyres_num_views, check_anyres_views, preprocess_anyres,
+                                      tokens_per_image)
 from ocellus.data.processor import _read_json, image_processor_dict, Processor
 from ocellus.data.tokenizer import Tokenizer
 from ocellus.errors import ConfigError
@@ -39,6 +40,7 @@ def make_processor(tok, image_config, *, grid_pinpoints, tile_size: int, num_lat
     if tile != tile_size:
         raise ConfigError(f"xGen-MM: the image processor cuts {tile} px tiles but the vision tower reads "
                           f"{tile_size} px views; set crop_size (or size) to {tile_size}")
+    check_anyres_views(image_config, tile_size, "xGen-MM")   # and the views, after resize / crop, are tiles
     image_inputs = functools.partial(_xgen_mm_image_inputs, image_config=image_config, grid_pinpoints=pinpoints,
                                      tile_size=tile_size, num_latents=num_latents)
     return Processor(tok, image_config, patch_size=1, image_token=image_token, chat_template=chat_template,
