@@ -88,7 +88,11 @@ def full_optimizer_state(model: nn.Module, optimizer) -> dict:
 
 
 def load_full_state(model: nn.Module, optimizer, model_state: dict, optim_state: dict) -> None:
-    """Scatter full tensors back into a (possibly sharded) model and optimizer."""
+    """Scatter full tensors back into a (possibly sharded) model and optimizer. A checkpoint may leave tensors out
+    (save_trainable_only); one naming a tensor the model lacks is refused, sharded or not (FSDP2 keeps the names)."""
+    foreign = set(model_state) - set(model.state_dict())
+    if foreign:
+        raise ConfigError(f"checkpoint tensors {sorted(foreign)[:5]} are not in the model")
     if is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
@@ -96,9 +100,6 @@ def load_full_state(model: nn.Module, optimizer, model_state: dict, optim_state:
         set_model_state_dict(model, model_state, options=opts)
         set_optimizer_state_dict(model, optimizer, optim_state_dict=optim_state, options=opts)
         return
-    missing = set(model_state) - set(model.state_dict())
-    if missing:
-        raise ConfigError(f"checkpoint tensors {sorted(missing)[:5]} are not in the model")
     model.load_state_dict(model_state, strict=False)
     optimizer.load_state_dict(optim_state)
 

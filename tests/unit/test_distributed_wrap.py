@@ -8,6 +8,7 @@ import torch.distributed as dist
 from torch import nn
 
 import ocellus.train.distributed as D
+from ocellus.errors import ConfigError
 from tests.unit.test_trainer import tiny_decoder, tiny_llava
 
 
@@ -111,6 +112,9 @@ def test_fsdp_checkpoint_holds_full_tensors_and_resume_restores_model_and_optimi
     # a trainable-only checkpoint (save_trainable_only): the embeddings stay as they are
     partial = {k: v for k, v in trained.items() if "embed_tokens" not in k}
     kept = _plain(D.full_model_state(fresh))
+    with pytest.raises(ConfigError, match="lm_head.extra"):             # a foreign name is refused, as unsharded
+        D.load_full_state(fresh, fresh_opt, {**_plain(partial), "lm_head.extra": torch.zeros(1)}, optim_state)
+    assert all(torch.equal(t, kept[k]) for k, t in D.full_model_state(fresh).items())   # and nothing was loaded
     D.load_full_state(fresh, fresh_opt, _plain(partial), optim_state)   # a copy: the load fills the dict in place
     got = D.full_model_state(fresh)
     assert all(torch.equal(got[k], partial[k]) for k in partial)
