@@ -31,6 +31,7 @@ SIZES = [(30, 62), (95, 96), (31, 95), (96, 29), (40, 90)]
 def _reference(vocab=120, image_token=IMG):
     import transformers as tf
     vision_cfg, tc = tiny_llava_towers("siglip", "qwen2", max_positions=1024)
+    vision_cfg.vision_use_head = False   # as OneVision's checkpoints ship their SigLIP tower: no pooling head
     cfg = tf.LlavaOnevisionConfig(vision_config=vision_cfg, text_config={**tc, "vocab_size": vocab},
                                   image_token_index=image_token,
                                   image_grid_pinpoints=PINPOINTS, vision_aspect_ratio=f"anyres_max_{MAX}")
