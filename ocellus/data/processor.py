@@ -113,6 +113,9 @@ class Processor:
                  video_token: str | None = None, video_inputs: VideoInputs | None = None,
                  stop_strings: tuple[str, ...] = ()):
         self.tokenizer = tokenizer
+        # file name -> the image / video processor settings of the directory it was read from (from_dir), written
+        # back as they were by ocellus.save: a saved checkpoint's processor is the one it was loaded with
+        self.source_settings: dict[str, dict] = {}
         if any(not isinstance(s, str) or not s for s in stop_strings):
             raise ConfigError(f"stop_strings must be non-empty strings, got {stop_strings!r}")
         self.stop_strings = tuple(stop_strings)
@@ -173,7 +176,11 @@ class Processor:
         ocellus.load_processor) returns a text-only checkpoint's Tokenizer instead."""
         directory = Path(path)
         module = processor_module(read_model_type(directory), str(directory / "config.json"))
-        return module.processor_from_dir(directory)
+        processor = module.processor_from_dir(directory)
+        processor.source_settings = {name: settings for name, settings in (
+            ("preprocessor_config.json", image_processor_dict(directory)),
+            ("video_preprocessor_config.json", video_processor_dict(directory))) if settings is not None}
+        return processor
 
     # ---- what the model needs to know -----------------------------------------------------------
 

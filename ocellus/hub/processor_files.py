@@ -55,9 +55,12 @@ PROCESSOR_CLASSES = {"llava": "LlavaProcessor", "llava_next": "LlavaNextProcesso
 
 
 def write_processor_files(processor, path, model_type: str | None) -> None:
-    """processor: an ocellus.data.processor.Processor. Writes chat_template.jinja when it has a template
-    and processor_config.json when model_type has a LLaVA-style processor class."""
+    """processor: an ocellus.data.processor.Processor. Writes the image / video processor settings it was read
+    with (Processor.source_settings: preprocessor_config.json, video_preprocessor_config.json), chat_template.jinja
+    when it has a template and processor_config.json when model_type has a LLaVA-style processor class."""
     path = Path(path)
+    for name, settings in getattr(processor, "source_settings", {}).items():
+        (path / name).write_text(json.dumps(settings, indent=2))
     template = processor.chat_template
     if template:
         (path / "chat_template.jinja").write_text(template)
