@@ -118,6 +118,11 @@ def resolve_config(model, kwargs: dict) -> GenerationConfig:
     (infer/generation_config.py), then eos / pad from the model's config where still unset."""
     gen_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in GenerationConfig.__dataclass_fields__}
     defaults = checkpoint_defaults(model, GenerationConfig.__dataclass_fields__)
+    if defaults.get("do_sample") and "do_sample" not in gen_kw and _is_int(gen_kw.get("num_beams")) \
+            and gen_kw["num_beams"] > 1:   # say where the sampling comes from: the caller asked for beams only
+        raise ConfigError(f"generation: the checkpoint's generation_config.json sets do_sample=true and beam sampling "
+                          f"(num_beams={gen_kw['num_beams']} with do_sample) is not implemented; pass "
+                          f"do_sample=False for beam search")
     return _resolve_special(model, GenerationConfig.from_kwargs(**{**defaults, **gen_kw}))
 
 

@@ -44,3 +44,15 @@ def test_the_engine_stops_at_the_files_eos_list():
     model = _decoder(eos=2)
     model.generation_defaults = {"eos_token_id": [2, 9]}
     assert BatchEngine(model, None, slots=1, prepack=False).eos == (2, 9)
+
+
+def test_beams_over_a_sampling_file_name_the_file_and_the_way_out():
+    """A chat checkpoint's file sets do_sample=true; a caller asking for beams alone is told the sampling comes from
+    the file and that do_sample=False gives beam search (which then runs as asked)."""
+    model = _decoder(eos=2)
+    model.generation_defaults = {"do_sample": True, "temperature": 0.7}
+    with pytest.raises(ConfigError, match="generation_config.json sets do_sample=true.*do_sample=False"):
+        resolve_config(model, {"num_beams": 3})
+    cfg = resolve_config(model, {"num_beams": 3, "do_sample": False})
+    assert cfg.num_beams == 3 and cfg.greedy
+    assert not resolve_config(model, {}).greedy                     # without beams the file's sampling stands
