@@ -428,7 +428,7 @@ class DecodeStep {
                       int64_t cols, float* y) {
         int64_t b0, b1;
         share(first.back(), t, n, b0, b1);
-        gemv_blocks<W>(mats, first, in, xd, 1, cols, y, 0, b0, b1);
+        gemv_blocks<W>(mats, first, in, xd, 1, cols, y, 0, b0, b1, std::is_same_v<T, at::BFloat16>);
         const int64_t rows = mats[0].rows;
         return std::make_pair(std::min(rows, b0 * ROWS), std::min(rows, b1 * ROWS));
       };

@@ -18,14 +18,22 @@ void bind_decode_step(pybind11::module& m);   // decode_step.cpp
 
 namespace {
 
+// whether every x[i] is a bf16 value (its low 16 bits zero): bf16 activations handed over as float32
+bool holds_bf16(const float* x, int64_t n) {
+  uint32_t low = 0;
+  for (int64_t i = 0; i < n; ++i) low |= reinterpret_cast<const uint32_t*>(x)[i] & 0xFFFFu;
+  return low == 0;
+}
+
 template <typename T>
-void run(const std::vector<Matrix>& mats, const float* x, int64_t batch, int64_t n, float* y, int64_t ldy) {
+void run(const std::vector<Matrix>& mats, const float* x, int64_t batch, int64_t n, float* y, int64_t ldy,
+         bool x_bf16) {
   const std::vector<int64_t> first = block_starts(mats);
   const bool prepared = std::is_same_v<T, at::BFloat16> || (std::is_same_v<T, int8_t> && quantized_x(n));
   std::vector<float> xd(prepared ? batch * n : 0);
   prepare_x<T>(x, batch, n, xd.data());
   at::parallel_for(0, first.back(), 16, [&](int64_t b0, int64_t b1) {
-    gemv_blocks<T>(mats, first, x, xd.data(), batch, n, y, ldy, b0, b1);
+    gemv_blocks<T>(mats, first, x, xd.data(), batch, n, y, ldy, b0, b1, x_bf16);
   });
 }
 
@@ -62,9 +70,11 @@ torch::Tensor gemv(const torch::Tensor& x, const std::vector<torch::Tensor>& wei
   torch::Tensor y = torch::empty({batch, cols}, x.options().dtype(at::kFloat));
   const float* xp = xf.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  if (wt == at::kFloat) run<float>(mats, xp, batch, n, yp, cols);
-  else if (wt == at::kBFloat16) run<at::BFloat16>(mats, xp, batch, n, yp, cols);
-  else run<int8_t>(mats, xp, batch, n, yp, cols);
+  // bf16 rows read x as bf16 where that is exact: bf16 activations, or float32 ones holding bf16 values
+  const bool x_bf16 = wt == at::kBFloat16 && (x.scalar_type() == at::kBFloat16 || holds_bf16(xp, batch * n));
+  if (wt == at::kFloat) run<float>(mats, xp, batch, n, yp, cols, false);
+  else if (wt == at::kBFloat16) run<at::BFloat16>(mats, xp, batch, n, yp, cols, x_bf16);
+  else run<int8_t>(mats, xp, batch, n, yp, cols, false);
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
 
@@ -109,6 +119,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "bf16 rows through the AVX-512 kernel (where the CPU has it) or the AVX2 one; returns the previous choice");
   m.def("use_vnni", [](bool on) { const bool was = HAS_VNNI; HAS_VNNI = on && CPU_VNNI; return was; },
         "int8 rows against x quantized to int16 (AVX-512 VNNI, where the CPU has it) or fp32 x; returns the previous");
+  m.def("use_dpbf16", [](bool on) { const bool was = HAS_DPBF16; HAS_DPBF16 = on && CPU_DPBF16; return was; },
+        "bf16 rows with bf16 x through vdpbf16ps (AVX-512 BF16, where the CPU has it) or shift-and-FMA; returns the "
+        "previous choice");
   m.def("read_pass", &read_pass, "read every byte of the tensors once (the decode roofline's read)");
   bind_decode_step(m);
 }

@@ -33,6 +33,10 @@ inline bool HAS_AVX512 = CPU_AVX512;
 // Whether int8 rows read x quantized to int16 (VNNI) or as fp32; `use_vnni(False)` gives the exact-activation rows.
 inline const bool CPU_VNNI = CPU_AVX512 && __builtin_cpu_supports("avx512vnni");
 inline bool HAS_VNNI = CPU_VNNI;
+// Whether bf16 rows whose x holds bf16 values sum column pairs with vdpbf16ps (AVX-512 BF16); `use_dpbf16(False)`
+// gives the shift-and-FMA rows, so that tests check both.
+inline const bool CPU_DPBF16 = CPU_AVX512 && __builtin_cpu_supports("avx512bf16");
+inline bool HAS_DPBF16 = CPU_DPBF16;
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const at::BFloat16* p) {           // bf16 -> fp32: the 16 bits become the high half
@@ -127,6 +131,31 @@ void dot_rows_bf16_512(const at::BFloat16* w, int64_t ld, const float* x, const 
   }
   for (int r = 0; r < R; ++r) {
     float s = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
+    for (int64_t j = i; j < n; ++j) s += widen(w[r * ld + j]) * x[j];   // the last n % 32 columns
+    y[r] = s;
+  }
+}
+
+// bf16 rows against x holding bf16 values, AVX-512 BF16: 32 columns a load, one vdpbf16ps a row (w[2k] x[2k] +
+// w[2k+1] x[2k+1] into lane k). A product of two bf16 is exact in fp32, so each lane's sum is the FMA chain's
+// arithmetic in a third of the instructions (shift, mask and two FMAs before); it reads denormal inputs as zero, as
+// oneDNN's bf16 kernels do. x comes as float32 and is packed to bf16 once per 32 columns for all R rows: exact only
+// because every x[i] is already a bf16 value (the caller says so: `x_bf16`).
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
+void dot_rows_bf16_dp(const at::BFloat16* w, int64_t ld, const float* x, int64_t n, float* y) {
+  __m512 a[R];
+  for (int r = 0; r < R; ++r) a[r] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512bh xb = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
+    for (int r = 0; r < R; ++r) {
+      prefetch(w + (R + r) * ld + i);
+      a[r] = _mm512_dpbf16_ps(a[r], (__m512bh)_mm512_loadu_si512(w + r * ld + i), xb);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = _mm512_reduce_add_ps(a[r]);
     for (int64_t j = i; j < n; ++j) s += widen(w[r * ld + j]) * x[j];   // the last n % 32 columns
     y[r] = s;
   }
@@ -272,10 +301,12 @@ inline void prepare_x(const float* x, int64_t batch, int64_t n, float* xd) {
 }
 
 // Blocks [b0, b1) of `mats` against x [batch, n] (xd: prepare_x's), into y [batch, ldy] fp32 (scaled for int8).
+// x_bf16: every x[i] is a bf16 value (bf16 activations), so bf16 rows may read x as bf16 (dot_rows_bf16_dp).
 template <typename T>
 void gemv_blocks(const std::vector<Matrix>& mats, const std::vector<int64_t>& first, const float* x, const float* xd,
-                 int64_t batch, int64_t n, float* y, int64_t ldy, int64_t b0, int64_t b1) {
+                 int64_t batch, int64_t n, float* y, int64_t ldy, int64_t b0, int64_t b1, bool x_bf16 = false) {
   if (b0 >= b1) return;
+  const bool dp = x_bf16 && HAS_DPBF16 && HAS_AVX512;
   size_t k = 0;
   for (int64_t b = b0; b < b1; ++b) {
     while (b >= first[k + 1]) ++k;
@@ -288,7 +319,11 @@ void gemv_blocks(const std::vector<Matrix>& mats, const std::vector<int64_t>& fi
       const float* xs = x + s * n;
       if constexpr (std::is_same_v<T, at::BFloat16>) {
         const float* xds = xd + s * n;
-        if (HAS_AVX512 && rows == ROWS) {
+        if (dp && rows == ROWS) {
+          dot_rows_bf16_dp<ROWS>(w, n, xs, n, acc);
+        } else if (dp) {
+          for (int64_t r = 0; r < rows; ++r) dot_rows_bf16_dp<1>(w + r * n, n, xs, n, acc + r);
+        } else if (HAS_AVX512 && rows == ROWS) {
           dot_rows_bf16_512<ROWS>(w, n, xs, xds, n, acc);
         } else if (HAS_AVX512) {
           for (int64_t r = 0; r < rows; ++r) dot_rows_bf16_512<1>(w + r * n, n, xs, xds, n, acc + r);

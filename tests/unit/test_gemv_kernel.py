@@ -131,6 +131,31 @@ def test_vnni_int8_rows_stay_within_the_quantization_bound_and_do_not_overflow(e
     torch.testing.assert_close(y[:1].double(), sx.double() * (xq.double() @ codes.double().T), rtol=1e-6, atol=1e-3)
 
 
+def has_dpbf16(ext) -> bool:
+    was = ext.use_dpbf16(True)
+    return ext.use_dpbf16(was)
+
+
+@pytest.mark.parametrize("dp", [True, False])          # bf16 rows: vdpbf16ps (where the CPU has it), shift-and-FMA
+@pytest.mark.parametrize("n", [77, 2051])              # 32-wide steps and a tail; long
+def test_bf16_rows_with_bf16_x_equal_a_float64_product(ext, dp, n):
+    """x holding bf16 values (float32 here, so that the float32 sums show) reads as bf16 pairs through
+    vdpbf16ps: the same float64 product as the shift-and-FMA rows, row counts not a multiple of the block, batch 1
+    and 3. x that is not a bf16 value must not be rounded to one: those rows read x as it is."""
+    if dp and not has_dpbf16(ext):
+        pytest.skip("this CPU has no AVX-512 BF16")
+    g = torch.Generator().manual_seed(n)
+    w = [torch.randn(o, n, generator=g).bfloat16() for o in (13, 6, 301)]
+    was = ext.use_dpbf16(dp)
+    try:
+        for batch in (1, 3):
+            for x in (torch.randn(batch, n, generator=g).bfloat16().float(), torch.randn(batch, n, generator=g)):
+                ref = torch.cat([x.double() @ t.double().T for t in w], dim=1)
+                torch.testing.assert_close(ext.gemv(x, w, []).double(), ref, rtol=1e-5, atol=1e-5 * n ** 0.5)
+    finally:
+        ext.use_dpbf16(was)
+
+
 def test_kernel_takes_bf16_activations_and_gives_bf16(ext):
     g = torch.Generator().manual_seed(3)
     x, w = torch.randn(1, 77, generator=g).bfloat16(), torch.randn(13, 77, generator=g).bfloat16()
