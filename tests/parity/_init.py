@@ -77,3 +77,13 @@ def tiny_llava_towers(vision: str = "clip", text: str = "llama", tie: bool = Fal
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
                     pad_token_id=0, eos_token_id=None, tie_word_embeddings=tie)
     return vision_cfg, text_cfg
+
+
+def assert_logits_match_on_real_tokens(model, ref, got: dict, expected: dict, tol: float = 1e-5) -> None:
+    """Our model on our processor's batch against the reference on its own (left-padded) batch: logits of the
+    real tokens equal. Positions are passed to both: transformers' forward does not derive them from the mask."""
+    pos = (got["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    keep = got["attention_mask"].bool()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**got, position_ids=pos).logits[keep],
+                                   ref(**expected, position_ids=pos).logits[keep], atol=tol, rtol=tol)

@@ -16,7 +16,7 @@ from ocellus.data.image import ImageProcessorConfig
 from ocellus.data.image_tiling import anyres_max_shape, anyres_unpad_box, preprocess_anyres, select_best_resolution
 from ocellus.errors import ConfigError
 from ocellus.models.families.llava_onevision.modeling import build_llava_onevision
-from _init import padded, shift_biases_and_norms, spread_init, tiny_llava_towers
+from _init import assert_logits_match_on_real_tokens, padded, shift_biases_and_norms, spread_init, tiny_llava_towers
 
 IMG = 100
 TILE, PATCH = 32, 8
@@ -205,12 +205,7 @@ def test_processor_and_logits_equal_transformers(tmp_path, monkeypatch):
     assert torch.equal(got["attention_mask"], expected["attention_mask"])
     torch.testing.assert_close(got["pixel_values"], expected["pixel_values"], atol=0, rtol=0)
     assert torch.equal(got["image_sizes"], expected["image_sizes"].to(torch.int64))
-    model = ocellus.load(d)
-    pos = (got["attention_mask"].cumsum(-1) - 1).clamp(min=0)   # transformers' forward does not derive them
-    keep = got["attention_mask"].bool()
-    with torch.no_grad():
-        torch.testing.assert_close(model(**got, position_ids=pos).logits[keep],
-                                   ref(**expected, position_ids=pos).logits[keep], atol=1e-5, rtol=1e-5)
+    assert_logits_match_on_real_tokens(ocellus.load(d), ref, got, expected)
     with pytest.raises(ConfigError, match="llava_onevision: several images in one sample"):
         ours(text=["<image> and <image>"], images=_images()[:2])
     cfg = json.loads((d / "processor_config.json").read_text())

@@ -6,8 +6,11 @@ bad-input battery can reach each of them cheaply; every test talks to it over HT
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.server
 import io
 import json
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +24,18 @@ API_KEY = "sk-ocellus-test"
 MODEL_ID = "llava-tiny-shapes"
 TEST_LIMITS = dict(max_images=4, max_image_pixels=1024 * 1024, max_request_pixels=2_500_000, max_tokens=200,
                    max_request_bytes=2_000_000, slots=4, max_queue=32, max_n=3)
+
+
+@contextlib.contextmanager
+def loopback_http(handler: type[http.server.BaseHTTPRequestHandler]):
+    """A threaded HTTP server on a free loopback port answering with `handler` -> its port; shut down after."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 @pytest.fixture(scope="session")

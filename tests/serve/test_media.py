@@ -3,14 +3,13 @@ addresses, no redirects, a byte cap, file:// only inside the allowed directory."
 from __future__ import annotations
 
 import http.server
-import threading
 
 import pytest
 
 from ocellus.errors import InputError
 from ocellus.serve import media
 from ocellus.serve.limits import ServeLimits
-from tests.serve.conftest import data_url, shape_image
+from tests.serve.conftest import data_url, loopback_http, shape_image
 
 
 @pytest.fixture()
@@ -38,10 +37,8 @@ def http_server():
         def log_message(self, *args):
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    with loopback_http(Handler) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_data_url_formats():

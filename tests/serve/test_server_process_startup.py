@@ -9,12 +9,12 @@ import http.server
 import json
 import socket
 import subprocess
-import threading
 
 import pytest
 
 from ocellus.serve import process
 from ocellus.serve.process import ServerProcess
+from tests.serve.conftest import loopback_http
 
 
 def test_free_port_is_a_port_that_can_be_bound():
@@ -65,11 +65,8 @@ def health_server():
 
         def log_message(self, *args):
             pass
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.server_address[1], hits
-    srv.shutdown()
-    srv.server_close()
+    with loopback_http(Handler) as port:
+        yield port, hits
 
 
 def test_the_child_is_told_the_polled_port_and_a_loading_server_is_waited_for(health_server, monkeypatch):
