@@ -387,6 +387,7 @@ class DecodeStep {
            const std::vector<torch::Tensor>& kc, const std::vector<torch::Tensor>& vc, int64_t pos, int64_t start,
            torch::Tensor& h_out, torch::Tensor& logits_out) const {
     const int64_t L = layers_.size(), H = H_, Hkv = Hkv_, Dh = Dh_, D = D_, F = F_, V = V_;
+    constexpr bool X_BF16 = std::is_same_v<T, at::BFloat16>;   // every GEMV input rounded to bf16 (see the top)
     const int64_t G = H / Hkv, Tk = pos + 1 - start, max_len = kc[0].size(2), heads = H + 2 * Hkv;
     const Position<T> where{ptr<T>(cos), ptr<T>(sin), cos.numel(), pos, max_len};
     // shared, each written in parts (rows, heads) between barriers
@@ -428,7 +429,7 @@ class DecodeStep {
                       int64_t cols, float* y) {
         int64_t b0, b1;
         share(first.back(), t, n, b0, b1);
-        gemv_blocks<W>(mats, first, in, xd, 1, cols, y, 0, b0, b1, std::is_same_v<T, at::BFloat16>);
+        gemv_blocks<W>(mats, first, in, xd, 1, cols, y, 0, b0, b1, X_BF16);
         const int64_t rows = mats[0].rows;
         return std::make_pair(std::min(rows, b0 * ROWS), std::min(rows, b1 * ROWS));
       };
@@ -437,7 +438,7 @@ class DecodeStep {
         T* kcache = static_cast<T*>(kc[l].data_ptr());
         T* vcache = static_cast<T*>(vc[l].data_ptr());
         rmsnorm<T>(x, w[IN_NORM], h);
-        prepare_x<W>(h, 1, D, xd);
+        prepare_x<W>(h, 1, D, xd, X_BF16);
         gemv(mqkv[l], fqkv[l], h, D, qkv.data());
 #pragma omp barrier
         for (int64_t j = heads * t / n; j < heads * (t + 1) / n; ++j)          // this thread's q|k|v heads
@@ -450,23 +451,23 @@ class DecodeStep {
           attend(qkv.data() + q * Dh, K, Vv, Tk, scores.data() + q * Tk, att.data() + q * Dh);
         }
 #pragma omp barrier
-        prepare_x<W>(att.data(), 1, H * Dh, xd);
+        prepare_x<W>(att.data(), 1, H * Dh, xd, X_BF16);
         gemv(mo[l], fo[l], att.data(), H * Dh, o.data());
 #pragma omp barrier
         residual<T>(x, o.data(), bias<T>(w[BO]), D);               // x += o; the MLP's norm
         rmsnorm<T>(x, w[POST_NORM], h);
-        prepare_x<W>(h, 1, D, xd);
+        prepare_x<W>(h, 1, D, xd, X_BF16);
         gemv(mgate[l], fmlp[l], h, D, gu.data());                  // gate and up: the same rows [r0, r1)
         const auto [r0, r1] = gemv(mup[l], fmlp[l], h, D, gu.data());
         swiglu<T>(gu.data(), gu.data() + F, bias<T>(w[BGATE]), bias<T>(w[BUP]), m.data(), r0, r1);
 #pragma omp barrier
-        prepare_x<W>(m.data(), 1, F, xd);
+        prepare_x<W>(m.data(), 1, F, xd, X_BF16);
         gemv(mdown[l], fdown[l], m.data(), F, dn.data());
 #pragma omp barrier
         residual<T>(x, dn.data(), bias<T>(w[BDOWN]), D);           // x += down
       }
       rmsnorm<T>(x, norm_, h);
-      prepare_x<W>(h, 1, D, xd);
+      prepare_x<W>(h, 1, D, xd, X_BF16);
       const auto [r0, r1] = gemv(mhead, fhead, h, D, logits.data());
       store(lo + r0, logits.data() + r0, r1 - r0);                 // this thread's logits
       if (t == 0) store(ho, h, D);

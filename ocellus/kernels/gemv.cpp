@@ -31,7 +31,7 @@ void run(const std::vector<Matrix>& mats, const float* x, int64_t batch, int64_t
   const std::vector<int64_t> first = block_starts(mats);
   const bool prepared = std::is_same_v<T, at::BFloat16> || (std::is_same_v<T, int8_t> && quantized_x(n));
   std::vector<float> xd(prepared ? batch * n : 0);
-  prepare_x<T>(x, batch, n, xd.data());
+  prepare_x<T>(x, batch, n, xd.data(), x_bf16);
   at::parallel_for(0, first.back(), 16, [&](int64_t b0, int64_t b1) {
     gemv_blocks<T>(mats, first, x, xd.data(), batch, n, y, ldy, b0, b1, x_bf16);
   });

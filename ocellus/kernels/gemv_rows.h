@@ -276,8 +276,12 @@ inline float max_abs_512(const float* x, int64_t n, bool& finite) {
 // codes round(x / sx), sx = max|x| / XQ_MAX (NaN where x is not finite: those rows read x as fp32); other weights
 // read x itself (xd untouched). Every thread of the decode step makes its own (on its critical path): the int8
 // scale and codes 16 at a time (AVX-512; scalar they took 1.24 us at n = 768 here, vectorised 0.1 us).
+// Whether bf16 rows read x as bf16 pairs (dot_rows_bf16_dp): x holds bf16 values and the CPU has AVX-512 BF16.
+inline bool bf16_pairs(bool x_bf16) { return x_bf16 && HAS_DPBF16 && HAS_AVX512; }
+
+// x_bf16: as gemv_blocks' (bf16 rows reading x as bf16 pairs need no de-interleaved copy).
 template <typename T>
-inline void prepare_x(const float* x, int64_t batch, int64_t n, float* xd) {
+inline void prepare_x(const float* x, int64_t batch, int64_t n, float* xd, bool x_bf16 = false) {
   if constexpr (std::is_same_v<T, int8_t>) {
     if (!quantized_x(n)) return;                   // (AVX-512 from here on)
     for (int64_t s = 0; s < batch; ++s) {
@@ -290,6 +294,7 @@ inline void prepare_x(const float* x, int64_t batch, int64_t n, float* xd) {
       quantize_512(xs, n, m > 0.f ? XQ_MAX / m : 0.f, reinterpret_cast<int16_t*>(head + 1));
     }
   } else if constexpr (std::is_same_v<T, at::BFloat16>) {   // GCC vectorises this copy: 58 ns at n = 768 here
+    if (bf16_pairs(x_bf16)) return;
     const int block = HAS_AVX512 ? 32 : 16, half = block / 2;
     for (int64_t s = 0; s < batch; ++s)
       for (int64_t i = 0; i + block <= n; i += block)
@@ -306,7 +311,7 @@ template <typename T>
 void gemv_blocks(const std::vector<Matrix>& mats, const std::vector<int64_t>& first, const float* x, const float* xd,
                  int64_t batch, int64_t n, float* y, int64_t ldy, int64_t b0, int64_t b1, bool x_bf16 = false) {
   if (b0 >= b1) return;
-  const bool dp = x_bf16 && HAS_DPBF16 && HAS_AVX512;
+  const bool dp = bf16_pairs(x_bf16);
   size_t k = 0;
   for (int64_t b = b0; b < b1; ++b) {
     while (b >= first[k + 1]) ++k;
