@@ -170,12 +170,13 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
                       tied: tuple[str, ...] = (), source: str = "checkpoint") -> None:
     ours = model.state_dict()
     filled: dict[str, torch.Tensor] = {}
-    unexpected, mismatched, wrong_shape = [], [], set()
+    unexpected, mismatched, wrong_shape, tied_copies = [], [], set(), {}
     for theirs, t in tensors.items():
         if keymap.dropped(theirs):
             continue
         key = key_to_ours(keymap, theirs)
         if key in tied:              # a tied copy (some exports write it): the source tensor wins
+            tied_copies[key] = t
             continue
         if key is None or key not in ours:
             unexpected.append(theirs)
@@ -185,6 +186,7 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
         else:
             filled[key] = t
     missing = [key_to_theirs(keymap, k) or k for k in ours if k not in filled and k not in tied and k not in wrong_shape]
+    _check_tied_copies(ours, filled, tied_copies, keymap, source)
     if missing or unexpected or mismatched:
         lines = [f"{source} does not match its config ({type(model).__name__}):"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
@@ -192,6 +194,18 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(filled, strict=False)  # copies, casting to the model's dtype
+
+
+def _check_tied_copies(ours: dict, filled: dict, copies: dict, keymap: KeyMap, source: str) -> None:
+    """A checkpoint tensor for a weight the config ties (lm_head to the embeddings) must equal the tensor it is
+    tied to: a different one is a separately trained head (transformers then unties; we would drop it)."""
+    for key, t in copies.items():
+        ptr = ours[key].data_ptr()
+        src = next((k for k, v in ours.items() if k != key and k not in copies and v.data_ptr() == ptr), None)
+        if src in filled and (t.shape != filled[src].shape or not torch.equal(t.to(filled[src].dtype), filled[src])):
+            raise CheckpointError(f"{source}: {key_to_theirs(keymap, key) or key} differs from "
+                                  f"{key_to_theirs(keymap, src) or src}, but config.json ties them "
+                                  f"(tie_word_embeddings): set it false in config.json to keep the separate head")
 
 
 # config.json's record of the side of the images a vision-language model trained on (written by a recipe's

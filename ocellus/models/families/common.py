@@ -38,7 +38,10 @@ def text_config(cfg: dict, family: str = "LLaVA", default: str = "llama") -> dic
     if text["model_type"] not in TEXT_MODEL_TYPES:
         raise ConfigError(f"{family} text_config.model_type {text['model_type']!r} is not a supported decoder "
                           f"({', '.join(TEXT_MODEL_TYPES)})")
-    if cfg.get("tie_word_embeddings") and "tie_word_embeddings" not in text:
+    # transformers 5 ties by the top-level flag, which its composite configs set when text_config's is (older
+    # saves kept it there): either one set ties, even over an explicit text_config false (what 5 itself saves
+    # for LlavaConfig(tie_word_embeddings=True) with no lm_head in the weights)
+    if cfg.get("tie_word_embeddings"):
         text["tie_word_embeddings"] = True
     return text
 

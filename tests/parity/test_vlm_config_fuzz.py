@@ -1,0 +1,65 @@
+"""VLM configs no other test names, against transformers (found by fuzzing each family's config space on tiny
+random checkpoints): one representative fixed config per mismatch found, each red before its fix."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import ocellus
+from ocellus.errors import CheckpointError
+from _init import shift_biases_and_norms, spread_init, tiny_llava_towers
+
+IMG = 100
+
+
+def _llava(tmp_path, **kw):
+    """A tiny transformers LLaVA (CLIP 32 px / patch 8, Qwen2 text) saved to tmp_path; kw: LlavaConfig fields."""
+    import transformers as tf
+    vision_cfg, tc = tiny_llava_towers("clip", "qwen2")
+    tc.update(kw.pop("text", {}))
+    cfg = tf.LlavaConfig(vision_config=vision_cfg, text_config=tc, image_token_index=IMG, **kw)
+    torch.manual_seed(0)
+    ref = shift_biases_and_norms(spread_init(tf.LlavaForConditionalGeneration(cfg).eval()))
+    ref.save_pretrained(tmp_path)
+    return ref
+
+
+def _ids_and_pixels(per_image=16, size=32):
+    g = torch.Generator().manual_seed(1)
+    row = torch.randint(1, 99, (12,), generator=g).tolist()
+    row[2:2] = [IMG] * per_image
+    return torch.tensor([row]), torch.randn(1, 3, size, size, generator=g)
+
+
+def _same_logits(ref, ours, **inputs):
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**inputs).logits, ref(**inputs).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_a_top_level_tie_over_an_explicit_text_config_false_ties(tmp_path):
+    """transformers 5 saves LlavaConfig(tie_word_embeddings=True) with text_config.tie_word_embeddings false and
+    no lm_head in the weights: the top-level flag ties. We read text_config's flag first and refused the
+    checkpoint (lm_head missing)."""
+    ref = _llava(tmp_path, tie_word_embeddings=True)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] and cfg["text_config"]["tie_word_embeddings"] is False
+    ids, pixels = _ids_and_pixels()
+    _same_logits(ref, ocellus.load(tmp_path), input_ids=ids, pixel_values=pixels)
+
+
+def test_a_separate_head_under_a_tying_config_is_refused_not_dropped(tmp_path):
+    """A config that ties lm_head to the embeddings over a checkpoint holding a different lm_head: transformers
+    unties and uses the head; dropping it for the embeddings would be a silently different model."""
+    _llava(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["tie_word_embeddings"] = True
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    tensors = load_file(tmp_path / "model.safetensors")
+    assert "language_model.lm_head.weight" in tensors
+    with pytest.raises(CheckpointError, match="lm_head.weight differs"):
+        ocellus.load(tmp_path)
+    key = next(k for k in tensors if k.endswith("embed_tokens.weight"))
+    tensors["language_model.lm_head.weight"] = tensors[key].clone()   # an export that writes the tied copy too: fine
+    save_file(tensors, tmp_path / "model.safetensors")
+    ocellus.load(tmp_path)
