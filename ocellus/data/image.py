@@ -310,7 +310,11 @@ class ImageProcessorConfig:
         if "resample" in d:
             kw["resample"] = _switched_number(d, "resample", "do_resize", kw)
         for key in ("image_mean", "image_std"):
-            if key in d:
+            if key == "image_mean" and key in d and d[key] is None and not kw.get("do_normalize", True):
+                # unread by the (off) normalisation, but LLaVA's square pad fills with int(mean * 255) and
+                # transformers' fill for no mean is black
+                kw[key] = (0.0, 0.0, 0.0)
+            elif key in d:
                 v = _switched_number(d, key, "do_normalize", kw)
                 kw[key] = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else (float(v),) * 3
         if d.get("image_grid_pinpoints") is not None:

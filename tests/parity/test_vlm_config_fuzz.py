@@ -63,3 +63,21 @@ def test_a_separate_head_under_a_tying_config_is_refused_not_dropped(tmp_path):
     tensors["language_model.lm_head.weight"] = tensors[key].clone()   # an export that writes the tied copy too: fine
     save_file(tensors, tmp_path / "model.safetensors")
     ocellus.load(tmp_path)
+
+
+@pytest.mark.parametrize("mean", [None, [0.25, 0.5, 0.75]])
+def test_llava_square_pad_without_a_mean_is_black(mean):
+    """LlavaImageProcessor with do_pad, do_normalize false and image_mean null pads with black (its fill is
+    int(mean * 255), no mean: 0); we padded with CLIP's mean. A given mean still fills, normalisation off."""
+    import numpy as np
+    from PIL import Image
+    from transformers import LlavaImageProcessorPil
+    from ocellus.data.image import ImageProcessorConfig, preprocess
+    d = {"image_processor_type": "LlavaImageProcessor", "do_pad": True, "do_normalize": False, "image_mean": mean,
+         "image_std": None, "do_resize": True, "size": {"shortest_edge": 24}, "do_center_crop": True,
+         "crop_size": {"height": 24, "width": 24}}
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 45, 3), dtype=np.uint8))
+    want = LlavaImageProcessorPil(**{k: v for k, v in d.items() if k != "image_processor_type"})(
+        image, return_tensors="pt").pixel_values
+    got = preprocess([image], ImageProcessorConfig.from_dict(d), pad_to_square=True)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
