@@ -3,8 +3,8 @@ Hugging Face tokenizer directory and behaves like transformers 5.x `AutoTokenize
 (the generic `TokenizersBackend` path, transformers/tokenization_utils_tokenizers.py):
 
 - encode/decode go straight to the tokenizer.json pipeline, except where tokenizer_config's `tokenizer_class`
-  builds its own (Llama's: data/tokenizer_classes.py), as transformers does. Its post-processor decides
-  whether BOS/EOS are added; when tokenizer.json exists transformers *ignores*
+  builds its own (Llama, GPT2, Qwen2, CLIP, Bert, T5: data/tokenizer_classes.py), as transformers does.
+  Its post-processor decides whether BOS/EOS are added; when tokenizer.json exists transformers *ignores*
   tokenizer_config's `add_bos_token`/`add_eos_token`, and so do we.
 - padding/truncation stored in tokenizer.json are switched off: transformers' `encode` never
   pads and truncates only when asked.
@@ -24,7 +24,8 @@ from tokenizers import AddedToken
 
 from ocellus.data.chat_template import render_chat_template
 from ocellus.data.control_tokens import encode_with_literals, refuse_control_text, render_with_spans
-from ocellus.data.tokenizer_classes import class_pipeline, class_special_defaults
+from ocellus.data.tokenizer_classes import (class_config, class_extra_tokens, class_finish, class_pipeline,
+                                            class_special_defaults, class_word_suffix)
 from ocellus.errors import CheckpointError, ConfigError, InputError
 from ocellus.hub.checkpoint_dir import read_json_object
 
@@ -113,6 +114,7 @@ class Tokenizer:
         backend.no_truncation()
         backend.no_padding()
         self._register_special_tokens()
+        self._word_suffix = class_word_suffix(self.config)   # CLIP's "</w>": decode makes it a space
 
     def _register_special_tokens(self):
         # Like transformers' load: re-add a named token tokenizer.json already has as it is there (keeps its
@@ -146,9 +148,16 @@ class Tokenizer:
             raise CheckpointError(f"cannot parse {tokenizer_json}: {e}") from e
         config = _read_json(directory / "tokenizer_config.json") or {}
         named, extra = _special_tokens(config, _read_json(directory / "special_tokens_map.json"))
-        named.update({k: _token(v) for k, v in class_special_defaults(config, named).items()})
-        backend = class_pipeline(backend, config)   # a tokenizer_class that builds its own pipeline (Llama's)
-        return cls(backend, named, extra, _chat_templates(directory, config), config)
+        # a tokenizer_class that builds its own pipeline (data/tokenizer_classes.py): its default special tokens,
+        # its model and pipeline over the file's vocabulary, and (once its tokens have ids) its post-processor
+        as_class = class_config(config, backend)
+        named.update({k: _token(v) for k, v in class_special_defaults(as_class, named).items()})
+        extra += [_token(t) for t in class_extra_tokens(as_class)]
+        special = {k: t.content for k, t in named.items()}
+        tokenizer = cls(class_pipeline(backend, as_class, special), named, extra, _chat_templates(directory, config),
+                        config)
+        class_finish(as_class, tokenizer.backend, special, [t.content for t in extra], tokenizer.convert_tokens_to_ids)
+        return tokenizer
 
     def save(self, path) -> None:
         """Write tokenizer.json + tokenizer_config.json (special tokens, chat template)."""
@@ -240,9 +249,18 @@ class Tokenizer:
         ids = ids.tolist() if hasattr(ids, "tolist") else ids  # accepts tensors and arrays too
         ids = [ids] if isinstance(ids, int) else [int(i) for i in ids]
         text = self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
-        if self.config.get("clean_up_tokenization_spaces") and type(self.backend.model).__name__ != "BPE":
-            text = _clean_up_tokenization(text)  # transformers 5 never applies it to BPE: it eats real spaces
-        return text
+        if self._word_suffix:
+            text = text.replace(self._word_suffix, " ").strip()   # as CLIPTokenizer's decode does
+        return _clean_up_tokenization(text) if self._cleans_up() else text
+
+    def _cleans_up(self) -> bool:
+        # transformers 5 never applies clean_up_tokenization_spaces to BPE: it eats real spaces
+        return bool(self.config.get("clean_up_tokenization_spaces")) and type(self.backend.model).__name__ != "BPE"
+
+    def unsettled_tail(self, text: str) -> int:
+        """How many trailing characters of a decoded text later tokens may still change (the streaming
+        detokenizer holds them back): with the clean-up on, a tail that may grow into " 's", " .", ...; else 0."""
+        return _clean_up_prefix(text) if self._cleans_up() else 0
 
     # ---- chat ---------------------------------------------------------------------------------
 
@@ -301,9 +319,20 @@ class Tokenizer:
         return text, spans if spans is not None else refuse_control_text(self, messages)
 
 
+# transformers' `clean_up_tokenization`: glue punctuation and English contractions back on
+_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
 def _clean_up_tokenization(text: str) -> str:
-    """transformers' `clean_up_tokenization`: glue punctuation and English contractions back on."""
-    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for before, after in _CLEAN_UP:
         text = text.replace(before, after)
     return text
+
+
+def _clean_up_prefix(text: str) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of a pattern the clean-up rewrites."""
+    for k in range(min(3, len(text)), 0, -1):
+        if any(before.startswith(text[-k:]) and len(before) > k for before, _ in _CLEAN_UP):
+            return k
+    return 0

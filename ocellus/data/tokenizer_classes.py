@@ -3,63 +3,260 @@
 The generic class (PreTrainedTokenizerFast, TokenizersBackend, or no class) runs tokenizer.json as it is. A class
 with its own `__init__` keeps only the file's vocabulary, merges, post-processor and added tokens, and builds the
 rest of the pipeline itself from the config's flags (transformers/tokenization_utils_tokenizers.py,
-`convert_to_native_format`); it also has default special tokens for the ones the config leaves out.
+`convert_to_native_format`); it also has default special tokens for the ones the config leaves out, and some set
+their own post-processor (transformers/models/<name>/tokenization_<name>.py, each class's `__init__`):
 
-Llama's class is the one whose pipeline real checkpoints' files disagree with: Llama-2 / Mistral / Vicuna / LLaVA
-ship a tokenizer.json that prepends "▁" in a normalizer, so after every special token too ("legacy"), while
-transformers' LlamaTokenizer builds a Metaspace pre-tokenizer that prepends it once (`legacy` false, the default),
-at every split (`legacy` true) or never (`add_prefix_space` false). Other classes rebuild what their files hold
-and are read as files.
+- Llama: Llama-2 / Mistral / Vicuna / LLaVA ship a tokenizer.json that prepends "▁" in a normalizer, so after
+  every special token too ("legacy"), while LlamaTokenizer builds a Metaspace pre-tokenizer that prepends it once
+  (`legacy` false, the default), at every split (`legacy` true) or never (`add_prefix_space` false). A byte-level
+  file under this class (DeepSeek, Llama-3 fine-tunes) is run as it is: AutoTokenizer switches to the generic class.
+- GPT2 (OPT, BLIP-2's text side): byte-level BPE, `add_prefix_space` from the config; the file's normalizer is
+  dropped.
+- Qwen2 (Qwen2-VL, InternVL on Qwen2): NFC, Qwen's split regex, byte-level without its own regex; every special
+  token, named or listed, is re-added as special without the file's lstrip / rstrip flags.
+- CLIP: NFC, whitespace runs to one space, lowercase, CLIP's split regex, "</w>" word ends; the post-processor
+  wraps text in <|startoftext|> ... <|endoftext|>, and decode turns "</w>" into a space and strips the text.
+- Bert (BLIP / ALBEF / Q-Former): WordPiece under a BertNormalizer from do_lower_case / strip_accents /
+  tokenize_chinese_chars; the post-processor writes [CLS] $A [SEP].
+- T5 (Flan-T5 in BLIP-2 / InstructBLIP): Unigram with unk id 2, the file's precompiled charsmap (and no other
+  normalizer), whitespace split + Metaspace; the post-processor appends </s>; `extra_ids` sentinels
+  <extra_id_N> are special tokens.
+
+A class whose model kind differs from the file's (a WordPiece file under GPT2Tokenizer) is a ConfigError naming
+tokenizer_class: transformers would build the class's model from a vocabulary it was not made for.
 """
 import json
+from dataclasses import dataclass, field
+from typing import Callable
 
 import tokenizers
+from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
+
+from ocellus.errors import ConfigError
 
 _META = "\u2581"   # "▁", SentencePiece's space
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+               r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+_BPE_PLAIN = {"dropout": None, "unk_token": None, "continuing_subword_prefix": "", "end_of_word_suffix": "",
+              "fuse_unk": False, "byte_fallback": False, "ignore_merges": False}
 
 
-def _llama_pipeline(data: dict, config: dict) -> dict:
-    """transformers' LlamaTokenizer.__init__ on the file's vocab and merges: byte-fallback BPE without an unk
-    token, a Metaspace pre-tokenizer, no normalizer; the decoder strips the prepended space only if one is added."""
-    prefix = config.get("add_prefix_space")
-    prefix = True if prefix is None else bool(prefix)
-    scheme = ("always" if config.get("legacy", False) else "first") if prefix else "never"
-    model = data["model"]
-    data["model"] = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                     "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
-                     "vocab": model["vocab"], "merges": model["merges"]}
-    data["normalizer"] = None
-    data["pre_tokenizer"] = {"type": "Metaspace", "replacement": _META, "prepend_scheme": scheme, "split": False}
-    steps = [{"type": "Replace", "pattern": {"String": _META}, "content": " "}, {"type": "ByteFallback"},
-             {"type": "Fuse"}]
-    if prefix:
-        steps.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
-    data["decoder"] = {"type": "Sequence", "decoders": steps}
-    return data
+def _flag(config: dict, name: str, default, null=ConfigError):
+    """config[name] as a bool (default when absent; `null` when null, where the class accepts None). Anything else
+    is a ConfigError naming the field: transformers' class fails on it."""
+    if name not in config:
+        return default
+    value = config[name]
+    if value is None and null is not ConfigError:
+        return null
+    if not isinstance(value, bool):
+        raise ConfigError(f"tokenizer_config.json field {name!r} must be true or false, got {value!r}")
+    return value
 
 
-# tokenizer_class -> (the model type its __init__ builds, pipeline(tokenizer.json data, config), default specials)
-_CLASSES = {
-    name: ("BPE", _llama_pipeline, {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"})
-    for name in ("LlamaTokenizer", "LlamaTokenizerFast")
-}
+def _byte_level(prefix: bool, use_regex: bool = True):
+    return pre_tokenizers.ByteLevel(add_prefix_space=prefix, trim_offsets=True, use_regex=use_regex)
 
 
-def class_pipeline(backend: tokenizers.Tokenizer, config: dict) -> tokenizers.Tokenizer:
+@dataclass(frozen=True)
+class _Class:
+    """What a tokenizer class's __init__ builds over the file's vocabulary."""
+    model: str                                     # the model kind the class builds ("BPE", "WordPiece", ...)
+    options: Callable[[dict, dict], dict]          # (config, special tokens) -> the model's JSON options
+    pipeline: Callable[[tokenizers.Tokenizer, dict], None]   # sets normalizer / pre-tokenizer / decoder
+    specials: dict = field(default_factory=dict)   # default special tokens
+    post: Callable | None = None                   # (special tokens, token -> id) -> its own post-processor
+    word_suffix: str | None = None                 # decode replaces it with " " and strips the text (CLIP)
+    required: tuple = ()                           # special tokens its model or post-processor cannot do without
+    readds: bool = False                           # re-adds every special token as a plain special one (Qwen2)
+
+
+def _llama_options(config, special):
+    return {"dropout": None, "unk_token": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
+            "fuse_unk": True, "byte_fallback": True, "ignore_merges": False}
+
+
+def _llama_pipeline(backend, config):
+    """transformers' LlamaTokenizer.__init__: a Metaspace pre-tokenizer, no normalizer; the decoder strips the
+    prepended space only if one is added."""
+    prefix = _flag(config, "add_prefix_space", True, null=True)
+    scheme = ("always" if _flag(config, "legacy", False, null=False) else "first") if prefix else "never"
+    backend.normalizer = None
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_META, prepend_scheme=scheme, split=False)
+    steps = [decoders.Replace(_META, " "), decoders.ByteFallback(), decoders.Fuse()]
+    backend.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+
+
+def _gpt2_pipeline(backend, config):
+    backend.normalizer = None
+    backend.pre_tokenizer = _byte_level(_flag(config, "add_prefix_space", False))
+    backend.decoder = decoders.ByteLevel()
+
+
+def _qwen2_pipeline(backend, config):
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        _byte_level(_flag(config, "add_prefix_space", False, null=False), use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+
+
+def _clip_options(config, special):
+    return {**_BPE_PLAIN, "end_of_word_suffix": "</w>", "unk_token": special["unk_token"]}
+
+
+def _clip_pipeline(backend, config):
+    backend.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                               normalizers.Lowercase()])
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True), _byte_level(False)])
+    backend.decoder = decoders.ByteLevel()
+
+
+def _clip_post(special, token_id):
+    eos, bos = special["eos_token"], special["bos_token"]
+    return processors.RobertaProcessing((eos, token_id(eos)), (bos, token_id(bos)), trim_offsets=False,
+                                        add_prefix_space=False)
+
+
+def _bert_options(config, special):
+    return {"unk_token": special["unk_token"], "continuing_subword_prefix": "##", "max_input_chars_per_word": 100}
+
+
+def _bert_pipeline(backend, config):
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=_flag(config, "tokenize_chinese_chars", True),
+        strip_accents=_flag(config, "strip_accents", None, null=None),
+        lowercase=_flag(config, "do_lower_case", True))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+
+
+def _bert_post(special, token_id):
+    cls, sep = special["cls_token"], special["sep_token"]
+    return processors.TemplateProcessing(single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+                                         special_tokens=[(cls, token_id(cls)), (sep, token_id(sep))])
+
+
+def _t5_options(config, special):
+    return {"unk_id": 2, "byte_fallback": False}
+
+
+def _t5_pipeline(backend, config):
+    # the normalizer is the file's precompiled charsmap, set by class_pipeline
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement=_META, prepend_scheme="always")])
+    backend.decoder = decoders.Metaspace(replacement=_META, prepend_scheme="always", split=True)
+
+
+def _t5_post(special, token_id):
+    # transformers writes the literal "</s>" with the eos token's id, whatever the eos token is
+    return processors.TemplateProcessing(single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"],
+                                         special_tokens=[("</s>", token_id(special["eos_token"]))])
+
+
+_LLAMA = _Class("BPE", _llama_options, _llama_pipeline, {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"})
+_GPT2 = _Class("BPE", lambda c, s: dict(_BPE_PLAIN), _gpt2_pipeline,
+               {"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"})
+_QWEN2 = _Class("BPE", lambda c, s: dict(_BPE_PLAIN), _qwen2_pipeline,
+                {"unk_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+                readds=True)
+_CLIP = _Class("BPE", _clip_options, _clip_pipeline,
+               {"unk_token": "<|endoftext|>", "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>"}, _clip_post, "</w>", ("unk_token", "bos_token", "eos_token"))
+_BERT = _Class("WordPiece", _bert_options, _bert_pipeline,
+               {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                "mask_token": "[MASK]"}, _bert_post, required=("unk_token", "cls_token", "sep_token"))
+_T5 = _Class("Unigram", _t5_options, _t5_pipeline, {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"},
+             _t5_post, required=("eos_token",))
+
+# tokenizer_class -> what its __init__ builds; the *Fast names are the same class in transformers 5
+_CLASSES = {f"{name}{fast}": entry for name, entry in (
+    ("LlamaTokenizer", _LLAMA), ("GPT2Tokenizer", _GPT2), ("Qwen2Tokenizer", _QWEN2),
+    ("CLIPTokenizer", _CLIP), ("BertTokenizer", _BERT), ("T5Tokenizer", _T5)) for fast in ("", "Fast")}
+
+
+def _entry(config: dict) -> _Class | None:
+    """The class that rebuilds the pipeline, None for one that reads the file as it is."""
+    return _CLASSES.get(config.get("tokenizer_class"))
+
+
+def class_config(config: dict, backend: tokenizers.Tokenizer) -> dict:
+    """tokenizer_config as the class_* functions read it: AutoTokenizer loads a byte-level file under
+    LlamaTokenizer with the generic class (its Metaspace pipeline would garble byte-level text), so such a config
+    reads as the generic class's."""
+    if _entry(config) is _LLAMA and '"ByteLevel"' in backend.to_str():
+        return {**config, "tokenizer_class": "TokenizersBackend"}
+    return config
+
+
+def class_pipeline(backend: tokenizers.Tokenizer, config: dict, special: dict[str, str]) -> tokenizers.Tokenizer:
     """tokenizer.json's tokenizer as transformers runs it under config's tokenizer_class (the same one when the
-    class reads the file as it is, or builds another kind of model than the file's)."""
-    entry = _CLASSES.get(config.get("tokenizer_class"))
+    class reads the file as it is). special: the named special tokens' strings, defaults included."""
+    entry = _entry(config)
     if entry is None:
         return backend
     data = json.loads(backend.to_str())
-    if data["model"].get("type") != entry[0]:
-        return backend
-    return tokenizers.Tokenizer.from_str(json.dumps(entry[1](data, config)))
+    kind = data["model"].get("type")
+    if kind != entry.model:
+        raise ConfigError(f"tokenizer_config.json tokenizer_class {config['tokenizer_class']!r} builds a "
+                          f"{entry.model} model, but tokenizer.json holds a {kind} one; set tokenizer_class to "
+                          f"'PreTrainedTokenizerFast' to run the file as it is")
+    for name in entry.required:   # transformers fails on these (or builds a "None" token)
+        if not isinstance(special.get(name), str):
+            raise ConfigError(f"tokenizer_config.json sets {name} to null, but {config['tokenizer_class']} "
+                              f"needs one")
+    if entry is _T5:
+        data["normalizer"] = _precompiled(data.get("normalizer"))
+    data["model"].update(entry.options(config, special))
+    built = tokenizers.Tokenizer.from_str(json.dumps(data))
+    entry.pipeline(built, config)
+    return built
+
+
+def _precompiled(normalizer: dict | None) -> dict | None:
+    """The file's Precompiled normalizer (SentencePiece's charsmap), alone or in a Sequence; None without one."""
+    steps = (normalizer or {}).get("normalizers", [normalizer] if normalizer else [])
+    return next((s for s in steps if s.get("type") == "Precompiled" and s.get("precompiled_charsmap")), None)
+
+
+def class_finish(config: dict, backend: tokenizers.Tokenizer, special: dict[str, str], extras: list[str],
+                 token_id) -> None:
+    """What the class's __init__ does once its tokens have ids (token_id: token -> id): Qwen2 re-adds every special
+    token, named or listed, as special with no lstrip / rstrip / single_word (the file's flags are dropped, and a
+    listed extra the file holds as a plain token turns special); CLIP, Bert and T5 set their own post-processor."""
+    entry = _entry(config)
+    if entry is None:
+        return
+    if entry.readds:
+        contents = dict.fromkeys([*special.values(), *extras])
+        backend.add_special_tokens([tokenizers.AddedToken(c, special=True, normalized=False) for c in contents])
+    if entry.post is not None:
+        backend.post_processor = entry.post(special, token_id)
+
+
+def class_word_suffix(config: dict) -> str | None:
+    """The end-of-word suffix the class's decode turns into a space before stripping the text (CLIP's "</w>")."""
+    entry = _entry(config)
+    return None if entry is None else entry.word_suffix
 
 
 def class_special_defaults(config: dict, named: dict) -> dict[str, str]:
     """The class's default special tokens for the names neither config nor `named` (what the checkpoint's files
     name) sets; a name the config sets to null stays unset."""
-    entry = _CLASSES.get(config.get("tokenizer_class"))
-    defaults = entry[2] if entry else {}
+    entry = _entry(config)
+    defaults = entry.specials if entry else {}
     return {name: token for name, token in defaults.items() if name not in config and name not in named}
+
+
+def class_extra_tokens(config: dict) -> list[str]:
+    """Extra special tokens the class adds: T5's `extra_ids` sentinels <extra_id_0>, ... when the config lists no
+    additional_special_tokens / extra_special_tokens (an empty list too: transformers then adds none)."""
+    if _entry(config) is not _T5 or any(isinstance(config.get(k), list) for k in ("additional_special_tokens",
+                                                                                  "extra_special_tokens")):
+        return []
+    count = config.get("extra_ids", 100)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ConfigError(f"tokenizer_config.json field 'extra_ids' must be an int >= 0, got {count!r}")
+    return [f"<extra_id_{i}>" for i in range(count)]
