@@ -69,3 +69,15 @@ def write_processor_files(processor, path, model_type: str | None) -> None:
             "processor_class": PROCESSOR_CLASSES[model_type], "image_token": processor.image_token,
             "patch_size": processor.patch_size, "vision_feature_select_strategy": processor.feature_select,
             "num_additional_image_tokens": processor.num_extra_tokens}, indent=2))
+    elif model_type == "llava_onevision":
+        (path / "processor_config.json").write_text(json.dumps(onevision_processor_config(processor), indent=2))
+
+
+def onevision_processor_config(processor) -> dict:
+    """LlavaOnevisionProcessor's settings: it counts an image's tokens from num_image_tokens (one tile's patches,
+    a square: (tile / patch)^2) and vision_aspect_ratio (the anyres_max_N cap), which transformers defaults to
+    anyres_max_9 when the file leaves them out, whatever the model packs."""
+    return {"processor_class": "LlavaOnevisionProcessor", "image_token": processor.image_token,
+            "num_image_tokens": (processor.tile_size // processor.patch_size) ** 2,
+            "vision_feature_select_strategy": processor.feature_select,
+            "vision_aspect_ratio": f"anyres_max_{processor.max_patches}"}

@@ -81,3 +81,40 @@ def test_llava_square_pad_without_a_mean_is_black(mean):
         image, return_tensors="pt").pixel_values
     got = preprocess([image], ImageProcessorConfig.from_dict(d), pad_to_square=True)
     torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_onevision_saved_with_its_processor_reopens_in_both(tmp_path, monkeypatch):
+    """ocellus.save of a LLaVA-OneVision model with its processor wrote no processor_config.json: transformers'
+    LlavaOnevisionProcessor then counts with anyres_max_9 and no num_image_tokens. Now the saved dir reopens as
+    the OneVision processor in Ocellus and, with its processor_config.json, counts as ours in transformers; a
+    num_image_tokens that disagrees with the tower is a ConfigError."""
+    import transformers as tf
+    from ocellus.errors import ConfigError
+    from ocellus.models.families.llava_onevision.processor import OnevisionProcessor
+    from test_llava_onevision_parity import MAX, PINPOINTS, SIDE, TILE, _images, _reference
+    from test_processor_parity import _tokenizer
+    tok = _tokenizer(tmp_path)
+    src, out = tmp_path / "src", tmp_path / "out"
+    _reference(vocab=320, image_token=tok.convert_tokens_to_ids("<image>")).save_pretrained(src)
+    tf.LlavaOnevisionImageProcessorPil(size={"height": TILE, "width": TILE},
+                                       image_grid_pinpoints=PINPOINTS).save_pretrained(src)
+    tok.save_pretrained(src)
+    proc = ocellus.load_processor(src)
+    ocellus.save(ocellus.load(src), out, processor=proc)
+    again = ocellus.load_processor(out)
+    assert isinstance(again, OnevisionProcessor) and again.max_patches == MAX
+    written = json.loads((out / "processor_config.json").read_text())
+    assert written["processor_class"] == "LlavaOnevisionProcessor"
+    monkeypatch.setattr(tf.LlavaOnevisionProcessor, "check_argument_for_proper_class", lambda self, name, arg: None)
+    hf = tf.LlavaOnevisionProcessor(image_processor=tf.LlavaOnevisionImageProcessorPil.from_pretrained(out),
+                                    tokenizer=tf.AutoTokenizer.from_pretrained(out),
+                                    **{k: v for k, v in written.items() if k != "processor_class"})
+    text = ["<image>\nWhat is in the picture?", "Describe <image> the image.", "<image> red", "A <image>"]
+    images = _images()[:4]
+    want = hf(images=images, text=text, return_tensors="pt", padding=True, padding_side="left")
+    got = again(text=text, images=images)
+    assert got["input_ids"].tolist() == want["input_ids"].tolist()
+    torch.testing.assert_close(got["pixel_values"], want["pixel_values"], atol=0, rtol=0)
+    (out / "processor_config.json").write_text(json.dumps({**written, "num_image_tokens": SIDE * SIDE + 1}))
+    with pytest.raises(ConfigError, match="num_image_tokens 17"):
+        ocellus.load_processor(out)

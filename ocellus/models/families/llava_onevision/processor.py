@@ -54,11 +54,19 @@ def processor_from_dir(directory) -> OnevisionProcessor:
     processor_config.json's (transformers' processor counts with its own) must agree."""
     cfg = with_defaults(_read_json(Path(directory) / "config.json") or {})
     cap = max_patches(cfg["vision_aspect_ratio"])
-    said = (_read_json(Path(directory) / "processor_config.json") or {}).get("vision_aspect_ratio")
+    proc_cfg = _read_json(Path(directory) / "processor_config.json") or {}
+    said = proc_cfg.get("vision_aspect_ratio")
     if said is not None and max_patches(said) != cap:
         raise ConfigError(f"{directory}: processor_config.json has vision_aspect_ratio {said!r} but config.json "
                           f"{cfg['vision_aspect_ratio']!r}; the processor would count other token numbers than "
                           f"the model packs")
+    counted = llava.count_from_config(cfg, Path(directory))
+    per_tile = (counted["tile_size"] // counted["patch_size"]) ** 2   # transformers' processor counts with this
+    said = proc_cfg.get("num_image_tokens")
+    if said is not None and said != per_tile:
+        raise ConfigError(f"{directory}: processor_config.json has num_image_tokens {said!r} but config.json's "
+                          f"tower makes {per_tile} a tile; transformers' processor would count other token "
+                          f"numbers than the model packs")
     return llava.processor_from_dir(directory, make=functools.partial(OnevisionProcessor, max_patches=cap),
                                     defaults=with_defaults)
 
