@@ -118,3 +118,16 @@ def test_onevision_saved_with_its_processor_reopens_in_both(tmp_path, monkeypatc
     (out / "processor_config.json").write_text(json.dumps({**written, "num_image_tokens": SIDE * SIDE + 1}))
     with pytest.raises(ConfigError, match="num_image_tokens 17"):
         ocellus.load_processor(out)
+
+
+@pytest.mark.parametrize("width, mlp_width", [(56, 61), (88, 60), (1280, 3420), (48, 192)])
+def test_qwen2_vl_mlp_width_survives_its_ratio(width, mlp_width):
+    """Qwen2-VL writes its MLP width as mlp_ratio, read back as int(embed_dim * mlp_ratio) (transformers'
+    VisionMlp). The plain quotient reads back one short for some widths (61 / 56 * 56 = 60.99...), so a saved
+    tower did not reopen (a shape mismatch); an integer ratio stays an int (transformers 5 types it so)."""
+    from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig
+    ours = Qwen2VisionConfig(variant="qwen2_vl", depth=1, hidden_size=width, num_heads=2, intermediate_size=mlp_width)
+    written = ours.to_hf()
+    assert int(written["embed_dim"] * written["mlp_ratio"]) == mlp_width
+    assert Qwen2VisionConfig.from_hf(json.loads(json.dumps(written)), "qwen2_vl") == ours
+    assert isinstance(written["mlp_ratio"], int) == (mlp_width % width == 0)

@@ -22,6 +22,7 @@ A tower saved alone (a qwen2_vl recipe's vision_from): models/families/qwen2_vl/
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import math
 
 import torch
 from torch import nn
@@ -108,15 +109,24 @@ class Qwen2VisionConfig:
         out.setdefault("rope_parameters", {"rope_type": "axial"})
         out["rope_parameters"] = {**out["rope_parameters"], "rope_theta": self.rope_theta}
         if self.variant == "qwen2_vl":
-            ratio = self.intermediate_size / self.hidden_size
             out.update(model_type="qwen2_vl_vision", embed_dim=self.hidden_size, hidden_size=self.out_hidden_size,
-                       mlp_ratio=int(ratio) if ratio == int(ratio) else ratio)
+                       mlp_ratio=mlp_ratio(self.hidden_size, self.intermediate_size))
         else:
             out.update(model_type="qwen2_5_vl_vision", hidden_size=self.hidden_size,
                        out_hidden_size=self.out_hidden_size, intermediate_size=self.intermediate_size,
                        window_size=self.window_size, fullatt_block_indexes=list(self.fullatt_block_indexes),
                        tokens_per_second=self.tokens_per_second)
         return out
+
+
+def mlp_ratio(width: int, mlp_width: int) -> int | float:
+    """Qwen2-VL's config spelling of its MLP width: a ratio read back as int(width * ratio) (transformers'
+    VisionMlp). A fractional one (transformers 5 types it int, so such a tower stays Ocellus') is the float
+    just above the quotient when the quotient itself reads back one short (56 wide, 61: 61/56 * 56 = 60.99...)."""
+    if mlp_width % width == 0:
+        return mlp_width // width
+    ratio = mlp_width / width
+    return ratio if int(width * ratio) == mlp_width else math.nextafter(ratio, math.inf)
 
 
 # ---- positions and attention groups, from grid_thw alone ----------------------------------------
