@@ -131,3 +131,34 @@ def test_qwen2_vl_mlp_width_survives_its_ratio(width, mlp_width):
     assert int(written["embed_dim"] * written["mlp_ratio"]) == mlp_width
     assert Qwen2VisionConfig.from_hf(json.loads(json.dumps(written)), "qwen2_vl") == ours
     assert isinstance(written["mlp_ratio"], int) == (mlp_width % width == 0)
+
+
+def test_qwen2_vl_vision_heads_and_depth_under_their_other_names(tmp_path):
+    """transformers' Qwen2-VL vision config reads num_attention_heads / num_hidden_layers as num_heads / depth
+    (its attribute_map); we read the defaults (16 heads, 32 blocks) instead. Both spellings at once must agree."""
+    import transformers as tf
+    from ocellus.errors import ConfigError
+    from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig
+    tc = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+              num_key_value_heads=2, rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2],
+                                                      "rope_theta": 10000.0}, eos_token_id=None, bos_token_id=None)
+    cfg = tf.Qwen2VLConfig(text_config=tc, vision_config=dict(depth=2, embed_dim=64, hidden_size=32, num_heads=2,
+                                                               mlp_ratio=2), image_token_id=120, vision_start_token_id=122,
+                           vision_end_token_id=123)
+    torch.manual_seed(0)
+    ref = shift_biases_and_norms(spread_init(tf.Qwen2VLForConditionalGeneration(cfg).eval()), also=("ln_q",))
+    ref.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    vision = written["vision_config"]
+    vision["num_attention_heads"], vision["num_hidden_layers"] = vision.pop("num_heads"), vision.pop("depth")
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    ref = tf.Qwen2VLForConditionalGeneration.from_pretrained(tmp_path).eval()
+    grids = torch.tensor([[1, 4, 6]])
+    ids = torch.tensor([[5, 122] + [120] * 6 + [123, 7]])
+    pixels = torch.randn(24, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ref(input_ids=ids, pixel_values=pixels, image_grid_thw=grids, mm_token_type_ids=(ids == 120).long())
+        got = ocellus.load(tmp_path)(input_ids=ids, pixel_values=pixels, image_grid_thw=grids)
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="num_heads=2 and num_attention_heads=4"):
+        Qwen2VisionConfig.from_hf({"num_heads": 2, "num_attention_heads": 4}, "qwen2_vl")

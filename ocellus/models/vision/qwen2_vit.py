@@ -83,6 +83,7 @@ class Qwen2VisionConfig:
     @classmethod
     def from_hf(cls, cfg: dict, variant: str) -> "Qwen2VisionConfig":
         """Qwen2VLVisionConfig / Qwen2_5_VLVisionConfig dict (transformers' defaults for what it leaves out)."""
+        cfg = _aliased(cfg)
         theta = float((cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
         common = dict(variant=variant, patch_size=cfg.get("patch_size", 14),
                       temporal_patch_size=cfg.get("temporal_patch_size", 2),
@@ -117,6 +118,22 @@ class Qwen2VisionConfig:
                        window_size=self.window_size, fullatt_block_indexes=list(self.fullatt_block_indexes),
                        tokens_per_second=self.tokens_per_second)
         return out
+
+
+# the other names transformers' vision configs take for a field (their attribute_map)
+ALIASES = {"num_attention_heads": "num_heads", "num_hidden_layers": "depth"}
+
+
+def _aliased(cfg: dict) -> dict:
+    """cfg with ALIASES' names read as the fields they stand for (a config.json may spell the heads
+    num_attention_heads: read as the default 16 heads, a 1280-wide tower silently splits into other heads)."""
+    cfg = dict(cfg)
+    for alias, name in ALIASES.items():
+        if alias in cfg:
+            value = cfg.pop(alias)
+            if cfg.setdefault(name, value) != value:
+                raise ConfigError(f"vision_config has both {name}={cfg[name]!r} and {alias}={value!r}")
+    return cfg
 
 
 def mlp_ratio(width: int, mlp_width: int) -> int | float:
