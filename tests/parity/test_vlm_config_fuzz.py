@@ -162,3 +162,19 @@ def test_qwen2_vl_vision_heads_and_depth_under_their_other_names(tmp_path):
     torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=1e-4)
     with pytest.raises(ConfigError, match="num_heads=2 and num_attention_heads=4"):
         Qwen2VisionConfig.from_hf({"num_heads": 2, "num_attention_heads": 4}, "qwen2_vl")
+
+
+def test_onevision_image_token_id_spelling_is_not_overridden_by_the_default(tmp_path):
+    """LlavaOnevisionConfig reads image_token_id as image_token_index; our OneVision defaults filled
+    image_token_index=151646 over it, so the model looked for another placeholder. Two different values is a
+    ConfigError."""
+    from ocellus.errors import ConfigError
+    from test_llava_onevision_parity import _reference
+    _reference().save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["image_token_id"] = cfg.pop("image_token_index")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert ocellus.load(tmp_path).image_token_id == IMG
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "image_token_index": IMG + 1}))
+    with pytest.raises(ConfigError, match="image_token_index 101 and image_token_id 100"):
+        ocellus.load(tmp_path)

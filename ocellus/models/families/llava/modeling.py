@@ -44,6 +44,9 @@ def build_llava(cfg: dict) -> VLM:
     image_token = cfg.get("image_token_index", cfg.get("image_token_id"))
     if image_token is None:
         raise ConfigError("LLaVA config.json has no image_token_index")
+    if cfg.get("image_token_id", image_token) != image_token:   # one field under two names (transformers)
+        raise ConfigError(f"LLaVA config.json has image_token_index {image_token} and image_token_id "
+                          f"{cfg['image_token_id']}")
     model = VLM(vision, projector, decoder, image_token_id=int(image_token), feature_layer=layer,
                 feature_select=select, config=text_cfg)
     model.hf_config = dict(cfg)

@@ -51,7 +51,9 @@ class LlavaOnevision(VLM):
 def with_defaults(cfg: dict) -> dict:
     """config.json with transformers' OneVision defaults for what it leaves out (SigLIP tower, Qwen2 text, 'full'
     features of the last layer, the 6 x 6 canvases, anyres_max_9): what the model and the processor both read."""
-    cfg = {**DEFAULTS, **cfg, "image_grid_pinpoints": cfg.get("image_grid_pinpoints") or DEFAULT_GRID_PINPOINTS}
+    # image_token_id is transformers' other name for image_token_index: the default stands in for neither
+    defaults = {k: v for k, v in DEFAULTS.items() if not (k == "image_token_index" and "image_token_id" in cfg)}
+    cfg = {**defaults, **cfg, "image_grid_pinpoints": cfg.get("image_grid_pinpoints") or DEFAULT_GRID_PINPOINTS}
     cfg["vision_config"] = {"model_type": "siglip_vision_model", **(cfg.get("vision_config") or {})}
     cfg["text_config"] = {"model_type": "qwen2", **(cfg.get("text_config") or {})}
     return cfg
