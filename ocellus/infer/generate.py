@@ -29,6 +29,7 @@ from ocellus.infer.stop_text import require_tokenizer, StopTokens
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 20
+    max_length: int | None = None     # prompt + new tokens, as transformers reads it; max_new_tokens wins over it
     do_sample: bool = False
     temperature: float = 1.0          # <= 0 means greedy
     top_k: int | None = None
@@ -52,6 +53,8 @@ class GenerationConfig:
         # never a comparison in another one
         checks = [
             (lambda: _is_int(self.max_new_tokens) and self.max_new_tokens >= 0, "max_new_tokens must be an int >= 0"),
+            (lambda: self.max_length is None or (_is_int(self.max_length) and self.max_length > 0),
+             "max_length must be an int > 0 (prompt + new tokens)"),
             (lambda: isinstance(self.do_sample, bool), "do_sample must be true or false"),
             (lambda: _is_number(self.temperature), "temperature must be a number (<= 0: greedy)"),
             (lambda: self.top_k is None or (_is_int(self.top_k) and self.top_k >= 0), "top_k must be an int >= 0"),
@@ -123,7 +126,22 @@ def resolve_config(model, kwargs: dict) -> GenerationConfig:
         raise ConfigError(f"generation: the checkpoint's generation_config.json sets do_sample=true and beam sampling "
                           f"(num_beams={gen_kw['num_beams']} with do_sample) is not implemented; pass "
                           f"do_sample=False for beam search")
-    return _resolve_special(model, GenerationConfig.from_kwargs(**{**defaults, **gen_kw}))
+    settings = {**defaults, **gen_kw}
+    if settings.get("max_new_tokens") is not None:   # given by the caller or the file, it wins over max_length
+        settings.pop("max_length", None)
+    return _resolve_special(model, GenerationConfig.from_kwargs(**settings))
+
+
+def fit_max_length(cfg: GenerationConfig, input_ids) -> GenerationConfig:
+    """cfg with max_length (a cap on prompt + new tokens) turned into this prompt's max_new_tokens, as transformers'
+    generate reads it; InputError where the prompt alone reaches it. A malformed input_ids is left to prepare_prompt."""
+    if cfg.max_length is None or not isinstance(input_ids, torch.Tensor) or input_ids.dim() == 0:
+        return cfg
+    T = input_ids.shape[-1]
+    if T >= cfg.max_length:
+        raise InputError(f"prompt of {T} tokens reaches generation max_length={cfg.max_length} (prompt + new tokens, "
+                         f"from generation_config.json or the max_length argument): pass max_new_tokens instead")
+    return replace(cfg, max_new_tokens=cfg.max_length - T, max_length=None)
 
 
 def _resolve_special(model, cfg: GenerationConfig) -> GenerationConfig:
@@ -249,7 +267,7 @@ def generate(model, input_ids, attention_mask=None, *, tokenizer=None, **kwargs)
     kwargs: the GenerationConfig fields, plus model inputs used at prefill (e.g. pixel_values).
     stop_strings (with tokenizer=...): greedy / sampled rows end at the token that completes one, kept in the ids
     as transformers keeps it (its text matched as `stream` matches it); beam search cuts its ids before one."""
-    cfg = resolve_config(model, kwargs)
+    cfg = fit_max_length(resolve_config(model, kwargs), input_ids)
     prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
     prepare_decode(model, prompt.input_ids.shape[0] * cfg.num_beams, cfg.prepack, cfg.gemv)
     if cfg.num_beams > 1:
@@ -273,7 +291,7 @@ def stream(model, tokenizer, input_ids, attention_mask=None, skip_special_tokens
     """Text deltas of one prompt's continuation, as they are generated. Stops at eos (not
     printed when skip_special_tokens) or a stop string, which is not printed either: the text ends before
     it, and a tail that could begin one waits until it is known not to (infer/stop_text.py)."""
-    cfg = resolve_config(model, kwargs)
+    cfg = fit_max_length(resolve_config(model, kwargs), input_ids)
     if cfg.num_beams > 1:
         raise ConfigError("streaming is for greedy/sampled decoding; beam search picks its answer at the end")
     prompt = prepare_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)

@@ -6,7 +6,7 @@ Every field the file sets is one of three kinds, so none is silently ignored:
 - a setting GenerationConfig implements (the caller's keyword overrides it);
 - inert: it changes no generated id (bookkeeping, output formats, bos for a prompt that is always given), or it
   holds the value that switches its transformers feature off (typical_p 1.0, num_beam_groups 1, ...);
-- anything else (max_length, typical_p 0.9, bad_words_ids, ...): logged as a warning naming each field and value,
+- anything else (typical_p 0.9, bad_words_ids, ...): logged as a warning naming each field and value,
   since generation goes on without it (an explicit keyword Ocellus lacks is a ConfigError instead).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ INERT = frozenset({
 })
 # transformers' values that switch a feature off: a file holding them asks for nothing Ocellus lacks
 OFF = {
-    "max_length": 20, "min_length": 0, "num_return_sequences": 1, "num_beam_groups": 1, "diversity_penalty": 0.0,
+    "min_length": 0, "num_return_sequences": 1, "num_beam_groups": 1, "diversity_penalty": 0.0,
     "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "encoder_repetition_penalty": 1.0,
     "encoder_no_repeat_ngram_size": 0, "renormalize_logits": False, "remove_invalid_values": False,
     "penalty_alpha": None, "top_h": None, "bad_words_ids": None, "force_words_ids": None, "constraints": None,

@@ -63,7 +63,8 @@ class RopeConfig:
         theta = params.pop("rope_theta", None) or cfg.get("rope_theta") or 10000.0
         prf = params.pop("partial_rotary_factor", None) or cfg.get("partial_rotary_factor") or 1.0
         if "original_max_position_embeddings" in cfg and rope_type in ("llama3", "yarn", "longrope"):
-            params.setdefault("original_max_position_embeddings", cfg["original_max_position_embeddings"])
+            # transformers' config gives a top-level value (Phi-3's place for it) priority over the rope dict's
+            params["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]
         return cls(head_dim=head_dim, theta=float(theta), rope_type=rope_type, partial_rotary_factor=float(prf),
                    max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)), params=params)
 
@@ -166,7 +167,10 @@ class RotaryEmbedding(nn.Module):
         self.cfg = cfg
         inv_freq, self.attention_scaling = rope_frequencies(cfg)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._freq_seq_len = cfg.max_position_embeddings  # the length inv_freq was computed for
+        # the length inv_freq was computed for: rope_frequencies without a seq_len gives dynamic's trained context
+        # and longrope's short set (lengths up to the original context), which a longer sequence must swap out
+        self._freq_seq_len = (cfg.original_max_position_embeddings if cfg.rope_type == "longrope"
+                              else cfg.max_position_embeddings)
 
     def _maybe_rescale(self, position_ids: torch.Tensor) -> None:
         # dynamic NTK grows the base past the trained context and resets below it; longrope swaps

@@ -105,11 +105,11 @@ def test_generation_config_json_gives_the_defaults(with_file, caplog):
 
 def test_a_field_ocellus_lacks_is_warned_about_by_name(with_file, caplog):
     _, ours, _ = with_file
-    ours.generation_defaults = {**FILE, "typical_p": 0.5, "max_length": 4096}
+    ours.generation_defaults = {**FILE, "typical_p": 0.5, "epsilon_cutoff": 0.0003}
     try:
         with caplog.at_level(logging.WARNING, logger="ocellus"):
             ours.generate(_prompt(), max_new_tokens=2)
-        assert "max_length=4096" in caplog.text and "typical_p=0.5" in caplog.text
+        assert "epsilon_cutoff=0.0003" in caplog.text and "typical_p=0.5" in caplog.text
         ours.generation_defaults = {**FILE, "top_p": 0.0}
         with pytest.raises(ConfigError, match="top_p"):   # a bad value in the file is refused like a keyword
             ours.generate(_prompt(), max_new_tokens=2)

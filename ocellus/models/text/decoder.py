@@ -32,11 +32,14 @@ log = logging.getLogger(__name__)
 # model types whose transformers class rotates every dim of the head (a partial_rotary_factor is ignored there)
 WHOLE_HEAD_ROTARY = ("llama", "qwen2", "mistral", "qwen3")
 QWEN2_TYPES = ("qwen2", "qwen2_vl_text", "qwen2_5_vl_text")    # q/k/v bias always, none on o_proj or the MLP
-# what transformers' config class assumes for a field config.json leaves out, where that differs from our defaults
-# (which are Llama's): a head_dim of 128 whatever the width (Qwen3), a window on by default (Mistral)
+# what transformers' config class assumes for a field config.json leaves out, where that differs from our defaults:
+# a head_dim of 128 whatever the width (Qwen3), a window on by default (Mistral), 32 (Qwen2 / Qwen3) or 8 (Mistral)
+# key/value heads whatever the query heads (an explicit null means as many as the query heads). Not eos: the class's
+# default eos 2 (Llama, Mistral) is no eos to transformers' generate, which stops only at one config.json names
 HF_DEFAULTS = {"mistral": {"sliding_window": 4096, "max_position_embeddings": 4096 * 32, "bos_token_id": 1,
-                           "eos_token_id": 2},
-               "qwen3": {"head_dim": 128, "max_position_embeddings": 32768}}
+                           "num_key_value_heads": 8},
+               "qwen2": {"max_position_embeddings": 32768, "num_key_value_heads": 32},
+               "qwen3": {"head_dim": 128, "max_position_embeddings": 32768, "num_key_value_heads": 32}}
 LAYER_TYPES = ("full_attention", "sliding_attention")
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "head_dim", "max_position_embeddings")
@@ -82,24 +85,38 @@ class DecoderConfig:
         required_fields(cfg, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                               "num_attention_heads"))
         kind = cfg.get("model_type")
+        left_out = set(HF_DEFAULTS.get(kind, {})) - set(cfg)
         cfg = {**HF_DEFAULTS.get(kind, {}), **cfg}
         # a recipe's model.config is this dict too: a typo must name its key
         positive_ints(cfg, _POSITIVE_INTS, "config {}", optional=True)
         positive_ints(cfg, ("rms_norm_eps", "rope_theta"), "config {}", optional=True, number=True)
         heads = cfg["num_attention_heads"]
+        kv_heads = cfg.get("num_key_value_heads") or heads
+        if heads % kv_heads and "num_key_value_heads" in left_out:
+            # transformers' default there builds a model its own forward cannot run: nothing to match, so the
+            # reading Ocellus' own configs (tests, recipes) mean, said out loud
+            log.warning(f"config.json leaves num_key_value_heads out: transformers' {kind!r} default {kv_heads} does "
+                        f"not divide num_attention_heads={heads} (a model it cannot run); using {heads}, one per head")
+            kv_heads = heads
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
         qkv_bias, o_bias, mlp_bias, qk_norm = layout(kind, cfg.get("attention_bias", False), cfg.get("mlp_bias", False))
         eos = cfg.get("eos_token_id")
         eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
         rope = RopeConfig.from_hf(cfg, head_dim)
-        if cfg.get("model_type") in WHOLE_HEAD_ROTARY and rope.partial_rotary_factor != 1.0:
+        if kind in WHOLE_HEAD_ROTARY and rope.rotary_dim != head_dim and rope.rope_type != "default":
+            # transformers' scaled frequencies cover only that part of the head, which its class rotates whole: it
+            # fails on such a config, so there is no model to match
+            raise ConfigError(f"config.json: partial_rotary_factor {rope.partial_rotary_factor} with rope_type "
+                              f"{rope.rope_type!r} is not a model transformers' {kind!r} computes (it rotates the "
+                              f"whole head); drop partial_rotary_factor or the rope scaling")
+        if kind in WHOLE_HEAD_ROTARY and rope.partial_rotary_factor != 1.0:
             log.warning(f"config.json: model_type {cfg['model_type']!r} rotates the whole head in transformers, "
                         f"which ignores its partial_rotary_factor {rope.partial_rotary_factor}; so does this load")
             rope = replace(rope, partial_rotary_factor=1.0)
         return cls(
             vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
             intermediate_size=cfg["intermediate_size"], num_hidden_layers=cfg["num_hidden_layers"],
-            num_attention_heads=heads, num_key_value_heads=cfg.get("num_key_value_heads") or heads,
+            num_attention_heads=heads, num_key_value_heads=kv_heads,
             head_dim=head_dim, rope=rope,
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), hidden_act=cfg.get("hidden_act", "silu"),
@@ -163,17 +180,21 @@ def attention_window(cfg: dict) -> int | None:
     'sliding_attention' (by default those from max_window_layers on)."""
     if cfg.get("model_type") == "mistral":
         return positive_int(cfg.get("sliding_window"), "config sliding_window", optional=True)
-    if not cfg.get("use_sliding_window"):
-        return None
     window = positive_int(cfg.get("sliding_window", 4096), "config sliding_window", optional=True)
+    if not cfg.get("use_sliding_window"):
+        window = None       # transformers' config drops the window then, whatever layer_types says
     n = cfg["num_hidden_layers"]
     first = cfg.get("max_window_layers", 28)
     if not isinstance(first, int) or isinstance(first, bool) or first < 0:
         raise ConfigError(f"config max_window_layers must be an int >= 0, got {first!r}")
-    types = cfg.get("layer_types") or ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+    types = cfg.get("layer_types") or ["sliding_attention" if window and i >= first else "full_attention"
+                                       for i in range(n)]
     if len(types) != n or not set(types) <= set(LAYER_TYPES):
         raise ConfigError(f"config layer_types must name one of {LAYER_TYPES} for each of the {n} layers, "
                           f"got {types!r}")
+    if "sliding_attention" in types and window is None:   # transformers' forward fails on it: no model to match
+        raise ConfigError(f"config layer_types names sliding_attention layers but there is no window (use_sliding_"
+                          f"window {cfg.get('use_sliding_window')!r}, sliding_window {cfg.get('sliding_window')!r})")
     return window if "sliding_attention" in types else None
 
 
