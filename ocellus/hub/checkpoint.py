@@ -142,11 +142,19 @@ def load_model(path_or_id, dtype=None, device=None, quantize=None, family: Famil
                                   f"{method}): load it with quantize='int8' (--quantize int8), or load the float "
                                   f"checkpoint it was made from")
     dtype = parse_dtype(dtype) or parse_dtype(cfg.get("dtype") or cfg.get("torch_dtype")) or torch.float32
-    with _skip_init(dtype):
-        model = fam.build(cfg)
-    if int8:
-        _quantized_layout(model, qcfg, where)
+
+    def build(cfg):
+        with _skip_init(dtype):
+            model = fam.build(cfg)
+        if int8:
+            _quantized_layout(model, qcfg, where)
+        return model
+    model = build(cfg)
     tensors = read_tensors(checkpoint_files(path))
+    if separate_copies(model, tensors, fam.keymap, _untied(fam.tied(model), model)):
+        # a head the config ties but the checkpoint holds apart (InternVL's top-level default true over an untied
+        # text_config): transformers 5 keeps the two apart, and so do we, rather than drop the head
+        model = build(untied_config(cfg))
     skipped = [re.compile(p) for p in fam.checkpoint_only(cfg)]
     if skipped:
         tensors = {k: t for k, t in tensors.items() if not any(p.match(k) for p in skipped)}
@@ -170,13 +178,12 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
                       tied: tuple[str, ...] = (), source: str = "checkpoint") -> None:
     ours = model.state_dict()
     filled: dict[str, torch.Tensor] = {}
-    unexpected, mismatched, wrong_shape, tied_copies = [], [], set(), {}
+    unexpected, mismatched, wrong_shape = [], [], set()
     for theirs, t in tensors.items():
         if keymap.dropped(theirs):
             continue
         key = key_to_ours(keymap, theirs)
         if key in tied:              # a tied copy (some exports write it): the source tensor wins
-            tied_copies[key] = t
             continue
         if key is None or key not in ours:
             unexpected.append(theirs)
@@ -186,7 +193,6 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
         else:
             filled[key] = t
     missing = [key_to_theirs(keymap, k) or k for k in ours if k not in filled and k not in tied and k not in wrong_shape]
-    _check_tied_copies(ours, filled, tied_copies, keymap, source)
     if missing or unexpected or mismatched:
         lines = [f"{source} does not match its config ({type(model).__name__}):"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
@@ -196,16 +202,34 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], keymap
     model.load_state_dict(filled, strict=False)  # copies, casting to the model's dtype
 
 
-def _check_tied_copies(ours: dict, filled: dict, copies: dict, keymap: KeyMap, source: str) -> None:
-    """A checkpoint tensor for a weight the config ties (lm_head to the embeddings) must equal the tensor it is
-    tied to: a different one is a separately trained head (transformers then unties; we would drop it)."""
-    for key, t in copies.items():
+def separate_copies(model: nn.Module, tensors: dict[str, torch.Tensor], keymap: KeyMap,
+                    tied: tuple[str, ...]) -> list[str]:
+    """The tied keys (ours) whose checkpoint tensor differs from the one of the weight they are tied to: a head
+    trained apart under a config that ties it (some exports write an equal copy, which is no such key)."""
+    if not tied:
+        return []
+    ours = model.state_dict()
+    found = {}
+    for theirs, t in tensors.items():
+        key = None if keymap.dropped(theirs) else key_to_ours(keymap, theirs)
+        if key is not None:
+            found[key] = t
+    out = []
+    for key in tied:
         ptr = ours[key].data_ptr()
-        src = next((k for k, v in ours.items() if k != key and k not in copies and v.data_ptr() == ptr), None)
-        if src in filled and (t.shape != filled[src].shape or not torch.equal(t.to(filled[src].dtype), filled[src])):
-            raise CheckpointError(f"{source}: {key_to_theirs(keymap, key) or key} differs from "
-                                  f"{key_to_theirs(keymap, src) or src}, but config.json ties them "
-                                  f"(tie_word_embeddings): set it false in config.json to keep the separate head")
+        src = next((k for k, v in ours.items() if k not in tied and v.data_ptr() == ptr), None)
+        if key in found and src in found and (found[key].shape != found[src].shape
+                                              or not torch.equal(found[key], found[src])):
+            out.append(key)
+    return out
+
+
+def untied_config(cfg: dict) -> dict:
+    """config.json with every tie_word_embeddings (top level, text_config) false."""
+    out = {**cfg, "tie_word_embeddings": False}
+    if isinstance(cfg.get("text_config"), dict):
+        out["text_config"] = {**cfg["text_config"], "tie_word_embeddings": False}
+    return out
 
 
 # config.json's record of the side of the images a vision-language model trained on (written by a recipe's

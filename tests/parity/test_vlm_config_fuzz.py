@@ -7,7 +7,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ocellus
-from ocellus.errors import CheckpointError
 from _init import shift_biases_and_norms, spread_init, tiny_llava_towers
 
 IMG = 100
@@ -48,21 +47,53 @@ def test_a_top_level_tie_over_an_explicit_text_config_false_ties(tmp_path):
     _same_logits(ref, ocellus.load(tmp_path), input_ids=ids, pixel_values=pixels)
 
 
-def test_a_separate_head_under_a_tying_config_is_refused_not_dropped(tmp_path):
-    """A config that ties lm_head to the embeddings over a checkpoint holding a different lm_head: transformers
-    unties and uses the head; dropping it for the embeddings would be a silently different model."""
+def test_a_separate_head_under_a_tying_config_is_kept_apart(tmp_path):
+    """A config that ties lm_head to the embeddings over a checkpoint holding a different lm_head: transformers 5
+    keeps the head apart ("both are present with different values, so we will NOT tie them"); we dropped it for
+    the embeddings, a silently different model. An export writing the tied copy equal still ties."""
+    import transformers as tf
     _llava(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["tie_word_embeddings"] = True
     (tmp_path / "config.json").write_text(json.dumps(cfg))
+    ids, pixels = _ids_and_pixels()
+    ours = ocellus.load(tmp_path)
+    assert ours.language_model.lm_head.weight is not ours.language_model.embed_tokens.weight
+    _same_logits(tf.LlavaForConditionalGeneration.from_pretrained(tmp_path).eval(), ours, input_ids=ids,
+                 pixel_values=pixels)
     tensors = load_file(tmp_path / "model.safetensors")
-    assert "language_model.lm_head.weight" in tensors
-    with pytest.raises(CheckpointError, match="lm_head.weight differs"):
-        ocellus.load(tmp_path)
     key = next(k for k in tensors if k.endswith("embed_tokens.weight"))
-    tensors["language_model.lm_head.weight"] = tensors[key].clone()   # an export that writes the tied copy too: fine
+    tensors["language_model.lm_head.weight"] = tensors[key].clone()
     save_file(tensors, tmp_path / "model.safetensors")
-    ocellus.load(tmp_path)
+    ours = ocellus.load(tmp_path)
+    assert ours.language_model.lm_head.weight is ours.language_model.embed_tokens.weight
+
+
+def test_internvl_untied_text_config_under_the_top_level_default(tmp_path):
+    """InternVL's top-level tie_word_embeddings defaults to true; a config.json without it (a transformers 4 save)
+    over text_config false and a checkpoint with its own lm_head (InternVL3-8B's kind): transformers 5 keeps the
+    head apart; we tied it to the embeddings and dropped it."""
+    import transformers as tf
+    vc = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16,
+              patch_size=4)
+    tc = dict(model_type="qwen2", vocab_size=128, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, eos_token_id=None)
+    config = tf.InternVLConfig(vision_config=vc, text_config=tc, image_token_id=120, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    ref = shift_biases_and_norms(spread_init(tf.InternVLForConditionalGeneration(config).eval()),
+                                 also=("lambda", "cls_token", "position_embeddings"))
+    ref.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["tie_word_embeddings"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    ref = tf.InternVLForConditionalGeneration.from_pretrained(tmp_path).eval()
+    ids = torch.tensor([[5, 6] + [120] * 4 + [7, 8]])
+    pixels = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ours = ocellus.load(tmp_path)
+    _same_logits(ref, ours, input_ids=ids, pixel_values=pixels)
+    ocellus.save(ours, tmp_path / "out")
+    _same_logits(tf.InternVLForConditionalGeneration.from_pretrained(tmp_path / "out").eval(), ours, input_ids=ids,
+                 pixel_values=pixels)
 
 
 @pytest.mark.parametrize("mean", [None, [0.25, 0.5, 0.75]])
