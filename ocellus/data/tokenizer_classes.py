@@ -12,6 +12,8 @@ their own post-processor (transformers/models/<name>/tokenization_<name>.py, eac
   file under this class (DeepSeek, Llama-3 fine-tunes) is run as it is: AutoTokenizer switches to the generic class.
 - GPT2 (OPT, BLIP-2's text side): byte-level BPE, `add_prefix_space` from the config; the file's normalizer is
   dropped.
+- GPTNeoX (OpenFlamingo's MPT): NFC, byte-level; its post-processor adds no BOS / EOS (add_bos_token and
+  add_eos_token are dropped when a tokenizer.json exists), whatever the file's adds.
 - Qwen2 (Qwen2-VL, InternVL on Qwen2): NFC, Qwen's split regex, byte-level without its own regex; every special
   token, named or listed, is re-added as special without the file's lstrip / rstrip flags.
 - CLIP: NFC, whitespace runs to one space, lowercase, CLIP's split regex, "</w>" word ends; the post-processor
@@ -102,6 +104,19 @@ def _qwen2_pipeline(backend, config):
     backend.decoder = decoders.ByteLevel()
 
 
+def _gpt_neox_pipeline(backend, config):
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=_flag(config, "add_prefix_space", False),
+                                                     trim_offsets=_flag(config, "trim_offsets", True))
+    backend.decoder = decoders.ByteLevel()
+
+
+def _no_specials_post(special, token_id):
+    # GPTNeoXTokenizer rebuilds the post-processor from add_bos_token / add_eos_token, which transformers drops
+    # from the config when a tokenizer.json exists: nothing is added, whatever the file's post-processor says
+    return processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1", special_tokens=[])
+
+
 def _clip_options(config, special):
     return {**_BPE_PLAIN, "end_of_word_suffix": "</w>", "unk_token": special["unk_token"]}
 
@@ -162,6 +177,9 @@ _GPT2 = _Class("BPE", lambda c, s: dict(_BPE_PLAIN), _gpt2_pipeline,
 _QWEN2 = _Class("BPE", lambda c, s: dict(_BPE_PLAIN), _qwen2_pipeline,
                 {"unk_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
                 readds=True)
+_GPT_NEOX = _Class("BPE", lambda c, s: dict(_BPE_PLAIN), _gpt_neox_pipeline,
+                   {"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                    "pad_token": "<|padding|>"}, _no_specials_post)
 _CLIP = _Class("BPE", _clip_options, _clip_pipeline,
                {"unk_token": "<|endoftext|>", "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
                 "pad_token": "<|endoftext|>"}, _clip_post, "</w>", ("unk_token", "bos_token", "eos_token"))
@@ -173,7 +191,7 @@ _T5 = _Class("Unigram", _t5_options, _t5_pipeline, {"eos_token": "</s>", "unk_to
 
 # tokenizer_class -> what its __init__ builds; the *Fast names are the same class in transformers 5
 _CLASSES = {f"{name}{fast}": entry for name, entry in (
-    ("LlamaTokenizer", _LLAMA), ("GPT2Tokenizer", _GPT2), ("Qwen2Tokenizer", _QWEN2),
+    ("LlamaTokenizer", _LLAMA), ("GPT2Tokenizer", _GPT2), ("Qwen2Tokenizer", _QWEN2), ("GPTNeoXTokenizer", _GPT_NEOX),
     ("CLIPTokenizer", _CLIP), ("BertTokenizer", _BERT), ("T5Tokenizer", _T5)) for fast in ("", "Fast")}
 
 

@@ -1,10 +1,10 @@
 """tokenizer_config.json's `tokenizer_class` beyond Llama's, against AutoTokenizer on the same directory
-(data/tokenizer_classes.py): GPT2Tokenizer, Qwen2Tokenizer, CLIPTokenizer, BertTokenizer and T5Tokenizer (and their
-*Fast names) each rebuild the pipeline over tokenizer.json's vocabulary from the config's flags, fill default special
-tokens and (CLIP, Bert, T5) set their own post-processor; a byte-level file under LlamaTokenizer runs as it is; what
-transformers cannot build (a model of another kind, a required token set to null, a flag that is not a bool) is a
-ConfigError naming the field. Each file's own pipeline here differs from what its class builds, so reading the file
-as it is gives other ids."""
+(data/tokenizer_classes.py): GPT2Tokenizer, GPTNeoXTokenizer, Qwen2Tokenizer, CLIPTokenizer, BertTokenizer and
+T5Tokenizer (and their *Fast names) each rebuild the pipeline over tokenizer.json's vocabulary from the config's
+flags, fill default special tokens and (GPTNeoX, CLIP, Bert, T5) set their own post-processor; a byte-level file
+under LlamaTokenizer runs as it is; what transformers cannot build (a model of another kind, a required token set to
+null, a flag that is not a bool) is a ConfigError naming the field. Each file's own pipeline here differs from what
+its class builds, so reading the file as it is gives other ids."""
 import json
 import random
 
@@ -13,7 +13,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 from tokenizers import AddedToken, Regex  # noqa: E402
 from tokenizers import Tokenizer as RawTokenizer  # noqa: E402
-from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from ocellus.data.tokenizer import Tokenizer  # noqa: E402
@@ -74,8 +74,16 @@ def _unigram():
     return tok
 
 
-FILES = {"byte_level": lambda: _byte_level(BYTE_SPECIALS), "clip": _clip_vocab, "wordpiece": _wordpiece,
-         "unigram": _unigram}
+def _byte_level_bos():
+    """OPT's / GPT-NeoX's files: a post-processor that writes a BOS."""
+    tok = _byte_level(BYTE_SPECIALS)
+    tok.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", pair="<|endoftext|> $A $B",
+                                                       special_tokens=[("<|endoftext|>", 0)])
+    return tok
+
+
+FILES = {"byte_level": lambda: _byte_level(BYTE_SPECIALS), "byte_level_bos": _byte_level_bos, "clip": _clip_vocab,
+         "wordpiece": _wordpiece, "unigram": _unigram}
 
 
 def _dir(tmp_path, kind, config, added=()):
@@ -119,6 +127,9 @@ CASES = [
     ("byte_level", "GPT2Tokenizer", {}),
     ("byte_level", "GPT2TokenizerFast", {"add_prefix_space": True}),
     ("byte_level", "GPT2Tokenizer", {"add_prefix_space": False, "bos_token": "<|im_start|>", "add_bos_token": True}),
+    ("byte_level_bos", "GPT2Tokenizer", {"add_bos_token": False}),
+    ("byte_level_bos", "GPTNeoXTokenizer", {}),
+    ("byte_level_bos", "GPTNeoXTokenizerFast", {"add_prefix_space": True, "add_bos_token": True}),
     ("byte_level", "Qwen2Tokenizer", {}),
     ("byte_level", "Qwen2TokenizerFast", {"add_prefix_space": True, "eos_token": "<|im_end|>"}),
     ("byte_level", "Qwen2Tokenizer", {"add_prefix_space": None, "unk_token": None}),
