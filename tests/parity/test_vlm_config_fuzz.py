@@ -209,3 +209,18 @@ def test_onevision_image_token_id_spelling_is_not_overridden_by_the_default(tmp_
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "image_token_index": IMG + 1}))
     with pytest.raises(ConfigError, match="image_token_index 101 and image_token_id 100"):
         ocellus.load(tmp_path)
+
+
+def test_internvl_full_features_with_a_cls_token_is_a_config_error():
+    """'full' keeps InternViT's CLS token: 1 + P features fold into no square grid. transformers fails in its
+    forward; we failed at the first image with an InputError about patches, not naming the field."""
+    from ocellus.errors import ConfigError
+    from ocellus.models.families.internvl.modeling import build_internvl
+    cfg = {"vision_config": dict(model_type="internvl_vision", hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4),
+           "text_config": dict(model_type="qwen2", vocab_size=128, hidden_size=48, intermediate_size=96,
+                               num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2),
+           "image_token_id": 120}
+    build_internvl(cfg)
+    with pytest.raises(ConfigError, match="vision_feature_select_strategy 'full'"):
+        build_internvl({**cfg, "vision_feature_select_strategy": "full"})

@@ -76,6 +76,10 @@ def build_internvl(cfg: dict) -> VLM:
         raise ConfigError(f"InternVL vision_feature_layer must be one int, got {layer!r}")
     if select not in ("default", "full"):
         raise ConfigError(f"vision_feature_select_strategy must be 'default' or 'full', got {select!r}")
+    if select == "full" and (isinstance(tower, InternViTConfig) or tower.use_cls_token):
+        # the CLS token kept: P + 1 features are no square grid to fold (transformers fails there too)
+        raise ConfigError("InternVL vision_feature_select_strategy 'full' keeps the tower's CLS token, which pixel "
+                          "shuffle cannot fold; use 'default'")
     projector = PixelShuffleProjector(vision.config.hidden_size, decoder.config.hidden_size,
                                       ratio=_ratio(cfg.get("downsample_ratio", 0.5)),
                                       act=cfg.get("projector_hidden_act", "gelu"))
