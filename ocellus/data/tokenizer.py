@@ -245,17 +245,24 @@ class Tokenizer:
             return encode_with_literals(self, text, literal, add_special_tokens, controls)
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+    def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> str:
+        """clean_up_tokenization_spaces: None reads tokenizer_config.json's (as transformers does)."""
         ids = ids.tolist() if hasattr(ids, "tolist") else ids  # accepts tensors and arrays too
         ids = [ids] if isinstance(ids, int) else [int(i) for i in ids]
         text = self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
         if self._word_suffix:
             text = text.replace(self._word_suffix, " ").strip()   # as CLIPTokenizer's decode does
-        return _clean_up_tokenization(text) if self._cleans_up() else text
+        return _clean_up_tokenization(text) if self._cleans_up(clean_up_tokenization_spaces) else text
 
-    def _cleans_up(self) -> bool:
-        # transformers 5 never applies clean_up_tokenization_spaces to BPE: it eats real spaces
-        return bool(self.config.get("clean_up_tokenization_spaces")) and type(self.backend.model).__name__ != "BPE"
+    def batch_decode(self, rows, skip_special_tokens: bool = False,
+                     clean_up_tokenization_spaces: bool | None = None) -> list[str]:
+        return [self.decode(row, skip_special_tokens, clean_up_tokenization_spaces) for row in rows]
+
+    def _cleans_up(self, asked: bool | None = None) -> bool:
+        # transformers 5 applies the clean-up to BPE only when the config insists: it eats real spaces there
+        asked = self.config.get("clean_up_tokenization_spaces") if asked is None else asked
+        bpe = type(self.backend.model).__name__ == "BPE"
+        return bool(asked) and (not bpe or bool(self.config.get(_CLEAN_UP_BPE_TOO)))
 
     def unsettled_tail(self, text: str) -> int:
         """How many trailing characters of a decoded text later tokens may still change (the streaming
@@ -319,6 +326,7 @@ class Tokenizer:
         return text, spans if spans is not None else refuse_control_text(self, messages)
 
 
+_CLEAN_UP_BPE_TOO = "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"
 # transformers' `clean_up_tokenization`: glue punctuation and English contractions back on
 _CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
              (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))

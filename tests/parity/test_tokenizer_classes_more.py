@@ -215,3 +215,22 @@ def test_t5_sentinels_only_when_the_config_lists_no_extras(tmp_path):
         assert len(ours) == len(ref)
         assert ours.convert_tokens_to_ids("<extra_id_0>") == ref.convert_tokens_to_ids("<extra_id_0>")
         assert (ours.convert_tokens_to_ids("<extra_id_0>") != ours.unk_token_id) == (sentinels > 0)
+
+
+@pytest.mark.parametrize("kind,config", [
+    ("wordpiece", {"tokenizer_class": "BertTokenizer", "clean_up_tokenization_spaces": True}),
+    ("wordpiece", {"tokenizer_class": "BertTokenizer"}),
+    ("byte_level", {"tokenizer_class": "GPT2Tokenizer", "clean_up_tokenization_spaces": True}),
+    ("byte_level", {"tokenizer_class": "GPT2Tokenizer", "clean_up_tokenization_spaces": True,
+                    "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output": True}),
+])
+def test_decode_clean_up_asked_per_call_as_transformers(kind, config, tmp_path):
+    """decode / batch_decode's clean_up_tokenization_spaces overrides the config's; BPE is cleaned only when the
+    config insists (transformers 5's ..._for_bpe_even_though_it_will_corrupt_output)."""
+    ours, ref = _both(_dir(tmp_path, kind, config))
+    rows = [ref.encode(t, add_special_tokens=False) for t in ("It 's a cat . Don 't !", "a , b ? c ' d", "x n't y")]
+    for clean in (None, True, False):
+        assert [ours.decode(r, clean_up_tokenization_spaces=clean) for r in rows] == [
+            ref.decode(r, clean_up_tokenization_spaces=clean) for r in rows]
+        assert ours.batch_decode(rows, True, clean) == ref.batch_decode(rows, skip_special_tokens=True,
+                                                                         clean_up_tokenization_spaces=clean)
