@@ -55,8 +55,9 @@ class RopeConfig:
 
     @classmethod
     def from_hf(cls, cfg: dict, head_dim: int) -> "RopeConfig":
-        """Read transformers 5.x `rope_parameters` or 4.x `rope_theta` + `rope_scaling`."""
-        params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        """Read transformers 5.x `rope_parameters` or 4.x `rope_theta` + `rope_scaling` (which wins where a config.json
+        has both, as transformers' config reads it)."""
+        params = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
         rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
         if rope_type == "mrope":  # Qwen2-VL's 4.x configs: default frequencies; mrope_section stays in params
             rope_type = "default"

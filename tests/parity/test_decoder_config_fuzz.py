@@ -3,12 +3,15 @@ Qwen2 / Qwen3 configs (/tmp fuzz script: rope types and spellings, head_dim, GQA
 found, one representative config per bug:
 - longrope swaps its short factors for the long ones past the original context (before: never, where
   max_position_embeddings > original_max_position_embeddings, i.e. every longrope checkpoint);
-- a top-level original_max_position_embeddings (Phi-3's place for it) wins over the rope dict's, as transformers reads it;
+- a top-level original_max_position_embeddings (Phi-3's place for it) wins over the rope dict's, and rope_scaling over
+  rope_parameters where a config.json has both, as transformers reads them;
 - a field config.json leaves out takes the value transformers' config class gives it (Qwen2 / Qwen3: 32 key/value heads
   and a 32768 context, Mistral: 8; one that transformers cannot run is warned about), and the class's default eos 2
   (Llama, Mistral) stops nothing, as in transformers' generate;
 - partial_rotary_factor with a scaled rope on a whole-head class, or sliding layers without a window: transformers
   fails on them, so each is a ConfigError;
+- every parameter-free hidden_act transformers reads (gelu_fast, relu2, mish, ...) computes as its; a learned one is a
+  ConfigError naming hidden_act;
 - generation_config.json's max_length caps prompt + new tokens (max_new_tokens wins), in generate and stream.
 Each config's checkpoint is written here: config.json exactly as spelled, weights of transformers' model for it."""
 import json
@@ -103,6 +106,16 @@ def test_a_top_level_original_context_wins_over_the_rope_dicts(rope, tmp_path):
     _same_logits_and_greedy_ids(ref, ours, t=40, prompt=6, new=12)
 
 
+def test_rope_scaling_wins_over_rope_parameters_where_both_are_written(tmp_path):
+    """A config.json with the 4.x and the 5.x rope spelling: transformers' config reads rope_scaling (linear x4 here,
+    x2 in rope_parameters). Before, Ocellus read rope_parameters: other positions."""
+    ref, path = checkpoint(tmp_path, config("llama", rope_scaling={"rope_type": "linear", "factor": 4.0},
+                                            rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}))
+    ours = ocellus.load(path)
+    assert ours.config.rope.params["factor"] == 4.0
+    _same_logits_and_greedy_ids(ref, ours, t=30, prompt=6, new=8)
+
+
 MINIMAL = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1,
            "num_attention_heads": 64, "head_dim": 4}
 
@@ -189,6 +202,24 @@ def test_sliding_layers_without_a_window_are_a_config_error(kind, window, tmp_pa
         ref, _ = checkpoint(tmp_path, cfg)
         with pytest.raises(ValueError, match="sliding_window"):
             ref(_ids(4), use_cache=False)
+
+
+NEW_ACTS = ["gelu_python", "gelu_python_tanh", "gelu_fast", "gelu_accurate", "gelu_10", "relu2", "relu6", "leaky_relu",
+            "mish", "hardswish", "tanh", "sigmoid", "sqrtsoftplus", "linear", "laplace"]
+
+
+@pytest.mark.parametrize("act", NEW_ACTS)
+def test_every_parameter_free_activation_of_transformers_computes_as_its(act, tmp_path):
+    """hidden_act names transformers' ACT2FN reads; before, these were refused ('unknown activation')."""
+    ref, path = checkpoint(tmp_path, config("qwen2", hidden_act=act, num_hidden_layers=1))
+    with torch.no_grad():
+        ids = _ids(12)
+        torch.testing.assert_close(ocellus.load(path)(ids).logits, ref(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_a_learned_activation_is_a_config_error_naming_hidden_act():
+    with pytest.raises(ConfigError, match="config hidden_act 'prelu' is not one Ocellus computes"):
+        DecoderConfig.from_hf(config("llama", hidden_act="prelu"))
 
 
 MAX_LENGTH_CASES = [({"max_length": 14}, {}, 6),                        # the file's cap: 14 - 8 prompt tokens

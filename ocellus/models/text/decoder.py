@@ -20,7 +20,7 @@ from ocellus.nn.attention import Attention
 from ocellus.nn.kept_rows import KeptRows
 from ocellus.nn.kv_cache import StaticKVCache
 from ocellus.nn.masks import build_attention_mask
-from ocellus.nn.mlp import SwiGLU
+from ocellus.nn.mlp import ACTIVATIONS, SwiGLU
 from ocellus.nn.mrope import check_mrope_section, mrope_cos_sin
 from ocellus.nn.norms import RMSNorm
 from ocellus.nn.rope import RopeConfig, RotaryEmbedding
@@ -102,6 +102,9 @@ class DecoderConfig:
         qkv_bias, o_bias, mlp_bias, qk_norm = layout(kind, cfg.get("attention_bias", False), cfg.get("mlp_bias", False))
         eos = cfg.get("eos_token_id")
         eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+        act = cfg.get("hidden_act", "silu")
+        if act not in ACTIVATIONS:
+            raise ConfigError(f"config hidden_act {act!r} is not one Ocellus computes: {sorted(ACTIVATIONS)}")
         rope = RopeConfig.from_hf(cfg, head_dim)
         if kind in WHOLE_HEAD_ROTARY and rope.rotary_dim != head_dim and rope.rope_type != "default":
             # transformers' scaled frequencies cover only that part of the head, which its class rotates whole: it
@@ -119,7 +122,7 @@ class DecoderConfig:
             num_attention_heads=heads, num_key_value_heads=kv_heads,
             head_dim=head_dim, rope=rope,
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), hidden_act=cfg.get("hidden_act", "silu"),
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), hidden_act=act,
             attention_bias=qkv_bias, o_bias=o_bias, mlp_bias=mlp_bias, qk_norm=qk_norm,
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             bos_token_id=cfg.get("bos_token_id"), eos_token_id=eos, pad_token_id=cfg.get("pad_token_id"),
