@@ -150,9 +150,9 @@ def build_blip2(cfg: dict) -> Blip2:
             raise ConfigError(f"BLIP-2 config.json has no {key}")
     vision_cfg = dict(cfg["vision_config"])
     vision = VisionTransformer(vision_config(vision_cfg))
-    text = text_config(cfg)
     if cfg.get("use_decoder_only_language_model") is False:
         raise ConfigError("BLIP-2 with an encoder-decoder LM (Flan-T5) is not implemented; use a Llama / Qwen2 text_config")
+    text = text_config(cfg, "BLIP-2", default="opt")   # Blip2Config's text model when text_config names none
     decoder = DecoderLM(DecoderConfig.from_hf(text))
     qcfg = QFormerConfig.from_hf(dict(cfg.get("qformer_config") or {}), int(cfg.get("num_query_tokens", 32)),
                                  encoder_hidden_size=vision.config.hidden_size)
