@@ -8,7 +8,10 @@ here from each scene's ground truth instead of a ViT, so that what the tokens ho
     grid        16 tokens, a 4x4 grid of 12 px cells in row order (as the default ViT's patches): each cell holds
                 the colour + shape of the object over its centre (or containing the object's centre), else a
                 background token; where things are is only the token order (RoPE), as in the default model
-    grid+pos    grid + Linear(x, y of the cell) in every token's value (as a box-head ViT's patches)
+    grid+pos    grid + Linear(x, y of the cell) in every token's value
+    grid+objpos grid + Linear(x, y of the centre of the object over the cell) in that cell's value, background cells
+                none (as a box-head ViT's patches, which regress their object's box: every cell of an object says
+                where the whole object is)
     grid+slots  the grid (with its cells' positions added) regrouped into K slot tokens by slot attention, each slot
                 given Linear(x, y of its attention's centroid): one token per object learned from the grid
 
@@ -108,6 +111,7 @@ class IdealTokens(nn.Module):
                                for o in objs])
             return self.colour(c) + self.shape(s) + self.where(xy)                      # [K, D]
         c, s = torch.full((GRID * GRID,), len(self.colours)), torch.full((GRID * GRID,), len(SHAPES))
+        where = torch.zeros(GRID * GRID, 2)                                             # grid+objpos: 0 on background
         for o in scene.objects:
             x0, y0, x1, y1 = o.bbox
             own = min(GRID - 1, int(o.center[1] / CELL)) * GRID + min(GRID - 1, int(o.center[0] / CELL))
@@ -115,11 +119,14 @@ class IdealTokens(nn.Module):
                 cx, cy = (k % GRID) * CELL + CELL // 2, (k // GRID) * CELL + CELL // 2
                 if k == own or (x0 <= cx < x1 and y0 <= cy < y1):
                     c[k], s[k] = self.colours.index(o.colour), SHAPES.index(o.shape)
+                    where[k] = torch.tensor([o.center[0] / scene.image_size - 0.5, o.center[1] / scene.image_size - 0.5])
         tokens = self.colour(c) + self.shape(s)                                         # [16, D]
         k = torch.arange(GRID * GRID)
         xy = torch.stack([k % GRID, k // GRID], 1) / (GRID - 1) - 0.5                  # [16, 2]
         if self.variant == "grid+pos":
             tokens = tokens + self.where(xy)
+        if self.variant == "grid+objpos":
+            tokens = tokens + self.where(where) * (c < len(self.colours))[:, None]       # objects' cells only
         if self.variant == "grid+slots":
             return self.slots(tokens[None], xy)[0]
         return tokens
@@ -152,7 +159,7 @@ def question(rng: np.random.Generator, cfg: ShapesConfig, kind: str, lone: bool 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variant", choices=("objects", "grid", "grid+pos", "grid+slots"))
+    ap.add_argument("variant", choices=("objects", "grid", "grid+pos", "grid+objpos", "grid+slots"))
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--position", type=float, default=0.0, help="share of one-object position questions")
     ap.add_argument("--lone", action="store_true", help="position questions in one-object scenes")
@@ -161,9 +168,13 @@ def main(argv=None) -> None:
     ap.add_argument("--text", default=TEXT)
     ap.add_argument("--rope", choices=("1d", "2d"), default="1d", help="grid token positions: raster order or (row, col)")
     ap.add_argument("--theta", type=float, default=None, help="rotary base (default: the decoder's own)")
+    ap.add_argument("--question-first", action="store_true",
+                    help="the question before the image tokens, ' Answer:' after them: each image token can see what is asked")
     args = ap.parse_args(argv)
     if args.rope == "2d" and args.variant in ("objects", "grid+slots"):
         ap.error("--rope 2d places grid tokens; the objects variant has no grid")
+    if args.rope == "2d" and args.question_first:
+        ap.error("--rope 2d places the grid first; --question-first puts the question there")
     torch.manual_seed(0)
     tok, model = ocellus.load_processor(args.text), ocellus.load(args.text).train()
     cfg = ShapesConfig(image_size=GRID * CELL, min_objects=2, max_objects=4)
@@ -180,12 +191,18 @@ def main(argv=None) -> None:
 
     def encode(scene, q, a, rng):   # -> (embeddings [T, D], labels [T], where the answer is predicted)
         image = ideal(scene, rng)
-        qi, ai = tok.encode(" " + q + " Answer:", add_special_tokens=False), tok.encode(" " + a, add_special_tokens=False)
-        ids = torch.tensor(qi + ai)
-        x = torch.cat([image, embed(ids)], 0)
+        ai = tok.encode(" " + a, add_special_tokens=False)
+        if args.question_first:   # [question] [image] " Answer:" answer
+            qi, pi = tok.encode(" " + q, add_special_tokens=False), tok.encode(" Answer:", add_special_tokens=False)
+            x = torch.cat([embed(torch.tensor(qi)), image, embed(torch.tensor(pi + ai))], 0)
+            at = len(qi) + len(image) + len(pi)
+        else:                     # [image] question " Answer:" answer
+            qi = tok.encode(" " + q + " Answer:", add_special_tokens=False)
+            x = torch.cat([image, embed(torch.tensor(qi + ai))], 0)
+            at = len(image) + len(qi)
         labels = torch.full((len(x),), -100)
-        labels[len(image) + len(qi):] = ids[len(qi):]
-        return x, labels, len(image) + len(qi), token_positions(args.rope, len(image), len(x))
+        labels[at:] = torch.tensor(ai)
+        return x, labels, at, token_positions(args.rope, len(image), len(x))
 
     rng, held_rng = np.random.default_rng(1), np.random.default_rng(999)
     held = [question(held_rng, cfg, "spatial") for _ in range(300)]
@@ -221,7 +238,8 @@ def main(argv=None) -> None:
         loss.backward()
         opt.step()
         if step % 250 == 0:
-            print(f"{args.variant} rope {args.rope} theta {args.theta} position {args.position}{' lone' if args.lone else ''} step {step}: loss {loss.item():.3f}, held-out relation "
+            print(f"{args.variant} rope {args.rope} theta {args.theta} position {args.position}{' lone' if args.lone else ''}"
+                  f"{' question-first' if args.question_first else ''} step {step}: loss {loss.item():.3f}, held-out relation "
                   f"accuracy {accuracy():.3f} ({time.time() - t0:.0f} s)", flush=True)
 
 

@@ -98,3 +98,19 @@ def test_slot_connector_ignores_patch_order_and_writes_each_slots_centroid():
             s = slots.gru((w @ slots.v(h)).reshape(6, 16), s.reshape(6, 16)).view(2, 3, 16)
             s = s + slots.mlp(s)
         torch.testing.assert_close(seen["centroid"], w @ xy, atol=1e-5, rtol=0)
+
+
+def test_grid_objpos_writes_the_objects_centre_into_each_of_its_cells_and_nothing_into_background():
+    ideal, plain = _tokens("grid")
+    _, tokens = _tokens("grid+objpos")
+    circle, square = SCENE.objects
+
+    def centre(o):
+        return torch.tensor([o.center[0] / 48 - 0.5, o.center[1] / 48 - 0.5])
+
+    with torch.no_grad():
+        for k in range(16):
+            cx, cy = (k % 4) * 12 + 6, (k // 4) * 12 + 6
+            owner = circle if k == 3 else square if (k == 10 or (20 <= cx < 40 and 20 <= cy < 40)) else None
+            want = plain[k] + (ideal.where(centre(owner)) if owner is not None else 0)
+            assert torch.allclose(tokens[k], want), k
