@@ -243,3 +243,16 @@ def test_blip2_text_model_defaults_to_opt_and_is_named():
     build_blip2({**cfg, "text_config": {**cfg["text_config"], "model_type": "llama"}})
     with pytest.raises(ConfigError, match="encoder-decoder LM"):
         build_blip2({**cfg, "text_config": {"model_type": "t5"}, "use_decoder_only_language_model": False})
+
+
+def test_a_llava_vision_config_without_model_type_is_clip(tmp_path):
+    """LlavaConfig (and LlavaNextConfig) read a vision_config that names no model_type as CLIP's; we refused it
+    (and the processor's count already read it as CLIP)."""
+    import transformers as tf
+    ref = _llava(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["vision_config"]["model_type"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert isinstance(tf.AutoConfig.from_pretrained(tmp_path).vision_config, tf.CLIPVisionConfig)
+    ids, pixels = _ids_and_pixels()
+    _same_logits(ref, ocellus.load(tmp_path), input_ids=ids, pixel_values=pixels)

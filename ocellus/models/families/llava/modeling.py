@@ -29,7 +29,9 @@ SPEC_KEYS = frozenset({"architecture", "vision_from", "llm_from", "connector", "
 def build_llava(cfg: dict) -> VLM:
     if "vision_config" not in cfg:
         raise ConfigError("LLaVA config.json has no vision_config")
-    vision = VisionTransformer(ViTConfig.from_hf(cfg["vision_config"]))
+    # a vision_config naming no model_type is CLIP's (LlavaConfig's, LlavaNextConfig's default; count_from_config
+    # reads it so too)
+    vision = VisionTransformer(ViTConfig.from_hf({"model_type": "clip_vision_model", **cfg["vision_config"]}))
     text_cfg = DecoderConfig.from_hf(text_config(cfg))
     decoder = DecoderLM(text_cfg)
     layer = cfg.get("vision_feature_layer", -2)
