@@ -44,6 +44,12 @@ class RopeConfig:
             raise ConfigError(f"rope type {self.rope_type!r} needs {missing} in rope_parameters/rope_scaling")
         if self.rope_type == "yarn" and self.params.get("factor") is None and "original_max_position_embeddings" not in self.params:
             raise ConfigError("rope type 'yarn' needs 'factor' or 'original_max_position_embeddings'")
+        if self.rope_type == "longrope":   # one factor per rotated frequency: another length broadcasts or fails
+            for key in ("short_factor", "long_factor"):
+                value = self.params[key]
+                if not isinstance(value, (list, tuple)) or len(value) != self.rotary_dim // 2:
+                    raise ConfigError(f"rope {key} must list {self.rotary_dim // 2} numbers (one per frequency of the "
+                                      f"{self.rotary_dim} rotated dims), got {value!r}")
 
     @property
     def rotary_dim(self) -> int:

@@ -2,7 +2,8 @@
 Qwen2 / Qwen3 configs (/tmp fuzz script: rope types and spellings, head_dim, GQA, biases, tying, shards, defaults)
 found, one representative config per bug:
 - longrope swaps its short factors for the long ones past the original context (before: never, where
-  max_position_embeddings > original_max_position_embeddings, i.e. every longrope checkpoint);
+  max_position_embeddings > original_max_position_embeddings, i.e. every longrope checkpoint); factor lists of another
+  length than the rotated frequencies are a ConfigError;
 - a top-level original_max_position_embeddings (Phi-3's place for it) wins over the rope dict's, and rope_scaling over
   rope_parameters where a config.json has both, as transformers reads them;
 - a field config.json leaves out takes the value transformers' config class gives it (Qwen2 / Qwen3: 32 key/value heads
@@ -91,6 +92,14 @@ def test_longrope_switches_to_its_long_factors_past_the_original_context(kind, s
         fields = {"rope_parameters": {**rope, "rope_theta": 10000.0}}
     ref, path = checkpoint(tmp_path, config(kind, **fields))
     _same_logits_and_greedy_ids(ref, ocellus.load(path), t=40, prompt=12, new=20)
+
+
+@pytest.mark.parametrize("key", ["short_factor", "long_factor"])
+def test_longrope_factors_of_another_length_are_a_config_error(key):
+    """transformers only warns, then broadcasts or fails at the first long sequence."""
+    rope = {**LONGROPE, key: LONG[:3], "rope_theta": 10000.0}
+    with pytest.raises(ConfigError, match=f"rope {key} must list 8 numbers"):
+        DecoderConfig.from_hf(config("llama", rope_parameters=rope))
 
 
 @pytest.mark.parametrize("rope", [LONGROPE, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
