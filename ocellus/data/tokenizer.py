@@ -150,12 +150,13 @@ class Tokenizer:
         named, extra = _special_tokens(config, _read_json(directory / "special_tokens_map.json"))
         # a tokenizer_class that builds its own pipeline (data/tokenizer_classes.py): its default special tokens,
         # its model and pipeline over the file's vocabulary, and (once its tokens have ids) its post-processor
-        as_class = class_config(config, backend)
+        as_class = class_config(config, backend, _read_json(directory / "config.json"))  # model_type picks too
         named.update({k: _token(v) for k, v in class_special_defaults(as_class, named).items()})
         extra += [_token(t) for t in class_extra_tokens(as_class)]
         special = {k: t.content for k, t in named.items()}
+        # the class the directory resolves to is the one save() writes, as transformers writes its own class
         tokenizer = cls(class_pipeline(backend, as_class, special), named, extra, _chat_templates(directory, config),
-                        config)
+                        as_class)
         class_finish(as_class, tokenizer.backend, special, [t.content for t in extra], tokenizer.convert_tokens_to_ids)
         return tokenizer
 

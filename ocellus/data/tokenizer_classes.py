@@ -24,6 +24,8 @@ their own post-processor (transformers/models/<name>/tokenization_<name>.py, eac
   normalizer), whitespace split + Metaspace; the post-processor appends </s>; `extra_ids` sentinels
   <extra_id_N> are special tokens.
 
+Which class runs is AutoTokenizer's pick (class_config): a checkpoint's config.json model_type can override the
+named class (LLaVA / LLaVA-NeXT / Mistral checkpoints that name LlamaTokenizer run their file as it is).
 A class whose model kind differs from the file's (a WordPiece file under GPT2Tokenizer) is a ConfigError naming
 tokenizer_class: transformers would build the class's model from a vocabulary it was not made for.
 """
@@ -200,13 +202,47 @@ def _entry(config: dict) -> _Class | None:
     return _CLASSES.get(config.get("tokenizer_class"))
 
 
-def class_config(config: dict, backend: tokenizers.Tokenizer) -> dict:
-    """tokenizer_config as the class_* functions read it: AutoTokenizer loads a byte-level file under
-    LlamaTokenizer with the generic class (its Metaspace pipeline would garble byte-level text), so such a config
-    reads as the generic class's."""
-    if _entry(config) is _LLAMA and '"ByteLevel"' in backend.to_str():
-        return {**config, "tokenizer_class": "TokenizersBackend"}
-    return config
+# config.json's model_type -> the tokenizer class transformers 5 registers for it (TOKENIZER_MAPPING_NAMES in
+# transformers/models/auto/tokenization_auto.py), for the model types Ocellus loads; "" is the generic class
+MODEL_TYPE_CLASSES = {
+    "llava": "", "llava_next": "", "mistral": "", "phi3": "", "pixtral": "",
+    "qwen2": "Qwen2Tokenizer", "qwen2_vl": "Qwen2Tokenizer", "qwen2_5_vl": "Qwen2Tokenizer", "qwen3": "Qwen2Tokenizer",
+    "internvl": "Qwen2Tokenizer", "opt": "GPT2Tokenizer", "blip-2": "GPT2Tokenizer", "instructblip": "GPT2Tokenizer",
+    "gpt_neox": "GPTNeoXTokenizer", "mpt": "GPTNeoXTokenizer", "clip": "CLIPTokenizer", "bert": "BertTokenizer",
+    "blip": "BertTokenizer", "t5": "T5Tokenizer", "idefics2": "LlamaTokenizer",
+}
+# model types whose checkpoints' tokenizer_class transformers overrides with the registered class
+# (MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS there)
+WRONG_HUB_CLASS = frozenset({"llava", "llava_next", "phi3", "qwen2"})
+_GENERIC = "TokenizersBackend"
+
+
+def class_config(config: dict, backend: tokenizers.Tokenizer, model_config: dict | None = None) -> dict:
+    """tokenizer_config as the class_* functions read it: its tokenizer_class replaced by the class transformers 5's
+    AutoTokenizer picks for the directory (model_config: the checkpoint's config.json, when it has one):
+    - a byte-level file under LlamaTokenizer runs with the generic class (Metaspace would garble it);
+    - a model type transformers registers another class for than the config names: that class when it is the
+      generic one (LLaVA, LLaVA-NeXT, Mistral checkpoints run their tokenizer.json as it is, whatever
+      LlamaTokenizer they name) or the model type's hub class is known to be wrong (Qwen2), else the named one;
+    - no class named: the model type's (the generic one for a type not in the table)."""
+    model_config = model_config or {}
+    named = config.get("tokenizer_class") or model_config.get("tokenizer_class")
+    model_type = model_config.get("model_type")
+    registered = MODEL_TYPE_CLASSES.get(model_type) if isinstance(model_type, str) else None
+    picked = _picked(named, model_type, registered, backend)
+    # the config stays as it is unless the pick builds another pipeline (saved as the class that ran)
+    return config if _CLASSES.get(picked) is _CLASSES.get(config.get("tokenizer_class")) else {
+        **config, "tokenizer_class": picked}
+
+
+def _picked(named: str | None, model_type, registered: str | None, backend: tokenizers.Tokenizer) -> str:
+    if named is None:
+        return registered or _GENERIC
+    if _CLASSES.get(named) is _LLAMA and model_type not in WRONG_HUB_CLASS and '"ByteLevel"' in backend.to_str():
+        return _GENERIC
+    if registered is not None and registered != named.removesuffix("Fast"):
+        return (registered or _GENERIC) if (registered == "" or model_type in WRONG_HUB_CLASS) else named
+    return named
 
 
 def class_pipeline(backend: tokenizers.Tokenizer, config: dict, special: dict[str, str]) -> tokenizers.Tokenizer:
@@ -228,6 +264,10 @@ def class_pipeline(backend: tokenizers.Tokenizer, config: dict, special: dict[st
     if entry is _T5:
         data["normalizer"] = _precompiled(data.get("normalizer"))
     data["model"].update(entry.options(config, special))
+    unk = data["model"].get("unk_token")
+    if unk is not None and unk not in data["model"]["vocab"]:   # transformers fails at the first unknown word
+        raise ConfigError(f"tokenizer_config.json's unk_token {unk!r} is not in tokenizer.json's vocabulary, "
+                          f"which {config['tokenizer_class']} needs")
     built = tokenizers.Tokenizer.from_str(json.dumps(data))
     entry.pipeline(built, config)
     return built

@@ -197,14 +197,15 @@ def test_a_model_of_another_kind_is_refused_naming_the_class(tmp_path):
     ("clip", {"tokenizer_class": "CLIPTokenizer", "bos_token": None}, "bos_token"),
     ("unigram", {"tokenizer_class": "T5Tokenizer", "eos_token": None}, "eos_token"),
     ("unigram", {"tokenizer_class": "T5Tokenizer", "extra_ids": -1}, "extra_ids"),
+    ("wordpiece", {"tokenizer_class": "BertTokenizer", "unk_token": "<nope>"}, "unk_token"),
 ])
 def test_what_the_class_cannot_build_is_a_config_error_naming_the_field(kind, config, field, tmp_path):
     path = _dir(tmp_path, kind, config)
     with pytest.raises(ConfigError, match=field):
         Tokenizer.from_dir(path)
-    if field not in ("extra_ids", "cls_token", "sep_token"):   # transformers fails on these too (it takes
-        with pytest.raises(Exception):                        # extra_ids < 0 as none, a null [CLS] as "None")
-            AutoTokenizer.from_pretrained(path)
+    if field not in ("extra_ids", "cls_token", "sep_token", "unk_token"):   # transformers fails on these too (it
+        with pytest.raises(Exception):   # takes extra_ids < 0 as none, a null [CLS] as "None", and fails on the
+            AutoTokenizer.from_pretrained(path)   # first unknown word without an unk token in the vocabulary)
 
 
 def test_t5_sentinels_only_when_the_config_lists_no_extras(tmp_path):
@@ -234,3 +235,47 @@ def test_decode_clean_up_asked_per_call_as_transformers(kind, config, tmp_path):
             ref.decode(r, clean_up_tokenization_spaces=clean) for r in rows]
         assert ours.batch_decode(rows, True, clean) == ref.batch_decode(rows, skip_special_tokens=True,
                                                                          clean_up_tokenization_spaces=clean)
+
+
+def test_the_model_type_table_is_transformers():
+    from transformers.models.auto.tokenization_auto import (MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS,
+                                                            TOKENIZER_MAPPING_NAMES)
+
+    from ocellus.data.tokenizer_classes import MODEL_TYPE_CLASSES, WRONG_HUB_CLASS
+    for model_type, name in MODEL_TYPE_CLASSES.items():
+        theirs = TOKENIZER_MAPPING_NAMES[model_type].removesuffix("Fast")
+        assert (name or "TokenizersBackend") == theirs, model_type
+        assert (model_type in WRONG_HUB_CLASS) == (model_type in MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS)
+
+
+MODEL_TYPE_CASES = [
+    ("llava", "llama2", "LlamaTokenizer"),            # llava-hf checkpoints: the file as it is
+    ("llava_next", "llama2", "LlamaTokenizerFast"),
+    ("mistral", "llama2", "LlamaTokenizer"),
+    ("llava_onevision", "llama2", "LlamaTokenizer"),  # no class registered: the named one
+    ("llama", "llama2", None),                        # no class named, none registered: the file as it is
+    ("qwen2", "byte_level", "LlamaTokenizerFast"),    # the hub's class known wrong: Qwen2Tokenizer
+    ("qwen2_vl", "byte_level", None),                 # no class named: the registered one
+    ("blip-2", "unigram", "T5Tokenizer"),             # another class registered: the named one
+    ("bert", "wordpiece", None),
+    ("phi3", "byte_level", "GPT2Tokenizer"),
+]
+
+
+@pytest.mark.parametrize("model_type,kind,name", MODEL_TYPE_CASES)
+def test_config_json_model_type_picks_the_class_as_auto_tokenizer_does(model_type, kind, name, tmp_path):
+    from test_tokenizer_classes import _llama2_file
+    config = {"bos_token": "<s>", "eos_token": "</s>"} if kind == "llama2" else {}
+    config.update({"tokenizer_class": name} if name else {})
+    if kind == "llama2":
+        _llama2_file(tmp_path)
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    else:
+        _dir(tmp_path, kind, config)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    ours, ref = _both(tmp_path)
+    texts = _texts(7) + ["</s>x hi", "<s>[INST] a [/INST] b</s>"]
+    _assert_same(ours, ref, texts)
+    ours.save(tmp_path / "saved")   # save writes the class it ran, so the copy reads alike without config.json
+    _assert_same(Tokenizer.from_dir(tmp_path / "saved"), AutoTokenizer.from_pretrained(tmp_path / "saved"), texts)
+    _assert_same(Tokenizer.from_dir(tmp_path / "saved"), ref, texts)
