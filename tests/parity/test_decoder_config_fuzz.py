@@ -7,8 +7,8 @@ found, one representative config per bug:
 - a top-level original_max_position_embeddings (Phi-3's place for it) wins over the rope dict's, and rope_scaling over
   rope_parameters where a config.json has both, as transformers reads them;
 - a field config.json leaves out takes the value transformers' config class gives it (Qwen2 / Qwen3: 32 key/value heads
-  and a 32768 context, Mistral: 8; one that transformers cannot run is warned about), and the class's default eos 2
-  (Llama, Mistral) stops nothing, as in transformers' generate;
+  and a 32768 context, Mistral: 8; one that transformers cannot run is warned about), and the class's default eos
+  (Llama, Mistral, DeepSeek-V2: 2, DeepSeek-V3: 1) stops nothing, as in transformers' generate;
 - partial_rotary_factor with a scaled rope on a whole-head class, or sliding layers without a window: transformers
   fails on them, so each is a ConfigError;
 - every parameter-free hidden_act transformers reads (gelu_fast, relu2, mish, ...) computes as its; a learned one is a
@@ -45,22 +45,22 @@ def config(kind: str, **fields) -> dict:
 @torch.no_grad()
 def checkpoint(path, cfg: dict, seed: int = 0):
     """config.json as given + random weights for transformers' reading of it (N(0, 1/fan_in), q/k x2: attention far
-    from uniform; norms and biases off their constants) -> (transformers' model loaded from it, path)."""
+    from uniform; norms and biases off their constants), written by its save_pretrained (DeepSeek's experts in the
+    hub's per-expert names), no generation_config.json -> (transformers' model loaded from it, path)."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(cfg))
     model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(path))
     g = torch.Generator().manual_seed(seed)
-    tensors = {}
     for name, p in model.state_dict().items():
         if p.dim() >= 2:
-            t = torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1])
+            t = torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1])
             t = t * 2 if name.endswith(("q_proj.weight", "k_proj.weight")) else t
         else:
             t = torch.randn(p.shape, generator=g) * 0.1 + (1.0 if "norm" in name else 0.0)
-        tensors[name] = t.contiguous()
-    if model.config.tie_word_embeddings:
-        tensors.pop("lm_head.weight", None)
-    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+        p.copy_(t)
+    model.save_pretrained(path)
+    (path / "generation_config.json").unlink(missing_ok=True)
+    (path / "config.json").write_text(json.dumps(cfg))
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), path
 
 
@@ -162,23 +162,33 @@ def test_a_default_head_count_transformers_cannot_run_is_warned_about(caplog):
     assert "leaves num_key_value_heads out: transformers' 'mistral' default 8 does not divide" in caplog.text
 
 
-@pytest.mark.parametrize("kind", ["llama", "mistral"])
+DEEPSEEK = {"vocab_size": 97, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "kv_lora_rank": 16, "q_lora_rank": None,
+            "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 6, "n_routed_experts": 4, "n_group": 2,
+            "topk_group": 1, "num_experts_per_tok": 2, "first_k_dense_replace": 1, "max_position_embeddings": 64}
+CLASS_EOS = {"llama": 2, "mistral": 2, "deepseek_v2": 2, "deepseek_v3": 1}
+
+
+@pytest.mark.parametrize("kind", list(CLASS_EOS))
 @torch.no_grad()
-def test_without_eos_in_config_json_the_class_default_2_stops_nothing(kind, tmp_path):
-    """LlamaConfig / MistralConfig read a left-out eos_token_id as 2, but transformers' generate (no
-    generation_config.json) stops only at an eos config.json names. Token 2's lm_head row is made 1.01 x that of the
-    prompt's first greedy token, so 2 comes first: both go on past it. Before, a Mistral stopped there."""
-    cfg = config(kind)
-    cfg.pop("eos_token_id")
+def test_without_eos_in_config_json_the_class_default_stops_nothing(kind, tmp_path):
+    """LlamaConfig / MistralConfig / DeepseekV2Config read a left-out eos_token_id as 2 (DeepseekV3Config as 1), but
+    transformers' generate (no generation_config.json) stops only at an eos config.json names. That token's lm_head
+    row is made 1.01 x that of the prompt's first greedy token, so it comes first: both go on past it. Before, a
+    Mistral or DeepSeek stopped there."""
+    eos = CLASS_EOS[kind]
+    cfg = config(kind) if kind in ARCH else {"architectures": [f"DeepseekV{kind[-1]}ForCausalLM"], "model_type": kind,
+                                             **DEEPSEEK}
+    cfg.pop("eos_token_id", None)
     ref, path = checkpoint(tmp_path, cfg)
     p = _ids(6, seed=3)
     first = int(ref(p).logits[0, -1].argmax())
     tensors = load_file(path / "model.safetensors")
-    tensors["lm_head.weight"][2] = tensors["lm_head.weight"][first] * 1.01
+    tensors["lm_head.weight"][eos] = tensors["lm_head.weight"][first] * 1.01
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
     ref = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     want = ref.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=8, do_sample=False)
-    assert want[0, 6] == 2 and want.shape[1] == 6 + 8
+    assert want[0, 6] == eos and want.shape[1] == 6 + 8
     assert torch.equal(ocellus.load(path).generate(p, max_new_tokens=8), want)
 
 

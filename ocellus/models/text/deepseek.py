@@ -45,10 +45,10 @@ _SIZES = ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_si
 _DEFAULTS = {
     "deepseek_v2": dict(first_k_dense_replace=0, n_shared_experts=2, routed_scaling_factor=1.0,
                         topk_method="greedy", norm_topk_prob=False, n_group=None, topk_group=None,
-                        max_position_embeddings=2048, bos_token_id=1, eos_token_id=2),
+                        max_position_embeddings=2048, bos_token_id=1),
     "deepseek_v3": dict(first_k_dense_replace=3, n_shared_experts=1, routed_scaling_factor=2.5,
                         topk_method="noaux_tc", norm_topk_prob=True, n_group=8, topk_group=4,
-                        max_position_embeddings=4096, bos_token_id=0, eos_token_id=1),
+                        max_position_embeddings=4096, bos_token_id=0),
 }
 NEXTN_DEFAULT = {"deepseek_v2": 0, "deepseek_v3": 1}   # num_nextn_predict_layers: DeepseekV3Config's default is 1
 
@@ -132,7 +132,8 @@ class DeepseekConfig:
             raise ConfigError(f"{kind}: rope {rope.rope_type!r} (partial_rotary_factor "
                               f"{rope.partial_rotary_factor}) unsupported; DeepSeek MLA rotates all of "
                               f"qk_rope_head_dim with {' or '.join(ROPE_TYPES)} RoPE")
-        eos = cfg.get("eos_token_id", d["eos_token_id"])
+        # not the class's default eos: transformers' generate stops only at one config.json names
+        eos = cfg.get("eos_token_id")
         eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
         return cls(
             model_type=kind, vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
