@@ -54,7 +54,7 @@ def test_a_separate_head_under_a_tying_config_is_kept_apart(tmp_path):
     import transformers as tf
     _llava(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["tie_word_embeddings"] = True
+    cfg["tie_word_embeddings"] = cfg["text_config"]["tie_word_embeddings"] = True   # both flags (a 4.x save's)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     ids, pixels = _ids_and_pixels()
     ours = ocellus.load(tmp_path)
