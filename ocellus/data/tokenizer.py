@@ -72,6 +72,23 @@ def _special_tokens(config: dict, special_map: dict | None) -> tuple[dict[str, A
     return named, extra
 
 
+def _config_added_tokens(config: dict) -> list[AddedToken] | None:
+    """tokenizer_config.json's added_tokens_decoder ({id: {"content": ..., "lstrip": ...}}, what transformers v4
+    saves) as AddedTokens in id order (a named one turns special when the named tokens are registered); None when
+    the config has none.
+    transformers 5 re-adds them over tokenizer.json's, so their flags win, and a class that rebuilds the pipeline
+    gets only these (data/tokenizer_classes.py)."""
+    entries = config.get("added_tokens_decoder")
+    if entries is None:
+        return None
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) and isinstance(e.get("content"), str)
+                                                and str(k).isdigit() for k, e in entries.items()):
+        raise ConfigError("tokenizer_config.json field 'added_tokens_decoder' must map token ids to "
+                          "{\"content\": ..., ...} objects")
+    ordered = sorted(entries.items(), key=lambda kv: int(kv[0]))
+    return [AddedToken(e["content"], **{k: bool(e[k]) for k in _ADDED_TOKEN_FIELDS if k in e}) for _, e in ordered]
+
+
 def _chat_templates(directory: Path, config: dict) -> dict[str, str]:
     """name -> template. Files win over tokenizer_config.json, as in transformers."""
     templates = {}
@@ -155,8 +172,11 @@ class Tokenizer:
         extra += [_token(t) for t in class_extra_tokens(as_class)]
         special = {k: t.content for k, t in named.items()}
         # the class the directory resolves to is the one save() writes, as transformers writes its own class
-        tokenizer = cls(class_pipeline(backend, as_class, special), named, extra, _chat_templates(directory, config),
-                        as_class)
+        listed = _config_added_tokens(config)
+        backend = class_pipeline(backend, as_class, special, keep_added=listed is None)
+        if listed:
+            backend.add_tokens(listed)
+        tokenizer = cls(backend, named, extra, _chat_templates(directory, config), as_class)
         class_finish(as_class, tokenizer.backend, special, [t.content for t in extra], tokenizer.convert_tokens_to_ids)
         return tokenizer
 

@@ -245,9 +245,12 @@ def _picked(named: str | None, model_type, registered: str | None, backend: toke
     return named
 
 
-def class_pipeline(backend: tokenizers.Tokenizer, config: dict, special: dict[str, str]) -> tokenizers.Tokenizer:
+def class_pipeline(backend: tokenizers.Tokenizer, config: dict, special: dict[str, str],
+                   keep_added: bool = True) -> tokenizers.Tokenizer:
     """tokenizer.json's tokenizer as transformers runs it under config's tokenizer_class (the same one when the
-    class reads the file as it is). special: the named special tokens' strings, defaults included."""
+    class reads the file as it is). special: the named special tokens' strings, defaults included. keep_added
+    false: a class that rebuilds the pipeline drops the file's added tokens (the config's added_tokens_decoder
+    lists the ones transformers adds back)."""
     entry = _entry(config)
     if entry is None:
         return backend
@@ -261,6 +264,8 @@ def class_pipeline(backend: tokenizers.Tokenizer, config: dict, special: dict[st
         if not isinstance(special.get(name), str):
             raise ConfigError(f"tokenizer_config.json sets {name} to null, but {config['tokenizer_class']} "
                               f"needs one")
+    if not keep_added:
+        data["added_tokens"] = []
     if entry is _T5:
         data["normalizer"] = _precompiled(data.get("normalizer"))
     data["model"].update(entry.options(config, special))

@@ -279,3 +279,27 @@ def test_config_json_model_type_picks_the_class_as_auto_tokenizer_does(model_typ
     ours.save(tmp_path / "saved")   # save writes the class it ran, so the copy reads alike without config.json
     _assert_same(Tokenizer.from_dir(tmp_path / "saved"), AutoTokenizer.from_pretrained(tmp_path / "saved"), texts)
     _assert_same(Tokenizer.from_dir(tmp_path / "saved"), ref, texts)
+
+
+@pytest.mark.parametrize("kind,name", [("byte_level", "PreTrainedTokenizerFast"), ("byte_level", "GPT2Tokenizer"),
+                                       ("wordpiece", "BertTokenizer"), ("unigram", "T5Tokenizer")])
+def test_the_configs_added_tokens_decoder_wins_over_the_files_added_tokens(kind, name, tmp_path):
+    """transformers v4 saved added_tokens_decoder beside tokenizer.json; transformers 5 re-adds its entries, so their
+    lstrip / rstrip / special flags win, and a class that rebuilds the pipeline keeps only the tokens it lists."""
+    added = [AddedToken("<image>", special=True), AddedToken("xyz", special=False, rstrip=True),
+             AddedToken("[IMG]", special=True, lstrip=True)]
+    path = _dir(tmp_path, kind, {}, added)
+    listed = json.loads((path / "tokenizer.json").read_text())["added_tokens"]
+    decoder = {str(t["id"]): {k: t[k] for k in ("content", "lstrip", "rstrip", "normalized", "single_word", "special")}
+               for t in listed if t["content"] != "[IMG]"}                         # [IMG] left out
+    image = next(k for k, t in decoder.items() if t["content"] == "<image>")
+    decoder[image].update(lstrip=True, rstrip=True, special=False)               # other flags than the file's
+    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": name, "added_tokens_decoder": decoder,
+                                                            "image_token": "<image>"}))
+    _assert_same(*_both(path), _texts(9) + ["a  <image>  b [IMG]  c", "  [IMG]x <image>", "xyz  q"])
+
+
+def test_a_malformed_added_tokens_decoder_is_a_config_error(tmp_path):
+    path = _dir(tmp_path, "byte_level", {"added_tokens_decoder": {"0": "<|endoftext|>"}})
+    with pytest.raises(ConfigError, match="added_tokens_decoder"):
+        Tokenizer.from_dir(path)
