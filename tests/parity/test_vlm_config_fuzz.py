@@ -256,3 +256,15 @@ def test_a_llava_vision_config_without_model_type_is_clip(tmp_path):
     assert isinstance(tf.AutoConfig.from_pretrained(tmp_path).vision_config, tf.CLIPVisionConfig)
     ids, pixels = _ids_and_pixels()
     _same_logits(ref, ocellus.load(tmp_path), input_ids=ids, pixel_values=pixels)
+
+
+@pytest.mark.parametrize("layer", [2.0, True, -5, 4, [], [-1, 7], "x"])
+def test_a_vision_feature_layer_the_tower_has_not_is_a_config_error(layer, tmp_path):
+    """A vision_feature_layer that is no layer of the 3-block tower (4 hidden states), or no int: a ConfigError
+    naming the field at load. We raised a TypeError (2.0), read True as layer 1, or failed at the first image."""
+    from ocellus.errors import ConfigError
+    _llava(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "vision_feature_layer": layer}))
+    with pytest.raises(ConfigError, match="vision_feature_layer must be an int or a non-empty list of ints in -4..3"):
+        ocellus.load(tmp_path)

@@ -35,7 +35,7 @@ def build_llava(cfg: dict) -> VLM:
     text_cfg = DecoderConfig.from_hf(text_config(cfg))
     decoder = DecoderLM(text_cfg)
     layer = cfg.get("vision_feature_layer", -2)
-    layers = [layer] if isinstance(layer, int) else list(layer)
+    layers = feature_layers(layer, vision.config.num_layers + 1)
     select = cfg.get("vision_feature_select_strategy", "default")
     if select not in ("default", "full"):
         raise ConfigError(f"vision_feature_select_strategy must be 'default' or 'full', got {select!r}")
@@ -53,6 +53,18 @@ def build_llava(cfg: dict) -> VLM:
                 feature_select=select, config=text_cfg)
     model.hf_config = dict(cfg)
     return model
+
+
+def feature_layers(value, states: int) -> list[int]:
+    """config.json's vision_feature_layer (one int or a list of them) -> the list, each an index into the tower's
+    `states` hidden states (embeddings + one per block): anything else is a ConfigError at load, not a TypeError
+    or an out-of-range layer at the first image."""
+    layers = [value] if isinstance(value, int) else value
+    if (not isinstance(layers, list) or not layers
+            or any(isinstance(x, bool) or not isinstance(x, int) or not -states <= x < states for x in layers)):
+        raise ConfigError(f"vision_feature_layer must be an int or a non-empty list of ints in {-states}..{states - 1} "
+                          f"(the vision tower's {states} hidden states), got {value!r}")
+    return layers
 
 
 # ---- the recipe side (model.architecture: llava) ---------------------------------------------------------
