@@ -211,6 +211,22 @@ def test_onevision_image_token_id_spelling_is_not_overridden_by_the_default(tmp_
         ocellus.load(tmp_path)
 
 
+@pytest.mark.parametrize("layer", [True, 3, -4])
+def test_internvl_vision_feature_layer_outside_the_tower_is_a_config_error(layer):
+    """InternVL read vision_feature_layer True as layer 1 and an index past the tower's 3 hidden states failed at
+    the first image; a ConfigError naming the field at load, as LLaVA's."""
+    from ocellus.errors import ConfigError
+    from ocellus.models.families.internvl.modeling import build_internvl
+    cfg = {"vision_config": dict(model_type="internvl_vision", hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=4),
+           "text_config": dict(model_type="qwen2", vocab_size=128, hidden_size=48, intermediate_size=96,
+                               num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2),
+           "image_token_id": 120}
+    build_internvl({**cfg, "vision_feature_layer": -3})
+    with pytest.raises(ConfigError, match="vision_feature_layer must be an int or a non-empty list of ints in -3..2"):
+        build_internvl({**cfg, "vision_feature_layer": layer})
+
+
 def test_internvl_full_features_with_a_cls_token_is_a_config_error():
     """'full' keeps InternViT's CLS token: 1 + P features fold into no square grid. transformers fails in its
     forward; we failed at the first image with an InputError about patches, not naming the field."""

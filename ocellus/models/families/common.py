@@ -46,6 +46,18 @@ def text_config(cfg: dict, family: str = "LLaVA", default: str = "llama") -> dic
     return text
 
 
+def feature_layers(value, states: int) -> list[int]:
+    """config.json's vision_feature_layer (one int or a list of them) -> the list, each an index into the tower's
+    `states` hidden states (embeddings + one per block): anything else is a ConfigError at load, not a TypeError
+    or an out-of-range layer at the first image."""
+    layers = [value] if isinstance(value, int) else value
+    if (not isinstance(layers, list) or not layers
+            or any(isinstance(x, bool) or not isinstance(x, int) or not -states <= x < states for x in layers)):
+        raise ConfigError(f"vision_feature_layer must be an int or a non-empty list of ints in {-states}..{states - 1} "
+                          f"(the vision tower's {states} hidden states), got {value!r}")
+    return layers
+
+
 def feature_layer(cfg: dict, family: str, default_select: str) -> tuple[int, str]:
     """config.json's (vision_feature_layer, vision_feature_select_strategy) for a bridge that reads ONE layer of
     the vision tower (a resampler or sampler): one int, and 'default' (drop CLS) or 'full'."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 from ocellus.errors import ConfigError
 from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.models.connectors.pixel_shuffle import PixelShuffleProjector
-from ocellus.models.families.common import image_token_id, part_dirs, text_config
+from ocellus.models.families.common import feature_layers, image_token_id, part_dirs, text_config
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.intern_vit import InternViT, InternViTConfig
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
@@ -74,6 +74,7 @@ def build_internvl(cfg: dict) -> VLM:
     select = cfg.get("vision_feature_select_strategy", "default")
     if not isinstance(layer, int):
         raise ConfigError(f"InternVL vision_feature_layer must be one int, got {layer!r}")
+    feature_layers(layer, vision.config.num_layers + 1)
     if select not in ("default", "full"):
         raise ConfigError(f"vision_feature_select_strategy must be 'default' or 'full', got {select!r}")
     if select == "full" and (isinstance(tower, InternViTConfig) or tower.use_cls_token):

@@ -12,7 +12,7 @@ from ocellus.data.image import LLAVA_NEXT_GRID_PINPOINTS
 from ocellus.errors import ConfigError
 from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.models.connectors.mlp import MLPProjector
-from ocellus.models.families.common import check_spec, image_token_id, part_dirs, text_config
+from ocellus.models.families.common import check_spec, feature_layers, image_token_id, part_dirs, text_config
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 from ocellus.models.vlm import VLM
@@ -53,18 +53,6 @@ def build_llava(cfg: dict) -> VLM:
                 feature_select=select, config=text_cfg)
     model.hf_config = dict(cfg)
     return model
-
-
-def feature_layers(value, states: int) -> list[int]:
-    """config.json's vision_feature_layer (one int or a list of them) -> the list, each an index into the tower's
-    `states` hidden states (embeddings + one per block): anything else is a ConfigError at load, not a TypeError
-    or an out-of-range layer at the first image."""
-    layers = [value] if isinstance(value, int) else value
-    if (not isinstance(layers, list) or not layers
-            or any(isinstance(x, bool) or not isinstance(x, int) or not -states <= x < states for x in layers)):
-        raise ConfigError(f"vision_feature_layer must be an int or a non-empty list of ints in {-states}..{states - 1} "
-                          f"(the vision tower's {states} hidden states), got {value!r}")
-    return layers
 
 
 # ---- the recipe side (model.architecture: llava) ---------------------------------------------------------
