@@ -2,16 +2,20 @@
 Hugging Face tokenizer directory and behaves like transformers 5.x `AutoTokenizer` on it
 (the generic `TokenizersBackend` path, transformers/tokenization_utils_tokenizers.py):
 
-- encode/decode go straight to the tokenizer.json pipeline, except where tokenizer_config's `tokenizer_class`
-  builds its own (Llama, GPT2, Qwen2, CLIP, Bert, T5: data/tokenizer_classes.py), as transformers does.
+- encode/decode go straight to the tokenizer.json pipeline, except where the tokenizer class AutoTokenizer picks
+  (tokenizer_config's `tokenizer_class`, or config.json's model_type) builds its own (Llama, GPT2, GPTNeoX,
+  Qwen2, CLIP, Bert, T5: data/tokenizer_classes.py), as transformers does.
   Its post-processor decides whether BOS/EOS are added; when tokenizer.json exists transformers *ignores*
   tokenizer_config's `add_bos_token`/`add_eos_token`, and so do we.
+- tokenizer_config's `added_tokens_decoder` (what transformers v4 saves) is added over tokenizer.json's added
+  tokens, its flags winning, as transformers 5 does.
 - padding/truncation stored in tokenizer.json are switched off: transformers' `encode` never
   pads and truncates only when asked.
 - every named special token (`bos_token`, ..., any other `*_token` such as `image_token`) and
   `additional_special_tokens` is registered as a special added token, as transformers does
   at load, so it is never split and `skip_special_tokens` drops it.
-- `clean_up_tokenization_spaces` applies to non-BPE models only, as in transformers 5.
+- `clean_up_tokenization_spaces` applies to non-BPE models only (unless the config insists), as in
+  transformers 5.
 
 What `save()` writes reopens in `AutoTokenizer` with the same encodings.
 """
