@@ -257,9 +257,10 @@ def class_pipeline(backend: tokenizers.Tokenizer, config: dict, special: dict[st
     data = json.loads(backend.to_str())
     kind = data["model"].get("type")
     if kind != entry.model:
-        raise ConfigError(f"tokenizer_config.json tokenizer_class {config['tokenizer_class']!r} builds a "
-                          f"{entry.model} model, but tokenizer.json holds a {kind} one; set tokenizer_class to "
-                          f"'PreTrainedTokenizerFast' to run the file as it is")
+        raise ConfigError(f"tokenizer class {config['tokenizer_class']!r} (tokenizer_config.json's tokenizer_class, "
+                          f"or the one config.json's model_type picks) builds a {entry.model} model, but "
+                          f"tokenizer.json holds a {kind} one; set tokenizer_class to 'PreTrainedTokenizerFast' to "
+                          f"run the file as it is")
     for name in entry.required:   # transformers fails on these (or builds a "None" token)
         if not isinstance(special.get(name), str):
             raise ConfigError(f"tokenizer_config.json sets {name} to null, but {config['tokenizer_class']} "
@@ -288,7 +289,8 @@ def class_finish(config: dict, backend: tokenizers.Tokenizer, special: dict[str,
                  token_id) -> None:
     """What the class's __init__ does once its tokens have ids (token_id: token -> id): Qwen2 re-adds every special
     token, named or listed, as special with no lstrip / rstrip / single_word (the file's flags are dropped, and a
-    listed extra the file holds as a plain token turns special); CLIP, Bert and T5 set their own post-processor."""
+    listed extra the file holds as a plain token turns special); GPTNeoX, CLIP, Bert and T5 set their own
+    post-processor."""
     entry = _entry(config)
     if entry is None:
         return
