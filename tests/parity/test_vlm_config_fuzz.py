@@ -284,3 +284,31 @@ def test_a_vision_feature_layer_the_tower_has_not_is_a_config_error(layer, tmp_p
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "vision_feature_layer": layer}))
     with pytest.raises(ConfigError, match="vision_feature_layer must be an int or a non-empty list of ints in -4..3"):
         ocellus.load(tmp_path)
+
+
+def test_qwen2_5_vl_default_full_attention_blocks_past_a_short_tower(tmp_path):
+    """transformers saves Qwen2.5-VL's default fullatt_block_indexes [7, 15, 23, 31] for a tower of any depth; a
+    block number past the last block attends nowhere there. We refused such a checkpoint (a 3-block tower:
+    every block windowed). A negative number is still refused: it is no block."""
+    import transformers as tf
+    from ocellus.errors import ConfigError
+    from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig
+    tc = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+              num_key_value_heads=2, rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2],
+                                                      "rope_theta": 10000.0}, eos_token_id=None, bos_token_id=None)
+    vc = dict(depth=3, hidden_size=32, out_hidden_size=32, intermediate_size=48, num_heads=2, window_size=56)
+    cfg = tf.Qwen2_5_VLConfig(text_config=tc, vision_config=vc, image_token_id=120, vision_start_token_id=122,
+                              vision_end_token_id=123)
+    torch.manual_seed(0)
+    ref = shift_biases_and_norms(spread_init(tf.Qwen2_5_VLForConditionalGeneration(cfg).eval()), also=("ln_q",))
+    ref.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["vision_config"]["fullatt_block_indexes"] == [7, 15, 23, 31]
+    grids = torch.tensor([[1, 8, 12]])   # 2 x 3 windows of 4 x 4 patches: windowing changes the features
+    ids = torch.tensor([[5, 122] + [120] * 24 + [123, 7]])
+    pixels = torch.randn(96, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ref(input_ids=ids, pixel_values=pixels, image_grid_thw=grids, mm_token_type_ids=(ids == 120).long())
+        got = ocellus.load(tmp_path)(input_ids=ids, pixel_values=pixels, image_grid_thw=grids)
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match=r"fullatt_block_indexes \[-1\] are not block numbers"):
+        Qwen2VisionConfig(variant="qwen2_5_vl", depth=3, hidden_size=32, num_heads=2, fullatt_block_indexes=(1, -1))

@@ -65,9 +65,11 @@ class Qwen2VisionConfig:
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
             raise ConfigError(f"vision hidden_size {self.hidden_size} / num_heads {self.num_heads} must give a head "
                               f"dim divisible by 4 (2D RoPE splits it into row and column halves)")
-        bad = [i for i in self.fullatt_block_indexes if not 0 <= i < self.depth]
+        # an index past the last block attends nowhere, as in transformers, which saves its default (7, 15, 23, 31)
+        # for a tower of any depth; a negative one would read as "from the end" to a person but is no block there
+        bad = [i for i in self.fullatt_block_indexes if isinstance(i, bool) or not isinstance(i, int) or i < 0]
         if bad:
-            raise ConfigError(f"vision_config.fullatt_block_indexes {bad} are outside 0..{self.depth - 1}")
+            raise ConfigError(f"vision_config.fullatt_block_indexes {bad} are not block numbers (ints >= 0)")
         if self.variant == "qwen2_5_vl" and self.window_size % (self.patch_size * self.spatial_merge_size):
             raise ConfigError(f"vision_config.window_size {self.window_size} must be a multiple of patch_size * "
                               f"spatial_merge_size = {self.patch_size * self.spatial_merge_size}")
