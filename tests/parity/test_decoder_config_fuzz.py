@@ -1,6 +1,7 @@
 """Decoder config.json files no other test names, against transformers: what fuzzing random tiny Llama / Mistral /
-Qwen2 / Qwen3 configs (/tmp fuzz script: rope types and spellings, head_dim, GQA, biases, tying, shards, defaults)
-found, one representative config per bug:
+Qwen2 / Qwen3 / DeepSeek-V2 / V3 configs found (a throwaway script: rope types and both spellings, head_dim, GQA / MQA,
+biases, tying with and without lm_head in the file, shards, activations, windows, dtype fields, left-out fields;
+logits, greedy ids and save -> transformers compared), one representative config per bug:
 - longrope swaps its short factors for the long ones past the original context (before: never, where
   max_position_embeddings > original_max_position_embeddings, i.e. every longrope checkpoint); factor lists of another
   length than the rotated frequencies are a ConfigError;
@@ -25,6 +26,7 @@ import ocellus
 from ocellus.errors import ConfigError, InputError
 from ocellus.infer.generate import stream
 from ocellus.models.text.decoder import DecoderConfig
+from ocellus.nn.mlp import ACTIVATIONS
 
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -229,7 +231,11 @@ NEW_ACTS = ["gelu_python", "gelu_python_tanh", "gelu_fast", "gelu_accurate", "ge
 
 @pytest.mark.parametrize("act", NEW_ACTS)
 def test_every_parameter_free_activation_of_transformers_computes_as_its(act, tmp_path):
-    """hidden_act names transformers' ACT2FN reads; before, these were refused ('unknown activation')."""
+    """hidden_act names transformers' ACT2FN reads; before, these were refused ('unknown activation'). Over [-20, 20]
+    (gelu_10's clip, relu6's cap) and through a model."""
+    from transformers.activations import ACT2FN
+    x = torch.linspace(-20, 20, 401)
+    torch.testing.assert_close(ACTIVATIONS[act](x), ACT2FN[act](x))
     ref, path = checkpoint(tmp_path, config("qwen2", hidden_act=act, num_hidden_layers=1))
     with torch.no_grad():
         ids = _ids(12)
