@@ -12,6 +12,9 @@ here from each scene's ground truth instead of a ViT, so that what the tokens ho
     grid+objpos grid + Linear(x, y of the centre of the object over the cell) in that cell's value, background cells
                 none (as a box-head ViT's patches, which regress their object's box: every cell of an object says
                 where the whole object is)
+    vit         NOT ideal: the 16 patch tokens of a real scene ViT (--vit, frozen; default the box-head ViT, whose
+                patches regress their object's box) on the rendered scene, through a fresh LLaVA-style MLP
+                connector trained with the decoder: the same questions on real tokens
     grid+slots  the grid (with its cells' positions added) regrouped into K slot tokens by slot attention, each slot
                 given Linear(x, y of its attention's centroid): one token per object learned from the grid
 
@@ -38,12 +41,14 @@ import torch
 from torch import nn
 
 import ocellus
-from ocellus.data.shapes import SHAPES, ShapesConfig, make_qa, make_scene
+from ocellus.data.shapes import SHAPES, ShapesConfig, make_qa, make_scene, render
 from ocellus.errors import InputError
 from ocellus.nn.mrope import check_mrope_section
 from ocellus.nn.rope import RotaryEmbedding
 
 TEXT = "runs/llava_tiny_shapes/text/model"       # the default model's decoder before any image (make_default_model)
+BOX_VIT = "runs/qwen_vl_tiny_shapes/vit/model"    # recipes/qwen_vl_tiny_shapes/vit.yaml: the scene ViT + box head
+PIXELS = "runs/s18/align_box/model"               # a LLaVA on that ViT: its processor makes the ViT's pixel values
 CELL, GRID = 12, 4                                # 48 px scenes, the default ViT's 12 px patches
 
 
@@ -86,6 +91,22 @@ class SlotConnector(nn.Module):
             slots = slots + self.mlp(slots)
         centroid = weights @ xy                                                          # [B, S, 2]
         return self.out(slots + self.where(centroid))
+
+
+class VitTokens(nn.Module):
+    """A scene -> [16, D]: a frozen ViT's last-layer patch tokens (CLS dropped, raster order) on the rendered
+    scene, through a trainable 2-layer GELU MLP (LLaVA-1.5's connector). pixels: PIL image -> [1, 3, H, W]."""
+
+    def __init__(self, vit: nn.Module, pixels, dim: int):
+        super().__init__()
+        self.vit, self.pixels = vit.eval().requires_grad_(False), pixels
+        width = self.vit.config.hidden_size
+        self.connector = nn.Sequential(nn.Linear(width, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, scene, rng: np.random.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            patches = self.vit(self.pixels(render(scene)), output_hidden_states=True).hidden_states[-1][0, 1:]  # [16, C]
+        return self.connector(patches)                                                   # [16, D]
 
 
 class IdealTokens(nn.Module):
@@ -159,13 +180,15 @@ def question(rng: np.random.Generator, cfg: ShapesConfig, kind: str, lone: bool 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variant", choices=("objects", "grid", "grid+pos", "grid+objpos", "grid+slots"))
+    ap.add_argument("variant", choices=("objects", "grid", "grid+pos", "grid+objpos", "grid+slots", "vit"))
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--position", type=float, default=0.0, help="share of one-object position questions")
     ap.add_argument("--lone", action="store_true", help="position questions in one-object scenes")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--text", default=TEXT)
+    ap.add_argument("--vit", default=BOX_VIT, help="vit variant: the frozen ViT")
+    ap.add_argument("--pixels", default=PIXELS, help="vit variant: a model dir whose processor makes its pixel values")
     ap.add_argument("--rope", choices=("1d", "2d"), default="1d", help="grid token positions: raster order or (row, col)")
     ap.add_argument("--theta", type=float, default=None, help="rotary base (default: the decoder's own)")
     ap.add_argument("--question-first", action="store_true",
@@ -178,7 +201,12 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     tok, model = ocellus.load_processor(args.text), ocellus.load(args.text).train()
     cfg = ShapesConfig(image_size=GRID * CELL, min_objects=2, max_objects=4)
-    ideal = IdealTokens(args.variant, model.config.hidden_size, list(cfg.colours))
+    if args.variant == "vit":
+        processor = ocellus.load_processor(args.pixels)
+        ideal = VitTokens(ocellus.load(args.vit), lambda image: processor.image_inputs([image])[0]["pixel_values"],
+                          model.config.hidden_size)
+    else:
+        ideal = IdealTokens(args.variant, model.config.hidden_size, list(cfg.colours))
     rope = model.config.rope
     if args.theta:   # the decoder's own rotary table at another base
         model.rotary_emb = RotaryEmbedding(replace(rope, theta=args.theta))
@@ -218,7 +246,8 @@ def main(argv=None) -> None:
         model.train()
         return right / len(held)
 
-    opt = torch.optim.AdamW(list(model.parameters()) + list(ideal.parameters()), lr=args.lr, weight_decay=0.0)
+    trained = [p for p in list(model.parameters()) + list(ideal.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     t0 = time.time()
     for step in range(1, args.steps + 1):
         rows = []

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import ocellus
 from ocellus.data.shapes import Obj, Scene, ShapesConfig
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_spatial_ideal.py"
@@ -114,3 +115,23 @@ def test_grid_objpos_writes_the_objects_centre_into_each_of_its_cells_and_nothin
             owner = circle if k == 3 else square if (k == 10 or (20 <= cx < 40 and 20 <= cy < 40)) else None
             want = plain[k] + (ideal.where(centre(owner)) if owner is not None else 0)
             assert torch.allclose(tokens[k], want), k
+
+
+def test_vit_tokens_are_the_connector_over_the_last_layers_patches_in_raster_order(tmp_path):
+    """vit: the frozen ViT's last hidden layer on the rendered scene, CLS dropped, each patch through the MLP."""
+    transformers = __import__("pytest").importorskip("transformers")
+    cfg = transformers.CLIPVisionConfig(image_size=48, patch_size=12, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2)
+    torch.manual_seed(0)
+    transformers.CLIPVisionModel(cfg).save_pretrained(tmp_path)
+
+    def pixels(image):
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    tokens = probe.VitTokens(ocellus.load(str(tmp_path)), pixels, 16)
+    assert not any(p.requires_grad for p in tokens.vit.parameters())
+    with torch.no_grad():
+        out = tokens(SCENE, np.random.default_rng(0))
+        last = tokens.vit(pixels(probe.render(SCENE)), output_hidden_states=True).hidden_states[-1][0]  # [17, 32]
+        assert out.shape == (16, 16)
+        assert torch.allclose(out, tokens.connector(last[1:]))
+        assert not torch.allclose(out, tokens.connector(last[:-1]))
