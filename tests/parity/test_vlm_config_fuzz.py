@@ -244,7 +244,8 @@ def test_internvl_full_features_with_a_cls_token_is_a_config_error():
 
 def test_blip2_text_model_defaults_to_opt_and_is_named():
     """Blip2Config builds an OPT text model when text_config names no model_type; we built a Llama (and the
-    error for an OPT text_config named LLaVA). An encoder-decoder LM is refused by its flag first."""
+    error for an OPT text_config named LLaVA). image_token_id is image_token_index's other name: two values are
+    a ConfigError. An encoder-decoder LM is refused by its flag first."""
     from ocellus.errors import ConfigError
     from ocellus.models.families.blip2.modeling import build_blip2
     cfg = {"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -257,6 +258,8 @@ def test_blip2_text_model_defaults_to_opt_and_is_named():
     with pytest.raises(ConfigError, match="BLIP-2 text_config.model_type 'opt' is not a supported decoder"):
         build_blip2(cfg)
     build_blip2({**cfg, "text_config": {**cfg["text_config"], "model_type": "llama"}})
+    with pytest.raises(ConfigError, match="BLIP-2 config.json has image_token_index 99 and image_token_id 98"):
+        build_blip2({**cfg, "text_config": {**cfg["text_config"], "model_type": "llama"}, "image_token_id": 98})
     with pytest.raises(ConfigError, match="encoder-decoder LM"):
         build_blip2({**cfg, "text_config": {"model_type": "t5"}, "use_decoder_only_language_model": False})
 

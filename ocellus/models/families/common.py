@@ -46,6 +46,16 @@ def text_config(cfg: dict, family: str = "LLaVA", default: str = "llama") -> dic
     return text
 
 
+def config_image_token(cfg: dict, family: str) -> int | None:
+    """config.json's image placeholder id: image_token_index, or image_token_id, transformers' other name for the
+    same field (its configs' attribute_map); the two must agree. None when neither is there."""
+    index = cfg.get("image_token_index", cfg.get("image_token_id"))
+    if cfg.get("image_token_id", index) != index:
+        raise ConfigError(f"{family} config.json has image_token_index {index} and image_token_id "
+                          f"{cfg['image_token_id']}")
+    return index
+
+
 def feature_layers(value, states: int) -> list[int]:
     """config.json's vision_feature_layer (one int or a list of them) -> the list, each an index into the tower's
     `states` hidden states (embeddings + one per block): anything else is a ConfigError at load, not a TypeError

@@ -29,7 +29,7 @@ from ocellus.data.templates import MINIGPT4_SYSTEM
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.models.connectors.qformer import QFormer, QFormerConfig
-from ocellus.models.families.common import text_config
+from ocellus.models.families.common import config_image_token, text_config
 from ocellus.models.fusion import splice
 from ocellus.models.generates import GeneratesWithDecoder
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
@@ -156,7 +156,7 @@ def build_blip2(cfg: dict) -> Blip2:
     decoder = DecoderLM(DecoderConfig.from_hf(text))
     qcfg = QFormerConfig.from_hf(dict(cfg.get("qformer_config") or {}), int(cfg.get("num_query_tokens", 32)),
                                  encoder_hidden_size=vision.config.hidden_size)
-    image_token = cfg.get("image_token_index", cfg.get("image_token_id"))
+    image_token = config_image_token(cfg, "BLIP-2")
     if image_token is None:
         raise ConfigError("BLIP-2 config.json has no image_token_index (the placeholder the query outputs are "
                           "written at); transformers 5 checkpoints have it")

@@ -12,7 +12,8 @@ from ocellus.data.image import LLAVA_NEXT_GRID_PINPOINTS
 from ocellus.errors import ConfigError
 from ocellus.hub.checkpoint import load_model, read_config
 from ocellus.models.connectors.mlp import MLPProjector
-from ocellus.models.families.common import check_spec, feature_layers, image_token_id, part_dirs, text_config
+from ocellus.models.families.common import (check_spec, config_image_token, feature_layers, image_token_id,
+                                            part_dirs, text_config)
 from ocellus.models.text.decoder import DecoderConfig, DecoderLM
 from ocellus.models.vision.vit import ViTConfig, VisionTransformer
 from ocellus.models.vlm import VLM
@@ -43,12 +44,9 @@ def build_llava(cfg: dict) -> VLM:
     projector = MLPProjector(in_dim, text_cfg.hidden_size, depth=int(cfg.get("projector_depth", 2)),
                              act=cfg.get("projector_hidden_act", "gelu"),
                              bias=bool(cfg.get("multimodal_projector_bias", True)))
-    image_token = cfg.get("image_token_index", cfg.get("image_token_id"))
+    image_token = config_image_token(cfg, "LLaVA")
     if image_token is None:
         raise ConfigError("LLaVA config.json has no image_token_index")
-    if cfg.get("image_token_id", image_token) != image_token:   # one field under two names (transformers)
-        raise ConfigError(f"LLaVA config.json has image_token_index {image_token} and image_token_id "
-                          f"{cfg['image_token_id']}")
     model = VLM(vision, projector, decoder, image_token_id=int(image_token), feature_layer=layer,
                 feature_select=select, config=text_cfg)
     model.hf_config = dict(cfg)
