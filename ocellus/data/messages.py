@@ -22,6 +22,8 @@ Sources converted here:
 Every problem raises InputError naming the row and the turn (principle 6): a dataset with a
 bad row stops with a message pointing at it, it is never skipped quietly.
 """
+import base64
+import binascii
 from typing import Any, NamedTuple
 
 from ocellus.errors import InputError
@@ -51,6 +53,40 @@ def image_part() -> dict:
     return {"type": "image"}
 
 
+# Where a part may carry its media, in the order transformers' processor apply_chat_template reads them
+# ({"type": "image", "url": ...} is its documented form; "base64" is the raw payload without a data: header).
+MEDIA_KEYS = {"image": ("image", "url", "path", "base64"), "video": ("video", "url", "path")}
+
+
+def part_media(part: dict, where: str = "part"):
+    """The image / video a normalised part carries (None if it carries none): the one of its MEDIA_KEYS that is
+    set. Two set keys are an InputError (transformers would take both as two images for one placeholder);
+    a "base64" payload becomes bytes."""
+    found = [k for k in MEDIA_KEYS.get(part["type"], ()) if part.get(k) is not None]
+    if len(found) > 1:
+        raise InputError(f"{where}: the {part['type']} part carries {' and '.join(map(repr, found))}; "
+                         f"give one source per part")
+    if not found:
+        return None
+    src = part[found[0]]
+    if found[0] == "base64" and isinstance(src, str) and not src.startswith("data:"):
+        try:
+            return base64.b64decode(src, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise InputError(f"{where}: the image part's 'base64' is not valid base64 ({e})") from e
+    return src
+
+
+def _image_url_part(part: dict, where: str) -> dict:
+    """OpenAI's {"type": "image_url", "image_url": {"url": u}} (or "image_url": u) -> {"type": "image", "url": u},
+    as transformers' apply_chat_template rewrites it."""
+    info = part.get("image_url")
+    url = info.get("url") if isinstance(info, dict) else info
+    if not isinstance(url, str) or not url:
+        raise InputError(f"{where}: an image_url part needs 'image_url': {{'url': str}}, got {info!r}")
+    return {"type": "image", "url": url}
+
+
 def _normalize_content(content, row, turn, videos: bool = False) -> list[dict]:
     if isinstance(content, str):
         return [text_part(content)]
@@ -68,8 +104,10 @@ def _normalize_content(content, row, turn, videos: bool = False) -> list[dict]:
             parts.append(text_part(part["text"]))
         elif kind == "image" or (kind == "video" and videos):
             parts.append(dict(part))  # keeps an attached image / video object ("image": ...) if there is one
+        elif kind == "image_url":
+            parts.append(_image_url_part(part, f"{_where(row, turn)}, part {j}"))
         else:
-            expected = "'text', 'image' or 'video'" if videos else "'text' or 'image'"
+            expected = "'text', 'image', 'image_url' or 'video'" if videos else "'text', 'image' or 'image_url'"
             hint = ("; video parts are read by a video model's processor (Qwen2-VL), not here"
                     if kind == "video" else "")
             raise InputError(f"{_where(row, turn)}, part {j}: unknown content part type {kind!r} "
@@ -195,8 +233,8 @@ def from_trl(data: dict, *, row=None) -> Conversation:
     if not isinstance(data, dict) or "messages" not in data:
         raise InputError(f"{_where(row)}: a TRL row must be a dict with 'messages'")
     messages = normalize(data["messages"], row=row)
-    attached = [p["image"] for m in messages for p in m["content"]
-                if p["type"] == "image" and p.get("image") is not None]
+    attached = [src for turn, m in enumerate(messages) for j, p in enumerate(m["content"]) if p["type"] == "image"
+                and (src := part_media(p, f"{_where(row, turn)}, part {j}")) is not None]
     images = data.get("images")
     if images is not None and attached:
         raise InputError(f"{_where(row)}: images given both in 'images' and inside the content parts; use one")

@@ -40,6 +40,7 @@ config.json model_type.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -50,7 +51,7 @@ from PIL import Image
 
 from ocellus.data.image import DEFAULT_MAX_PIXELS, ImageProcessorConfig, load_image
 from ocellus.data.media_per_sample import images_per_sample, videos_per_sample
-from ocellus.data.messages import normalize
+from ocellus.data.messages import MEDIA_KEYS, count_images, count_videos, normalize, part_media
 from ocellus.data.patch_images import PatchImages
 from ocellus.data.templates import JinjaTemplate
 from ocellus.data.tokenizer import Tokenizer
@@ -288,14 +289,9 @@ class Processor:
 
         if messages is not None:
             convs = self._conversations(messages)
-            attached = [[p.get("image", p.get("path")) for m in c for p in m["content"] if p["type"] == "image"]
-                        for c in convs]
-            clips = [[p.get("video") for m in c for p in m["content"] if p["type"] == "video"] for c in convs]
-            counts, video_counts = [len(a) for a in attached], [len(a) for a in clips]
-            if images is None and any(a and all(x is not None for x in a) for a in attached):
-                images = attached  # images travelled inside their parts
-            if videos is None and any(a and all(x is not None for x in a) for a in clips):
-                videos = [v for a in clips for v in a]
+            counts, video_counts = [count_images(c) for c in convs], [count_videos(c) for c in convs]
+            images = _from_parts(images, convs, "image", counts)   # media may travel inside their parts
+            videos = _from_parts(videos, convs, "video", video_counts)
             for b, c in enumerate(convs):
                 self._check_literal_placeholder(c, b)
             prompts, spans = zip(*[self.render_chat(c, add_generation_prompt=add_generation_prompt) for c in convs])
@@ -445,6 +441,44 @@ def _shift(spans, marks: list[tuple[int, int]]) -> list[tuple[int, int]]:
         g = next((g for pos, g in reversed(cumulative) if pos < a), 0)
         shifted.append((a + g, b + g))
     return shifted
+
+
+def _from_parts(given, convs: list[list[dict]], kind: str, counts: list[int]):
+    """The images (kind "image") or videos a call uses: `given` (images= / videos=), or the ones the parts carry
+    (messages.MEDIA_KEYS: {"type": "image", "url": ...}, as transformers' apply_chat_template reads them).
+    Either every part of that kind carries one or none does: one bare part among carrying ones would be
+    matched with another part's media. Given both ways, they must be the same objects (or the same path /
+    bytes): otherwise which one the model sees would be a guess."""
+    carried = [[(f"sample {b}, turn {t}, part {j}", part_media(p, f"sample {b}, turn {t}, part {j}"))
+                for t, m in enumerate(conv) for j, p in enumerate(m["content"]) if p["type"] == kind]
+               for b, conv in enumerate(convs)]
+    flat = [pair for per in carried for pair in per]
+    if all(src is None for _, src in flat):
+        return given
+    if given is None:
+        bare = next((where for where, src in flat if src is None), None)
+        if bare is not None:
+            raise InputError(f"{bare}: this {kind} part carries no {kind} ({', '.join(MEDIA_KEYS[kind])}) while "
+                             f"other {kind} parts do; attach one to every {kind} part or pass them all as {kind}s=")
+        # images may be nested per sample; videos are flat (one video may itself be a list of frames)
+        return [[src for _, src in per] for per in carried] if kind == "image" else [src for _, src in flat]
+    split = images_per_sample(given, counts) if kind == "image" else videos_per_sample(given, counts)
+    for per, srcs in zip(carried, split):
+        for (where, src), other in zip(per, srcs):
+            if src is not None and not _same_source(src, other):
+                raise InputError(f"{where}: the part carries a {kind} other than the one {kind}s= gives for it; "
+                                 f"pass each {kind} once (in its part or in {kind}s=)")
+    return given
+
+
+def _same_source(a, b) -> bool:
+    """The same media object, or the same path / bytes."""
+    if a is b:
+        return True
+    paths = (str, os.PathLike)
+    if isinstance(a, paths) and isinstance(b, paths):
+        return os.fspath(a) == os.fspath(b)
+    return isinstance(a, (bytes, bytearray)) and isinstance(b, (bytes, bytearray)) and a == b
 
 
 def _normalize(conv, b: int, videos: bool = False) -> list[dict]:

@@ -1,0 +1,183 @@
+"""Multimodal requests no other test names, against transformers' processors (found by fuzzing chat messages with
+images in every form users send, over several turns, on tiny checkpoints saved by transformers): one
+representative fixed case per mismatch found, each red before its fix.
+
+The checkpoint is a Qwen2-VL one as the hub ships it: a ChatML chat template that wraps each image / video
+placeholder in <|vision_start|> / <|vision_end|> and accepts a part that carries its image, the image processor's
+preprocessor_config.json, config.json with the placeholder ids. transformers' Qwen2VLProcessor needs torchvision
+for its video processor, which cannot be installed here: its class check is skipped (images only).
+"""
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+tf = pytest.importorskip("transformers")
+
+import ocellus  # noqa: E402
+from ocellus.data.messages import from_trl  # noqa: E402
+from ocellus.errors import InputError  # noqa: E402
+
+# the shape of Qwen2-VL's chat template: a default system turn, parts that carry their image count as images
+TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+            "<|video_pad|>")
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    """(transformers' Qwen2VLProcessor, Ocellus' processor, the checkpoint dir) on the same files."""
+    from ocellus.data.bpe import train_bpe
+    d = tmp_path_factory.mktemp("qwen2_vl")
+    tok = train_bpe(["what is in the picture? a red circle and a blue square"] * 20, 300, SPECIALS,
+                    chat_template=TEMPLATE, image_token="<|image_pad|>")
+    tok.save(d)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2, rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2]})
+    vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=4, patch_size=14, spatial_merge_size=2)
+    tf.Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                     video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                     vision_end_token_id=ids["<|vision_end|>"]).save_pretrained(d)
+    image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 112)
+    image_processor.save_pretrained(d)
+    # its class check looks up the video processor, which needs torchvision (not installed): skip only that check
+    check = tf.Qwen2VLProcessor.check_argument_for_proper_class
+    tf.Qwen2VLProcessor.check_argument_for_proper_class = lambda self, name, arg: None
+    try:
+        hf = tf.Qwen2VLProcessor(image_processor=image_processor, tokenizer=tf.AutoTokenizer.from_pretrained(d),
+                                 chat_template=TEMPLATE)
+    finally:
+        tf.Qwen2VLProcessor.check_argument_for_proper_class = check
+    return hf, ocellus.load_processor(d), d
+
+
+def _image(h, w, seed=0, mode="RGB"):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).convert(mode)
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _assert_same(got, want):
+    assert got["input_ids"].tolist() == want["input_ids"].tolist()
+    assert torch.equal(got["attention_mask"], want["attention_mask"])
+    assert torch.equal(got["image_grid_thw"], want["image_grid_thw"])
+    torch.testing.assert_close(got["pixel_values"], want["pixel_values"], atol=1e-6, rtol=0)
+
+
+def _both(qwen, conv):
+    hf, ours, _ = qwen
+    want = hf.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                  return_tensors="pt")
+    return ours(messages=conv, add_generation_prompt=True), want
+
+
+def test_every_part_form_transformers_reads_gives_its_ids_and_pixels(qwen, tmp_path):
+    """{"type": "image", X: src} for X in image / url / path / base64 (transformers' keys), a data URL under "url"
+    and OpenAI's {"type": "image_url", "image_url": {"url": ...}}: the same image, the same ids and pixels as
+    transformers. Before: only "image" / "path" were read, the rest said '0 images' or refused the part."""
+    img = _image(40, 90)
+    path = tmp_path / "a.png"
+    path.write_bytes(_png(img))
+    b64 = base64.b64encode(_png(img)).decode()
+    forms = [{"type": "image", "image": img}, {"type": "image", "url": str(path)}, {"type": "image", "path": str(path)},
+             {"type": "image", "base64": b64}, {"type": "image", "url": "data:image/png;base64," + b64},
+             {"type": "image_url", "image_url": {"url": str(path)}}]
+    for part in forms:
+        conv = [{"role": "user", "content": [part, {"type": "text", "text": "what is in the picture?"}]}]
+        _assert_same(*_both(qwen, conv))
+
+
+def test_images_in_several_turns_and_a_system_message_equal_transformers(qwen, tmp_path):
+    """Three images over two user turns (one after the text, one by url), an assistant turn between, a system
+    message, odd sizes (2 px wide, wide, tall): ids and pixels as transformers'."""
+    path = tmp_path / "b.png"
+    path.write_bytes(_png(_image(400, 2, seed=2)))
+    conv = [{"role": "system", "content": "Describe both images."},
+            {"role": "user", "content": [{"type": "image", "image": _image(30, 200, seed=1)},
+                                         {"type": "text", "text": "a red circle"}]},
+            {"role": "assistant", "content": "a blue square"},
+            {"role": "user", "content": [{"type": "text", "text": "and these?"},
+                                         {"type": "image", "url": str(path)},
+                                         {"type": "image", "image": _image(120, 31, seed=3, mode="RGBA")}]}]
+    _assert_same(*_both(qwen, conv))
+
+
+def test_a_video_part_carries_its_frames_under_path_or_url(qwen):
+    """{"type": "video", "path" / "url": frames} is read as transformers reads it ("video", "url", "path"); before,
+    only "video" was, and the others said '0 videos'."""
+    _, ours, _ = qwen
+    frames = [_image(28, 56, seed=k) for k in range(3)]
+    want = ours(messages=[{"role": "user", "content": [{"type": "video", "video": frames}]}])
+    for key in ("path", "url"):
+        got = ours(messages=[{"role": "user", "content": [{"type": "video", key: frames}]}])
+        assert got["input_ids"].tolist() == want["input_ids"].tolist()
+        assert torch.equal(got["pixel_values_videos"], want["pixel_values_videos"])
+        assert torch.equal(got["video_grid_thw"], want["video_grid_thw"])
+
+
+def test_a_bare_part_among_carrying_ones_is_named(qwen):
+    """One image part carrying its image, one not, no images=: transformers fails on counts (2 tokens, 1 image);
+    Ocellus names the bare part rather than reporting '0 images' or pairing the image with the wrong part."""
+    _, ours, _ = qwen
+    conv = [{"role": "user", "content": [{"type": "text", "text": "a"}]},
+            {"role": "user", "content": [{"type": "image", "image": _image(28, 28)}, {"type": "image"}]}]
+    with pytest.raises(InputError, match=r"sample 0, turn 1, part 1: this image part carries no image"):
+        ours(messages=conv)
+    batch = [[{"role": "user", "content": [{"type": "image", "image": _image(28, 28)}]}],
+             [{"role": "user", "content": [{"type": "image"}]}]]
+    with pytest.raises(InputError, match=r"sample 1, turn 0, part 0"):
+        ours(messages=batch)
+
+
+def test_media_given_both_ways_must_be_the_same(qwen):
+    """images= and an image inside the part: the same object (or path) is fine; a different one was silently
+    replaced by images=' and is now an InputError naming the part. Likewise videos=."""
+    _, ours, _ = qwen
+    a, b = _image(28, 28, seed=0), _image(28, 28, seed=1)
+    conv = [{"role": "user", "content": [{"type": "image", "image": a}, {"type": "text", "text": "what?"}]}]
+    assert torch.equal(ours(messages=conv, images=[a])["pixel_values"], ours(messages=conv)["pixel_values"])
+    with pytest.raises(InputError, match=r"sample 0, turn 0, part 0: the part carries a image other than"):
+        ours(messages=conv, images=[b])
+    clip = [a, b]
+    video = [{"role": "user", "content": [{"type": "video", "video": clip}]}]
+    assert "pixel_values_videos" in ours(messages=video, videos=[clip])
+    with pytest.raises(InputError, match=r"part 0: the part carries a video other than"):
+        ours(messages=video, videos=[[b, a]])
+
+
+@pytest.mark.parametrize("part,match", [
+    ({"type": "image", "image": "x.png", "url": "y.png"}, r"part 0: the image part carries 'image' and 'url'"),
+    ({"type": "image", "base64": "not base64!"}, r"part 0: the image part's 'base64' is not valid base64"),
+    ({"type": "image_url", "image_url": {}}, r"part 0: an image_url part needs 'image_url'"),
+    ({"type": "image_url"}, r"part 0: an image_url part needs 'image_url'"),
+], ids=["two-sources", "bad-base64", "image_url-without-url", "image_url-missing"])
+def test_a_bad_part_is_an_input_error_naming_it(qwen, part, match):
+    _, ours, _ = qwen
+    with pytest.raises(InputError, match=match):
+        ours(messages=[{"role": "user", "content": [part, {"type": "text", "text": "what?"}]}])
+
+
+def test_trl_rows_read_every_part_form(tmp_path):
+    """A TRL row whose images travel in their parts by url / base64 keeps them, in order."""
+    b64 = base64.b64encode(_png(_image(4, 4))).decode()
+    conv = from_trl({"messages": [{"role": "user", "content": [
+        {"type": "image", "url": "a.png"}, {"type": "image_url", "image_url": {"url": "b.png"}},
+        {"type": "image", "base64": b64}, {"type": "text", "text": "hi"}]}]})
+    assert conv.images[:2] == ["a.png", "b.png"] and conv.images[2] == base64.b64decode(b64)
