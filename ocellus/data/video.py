@@ -27,7 +27,7 @@ from PIL import Image
 
 from ocellus.data.image import ImageProcessorConfig, pil_to_tensor, rescale_normalize, resize
 from ocellus.data.image_tiling import qwen2vl_num_tokens, qwen2vl_patchify, smart_resize
-from ocellus.errors import InputError, positive_int
+from ocellus.errors import ConfigError, InputError, positive_int
 
 
 @dataclass(frozen=True)
@@ -89,14 +89,31 @@ def sample_indices(total: int, *, video_fps: float, fps: float = 2.0, min_frames
     return torch.arange(0, total, total / n).int().tolist()
 
 
+def count_indices(total: int, num_frames: int, temporal_patch_size: int = 2, name: str = "video") -> list[int]:
+    """Indices of the frames kept when sampling a fixed `num_frames` (transformers' Qwen2VLVideoProcessor: rounded to
+    whole temporal patches, spread evenly over the video)."""
+    n = round(num_frames / temporal_patch_size) * temporal_patch_size
+    if n <= 0:
+        raise ConfigError(f"video num_frames={num_frames} rounds to no whole temporal patch of "
+                          f"{temporal_patch_size} frames; set num_frames >= {temporal_patch_size}")
+    if n > total:
+        raise InputError(f"{name}: num_frames={num_frames} samples {n} frames but the video has {total}; pass a "
+                         f"longer video or lower num_frames")
+    return torch.arange(0, total, total / n).int().tolist()
+
+
 def preprocess_video(video, cfg: ImageProcessorConfig, *, video_fps: float | None = None, fps: float = 2.0,
                      min_frames: int = 4, max_frames: int = 768, total_pixels: int | None = None,
-                     name: str = "video") -> VideoInputs:
-    """Frames -> Qwen2-VL video patches. video_fps None: the frames are taken as already sampled
-    (every frame kept, one frame per 1/fps seconds)."""
+                     num_frames: int | None = None, cap_pixels_per_frame: bool = False,
+                     max_video_tokens: int = 128000, name: str = "video") -> VideoInputs:
+    """Frames -> Qwen2-VL video patches. num_frames: keep that many (count_indices; video_fps None: the frames
+    are one per 1/fps seconds). Else video_fps None: the frames are taken as already sampled (every frame kept,
+    one frame per 1/fps seconds). cap_pixels_per_frame: transformers' total-video budget (see below)."""
     frames = as_frames(video, name)
     p, T, m = cfg.patch_size or 14, cfg.temporal_patch_size or 2, cfg.merge_size or 2
-    if video_fps is None:
+    if num_frames is not None:   # a fixed count wins over fps, as in transformers' sample_frames
+        keep, video_fps = count_indices(len(frames), num_frames, T, name), video_fps or fps
+    elif video_fps is None:
         keep, video_fps = list(range(len(frames))), fps
     else:
         keep = sample_indices(len(frames), video_fps=video_fps, fps=fps, min_frames=min_frames,
@@ -104,6 +121,11 @@ def preprocess_video(video, cfg: ImageProcessorConfig, *, video_fps: float | Non
     total = len(frames)
     frames = [frames[i] for i in keep]
     min_px, max_px = cfg.min_pixels or 56 * 56, cfg.max_pixels or 28 * 28 * 1280
+    if cap_pixels_per_frame:
+        # transformers' (qwen-vl-utils') bound: each frame gets an even share of 90% of max_video_tokens' pixels
+        # (a temporal patch of T frames is one token's worth), floored at 1.05 x min_pixels
+        share = int(max_video_tokens * (p * m) ** 2 * 0.9) * T // len(frames)
+        max_px = max(min(max_px, share), int(min_px * 1.05))
     if total_pixels is not None:
         max_px = min(max_px, total_pixels // len(frames))
         if max_px < min_px:
@@ -126,15 +148,22 @@ def preprocess_video(video, cfg: ImageProcessorConfig, *, video_fps: float | Non
 class VideoSampling:
     """Which frames of a decoded video a processor keeps (transformers' Qwen2VLVideoProcessor fields, the same
     defaults): do_sample_frames False keeps every frame given; True samples `fps` frames a second of the
-    video's own rate (Video.fps), between min_frames and max_frames. total_pixels caps frames x pixels after
-    sampling (qwen-vl-utils' budget; None: only the per-frame max_pixels)."""
+    video's own rate (Video.fps), between min_frames and max_frames, or a fixed num_frames when that is set
+    (the video's rate then not needed). total_pixels caps frames x pixels after sampling (qwen-vl-utils' budget;
+    None: only the per-frame max_pixels); cap_pixels_per_frame is transformers' own form of that budget, from
+    max_video_tokens (preprocess_video)."""
     do_sample_frames: bool = False
     fps: float = 2.0
     min_frames: int = 4
     max_frames: int = 768
     total_pixels: int | None = None
+    num_frames: int | None = None
+    cap_pixels_per_frame: bool = False
+    max_video_tokens: int = 128000
 
     def __post_init__(self):
+        positive_int(self.num_frames, "video num_frames", optional=True)
+        positive_int(self.max_video_tokens, "video max_video_tokens")
         positive_int(self.min_frames, "video min_frames")
         positive_int(self.max_frames, "video max_frames")
         positive_int(self.total_pixels, "video total_pixels", optional=True)
@@ -143,7 +172,8 @@ class VideoSampling:
     @classmethod
     def from_dict(cls, d: dict) -> "VideoSampling":
         """A video_preprocessor_config.json's sampling keys (absent keys keep transformers' defaults)."""
-        keys = {"do_sample_frames": bool, "fps": float, "min_frames": int, "max_frames": int}
+        keys = {"do_sample_frames": bool, "fps": float, "min_frames": int, "max_frames": int, "num_frames": int,
+                "cap_pixels_per_frame": bool, "max_video_tokens": int}
         return cls(**{k: cast(d[k]) for k, cast in keys.items() if d.get(k) is not None})
 
 
@@ -161,13 +191,16 @@ class VideoPatches:
             raise InputError("no videos given")
         s, outs = self.sampling, []
         for i, video in enumerate(videos):
-            if s.do_sample_frames and video.fps is None:
+            if s.do_sample_frames and s.num_frames is None and video.fps is None:
                 raise InputError(f"video {i}: this processor samples {s.fps:g} frames a second (do_sample_frames), "
                                  f"but the video has no frame rate (a list or directory of frames); pass "
                                  f"Video(frames, fps=...)")
             outs.append(preprocess_video(video.frames, self.cfg, video_fps=video.fps if s.do_sample_frames else None,
                                          fps=s.fps, min_frames=s.min_frames, max_frames=s.max_frames,
-                                         total_pixels=s.total_pixels, name=f"video {i}"))
+                                         total_pixels=s.total_pixels,
+                                         num_frames=s.num_frames if s.do_sample_frames else None,
+                                         cap_pixels_per_frame=s.cap_pixels_per_frame,
+                                         max_video_tokens=s.max_video_tokens, name=f"video {i}"))
         return ({"pixel_values_videos": torch.cat([o.pixel_values_videos for o in outs]),        # [sum P, D]
                  "video_grid_thw": torch.tensor([o.video_grid_thw for o in outs], dtype=torch.long),  # [N, 3]
                  "second_per_grid_ts": torch.tensor([o.second_per_grid_ts for o in outs])},         # [N]

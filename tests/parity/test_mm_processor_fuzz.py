@@ -181,3 +181,63 @@ def test_trl_rows_read_every_part_form(tmp_path):
         {"type": "image", "url": "a.png"}, {"type": "image_url", "image_url": {"url": "b.png"}},
         {"type": "image", "base64": b64}, {"type": "text", "text": "hi"}]}]})
     assert conv.images[:2] == ["a.png", "b.png"] and conv.images[2] == base64.b64decode(b64)
+
+
+def _video_dir(qwen, tmp_path, **settings):
+    """The checkpoint with a video_preprocessor_config.json (28 x 28 .. 56 x 112 pixels a frame) plus `settings`."""
+    import json
+    import shutil
+    d = tmp_path / "video"
+    shutil.copytree(qwen[2], d)
+    (d / "video_preprocessor_config.json").write_text(json.dumps({
+        "video_processor_type": "Qwen2VLVideoProcessor", "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2,
+        "size": {"shortest_edge": 28 * 28, "longest_edge": 56 * 112}, **settings}))
+    return ocellus.load_processor(d)
+
+
+def _clip(n, h=56, w=56):
+    return [_image(h, w, seed=k) for k in range(n)]
+
+
+def test_video_num_frames_setting_samples_that_many_frames(qwen, tmp_path):
+    """video_preprocessor_config.json's num_frames (do_sample_frames): transformers keeps round(n / 2) * 2 frames at
+    arange(0, total, total / n) and ignores fps; it was silently ignored (fps sampling instead, other frames and
+    another token count). 9 frames, num_frames 4 -> frames 0, 2, 4, 6; 5 -> rounds to 4 as well."""
+    from ocellus.data.video import Video
+    clip = _clip(9)
+    plain = _video_dir(qwen, tmp_path / "a")
+    want = plain(messages=[{"role": "user", "content": [{"type": "video"}]}], videos=[[clip[i] for i in (0, 2, 4, 6)]])
+    for n in (4, 5):
+        ours = _video_dir(qwen, tmp_path / str(n), do_sample_frames=True, num_frames=n, fps=2.0)
+        got = ours(messages=[{"role": "user", "content": [{"type": "video"}]}], videos=[Video(clip, fps=6.0)])
+        assert got["video_grid_thw"].tolist() == [[2, 4, 4]]
+        assert torch.equal(got["pixel_values_videos"], want["pixel_values_videos"])
+        assert got["input_ids"].tolist() == want["input_ids"].tolist()
+        # transformers' sampled_fps: kept / total x the video's rate = 4 / 9 x 6; a temporal patch spans 2 / that
+        torch.testing.assert_close(got["second_per_grid_ts"], torch.tensor([2 / (4 / 9 * 6)]))
+        # a list of frames has no rate, and needs none for a fixed count
+        assert torch.equal(ours(messages=[{"role": "user", "content": [{"type": "video"}]}],
+                                videos=[clip])["pixel_values_videos"], want["pixel_values_videos"])
+    too_many = _video_dir(qwen, tmp_path / "many", do_sample_frames=True, num_frames=12)
+    with pytest.raises(InputError, match=r"video 0: num_frames=12 samples 12 frames but the video has 9"):
+        too_many(messages=[{"role": "user", "content": [{"type": "video"}]}], videos=[clip])
+    from ocellus.errors import ConfigError
+    one = _video_dir(qwen, tmp_path / "one", do_sample_frames=True, num_frames=1)
+    with pytest.raises(ConfigError, match=r"num_frames=1 rounds to no whole temporal patch"):
+        one(messages=[{"role": "user", "content": [{"type": "video"}]}], videos=[clip])
+
+
+def test_video_cap_pixels_per_frame_bounds_the_whole_video(qwen, tmp_path):
+    """cap_pixels_per_frame + max_video_tokens (transformers 5's Qwen2VLVideoProcessor): each frame's pixel cap is
+    min(longest_edge, int(max_video_tokens x 28^2 x 0.9) x 2 // frames), floored at 1.05 x shortest_edge. It was
+    ignored: the frames kept their per-frame budget and the video more tokens than transformers gives it."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    clip = _clip(8, 112, 112)
+    msg = [{"role": "user", "content": [{"type": "video"}]}]
+    for tokens in (10, 40, 100000):
+        ours = _video_dir(qwen, tmp_path / str(tokens), cap_pixels_per_frame=True, max_video_tokens=tokens)
+        cap = max(min(56 * 112, int(tokens * 28 * 28 * 0.9) * 2 // len(clip)), int(28 * 28 * 1.05))
+        h, w = smart_resize(112, 112, factor=28, min_pixels=28 * 28, max_pixels=cap)
+        assert ours(messages=msg, videos=[clip])["video_grid_thw"].tolist() == [[4, h // 14, w // 14]], tokens
+    uncapped = _video_dir(qwen, tmp_path / "off", max_video_tokens=10)
+    assert uncapped(messages=msg, videos=[clip])["video_grid_thw"].tolist() == [[4, 4, 4]]
