@@ -202,13 +202,13 @@ def _clip(n, h=56, w=56):
 def test_video_num_frames_setting_samples_that_many_frames(qwen, tmp_path):
     """video_preprocessor_config.json's num_frames (do_sample_frames): transformers keeps round(n / 2) * 2 frames at
     arange(0, total, total / n) and ignores fps; it was silently ignored (fps sampling instead, other frames and
-    another token count). 9 frames, num_frames 4 -> frames 0, 2, 4, 6; 5 -> rounds to 4 as well."""
+    another token count). 9 frames, num_frames 4 -> frames 0, 2, 4, 6; 5 -> rounds to 4 as well (fps 6 alone: 8)."""
     from ocellus.data.video import Video
     clip = _clip(9)
     plain = _video_dir(qwen, tmp_path / "a")
     want = plain(messages=[{"role": "user", "content": [{"type": "video"}]}], videos=[[clip[i] for i in (0, 2, 4, 6)]])
     for n in (4, 5):
-        ours = _video_dir(qwen, tmp_path / str(n), do_sample_frames=True, num_frames=n, fps=2.0)
+        ours = _video_dir(qwen, tmp_path / str(n), do_sample_frames=True, num_frames=n, fps=6.0)
         got = ours(messages=[{"role": "user", "content": [{"type": "video"}]}], videos=[Video(clip, fps=6.0)])
         assert got["video_grid_thw"].tolist() == [[2, 4, 4]]
         assert torch.equal(got["pixel_values_videos"], want["pixel_values_videos"])
@@ -218,6 +218,10 @@ def test_video_num_frames_setting_samples_that_many_frames(qwen, tmp_path):
         # a list of frames has no rate, and needs none for a fixed count
         assert torch.equal(ours(messages=[{"role": "user", "content": [{"type": "video"}]}],
                                 videos=[clip])["pixel_values_videos"], want["pixel_values_videos"])
+    # without do_sample_frames, num_frames samples nothing (transformers calls sample_frames only then): 9 frames kept
+    kept = _video_dir(qwen, tmp_path / "kept", num_frames=4)
+    assert kept(messages=[{"role": "user", "content": [{"type": "video"}]}],
+                videos=[clip])["video_grid_thw"].tolist() == [[5, 4, 4]]
     too_many = _video_dir(qwen, tmp_path / "many", do_sample_frames=True, num_frames=12)
     with pytest.raises(InputError, match=r"video 0: num_frames=12 samples 12 frames but the video has 9"):
         too_many(messages=[{"role": "user", "content": [{"type": "video"}]}], videos=[clip])
@@ -234,7 +238,7 @@ def test_video_cap_pixels_per_frame_bounds_the_whole_video(qwen, tmp_path):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
     clip = _clip(8, 112, 112)
     msg = [{"role": "user", "content": [{"type": "video"}]}]
-    for tokens in (10, 40, 100000):
+    for tokens in (10, 17, 35, 100000):   # 17 and 35 sit next to a 28 / 56 px edge for the 0.9 and the x 2
         ours = _video_dir(qwen, tmp_path / str(tokens), cap_pixels_per_frame=True, max_video_tokens=tokens)
         cap = max(min(56 * 112, int(tokens * 28 * 28 * 0.9) * 2 // len(clip)), int(28 * 28 * 1.05))
         h, w = smart_resize(112, 112, factor=28, min_pixels=28 * 28, max_pixels=cap)
