@@ -105,16 +105,18 @@ def count_indices(total: int, num_frames: int, temporal_patch_size: int = 2, nam
 def preprocess_video(video, cfg: ImageProcessorConfig, *, video_fps: float | None = None, fps: float = 2.0,
                      min_frames: int = 4, max_frames: int = 768, total_pixels: int | None = None,
                      num_frames: int | None = None, cap_pixels_per_frame: bool = False,
-                     max_video_tokens: int = 128000, name: str = "video") -> VideoInputs:
+                     max_video_tokens: int = 128000, frame_rate: float | None = None,
+                     name: str = "video") -> VideoInputs:
     """Frames -> Qwen2-VL video patches. num_frames: keep that many (count_indices; video_fps None: the frames
     are one per 1/fps seconds). Else video_fps None: the frames are taken as already sampled (every frame kept,
-    one frame per 1/fps seconds). cap_pixels_per_frame: transformers' total-video budget (see below)."""
+    one frame per 1/frame_rate seconds, the frames' own rate when known, as transformers' sampled_fps; else 1/fps).
+    cap_pixels_per_frame: transformers' total-video budget (see below)."""
     frames = as_frames(video, name)
     p, T, m = cfg.patch_size or 14, cfg.temporal_patch_size or 2, cfg.merge_size or 2
     if num_frames is not None:   # a fixed count wins over fps, as in transformers' sample_frames
         keep, video_fps = count_indices(len(frames), num_frames, T, name), video_fps or fps
     elif video_fps is None:
-        keep, video_fps = list(range(len(frames))), fps
+        keep, video_fps = list(range(len(frames))), frame_rate or fps
     else:
         keep = sample_indices(len(frames), video_fps=video_fps, fps=fps, min_frames=min_frames,
                               max_frames=max_frames, temporal_patch_size=T)
@@ -200,7 +202,8 @@ class VideoPatches:
                                          total_pixels=s.total_pixels,
                                          num_frames=s.num_frames if s.do_sample_frames else None,
                                          cap_pixels_per_frame=s.cap_pixels_per_frame,
-                                         max_video_tokens=s.max_video_tokens, name=f"video {i}"))
+                                         max_video_tokens=s.max_video_tokens, frame_rate=video.fps,
+                                         name=f"video {i}"))
         return ({"pixel_values_videos": torch.cat([o.pixel_values_videos for o in outs]),        # [sum P, D]
                  "video_grid_thw": torch.tensor([o.video_grid_thw for o in outs], dtype=torch.long),  # [N, 3]
                  "second_per_grid_ts": torch.tensor([o.second_per_grid_ts for o in outs])},         # [N]

@@ -245,3 +245,15 @@ def test_video_cap_pixels_per_frame_bounds_the_whole_video(qwen, tmp_path):
         assert ours(messages=msg, videos=[clip])["video_grid_thw"].tolist() == [[4, h // 14, w // 14]], tokens
     uncapped = _video_dir(qwen, tmp_path / "off", max_video_tokens=10)
     assert uncapped(messages=msg, videos=[clip])["video_grid_thw"].tolist() == [[4, 4, 4]]
+
+
+def test_an_unsampled_video_of_known_rate_spans_its_own_time(qwen, tmp_path):
+    """Every frame kept (do_sample_frames false, the default) of a video whose rate is known (a decoded GIF, or
+    Video(frames, fps)): transformers' sampled_fps is that rate, so one temporal patch spans 2 / fps seconds, which
+    Qwen2.5-VL's time ids scale with. It was 2 / 2.0 whatever the rate (1 s, 5x too long at 10 fps). Frames of
+    unknown rate keep the video processor's fps (2: 1 s)."""
+    from ocellus.data.video import Video
+    ours = _video_dir(qwen, tmp_path)
+    msg = [{"role": "user", "content": [{"type": "video"}, {"type": "video"}]}]
+    got = ours(messages=msg, videos=[Video(_clip(4), fps=10.0), _clip(4)])
+    torch.testing.assert_close(got["second_per_grid_ts"], torch.tensor([2 / 10.0, 2 / 2.0]))
