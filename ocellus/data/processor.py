@@ -378,10 +378,12 @@ class Processor:
         return [_normalize(c, b, self.video_token is not None) for b, c in enumerate(batch)]
 
     def _check_literal_placeholder(self, conv, b):
-        # "<image>" typed into the text would be expanded like a real image part and shift every image
+        # "<image>" typed into the text would be expanded like a real image part and shift every image; a run of
+        # text parts is checked joined, as the template writes it ("<ima" + "ge>" is "<image>" in the prompt)
         for turn, m in enumerate(conv):
+            runs = _text_runs(m["content"])
             for token in self._markers:
-                if any(p["type"] == "text" and token in p["text"] for p in m["content"]):
+                if any(token in run for run in runs):
                     kind = "image" if token == self.image_token else "video"
                     raise InputError(f"sample {b}, turn {turn}: the text contains the {kind} token {token!r} "
                                      f"literally; use an {{'type': '{kind}'}} part for each {kind}")
@@ -443,6 +445,17 @@ def _shift(spans, marks: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return shifted
 
 
+def _text_runs(parts: list[dict]) -> list[str]:
+    """The text of each run of consecutive text parts (a media part ends a run)."""
+    runs = [""]
+    for p in parts:
+        if p["type"] == "text":
+            runs[-1] += p["text"]
+        else:
+            runs.append("")
+    return runs
+
+
 def _from_parts(given, convs: list[list[dict]], kind: str, counts: list[int]):
     """The images (kind "image") or videos a call uses: `given` (images= / videos=), or the ones the parts carry
     (messages.MEDIA_KEYS: {"type": "image", "url": ...}, as transformers' apply_chat_template reads them).
@@ -455,7 +468,7 @@ def _from_parts(given, convs: list[list[dict]], kind: str, counts: list[int]):
     flat = [pair for per in carried for pair in per]
     if all(src is None for _, src in flat):
         return given
-    if given is None:
+    if given is None or (isinstance(given, (list, tuple)) and not given):   # images=[]: none given beside them
         bare = next((where for where, src in flat if src is None), None)
         if bare is not None:
             raise InputError(f"{bare}: this {kind} part carries no {kind} ({', '.join(MEDIA_KEYS[kind])}) while "

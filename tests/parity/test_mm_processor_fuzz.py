@@ -257,3 +257,21 @@ def test_an_unsampled_video_of_known_rate_spans_its_own_time(qwen, tmp_path):
     msg = [{"role": "user", "content": [{"type": "video"}, {"type": "video"}]}]
     got = ours(messages=msg, videos=[Video(_clip(4), fps=10.0), _clip(4)])
     torch.testing.assert_close(got["second_per_grid_ts"], torch.tensor([2 / 10.0, 2 / 2.0]))
+
+
+def test_a_placeholder_split_over_text_parts_is_named_as_typed_text(qwen):
+    """"<|image" + "_pad|>" in two text parts is "<|image_pad|>" in the rendered prompt (transformers: a count
+    error, no images given): the InputError says the text holds the token, not that the template dropped an image.
+    Split by an image part, the two halves are text again."""
+    _, ours, _ = qwen
+    halves = [{"type": "text", "text": "a <|image"}, {"type": "text", "text": "_pad|> b"}]
+    with pytest.raises(InputError, match=r"sample 0, turn 0: the text contains the image token '<\|image_pad\|>'"):
+        ours(messages=[{"role": "user", "content": halves}])
+    split = [halves[0], {"type": "image", "image": _image(28, 28)}, halves[1]]
+    assert ours(messages=[{"role": "user", "content": split}])["image_grid_thw"].tolist() == [[1, 2, 2]]
+
+
+def test_an_empty_images_list_beside_carrying_parts_reads_the_parts(qwen):
+    _, ours, _ = qwen
+    conv = [{"role": "user", "content": [{"type": "image", "image": _image(28, 28)}, {"type": "text", "text": "a"}]}]
+    assert torch.equal(ours(messages=conv, images=[])["pixel_values"], ours(messages=conv)["pixel_values"])
