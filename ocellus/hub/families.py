@@ -10,7 +10,9 @@ serving code. The pieces (docs/ADDING_A_MODEL.md):
   export      export_processor(model, tok, image_config, dir): what an export writes beside the weights
   packing     collate_packed(rows, samples, width, model, pad): data.pack for a family with its own positions
 ocellus.load / ocellus.save (hub/checkpoint.py) find a family by config.json's `architectures` (Ocellus' own
-formats, which name none, by `model_type`); ocellus.load_processor by model_type; recipes by name. hub imports
+formats, which name none, by `model_type`; a hand-written HF config that names none builds its model_type's
+class, as transformers' Auto classes do: `with_architectures`); ocellus.load_processor by model_type; recipes by
+name. hub imports
 no model class: family modules import hub, never the other way (docs/ARCHITECTURE.md, Layers).
 A family is a folder (models/families/<name>/) plus one `register(FamilyRecord(...))` line below.
 """
@@ -62,7 +64,8 @@ class FamilyRecord:
     family has no such piece). See the module docstring for what each piece module defines."""
     name: str                              # a recipe's model.architecture when the family composes one
     model_types: tuple[str, ...]           # config.json model_type values it reads
-    architectures: tuple[str, ...] = ()    # config.json architectures it builds (none: found by model_type)
+    architectures: tuple[str, ...] = ()    # config.json architectures it builds (none: found by model_type);
+    #                                        model_types[i] is built as architectures[i] when a config names none
     checkpoint: str | None = None
     modeling: str | None = None
     processor: str | None = None
@@ -142,6 +145,10 @@ def register(record: FamilyRecord) -> FamilyRecord:
             raise ConfigError(f"family {record.name!r}: {what} {value!r} belongs to family {owner!r}")
     if record.architectures and record.checkpoint is None:
         raise ConfigError(f"family {record.name!r} names architectures but no checkpoint module to build them")
+    if record.architectures and len(record.architectures) < len(record.model_types):
+        raise ConfigError(f"family {record.name!r}: each model_type needs its architecture (model_types[i] is built "
+                          f"as architectures[i]); {len(record.model_types)} model_types, "
+                          f"{len(record.architectures)} architectures")
     FAMILIES[record.name] = record
     for arch in record.architectures:
         ARCHITECTURES[arch] = FamilyRef(record.checkpoint, arch)
@@ -244,11 +251,23 @@ def check_model_type(cfg: dict, where: str = "config.json") -> None:
         raise ConfigError(f"{where}: unknown model_type {kind!r}; known: {sorted(MODEL_TYPES)}")
 
 
+def with_architectures(cfg: dict) -> dict:
+    """A config.json naming no `architectures` (a hand-written one; save_pretrained always writes them) whose
+    model_type belongs to an HF family -> the same config naming that model_type's class (`FamilyRecord`:
+    model_types[i] -> architectures[i]), the class transformers' Auto classes build for it. Any other config
+    as it is."""
+    record = record_for_model_type(cfg.get("model_type"))
+    if cfg.get("architectures") or record is None or not record.architectures:
+        return cfg
+    return {**cfg, "architectures": [record.architectures[record.model_types.index(cfg["model_type"])]]}
+
+
 def family_for_config(cfg: dict, where: str = "config.json") -> Family:
-    """config.json -> the Family that builds it: by `architectures`, or, for a config naming none, by the
-    model_type of a family that has no architectures (Ocellus' own formats)."""
+    """config.json -> the Family that builds it: by `architectures` (a config naming none: its model_type's
+    class, `with_architectures`), or, for Ocellus' own formats, by the model_type of a family that has no
+    architectures."""
     check_model_type(cfg, where)
-    archs = cfg.get("architectures") or []
+    archs = with_architectures(cfg).get("architectures") or []
     record = record_for_model_type(cfg.get("model_type"))
     for a in archs:
         if a in ARCHITECTURES:
