@@ -148,6 +148,7 @@ class Processor:
         self.max_pixels = max_pixels
         self._chat_template = chat_template
         self._content_format = None  # "parts" or "string", found on the first render
+        self._reads_both = False     # the template reads content given as a string and as parts (_reads_both)
         # the default image path (data/patch_images.py); a family's image_inputs counts tokens itself
         self._patches = PatchImages(image_config, patch_size=self.patch_size, num_extra_tokens=self.num_extra_tokens,
                                     feature_select=feature_select, pad_to_square=pad_to_square,
@@ -240,6 +241,7 @@ class Processor:
         return prompt, spans
 
     def _template_input(self, messages) -> tuple[list[dict], str]:
+        given_as_string = [isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages or ()]
         messages = normalize(messages, videos=self.video_token is not None)
         template = self.chat_template
         if template is None:
@@ -247,7 +249,14 @@ class Processor:
                               "pass text= with image placeholders instead of messages=")
         if self._content_format is None:
             self._content_format = JinjaTemplate(self.tokenizer, chat_template=template).content_format
-        if self._content_format == "parts":  # media objects stay out of the template: it only tests the type
+            self._reads_both = _reads_both(self.tokenizer, template)
+        if self._reads_both:
+            # a template with a branch for each form may render them differently ("user \nhi" for parts, "user hi"
+            # for a string): each message goes in the form its sender wrote, as transformers passes it
+            msgs = [{"role": m["role"], "content": m["content"][0]["text"] if as_string else
+                     [{"type": p["type"]} if p["type"] != "text" else p for p in m["content"]]}
+                    for m, as_string in zip(messages, given_as_string)]
+        elif self._content_format == "parts":  # media objects stay out of the template: it only tests the type
             msgs = [{"role": m["role"], "content": [{"type": p["type"]} if p["type"] != "text" else p
                                                     for p in m["content"]]} for m in messages]
         else:
@@ -294,7 +303,8 @@ class Processor:
             videos = _from_parts(videos, convs, "video", video_counts)
             for b, c in enumerate(convs):
                 self._check_literal_placeholder(c, b)
-            prompts, spans = zip(*[self.render_chat(c, add_generation_prompt=add_generation_prompt) for c in convs])
+            raw = messages if isinstance(messages[0], (list, tuple)) else [messages]   # (content form kept)
+            prompts, spans = zip(*[self.render_chat(c, add_generation_prompt=add_generation_prompt) for c in raw])
             add_special = False if add_special_tokens is None else add_special_tokens
         else:
             prompts = [text] if isinstance(text, str) else list(text)
@@ -443,6 +453,20 @@ def _shift(spans, marks: list[tuple[int, int]]) -> list[tuple[int, int]]:
         g = next((g for pos, g in reversed(cumulative) if pos < a), 0)
         shifted.append((a + g, b + g))
     return shifted
+
+
+def _reads_both(tokenizer: Tokenizer, template: str) -> bool:
+    """Whether `template` renders a message's text given as a string and as a list of parts, each showing the text
+    and neither the list's Python repr (a text-only template writing {{ message['content'] }} shows that)."""
+    probe = "Xq7 probe"
+
+    def shows(content) -> bool:
+        try:
+            out = tokenizer.apply_chat_template([{"role": "user", "content": content}], chat_template=template)
+        except Exception:  # noqa: BLE001 -- any failure of the template on this form means it does not read it
+            return False
+        return probe in out and "'type'" not in out
+    return shows(probe) and shows([{"type": "text", "text": probe}])
 
 
 def _text_runs(parts: list[dict]) -> list[str]:

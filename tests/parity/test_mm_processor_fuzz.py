@@ -275,3 +275,50 @@ def test_an_empty_images_list_beside_carrying_parts_reads_the_parts(qwen):
     _, ours, _ = qwen
     conv = [{"role": "user", "content": [{"type": "image", "image": _image(28, 28)}, {"type": "text", "text": "a"}]}]
     assert torch.equal(ours(messages=conv, images=[])["pixel_values"], ours(messages=conv)["pixel_values"])
+
+
+def test_a_template_with_a_branch_per_content_form_gets_each_message_as_sent(qwen, tmp_path):
+    """A template that reads content as a string or as parts and renders them differently (here the parts branch
+    starts each text on a new line): transformers passes each message in the form its sender wrote. Before, one
+    form was chosen for the whole template ('string', the parts joined), and the part-list messages, images among
+    them, were rendered by the string branch: other ids than transformers'."""
+    import json
+    import shutil
+    hf, _, d = qwen
+    dual = TEMPLATE.replace("{% elif 'text' in content %}{{ content['text'] }}",
+                            "{% elif 'text' in content %}{{ '\\n' + content['text'] }}")
+    assert dual != TEMPLATE
+    shutil.copytree(d, tmp_path / "dual")
+    cfg = json.loads((tmp_path / "dual" / "tokenizer_config.json").read_text())
+    (tmp_path / "dual" / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": dual}))
+    (tmp_path / "dual" / "chat_template.jinja").write_text(dual)
+    ours = ocellus.load_processor(tmp_path / "dual")
+    conv = [{"role": "system", "content": "a red circle"},
+            {"role": "user", "content": [{"type": "image", "image": _image(40, 90)}, {"type": "text", "text": "what?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "a blue square"}]},
+            {"role": "user", "content": "and now?"}]
+    want = hf.apply_chat_template(conv, chat_template=dual, add_generation_prompt=True, tokenize=True,
+                                  return_dict=True, return_tensors="pt")
+    assert ours.apply_chat_template(conv, add_generation_prompt=True) == hf.apply_chat_template(
+        conv, chat_template=dual, add_generation_prompt=True, tokenize=False)
+    _assert_same(ours(messages=conv), want)
+
+
+def test_string_content_reaches_a_template_that_reads_parts_only(qwen, tmp_path):
+    """A template that reads parts only (selectattr over content['type']) drops a string's text in transformers
+    (a string's characters have no 'type'); Ocellus hands it the string as one text part, so the text is rendered,
+    the same prompt as the sender writing the part."""
+    import json
+    import shutil
+    parts_only = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+                  "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% endif %}{% endfor %}"
+                  "{% for c in m['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] }}{% endfor %}"
+                  "<|im_end|>\n{% endfor %}")
+    shutil.copytree(qwen[2], tmp_path / "parts")
+    cfg = json.loads((tmp_path / "parts" / "tokenizer_config.json").read_text())
+    (tmp_path / "parts" / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": parts_only}))
+    (tmp_path / "parts" / "chat_template.jinja").write_text(parts_only)
+    ours = ocellus.load_processor(tmp_path / "parts")
+    as_string = ours.apply_chat_template([{"role": "user", "content": "a red circle"}])
+    assert as_string == ours.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "a red circle"}]}])
+    assert "a red circle" in as_string
