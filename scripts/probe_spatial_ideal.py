@@ -12,6 +12,8 @@ here from each scene's ground truth instead of a ViT, so that what the tokens ho
     grid+objpos grid + Linear(x, y of the centre of the object over the cell) in that cell's value, background cells
                 none (as a box-head ViT's patches, which regress their object's box: every cell of an object says
                 where the whole object is)
+    grid+objpos+bg  grid+objpos with each background cell's own (x, y) in its value (the box head's target for a
+                background patch is its own cell)
     vit         NOT ideal: the 16 patch tokens of a real scene ViT (--vit, frozen; default the box-head ViT, whose
                 patches regress their object's box) on the rendered scene, through a fresh LLaVA-style MLP
                 connector trained with the decoder: the same questions on real tokens
@@ -148,6 +150,8 @@ class IdealTokens(nn.Module):
             tokens = tokens + self.where(xy)
         if self.variant == "grid+objpos":
             tokens = tokens + self.where(where) * (c < len(self.colours))[:, None]       # objects' cells only
+        if self.variant == "grid+objpos+bg":
+            tokens = tokens + self.where(torch.where((c < len(self.colours))[:, None], where, xy))
         if self.variant == "grid+slots":
             return self.slots(tokens[None], xy)[0]
         return tokens
@@ -180,7 +184,7 @@ def question(rng: np.random.Generator, cfg: ShapesConfig, kind: str, lone: bool 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variant", choices=("objects", "grid", "grid+pos", "grid+objpos", "grid+slots", "vit"))
+    ap.add_argument("variant", choices=("objects", "grid", "grid+pos", "grid+objpos", "grid+objpos+bg", "grid+slots", "vit"))
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--position", type=float, default=0.0, help="share of one-object position questions")
     ap.add_argument("--lone", action="store_true", help="position questions in one-object scenes")

@@ -135,3 +135,16 @@ def test_vit_tokens_are_the_connector_over_the_last_layers_patches_in_raster_ord
         assert out.shape == (16, 16)
         assert torch.allclose(out, tokens.connector(last[1:]))
         assert not torch.allclose(out, tokens.connector(last[:-1]))
+
+
+def test_grid_objpos_bg_gives_background_cells_their_own_place():
+    ideal, plain = _tokens("grid")
+    _, objpos = _tokens("grid+objpos")
+    _, tokens = _tokens("grid+objpos+bg")
+    with torch.no_grad():
+        for k in range(16):
+            cx, cy = (k % 4) * 12 + 6, (k // 4) * 12 + 6
+            background = not (k in (3, 10) or (20 <= cx < 40 and 20 <= cy < 40))
+            cell = torch.tensor([k % 4, k // 4]) / 3 - 0.5
+            want = plain[k] + ideal.where(cell) if background else objpos[k]
+            assert torch.allclose(tokens[k], want), k
