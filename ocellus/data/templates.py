@@ -237,7 +237,10 @@ class JinjaTemplate:
             except InputError:
                 return None
         as_string, as_parts = attempt(probe), attempt([{"type": "text", "text": probe}])
-        if as_parts is not None and (as_parts == as_string or (probe in as_parts and probe not in (as_string or ""))):
+        # a template that reads both forms is given parts (what a multimodal conversation is, and what transformers'
+        # processors hand it); one that shows the list's Python repr ("[{'type': 'text', ...}]") reads strings only
+        if as_parts is not None and (as_parts == as_string or (probe in as_parts and (
+                probe not in (as_string or "") or "'type'" not in as_parts))):
             return "parts"
         if as_string is not None and probe in as_string:
             return "string"

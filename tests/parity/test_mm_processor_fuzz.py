@@ -302,6 +302,9 @@ def test_a_template_with_a_branch_per_content_form_gets_each_message_as_sent(qwe
     assert ours.apply_chat_template(conv, add_generation_prompt=True) == hf.apply_chat_template(
         conv, chat_template=dual, add_generation_prompt=True, tokenize=False)
     _assert_same(ours(messages=conv), want)
+    # training renders the template too (data/templates.py): parts, the form a multimodal sample is, as above
+    from ocellus.data.templates import get_template
+    assert get_template("jinja", ours.tokenizer, chat_template=dual).content_format == "parts"
 
 
 def test_string_content_reaches_a_template_that_reads_parts_only(qwen, tmp_path):
