@@ -73,6 +73,19 @@ class Blip2(GeneratesWithDecoder):
     def num_query_tokens(self) -> int:
         return self.qformer.config.num_query_tokens
 
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        """The engine's generate; a batch in transformers' Blip2Processor layout, [image tokens, pads, BOS, text]
+        (processor.py), decodes with its pads moved in front: the same tokens, as pads are never attended and
+        positions count real tokens only (cumsum of the mask, as transformers' generate). The returned ids
+        start with the prompt as given, as transformers' do."""
+        order = _pads_first_order(input_ids, attention_mask, self.image_token_id)
+        if order is None:
+            return super().generate(input_ids, attention_mask=attention_mask, **kwargs)
+        out = super().generate(input_ids.gather(1, order), attention_mask=attention_mask.gather(1, order), **kwargs)
+        out = out.clone()
+        out[:, :input_ids.shape[1]] = input_ids.repeat_interleave(out.shape[0] // input_ids.shape[0], dim=0)
+        return out
+
     # -- forward --------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """pixel_values [N, 3, H, W] -> [N, Q, D_llm]: the soft visual prompt of each image."""
@@ -100,6 +113,23 @@ class Blip2(GeneratesWithDecoder):
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=position_ids, labels=labels, cache=cache,
                                    logits_to_keep=logits_to_keep, **kwargs)
+
+
+def _pads_first_order(input_ids, attention_mask, image_token_id: int) -> torch.Tensor | None:
+    """[B, T] gather indices that move each row's pads in front (real tokens keep their order) when the batch is
+    in Blip2Processor's layout: every row ends on a real token, and real tokens before a pad are all image tokens.
+    None for anything else (the engine's own checks then apply)."""
+    if not isinstance(input_ids, torch.Tensor) or not isinstance(attention_mask, torch.Tensor) \
+            or attention_mask.shape != input_ids.shape or input_ids.dim() != 2:
+        return None
+    mask = attention_mask.long()
+    if not bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool((mask[:, -1] == 1).all()):
+        return None   # already left-padded (or right-padded: refused by the engine as for every model)
+    last_pad = (mask == 0).long().cumsum(-1).argmax(-1, keepdim=True)              # [B, 1] (0 in rows without)
+    before_last_pad = torch.arange(mask.shape[1], device=mask.device) < last_pad     # [B, T]
+    if bool(((mask == 1) & before_last_pad & (input_ids != image_token_id)).any()):
+        return None
+    return torch.argsort(mask, dim=1, stable=True)                                   # [B, T]: zeros first
 
 
 # ---- the vision tower: config and tensor layout ------------------------------------------------------

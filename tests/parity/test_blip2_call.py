@@ -1,0 +1,129 @@
+"""BLIP-2's processor called as transformers users call it: `processor(images=image, text="Question: ... Answer:")`,
+no placeholder in the text. transformers' Blip2Processor puts the num_query_tokens image tokens in front of each
+encoded text (before BOS, outside its padding); ocellus.load_processor on the directory transformers'
+save_pretrained wrote gives the same input_ids / attention_mask / pixel_values, and the model the same logits and
+generated ids. A text that holds placeholders (transformers would add the query tokens in front too, ids its
+model refuses) and a processor_config.json whose query count differs from the model's are typed errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+transformers = pytest.importorskip("transformers")
+
+import ocellus  # noqa: E402
+from ocellus.errors import ConfigError, InputError  # noqa: E402
+from _init import spread_init  # noqa: E402
+
+QUERIES = 4
+CORPUS = ["Question: what is this? Answer: a red circle on a grey table.",
+          "Describe the picture in one short sentence."] * 20
+PROMPTS = ["Question: what is this? Answer:", "Describe it."]
+
+
+def _checkpoint(tmp_path, queries=QUERIES):
+    """A tiny random Blip2ForConditionalGeneration (Llama LM) + the Blip2Processor that adds "<image>", both saved
+    by transformers into tmp_path; returns (processor, model)."""
+    from tokenizers import Tokenizer as RawTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+    raw = RawTokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=280, special_tokens=["<pad>", "<s>", "</s>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    raw.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])  # BOS, as OPT's
+    raw.save(str(tmp_path / "raw_tokenizer.json"))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "raw_tokenizer.json"), bos_token="<s>",
+                                               eos_token="</s>", pad_token="<pad>")
+    images = transformers.BlipImageProcessorPil(size={"height": 32, "width": 32})
+    proc = transformers.Blip2Processor(image_processor=images, tokenizer=tok, num_query_tokens=queries)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    vision = dict(hidden_size=40, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                   cross_attention_frequency=1, vocab_size=60, max_position_embeddings=32)
+    text = dict(model_type="llama", vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
+                bos_token_id=1, eos_token_id=None)
+    cfg = transformers.Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text,
+                                   num_query_tokens=QUERIES, image_token_index=image_id)
+    torch.manual_seed(0)
+    model = spread_init(transformers.Blip2ForConditionalGeneration(cfg).eval())
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    return proc, model
+
+
+def _images(n):
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (40 + 7 * i, 50, 3), dtype=np.uint8)) for i in range(n)]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_text_without_placeholder_gives_transformers_inputs(tmp_path, side):
+    ref, _ = _checkpoint(tmp_path)
+    ours = ocellus.load_processor(tmp_path)
+    images = _images(2)
+    for text, imgs in ((PROMPTS[0], images[0]), (PROMPTS, images), ([PROMPTS[1]], [images[1]])):
+        a = ref(images=imgs, text=text, return_tensors="pt", padding=True, padding_side=side)
+        b = ours(text=text, images=imgs, padding_side=side)
+        assert torch.equal(b["input_ids"], a["input_ids"]), text
+        assert torch.equal(b["attention_mask"], a["attention_mask"]), text
+        torch.testing.assert_close(b["pixel_values"], a["pixel_values"], atol=1e-5, rtol=1e-5)
+    # images as per-sample lists, lists out (return_tensors=None)
+    a = ref(images=images, text=PROMPTS, padding=True, padding_side=side)
+    b = ours(text=PROMPTS, images=[[images[0]], [images[1]]], return_tensors=None, padding_side=side)
+    assert (b["input_ids"], b["attention_mask"]) == (a["input_ids"], a["attention_mask"])
+
+
+def test_logits_and_generate_equal_transformers(tmp_path):
+    ref, model = _checkpoint(tmp_path)
+    ours = ocellus.load(tmp_path)
+    ours_proc = ocellus.load_processor(tmp_path)
+    images = _images(2)
+    a = ref(images=images, text=PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    b = ours_proc(text=PROMPTS, images=images)
+    mask = b["attention_mask"]
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)   # pads sit between the image tokens and the text
+    with torch.no_grad():
+        want = model(**a, position_ids=pos).logits
+        got = ours(**b, position_ids=pos).logits
+    torch.testing.assert_close(got[mask.bool()], want[mask.bool()], atol=1e-5, rtol=1e-5)
+    # the batch as the processor gives it (pads between image tokens and text), and one prompt alone
+    expected = model.generate(**a, max_new_tokens=8, do_sample=False)
+    assert torch.equal(ours.generate(**b, max_new_tokens=8), expected)
+    one = ref(images=images[0], text=PROMPTS[0], return_tensors="pt")
+    expected = model.generate(**one, max_new_tokens=8, do_sample=False)
+    assert torch.equal(ours.generate(**ours_proc(text=PROMPTS[0], images=images[0]), max_new_tokens=8), expected)
+    # a hole after text tokens is no processor's layout: still the engine's left-padding error
+    holed = b["attention_mask"].clone()
+    holed[0, QUERIES + 2] = 0
+    with pytest.raises(InputError, match="left padding"):
+        ours.generate(b["input_ids"], attention_mask=holed, pixel_values=b["pixel_values"], max_new_tokens=2)
+
+
+def test_placeholders_or_image_count_mismatch_are_input_errors(tmp_path):
+    _checkpoint(tmp_path)
+    proc = ocellus.load_processor(tmp_path)
+    images = _images(2)
+    # transformers: the query tokens in front AND the placeholder kept -> 5 image tokens for 4 queries, refused
+    with pytest.raises(InputError, match="sample 1: the text holds 1 '<image>'"):
+        proc(text=[PROMPTS[0], "<image>" + PROMPTS[1]], images=images)
+    with pytest.raises(InputError, match="one image per text"):
+        proc(text=PROMPTS, images=images[:1])
+    with pytest.raises(InputError, match="one image per text"):
+        proc(text=PROMPTS[0], images=images)
+    text_only = proc(text=PROMPTS[0])   # no images: the text alone, as transformers
+    assert proc.image_token_id not in text_only["input_ids"][0].tolist()
+
+
+def test_processor_config_query_count_differs_from_model(tmp_path):
+    _checkpoint(tmp_path)
+    path = tmp_path / "processor_config.json"
+    settings = json.loads(path.read_text())
+    assert settings["num_query_tokens"] == QUERIES   # where transformers 5 writes the processor's count
+    path.write_text(json.dumps({**settings, "num_query_tokens": QUERIES + 2}))
+    with pytest.raises(ConfigError, match="num_query_tokens is 6, but config.json's is 4"):
+        ocellus.load_processor(tmp_path)
