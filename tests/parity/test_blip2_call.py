@@ -127,3 +127,88 @@ def test_processor_config_query_count_differs_from_model(tmp_path):
     path.write_text(json.dumps({**settings, "num_query_tokens": QUERIES + 2}))
     with pytest.raises(ConfigError, match="num_query_tokens is 6, but config.json's is 4"):
         ocellus.load_processor(tmp_path)
+
+
+# ---- Qwen2-VL / Qwen2.5-VL: a config.json without its placeholder ids takes transformers' defaults ----------------
+QWEN_IDS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+            "vision_end_token_id": 151653}   # transformers' Qwen2VLConfig / Qwen2_5_VLConfig defaults
+
+
+def _without_token_ids(tmp_path, variant):
+    """A tiny Qwen2(.5)-VL (vocab reaching Qwen's ids) saved by transformers, its config.json stripped of the
+    placeholder ids; returns transformers' model reopened from that config (its defaults) and ours."""
+    from test_qwen2_vl_parity import _reference
+    _reference(variant, vocab=151680).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for key in QWEN_IDS:
+        cfg.pop(key, None)
+        (cfg.get("text_config") or {}).pop(key, None)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    ref = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert {k: getattr(ref.config, k) for k in QWEN_IDS} == QWEN_IDS
+    return ref, ocellus.load(tmp_path)
+
+
+@pytest.mark.parametrize("variant", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen2_vl_config_without_token_ids_takes_transformers_defaults(tmp_path, variant):
+    from test_qwen2_vl_parity import _patches
+    ref, ours = _without_token_ids(tmp_path, variant)
+    assert (ours.tokens.image, ours.tokens.video, ours.tokens.vision_start, ours.tokens.vision_end) == (
+        151655, 151656, 151652, 151653)
+    start, image, video, end = 151652, 151655, 151656, 151653
+    # (one temporal patch: Qwen2.5-VL text after a longer video is placed apart from transformers', another issue)
+    grids, video_grids = torch.tensor([[1, 4, 6]]), torch.tensor([[1, 4, 4]])
+    ids = torch.tensor([[5, start] + [image] * 6 + [end, 7, start] + [video] * 4 + [end, 8, 9]])
+    types = (ids == image).long() + 2 * (ids == video).long()
+    inputs = dict(input_ids=ids, pixel_values=_patches(grids), image_grid_thw=grids,
+                  pixel_values_videos=_patches(video_grids, seed=1), video_grid_thw=video_grids)
+    with torch.no_grad():
+        want = ref(**inputs, mm_token_type_ids=types).logits
+        got = ours(**inputs).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def _qwen_tokenizer(directory):
+    """A word-level tokenizer holding Qwen's vision tokens at Qwen's ids (the ids transformers' config defaults to)."""
+    from tokenizers import Tokenizer as RawTokenizer
+    from tokenizers import models, pre_tokenizers
+    specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    vocab = {"<unk>": 0, "<pad>": 1, **{w: i + 2 for i, w in enumerate("what is this picture ?".split())},
+             **dict(zip(specials, (151652, 151653, 151655, 151656)))}
+    raw = RawTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.add_special_tokens(specials)
+    raw.save(str(directory / "raw_tokenizer.json"))
+    return transformers.PreTrainedTokenizerFast(tokenizer_file=str(directory / "raw_tokenizer.json"),
+                                                pad_token="<pad>", unk_token="<unk>")
+
+
+def test_qwen2_vl_processor_of_a_config_without_token_ids(tmp_path):
+    """The processor reads the same defaults: transformers' Qwen2VLProcessor's ids and pixels; a tokenizer without
+    the default video id gives a processor without videos (refused when given), not a failed load."""
+    _without_token_ids(tmp_path, "qwen2_vl")
+    images = transformers.Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 112)
+    images.save_pretrained(tmp_path)
+    tok = _qwen_tokenizer(tmp_path)
+    tok.save_pretrained(tmp_path)
+    check = transformers.Qwen2VLProcessor.check_argument_for_proper_class   # its video processor needs torchvision
+    transformers.Qwen2VLProcessor.check_argument_for_proper_class = lambda self, name, arg: None
+    try:
+        ref = transformers.Qwen2VLProcessor(image_processor=images, tokenizer=tok)
+    finally:
+        transformers.Qwen2VLProcessor.check_argument_for_proper_class = check
+    ours = ocellus.load_processor(tmp_path)
+    text = "what <|vision_start|><|image_pad|><|vision_end|> is this picture ?"
+    image = _images(1)[0]
+    want = ref(images=[image], text=[text], return_tensors="pt")
+    got = ours(text=text, images=[image])
+    assert got["input_ids"].tolist() == want["input_ids"].tolist()
+    assert torch.equal(got["image_grid_thw"], want["image_grid_thw"])
+    torch.testing.assert_close(got["pixel_values"], want["pixel_values"], atol=1e-6, rtol=0)
+    assert ours.video_token == "<|video_pad|>"
+    # the same files with a tokenizer lacking <|video_pad|>: images only
+    vocab = json.loads((tmp_path / "tokenizer.json").read_text())
+    vocab["model"]["vocab"].pop("<|video_pad|>")
+    vocab["added_tokens"] = [t for t in vocab["added_tokens"] if t["content"] != "<|video_pad|>"]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(vocab))
+    assert ocellus.load_processor(tmp_path).video_token is None

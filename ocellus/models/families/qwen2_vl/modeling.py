@@ -188,6 +188,24 @@ def _text_config(cfg: dict, variant: str) -> dict:
     return text
 
 
+# transformers' Qwen2VLConfig / Qwen2_5_VLConfig defaults (Qwen's tokenizer ids) for a config.json that leaves
+# them out (hand-written ones); a key written as null stays None (our recipes' models without video)
+TOKEN_DEFAULTS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+                  "vision_end_token_id": 151653}
+
+
+def token_ids(cfg: dict) -> Qwen2VLTokens:
+    """config.json's placeholder ids, transformers' defaults where a key is missing."""
+    ids = {key: cfg.get(key, default) for key, default in TOKEN_DEFAULTS.items()}
+    if ids["image_token_id"] is None:
+        raise ConfigError("Qwen2-VL config.json has image_token_id null (the id images are spliced at)")
+    for key, value in ids.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"Qwen2-VL config.json's {key} must be a non-negative integer, got {value!r}")
+    return Qwen2VLTokens(image=ids["image_token_id"], video=ids["video_token_id"],
+                         vision_start=ids["vision_start_token_id"], vision_end=ids["vision_end_token_id"])
+
+
 def build_qwen2_vl(cfg: dict) -> Qwen2VL:
     variant = _variant(cfg)
     vision = Qwen2VisionConfig.from_hf(cfg.get("vision_config") or {}, variant)
@@ -195,10 +213,7 @@ def build_qwen2_vl(cfg: dict) -> Qwen2VL:
     if vision.out_hidden_size != decoder.config.hidden_size:
         raise ConfigError(f"vision_config's merger output ({vision.out_hidden_size}) differs from the decoder's "
                           f"hidden_size ({decoder.config.hidden_size})")
-    if cfg.get("image_token_id") is None:
-        raise ConfigError("Qwen2-VL config.json has no image_token_id")
-    tokens = Qwen2VLTokens(image=int(cfg["image_token_id"]), video=cfg.get("video_token_id"),
-                           vision_start=cfg.get("vision_start_token_id"), vision_end=cfg.get("vision_end_token_id"))
+    tokens = token_ids(cfg)
     merger = PatchMerger(vision.hidden_size, vision.out_hidden_size, vision.spatial_merge_size,
                          norm="layernorm" if variant == "qwen2_vl" else "rmsnorm")
     if variant == "qwen2_5_vl" and vision.tokens_per_second is None:
@@ -269,7 +284,10 @@ def compose(spec: dict, tok) -> Qwen2VL:
             _check_same_tower(Qwen2VisionConfig.from_hf(vision, variant), tower.config, spec["vision_from"])
         vision = {**tower.config.to_hf(), OUT_WIDTH[variant]: text["hidden_size"]}
     cfg = {"architectures": [ARCHS[variant]], "model_type": variant, "text_config": text,
-           "vision_config": vision, "image_token_id": image_token_id(tok, spec), **_video_token_id(tok, spec),
+           "vision_config": vision, "image_token_id": image_token_id(tok, spec),
+           # no video / vision start-end tokens unless the recipe names them: written null, not transformers' ids
+           "video_token_id": None, "vision_start_token_id": None, "vision_end_token_id": None,
+           **_video_token_id(tok, spec),
            "tie_word_embeddings": bool(text.get("tie_word_embeddings", False))}
     model = build_qwen2_vl(cfg)
     model.family_name = "qwen2_vl"   # the hub family (and registry module) of both variants

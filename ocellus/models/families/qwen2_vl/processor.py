@@ -18,7 +18,7 @@ from ocellus.data.tokenizer import Tokenizer
 from ocellus.data.video import VideoPatches, VideoSampling, preprocess_video
 from ocellus.errors import ConfigError, InputError
 from ocellus.hub.checkpoint import read_config
-from ocellus.models.families.qwen2_vl.modeling import IMAGE_PAD, VIDEO_PAD, Qwen2VL, _variant
+from ocellus.models.families.qwen2_vl.modeling import IMAGE_PAD, VIDEO_PAD, Qwen2VL, _variant, token_ids
 from ocellus.models.vision.qwen2_vit import Qwen2VisionConfig
 
 
@@ -80,6 +80,8 @@ def _image_token(tok, image_id: int) -> str:
     """<|image_pad|> when the tokenizer has it; else the token whose id the model splices at (the tiny
     recipes' BPE tokenizer has no Qwen tokens: its <image> serves as the image pad)."""
     name = IMAGE_PAD if tok.convert_tokens_to_ids(IMAGE_PAD) is not None else tok.convert_ids_to_tokens(image_id)
+    if name is None:
+        raise ConfigError(f"the model splices images at id {image_id} (image_token_id), which the tokenizer does not have")
     if tok.convert_tokens_to_ids(name) != image_id:
         raise ConfigError(f"the tokenizer's {name!r} has id {tok.convert_tokens_to_ids(name)}, but the model "
                           f"splices images at id {image_id} (image_token_id)")
@@ -146,7 +148,11 @@ def processor_from_dir(directory, upscale_small: bool = False):
                               f"tower's config.json says {model_value}")
     icfg = _image_config(icfg, vision, icfg.min_pixels, icfg.max_pixels)
     tok = Tokenizer.from_dir(directory)
-    image_token = _image_token(tok, int(cfg["image_token_id"]))
+    ids = token_ids(cfg)   # transformers' defaults for ids config.json leaves out
+    image_token = _image_token(tok, ids.image)
+    video_id = ids.video
+    if "video_token_id" not in cfg and video_id is not None and tok.convert_ids_to_tokens(video_id) is None:
+        video_id = None    # the default id, not in this tokenizer: no video path (a videos= call is refused)
     # videos: video_preprocessor_config.json (or processor_config.json's video_processor section, transformers 5),
     # else the image processor's numbers, as transformers' AutoVideoProcessor falls back to them
     video = video_processor_dict(directory) or pre
@@ -154,7 +160,7 @@ def processor_from_dir(directory, upscale_small: bool = False):
     vcfg = _image_config(vcfg, vision, vcfg.min_pixels, vcfg.max_pixels)
     return Processor(tok, icfg, patch_size=vision.patch_size, image_token=image_token,
                      image_inputs=Qwen2VLImages(icfg, upscale_small),
-                     **_video_kwargs(tok, cfg.get("video_token_id"), image_token, vcfg, VideoSampling.from_dict(video)))
+                     **_video_kwargs(tok, video_id, image_token, vcfg, VideoSampling.from_dict(video)))
 
 
 def export_processor(model: Qwen2VL, tok, image_config, path) -> None:
