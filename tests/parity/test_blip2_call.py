@@ -212,3 +212,19 @@ def test_qwen2_vl_processor_of_a_config_without_token_ids(tmp_path):
     vocab["added_tokens"] = [t for t in vocab["added_tokens"] if t["content"] != "<|video_pad|>"]
     (tmp_path / "tokenizer.json").write_text(json.dumps(vocab))
     assert ocellus.load_processor(tmp_path).video_token is None
+
+
+def test_images_alone_caption_as_transformers(tmp_path):
+    """`processor(images=image)` then generate (transformers' captioning example): pixel_values alone, and the
+    model's generate starts each row at the image's query tokens + BOS, the ids transformers generates."""
+    ref, model = _checkpoint(tmp_path)
+    ours, proc = ocellus.load(tmp_path), ocellus.load_processor(tmp_path)
+    images = _images(2)
+    for given in (images[0], images):
+        a, b = ref(images=given, return_tensors="pt"), proc(images=given)
+        assert set(b) == {"pixel_values"}
+        torch.testing.assert_close(b["pixel_values"], a["pixel_values"], atol=1e-5, rtol=1e-5)
+        expected = model.generate(**a, max_new_tokens=6, do_sample=False)
+        assert torch.equal(ours.generate(**b, max_new_tokens=6), expected)
+    with pytest.raises(InputError, match="images is empty"):
+        proc(images=[])

@@ -78,6 +78,8 @@ class Blip2(GeneratesWithDecoder):
         (processor.py), decodes with its pads moved in front: the same tokens, as pads are never attended and
         positions count real tokens only (cumsum of the mask, as transformers' generate). The returned ids
         start with the prompt as given, as transformers' do."""
+        if input_ids is None and kwargs.get("pixel_values") is not None and kwargs.get("inputs_embeds") is None:
+            input_ids = self._caption_prompt(kwargs["pixel_values"])
         order = _pads_first_order(input_ids, attention_mask, self.image_token_id)
         if order is None:
             return super().generate(input_ids, attention_mask=attention_mask, **kwargs)
@@ -85,6 +87,17 @@ class Blip2(GeneratesWithDecoder):
         out = out.clone()
         out[:, :input_ids.shape[1]] = input_ids.repeat_interleave(out.shape[0] // input_ids.shape[0], dim=0)
         return out
+
+    def _caption_prompt(self, pixel_values) -> torch.Tensor:
+        """No prompt (captioning): each image's query tokens then BOS, transformers' Blip2 generate's prompt."""
+        bos = self.config.bos_token_id
+        if bos is None:
+            raise ConfigError("generating without input_ids starts each caption at BOS, but text_config has no "
+                              "bos_token_id; pass input_ids")
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+            raise InputError(f"pixel_values must be [num_images, 3, H, W], got {getattr(pixel_values, 'shape', None)}")
+        row = torch.tensor([[self.image_token_id] * self.num_query_tokens + [bos]], device=pixel_values.device)
+        return row.repeat(pixel_values.shape[0], 1)                                    # [N, Q + 1]
 
     # -- forward --------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:

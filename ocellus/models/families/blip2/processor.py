@@ -32,6 +32,8 @@ class Blip2Processor(Processor):
     and image-free text= are the shared Processor's."""
 
     def __call__(self, messages=None, images=None, *, text=None, **kwargs) -> ProcessorOutput:
+        if messages is None and text is None and images is not None:
+            return self._images_alone(images)
         if messages is not None or text is None or images is None:
             return super().__call__(messages, images, text=text, **kwargs)
         prompts = [text] if isinstance(text, str) else text
@@ -54,6 +56,16 @@ class Blip2Processor(Processor):
                   for b, srcs in enumerate(per_sample)]
         images_out, counts = self.image_inputs(loaded)
         return _prefix_image_tokens(out, counts, self.image_token_id, images_out)
+
+
+    def _images_alone(self, images) -> ProcessorOutput:
+        """`processor(images=image)` (captioning): pixel_values alone, as transformers'; the model's generate then
+        writes the prompt (each image's query tokens + BOS)."""
+        flat = images_per_sample(images, [len(images) if isinstance(images, (list, tuple)) else 1])[0]
+        if not flat:
+            raise InputError("images is empty: pass at least one image (or text= / messages=)")
+        loaded = [load_image(src, name=f"image {j}", max_pixels=self.max_pixels) for j, src in enumerate(flat)]
+        return ProcessorOutput(self.image_inputs(loaded)[0])
 
 
 def _prefix_image_tokens(out: ProcessorOutput, counts: list[int], image_id: int, images_out: dict) -> ProcessorOutput:
