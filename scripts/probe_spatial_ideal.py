@@ -191,6 +191,7 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--text", default=TEXT)
+    ap.add_argument("--seed", type=int, default=0, help="init and training stream (the held-out set stays the same)")
     ap.add_argument("--vit", default=BOX_VIT, help="vit variant: the frozen ViT")
     ap.add_argument("--pixels", default=PIXELS, help="vit variant: a model dir whose processor makes its pixel values")
     ap.add_argument("--rope", choices=("1d", "2d"), default="1d", help="grid token positions: raster order or (row, col)")
@@ -202,7 +203,7 @@ def main(argv=None) -> None:
         ap.error("--rope 2d places grid tokens; the objects variant has no grid")
     if args.rope == "2d" and args.question_first:
         ap.error("--rope 2d places the grid first; --question-first puts the question there")
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     tok, model = ocellus.load_processor(args.text), ocellus.load(args.text).train()
     cfg = ShapesConfig(image_size=GRID * CELL, min_objects=2, max_objects=4)
     if args.variant == "vit":
@@ -236,7 +237,7 @@ def main(argv=None) -> None:
         labels[at:] = torch.tensor(ai)
         return x, labels, at, token_positions(args.rope, len(image), len(x))
 
-    rng, held_rng = np.random.default_rng(1), np.random.default_rng(999)
+    rng, held_rng = np.random.default_rng(args.seed + 1), np.random.default_rng(999)
     held = [question(held_rng, cfg, "spatial") for _ in range(300)]
 
     @torch.no_grad()
@@ -272,7 +273,7 @@ def main(argv=None) -> None:
         opt.step()
         if step % 250 == 0:
             print(f"{args.variant} rope {args.rope} theta {args.theta} position {args.position}{' lone' if args.lone else ''}"
-                  f"{' question-first' if args.question_first else ''} step {step}: loss {loss.item():.3f}, held-out relation "
+                  f"{' question-first' if args.question_first else ''}{f' seed {args.seed}' if args.seed else ''} step {step}: loss {loss.item():.3f}, held-out relation "
                   f"accuracy {accuracy():.3f} ({time.time() - t0:.0f} s)", flush=True)
 
 
