@@ -14,8 +14,8 @@ Matches transformers' Qwen2VLModel / Qwen2_5_VLModel `get_rope_index` and
 `Qwen2VLRotaryEmbedding` (tests/unit/test_mrope.py, tests/parity/test_qwen2_vl_parity.py), with
 one deliberate difference: transformers 5.23 starts the text after a video at s + max(h, w) and
 ignores the video's temporal extent, so long videos overlap the text that follows; we keep the
-paper's and the original implementation's rule (max + 1; the two agree whenever the last
-frame's temporal id does not pass the grid's height or width).
+paper's and the original implementation's rule (max + 1; the two agree only while the last
+frame's temporal offset stays below the merged grid's larger side: equal, and they differ by one).
 
 Positions come from `input_ids` and the grids alone: runs of the image (video) pad token are cut
 into images (videos) by their grids' token counts, so nothing like transformers 5's
