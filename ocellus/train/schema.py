@@ -177,7 +177,8 @@ LOADED = {"from": SOURCE, "init_from": SOURCE}   # a whole checkpoint, or a trai
 WEAKEN = {"weaken": mapping(kinds_of(weaken, skip=("model",)))}
 MODEL = {
     "lm": {**LOADED, "config": MAPPING},
-    "vit_classify": {**LOADED, "config": MAPPING, "num_classes": INT, "box_loss": FLOAT},
+    "vit_classify": {**LOADED, "config": MAPPING, "num_classes": INT, "box_loss": FLOAT,
+                     "box_background": one_of("cell", "none")},   # train/vit_scene.BOX_BACKGROUNDS
     "qformer_pretrain": {**LOADED, "vision_from": SOURCE, "qformer": MAPPING, "qformer_init": SOURCE, "embed_dim": INT,
                          "label_smoothing": FLOAT},
     "contrastive": {**LOADED, "architecture": one_of("clip", "siglip"), "vision": MAPPING, "text": MAPPING,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ocellus.data.image_tiling import qwen2vl_patchify
 from ocellus.data.shapes import COLOURS
-from ocellus.errors import InputError
+from ocellus.errors import ConfigError, InputError
 from ocellus.models.vision.qwen2_vit import patch_positions, Qwen2VisionTransformer
 from ocellus.models.vision.vit import ClassifierOutput, ViTClassifier
 
@@ -23,8 +23,8 @@ class SceneViTClassifier(ViTClassifier):
       - `patch_classifier` on every patch token of the last layer: the class of the object covering
         the patch, or K for background, cross-entropy (patch_labels [N, P]);
       - `patch_box` (model.box_loss > 0): every patch token regresses a box in [0, 1] (x0, y0, x1, y1):
-        the box of the object covering it, or its own cell for background (patch_boxes [N, P, 4]), L1
-        loss times box_loss.
+        the box of the object covering it, or for background its own cell (model.box_background: cell, the
+        default) or the empty box (none) (patch_boxes [N, P, 4]), L1 loss times box_loss.
     The patch head makes every image token say what is at its place, the box head WHERE: without it an
     object's own token carries almost no position (probe R^2 <= 0.04, docs/VLM_COMPARISON.md), so a
     decoder attending to the object reads what it is but not where it is (values carry no RoPE)."""
@@ -137,16 +137,23 @@ def patch_classes(scene, image, classes, patch: int, size: int) -> torch.Tensor:
     return torch.tensor([ids[k] for k in patch_owners(scene, image, patch, size)], dtype=torch.long)
 
 
-def patch_boxes(scene, image, patch: int, size: int) -> torch.Tensor:
+BOX_BACKGROUNDS = ("cell", "none")
+
+
+def patch_boxes(scene, image, patch: int, size: int, background: str = "cell") -> torch.Tensor:
     """[P, 4] each patch's box target in [0, 1] (x0, y0, x1, y1): its owner's box (scene pixels over the
-    scene size), or the patch's own cell for background."""
+    scene size); for background, background="cell": the patch's own cell, "none": the empty box (0, 0, 0, 0),
+    so that only object patches carry a place (docs/VLM_COMPARISON.md, session 22: a decoder learned relations
+    from ideal tokens with the objects' places alone, not with the background's cells added)."""
+    if background not in BOX_BACKGROUNDS:
+        raise ConfigError(f"model.box_background must be one of {BOX_BACKGROUNDS}, got {background!r}")
     g = size // patch
     owners = patch_owners(scene, image, patch, size)
-    out = torch.empty(len(owners), 4)
+    out = torch.zeros(len(owners), 4)
     for p, k in enumerate(owners):
         if k >= 0:
             out[p] = torch.tensor(scene.objects[k].bbox, dtype=torch.float32) / scene.image_size
-        else:
+        elif background == "cell":
             r, c = divmod(p, g)
             out[p] = torch.tensor([c, r, c + 1, r + 1], dtype=torch.float32) / g
     return out

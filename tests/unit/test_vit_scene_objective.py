@@ -79,3 +79,23 @@ def test_recipe_box_loss_reaches_the_batch_and_the_loss():
     single["data"] = {**single["data"], "labels": "single"}
     with pytest.raises(ConfigError, match="box_loss"):
         build_model(single, None)
+
+
+def test_box_background_none_gives_background_patches_the_empty_box_and_objects_theirs():
+    cell = patch_boxes(SCENE, render(SCENE), patch=6, size=48).reshape(8, 8, 4)
+    none = patch_boxes(SCENE, render(SCENE), patch=6, size=48, background="none").reshape(8, 8, 4)
+    objects = ((torch.arange(8)[:, None] < 2) & (torch.arange(8)[None] >= 1) & (torch.arange(8)[None] < 3)) | \
+        ((torch.arange(8)[:, None] >= 5) & (torch.arange(8)[None] >= 5))               # the square's, the circle's
+    assert torch.equal(none[objects], cell[objects])
+    assert (none[~objects] == 0).all() and (cell[~objects] != 0).any(dim=-1).all()
+    recipe = _recipe(box_loss=1.0, box_background="none")
+    model = build_model(recipe, None)
+    dataset, collate = build_dataset(recipe, None, model)
+    batch = collate([dataset[i] for i in range(4)])
+    background = batch["patch_labels"] == model.classifier.out_features       # the background class: the last
+    assert background.any() and (batch["patch_boxes"][background] == 0).all()
+    assert (batch["patch_boxes"][~background] != 0).any(dim=-1).all()
+    with pytest.raises(ConfigError, match="box_background"):
+        build_dataset(_recipe(box_loss=1.0, box_background="cells"), None, model)
+    with pytest.raises(ConfigError, match="needs model.box_loss"):
+        build_dataset(_recipe(box_background="none"), None, build_model(_recipe(), None))

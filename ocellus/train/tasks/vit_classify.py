@@ -5,7 +5,7 @@ A config of model_type qwen2_vl_vision / qwen2_5_vl_vision (Qwen2-VL's vision_co
 model.config.vision_config) trains a Qwen2-VL / Qwen2.5-VL tower on the scene objective instead
 (vit_scene.SceneQwen2ViTClassifier), exported in Ocellus' ocellus_qwen2_vit format for a qwen2_vl recipe's vision_from.
 
-model: {config: {...a vision config}, num_classes, box_loss} | {from: DIR}
+model: {config: {...a vision config}, num_classes, box_loss, box_background: cell | none} | {from: DIR}
 data: {source: shapes | digits, n, seed, image_size, labels: single | objects, min_objects, max_objects}
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ from ocellus.models.vision.vit import VisionTransformer, ViTClassifier, ViTConfi
 from ocellus.train.recipe import check_recipe
 from ocellus.train.recipe_data import EncodedDataset, image_config, shapes_config
 from ocellus.train.run import run_trainer
-from ocellus.train.vit_scene import patch_boxes, patch_classes, SceneQwen2ViTClassifier, SceneViTClassifier, \
-    stack_labels
+from ocellus.train.vit_scene import BOX_BACKGROUNDS, patch_boxes, patch_classes, SceneQwen2ViTClassifier, \
+    SceneViTClassifier, stack_labels
 
 # a Qwen2-VL tower's vision_config model_type -> its variant (models/vision/qwen2_vit.py)
 QWEN2_VISION = {"qwen2_vl_vision": "qwen2_vl", "qwen2_5_vl_vision": "qwen2_5_vl"}
@@ -99,6 +99,12 @@ def build_dataset(recipe: dict, tok, model):
     cfg = shapes_config(data)
     if labels == "single":
         cfg = dataclasses.replace(cfg, min_objects=1, max_objects=1)
+    spec = recipe.get("model") or {}
+    background = spec.get("box_background", "cell")
+    if background not in BOX_BACKGROUNDS:
+        raise ConfigError(f"model.box_background must be one of {BOX_BACKGROUNDS}, got {background!r}")
+    if "box_background" in spec and not spec.get("box_loss"):
+        raise ConfigError("model.box_background sets the box head's background target; it needs model.box_loss > 0")
     classes = [(s, c) for s in cfg.shapes for c in cfg.colours]
     patch = model.encoder.config.patch_size
 
@@ -113,7 +119,7 @@ def build_dataset(recipe: dict, tok, model):
         for obj in scene.objects:
             present[classes.index((obj.shape, obj.colour))] = 1.0
         row = (pixels, present, patch_classes(scene, image, classes, patch, size))
-        return row + (patch_boxes(scene, image, patch, size),) if getattr(model, "patch_box", None) else row
+        return row + (patch_boxes(scene, image, patch, size, background),) if getattr(model, "patch_box", None) else row
     return EncodedDataset(n, make), stack_labels
 
 
