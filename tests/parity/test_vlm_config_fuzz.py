@@ -36,6 +36,19 @@ def _same_logits(ref, ours, **inputs):
         torch.testing.assert_close(ours(**inputs).logits, ref(**inputs).logits, atol=1e-4, rtol=1e-4)
 
 
+def _assert_qwen2_vl_image_logits(ref, path, grid):
+    """One image of `grid` (t, h, w patches; image token 120 between vision start 122 / end 123): our load of
+    `path` gives the logits of the transformers model `ref`."""
+    t, h, w = grid
+    grids = torch.tensor([grid])
+    ids = torch.tensor([[5, 122] + [120] * (t * h * w // 4) + [123, 7]])
+    pixels = torch.randn(t * h * w, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ref(input_ids=ids, pixel_values=pixels, image_grid_thw=grids, mm_token_type_ids=(ids == 120).long())
+        got = ocellus.load(path)(input_ids=ids, pixel_values=pixels, image_grid_thw=grids)
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=1e-4)
+
+
 def test_a_top_level_tie_over_an_explicit_text_config_false_ties(tmp_path):
     """transformers 5 saves LlavaConfig(tie_word_embeddings=True) with text_config.tie_word_embeddings false and
     no lm_head in the weights: the top-level flag ties. We read text_config's flag first and refused the
@@ -184,13 +197,7 @@ def test_qwen2_vl_vision_heads_and_depth_under_their_other_names(tmp_path):
     vision["num_attention_heads"], vision["num_hidden_layers"] = vision.pop("num_heads"), vision.pop("depth")
     (tmp_path / "config.json").write_text(json.dumps(written))
     ref = tf.Qwen2VLForConditionalGeneration.from_pretrained(tmp_path).eval()
-    grids = torch.tensor([[1, 4, 6]])
-    ids = torch.tensor([[5, 122] + [120] * 6 + [123, 7]])
-    pixels = torch.randn(24, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        want = ref(input_ids=ids, pixel_values=pixels, image_grid_thw=grids, mm_token_type_ids=(ids == 120).long())
-        got = ocellus.load(tmp_path)(input_ids=ids, pixel_values=pixels, image_grid_thw=grids)
-    torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=1e-4)
+    _assert_qwen2_vl_image_logits(ref, tmp_path, (1, 4, 6))
     with pytest.raises(ConfigError, match="num_heads=2 and num_attention_heads=4"):
         Qwen2VisionConfig.from_hf({"num_heads": 2, "num_attention_heads": 4}, "qwen2_vl")
 
@@ -306,12 +313,6 @@ def test_qwen2_5_vl_default_full_attention_blocks_past_a_short_tower(tmp_path):
     ref = shift_biases_and_norms(spread_init(tf.Qwen2_5_VLForConditionalGeneration(cfg).eval()), also=("ln_q",))
     ref.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["vision_config"]["fullatt_block_indexes"] == [7, 15, 23, 31]
-    grids = torch.tensor([[1, 8, 12]])   # 2 x 3 windows of 4 x 4 patches: windowing changes the features
-    ids = torch.tensor([[5, 122] + [120] * 24 + [123, 7]])
-    pixels = torch.randn(96, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        want = ref(input_ids=ids, pixel_values=pixels, image_grid_thw=grids, mm_token_type_ids=(ids == 120).long())
-        got = ocellus.load(tmp_path)(input_ids=ids, pixel_values=pixels, image_grid_thw=grids)
-    torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=1e-4)
+    _assert_qwen2_vl_image_logits(ref, tmp_path, (1, 8, 12))   # 2 x 3 windows of 4 x 4 patches: windowing matters
     with pytest.raises(ConfigError, match=r"fullatt_block_indexes \[-1\] are not block numbers"):
         Qwen2VisionConfig(variant="qwen2_5_vl", depth=3, hidden_size=32, num_heads=2, fullatt_block_indexes=(1, -1))
