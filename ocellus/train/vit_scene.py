@@ -140,13 +140,19 @@ def patch_classes(scene, image, classes, patch: int, size: int) -> torch.Tensor:
 BOX_BACKGROUNDS = ("cell", "none")
 
 
+def check_box_background(background: str) -> str:
+    """model.box_background -> itself, or a ConfigError naming the choices."""
+    if background not in BOX_BACKGROUNDS:
+        raise ConfigError(f"model.box_background must be one of {BOX_BACKGROUNDS}, got {background!r}")
+    return background
+
+
 def patch_boxes(scene, image, patch: int, size: int, background: str = "cell") -> torch.Tensor:
     """[P, 4] each patch's box target in [0, 1] (x0, y0, x1, y1): its owner's box (scene pixels over the
     scene size); for background, background="cell": the patch's own cell, "none": the empty box (0, 0, 0, 0),
     so that only object patches carry a place (docs/VLM_COMPARISON.md, session 22: a decoder learned relations
     from ideal tokens with the objects' places alone, not with the background's cells added)."""
-    if background not in BOX_BACKGROUNDS:
-        raise ConfigError(f"model.box_background must be one of {BOX_BACKGROUNDS}, got {background!r}")
+    check_box_background(background)
     g = size // patch
     owners = patch_owners(scene, image, patch, size)
     out = torch.zeros(len(owners), 4)

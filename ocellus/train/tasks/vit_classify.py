@@ -29,7 +29,7 @@ from ocellus.models.vision.vit import VisionTransformer, ViTClassifier, ViTConfi
 from ocellus.train.recipe import check_recipe
 from ocellus.train.recipe_data import EncodedDataset, image_config, shapes_config
 from ocellus.train.run import run_trainer
-from ocellus.train.vit_scene import BOX_BACKGROUNDS, patch_boxes, patch_classes, SceneQwen2ViTClassifier, \
+from ocellus.train.vit_scene import check_box_background, patch_boxes, patch_classes, SceneQwen2ViTClassifier, \
     SceneViTClassifier, stack_labels
 
 # a Qwen2-VL tower's vision_config model_type -> its variant (models/vision/qwen2_vit.py)
@@ -100,9 +100,7 @@ def build_dataset(recipe: dict, tok, model):
     if labels == "single":
         cfg = dataclasses.replace(cfg, min_objects=1, max_objects=1)
     spec = recipe.get("model") or {}
-    background = spec.get("box_background", "cell")
-    if background not in BOX_BACKGROUNDS:
-        raise ConfigError(f"model.box_background must be one of {BOX_BACKGROUNDS}, got {background!r}")
+    background = check_box_background(spec.get("box_background", "cell"))
     if "box_background" in spec and not spec.get("box_loss"):
         raise ConfigError("model.box_background sets the box head's background target; it needs model.box_loss > 0")
     classes = [(s, c) for s in cfg.shapes for c in cfg.colours]
